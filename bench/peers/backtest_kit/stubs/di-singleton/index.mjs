@@ -1,0 +1,3 @@
+import cjs from "./index.cjs";
+export const singleton = cjs.singleton;
+export default cjs;

@@ -1,0 +1,75 @@
+"""persistkit: the state layer a live-trading bot trusts with its money.
+
+A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
+the bot knows; a restarted strategy resumes where it stopped.
+"""
+
+from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
+from persistkit.backends.base import ANY_VERSION
+from persistkit.backends.file import FileBackend
+from persistkit.backends.memory import MemoryBackend
+from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
+from persistkit.domains import (
+    PersistPartialAdapter,
+    PersistRiskAdapter,
+    PersistScheduleAdapter,
+    PersistSignalAdapter,
+)
+from persistkit.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConflictError,
+    CorruptValueError,
+    DurabilityUnknownError,
+    EntityNotFoundError,
+    InstanceLockedError,
+    InvalidNameError,
+    PersistError,
+    SchemaValidationError,
+    StoreClosedError,
+    TransientBackendError,
+    UnserializableValueError,
+    WriteFailedError,
+)
+from persistkit.retry import RetryPolicy
+from persistkit.store import Entry, Finding, InitReport, PersistBase
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY_VERSION",
+    "DEFAULT_BASE_DIR",
+    "Backend",
+    "BackendError",
+    "BackendUnavailableError",
+    "ConflictError",
+    "CorruptValueError",
+    "DurabilityUnknownError",
+    "Entry",
+    "EntityNotFoundError",
+    "FileBackend",
+    "Finding",
+    "InitReport",
+    "InstanceLockedError",
+    "InvalidNameError",
+    "MemoryBackend",
+    "PersistBase",
+    "PersistError",
+    "PersistPartialAdapter",
+    "PersistRiskAdapter",
+    "PersistScheduleAdapter",
+    "PersistSignalAdapter",
+    "QuarantineEntry",
+    "RetryPolicy",
+    "SchemaValidationError",
+    "Settings",
+    "StoreClosedError",
+    "TransientBackendError",
+    "UnserializableValueError",
+    "Versioned",
+    "WriteFailedError",
+    "configure",
+    "current_settings",
+    "open_backend",
+    "register_backend",
+]

@@ -1,0 +1,181 @@
+"""The backend contract: moving versioned bytes, nothing more.
+
+A backend knows keys and bytes. A key is a ``/``-separated path of segments
+already made safe by :mod:`persistkit.names` (for example
+``signal/BTCUSDT_my_strategy/BTCUSDT``); the last segment is the entity id and
+what comes before it is the entity's namespace. Values are opaque bytes; each
+stored value has an opaque ``version`` string that changes whenever the value is
+replaced, which is what compare-and-set compares.
+
+Validation, encoding, ordering of writes to one key, retries of transient
+errors and self-healing are done once, above, by
+:class:`persistkit.PersistBase`; a backend implements the abstract methods
+below and runs :mod:`persistkit.testing` unchanged to prove it.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar, Self, TypeAlias
+
+__all__ = [
+    "ANY_VERSION",
+    "AnyVersion",
+    "Backend",
+    "Expected",
+    "QuarantineEntry",
+    "Versioned",
+]
+
+
+class AnyVersion(enum.Enum):
+    """Sentinel type: write whatever the current version is."""
+
+    ANY = "any"
+
+
+ANY_VERSION = AnyVersion.ANY
+
+Expected: TypeAlias = "str | None | AnyVersion"
+"""What a conditional write expects: a version string (must still be current),
+``None`` (the key must not exist) or ``ANY_VERSION`` (unconditional)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """Stored bytes and the version they were stored under."""
+
+    data: bytes
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A value moved aside because it did not parse or validate."""
+
+    id: str
+    """Opaque handle for :meth:`Backend.restore` and :meth:`Backend.purge`."""
+    key: str
+    """Where the value was stored."""
+    reason: str
+    quarantined_at: float
+    """Seconds since the epoch."""
+
+
+class Backend(ABC):
+    """Where the bytes go. Subclass it, implement the abstract methods, run the suite."""
+
+    scheme: ClassVar[str] = ""
+    """URL scheme this backend answers to in :func:`persistkit.open_backend`."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """A URL that names this backend's root, without credentials."""
+
+    # -- single values ---------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, key: str) -> Versioned | None:
+        """The stored bytes and their version, or ``None`` when the key is absent."""
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        """Store ``data`` durably under ``key`` and return its new version.
+
+        With ``expect`` set, the write happens only if the current version is
+        ``expect`` (``None``: only if the key is absent); otherwise
+        :class:`~persistkit.errors.ConflictError` is raised and nothing changes.
+        """
+
+    @abstractmethod
+    async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
+        """Remove ``key`` durably; ``False`` when it was already absent."""
+
+    async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
+        """Several :meth:`get` at once; backends with a batch read override this."""
+        return [await self.get(key) for key in keys]
+
+    # -- listing ---------------------------------------------------------------
+
+    @abstractmethod
+    def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
+        """Stream the keys stored in ``namespace`` (``""`` is the root).
+
+        Not recursive: only keys whose namespace is exactly ``namespace``.
+        Recursive: every key below it. Never lists persistkit's own objects
+        (temp files, quarantine, journal), never loads the whole listing at once.
+        """
+
+    # -- self-healing ------------------------------------------------------------
+
+    async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
+        """Remove leftovers of interrupted writes in ``namespace``; return what was found."""
+        return []
+
+    @abstractmethod
+    async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
+        """Move the value at ``key`` aside with ``reason``; it is never deleted."""
+
+    @abstractmethod
+    def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
+        """Quarantined values whose key lies below ``namespace``."""
+
+    @abstractmethod
+    async def read_quarantined(self, entry_id: str) -> bytes:
+        """The bytes of a quarantined value, to inspect it."""
+
+    @abstractmethod
+    async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        """Put a quarantined value back where it was; return its key.
+
+        Refuses with :class:`~persistkit.errors.ConflictError` when a value has
+        been stored there since, unless ``overwrite``.
+        """
+
+    @abstractmethod
+    async def purge(self, entry_id: str) -> None:
+        """Delete a quarantined value for good (an operator's explicit decision)."""
+
+    # -- atomic commit of several keys -----------------------------------------
+
+    async def commit(self, writes: Mapping[str, bytes | None]) -> None:
+        """Apply all ``writes`` (``None`` deletes) atomically: after a crash, all or none.
+
+        Backends without multi-key atomicity leave this unimplemented.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no atomic multi-key commit")
+
+    # -- operations ----------------------------------------------------------------
+
+    async def durability_warnings(self) -> list[str]:
+        """Settings of the storage that make an acknowledged write less than durable."""
+        return []
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections and files; further use raises ``StoreClosedError``."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``"a/b/c"`` -> ``("a/b", "c")``: namespace and entity id segment."""
+    namespace, _, name = key.rpartition("/")
+    return namespace, name
+
+
+def join_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name

@@ -1,0 +1,554 @@
+"""The file backend: one JSON file per entity, written so that a crash never tears it.
+
+Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` for
+values moved aside, and ``.tmp-*`` files that exist only while a write is in
+flight. Nothing whose name starts with ``.`` is ever listed as an entity.
+
+The durable write (see ``DESIGN.md`` §3):
+
+1. the caller has already encoded the value, so nothing can fail half-way
+   through serialisation;
+2. a temp file is created next to the target with ``O_CREAT | O_EXCL``;
+3. all bytes are written (short writes looped) and the temp file is fsynced;
+4. ``os.replace`` moves it onto the target, atomically;
+5. the directory is fsynced so the rename itself survives a power cut.
+
+Failure before 4 removes the temp file and keeps the old value
+(:class:`WriteFailedError`). Failure at 5 means the new value is visible but
+may not survive a power cut (:class:`DurabilityUnknownError`); the fsync is not
+retried, because a second fsync can succeed after the kernel dropped the data.
+
+Writers in different processes are serialised with ``flock`` on the entity's
+directory (the directory's own file descriptor, so no lock files litter the
+tree). Reads take no lock: a rename is atomic, so a reader sees the old file or
+the new one, whole.
+
+Versions are a digest of the content, so compare-and-set cannot be fooled by
+a reused inode number or a coarse mtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor
+from typing import Any, Self, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from persistkit.backends.base import (
+    ANY_VERSION,
+    Backend,
+    Expected,
+    QuarantineEntry,
+    Versioned,
+    join_key,
+    split_key,
+)
+from persistkit.backends.oslayer import REAL_OS, OSLayer
+from persistkit.errors import (
+    BackendError,
+    ConflictError,
+    DurabilityUnknownError,
+    EntityNotFoundError,
+    InvalidNameError,
+    StoreClosedError,
+    WriteFailedError,
+)
+
+__all__ = ["QUARANTINE_DIR", "SUFFIX", "TEMP_PREFIX", "FileBackend", "content_version"]
+
+T = TypeVar("T")
+
+SUFFIX = ".json"
+TEMP_PREFIX = ".tmp-"
+QUARANTINE_DIR = ".quarantine"
+_REASON_SUFFIX = ".reason"
+
+_LOCK_EX = fcntl.LOCK_EX
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_READ = os.O_RDONLY | os.O_CLOEXEC
+_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def content_version(data: bytes) -> str:
+    """The version of stored bytes: a digest of the content."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+class FileBackend(Backend):
+    """Entities as JSON files under ``root`` (made absolute at construction)."""
+
+    scheme = "file"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        os_layer: OSLayer = REAL_OS,
+        executor: Executor | None = None,
+    ) -> None:
+        # Absolute now, so that a later chdir does not move the data.
+        self.root = os.path.abspath(os.fspath(root))
+        self._os = os_layer
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """``file:///abs/path`` or ``file:relative/path``."""
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidNameError(f"file URL {url!r} names a host; only local paths are supported")
+        path = unquote(parts.path)
+        if not path:
+            raise InvalidNameError(f"file URL {url!r} has no path")
+        return cls(path)
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def __repr__(self) -> str:
+        return f"FileBackend({self.root!r})"
+
+    # -- paths -----------------------------------------------------------------
+
+    def _dir(self, namespace: str) -> str:
+        return f"{self.root}/{namespace}" if namespace else self.root
+
+    def path_of(self, key: str) -> str:
+        """The file that holds ``key``."""
+        return f"{self.root}/{key}{SUFFIX}"
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self!r} is closed")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking syscalls in a worker thread, never abandoning them half-way.
+
+        If the caller is cancelled, the worker still finishes its syscalls; we
+        wait for it before letting the cancellation through, so that the key's
+        lock is released only once the file is in its final state.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                try:
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    continue
+            if not future.cancelled():
+                future.exception()  # retrieved, so it is not reported as lost
+            raise
+
+    def _open_dir(self, path: str) -> int:
+        return self._os.open(path, _O_DIR)
+
+    def _ensure_dir(self, path: str) -> int:
+        """Open ``path``, creating missing directories durably (parent fsynced)."""
+        osl = self._os
+        try:
+            return osl.open(path, _O_DIR)
+        except FileNotFoundError:
+            pass
+        missing = []
+        probe = path
+        while True:
+            try:
+                osl.stat(probe)
+                break
+            except FileNotFoundError:
+                missing.append(probe)
+                parent = os.path.dirname(probe)
+                if parent == probe:
+                    break
+                probe = parent
+        for directory in reversed(missing):
+            try:
+                osl.mkdir(directory, 0o777)
+            except FileExistsError:
+                continue
+            self._fsync_dir(os.path.dirname(directory))
+        return osl.open(path, _O_DIR)
+
+    def _fsync_dir(self, path: str) -> None:
+        fd = self._os.open(path, _O_DIR)
+        try:
+            self._os.fsync(fd)
+        finally:
+            self._os.close(fd)
+
+    def _read_at(self, dir_fd: int | None, path: str) -> bytes | None:
+        """Whole content of ``path``; ``None`` when absent."""
+        osl = self._os
+        try:
+            fd = osl.open(path, _O_READ, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            want = osl.fstat(fd).st_size + 1
+            data = osl.read(fd, want)
+            if len(data) < want:  # a short read of a regular file is its end
+                return data
+            chunks = [data]
+            while chunk := osl.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            osl.close(fd)
+
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
+        """Steps 2-5 of the durable write, under the caller's lock."""
+        osl = self._os
+        try:
+            mode: int | None = stat.S_IMODE(osl.stat(name, dir_fd=dir_fd).st_mode)
+        except FileNotFoundError:
+            mode = None
+        temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = osl.open(temp, _O_TEMP, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            raise WriteFailedError(
+                f"cannot create a temp file in {self._describe_dir(dir_fd)}: {exc}; "
+                "the previous value is kept"
+            ) from exc
+        try:
+            try:
+                if mode is not None:
+                    osl.fchmod(fd, mode)  # keep the mode a user gave the file
+                view = memoryview(data)
+                while view:
+                    view = view[osl.write(fd, view) :]
+                osl.fsync(fd)
+            finally:
+                osl.close(fd)
+            osl.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            try:
+                osl.unlink(temp, dir_fd=dir_fd)
+            except OSError:
+                pass  # startup sweeps it; the error below is what matters
+            raise WriteFailedError(
+                f"writing {name} failed before it became visible: {exc}; "
+                "the previous value is kept"
+            ) from exc
+        try:
+            osl.fsync(dir_fd)
+        except OSError as exc:
+            raise DurabilityUnknownError(
+                f"{name} was replaced but fsync of its directory failed ({exc}): "
+                "the new value is visible, but may not survive a power cut"
+            ) from exc
+
+    def _describe_dir(self, dir_fd: int) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{dir_fd}")
+        except OSError:
+            return "its directory"
+
+    @staticmethod
+    def _check_expected(key: str, current: bytes | None, expect: Expected) -> None:
+        if expect is ANY_VERSION:
+            return
+        if expect is None:
+            if current is not None:
+                raise ConflictError(f"{key} exists already (create-only write)", key=key)
+        elif current is None:
+            raise ConflictError(f"{key} was removed since version {expect}", key=key)
+        elif content_version(current) != expect:
+            raise ConflictError(f"{key} changed since version {expect}", key=key)
+
+    # -- single values ---------------------------------------------------------
+
+    async def get(self, key: str) -> Versioned | None:
+        # Inline, not in a thread: reading a small cached file takes a few
+        # microseconds, less than the hop to a worker thread would.
+        self._check_open()
+        try:
+            data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
+        except OSError as exc:
+            raise BackendError(f"cannot read {key}: {exc}") from exc
+        if data is None:
+            return None
+        return Versioned(data, content_version(data))
+
+    async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
+        return [await self.get(key) for key in keys]
+
+    def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
+        osl = self._os
+        namespace, name = split_key(key)
+        try:
+            dir_fd = self._ensure_dir(self._dir(namespace))
+        except OSError as exc:
+            raise WriteFailedError(f"cannot create the directory of {key}: {exc}") from exc
+        try:
+            osl.flock(dir_fd, _LOCK_EX)
+            filename = name + SUFFIX
+            if expect is not ANY_VERSION:
+                self._check_expected(key, self._read_at(dir_fd, filename), expect)
+            self._write_new_file(dir_fd, filename, data)
+        finally:
+            osl.close(dir_fd)  # also releases the flock
+        return content_version(data)
+
+    async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        return await self._in_thread(self._put_sync, key, data, expect)
+
+    def _delete_sync(self, key: str, expect: Expected) -> bool:
+        osl = self._os
+        namespace, name = split_key(key)
+        try:
+            dir_fd = self._open_dir(self._dir(namespace))
+        except FileNotFoundError:
+            self._check_expected(key, None, expect)
+            return False
+        try:
+            osl.flock(dir_fd, _LOCK_EX)
+            filename = name + SUFFIX
+            if expect is not ANY_VERSION:
+                self._check_expected(key, self._read_at(dir_fd, filename), expect)
+            try:
+                osl.unlink(filename, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise WriteFailedError(f"cannot remove {key}: {exc}; it is kept") from exc
+            try:
+                osl.fsync(dir_fd)
+            except OSError as exc:
+                raise DurabilityUnknownError(
+                    f"{key} was removed but fsync of its directory failed ({exc}): "
+                    "it may reappear after a power cut"
+                ) from exc
+            return True
+        finally:
+            osl.close(dir_fd)
+
+    async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
+        return await self._in_thread(self._delete_sync, key, expect)
+
+    # -- listing ---------------------------------------------------------------
+
+    async def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
+        self._check_open()
+        pending = [namespace]
+        listed = 0
+        while pending:
+            current = pending.pop()
+            try:
+                entries = self._os.scandir(self._dir(current))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise BackendError(f"cannot list {self._dir(current)}: {exc}") from exc
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith("."):
+                        continue  # temp files, quarantine: persistkit's own
+                    if name.endswith(SUFFIX):
+                        yield join_key(current, name[: -len(SUFFIX)])
+                        listed += 1
+                        if listed % 1024 == 0:
+                            await asyncio.sleep(0)  # a long listing must not starve the loop
+                    elif recursive and entry.is_dir(follow_symlinks=False):
+                        pending.append(join_key(current, name))
+
+    # -- self-healing ------------------------------------------------------------
+
+    def _clean_orphans_sync(self, namespace: str, dry_run: bool) -> list[str]:
+        osl = self._os
+        try:
+            dir_fd = self._open_dir(self._dir(namespace))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        try:
+            if not dry_run:
+                # Every live write holds this lock for the life of its temp
+                # file, so under it any temp file is a dead writer's leftover.
+                osl.flock(dir_fd, _LOCK_EX)
+            with osl.scandir(self._dir(namespace)) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX):
+                        found.append(join_key(namespace, entry.name))
+                        if not dry_run:
+                            osl.unlink(entry.name, dir_fd=dir_fd)
+            if found and not dry_run:
+                osl.fsync(dir_fd)
+        finally:
+            osl.close(dir_fd)
+        return found
+
+    async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
+        return await self._in_thread(self._clean_orphans_sync, namespace, dry_run)
+
+    def _quarantine_dir(self, namespace: str) -> str:
+        return f"{self.root}/{QUARANTINE_DIR}/{namespace}" if namespace else (
+            f"{self.root}/{QUARANTINE_DIR}"
+        )
+
+    def _quarantine_sync(self, key: str, reason: str) -> QuarantineEntry:
+        osl = self._os
+        namespace, name = split_key(key)
+        now = time.time()
+        entry_name = f"{name}@{time.time_ns()}-{secrets.token_hex(3)}"
+        meta = orjson.dumps({"key": key, "reason": reason, "quarantined_at": now})
+        quarantine_fd = self._ensure_dir(self._quarantine_dir(namespace))
+        try:
+            source_fd = self._open_dir(self._dir(namespace))
+            try:
+                osl.flock(source_fd, _LOCK_EX)
+                self._write_new_file(quarantine_fd, entry_name + _REASON_SUFFIX, meta)
+                try:
+                    osl.replace(
+                        name + SUFFIX,
+                        entry_name + SUFFIX,
+                        src_dir_fd=source_fd,
+                        dst_dir_fd=quarantine_fd,
+                    )
+                except OSError as exc:
+                    osl.unlink(entry_name + _REASON_SUFFIX, dir_fd=quarantine_fd)
+                    raise BackendError(f"cannot quarantine {key}: {exc}") from exc
+                osl.fsync(quarantine_fd)
+                osl.fsync(source_fd)
+            finally:
+                osl.close(source_fd)
+        finally:
+            osl.close(quarantine_fd)
+        return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)
+
+    async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
+        return await self._in_thread(self._quarantine_sync, key, reason)
+
+    async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
+        self._check_open()
+        pending = [namespace]
+        while pending:
+            current = pending.pop()
+            try:
+                entries = list(self._os.scandir(self._quarantine_dir(current)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(join_key(current, entry.name))
+                elif entry.name.endswith(_REASON_SUFFIX):
+                    data = self._read_at(None, entry.path)
+                    if data is None:
+                        continue
+                    try:
+                        meta = orjson.loads(data)
+                        yield QuarantineEntry(
+                            id=join_key(current, entry.name[: -len(_REASON_SUFFIX)]),
+                            key=str(meta["key"]),
+                            reason=str(meta["reason"]),
+                            quarantined_at=float(meta["quarantined_at"]),
+                        )
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a reason file torn by a crash; the data file is still there
+
+    def _entry_paths(self, entry_id: str) -> tuple[str, str, str]:
+        """Quarantine directory, entry file stem and original key of ``entry_id``."""
+        parts = entry_id.split("/")
+        if (
+            not entry_id
+            or entry_id.startswith("/")
+            or "\x00" in entry_id
+            or any(part in ("", ".", "..") for part in parts)
+            or "@" not in parts[-1]
+        ):
+            raise InvalidNameError(f"{entry_id!r} is not a quarantine entry id")
+        namespace, stem = split_key(entry_id)
+        return self._quarantine_dir(namespace), stem, join_key(namespace, stem.split("@")[0])
+
+    async def read_quarantined(self, entry_id: str) -> bytes:
+        self._check_open()
+        directory, stem, _ = self._entry_paths(entry_id)
+        data = self._read_at(None, f"{directory}/{stem}{SUFFIX}")
+        if data is None:
+            raise EntityNotFoundError(f"no quarantine entry {entry_id!r}")
+        return data
+
+    def _restore_sync(self, entry_id: str, overwrite: bool) -> str:
+        osl = self._os
+        directory, stem, key = self._entry_paths(entry_id)
+        namespace, name = split_key(key)
+        try:
+            quarantine_fd = self._open_dir(directory)
+        except FileNotFoundError as exc:
+            raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
+        try:
+            target_fd = self._ensure_dir(self._dir(namespace))
+            try:
+                osl.flock(target_fd, _LOCK_EX)
+                if not overwrite and self._read_at(target_fd, name + SUFFIX) is not None:
+                    raise ConflictError(
+                        f"{key} has a value again; restore with overwrite to replace it",
+                        key=key,
+                    )
+                try:
+                    osl.replace(
+                        stem + SUFFIX, name + SUFFIX, src_dir_fd=quarantine_fd,
+                        dst_dir_fd=target_fd,
+                    )
+                except FileNotFoundError as exc:
+                    raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
+                osl.fsync(target_fd)
+            finally:
+                osl.close(target_fd)
+            self._unlink_quietly(quarantine_fd, stem + _REASON_SUFFIX)
+            osl.fsync(quarantine_fd)
+        finally:
+            osl.close(quarantine_fd)
+        return key
+
+    async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        return await self._in_thread(self._restore_sync, entry_id, overwrite)
+
+    def _purge_sync(self, entry_id: str) -> None:
+        directory, stem, _ = self._entry_paths(entry_id)
+        try:
+            dir_fd = self._open_dir(directory)
+        except FileNotFoundError as exc:
+            raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
+        try:
+            try:
+                self._os.unlink(stem + SUFFIX, dir_fd=dir_fd)
+            except FileNotFoundError as exc:
+                raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
+            self._unlink_quietly(dir_fd, stem + _REASON_SUFFIX)
+            self._os.fsync(dir_fd)
+        finally:
+            self._os.close(dir_fd)
+
+    async def purge(self, entry_id: str) -> None:
+        await self._in_thread(self._purge_sync, entry_id)
+
+    def _unlink_quietly(self, dir_fd: int, name: str) -> None:
+        try:
+            self._os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    async def aclose(self) -> None:
+        self._closed = True
+

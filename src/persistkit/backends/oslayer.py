@@ -1,0 +1,35 @@
+"""Every system call the file backend makes, behind one small object.
+
+The reliability suite swaps :class:`OSLayer` for one that injects errors or
+simulates a power cut, so nothing in :mod:`persistkit.backends.file` may call
+``os`` directly. The default is the real ``os`` module, bound once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+__all__ = ["OSLayer", "REAL_OS"]
+
+
+class OSLayer:
+    """The system calls of the file backend; subclass to inject faults."""
+
+    open = staticmethod(os.open)
+    close = staticmethod(os.close)
+    read = staticmethod(os.read)
+    write = staticmethod(os.write)
+    fsync = staticmethod(os.fsync)
+    fstat = staticmethod(os.fstat)
+    stat = staticmethod(os.stat)
+    fchmod = staticmethod(os.fchmod)
+    replace = staticmethod(os.replace)
+    unlink = staticmethod(os.unlink)
+    mkdir = staticmethod(os.mkdir)
+    rmdir = staticmethod(os.rmdir)
+    scandir = staticmethod(os.scandir)
+    flock = staticmethod(fcntl.flock)
+
+
+REAL_OS = OSLayer()

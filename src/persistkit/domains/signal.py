@@ -1,0 +1,85 @@
+"""Signal and schedule: one row per (symbol, strategy), or none."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeVar
+
+from persistkit.domains._base import DomainAdapter
+from persistkit.errors import EntityNotFoundError
+from persistkit.models import ScheduledSignalRow, SignalRow
+from persistkit.names import join_pair
+from persistkit.store import PersistBase
+
+__all__ = ["PersistScheduleUtils", "PersistSignalUtils"]
+
+RowT = TypeVar("RowT", bound=SignalRow)
+
+
+class _RowAdapter(DomainAdapter, Generic[RowT]):
+    """``{domain}/{symbol}_{strategy}/{symbol}.json`` holds one row; absent means none."""
+
+    model: ClassVar[type[SignalRow]]
+
+    async def _read(self, symbol: str, strategy_name: str) -> RowT | None:
+        store = await self._store(join_pair(symbol, strategy_name))
+        try:
+            value = await store.read_value(symbol)
+        except EntityNotFoundError:
+            return None
+        if value is None:  # the seed writes null to clear
+            return None
+        row: Any = value if isinstance(value, self.model) else self.model.model_validate(value)
+        return row  # type: ignore[no-any-return]
+
+    async def _write(self, row: RowT | None, symbol: str, strategy_name: str) -> None:
+        store = await self._store(join_pair(symbol, strategy_name))
+        if row is None:
+            await store.remove_value(symbol)
+        else:
+            await store.write_value(symbol, row)
+
+
+class PersistSignalUtils(_RowAdapter[SignalRow]):
+    """The open signal of a symbol under a strategy."""
+
+    domain = "signal"
+    model = SignalRow
+    schema = SignalRow | None
+
+    async def read_signal_data(self, symbol: str, strategy_name: str) -> SignalRow | None:
+        """The open signal, or ``None``."""
+        return await self._read(symbol, strategy_name)
+
+    async def write_signal_data(
+        self, row: SignalRow | None, symbol: str, strategy_name: str
+    ) -> None:
+        """Store the open signal durably; ``None`` clears it."""
+        await self._write(row, symbol, strategy_name)
+
+    def use_persist_signal_adapter(self, store_class: type[PersistBase[Any]]) -> None:
+        """Keep signals in a custom :class:`PersistBase` subclass."""
+        self._use(store_class)
+
+
+class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
+    """The limit entry of a symbol under a strategy, waiting for its price."""
+
+    domain = "schedule"
+    model = ScheduledSignalRow
+    schema = ScheduledSignalRow | None
+
+    async def read_schedule_data(
+        self, symbol: str, strategy_name: str
+    ) -> ScheduledSignalRow | None:
+        """The scheduled entry, or ``None``."""
+        return await self._read(symbol, strategy_name)
+
+    async def write_schedule_data(
+        self, row: ScheduledSignalRow | None, symbol: str, strategy_name: str
+    ) -> None:
+        """Store the scheduled entry durably; ``None`` cancels it."""
+        await self._write(row, symbol, strategy_name)
+
+    def use_persist_schedule_adapter(self, store_class: type[PersistBase[Any]]) -> None:
+        """Keep scheduled entries in a custom :class:`PersistBase` subclass."""
+        self._use(store_class)

@@ -1,0 +1,134 @@
+"""Every error persistkit raises.
+
+One root, so ``except PersistError`` catches everything the library means to
+raise; each error also subclasses the builtin it resembles, so code written
+against ``KeyError`` or ``ValueError`` keeps working::
+
+    PersistError
+    ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
+    ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
+    ├── SchemaValidationError       (ValueError)  a value that does not fit its model
+    ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
+    ├── CorruptValueError                         stored bytes that do not parse/validate
+    ├── ConflictError                             compare-and-set lost: the version moved
+    ├── StoreClosedError            (RuntimeError) use after aclose()
+    ├── InstanceLockedError         (RuntimeError) a second instance of a live session
+    └── BackendError                (OSError)     the storage below failed
+        ├── WriteFailedError                      nothing changed: the old value is kept
+        ├── DurabilityUnknownError                the new value is visible, durability unknown
+        └── TransientBackendError                 worth retrying (retried before it reaches you)
+            └── BackendUnavailableError           still failing after the retries
+
+Errors of the layers below (``OSError``, redis-py, botocore) are re-raised as
+one of these, chained with ``from`` so the original stays in the traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "ConflictError",
+    "CorruptValueError",
+    "DurabilityUnknownError",
+    "EntityNotFoundError",
+    "InstanceLockedError",
+    "InvalidNameError",
+    "PersistError",
+    "SchemaValidationError",
+    "StoreClosedError",
+    "TransientBackendError",
+    "UnserializableValueError",
+    "WriteFailedError",
+]
+
+
+class PersistError(Exception):
+    """Root of every error persistkit raises."""
+
+
+class InvalidNameError(PersistError, ValueError):
+    """A symbol, strategy, entity name or id that cannot be stored safely.
+
+    Raised before any I/O: nothing was read or written.
+    """
+
+
+class UnserializableValueError(PersistError, ValueError):
+    """A value that JSON cannot carry exactly (NaN, infinity, an unknown type).
+
+    Raised before any I/O; the stored value is untouched.
+    """
+
+
+class SchemaValidationError(PersistError, ValueError):
+    """A value that does not match the store's model. ``errors`` holds pydantic's details."""
+
+    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class EntityNotFoundError(PersistError, KeyError):
+    """``read_value`` of an entity that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else "entity not found"
+
+
+class CorruptValueError(PersistError):
+    """Stored bytes that do not parse or do not validate.
+
+    Startup quarantines such values; a read after startup raises this rather
+    than return garbage.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+
+class ConflictError(PersistError):
+    """A compare-and-set write found a different version than the one expected."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreClosedError(PersistError, RuntimeError):
+    """The store or backend was closed with ``aclose()``."""
+
+
+class InstanceLockedError(PersistError, RuntimeError):
+    """Another process already runs this live session; ``holder`` says which."""
+
+    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class BackendError(PersistError, OSError):
+    """The storage below persistkit failed."""
+
+
+class WriteFailedError(BackendError):
+    """A write failed before it became visible: the previous value is intact."""
+
+
+class DurabilityUnknownError(BackendError):
+    """The new value is visible but may not survive a power cut.
+
+    The directory fsync after the rename failed. Retrying the fsync would not
+    prove anything (the kernel may have dropped the dirty pages and cleared the
+    error), so persistkit reports it instead of retrying.
+    """
+
+
+class TransientBackendError(BackendError):
+    """A failure that may pass: connection refused or reset, timeout, throttling."""
+
+
+class BackendUnavailableError(TransientBackendError):
+    """A transient failure that outlasted the retry policy."""

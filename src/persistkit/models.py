@@ -1,0 +1,97 @@
+"""Typed state of a trading bot: what the four domain adapters store.
+
+Field names are Python's (``price_open``); on disk they are the seed's
+camelCase (``priceOpen``), so files written by the seed read here and the other
+way round. Either spelling is accepted as input. Extra fields a bot adds to a
+signal are kept and round-trip unchanged. NaN and infinity are refused:
+a price that cannot be stored exactly must not be stored at all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "PARTIAL_LEVELS",
+    "PartialData",
+    "PartialLevel",
+    "Position",
+    "RiskActivePosition",
+    "ScheduledSignalRow",
+    "SignalRow",
+]
+
+Position = Literal["long", "short"]
+
+PARTIAL_LEVELS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+PartialLevel = Literal[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        allow_inf_nan=False,
+        validate_assignment=True,
+        str_min_length=1,
+    )
+
+
+class SignalRow(_Model):
+    """The open signal (position) of one symbol under one strategy."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    symbol: str
+    strategy_name: str
+    position: Position
+    price_open: Price
+    price_take_profit: Price
+    price_stop_loss: Price
+    scheduled_at: Timestamp
+    pending_at: Timestamp
+    exchange_name: str | None = None
+    note: str | None = None
+    minute_estimated_time: Annotated[int, Field(ge=0)] | None = None
+
+
+class ScheduledSignalRow(SignalRow):
+    """A limit entry waiting for its price: ``price_open`` is the limit."""
+
+
+class RiskActivePosition(_Model):
+    """One position counted against a risk profile's portfolio limits."""
+
+    model_config = ConfigDict(extra="allow")
+
+    symbol: str
+    strategy_name: str
+    signal_id: str
+    position: Position
+    price_open: Price
+    quantity: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    added_at: Timestamp
+
+
+def _distinct_sorted(levels: list[int]) -> list[int]:
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"levels must not repeat: {levels}")
+    return sorted(levels)
+
+
+Levels = Annotated[list[PartialLevel], AfterValidator(_distinct_sorted)]
+
+
+class PartialData(_Model):
+    """Profit and loss milestones (percent of the way to TP/SL) already reported."""
+
+    profit_levels: Levels = Field(default_factory=list)
+    loss_levels: Levels = Field(default_factory=list)

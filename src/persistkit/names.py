@@ -1,0 +1,144 @@
+"""From user-given names (symbols, strategies, entity ids) to storage path segments.
+
+Names come from users and exchanges (``BTC/USDT``, ``my strategy``, unicode), so
+the mapping must be:
+
+- safe: a segment never contains ``/`` or NUL, is never ``.`` or ``..`` and never
+  starts with ``.`` (dot names are persistkit's own: temp files, quarantine);
+- reversible and collision-free: percent-encoding of the UTF-8 bytes outside
+  ``[A-Za-z0-9._-]``, always upper-case hex, so each name has exactly one
+  encoding and each encoding one name;
+- readable for ordinary names: ``BTCUSDT`` and ``my_strategy`` are stored as is.
+
+A few names are refused outright, before any I/O, because a user who passes
+them almost certainly made a mistake: the empty name, names with NUL, ``.``,
+``..``, absolute paths and paths that climb (``a/../b``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from persistkit.errors import InvalidNameError
+
+__all__ = [
+    "MAX_SEGMENT_BYTES",
+    "decode_segment",
+    "encode_segment",
+    "entity_id_text",
+    "join_pair",
+    "split_pair",
+]
+
+# ext4 allows 255 bytes per name; keep room for ".json" and quarantine stamps.
+MAX_SEGMENT_BYTES = 200
+
+_PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*\Z")
+_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_CANONICAL = re.compile(r"(?:[A-Za-z0-9_.\-]|%[0-9A-F]{2})+\Z")
+
+
+def entity_id_text(entity_id: object) -> str:
+    """The text form of an entity id (``str`` or ``int``); anything else is refused."""
+    if isinstance(entity_id, str):
+        return entity_id
+    if isinstance(entity_id, int) and not isinstance(entity_id, bool):
+        return str(entity_id)
+    raise InvalidNameError(
+        f"entity id must be str or int, got {type(entity_id).__name__}: {entity_id!r}"
+    )
+
+
+def _refuse_reason(name: str) -> str | None:
+    if not name:
+        return "is empty"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if name in (".", ".."):
+        return "is a relative directory reference"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "climbs out of its directory with '..'"
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def encode_segment(name: str, *, escape_underscore: bool = False) -> str:
+    """Encode one user-given name as one safe path segment.
+
+    ``escape_underscore`` also encodes ``_``; :func:`join_pair` uses it for the
+    first half of a pair so that the first literal ``_`` always separates the two.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"name must be a string, got {type(name).__name__}: {name!r}")
+    reason = _refuse_reason(name)
+    if reason is not None:
+        raise InvalidNameError(f"name {name!r} {reason}; refused before any I/O")
+    if _PLAIN.match(name) and not (escape_underscore and "_" in name):
+        encoded = name
+    else:
+        try:
+            raw = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidNameError(f"name {name!r} is not valid unicode text") from exc
+        parts = []
+        for index, byte in enumerate(raw):
+            keep = byte in _SAFE_BYTES and not (index == 0 and byte == ord("."))
+            if escape_underscore and byte == ord("_"):
+                keep = False
+            parts.append(chr(byte) if keep else f"%{byte:02X}")
+        encoded = "".join(parts)
+    if len(encoded) > MAX_SEGMENT_BYTES:
+        raise InvalidNameError(
+            f"name {name[:40]!r}... encodes to {len(encoded)} bytes; the limit is "
+            f"{MAX_SEGMENT_BYTES}"
+        )
+    return encoded
+
+
+@functools.lru_cache(maxsize=65536)
+def decode_segment(segment: str, *, escape_underscore: bool = False) -> str:
+    """Invert :func:`encode_segment`; a segment it could not have produced is refused."""
+    if not _CANONICAL.match(segment) or segment.startswith("."):
+        raise InvalidNameError(f"{segment!r} is not a persistkit-encoded name")
+    if "%" not in segment:
+        if escape_underscore and "_" in segment:
+            raise InvalidNameError(f"{segment!r} has an unescaped '_'")
+        return segment
+    out = bytearray()
+    index = 0
+    while index < len(segment):
+        char = segment[index]
+        if char == "%":
+            out.append(int(segment[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            out.append(ord(char))
+            index += 1
+    try:
+        name = out.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidNameError(f"{segment!r} does not decode to UTF-8 text") from exc
+    # Only the canonical encoding is accepted, so decoding is one-to-one.
+    if segment != encode_segment(name, escape_underscore=escape_underscore):
+        raise InvalidNameError(f"{segment!r} is not the canonical encoding of {name!r}")
+    return name
+
+
+def join_pair(first: str, second: str) -> str:
+    """``{first}_{second}`` as one segment, e.g. ``BTCUSDT_my_strategy``.
+
+    ``_`` inside ``first`` is escaped, so ``("a_b", "c")`` and ``("a", "b_c")``
+    map to different segments and :func:`split_pair` recovers both halves.
+    """
+    return f"{encode_segment(first, escape_underscore=True)}_{encode_segment(second)}"
+
+
+def split_pair(segment: str) -> tuple[str, str]:
+    """Invert :func:`join_pair`."""
+    head, sep, tail = segment.partition("_")
+    if not sep or not head or not tail:
+        raise InvalidNameError(f"{segment!r} is not a '{{symbol}}_{{strategy}}' segment")
+    return decode_segment(head, escape_underscore=True), decode_segment(tail)

@@ -1,0 +1,422 @@
+"""``PersistBase``: the async entity store every adapter is built on.
+
+A store is one entity namespace (``{base_dir}/{entity_name}/``) holding values
+by id. It owns everything a backend should not have to: names, validation,
+encoding, ordering of writes to one key, retries of transient errors and the
+self-healing scan at startup. The bytes go to a :class:`~persistkit.backends.Backend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from persistkit import codec
+from persistkit._keyed_lock import LoopLocalKeyedLocks
+from persistkit.backends.base import ANY_VERSION, Backend, Expected, QuarantineEntry, join_key
+from persistkit.config import DEFAULT_BASE_DIR, resolve_directory
+from persistkit.errors import (
+    ConflictError,
+    CorruptValueError,
+    EntityNotFoundError,
+    InvalidNameError,
+    SchemaValidationError,
+    StoreClosedError,
+    TransientBackendError,
+)
+from persistkit.names import decode_segment, encode_segment, entity_id_text
+from persistkit.retry import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["Entry", "Finding", "InitReport", "PersistBase", "SegmentName"]
+
+logger = logging.getLogger("persistkit")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+class SegmentName(str):
+    """A name already encoded by :mod:`persistkit.names`; stores use it as is."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[T]):
+    """A value and the version it was read at (for compare-and-set)."""
+
+    value: T
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem the startup scan found."""
+
+    key: str
+    reason: str
+    quarantine_id: str | None = None
+    """Where it was moved; ``None`` in a read-only check."""
+
+
+@dataclass(slots=True)
+class InitReport:
+    """What a startup scan of one store found and did."""
+
+    namespace: str
+    backend: str
+    repaired: bool
+    """False for a read-only check: nothing was moved or removed."""
+    checked: int = 0
+    orphans: list[str] = field(default_factory=list)
+    """Temp files of interrupted writes (removed unless read-only)."""
+    corrupt: list[Finding] = field(default_factory=list)
+    """Values that did not parse or validate (quarantined unless read-only)."""
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.orphans and not self.corrupt
+
+    def summary(self) -> str:
+        orphans, corrupt = ("removed", "quarantined") if self.repaired else (
+            "found", "to quarantine"
+        )
+        return (
+            f"{self.backend} {self.namespace or '/'}: {self.checked} values checked, "
+            f"{len(self.orphans)} orphan temp files {orphans}, "
+            f"{len(self.corrupt)} corrupt values {corrupt}"
+        )
+
+
+# Writes to one key are ordered per backend instance, whichever store issues them.
+_ordering: weakref.WeakKeyDictionary[Backend, LoopLocalKeyedLocks] = weakref.WeakKeyDictionary()
+
+
+def _ordering_for(backend: Backend) -> LoopLocalKeyedLocks:
+    locks = _ordering.get(backend)
+    if locks is None:
+        locks = _ordering[backend] = LoopLocalKeyedLocks()
+    return locks
+
+
+class PersistBase(Generic[T]):
+    """An async store of JSON values by id, durable when each write returns.
+
+    ``PersistBase(entity_name, base_dir)`` keeps values at
+    ``{base_dir}/{entity_name}/{id}.json``. ``base_dir`` is made absolute here,
+    so a later ``chdir`` does not move the data. When ``base_dir`` lies under
+    the root given to :func:`persistkit.configure`, the configured backend
+    (memory in backtest mode, Redis, S3) serves it; ``backend=`` picks one
+    explicitly. ``model=`` (a pydantic model or any type pydantic validates)
+    validates every value written and read, and the startup scan.
+
+    Subclass it and override methods to store elsewhere, as with the seed's
+    custom adapters; the domain adapters take such a class.
+    """
+
+    def __init__(
+        self,
+        entity_name: str,
+        base_dir: str | os.PathLike[str] = DEFAULT_BASE_DIR,
+        *,
+        backend: Backend | None = None,
+        model: Any = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.entity_name = str(entity_name)
+        self.base_dir = os.path.abspath(os.fspath(base_dir))
+        segment = entity_name if isinstance(entity_name, SegmentName) else encode_segment(
+            entity_name
+        )
+        if backend is None:
+            backend, parent = resolve_directory(self.base_dir)
+        else:
+            parent = ""
+        self.backend: Backend = backend
+        self.namespace = join_key(parent, segment)
+        self._retry = retry
+        self._schema: TypeAdapter[Any] | None = None
+        if model is not None:
+            self.set_model(model)
+        self._locks = _ordering_for(backend)
+        self._init: asyncio.Future[InitReport] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.namespace!r} on {self.backend.url})"
+
+    def set_model(self, model: Any) -> None:
+        """Validate values against ``model`` from now on (adapters call it after construction)."""
+        self._schema = TypeAdapter(model)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _key(self, entity_id: str | int) -> str:
+        return f"{self.namespace}/{encode_segment(entity_id_text(entity_id))}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self!r} is closed")
+
+    async def _call(self, operation: Callable[[], Awaitable[R]]) -> R:
+        """Run a backend operation; transient failures go to the retry policy."""
+        try:
+            return await operation()
+        except TransientBackendError as exc:
+            return await self._retry.call(operation, exc)
+
+    def _encode(self, value: Any) -> bytes:
+        if self._schema is not None:
+            try:
+                value = self._schema.validate_python(value)
+            except ValidationError as exc:
+                raise SchemaValidationError(
+                    f"{self.namespace}: value does not match its model: {exc}",
+                    cast(list[dict[str, object]], exc.errors()),
+                ) from exc
+        return codec.encode(value)
+
+    def _parse(self, key: str, data: bytes) -> Any:
+        """Bytes to value, or the reason they are corrupt."""
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise CorruptValueError(
+                f"{key} is not valid JSON ({exc})", key=key, reason=f"unparseable JSON: {exc}"
+            ) from exc
+        if self._schema is not None:
+            try:
+                value = self._schema.validate_python(value)
+            except ValidationError as exc:
+                reason = f"schema: {exc.error_count()} errors: {exc.errors()[0]['msg']}"
+                raise CorruptValueError(
+                    f"{key} does not match its model ({reason})", key=key, reason=reason
+                ) from exc
+        return value
+
+    # -- startup ---------------------------------------------------------------------
+
+    async def wait_for_init(self, initial: bool = True) -> InitReport:
+        """Prepare the store once; concurrent and later callers share the result.
+
+        Removes temp files of interrupted writes, reads and validates every
+        value, and quarantines each that does not parse or validate (nothing is
+        ever deleted). The report is returned and logged. ``initial`` is the
+        seed's flag and is accepted for compatibility; the scan always runs once.
+        """
+        self._check_open()
+        if self._init is None:
+            self._init = asyncio.ensure_future(self.check(repair=True))
+        try:
+            return await asyncio.shield(self._init)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._init = None  # a failed start (server down) may be retried
+            raise
+
+    async def check(
+        self, *, repair: bool = False, on_progress: Callable[[int], None] | None = None
+    ) -> InitReport:
+        """Scan the store: orphan temps and values that do not parse or validate.
+
+        ``repair=False`` (a preflight) changes nothing; ``repair=True`` removes
+        orphans and quarantines bad values, as :meth:`wait_for_init` does.
+        ``on_progress`` is called with the count of values checked so far.
+        """
+        started = time.perf_counter()
+        report = InitReport(self.namespace, self.backend.url, repair)
+        report.orphans = await self._call(
+            lambda: self.backend.clean_orphans(self.namespace, dry_run=not repair)
+        )
+        async for key in self.backend.scan(self.namespace):
+            stored = await self._call(lambda key=key: self.backend.get(key))  # type: ignore[misc]
+            report.checked += 1
+            if on_progress is not None and report.checked % 1000 == 0:
+                on_progress(report.checked)
+            if stored is None:
+                continue  # removed while we scanned
+            try:
+                self._parse(key, stored.data)
+            except CorruptValueError as exc:
+                reason = exc.reason or str(exc)
+                entry_id = None
+                if repair:
+                    entry = await self._call(
+                        lambda key=key, reason=reason: self.backend.quarantine(key, reason)  # type: ignore[misc]
+                    )
+                    entry_id = entry.id
+                report.corrupt.append(Finding(key, reason, entry_id))
+        report.seconds = time.perf_counter() - started
+        if on_progress is not None:
+            on_progress(report.checked)
+        level = logging.INFO if report.clean else logging.WARNING
+        logger.log(level, "persistkit startup: %s", report.summary())
+        for finding in report.corrupt:
+            logger.log(level, "  %s: %s -> %s", finding.key, finding.reason, finding.quarantine_id)
+        return report
+
+    # -- values ------------------------------------------------------------------------
+
+    async def read_entry(self, entity_id: str | int) -> Entry[T]:
+        """The value of ``entity_id`` with its version; ``EntityNotFoundError`` if absent."""
+        self._check_open()
+        key = self._key(entity_id)
+        stored = await self._call(lambda: self.backend.get(key))
+        if stored is None:
+            raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
+        return Entry(self._parse(key, stored.data), stored.version)
+
+    async def read_value(self, entity_id: str | int) -> T:
+        """The value of ``entity_id``; ``EntityNotFoundError`` (a ``KeyError``) if absent."""
+        return (await self.read_entry(entity_id)).value
+
+    async def has_value(self, entity_id: str | int) -> bool:
+        self._check_open()
+        key = self._key(entity_id)
+        return await self._call(lambda: self.backend.get(key)) is not None
+
+    async def write_value(
+        self, entity_id: str | int, value: T, *, if_version: Expected = ANY_VERSION
+    ) -> str:
+        """Store ``value``; durable when this returns. Returns the new version.
+
+        ``if_version`` makes it a compare-and-set: a version from
+        :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
+        absent); otherwise :class:`~persistkit.errors.ConflictError`.
+        Writes to one id are applied in the order they were called.
+        """
+        self._check_open()
+        key = self._key(entity_id)
+        data = self._encode(value)  # before any I/O: a bad value changes nothing
+        locks = self._locks.current()
+        await locks.acquire(key)
+        try:
+            return await self._call(lambda: self.backend.put(key, data, expect=if_version))
+        finally:
+            locks.release(key)
+
+    async def update_value(
+        self,
+        entity_id: str | int,
+        change: Callable[[T | None], T],
+        *,
+        attempts: int = 1000,
+    ) -> T:
+        """Read, apply ``change`` (it gets ``None`` when absent), write back if unchanged.
+
+        Retries on :class:`~persistkit.errors.ConflictError`, so concurrent
+        updates from threads or processes are never lost.
+        """
+        for _ in range(attempts):
+            try:
+                entry = await self.read_entry(entity_id)
+                current, version = entry.value, cast(Expected, entry.version)
+            except EntityNotFoundError:
+                current, version = None, None
+            new_value = change(current)
+            try:
+                await self.write_value(entity_id, new_value, if_version=version)
+            except ConflictError:
+                await asyncio.sleep(0)
+                continue
+            return new_value
+        raise ConflictError(f"{entity_id!r}: gave up after {attempts} conflicting updates")
+
+    async def remove_value(
+        self, entity_id: str | int, *, if_version: Expected = ANY_VERSION
+    ) -> bool:
+        """Remove ``entity_id`` durably; ``False`` when it was already absent."""
+        self._check_open()
+        key = self._key(entity_id)
+        locks = self._locks.current()
+        await locks.acquire(key)
+        try:
+            return await self._call(lambda: self.backend.delete(key, expect=if_version))
+        finally:
+            locks.release(key)
+
+    async def remove_all(self) -> int:
+        """Remove every value of this store; returns how many were removed."""
+        removed = 0
+        batch: list[str] = []
+        async for entity_id in self.keys():
+            batch.append(entity_id)
+            if len(batch) >= 1000:
+                removed += await self._remove_batch(batch)
+                batch = []
+        return removed + await self._remove_batch(batch)
+
+    async def _remove_batch(self, ids: list[str]) -> int:
+        return sum([await self.remove_value(entity_id) for entity_id in ids])
+
+    # -- iteration ---------------------------------------------------------------------
+
+    async def keys(self) -> AsyncIterator[str]:
+        """Stream the ids in this store (as text; an int id comes back as its digits)."""
+        self._check_open()
+        prefix_length = len(self.namespace) + 1
+        async for key in self.backend.scan(self.namespace):
+            try:
+                yield decode_segment(key[prefix_length:])
+            except InvalidNameError:
+                logger.warning("persistkit: ignoring %s, not a name persistkit wrote", key)
+
+    async def values(self) -> AsyncIterator[T]:
+        """Stream the values in this store."""
+        self._check_open()
+        async for key in self.backend.scan(self.namespace):
+            stored = await self._call(lambda key=key: self.backend.get(key))  # type: ignore[misc]
+            if stored is not None:
+                yield self._parse(key, stored.data)
+
+    async def filter(self, predicate: Callable[[T], bool]) -> AsyncIterator[T]:
+        """Stream the values for which ``predicate`` is true."""
+        async for value in self.values():
+            if predicate(value):
+                yield value
+
+    async def take(
+        self, total: int, predicate: Callable[[T], bool] | None = None
+    ) -> AsyncIterator[T]:
+        """Stream at most ``total`` values (matching ``predicate`` when given)."""
+        if total <= 0:
+            return
+        taken = 0
+        async for value in self.values():
+            if predicate is None or predicate(value):
+                yield value
+                taken += 1
+                if taken >= total:
+                    return
+
+    # -- quarantine --------------------------------------------------------------------
+
+    async def list_quarantined(self) -> list[QuarantineEntry]:
+        """Values of this store moved aside at startup, with their reasons."""
+        return [entry async for entry in self.backend.list_quarantine(self.namespace)]
+
+    async def restore_quarantined(self, entry_id: str, *, overwrite: bool = False) -> str:
+        """Put a quarantined value back (after fixing it by hand, say); returns its key."""
+        return await self.backend.restore(entry_id, overwrite=overwrite)
+
+    async def aclose(self) -> None:
+        """Refuse further use. The backend is shared and stays open."""
+        self._closed = True
+
+    async def __aenter__(self) -> PersistBase[T]:
+        await self.wait_for_init()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+

@@ -1,0 +1,371 @@
+"""The backend conformance suite, shipped so that any backend can prove itself.
+
+Use it from your own tests (pytest with pytest-asyncio)::
+
+    import pytest
+    from persistkit.testing import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        async def backend(self):
+            backend = MyBackend(...)   # fresh and empty for every test
+            yield backend
+            await backend.aclose()
+
+Every test below then runs against it, unchanged: the same suite the file,
+memory, Redis and S3 backends pass. Set ``supports_commit = False`` on the
+subclass if the backend has no atomic multi-key commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, ClassVar
+
+import pytest
+
+from persistkit.backends.base import ANY_VERSION, Backend
+from persistkit.errors import (
+    ConflictError,
+    CorruptValueError,
+    EntityNotFoundError,
+    InvalidNameError,
+    SchemaValidationError,
+    StoreClosedError,
+    UnserializableValueError,
+)
+from persistkit.models import SignalRow
+from persistkit.store import PersistBase
+
+__all__ = ["BackendConformance", "sample_signal"]
+
+
+def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
+    """A ~300-byte signal row, as a bot would store it."""
+    row: dict[str, Any] = {
+        "id": f"sig-{index:06d}",
+        "symbol": "BTCUSDT",
+        "strategyName": "mean_reversion",
+        "exchangeName": "binance",
+        "position": "long",
+        "priceOpen": 64123.5 + index,
+        "priceTakeProfit": 66000.0,
+        "priceStopLoss": 63000.25,
+        "scheduledAt": 1_763_700_000_000 + index,
+        "pendingAt": 1_763_700_060_000 + index,
+        "minuteEstimatedTime": 240,
+        "note": "breakout above the 4h range high, volume confirmed",
+    }
+    row.update(changes)
+    return row
+
+
+class BackendConformance:
+    """What every backend must do. Subclass and provide a ``backend`` fixture."""
+
+    supports_commit: ClassVar[bool] = True
+
+    # -- get / put / delete ------------------------------------------------------
+
+    async def test_get_of_absent_key_is_none(self, backend: Backend) -> None:
+        assert await backend.get("ns/absent") is None
+
+    async def test_put_then_get_returns_the_same_bytes_and_version(self, backend: Backend) -> None:
+        version = await backend.put("ns/a", b'{"x":1}')
+        stored = await backend.get("ns/a")
+        assert stored is not None
+        assert stored.data == b'{"x":1}'
+        assert stored.version == version
+
+    async def test_arbitrary_bytes_round_trip_exactly(self, backend: Backend) -> None:
+        data = bytes(range(256)) * 8 + "ünïcödé €".encode()
+        await backend.put("ns/binary", data)
+        stored = await backend.get("ns/binary")
+        assert stored is not None and stored.data == data
+
+    async def test_a_large_value_round_trips(self, backend: Backend) -> None:
+        data = os.urandom(1 << 20)
+        await backend.put("ns/large", data)
+        stored = await backend.get("ns/large")
+        assert stored is not None and stored.data == data
+
+    async def test_overwrite_replaces_value_and_changes_version(self, backend: Backend) -> None:
+        first = await backend.put("ns/a", b"1")
+        second = await backend.put("ns/a", b"2")
+        stored = await backend.get("ns/a")
+        assert stored is not None and stored.data == b"2"
+        assert second != first and stored.version == second
+
+    async def test_create_only_write(self, backend: Backend) -> None:
+        await backend.put("ns/a", b"first", expect=None)
+        with pytest.raises(ConflictError):
+            await backend.put("ns/a", b"second", expect=None)
+        stored = await backend.get("ns/a")
+        assert stored is not None and stored.data == b"first"
+
+    async def test_compare_and_set_with_current_version_succeeds(self, backend: Backend) -> None:
+        version = await backend.put("ns/a", b"1")
+        new_version = await backend.put("ns/a", b"2", expect=version)
+        stored = await backend.get("ns/a")
+        assert stored is not None and (stored.data, stored.version) == (b"2", new_version)
+
+    async def test_compare_and_set_with_stale_version_changes_nothing(
+        self, backend: Backend
+    ) -> None:
+        stale = await backend.put("ns/a", b"1")
+        await backend.put("ns/a", b"2")
+        with pytest.raises(ConflictError):
+            await backend.put("ns/a", b"3", expect=stale)
+        stored = await backend.get("ns/a")
+        assert stored is not None and stored.data == b"2"
+
+    async def test_compare_and_set_on_absent_key_conflicts(self, backend: Backend) -> None:
+        version = await backend.put("ns/a", b"1")
+        await backend.delete("ns/a")
+        with pytest.raises(ConflictError):
+            await backend.put("ns/a", b"2", expect=version)
+        assert await backend.get("ns/a") is None
+
+    async def test_delete(self, backend: Backend) -> None:
+        await backend.put("ns/a", b"1")
+        assert await backend.delete("ns/a") is True
+        assert await backend.get("ns/a") is None
+        assert await backend.delete("ns/a") is False
+
+    async def test_conditional_delete_with_stale_version_keeps_value(
+        self, backend: Backend
+    ) -> None:
+        stale = await backend.put("ns/a", b"1")
+        current = await backend.put("ns/a", b"2")
+        with pytest.raises(ConflictError):
+            await backend.delete("ns/a", expect=stale)
+        assert await backend.delete("ns/a", expect=current) is True
+        assert await backend.get("ns/a") is None
+
+    async def test_get_many_keeps_order_and_reports_absent(self, backend: Backend) -> None:
+        await backend.put("ns/a", b"A")
+        await backend.put("ns/c", b"C")
+        got = await backend.get_many(["ns/c", "ns/b", "ns/a"])
+        assert [item.data if item else None for item in got] == [b"C", None, b"A"]
+
+    # -- listing -------------------------------------------------------------------
+
+    async def test_scan_lists_one_namespace_only(self, backend: Backend) -> None:
+        for key in ("x/a", "x/b", "x/sub/c", "y/d", "xy/e"):
+            await backend.put(key, b"{}")
+        assert sorted([key async for key in backend.scan("x")]) == ["x/a", "x/b"]
+        assert sorted([key async for key in backend.scan("x", recursive=True)]) == [
+            "x/a",
+            "x/b",
+            "x/sub/c",
+        ]
+        assert [key async for key in backend.scan("absent")] == []
+
+    async def test_scan_streams_thousands_of_keys(self, backend: Backend) -> None:
+        count = 1500
+        for start in range(0, count, 100):
+            await asyncio.gather(
+                *(backend.put(f"many/k{i:05d}", b"1") for i in range(start, start + 100))
+            )
+        keys = [key async for key in backend.scan("many")]
+        assert len(keys) == count
+        assert set(keys) == {f"many/k{i:05d}" for i in range(count)}
+
+    async def test_scan_does_not_list_deleted_or_quarantined(self, backend: Backend) -> None:
+        await backend.put("ns/keep", b"1")
+        await backend.put("ns/gone", b"1")
+        await backend.put("ns/bad", b"{")
+        await backend.delete("ns/gone")
+        await backend.quarantine("ns/bad", "test")
+        assert [key async for key in backend.scan("ns")] == ["ns/keep"]
+        assert [key async for key in backend.scan("", recursive=True)] == ["ns/keep"]
+
+    # -- quarantine ------------------------------------------------------------------
+
+    async def test_quarantine_moves_aside_and_never_deletes(self, backend: Backend) -> None:
+        await backend.put("ns/bad", b"{torn")
+        entry = await backend.quarantine("ns/bad", "unparseable JSON")
+        assert await backend.get("ns/bad") is None
+        listed = [item async for item in backend.list_quarantine("ns")]
+        assert [(item.id, item.key, item.reason) for item in listed] == [
+            (entry.id, "ns/bad", "unparseable JSON")
+        ]
+        assert await backend.read_quarantined(entry.id) == b"{torn"
+
+    async def test_restore_puts_the_value_back(self, backend: Backend) -> None:
+        await backend.put("ns/bad", b"{torn")
+        entry = await backend.quarantine("ns/bad", "unparseable")
+        assert await backend.restore(entry.id) == "ns/bad"
+        stored = await backend.get("ns/bad")
+        assert stored is not None and stored.data == b"{torn"
+        assert [item async for item in backend.list_quarantine()] == []
+
+    async def test_restore_refuses_to_overwrite_a_newer_value(self, backend: Backend) -> None:
+        await backend.put("ns/a", b"old")
+        entry = await backend.quarantine("ns/a", "bad")
+        await backend.put("ns/a", b"new")
+        with pytest.raises(ConflictError):
+            await backend.restore(entry.id)
+        stored = await backend.get("ns/a")
+        assert stored is not None and stored.data == b"new"
+        await backend.restore(entry.id, overwrite=True)
+        stored = await backend.get("ns/a")
+        assert stored is not None and stored.data == b"old"
+
+    async def test_purge_deletes_a_quarantined_value(self, backend: Backend) -> None:
+        await backend.put("ns/a", b"x")
+        entry = await backend.quarantine("ns/a", "bad")
+        await backend.purge(entry.id)
+        assert [item async for item in backend.list_quarantine()] == []
+        with pytest.raises(EntityNotFoundError):
+            await backend.read_quarantined(entry.id)
+
+    # -- atomic commit ---------------------------------------------------------------
+
+    async def test_commit_applies_writes_and_deletes_together(self, backend: Backend) -> None:
+        if not self.supports_commit:
+            pytest.skip(f"{type(backend).__name__} declares no atomic commit")
+        await backend.put("tick/old", b"1")
+        await backend.commit({"tick/a": b"A", "other/b": b"B", "tick/old": None})
+        assert [await backend.get(k) is not None for k in ("tick/a", "other/b", "tick/old")] == [
+            True,
+            True,
+            False,
+        ]
+
+    # -- the store above the backend ----------------------------------------------------
+
+    async def test_store_round_trip_of_json_values(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        value = {"n": 1, "f": 2.5, "s": "ü", "l": [1, None, True], "d": {"k": "v"}}
+        await store.write_value("a", value)
+        await store.write_value(7, [1, 2])
+        assert await store.read_value("a") == value
+        assert await store.read_value(7) == [1, 2]
+        assert await store.has_value("a") and not await store.has_value("missing")
+        with pytest.raises(EntityNotFoundError):
+            await store.read_value("missing")
+        assert sorted([key async for key in store.keys()]) == ["7", "a"]
+
+    async def test_store_refuses_values_that_cannot_round_trip(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.write_value("a", {"price": 1.0})
+        for bad in ({"price": float("nan")}, {"price": float("inf")}, {"at": object()}, {1: 2}):
+            with pytest.raises(UnserializableValueError):
+                await store.write_value("a", bad)
+        assert await store.read_value("a") == {"price": 1.0}
+
+    async def test_store_hostile_ids_round_trip_and_stay_distinct(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        ids = ["BTC/USDT", "a_b", "a%5Fb", ".hidden", "sp ace", "ünï", "..a", "a/b/c", "~x"]
+        for index, entity_id in enumerate(ids):
+            await store.write_value(entity_id, index)
+        assert sorted([key async for key in store.keys()]) == sorted(ids)
+        for index, entity_id in enumerate(ids):
+            assert await store.read_value(entity_id) == index
+        for bad in ("", "..", ".", "/etc/passwd", "a/../b", "nul\x00"):
+            with pytest.raises(InvalidNameError):
+                await store.write_value(bad, 1)
+
+    async def test_store_applies_concurrent_writes_in_call_order(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await asyncio.gather(*(store.write_value("k", i) for i in range(40)))
+        assert await store.read_value("k") == 39
+
+    async def test_store_concurrent_updates_lose_nothing(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+
+        async def worker() -> None:
+            for _ in range(10):
+                await store.update_value("counter", lambda n: (n or 0) + 1)
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+        assert await store.read_value("counter") == 80
+
+    async def test_store_versions_guard_concurrent_writers(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.write_value("k", 1)
+        seen = await store.read_entry("k")
+        await store.write_value("k", 2)
+        with pytest.raises(ConflictError):
+            await store.write_value("k", 3, if_version=seen.version)
+        assert await store.read_value("k") == 2
+
+    async def test_store_startup_quarantines_corrupt_values(self, backend: Backend) -> None:
+        await backend.put("signals/good", SignalRowBytes.good)
+        await backend.put("signals/torn", SignalRowBytes.good[:40])
+        await backend.put("signals/empty", b"")
+        await backend.put("signals/zeros", b"\x00" * 64)
+        await backend.put("signals/schema", b'{"id": "x", "position": "sideways"}')
+        store: PersistBase[Any] = PersistBase("signals", backend=backend, model=SignalRow)
+        report = await store.wait_for_init()
+        assert report.checked == 5
+        assert sorted(finding.key for finding in report.corrupt) == [
+            "signals/empty",
+            "signals/schema",
+            "signals/torn",
+            "signals/zeros",
+        ]
+        assert [key async for key in store.keys()] == ["good"]
+        quarantined = await store.list_quarantined()
+        assert len(quarantined) == 4
+        for entry in quarantined:  # moved aside, never deleted
+            assert await backend.read_quarantined(entry.id) is not None
+        assert await store.wait_for_init() is report  # once per store
+
+    async def test_store_read_of_corrupt_value_after_startup_raises(
+        self, backend: Backend
+    ) -> None:
+        store: PersistBase[Any] = PersistBase("signals", backend=backend, model=SignalRow)
+        await store.wait_for_init()
+        await backend.put("signals/late", b"[1, 2")
+        with pytest.raises(CorruptValueError):
+            await store.read_value("late")
+
+    async def test_store_validates_against_its_model(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("signals", backend=backend, model=SignalRow)
+        with pytest.raises(SchemaValidationError):
+            await store.write_value("x", {"id": "x", "position": "sideways"})
+        await store.write_value("ok", SignalRow.model_validate_json(SignalRowBytes.good))
+        assert (await store.read_value("ok")).symbol == "BTCUSDT"
+
+    async def test_store_take_and_filter_stream(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        for i in range(30):
+            await store.write_value(i, {"i": i})
+        evens = [v["i"] async for v in store.filter(lambda v: v["i"] % 2 == 0)]
+        assert sorted(evens) == list(range(0, 30, 2))
+        assert len([v async for v in store.take(5)]) == 5
+        assert len([v async for v in store.take(3, lambda v: v["i"] > 25)]) == 3
+        assert sorted([v["i"] async for v in store.values()]) == list(range(30))
+
+    async def test_store_remove_all(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        other: PersistBase[Any] = PersistBase("other", backend=backend)
+        for i in range(12):
+            await store.write_value(i, i)
+        await other.write_value("keep", 1)
+        assert await store.remove_all() == 12
+        assert [key async for key in store.keys()] == []
+        assert await other.read_value("keep") == 1
+
+    async def test_closed_store_refuses_use(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.aclose()
+        with pytest.raises(StoreClosedError):
+            await store.write_value("a", 1)
+
+    async def test_unconditional_write_is_the_default(self, backend: Backend) -> None:
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.write_value("a", 1, if_version=ANY_VERSION)
+        await store.write_value("a", 2)
+        assert await store.read_value("a") == 2
+
+
+class SignalRowBytes:
+    good = (
+        b'{"id":"s1","symbol":"BTCUSDT","strategyName":"trend","position":"long",'
+        b'"priceOpen":100.5,"priceTakeProfit":110.0,"priceStopLoss":95.0,'
+        b'"scheduledAt":1763700000000,"pendingAt":1763700060000}'
+    )

@@ -43,6 +43,7 @@ logger = logging.getLogger("persistkit")
 T = TypeVar("T")
 R = TypeVar("R")
 
+
 class SegmentName(str):
     """A name already encoded by :mod:`persistkit.names`; stores use it as is."""
 
@@ -87,8 +88,8 @@ class InitReport:
         return not self.orphans and not self.corrupt
 
     def summary(self) -> str:
-        orphans, corrupt = ("removed", "quarantined") if self.repaired else (
-            "found", "to quarantine"
+        orphans, corrupt = (
+            ("removed", "quarantined") if self.repaired else ("found", "to quarantine")
         )
         return (
             f"{self.backend} {self.namespace or '/'}: {self.checked} values checked, "
@@ -134,8 +135,8 @@ class PersistBase(Generic[T]):
     ) -> None:
         self.entity_name = str(entity_name)
         self.base_dir = os.path.abspath(os.fspath(base_dir))
-        segment = entity_name if isinstance(entity_name, SegmentName) else encode_segment(
-            entity_name
+        segment = (
+            entity_name if isinstance(entity_name, SegmentName) else encode_segment(entity_name)
         )
         if backend is None:
             backend, parent = resolve_directory(self.base_dir)
@@ -419,4 +420,3 @@ class PersistBase(Generic[T]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-

@@ -40,7 +40,7 @@ class AnyVersion(enum.Enum):
 
 ANY_VERSION = AnyVersion.ANY
 
-Expected: TypeAlias = "str | None | AnyVersion"
+Expected: TypeAlias = "str | AnyVersion | None"
 """What a conditional write expects: a version string (must still be current),
 ``None`` (the key must not exist) or ``ANY_VERSION`` (unconditional)."""
 

@@ -245,8 +245,7 @@ class FileBackend(Backend):
             except OSError:
                 pass  # startup sweeps it; the error below is what matters
             raise WriteFailedError(
-                f"writing {name} failed before it became visible: {exc}; "
-                "the previous value is kept"
+                f"writing {name} failed before it became visible: {exc}; the previous value is kept"
             ) from exc
         try:
             osl.fsync(dir_fd)
@@ -401,8 +400,10 @@ class FileBackend(Backend):
         return await self._in_thread(self._clean_orphans_sync, namespace, dry_run)
 
     def _quarantine_dir(self, namespace: str) -> str:
-        return f"{self.root}/{QUARANTINE_DIR}/{namespace}" if namespace else (
-            f"{self.root}/{QUARANTINE_DIR}"
+        return (
+            f"{self.root}/{QUARANTINE_DIR}/{namespace}"
+            if namespace
+            else (f"{self.root}/{QUARANTINE_DIR}")
         )
 
     def _quarantine_sync(self, key: str, reason: str) -> QuarantineEntry:
@@ -506,7 +507,9 @@ class FileBackend(Backend):
                     )
                 try:
                     osl.replace(
-                        stem + SUFFIX, name + SUFFIX, src_dir_fd=quarantine_fd,
+                        stem + SUFFIX,
+                        name + SUFFIX,
+                        src_dir_fd=quarantine_fd,
                         dst_dir_fd=target_fd,
                     )
                 except FileNotFoundError as exc:
@@ -551,4 +554,3 @@ class FileBackend(Backend):
 
     async def aclose(self) -> None:
         self._closed = True
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-__all__ = ["OSLayer", "REAL_OS"]
+__all__ = ["REAL_OS", "OSLayer"]
 
 
 class OSLayer:
@@ -28,7 +28,10 @@ class OSLayer:
     unlink = staticmethod(os.unlink)
     mkdir = staticmethod(os.mkdir)
     rmdir = staticmethod(os.rmdir)
-    scandir = staticmethod(os.scandir)
+
+    def scandir(self, path: str) -> os._ScandirIterator[str]:
+        return os.scandir(path)
+
     flock = staticmethod(fcntl.flock)
 
 

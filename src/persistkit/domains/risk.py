@@ -32,7 +32,10 @@ class PersistRiskUtils(DomainAdapter):
         if not value:
             return []
         return [
-            (str(key), p if isinstance(p, RiskActivePosition) else RiskActivePosition.model_validate(p))
+            (
+                str(key),
+                p if isinstance(p, RiskActivePosition) else RiskActivePosition.model_validate(p),
+            )
             for key, p in value
         ]
 

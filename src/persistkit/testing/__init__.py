@@ -314,9 +314,7 @@ class BackendConformance:
             assert await backend.read_quarantined(entry.id) is not None
         assert await store.wait_for_init() is report  # once per store
 
-    async def test_store_read_of_corrupt_value_after_startup_raises(
-        self, backend: Backend
-    ) -> None:
+    async def test_store_read_of_corrupt_value_after_startup_raises(self, backend: Backend) -> None:
         store: PersistBase[Any] = PersistBase("signals", backend=backend, model=SignalRow)
         await store.wait_for_init()
         await backend.put("signals/late", b"[1, 2")

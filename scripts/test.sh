@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything persistkit's tests need on a fresh Debian machine, then run
+# the linters, the type checker and the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-system-deps.sh
+bash scripts/venv.sh
+
+.venv/bin/ruff check src tests examples bench adapters
+.venv/bin/ruff format --check src tests examples bench adapters
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -41,6 +41,9 @@ class _Model(BaseModel):
         allow_inf_nan=False,
         validate_assignment=True,
         str_min_length=1,
+        # A row built with model_copy(update=...) or model_construct skipped
+        # validation; it is checked again before it is stored.
+        revalidate_instances="always",
     )
 
 

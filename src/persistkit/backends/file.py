@@ -296,7 +296,9 @@ class FileBackend(Backend):
         try:
             dir_fd = self._ensure_dir(self._dir(namespace))
         except OSError as exc:
-            raise WriteFailedError(f"cannot create the directory of {key}: {exc}") from exc
+            raise WriteFailedError(
+                f"cannot open or create the directory of {key}: {exc}; the previous value is kept"
+            ) from exc
         try:
             osl.flock(dir_fd, _LOCK_EX)
             filename = name + SUFFIX

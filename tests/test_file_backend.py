@@ -1,0 +1,175 @@
+"""The file backend's own promises: the durable write protocol and its failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistkit import (
+    DurabilityUnknownError,
+    FileBackend,
+    PersistBase,
+    WriteFailedError,
+)
+from persistkit.backends.file import TEMP_PREFIX
+from persistkit.backends.oslayer import OSLayer
+
+
+class FailingOS(OSLayer):
+    """The real system calls, except that ``fail_on`` fails with ``error`` the Nth time."""
+
+    def __init__(self, fail_on: str, error: int = errno.EIO, when: int = 1) -> None:
+        self.fail_on = fail_on
+        self.error = error
+        self.when = when
+        self.calls: dict[str, int] = {}
+        for name in ("open", "write", "fsync", "replace", "mkdir", "fchmod"):
+            setattr(self, name, self._wrap(name, getattr(OSLayer, name)))
+
+    def _wrap(self, name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if name == self.fail_on and self.calls[name] == self.when:
+                raise OSError(self.error, os.strerror(self.error))
+            return real(*args, **kwargs)
+
+        return call
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+async def test_write_lands_at_the_documented_path(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase("BTCUSDT_trend", tmp_path)
+    await store.write_value("BTCUSDT", {"a": 1})
+    assert (tmp_path / "BTCUSDT_trend" / "BTCUSDT.json").read_bytes() == b'{"a":1}'
+    assert temp_files(tmp_path) == []
+
+
+async def test_new_files_get_the_umask_mode_and_existing_modes_are_kept(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase("e", tmp_path)
+    await store.write_value("fresh", 1)
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tmp_path / "e" / "fresh.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    path.chmod(0o600)
+    await store.write_value("fresh", 2)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert await store.read_value("fresh") == 2
+
+
+async def test_a_later_chdir_does_not_move_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store: PersistBase[Any] = PersistBase("e", "./relative")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    await store.write_value("k", 1)
+    assert (tmp_path / "relative" / "e" / "k.json").exists()
+    assert not (tmp_path / "elsewhere" / "relative").exists()
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "error", "when"),
+    [
+        ("open", errno.EMFILE, 1),  # the directory
+        ("open", errno.ENOSPC, 2),  # the temp file
+        ("fchmod", errno.EPERM, 1),
+        ("write", errno.ENOSPC, 1),
+        ("write", errno.EIO, 1),
+        ("fsync", errno.EIO, 1),
+        ("replace", errno.EIO, 1),
+    ],
+)
+async def test_failure_before_the_rename_keeps_the_old_value_and_no_temp(
+    tmp_path: Path, fail_on: str, error: int, when: int
+) -> None:
+    good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    await good.write_value("k", {"v": "old"})
+    failing = FileBackend(tmp_path, os_layer=FailingOS(fail_on, error, when))
+    store: PersistBase[Any] = PersistBase("e", backend=failing)
+    with pytest.raises(WriteFailedError, match="previous value is kept") as raised:
+        await store.write_value("k", {"v": "new"})
+    assert isinstance(raised.value.__cause__, OSError)
+    assert raised.value.__cause__.errno == error
+    assert await good.read_value("k") == {"v": "old"}
+    assert temp_files(tmp_path) == []
+
+
+async def test_failed_directory_fsync_says_durability_is_unknown(tmp_path: Path) -> None:
+    # The first fsync is the temp file's, the second the directory's.
+    backend = FileBackend(tmp_path, os_layer=FailingOS("fsync", errno.EIO, when=2))
+    store: PersistBase[Any] = PersistBase("e", backend=backend)
+    await PersistBase("e", backend=FileBackend(tmp_path)).write_value("k", "seed")
+    with pytest.raises(DurabilityUnknownError, match="may not survive a power cut"):
+        await store.write_value("k", "new")
+    # The new value is visible: the rename happened, only its durability is unknown.
+    assert await PersistBase("e", backend=FileBackend(tmp_path)).read_value("k") == "new"
+    assert temp_files(tmp_path) == []
+
+
+async def test_failed_mkdir_is_a_write_failure(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path, os_layer=FailingOS("mkdir", errno.EACCES))
+    with pytest.raises(WriteFailedError):
+        await PersistBase("new_entity", backend=backend).write_value("k", 1)
+
+
+async def test_startup_sweeps_orphan_temps_and_keeps_values(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase("e", tmp_path)
+    await store.write_value("k", 1)
+    orphan = tmp_path / "e" / f"{TEMP_PREFIX}deadbeefdeadbeef"
+    orphan.write_bytes(b'{"half')
+    fresh: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    report = await fresh.wait_for_init()
+    assert report.orphans == [f"e/{orphan.name}"]
+    assert not orphan.exists()
+    assert [key async for key in fresh.keys()] == ["k"]
+    assert report.clean is False and report.corrupt == []
+
+
+async def test_read_only_check_changes_nothing(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase("e", tmp_path)
+    await store.write_value("k", 1)
+    (tmp_path / "e" / f"{TEMP_PREFIX}0123456789abcdef").write_bytes(b"x")
+    (tmp_path / "e" / "bad.json").write_bytes(b"{")
+    before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "e").iterdir())
+    report = await PersistBase("e", backend=FileBackend(tmp_path)).check(repair=False)
+    after = sorted((p.name, p.read_bytes()) for p in (tmp_path / "e").iterdir())
+    assert before == after
+    assert not (tmp_path / ".quarantine").exists()
+    assert [f.key for f in report.corrupt] == ["e/bad"]
+    assert report.corrupt[0].quarantine_id is None
+    assert len(report.orphans) == 1
+
+
+async def test_quarantined_files_keep_their_bytes_and_reason_on_disk(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "torn.json").write_bytes(b'{"price": 10')
+    report = await PersistBase("e", backend=FileBackend(tmp_path)).wait_for_init()
+    [finding] = report.corrupt
+    kept = list((tmp_path / ".quarantine" / "e").iterdir())
+    assert sorted(p.suffix for p in kept) == [".json", ".reason"]
+    assert next(p for p in kept if p.suffix == ".json").read_bytes() == b'{"price": 10'
+    assert "unparseable" in finding.reason
+
+
+async def test_non_persistkit_files_are_not_listed(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase("e", tmp_path)
+    await store.write_value("k", 1)
+    (tmp_path / "e" / "notes.txt").write_text("hello")
+    (tmp_path / "e" / "%41.json").write_text("1")  # not a canonical encoding
+    assert [key async for key in store.keys()] == ["k"]
+
+
+def test_file_urls(tmp_path: Path) -> None:
+    assert FileBackend.from_url(f"file://{tmp_path}").root == str(tmp_path)
+    with pytest.raises(ValueError, match="host"):
+        FileBackend.from_url("file://remote-host/x")

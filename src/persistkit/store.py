@@ -22,7 +22,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from persistkit import codec
 from persistkit._keyed_lock import LoopLocalKeyedLocks
-from persistkit.backends.base import ANY_VERSION, Backend, Expected, QuarantineEntry, join_key
+from persistkit.backends.base import (
+    ANY_VERSION,
+    Backend,
+    Expected,
+    QuarantineEntry,
+    Versioned,
+    join_key,
+)
 from persistkit.config import DEFAULT_BASE_DIR, resolve_directory
 from persistkit.errors import (
     ConflictError,
@@ -98,6 +105,9 @@ class InitReport:
         )
 
 
+_KEY_CACHE_SIZE = 4096
+_SCAN_BATCH = 256
+
 # Writes to one key are ordered per backend instance, whichever store issues them.
 _ordering: weakref.WeakKeyDictionary[Backend, LoopLocalKeyedLocks] = weakref.WeakKeyDictionary()
 
@@ -149,6 +159,7 @@ class PersistBase(Generic[T]):
         if model is not None:
             self.set_model(model)
         self._locks = _ordering_for(backend)
+        self._keys: dict[str | int, str] = {}
         self._init: asyncio.Future[InitReport] | None = None
         self._closed = False
 
@@ -162,7 +173,13 @@ class PersistBase(Generic[T]):
     # -- helpers -------------------------------------------------------------------
 
     def _key(self, entity_id: str | int) -> str:
-        return f"{self.namespace}/{encode_segment(entity_id_text(entity_id))}"
+        key = self._keys.get(entity_id)
+        if key is None:
+            key = f"{self.namespace}/{encode_segment(entity_id_text(entity_id))}"
+            if len(self._keys) >= _KEY_CACHE_SIZE:
+                self._keys.clear()
+            self._keys[entity_id] = key
+        return key
 
     def _check_open(self) -> None:
         if self._closed:
@@ -174,6 +191,43 @@ class PersistBase(Generic[T]):
             return await operation()
         except TransientBackendError as exc:
             return await self._retry.call(operation, exc)
+
+    # The three hot paths spell out _call's try/except: no closure is built
+    # unless the first attempt fails.
+
+    async def _get(self, key: str) -> Versioned | None:
+        try:
+            return await self.backend.get(key)
+        except TransientBackendError as exc:
+            return await self._retry.call(lambda: self.backend.get(key), exc)
+
+    async def _put(self, key: str, data: bytes, expect: Expected) -> str:
+        backend = self.backend
+        if backend.applies_in_call_order:
+            try:
+                return await backend.put(key, data, expect=expect)
+            except TransientBackendError as exc:
+                return await self._retry.call(lambda: backend.put(key, data, expect=expect), exc)
+        locks = self._locks.current()
+        await locks.acquire(key)
+        try:
+            try:
+                return await backend.put(key, data, expect=expect)
+            except TransientBackendError as exc:
+                return await self._retry.call(lambda: backend.put(key, data, expect=expect), exc)
+        finally:
+            locks.release(key)
+
+    async def _delete(self, key: str, expect: Expected) -> bool:
+        backend = self.backend
+        locks = None if backend.applies_in_call_order else self._locks.current()
+        if locks is not None:
+            await locks.acquire(key)
+        try:
+            return await self._call(lambda: backend.delete(key, expect=expect))
+        finally:
+            if locks is not None:
+                locks.release(key)
 
     def _encode(self, value: Any) -> bytes:
         if self._schema is not None:
@@ -187,22 +241,24 @@ class PersistBase(Generic[T]):
         return codec.encode(value)
 
     def _parse(self, key: str, data: bytes) -> Any:
-        """Bytes to value, or the reason they are corrupt."""
-        try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise CorruptValueError(
-                f"{key} is not valid JSON ({exc})", key=key, reason=f"unparseable JSON: {exc}"
-            ) from exc
-        if self._schema is not None:
+        """Bytes to value, or :class:`CorruptValueError` saying why they are corrupt."""
+        if self._schema is None:
             try:
-                value = self._schema.validate_python(value)
-            except ValidationError as exc:
-                reason = f"schema: {exc.error_count()} errors: {exc.errors()[0]['msg']}"
-                raise CorruptValueError(
-                    f"{key} does not match its model ({reason})", key=key, reason=reason
-                ) from exc
-        return value
+                return orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                reason = f"unparseable JSON: {exc}"
+                raise CorruptValueError(f"{key}: {reason}", key=key, reason=reason) from exc
+        try:
+            # One pass in pydantic-core: parse and validate together.
+            return self._schema.validate_json(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "json_invalid":
+                reason = f"unparseable JSON: {first['msg']}"
+            else:
+                where = ".".join(str(part) for part in first["loc"]) or "value"
+                reason = f"schema: {exc.error_count()} errors, first at {where}: {first['msg']}"
+            raise CorruptValueError(f"{key}: {reason}", key=key, reason=reason) from exc
 
     # -- startup ---------------------------------------------------------------------
 
@@ -239,24 +295,15 @@ class PersistBase(Generic[T]):
         report.orphans = await self._call(
             lambda: self.backend.clean_orphans(self.namespace, dry_run=not repair)
         )
+        batch: list[str] = []
         async for key in self.backend.scan(self.namespace):
-            stored = await self._call(lambda key=key: self.backend.get(key))  # type: ignore[misc]
-            report.checked += 1
-            if on_progress is not None and report.checked % 1000 == 0:
-                on_progress(report.checked)
-            if stored is None:
-                continue  # removed while we scanned
-            try:
-                self._parse(key, stored.data)
-            except CorruptValueError as exc:
-                reason = exc.reason or str(exc)
-                entry_id = None
-                if repair:
-                    entry = await self._call(
-                        lambda key=key, reason=reason: self.backend.quarantine(key, reason)  # type: ignore[misc]
-                    )
-                    entry_id = entry.id
-                report.corrupt.append(Finding(key, reason, entry_id))
+            batch.append(key)
+            if len(batch) >= _SCAN_BATCH:
+                await self._check_batch(batch, report, repair)
+                batch = []
+                if on_progress is not None:
+                    on_progress(report.checked)
+        await self._check_batch(batch, report, repair)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
             on_progress(report.checked)
@@ -266,13 +313,33 @@ class PersistBase(Generic[T]):
             logger.log(level, "  %s: %s -> %s", finding.key, finding.reason, finding.quarantine_id)
         return report
 
+    async def _check_batch(self, keys: list[str], report: InitReport, repair: bool) -> None:
+        if not keys:
+            return
+        stored = await self._call(lambda: self.backend.get_many(keys))
+        for key, item in zip(keys, stored, strict=True):
+            report.checked += 1
+            if item is None:
+                continue  # removed while we scanned
+            try:
+                self._parse(key, item.data)
+            except CorruptValueError as exc:
+                reason = exc.reason or str(exc)
+                entry_id = None
+                if repair:
+                    entry = await self._call(
+                        lambda key=key, reason=reason: self.backend.quarantine(key, reason)  # type: ignore[misc]
+                    )
+                    entry_id = entry.id
+                report.corrupt.append(Finding(key, reason, entry_id))
+
     # -- values ------------------------------------------------------------------------
 
     async def read_entry(self, entity_id: str | int) -> Entry[T]:
         """The value of ``entity_id`` with its version; ``EntityNotFoundError`` if absent."""
         self._check_open()
         key = self._key(entity_id)
-        stored = await self._call(lambda: self.backend.get(key))
+        stored = await self._get(key)
         if stored is None:
             raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
         return Entry(self._parse(key, stored.data), stored.version)
@@ -284,7 +351,7 @@ class PersistBase(Generic[T]):
     async def has_value(self, entity_id: str | int) -> bool:
         self._check_open()
         key = self._key(entity_id)
-        return await self._call(lambda: self.backend.get(key)) is not None
+        return await self._get(key) is not None
 
     async def write_value(
         self, entity_id: str | int, value: T, *, if_version: Expected = ANY_VERSION
@@ -299,12 +366,7 @@ class PersistBase(Generic[T]):
         self._check_open()
         key = self._key(entity_id)
         data = self._encode(value)  # before any I/O: a bad value changes nothing
-        locks = self._locks.current()
-        await locks.acquire(key)
-        try:
-            return await self._call(lambda: self.backend.put(key, data, expect=if_version))
-        finally:
-            locks.release(key)
+        return await self._put(key, data, if_version)
 
     async def update_value(
         self,
@@ -338,13 +400,7 @@ class PersistBase(Generic[T]):
     ) -> bool:
         """Remove ``entity_id`` durably; ``False`` when it was already absent."""
         self._check_open()
-        key = self._key(entity_id)
-        locks = self._locks.current()
-        await locks.acquire(key)
-        try:
-            return await self._call(lambda: self.backend.delete(key, expect=if_version))
-        finally:
-            locks.release(key)
+        return await self._delete(self._key(entity_id), if_version)
 
     async def remove_all(self) -> int:
         """Remove every value of this store; returns how many were removed."""
@@ -376,7 +432,7 @@ class PersistBase(Generic[T]):
         """Stream the values in this store."""
         self._check_open()
         async for key in self.backend.scan(self.namespace):
-            stored = await self._call(lambda key=key: self.backend.get(key))  # type: ignore[misc]
+            stored = await self._get(key)
             if stored is not None:
                 yield self._parse(key, stored.data)
 

@@ -72,6 +72,10 @@ class Backend(ABC):
     scheme: ClassVar[str] = ""
     """URL scheme this backend answers to in :func:`persistkit.open_backend`."""
 
+    applies_in_call_order: bool = False
+    """True when ``put`` and ``delete`` never suspend, so that writes to a key
+    apply in call order without the store having to queue them."""
+
     @property
     @abstractmethod
     def url(self) -> str:

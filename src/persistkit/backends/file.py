@@ -85,7 +85,10 @@ def content_version(data: bytes) -> str:
 
 
 class FileBackend(Backend):
-    """Entities as JSON files under ``root`` (made absolute at construction)."""
+    """Entities as JSON files under ``root`` (made absolute at construction).
+
+    ``offload=True`` runs the blocking syscalls in worker threads (see :meth:`_run`).
+    """
 
     scheme = "file"
 
@@ -94,12 +97,16 @@ class FileBackend(Backend):
         root: str | os.PathLike[str],
         *,
         os_layer: OSLayer = REAL_OS,
+        offload: bool = False,
         executor: Executor | None = None,
     ) -> None:
         # Absolute now, so that a later chdir does not move the data.
         self.root = os.path.abspath(os.fspath(root))
         self._os = os_layer
+        self._offload = offload
         self._executor = executor
+        # Inline writes never suspend, so they cannot be reordered.
+        self.applies_in_call_order = not offload
         self._closed = False
 
     @classmethod
@@ -135,14 +142,21 @@ class FileBackend(Backend):
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking syscalls in a worker thread, never abandoning them half-way.
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the blocking syscalls of one operation.
 
-        If the caller is cancelled, the worker still finishes its syscalls; we
-        wait for it before letting the cancellation through, so that the key's
-        lock is released only once the file is in its final state.
+        By default on the calling thread: a small durable write is bound by its
+        two fsyncs, and waking a worker thread and then the event loop again
+        costs more than the syscalls around them (measured: 0.5-0.7x of the raw
+        loop with a thread hop, 0.95x+ without, on a 2-vCPU VM). With
+        ``offload=True`` they run in a worker thread instead, so the event loop
+        never blocks and concurrent writes overlap their fsyncs. A cancelled
+        caller then still waits for the worker to finish its syscalls, so that
+        the key's ordering lock is released only once the file is final.
         """
         self._check_open()
+        if not self._offload:
+            return fn(*args)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, fn, *args)
         try:
@@ -288,7 +302,15 @@ class FileBackend(Backend):
         return Versioned(data, content_version(data))
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
-        return [await self.get(key) for key in keys]
+        self._check_open()
+        found: list[Versioned | None] = []
+        for key in keys:
+            try:
+                data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
+            except OSError as exc:
+                raise BackendError(f"cannot read {key}: {exc}") from exc
+            found.append(None if data is None else Versioned(data, content_version(data)))
+        return found
 
     def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
         osl = self._os
@@ -310,7 +332,7 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
-        return await self._in_thread(self._put_sync, key, data, expect)
+        return await self._run(self._put_sync, key, data, expect)
 
     def _delete_sync(self, key: str, expect: Expected) -> bool:
         osl = self._os
@@ -343,7 +365,7 @@ class FileBackend(Backend):
             osl.close(dir_fd)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
-        return await self._in_thread(self._delete_sync, key, expect)
+        return await self._run(self._delete_sync, key, expect)
 
     # -- listing ---------------------------------------------------------------
 
@@ -399,7 +421,7 @@ class FileBackend(Backend):
         return found
 
     async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
-        return await self._in_thread(self._clean_orphans_sync, namespace, dry_run)
+        return await self._run(self._clean_orphans_sync, namespace, dry_run)
 
     def _quarantine_dir(self, namespace: str) -> str:
         return (
@@ -439,7 +461,7 @@ class FileBackend(Backend):
         return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
-        return await self._in_thread(self._quarantine_sync, key, reason)
+        return await self._run(self._quarantine_sync, key, reason)
 
     async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
         self._check_open()
@@ -526,7 +548,7 @@ class FileBackend(Backend):
         return key
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
-        return await self._in_thread(self._restore_sync, entry_id, overwrite)
+        return await self._run(self._restore_sync, entry_id, overwrite)
 
     def _purge_sync(self, entry_id: str) -> None:
         directory, stem, _ = self._entry_paths(entry_id)
@@ -545,7 +567,7 @@ class FileBackend(Backend):
             self._os.close(dir_fd)
 
     async def purge(self, entry_id: str) -> None:
-        await self._in_thread(self._purge_sync, entry_id)
+        await self._run(self._purge_sync, entry_id)
 
     def _unlink_quietly(self, dir_fd: int, name: str) -> None:
         try:

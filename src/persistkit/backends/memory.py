@@ -32,6 +32,7 @@ class MemoryBackend(Backend):
     """Entities in process memory, grouped by namespace."""
 
     scheme = "memory"
+    applies_in_call_order = True  # no method ever suspends
 
     def __init__(self, name: str = "") -> None:
         self.name = name

@@ -54,6 +54,7 @@ __all__ = [
     "find_weed",
     "free_port",
     "free_ports",
+    "redis_command",
 ]
 
 HOST = "127.0.0.1"
@@ -430,6 +431,45 @@ class _Process:
 # ---------------------------------------------------------------------------- redis
 
 
+class _ReplyError(Exception):
+    """An error reply (``-ERR ...``, ``-LOADING ...``) from a Redis server."""
+
+
+def _read_reply(f: Any) -> Any:
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("connection closed by the server")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise _ReplyError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else f.read(size + 2)[:-2].decode()
+    if kind == b"*":
+        size = int(rest)
+        return None if size < 0 else [_read_reply(f) for _ in range(size)]
+    raise ConnectionError(f"unexpected reply {line!r}")
+
+
+def redis_command(port: int, *args: str | int, timeout: float = 1.0) -> Any:
+    """Send one command to 127.0.0.1:``port`` over a fresh connection, return the reply.
+
+    A tiny RESP2 client with hard timeouts and no retries (redis-py retries
+    timeouts by default, which makes readiness polling against a wrong or dying
+    server slow).
+    """
+    parts = [str(a).encode() for a in args]
+    payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        with sock.makefile("rb") as f:
+            return _read_reply(f)
+
+
 class RedisServer(_Process):
     """A real ``redis-server`` on 127.0.0.1, AOF on with ``appendfsync always``.
 
@@ -515,26 +555,18 @@ class RedisServer(_Process):
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Poll PING until the server answers PONG (waiting through LOADING)."""
-        import redis
-
         deadline = time.monotonic() + (timeout or self.startup_timeout)
-        last: Exception | None = None
+        last: object = None
         while True:
             self._check_alive(f"redis-server on port {self.port}")
-            client = redis.Redis(
-                host=HOST, port=self.port, socket_connect_timeout=1, socket_timeout=2
-            )
             try:
-                if client.ping():
+                last = redis_command(self.port, "PING")
+                if last == "PONG":
                     return
-            except redis.exceptions.BusyLoadingError as exc:  # "LOADING ..." reply
+            except _ReplyError as exc:  # "-LOADING Redis is loading the dataset in memory"
                 last = exc
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except OSError as exc:  # refused, reset, timeout
                 last = exc
-            except redis.exceptions.ResponseError as exc:
-                last = exc
-            finally:
-                client.close()
             if time.monotonic() >= deadline:
                 raise self._startup_failed(
                     f"redis-server on port {self.port}", f"not answering PING: {last!r}"
@@ -686,14 +718,8 @@ class RedisCluster:
             )
 
     def cluster_info(self, node: RedisServer) -> dict[str, str]:
-        import redis
-
-        c = redis.Redis(host=HOST, port=node.port, socket_connect_timeout=1, socket_timeout=2)
-        try:
-            raw = c.execute_command("CLUSTER", "INFO")
-        finally:
-            c.close()
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        """``CLUSTER INFO`` of one node, as a dict."""
+        text = str(redis_command(node.port, "CLUSTER", "INFO", timeout=2.0))
         info: dict[str, str] = {}
         for line in text.splitlines():
             if ":" in line:
@@ -704,8 +730,6 @@ class RedisCluster:
     def wait_cluster_ok(self, timeout: float | None = None) -> None:
         """Wait until every node reports ``cluster_state:ok``, all 16384 slots
         assigned and every other master known."""
-        import redis
-
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         last: object = None
         while True:
@@ -719,7 +743,7 @@ class RedisCluster:
                 ):
                     return
                 last = infos
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (_ReplyError, OSError) as exc:
                 last = exc
             if time.monotonic() >= deadline:
                 raise ServerError(f"cluster not ok after timeout: {last!r}")
@@ -731,20 +755,14 @@ class RedisCluster:
 
         return _Client(startup_nodes=self.startup_nodes, **kwargs)
 
-    def node_for_key(self, key: str | bytes) -> RedisServer:
+    def node_for_key(self, key: str) -> RedisServer:
         """The node that serves ``key``'s hash slot (asks the cluster)."""
-        import redis
-
-        c = redis.Redis(host=HOST, port=self.nodes[0].port, socket_timeout=2)
-        try:
-            slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
-            for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
-                if int(start) <= slot <= int(end):
-                    port = int(primary[1])
-                    return next(n for n in self.nodes if n.port == port)
-        finally:
-            c.close()
-        raise ServerError(f"no node serves slot of {key!r}")
+        slot = int(redis_command(self.nodes[0].port, "CLUSTER", "KEYSLOT", key))
+        for start, end, primary, *_ in redis_command(self.nodes[0].port, "CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                port = int(primary[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise ServerError(f"no node serves slot {slot} of {key!r}")
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -823,7 +841,7 @@ class SeaweedS3(_Process):
         startup_timeout: float = 60.0,
         volume_size_limit_mb: int = 32,
         max_volumes: int = 200,
-        stop_grace: float = 3.0,
+        stop_grace: float = 1.0,
         keep_dir: bool = False,
     ) -> None:
         super().__init__(directory, keep_dir)
@@ -867,8 +885,11 @@ class SeaweedS3(_Process):
         ]
 
     def _after_exit(self) -> None:
-        for path in self._grpc_sockets():
+        sockets = self._grpc_sockets()
+        for path in sockets:
             _remove_path(path)
+        with _registry_lock:
+            _cleanup_paths.difference_update(sockets)
 
     def argv(self) -> list[str]:
         o = CLUSTER_BUS_OFFSET
@@ -918,6 +939,8 @@ class SeaweedS3(_Process):
         env["TMPDIR"] = str(self._dir)
         for attempt in range(3):
             self._after_exit()  # stale gRPC sockets of our ports, if any
+            with _registry_lock:  # the atexit hook removes them if we never get to
+                _cleanup_paths.update(self._grpc_sockets())
             t0 = time.monotonic()
             self._spawn(self.argv(), cwd=self._dir, env=env)  # cwd: master.toml
             if not wait:
@@ -969,7 +992,14 @@ class SeaweedS3(_Process):
             "read_timeout": 30,
         }
         options.update(config)
-        return boto3.client("s3", config=Config(**options), **self.client_kwargs())
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(**options),
+        )
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Poll until create_bucket + put_object + get_object round-trips."""

@@ -27,3 +27,15 @@ class TestMemoryBackend(BackendConformance):
         backend = MemoryBackend()
         yield backend
         await backend.aclose()
+
+
+class TestFileBackendOffloaded(BackendConformance):
+    """The same backend with its syscalls in worker threads."""
+
+    supports_commit = False
+
+    @pytest.fixture
+    async def backend(self, tmp_path: Path) -> AsyncIterator[FileBackend]:
+        backend = FileBackend(tmp_path / "conformance", offload=True)
+        yield backend
+        await backend.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
@@ -173,3 +174,51 @@ def test_file_urls(tmp_path: Path) -> None:
     assert FileBackend.from_url(f"file://{tmp_path}").root == str(tmp_path)
     with pytest.raises(ValueError, match="host"):
         FileBackend.from_url("file://remote-host/x")
+
+
+class ShortWritesOS(OSLayer):
+    """Writes at most three bytes per call, as a pipe or a full disk may."""
+
+    @staticmethod
+    def write(fd: int, data: Any) -> int:
+        return os.write(fd, bytes(data[:3]))
+
+
+async def test_short_writes_are_looped_until_every_byte_is_written(tmp_path: Path) -> None:
+    store: PersistBase[Any] = PersistBase(
+        "e", backend=FileBackend(tmp_path, os_layer=ShortWritesOS())
+    )
+    value = {"note": "x" * 1000, "n": list(range(50))}
+    await store.write_value("k", value)
+    assert await PersistBase("e", backend=FileBackend(tmp_path)).read_value("k") == value
+
+
+async def test_concurrent_callers_share_one_startup_scan(tmp_path: Path) -> None:
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "bad.json").write_bytes(b"{")
+    store: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    reports = await asyncio.gather(*(store.wait_for_init() for _ in range(5)))
+    assert all(report is reports[0] for report in reports)
+    assert len(reports[0].corrupt) == 1
+    assert len(await store.list_quarantined()) == 1
+
+
+async def test_cancelling_an_offloaded_write_leaves_old_or_new_and_keeps_order(
+    tmp_path: Path,
+) -> None:
+    backend = FileBackend(tmp_path, offload=True)
+    store: PersistBase[Any] = PersistBase("e", backend=backend)
+    await store.write_value("k", 0)
+    for attempt in range(20):
+        task = asyncio.ensure_future(store.write_value("k", {"attempt": attempt}))
+        await asyncio.sleep(0)
+        task.cancel()
+        later = asyncio.ensure_future(store.write_value("k", {"later": attempt}))
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await later
+        # The write queued after the cancelled one always wins: nothing overtakes it.
+        assert await store.read_value("k") == {"later": attempt}
+    assert temp_files(tmp_path) == []

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 bash scripts/venv.sh
 
-.venv/bin/ruff check src tests examples bench adapters
-.venv/bin/ruff format --check src tests examples bench adapters
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

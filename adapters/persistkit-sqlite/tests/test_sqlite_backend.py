@@ -144,8 +144,10 @@ async def test_refuses_a_database_that_belongs_to_something_else(tmp_path: Path)
         await backend.get("ns/a")
     with sqlite3.connect(path) as other:
         tables = other.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        journal_mode = other.execute("PRAGMA journal_mode").fetchone()
     other.close()
     assert tables == [("trades",)]
+    assert journal_mode == ("delete",)  # not switched to WAL either
 
 
 async def test_a_file_that_is_not_a_database_is_a_backend_error(tmp_path: Path) -> None:

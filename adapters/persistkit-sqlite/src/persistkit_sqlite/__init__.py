@@ -318,21 +318,15 @@ class SQLiteBackend(Backend):
             _fsync_dir(os.path.dirname(path))
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
+        # Checked before journal_mode=WAL, which would change someone else's file.
+        self._refuse_foreign(connection)
         # WAL is stored in the file; synchronous is per connection. Together
         # they make COMMIT return only once the WAL is on disk.
         connection.execute("PRAGMA journal_mode=WAL").fetchall()
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("BEGIN IMMEDIATE")
         try:
-            tables = {
-                row[0]
-                for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if tables and "persistkit_meta" not in tables:
-                raise BackendError(
-                    f"{self.path} is an SQLite database of something else "
-                    f"(tables: {', '.join(sorted(tables))}); refusing to add persistkit's tables"
-                )
+            self._refuse_foreign(connection)  # again, now that no one else can write
             for statement in _SCHEMA:
                 connection.execute(statement)
             (schema,) = connection.execute(
@@ -348,6 +342,17 @@ class SQLiteBackend(Backend):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if tables and "persistkit_meta" not in tables:
+            raise BackendError(
+                f"{self.path} is an SQLite database of something else "
+                f"(tables: {', '.join(sorted(tables))}); refusing to add persistkit's tables"
+            )
 
     def _mapped(
         self, exc: sqlite3.Error, message: str, failure: type[BackendError]

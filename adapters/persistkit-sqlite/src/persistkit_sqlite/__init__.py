@@ -217,13 +217,13 @@ class SQLiteBackend(Backend):
     scheme = "sqlite"
 
     # Every call runs inline on the caller's thread rather than in
-    # asyncio.to_thread: a write is bound by SQLite's one fsync of the WAL, and
-    # a hop to a worker thread and back to the event loop costs about as much
-    # again on a small VM (see the README for the measurement). Inline, no call
-    # suspends while it holds the connection, so writes apply in call order
-    # without the store queueing them, and a cancelled task can never leave a
-    # transaction half-way. The price is that the event loop waits for the
-    # fsync, and for up to ``busy_timeout`` when another process holds the lock.
+    # asyncio.to_thread. Inline, no call suspends while it holds the
+    # connection, so writes apply in call order without the store queueing
+    # them, and a cancelled task can never leave a transaction half-way (with a
+    # thread, the worker would go on committing after its caller was
+    # cancelled). The price is that the event loop waits for the WAL's fsync,
+    # and for up to ``busy_timeout`` when another process holds the write lock.
+    # Speed did not decide it: the README has the measurement.
     applies_in_call_order = True
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 0.5) -> None:

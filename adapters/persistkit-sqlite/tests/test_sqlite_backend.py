@@ -8,15 +8,19 @@ file system (tmpfs, root only).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import random
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +110,11 @@ async def test_database_is_wal_and_durable_and_readable_by_plain_sqlite(tmp_path
     async with SQLiteBackend(path) as backend:
         version = await backend.put("signal/BTCUSDT_trend/BTCUSDT", b'{"id":"s1"}')
         assert await backend.durability_warnings() == []
-        with sqlite3.connect(path) as other:
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
             assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
             assert other.execute(
                 "SELECT namespace, name, data, version FROM entities"
             ).fetchall() == [("signal/BTCUSDT_trend", "BTCUSDT", b'{"id":"s1"}', int(version))]
-        other.close()
 
 
 async def test_versions_are_never_reused_after_delete_and_recreate(tmp_path: Path) -> None:
@@ -136,16 +139,14 @@ async def test_commit_is_all_or_nothing_when_one_write_fails(tmp_path: Path) -> 
 
 async def test_refuses_a_database_that_belongs_to_something_else(tmp_path: Path) -> None:
     path = tmp_path / "trades.db"
-    with sqlite3.connect(path) as other:
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
         other.execute("CREATE TABLE trades (id INTEGER PRIMARY KEY, qty REAL)")
-    other.close()
     backend = SQLiteBackend(path)
     with pytest.raises(BackendError, match="something else"):
         await backend.get("ns/a")
-    with sqlite3.connect(path) as other:
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
         tables = other.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         journal_mode = other.execute("PRAGMA journal_mode").fetchone()
-    other.close()
     assert tables == [("trades",)]
     assert journal_mode == ("delete",)  # not switched to WAL either
 
@@ -327,7 +328,7 @@ async def test_processes_incrementing_with_compare_and_set_lose_no_update(
         assert await PersistBase("counters", backend=backend).read_value("n") == processes * each
 
 
-# -- kill -9 ------------------------------------------------------------------------------------
+# -- kill -9 and power cuts ------------------------------------------------------------------------
 
 TICKER = """
 import asyncio, sys
@@ -347,42 +348,153 @@ asyncio.run(main())
 """
 
 
+def acknowledged_ticks(
+    command: list[str], wait_for: int, interrupt: Callable[[], None]
+) -> list[int]:
+    """Run a writer until it has acknowledged ``wait_for`` ticks, ``interrupt``, SIGKILL it.
+
+    Returns every tick it acknowledged, including those printed after ``interrupt``.
+    """
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stderr is not None
+    acknowledged = []
+    for _ in range(wait_for):
+        line = writer.stdout.readline()
+        assert line, f"the writer died on its own: {writer.stderr.read()}"
+        acknowledged.append(int(line))
+    interrupt()
+    writer.send_signal(signal.SIGKILL)
+    # After a power cut the writer may also exit first, on its next failing write.
+    rest, _ = writer.communicate()
+    return acknowledged + [int(line) for line in rest.split()]
+
+
+def last_whole_tick(path: Path, acknowledged: list[int]) -> int:
+    """Check what a restart finds after TICKER was stopped; return its last tick."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = dict(check.execute("SELECT name, data FROM entities WHERE namespace = 'tick'"))
+        logged = {
+            int(name)
+            for (name,) in check.execute("SELECT name FROM entities WHERE namespace = 'log'")
+        }
+    assert rows["signal"] == rows["risk"], "a tick was applied in part"
+    last = int(rows["signal"])
+    assert last >= max(acknowledged), "an acknowledged tick was lost"
+    assert logged == set(range(1, last + 1)), "a tick's log line is missing"
+    return last
+
+
 def test_kill_9_mid_commit_keeps_every_acknowledged_tick_whole(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     rounds = 100 if LONG else 6
     shuffle = random.Random(os.environ.get("PERSISTKIT_SEED", "sqlite-kill"))
-    acknowledged: list[int] = []
     last = 0
     for _ in range(rounds):
-        writer = subprocess.Popen(
+        acknowledged = acknowledged_ticks(
             [sys.executable, "-c", TICKER, str(path), str(last)],
-            stdout=subprocess.PIPE,
-            text=True,
+            wait_for=shuffle.randint(1, 40),
+            # land the kill anywhere in a commit
+            interrupt=lambda: time.sleep(shuffle.uniform(0, 0.02)),
         )
-        assert writer.stdout is not None
-        for _ in range(shuffle.randint(1, 40)):
-            line = writer.stdout.readline()
-            assert line, "the writer died on its own"
-            acknowledged.append(int(line))
-        threading.Event().wait(shuffle.uniform(0, 0.02))  # land the kill anywhere in a commit
-        writer.send_signal(signal.SIGKILL)
-        rest, _ = writer.communicate()
-        acknowledged += [int(line) for line in rest.split()]
-        assert writer.returncode == -signal.SIGKILL
+        last = last_whole_tick(path, acknowledged)
 
-        with sqlite3.connect(path) as check:
-            assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            rows = dict(check.execute("SELECT name, data FROM entities WHERE namespace = 'tick'"))
-            logged = {
-                int(name)
-                for (name,) in check.execute("SELECT name FROM entities WHERE namespace = 'log'")
-            }
-        check.close()
-        assert rows["signal"] == rows["risk"], "a tick was applied in part"
-        last = int(rows["signal"])
-        assert last >= acknowledged[-1], "an acknowledged tick was lost"
-        assert set(acknowledged) <= logged
-        assert logged == set(range(1, last + 1))
+
+class Ext4Image:
+    """A loop-mounted ext4 file system whose power can be cut.
+
+    ``EXT4_IOC_SHUTDOWN`` with ``NOLOGFLUSH`` stops the file system at once:
+    what was fsynced is on the image, everything else never gets there, as in
+    a power cut. Unmount and mount again to see what a reboot would find.
+    """
+
+    SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+    NOLOGFLUSH = 2
+
+    def __init__(self, directory: Path) -> None:
+        self.image = directory / "disk.img"
+        self.mount_point = directory / "mnt"
+        self.mount_point.mkdir()
+        with self.image.open("wb") as image:
+            image.truncate(32 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True)
+        self.mounted = False
+        self.mount()
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop", self.image, self.mount_point], check=True)
+        self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", self.mount_point], check=True)
+            self.mounted = False
+
+    def force_unmount(self) -> None:
+        """Teardown: detach even when a failed test left a file open on it."""
+        if self.mounted:
+            subprocess.run(["umount", "--lazy", self.mount_point], check=True)
+            self.mounted = False
+
+    def cut_power(self) -> None:
+        fd = os.open(self.mount_point, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, self.SHUTDOWN, struct.pack("I", self.NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+    def reboot(self) -> None:
+        self.unmount()
+        self.mount()
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Ext4Image]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting an ext4 image and shutting it down needs root")
+    image = Ext4Image(tmp_path)
+    try:
+        yield image
+    finally:
+        image.force_unmount()
+
+
+def test_acknowledged_ticks_survive_a_power_cut(ext4: Ext4Image) -> None:
+    path = ext4.mount_point / "state.db"
+    acknowledged = acknowledged_ticks(
+        [sys.executable, "-c", TICKER, str(path), "0"],
+        wait_for=random.Random("sqlite-power").randint(20, 80),
+        interrupt=ext4.cut_power,
+    )
+    ext4.reboot()
+    last_whole_tick(path, acknowledged)
+
+
+RAW_TICKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA journal_mode=WAL")
+connection.execute("PRAGMA synchronous=NORMAL")  # WAL is not fsynced at each commit
+connection.execute("CREATE TABLE ticks (tick INTEGER PRIMARY KEY)")
+tick = 0
+while True:
+    tick += 1
+    connection.execute("INSERT INTO ticks VALUES (?)", (tick,))
+    print(tick, flush=True)
+"""
+
+
+def test_the_power_cut_catches_a_writer_that_does_not_fsync_each_commit(ext4: Ext4Image) -> None:
+    # The control: without it, the test above could pass on a cut that loses nothing.
+    path = ext4.mount_point / "raw.db"
+    acknowledged = acknowledged_ticks(
+        [sys.executable, "-c", RAW_TICKER, str(path)], wait_for=50, interrupt=ext4.cut_power
+    )
+    ext4.reboot()
+    with closing(sqlite3.connect(path, isolation_level=None)) as check:
+        tables = check.execute("SELECT name FROM sqlite_master WHERE name = 'ticks'").fetchall()
+        found = check.execute("SELECT count(*) FROM ticks").fetchone()[0] if tables else 0
+    assert found < len(acknowledged)
 
 
 # -- a full disk (root only: needs a tmpfs mount) -------------------------------------------------
@@ -397,7 +509,7 @@ def tiny_disk() -> Iterator[Path]:
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", mount_point], check=True)
+        subprocess.run(["umount", "--lazy", mount_point], check=True)
         mount_point.rmdir()
 
 

@@ -202,6 +202,16 @@ async def test_scan_pages_through_namespaces_that_sort_between_each_other(tmp_pa
         assert sorted(everything) == sorted(keys)
 
 
+async def test_get_many_over_several_pages_and_namespaces_keeps_order(tmp_path: Path) -> None:
+    stored = {f"a/k{i:04d}": f"a{i}".encode() for i in range(0, 1400, 2)}
+    stored |= {f"b/c/k{i:04d}": f"b{i}".encode() for i in range(0, 1400, 3)}
+    wanted = [f"{space}k{i:04d}" for i in reversed(range(1400)) for space in ("a/", "b/c/")]
+    async with SQLiteBackend(tmp_path / "state.db") as backend:
+        await backend.commit(stored)
+        found = await backend.get_many(wanted)
+    assert [item.data if item else None for item in found] == [stored.get(k) for k in wanted]
+
+
 async def test_scan_keeps_going_while_the_caller_writes(tmp_path: Path) -> None:
     async with SQLiteBackend(tmp_path / "state.db") as backend:
         await backend.commit({f"ns/k{i:04d}": b"1" for i in range(1200)})

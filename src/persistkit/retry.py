@@ -12,7 +12,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from persistkit.errors import BackendUnavailableError, TransientBackendError
@@ -46,7 +47,10 @@ class RetryPolicy:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientBackendError),
             stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(self.deadline),
-            wait=wait_exponential_jitter(initial=self.initial_delay, max=self.max_delay),
+            # Exponential backoff with jitter, so that clients that lost one
+            # server together do not come back in lockstep.
+            wait=wait_exponential(multiplier=self.initial_delay, max=self.max_delay)
+            + wait_random(0, self.initial_delay),
             reraise=False,
         )
         try:

@@ -20,6 +20,8 @@ from persistkit.backends.base import (
     Expected,
     QuarantineEntry,
     Versioned,
+    join_key,
+    split_key,
 )
 from persistkit.errors import InvalidNameError
 
@@ -30,8 +32,10 @@ __all__ = [
     "Expected",
     "QuarantineEntry",
     "Versioned",
+    "join_key",
     "open_backend",
     "register_backend",
+    "split_key",
 ]
 
 # scheme -> ("module:Class", extra that installs its dependencies)

@@ -132,7 +132,7 @@ async def run_preflight(
                     Problem(
                         "foreign-name",
                         key,
-                        "not a name persistkit writes; the adapters never read it",
+                        "not a name persistkit writes; no adapter asks for it by name",
                         "leave it alone",
                     )
                 )

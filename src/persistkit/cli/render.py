@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -133,7 +134,8 @@ def print_inventory(inventory: Inventory) -> None:
     count = len(inventory.entities)
     console.print(
         f"{inventory.url}: {count} entit{'y' if count == 1 else 'ies'} in "
-        f"{len(inventory.domains)} domains ({', '.join(inventory.domains) or 'none'})"
+        f"{len(inventory.domains)} domains ({', '.join(inventory.domains) or 'none'})",
+        soft_wrap=True,
     )
     if inventory.entities:
         table = Table(title="Entities", title_justify="left")
@@ -153,7 +155,7 @@ def print_inventory(inventory: Inventory) -> None:
         ("Scheduled entries", inventory.scheduled, "scheduled at"),
     ):
         if not rows:
-            console.print(f"{title}: none")
+            console.print(f"{title}: none", soft_wrap=True)
             continue
         table = Table(title=title, title_justify="left")
         for column in ("symbol", "strategy", "side", "open", "take profit", "stop loss", when):
@@ -189,7 +191,7 @@ def print_inventory(inventory: Inventory) -> None:
             )
         console.print(table)
     else:
-        console.print("Risk positions: none")
+        console.print("Risk positions: none", soft_wrap=True)
     if inventory.partial:
         table = Table(title="Partial milestones reached", title_justify="left")
         for column in ("symbol", "strategy", "signal", "profit %", "loss %"):
@@ -212,7 +214,8 @@ def print_inventory(inventory: Inventory) -> None:
         console.print(table)
     if inventory.quarantined:
         console.print(
-            f"Quarantine holds {inventory.quarantined} values: persistkit quarantine list"
+            f"Quarantine holds {inventory.quarantined} values: persistkit quarantine list",
+            soft_wrap=True,
         )
 
 
@@ -245,8 +248,7 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
 
 
 def print_preflight(report: PreflightReport, exit_code: int) -> None:
-    console = _stdout()
-    say = console.print
+    say = functools.partial(_stdout().print, soft_wrap=True)
     say(f"Preflight of {report.url} (read-only: nothing was changed)")
     say(f"  reachable    yes, listed {report.checked} values")
     denied = report.of_kind("permission")
@@ -300,11 +302,11 @@ def print_quarantine(url: str, entries: list[QuarantineEntry]) -> None:
     """One block per entry, the id on a line of its own so that it copies whole."""
     console = _stdout()
     if not entries:
-        console.print(f"{url}: the quarantine is empty")
+        console.print(f"{url}: the quarantine is empty", soft_wrap=True)
         return
-    console.print(f"{url}: {len(entries)} quarantined values")
+    console.print(f"{url}: {len(entries)} quarantined values", soft_wrap=True)
     for entry in entries:
         console.print(entry.id, soft_wrap=True)
         console.print(f"    key     {entry.key}", soft_wrap=True)
         console.print(f"    reason  {entry.reason}", soft_wrap=True)
-        console.print(f"    since   {format_time(entry.quarantined_at)} UTC")
+        console.print(f"    since   {format_time(entry.quarantined_at)} UTC", soft_wrap=True)

@@ -587,9 +587,7 @@ async def test_export_include_quarantine_and_import_it_back(state: Path, tmp_pat
     assert base64.b64decode(quarantined[0]["raw_base64"]) == torn
 
     skipped = run_cli("import", export_file, tmp_path / "a")
-    assert skipped.returncode == 0 and "1 quarantined values in the file were skipped" in (
-        skipped.stdout
-    )
+    assert skipped.returncode == 0 and "1 quarantined value in the file skipped" in (skipped.stdout)
     assert run_json("quarantine", "list", tmp_path / "a") == (0, [])
     destination = tmp_path / "b"
     result = run_cli("import", export_file, destination, "--include-quarantine")

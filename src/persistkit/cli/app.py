@@ -38,6 +38,7 @@ from .targets import (
     EXIT_PROBLEMS,
     CommandError,
     open_target,
+    plural,
     store_for,
 )
 from .transfer import (
@@ -74,6 +75,8 @@ class _Commands(click.Group):
         except CommandError as exc:
             click.echo(f"persistkit: error: {_one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            raise  # stdout piped into `head`: click exits quietly
         except (PersistError, OSError) as exc:  # BackendError is an OSError too
             click.echo(f"persistkit: error: {_one_line(exc)}", err=True)
             ctx.exit(EXIT_COULD_NOT_RUN)
@@ -322,12 +325,16 @@ def _finish_copy(
     failures: list[tuple[str, str]],
     *,
     dry_run: bool,
+    notes: list[str],
 ) -> None:
     _print_plan(plan, dry_run=dry_run)
+    for note in notes:
+        click.echo(f"note: {note}")
     refusals = plan.of("refuse")
     if refusals:
         click.echo(
-            f"Refused: {len(refusals)} destination values differ and are not provably older; "
+            f"Refused: {plural(len(refusals), 'destination value')} differ and are not "
+            "provably older; "
             "nothing was written. Pass --overwrite to replace them.",
             err=True,
         )
@@ -338,7 +345,7 @@ def _finish_copy(
     for key, why in failures:
         click.echo(f"failed: {key}: {why}", err=True)
     click.echo(
-        f"Copied {copied} values, each read back and identical to the source; "
+        f"Copied {plural(copied, 'value')}, each read back and identical to the source; "
         f"{len(failures)} failed."
     )
     ctx.exit(EXIT_PROBLEMS if failures else EXIT_OK)
@@ -380,9 +387,8 @@ def migrate(
         return outcome, held
 
     (plan, copied, failures), quarantined = _run([source_backend, destination], work)
-    if quarantined:
-        click.echo(f"note: {quarantined} quarantined values stay in the source (not migrated)")
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run)
+    notes = [f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"]
+    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes if quarantined else [])
 
 
 @cli.command("export", short_help="Write every value to a JSON Lines file.")
@@ -426,14 +432,14 @@ def export(
         output.finish()
     where = "stdout" if path == "-" else path
     click.echo(
-        f"exported {result.values} values"
-        + (f" and {result.quarantined} quarantined values" if include_quarantine else "")
+        f"exported {plural(result.values, 'value')}"
+        + (f" and {plural(result.quarantined, 'quarantined value')}" if include_quarantine else "")
         + f" to {where}",
         err=path == "-",
     )
     if result.raw:
         click.echo(
-            f"warning: {len(result.raw)} values are not JSON and were exported as raw_base64 "
+            f"warning: {plural(len(result.raw), 'value')} not JSON, exported as raw_base64 "
             f"(run persistkit preflight): {', '.join(result.raw[:5])}",
             err=True,
         )
@@ -478,16 +484,14 @@ def import_(
         notes: list[str] = []
         if include_quarantine and not dry_run and not failures and not plan.of("refuse"):
             restored, refused = await import_quarantined(destination, quarantined)
-            notes.append(f"{restored} quarantined values put back into the quarantine")
+            notes.append(f"{plural(restored, 'quarantined value')} put back into the quarantine")
             notes += [f"quarantined value not imported: {key}: {why}" for key, why in refused]
         return outcome, notes
 
     (plan, copied, failures), notes = _run([destination], work)
-    for note in notes:
-        click.echo(f"note: {note}")
     if quarantined and not include_quarantine:
-        click.echo(
-            f"note: {len(quarantined)} quarantined values in the file were skipped "
+        notes.append(
+            f"{plural(len(quarantined), 'quarantined value')} in the file skipped "
             "(--include-quarantine imports them)"
         )
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run)
+    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes)

@@ -23,7 +23,7 @@ from persistkit.backends.base import QuarantineEntry
 
 from .inventory import Inventory
 from .preflight import PreflightReport
-from .targets import format_time, iso_time
+from .targets import format_time, iso_time, plural
 
 __all__ = [
     "Bars",
@@ -214,7 +214,8 @@ def print_inventory(inventory: Inventory) -> None:
         console.print(table)
     if inventory.quarantined:
         console.print(
-            f"Quarantine holds {inventory.quarantined} values: persistkit quarantine list",
+            f"Quarantine holds {plural(inventory.quarantined, 'value')}: "
+            "persistkit quarantine list",
             soft_wrap=True,
         )
 
@@ -250,12 +251,12 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
 def print_preflight(report: PreflightReport, exit_code: int) -> None:
     say = functools.partial(_stdout().print, soft_wrap=True)
     say(f"Preflight of {report.url} (read-only: nothing was changed)")
-    say(f"  reachable    yes, listed {report.checked} values")
+    say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
     denied = report.of_kind("permission")
     if report.directories is None:
         say("  permissions  not applicable to this backend")
     elif denied:
-        say(f"  permissions  {len(denied)} paths the process cannot use (below)")
+        say(f"  permissions  {plural(len(denied), 'path')} the process cannot use (below)")
     else:
         say(f"  permissions  the process can create files in all {report.directories} directories")
     corrupt = report.of_kind("corrupt", "unreadable")
@@ -266,18 +267,22 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
         + (f"{len(corrupt)} bad" if corrupt else "all parse and validate")
     )
     orphans = report.of_kind("orphan")
-    say(f"  temp files   {len(orphans)} left by interrupted writes")
+    say(f"  temp files   {len(orphans) or 'none'} left by interrupted writes")
     commits = report.of_kind("unapplied-commit")
-    say(f"  commits      {len(commits) or 'none'} waiting to be applied")
+    waiting = plural(len(commits), "commit") if commits else "none"
+    say(f"  commits      {waiting} waiting to be applied")
     warnings = report.of_kind("durability")
-    say(f"  durability   {len(warnings) or 'no'} warnings from the backend")
-    say(f"  quarantine   {report.quarantined} values held from earlier starts")
+    said = plural(len(warnings), "warning") if warnings else "no warnings"
+    say(f"  durability   {said} from the backend")
+    say(f"  quarantine   {plural(report.quarantined, 'value')} held from earlier starts")
     for note in report.notes:
         say(f"  note: [{note.kind}] {note.where}: {note.detail}")
     if report.problems:
-        say(f"{len(report.problems)} problems; a real start would:")
+        say(f"{plural(len(report.problems), 'problem')}:")
         for problem in report.problems:
-            say(f"  {problem.a_start_would}: [{problem.kind}] {problem.where}: {problem.detail}")
+            say(f"  [{problem.kind}] {problem.where}")
+            say(f"      {problem.detail}")
+            say(f"      a start would: {problem.a_start_would}")
         say(f"Result: problems found (exit {exit_code})")
     else:
         say(f"Result: clean, a start has nothing to repair (exit {exit_code})")
@@ -304,7 +309,7 @@ def print_quarantine(url: str, entries: list[QuarantineEntry]) -> None:
     if not entries:
         console.print(f"{url}: the quarantine is empty", soft_wrap=True)
         return
-    console.print(f"{url}: {len(entries)} quarantined values", soft_wrap=True)
+    console.print(f"{url}: {plural(len(entries), 'quarantined value')}", soft_wrap=True)
     for entry in entries:
         console.print(entry.id, soft_wrap=True)
         console.print(f"    key     {entry.key}", soft_wrap=True)

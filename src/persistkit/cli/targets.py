@@ -34,6 +34,7 @@ __all__ = [
     "format_time",
     "iso_time",
     "open_target",
+    "plural",
     "schema_for",
     "store_for",
 ]
@@ -110,6 +111,11 @@ def store_for(backend: Backend, namespace: str) -> PersistBase[Any]:
     return PersistBase(
         SegmentName(namespace), backend=backend, model=schema_for(namespace), retry=CLI_RETRY
     )
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 value``, ``2 values``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def iso_time(seconds: float | None) -> str | None:

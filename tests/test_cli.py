@@ -95,6 +95,22 @@ def signal(symbol: str, strategy: str, index: int, **changes: Any) -> SignalRow:
     return SignalRow(**row)
 
 
+def position(
+    symbol: str, strategy: str, index: int, side: str, price: float, quantity: float
+) -> RiskActivePosition:
+    return RiskActivePosition.model_validate(
+        {
+            "symbol": symbol,
+            "strategy_name": strategy,
+            "signal_id": f"sig-{index}",
+            "position": side,
+            "price_open": price,
+            "quantity": quantity,
+            "added_at": 1_763_700_000_000 + index * 60_000,
+        }
+    )
+
+
 async def write_state(root: Path) -> None:
     """A bot's state as the adapters write it: two signals, a limit entry, risk, partials."""
     persistkit.configure(mode="live", base_dir=root)
@@ -124,30 +140,8 @@ async def write_state(root: Path) -> None:
     )  # fmt: skip
     await PersistRiskAdapter.write_position_data(
         [
-            (
-                "BTCUSDT:trend_follow",
-                RiskActivePosition(
-                    symbol="BTCUSDT",
-                    strategy_name="trend_follow",
-                    signal_id="sig-1",
-                    position="long",
-                    price_open=64123.5,
-                    quantity=0.05,
-                    added_at=1_763_700_060_000,
-                ),
-            ),
-            (
-                "ETH/USDT:mean_rev",
-                RiskActivePosition(
-                    symbol="ETH/USDT",
-                    strategy_name="mean_rev",
-                    signal_id="sig-2",
-                    position="short",
-                    price_open=3120.4,
-                    quantity=1.2,
-                    added_at=1_763_700_120_000,
-                ),
-            ),
+            ("BTCUSDT:trend_follow", position("BTCUSDT", "trend_follow", 1, "long", 64123.5, 0.05)),
+            ("ETH/USDT:mean_rev", position("ETH/USDT", "mean_rev", 2, "short", 3120.4, 1.2)),
         ],
         "main_portfolio",
     )
@@ -178,7 +172,7 @@ def tree_fingerprint(root: Path) -> str:
                 f"{os.path.relpath(path, root)}|{info.st_mode:o}|{info.st_ino}|"
                 f"{info.st_mtime_ns}|{info.st_size}\n".encode()
             )
-            if stat.S_ISREG(info.st_mode):
+            if stat.S_ISREG(info.st_mode) and os.access(path, os.R_OK):
                 digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
@@ -337,28 +331,33 @@ def shared_root() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="persistkit-cli-"))
     directory.chmod(0o755)
     yield directory / "data"
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # so that the owner can remove them
     shutil.rmtree(directory)
 
 
-async def test_preflight_finds_directories_the_bot_cannot_write(shared_root: Path) -> None:
+async def test_preflight_finds_paths_the_bot_cannot_use(shared_root: Path) -> None:
     await write_state(shared_root)
     locked = shared_root / "signal/BTCUSDT_trend_follow"
-    locked.chmod(0o555)
+    unreadable = shared_root / RISK
+    for directory in (locked, shared_root):
+        directory.chmod(0o555)
+    unreadable.chmod(0o000)
     before = tree_fingerprint(shared_root)
-    # Root passes every os.access check, so the check runs as "nobody", for real.
+    # Root passes every os.access check, so then the check runs as "nobody", for real.
     prefix = (
         ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups") if os.geteuid() == 0 else ()
     )
     result = run_cli("preflight", shared_root, "--json", prefix=prefix)
     assert tree_fingerprint(shared_root) == before
     assert result.returncode == 1, result.stderr
-    problems = json.loads(result.stdout)["problems"]
-    denied = {p["where"] for p in problems if p["kind"] == "permission"}
-    # Everything the bot (running as root here) made is closed to another user.
-    assert str(locked) in denied
-    assert str(shared_root) in denied
-    locked_problem = next(p for p in problems if p["where"] == str(locked))
-    assert locked_problem["detail"] == "the process cannot create files here"
+    problems = {(p["kind"], p["where"]): p["detail"] for p in json.loads(result.stdout)["problems"]}
+    cannot_create = "the process cannot create files here"
+    assert problems[("permission", str(locked))] == cannot_create
+    assert problems[("permission", str(shared_root))] == cannot_create
+    assert problems[("permission", str(unreadable))] == "the process cannot read it"
+    # And the start would fail reading it, which the check of its store shows too.
+    assert "Permission denied" in problems[("unreadable", "risk/main_portfolio")]
 
 
 def test_preflight_missing_root_exits_2_with_one_line(tmp_path: Path) -> None:

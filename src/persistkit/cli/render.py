@@ -21,7 +21,7 @@ from rich.table import Table
 
 from persistkit.backends.base import QuarantineEntry
 
-from .inventory import Inventory
+from .inventory import Inventory, RowView
 from .preflight import PreflightReport
 from .targets import format_time, iso_time, plural
 
@@ -89,6 +89,15 @@ def _millis(stamp: int) -> str:
 # -- inspect -----------------------------------------------------------------------
 
 
+def _row_json(view: RowView) -> dict[str, Any]:
+    return {
+        "key": view.key,
+        "symbol": view.symbol,
+        "strategy": view.strategy,
+        "row": view.row.model_dump(mode="json"),
+    }
+
+
 def inventory_json(inventory: Inventory) -> dict[str, Any]:
     return {
         "backend": inventory.url,
@@ -104,16 +113,8 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
             }
             for entity in inventory.entities
         ],
-        "signals": [
-            {"key": view.key, "symbol": view.symbol, "strategy": view.strategy,
-             "row": view.row.model_dump(mode="json")}
-            for view in inventory.signals
-        ],
-        "scheduled": [
-            {"key": view.key, "symbol": view.symbol, "strategy": view.strategy,
-             "row": view.row.model_dump(mode="json")}
-            for view in inventory.scheduled
-        ],
+        "signals": [_row_json(view) for view in inventory.signals],
+        "scheduled": [_row_json(view) for view in inventory.scheduled],
         "risk": [
             {"key": view.key, "risk_name": view.risk_name, "position_key": view.position_key,
              "position": view.position.model_dump(mode="json")}

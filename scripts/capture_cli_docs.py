@@ -185,6 +185,7 @@ def main() -> None:
     )
     parts.append(run("persistkit import bad.jsonl ./restored"))
 
+    parts.append(SECTION_BACKENDS)
     DOCS.parent.mkdir(exist_ok=True)
     DOCS.write_text("\n".join(parts))
     shutil.rmtree(DEMO)
@@ -281,6 +282,25 @@ SECTION_ERRORS = """
 
 A missing root, a bad URL or an unreachable server: one line on stderr and exit
 2, never a traceback.
+"""
+
+SECTION_BACKENDS = """
+## What the command line asks of a backend
+
+Only the `Backend` contract, through `persistkit.open_backend(url)`, so a new
+backend works here unchanged. Three optional methods, with defaults in
+`persistkit/backends/base.py`, make it say more:
+
+- `changed_at(key)`: when the value last changed (file: mtime). Shown by
+  `inspect`; `migrate` compares it to refuse overwriting newer data. Default
+  `None`: shown as `-`, and a differing destination value is always refused.
+- `unapplied_commits()`: commits recorded but not yet applied; `preflight`
+  reports each (a start applies them). Default `[]`.
+- `durability_warnings()`: settings that weaken durability (Redis without
+  `appendfsync always`, say); `preflight` reports each. Default `[]`.
+
+The file backend's permission check (`os.access` on every directory) is the one
+thing `preflight` does only for file roots.
 """
 
 

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from persistkit.backends import Backend
-from persistkit.backends.base import QuarantineEntry
+from persistkit.backends.base import QuarantineEntry, split_key
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -20,8 +20,8 @@ from persistkit.errors import (
     PersistError,
 )
 
-from .inventory import collect_inventory, decode_value
-from .preflight import run_preflight
+from .inventory import Inventory, collect_inventory, decode_value
+from .preflight import PreflightReport, run_preflight
 from .render import (
     Bars,
     inventory_json,
@@ -131,7 +131,7 @@ def inspect(target: str, as_json: bool, progress: bool | None) -> None:
     backend = open_target(target)
     bars = Bars(progress)
 
-    async def work() -> Any:
+    async def work() -> Inventory:
         with bars.bar("reading") as (advance, _):
             return await collect_inventory(backend, on_key=advance)
 
@@ -162,7 +162,7 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
     try:
         backend = open_target(target)
 
-        async def work() -> Any:
+        async def work() -> PreflightReport:
             with bars.bar("checking") as (advance, set_total):
                 return await run_preflight(backend, on_total=set_total, on_checked=advance)
 
@@ -218,8 +218,7 @@ def quarantine_list(target: str, as_json: bool) -> None:
 @click.argument("entry_id", metavar="ID")
 @click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
-@click.pass_context
-def quarantine_restore(ctx: click.Context, entry_id: str, target: str, overwrite: bool) -> None:
+def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
     """Put a quarantined value back where it was (after fixing it, say)."""
     backend = open_target(target)
 
@@ -232,7 +231,7 @@ def quarantine_restore(ctx: click.Context, entry_id: str, target: str, overwrite
                 f"{exc}; nothing changed (pass --overwrite to replace it)", EXIT_PROBLEMS
             ) from exc
         stored = await backend.get(key)
-        namespace = key.rpartition("/")[0]
+        namespace, _ = split_key(key)
         try:
             if stored is not None:
                 decode_value(store_for(backend, namespace), key, stored.data)
@@ -248,7 +247,6 @@ def quarantine_restore(ctx: click.Context, entry_id: str, target: str, overwrite
             "the next start will quarantine it again",
             err=True,
         )
-    ctx.exit(EXIT_OK)
 
 
 @quarantine.command("purge")

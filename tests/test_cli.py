@@ -541,6 +541,8 @@ def test_migrate_replaces_an_older_differing_value(state: Path, tmp_path: Path) 
 
 def test_migrate_onto_itself_or_from_nowhere_exits_2(state: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("migrate", state, f"file://{state}"), "the same")
+    assert_one_line_error(run_cli("migrate", state, state / "copy"), "one inside the other")
+    assert not (state / "copy").exists()
     assert_one_line_error(run_cli("migrate", tmp_path / "none", state), "no such directory")
 
 

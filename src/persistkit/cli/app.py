@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ import orjson
 
 from persistkit.backends import Backend
 from persistkit.backends.base import QuarantineEntry, split_key
+from persistkit.backends.file import FileBackend
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -349,6 +351,16 @@ def _finish_copy(
     ctx.exit(EXIT_PROBLEMS if failures else EXIT_OK)
 
 
+def _refuse_overlap(source: Backend, destination: Backend) -> None:
+    if source.url == destination.url:
+        raise CommandError(f"source and destination are the same: {destination.url}")
+    if not (isinstance(source, FileBackend) and isinstance(destination, FileBackend)):
+        return
+    # One root inside the other: the copy would list its own output.
+    if os.path.commonpath([source.root, destination.root]) in (source.root, destination.root):
+        raise CommandError(f"{source.root} and {destination.root} lie one inside the other")
+
+
 @cli.command(short_help="Copy every value between two backends, verified.")
 @click.argument("source_spec", metavar="SRC")
 @click.argument("destination_spec", metavar="DST")
@@ -373,8 +385,7 @@ def migrate(
     """
     source_backend = open_target(source_spec)
     destination = open_target(destination_spec, must_exist=False)
-    if source_backend.url == destination.url:
-        raise CommandError(f"source and destination are the same: {destination.url}")
+    _refuse_overlap(source_backend, destination)
 
     async def work() -> tuple[CopyOutcome, int]:
         source = await BackendSource.listing(source_backend)

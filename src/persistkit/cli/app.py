@@ -61,8 +61,6 @@ __all__ = ["cli"]
 
 T = TypeVar("T")
 
-TARGET = "[ROOT | URL]"
-
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
@@ -100,6 +98,17 @@ def _print_json(value: Any) -> None:
     sys.stdout.buffer.flush()
 
 
+target_argument = click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document, for scripts."
+)
+
+
+def entry_arguments(command: Callable[..., None]) -> Callable[..., None]:
+    """``ID [ROOT | URL]``: a quarantine entry and where it is kept."""
+    return click.argument("entry_id", metavar="ID")(target_argument(command))
+
+
 progress_option = click.option(
     "--progress/--no-progress",
     default=None,
@@ -125,8 +134,8 @@ def cli() -> None:
 
 
 @cli.command(short_help="Show domains, entities and open positions.")
-@click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@target_argument
+@json_option
 @progress_option
 def inspect(target: str, as_json: bool, progress: bool | None) -> None:
     """Domains, entities and when each changed; open signals, scheduled entries, risk."""
@@ -148,8 +157,8 @@ def inspect(target: str, as_json: bool, progress: bool | None) -> None:
 
 
 @cli.command(short_help="Check, read-only, that a start would succeed.")
-@click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@target_argument
+@json_option
 @progress_option
 @click.pass_context
 def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
@@ -200,8 +209,8 @@ def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[Quara
 
 
 @quarantine.command("list")
-@click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@target_argument
+@json_option
 def quarantine_list(target: str, as_json: bool) -> None:
     """Every quarantined value: id, key, reason and when."""
     backend = open_target(target)
@@ -217,8 +226,7 @@ def quarantine_list(target: str, as_json: bool) -> None:
 
 
 @quarantine.command("restore")
-@click.argument("entry_id", metavar="ID")
-@click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
+@entry_arguments
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
 def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
     """Put a quarantined value back where it was (after fixing it, say)."""
@@ -252,8 +260,7 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 
 
 @quarantine.command("purge")
-@click.argument("entry_id", metavar="ID")
-@click.argument("target", default=DEFAULT_TARGET, metavar=TARGET)
+@entry_arguments
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def quarantine_purge(entry_id: str, target: str, yes: bool) -> None:
     """Delete a quarantined value for good (asks first unless --yes)."""

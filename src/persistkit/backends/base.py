@@ -156,6 +156,23 @@ class Backend(ABC):
 
     # -- operations ----------------------------------------------------------------
 
+    async def changed_at(self, key: str) -> float | None:
+        """When the value at ``key`` was last replaced (seconds since the epoch).
+
+        ``None`` when the key is absent or the backend keeps no such time; the
+        command line shows it, and ``migrate`` compares it to refuse overwriting
+        newer data. Read-only.
+        """
+        return None
+
+    async def unapplied_commits(self) -> list[str]:
+        """Commits recorded but not yet applied to their keys; a start applies them.
+
+        Read-only: it reports, it does not apply. Backends whose commits are
+        applied in one step (or that have none) return ``[]``.
+        """
+        return []
+
     async def durability_warnings(self) -> list[str]:
         """Settings of the storage that make an acknowledged write less than durable."""
         return []

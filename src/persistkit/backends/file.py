@@ -576,5 +576,14 @@ class FileBackend(Backend):
             if exc.errno != errno.ENOENT:
                 raise
 
+    async def changed_at(self, key: str) -> float | None:
+        self._check_open()
+        try:
+            return self._os.stat(self.path_of(key)).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise BackendError(f"cannot stat {key}: {exc}") from exc
+
     async def aclose(self) -> None:
         self._closed = True

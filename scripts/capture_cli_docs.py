@@ -1,0 +1,308 @@
+"""Regenerate docs/cli.md: run every ``persistkit`` command on a demo bot and paste its output.
+
+Nothing in docs/cli.md is typed by hand: the state is written through the public
+API, damaged the way crashes damage it, and each command's real stdout, stderr
+and exit code are captured. Run: ``.venv/bin/python scripts/capture_cli_docs.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import persistkit
+from persistkit import (
+    PersistPartialAdapter,
+    PersistRiskAdapter,
+    PersistScheduleAdapter,
+    PersistSignalAdapter,
+)
+from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+
+DEMO = Path("/tmp/persistkit-cli-demo")
+BIN = Path(sys.executable).parent
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def row(symbol: str, strategy: str, signal_id: str, **fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "id": signal_id,
+        "symbol": symbol,
+        "strategy_name": strategy,
+        "position": "long",
+        "scheduled_at": 1_763_700_000_000,
+        "pending_at": 1_763_700_060_000,
+        "exchange_name": "binance",
+    }
+    base.update(fields)
+    return base
+
+
+async def write_bot_state(root: Path) -> None:
+    persistkit.configure(mode="live", base_dir=root)
+    await PersistSignalAdapter.write_signal_data(
+        SignalRow.model_validate(
+            row("BTCUSDT", "trend_follow", "sig-1", price_open=64123.5,
+                price_take_profit=66000, price_stop_loss=63000.25)
+        ),
+        "BTCUSDT",
+        "trend_follow",
+    )  # fmt: skip
+    await PersistSignalAdapter.write_signal_data(
+        SignalRow.model_validate(
+            row("ETH/USDT", "mean_rev", "sig-2", position="short", price_open=3120.4,
+                price_take_profit=2950, price_stop_loss=3200, pending_at=1_763_700_120_000)
+        ),
+        "ETH/USDT",
+        "mean_rev",
+    )  # fmt: skip
+    await PersistScheduleAdapter.write_schedule_data(
+        ScheduledSignalRow.model_validate(
+            row("SOLUSDT", "breakout", "sch-1", price_open=142.5, price_take_profit=155,
+                price_stop_loss=138, scheduled_at=1_763_700_300_000, pending_at=0)
+        ),
+        "SOLUSDT",
+        "breakout",
+    )  # fmt: skip
+    await PersistRiskAdapter.write_position_data(
+        [
+            ("BTCUSDT:trend_follow", RiskActivePosition(
+                symbol="BTCUSDT", strategy_name="trend_follow", signal_id="sig-1",
+                position="long", price_open=64123.5, quantity=0.05, added_at=1_763_700_060_000)),
+            ("ETH/USDT:mean_rev", RiskActivePosition(
+                symbol="ETH/USDT", strategy_name="mean_rev", signal_id="sig-2",
+                position="short", price_open=3120.4, quantity=1.2, added_at=1_763_700_120_000)),
+        ],
+        "main_portfolio",
+    )  # fmt: skip
+    await PersistPartialAdapter.write_partial_data(
+        {"sig-1": PartialData(profit_levels=[10, 20])}, "BTCUSDT", "trend_follow"
+    )
+
+
+async def bot_restarts(root: Path) -> None:
+    """What a restarted bot does: each adapter initialises the stores it reads."""
+    persistkit.configure(mode="live", base_dir=root)
+    await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend_follow")
+    await PersistSignalAdapter.read_signal_data("ETH/USDT", "mean_rev")
+    await PersistScheduleAdapter.read_schedule_data("SOLUSDT", "breakout")
+
+
+def run(command: str, *, stdin: str = "", keep: int | None = None) -> str:
+    """``$ command``, then its output as an operator sees it, then the exit code."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("COLUMNS", None)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=DEMO,
+        input=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # interleaved as on a terminal
+        text=True,
+        env=env,
+        check=False,
+    )
+    lines = result.stdout.rstrip("\n").splitlines()
+    if keep is not None and len(lines) > keep:
+        lines = [*lines[:keep], "..."]
+    body = "\n".join(line.rstrip() for line in lines)
+    return f"```console\n$ {command}\n{body}\n[exit {result.returncode}]\n```\n"
+
+
+def first_quarantine_id() -> str:
+    listing = subprocess.run(
+        [str(BIN / "persistkit"), "quarantine", "list", "--json"],
+        cwd=DEMO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    entries = json.loads(listing.stdout)
+    return str(sorted(entry["id"] for entry in entries)[0])
+
+
+def main() -> None:
+    shutil.rmtree(DEMO, ignore_errors=True)
+    DEMO.mkdir()
+    data = DEMO / "dump" / "data"
+    asyncio.run(write_bot_state(data))
+    parts: list[str] = [TEMPLATE_HEAD]
+
+    parts.append(SECTION_INSPECT)
+    parts.append(run("persistkit inspect"))
+    parts.append(run("persistkit inspect --json", keep=24))
+
+    parts.append(SECTION_PREFLIGHT)
+    parts.append(run("persistkit preflight"))
+    # What a kill -9 and a bad deploy leave behind.
+    eth = data / "signal" / "ETH%2FUSDT_mean_rev" / "ETH%2FUSDT.json"
+    eth.write_bytes(b'{"id": "sig-2", "symbol": "ETH')
+    (data / "schedule" / "SOLUSDT_breakout" / "SOLUSDT.json").write_bytes(b'{"id": "sch-1"}')
+    (data / "signal" / "BTCUSDT_trend_follow" / ".tmp-5f0c9a1b2e3d4c5b").write_bytes(b'{"id')
+    parts.append(SECTION_PREFLIGHT_BROKEN)
+    parts.append(run("persistkit preflight"))
+    parts.append(run("persistkit preflight --json", keep=30))
+    parts.append(run("persistkit preflight ./dump/nowhere"))
+
+    asyncio.run(bot_restarts(data))
+    parts.append(SECTION_QUARANTINE)
+    parts.append(run("persistkit quarantine list"))
+    entry = first_quarantine_id()
+    parts.append(run(f"persistkit quarantine restore '{entry}'"))
+    asyncio.run(bot_restarts(data))  # the torn value goes straight back to quarantine
+    entry = first_quarantine_id()
+    parts.append(run(f"persistkit quarantine purge '{entry}'", stdin="n\n"))
+    parts.append(run(f"persistkit quarantine purge '{entry}' --yes"))
+
+    parts.append(SECTION_MIGRATE)
+    parts.append(
+        run("persistkit migrate ./dump/data file:///tmp/persistkit-cli-demo/copy --dry-run")
+    )
+    parts.append(run("persistkit migrate ./dump/data file:///tmp/persistkit-cli-demo/copy"))
+    copy_risk = DEMO / "copy" / "risk" / "main_portfolio" / "positions.json"
+    copy_risk.write_bytes(b"[]")  # the new host's bot closed its positions since
+    parts.append(SECTION_MIGRATE_REFUSED)
+    parts.append(run("persistkit migrate ./dump/data ./copy"))
+    parts.append(run("persistkit migrate ./dump/data ./copy --overwrite"))
+
+    parts.append(SECTION_EXPORT)
+    parts.append(run("persistkit export ./dump/data state.jsonl --include-quarantine"))
+    parts.append(run("cut -c1-120 state.jsonl"))
+    parts.append(run("persistkit import state.jsonl ./restored --include-quarantine"))
+
+    parts.append(SECTION_ERRORS)
+    parts.append(run("persistkit inspect /srv/bot/dump/data"))
+    parts.append(run("persistkit inspect nosuch://host/x"))
+    parts.append(run("persistkit inspect memory://"))
+    (DEMO / "bad.jsonl").write_text(
+        '{"key": "signal/BTCUSDT_trend_follow/BTCUSDT", "value": {"id": "sig-1"}}\n'
+        '{"key": "../../etc/cron.d/evil", "value": "* * * * * root sh"}\n'
+    )
+    parts.append(run("persistkit import bad.jsonl ./restored"))
+
+    parts.append(SECTION_BACKENDS)
+    DOCS.parent.mkdir(exist_ok=True)
+    DOCS.write_text("\n".join(parts))
+    shutil.rmtree(DEMO)
+    print(f"wrote {DOCS}")
+
+
+TEMPLATE_HEAD = """\
+# The `persistkit` command line (draft README section)
+
+For the person on call: see a bot's state, check before a deploy that a restart
+will succeed, and move state between backends, without writing Python.
+Install with `pip install 'persistkit[cli]'`.
+
+Every command takes a directory (`ROOT`, default `./dump/data`) or a backend URL
+(`file:///path`; `redis://...` and `s3://...` once those backends are installed:
+any URL `persistkit.open_backend` accepts). Exit codes, for scripts:
+
+| code | meaning |
+|---:|---|
+| 0 | done, nothing wrong |
+| 1 | problems found (preflight), or a change refused (migrate, import, restore) |
+| 2 | could not run: missing root, bad URL, unreachable server, bad input |
+
+Progress bars go to stderr, only when stderr is a terminal (or with `--progress`).
+Every output below is real: generated by `scripts/capture_cli_docs.py` on a bot
+state written through the public API.
+"""
+
+SECTION_INSPECT = """
+## `persistkit inspect [ROOT | URL]`
+
+Domains, entities and when each last changed (file backend: the file's mtime;
+a backend that keeps no such time shows `-`), and the decoded state: open
+signals, scheduled entries, risk positions, partial milestones. Values that do
+not decode are listed with the reason a start would give. `--json` for scripts.
+"""
+
+SECTION_PREFLIGHT = """
+## `persistkit preflight [ROOT | URL]`
+
+Runs the startup path read-only: lists the backend, checks permissions with
+`os.access` (never by writing), parses and validates every value with the model
+its domain adapter uses (values outside the four domains: JSON parse only),
+finds temp files left by interrupted writes, asks the backend for unapplied
+commits and durability warnings. It sweeps nothing and quarantines nothing: it
+says what a real start would do. Gate a deploy on it: 0 clean, 1 problems, 2
+could not run.
+"""
+
+SECTION_PREFLIGHT_BROKEN = """
+After a `kill -9` mid-write and a deploy that wrote a bad schedule row:
+"""
+
+SECTION_QUARANTINE = """
+## `persistkit quarantine list | restore ID [--overwrite] | purge ID [--yes]`
+
+The bot restarted and quarantined the two bad values (never deleting them).
+`restore` puts one back (refusing, exit 1, if a value was stored there since,
+unless `--overwrite`) and warns when it still would not validate; `purge` deletes
+one for good after asking (or with `--yes`).
+"""
+
+SECTION_MIGRATE = """
+## `persistkit migrate SRC DST [--overwrite] [--dry-run]`
+
+A verified copy between any two backends: every value written is read back and
+compared byte for byte. The whole copy is planned first; a destination value
+that differs is replaced only when it is provably older (both backends report a
+change time, and the destination's is earlier). Where one side keeps no change
+time (Redis, a JSON Lines file), any differing destination value is refused.
+A plan with a refusal writes nothing; `--overwrite` replaces them. Quarantined
+values stay in the source.
+"""
+
+SECTION_MIGRATE_REFUSED = """
+The copy's risk file changed after the migration (it is now newer than the
+source's), so a second migration refuses, writing nothing:
+"""
+
+SECTION_EXPORT = """
+## `persistkit export SRC FILE.jsonl` and `persistkit import FILE.jsonl DST`
+
+JSON Lines, one `{"key": ..., "value": <json>}` per entity. A value that is not
+JSON travels as `"raw_base64"` so nothing is lost; quarantined values are left
+out unless `--include-quarantine` (they carry a `"quarantine"` object). The
+export file appears complete or not at all (written beside, fsynced, renamed).
+`import` checks the whole file first (a bad line: exit 2, nothing written) and
+then copies like `migrate`, verified; a file has no change times, so a
+differing destination value is refused unless `--overwrite`.
+"""
+
+SECTION_ERRORS = """
+## Errors
+
+A missing root, a bad URL or an unreachable server: one line on stderr and exit
+2, never a traceback.
+"""
+
+SECTION_BACKENDS = """
+## What the command line asks of a backend
+
+Only the `Backend` contract, through `persistkit.open_backend(url)`, so a new
+backend works here unchanged. Three optional methods, with defaults in
+`persistkit/backends/base.py`, make it say more:
+
+- `changed_at(key)`: when the value last changed (file: mtime). Shown by
+  `inspect`; `migrate` compares it to refuse overwriting newer data. Default
+  `None`: shown as `-`, and a differing destination value is always refused.
+- `unapplied_commits()`: commits recorded but not yet applied; `preflight`
+  reports each (a start applies them). Default `[]`.
+- `durability_warnings()`: settings that weaken durability (Redis without
+  `appendfsync always`, say); `preflight` reports each. Default `[]`.
+
+The file backend's permission check (`os.access` on every directory) is the one
+thing `preflight` does only for file roots.
+"""
+
+
+if __name__ == "__main__":
+    main()

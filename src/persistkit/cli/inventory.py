@@ -1,0 +1,180 @@
+"""``persistkit inspect``: what a backend holds, decoded through the domain models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from persistkit.backends import Backend
+from persistkit.backends.base import split_key
+from persistkit.errors import CorruptValueError, InvalidNameError
+from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.names import decode_segment, split_pair
+from persistkit.store import PersistBase
+
+from .targets import store_for
+
+__all__ = [
+    "EntityInfo",
+    "Inventory",
+    "PartialView",
+    "RiskView",
+    "RowView",
+    "Unreadable",
+    "collect_inventory",
+    "decode_value",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityInfo:
+    key: str
+    domain: str
+    """First segment of the key (``signal``, ``risk``...; ``-`` for a key at the root)."""
+    entity: str
+    """``BTCUSDT / trend`` for a pair, the decoded risk name, or the raw namespace."""
+    entity_id: str
+    size: int
+    changed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RowView:
+    key: str
+    symbol: str
+    strategy: str
+    row: SignalRow
+
+
+@dataclass(frozen=True, slots=True)
+class RiskView:
+    key: str
+    risk_name: str
+    position_key: str
+    position: RiskActivePosition
+
+
+@dataclass(frozen=True, slots=True)
+class PartialView:
+    key: str
+    symbol: str
+    strategy: str
+    signal_id: str
+    levels: PartialData
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    key: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Inventory:
+    url: str
+    entities: list[EntityInfo] = field(default_factory=list)
+    signals: list[RowView] = field(default_factory=list)
+    scheduled: list[RowView] = field(default_factory=list)
+    risk: list[RiskView] = field(default_factory=list)
+    partial: list[PartialView] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    quarantined: int = 0
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({entity.domain for entity in self.entities})
+
+
+def decode_value(store: PersistBase[Any], key: str, data: bytes) -> Any:
+    """The value as a start would read it, or ``CorruptValueError`` saying why not.
+
+    The store's own parser, so the reason is word for word what a start logs.
+    """
+    # A private method on purpose: one parser for the command line and a start.
+    return store._parse(key, data)
+
+
+def _pair(segment: str) -> tuple[str, str]:
+    try:
+        return split_pair(segment)
+    except InvalidNameError:
+        return segment, "?"
+
+
+def _entity_name(namespace: str) -> str:
+    domain, _, entity = namespace.partition("/")
+    if not entity:
+        return namespace or "-"
+    if domain in ("signal", "schedule", "partial") and "/" not in entity:
+        symbol, strategy = _pair(entity)
+        return f"{symbol} / {strategy}"
+    try:
+        return "/".join(decode_segment(part) for part in entity.split("/"))
+    except InvalidNameError:
+        return entity
+
+
+def _add_views(inventory: Inventory, key: str, namespace: str, value: Any) -> None:
+    domain, _, entity = namespace.partition("/")
+    if value is None or not entity or "/" in entity:
+        return
+    if domain in ("signal", "schedule"):
+        symbol, strategy = _pair(entity)
+        rows = inventory.signals if domain == "signal" else inventory.scheduled
+        assert isinstance(value, SignalRow | ScheduledSignalRow)  # validated by schema_for
+        rows.append(RowView(key, symbol, strategy, value))
+    elif domain == "risk":
+        for position_key, position in value:
+            inventory.risk.append(RiskView(key, _entity_name(namespace), position_key, position))
+    elif domain == "partial":
+        symbol, strategy = _pair(entity)
+        for signal_id, levels in value.items():
+            inventory.partial.append(PartialView(key, symbol, strategy, signal_id, levels))
+
+
+async def collect_inventory(
+    backend: Backend, *, on_key: Callable[[int], None] | None = None
+) -> Inventory:
+    """Every entity of ``backend`` with its change time, and the decoded domain tables.
+
+    Reads only. A value that does not decode is listed in ``unreadable`` with
+    the reason a start would give when quarantining it.
+    """
+    inventory = Inventory(backend.url)
+    stores: dict[str, PersistBase[Any]] = {}
+    async for key in backend.scan("", recursive=True):
+        stored = await backend.get(key)
+        if on_key is not None:
+            on_key(1)
+        if stored is None:
+            continue  # removed while we listed
+        namespace, name = split_key(key)
+        try:
+            entity_id = decode_segment(name)
+        except InvalidNameError:
+            entity_id = name
+        inventory.entities.append(
+            EntityInfo(
+                key=key,
+                domain=namespace.partition("/")[0] or "-",
+                entity=_entity_name(namespace),
+                entity_id=entity_id,
+                size=len(stored.data),
+                changed_at=await backend.changed_at(key),
+            )
+        )
+        store = stores.get(namespace)
+        if store is None:
+            store = stores[namespace] = store_for(backend, namespace)
+        try:
+            value = decode_value(store, key, stored.data)
+        except CorruptValueError as exc:
+            inventory.unreadable.append(Unreadable(key, exc.reason or str(exc)))
+            continue
+        _add_views(inventory, key, namespace, value)
+    inventory.entities.sort(key=lambda entity: entity.key)
+    for views in (inventory.signals, inventory.scheduled):
+        views.sort(key=lambda view: (view.symbol, view.strategy))
+    inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+    return inventory

@@ -1,0 +1,191 @@
+"""``persistkit preflight``: what a start would find and do, found without writing anything.
+
+It runs the startup path read-only: the backend is listed (reachable?), the
+file backend's directories are checked with ``os.access`` (never by writing),
+every namespace goes through :meth:`PersistBase.check` with ``repair=False``
+and the model its domain adapter uses, and the backend is asked for unapplied
+commits and for settings that weaken durability. Nothing is swept, moved or
+quarantined: each problem says what a real start would do about it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from persistkit.backends import Backend
+from persistkit.backends.base import split_key
+from persistkit.backends.file import SUFFIX, FileBackend
+from persistkit.errors import BackendError, InvalidNameError
+from persistkit.names import decode_segment
+
+from .targets import CommandError, schema_for, store_for
+
+__all__ = ["PreflightReport", "Problem", "run_preflight"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``unapplied-commit``,
+    ``durability``; as a note: ``foreign-name``."""
+    where: str
+    detail: str
+    a_start_would: str
+
+
+@dataclass(slots=True)
+class PreflightReport:
+    url: str
+    namespaces: int = 0
+    checked: int = 0
+    validated: int = 0
+    """Values checked against a domain model (the rest: JSON parse only)."""
+    directories: int | None = None
+    """Directories checked for permissions; ``None`` when the backend has none."""
+    quarantined: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    """What a start would repair or trip over: each makes the exit code 1."""
+    notes: list[Problem] = field(default_factory=list)
+    """Worth knowing, harmless to a start: they leave the exit code alone."""
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def of_kind(self, *kinds: str) -> list[Problem]:
+        return [problem for problem in self.problems if problem.kind in kinds]
+
+
+def _access(path: str, mode: int) -> bool:
+    # The bot's writes are checked against the effective ids, so check those.
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _file_tree(root: str, report: PreflightReport) -> set[str]:
+    """Namespaces (directories) under ``root``, recording permission problems on the way.
+
+    Directories holding no value still count: a temp file a crash left in a
+    brand-new entity's directory is swept by a start too.
+    """
+    namespaces: set[str] = set()
+    directories = 0
+
+    def unreadable(error: OSError) -> None:
+        report.problems.append(
+            Problem(
+                "permission",
+                str(error.filename),
+                f"cannot list it: {error.strerror}",
+                "fail to start",
+            )
+        )
+
+    for directory, subdirectories, filenames in os.walk(root, onerror=unreadable):
+        relative = os.path.relpath(directory, root)
+        own = relative == "." or not any(part.startswith(".") for part in relative.split(os.sep))
+        subdirectories.sort()
+        directories += 1
+        if not _access(directory, os.W_OK | os.X_OK):
+            action = "fail to write here" if own else "fail to quarantine into it"
+            report.problems.append(
+                Problem("permission", directory, "the process cannot create files here", action)
+            )
+        if not own:
+            continue  # the quarantine: checked for writing, holds no live values
+        namespaces.add("" if relative == "." else relative.replace(os.sep, "/"))
+        for filename in filenames:
+            path = os.path.join(directory, filename)
+            is_value = filename.endswith(SUFFIX) and not filename.startswith(".")
+            if is_value and not _access(path, os.R_OK):
+                report.problems.append(
+                    Problem("permission", path, "the process cannot read it", "fail to start")
+                )
+    report.directories = directories
+    return namespaces
+
+
+async def run_preflight(
+    backend: Backend,
+    *,
+    on_total: Callable[[int], None] | None = None,
+    on_checked: Callable[[int], None] | None = None,
+) -> PreflightReport:
+    """Check ``backend`` as a start would, changing nothing.
+
+    ``CommandError`` when it cannot run at all (the backend cannot be listed).
+    ``on_total`` gets the number of values once listed; ``on_checked`` the
+    number checked since its last call.
+    """
+    report = PreflightReport(backend.url)
+    per_namespace: Counter[str] = Counter()
+    try:
+        async for key in backend.scan("", recursive=True):
+            namespace, name = split_key(key)
+            per_namespace[namespace] += 1
+            try:
+                decode_segment(name)
+            except InvalidNameError:
+                report.notes.append(
+                    Problem(
+                        "foreign-name",
+                        key,
+                        "not a name persistkit writes; no adapter asks for it by name",
+                        "leave it alone",
+                    )
+                )
+    except BackendError as exc:
+        raise CommandError(f"cannot list {backend.url}: {exc}") from exc
+    if on_total is not None:
+        on_total(sum(per_namespace.values()))
+
+    namespaces = set(per_namespace)
+    if isinstance(backend, FileBackend):
+        namespaces |= _file_tree(backend.root, report)
+    report.namespaces = len(namespaces)
+
+    for namespace in sorted(namespaces):
+        store = store_for(backend, namespace)
+        progress = [0]
+
+        def advance(checked: int, progress: list[int] = progress) -> None:
+            if on_checked is not None:
+                on_checked(checked - progress[0])
+            progress[0] = checked
+
+        try:
+            found = await store.check(repair=False, on_progress=advance)
+        except BackendError as exc:
+            report.problems.append(
+                Problem("unreadable", namespace or "/", str(exc), "fail to start")
+            )
+            continue
+        report.checked += found.checked
+        if schema_for(namespace) is not None:
+            report.validated += found.checked
+        report.problems.extend(
+            Problem("orphan", orphan, "temp file of an interrupted write", "remove it")
+            for orphan in found.orphans
+        )
+        report.problems.extend(
+            Problem("corrupt", finding.key, finding.reason, "quarantine it (never delete it)")
+            for finding in found.corrupt
+        )
+
+    try:
+        commits = await backend.unapplied_commits()
+        warnings = await backend.durability_warnings()
+        report.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+    except BackendError as exc:
+        raise CommandError(f"cannot query {backend.url}: {exc}") from exc
+    report.problems.extend(
+        Problem("unapplied-commit", commit, "committed but not yet applied", "apply it")
+        for commit in commits
+    )
+    report.problems.extend(
+        Problem("durability", backend.url, warning, "run, but acknowledged writes may be lost")
+        for warning in warnings
+    )
+    return report

@@ -77,6 +77,8 @@ def open_backend(url: str) -> Backend:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if exc.name == module_name:
+            raise ImportError(f"the {scheme}:// backend ({module_name}) is not installed") from exc
         hint = f"; install it with: pip install 'persistkit[{extra}]'" if extra else ""
         raise ImportError(f"the {scheme}:// backend needs {exc.name}{hint}") from exc
     cls = getattr(module, class_name)

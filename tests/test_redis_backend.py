@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,21 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_cluster() -> Iterator[RedisCluster]:
     with RedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a server of this test's own (to kill, or with other settings)."""
+    started: list[RedisServer] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        server = RedisServer(directory=tmp_path / f"redis-{len(started)}", extra_args=extra_args)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.close()
 
 
 def fresh_prefix() -> str:
@@ -212,10 +227,9 @@ async def test_cluster_replays_a_cross_slot_commit_left_by_a_crash(
 
 
 async def test_kill_9_mid_run_recovers_and_keeps_every_acknowledged_write(
-    tmp_path: Path,
+    own_server: Callable[..., RedisServer],
 ) -> None:
-    server = RedisServer(directory=tmp_path / "redis")
-    server.start()
+    server = own_server()
     backend = RedisBackend.from_url(f"{server.url}?prefix={fresh_prefix()}")
     store: PersistBase[Any] = PersistBase(
         "writer", backend=backend, retry=RetryPolicy(attempts=60, max_delay=0.5, deadline=30)
@@ -253,12 +267,12 @@ async def test_kill_9_mid_run_recovers_and_keeps_every_acknowledged_write(
         await fresh.aclose()
     finally:
         await backend.aclose()
-        server.close()
 
 
-async def test_transient_errors_are_typed_and_chained(tmp_path: Path) -> None:
-    server = RedisServer(directory=tmp_path / "redis")
-    server.start()
+async def test_transient_errors_are_typed_and_chained(
+    own_server: Callable[..., RedisServer],
+) -> None:
+    server = own_server()
     backend = RedisBackend.from_url(server.url)
     store: PersistBase[Any] = PersistBase("e", backend=backend, retry=NO_RETRY)
     try:
@@ -271,12 +285,10 @@ async def test_transient_errors_are_typed_and_chained(tmp_path: Path) -> None:
         assert isinstance(transient.__cause__, RedisConnectionError)
     finally:
         await backend.aclose()
-        server.close()
 
 
-async def test_non_transient_errors_are_not_retried(tmp_path: Path) -> None:
-    server = RedisServer(directory=tmp_path / "redis")
-    server.start()
+async def test_non_transient_errors_are_not_retried(own_server: Callable[..., RedisServer]) -> None:
+    server = own_server()
     server.client().config_set("requirepass", "right")
     wrong = RedisBackend.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0")
     right = RedisBackend.from_url(f"redis://:right@127.0.0.1:{server.port}/0")
@@ -299,7 +311,6 @@ async def test_non_transient_errors_are_not_retried(tmp_path: Path) -> None:
         raw.close()
         await wrong.aclose()
         await right.aclose()
-        server.close()
 
 
 async def test_closing_closes_only_a_client_it_made(redis_server: RedisServer) -> None:
@@ -371,10 +382,9 @@ async def test_no_durability_warning_with_appendfsync_always(redis_server: Redis
 
 
 async def test_durability_warnings_are_logged_once_and_reported(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    own_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisServer(directory=tmp_path / "redis", extra_args=["--appendonly", "no"])
-    server.start()
+    server = own_server("--appendonly", "no")
     backend = RedisBackend.from_url(server.url)
     try:
         with caplog.at_level(logging.WARNING, logger="persistkit"):
@@ -387,7 +397,6 @@ async def test_durability_warnings_are_logged_once_and_reported(
         assert len(logged) == 1
     finally:
         await backend.aclose()
-        server.close()
 
 
 async def test_appendfsync_everysec_is_warned_about(redis_server: RedisServer) -> None:
@@ -403,18 +412,16 @@ async def test_appendfsync_everysec_is_warned_about(redis_server: RedisServer) -
         await backend.aclose()
 
 
-async def test_durability_cannot_be_checked_when_config_is_disabled(tmp_path: Path) -> None:
-    server = RedisServer(
-        directory=tmp_path / "redis", extra_args=["--rename-command", "CONFIG", ""]
-    )
-    server.start()
+async def test_durability_cannot_be_checked_when_config_is_disabled(
+    own_server: Callable[..., RedisServer],
+) -> None:
+    server = own_server("--rename-command", "CONFIG", "")
     backend = RedisBackend.from_url(server.url)
     try:
         (warning,) = await backend.durability_warnings()
         assert "durability cannot be checked" in warning
     finally:
         await backend.aclose()
-        server.close()
 
 
 # ------------------------------------------------------ configure() and moving state

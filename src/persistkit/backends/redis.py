@@ -269,11 +269,9 @@ class RedisBackend(Backend):
         self._commit_head = f"{prefix}:commit:{{"
         self._durability: list[str] | None = None
         self._recovered = False
-        # redis-py 8.1's async cluster client, used cold by many tasks at once,
-        # mixes up connections ("Connection closed by server", "'NoneType' object
-        # has no attribute 'writelines'"); one initialize() before the first
-        # command avoids it.
-        self._cluster_ready = not isinstance(client, RedisCluster)
+        # False until a cluster client is initialised, and again once closed:
+        # the one flag every operation checks before its first command.
+        self._ready = not isinstance(client, RedisCluster)
         self._closed = False
 
     @classmethod
@@ -344,12 +342,17 @@ class RedisBackend(Backend):
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
 
-    async def _prepare_cluster(self) -> None:
+    async def _get_ready(self) -> None:
+        self._check_open()
+        # redis-py 8.1's async cluster client, used cold by many tasks at once,
+        # mixes up connections ("Connection closed by server", "'NoneType' object
+        # has no attribute 'writelines'"); one initialize() before the first
+        # command avoids it.
         try:
             await self._redis.initialize()
         except _REDIS_ERRORS as exc:
             raise _translate(exc, "cluster discovery") from exc
-        self._cluster_ready = True
+        self._ready = True
 
     def _tag(self, namespace: str) -> str:
         if "{" in namespace or "}" in namespace:
@@ -383,9 +386,8 @@ class RedisBackend(Backend):
     # -- single values ---------------------------------------------------------------
 
     async def get(self, key: str) -> Versioned | None:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         redis_key = self._value_key(key)
         try:
             data = await self._redis.execute_command("GET", redis_key)
@@ -396,9 +398,8 @@ class RedisBackend(Backend):
         return Versioned(data, hashlib.sha1(data).hexdigest())
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         keys = list(keys)
         if not keys:
             return []
@@ -416,9 +417,8 @@ class RedisBackend(Backend):
         ]
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         redis_key = self._value_key(key)
         try:
             if expect is ANY_VERSION:
@@ -437,9 +437,8 @@ class RedisBackend(Backend):
         return hashlib.sha1(data).hexdigest()
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         redis_key = self._value_key(key)
         try:
             if expect is ANY_VERSION:
@@ -471,9 +470,8 @@ class RedisBackend(Backend):
             raise _translate(exc, f"SCAN {pattern}") from exc
 
     async def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         head = self._value_head
         async for raw in self._scan_keys(self._namespace_pattern(head, namespace, recursive)):
             parsed = self._key_of(raw, head)
@@ -492,9 +490,8 @@ class RedisBackend(Backend):
         return f"{self._quarantine_head}{tag}}}:{stem}", join_key(namespace, name)
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         namespace, _, name = key.rpartition("/")
         now = time.time()
         entry_id = join_key(namespace, f"{name}@{time.time_ns()}-{secrets.token_hex(3)}")
@@ -512,9 +509,8 @@ class RedisBackend(Backend):
         return QuarantineEntry(entry_id, key, reason, now)
 
     async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         head = self._quarantine_head
         pattern = self._namespace_pattern(head, namespace, recursive=True)
         async for raw in self._scan_keys(pattern):
@@ -532,9 +528,8 @@ class RedisBackend(Backend):
             )
 
     async def read_quarantined(self, entry_id: str) -> bytes:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         quarantine_key, _ = self._quarantine_key(entry_id)
         try:
             data = await self._redis.hget(quarantine_key, "data")
@@ -545,9 +540,8 @@ class RedisBackend(Backend):
         return bytes(data)
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         quarantine_key, key = self._quarantine_key(entry_id)
         try:
             outcome = await _RESTORE_SCRIPT(
@@ -564,9 +558,8 @@ class RedisBackend(Backend):
         return key
 
     async def purge(self, entry_id: str) -> None:
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         quarantine_key, _ = self._quarantine_key(entry_id)
         try:
             removed = await self._redis.execute_command("DEL", quarantine_key)
@@ -588,9 +581,8 @@ class RedisBackend(Backend):
 
     async def commit(self, writes: Mapping[str, bytes | None]) -> None:
         """Apply ``writes`` (``None`` deletes) all or nothing; see the module docstring."""
-        self._check_open()
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         if not writes:
             return
         batch = [(self._value_key(key), data) for key, data in writes.items()]
@@ -624,8 +616,8 @@ class RedisBackend(Backend):
         self._check_open()
         if not isinstance(self._client, RedisCluster):
             return []  # one server: every commit is one script, nothing to finish
-        if not self._cluster_ready:
-            await self._prepare_cluster()
+        if not self._ready:
+            await self._get_ready()
         cutoff = time.time() - (self.commit_grace if older_than is None else older_than)
         replayed: list[str] = []
         async for raw in self._scan_keys(f"{_glob(self._commit_head)}*"):
@@ -733,5 +725,6 @@ class RedisBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        self._ready = False
         if self._owns_client:
             await self._client.aclose()

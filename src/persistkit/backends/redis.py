@@ -32,7 +32,9 @@ then applied slot by slot (one script per slot), then the record is deleted.
 A record left behind by a crash is replayed by the next startup
 (:meth:`RedisBackend.recover_commits`, run by the first ``clean_orphans``) once
 it is older than ``commit_grace`` seconds, so a commit still in flight in a
-live process is never replayed under it. Until then readers can see part of
+live process is never replayed under it. When the server goes away after the
+record was written, the same backend finishes the commit before its next
+operation. Until then readers can see part of
 such a commit: the record, not the entity keys, is what makes it atomic.
 
 Errors: connection refused or reset, timeouts, ``LOADING``, ``READONLY``
@@ -272,6 +274,7 @@ class RedisBackend(Backend):
         # False until a cluster client is initialised, and again once closed:
         # the one flag every operation checks before its first command.
         self._ready = not isinstance(client, RedisCluster)
+        self._unapplied: dict[str, list[list[tuple[str, bytes | None]]]] = {}
         self._closed = False
 
     @classmethod
@@ -350,8 +353,13 @@ class RedisBackend(Backend):
         # command avoids it.
         try:
             await self._redis.initialize()
+            # A commit recorded here but not applied (the server went away half
+            # way) is committed: finish it before anything else touches its keys.
+            for record, groups in list(self._unapplied.items()):
+                await self._apply_record(record, groups)
+                self._unapplied.pop(record, None)
         except _REDIS_ERRORS as exc:
-            raise _translate(exc, "cluster discovery") from exc
+            raise _translate(exc, "cluster discovery or an unfinished commit") from exc
         self._ready = True
 
     def _tag(self, namespace: str) -> str:
@@ -601,10 +609,21 @@ class RedisBackend(Backend):
             for redis_key, data in batch:
                 fields += [f"d{redis_key}", b""] if data is None else [f"s{redis_key}", data]
             await self._redis.execute_command("HSET", record, *fields)
-            await asyncio.gather(*(self._apply(group) for group in by_slot.values()))
-            await self._redis.execute_command("DEL", record)
+            groups = list(by_slot.values())
+            try:
+                await self._apply_record(record, groups)
+            except _REDIS_ERRORS:
+                self._unapplied[record] = groups
+                self._ready = False  # _get_ready finishes it before the next operation
+                raise
         except _REDIS_ERRORS as exc:
             raise _translate(exc, f"commit of {len(batch)} keys", write=True) from exc
+
+    async def _apply_record(
+        self, record: str, groups: list[list[tuple[str, bytes | None]]]
+    ) -> None:
+        await asyncio.gather(*(self._apply(group) for group in groups))
+        await self._redis.execute_command("DEL", record)
 
     async def recover_commits(self, *, older_than: float | None = None) -> list[str]:
         """Finish cross-slot commits a crash interrupted; returns the records replayed.

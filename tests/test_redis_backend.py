@@ -223,6 +223,59 @@ async def test_cluster_replays_a_cross_slot_commit_left_by_a_crash(
         await backend.aclose()
 
 
+async def test_cluster_commit_cut_by_a_dead_master_is_finished_by_the_same_backend() -> None:
+    """A master dies while a cross-slot commit is applied: the commit was recorded,
+    so the backend finishes it before its next operation once the master is back."""
+    with RedisCluster() as cluster:
+        prefix = fresh_prefix()
+        names = [f"signal/S{i}_trend/S{i}" for i in range(40)]
+        owner = {
+            name: cluster.node_for_key(f"{prefix}:{{{name.rpartition('/')[0]}}}:x")
+            for name in names
+        }
+        alive_key = names[0]
+        doomed_key = next(name for name in names if owner[name] is not owner[alive_key])
+        doomed = owner[doomed_key]
+        backend = RedisBackend.from_url(f"{cluster_url(cluster)}?prefix={prefix}")
+        try:
+            await backend.put(doomed_key, b"old")
+            doomed.kill()
+            records: list[bytes] = []
+            for attempt in range(30):  # the record itself may hash to the dead master
+                with pytest.raises(TransientBackendError):
+                    await backend.commit({alive_key: f"new-{attempt}".encode(), doomed_key: b"new"})
+                records = [
+                    key
+                    for node in cluster.nodes
+                    if node is not doomed
+                    for key in await _scan_node(node.port, f"{prefix}:commit:*")
+                ]
+                if records:
+                    break
+            assert len(records) == 1, "no commit record landed on a live master in 30 tries"
+            doomed.start()
+            cluster.wait_cluster_ok()
+            stored = await backend.get(doomed_key)  # finishes the recorded commit first
+            assert stored is not None and stored.data == b"new"
+            alive = await backend.get(alive_key)
+            assert alive is not None and alive.data.startswith(b"new-")
+            assert [
+                key
+                for node in cluster.nodes
+                for key in await _scan_node(node.port, f"{prefix}:commit:*")
+            ] == []
+        finally:
+            await backend.aclose()
+
+
+async def _scan_node(port: int, pattern: str) -> list[bytes]:
+    node = aioredis.Redis(host="127.0.0.1", port=port)
+    try:
+        return [key async for key in node.scan_iter(match=pattern)]
+    finally:
+        await node.aclose()
+
+
 # ------------------------------------------------------------------ errors, retries
 
 

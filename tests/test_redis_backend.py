@@ -465,6 +465,20 @@ async def test_appendfsync_everysec_is_warned_about(redis_server: RedisServer) -
         await backend.aclose()
 
 
+async def test_durability_is_checked_on_every_cluster_master(redis_cluster: RedisCluster) -> None:
+    weak = redis_cluster.nodes[1]
+    raw = weak.client()
+    raw.config_set("appendfsync", "no")
+    backend = RedisBackend.from_url(cluster_url(redis_cluster))
+    try:
+        (warning,) = await backend.durability_warnings()
+        assert warning.startswith(f"127.0.0.1:{weak.port}: appendfsync is 'no'")
+    finally:
+        raw.config_set("appendfsync", "always")
+        raw.close()
+        await backend.aclose()
+
+
 async def test_durability_cannot_be_checked_when_config_is_disabled(
     own_server: Callable[..., RedisServer],
 ) -> None:

@@ -25,17 +25,20 @@ An unconditional write is a plain ``SET``, a create-only write ``SET NX``, a
 compare-and-set or conditional delete one Lua script.
 
 ``commit(writes)`` is one Lua script when every key hashes to one slot, which
-is always the case on a single server: all or nothing, one AOF record. On a
-cluster a commit whose keys span slots is first written whole as one hash
-``{prefix}:commit:{{id}}`` (one command, durable with ``appendfsync always``),
-then applied slot by slot (one script per slot), then the record is deleted.
-A record left behind by a crash is replayed by the next startup
-(:meth:`RedisBackend.recover_commits`, run by the first ``clean_orphans``) once
-it is older than ``commit_grace`` seconds, so a commit still in flight in a
-live process is never replayed under it. When the server goes away after the
-record was written, the same backend finishes the commit before its next
-operation. Until then readers can see part of
-such a commit: the record, not the entity keys, is what makes it atomic.
+is always the case on a single server: all or nothing, one MULTI/EXEC block in
+the AOF. On a cluster a commit whose keys span slots is first written whole as
+one hash ``{prefix}:commit:{{id}}`` (one command, durable with ``appendfsync
+always``), then applied slot by slot (one script per slot), then the record is
+deleted. The record, not the entity keys, is what makes it atomic, so a reader
+can see part of such a commit while it is applied. If the server goes away
+after the record was written, the same backend finishes the commit before its
+next operation (a record whose own write failed is deleted at the next
+commit instead: the caller was told that commit failed); if the process dies,
+the next startup replays the record (:meth:`RedisBackend.recover_commits`, run
+by the first ``clean_orphans``) once it is older than ``commit_grace`` seconds,
+so a commit still in flight in a live process is never replayed under it. Such
+a replay restores the whole tick over whatever another process wrote to those
+keys since the crash.
 
 Errors: connection refused or reset, timeouts, ``LOADING``, ``READONLY``
 and cluster ``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` raise
@@ -50,6 +53,11 @@ follows ``MOVED``/``ASK`` redirections itself: that is routing, not retrying.)
 A compare-and-set whose reply is lost to a dropped connection may have been
 applied: its retry then reports :class:`~persistkit.errors.ConflictError`, and
 ``update_value`` re-reads and applies its change again.
+
+:meth:`RedisBackend.durability_warnings` reads ``appendonly`` and
+``appendfsync`` on every master (``CONFIG GET``) and warns, once in the log and
+in every store's ``InitReport.warnings``, when an acknowledged write could be
+lost, or when ``CONFIG`` is disabled and durability cannot be checked.
 """
 
 from __future__ import annotations
@@ -274,7 +282,11 @@ class RedisBackend(Backend):
         # False until a cluster client is initialised, and again once closed:
         # the one flag every operation checks before its first command.
         self._ready = not isinstance(client, RedisCluster)
+        # Cross-slot commits recorded but not applied when commit() failed, with
+        # what is left to apply (see _get_ready); and records whose own write
+        # failed, to delete if the server stored them after all.
         self._unapplied: dict[str, list[list[tuple[str, bytes | None]]]] = {}
+        self._withdraw: set[str] = set()
         self._closed = False
 
     @classmethod
@@ -594,6 +606,8 @@ class RedisBackend(Backend):
         if not writes:
             return
         batch = [(self._value_key(key), data) for key, data in writes.items()]
+        if self._withdraw:
+            await self._withdraw_records()
         try:
             if not isinstance(self._client, RedisCluster):
                 await self._apply(batch)
@@ -608,7 +622,13 @@ class RedisBackend(Backend):
             fields: list[bytes | str] = ["at", repr(time.time())]
             for redis_key, data in batch:
                 fields += [f"d{redis_key}", b""] if data is None else [f"s{redis_key}", data]
-            await self._redis.execute_command("HSET", record, *fields)
+            try:
+                await self._redis.execute_command("HSET", record, *fields)
+            except _REDIS_ERRORS:
+                # The server may have stored the record and lost only the reply.
+                # The caller is told the commit failed, so the record is withdrawn.
+                self._withdraw.add(record)
+                raise
             groups = list(by_slot.values())
             try:
                 await self._apply_record(record, groups)
@@ -618,6 +638,14 @@ class RedisBackend(Backend):
                 raise
         except _REDIS_ERRORS as exc:
             raise _translate(exc, f"commit of {len(batch)} keys", write=True) from exc
+
+    async def _withdraw_records(self) -> None:
+        for record in list(self._withdraw):
+            try:
+                await self._redis.execute_command("DEL", record)
+            except _REDIS_ERRORS:
+                continue  # its master is still away: try again at the next commit
+            self._withdraw.discard(record)
 
     async def _apply_record(
         self, record: str, groups: list[list[tuple[str, bytes | None]]]

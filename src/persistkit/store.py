@@ -88,6 +88,8 @@ class InitReport:
     """Temp files of interrupted writes (removed unless read-only)."""
     corrupt: list[Finding] = field(default_factory=list)
     """Values that did not parse or validate (quarantined unless read-only)."""
+    warnings: list[str] = field(default_factory=list)
+    """Backend settings that make an acknowledged write less than durable."""
     seconds: float = 0.0
 
     @property
@@ -98,10 +100,11 @@ class InitReport:
         orphans, corrupt = (
             ("removed", "quarantined") if self.repaired else ("found", "to quarantine")
         )
+        warnings = f", {len(self.warnings)} durability warnings" if self.warnings else ""
         return (
             f"{self.backend} {self.namespace or '/'}: {self.checked} values checked, "
             f"{len(self.orphans)} orphan temp files {orphans}, "
-            f"{len(self.corrupt)} corrupt values {corrupt}"
+            f"{len(self.corrupt)} corrupt values {corrupt}{warnings}"
         )
 
 
@@ -292,6 +295,7 @@ class PersistBase(Generic[T]):
         """
         started = time.perf_counter()
         report = InitReport(self.namespace, self.backend.url, repair)
+        report.warnings = await self._call(self.backend.durability_warnings)
         report.orphans = await self._call(
             lambda: self.backend.clean_orphans(self.namespace, dry_run=not repair)
         )

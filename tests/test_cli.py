@@ -7,6 +7,7 @@ console script exactly as an operator would.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -31,6 +32,7 @@ from persistkit import (
     PersistSignalAdapter,
 )
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from support.servers import RedisServer, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("persistkit")
 
@@ -659,3 +661,25 @@ def test_python_dash_m_runs_the_same_command_line(state: Path, module: str) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == run_cli("preflight", state).stdout
+
+
+@pytest.mark.parametrize("command", ["inspect", "preflight", "quarantine list"])
+def test_an_unreachable_redis_server_is_one_line_and_exit_2(command: str) -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis://127.0.0.1:{port}/0"
+    assert_one_line_error(run_cli(*command.split(), url), f"127.0.0.1:{port}", "connect")
+
+
+def test_a_live_redis_server_is_inspected_through_its_url(tmp_path: Path) -> None:
+    with RedisServer() as server:
+        persistkit.configure(mode="live", base_dir=tmp_path, backend=server.url)
+        asyncio.run(
+            persistkit.PersistSignalAdapter.write_signal_data(
+                signal("BTCUSDT", "trend", 1), "BTCUSDT", "trend"
+            )
+        )
+        code, report = run_json("preflight", server.url)
+        assert code == 0, report
+        code, listing = run_json("inspect", server.url)
+        assert code == 0
+        assert "BTCUSDT" in json.dumps(listing)

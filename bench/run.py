@@ -117,6 +117,9 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
             groups += backend.groups(workdir, sizes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    if not sizes.warmup:
+        for group in groups:
+            group.warmup = False
 
     results: list[GroupResult] = []
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -125,7 +128,7 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
         results.append(await run_group(group))
 
     peer_own = None
-    if node is not None:
+    if node is not None and sizes.cross_check:
         print("[backtest-kit] its own bench.mjs, as a cross-check", file=sys.stderr)
         try:
             peer_own = node.own_benchmark(

@@ -27,6 +27,10 @@ class Sizes:
     entities_per_tick: tuple[int, ...]
     tick_entity_writes: int
     """Entity writes per sample in the tick cases (at least one tick)."""
+    warmup: bool = True
+    """Run every case once, unrecorded, before the rounds."""
+    cross_check: bool = True
+    """Also run backtest-kit's own all-in-one bench.mjs."""
 
 
 FULL = Sizes(
@@ -53,4 +57,6 @@ QUICK = Sizes(
     backtest_ticks=5000,
     entities_per_tick=(1, 10),
     tick_entity_writes=10,
+    warmup=False,
+    cross_check=False,
 )

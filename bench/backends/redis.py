@@ -1,3 +1,178 @@
-"""Redis backend vs raw redis-py (placeholder until the backend lands)."""
+"""Redis backend against raw redis-py, on a real ``redis-server`` with ``appendfsync always``.
+
+The server is started by the group's setup on a free loopback port in a
+temporary folder and stopped by its teardown. persistkit is reached through
+its public API: ``configure(mode="live", backend="redis://...")`` and
+``PersistBase``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import orjson
+
+from bench.harness import Case, Group, Sample, timed
+from bench.payload import SIGNALS, SIGNALS_BYTES, Rotation
+from bench.sizes import Sizes
+
+__all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
 BACKEND_MODULE = "persistkit.backends.redis"
+IN_FLIGHT = 16
+
+
+def missing_server() -> str | None:
+    return None if shutil.which("redis-server") else "redis-server is not installed"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class _Server:
+    """A throwaway redis-server: every write fsynced to the AOF before it is acknowledged."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.directory = tempfile.mkdtemp(prefix="persistkit-bench-redis-", dir="/var/tmp")
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.directory,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def groups(workdir: str, sizes: Sizes) -> list[Group]:
+    import redis
+    import redis.asyncio
+
+    from persistkit import PersistBase, configure
+
+    count = sizes.durable_writes
+    state: dict[str, Any] = {}
+    same = Rotation(["same"])
+
+    async def setup() -> None:
+        server = state["server"] = _Server()
+        state["sync"] = redis.Redis(port=server.port)
+        state["async"] = redis.asyncio.Redis(port=server.port)
+        configure(mode="live", base_dir=os.path.join(workdir, "redis"), backend=server.url)
+        state["store"] = PersistBase("signal", base_dir=os.path.join(workdir, "redis"))
+
+    async def teardown() -> None:
+        state.pop("sync").close()
+        await state.pop("async").aclose()
+        backend = state.pop("store").backend
+        await backend.aclose()
+        state.pop("server").stop()
+
+    async def raw_set() -> Sample:
+        client, writes = state["sync"], same.take(count)
+        started = time.perf_counter()
+        for key, variant in writes:
+            client.set(key, SIGNALS_BYTES[variant])
+        return timed(count, started)
+
+    async def raw_set_async() -> Sample:
+        client, writes = state["async"], same.take(count)
+        started = time.perf_counter()
+        for key, variant in writes:
+            await client.set(key, SIGNALS_BYTES[variant])
+        return timed(count, started)
+
+    async def persistkit_write() -> Sample:
+        store, writes = state["store"], same.take(count)
+        started = time.perf_counter()
+        for entity_id, variant in writes:
+            await store.write_value(entity_id, SIGNALS[variant])
+        return timed(count, started)
+
+    async def raw_get() -> Sample:
+        client = state["sync"]
+        started = time.perf_counter()
+        for _ in range(count):
+            orjson.loads(client.get("same"))
+        return timed(count, started)
+
+    async def persistkit_read() -> Sample:
+        store = state["store"]
+        started = time.perf_counter()
+        for _ in range(count):
+            await store.read_value("same")
+        return timed(count, started)
+
+    return [
+        Group(
+            "redis",
+            "Redis (appendfsync always): one write, one read",
+            "calls",
+            "redis-py SET",
+            [
+                Case("redis-py SET", "reference", raw_set),
+                Case("redis.asyncio SET", "reference", raw_set_async),
+                Case(
+                    "persistkit write_value on Redis",
+                    "persistkit",
+                    persistkit_write,
+                    reference="redis.asyncio SET",
+                ),
+                Case("redis-py GET + orjson.loads", "reference", raw_get),
+                Case(
+                    "persistkit read_value on Redis",
+                    "persistkit",
+                    persistkit_read,
+                    reference="redis-py GET + orjson.loads",
+                ),
+            ],
+            sizes.rounds,
+            setup=setup,
+            teardown=teardown,
+            notes=[f"{count} calls per sample on one key; a real redis-server on loopback."],
+        )
+    ]

@@ -27,6 +27,7 @@ from persistkit import PersistBase, configure
 __all__ = ["IN_FLIGHT", "init_group", "read_group", "write_group"]
 
 IN_FLIGHT = 16
+SCAN_THREADS = 4
 
 
 def _ids(prefix: str, count: int) -> list[str]:
@@ -327,6 +328,8 @@ def init_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None, *, cold
 
     async def teardown() -> None:
         sqlite.close()
+        for executor in pool:
+            executor.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
     def prepare() -> None:
@@ -348,12 +351,30 @@ def init_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None, *, cold
             raise RuntimeError(f"wait_for_init saw {report.summary()}, expected {entities} clean")
         return sample
 
+    pool: list[ThreadPoolExecutor] = []
+
+    def raw_scan_threads() -> Sample:
+        prepare()
+        if not pool:
+            pool.append(ThreadPoolExecutor(SCAN_THREADS))
+        started = time.perf_counter()
+        with os.scandir(raw_dir) as entries:
+            paths = [entry.path for entry in entries if entry.name.endswith(".json")]
+        list(pool[0].map(raw.read_json, paths, chunksize=64))
+        return timed(len(paths), started)
+
     def sqlite_scan() -> Sample:
         prepare()
         return sqlite.scan()
 
     cases = [
         Case("raw scan: os.scandir + os.read + orjson.loads", "reference", _sync_case(raw_scan)),
+        Case(
+            f"raw scan, {SCAN_THREADS} threads",
+            "reference",
+            _sync_case(raw_scan_threads),
+            note="what parallel reads give on this disk",
+        ),
         Case("persistkit wait_for_init", "persistkit", persistkit_init),
         Case("sqlite: connect + SELECT all + orjson.loads", "peer", _sync_case(sqlite_scan)),
     ]

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
+
 from bench.payload import SIGNALS, SIGNALS_BYTES, VARIANTS
 from persistkit import PersistBase, configure
 
@@ -140,13 +142,261 @@ async def _write_steps(root: str, count: int) -> None:
         )
     )
     os.close(dir_fd)
+    _print_ladder(result)
+
+
+def _print_ladder(result: Any) -> None:
     for case in result.cases:
-        print(f"{case.median:8,.0f} writes/s  {case.ratio:5.2f}x  {case.name}")
+        print(f"{case.median:12,.0f} /s  {case.ratio:5.2f}x  {case.name}")
+
+
+async def _backtest_steps(root: str, count: int) -> None:
+    """write_value in backtest mode against dict + orjson, one added layer at a time."""
+    from bench.harness import Case, Group, Sample, run_group, timed
+    from persistkit import codec
+
+    configure(mode="backtest")
+    store: PersistBase[Any] = PersistBase("signal")
+    await store.write_value("BTCUSDT", SIGNALS[0])
+    backend = store.backend
+    table: dict[str, bytes] = {}
+
+    async def plain() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            table["BTCUSDT"] = orjson.dumps(SIGNALS[n % VARIANTS])
+        return timed(count, started)
+
+    async def with_codec() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            table["BTCUSDT"] = codec.encode(SIGNALS[n % VARIANTS])
+        return timed(count, started)
+
+    async def with_key() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            table[store._key("BTCUSDT")] = codec.encode(SIGNALS[n % VARIANTS])
+        return timed(count, started)
+
+    async def with_lock() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            key = store._key("BTCUSDT")
+            data = codec.encode(SIGNALS[n % VARIANTS])
+            locks = store._locks.current()
+            await locks.acquire(key)
+            try:
+                table[key] = data
+            finally:
+                locks.release(key)
+        return timed(count, started)
+
+    async def with_backend_put() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            key = store._key("BTCUSDT")
+            data = codec.encode(SIGNALS[n % VARIANTS])
+            locks = store._locks.current()
+            await locks.acquire(key)
+            try:
+                await backend.put(key, data)
+            finally:
+                locks.release(key)
+        return timed(count, started)
+
+    async def persistkit() -> Sample:
+        started = time.perf_counter()
+        for n in range(count):
+            await store.write_value("BTCUSDT", SIGNALS[n % VARIANTS])
+        return timed(count, started)
+
+    _print_ladder(
+        await run_group(
+            Group(
+                "backtest-steps",
+                "backtest-mode write_value, layer by layer",
+                "writes",
+                "dict[key] = orjson.dumps(value)",
+                [
+                    Case("dict[key] = orjson.dumps(value)", "reference", plain),
+                    Case("dict[key] = codec.encode(value)", "reference", with_codec),
+                    Case("+ store._key(id)", "reference", with_key),
+                    Case("+ per-key lock (current/acquire/release)", "reference", with_lock),
+                    Case(
+                        "+ await MemoryBackend.put (instead of dict)", "reference", with_backend_put
+                    ),
+                    Case("persistkit write_value (adds _call + lambda)", "persistkit", persistkit),
+                ],
+                rounds=9,
+            )
+        )
+    )
+
+
+async def _init_steps(root: str, count: int) -> None:
+    """wait_for_init against the raw scan, one added cost at a time (warm page cache)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench import raw
+    from bench.harness import Case, Group, Sample, run_group, timed
+    from persistkit.backends.file import content_version
+
+    configure(mode="live", base_dir=root)
+    store: PersistBase[Any] = PersistBase("signal", base_dir=root)
+    for start in range(0, count, 256):
+        await asyncio.gather(
+            *(
+                store.write_value(f"e{n:05d}", SIGNALS[0])
+                for n in range(start, min(count, start + 256))
+            )
+        )
+    directory = os.path.join(root, "signal")
+    pool = ThreadPoolExecutor(4)
+
+    def read_like_persistkit(path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, os.fstat(fd).st_size + 1)
+        finally:
+            os.close(fd)
+
+    async def get(path: str) -> tuple[bytes, str]:
+        data = read_like_persistkit(path)
+        return data, content_version(data)
+
+    def paths() -> list[str]:
+        with os.scandir(directory) as entries:
+            return [entry.path for entry in entries if entry.name.endswith(".json")]
+
+    async def raw_scan() -> Sample:
+        started = time.perf_counter()
+        return timed(raw.scan_json(directory), started)
+
+    async def fstat_read() -> Sample:
+        started = time.perf_counter()
+        found = paths()
+        for path in found:
+            orjson.loads(read_like_persistkit(path))
+        return timed(len(found), started)
+
+    async def with_version() -> Sample:
+        started = time.perf_counter()
+        found = paths()
+        for path in found:
+            data = read_like_persistkit(path)
+            content_version(data)
+            orjson.loads(data)
+        return timed(len(found), started)
+
+    async def with_await() -> Sample:
+        started = time.perf_counter()
+        found = paths()
+        for path in found:
+            data, _ = await get(path)
+            orjson.loads(data)
+        return timed(len(found), started)
+
+    async def threads() -> Sample:
+        started = time.perf_counter()
+        found = paths()
+        list(pool.map(raw.read_json, found, chunksize=64))
+        return timed(len(found), started)
+
+    async def persistkit() -> Sample:
+        started = time.perf_counter()
+        fresh: PersistBase[Any] = PersistBase("signal", base_dir=root)
+        report = await fresh.wait_for_init()
+        return timed(report.checked, started)
+
+    _print_ladder(
+        await run_group(
+            Group(
+                "init-steps",
+                "wait_for_init, cost by cost",
+                "files",
+                "raw scan",
+                [
+                    Case("raw scan", "reference", raw_scan),
+                    Case("raw scan, open + fstat + read(size+1) + close", "reference", fstat_read),
+                    Case("+ blake2b content version per file", "reference", with_version),
+                    Case("+ one awaited coroutine per file", "reference", with_await),
+                    Case("raw scan, 4 threads", "reference", threads),
+                    Case("persistkit wait_for_init", "persistkit", persistkit),
+                ],
+                rounds=7,
+            )
+        )
+    )
+    pool.shutdown()
+
+
+async def _inflight_steps(root: str, count: int) -> None:
+    """16 durable writes in flight to distinct files of one directory: what serialises them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench import raw
+    from bench.harness import Case, Group, Sample, run_group, timed
+
+    directory = os.path.join(root, "signal")
+    ids = [f"id{n:03d}" for n in range(64)]
+    raw.fill_directory(directory, ids, SIGNALS_BYTES[0])
+
+    def one(number: int, lock: bool) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if lock:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # what FileBackend._put_sync holds per write
+            raw.durable_replace(
+                fd, f"{ids[number % 64]}.json", SIGNALS_BYTES[number % VARIANTS], f".tmp-{number}"
+            )
+        finally:
+            os.close(fd)
+
+    pools: list[ThreadPoolExecutor] = []
+
+    def threads(workers: int, lock: bool) -> Callable[[], Coroutine[Any, Any, Sample]]:
+        pool = ThreadPoolExecutor(workers)
+        pools.append(pool)
+
+        async def sample() -> Sample:
+            started = time.perf_counter()
+            list(pool.map(lambda number: one(number, lock), range(count)))
+            return timed(count, started)
+
+        return sample
+
+    _print_ladder(
+        await run_group(
+            Group(
+                "inflight-steps",
+                "16 writes in flight, distinct ids, one directory",
+                "writes",
+                "16 threads",
+                [
+                    Case("16 threads", "reference", threads(16, False)),
+                    Case("16 threads, directory flock per write", "reference", threads(16, True)),
+                    Case(
+                        "6 threads (asyncio's default executor on 2 cores)",
+                        "reference",
+                        threads(6, False),
+                    ),
+                    Case("1 thread", "reference", threads(1, False)),
+                ],
+                rounds=5,
+            )
+        )
+    )
+    for pool in pools:
+        pool.shutdown()
 
 
 WORKLOADS: dict[str, tuple[Callable[[str, int], Coroutine[Any, Any, None]], int]] = {
     "write": (_write, 3000),
     "write-steps": (_write_steps, 300),
+    "init-steps": (_init_steps, 10_000),
+    "inflight-steps": (_inflight_steps, 160),
+    "backtest-steps": (_backtest_steps, 100_000),
     "read": (_read, 200_000),
     "init": (_init, 10_000),
     "backtest-write": (_backtest_write, 500_000),

@@ -22,6 +22,8 @@ class Machine:
     """Type, device and mount options of the file system the bench writes to."""
     python: str
     versions: dict[str, str]
+    load: str = ""
+    """1-minute load average at the start and the end of the run (a shared machine is noisy)."""
 
 
 def _cpu_model() -> str:
@@ -60,7 +62,13 @@ def _node_version() -> str | None:
     return result.stdout.strip()
 
 
-def describe_machine(bench_dir: str, extra_versions: dict[str, str]) -> Machine:
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def describe_machine(
+    bench_dir: str, extra_versions: dict[str, str], *, load_at_start: float
+) -> Machine:
     import persistkit
 
     versions = {
@@ -79,4 +87,5 @@ def describe_machine(bench_dir: str, extra_versions: dict[str, str]) -> Machine:
         filesystem=_mount_of(bench_dir),
         python=platform.python_version(),
         versions=versions,
+        load=f"{load_at_start:.1f} at the start, {load_average():.1f} at the end",
     )

@@ -189,6 +189,7 @@ def write_report(run: Run, path: str, images: Sequence[str]) -> None:
         f"- CPU: {run.machine.cpu}",
         f"- kernel: {run.machine.kernel}",
         f"- file system of the bench directory: {run.machine.filesystem}",
+        *([f"- load average (1 min): {run.machine.load}"] if run.machine.load else []),
         f"- Python {run.machine.python}; "
         + ", ".join(f"{name} {version}" for name, version in sorted(run.machine.versions.items())),
         "",

@@ -23,7 +23,7 @@ from bench.backends import load_remote_backends
 from bench.backtest_mode import backtest_loop_group, memory_calls_group
 from bench.file_backend import init_group, read_group, write_group
 from bench.harness import Group, GroupResult, run_group
-from bench.machine import describe_machine
+from bench.machine import describe_machine, load_average
 from bench.peers.backtest_kit_peer import BacktestKitPeer, PeerUnavailableError
 from bench.report import Run, load_run, save_run, write_plots, write_report
 from bench.sizes import FULL, QUICK
@@ -122,6 +122,7 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
             group.warmup = False
 
     results: list[GroupResult] = []
+    load_at_start = load_average()
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.perf_counter()
     for group in groups:
@@ -141,7 +142,11 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
         except PeerUnavailableError as exc:
             notes.append(f"backtest-kit bench.mjs cross-check failed: {exc}")
 
-    machine = describe_machine(workdir, {"backtest-kit": node.version} if node is not None else {})
+    machine = describe_machine(
+        workdir,
+        {"backtest-kit": node.version} if node is not None else {},
+        load_at_start=load_at_start,
+    )
     return Run(
         started=started_at,
         seconds=time.perf_counter() - started,

@@ -17,6 +17,7 @@ import orjson
 from bench.harness import Case, Group, Sample, timed
 from bench.payload import SIGNAL
 from bench.sizes import Sizes
+from bench.store_loops import read_loop
 from persistkit import PersistBase, configure
 
 __all__ = ["backtest_loop_group", "memory_calls_group"]
@@ -71,12 +72,6 @@ def memory_calls_group(sizes: Sizes) -> Group:
             await store.write_value("BTCUSDT", SIGNAL)
         return timed(count, started)
 
-    async def persistkit_read() -> Sample:
-        started = time.perf_counter()
-        for _ in range(count):
-            await store.read_value("BTCUSDT")
-        return timed(count, started)
-
     return Group(
         "backtest-calls",
         "Backtest mode: one call",
@@ -95,7 +90,7 @@ def memory_calls_group(sizes: Sizes) -> Group:
             Case(
                 "persistkit read_value (backtest mode)",
                 "persistkit",
-                persistkit_read,
+                read_loop(lambda: store, "BTCUSDT", count),
                 reference="orjson.loads(dict[key])",
             ),
         ],

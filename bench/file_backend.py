@@ -22,6 +22,7 @@ from bench.peers.backtest_kit_peer import BacktestKitPeer
 from bench.peers.diskcache_peer import DiskcachePeer
 from bench.peers.sqlite_peer import SqlitePeer
 from bench.sizes import Sizes
+from bench.store_loops import read_loop
 from persistkit import PersistBase, configure
 
 __all__ = ["IN_FLIGHT", "init_group", "read_group", "write_group"]
@@ -264,15 +265,9 @@ def read_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None) -> Grou
             raw.read_json(raw_file)
         return timed(count, started)
 
-    async def persistkit_read() -> Sample:
-        started = time.perf_counter()
-        for _ in range(count):
-            await store.read_value("same")
-        return timed(count, started)
-
     cases = [
         Case("raw open + read + orjson.loads", "reference", _sync_case(raw_read)),
-        Case("persistkit read_value", "persistkit", persistkit_read),
+        Case("persistkit read_value", "persistkit", read_loop(lambda: store, "same", count)),
         Case(
             "sqlite SELECT + orjson.loads",
             "peer",

@@ -18,9 +18,11 @@ from typing import Any
 
 import orjson
 
+from bench.backends._server import free_port, stop_server
 from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS, SIGNALS_BYTES, Rotation
+from bench.payload import SIGNALS_BYTES, Rotation
 from bench.sizes import Sizes
+from bench.store_loops import read_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
@@ -32,18 +34,11 @@ def missing_server() -> str | None:
     return None if shutil.which("redis-server") else "redis-server is not installed"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class _Server:
     """A throwaway redis-server: every write fsynced to the AOF before it is acknowledged."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = tempfile.mkdtemp(prefix="persistkit-bench-redis-", dir="/var/tmp")
         self.process = subprocess.Popen(
             [
@@ -79,13 +74,7 @@ class _Server:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        stop_server(self.process, self.directory)
 
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
@@ -126,25 +115,11 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             await client.set(key, SIGNALS_BYTES[variant])
         return timed(count, started)
 
-    async def persistkit_write() -> Sample:
-        store, writes = state["store"], same.take(count)
-        started = time.perf_counter()
-        for entity_id, variant in writes:
-            await store.write_value(entity_id, SIGNALS[variant])
-        return timed(count, started)
-
     async def raw_get() -> Sample:
         client = state["sync"]
         started = time.perf_counter()
         for _ in range(count):
             orjson.loads(client.get("same"))
-        return timed(count, started)
-
-    async def persistkit_read() -> Sample:
-        store = state["store"]
-        started = time.perf_counter()
-        for _ in range(count):
-            await store.read_value("same")
         return timed(count, started)
 
     return [
@@ -159,14 +134,14 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                 Case(
                     "persistkit write_value on Redis",
                     "persistkit",
-                    persistkit_write,
+                    write_loop(lambda: state["store"], Rotation(["same"]), count),
                     reference="redis.asyncio SET",
                 ),
                 Case("redis-py GET + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on Redis",
                     "persistkit",
-                    persistkit_read,
+                    read_loop(lambda: state["store"], "same", count),
                     reference="redis-py GET + orjson.loads",
                 ),
             ],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,9 +16,11 @@ from typing import Any
 
 import orjson
 
+from bench.backends._server import free_port, stop_server
 from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS, SIGNALS_BYTES, Rotation
+from bench.payload import SIGNALS_BYTES, Rotation
 from bench.sizes import Sizes
+from bench.store_loops import read_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
@@ -41,20 +42,13 @@ def persistkit_url(endpoint: str) -> str:
     return f"s3://{BUCKET}/bench?endpoint_url={endpoint}&region=us-east-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class _Server:
     def __init__(self) -> None:
         weed = _weed()
         assert weed is not None
         self.directory = tempfile.mkdtemp(prefix="persistkit-bench-s3-", dir="/var/tmp")
         ports = {
-            name: _free_port()
+            name: free_port()
             for name in (
                 "master.port",
                 "master.port.grpc",
@@ -112,13 +106,7 @@ class _Server:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        stop_server(self.process, self.directory)
 
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
@@ -151,25 +139,11 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             client.put_object(Bucket=BUCKET, Key=key, Body=SIGNALS_BYTES[variant])
         return timed(count, started)
 
-    async def persistkit_write() -> Sample:
-        store, writes = state["store"], same.take(count)
-        started = time.perf_counter()
-        for entity_id, variant in writes:
-            await store.write_value(entity_id, SIGNALS[variant])
-        return timed(count, started)
-
     async def raw_get() -> Sample:
         client = state["client"]
         started = time.perf_counter()
         for _ in range(count):
             orjson.loads(client.get_object(Bucket=BUCKET, Key="same")["Body"].read())
-        return timed(count, started)
-
-    async def persistkit_read() -> Sample:
-        store = state["store"]
-        started = time.perf_counter()
-        for _ in range(count):
-            await store.read_value("same")
         return timed(count, started)
 
     return [
@@ -180,12 +154,16 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             "boto3 put_object",
             [
                 Case("boto3 put_object", "reference", raw_put),
-                Case("persistkit write_value on S3", "persistkit", persistkit_write),
+                Case(
+                    "persistkit write_value on S3",
+                    "persistkit",
+                    write_loop(lambda: state["store"], Rotation(["same"]), count),
+                ),
                 Case("boto3 get_object + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on S3",
                     "persistkit",
-                    persistkit_read,
+                    read_loop(lambda: state["store"], "same", count),
                     reference="boto3 get_object + orjson.loads",
                 ),
             ],

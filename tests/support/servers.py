@@ -627,7 +627,8 @@ class RedisCluster:
         """``redis.cluster.ClusterNode`` objects for ``redis.cluster.RedisCluster``."""
         from redis.cluster import ClusterNode
 
-        return [ClusterNode(HOST, n.port) for n in self.nodes]
+        # redis-py leaves ClusterNode.__init__ unannotated.
+        return [ClusterNode(HOST, n.port) for n in self.nodes]  # type: ignore[no-untyped-call]
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

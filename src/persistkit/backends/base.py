@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self, TypeAlias
@@ -45,12 +45,32 @@ Expected: TypeAlias = "str | AnyVersion | None"
 ``None`` (the key must not exist) or ``ANY_VERSION`` (unconditional)."""
 
 
-@dataclass(frozen=True, slots=True)
 class Versioned:
-    """Stored bytes and the version they were stored under."""
+    """Stored bytes and the version they were stored under.
 
-    data: bytes
-    version: str
+    ``version`` is a string, or a function of the bytes for backends whose
+    version is a digest of the content: it then runs only if someone asks,
+    since most reads never compare versions.
+    """
+
+    __slots__ = ("_version", "_version_of", "data")
+
+    def __init__(self, data: bytes, version: str | Callable[[bytes], str]) -> None:
+        self.data = data
+        if isinstance(version, str):
+            self._version: str | None = version
+        else:
+            self._version = None
+            self._version_of = version
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            self._version = self._version_of(self.data)
+        return self._version
+
+    def __repr__(self) -> str:
+        return f"Versioned({len(self.data)} bytes, version={self.version!r})"
 
 
 @dataclass(frozen=True, slots=True)

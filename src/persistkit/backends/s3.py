@@ -62,6 +62,7 @@ import binascii
 import hashlib
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -802,7 +803,12 @@ class S3Backend(Backend):
                 )
             except ClientError as exc:
                 if _is_precondition_failure(exc):
-                    logger.debug("persistkit: tick commit %d is taken; trying %d", seq, seq + 1)
+                    # Taken by another writer. Skip a random stretch as well: two
+                    # writers stepping one number at a time collide on every commit,
+                    # and a contended conditional write is slow (SeaweedFS: ~1 s).
+                    with self._sequence_lock:
+                        self._next_seq = max(self._next_seq, seq + 1 + secrets.randbelow(16))
+                    logger.debug("persistkit: tick commit %d is taken by another writer", seq)
                     continue
                 raise self._failure(exc, f"recording tick commit {seq}", writing=True) from exc
             except BotoCoreError as exc:

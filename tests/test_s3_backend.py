@@ -40,9 +40,11 @@ from persistkit import (
 )
 from persistkit.backends.base import ANY_VERSION, Expected
 from persistkit.backends.s3 import S3Backend
-from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.models import PartialData, ScheduledSignalRow
 from persistkit.testing import BackendConformance, sample_signal
 from support.servers import SeaweedS3, free_port
+from test_domains import position
+from test_domains import signal as signal_row
 
 BUCKET = "persistkit-tests"
 CAS_PROCESSES = 4
@@ -107,10 +109,6 @@ def objects_under(client: Any, prefix: str) -> dict[str, bytes]:
             body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
             found[item["Key"][len(prefix) + 1 :]] = body
     return found
-
-
-def signal_bytes(index: int) -> bytes:
-    return json.dumps(sample_signal(index)).encode()
 
 
 class TestS3Backend(BackendConformance):
@@ -216,31 +214,12 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
     s3_server: SeaweedS3, client: Any, prefix: str, aws_env: dict[str, str], data_root: Path
 ) -> None:
     async def write_every_domain() -> None:
-        row = SignalRow(
-            id="sig-1",
-            symbol="BTC/USDT",
-            strategy_name="trend",
-            position="long",
-            price_open=100.0,
-            price_take_profit=110.0,
-            price_stop_loss=95.0,
-            scheduled_at=1_763_700_000_000,
-            pending_at=1_763_700_060_000,
-        )
+        row = signal_row("BTC/USDT")
         await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
         await PersistSignalAdapter.write_signal_data(row, "BTC/USDT", "my_strategy")
         scheduled = ScheduledSignalRow(**row.model_dump())
         await PersistScheduleAdapter.write_schedule_data(scheduled, "BTCUSDT", "trend")
-        position = RiskActivePosition(
-            symbol="BTCUSDT",
-            strategy_name="trend",
-            signal_id="sig-1",
-            position="long",
-            price_open=100.0,
-            quantity=0.5,
-            added_at=1_763_700_060_000,
-        )
-        await PersistRiskAdapter.write_position_data([("BTCUSDT:sig-1", position)], "main")
+        await PersistRiskAdapter.write_position_data([("BTCUSDT:sig-1", position())], "main")
         levels = {"sig-1": PartialData(profit_levels=[10, 20])}
         await PersistPartialAdapter.write_partial_data(levels, "BTCUSDT", "trend")
 

@@ -152,6 +152,9 @@ def test_from_url_refuses_credentials_and_unknown_options_without_echoing_them()
         S3Backend.from_url("s3://AKIAEXAMPLE:hunter2-secret@my-bucket/p")
     assert "hunter2-secret" not in str(refused.value)
     assert "AWS chain" in str(refused.value)
+    with pytest.raises(InvalidNameError) as refused:
+        S3Backend.from_url("s3://my-bucket/p?endpoint_url=http://AKIA:hunter2-secret@127.0.0.1:1")
+    assert "hunter2-secret" not in str(refused.value)
     with pytest.raises(InvalidNameError, match="unknown s3:// URL option 'secret_key'"):
         S3Backend.from_url("s3://my-bucket/p?secret_key=hunter2-secret")
     with pytest.raises(InvalidNameError, match="not an S3 bucket name"):

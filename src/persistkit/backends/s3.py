@@ -339,6 +339,11 @@ class S3Backend(Backend):
         except ValueError:
             raise InvalidNameError("max_workers must be a whole number") from None
         endpoint_url = options.get("endpoint_url") or None
+        if endpoint_url and "@" in urlsplit(endpoint_url).netloc:
+            raise InvalidNameError(
+                "endpoint_url must not carry credentials; persistkit takes them from the "
+                "standard AWS chain"
+            )
         addressing = _ADDRESSING.get(
             options.get("addressing") or ("path" if endpoint_url else "auto")
         )
@@ -404,8 +409,7 @@ class S3Backend(Backend):
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the backend's thread pool (see :func:`run_to_completion`)."""
-        if self._closed:
-            raise StoreClosedError(f"{self!r} is closed")
+        self._check_open()
         return await run_to_completion(self._executor, fn, *args)
 
     async def _ensure_ready(self) -> None:
@@ -562,6 +566,8 @@ class S3Backend(Backend):
                     Bucket=self.bucket, Key=object_key, Body=data, IfNoneMatch="*"
                 )
             else:
+                # The ETag is the content's MD5: if another writer stored the very
+                # same bytes since, this succeeds, which is harmless (same value).
                 response = client.put_object(
                     Bucket=self.bucket, Key=object_key, Body=data, IfMatch=expect
                 )
@@ -865,11 +871,13 @@ class S3Backend(Backend):
             _check_commit_key(key)
         if not batch:
             return
-        if not self._ready:
-            await self._ensure_ready()
         locks = self._commit_locks.current()
         await locks.acquire(_COMMIT_LOCK)
         try:
+            # Under the lock: a commit that failed while this one waited is
+            # replayed first, or it would land on top of this newer one.
+            if not self._ready:
+                await self._ensure_ready()
             seq, etag = await self._run(self._record_commit_sync, batch)
             await self._apply_commit(seq, batch)
             await self._run(self._retire_commit_sync, seq, etag)

@@ -292,7 +292,8 @@ async def test_server_killed_mid_run_and_restarted_loses_nothing_acknowledged(
 ) -> None:
     backend = CountingBackend(client, BUCKET, prefix)
     store: PersistBase[Any] = PersistBase("run", backend=backend, retry=OUTAGE_RETRY)
-    acknowledged: list[int] = []
+    acknowledged: list[str] = []
+    running = asyncio.Event()  # set once the writers have a hundred writes behind them
     restarted = threading.Event()
 
     def crash_and_restart() -> None:
@@ -301,28 +302,33 @@ async def test_server_killed_mid_run_and_restarted_loses_nothing_acknowledged(
         s3_server.restart()
         restarted.set()
 
-    async def writer() -> None:
+    async def writer(name: str) -> None:
+        # Eight of these keep writes in flight when the server dies.
         index = 0
         after_restart = 0
-        killer = None
-        while after_restart < 50:
-            await store.write_value(f"k{index}", {"index": index, "row": sample_signal(index)})
-            acknowledged.append(index)
+        while after_restart < 10:
+            key = f"{name}-{index}"
+            await store.write_value(key, {"key": key, "row": sample_signal(index)})
+            acknowledged.append(key)
+            if len(acknowledged) == 100:
+                running.set()
             index += 1
             if restarted.is_set():
                 after_restart += 1
-            if index == 50:
-                killer = asyncio.create_task(asyncio.to_thread(crash_and_restart))
-        assert killer is not None
-        await killer
 
-    await asyncio.wait_for(writer(), timeout=180)
+    async def killer() -> None:
+        await running.wait()
+        await asyncio.to_thread(crash_and_restart)
+
+    await asyncio.wait_for(
+        asyncio.gather(killer(), *(writer(f"w{n}") for n in range(8))), timeout=180
+    )
     await backend.aclose()
 
-    assert backend.transient_failures > 0, "the writer never noticed the outage"
+    assert backend.transient_failures > 0, "the writers never noticed the outage"
     stored = objects_under(client, f"{prefix}/run")
-    for index in acknowledged:
-        assert json.loads(stored[f"k{index}.json"])["index"] == index
+    for key in acknowledged:
+        assert json.loads(stored[f"{key}.json"])["key"] == key
     assert len(stored) == len(acknowledged)
 
 

@@ -200,6 +200,15 @@ async def test_an_unreachable_server_is_a_transient_error_then_unavailable(
         await backend.aclose()
 
 
+async def test_changed_at_is_the_time_of_the_last_write(backend: S3Backend) -> None:
+    assert await backend.changed_at("ns/a") is None
+    before = time.time()
+    await backend.put("ns/a", b"1")
+    changed = await backend.changed_at("ns/a")
+    # S3 keeps whole seconds; the server's clock is this machine's.
+    assert changed is not None and before - 1 <= changed <= time.time() + 1
+
+
 async def test_closed_backend_refuses_use(client: Any, prefix: str) -> None:
     backend = S3Backend(client, BUCKET, prefix)
     await backend.put("ns/a", b"1")
@@ -488,15 +497,17 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
     assert f"{SCHEDULE_KEY}.json" in left
 
     restarted = S3Backend(client, BUCKET, prefix)
+    assert await restarted.unapplied_commits() == [".commits/00000000000000000001"]
     with caplog.at_level(logging.WARNING, logger="persistkit"):
         read = await restarted.get_many([SIGNAL_KEY, RISK_KEY, SCHEDULE_KEY])
-    await restarted.aclose()
     assert [item.data if item else None for item in read] == [
         b'{"tick": 2}',
         b'[["k", "tick 2"]]',
         None,
     ]
     assert "replaying tick commit 1 (3 writes)" in caplog.text
+    assert await restarted.unapplied_commits() == []
+    await restarted.aclose()
     assert not [name for name in objects_under(client, prefix) if name.startswith(".commits/")]
 
 

@@ -889,6 +889,22 @@ class S3Backend(Backend):
         finally:
             locks.release(_COMMIT_LOCK)
 
+    # -- operations ------------------------------------------------------------------------------
+
+    async def changed_at(self, key: str) -> float | None:
+        """When the object holding ``key`` was last written (S3's LastModified)."""
+        head = await self._run(self._head_sync, self.object_key(key), key)
+        return None if head is None else float(head["LastModified"].timestamp())
+
+    async def unapplied_commits(self) -> list[str]:
+        """Tick commits recorded but not (fully) applied, oldest first; read-only.
+
+        They are applied before this backend's first operation, so what a
+        running backend reports here is another writer's, or one in flight.
+        """
+        found = await self._run(self._list_commit_records_sync)
+        return [f"{COMMITS_DIR}/{seq:020d}" for seq in sorted(found)]
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:

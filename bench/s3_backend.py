@@ -16,7 +16,10 @@ over raw, measured seconds apart). Cases, each on a ~300-byte JSON signal:
   (encode + validate-free JSON, per-key ordering, thread hop, boto3; the read also parses);
 - ``backend put`` / ``backend get``: ``S3Backend.put`` / ``get``, bytes only;
 - ``raw put x16`` / ``store write x16``: 16 writes in flight (16 threads for raw
-  boto3, 16 coroutines on the backend's 16-thread pool).
+  boto3, 16 coroutines on the backend's 16-thread pool);
+- ``raw tick`` / ``commit tick`` (ticks/s): a tick of 4 entities as 4 sequential
+  ``put_object`` (not atomic) vs ``S3Backend.commit`` (commit object, 4 puts in
+  parallel, delete of the commit object: atomic across a crash).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from support.servers import SeaweedS3  # noqa: E402 - importable only after the 
 
 BUCKET = "persistkit-bench"
 KEYS = 50  # keys cycled through, so reads always hit and writes overwrite
+TICK = 4  # entities per tick: signal, schedule, risk, partial
 
 
 def ops_per_second(count: int, seconds: float) -> float:
@@ -95,6 +99,18 @@ async def run(rounds: int, ops: int) -> dict[str, Any]:
             for i in range(ops):
                 await backend.get(f"signals/k{i % KEYS}")
 
+        tick_keys = [f"tick/S{i}_trend/S{i}" for i in range(TICK)]
+        ticks = max(1, ops // TICK)
+
+        def raw_tick() -> None:
+            for _ in range(ticks):
+                for key in tick_keys:
+                    client.put_object(Bucket=BUCKET, Key=f"raw/{key}.json", Body=body)
+
+        async def commit_tick() -> None:
+            for _ in range(ticks):
+                await backend.commit(dict.fromkeys(tick_keys, body))
+
         async def store_write_16() -> None:
             # 16 workers over distinct keys, as a bot writing 16 symbols at once.
             async def worker(offset: int) -> None:
@@ -103,25 +119,28 @@ async def run(rounds: int, ops: int) -> dict[str, Any]:
 
             await asyncio.gather(*(worker(offset) for offset in range(16)))
 
-        cases: dict[str, Callable[[], Any]] = {
-            "raw put": raw_put,
-            "store write": store_write,
-            "backend put": backend_put,
-            "raw get": raw_get,
-            "store read": store_read,
-            "backend get": backend_get,
-            "raw put x16": raw_put_16,
-            "store write x16": store_write_16,
+        cases: dict[str, tuple[Callable[[], Any], int]] = {
+            "raw put": (raw_put, ops),
+            "store write": (store_write, ops),
+            "backend put": (backend_put, ops),
+            "raw get": (raw_get, ops),
+            "store read": (store_read, ops),
+            "backend get": (backend_get, ops),
+            "raw put x16": (raw_put_16, ops),
+            "store write x16": (store_write_16, ops),
+            "raw tick": (raw_tick, ticks),
+            "commit tick": (commit_tick, ticks),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
         order = list(cases)
         for round_index in range(rounds):
             for name in order if round_index % 2 == 0 else reversed(order):
+                case, count = cases[name]
                 started = time.perf_counter()
-                result = cases[name]()
+                result = case()
                 if isinstance(result, Awaitable):
                     await result
-                samples[name].append(ops_per_second(ops, time.perf_counter() - started))
+                samples[name].append(ops_per_second(count, time.perf_counter() - started))
             print(
                 f"round {round_index + 1}/{rounds}: "
                 + ", ".join(f"{name} {samples[name][-1]:.0f}" for name in cases),
@@ -146,6 +165,7 @@ async def run(rounds: int, ops: int) -> dict[str, Any]:
             "store read / raw get": ratio("store read", "raw get"),
             "backend get / raw get": ratio("backend get", "raw get"),
             "store write x16 / raw put x16": ratio("store write x16", "raw put x16"),
+            "commit tick / raw tick": ratio("commit tick", "raw tick"),
         },
     }
 

@@ -24,15 +24,18 @@ for ``If-Match`` on a missing key) raises :class:`~persistkit.errors.ConflictErr
 **Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object
 transaction, so a commit first creates one *commit object* holding the whole
 batch and a SHA-256 checksum, exclusively (``If-None-Match: *``) under the
-next sequence number; a writer that loses the race for a number (412) takes the
-next one. Once the commit object exists the tick is decided. It is then
-applied to the entity objects and deleted. Before its first operation (and
-after any failed commit), a backend replays, in sequence order, every commit
-object still present, so a crash between recording and applying never leaves
-half a tick visible to a reader that starts afterwards. The replay is
+next sequence number; a writer that loses the race for a number (412) takes a
+later one (the next, or up to 15 beyond at random, so that two busy writers do
+not collide in lockstep). Once the commit object exists the tick is decided. It
+is then applied to the entity objects and deleted. Before its first operation
+(and after any failed commit), a backend replays, in sequence order, every
+commit object still present, so a crash between recording and applying never
+leaves half a tick visible to a reader that starts afterwards. The replay is
 idempotent: it writes the recorded bytes again. What it cannot give is
 isolation between live processes: a reader in another process may see a tick
-half-applied while its writer is still applying it.
+half-applied while its writer is still applying it, and a process that starts
+in those milliseconds replays that tick too, possibly over what its writer
+wrote right after it. One live writer per prefix is the safe setup.
 
 **Errors**: connection failures, timeouts, 5xx and throttling become
 :class:`~persistkit.errors.TransientBackendError`, chained with ``from``;

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 import persistkit
 from persistkit import (
@@ -37,6 +38,7 @@ from persistkit import (
     RetryPolicy,
     StoreClosedError,
     TransientBackendError,
+    WriteFailedError,
 )
 from persistkit.backends.base import ANY_VERSION, Expected
 from persistkit.backends.s3 import S3Backend
@@ -207,6 +209,31 @@ async def test_changed_at_is_the_time_of_the_last_write(backend: S3Backend) -> N
     changed = await backend.changed_at("ns/a")
     # S3 keeps whole seconds; the server's clock is this machine's.
     assert changed is not None and before - 1 <= changed <= time.time() + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (503, "SlowDown", TransientBackendError),
+        (400, "Throttling", TransientBackendError),
+        (400, "RequestTimeout", TransientBackendError),
+        (500, "InternalError", TransientBackendError),
+        (429, "TooManyRequests", TransientBackendError),
+        (403, "AccessDenied", WriteFailedError),
+        (404, "NoSuchBucket", BackendError),
+    ],
+)
+def test_s3_error_replies_map_to_persistkit_errors(
+    backend: S3Backend, status: int, code: str, expected: type[BackendError]
+) -> None:
+    # Server replies SeaweedFS cannot be made to give on demand, as botocore reports them.
+    reply = ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+    error = backend._failure(reply, "write of ns/a", writing=True)
+    assert type(error) is expected
+    assert (BUCKET in str(error)) == (code == "NoSuchBucket")
 
 
 async def test_closed_backend_refuses_use(client: Any, prefix: str) -> None:

@@ -16,11 +16,15 @@ below and runs :mod:`persistkit.testing` unchanged to prove it.
 from __future__ import annotations
 
 import enum
+import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self, TypeAlias
+
+from persistkit.errors import InvalidNameError
 
 __all__ = [
     "ANY_VERSION",
@@ -220,3 +224,30 @@ def split_key(key: str) -> tuple[str, str]:
 
 def join_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
+
+
+def new_quarantine_id(key: str) -> str:
+    """A fresh, unique id for quarantining ``key``: ``{key}@{nanoseconds}-{random}``.
+
+    Entity segments never contain ``@`` (:mod:`persistkit.names` percent-encodes
+    it) and the stamp never does, so the id leads back to its key.
+    """
+    return f"{key}@{time.time_ns()}-{secrets.token_hex(3)}"
+
+
+def quarantined_key(entry_id: str) -> str:
+    """The key that quarantine entry ``entry_id`` was moved from.
+
+    Refuses, with :class:`~persistkit.errors.InvalidNameError`, anything that
+    :func:`new_quarantine_id` cannot have made: an id must never reach outside
+    the quarantine.
+    """
+    parts = entry_id.split("/")
+    if (
+        not entry_id
+        or "\x00" in entry_id
+        or any(part in ("", ".", "..") for part in parts)
+        or "@" not in parts[-1]
+    ):
+        raise InvalidNameError(f"{entry_id!r} is not a quarantine entry id")
+    return entry_id.rpartition("@")[0]

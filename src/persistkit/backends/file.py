@@ -44,6 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from persistkit.backends._threads import run_to_completion
 from persistkit.backends.base import (
     ANY_VERSION,
     Backend,
@@ -51,6 +52,8 @@ from persistkit.backends.base import (
     QuarantineEntry,
     Versioned,
     join_key,
+    new_quarantine_id,
+    quarantined_key,
     split_key,
 )
 from persistkit.backends.oslayer import REAL_OS, OSLayer
@@ -158,19 +161,7 @@ class FileBackend(Backend):
         self._check_open()
         if not self._offload:
             return fn(*args)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                try:
-                    await asyncio.wait([future])
-                except asyncio.CancelledError:
-                    continue
-            if not future.cancelled():
-                future.exception()  # retrieved, so it is not reported as lost
-            raise
+        return await run_to_completion(self._executor, fn, *args)
 
     def _open_dir(self, path: str) -> int:
         return self._os.open(path, _O_DIR)
@@ -436,7 +427,7 @@ class FileBackend(Backend):
         osl = self._os
         namespace, name = split_key(key)
         now = time.time()
-        entry_name = f"{name}@{time.time_ns()}-{secrets.token_hex(3)}"
+        entry_name = split_key(new_quarantine_id(key))[1]
         meta = orjson.dumps({"key": key, "reason": reason, "quarantined_at": now})
         quarantine_fd = self._ensure_dir(self._quarantine_dir(namespace))
         try:
@@ -494,17 +485,9 @@ class FileBackend(Backend):
 
     def _entry_paths(self, entry_id: str) -> tuple[str, str, str]:
         """Quarantine directory, entry file stem and original key of ``entry_id``."""
-        parts = entry_id.split("/")
-        if (
-            not entry_id
-            or entry_id.startswith("/")
-            or "\x00" in entry_id
-            or any(part in ("", ".", "..") for part in parts)
-            or "@" not in parts[-1]
-        ):
-            raise InvalidNameError(f"{entry_id!r} is not a quarantine entry id")
+        key = quarantined_key(entry_id)
         namespace, stem = split_key(entry_id)
-        return self._quarantine_dir(namespace), stem, join_key(namespace, stem.split("@")[0])
+        return self._quarantine_dir(namespace), stem, key
 
     async def read_quarantined(self, entry_id: str) -> bytes:
         self._check_open()

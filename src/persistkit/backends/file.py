@@ -378,22 +378,39 @@ class FileBackend(Backend):
             dir_fd = self._open_dir(self._dir(namespace))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = []
         try:
             if not dry_run:
                 # Every live write holds this lock for the life of its temp
                 # file, so under it any temp file is a dead writer's leftover.
                 osl.flock(dir_fd, _LOCK_EX)
-            with osl.scandir(self._dir(namespace)) as entries:
-                for entry in entries:
-                    if entry.name.startswith(TEMP_PREFIX):
-                        found.append(join_key(namespace, entry.name))
-                        if not dry_run:
-                            osl.unlink(entry.name, dir_fd=dir_fd)
-            if found and not dry_run:
-                osl.fsync(dir_fd)
+            found = self._sweep_temps(dir_fd, self._dir(namespace), namespace, dry_run)
+            # A quarantine writes its reason file through a temp file while it
+            # holds this same lock, so a crash there leaves one to sweep too.
+            quarantine = self._quarantine_dir(namespace)
+            try:
+                quarantine_fd = self._open_dir(quarantine)
+            except (FileNotFoundError, NotADirectoryError):
+                return found
+            try:
+                prefix = join_key(QUARANTINE_DIR, namespace)
+                found += self._sweep_temps(quarantine_fd, quarantine, prefix, dry_run)
+            finally:
+                osl.close(quarantine_fd)
         finally:
             osl.close(dir_fd)
+        return found
+
+    def _sweep_temps(self, dir_fd: int, path: str, namespace: str, dry_run: bool) -> list[str]:
+        osl = self._os
+        found = []
+        with osl.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIX):
+                    found.append(join_key(namespace, entry.name))
+                    if not dry_run:
+                        osl.unlink(entry.name, dir_fd=dir_fd)
+        if found and not dry_run:
+            osl.fsync(dir_fd)
         return found
 
     async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
@@ -448,10 +465,15 @@ class FileBackend(Backend):
                 entries = list(self._os.scandir(self._quarantine_dir(current)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            names = {entry.name for entry in entries}
             for entry in sorted(entries, key=lambda e: e.name):
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(join_key(current, entry.name))
                 elif entry.name.endswith(_REASON_SUFFIX):
+                    if entry.name[: -len(_REASON_SUFFIX)] + SUFFIX not in names:
+                        # A quarantine cut before its move: the value stayed in
+                        # place, and the next startup quarantines it again.
+                        continue
                     data = self._read_at(None, entry.path)
                     if data is None:
                         continue

@@ -26,6 +26,9 @@ def spawn_writer(*args: str, prefix: list[str] | None = None) -> subprocess.Pope
         [*(prefix or []), sys.executable, str(WRITER), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Unbuffered: readline() must not pull acknowledgements into a buffer
+        # that communicate() (which reads the raw pipe) would never see.
+        bufsize=0,
         env={**os.environ, "PYTHONPATH": str(WRITER.parent)},
     )
 

@@ -445,15 +445,7 @@ class SimFS(OSLayer):
             )
 
     def unlink(self, path: str, *, dir_fd: int | None = None) -> None:  # type: ignore[override]
-        with self._mutex:
-            self._tick()
-            parent, name = self._lookup_dir(path, dir_fd)
-            ino = self._live.inodes[parent].entries.get(name)
-            if ino is None:
-                raise _error(errno.ENOENT, path)
-            if self._live.inodes[ino].kind == "dir":
-                raise _error(errno.EISDIR, path)
-            self._record(Op("unlink", ino, dir_ino=parent, name=name))
+        self._remove(path, dir_fd, directory=False)
 
     def mkdir(self, path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:  # type: ignore[override]
         with self._mutex:
@@ -464,13 +456,19 @@ class SimFS(OSLayer):
             self._new_inode(parent, name, "dir", mode)
 
     def rmdir(self, path: str, *, dir_fd: int | None = None) -> None:  # type: ignore[override]
+        self._remove(path, dir_fd, directory=True)
+
+    def _remove(self, path: str, dir_fd: int | None, *, directory: bool) -> None:
         with self._mutex:
             self._tick()
             parent, name = self._lookup_dir(path, dir_fd)
             ino = self._live.inodes[parent].entries.get(name)
             if ino is None:
                 raise _error(errno.ENOENT, path)
-            if self._live.inodes[ino].entries:
+            inode = self._live.inodes[ino]
+            if (inode.kind == "dir") != directory:
+                raise _error(errno.ENOTDIR if directory else errno.EISDIR, path)
+            if inode.entries:
                 raise _error(errno.ENOTEMPTY, path)
             self._record(Op("unlink", ino, dir_ino=parent, name=name))
 

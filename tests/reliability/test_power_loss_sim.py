@@ -34,7 +34,16 @@ WRITES = Scenario(
         {("signal", "a"): None},  # a removal
         {("signal", "b"): _v("b", 2)},  # replace the value created above
         {("risk", "p"): _v("p", 2), ("risk", "q"): _v("q", 1)},  # two keys in one step
-    ],
+    ]
+    + (
+        [
+            {("signal", "c"): None},
+            {("signal", "a"): _v("a", 3)},  # a removed key written again
+            {("risk", "q"): _v("q", 2), ("signal", "b"): None},
+        ]
+        if LONG
+        else []
+    ),
 )
 
 STARTUP_REPAIR = Scenario(

@@ -37,6 +37,8 @@ POWER_CUTS = count(16, 100)
 CONTROL_CUTS = count(4, 10)
 ENOSPC_TRIALS = count(30, 200)
 
+pytestmark = pytest.mark.root
+
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0,
     reason="needs root: mount (tmpfs, loop-mounted ext4) and the EXT4_IOC_SHUTDOWN ioctl; "

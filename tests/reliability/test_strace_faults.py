@@ -30,16 +30,23 @@ _LINE = re.compile(rb"^(\d+)\s+(\w+)\(")
 _PLUMBING = {"getpid", "sendto", "recvfrom", "epoll_wait"}  # the event loop, not the write
 
 
+VARIANTS = {"overwrite": "signal", "create": "fresh"}
+"""Overwrite ``signal/k`` (seq 1 -> 2), or create ``fresh/k`` in a directory not made yet."""
+_LABELS = {"signal": "overwrite", "fresh": "create in a new directory"}
+
+
 def _seed(root: Path) -> None:
-    """``signal/k`` at seq 1, written durably."""
+    """``signal/k`` at seq 1, written durably; no ``fresh`` directory."""
     shutil.rmtree(root, ignore_errors=True)
     store: PersistBase[Any] = PersistBase("signal", backend=FileBackend(root))
     asyncio.run(store.write_value("k", make_value("k", 1, 500)))
 
 
-def _strace(root: Path, trace: Path, *options: str) -> tuple[int, str]:
+def _strace(root: Path, entity: str, trace: Path, *options: str) -> tuple[int, str]:
     assert STRACE is not None
-    writer = spawn_writer("once", str(root), prefix=[STRACE, "-f", "-o", str(trace), *options])
+    writer = spawn_writer(
+        "once", str(root), entity, prefix=[STRACE, "-f", "-o", str(trace), *options]
+    )
     out, _ = writer.communicate(timeout=120)
     return writer.returncode, out.decode(errors="replace")
 
@@ -82,35 +89,54 @@ def _killed_at(trace: Path) -> str | None:
     return None
 
 
-def _temps(root: Path) -> list[str]:
-    return [p.name for p in (root / "signal").iterdir() if p.name.startswith(TEMP_PREFIX)]
+def _temps(root: Path, entity: str) -> list[str]:
+    directory = root / entity
+    if not directory.is_dir():
+        return []
+    return [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
-def _seq(root: Path) -> int | None:
+def _seq(root: Path, entity: str) -> int | None:
     try:
-        value = orjson.loads((root / "signal" / "k.json").read_bytes())
+        value = orjson.loads((root / entity / "k.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
     return int(value["seq"]) if isinstance(value, dict) else None
 
 
-@pytest.fixture(scope="module")
-def write_syscalls(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, int, bytes]]:
+Syscall = tuple[str, int, bytes]
+"""Name, ordinal of that syscall in the process, the traced line."""
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def traced_write(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[Syscall]]:
+    """The entity a variant writes, and the syscalls of its write from a first traced run."""
     if STRACE is None:
         pytest.fail("strace is missing: scripts/install-system-deps.sh installs it")
+    entity = VARIANTS[request.param]
     root = tmp_path_factory.mktemp("strace-probe")
     _seed(root / "data")
-    code, out = _strace(root / "data", root / "trace")
+    code, out = _strace(root / "data", entity, root / "trace")
     assert code == 0 and out.strip().endswith("ok"), out
     window = [call for call in _window(root / "trace") if call[0] not in _PLUMBING]
     names = [name for name, _, _ in window]
     assert {"openat", "write", "fsync", "renameat"} <= set(names), names
-    return window
+    if entity == "fresh":
+        assert "mkdir" in names, names
+    return entity, window
+
+
+def _old_and_new(entity: str) -> tuple[int | None, int]:
+    return (1, 2) if entity == "signal" else (None, 1)
 
 
 def test_kill_at_each_syscall_of_a_write(
-    write_syscalls: list[tuple[str, int, bytes]], tmp_path: Path
+    traced_write: tuple[str, list[Syscall]], tmp_path: Path
 ) -> None:
+    entity, write_syscalls = traced_write
+    old, new = _old_and_new(entity)
     rename_at = next(i for i, call in enumerate(write_syscalls) if call[0].startswith("rename"))
     violations: list[str] = []
     for index, (name, ordinal, line) in enumerate(write_syscalls):
@@ -119,6 +145,7 @@ def test_kill_at_each_syscall_of_a_write(
         trace = tmp_path / "trace"
         code, out = _strace(
             root,
+            entity,
             trace,
             "-e",
             f"trace={name},write",
@@ -130,16 +157,17 @@ def test_kill_at_each_syscall_of_a_write(
         if code != -9 or "END-WRITE" in out or not injected:
             violations.append(f"{where}: not killed there (exit {code}, injected {injected})")
             continue
-        seq = _seq(root)
-        allowed = {1} if index < rename_at else {2} if index > rename_at else {1, 2}
+        seq = _seq(root, entity)
+        allowed = {old} if index < rename_at else {new} if index > rename_at else {old, new}
         if seq not in allowed:
             violations.append(f"{where}: value seq {seq}, expected {sorted(allowed)}")
-        acks = Acks({"k": 1})
-        violations += [f"{where}: {problem}" for problem in verify_directory(root, acks)]
+        acks = Acks({"k": old} if old else {})
+        problems = verify_directory(root, acks, entity)
+        violations += [f"{where}: {problem}" for problem in problems]
         print(f"  {where}: value seq {seq}", file=sys.stderr)
     record(
         Result(
-            fault="kill at each syscall of a write",
+            fault=f"kill at each syscall of a write ({_LABELS[entity]})",
             injection="strace -f -e inject=SYSCALL:signal=SIGKILL:when=N on the writer "
             "subprocess, once for each syscall of one write (found by a first traced run): "
             + ", ".join(f"{name}#{ordinal}" for name, ordinal, _ in write_syscalls),
@@ -153,19 +181,19 @@ def test_kill_at_each_syscall_of_a_write(
 
 
 def test_eio_and_enospc_on_fsync_rename_and_write(
-    write_syscalls: list[tuple[str, int, bytes]], tmp_path: Path
+    traced_write: tuple[str, list[Syscall]], tmp_path: Path
 ) -> None:
-    cases: list[tuple[str, int, str, int]] = []  # syscall, ordinal, expected error, expected seq
-    fsyncs = [call for call in write_syscalls if call[0] == "fsync"]
-    cases.append(("fsync", fsyncs[0][1], "WriteFailedError", 1))  # the temp file
-    cases.append(("fsync", fsyncs[-1][1], "DurabilityUnknownError", 2))  # the directory
-    for name, ordinal, line in write_syscalls:
-        if name.startswith("rename"):
-            cases.append((name, ordinal, "WriteFailedError", 1))
-        elif name == "write" and TEMP_PREFIX.encode() not in line:
-            cases.append((name, ordinal, "WriteFailedError", 1))  # the value's bytes
+    entity, write_syscalls = traced_write
+    old, new = _old_and_new(entity)
+    rename_at = next(i for i, call in enumerate(write_syscalls) if call[0].startswith("rename"))
+    cases: list[tuple[str, int, str, int | None]] = []  # syscall, ordinal, error, value after
+    for index, (name, ordinal, line) in enumerate(write_syscalls):
+        if name == "fsync" and index > rename_at:  # the directory, after the rename
+            cases.append((name, ordinal, "DurabilityUnknownError", new))
+        elif name in ("fsync", "write", "renameat", "mkdir"):
+            cases.append((name, ordinal, "WriteFailedError", old))
         elif name == "openat" and TEMP_PREFIX.encode() in line:
-            cases.append((name, ordinal, "WriteFailedError", 1))  # creating the temp file
+            cases.append((name, ordinal, "WriteFailedError", old))  # creating the temp file
     violations: list[str] = []
     trials = 0
     for errno_name in ("EIO", "ENOSPC"):
@@ -175,6 +203,7 @@ def test_eio_and_enospc_on_fsync_rename_and_write(
             _seed(root)
             code, out = _strace(
                 root,
+                entity,
                 tmp_path / "trace",
                 "-e",
                 f"trace={name}",
@@ -185,14 +214,14 @@ def test_eio_and_enospc_on_fsync_rename_and_write(
             outcome = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
             if not outcome.startswith(error):
                 violations.append(f"{where}: got {outcome!r}, expected {error}")
-            if _temps(root):
-                violations.append(f"{where}: temp files left by the writer: {_temps(root)}")
-            if _seq(root) != seq_after:
-                violations.append(f"{where}: value seq {_seq(root)}, expected {seq_after}")
+            if _temps(root, entity):
+                violations.append(f"{where}: temp files left: {_temps(root, entity)}")
+            if _seq(root, entity) != seq_after:
+                violations.append(f"{where}: value seq {_seq(root, entity)}, expected {seq_after}")
             print(f"  {where}: {outcome[:100]}", file=sys.stderr)
     record(
         Result(
-            fault="EIO / ENOSPC on fsync, rename, write (and the temp file's openat)",
+            fault=f"EIO / ENOSPC on fsync, rename, write, temp openat ({_LABELS[entity]})",
             injection="strace -f -e inject=SYSCALL:error=EIO|ENOSPC:when=N on the writer "
             "subprocess, for each of: "
             + ", ".join(f"{name}#{ordinal} -> {error}" for name, ordinal, error, _ in cases),

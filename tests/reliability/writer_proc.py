@@ -4,7 +4,7 @@
 write forever, printing ``ack KEY SEQ`` after each write returns (so a line
 on the pipe is a write the library acknowledged as durable).
 
-``python writer_proc.py once ROOT``: one overwrite of ``signal/k`` with all
+``python writer_proc.py once ROOT ENTITY``: one write of ``ENTITY/k`` (seq + 1) with all
 syscalls on the main thread (strace counts per thread), between two marker
 writes to stdout, then ``ok`` or the type of the error raised.
 
@@ -66,13 +66,16 @@ async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: in
         say(f"ack {key} {seq}")
 
 
-async def once(root: str) -> None:
+async def once(root: str, entity: str) -> None:
     backend = FileBackend(root, executor=InlineExecutor())
-    store: PersistBase[Any] = PersistBase("signal", backend=backend)
-    old = await store.read_value("k")
+    store: PersistBase[Any] = PersistBase(entity, backend=backend)
+    try:
+        seq = (await store.read_value("k"))["seq"]
+    except EntityNotFoundError:
+        seq = 0
     os.write(1, BEGIN)
     try:
-        await store.write_value("k", make_value("k", old["seq"] + 1, 500))
+        await store.write_value("k", make_value("k", seq + 1, 500))
         outcome = "ok"
     except PersistError as exc:
         outcome = f"{type(exc).__name__}: {exc}"
@@ -107,6 +110,7 @@ def main() -> None:
     p_loop.add_argument("--seed", type=int, default=0)
     p_once = sub.add_parser("once")
     p_once.add_argument("root")
+    p_once.add_argument("entity")
     p_inc = sub.add_parser("increment")
     p_inc.add_argument("root")
     p_inc.add_argument("worker", type=int)
@@ -115,7 +119,7 @@ def main() -> None:
     if args.command == "loop":
         asyncio.run(loop(args.root, args.backend, args.keys, args.new_keys, args.seed))
     elif args.command == "once":
-        asyncio.run(once(args.root))
+        asyncio.run(once(args.root, args.entity))
     else:
         asyncio.run(increment(args.root, args.worker, args.count))
     sys.stdout.flush()

@@ -25,7 +25,14 @@ from persistkit.backends.file import QUARANTINE_DIR, TEMP_PREFIX, FileBackend
 from persistkit.errors import EntityNotFoundError
 from persistkit.store import PersistBase
 
-__all__ = ["ROOT", "Exploration", "Scenario", "explore", "state_from_files"]
+__all__ = [
+    "ROOT",
+    "Exploration",
+    "Scenario",
+    "explore",
+    "explore_kill_then_power_loss",
+    "state_from_files",
+]
 
 ROOT = "/data"
 _INLINE = InlineExecutor()
@@ -262,5 +269,62 @@ async def explore(
             on_progress(crash_at, len(result.violations))
         if finished:
             break
+        crash_at += 1
+    return result
+
+
+async def _run_steps(
+    writer: WriterUnderTest, sim: SimFS, scenario: Scenario, steps: list[Step]
+) -> tuple[int, list[str]]:
+    """Start the stores and run ``steps`` on ``sim``.
+
+    Returns how many steps were acknowledged, and the values startup found torn.
+    """
+    backend = writer.backend_class(ROOT, os_layer=sim, executor=_INLINE)
+    stores = {entity: PersistBase(entity, backend=backend) for entity in scenario.entities}
+    acked = 0
+    torn: list[str] = []
+    try:
+        for store in stores.values():
+            report = await store.wait_for_init()
+            torn += [f"{finding.key}: {finding.reason}" for finding in report.corrupt]
+        for step in steps:
+            await writer.run_step(stores, step)
+            acked += 1
+    except SimulatedCrash:
+        pass
+    return acked, torn
+
+
+async def explore_kill_then_power_loss(
+    writer: WriterUnderTest, scenario: Scenario, *, short_writes: int | None = None
+) -> Exploration:
+    """``kill -9`` after every call, a restarted bot redoing what was not acknowledged, then
+    a power cut once everything is acknowledged.
+
+    What a killed process left un-fsynced is still in the page cache after the
+    kill, so the restarted process sees it as done; only an fsync makes it
+    durable. Every acknowledged write must survive the later power cut.
+    """
+    result = Exploration(writer.name, scenario.name)
+    checker = _Checker(scenario, result, recovery_crashes=False)
+    initial_state = state_from_files(scenario.initial)
+    final = _allowed(scenario.initial_values(), scenario.steps, len(scenario.steps), True)
+    crash_at = 0
+    while True:
+        sim = SimFS(initial_state, crash_at=crash_at, short_writes=short_writes)
+        acked, _ = await _run_steps(writer, sim, scenario, scenario.steps)
+        if not sim.crashed:
+            break  # the whole workload ran before the kill point: every cut point done
+        result.crash_points += 1
+        restarted = sim.after_process_crash()
+        redone, torn = await _run_steps(writer, restarted, scenario, scenario.steps[acked:])
+        if redone != len(scenario.steps) - acked:
+            raise AssertionError(f"{writer.name}: the restarted run stopped early")
+        result.startups_checked += 1
+        result.violations += [f"torn value after kill at call {crash_at}: {t}" for t in torn]
+        for state in restarted.possible_states():
+            result.post_crash_states += 1
+            await checker.check(state, final, crash_at)
         crash_at += 1
     return result

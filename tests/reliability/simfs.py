@@ -31,7 +31,7 @@ import os
 import stat as stat_module
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
 
@@ -264,6 +264,22 @@ class SimFS(OSLayer):
     def live_state(self) -> DiskState:
         """What a process on this machine sees now (the page cache)."""
         return self._live.copy()
+
+    def after_process_crash(self) -> SimFS:
+        """The same machine after the process died (``kill -9``) without a power cut.
+
+        The page cache survives: what the dead process did stays visible, and
+        what it did not fsync is still not durable until someone fsyncs it.
+        Its file descriptors and locks are gone.
+        """
+        with self._mutex:
+            sim = SimFS(short_writes=self.short_writes)
+            sim._base = self._base
+            sim._live = self._live.copy()
+            sim._log = [replace(op, pending_dirs=set(op.pending_dirs)) for op in self._log]
+            sim._next_fd = self._next_fd
+            sim._next_ino = self._next_ino
+            return sim
 
     # -- paths -----------------------------------------------------------------------
 

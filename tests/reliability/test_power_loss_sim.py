@@ -7,7 +7,7 @@ import sys
 import orjson
 import pytest
 from common import LONG, Control, Result, make_value, record
-from crashsim import Exploration, Scenario, explore
+from crashsim import Exploration, Scenario, explore, explore_kill_then_power_loss
 from writers import CONTROLS, WRITERS, WriterUnderTest
 
 SHORT_WRITES = 64 if LONG else None
@@ -108,5 +108,36 @@ async def test_power_cut_after_every_call_keeps_old_or_new(scenario: Scenario) -
     )
     assert result.crash_points > 10
     assert result.violations == [], "\n".join(result.violations[:20])
+    for control in controls:
+        assert control.caught, f"the harness did not catch the control {control.name!r}"
+
+
+async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged_writes() -> None:
+    writer = WRITERS[0]
+    result = await explore_kill_then_power_loss(writer, WRITES, short_writes=SHORT_WRITES)
+    controls = []
+    for control in CONTROLS:
+        found = await explore_kill_then_power_loss(control, WRITES, short_writes=SHORT_WRITES)
+        controls.append(Control(control.name, found.startups_checked, len(found.violations)))
+    record(
+        Result(
+            fault=f"kill -9 at every step, restart, then power loss: {WRITES.name}",
+            injection="simulated file system: the process is killed after each call (the page "
+            "cache survives, un-fsynced operations stay pending), a new process starts and "
+            "redoes the unacknowledged steps, then the power is cut; every disk state the cut "
+            "can leave is started and checked",
+            expected="every acknowledged write present after the power cut, never torn",
+            trials=result.startups_checked,
+            violations=len(result.violations),
+            counts={
+                "kill points": result.crash_points,
+                "post-power-cut disk states": result.post_crash_states,
+                "startups checked": result.startups_checked,
+            },
+            controls=controls,
+        )
+    )
+    assert result.crash_points > 10
+    assert result.violations == [], "\n".join(sorted(set(result.violations))[:20])
     for control in controls:
         assert control.caught, f"the harness did not catch the control {control.name!r}"

@@ -1,14 +1,19 @@
 """Leftovers of a startup that was itself cut short, on a real directory.
 
-Both were found by the power-loss simulation (``test_power_loss_sim.py``,
-scenario ``startup-repair``): a quarantine cut while writing its reason file
-left a temp file in the quarantine folder that no startup removed, and one cut
-after the reason file but before the move left a listed entry with no data.
+Found by the power-loss simulation (``test_power_loss_sim.py``): a quarantine
+cut while writing its reason file left a temp file in the quarantine folder
+that no startup removed; one cut after the reason file but before the move
+left a listed entry with no data; a directory created by a killed process
+was written into without ever being made durable.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from common import InlineExecutor
+from crashsim import ROOT, state_from_files
+from simfs import SimFS
 
 from persistkit import FileBackend, PersistBase
 
@@ -46,3 +51,17 @@ async def test_quarantine_does_not_list_a_reason_whose_value_was_never_moved(
     assert [finding.key for finding in report.corrupt] == ["signal/bad"]
     assert [entry.id for entry in listed] == [report.corrupt[0].quarantine_id]
     assert await store.backend.read_quarantined(listed[0].id) == b'{"torn": '
+
+
+async def test_a_directory_left_by_a_killed_writer_is_made_durable_before_the_write() -> None:
+    """Found by the kill-then-power-cut simulation: a killed process had created the
+    directory but not yet fsynced its parent; the next process found it in place,
+    wrote into it and acknowledged, and a power cut took the directory and the value.
+    """
+    sim = SimFS(state_from_files({"signal/a.json": b"{}"}))
+    sim.mkdir(f"{ROOT}/risk")  # the killed writer got this far: no fsync of the root yet
+    process = sim.after_process_crash()
+    backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor())
+    await PersistBase("risk", backend=backend).write_value("p", {"qty": 1})
+
+    assert process.durable_state().files().get("data/risk/p.json") == b'{"qty":1}'

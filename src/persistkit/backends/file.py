@@ -101,6 +101,8 @@ class FileBackend(Backend):
         self._os = os_layer
         self._executor = executor
         self._closed = False
+        self._durable_dirs: set[str] = set()
+        """Directories whose entries this process has made durable."""
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -164,9 +166,38 @@ class FileBackend(Backend):
         """Open ``path``, creating missing directories durably (parent fsynced)."""
         osl = self._os
         try:
-            return osl.open(path, _O_DIR)
+            fd = osl.open(path, _O_DIR)
         except FileNotFoundError:
-            pass
+            fd = self._create_dirs(path)
+        if path not in self._durable_dirs:
+            try:
+                self._sync_entries_to(path)
+            except BaseException:
+                osl.close(fd)
+                raise
+        return fd
+
+    def _sync_entries_to(self, path: str) -> None:
+        """Make the entries from the root down to ``path`` durable, once per process.
+
+        A directory found in place may come from a process killed between its
+        mkdir and the fsync of the parent, or from one whose fsync failed: its
+        entry can still vanish in a power cut, with every value acknowledged in it.
+        """
+        chain = []
+        directory = path
+        while directory != self.root and directory not in self._durable_dirs:
+            chain.append(directory)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+        for directory in chain:
+            self._fsync_dir(os.path.dirname(directory))
+        self._durable_dirs.update(chain)
+
+    def _create_dirs(self, path: str) -> int:
+        osl = self._os
         missing = []
         probe = path
         while True:

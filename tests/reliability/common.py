@@ -15,6 +15,7 @@ __all__ = [
     "InlineExecutor",
     "Result",
     "count",
+    "counts_by_mode",
     "make_value",
     "record",
     "recorded",
@@ -28,8 +29,12 @@ LONG = os.environ.get("PERSISTKIT_LONG", "") not in ("", "0")
 """``PERSISTKIT_LONG=1``: the full trial counts of the published report."""
 
 
-def count(bounded: int, long: int) -> int:
-    """The number of trials for this run's mode."""
+_counts: dict[str, tuple[int, int]] = {}
+
+
+def count(bounded: int, long: int, what: str) -> int:
+    """The number of trials for this run's mode; ``what`` names it in the report."""
+    _counts[what] = (bounded, long)
     return long if LONG else bounded
 
 
@@ -67,6 +72,11 @@ def record(result: Result) -> Result:
     """Keep ``result`` for the report written at the end of the session."""
     _results.append(result)
     return result
+
+
+def counts_by_mode() -> dict[str, tuple[int, int]]:
+    """Every trial count of the suite: (bounded, long), by what it counts."""
+    return dict(_counts)
 
 
 def recorded() -> list[dict[str, Any]]:

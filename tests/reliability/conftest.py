@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from common import LONG, recorded
+from common import LONG, counts_by_mode, recorded
 
 
 @pytest.fixture(autouse=True)
@@ -26,5 +26,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = os.environ.get("PERSISTKIT_RELIABILITY_OUT")
     if out:
         Path(out).write_text(
-            json.dumps({"long": LONG, "exitstatus": int(exitstatus), "results": recorded()})
+            json.dumps(
+                {
+                    "long": LONG,
+                    "exitstatus": int(exitstatus),
+                    "counts": counts_by_mode(),
+                    "results": recorded(),
+                }
+            )
         )

@@ -160,8 +160,8 @@ class _Checker:
     async def _final(self, state: DiskState, allowed: list[dict[Key, Any]], how: str) -> None:
         self.result.startups_checked += 1
         problems = await _verify(state, allowed, self.scenario)
-        for problem in problems:
-            self.result.violations.append(f"{problem}{' (' + how + ')' if how else ''}")
+        if problems:  # one violation per startup, however many things it found wrong
+            self.result.violations.append("; ".join(problems) + (f" ({how})" if how else ""))
 
 
 async def _verify(state: DiskState, allowed: list[dict[Key, Any]], scenario: Scenario) -> list[str]:

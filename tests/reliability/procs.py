@@ -86,7 +86,7 @@ async def _verify(root: Path, acks: Acks, entity: str) -> list[str]:
     for key, seq in on_disk.items():
         if key not in acks.last and seq != 1:
             problems.append(f"{key} has seq {seq} but was never acknowledged")
-    acks.last.update(on_disk)
+    acks.last = on_disk  # from now on the disk is the truth: each loss is reported once
     directory = root / entity
     if directory.is_dir():
         leftovers = [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]

@@ -61,6 +61,19 @@ def render(data: dict[str, Any], seconds: float) -> str:
         f"violations: {total_violations}, controls caught: "
         f"{sum(c['caught'] for c in controls)} of {len(controls)}",
         "",
+        "## Trial counts",
+        "",
+        "| what | bounded | long | this run |",
+        "|---|---:|---:|---:|",
+    ]
+    for what, (bounded, long) in sorted(data["counts"].items()):
+        lines.append(
+            f"| {_cell(what)} | {bounded} | {long} | {long if data['long'] else bounded} |"
+        )
+    lines += [
+        "",
+        "## Summary",
+        "",
         "| fault | trials | violations | controls caught |",
         "|---|---:|---:|---|",
     ]

@@ -16,7 +16,7 @@ from persistkit import EntityNotFoundError, FileBackend, PersistBase
 
 THREADS = 4
 PROCESSES = 3
-INCREMENTS = count(40, 250)
+INCREMENTS = count(40, 250, "compare-and-set increments per thread and per process")
 """Per thread and per process."""
 
 

@@ -19,7 +19,7 @@ from persistkit import CorruptValueError, EntityNotFoundError, FileBackend, Pers
 from persistkit.models import SignalRow
 from persistkit.testing import sample_signal
 
-EXAMPLES = count(150, 1500)
+EXAMPLES = count(150, 1500, "corrupt-file examples (hypothesis)")
 KINDS = ("truncated", "empty", "zeroed", "bit-flipped", "wrong schema")
 _SIGNAL = TypeAdapter(SignalRow)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from persistkit import FileBackend, InvalidNameError, PersistBase
 from persistkit.names import join_pair, split_pair
 
-EXAMPLES = count(120, 1000)
+EXAMPLES = count(120, 1000, "hostile-name examples (hypothesis), each of two properties")
 
 HOSTILE = [
     "",

@@ -12,7 +12,7 @@ from pathlib import Path
 from common import Result, count, record
 from procs import Acks, spawn_writer, verify_directory
 
-KILLS = count(200, 600)
+KILLS = count(200, 600, "kill -9 rounds")
 
 
 def test_kill_9_at_random_moments_keeps_every_acknowledged_write(tmp_path: Path) -> None:

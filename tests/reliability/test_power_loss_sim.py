@@ -6,14 +6,14 @@ import sys
 
 import orjson
 import pytest
-from common import LONG, Control, Result, make_value, record
+from common import LONG, Control, Result, count, make_value, record
 from crashsim import Exploration, Scenario, explore, explore_kill_then_power_loss
 from writers import CONTROLS, WRITERS, WriterUnderTest
 
-SHORT_WRITES = 64 if LONG else None
+SHORT_WRITES = count(0, 64, "simulation: bytes per write call (0: whole value at once)") or None
 """Long mode: at most 64 bytes per write call, so a value needs several (more cut points)."""
 
-VALUE_SIZE = 300 if LONG else 120
+VALUE_SIZE = count(120, 300, "simulation: value size in bytes")
 
 
 def _value(key: str, seq: int) -> bytes:

@@ -33,9 +33,9 @@ from persistkit.backends.file import TEMP_PREFIX
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2
 
-POWER_CUTS = count(16, 100)
-CONTROL_CUTS = count(4, 10)
-ENOSPC_TRIALS = count(30, 200)
+POWER_CUTS = count(16, 100, "ext4 power cuts")
+CONTROL_CUTS = count(4, 10, "ext4 power cuts of the no-dir-fsync control")
+ENOSPC_TRIALS = count(30, 200, "writes on the full tmpfs")
 
 pytestmark = pytest.mark.root
 

@@ -56,7 +56,7 @@ async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: in
             raise SystemExit(f"startup found a bad value: {value_problem(value)}")
         seqs[entity_id] = value["seq"]
     say("ready")
-    counter = max(seqs.values(), default=0)
+    counter = max((int(key[1:]) for key in seqs if key.startswith("n")), default=0)
     while True:
         counter += 1
         key = f"n{counter:07d}" if new_keys else f"k{rng.randrange(keys)}"

@@ -29,7 +29,12 @@ def spawn_writer(*args: str, prefix: list[str] | None = None) -> subprocess.Pope
         # Unbuffered: readline() must not pull acknowledgements into a buffer
         # that communicate() (which reads the raw pipe) would never see.
         bufsize=0,
-        env={**os.environ, "PYTHONPATH": str(WRITER.parent)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(WRITER.parent), os.environ.get("PYTHONPATH")])
+            ),
+        },
     )
 
 

@@ -51,6 +51,11 @@ def render(data: dict[str, Any], seconds: float) -> str:
         "do not edit by hand. What each fault is and why it is injected this way: "
         "`shared/DESIGN.md` §8 and the docstrings of the test modules.",
         "",
+        "Run it: `.venv/bin/python tests/reliability/report.py` (bounded counts, as in CI) or "
+        "`PERSISTKIT_LONG=1 .venv/bin/python tests/reliability/report.py` (the long counts); "
+        "the tests alone: `.venv/bin/python -m pytest tests/reliability`. The mount, tmpfs and "
+        "ioctl steps need root and skip with that reason elsewhere.",
+        "",
         f"- run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {seconds / 60:.1f} min, "
         f"mode {mode}",
         f"- machine: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs, "

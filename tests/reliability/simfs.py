@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import stat as stat_module
 import threading
@@ -42,6 +43,7 @@ __all__ = ["DiskState", "SimFS", "SimulatedCrash"]
 Kind = Literal["file", "dir"]
 ROOT_INO = 1
 UMASK = 0o022
+_devices = itertools.count(1)
 
 
 class SimulatedCrash(BaseException):
@@ -218,6 +220,8 @@ class SimFS(OSLayer):
         self._next_ino = max(self._live.inodes) + 1
         self._locks: dict[int, int] = {}  # inode -> fd holding its flock
         self._mutex = threading.RLock()
+        # Each instance is a machine of its own to anything keyed by (st_dev, st_ino).
+        self._dev = next(_devices)
         self.crash_at = crash_at
         self.short_writes = short_writes
         self.calls = 0
@@ -324,7 +328,7 @@ class SimFS(OSLayer):
         inode = self._live.inodes[ino]
         kind = stat_module.S_IFDIR if inode.kind == "dir" else stat_module.S_IFREG
         size = len(inode.data) if inode.kind == "file" else 4096
-        return os.stat_result((kind | inode.mode, ino, 1, 1, 0, 0, size, 0, 0, 0))
+        return os.stat_result((kind | inode.mode, ino, self._dev, 1, 0, 0, size, 0, 0, 0))
 
     def _new_inode(self, parent: int, name: str, kind: Kind, mode: int) -> int:
         ino = self._next_ino

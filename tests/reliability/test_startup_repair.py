@@ -65,3 +65,17 @@ async def test_a_directory_left_by_a_killed_writer_is_made_durable_before_the_wr
     await PersistBase("risk", backend=backend).write_value("p", {"qty": 1})
 
     assert process.durable_state().files().get("data/risk/p.json") == b'{"qty":1}'
+
+
+async def test_removing_a_value_a_killed_writer_already_unlinked_makes_it_durable() -> None:
+    """Found by the kill-then-power-cut simulation (long mode): the restarted bot
+    redid a removal, found the file gone (unlinked by the killed process, its
+    directory not yet fsynced) and reported success; a power cut brought it back.
+    """
+    sim = SimFS(state_from_files({"signal/b.json": b'{"seq": 2}'}))
+    sim.unlink(f"{ROOT}/signal/b.json")  # the killed writer got this far
+    process = sim.after_process_crash()
+    backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor())
+    assert await PersistBase("signal", backend=backend).remove_value("b") is False
+
+    assert "data/signal/b.json" not in process.durable_state().files()

@@ -78,6 +78,12 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
+_DURABLE_DIRS: set[tuple[int, int, str]] = set()
+"""Directories (st_dev, st_ino, path) whose entries this process has made durable.
+
+The inode is part of the key: a directory removed and made again is a new one.
+"""
+
 
 def content_version(data: bytes) -> str:
     """The version of stored bytes: a digest of the content."""
@@ -101,8 +107,6 @@ class FileBackend(Backend):
         self._os = os_layer
         self._executor = executor
         self._closed = False
-        self._durable_dirs: set[str] = set()
-        """Directories whose entries this process has made durable."""
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -169,32 +173,32 @@ class FileBackend(Backend):
             fd = osl.open(path, _O_DIR)
         except FileNotFoundError:
             fd = self._create_dirs(path)
-        if path not in self._durable_dirs:
-            try:
+        try:
+            stat_result = osl.fstat(fd)
+            identity = (stat_result.st_dev, stat_result.st_ino, path)
+            if identity not in _DURABLE_DIRS:
                 self._sync_entries_to(path)
-            except BaseException:
-                osl.close(fd)
-                raise
+                _DURABLE_DIRS.add(identity)
+        except BaseException:
+            osl.close(fd)
+            raise
         return fd
 
     def _sync_entries_to(self, path: str) -> None:
-        """Make the entries from the root down to ``path`` durable, once per process.
+        """Make the entries from the root down to ``path`` durable.
 
         A directory found in place may come from a process killed between its
         mkdir and the fsync of the parent, or from one whose fsync failed: its
-        entry can still vanish in a power cut, with every value acknowledged in it.
+        entry can still vanish in a power cut, with every value acknowledged in
+        it. Done once per directory per process (see ``_DURABLE_DIRS``).
         """
-        chain = []
         directory = path
-        while directory != self.root and directory not in self._durable_dirs:
-            chain.append(directory)
+        while directory != self.root:
             parent = os.path.dirname(directory)
             if parent == directory:
                 break
+            self._fsync_dir(parent)
             directory = parent
-        for directory in chain:
-            self._fsync_dir(os.path.dirname(directory))
-        self._durable_dirs.update(chain)
 
     def _create_dirs(self, path: str) -> int:
         osl = self._os
@@ -356,8 +360,11 @@ class FileBackend(Backend):
                 self._check_expected(key, self._read_at(dir_fd, filename), expect)
             try:
                 osl.unlink(filename, dir_fd=dir_fd)
+                removed = True
             except FileNotFoundError:
-                return False
+                # Perhaps removed by a process killed before its directory
+                # fsync: the absence must be durable before we report it.
+                removed = False
             except OSError as exc:
                 raise WriteFailedError(f"cannot remove {key}: {exc}; it is kept") from exc
             try:
@@ -367,7 +374,7 @@ class FileBackend(Backend):
                     f"{key} was removed but fsync of its directory failed ({exc}): "
                     "it may reappear after a power cut"
                 ) from exc
-            return True
+            return removed
         finally:
             osl.close(dir_fd)
 

@@ -77,6 +77,14 @@ async def _run(writer: WriterUnderTest, scenario: Scenario, recovery: bool) -> E
     )
 
 
+def _assert_sound(result: Exploration, controls: list[Control]) -> None:
+    """No violation by persistkit's writer, and every broken control caught."""
+    assert result.crash_points > 10
+    assert result.violations == [], "\n".join(sorted(set(result.violations))[:20])
+    for control in controls:
+        assert control.caught, f"the harness did not catch the control {control.name!r}"
+
+
 @pytest.mark.parametrize("scenario", [WRITES, STARTUP_REPAIR], ids=["writes", "startup-repair"])
 async def test_power_cut_after_every_call_keeps_old_or_new(scenario: Scenario) -> None:
     writer = WRITERS[0]
@@ -106,10 +114,7 @@ async def test_power_cut_after_every_call_keeps_old_or_new(scenario: Scenario) -
             controls=controls,
         )
     )
-    assert result.crash_points > 10
-    assert result.violations == [], "\n".join(result.violations[:20])
-    for control in controls:
-        assert control.caught, f"the harness did not catch the control {control.name!r}"
+    _assert_sound(result, controls)
 
 
 async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged_writes() -> None:
@@ -137,7 +142,4 @@ async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged
             controls=controls,
         )
     )
-    assert result.crash_points > 10
-    assert result.violations == [], "\n".join(sorted(set(result.violations))[:20])
-    for control in controls:
-        assert control.caught, f"the harness did not catch the control {control.name!r}"
+    _assert_sound(result, controls)

@@ -339,6 +339,8 @@ class SimFS(OSLayer):
         return ino
 
     # -- the OSLayer interface ----------------------------------------------------------
+    # Each ``# type: ignore[override]`` below: OSLayer binds the ``os`` functions
+    # as staticmethods; these are instance methods with the same call signature.
 
     def open(self, path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:  # type: ignore[override]
         with self._mutex:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -59,7 +60,7 @@ STARTUP_REPAIR = Scenario(
 )
 
 
-def _progress(name: str) -> object:
+def _progress(name: str) -> Callable[[int, int], None]:
     def report(crash_at: int, violations: int) -> None:
         if crash_at % 20 == 0:
             print(f"  {name}: cut {crash_at}, {violations} violations", file=sys.stderr)
@@ -73,7 +74,7 @@ async def _run(writer: WriterUnderTest, scenario: Scenario, recovery: bool) -> E
         scenario,
         recovery_crashes=recovery,
         short_writes=SHORT_WRITES,
-        on_progress=_progress(f"{writer.name} / {scenario.name}"),  # type: ignore[arg-type]
+        on_progress=_progress(f"{writer.name} / {scenario.name}"),
     )
 
 

@@ -82,6 +82,12 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
+_DURABLE_DIRS: set[tuple[int, int, str]] = set()
+"""Directories (st_dev, st_ino, path) whose entries this process has made durable.
+
+The inode is part of the key: a directory removed and made again is a new one.
+"""
+
 
 def content_version(data: bytes) -> str:
     """The version of stored bytes: a digest of the content."""
@@ -170,9 +176,38 @@ class FileBackend(Backend):
         """Open ``path``, creating missing directories durably (parent fsynced)."""
         osl = self._os
         try:
-            return osl.open(path, _O_DIR)
+            fd = osl.open(path, _O_DIR)
         except FileNotFoundError:
-            pass
+            fd = self._create_dirs(path)
+        try:
+            stat_result = osl.fstat(fd)
+            identity = (stat_result.st_dev, stat_result.st_ino, path)
+            if identity not in _DURABLE_DIRS:
+                self._sync_entries_to(path)
+                _DURABLE_DIRS.add(identity)
+        except BaseException:
+            osl.close(fd)
+            raise
+        return fd
+
+    def _sync_entries_to(self, path: str) -> None:
+        """Make the entries from the root down to ``path`` durable.
+
+        A directory found in place may come from a process killed between its
+        mkdir and the fsync of the parent, or from one whose fsync failed: its
+        entry can still vanish in a power cut, with every value acknowledged in
+        it. Done once per directory per process (see ``_DURABLE_DIRS``).
+        """
+        directory = path
+        while directory != self.root:
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            self._fsync_dir(parent)
+            directory = parent
+
+    def _create_dirs(self, path: str) -> int:
+        osl = self._os
         missing = []
         probe = path
         while True:
@@ -342,8 +377,11 @@ class FileBackend(Backend):
                 self._check_expected(key, self._read_at(dir_fd, filename), expect)
             try:
                 osl.unlink(filename, dir_fd=dir_fd)
+                removed = True
             except FileNotFoundError:
-                return False
+                # Perhaps removed by a process killed before its directory
+                # fsync: the absence must be durable before we report it.
+                removed = False
             except OSError as exc:
                 raise WriteFailedError(f"cannot remove {key}: {exc}; it is kept") from exc
             try:
@@ -353,7 +391,7 @@ class FileBackend(Backend):
                     f"{key} was removed but fsync of its directory failed ({exc}): "
                     "it may reappear after a power cut"
                 ) from exc
-            return True
+            return removed
         finally:
             osl.close(dir_fd)
 
@@ -395,22 +433,39 @@ class FileBackend(Backend):
             dir_fd = self._open_dir(self._dir(namespace))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = []
         try:
             if not dry_run:
                 # Every live write holds this lock for the life of its temp
                 # file, so under it any temp file is a dead writer's leftover.
                 osl.flock(dir_fd, _LOCK_EX)
-            with osl.scandir(self._dir(namespace)) as entries:
-                for entry in entries:
-                    if entry.name.startswith(TEMP_PREFIX):
-                        found.append(join_key(namespace, entry.name))
-                        if not dry_run:
-                            osl.unlink(entry.name, dir_fd=dir_fd)
-            if found and not dry_run:
-                osl.fsync(dir_fd)
+            found = self._sweep_temps(dir_fd, self._dir(namespace), namespace, dry_run)
+            # A quarantine writes its reason file through a temp file while it
+            # holds this same lock, so a crash there leaves one to sweep too.
+            quarantine = self._quarantine_dir(namespace)
+            try:
+                quarantine_fd = self._open_dir(quarantine)
+            except (FileNotFoundError, NotADirectoryError):
+                return found
+            try:
+                prefix = join_key(QUARANTINE_DIR, namespace)
+                found += self._sweep_temps(quarantine_fd, quarantine, prefix, dry_run)
+            finally:
+                osl.close(quarantine_fd)
         finally:
             osl.close(dir_fd)
+        return found
+
+    def _sweep_temps(self, dir_fd: int, path: str, namespace: str, dry_run: bool) -> list[str]:
+        osl = self._os
+        found = []
+        with osl.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIX):
+                    found.append(join_key(namespace, entry.name))
+                    if not dry_run:
+                        osl.unlink(entry.name, dir_fd=dir_fd)
+        if found and not dry_run:
+            osl.fsync(dir_fd)
         return found
 
     async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
@@ -465,10 +520,15 @@ class FileBackend(Backend):
                 entries = list(self._os.scandir(self._quarantine_dir(current)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            names = {entry.name for entry in entries}
             for entry in sorted(entries, key=lambda e: e.name):
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(join_key(current, entry.name))
                 elif entry.name.endswith(_REASON_SUFFIX):
+                    if entry.name[: -len(_REASON_SUFFIX)] + SUFFIX not in names:
+                        # A quarantine cut before its move: the value stayed in
+                        # place, and the next startup quarantines it again.
+                        continue
                     data = self._read_at(None, entry.path)
                     if data is None:
                         continue

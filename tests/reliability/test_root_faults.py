@@ -1,0 +1,253 @@
+"""Faults that need root: a real full disk, and power cuts of a real ext4 file system.
+
+Power cut: the store lives on an ext4 image mounted through a loop device.
+``EXT4_IOC_SHUTDOWN`` with ``EXT4_GOING_FLAGS_NOLOGFLUSH`` stops the file
+system on the spot, dropping the journal's running transaction and every dirty
+page, as a power cut would; after unmount and mount (journal replay) the
+restarted bot must find every write it was told was durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from common import Control, Result, count, make_value, record
+from procs import Acks, spawn_writer, verify_directory
+
+from persistkit import FileBackend, PersistBase, WriteFailedError
+from persistkit.backends.file import TEMP_PREFIX
+
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
+POWER_CUTS = count(16, 100, "ext4 power cuts")
+CONTROL_CUTS = count(4, 10, "ext4 power cuts of the no-dir-fsync control")
+ENOSPC_TRIALS = count(30, 200, "writes on the full tmpfs")
+
+pytestmark = pytest.mark.root
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root: mount (tmpfs, loop-mounted ext4) and the EXT4_IOC_SHUTDOWN ioctl; "
+    "CI and the developer machines run it as root",
+)
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Path]]:
+    """Mount points to unmount at the end, whatever happened."""
+    mounted: list[Path] = []
+    yield mounted
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+@needs_root
+def test_real_enospc_on_a_small_tmpfs_keeps_the_old_value(
+    tmp_path: Path, mounts: list[Path]
+) -> None:
+    point = tmp_path / "small"
+    point.mkdir()
+    _run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(point))
+    mounts.append(point)
+    rng = random.Random(7)
+    violations: list[str] = []
+    failures = successes = 0
+
+    async def scenario() -> None:
+        nonlocal failures, successes
+        store: PersistBase[Any] = PersistBase("signal", backend=FileBackend(point / "data"))
+        await store.wait_for_init()
+        current = {"k": make_value("k", 1, 100)}
+        await store.write_value("k", current["k"])
+        for trial in range(ENOSPC_TRIALS):
+            key = rng.choice(["k", "k", f"fill{trial}"])
+            seq = current[key]["seq"] + 1 if key in current else 1
+            value = make_value(key, seq, rng.randrange(100, 40_000))
+            try:
+                await store.write_value(key, value)
+            except WriteFailedError as exc:
+                failures += 1
+                if "No space left" not in str(exc):
+                    violations.append(f"trial {trial}: unexpected error {exc}")
+            else:
+                successes += 1
+                current[key] = value
+            temps = [name for name in _files(point) if name.startswith(TEMP_PREFIX)]
+            if temps:
+                violations.append(f"trial {trial}: temp files left: {temps}")
+            for name, expected in current.items():
+                if await store.read_value(name) != expected:
+                    violations.append(f"trial {trial}: {name} is not its last written value")
+            if rng.random() < 0.15 and len(current) > 1:  # free some room now and then
+                victim = rng.choice([name for name in current if name != "k"])
+                await store.remove_value(victim)
+                del current[victim]
+
+    asyncio.run(scenario())
+    record(
+        Result(
+            fault="real ENOSPC",
+            injection="store on `mount -t tmpfs -o size=64k`; writes of 100 B - 40 kB values, "
+            "overwrites of one key and new keys, some removed now and then",
+            expected="WriteFailedError (No space left on device), old value kept, no temp left",
+            trials=ENOSPC_TRIALS,
+            violations=len(violations),
+            counts={"writes refused for lack of space": failures, "writes that fit": successes},
+        )
+    )
+    assert failures >= 5 and successes >= 5, (failures, successes)
+    assert violations == [], "\n".join(violations[:20])
+
+
+class _Ext4Image:
+    def __init__(self, directory: Path, mounts: list[Path]) -> None:
+        self.image = directory / "ext4.img"
+        self.point = directory / "mnt"
+        self.point.mkdir()
+        self._mounts = mounts
+        with open(self.image, "wb") as handle:
+            handle.truncate(96 * 1024 * 1024)
+        _run("mkfs.ext4", "-q", "-F", str(self.image))
+
+    def mount(self) -> None:
+        _run("mount", "-o", "loop", str(self.image), str(self.point))
+        self._mounts.append(self.point)
+
+    def unmount(self) -> None:
+        for _ in range(50):
+            done = subprocess.run(["umount", str(self.point)], capture_output=True, check=False)
+            if done.returncode == 0:
+                self._mounts.remove(self.point)
+                return
+            time.sleep(0.1)  # the killed writer may still hold it for a moment
+        raise AssertionError(f"cannot unmount {self.point}: {done.stderr!r}")
+
+    def cut_power(self) -> None:
+        fd = os.open(self.point, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+
+def _cut_cycle(
+    disk: _Ext4Image,
+    acks: Acks,
+    rng: random.Random,
+    *,
+    backend: str,
+    new_keys: bool,
+    right_after_acks: int | None,
+) -> tuple[int, list[str]]:
+    """Mount, write until the cut, remount and check; returns (acks, problems)."""
+    disk.mount()
+    root = disk.point / "data"
+    options = ["--new-keys"] if new_keys else ["--seed", str(rng.randrange(1 << 30))]
+    writer = spawn_writer("loop", str(root), "--backend", backend, *options)
+    assert writer.stdout is not None
+    output = writer.stdout.readline()
+    if right_after_acks is None:
+        time.sleep(rng.uniform(0.0, 0.4))
+    else:
+        # Cut the instant the writer says "durable": what it has not made
+        # durable by then is lost, which the control must show.
+        for _ in range(right_after_acks):
+            output += writer.stdout.readline()
+    disk.cut_power()
+    writer.send_signal(signal.SIGKILL)
+    rest, _ = writer.communicate()
+    output += rest
+    acknowledged = acks.feed(output)
+    disk.unmount()
+    disk.mount()
+    problems = verify_directory(root, acks)
+    disk.unmount()
+    return acknowledged, problems
+
+
+@needs_root
+def test_power_cuts_on_ext4_keep_every_acknowledged_write(
+    tmp_path: Path, mounts: list[Path]
+) -> None:
+    if shutil.which("mkfs.ext4") is None:
+        pytest.fail("mkfs.ext4 is missing (Debian package e2fsprogs)")
+    seed = int(os.environ.get("PERSISTKIT_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    print(f"power cuts: {POWER_CUTS} + {CONTROL_CUTS} control, seed {seed}", file=sys.stderr)
+    disk = _Ext4Image(tmp_path, mounts)
+    acks = Acks()
+    violations: list[str] = []
+    acknowledged = 0
+    for cut in range(POWER_CUTS):
+        right_after = rng.randrange(1, 30) if cut % 2 else None
+        count_acks, problems = _cut_cycle(
+            disk, acks, rng, backend="file", new_keys=False, right_after_acks=right_after
+        )
+        acknowledged += count_acks
+        violations += [f"cut {cut}: {problem}" for problem in problems]
+        if cut % 10 == 0:
+            print(f"  cut {cut}/{POWER_CUTS}: {len(violations)} violations", file=sys.stderr)
+
+    control_dir = tmp_path / "control"
+    control_dir.mkdir()
+    control_image = _Ext4Image(control_dir, mounts)
+    control_acks = Acks()
+    control_violations: list[str] = []
+    for _ in range(CONTROL_CUTS):
+        _, problems = _cut_cycle(
+            control_image,
+            control_acks,
+            rng,
+            backend="no-dir-fsync",
+            new_keys=True,
+            right_after_acks=rng.randrange(20, 60),
+        )
+        control_violations += problems
+    print(f"  control: {len(control_violations)} violations", file=sys.stderr)
+    record(
+        Result(
+            fault="power cut",
+            injection="writer subprocess on a loop-mounted ext4 image (96 MiB, default "
+            "data=ordered); EXT4_IOC_SHUTDOWN with EXT4_GOING_FLAGS_NOLOGFLUSH at a random "
+            "moment (half the cuts: 0-400 ms after start-up; half: the instant the Nth "
+            "acknowledgement arrives), SIGKILL, unmount, mount (journal replay), startup, check",
+            expected="every acknowledged write present, nothing torn, no temp after startup; "
+            "the writer without the directory fsync caught losing acknowledged new files",
+            trials=POWER_CUTS,
+            violations=len(violations),
+            counts={
+                "power cuts": POWER_CUTS,
+                "acknowledged writes checked": acknowledged,
+                "control cuts": CONTROL_CUTS,
+            },
+            controls=[Control("no directory fsync", CONTROL_CUTS, len(control_violations))],
+            notes=[f"control: {problem}" for problem in control_violations[:3]],
+        )
+    )
+    assert acknowledged > POWER_CUTS
+    assert violations == [], "\n".join(violations[:20])
+    assert control_violations, "the writer without the directory fsync lost nothing: not caught"

@@ -1,0 +1,129 @@
+"""The writer subprocess the reliability tests kill, cut and fault-inject.
+
+``python writer_proc.py loop ROOT``: start the stores, print ``ready``, then
+write forever, printing ``ack KEY SEQ`` after each write returns (so a line
+on the pipe is a write the library acknowledged as durable).
+
+``python writer_proc.py once ROOT ENTITY``: one write of ``ENTITY/k`` (seq + 1) with all
+syscalls on the main thread (strace counts per thread), between two marker
+writes to stdout, then ``ok`` or the type of the error raised.
+
+``python writer_proc.py increment ROOT WORKER COUNT``: ``COUNT`` compare-and-set
+increments of one counter through ``PersistBase.update_value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+from typing import Any
+
+from common import InlineExecutor, make_value, value_problem
+from writers import InPlaceBackend, NoDirFsyncBackend, NoFileFsyncBackend
+
+from persistkit.backends.file import FileBackend
+from persistkit.errors import EntityNotFoundError, PersistError
+from persistkit.store import PersistBase
+
+BACKENDS: dict[str, type[FileBackend]] = {
+    "file": FileBackend,
+    "no-file-fsync": NoFileFsyncBackend,
+    "no-dir-fsync": NoDirFsyncBackend,
+    "in-place": InPlaceBackend,
+}
+
+BEGIN = b"BEGIN-WRITE\n"
+END = b"END-WRITE\n"
+
+
+def say(line: str) -> None:
+    # One write(2) per line: a line on the pipe is whole, even if we die next.
+    os.write(1, (line + "\n").encode())
+
+
+async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: int) -> None:
+    rng = random.Random(seed)
+    backend = BACKENDS[backend_name](root)
+    store: PersistBase[Any] = PersistBase("signal", backend=backend)
+    await store.wait_for_init()
+    seqs: dict[str, int] = {}
+    async for entity_id in store.keys():
+        value = await store.read_value(entity_id)
+        if value_problem(value) is not None:
+            raise SystemExit(f"startup found a bad value: {value_problem(value)}")
+        seqs[entity_id] = value["seq"]
+    say("ready")
+    counter = max((int(key[1:]) for key in seqs if key.startswith("n")), default=0)
+    while True:
+        counter += 1
+        key = f"n{counter:07d}" if new_keys else f"k{rng.randrange(keys)}"
+        seq = seqs.get(key, 0) + 1
+        await store.write_value(key, make_value(key, seq, rng.randrange(20, 3000)))
+        seqs[key] = seq
+        say(f"ack {key} {seq}")
+
+
+async def once(root: str, entity: str) -> None:
+    backend = FileBackend(root, executor=InlineExecutor())
+    store: PersistBase[Any] = PersistBase(entity, backend=backend)
+    try:
+        seq = (await store.read_value("k"))["seq"]
+    except EntityNotFoundError:
+        seq = 0
+    os.write(1, BEGIN)
+    try:
+        await store.write_value("k", make_value("k", seq + 1, 500))
+        outcome = "ok"
+    except PersistError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    os.write(1, END)
+    say(outcome)
+
+
+async def increment(root: str, worker: int, count: int) -> None:
+    store: PersistBase[Any] = PersistBase("counter", backend=FileBackend(root))
+
+    def bump(value: Any) -> Any:
+        seq = 0 if value is None else value["seq"]
+        return make_value("c", seq + 1, 50 + (seq * 37) % 2000)
+
+    for _ in range(count):
+        new = await store.update_value("c", bump)
+        say(f"got {new['seq']}")
+    try:
+        await store.read_value("c")
+    except EntityNotFoundError:  # pragma: no cover - reported by the test
+        say("missing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_loop = sub.add_parser("loop")
+    p_loop.add_argument("root")
+    p_loop.add_argument("--backend", default="file", choices=sorted(BACKENDS))
+    p_loop.add_argument("--keys", type=int, default=5)
+    p_loop.add_argument("--new-keys", action="store_true")
+    p_loop.add_argument("--seed", type=int, default=0)
+    p_once = sub.add_parser("once")
+    p_once.add_argument("root")
+    p_once.add_argument("entity")
+    p_inc = sub.add_parser("increment")
+    p_inc.add_argument("root")
+    p_inc.add_argument("worker", type=int)
+    p_inc.add_argument("count", type=int)
+    args = parser.parse_args()
+    if args.command == "loop":
+        asyncio.run(loop(args.root, args.backend, args.keys, args.new_keys, args.seed))
+    elif args.command == "once":
+        asyncio.run(once(args.root, args.entity))
+    else:
+        asyncio.run(increment(args.root, args.worker, args.count))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

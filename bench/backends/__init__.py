@@ -14,14 +14,16 @@ one whose server binary is missing.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from bench.harness import Group
 from bench.sizes import Sizes
 
-__all__ = ["REMOTE_BACKENDS", "RemoteBackend", "load_remote_backends"]
+__all__ = ["REMOTE_BACKENDS", "RemoteBackend", "load_remote_backends", "real_servers"]
 
 REMOTE_BACKENDS = ["bench.backends.redis", "bench.backends.s3"]
 """Add a module here to benchmark another backend."""
@@ -56,3 +58,11 @@ def load_remote_backends() -> tuple[list[RemoteBackend], list[str]]:
 def _missing_server(module: ModuleType) -> str | None:
     check = getattr(module, "missing_server", None)
     return check() if check is not None else None
+
+
+def real_servers() -> ModuleType:
+    """``tests/support/servers.py``: the same real-server fixtures the tests use."""
+    tests = str(Path(__file__).resolve().parents[2] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("support.servers")

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from typing import Any
 
 import orjson
 
-from bench.backends._server import free_port, stop_server
+from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, timed
 from bench.payload import SIGNALS_BYTES, Rotation
 from bench.sizes import Sizes
@@ -34,49 +31,6 @@ def missing_server() -> str | None:
     return None if shutil.which("redis-server") else "redis-server is not installed"
 
 
-class _Server:
-    """A throwaway redis-server: every write fsynced to the AOF before it is acknowledged."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.directory = tempfile.mkdtemp(prefix="persistkit-bench-redis-", dir="/var/tmp")
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.directory,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        stop_server(self.process, self.directory)
-
-
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
     import redis
     import redis.asyncio
@@ -88,7 +42,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     same = Rotation(["same"])
 
     async def setup() -> None:
-        server = state["server"] = _Server()
+        server = state["server"] = real_servers().RedisServer().start()
         state["sync"] = redis.Redis(port=server.port)
         state["async"] = redis.asyncio.Redis(port=server.port)
         configure(mode="live", base_dir=os.path.join(workdir, "redis"), backend=server.url)

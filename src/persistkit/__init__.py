@@ -32,7 +32,7 @@ from persistkit.errors import (
     WriteFailedError,
 )
 from persistkit.retry import RetryPolicy
-from persistkit.store import Entry, Finding, InitReport, PersistBase
+from persistkit.store import Entry, Finding, InitReport, PersistBase, Transaction, transaction
 
 __version__ = "0.1.0"
 
@@ -64,6 +64,7 @@ __all__ = [
     "SchemaValidationError",
     "Settings",
     "StoreClosedError",
+    "Transaction",
     "TransientBackendError",
     "UnserializableValueError",
     "Versioned",
@@ -72,4 +73,5 @@ __all__ = [
     "current_settings",
     "open_backend",
     "register_backend",
+    "transaction",
 ]

@@ -1,8 +1,9 @@
 """The file backend: one JSON file per entity, written so that a crash never tears it.
 
 Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` for
-values moved aside, and ``.tmp-*`` files that exist only while a write is in
-flight. Nothing whose name starts with ``.`` is ever listed as an entity.
+values moved aside, ``.journal/`` for the commit journal (see
+:mod:`persistkit.backends.journal`), and ``.tmp-*`` files that exist only while a
+write is in flight. Nothing whose name starts with ``.`` is ever listed as an entity.
 
 The durable write (see ``DESIGN.md`` §3):
 
@@ -37,7 +38,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -53,6 +54,7 @@ from persistkit.backends.base import (
     join_key,
     split_key,
 )
+from persistkit.backends.journal import DEFAULT_JOURNAL_LIMIT, CommitJournal
 from persistkit.backends.oslayer import REAL_OS, OSLayer
 from persistkit.errors import (
     BackendError,
@@ -95,12 +97,14 @@ class FileBackend(Backend):
         *,
         os_layer: OSLayer = REAL_OS,
         executor: Executor | None = None,
+        journal_limit: int = DEFAULT_JOURNAL_LIMIT,
     ) -> None:
         # Absolute now, so that a later chdir does not move the data.
         self.root = os.path.abspath(os.fspath(root))
         self._os = os_layer
         self._executor = executor
         self._closed = False
+        self.journal = CommitJournal(self, limit=journal_limit)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -134,6 +138,9 @@ class FileBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        if not self.journal.recovered:
+            # First use: replay dead processes' commits before anything is read.
+            self.journal.recover()
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking syscalls in a worker thread, never abandoning them half-way.
@@ -279,6 +286,12 @@ class FileBackend(Backend):
         # Inline, not in a thread: reading a small cached file takes a few
         # microseconds, less than the hop to a worker thread would.
         self._check_open()
+        if self.journal.pending:
+            found, committed = self.journal.lookup(key)
+            if found:  # committed to the journal, not applied to its file yet
+                return (
+                    None if committed is None else Versioned(committed, content_version(committed))
+                )
         try:
             data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
         except OSError as exc:
@@ -308,6 +321,10 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        if key in self.journal.dirty:
+            # A replay of the journal must never undo this write: journal it too.
+            await self._in_thread(self.journal.commit, {key: data}, {key: expect})
+            return content_version(data)
         return await self._in_thread(self._put_sync, key, data, expect)
 
     def _delete_sync(self, key: str, expect: Expected) -> bool:
@@ -341,12 +358,31 @@ class FileBackend(Backend):
             osl.close(dir_fd)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
+        if key in self.journal.dirty:
+            existed = await self.get(key) is not None
+            await self._in_thread(self.journal.commit, {key: None}, {key: expect})
+            return existed
         return await self._in_thread(self._delete_sync, key, expect)
+
+    async def commit(self, writes: Mapping[str, bytes | None]) -> None:
+        """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`."""
+        if writes:
+            await self._in_thread(self.journal.commit, writes)
 
     # -- listing ---------------------------------------------------------------
 
     async def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
         self._check_open()
+        journaled = dict(self.journal.iter_pending(namespace, recursive))
+        async for key in self._scan_files(namespace, recursive):
+            if key in journaled and journaled.pop(key) is None:
+                continue  # deleted by a commit not applied yet
+            yield key
+        for key, data in journaled.items():
+            if data is not None:
+                yield key
+
+    async def _scan_files(self, namespace: str, recursive: bool) -> AsyncIterator[str]:
         pending = [namespace]
         listed = 0
         while pending:
@@ -437,6 +473,8 @@ class FileBackend(Backend):
         return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
+        if key in self.journal.dirty:
+            await self._in_thread(self.journal.checkpoint)
         return await self._in_thread(self._quarantine_sync, key, reason)
 
     async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
@@ -524,6 +562,8 @@ class FileBackend(Backend):
         return key
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        if self.journal.dirty:
+            await self._in_thread(self.journal.checkpoint)
         return await self._in_thread(self._restore_sync, entry_id, overwrite)
 
     def _purge_sync(self, entry_id: str) -> None:
@@ -553,4 +593,6 @@ class FileBackend(Backend):
                 raise
 
     async def aclose(self) -> None:
+        if not self._closed:
+            await self._in_thread(self.journal.close)
         self._closed = True

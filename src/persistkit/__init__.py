@@ -31,6 +31,7 @@ from persistkit.errors import (
     UnserializableValueError,
     WriteFailedError,
 )
+from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
 from persistkit.store import Entry, Finding, InitReport, PersistBase, Transaction, transaction
 
@@ -52,7 +53,9 @@ __all__ = [
     "InitReport",
     "InstanceLockedError",
     "InvalidNameError",
+    "LiveSession",
     "MemoryBackend",
+    "PairState",
     "PersistBase",
     "PersistError",
     "PersistPartialAdapter",
@@ -60,6 +63,7 @@ __all__ = [
     "PersistScheduleAdapter",
     "PersistSignalAdapter",
     "QuarantineEntry",
+    "RestoredState",
     "RetryPolicy",
     "SchemaValidationError",
     "Settings",

@@ -549,6 +549,7 @@ class CommitJournal:
             self._apply_wanted.set()
             self._applier.join()
             self._applier = None
+        self._stopping = False  # a later commit starts a new applier
 
     def lookup(self, key: str) -> tuple[bool, bytes | None]:
         """``(True, value)`` when ``key`` has a committed write not applied yet."""

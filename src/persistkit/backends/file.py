@@ -323,7 +323,8 @@ class FileBackend(Backend):
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         if key in self.journal.dirty:
             # A replay of the journal must never undo this write: journal it too.
-            await self._in_thread(self.journal.commit, {key: data}, {key: expect})
+            self._check_open()
+            await self.journal.commit_async({key: data}, {key: expect})
             return content_version(data)
         return await self._in_thread(self._put_sync, key, data, expect)
 
@@ -360,14 +361,15 @@ class FileBackend(Backend):
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         if key in self.journal.dirty:
             existed = await self.get(key) is not None
-            await self._in_thread(self.journal.commit, {key: None}, {key: expect})
+            await self.journal.commit_async({key: None}, {key: expect})
             return existed
         return await self._in_thread(self._delete_sync, key, expect)
 
     async def commit(self, writes: Mapping[str, bytes | None]) -> None:
         """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`."""
+        self._check_open()
         if writes:
-            await self._in_thread(self.journal.commit, writes)
+            await self.journal.commit_async(writes)
 
     # -- listing ---------------------------------------------------------------
 

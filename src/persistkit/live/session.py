@@ -252,13 +252,15 @@ class LiveSession:
         *,
         interval: float = 1.0,
         ticks: int | None = None,
+        after_commit: Callable[[int], object] | None = None,
         stop_signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     ) -> int:
         """Call ``tick(n)`` inside :meth:`tick` every ``interval`` seconds; returns ticks run.
 
         SIGTERM or SIGINT lets the tick in progress finish and commit, then
         returns (the caller then calls :meth:`aclose` and exits 0). ``ticks``
-        bounds the loop (``None``: until a signal).
+        bounds the loop (``None``: until a signal). ``after_commit(n)`` runs
+        once tick ``n`` is durable (to acknowledge it, say).
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         stopping = asyncio.Event()
@@ -272,6 +274,8 @@ class LiveSession:
                 # its commit; the loop stops before the next one.
                 async with self.tick():
                     await tick(count)
+                if after_commit is not None:
+                    after_commit(count)
                 count += 1
                 if interval > 0:
                     try:

@@ -75,7 +75,9 @@ class BotState:
                     "scheduled": dump(book.scheduled),
                     "partial": {key: dump(value) for key, value in sorted(book.partial.items())},
                 }
-                for (symbol, strategy), book in sorted(self.pairs.items())
+                for (symbol, strategy), book in (
+                    (pair, self.pairs.get(pair, PairBook())) for pair in PAIRS
+                )
             },
             "positions": [[key, dump(position)] for key, position in self.positions],
         }

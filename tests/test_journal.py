@@ -121,8 +121,19 @@ async def test_a_live_process_journal_is_not_replayed_by_another(tmp_path: Path)
 
 
 def copy_as_crashed(root: Path, to: Path) -> Path:
-    """What a power cut would leave if everything written so far reached the disk."""
-    shutil.copytree(root, to)
+    """What a power cut would leave if everything written so far reached the disk.
+
+    The backend's applier may rename or remove a file while we copy: a file
+    that vanished under the copy is one a crash at that moment would not have.
+    """
+
+    def copy_if_still_there(source: str, target: str) -> None:
+        try:
+            shutil.copy2(source, target)
+        except FileNotFoundError:
+            pass
+
+    shutil.copytree(root, to, copy_function=copy_if_still_there)
     return to
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
+import itertools
 import logging
 import os
 import time
@@ -120,14 +120,10 @@ def _ordering_for(backend: Backend) -> LoopLocalKeyedLocks:
     return locks
 
 
-_STAGED = object()
+_staged_versions = itertools.count(1)
 _active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "persistkit_transaction", default=None
 )
-
-
-def _staged_version(data: bytes) -> str:
-    return "staged-" + hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 class Transaction:
@@ -142,10 +138,11 @@ class Transaction:
     its writes join the outer transaction when it exits normally.
 
     A compare-and-set (``if_version=``) inside the block is checked when it is
-    called, against the staged value or the stored one.
+    called, against the staged value or the stored one. The version of a staged
+    value (what ``write_value`` returns in the block) is valid in the block only.
     """
 
-    __slots__ = ("_parent", "_token", "backend", "finished", "writes")
+    __slots__ = ("_parent", "_token", "_versions", "backend", "finished", "writes")
 
     def __init__(self, backend: Backend) -> None:
         if type(backend).commit is Backend.commit:
@@ -154,7 +151,8 @@ class Transaction:
             )
         self.backend = backend
         self.writes: dict[str, bytes | None] = {}
-        """Staged writes in call order; ``None`` removes."""
+        """Staged writes; ``None`` removes."""
+        self._versions: dict[str, str] = {}
         self.finished = False
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
@@ -174,14 +172,21 @@ class Transaction:
 
     def lookup(self, key: str) -> tuple[bool, bytes | None]:
         """``(True, staged value)`` when this transaction (or an outer one) wrote ``key``."""
+        level = self._level_of(key)
+        return (False, None) if level is None else (True, level.writes[key])
+
+    def _level_of(self, key: str) -> Transaction | None:
         current: Transaction | None = self
         while current is not None:
-            if current.backend is self.backend:
-                value = current.writes.get(key, _STAGED)
-                if value is not _STAGED:
-                    return True, cast(bytes | None, value)
+            if current.backend is self.backend and key in current.writes:
+                return current
             current = current._parent
-        return False, None
+        return None
+
+    def staged_version(self, key: str) -> str | None:
+        """The version of ``key`` in this transaction (``None``: removed or never staged)."""
+        level = self._level_of(key)
+        return None if level is None else level._versions.get(key)
 
     def staged_in(self, namespace: str) -> dict[str, bytes | None]:
         """Staged writes whose key lies directly in ``namespace``, innermost last."""
@@ -200,14 +205,13 @@ class Transaction:
         return found
 
     async def _version(self, key: str) -> str | None:
-        found, data = self.lookup(key)
-        if found:
-            return None if data is None else _staged_version(data)
+        if self._level_of(key) is not None:
+            return self.staged_version(key)
         stored = await self.backend.get(key)
         return None if stored is None else stored.version
 
     async def stage(self, key: str, data: bytes | None, expect: Expected) -> str | None:
-        """Stage a write (``None``: remove); returns the staged version."""
+        """Stage a write (``None``: remove) if ``key`` is at version ``expect``."""
         self._check_active()
         if expect is not ANY_VERSION:
             current = await self._version(key)
@@ -215,9 +219,18 @@ class Transaction:
                 raise ConflictError(
                     f"{key} is at version {current}, not {expect}, in this transaction", key=key
                 )
-        self.writes.pop(key, None)  # keep call order: the last write of a key goes last
+        return self.stage_now(key, data)
+
+    def stage_now(self, key: str, data: bytes | None) -> str | None:
+        """Stage an unconditional write; returns the staged version."""
+        self._check_active()
         self.writes[key] = data
-        return None if data is None else _staged_version(data)
+        if data is None:
+            self._versions.pop(key, None)
+            return None
+        # A counter, not a digest: staging must cost next to nothing per entity.
+        version = self._versions[key] = f"staged-{next(_staged_versions)}"
+        return version
 
     async def __aenter__(self) -> Transaction:
         self._parent = _active_transaction.get()
@@ -237,9 +250,12 @@ class Transaction:
             return
         outer = self._parent._find(self.backend) if self._parent is not None else None
         if outer is not None:
+            outer.writes.update(self.writes)
             for key, data in self.writes.items():
-                outer.writes.pop(key, None)
-                outer.writes[key] = data
+                if data is None:
+                    outer._versions.pop(key, None)
+                else:
+                    outer._versions[key] = self._versions[key]
             return
         await self.commit()
 
@@ -446,7 +462,7 @@ class PersistBase(Generic[T]):
             if found:
                 if data is None:
                     raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
-                return Entry(self._parse(key, data), _staged_version(data))
+                return Entry(self._parse(key, data), cast(str, active.staged_version(key)))
         stored = await self._call(lambda: self.backend.get(key))
         if stored is None:
             raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
@@ -483,6 +499,8 @@ class PersistBase(Generic[T]):
         if _active_transaction.get() is not None:
             active = _transaction_for(self.backend)
             if active is not None:
+                if if_version is ANY_VERSION:
+                    return cast(str, active.stage_now(key, data))
                 return cast(str, await active.stage(key, data, if_version))
         locks = self._locks.current()
         await locks.acquire(key)

@@ -2,7 +2,8 @@
 
 A commit (:meth:`FileBackend.commit`, used by :func:`persistkit.transaction`)
 is one checksummed record appended to this process's journal file under
-``{root}/.journal/`` and made durable with a single ``fsync``. That fsync is the
+``{root}/.journal/`` (one file per process, ``flock``-ed by it for its life)
+and made durable with a single ``fsync``. That fsync is the
 commit point: a crash before it leaves no trace of the tick (a torn record fails
 its checksum), a crash after it is repaired by replaying the record.
 
@@ -16,16 +17,18 @@ The crc covers ``seq``, ``time_ns`` and the payload. Recovery stops at the first
 record that is short, has a bad magic, a bad checksum or an unexpected ``seq``:
 that is the torn tail of the write in flight when the process died.
 
-**Group commit.** Commits from many tasks or threads queue up; one of them (the
-leader) writes every queued record with one ``write`` and one ``fsync`` and
-acknowledges them all, so a burst of ticks shares the cost of one flush.
+**Group commit.** The commits that tasks of one event loop make in the same loop
+iteration (an ``asyncio.gather`` of ticks, say) are flushed together, on the
+loop's thread, with one ``write`` and one ``fsync``. Commits from several
+threads queue up while a flush is in flight; the next leader writes all of them
+with one ``fsync``. Every commit returns only once its record is durable.
 
 **Applying.** A committed write is visible at once to this process through an
 in-memory overlay (``pending``), and a background thread applies it to the
 entity's file (temp file + rename, no fsync: the journal is the durability) and
 drops it from the overlay. Repeated updates of one entity coalesce into one file
 write. Other processes read the files, so they see a commit once it is applied
-(milliseconds later).
+(:data:`APPLY_DELAY` later, plus the time to write the files).
 
 **Checkpoint.** When the journal passes ``limit`` bytes, at ``aclose`` and at
 startup after a replay, every pending write is applied, the file system is
@@ -38,8 +41,14 @@ commit-time order and removed. Un-synced applied files may be torn or lost after
 a power cut; the replay rewrites them.
 
 **Plain writes of journaled keys.** A ``put`` or ``delete`` of a key that is in
-this process's journal since the last checkpoint goes through the journal too
-(as a one-write commit), so that a replay after a crash can never undo it.
+this process's journal since the last checkpoint (or in a commit still queued)
+goes through the journal too, as a one-write commit behind it, so that a replay
+after a crash can never undo it.
+
+Limit: that guarantee is per process. A plain write by *another* process to a
+key this process committed, followed by a crash of this process, is undone by
+the replay; the live session's one-instance lock is what keeps a strategy's
+keys to one process.
 """
 
 from __future__ import annotations
@@ -85,10 +94,12 @@ JOURNAL_DIR = ".journal"
 JOURNAL_SUFFIX = ".log"
 DEFAULT_JOURNAL_LIMIT = 16 << 20
 """Journal bytes after which the leader checkpoints (applies, syncs, empties)."""
-APPLY_DELAY = 0.05
+APPLY_DELAY = 0.2
 """Seconds the applier waits after a commit, so that ticks rewriting the same
-entities cost one file write, not one per tick. Other processes see a commit
-in the files this much later (this process sees it at once)."""
+entities cost one file write, not one per tick (and, on ext4's data=ordered,
+so that the journal's fsyncs rarely carry the applied files' data along).
+Other processes see a commit in the files this much later; this process sees
+it at once."""
 
 MAGIC = b"PKJ1"
 _HEADER = struct.Struct("<4sIIQQ")

@@ -359,3 +359,50 @@ async def test_a_tick_that_raises_commits_nothing(data_root: Path) -> None:
         await session.run(failing_tick, interval=0, ticks=1)
     assert await PersistSignalAdapter.read_signal_data("BTC/USDT", "trend") is None
     await session.aclose()
+
+
+SLOW_TICK_BOT = """
+import asyncio, sys
+from persistkit import LiveSession, PersistRiskAdapter, PersistSignalAdapter
+from persistkit.models import RiskActivePosition, SignalRow
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[1])
+    await session.start()
+
+    async def tick(number):
+        row = SignalRow(id=f"s{number}", symbol="BTCUSDT", strategy_name="trend",
+                        position="long", price_open=100.0, price_take_profit=110.0,
+                        price_stop_loss=95.0, scheduled_at=1, pending_at=2)
+        await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
+        print("half of tick", number, flush=True)
+        await asyncio.sleep(0.5)  # the stop signal arrives here, mid-tick
+        position = RiskActivePosition(symbol="BTCUSDT", strategy_name="trend",
+                                      signal_id=row.id, position="long", price_open=100.0,
+                                      quantity=1.0, added_at=2)
+        await PersistRiskAdapter.write_position_data([(row.id, position)], "main")
+
+    ran = await session.run(tick, interval=0)
+    await session.aclose()
+    print("ticks", ran, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stop_signal_mid_tick_lets_the_whole_tick_commit(tmp_path: Path) -> None:
+    base_dir = tmp_path / "data"
+    bot = subprocess.Popen(  # noqa: ASYNC220 - the bot must run while this test reads it
+        [sys.executable, "-c", SLOW_TICK_BOT, str(base_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert bot.stdout is not None
+    assert bot.stdout.readline().strip() == "half of tick 0"
+    bot.send_signal(signal.SIGTERM)
+    assert bot.stdout.read().strip() == "ticks 1"
+    assert bot.wait(timeout=60) == 0
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=base_dir)
+    restored = await session.start()
+    assert restored.pair("BTCUSDT", "trend").signal is not None
+    assert [key for key, _ in restored.risk_positions] == ["s0"]
+    assert restored.inconsistencies() == []
+    await session.aclose()

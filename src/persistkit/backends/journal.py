@@ -94,12 +94,13 @@ JOURNAL_DIR = ".journal"
 JOURNAL_SUFFIX = ".log"
 DEFAULT_JOURNAL_LIMIT = 16 << 20
 """Journal bytes after which the leader checkpoints (applies, syncs, empties)."""
-APPLY_DELAY = 0.2
-"""Seconds the applier waits after a commit, so that ticks rewriting the same
-entities cost one file write, not one per tick (and, on ext4's data=ordered,
-so that the journal's fsyncs rarely carry the applied files' data along).
-Other processes see a commit in the files this much later; this process sees
-it at once."""
+APPLY_DELAY = 0.5
+"""Seconds the applier waits after a commit before writing the files, so that
+ticks rewriting the same entities cost one file write, not one per tick. The
+applier is a Python thread: while it runs it competes with the event loop for
+the GIL (measured: 1,000-entity tick commits 2-10x slower while it writes every
+tick), so it should run seldom. Other processes see a commit in the files this
+much later; this process sees it at once."""
 
 MAGIC = b"PKJ1"
 _HEADER = struct.Struct("<4sIIQQ")

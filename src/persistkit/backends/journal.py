@@ -67,7 +67,7 @@ import time
 import weakref
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from persistkit.backends.base import ANY_VERSION, Expected, split_key
@@ -92,6 +92,7 @@ __all__ = [
 
 JOURNAL_DIR = ".journal"
 JOURNAL_SUFFIX = ".log"
+_NEW_SUFFIX = ".new"
 DEFAULT_JOURNAL_LIMIT = 16 << 20
 """Journal bytes after which the leader checkpoints (applies, syncs, empties)."""
 APPLY_DELAY = 0.5
@@ -216,7 +217,6 @@ class _OpenJournal:
     name: str
     size: int = 0
     next_seq: int = 1
-    retired: list[int] = field(default_factory=list)
 
 
 _MISSING = object()
@@ -463,10 +463,15 @@ class CommitJournal:
             dir_fd = self._backend._ensure_dir(self.directory)
             try:
                 name = f"{os.getpid()}-{time.time_ns()}-{secrets.token_hex(4)}{JOURNAL_SUFFIX}"
-                fd = osl.open(name, _O_JOURNAL, 0o644, dir_fd=dir_fd)
+                # Locked under a name recovery ignores, then renamed: another
+                # process's recovery never sees this journal unlocked, so never
+                # takes it for a dead one and removes it.
+                unlocked = f".{name}{_NEW_SUFFIX}"
+                fd = osl.open(unlocked, _O_JOURNAL, 0o644, dir_fd=dir_fd)
                 # Held for the life of the process: recovery replays only the
                 # journals whose lock it can take, the dead owners'.
                 osl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                osl.replace(unlocked, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 osl.fsync(dir_fd)
             finally:
                 osl.close(dir_fd)

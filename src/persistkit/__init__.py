@@ -33,7 +33,8 @@ from persistkit.errors import (
 )
 from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
-from persistkit.store import Entry, Finding, InitReport, PersistBase, Transaction, transaction
+from persistkit.store import Entry, Finding, InitReport, PersistBase
+from persistkit.transaction import Transaction, transaction
 
 __version__ = "0.1.0"
 

@@ -38,7 +38,8 @@ from persistkit.errors import StoreClosedError
 from persistkit.live.lock import InstanceLock
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
-from persistkit.store import InitReport, Transaction, transaction
+from persistkit.store import InitReport
+from persistkit.transaction import Transaction, transaction
 
 __all__ = ["LOCK_DIR", "LiveSession", "PairState", "RestoredState"]
 

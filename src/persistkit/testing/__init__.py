@@ -36,7 +36,8 @@ from persistkit.errors import (
     UnserializableValueError,
 )
 from persistkit.models import SignalRow
-from persistkit.store import PersistBase, transaction
+from persistkit.store import PersistBase
+from persistkit.transaction import transaction
 
 __all__ = ["BackendConformance", "sample_signal"]
 

@@ -347,7 +347,13 @@ class CommitJournal:
     def _flush_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._gathering.pop(loop, [])
         requests = [request for request, _ in batch]
-        self._commit_requests(requests)
+        fatal: BaseException | None = None
+        try:
+            self._commit_requests(requests)
+        except BaseException as exc:  # every waiter must hear of it, or it waits forever
+            for request in requests:
+                request.error = request.error or exc
+            fatal = None if isinstance(exc, Exception) else exc
         for request, done in batch:
             if done.done():
                 continue  # the caller was cancelled; its tick is committed all the same
@@ -355,6 +361,8 @@ class CommitJournal:
                 done.set_exception(request.error)
             else:
                 done.set_result(None)
+        if fatal is not None:
+            raise fatal  # KeyboardInterrupt and the like still stop the loop
 
     def commit(self, writes: Writes, expect: Mapping[str, Expected] | None = None) -> None:
         """Append ``writes`` as one record and fsync (shared with concurrent commits).

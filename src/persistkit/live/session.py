@@ -259,9 +259,11 @@ class LiveSession:
         """Call ``tick(n)`` inside :meth:`tick` every ``interval`` seconds; returns ticks run.
 
         SIGTERM or SIGINT lets the tick in progress finish and commit, then
-        returns (the caller then calls :meth:`aclose` and exits 0). ``ticks``
-        bounds the loop (``None``: until a signal). ``after_commit(n)`` runs
-        once tick ``n`` is durable (to acknowledge it, say).
+        closes the session (checkpoint, lock released) and returns, so that the
+        process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
+        the session still open. ``after_commit(n)`` runs once tick ``n`` is
+        durable (to acknowledge it, say). Outside ``run`` the signals keep the
+        process's own handlers.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         stopping = asyncio.Event()
@@ -288,6 +290,8 @@ class LiveSession:
         finally:
             for signum in stop_signals:
                 loop.remove_signal_handler(signum)
+        if stopping.is_set():
+            await self.aclose()
         return count
 
     # -- stop ------------------------------------------------------------------------------

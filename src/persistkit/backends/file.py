@@ -220,8 +220,12 @@ class FileBackend(Backend):
         finally:
             osl.close(fd)
 
-    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
-        """Steps 2-5 of the durable write, under the caller's lock."""
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
+        """Steps 2-5 of the durable write, under the caller's lock.
+
+        ``sync=False`` skips both fsyncs: the commit journal applies values it
+        has already made durable (see :mod:`persistkit.backends.journal`).
+        """
         osl = self._os
         try:
             mode: int | None = stat.S_IMODE(osl.stat(name, dir_fd=dir_fd).st_mode)
@@ -242,7 +246,8 @@ class FileBackend(Backend):
                 view = memoryview(data)
                 while view:
                     view = view[osl.write(fd, view) :]
-                osl.fsync(fd)
+                if sync:
+                    osl.fsync(fd)
             finally:
                 osl.close(fd)
             osl.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -254,6 +259,8 @@ class FileBackend(Backend):
             raise WriteFailedError(
                 f"writing {name} failed before it became visible: {exc}; the previous value is kept"
             ) from exc
+        if not sync:
+            return
         try:
             osl.fsync(dir_fd)
         except OSError as exc:

@@ -110,8 +110,6 @@ _COUNT = struct.Struct("<I")
 _MAX_PAYLOAD = (1 << 32) - 1
 
 _O_JOURNAL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
-_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 Writes = Mapping[str, "bytes | None"]
 
@@ -541,6 +539,8 @@ class CommitJournal:
 
     def _apply(self, writes: Mapping[str, bytes | None]) -> None:
         """Files take the values in ``writes``: temp + rename, no fsync."""
+        from persistkit.backends.file import SUFFIX  # file.py imports this module
+
         backend = self._backend
         osl = self._os
         by_directory: dict[str, list[tuple[str, bytes | None]]] = {}
@@ -558,22 +558,14 @@ class CommitJournal:
             try:
                 osl.flock(dir_fd, fcntl.LOCK_EX)  # temp files live under the dir lock
                 for name, data in items:
-                    filename = f"{name}.json"
+                    filename = f"{name}{SUFFIX}"
                     if data is None:
                         try:
                             osl.unlink(filename, dir_fd=dir_fd)
                         except FileNotFoundError:
                             pass
-                        continue
-                    temp = f".tmp-{secrets.token_hex(8)}"
-                    fd = osl.open(temp, _O_TEMP, 0o666, dir_fd=dir_fd)
-                    try:
-                        view = memoryview(data)
-                        while view:
-                            view = view[osl.write(fd, view) :]
-                    finally:
-                        osl.close(fd)
-                    osl.replace(temp, filename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    else:
+                        backend._write_new_file(dir_fd, filename, data, sync=False)
             finally:
                 osl.close(dir_fd)
 

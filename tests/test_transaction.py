@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from persistkit import MemoryBackend, PersistBase, StoreClosedError, transaction
+from persistkit import FileBackend, MemoryBackend, PersistBase, StoreClosedError, transaction
 from persistkit.backends.base import Backend
 
 
@@ -68,3 +69,17 @@ async def test_writes_to_another_backend_in_the_block_are_not_staged() -> None:
         assert await direct.get("b/y") is not None  # written at once
         assert await staged.get("a/x") is None  # staged until the block ends
     assert await inside.read_value("x") == 1
+
+
+async def test_a_commit_waits_for_a_plain_write_of_its_keys_in_flight(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path / "data")
+    store: PersistBase[Any] = PersistBase("entity", backend=backend)
+    for _ in range(20):
+        plain = asyncio.ensure_future(store.write_value("k", "plain"))
+        await asyncio.sleep(0)  # the plain write has started and holds the key
+        async with transaction(backend):
+            await store.write_value("other", 1)
+            await store.write_value("k", "tick")
+        await plain
+        assert await store.read_value("k") == "tick"  # called later, so applied later
+    await backend.aclose()

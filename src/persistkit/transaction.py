@@ -171,12 +171,20 @@ class Transaction:
         from persistkit.store import _ordering_for
 
         locks = _ordering_for(self.backend).current()
-        keys = sorted(writes)  # one global order: two commits never wait on each other
         taken: list[str] = []
         try:
-            for key in keys:
-                if not locks.try_acquire(key):  # a thousand keys: no coroutine each
-                    await locks.acquire(key)
+            # Usually nobody else holds these keys: take them all without
+            # suspending. Otherwise give them back and wait for each in one
+            # global order, so two commits never wait on each other.
+            for key in writes:
+                if not locks.try_acquire(key):
+                    for held in taken:
+                        locks.release(held)
+                    taken.clear()
+                    for key_in_order in sorted(writes):
+                        await locks.acquire(key_in_order)
+                        taken.append(key_in_order)
+                    break
                 taken.append(key)
             try:
                 await self.backend.commit(writes)

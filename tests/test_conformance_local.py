@@ -12,8 +12,6 @@ from persistkit.testing import BackendConformance
 
 
 class TestFileBackend(BackendConformance):
-    supports_commit = False  # the commit journal arrives with the live lifecycle
-
     @pytest.fixture
     async def backend(self, tmp_path: Path) -> AsyncIterator[FileBackend]:
         backend = FileBackend(tmp_path / "conformance")

@@ -31,8 +31,10 @@ from persistkit.errors import (
     UnserializableValueError,
     WriteFailedError,
 )
+from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
 from persistkit.store import Entry, Finding, InitReport, PersistBase
+from persistkit.transaction import Transaction, transaction
 
 __version__ = "0.1.0"
 
@@ -52,7 +54,9 @@ __all__ = [
     "InitReport",
     "InstanceLockedError",
     "InvalidNameError",
+    "LiveSession",
     "MemoryBackend",
+    "PairState",
     "PersistBase",
     "PersistError",
     "PersistPartialAdapter",
@@ -60,10 +64,12 @@ __all__ = [
     "PersistScheduleAdapter",
     "PersistSignalAdapter",
     "QuarantineEntry",
+    "RestoredState",
     "RetryPolicy",
     "SchemaValidationError",
     "Settings",
     "StoreClosedError",
+    "Transaction",
     "TransientBackendError",
     "UnserializableValueError",
     "Versioned",
@@ -72,4 +78,5 @@ __all__ = [
     "current_settings",
     "open_backend",
     "register_backend",
+    "transaction",
 ]

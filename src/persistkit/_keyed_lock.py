@@ -21,6 +21,13 @@ class KeyedLock:
     def __init__(self) -> None:
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
 
+    def try_acquire(self, key: str) -> bool:
+        """Take ``key`` if nobody holds it, without suspending; ``False`` otherwise."""
+        if key in self._queues:
+            return False
+        self._queues[key] = deque()
+        return True
+
     async def acquire(self, key: str) -> None:
         queue = self._queues.get(key)
         if queue is None:

@@ -42,8 +42,17 @@ from persistkit.errors import (
 )
 from persistkit.names import decode_segment, encode_segment, entity_id_text
 from persistkit.retry import DEFAULT_RETRY, RetryPolicy
+from persistkit.transaction import Transaction, active_transaction, transaction, transaction_for
 
-__all__ = ["Entry", "Finding", "InitReport", "PersistBase", "SegmentName"]
+__all__ = [
+    "Entry",
+    "Finding",
+    "InitReport",
+    "PersistBase",
+    "SegmentName",
+    "Transaction",
+    "transaction",
+]
 
 logger = logging.getLogger("persistkit")
 
@@ -343,6 +352,13 @@ class PersistBase(Generic[T]):
         """The value of ``entity_id`` with its version; ``EntityNotFoundError`` if absent."""
         self._check_open()
         key = self._key(entity_id)
+        active = transaction_for(self.backend) if active_transaction.get() else None
+        if active is not None:
+            found, data = active.lookup(key)
+            if found:
+                if data is None:
+                    raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
+                return Entry(self._parse(key, data), cast(str, active.staged_version(key)))
         stored = await self._get(key)
         if stored is None:
             raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
@@ -355,6 +371,11 @@ class PersistBase(Generic[T]):
     async def has_value(self, entity_id: str | int) -> bool:
         self._check_open()
         key = self._key(entity_id)
+        active = transaction_for(self.backend) if active_transaction.get() else None
+        if active is not None:
+            found, data = active.lookup(key)
+            if found:
+                return data is not None
         return await self._get(key) is not None
 
     async def write_value(
@@ -365,11 +386,18 @@ class PersistBase(Generic[T]):
         ``if_version`` makes it a compare-and-set: a version from
         :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
         absent); otherwise :class:`~persistkit.errors.ConflictError`.
-        Writes to one id are applied in the order they were called.
+        Writes to one id are applied in the order they were called. Inside
+        :func:`transaction` the write is staged and committed with the block.
         """
         self._check_open()
         key = self._key(entity_id)
         data = self._encode(value)  # before any I/O: a bad value changes nothing
+        if active_transaction.get() is not None:
+            active = transaction_for(self.backend)
+            if active is not None:
+                if if_version is ANY_VERSION:
+                    return cast(str, active.stage_now(key, data))
+                return cast(str, await active.stage(key, data, if_version))
         return await self._put(key, data, if_version)
 
     async def update_value(
@@ -404,7 +432,14 @@ class PersistBase(Generic[T]):
     ) -> bool:
         """Remove ``entity_id`` durably; ``False`` when it was already absent."""
         self._check_open()
-        return await self._delete(self._key(entity_id), if_version)
+        key = self._key(entity_id)
+        if active_transaction.get() is not None:
+            active = transaction_for(self.backend)
+            if active is not None:
+                existed = await active.version_of(key) is not None
+                await active.stage(key, None, if_version)
+                return existed
+        return await self._delete(key, if_version)
 
     async def remove_all(self) -> int:
         """Remove every value of this store; returns how many were removed."""
@@ -426,16 +461,35 @@ class PersistBase(Generic[T]):
         """Stream the ids in this store (as text; an int id comes back as its digits)."""
         self._check_open()
         prefix_length = len(self.namespace) + 1
-        async for key in self.backend.scan(self.namespace):
+        async for key in self._scan_keys():
             try:
                 yield decode_segment(key[prefix_length:])
             except InvalidNameError:
                 logger.warning("persistkit: ignoring %s, not a name persistkit wrote", key)
 
+    async def _scan_keys(self) -> AsyncIterator[str]:
+        """The backend's listing, with the writes staged in a transaction applied."""
+        active = transaction_for(self.backend) if active_transaction.get() else None
+        staged = active.staged_in(self.namespace) if active is not None else {}
+        async for key in self.backend.scan(self.namespace):
+            if key in staged and staged.pop(key) is None:
+                continue
+            yield key
+        for key, data in staged.items():
+            if data is not None:
+                yield key
+
     async def values(self) -> AsyncIterator[T]:
         """Stream the values in this store."""
         self._check_open()
-        async for key in self.backend.scan(self.namespace):
+        active = transaction_for(self.backend) if active_transaction.get() else None
+        async for key in self._scan_keys():
+            if active is not None:
+                found, data = active.lookup(key)
+                if found:
+                    if data is not None:
+                        yield self._parse(key, data)
+                    continue
             stored = await self._get(key)
             if stored is not None:
                 yield self._parse(key, stored.data)

@@ -1,8 +1,9 @@
 """The file backend: one JSON file per entity, written so that a crash never tears it.
 
 Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` for
-values moved aside, and ``.tmp-*`` files that exist only while a write is in
-flight. Nothing whose name starts with ``.`` is ever listed as an entity.
+values moved aside, ``.journal/`` for the commit journal (see
+:mod:`persistkit.backends.journal`), and ``.tmp-*`` files that exist only while a
+write is in flight. Nothing whose name starts with ``.`` is ever listed as an entity.
 
 The durable write (see ``DESIGN.md`` §3):
 
@@ -37,7 +38,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -56,6 +57,7 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
+from persistkit.backends.journal import DEFAULT_JOURNAL_LIMIT, CommitJournal
 from persistkit.backends.oslayer import REAL_OS, OSLayer
 from persistkit.errors import (
     BackendError,
@@ -109,6 +111,7 @@ class FileBackend(Backend):
         os_layer: OSLayer = REAL_OS,
         offload: bool = False,
         executor: Executor | None = None,
+        journal_limit: int = DEFAULT_JOURNAL_LIMIT,
     ) -> None:
         # Absolute now, so that a later chdir does not move the data.
         self.root = os.path.abspath(os.fspath(root))
@@ -118,6 +121,7 @@ class FileBackend(Backend):
         # Inline writes never suspend, so they cannot be reordered.
         self.applies_in_call_order = not offload
         self._closed = False
+        self.journal = CommitJournal(self, limit=journal_limit)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -151,6 +155,9 @@ class FileBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        if not self.journal.recovered:
+            # First use: replay dead processes' commits before anything is read.
+            self.journal.recover()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the blocking syscalls of one operation.
@@ -255,8 +262,12 @@ class FileBackend(Backend):
         finally:
             osl.close(fd)
 
-    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
-        """Steps 2-5 of the durable write, under the caller's lock."""
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
+        """Steps 2-5 of the durable write, under the caller's lock.
+
+        ``sync=False`` skips both fsyncs: the commit journal applies values it
+        has already made durable (see :mod:`persistkit.backends.journal`).
+        """
         osl = self._os
         try:
             mode: int | None = stat.S_IMODE(osl.stat(name, dir_fd=dir_fd).st_mode)
@@ -277,7 +288,8 @@ class FileBackend(Backend):
                 view = memoryview(data)
                 while view:
                     view = view[osl.write(fd, view) :]
-                osl.fsync(fd)
+                if sync:
+                    osl.fsync(fd)
             finally:
                 osl.close(fd)
             osl.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -289,6 +301,8 @@ class FileBackend(Backend):
             raise WriteFailedError(
                 f"writing {name} failed before it became visible: {exc}; the previous value is kept"
             ) from exc
+        if not sync:
+            return
         try:
             osl.fsync(dir_fd)
         except OSError as exc:
@@ -317,28 +331,26 @@ class FileBackend(Backend):
 
     # -- single values ---------------------------------------------------------
 
-    async def get(self, key: str) -> Versioned | None:
-        # Inline, not in a thread: reading a small cached file takes a few
-        # microseconds, less than the hop to a worker thread would.
-        self._check_open()
+    def _get_now(self, key: str) -> Versioned | None:
+        if self.journal.pending:
+            found, committed = self.journal.lookup(key)
+            if found:  # committed to the journal, not applied to its file yet
+                return None if committed is None else Versioned(committed, content_version)
         try:
             data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
         except OSError as exc:
             raise BackendError(f"cannot read {key}: {exc}") from exc
-        if data is None:
-            return None
-        return Versioned(data, content_version)
+        return None if data is None else Versioned(data, content_version)
+
+    async def get(self, key: str) -> Versioned | None:
+        # Inline, not in a thread: reading a small cached file takes a few
+        # microseconds, less than the hop to a worker thread would.
+        self._check_open()
+        return self._get_now(key)
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
         self._check_open()
-        found: list[Versioned | None] = []
-        for key in keys:
-            try:
-                data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
-            except OSError as exc:
-                raise BackendError(f"cannot read {key}: {exc}") from exc
-            found.append(None if data is None else Versioned(data, content_version))
-        return found
+        return [self._get_now(key) for key in keys]
 
     def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
         osl = self._os
@@ -360,6 +372,11 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        if key in self.journal.dirty:
+            # A replay of the journal must never undo this write: journal it too.
+            self._check_open()
+            await self.journal.commit_async({key: data}, {key: expect})
+            return content_version(data)
         return await self._run(self._put_sync, key, data, expect)
 
     def _delete_sync(self, key: str, expect: Expected) -> bool:
@@ -396,12 +413,32 @@ class FileBackend(Backend):
             osl.close(dir_fd)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
+        if key in self.journal.dirty:
+            existed = await self.get(key) is not None
+            await self.journal.commit_async({key: None}, {key: expect})
+            return existed
         return await self._run(self._delete_sync, key, expect)
+
+    async def commit(self, writes: Mapping[str, bytes | None]) -> None:
+        """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`."""
+        self._check_open()
+        if writes:
+            await self.journal.commit_async(writes)
 
     # -- listing ---------------------------------------------------------------
 
     async def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
         self._check_open()
+        journaled = dict(self.journal.iter_pending(namespace, recursive))
+        async for key in self._scan_files(namespace, recursive):
+            if key in journaled and journaled.pop(key) is None:
+                continue  # deleted by a commit not applied yet
+            yield key
+        for key, data in journaled.items():
+            if data is not None:
+                yield key
+
+    async def _scan_files(self, namespace: str, recursive: bool) -> AsyncIterator[str]:
         pending = [namespace]
         listed = 0
         while pending:
@@ -516,6 +553,8 @@ class FileBackend(Backend):
         return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
+        if key in self.journal.dirty:
+            await self._run(self.journal.checkpoint)
         return await self._run(self._quarantine_sync, key, reason)
 
     async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
@@ -600,6 +639,8 @@ class FileBackend(Backend):
         return key
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        if self.journal.dirty:
+            await self._run(self.journal.checkpoint)
         return await self._run(self._restore_sync, entry_id, overwrite)
 
     def _purge_sync(self, entry_id: str) -> None:
@@ -638,4 +679,6 @@ class FileBackend(Backend):
             raise BackendError(f"cannot stat {key}: {exc}") from exc
 
     async def aclose(self) -> None:
+        if not self._closed:
+            await self._run(self.journal.close)
         self._closed = True

@@ -37,6 +37,7 @@ from persistkit.errors import (
 )
 from persistkit.models import SignalRow
 from persistkit.store import PersistBase
+from persistkit.transaction import transaction
 
 __all__ = ["BackendConformance", "sample_signal"]
 
@@ -233,6 +234,146 @@ class BackendConformance:
             True,
             False,
         ]
+
+    def _need_commit(self, backend: Backend) -> None:
+        if not self.supports_commit:
+            pytest.skip(f"{type(backend).__name__} declares no atomic commit")
+
+    async def test_commit_is_read_back_and_listed(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        await backend.put("tick/gone", b"x")
+        for round_ in range(5):
+            await backend.commit({"tick/a": b"%d" % round_, "tick/gone": None})
+            stored = await backend.get("tick/a")
+            assert stored is not None and stored.data == b"%d" % round_
+        assert [key async for key in backend.scan("tick")] == ["tick/a"]
+        assert [key async for key in backend.scan("", recursive=True)] == ["tick/a"]
+
+    async def test_commit_of_deletes_only(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        await backend.put("tick/a", b"1")
+        await backend.put("tick/b", b"2")
+        await backend.commit({"tick/a": None, "tick/absent": None})
+        assert await backend.get("tick/a") is None
+        assert await backend.get("tick/absent") is None
+        assert [key async for key in backend.scan("tick")] == ["tick/b"]
+
+    async def test_put_after_commit_wins(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        await backend.commit({"tick/a": b"committed"})
+        version = await backend.put("tick/a", b"put")
+        stored = await backend.get("tick/a")
+        assert stored is not None and (stored.data, stored.version) == (b"put", version)
+        assert await backend.delete("tick/a", expect=version) is True
+        assert await backend.get("tick/a") is None
+
+    async def test_readers_never_see_half_a_commit(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        rounds = 60
+        await backend.commit({"pair/signal": b"0", "pair/position": b"0"})
+        finished = asyncio.Event()
+        torn: list[tuple[int, int]] = []
+
+        async def reader() -> None:
+            while not finished.is_set():
+                signal = await backend.get("pair/signal")
+                position = await backend.get("pair/position")
+                assert signal is not None and position is not None
+                # Committed together: a later position never comes with an
+                # earlier signal read just before it (and both only move up).
+                if int(position.data) < int(signal.data):
+                    torn.append((int(signal.data), int(position.data)))
+                await asyncio.sleep(0)
+
+        async def writer() -> None:
+            for round_ in range(1, rounds + 1):
+                value = b"%d" % round_
+                await backend.commit({"pair/signal": value, "pair/position": value})
+            finished.set()
+
+        await asyncio.gather(reader(), reader(), writer())
+        assert torn == []
+        final = await backend.get_many(["pair/signal", "pair/position"])
+        assert [item.data if item else None for item in final] == [b"%d" % rounds] * 2
+
+    async def test_concurrent_commits_all_land(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        tasks = 40
+
+        async def tick(task: int) -> None:
+            await backend.commit(
+                {
+                    f"t{task}/signal": b"%d" % task,
+                    f"t{task}/risk": b"%d" % task,
+                    "shared/last": b"x",
+                }
+            )
+
+        await asyncio.gather(*(tick(task) for task in range(tasks)))
+        for task in range(tasks):
+            got = await backend.get_many([f"t{task}/signal", f"t{task}/risk"])
+            assert [item.data if item else None for item in got] == [b"%d" % task] * 2
+        assert [key async for key in backend.scan("shared")] == ["shared/last"]
+
+    async def test_transaction_commits_every_store_together(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        signals: PersistBase[Any] = PersistBase("signal", backend=backend)
+        risk: PersistBase[Any] = PersistBase("risk", backend=backend)
+        await signals.write_value("old", 1)
+        async with transaction(backend):
+            await signals.write_value("BTCUSDT", {"id": "s1"})
+            await risk.write_value("positions", [["s1", 1.5]])
+            await signals.remove_value("old")
+            # Inside the block the staged writes are what reads see...
+            assert await signals.read_value("BTCUSDT") == {"id": "s1"}
+            assert not await signals.has_value("old")
+            assert sorted([key async for key in signals.keys()]) == ["BTCUSDT"]
+            # ...while the backend itself has not been touched yet.
+            assert await backend.get("risk/positions") is None
+        assert await signals.read_value("BTCUSDT") == {"id": "s1"}
+        assert await risk.read_value("positions") == [["s1", 1.5]]
+        assert [key async for key in signals.keys()] == ["BTCUSDT"]
+
+    async def test_transaction_that_raises_writes_nothing(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.write_value("kept", 1)
+
+        async def crashing_tick() -> None:
+            async with transaction(backend):
+                await store.write_value("new", 2)
+                await store.remove_value("kept")
+                raise RuntimeError("strategy crashed")
+
+        with pytest.raises(RuntimeError, match="strategy crashed"):
+            await crashing_tick()
+        assert await store.read_value("kept") == 1
+        assert not await store.has_value("new")
+
+    async def test_transaction_refuses_bad_values_at_the_call(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        store: PersistBase[Any] = PersistBase("signals", backend=backend, model=SignalRow)
+        plain: PersistBase[Any] = PersistBase("entity", backend=backend)
+        async with transaction(backend):
+            with pytest.raises(SchemaValidationError):
+                await store.write_value("x", {"id": "x", "position": "sideways"})
+            with pytest.raises(UnserializableValueError):
+                await plain.write_value("y", float("nan"))
+            await store.write_value("ok", SignalRow.model_validate_json(SignalRowBytes.good))
+        assert (await store.read_value("ok")).symbol == "BTCUSDT"
+        assert not await store.has_value("x")
+
+    async def test_transaction_update_value_and_compare_and_set(self, backend: Backend) -> None:
+        self._need_commit(backend)
+        store: PersistBase[Any] = PersistBase("entity", backend=backend)
+        await store.write_value("counter", 1)
+        async with transaction(backend):
+            await store.update_value("counter", lambda n: (n or 0) + 1)
+            seen = await store.read_entry("counter")
+            await store.update_value("counter", lambda n: (n or 0) + 1)
+            with pytest.raises(ConflictError):
+                await store.write_value("counter", 100, if_version=seen.version)
+        assert await store.read_value("counter") == 3
 
     # -- the store above the backend ----------------------------------------------------
 

@@ -1,0 +1,322 @@
+"""The live session: restore everything at start, commit each tick atomically, run alone.
+
+A live bot restarts after a crash and continues as if nothing happened::
+
+    session = LiveSession([("BTCUSDT", "trend")], risk_name="main")
+    state = await session.start()          # lock, recover, restore, self-heal
+    state.risk_positions                    # restored before anything else is returned
+    async with session.tick():              # one atomic commit per tick
+        await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
+        await PersistRiskAdapter.write_position_data(positions, "main")
+    await session.aclose()
+
+or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
+SIGINT, after committing the tick in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from persistkit.backends.base import Backend
+from persistkit.backends.file import FileBackend
+from persistkit.config import DEFAULT_BASE_DIR, configure
+from persistkit.domains import (
+    PersistPartialAdapter,
+    PersistRiskAdapter,
+    PersistScheduleAdapter,
+    PersistSignalAdapter,
+)
+from persistkit.errors import StoreClosedError
+from persistkit.live.lock import InstanceLock
+from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.names import encode_segment, join_pair
+from persistkit.store import InitReport
+from persistkit.transaction import Transaction, transaction
+
+__all__ = ["LOCK_DIR", "LiveSession", "PairState", "RestoredState"]
+
+logger = logging.getLogger("persistkit")
+
+LOCK_DIR = ".locks"
+
+
+@dataclass(frozen=True, slots=True)
+class PairState:
+    """What one (symbol, strategy) pair had when the bot stopped."""
+
+    symbol: str
+    strategy: str
+    signal: SignalRow | None
+    """The open signal, or ``None``."""
+    scheduled: ScheduledSignalRow | None
+    """The limit entry waiting for its price, or ``None``."""
+    partial: dict[str, PartialData]
+    """Signal id -> profit/loss levels already reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """Everything a live session restored, and what self-healing found on the way."""
+
+    risk_name: str
+    risk_positions: list[tuple[str, RiskActivePosition]]
+    """The risk profile's active positions, restored first."""
+    pairs: list[PairState]
+    reports: list[InitReport] = field(default_factory=list)
+    """One self-healing report per store that was opened."""
+    replayed_commits: int = 0
+    """Journal records of a crashed run replayed at startup (file backend)."""
+
+    def pair(self, symbol: str, strategy: str) -> PairState:
+        for state in self.pairs:
+            if (state.symbol, state.strategy) == (symbol, strategy):
+                return state
+        raise KeyError(f"{symbol}/{strategy} is not a pair of this session")
+
+    @property
+    def healed(self) -> bool:
+        """True when self-healing found nothing to repair."""
+        return all(report.clean for report in self.reports)
+
+    def inconsistencies(self) -> list[str]:
+        """Signals without their risk position and positions without their signal.
+
+        Positions of pairs this session does not run are not checked: another
+        strategy sharing the risk profile owns them.
+        """
+        problems = []
+        by_signal = {position.signal_id: position for _, position in self.risk_positions}
+        mine = {(state.symbol, state.strategy): state for state in self.pairs}
+        for state in self.pairs:
+            if state.signal is not None and state.signal.id not in by_signal:
+                problems.append(
+                    f"{state.symbol}/{state.strategy}: signal {state.signal.id} "
+                    "has no risk position"
+                )
+        for key, position in self.risk_positions:
+            owner = mine.get((position.symbol, position.strategy_name))
+            if owner is None:
+                continue
+            if owner.signal is None or owner.signal.id != position.signal_id:
+                problems.append(
+                    f"{position.symbol}/{position.strategy_name}: risk position {key} "
+                    f"(signal {position.signal_id}) has no open signal"
+                )
+        return problems
+
+
+class LiveSession:
+    """A live bot's state for some (symbol, strategy) pairs and their risk profile.
+
+    - :meth:`start` takes the one-instance lock, selects live mode, replays the
+      commits a crash left unapplied, runs every store's self-healing scan and
+      returns the restored state (risk positions first).
+    - :meth:`tick` is the atomic commit of one tick across the four domains.
+    - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT.
+
+    The lock files live under ``{base_dir}/.locks/``: one per pair and one for
+    the risk profile, so that two processes never run the same strategy nor
+    update the same risk profile. They are local ``flock`` locks even when the
+    state lives in Redis or S3: one instance per machine is guaranteed, not one
+    per cluster.
+    """
+
+    def __init__(
+        self,
+        pairs: Iterable[tuple[str, str]],
+        risk_name: str,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        backend: Backend | str | None = None,
+    ) -> None:
+        self.pairs: list[tuple[str, str]] = [(str(s), str(t)) for s, t in pairs]
+        if not self.pairs:
+            raise ValueError("a live session needs at least one (symbol, strategy) pair")
+        self.risk_name = risk_name
+        self.base_dir = os.path.abspath(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        # Names are checked now, before any lock file or directory is created.
+        lock_names = [f"pair-{join_pair(symbol, strategy)}" for symbol, strategy in self.pairs]
+        lock_names.append(f"risk-{encode_segment(risk_name)}")
+        self._locks = [
+            InstanceLock(
+                os.path.join(self.base_dir, LOCK_DIR, f"{name}.lock"),
+                purpose=f"live session {name}",
+            )
+            for name in sorted(set(lock_names))
+        ]
+        self._backend_choice = backend
+        self._backend: Backend | None = None
+        self._started = False
+        self.restored: RestoredState | None = None
+        """What :meth:`start` restored (also its return value)."""
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        return f"LiveSession({self.pairs!r}, risk_name={self.risk_name!r}, {state})"
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise StoreClosedError(f"{self!r} is not started")
+        return self._backend
+
+    # -- start -----------------------------------------------------------------------
+
+    async def start(self) -> RestoredState:
+        """Lock, recover and restore; see the class docstring."""
+        if self._started:
+            raise RuntimeError(f"{self!r} is already started")
+        self._acquire_locks()
+        try:
+            settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
+            self._backend = settings.backend
+            replayed = 0
+            if isinstance(self._backend, FileBackend):
+                # Before any store reads: un-synced applied files may be torn.
+                replayed = await asyncio.to_thread(self._backend.journal.recover)
+            state = await self._restore(replayed)
+        except BaseException:
+            self._release_locks()
+            raise
+        self._started = True
+        self.restored = state
+        level = logging.INFO if state.healed else logging.WARNING
+        logger.log(
+            level,
+            "persistkit live session: %d risk positions and %d pairs restored, "
+            "%d journal commits replayed, self-healing %s",
+            len(state.risk_positions),
+            len(state.pairs),
+            replayed,
+            "clean" if state.healed else "repaired something (see the reports)",
+        )
+        return state
+
+    def _acquire_locks(self) -> None:
+        taken: list[InstanceLock] = []
+        try:
+            for lock in self._locks:
+                lock.acquire()
+                taken.append(lock)
+        except BaseException:
+            for lock in taken:
+                lock.release()
+            raise
+
+    def _release_locks(self) -> None:
+        for lock in self._locks:
+            lock.release()
+
+    async def _restore(self, replayed: int) -> RestoredState:
+        # Risk first: portfolio limits must hold before any signal is considered.
+        positions = await PersistRiskAdapter.read_position_data(self.risk_name)
+        pairs = []
+        for symbol, strategy in self.pairs:
+            pairs.append(
+                PairState(
+                    symbol=symbol,
+                    strategy=strategy,
+                    signal=await PersistSignalAdapter.read_signal_data(symbol, strategy),
+                    scheduled=await PersistScheduleAdapter.read_schedule_data(symbol, strategy),
+                    partial=await PersistPartialAdapter.read_partial_data(symbol, strategy),
+                )
+            )
+        reports = [
+            await store.wait_for_init()
+            for adapter in (
+                PersistRiskAdapter,
+                PersistSignalAdapter,
+                PersistScheduleAdapter,
+                PersistPartialAdapter,
+            )
+            for store in adapter.memoized_stores()
+        ]
+        return RestoredState(self.risk_name, positions, pairs, reports, replayed)
+
+    # -- ticks -----------------------------------------------------------------------------
+
+    def tick(self) -> Transaction:
+        """``async with session.tick():`` commits every write in the block atomically."""
+        return transaction(self.backend)
+
+    async def run(
+        self,
+        tick: Callable[[int], Awaitable[object]],
+        *,
+        interval: float = 1.0,
+        ticks: int | None = None,
+        after_commit: Callable[[int], object] | None = None,
+        stop_signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    ) -> int:
+        """Call ``tick(n)`` inside :meth:`tick` every ``interval`` seconds; returns ticks run.
+
+        SIGTERM or SIGINT lets the tick in progress finish and commit, then
+        closes the session (checkpoint, lock released) and returns, so that the
+        process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
+        the session still open. ``after_commit(n)`` runs once tick ``n`` is
+        durable (to acknowledge it, say). Outside ``run`` the signals keep the
+        process's own handlers.
+        """
+        self.backend  # noqa: B018 - raises StoreClosedError when not started
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in stop_signals:
+            loop.add_signal_handler(signum, stopping.set)
+        count = 0
+        try:
+            while not stopping.is_set() and (ticks is None or count < ticks):
+                # A signal only sets the event, so the tick in progress runs to
+                # its commit; the loop stops before the next one.
+                async with self.tick():
+                    await tick(count)
+                if after_commit is not None:
+                    after_commit(count)
+                count += 1
+                if interval > 0:
+                    try:
+                        await asyncio.wait_for(stopping.wait(), interval)
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            for signum in stop_signals:
+                loop.remove_signal_handler(signum)
+        if stopping.is_set():
+            await self.aclose()
+        return count
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Make every commit durable in the entity files, then release the lock."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            backend = self._backend
+            if isinstance(backend, FileBackend):
+                await asyncio.to_thread(backend.journal.close)
+        finally:
+            self._backend = None
+            self._release_locks()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

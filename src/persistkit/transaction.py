@@ -1,0 +1,211 @@
+"""``async with transaction():``: every write in the block committed atomically, or none.
+
+A bot changes several entities per tick (a signal and its risk position, say);
+written one by one, a crash between them leaves one without the other. Inside
+a transaction, :class:`~persistkit.PersistBase` stages writes instead of
+storing them, and the block's normal exit hands them all to
+:meth:`Backend.commit <persistkit.backends.Backend.commit>` in one call (the file
+backend's commit journal, Redis MULTI/EXEC, S3 commit objects).
+
+The active transaction lives in a context variable, so tasks started inside the
+block join it, and a store costs one ``ContextVar.get()`` to learn there is none.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+from types import TracebackType
+
+from persistkit.backends.base import ANY_VERSION, Backend, Expected
+from persistkit.config import current_settings
+from persistkit.errors import ConflictError, StoreClosedError, TransientBackendError
+from persistkit.retry import DEFAULT_RETRY
+
+__all__ = ["Transaction", "active_transaction", "transaction", "transaction_for"]
+
+_staged_versions = itertools.count(1)
+active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
+    "persistkit_transaction", default=None
+)
+
+
+class Transaction:
+    """Writes made inside ``async with transaction():``, committed together on exit.
+
+    Every :meth:`PersistBase.write_value` and :meth:`~PersistBase.remove_value`
+    on a store of this transaction's backend is validated and encoded at the
+    call (a bad value fails there) and staged; reads in the block see the staged
+    writes. A normal exit hands them all to :meth:`Backend.commit` in one call:
+    after a crash either all are stored or none. An exception discards them.
+    A transaction opened inside another one on the same backend is a savepoint:
+    its writes join the outer transaction when it exits normally.
+
+    A compare-and-set (``if_version=``) inside the block is checked when it is
+    called, against the staged value or the stored one. The version of a staged
+    value (what ``write_value`` returns in the block) is valid in the block only.
+    """
+
+    __slots__ = ("_parent", "_token", "_versions", "backend", "finished", "writes")
+
+    def __init__(self, backend: Backend) -> None:
+        if type(backend).commit is Backend.commit:
+            raise NotImplementedError(
+                f"{type(backend).__name__} has no atomic multi-key commit; transactions need one"
+            )
+        self.backend = backend
+        self.writes: dict[str, bytes | None] = {}
+        """Staged writes; ``None`` removes."""
+        self._versions: dict[str, str] = {}
+        self.finished = False
+        self._parent: Transaction | None = None
+        self._token: contextvars.Token[Transaction | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Transaction on {self.backend.url}: {len(self.writes)} staged writes>"
+
+    def _find(self, backend: Backend) -> Transaction | None:
+        current: Transaction | None = self
+        while current is not None and current.backend is not backend:
+            current = current._parent
+        return current
+
+    def _check_active(self) -> None:
+        if self.finished:
+            raise StoreClosedError(f"{self!r} has already ended; write outside it or in a new one")
+
+    def lookup(self, key: str) -> tuple[bool, bytes | None]:
+        """``(True, staged value)`` when this transaction (or an outer one) wrote ``key``."""
+        level = self._level_of(key)
+        return (False, None) if level is None else (True, level.writes[key])
+
+    def _level_of(self, key: str) -> Transaction | None:
+        current: Transaction | None = self
+        while current is not None:
+            if current.backend is self.backend and key in current.writes:
+                return current
+            current = current._parent
+        return None
+
+    def staged_version(self, key: str) -> str | None:
+        """The version of ``key`` in this transaction (``None``: removed or never staged)."""
+        level = self._level_of(key)
+        return None if level is None else level._versions.get(key)
+
+    def staged_in(self, namespace: str) -> dict[str, bytes | None]:
+        """Staged writes whose key lies directly in ``namespace``, innermost last."""
+        chain: list[Transaction] = []
+        current: Transaction | None = self
+        while current is not None:
+            if current.backend is self.backend:
+                chain.append(current)
+            current = current._parent
+        prefix = f"{namespace}/"
+        found: dict[str, bytes | None] = {}
+        for level in reversed(chain):
+            for key, data in level.writes.items():
+                if key.startswith(prefix) and "/" not in key[len(prefix) :]:
+                    found[key] = data
+        return found
+
+    async def version_of(self, key: str) -> str | None:
+        """``key``'s version as this transaction sees it (``None``: absent)."""
+        if self._level_of(key) is not None:
+            return self.staged_version(key)
+        stored = await self.backend.get(key)
+        return None if stored is None else stored.version
+
+    async def stage(self, key: str, data: bytes | None, expect: Expected) -> str | None:
+        """Stage a write (``None``: remove) if ``key`` is at version ``expect``."""
+        self._check_active()
+        if expect is not ANY_VERSION:
+            current = await self.version_of(key)
+            if current != expect:
+                raise ConflictError(
+                    f"{key} is at version {current}, not {expect}, in this transaction", key=key
+                )
+        return self.stage_now(key, data)
+
+    def stage_now(self, key: str, data: bytes | None) -> str | None:
+        """Stage an unconditional write; returns the staged version."""
+        self._check_active()
+        self.writes[key] = data
+        if data is None:
+            self._versions.pop(key, None)
+            return None
+        # A counter, not a digest: staging must cost next to nothing per entity.
+        version = self._versions[key] = f"staged-{next(_staged_versions)}"
+        return version
+
+    async def __aenter__(self) -> Transaction:
+        self._parent = active_transaction.get()
+        self._token = active_transaction.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            active_transaction.reset(self._token)
+        self.finished = True
+        if exc_type is not None or not self.writes:
+            return
+        outer = self._parent._find(self.backend) if self._parent is not None else None
+        if outer is not None:
+            outer.writes.update(self.writes)
+            for key, data in self.writes.items():
+                if data is None:
+                    outer._versions.pop(key, None)
+                else:
+                    outer._versions[key] = self._versions[key]
+            return
+        await self.commit()
+
+    async def commit(self) -> None:
+        """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""
+        writes = self.writes
+        # Imported here: the store imports this module for its hooks.
+        from persistkit.store import _ordering_for
+
+        locks = _ordering_for(self.backend).current()
+        taken: list[str] = []
+        try:
+            # Usually nobody else holds these keys: take them all without
+            # suspending. Otherwise give them back and wait for each in one
+            # global order, so two commits never wait on each other.
+            for key in writes:
+                if not locks.try_acquire(key):
+                    for held in taken:
+                        locks.release(held)
+                    taken.clear()
+                    for key_in_order in sorted(writes):
+                        await locks.acquire(key_in_order)
+                        taken.append(key_in_order)
+                    break
+                taken.append(key)
+            try:
+                await self.backend.commit(writes)
+            except TransientBackendError as exc:
+                # A commit carries whole values, so repeating it is harmless.
+                await DEFAULT_RETRY.call(lambda: self.backend.commit(writes), exc)
+        finally:
+            for key in taken:
+                locks.release(key)
+
+
+def transaction(backend: Backend | None = None) -> Transaction:
+    """``async with transaction():`` commits every write in the block atomically.
+
+    ``backend`` defaults to the configured one (:func:`persistkit.configure`),
+    which serves the four domain adapters. See :class:`Transaction`.
+    """
+    return Transaction(current_settings().backend if backend is None else backend)
+
+
+def transaction_for(backend: Backend) -> Transaction | None:
+    """The active transaction (or an outer one) on ``backend``, if any."""
+    active = active_transaction.get()
+    return None if active is None else active._find(backend)

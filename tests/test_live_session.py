@@ -1,0 +1,408 @@
+"""The live lifecycle with real processes: kill -9 loops, the one-instance lock, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from persistkit import (
+    InstanceLockedError,
+    LiveSession,
+    PersistBase,
+    PersistRiskAdapter,
+    PersistSignalAdapter,
+    configure,
+)
+from persistkit.backends.journal import JOURNAL_DIR
+from persistkit.models import RiskActivePosition, SignalRow
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import live_bot  # noqa: E402 - examples/ is not a package
+
+FORKSERVER = Path(__file__).resolve().parent / "helpers" / "bot_forkserver.py"
+KILLS = int(
+    os.environ.get("PERSISTKIT_KILLS", "3000" if os.environ.get("PERSISTKIT_LONG") else "300")
+)
+
+
+def read_json_line(stream: IO[str], deadline: float) -> dict[str, Any]:
+    line = stream.readline()
+    if not line:
+        raise AssertionError("the bot process closed its output")
+    if time.monotonic() > deadline:
+        raise AssertionError("the kill loop ran out of time")
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
+
+
+class ExpectedRun:
+    """The bot's run replayed in memory, one step at a time, as far as needed."""
+
+    def __init__(self) -> None:
+        self.state = live_bot.BotState()
+
+    def at(self, tick: int) -> dict[str, Any]:
+        assert tick >= self.state.tick, f"tick {tick} went back before {self.state.tick}"
+        while self.state.tick < tick:
+            self.state = live_bot.step(self.state, self.state.tick + 1)
+        return self.state.as_json()
+
+    def check_restored(self, message: dict[str, Any], last_ack: int) -> int:
+        """The restored state is the one after the last acknowledged tick (or the next
+        one, committed but killed before it could say so), and the four domains agree."""
+        restored = message["restored"]
+        tick = restored["tick"]
+        assert tick in (last_ack, last_ack + 1), f"restored tick {tick}, last acked {last_ack}"
+        assert message["problems"] == [], message["problems"]
+        assert restored == self.at(tick), f"state at tick {tick} differs"
+        return int(tick)
+
+
+def test_kill_9_loop_restores_every_acknowledged_tick(tmp_path: Path) -> None:
+    base_dir = tmp_path / "data"
+    rng = random.Random(20261121)
+    server = subprocess.Popen(
+        [sys.executable, str(FORKSERVER)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    deadline = time.monotonic() + 60 + KILLS * 0.6
+    expected = ExpectedRun()
+    last_ack = 0
+    restarts_checked = 0
+    replayed_total = 0
+    child = None
+    try:
+        for kill in range(KILLS):
+            server.stdin.write(f"run {base_dir}\n")
+            server.stdin.flush()
+            # Mostly a few ticks in, sometimes during startup and recovery itself.
+            acks_wanted = 0 if rng.random() < 0.1 else rng.randint(0, 6)
+            wait_restored = acks_wanted > 0 or rng.random() < 0.5
+            child = None
+            restored_seen = False
+            acks = 0
+            while True:
+                message = read_json_line(server.stdout, deadline)
+                if "child" in message:
+                    child = message["child"]
+                elif "restored" in message:
+                    last_ack = expected.check_restored(message, last_ack)
+                    replayed_total += message["replayed"]
+                    restored_seen = True
+                    restarts_checked += 1
+                elif "ack" in message:
+                    assert message["ack"] == last_ack + 1
+                    last_ack = message["ack"]
+                    acks += 1
+                elif "exit" in message:
+                    raise AssertionError(f"bot exited on its own: {message}")
+                ready = child is not None and (restored_seen or not wait_restored)
+                if ready and acks >= acks_wanted:
+                    break
+            time.sleep(rng.uniform(0, 0.004))  # somewhere inside the next tick
+            os.kill(child, signal.SIGKILL)
+            while True:
+                message = read_json_line(server.stdout, deadline)
+                if "exit" in message:
+                    assert message["exit"] == -signal.SIGKILL, f"kill {kill}: {message}"
+                    child = None  # reaped: its pid may be reused, never signal it again
+                    break
+                if "ack" in message:  # committed and said so before the kill landed
+                    assert message["ack"] == last_ack + 1
+                    last_ack = message["ack"]
+                elif "restored" in message:
+                    last_ack = expected.check_restored(message, last_ack)
+                    replayed_total += message["replayed"]
+                    restarts_checked += 1
+        # A last, clean restart sees the last acknowledged tick too.
+        server.stdin.write(f"run {base_dir}\n")
+        server.stdin.flush()
+        final_tick = None
+        while child is None or final_tick is None or "ack" not in message:
+            message = read_json_line(server.stdout, deadline)
+            if "child" in message:
+                child = message["child"]
+            elif "restored" in message:
+                final_tick = expected.check_restored(message, last_ack)
+        # In its tick loop (session.run handles the signal there): a clean stop.
+        os.kill(child, signal.SIGTERM)
+        while "exit" not in message:
+            message = read_json_line(server.stdout, deadline)
+        assert message["exit"] == 0
+        child = None
+    finally:
+        if child is not None:  # a failed check left a bot running: stop it
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert restarts_checked >= KILLS * 0.8, f"only {restarts_checked} restarts reached a check"
+    assert final_tick > KILLS / 2, f"the bot made little progress: tick {final_tick}"
+    assert replayed_total > 0, "no kill ever landed between a commit and its checkpoint"
+
+
+# -- one instance only ---------------------------------------------------------------------
+
+HOLDER = """
+import asyncio, sys
+from persistkit import LiveSession
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[1])
+    await session.start()
+    print("holding", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "holding"
+    yield process
+    process.kill()
+    process.wait()
+
+
+async def test_a_second_process_is_refused_and_told_who_holds_the_lock(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=tmp_path / "data")
+    with pytest.raises(InstanceLockedError) as refused:
+        await session.start()
+    assert refused.value.holder["pid"] == holder.pid
+    assert refused.value.holder["host"] == socket.gethostname()
+    assert str(holder.pid) in str(refused.value)
+    assert "since" in refused.value.holder
+    # Another strategy on the same risk profile is refused too: it would race on the positions.
+    other = LiveSession([("ETHUSDT", "other")], "main", base_dir=tmp_path / "data")
+    with pytest.raises(InstanceLockedError):
+        await other.start()
+    # A different pair and risk profile runs alongside.
+    independent = LiveSession([("ETHUSDT", "other")], "side", base_dir=tmp_path / "data")
+    await independent.start()
+    await independent.aclose()
+
+
+def test_a_second_process_fails_fast_with_the_holders_pid(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode != 0
+    assert "InstanceLockedError" in second.stderr
+    assert f"pid {holder.pid}" in second.stderr
+    assert time.monotonic() - started < 60  # it did not wait for the lock
+
+
+async def test_a_holder_killed_with_kill_9_leaves_no_stale_lock(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=tmp_path / "data")
+    await session.start()  # at once: the kernel dropped the dead holder's flock
+    await session.aclose()
+
+
+async def test_two_sessions_in_one_process_exclude_each_other(data_root: Path) -> None:
+    first = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
+    await first.start()
+    second = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
+    with pytest.raises(InstanceLockedError):
+        await second.start()
+    await first.aclose()
+    await second.start()
+    await second.aclose()
+
+
+# -- SIGTERM / SIGINT --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_commits_the_tick_in_progress_and_exits_0(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    base_dir = tmp_path / "data"
+    bot = subprocess.Popen(  # noqa: ASYNC220 - the bot must run while this test reads it
+        [
+            sys.executable,
+            EXAMPLES / "live_bot.py",
+            "--json",
+            "--interval=0.01",
+            f"--base-dir={base_dir}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert bot.stdout is not None
+    last_ack = 0
+    for line in bot.stdout:
+        message = json.loads(line)
+        last_ack = message.get("ack", last_ack)
+        if last_ack >= 5:
+            break
+    bot.send_signal(signum)
+    for line in bot.stdout:
+        message = json.loads(line)
+        last_ack = message.get("ack", last_ack)
+        if "stopped" in message:
+            assert message["stopped"] == last_ack
+    assert bot.wait(timeout=60) == 0
+    assert list((base_dir / JOURNAL_DIR).iterdir()) == []  # checkpointed and removed
+    session = LiveSession(live_bot.PAIRS, live_bot.RISK_NAME, base_dir=base_dir)
+    restored = await session.start()  # the lock was released
+    tick = await PersistBase[int]("bot", base_dir).read_value("tick")
+    assert tick == last_ack
+    assert live_bot.from_restored(restored, tick).as_json() == live_bot.simulate(tick).as_json()
+    assert restored.replayed_commits == 0
+    await session.aclose()
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+
+def signal_row(signal_id: str) -> SignalRow:
+    return SignalRow(
+        id=signal_id,
+        symbol="BTC/USDT",
+        strategy_name="trend",
+        position="long",
+        price_open=100.0,
+        price_take_profit=110.0,
+        price_stop_loss=95.0,
+        scheduled_at=1,
+        pending_at=2,
+    )
+
+
+def position(signal_id: str) -> RiskActivePosition:
+    return RiskActivePosition(
+        symbol="BTC/USDT",
+        strategy_name="trend",
+        signal_id=signal_id,
+        position="long",
+        price_open=100.0,
+        quantity=1.0,
+        added_at=2,
+    )
+
+
+async def test_restore_reports_self_healing_and_inconsistencies(data_root: Path) -> None:
+    first = LiveSession([("BTC/USDT", "trend")], "main", base_dir=data_root)
+    async with first, first.tick():
+        await PersistSignalAdapter.write_signal_data(signal_row("s1"), "BTC/USDT", "trend")
+        await PersistRiskAdapter.write_position_data([("s1", position("s1"))], "main")
+    # Outside any tick, a plain write makes the two disagree (what a tick prevents).
+    configure(mode="live", base_dir=data_root)
+    await PersistRiskAdapter.write_position_data([], "main")
+    corrupt = data_root / "schedule" / "BTC%2FUSDT_trend" / "BTC%2FUSDT.json"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b'{"id": "torn')
+    session = LiveSession([("BTC/USDT", "trend")], "main", base_dir=data_root)
+    restored = await session.start()
+    assert restored.pair("BTC/USDT", "trend").signal == signal_row("s1")
+    assert restored.pair("BTC/USDT", "trend").scheduled is None
+    assert restored.risk_positions == []
+    assert restored.inconsistencies() == ["BTC/USDT/trend: signal s1 has no risk position"]
+    assert not restored.healed
+    quarantined = [finding for report in restored.reports for finding in report.corrupt]
+    assert [finding.key for finding in quarantined] == ["schedule/BTC%2FUSDT_trend/BTC%2FUSDT"]
+    await session.aclose()
+
+
+async def test_a_tick_that_raises_commits_nothing(data_root: Path) -> None:
+    session = LiveSession([("BTC/USDT", "trend")], "main", base_dir=data_root)
+    await session.start()
+
+    async def failing_tick(_: int) -> None:
+        await PersistSignalAdapter.write_signal_data(signal_row("s1"), "BTC/USDT", "trend")
+        raise RuntimeError("exchange unreachable")
+
+    with pytest.raises(RuntimeError, match="exchange unreachable"):
+        await session.run(failing_tick, interval=0, ticks=1)
+    assert await PersistSignalAdapter.read_signal_data("BTC/USDT", "trend") is None
+    await session.aclose()
+
+
+SLOW_TICK_BOT = """
+import asyncio, sys
+from persistkit import LiveSession, PersistRiskAdapter, PersistSignalAdapter
+from persistkit.models import RiskActivePosition, SignalRow
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[1])
+    await session.start()
+
+    async def tick(number):
+        row = SignalRow(id=f"s{number}", symbol="BTCUSDT", strategy_name="trend",
+                        position="long", price_open=100.0, price_take_profit=110.0,
+                        price_stop_loss=95.0, scheduled_at=1, pending_at=2)
+        await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
+        print("half of tick", number, flush=True)
+        await asyncio.sleep(0.5)  # the stop signal arrives here, mid-tick
+        position = RiskActivePosition(symbol="BTCUSDT", strategy_name="trend",
+                                      signal_id=row.id, position="long", price_open=100.0,
+                                      quantity=1.0, added_at=2)
+        await PersistRiskAdapter.write_position_data([(row.id, position)], "main")
+
+    ran = await session.run(tick, interval=0)
+    await session.aclose()
+    print("ticks", ran, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stop_signal_mid_tick_lets_the_whole_tick_commit(tmp_path: Path) -> None:
+    base_dir = tmp_path / "data"
+    bot = subprocess.Popen(  # noqa: ASYNC220 - the bot must run while this test reads it
+        [sys.executable, "-c", SLOW_TICK_BOT, str(base_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert bot.stdout is not None
+    assert bot.stdout.readline().strip() == "half of tick 0"
+    bot.send_signal(signal.SIGTERM)
+    assert bot.stdout.read().strip() == "ticks 1"
+    assert bot.wait(timeout=60) == 0
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=base_dir)
+    restored = await session.start()
+    assert restored.pair("BTCUSDT", "trend").signal is not None
+    assert [key for key, _ in restored.risk_positions] == ["s0"]
+    assert restored.inconsistencies() == []
+    await session.aclose()

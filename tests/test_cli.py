@@ -26,6 +26,8 @@ import pytest
 
 import persistkit
 from persistkit import (
+    FileBackend,
+    PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
@@ -683,3 +685,50 @@ def test_a_live_redis_server_is_inspected_through_its_url(tmp_path: Path) -> Non
         code, listing = run_json("inspect", server.url)
         assert code == 0
         assert "BTCUSDT" in json.dumps(listing)
+
+
+_COMMIT_THEN_HANG = """
+import asyncio, sys
+import persistkit
+from persistkit import PersistBase
+
+async def main():
+    persistkit.configure(mode="live", base_dir=sys.argv[1])
+    store = PersistBase("orders", sys.argv[1])
+    async with persistkit.transaction():
+        await store.write_value("o-1", {"qty": 1})
+        await store.write_value("o-2", {"qty": 2})
+    print("committed", flush=True)
+    await asyncio.sleep(60)  # killed here: the journal is never checkpointed
+
+asyncio.run(main())
+"""
+
+
+def test_preflight_reports_a_stopped_process_journal_without_replaying_it(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    bot = subprocess.Popen(
+        [sys.executable, "-c", _COMMIT_THEN_HANG, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert bot.stdout is not None and bot.stdout.readline().strip() == "committed"
+    finally:
+        bot.kill()
+        bot.wait()
+    before = tree_fingerprint(root)
+    result = run_cli("preflight", root)
+    assert tree_fingerprint(root) == before
+    assert result.returncode == 1, result
+    assert "1 commit of a stopped process (2 keys)" in result.stdout
+    assert "replayed by the next start" in result.stdout
+
+    async def start() -> list[Any]:
+        store: PersistBase[Any] = PersistBase("orders", backend=FileBackend(root))
+        await store.wait_for_init()
+        return [await store.read_value("o-1"), await store.read_value("o-2")]
+
+    assert asyncio.run(start()) == [{"qty": 1}, {"qty": 2}]
+    assert run_cli("preflight", root).returncode == 0

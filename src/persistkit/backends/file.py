@@ -100,6 +100,9 @@ class FileBackend(Backend):
     """Entities as JSON files under ``root`` (made absolute at construction).
 
     ``offload=True`` runs the blocking syscalls in worker threads (see :meth:`_run`).
+    ``read_only=True`` is for looking without touching (an operator's preflight):
+    the commit journals of stopped processes are reported, not replayed, and
+    every write is refused.
     """
 
     scheme = "file"
@@ -112,6 +115,7 @@ class FileBackend(Backend):
         offload: bool = False,
         executor: Executor | None = None,
         journal_limit: int = DEFAULT_JOURNAL_LIMIT,
+        read_only: bool = False,
     ) -> None:
         # Absolute now, so that a later chdir does not move the data.
         self.root = os.path.abspath(os.fspath(root))
@@ -121,6 +125,7 @@ class FileBackend(Backend):
         # Inline writes never suspend, so they cannot be reordered.
         self.applies_in_call_order = not offload
         self._closed = False
+        self.read_only = read_only
         self.journal = CommitJournal(self, limit=journal_limit)
 
     @classmethod
@@ -155,9 +160,14 @@ class FileBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
-        if not self.journal.recovered:
+        if not self.journal.recovered and not self.read_only:
             # First use: replay dead processes' commits before anything is read.
             self.journal.recover()
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise WriteFailedError(f"{self!r} was opened read-only; nothing was written")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the blocking syscalls of one operation.
@@ -372,6 +382,7 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        self._check_writable()
         if key in self.journal.dirty:
             # A replay of the journal must never undo this write: journal it too.
             self._check_open()
@@ -413,6 +424,7 @@ class FileBackend(Backend):
             osl.close(dir_fd)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
+        self._check_writable()
         if key in self.journal.dirty:
             existed = await self.get(key) is not None
             await self.journal.commit_async({key: None}, {key: expect})
@@ -421,7 +433,7 @@ class FileBackend(Backend):
 
     async def commit(self, writes: Mapping[str, bytes | None]) -> None:
         """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`."""
-        self._check_open()
+        self._check_writable()
         if writes:
             await self.journal.commit_async(writes)
 
@@ -513,6 +525,8 @@ class FileBackend(Backend):
         return found
 
     async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
+        if not dry_run:
+            self._check_writable()
         return await self._run(self._clean_orphans_sync, namespace, dry_run)
 
     def _quarantine_dir(self, namespace: str) -> str:
@@ -553,6 +567,7 @@ class FileBackend(Backend):
         return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
+        self._check_writable()
         if key in self.journal.dirty:
             await self._run(self.journal.checkpoint)
         return await self._run(self._quarantine_sync, key, reason)
@@ -639,6 +654,7 @@ class FileBackend(Backend):
         return key
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        self._check_writable()
         if self.journal.dirty:
             await self._run(self.journal.checkpoint)
         return await self._run(self._restore_sync, entry_id, overwrite)
@@ -660,7 +676,14 @@ class FileBackend(Backend):
             self._os.close(dir_fd)
 
     async def purge(self, entry_id: str) -> None:
+        self._check_writable()
         await self._run(self._purge_sync, entry_id)
+
+    async def unapplied_commits(self) -> list[str]:
+        self._check_open()
+        if self.journal.recovered:
+            return []  # replayed at this backend's first use
+        return await self._run(self.journal.describe_dead_journals)
 
     def _unlink_quietly(self, dir_fd: int, name: str) -> None:
         try:

@@ -264,6 +264,46 @@ class CommitJournal:
             self.recovered = True
             return replayed
 
+    def describe_dead_journals(self) -> list[str]:
+        """What :meth:`recover` would replay, found without changing anything.
+
+        A journal whose owner is alive holds its lock and is left out; a shared
+        lock taken and dropped at once is how that is told, and writes nothing.
+        """
+        osl = self._os
+        try:
+            names = sorted(
+                entry.name
+                for entry in osl.scandir(self.directory)
+                if entry.name.endswith(JOURNAL_SUFFIX)
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BackendError(f"cannot list the commit journal {self.directory}: {exc}") from exc
+        found = []
+        for name in names:
+            path = f"{self.directory}/{name}"
+            try:
+                fd = osl.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    osl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process owns it
+                records, _ = parse_records(self._backend._read_at(None, path) or b"")
+            finally:
+                osl.close(fd)
+            if records:
+                keys = {key for record in records for key in record.writes}
+                found.append(
+                    f"{JOURNAL_DIR}/{name}: {len(records)} commit{'s' * (len(records) != 1)} "
+                    f"of a stopped process ({len(keys)} keys), replayed by the next start"
+                )
+        return found
+
     def _replay_dead_journals(self) -> int:
         osl = self._os
         try:

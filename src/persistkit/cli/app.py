@@ -139,7 +139,7 @@ def cli() -> None:
 @progress_option
 def inspect(target: str, as_json: bool, progress: bool | None) -> None:
     """Domains, entities and when each changed; open signals, scheduled entries, risk."""
-    backend = open_target(target)
+    backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
     async def work() -> Inventory:
@@ -171,7 +171,7 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
     """
     bars = Bars(progress)
     try:
-        backend = open_target(target)
+        backend = open_target(target, read_only=True)
 
         async def work() -> PreflightReport:
             with bars.bar("checking") as (advance, set_total):
@@ -213,7 +213,7 @@ def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[Quara
 @json_option
 def quarantine_list(target: str, as_json: bool) -> None:
     """Every quarantined value: id, key, reason and when."""
-    backend = open_target(target)
+    backend = open_target(target, read_only=True)
 
     async def work() -> list[QuarantineEntry]:
         return [entry async for entry in backend.list_quarantine("")]
@@ -421,7 +421,7 @@ def export(
     progress: bool | None,
 ) -> None:
     """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line."""
-    backend = open_target(source_spec)
+    backend = open_target(source_spec, read_only=True)
     bars = Bars(progress)
     output = None if path == "-" else ExportFile(path, overwrite=overwrite)
     write = sys.stdout.buffer.write if output is None else output.write

@@ -66,10 +66,12 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
-def open_target(spec: str, *, must_exist: bool = True) -> Backend:
+def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) -> Backend:
     """The backend that ``spec`` (a directory or a backend URL) names.
 
     ``must_exist=False`` lets a file destination be created by the first write.
+    ``read_only=True`` opens a directory without replaying the commit journals
+    of stopped processes (they are reported instead) and refuses every write.
     """
     if _URL.match(spec):
         if spec.lower().startswith(f"{MemoryBackend.scheme}:"):
@@ -82,7 +84,7 @@ def open_target(spec: str, *, must_exist: bool = True) -> Backend:
         except (PersistError, ImportError, ValueError) as exc:
             raise CommandError(f"{spec}: {exc}") from exc
     else:
-        backend = FileBackend(spec)
+        backend = FileBackend(spec, read_only=read_only)
     if isinstance(backend, FileBackend):
         root = backend.root
         if os.path.isdir(root):

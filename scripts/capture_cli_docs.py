@@ -1,6 +1,7 @@
-"""Regenerate docs/cli.md: run every ``persistkit`` command on a demo bot and paste its output.
+"""Regenerate the README's command-line section: run every ``persistkit`` command on a demo bot
+and paste its output between the ``<!-- cli:begin -->`` and ``<!-- cli:end -->`` markers.
 
-Nothing in docs/cli.md is typed by hand: the state is written through the public
+Nothing in that section is typed by hand: the state is written through the public
 API, damaged the way crashes damage it, and each command's real stdout, stderr
 and exit code are captured. Run: ``.venv/bin/python scripts/capture_cli_docs.py``.
 """
@@ -26,7 +27,8 @@ from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRo
 
 DEMO = Path("/tmp/persistkit-cli-demo")
 BIN = Path(sys.executable).parent
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- cli:begin -->\n", "<!-- cli:end -->\n"
 
 
 def row(symbol: str, strategy: str, signal_id: str, **fields: object) -> dict[str, object]:
@@ -186,22 +188,25 @@ def main() -> None:
     parts.append(run("persistkit import bad.jsonl ./restored"))
 
     parts.append(SECTION_BACKENDS)
-    DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text("\n".join(parts))
+    text = README.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    section = "\n".join(parts).replace("\n## ", "\n### ").replace("\n# ", "\n## ")
+    README.write_text(f"{head}{BEGIN}{section.rstrip()}\n{END}{tail}")
     shutil.rmtree(DEMO)
-    print(f"wrote {DOCS}")
+    print(f"wrote the command-line section of {README}")
 
 
 TEMPLATE_HEAD = """\
-# The `persistkit` command line (draft README section)
+## Command line
 
 For the person on call: see a bot's state, check before a deploy that a restart
 will succeed, and move state between backends, without writing Python.
 Install with `pip install 'persistkit[cli]'`.
 
 Every command takes a directory (`ROOT`, default `./dump/data`) or a backend URL
-(`file:///path`; `redis://...` and `s3://...` once those backends are installed:
-any URL `persistkit.open_backend` accepts). Exit codes, for scripts:
+(`file:///path`, `redis://...`, `s3://...`: any URL `persistkit.open_backend`
+accepts). Exit codes, for scripts:
 
 | code | meaning |
 |---:|---|

@@ -264,6 +264,19 @@ class CommitJournal:
             self.recovered = True
             return replayed
 
+    def _journal_names(self) -> list[str]:
+        """The journal files, oldest name first; none when the folder does not exist."""
+        try:
+            return sorted(
+                entry.name
+                for entry in self._os.scandir(self.directory)
+                if entry.name.endswith(JOURNAL_SUFFIX)
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BackendError(f"cannot list the commit journal {self.directory}: {exc}") from exc
+
     def describe_dead_journals(self) -> list[str]:
         """What :meth:`recover` would replay, found without changing anything.
 
@@ -271,16 +284,7 @@ class CommitJournal:
         lock taken and dropped at once is how that is told, and writes nothing.
         """
         osl = self._os
-        try:
-            names = sorted(
-                entry.name
-                for entry in osl.scandir(self.directory)
-                if entry.name.endswith(JOURNAL_SUFFIX)
-            )
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise BackendError(f"cannot list the commit journal {self.directory}: {exc}") from exc
+        names = self._journal_names()
         found = []
         for name in names:
             path = f"{self.directory}/{name}"
@@ -306,16 +310,9 @@ class CommitJournal:
 
     def _replay_dead_journals(self) -> int:
         osl = self._os
-        try:
-            names = sorted(
-                entry.name
-                for entry in osl.scandir(self.directory)
-                if entry.name.endswith(JOURNAL_SUFFIX)
-            )
-        except FileNotFoundError:
+        names = self._journal_names()
+        if not names:
             return 0
-        except OSError as exc:
-            raise BackendError(f"cannot list the commit journal {self.directory}: {exc}") from exc
         held: list[tuple[int, str]] = []
         journals: list[tuple[int, str, list[JournalRecord]]] = []
         try:

@@ -523,6 +523,18 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
     assert left[f"{RISK_KEY}.json"] == b'[["k", "tick 1"]]'
     assert f"{SCHEDULE_KEY}.json" in left
 
+    # An operator's preflight looks without finishing the commit.
+    preflight = subprocess.run(
+        [sys.executable, "-m", "persistkit", "preflight", url_of(s3_server, prefix)],
+        env={**os.environ, **aws_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert preflight.returncode == 1, preflight.stdout + preflight.stderr
+    assert ".commits/00000000000000000001" in preflight.stdout
+    assert objects_under(client, prefix) == left
+
     restarted = S3Backend(client, BUCKET, prefix)
     assert await restarted.unapplied_commits() == [".commits/00000000000000000001"]
     with caplog.at_level(logging.WARNING, logger="persistkit"):

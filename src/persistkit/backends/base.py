@@ -96,6 +96,11 @@ class Backend(ABC):
     scheme: ClassVar[str] = ""
     """URL scheme this backend answers to in :func:`persistkit.open_backend`."""
 
+    read_only: bool = False
+    """Set by those who only look (the command line's preflight and inspect):
+    the backend then writes nothing, not even to finish a crashed writer's
+    commits; it reports them through :meth:`unapplied_commits` instead."""
+
     applies_in_call_order: bool = False
     """True when ``put`` and ``delete`` never suspend, so that writes to a key
     apply in call order without the store having to queue them."""

@@ -448,6 +448,9 @@ class S3Backend(Backend):
             if self._ready:
                 return
             self._check_bucket_sync()
+            if self.read_only:  # an operator looking: report pending commits, replay none
+                self._ready = True
+                return
             pending = sorted(self._list_commit_records_sync())
             for seq in pending:
                 self._replay_sync(seq)
@@ -463,7 +466,7 @@ class S3Backend(Backend):
         except ClientError as exc:
             if _status(exc) != 404:
                 raise self._failure(exc, f"access to bucket {self.bucket!r}") from exc
-            if not self._create_bucket:
+            if not self._create_bucket or self.read_only:
                 raise BackendError(self._missing_bucket_message()) from exc
         except BotoCoreError as exc:
             raise self._failure(exc, f"access to bucket {self.bucket!r}") from exc

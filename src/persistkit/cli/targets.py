@@ -83,6 +83,7 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
             backend = open_backend(spec)
         except (PersistError, ImportError, ValueError) as exc:
             raise CommandError(f"{spec}: {exc}") from exc
+        backend.read_only = read_only
     else:
         backend = FileBackend(spec, read_only=read_only)
     if isinstance(backend, FileBackend):

@@ -30,8 +30,6 @@ class TestMemoryBackend(BackendConformance):
 class TestFileBackendOffloaded(BackendConformance):
     """The same backend with its syscalls in worker threads."""
 
-    supports_commit = False
-
     @pytest.fixture
     async def backend(self, tmp_path: Path) -> AsyncIterator[FileBackend]:
         backend = FileBackend(tmp_path / "conformance", offload=True)

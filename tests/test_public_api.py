@@ -16,6 +16,12 @@ DOCUMENTED = {
     "current_settings",
     "Settings",
     "DEFAULT_BASE_DIR",
+    # the live lifecycle
+    "LiveSession",
+    "PairState",
+    "RestoredState",
+    "Transaction",
+    "transaction",
     # the store's results
     "Entry",
     "Finding",

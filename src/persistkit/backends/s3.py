@@ -234,6 +234,13 @@ def _decode_commit(seq: int, record: bytes) -> list[tuple[str, bytes | None]]:
         raise CorruptValueError(f"tick commit {seq}: {reason}", reason=reason) from exc
 
 
+def _committed_version(data: bytes | None) -> Versioned | None:
+    """A value of the commit being applied, versioned as S3 will: the body's MD5 ETag."""
+    if data is None:
+        return None
+    return Versioned(data, lambda body: f'"{hashlib.md5(body).hexdigest()}"')
+
+
 def _check_commit_key(key: str) -> None:
     segments = key.split("/")
     if any(not segment or segment.startswith(".") for segment in segments):
@@ -300,6 +307,9 @@ class S3Backend(Backend):
         self._closed = False
         # False until pending tick commits have been replayed (see _prepare_sync).
         self._ready = False
+        # The writes of the commit being applied: recorded (so durable) but not
+        # yet in every object. Reads here see all of them, never half a tick.
+        self._applying: dict[str, bytes | None] = {}
         self._prepare_lock = threading.Lock()
         self._sequence_lock = threading.Lock()
         self._next_seq = 1
@@ -554,12 +564,12 @@ class S3Backend(Backend):
     async def get(self, key: str) -> Versioned | None:
         if not self._ready:
             await self._ensure_ready()
+        if key in self._applying:
+            return _committed_version(self._applying[key])
         return await self._run(self._get_sync, key)
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
-        if not self._ready:
-            await self._ensure_ready()
-        return list(await asyncio.gather(*(self._run(self._get_sync, key) for key in keys)))
+        return list(await asyncio.gather(*(self.get(key) for key in keys)))
 
     def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
         client = self._client
@@ -885,7 +895,11 @@ class S3Backend(Backend):
             if not self._ready:
                 await self._ensure_ready()
             seq, etag = await self._run(self._record_commit_sync, batch)
-            await self._apply_commit(seq, batch)
+            self._applying = batch
+            try:
+                await self._apply_commit(seq, batch)
+            finally:
+                self._applying = {}
             await self._run(self._retire_commit_sync, seq, etag)
         except BaseException:
             # Whatever was recorded is replayed before the next operation, so

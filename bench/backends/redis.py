@@ -8,6 +8,7 @@ its public API: ``configure(mode="live", backend="redis://...")`` and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -16,8 +17,8 @@ from typing import Any
 import orjson
 
 from bench.backends import real_servers
-from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS_BYTES, Rotation
+from bench.harness import Case, Group, Sample, SampleFn, timed
+from bench.payload import SIGNALS, SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
 from bench.store_loops import read_loop, write_loop
 
@@ -25,6 +26,10 @@ __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
 BACKEND_MODULE = "persistkit.backends.redis"
 IN_FLIGHT = 16
+TICK = 100
+_STORES = ("signal", "risk", "schedule", "partial")
+RAW_PIPELINE = f"redis.asyncio pipeline of {TICK} SET (no MULTI)"
+RAW_MULTI = f"redis.asyncio MULTI/EXEC of {TICK} SET"
 
 
 def missing_server() -> str | None:
@@ -35,22 +40,31 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     import redis
     import redis.asyncio
 
-    from persistkit import PersistBase, configure
+    from persistkit import PersistBase, configure, transaction
 
     count = sizes.durable_writes
     state: dict[str, Any] = {}
     same = Rotation(["same"])
+    flight_ids = [f"BTC{number:02d}" for number in range(IN_FLIGHT)]
+    batches = max(1, count // IN_FLIGHT)
+    ticks = max(2, count // TICK)
+    tick_ids = [(_STORES[number % len(_STORES)], f"S{number:03d}") for number in range(TICK)]
+    raw_tick_keys = [f"raw:{store}:{entity}" for store, entity in tick_ids]
+    encoded_tick = {f"{store}/{entity}": SIGNALS_BYTES[0] for store, entity in tick_ids}
 
     async def setup() -> None:
         server = state["server"] = real_servers().RedisServer().start()
         state["sync"] = redis.Redis(port=server.port)
         state["async"] = redis.asyncio.Redis(port=server.port)
-        configure(mode="live", base_dir=os.path.join(workdir, "redis"), backend=server.url)
-        state["store"] = PersistBase("signal", base_dir=os.path.join(workdir, "redis"))
+        base_dir = os.path.join(workdir, "redis")
+        configure(mode="live", base_dir=base_dir, backend=server.url)
+        state["store"] = PersistBase("signal", base_dir=base_dir)
+        state["stores"] = {name: PersistBase(name, base_dir=base_dir) for name in _STORES}
 
     async def teardown() -> None:
         state.pop("sync").close()
         await state.pop("async").aclose()
+        state.pop("stores")
         backend = state.pop("store").backend
         await backend.aclose()
         state.pop("server").stop()
@@ -76,6 +90,54 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             orjson.loads(client.get("same"))
         return timed(count, started)
 
+    async def raw_set_in_flight() -> Sample:
+        client = state["async"]
+        started = time.perf_counter()
+        for batch in range(batches):
+            body = SIGNALS_BYTES[batch % VARIANTS]
+            await asyncio.gather(*(client.set(key, body) for key in flight_ids))
+        return timed(batches * IN_FLIGHT, started)
+
+    async def persistkit_in_flight() -> Sample:
+        store = state["store"]
+        started = time.perf_counter()
+        for batch in range(batches):
+            value = SIGNALS[batch % VARIANTS]
+            await asyncio.gather(*(store.write_value(key, value) for key in flight_ids))
+        return timed(batches * IN_FLIGHT, started)
+
+    def pipeline_tick(transaction: bool) -> SampleFn:
+        async def run() -> Sample:
+            client = state["async"]
+            started = time.perf_counter()
+            for number in range(ticks):
+                body = SIGNALS_BYTES[number % VARIANTS]
+                pipe = client.pipeline(transaction=transaction)
+                for key in raw_tick_keys:
+                    pipe.set(key, body)
+                await pipe.execute()
+            return timed(ticks, started)
+
+        return run
+
+    async def persistkit_tick() -> Sample:
+        stores = state["stores"]
+        backend = state["store"].backend
+        started = time.perf_counter()
+        for number in range(ticks):
+            value = SIGNALS[number % VARIANTS]
+            async with transaction(backend):
+                for store, entity_id in tick_ids:
+                    await stores[store].write_value(entity_id, value)
+        return timed(ticks, started)
+
+    async def backend_commit() -> Sample:
+        backend = state["store"].backend
+        started = time.perf_counter()
+        for _ in range(ticks):
+            await backend.commit(encoded_tick)
+        return timed(ticks, started)
+
     return [
         Group(
             "redis",
@@ -91,6 +153,17 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     write_loop(lambda: state["store"], Rotation(["same"]), count),
                     reference="redis.asyncio SET",
                 ),
+                Case(
+                    f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
+                    "reference",
+                    raw_set_in_flight,
+                ),
+                Case(
+                    f"persistkit write_value on Redis, {IN_FLIGHT} in flight (gather)",
+                    "persistkit",
+                    persistkit_in_flight,
+                    reference=f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
+                ),
                 Case("redis-py GET + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on Redis",
@@ -102,6 +175,39 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             sizes.rounds,
             setup=setup,
             teardown=teardown,
-            notes=[f"{count} calls per sample on one key; a real redis-server on loopback."],
-        )
+            notes=[
+                f"{count} calls per sample on one key ({IN_FLIGHT} keys for the in-flight "
+                "cases); a real redis-server on loopback.",
+            ],
+        ),
+        Group(
+            "redis-tick",
+            f"Redis (appendfsync always): a tick of {TICK} entities",
+            "ticks",
+            RAW_PIPELINE,
+            [
+                Case(RAW_PIPELINE, "reference", pipeline_tick(transaction=False)),
+                Case(RAW_MULTI, "reference", pipeline_tick(transaction=True)),
+                Case(
+                    f"persistkit transaction(): {TICK} write_value, one commit",
+                    "persistkit",
+                    persistkit_tick,
+                    reference=RAW_MULTI,
+                ),
+                Case(
+                    f"persistkit RedisBackend.commit of {TICK} encoded values",
+                    "persistkit",
+                    backend_commit,
+                    reference=RAW_MULTI,
+                ),
+            ],
+            sizes.rounds,
+            setup=setup,
+            teardown=teardown,
+            notes=[
+                f"{ticks} ticks per sample, {TICK} distinct entities over {len(_STORES)} stores "
+                "per tick. A pipeline without MULTI is not atomic; MULTI/EXEC is, and so is "
+                "persistkit's commit.",
+            ],
+        ),
     ]

@@ -18,9 +18,9 @@ import orjson
 
 from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, SampleFn, timed
-from bench.payload import SIGNALS, SIGNALS_BYTES, VARIANTS, Rotation
+from bench.payload import SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
-from bench.store_loops import read_loop, write_loop
+from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
@@ -40,7 +40,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     import redis
     import redis.asyncio
 
-    from persistkit import PersistBase, configure, transaction
+    from persistkit import PersistBase, configure
 
     count = sizes.durable_writes
     state: dict[str, Any] = {}
@@ -98,14 +98,6 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             await asyncio.gather(*(client.set(key, body) for key in flight_ids))
         return timed(batches * IN_FLIGHT, started)
 
-    async def persistkit_in_flight() -> Sample:
-        store = state["store"]
-        started = time.perf_counter()
-        for batch in range(batches):
-            value = SIGNALS[batch % VARIANTS]
-            await asyncio.gather(*(store.write_value(key, value) for key in flight_ids))
-        return timed(batches * IN_FLIGHT, started)
-
     def pipeline_tick(transaction: bool) -> SampleFn:
         async def run() -> Sample:
             client = state["async"]
@@ -119,24 +111,6 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             return timed(ticks, started)
 
         return run
-
-    async def persistkit_tick() -> Sample:
-        stores = state["stores"]
-        backend = state["store"].backend
-        started = time.perf_counter()
-        for number in range(ticks):
-            value = SIGNALS[number % VARIANTS]
-            async with transaction(backend):
-                for store, entity_id in tick_ids:
-                    await stores[store].write_value(entity_id, value)
-        return timed(ticks, started)
-
-    async def backend_commit() -> Sample:
-        backend = state["store"].backend
-        started = time.perf_counter()
-        for _ in range(ticks):
-            await backend.commit(encoded_tick)
-        return timed(ticks, started)
 
     return [
         Group(
@@ -161,7 +135,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                 Case(
                     f"persistkit write_value on Redis, {IN_FLIGHT} in flight (gather)",
                     "persistkit",
-                    persistkit_in_flight,
+                    in_flight_loop(lambda: state["store"], flight_ids, batches),
                     reference=f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
                 ),
                 Case("redis-py GET + orjson.loads", "reference", raw_get),
@@ -191,13 +165,13 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                 Case(
                     f"persistkit transaction(): {TICK} write_value, one commit",
                     "persistkit",
-                    persistkit_tick,
+                    tick_loop(lambda: state["stores"], tick_ids, ticks),
                     reference=RAW_MULTI,
                 ),
                 Case(
                     f"persistkit RedisBackend.commit of {TICK} encoded values",
                     "persistkit",
-                    backend_commit,
+                    commit_loop(lambda: state["store"].backend, encoded_tick, ticks),
                     reference=RAW_MULTI,
                 ),
             ],

@@ -6,7 +6,6 @@ temporary folder and stopped by its teardown.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +15,9 @@ import orjson
 
 from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS, SIGNALS_BYTES, VARIANTS, Rotation
+from bench.payload import SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
-from bench.store_loops import read_loop, write_loop
+from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
@@ -45,7 +44,7 @@ def persistkit_url(endpoint: str) -> str:
 
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
-    from persistkit import PersistBase, configure, transaction
+    from persistkit import PersistBase, configure
 
     count = max(2, sizes.durable_writes // 4)
     state: dict[str, Any] = {}
@@ -102,14 +101,6 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             list(pool.map(put, flight_ids, [body] * IN_FLIGHT))
         return timed(batches * IN_FLIGHT, started)
 
-    async def persistkit_in_flight() -> Sample:
-        store = state["store"]
-        started = time.perf_counter()
-        for batch in range(batches):
-            value = SIGNALS[batch % VARIANTS]
-            await asyncio.gather(*(store.write_value(key, value) for key in flight_ids))
-        return timed(batches * IN_FLIGHT, started)
-
     async def raw_tick() -> Sample:
         client = state["client"]
         started = time.perf_counter()
@@ -117,24 +108,6 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             body = SIGNALS_BYTES[number % VARIANTS]
             for name, entity in tick_ids:
                 client.put_object(Bucket=BUCKET, Key=f"raw/{name}/{entity}.json", Body=body)
-        return timed(ticks, started)
-
-    async def persistkit_tick() -> Sample:
-        stores = state["stores"]
-        backend = state["store"].backend
-        started = time.perf_counter()
-        for number in range(ticks):
-            value = SIGNALS[number % VARIANTS]
-            async with transaction(backend):
-                for name, entity in tick_ids:
-                    await stores[name].write_value(entity, value)
-        return timed(ticks, started)
-
-    async def backend_commit() -> Sample:
-        backend = state["store"].backend
-        started = time.perf_counter()
-        for _ in range(ticks):
-            await backend.commit(encoded_tick)
         return timed(ticks, started)
 
     return [
@@ -154,7 +127,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                 Case(
                     f"persistkit write_value on S3, {IN_FLIGHT} in flight (gather)",
                     "persistkit",
-                    persistkit_in_flight,
+                    in_flight_loop(lambda: state["store"], flight_ids, batches),
                     reference=f"boto3 put_object, {IN_FLIGHT} threads",
                 ),
                 Case("boto3 get_object + orjson.loads", "reference", raw_get),
@@ -183,12 +156,12 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                 Case(
                     f"persistkit transaction(): {TICK} write_value, one commit",
                     "persistkit",
-                    persistkit_tick,
+                    tick_loop(lambda: state["stores"], tick_ids, ticks),
                 ),
                 Case(
                     f"persistkit S3Backend.commit of {TICK} encoded values",
                     "persistkit",
-                    backend_commit,
+                    commit_loop(lambda: state["store"].backend, encoded_tick, ticks),
                 ),
             ],
             sizes.rounds,

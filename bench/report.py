@@ -23,6 +23,10 @@ BTK_READ = "backtest-kit readValue"
 BTK_INIT = "backtest-kit waitForInit"
 
 
+REMOTE_GROUPS = ("redis", "s3")
+"""Group keys (before any ``-``) of the remote backends: plotted against their raw clients."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     label: str
@@ -346,28 +350,55 @@ def write_plots(run: Run, directory: str) -> list[str]:
         plt.close(figure)
         written.append(path)
 
-    references = []
-    for group in run.groups:
-        for case in group.cases:
-            if case.kind == "persistkit" and not group.key.startswith("ticks-"):
-                label = f"{case.name} [{group.key}]\nvs {case.reference}"
-                references.append((label, case.ratio))
-    if references:
-        figure, axes = plt.subplots(figsize=(9, 0.55 * len(references) + 1.2), dpi=120)
-        names = [name for name, _ in references]
-        values = [value for _, value in references]
-        axes.barh(names, values, color="tab:blue")
-        axes.axvline(1.0, color="black", linewidth=1)
-        axes.set_xscale("log")
-        axes.set_xlim(min(*values, 1.0) / 2, max(*values, 1.0) * 4)
-        axes.invert_yaxis()
-        axes.tick_params(axis="y", labelsize=7)
-        for index, value in enumerate(values):
-            axes.text(value, index, f" {_ratio(value)}", va="center", fontsize=8)
-        axes.set_title("persistkit against the raw reference of the same work (1 = as fast)")
-        figure.tight_layout()
-        path = os.path.join(directory, "persistkit-vs-references.png")
-        figure.savefig(path)
-        plt.close(figure)
-        written.append(path)
+    file_refs = [group for group in run.groups if not _remote(group)]
+    remote_refs = [group for group in run.groups if _remote(group)]
+    for groups, name, title in (
+        (
+            file_refs,
+            "persistkit-vs-references.png",
+            "persistkit against the raw reference of the same work\n(ratio of rates; 1 = as fast)",
+        ),
+        (
+            remote_refs,
+            "remote-vs-raw-clients.png",
+            "Redis and S3 backends against raw redis-py / boto3 on the same server\n"
+            "(ratio of rates; 1 = as fast, right of 1 = persistkit faster)",
+        ),
+    ):
+        plotted = _reference_plot(plt, groups, os.path.join(directory, name), title)
+        if plotted is not None:
+            written.append(plotted)
     return written
+
+
+def _remote(group: GroupResult) -> bool:
+    return group.key.split("-", 1)[0] in REMOTE_GROUPS
+
+
+def _reference_plot(plt: Any, groups: Sequence[GroupResult], path: str, title: str) -> str | None:
+    """Bars of every persistkit case's ratio to its reference; ``None`` if there is none."""
+    references = [
+        (f"{case.name} [{group.key}]\nvs {case.reference}", case.ratio)
+        for group in groups
+        if not group.key.startswith("ticks-")
+        for case in group.cases
+        if case.kind == "persistkit"
+    ]
+    if not references:
+        return None
+    figure, axes = plt.subplots(figsize=(9, 0.55 * len(references) + 1.2), dpi=120)
+    names = [name for name, _ in references]
+    values = [value for _, value in references]
+    axes.barh(names, values, color="tab:blue")
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_xlim(min(*values, 1.0) / 2, max(*values, 1.0) * 4)
+    axes.invert_yaxis()
+    axes.tick_params(axis="y", labelsize=7)
+    for index, value in enumerate(values):
+        axes.text(value, index, f" {_ratio(value)}", va="center", fontsize=8)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

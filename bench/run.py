@@ -105,9 +105,7 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
                 "/proc/sys/vm/drop_caches is not writable (run as root)."
             )
     if "ticks" in wanted:
-        tick = tick_groups(workdir, sizes)
-        groups += tick
-        notes += [note for group in tick[:1] for note in group.notes[1:]]
+        groups += tick_groups(workdir, sizes)
     if "backtest" in wanted:
         groups += [memory_calls_group(sizes), backtest_loop_group(sizes)]
     if "remote" in wanted:

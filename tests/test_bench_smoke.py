@@ -46,6 +46,11 @@ def test_quick_bench_run_writes_report_and_results(tmp_path: Path) -> None:
             assert all(s["operations"] > 0 and s["seconds"] > 0 for s in case["samples"])
             if case["name"] == group["reference"]:
                 assert case["ratios"] == [1.0] * group["rounds"]
+    for key in ("ticks-10", "redis", "redis-tick", "s3", "s3-tick"):
+        assert key in groups, f"group {key} did not run: {sorted(groups)}, {run['notes']}"
+    tick_cases = {case["name"] for case in groups["ticks-10"]["cases"]}
+    assert "persistkit transaction(): one commit per tick" in tick_cases
+    assert "persistkit LiveSession.tick(): one commit per tick" in tick_cases
     write_cases = {case["name"] for case in groups["write"]["cases"]}
     assert "persistkit write_value, same id" in write_cases
     assert "sqlite WAL synchronous=FULL, one upsert per commit" in write_cases

@@ -8,6 +8,7 @@ its public API: ``configure(mode="live", backend="redis://...")`` and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -16,15 +17,19 @@ from typing import Any
 import orjson
 
 from bench.backends import real_servers
-from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS_BYTES, Rotation
+from bench.harness import Case, Group, Sample, SampleFn, timed
+from bench.payload import SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
-from bench.store_loops import read_loop, write_loop
+from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
 BACKEND_MODULE = "persistkit.backends.redis"
 IN_FLIGHT = 16
+TICK = 100
+_STORES = ("signal", "risk", "schedule", "partial")
+RAW_PIPELINE = f"redis.asyncio pipeline of {TICK} SET (no MULTI)"
+RAW_MULTI = f"redis.asyncio MULTI/EXEC of {TICK} SET"
 
 
 def missing_server() -> str | None:
@@ -40,17 +45,26 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     count = sizes.durable_writes
     state: dict[str, Any] = {}
     same = Rotation(["same"])
+    flight_ids = [f"BTC{number:02d}" for number in range(IN_FLIGHT)]
+    batches = max(1, count // IN_FLIGHT)
+    ticks = max(2, count // TICK)
+    tick_ids = [(_STORES[number % len(_STORES)], f"S{number:03d}") for number in range(TICK)]
+    raw_tick_keys = [f"raw:{store}:{entity}" for store, entity in tick_ids]
+    encoded_tick = {f"{store}/{entity}": SIGNALS_BYTES[0] for store, entity in tick_ids}
 
     async def setup() -> None:
         server = state["server"] = real_servers().RedisServer().start()
         state["sync"] = redis.Redis(port=server.port)
         state["async"] = redis.asyncio.Redis(port=server.port)
-        configure(mode="live", base_dir=os.path.join(workdir, "redis"), backend=server.url)
-        state["store"] = PersistBase("signal", base_dir=os.path.join(workdir, "redis"))
+        base_dir = os.path.join(workdir, "redis")
+        configure(mode="live", base_dir=base_dir, backend=server.url)
+        state["store"] = PersistBase("signal", base_dir=base_dir)
+        state["stores"] = {name: PersistBase(name, base_dir=base_dir) for name in _STORES}
 
     async def teardown() -> None:
         state.pop("sync").close()
         await state.pop("async").aclose()
+        state.pop("stores")
         backend = state.pop("store").backend
         await backend.aclose()
         state.pop("server").stop()
@@ -76,6 +90,28 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             orjson.loads(client.get("same"))
         return timed(count, started)
 
+    async def raw_set_in_flight() -> Sample:
+        client = state["async"]
+        started = time.perf_counter()
+        for batch in range(batches):
+            body = SIGNALS_BYTES[batch % VARIANTS]
+            await asyncio.gather(*(client.set(key, body) for key in flight_ids))
+        return timed(batches * IN_FLIGHT, started)
+
+    def pipeline_tick(transaction: bool) -> SampleFn:
+        async def run() -> Sample:
+            client = state["async"]
+            started = time.perf_counter()
+            for number in range(ticks):
+                body = SIGNALS_BYTES[number % VARIANTS]
+                pipe = client.pipeline(transaction=transaction)
+                for key in raw_tick_keys:
+                    pipe.set(key, body)
+                await pipe.execute()
+            return timed(ticks, started)
+
+        return run
+
     return [
         Group(
             "redis",
@@ -91,6 +127,17 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     write_loop(lambda: state["store"], Rotation(["same"]), count),
                     reference="redis.asyncio SET",
                 ),
+                Case(
+                    f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
+                    "reference",
+                    raw_set_in_flight,
+                ),
+                Case(
+                    f"persistkit write_value on Redis, {IN_FLIGHT} in flight (gather)",
+                    "persistkit",
+                    in_flight_loop(lambda: state["store"], flight_ids, batches),
+                    reference=f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
+                ),
                 Case("redis-py GET + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on Redis",
@@ -102,6 +149,39 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             sizes.rounds,
             setup=setup,
             teardown=teardown,
-            notes=[f"{count} calls per sample on one key; a real redis-server on loopback."],
-        )
+            notes=[
+                f"{count} calls per sample on one key ({IN_FLIGHT} keys for the in-flight "
+                "cases); a real redis-server on loopback.",
+            ],
+        ),
+        Group(
+            "redis-tick",
+            f"Redis (appendfsync always): a tick of {TICK} entities",
+            "ticks",
+            RAW_PIPELINE,
+            [
+                Case(RAW_PIPELINE, "reference", pipeline_tick(transaction=False)),
+                Case(RAW_MULTI, "reference", pipeline_tick(transaction=True)),
+                Case(
+                    f"persistkit transaction(): {TICK} write_value, one commit",
+                    "persistkit",
+                    tick_loop(lambda: state["stores"], tick_ids, ticks),
+                    reference=RAW_MULTI,
+                ),
+                Case(
+                    f"persistkit RedisBackend.commit of {TICK} encoded values",
+                    "persistkit",
+                    commit_loop(lambda: state["store"].backend, encoded_tick, ticks),
+                    reference=RAW_MULTI,
+                ),
+            ],
+            sizes.rounds,
+            setup=setup,
+            teardown=teardown,
+            notes=[
+                f"{ticks} ticks per sample, {TICK} distinct entities over {len(_STORES)} stores "
+                "per tick. A pipeline without MULTI is not atomic; MULTI/EXEC is, and so is "
+                "persistkit's commit.",
+            ],
+        ),
     ]

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
 from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS_BYTES, Rotation
+from bench.payload import SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
-from bench.store_loops import read_loop, write_loop
+from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop, write_loop
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
 BACKEND_MODULE = "persistkit.backends.s3"
 BUCKET = "persistkit-bench"
+IN_FLIGHT = 16
+TICK = 4
+"""Entities per tick: a signal, its schedule, its risk position and its partial closes."""
+_STORES = ("signal", "schedule", "risk", "partial")
+RAW_TICK = f"boto3 put_object x {TICK}, in turn (not atomic)"
 
 
 def missing_server() -> str | None:
@@ -43,19 +49,28 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
     count = max(2, sizes.durable_writes // 4)
     state: dict[str, Any] = {}
     same = Rotation(["same"])
+    flight_ids = [f"BTC{number:02d}" for number in range(IN_FLIGHT)]
+    batches = max(1, count // IN_FLIGHT)
+    ticks = max(2, count // TICK)
+    tick_ids = [(name, "BTCUSDT") for name in _STORES]
+    encoded_tick = {f"{name}/{entity}": SIGNALS_BYTES[0] for name, entity in tick_ids}
 
     async def setup() -> None:
         server = state["server"] = real_servers().SeaweedS3().start()
         # persistkit takes credentials from the standard AWS chain.
         os.environ["AWS_ACCESS_KEY_ID"] = server.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_key
-        client = state["client"] = server.client()
+        client = state["client"] = server.client(max_pool_connections=IN_FLIGHT)
+        state["pool"] = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="bench-boto3")
         client.create_bucket(Bucket=BUCKET)
         base_dir = os.path.join(workdir, "s3")
         configure(mode="live", base_dir=base_dir, backend=persistkit_url(server.endpoint_url))
         state["store"] = PersistBase("signal", base_dir=base_dir)
+        state["stores"] = {name: PersistBase(name, base_dir=base_dir) for name in _STORES}
 
     async def teardown() -> None:
+        state.pop("pool").shutdown()
+        state.pop("stores")
         await state.pop("store").backend.aclose()
         state.pop("client").close()
         state.pop("server").stop()
@@ -74,6 +89,27 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             orjson.loads(client.get_object(Bucket=BUCKET, Key="same")["Body"].read())
         return timed(count, started)
 
+    async def raw_put_in_flight() -> Sample:
+        client, pool = state["client"], state["pool"]
+
+        def put(key: str, body: bytes) -> None:
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+        started = time.perf_counter()
+        for batch in range(batches):
+            body = SIGNALS_BYTES[batch % VARIANTS]
+            list(pool.map(put, flight_ids, [body] * IN_FLIGHT))
+        return timed(batches * IN_FLIGHT, started)
+
+    async def raw_tick() -> Sample:
+        client = state["client"]
+        started = time.perf_counter()
+        for number in range(ticks):
+            body = SIGNALS_BYTES[number % VARIANTS]
+            for name, entity in tick_ids:
+                client.put_object(Bucket=BUCKET, Key=f"raw/{name}/{entity}.json", Body=body)
+        return timed(ticks, started)
+
     return [
         Group(
             "s3",
@@ -87,6 +123,13 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     "persistkit",
                     write_loop(lambda: state["store"], Rotation(["same"]), count),
                 ),
+                Case(f"boto3 put_object, {IN_FLIGHT} threads", "reference", raw_put_in_flight),
+                Case(
+                    f"persistkit write_value on S3, {IN_FLIGHT} in flight (gather)",
+                    "persistkit",
+                    in_flight_loop(lambda: state["store"], flight_ids, batches),
+                    reference=f"boto3 put_object, {IN_FLIGHT} threads",
+                ),
                 Case("boto3 get_object + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on S3",
@@ -98,6 +141,36 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             sizes.rounds,
             setup=setup,
             teardown=teardown,
-            notes=[f"{count} calls per sample on one key; a real SeaweedFS on loopback."],
-        )
+            notes=[
+                f"{count} calls per sample on one key ({IN_FLIGHT} keys for the in-flight "
+                "cases); a real SeaweedFS on loopback.",
+            ],
+        ),
+        Group(
+            "s3-tick",
+            f"S3 on SeaweedFS: a tick of {TICK} entities",
+            "ticks",
+            RAW_TICK,
+            [
+                Case(RAW_TICK, "reference", raw_tick),
+                Case(
+                    f"persistkit transaction(): {TICK} write_value, one commit",
+                    "persistkit",
+                    tick_loop(lambda: state["stores"], tick_ids, ticks),
+                ),
+                Case(
+                    f"persistkit S3Backend.commit of {TICK} encoded values",
+                    "persistkit",
+                    commit_loop(lambda: state["store"].backend, encoded_tick, ticks),
+                ),
+            ],
+            sizes.rounds,
+            setup=setup,
+            teardown=teardown,
+            notes=[
+                f"{ticks} ticks per sample, one entity in each of {TICK} stores per tick. "
+                "persistkit's commit writes a commit object, the entities in parallel, "
+                "then deletes the commit object: atomic across a crash; the raw puts are not.",
+            ],
+        ),
     ]

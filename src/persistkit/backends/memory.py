@@ -55,6 +55,10 @@ class MemoryBackend(Backend):
         return f"MemoryBackend({self.name!r})"
 
     async def get(self, key: str) -> Versioned | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> Versioned | None:
+        """:meth:`get` without the coroutine (nothing here ever waits)."""
         namespace, _, name = key.rpartition("/")
         space = self._spaces.get(namespace)
         return None if space is None else space.get(name)
@@ -76,6 +80,10 @@ class MemoryBackend(Backend):
             raise ConflictError(f"{key} changed since version {expect}", key=key)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        return self.put_now(key, data, expect=expect)
+
+    def put_now(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
+        """:meth:`put` without the coroutine (nothing here ever waits)."""
         if expect is not ANY_VERSION:
             self._check_expected(key, expect)
         namespace, _, name = key.rpartition("/")

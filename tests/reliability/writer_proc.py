@@ -13,6 +13,10 @@ one transaction writing (or removing) ``signal/X`` and ``risk/X`` of one
 instrument, both with the tick's sequence number (from ``SEQ`` up). Prints
 ``begin SEQ X write|remove`` before a commit and ``tick SEQ`` once it returned.
 
+``python writer_proc.py tick-once ROOT``: one tick (``signal/k`` and ``risk/k``
+at seq + 1 in one transaction) and the backend's close (checkpoint), every
+syscall of both on the main thread, between the two markers; then ``ok``.
+
 ``python writer_proc.py increment ROOT WORKER COUNT``: ``COUNT`` compare-and-set
 increments of one counter through ``PersistBase.update_value``.
 """
@@ -130,6 +134,26 @@ async def ticks(root: str, backend_name: str, first: int, seed: int) -> None:
         say(f"tick {seq}")
 
 
+async def tick_once(root: str) -> None:
+    backend = FileBackend(root, executor=InlineExecutor())
+    stores = [PersistBase[Any](entity, backend=backend) for entity in ("signal", "risk")]
+    try:
+        seq = (await stores[0].read_value("k"))["seq"]  # the first read replays a dead journal
+    except EntityNotFoundError:
+        seq = 0
+    os.write(1, BEGIN)
+    try:
+        async with transaction(backend):
+            for store in stores:
+                await store.write_value("k", make_value("k", seq + 1, 500))
+        await backend.aclose()
+        outcome = "ok"
+    except PersistError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    os.write(1, END)
+    say(outcome)
+
+
 async def increment(root: str, worker: int, count: int) -> None:
     store: PersistBase[Any] = PersistBase("counter", backend=FileBackend(root))
 
@@ -163,6 +187,8 @@ def main() -> None:
     p_ticks.add_argument("--backend", default="file", choices=sorted(TICK_BACKENDS))
     p_ticks.add_argument("--first", type=int, default=1)
     p_ticks.add_argument("--seed", type=int, default=0)
+    p_tick_once = sub.add_parser("tick-once")
+    p_tick_once.add_argument("root")
     p_inc = sub.add_parser("increment")
     p_inc.add_argument("root")
     p_inc.add_argument("worker", type=int)
@@ -172,6 +198,8 @@ def main() -> None:
         asyncio.run(loop(args.root, args.backend, args.keys, args.new_keys, args.seed))
     elif args.command == "ticks":
         asyncio.run(ticks(args.root, args.backend, args.first, args.seed))
+    elif args.command == "tick-once":
+        asyncio.run(tick_once(args.root))
     elif args.command == "once":
         asyncio.run(once(args.root, args.entity))
     else:

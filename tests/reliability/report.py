@@ -4,7 +4,8 @@
     PERSISTKIT_LONG=1 .venv/bin/python tests/reliability/report.py  # the published counts
 
 Every figure in the report comes from the run it was written after; nothing is
-typed in by hand. Extra arguments go to pytest.
+typed in by hand. The run includes the Redis and S3 server-kill tests of the
+main suite (``server_kills.py``). Extra arguments go to pytest.
 """
 
 from __future__ import annotations
@@ -24,13 +25,22 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_OUT = REPO / "docs" / "reliability.md"
 
+sys.path.insert(0, str(HERE))
+from server_kills import NODE_IDS  # noqa: E402  # after the path that finds it
+
 
 def run_suite(results: Path, extra: list[str]) -> tuple[int, float]:
-    command = [sys.executable, "-m", "pytest", str(HERE), "-s", "-p", "no:cacheprovider", *extra]
+    command = [
+        sys.executable, "-m", "pytest", str(HERE), *NODE_IDS,
+        "-s", "-p", "no:cacheprovider", "-p", "server_kills", *extra,
+    ]  # fmt: skip
     print("running:", " ".join(command), file=sys.stderr)
     started = time.monotonic()
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
-        command, cwd=REPO, env={**os.environ, "PERSISTKIT_RELIABILITY_OUT": str(results)}
+        command,
+        cwd=REPO,
+        env={**os.environ, "PERSISTKIT_RELIABILITY_OUT": str(results), "PYTHONPATH": path},
     )
     return done.returncode, time.monotonic() - started
 

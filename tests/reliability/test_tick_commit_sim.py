@@ -18,9 +18,9 @@ from crashsim import Exploration, Scenario, explore, explore_kill_then_power_los
 from test_power_loss_sim import SHORT_WRITES, VALUE_SIZE, _assert_sound, _progress
 from writers import TICK_CONTROLS, TICK_JOURNAL_LIMIT, TICK_WRITERS, WriterUnderTest
 
-TICKS = count(6, 12, "simulation: ticks (signal + risk commits) per workload")
+TICKS = count(6, 10, "simulation: ticks (signal + risk commits) per workload")
 REPLAY_CUT_EVERY = count(
-    40, 4, "simulation: tick post-crash states per state whose startup is cut at every call"
+    40, 20, "simulation: tick post-crash states per state whose startup is cut at every call"
 )
 """Cutting a startup after each call multiplies its state's cost by ~400: one in this many."""
 

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import orjson
 from common import Control, Result, count, make_value, record
-from crashsim import Exploration, Scenario, explore, explore_kill_then_power_loss
-from test_power_loss_sim import SHORT_WRITES, VALUE_SIZE, _assert_sound, _progress
+from crashsim import Exploration, Scenario, explore
+from test_power_loss_sim import (
+    SHORT_WRITES,
+    VALUE_SIZE,
+    _assert_sound,
+    _progress,
+    check_kill_then_power_loss,
+)
 from writers import TICK_CONTROLS, TICK_JOURNAL_LIMIT, TICK_WRITERS, WriterUnderTest
 
 TICKS = count(6, 10, "simulation: ticks (signal + risk commits) per workload")
 REPLAY_CUT_EVERY = count(
-    40, 20, "simulation: tick post-crash states per state whose startup is cut at every call"
+    40, 20, "simulation: N, where one tick post-crash state in N has its startup cut at every call"
 )
 """Cutting a startup after each call multiplies its state's cost by ~400: one in this many."""
 
@@ -98,30 +104,13 @@ async def test_power_cut_after_every_call_of_a_tick_commit_keeps_ticks_whole() -
 
 
 async def test_kill_at_every_call_of_tick_commits_then_power_cut_keeps_acknowledged_ticks() -> None:
-    writer = TICK_WRITERS[0]
-    result = await explore_kill_then_power_loss(writer, TICK_SCENARIO, short_writes=SHORT_WRITES)
-    controls = []
-    for control in TICK_CONTROLS:
-        found = await explore_kill_then_power_loss(
-            control, TICK_SCENARIO, short_writes=SHORT_WRITES
-        )
-        controls.append(Control(control.name, found.startups_checked, len(found.violations)))
-    record(
-        Result(
-            fault=f"kill -9 at every step of tick commits, restart, then power loss "
-            f"({TICKS} ticks)",
-            injection="simulated file system: the process is killed after each call (page "
-            "cache kept); a new process replays the dead journal, redoes the unacknowledged "
-            "ticks, then the power is cut and every disk state it can leave is started",
-            expected="every acknowledged tick present after the power cut, whole",
-            trials=result.startups_checked,
-            violations=len(result.violations),
-            counts={
-                "kill points": result.crash_points,
-                "post-power-cut disk states": result.post_crash_states,
-                "startups checked": result.startups_checked,
-            },
-            controls=controls,
-        )
+    await check_kill_then_power_loss(
+        TICK_WRITERS[0],
+        TICK_CONTROLS,
+        TICK_SCENARIO,
+        fault=f"kill -9 at every step of tick commits, restart, then power loss ({TICKS} ticks)",
+        injection="simulated file system: the process is killed after each call (page cache "
+        "kept); a new process replays the dead journal, redoes the unacknowledged ticks, "
+        "then the power is cut and every disk state it can leave is started",
+        expected="every acknowledged tick present after the power cut, whole",
     )
-    _assert_sound(result, controls)

@@ -24,7 +24,7 @@ from test_power_loss_sim import (
 )
 from writers import TICK_CONTROLS, TICK_JOURNAL_LIMIT, TICK_WRITERS, WriterUnderTest
 
-TICKS = count(6, 10, "simulation: ticks (signal + risk commits) per workload")
+TICKS = count(6, 8, "simulation: ticks (signal + risk commits) per workload")
 REPLAY_CUT_EVERY = count(
     40, 20, "simulation: N, where one tick post-crash state in N has its startup cut at every call"
 )

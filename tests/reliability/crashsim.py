@@ -90,6 +90,8 @@ class Exploration:
     """Distinct disk states those cuts left."""
     recovery_crash_points: int = 0
     """Calls of startup after which it lost power in turn."""
+    recovery_cut_states: int = 0
+    """Post-crash disk states whose startup was cut after each of its calls."""
     startups_checked: int = 0
     """Startups run to the end and checked (each a trial)."""
     violations: list[str] = field(default_factory=list)
@@ -133,10 +135,13 @@ async def _startup(state: DiskState, entities: tuple[str, ...], crash_at: int | 
 
 
 class _Checker:
-    def __init__(self, scenario: Scenario, result: Exploration, recovery_crashes: bool) -> None:
+    def __init__(
+        self, scenario: Scenario, result: Exploration, recovery_crashes: bool, recovery_every: int
+    ) -> None:
         self.scenario = scenario
         self.result = result
         self.recovery_crashes = recovery_crashes
+        self.recovery_every = recovery_every
         self._seen: set[tuple[str, int]] = set()
 
     async def check(self, state: DiskState, allowed: list[dict[Key, Any]], tag: int) -> None:
@@ -145,7 +150,8 @@ class _Checker:
         if marker in self._seen:
             return
         self._seen.add(marker)
-        if self.recovery_crashes:
+        if self.recovery_crashes and len(self._seen) % self.recovery_every == 0:
+            self.result.recovery_cut_states += 1
             crash_at = 0
             while True:
                 sim, reports = await _startup(state, self.scenario.entities, crash_at)
@@ -233,12 +239,17 @@ async def explore(
     scenario: Scenario,
     *,
     recovery_crashes: bool,
+    recovery_every: int = 1,
     short_writes: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Exploration:
-    """Cut the power after every call of ``writer`` running ``scenario``; check each outcome."""
+    """Cut the power after every call of ``writer`` running ``scenario``; check each outcome.
+
+    ``recovery_every``: cut the startup of one distinct post-crash state in that
+    many after each of its calls (every state is still started and checked).
+    """
     result = Exploration(writer.name, scenario.name)
-    checker = _Checker(scenario, result, recovery_crashes)
+    checker = _Checker(scenario, result, recovery_crashes, recovery_every)
     initial_state = state_from_files(scenario.initial)
     initial_values = scenario.initial_values()
     crash_at = 0
@@ -307,7 +318,7 @@ async def explore_kill_then_power_loss(
     durable. Every acknowledged write must survive the later power cut.
     """
     result = Exploration(writer.name, scenario.name)
-    checker = _Checker(scenario, result, recovery_crashes=False)
+    checker = _Checker(scenario, result, recovery_crashes=False, recovery_every=1)
     initial_state = state_from_files(scenario.initial)
     final = _allowed(scenario.initial_values(), scenario.steps, len(scenario.steps), True)
     crash_at = 0

@@ -13,9 +13,10 @@ from typing import Any
 from common import value_problem
 
 from persistkit.backends.file import TEMP_PREFIX, FileBackend
+from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_SUFFIX
 from persistkit.store import PersistBase
 
-__all__ = ["WRITER", "Acks", "spawn_writer", "verify_directory"]
+__all__ = ["WRITER", "Acks", "TickLog", "spawn_writer", "verify_directory", "verify_ticks"]
 
 WRITER = Path(__file__).with_name("writer_proc.py")
 
@@ -97,4 +98,94 @@ async def _verify(root: Path, acks: Acks, entity: str) -> list[str]:
         leftovers = [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
         if leftovers:
             problems.append(f"temp files left after startup: {leftovers}")
+    return problems
+
+
+@dataclass
+class TickLog:
+    """What a ``ticks`` writer acknowledged: each instrument's last tick, and the one in flight.
+
+    ``expected`` maps an instrument to the sequence number of the last
+    acknowledged tick that wrote it, ``None`` when that tick removed it.
+    """
+
+    expected: dict[str, int | None] = field(default_factory=dict)
+    in_flight: tuple[str, int | None] | None = None
+    acknowledged: int = 0
+
+    def feed(self, output: bytes) -> int:
+        """Read ``begin``/``tick`` lines; returns the ticks acknowledged (a torn line is not)."""
+        begun: dict[int, tuple[str, int | None]] = {}
+        count = 0
+        self.in_flight = None
+        for line in output.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "begin" and parts[3] in ("write", "remove"):
+                seq = int(parts[1])
+                begun[seq] = (parts[2], seq if parts[3] == "write" else None)
+                self.in_flight = begun[seq]
+            elif len(parts) == 2 and parts[0] == "tick" and int(parts[1]) in begun:
+                instrument, value = begun[int(parts[1])]
+                self.expected[instrument] = value
+                self.in_flight = None
+                count += 1
+        self.acknowledged += count
+        return count
+
+
+def verify_ticks(root: Path, log: TickLog) -> list[str]:
+    """Start up on ``root`` (replaying dead journals) and check every tick is whole and kept.
+
+    Each instrument's ``signal`` and ``risk`` must carry the same tick (or both
+    be absent), and that tick must be its last acknowledged one or the tick in
+    flight. ``log`` then takes what is on disk as the truth for the next round.
+    """
+    return asyncio.run(_verify_ticks(root, log))
+
+
+async def _verify_ticks(root: Path, log: TickLog) -> list[str]:
+    problems: list[str] = []
+    backend = FileBackend(root)
+    found: dict[str, dict[str, int]] = {}
+    for entity in ("signal", "risk"):
+        store: PersistBase[Any] = PersistBase(entity, backend=backend)
+        report = await store.wait_for_init()
+        problems += [f"torn value {finding.key}: {finding.reason}" for finding in report.corrupt]
+        async for entity_id in store.keys():
+            value = await store.read_value(entity_id)
+            problem = value_problem(value)
+            if problem is not None:
+                problems.append(f"{entity}/{entity_id}: {problem}")
+                continue
+            found.setdefault(entity_id, {})[entity] = value["seq"]
+    await backend.aclose()
+    on_disk: dict[str, int | None] = {}
+    for instrument in sorted(set(found) | set(log.expected)):
+        sides = found.get(instrument, {})
+        if len(sides) == 1 or len(set(sides.values())) > 1:
+            problems.append(f"torn tick on {instrument}: {sides} (signal and risk differ)")
+            continue
+        have = next(iter(sides.values()), None)
+        on_disk[instrument] = have
+        allowed = {log.expected.get(instrument)}
+        if log.in_flight is not None and log.in_flight[0] == instrument:
+            allowed.add(log.in_flight[1])
+        if have not in allowed:
+            problems.append(
+                f"lost acknowledged tick on {instrument}: found tick {have}, "
+                f"acknowledged {log.expected.get(instrument)}"
+            )
+    journal_dir = root / JOURNAL_DIR
+    if journal_dir.is_dir():
+        left = [p.name for p in journal_dir.iterdir() if p.name.endswith(JOURNAL_SUFFIX)]
+        if left:
+            problems.append(f"dead journals left after startup: {left}")
+    for entity in ("signal", "risk"):
+        directory = root / entity
+        if directory.is_dir():
+            leftovers = [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
+            if leftovers:
+                problems.append(f"temp files left after startup: {leftovers}")
+    log.expected = {key: seq for key, seq in on_disk.items() if seq is not None}
+    log.in_flight = None
     return problems

@@ -6,7 +6,9 @@ included), so a :class:`~persistkit.backends.file.FileBackend` runs on it
 unchanged. Every mutation is appended to a log and replayed to build the disk
 states a power cut could leave:
 
-- file data and mode become durable only when the file itself is fsynced;
+- file data, size (``ftruncate``) and mode become durable only when the file
+  itself is fsynced; ``O_APPEND`` writes land at the current end of the file;
+- ``syncfs`` makes everything done so far durable, data and entries alike;
 - a directory entry (create, mkdir, rename, unlink) becomes durable only when
   its directory is fsynced (a rename: both directories);
 - un-fsynced operations may still have reached the disk, but only in the order
@@ -392,6 +394,9 @@ class SimFS(OSLayer):
             if not opened.flags & (os.O_WRONLY | os.O_RDWR):
                 raise _error(errno.EBADF, f"fd {fd} is not open for writing")
             payload = bytes(data)
+            if opened.flags & os.O_APPEND:
+                # Every write lands at the end, wherever an ftruncate left it.
+                opened.offset = len(self._live.inodes[opened.ino].data)
             if self.short_writes is not None:
                 payload = payload[: self.short_writes]
             self._record(Op("write", opened.ino, offset=opened.offset, payload=payload))
@@ -415,6 +420,26 @@ class SimFS(OSLayer):
                 elif op.kind == "rename" and ino in op.pending_dirs:
                     op.pending_dirs.discard(ino)
                     op.durable = not op.pending_dirs
+
+    def ftruncate(self, fd: int, length: int) -> None:  # type: ignore[override]
+        """A size change is file data: durable after the file's own fsync (or a syncfs)."""
+        with self._mutex:
+            self._tick()
+            opened = self._fd(fd)
+            if not opened.flags & (os.O_WRONLY | os.O_RDWR):
+                raise _error(errno.EINVAL, f"fd {fd} is not open for writing")
+            if self._live.inodes[opened.ino].kind != "file":
+                raise _error(errno.EINVAL, f"fd {fd} is not a regular file")
+            self._record(Op("truncate", opened.ino, offset=length))
+
+    def syncfs(self, fd: int) -> None:
+        """Everything done on this file system so far becomes durable: data and entries."""
+        with self._mutex:
+            self._tick()
+            self._fd(fd)
+            for op in self._log:
+                op.durable = True
+                op.pending_dirs.clear()
 
     def fstat(self, fd: int) -> os.stat_result:  # type: ignore[override]
         with self._mutex:

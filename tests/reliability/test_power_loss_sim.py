@@ -118,21 +118,26 @@ async def test_power_cut_after_every_call_keeps_old_or_new(scenario: Scenario) -
     _assert_sound(result, controls)
 
 
-async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged_writes() -> None:
-    writer = WRITERS[0]
-    result = await explore_kill_then_power_loss(writer, WRITES, short_writes=SHORT_WRITES)
-    controls = []
-    for control in CONTROLS:
-        found = await explore_kill_then_power_loss(control, WRITES, short_writes=SHORT_WRITES)
-        controls.append(Control(control.name, found.startups_checked, len(found.violations)))
+async def check_kill_then_power_loss(
+    writer: WriterUnderTest,
+    controls: list[WriterUnderTest],
+    scenario: Scenario,
+    *,
+    fault: str,
+    injection: str,
+    expected: str,
+) -> None:
+    """Run :func:`explore_kill_then_power_loss` on ``writer`` and the controls, record, assert."""
+    result = await explore_kill_then_power_loss(writer, scenario, short_writes=SHORT_WRITES)
+    caught = []
+    for control in controls:
+        found = await explore_kill_then_power_loss(control, scenario, short_writes=SHORT_WRITES)
+        caught.append(Control(control.name, found.startups_checked, len(found.violations)))
     record(
         Result(
-            fault=f"kill -9 at every step, restart, then power loss: {WRITES.name}",
-            injection="simulated file system: the process is killed after each call (the page "
-            "cache survives, un-fsynced operations stay pending), a new process starts and "
-            "redoes the unacknowledged steps, then the power is cut; every disk state the cut "
-            "can leave is started and checked",
-            expected="every acknowledged write present after the power cut, never torn",
+            fault=fault,
+            injection=injection,
+            expected=expected,
             trials=result.startups_checked,
             violations=len(result.violations),
             counts={
@@ -140,7 +145,21 @@ async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged
                 "post-power-cut disk states": result.post_crash_states,
                 "startups checked": result.startups_checked,
             },
-            controls=controls,
+            controls=caught,
         )
     )
-    _assert_sound(result, controls)
+    _assert_sound(result, caught)
+
+
+async def test_kill_at_every_call_then_restart_then_power_cut_keeps_acknowledged_writes() -> None:
+    await check_kill_then_power_loss(
+        WRITERS[0],
+        CONTROLS,
+        WRITES,
+        fault=f"kill -9 at every step, restart, then power loss: {WRITES.name}",
+        injection="simulated file system: the process is killed after each call (the page "
+        "cache survives, un-fsynced operations stay pending), a new process starts and "
+        "redoes the unacknowledged steps, then the power is cut; every disk state the cut "
+        "can leave is started and checked",
+        expected="every acknowledged write present after the power cut, never torn",
+    )

@@ -71,3 +71,32 @@ def test_the_crash_stops_every_later_call() -> None:
     with pytest.raises(SimulatedCrash):
         sim.stat("/d")
     assert sim.calls == 2
+
+
+def test_ftruncate_is_durable_only_after_fsync_and_appends_follow_the_new_end() -> None:
+    sim = SimFS()
+    fd = sim.open("/log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    sim.write(fd, b"record-1")
+    sim.fsync(fd)
+    _fsync_dir(sim, "/")
+    sim.ftruncate(fd, 0)
+    assert sim.durable_state().files()["log"] == b"record-1"
+    sim.write(fd, b"r2")  # O_APPEND: at the new end, not at the old offset
+    assert sim.live_state().files()["log"] == b"r2"
+    sim.fsync(fd)
+    assert sim.durable_state().files()["log"] == b"r2"
+
+
+def test_syncfs_makes_data_and_entries_of_every_directory_durable() -> None:
+    sim = SimFS()
+    sim.mkdir("/d")
+    _write(sim, "/d/x", b"data", fsync=False)
+    fd = sim.open("/d/x", os.O_WRONLY)
+    sim.ftruncate(fd, 2)
+    sim.close(fd)
+    assert sim.durable_state().files() == {}
+    root = sim.open("/", _DIR)
+    sim.syncfs(root)
+    sim.close(root)
+    assert sim.durable_state().files() == {"d/": b"", "d/x": b"da"}
+    assert len(sim.possible_states()) == 1  # nothing left that a power cut could undo

@@ -8,6 +8,15 @@ on the pipe is a write the library acknowledged as durable).
 syscalls on the main thread (strace counts per thread), between two marker
 writes to stdout, then ``ok`` or the type of the error raised.
 
+``python writer_proc.py ticks ROOT --first SEQ``: tick commits forever, each
+one transaction writing (or removing) ``signal/X`` and ``risk/X`` of one
+instrument, both with the tick's sequence number (from ``SEQ`` up). Prints
+``begin SEQ X write|remove`` before a commit and ``tick SEQ`` once it returned.
+
+``python writer_proc.py tick-once ROOT``: one tick (``signal/k`` and ``risk/k``
+at seq + 1 in one transaction) and the backend's close (checkpoint), every
+syscall of both on the main thread, between the two markers; then ``ok``.
+
 ``python writer_proc.py increment ROOT WORKER COUNT``: ``COUNT`` compare-and-set
 increments of one counter through ``PersistBase.update_value``.
 """
@@ -16,17 +25,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import sys
 from typing import Any
 
 from common import InlineExecutor, make_value, value_problem
-from writers import InPlaceBackend, NoDirFsyncBackend, NoFileFsyncBackend
+from writers import (
+    InPlaceBackend,
+    NoDirFsyncBackend,
+    NoFileFsyncBackend,
+    NoJournalFsyncBackend,
+    TickBackend,
+)
 
 from persistkit.backends.file import FileBackend
 from persistkit.errors import EntityNotFoundError, PersistError
 from persistkit.store import PersistBase
+from persistkit.transaction import transaction
 
 BACKENDS: dict[str, type[FileBackend]] = {
     "file": FileBackend,
@@ -34,6 +51,14 @@ BACKENDS: dict[str, type[FileBackend]] = {
     "no-dir-fsync": NoDirFsyncBackend,
     "in-place": InPlaceBackend,
 }
+
+TICK_BACKENDS: dict[str, type[FileBackend]] = {
+    "file": FileBackend,
+    "no-journal-fsync": NoJournalFsyncBackend,
+}
+TICK_INSTRUMENTS = 5
+TICK_JOURNAL_LIMIT = 64 << 10
+"""Small enough that a run of a second or two checkpoints several times."""
 
 BEGIN = b"BEGIN-WRITE\n"
 END = b"END-WRITE\n"
@@ -83,6 +108,52 @@ async def once(root: str, entity: str) -> None:
     say(outcome)
 
 
+async def ticks(root: str, backend_name: str, first: int, seed: int) -> None:
+    rng = random.Random(seed)
+    backend = TICK_BACKENDS[backend_name](root, journal_limit=TICK_JOURNAL_LIMIT)
+    stores: dict[str, PersistBase[Any]] = {
+        entity: PersistBase(entity, backend=backend) for entity in ("signal", "risk")
+    }
+    for store in stores.values():
+        await store.wait_for_init()
+    say("ready")
+    for seq in itertools.count(first):
+        instrument = f"i{rng.randrange(TICK_INSTRUMENTS)}"
+        remove = rng.random() < 0.15
+        say(f"begin {seq} {instrument} {'remove' if remove else 'write'}")
+        if isinstance(backend, TickBackend) and seq % 2 == 0:
+            backend.apply_now()  # the control has no applier thread: its pass, inline
+        async with transaction(backend):
+            for store in stores.values():
+                if remove:
+                    await store.remove_value(instrument)
+                else:
+                    await store.write_value(
+                        instrument, make_value(instrument, seq, rng.randrange(20, 3000))
+                    )
+        say(f"tick {seq}")
+
+
+async def tick_once(root: str) -> None:
+    backend = FileBackend(root, executor=InlineExecutor())
+    stores = [PersistBase[Any](entity, backend=backend) for entity in ("signal", "risk")]
+    try:
+        seq = (await stores[0].read_value("k"))["seq"]  # the first read replays a dead journal
+    except EntityNotFoundError:
+        seq = 0
+    os.write(1, BEGIN)
+    try:
+        async with transaction(backend):
+            for store in stores:
+                await store.write_value("k", make_value("k", seq + 1, 500))
+        await backend.aclose()
+        outcome = "ok"
+    except PersistError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    os.write(1, END)
+    say(outcome)
+
+
 async def increment(root: str, worker: int, count: int) -> None:
     store: PersistBase[Any] = PersistBase("counter", backend=FileBackend(root))
 
@@ -111,6 +182,13 @@ def main() -> None:
     p_once = sub.add_parser("once")
     p_once.add_argument("root")
     p_once.add_argument("entity")
+    p_ticks = sub.add_parser("ticks")
+    p_ticks.add_argument("root")
+    p_ticks.add_argument("--backend", default="file", choices=sorted(TICK_BACKENDS))
+    p_ticks.add_argument("--first", type=int, default=1)
+    p_ticks.add_argument("--seed", type=int, default=0)
+    p_tick_once = sub.add_parser("tick-once")
+    p_tick_once.add_argument("root")
     p_inc = sub.add_parser("increment")
     p_inc.add_argument("root")
     p_inc.add_argument("worker", type=int)
@@ -118,6 +196,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "loop":
         asyncio.run(loop(args.root, args.backend, args.keys, args.new_keys, args.seed))
+    elif args.command == "ticks":
+        asyncio.run(ticks(args.root, args.backend, args.first, args.seed))
+    elif args.command == "tick-once":
+        asyncio.run(tick_once(args.root))
     elif args.command == "once":
         asyncio.run(once(args.root, args.entity))
     else:

@@ -2,8 +2,13 @@
 
 Each control is the real :class:`FileBackend` with only its write step
 replaced, so whatever the harness catches is the missing step and nothing else.
-The live lifecycle's tick commit joins :data:`WRITERS` as one more entry whose
-``run_step`` commits a whole step at once.
+
+Tick commits (:data:`TICK_WRITERS`, :data:`TICK_CONTROLS`) run each step as one
+``async with transaction():`` on the commit journal. The journal's applier is
+a thread that wakes after a delay; here its pass runs on the writer's own
+thread at the start of every other tick, and the journal limit is small enough
+to checkpoint every few ticks, so a power cut falls after every call of
+commit, apply and checkpoint in one deterministic order.
 """
 
 from __future__ import annotations
@@ -11,19 +16,27 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from persistkit.backends.file import TEMP_PREFIX, FileBackend
+from persistkit.backends.journal import CommitJournal
+from persistkit.backends.oslayer import REAL_OS, OSLayer
 from persistkit.store import PersistBase
+from persistkit.transaction import transaction
 
 __all__ = [
     "CONTROLS",
+    "TICK_CONTROLS",
+    "TICK_JOURNAL_LIMIT",
+    "TICK_WRITERS",
     "WRITERS",
     "InPlaceBackend",
     "NoDirFsyncBackend",
     "NoFileFsyncBackend",
     "Step",
+    "TickBackend",
     "WriterUnderTest",
     "apply_step",
 ]
@@ -87,6 +100,99 @@ class InPlaceBackend(FileBackend):
         osl.fsync(dir_fd)
 
 
+TICK_JOURNAL_LIMIT = 1500
+"""Journal bytes before a checkpoint: every two or three ticks of this suite's values."""
+
+
+class InlineApplyJournal(CommitJournal):
+    """The real journal, its applier thread replaced by :meth:`TickBackend.apply_now`."""
+
+    def _wake_applier(self) -> None:
+        return None
+
+
+class TickBackend(FileBackend):
+    """The real file backend and journal, applying on the caller's thread (see above)."""
+
+    journal_class: type[CommitJournal] = InlineApplyJournal
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        os_layer: OSLayer = REAL_OS,
+        executor: Executor | None = None,
+        journal_limit: int = TICK_JOURNAL_LIMIT,
+    ) -> None:
+        super().__init__(root, os_layer=os_layer, executor=executor)
+        self.journal = self.journal_class(self, limit=journal_limit)
+        self.ticks = 0
+
+    def apply_now(self) -> None:
+        """The applier thread's pass: pending commits to their files, unsynced."""
+        self._check_writable()
+        self.journal.apply_pending()
+
+
+class _JournalFsyncSkipped:
+    """An OS layer that drops the fsync of the journal file and passes on all else."""
+
+    def __init__(self, journal: CommitJournal, inner: OSLayer) -> None:
+        self._journal = journal
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def fsync(self, fd: int) -> None:
+        current = self._journal._journal
+        if current is None or fd != current.fd:
+            self._inner.fsync(fd)
+
+
+class NoJournalFsyncJournal(InlineApplyJournal):
+    """Control: acknowledges a commit whose journal record was never fsynced."""
+
+    def __init__(self, backend: FileBackend, *, limit: int) -> None:
+        super().__init__(backend, limit=limit)
+        # Duck-typed: every call but fsync goes to the real layer unchanged.
+        self._os = cast(OSLayer, _JournalFsyncSkipped(self, backend._os))
+
+
+class NoJournalFsyncBackend(TickBackend):
+    journal_class = NoJournalFsyncJournal
+
+
+class EmptiedBeforeSyncJournal(InlineApplyJournal):
+    """Control: checkpoints (and recovers) without syncing the applied files first."""
+
+    def _sync_filesystem(self) -> None:
+        return None
+
+
+class EmptiedBeforeSyncBackend(TickBackend):
+    journal_class = EmptiedBeforeSyncJournal
+
+
+def _backend_of(stores: Stores) -> TickBackend:
+    backend = next(iter(stores.values())).backend
+    assert isinstance(backend, TickBackend)
+    return backend
+
+
+async def commit_tick(stores: Stores, step: Step) -> None:
+    """One bot tick: every write of ``step`` in one transaction (the commit acknowledges it).
+
+    Every other tick first runs the applier's pass for the ticks before it.
+    """
+    backend = _backend_of(stores)
+    backend.ticks += 1
+    if backend.ticks % 2 == 0:
+        backend.apply_now()
+    async with transaction(backend):
+        await apply_step(stores, step)
+
+
 async def apply_step(stores: Stores, step: Step) -> None:
     """The per-entity API: each key written (or removed) durably, one after the other."""
     for (entity, entity_id), value in step.items():
@@ -112,4 +218,25 @@ CONTROLS = [
     WriterUnderTest("no file fsync", NoFileFsyncBackend, broken=True),
     WriterUnderTest("no directory fsync", NoDirFsyncBackend, broken=True),
     WriterUnderTest("write in place", InPlaceBackend, broken=True),
+]
+TICK_WRITERS = [
+    WriterUnderTest(
+        "tick commit (journal)", TickBackend, broken=False, run_step=commit_tick, atomic_steps=True
+    )
+]
+TICK_CONTROLS = [
+    WriterUnderTest(
+        "commit acknowledged before the journal fsync",
+        NoJournalFsyncBackend,
+        broken=True,
+        run_step=commit_tick,
+        atomic_steps=True,
+    ),
+    WriterUnderTest(
+        "journal emptied before the applied files are synced",
+        EmptiedBeforeSyncBackend,
+        broken=True,
+        run_step=commit_tick,
+        atomic_steps=True,
+    ),
 ]

@@ -415,7 +415,7 @@ class RedisBackend(Backend):
             raise _translate(exc, f"GET {key}") from exc
         if data is None:
             return None
-        return Versioned(data, hashlib.sha1(data).hexdigest())
+        return Versioned(data, redis_version)
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
         if not self._ready:
@@ -432,7 +432,7 @@ class RedisBackend(Backend):
         except _REDIS_ERRORS as exc:
             raise _translate(exc, f"MGET of {len(keys)} keys") from exc
         return [
-            None if data is None else Versioned(data, hashlib.sha1(data).hexdigest())
+            None if data is None else Versioned(data, redis_version)
             for data in values
         ]
 
@@ -454,7 +454,7 @@ class RedisBackend(Backend):
             if expect is None:
                 raise ConflictError(f"{key} exists already (create-only write)", key=key)
             raise ConflictError(f"{key} changed since version {expect}", key=key)
-        return hashlib.sha1(data).hexdigest()
+        return redis_version(data)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         if not self._ready:

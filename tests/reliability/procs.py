@@ -107,27 +107,39 @@ class TickLog:
 
     ``expected`` maps an instrument to the sequence number of the last
     acknowledged tick that wrote it, ``None`` when that tick removed it.
+
+    An fsync still running when ``EXT4_IOC_SHUTDOWN`` is issued can return
+    success and yet not survive the remount (seen here: the last append
+    acknowledged after the ioctl began was missing in one cut of ten; never one
+    acknowledged before it). A real power cut gives no such late answer, so
+    acknowledgements stamped at or after ``cut_at`` are not promises: the ticks
+    they name, like the one in flight, may or may not be on disk.
     """
 
     expected: dict[str, int | None] = field(default_factory=dict)
     in_flight: tuple[str, int | None] | None = None
+    uncertain: dict[str, set[int | None]] = field(default_factory=dict)
     acknowledged: int = 0
 
-    def feed(self, output: bytes) -> int:
+    def feed(self, output: bytes, *, cut_at: float | None = None) -> int:
         """Read ``begin``/``tick`` lines; returns the ticks acknowledged (a torn line is not)."""
         begun: dict[int, tuple[str, int | None]] = {}
         count = 0
         self.in_flight = None
+        self.uncertain = {}
         for line in output.decode(errors="replace").splitlines():
             parts = line.split()
             if len(parts) == 4 and parts[0] == "begin" and parts[3] in ("write", "remove"):
                 seq = int(parts[1])
                 begun[seq] = (parts[2], seq if parts[3] == "write" else None)
                 self.in_flight = begun[seq]
-            elif len(parts) == 2 and parts[0] == "tick" and int(parts[1]) in begun:
+            elif len(parts) in (2, 3) and parts[0] == "tick" and int(parts[1]) in begun:
                 instrument, value = begun[int(parts[1])]
-                self.expected[instrument] = value
                 self.in_flight = None
+                if cut_at is not None and len(parts) == 3 and float(parts[2]) >= cut_at:
+                    self.uncertain.setdefault(instrument, set()).add(value)
+                    continue
+                self.expected[instrument] = value
                 count += 1
         self.acknowledged += count
         return count
@@ -167,7 +179,7 @@ async def _verify_ticks(root: Path, log: TickLog) -> list[str]:
             continue
         have = next(iter(sides.values()), None)
         on_disk[instrument] = have
-        allowed = {log.expected.get(instrument)}
+        allowed = {log.expected.get(instrument), *log.uncertain.get(instrument, ())}
         if log.in_flight is not None and log.in_flight[0] == instrument:
             allowed.add(log.in_flight[1])
         if have not in allowed:
@@ -188,4 +200,5 @@ async def _verify_ticks(root: Path, log: TickLog) -> list[str]:
                 problems.append(f"temp files left after startup: {leftovers}")
     log.expected = {key: seq for key, seq in on_disk.items() if seq is not None}
     log.in_flight = None
+    log.uncertain = {}
     return problems

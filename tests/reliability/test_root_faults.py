@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import LONG, Control, Result, count, make_value, record
+from common import Control, Result, count, make_value, record
 from procs import Acks, TickLog, spawn_writer, verify_directory, verify_ticks
 
 from persistkit import FileBackend, PersistBase, WriteFailedError
@@ -281,10 +281,11 @@ def _tick_cut_cycle(
             line = writer.stdout.readline()
             output += line
             seen += line.startswith(b"tick ")
+    cut_at = time.monotonic()
     disk.cut_power()
     writer.send_signal(signal.SIGKILL)
     rest, _ = writer.communicate()
-    acknowledged = log.feed(output + rest)
+    acknowledged = log.feed(output + rest, cut_at=cut_at)
     disk.unmount()
     disk.mount()
     problems = verify_ticks(root, log)
@@ -293,12 +294,6 @@ def _tick_cut_cycle(
 
 
 @needs_root
-@pytest.mark.skipif(
-    not LONG,
-    reason="open problem, long mode only until fixed: on real ext4 power cuts at random "
-    "moments, the last few acknowledged tick commits are missing after the journal replay "
-    "(never torn) in about one cut in six; see docs/reliability.md",
-)
 def test_power_cuts_on_ext4_keep_every_acknowledged_tick_whole(
     tmp_path: Path, mounts: list[Path]
 ) -> None:

@@ -359,11 +359,16 @@ asyncio.run(main())
 
 
 def acknowledged_ticks(
-    command: list[str], wait_for: int, interrupt: Callable[[], None]
+    command: list[str], wait_for: int, interrupt: Callable[[], None], *, count_late: bool = True
 ) -> list[int]:
     """Run a writer until it has acknowledged ``wait_for`` ticks, ``interrupt``, SIGKILL it.
 
-    Returns every tick it acknowledged, including those printed after ``interrupt``.
+    Returns every tick it acknowledged, including those printed after
+    ``interrupt`` unless ``count_late`` is false. A power cut by
+    ``EXT4_IOC_SHUTDOWN`` needs that: an fsync still running when the ioctl is
+    issued can return success and yet not survive the remount (seen on this
+    kernel with a bare append + fsync loop), where a real power cut would give
+    no answer at all. Acknowledgements read before the cut are promises.
     """
     writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert writer.stdout is not None and writer.stderr is not None
@@ -376,7 +381,7 @@ def acknowledged_ticks(
     writer.send_signal(signal.SIGKILL)
     # After a power cut the writer may also exit first, on its next failing write.
     rest, _ = writer.communicate()
-    return acknowledged + [int(line) for line in rest.split()]
+    return acknowledged + ([int(line) for line in rest.split()] if count_late else [])
 
 
 def last_whole_tick(path: Path, acknowledged: list[int]) -> int:
@@ -475,6 +480,7 @@ def test_acknowledged_ticks_survive_a_power_cut(ext4: Ext4Image) -> None:
         [sys.executable, "-c", TICKER, str(path), "0"],
         wait_for=random.Random("sqlite-power").randint(20, 80),
         interrupt=ext4.cut_power,
+        count_late=False,
     )
     ext4.reboot()
     last_whole_tick(path, acknowledged)
@@ -498,7 +504,10 @@ def test_the_power_cut_catches_a_writer_that_does_not_fsync_each_commit(ext4: Ex
     # The control: without it, the test above could pass on a cut that loses nothing.
     path = ext4.mount_point / "raw.db"
     acknowledged = acknowledged_ticks(
-        [sys.executable, "-c", RAW_TICKER, str(path)], wait_for=50, interrupt=ext4.cut_power
+        [sys.executable, "-c", RAW_TICKER, str(path)],
+        wait_for=50,
+        interrupt=ext4.cut_power,
+        count_late=False,
     )
     ext4.reboot()
     with closing(sqlite3.connect(path, isolation_level=None)) as check:

@@ -431,10 +431,7 @@ class RedisBackend(Backend):
                 values = await self._redis.execute_command("MGET", *redis_keys)
         except _REDIS_ERRORS as exc:
             raise _translate(exc, f"MGET of {len(keys)} keys") from exc
-        return [
-            None if data is None else Versioned(data, redis_version)
-            for data in values
-        ]
+        return [None if data is None else Versioned(data, redis_version) for data in values]
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         if not self._ready:

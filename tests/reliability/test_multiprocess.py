@@ -237,11 +237,23 @@ def test_two_processes_increment_one_counter_exactly(
 # -- case 2: a commit is never undone by an older one ------------------------------------------
 
 
-@pytest.mark.parametrize("end", ["clean close", "kill -9 at once", "kill -9 after the apply"])
+@pytest.mark.parametrize(
+    "end",
+    [
+        "clean close",
+        "kill -9 at once",
+        "kill -9 after the apply",
+        "kill -9 of A at once, B still running",
+    ],
+)
 def test_plain_write_after_another_process_commit_is_kept(
     procs: list[Proc], root: Path, end: str
 ) -> None:
-    """Case 2: A commits k in a transaction, B then writes k plainly: B's value wins, always."""
+    """Case 2: A commits k in a transaction, B then writes k plainly: B's value wins, always.
+
+    Whoever reads (A, B, a restarted bot, even while B still runs) and however
+    A and B end.
+    """
     a = start(procs, root, "A")
     b = start(procs, root, "B")
     a.ok("write", key="k", value="A-commit", tx=True)
@@ -250,6 +262,12 @@ def test_plain_write_after_another_process_commit_is_kept(
     if end == "kill -9 at once":
         a.kill9()
         b.kill9()
+    elif end == "kill -9 of A at once, B still running":
+        a.kill9()
+        seen["restart beside B"] = restart_and_read(procs, root, ["k"]).get("k")
+        seen["B reads"] = b.ok("read", keys=["k"])["values"].get("k")
+        b.ok("close")
+        b.wait()
     else:
         time.sleep(APPLY_WAIT)  # A's background apply has run by now
         seen["A reads"] = a.ok("read", keys=["k"])["values"].get("k")

@@ -312,7 +312,7 @@ def test_alternating_commits_of_two_processes_survive_kill9(procs: list[Proc], r
         restored = restart_and_read(procs, base, ["k"]).get("k")
         if restored != value:
             problems.append(f"round {round_}: restart restored {restored!r}, not {value!r}")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 # -- case 3: readers never change recovery ------------------------------------------------------
@@ -374,7 +374,7 @@ def test_reader_holding_journal_locks_never_makes_restart_stale(
     seen = restart_and_read(procs, root, ["tick"], session=BOT).get("tick")
     if seen != last:
         problems.append(f"restart after the reader left read tick {seen}, acknowledged {last}")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_cli_readers_during_restart_never_make_it_stale(procs: list[Proc], root: Path) -> None:
@@ -416,7 +416,7 @@ def test_cli_readers_during_restart_never_make_it_stale(procs: list[Proc], root:
         for thread in threads:
             thread.join(timeout=120)
     assert cli_runs > 0
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 # -- case 4: fork ----------------------------------------------------------------------------
@@ -743,4 +743,4 @@ def test_clock_stepped_back_never_reorders_replay(procs: list[Proc], root: Path)
         restored = restart_and_read(procs, base, ["K"]).get("K")
         if restored != "B":
             problems.append(f"round {round_}: the restart restored {restored!r}, not 'B'")
-    assert problems == []
+    assert problems == [], "\n".join(problems)

@@ -29,17 +29,29 @@ class FailingOS(OSLayer):
         self.error = error
         self.when = when
         self.calls: dict[str, int] = {}
+        self.armed = True
         for name in ("open", "write", "fsync", "replace", "mkdir", "fchmod"):
             setattr(self, name, self._wrap(name, getattr(OSLayer, name)))
 
     def _wrap(self, name: str, real: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.armed:
+                return real(*args, **kwargs)
             self.calls[name] = self.calls.get(name, 0) + 1
             if name == self.fail_on and self.calls[name] == self.when:
                 raise OSError(self.error, os.strerror(self.error))
             return real(*args, **kwargs)
 
         return call
+
+
+def failing_backend(root: Path, os_layer: FailingOS) -> FileBackend:
+    """A backend past its first use (format check, journal recovery), faults counted from now."""
+    backend = FileBackend(root, os_layer=os_layer)
+    os_layer.armed = False
+    backend.journal.recover()
+    os_layer.armed = True
+    return backend
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -95,7 +107,7 @@ async def test_failure_before_the_rename_keeps_the_old_value_and_no_temp(
 ) -> None:
     good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
     await good.write_value("k", {"v": "old"})
-    failing = FileBackend(tmp_path, os_layer=FailingOS(fail_on, error, when))
+    failing = failing_backend(tmp_path, FailingOS(fail_on, error, when))
     store: PersistBase[Any] = PersistBase("e", backend=failing)
     with pytest.raises(WriteFailedError, match="previous value is kept") as raised:
         await store.write_value("k", {"v": "new"})
@@ -107,7 +119,7 @@ async def test_failure_before_the_rename_keeps_the_old_value_and_no_temp(
 
 async def test_failed_directory_fsync_says_durability_is_unknown(tmp_path: Path) -> None:
     # The first fsync is the temp file's, the second the directory's.
-    backend = FileBackend(tmp_path, os_layer=FailingOS("fsync", errno.EIO, when=2))
+    backend = failing_backend(tmp_path, FailingOS("fsync", errno.EIO, when=2))
     store: PersistBase[Any] = PersistBase("e", backend=backend)
     await PersistBase("e", backend=FileBackend(tmp_path)).write_value("k", "seed")
     with pytest.raises(DurabilityUnknownError, match="may not survive a power cut"):
@@ -118,7 +130,7 @@ async def test_failed_directory_fsync_says_durability_is_unknown(tmp_path: Path)
 
 
 async def test_failed_mkdir_is_a_write_failure(tmp_path: Path) -> None:
-    backend = FileBackend(tmp_path, os_layer=FailingOS("mkdir", errno.EACCES))
+    backend = failing_backend(tmp_path, FailingOS("mkdir", errno.EACCES))
     with pytest.raises(WriteFailedError):
         await PersistBase("new_entity", backend=backend).write_value("k", 1)
 

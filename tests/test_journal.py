@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from persistkit import FileBackend, PersistBase, transaction
-from persistkit.backends.journal import JOURNAL_DIR, encode_record, parse_records
+from persistkit import FileBackend, JournalDamagedError, PersistBase, transaction
+from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, encode_record, parse_records
 from persistkit.backends.oslayer import OSLayer
 
 RECORDS = [
@@ -34,7 +34,10 @@ def expected_after(count: int) -> dict[str, bytes]:
 
 
 async def stored_state(root: Path) -> dict[str, bytes]:
-    backend = FileBackend(root)
+    return await stored_state_of(FileBackend(root))
+
+
+async def stored_state_of(backend: FileBackend) -> dict[str, bytes]:
     try:
         keys = [key async for key in backend.scan("", recursive=True)]
         values = await backend.get_many(keys)
@@ -80,7 +83,9 @@ async def test_replay_after_a_crash_at_every_byte_of_the_last_record(tmp_path: P
         assert not journal.exists()  # replayed, made durable, then removed
 
 
-async def test_a_corrupt_record_ends_the_replay(tmp_path: Path) -> None:
+async def test_a_damaged_record_followed_by_valid_ones_refuses_the_start_until_salvaged(
+    tmp_path: Path,
+) -> None:
     data, _ = journal_bytes()
     first_end = len(encode_record(1, 1_001, RECORDS[0]))
     for offset in (2, 7, first_end + 30):  # magic, checksum, payload of record 2
@@ -89,9 +94,37 @@ async def test_a_corrupt_record_ends_the_replay(tmp_path: Path) -> None:
         (root / "tick" / "base.json").write_bytes(b'{"v":"base"}')
         flipped = bytearray(data)
         flipped[offset] ^= 0x40
-        dead_journal(root, bytes(flipped))
-        complete = 0 if offset < first_end else 1
-        assert await stored_state(root) == expected_after(complete)
+        journal = dead_journal(root, bytes(flipped))
+        with pytest.raises(JournalDamagedError, match="persistkit journal salvage"):
+            await stored_state(root)
+        assert journal.read_bytes() == bytes(flipped)  # nothing deleted, nothing applied
+        assert await stored_state_of(FileBackend(root, read_only=True)) == expected_after(0)
+
+        backend = FileBackend(root)
+        reports = await backend.salvage_journal()
+        before_damage = 0 if offset < first_end else 1
+        assert [(r.applied, [rec.seq for rec in r.left_out]) for r in reports] == [
+            (before_damage, list(range(before_damage + 2, 4)))
+        ]
+        assert Path(reports[0].kept_as).read_bytes() == bytes(flipped)  # kept aside
+        assert await stored_state(root) == expected_after(before_damage)
+
+
+async def test_a_damaged_shared_journal_is_refused_by_every_new_backend(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    writer = FileBackend(root)
+    for tick in range(1, 6):
+        await writer.commit({"k/tick": b"%d" % tick, f"k/t{tick}": b"%d" % tick})
+    path = root / JOURNAL_DIR / JOURNAL_FILE
+    data = bytearray(path.read_bytes())
+    second = data.index(b"PKJ1", data.index(b"PKJ1") + 1)
+    data[second + 40] ^= 0x01  # inside record 2; records 3 to 5 stay valid
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalDamagedError, match="salvage"):
+        await FileBackend(root).get("k/tick")
+    reports = await FileBackend(root).salvage_journal()
+    assert [r.seq for r in reports[0].left_out] == [3, 4, 5]
+    assert await stored_state(root) == {"k/tick": b"1", "k/t1": b"1"}
 
 
 async def test_replay_repairs_a_file_torn_after_its_commit(tmp_path: Path) -> None:
@@ -106,18 +139,19 @@ async def test_replay_repairs_a_file_torn_after_its_commit(tmp_path: Path) -> No
     assert await store.read_value("s1") == {"id": "s1", "state": "open"}
 
 
-async def test_a_live_process_journal_is_not_replayed_by_another(tmp_path: Path) -> None:
+async def test_a_commit_is_read_by_every_backend_of_the_root_at_once(tmp_path: Path) -> None:
     root = tmp_path / "data"
     writer = FileBackend(root)
     await writer.commit({"k/a": b"1"})
-    journals = list((root / JOURNAL_DIR).iterdir())
-    assert len(journals) == 1 and parse_records(journals[0].read_bytes())[0]
-    reader = FileBackend(root)
-    assert reader.journal.recover() == 0  # its owner holds the lock: not a dead journal
-    assert journals[0].exists()
-    await writer.aclose()
-    assert list((root / JOURNAL_DIR).iterdir()) == []  # clean close: checkpointed, removed
-    assert (root / "k" / "a.json").read_bytes() == b"1"
+    reader = FileBackend(root)  # another process would see the same: it reads the journal
+    assert (await reader.get("k/a")).data == b"1"  # type: ignore[union-attr]
+    await writer.put("k/a", b"2")  # held by the journal: appended behind the commit
+    assert (await reader.get("k/a")).data == b"2"  # type: ignore[union-attr]
+    await writer.aclose()  # clean close: checkpointed into the files
+    assert (root / "k" / "a.json").read_bytes() == b"2"
+    assert await FileBackend(root, read_only=True).unapplied_commits() == []
+    assert (await reader.get("k/a")).data == b"2"  # type: ignore[union-attr]
+    await reader.aclose()
 
 
 def copy_as_crashed(root: Path, to: Path) -> Path:
@@ -174,7 +208,7 @@ class CountingOS(OSLayer):
         self._lock = threading.Lock()
 
     def fsync(self, fd: int) -> None:  # type: ignore[override]  # instance method over staticmethod
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".log"):  # not the applier's dirs
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(JOURNAL_FILE):  # not the applier's dirs
             with self._lock:
                 self.fsyncs += 1
         os.fsync(fd)

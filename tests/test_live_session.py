@@ -17,6 +17,7 @@ from typing import IO, Any
 import pytest
 
 from persistkit import (
+    FileBackend,
     InstanceLockedError,
     LiveSession,
     PersistBase,
@@ -24,7 +25,6 @@ from persistkit import (
     PersistSignalAdapter,
     configure,
 )
-from persistkit.backends.journal import JOURNAL_DIR
 from persistkit.models import RiskActivePosition, SignalRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,7 +285,8 @@ async def test_a_stop_signal_commits_the_tick_in_progress_and_exits_0(
         if "stopped" in message:
             assert message["stopped"] == last_ack
     assert bot.wait(timeout=60) == 0
-    assert list((base_dir / JOURNAL_DIR).iterdir()) == []  # checkpointed and removed
+    # Checkpointed: the files hold every commit, the journal holds none.
+    assert await FileBackend(base_dir, read_only=True).unapplied_commits() == []
     session = LiveSession(live_bot.PAIRS, live_bot.RISK_NAME, base_dir=base_dir)
     restored = await session.start()  # the lock was released
     tick = await PersistBase[int]("bot", base_dir).read_value("tick")

@@ -16,6 +16,9 @@ against ``KeyError`` or ``ValueError`` keeps working::
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
+        ├── LockTimeoutError        (TimeoutError) another process held a lock too long
+        ├── JournalDamagedError                   the commit journal failed its checks: salvage it
+        ├── UnsupportedFormatError                a root written by a newer persistkit
         └── TransientBackendError                 worth retrying (retried before it reaches you)
             └── BackendUnavailableError           still failing after the retries
 
@@ -34,11 +37,14 @@ __all__ = [
     "EntityNotFoundError",
     "InstanceLockedError",
     "InvalidNameError",
+    "JournalDamagedError",
+    "LockTimeoutError",
     "PersistError",
     "SchemaValidationError",
     "StoreClosedError",
     "TransientBackendError",
     "UnserializableValueError",
+    "UnsupportedFormatError",
     "WriteFailedError",
 ]
 
@@ -124,6 +130,23 @@ class DurabilityUnknownError(BackendError):
     prove anything (the kernel may have dropped the dirty pages and cleared the
     error), so persistkit reports it instead of retrying.
     """
+
+
+class LockTimeoutError(BackendError, TimeoutError):
+    """Another process held a lock longer than the configured timeout; nothing was written."""
+
+
+class JournalDamagedError(BackendError):
+    """A commit journal record failed its check and valid records follow it.
+
+    Nothing was applied or deleted. ``persistkit journal salvage ROOT`` applies
+    the records before the damage, keeps the journal in the quarantine and
+    reports the records it left out.
+    """
+
+
+class UnsupportedFormatError(BackendError):
+    """The root was written in an on-disk format newer than this release reads."""
 
 
 class TransientBackendError(BackendError):

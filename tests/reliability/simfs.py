@@ -330,7 +330,19 @@ class SimFS(OSLayer):
         inode = self._live.inodes[ino]
         kind = stat_module.S_IFDIR if inode.kind == "dir" else stat_module.S_IFREG
         size = len(inode.data) if inode.kind == "file" else 4096
-        return os.stat_result((kind | inode.mode, ino, self._dev, 1, 0, 0, size, 0, 0, 0))
+        # The link count tells a reader that a file it holds open was replaced.
+        links = (
+            2
+            if inode.kind == "dir"
+            else sum(
+                1
+                for other in self._live.inodes.values()
+                if other.kind == "dir"
+                for child in other.entries.values()
+                if child == ino
+            )
+        )
+        return os.stat_result((kind | inode.mode, ino, self._dev, links, 0, 0, size, 0, 0, 0))
 
     def _new_inode(self, parent: int, name: str, kind: Kind, mode: int) -> int:
         ino = self._next_ino
@@ -386,6 +398,15 @@ class SimFS(OSLayer):
             chunk = bytes(inode.data[opened.offset : opened.offset + length])
             opened.offset += len(chunk)
             return chunk
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:  # type: ignore[override]
+        with self._mutex:
+            self._tick()
+            opened = self._fd(fd)
+            inode = self._live.inodes[opened.ino]
+            if inode.kind == "dir":
+                raise _error(errno.EISDIR, f"fd {fd}")
+            return bytes(inode.data[offset : offset + length])
 
     def write(self, fd: int, data: Any) -> int:  # type: ignore[override]
         with self._mutex:

@@ -21,8 +21,15 @@ retried, because a second fsync can succeed after the kernel dropped the data.
 
 Writers in different processes are serialised with ``flock`` on the entity's
 directory (the directory's own file descriptor, so no lock files litter the
-tree). Reads take no lock: a rename is atomic, so a reader sees the old file or
-the new one, whole.
+tree). A lock another process holds is never waited for on the event loop's
+thread: the write moves to a worker thread, which gives up after
+``lock_timeout`` seconds with :class:`LockTimeoutError`. Reads take no lock: a
+rename is atomic, so a reader sees the old file or the new one, whole.
+
+Keys committed through the shared commit journal (see
+:mod:`persistkit.backends.journal`) are read from the journal, in every
+process, until a checkpoint has made their files whole; plain writes of such
+keys are appended to the journal too.
 
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
@@ -32,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import hashlib
 import os
 import secrets
@@ -57,7 +63,15 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
-from persistkit.backends.journal import DEFAULT_JOURNAL_LIMIT, CommitJournal
+from persistkit.backends.journal import (
+    DEFAULT_JOURNAL_LIMIT,
+    DEFAULT_LOCK_TIMEOUT,
+    JOURNAL_DIR,
+    CommitJournal,
+    SalvageReport,
+    _WouldBlock,
+    take_lock,
+)
 from persistkit.backends.oslayer import REAL_OS, OSLayer
 from persistkit.errors import (
     BackendError,
@@ -78,7 +92,6 @@ TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = ".quarantine"
 _REASON_SUFFIX = ".reason"
 
-_LOCK_EX = fcntl.LOCK_EX
 _FIRST_READ = 1 << 16
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
@@ -116,6 +129,7 @@ class FileBackend(Backend):
         executor: Executor | None = None,
         journal_limit: int = DEFAULT_JOURNAL_LIMIT,
         read_only: bool = False,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         # Absolute now, so that a later chdir does not move the data.
         self.root = os.path.abspath(os.fspath(root))
@@ -126,7 +140,8 @@ class FileBackend(Backend):
         self.applies_in_call_order = not offload
         self._closed = False
         self.read_only = read_only
-        self.journal = CommitJournal(self, limit=journal_limit)
+        self.lock_timeout = lock_timeout
+        self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -157,11 +172,14 @@ class FileBackend(Backend):
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _check_open(self) -> None:
+    def _check_not_closed(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
-        if not self.journal.recovered and not self.read_only:
-            # First use: replay dead processes' commits before anything is read.
+
+    def _check_open(self) -> None:
+        self._check_not_closed()
+        if not self.journal.recovered:
+            # First use: check the format, merge an older release's journals.
             self.journal.recover()
 
     def _check_writable(self) -> None:
@@ -184,6 +202,25 @@ class FileBackend(Backend):
         self._check_open()
         if not self._offload:
             return fn(*args)
+        return await run_to_completion(self._executor, fn, *args)
+
+    async def _run_locking(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`_run` for an operation that takes a lock: ``fn(*args, wait=...)``.
+
+        Inline, ``fn`` may not wait for a lock another process holds (it raises
+        before changing anything); it then runs again in a worker thread, which
+        waits up to ``lock_timeout``.
+        """
+        self._check_open()
+        if not self._offload:
+            try:
+                return fn(*args, wait=False)
+            except _WouldBlock:
+                pass
+        return await run_to_completion(self._executor, lambda: fn(*args, wait=True))
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Work that may wait for another process's lock: always in a worker thread."""
         return await run_to_completion(self._executor, fn, *args)
 
     def _open_dir(self, path: str) -> int:
@@ -342,9 +379,11 @@ class FileBackend(Backend):
     # -- single values ---------------------------------------------------------
 
     def _get_now(self, key: str) -> Versioned | None:
-        if self.journal.pending:
-            found, committed = self.journal.lookup(key)
-            if found:  # committed to the journal, not applied to its file yet
+        journal = self.journal
+        journal.refresh()
+        if journal.pending:
+            found, committed = journal.lookup(key)
+            if found:  # held by the journal: its files may lag behind
                 return None if committed is None else Versioned(committed, content_version)
         try:
             data = self._read_at(None, f"{self.root}/{key}{SUFFIX}")
@@ -362,7 +401,11 @@ class FileBackend(Backend):
         self._check_open()
         return [self._get_now(key) for key in keys]
 
-    def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
+    def _lock_dir(self, dir_fd: int, key: str, wait: bool) -> None:
+        take_lock(self._os.flock, dir_fd, self.lock_timeout, f"the directory of {key}", wait=wait)
+
+    def _put_sync(self, key: str, data: bytes, expect: Expected, *, wait: bool) -> str | None:
+        """The durable write under the directory lock; ``None``: the journal holds ``key``."""
         osl = self._os
         namespace, name = split_key(key)
         try:
@@ -372,7 +415,12 @@ class FileBackend(Backend):
                 f"cannot open or create the directory of {key}: {exc}; the previous value is kept"
             ) from exc
         try:
-            osl.flock(dir_fd, _LOCK_EX)
+            self._lock_dir(dir_fd, key, wait)
+            if self.journal.holds(key):
+                # Committed by a tick (in any process) since the last checkpoint:
+                # this write goes behind it in the journal, or a later
+                # application of the journal would undo it.
+                return None
             filename = name + SUFFIX
             if expect is not ANY_VERSION:
                 self._check_expected(key, self._read_at(dir_fd, filename), expect)
@@ -383,23 +431,36 @@ class FileBackend(Backend):
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
-        if key in self.journal.dirty:
-            # A replay of the journal must never undo this write: journal it too.
-            self._check_open()
-            await self.journal.commit_async({key: data}, {key: expect})
-            return content_version(data)
-        return await self._run(self._put_sync, key, data, expect)
+        if not self.journal.holds(key):
+            version = await self._run_locking(self._put_sync, key, data, expect)
+            if version is not None:
+                return version
+        await self._journal_commit({key: data}, {key: expect})
+        return content_version(data)
 
-    def _delete_sync(self, key: str, expect: Expected) -> bool:
+    async def _journal_commit(
+        self, writes: Mapping[str, bytes | None], expect: Mapping[str, Expected] | None
+    ) -> None:
+        if self._offload:
+            await self._off_loop(self.journal.commit, writes, expect)
+        else:
+            await self.journal.commit_async(writes, expect)
+
+    def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
+        """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
         osl = self._os
         namespace, name = split_key(key)
         try:
             dir_fd = self._open_dir(self._dir(namespace))
         except FileNotFoundError:
+            if self.journal.holds(key):
+                return None
             self._check_expected(key, None, expect)
             return False
         try:
-            osl.flock(dir_fd, _LOCK_EX)
+            self._lock_dir(dir_fd, key, wait)
+            if self.journal.holds(key):
+                return None
             filename = name + SUFFIX
             if expect is not ANY_VERSION:
                 self._check_expected(key, self._read_at(dir_fd, filename), expect)
@@ -425,17 +486,40 @@ class FileBackend(Backend):
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
-        if key in self.journal.dirty:
-            existed = await self.get(key) is not None
-            await self.journal.commit_async({key: None}, {key: expect})
-            return existed
-        return await self._run(self._delete_sync, key, expect)
+        if not self.journal.holds(key):
+            removed = await self._run_locking(self._delete_sync, key, expect)
+            if removed is not None:
+                return removed
+        if expect is not ANY_VERSION:
+            await self._journal_commit({key: None}, {key: expect})
+            return expect is not None
+        # "Was it there?" is answered at the commit: expect the version seen,
+        # and look again if another writer changed it in between.
+        while True:
+            seen = await self.get(key)
+            version = None if seen is None else seen.version
+            try:
+                await self._journal_commit({key: None}, {key: version})
+            except ConflictError:
+                continue
+            return seen is not None
 
-    async def commit(self, writes: Mapping[str, bytes | None]) -> None:
-        """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`."""
+    commit_checks_versions = True
+
+    async def commit(
+        self,
+        writes: Mapping[str, bytes | None],
+        *,
+        expect: Mapping[str, Expected] | None = None,
+    ) -> None:
+        """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`.
+
+        ``expect`` maps keys to the version each must still have when the
+        record is appended (compare-and-set at commit time, across processes).
+        """
         self._check_writable()
         if writes:
-            await self.journal.commit_async(writes)
+            await self._journal_commit(writes, expect)
 
     # -- listing ---------------------------------------------------------------
 
@@ -476,7 +560,7 @@ class FileBackend(Backend):
 
     # -- self-healing ------------------------------------------------------------
 
-    def _clean_orphans_sync(self, namespace: str, dry_run: bool) -> list[str]:
+    def _clean_orphans_sync(self, namespace: str, dry_run: bool, *, wait: bool) -> list[str]:
         osl = self._os
         try:
             dir_fd = self._open_dir(self._dir(namespace))
@@ -486,7 +570,7 @@ class FileBackend(Backend):
             if not dry_run:
                 # Every live write holds this lock for the life of its temp
                 # file, so under it any temp file is a dead writer's leftover.
-                osl.flock(dir_fd, _LOCK_EX)
+                self._lock_dir(dir_fd, f"{namespace}/", wait)
             found = self._sweep_temps(dir_fd, self._dir(namespace), namespace, dry_run)
             if not dry_run:
                 # A writer killed between its rename and its directory fsync
@@ -527,7 +611,7 @@ class FileBackend(Backend):
     async def clean_orphans(self, namespace: str, *, dry_run: bool = False) -> list[str]:
         if not dry_run:
             self._check_writable()
-        return await self._run(self._clean_orphans_sync, namespace, dry_run)
+        return await self._run_locking(self._clean_orphans_sync, namespace, dry_run)
 
     def _quarantine_dir(self, namespace: str) -> str:
         return (
@@ -536,7 +620,7 @@ class FileBackend(Backend):
             else (f"{self.root}/{QUARANTINE_DIR}")
         )
 
-    def _quarantine_sync(self, key: str, reason: str) -> QuarantineEntry:
+    def _quarantine_sync(self, key: str, reason: str, *, wait: bool) -> QuarantineEntry:
         osl = self._os
         namespace, name = split_key(key)
         now = time.time()
@@ -546,7 +630,7 @@ class FileBackend(Backend):
         try:
             source_fd = self._open_dir(self._dir(namespace))
             try:
-                osl.flock(source_fd, _LOCK_EX)
+                self._lock_dir(source_fd, key, wait)
                 self._write_new_file(quarantine_fd, entry_name + _REASON_SUFFIX, meta)
                 try:
                     osl.replace(
@@ -568,9 +652,10 @@ class FileBackend(Backend):
 
     async def quarantine(self, key: str, reason: str) -> QuarantineEntry:
         self._check_writable()
-        if key in self.journal.dirty:
-            await self._run(self.journal.checkpoint)
-        return await self._run(self._quarantine_sync, key, reason)
+        if self.journal.holds(key):
+            # The journal's value of the key goes to its file first.
+            await self._off_loop(self.journal.checkpoint)
+        return await self._run_locking(self._quarantine_sync, key, reason)
 
     async def list_quarantine(self, namespace: str = "") -> AsyncIterator[QuarantineEntry]:
         self._check_open()
@@ -618,7 +703,7 @@ class FileBackend(Backend):
             raise EntityNotFoundError(f"no quarantine entry {entry_id!r}")
         return data
 
-    def _restore_sync(self, entry_id: str, overwrite: bool) -> str:
+    def _restore_sync(self, entry_id: str, overwrite: bool, *, wait: bool) -> str:
         osl = self._os
         directory, stem, key = self._entry_paths(entry_id)
         namespace, name = split_key(key)
@@ -629,7 +714,7 @@ class FileBackend(Backend):
         try:
             target_fd = self._ensure_dir(self._dir(namespace))
             try:
-                osl.flock(target_fd, _LOCK_EX)
+                self._lock_dir(target_fd, key, wait)
                 if not overwrite and self._read_at(target_fd, name + SUFFIX) is not None:
                     raise ConflictError(
                         f"{key} has a value again; restore with overwrite to replace it",
@@ -655,9 +740,9 @@ class FileBackend(Backend):
 
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
         self._check_writable()
-        if self.journal.dirty:
-            await self._run(self.journal.checkpoint)
-        return await self._run(self._restore_sync, entry_id, overwrite)
+        if self.journal.holds(quarantined_key(entry_id)):
+            await self._off_loop(self.journal.checkpoint)
+        return await self._run_locking(self._restore_sync, entry_id, overwrite)
 
     def _purge_sync(self, entry_id: str) -> None:
         directory, stem, _ = self._entry_paths(entry_id)
@@ -679,11 +764,20 @@ class FileBackend(Backend):
         self._check_writable()
         await self._run(self._purge_sync, entry_id)
 
+    async def salvage_journal(self) -> list[SalvageReport]:
+        """Apply a damaged commit journal up to its damage and keep it in the quarantine.
+
+        What ``persistkit journal salvage ROOT`` runs. Empty when nothing is damaged.
+        """
+        self._check_not_closed()
+        if self.read_only:
+            raise WriteFailedError(f"{self!r} was opened read-only; nothing was salvaged")
+        quarantine = f"{self.root}/{QUARANTINE_DIR}/{JOURNAL_DIR}"
+        return await self._off_loop(self.journal.salvage, quarantine)
+
     async def unapplied_commits(self) -> list[str]:
         self._check_open()
-        if self.journal.recovered:
-            return []  # replayed at this backend's first use
-        return await self._run(self.journal.describe_dead_journals)
+        return await self._run(self.journal.describe_unapplied)
 
     def _unlink_quietly(self, dir_fd: int, name: str) -> None:
         try:
@@ -703,5 +797,5 @@ class FileBackend(Backend):
 
     async def aclose(self) -> None:
         if not self._closed:
-            await self._run(self.journal.close)
+            await self._off_loop(self.journal.close)
         self._closed = True

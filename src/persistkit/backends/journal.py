@@ -1,54 +1,66 @@
-"""The file backend's commit journal: one fsync per tick, however many entities it touches.
+"""The file backend's commit journal: one file per root, shared by every process.
 
 A commit (:meth:`FileBackend.commit`, used by :func:`persistkit.transaction`)
-is one checksummed record appended to this process's journal file under
-``{root}/.journal/`` (one file per process, ``flock``-ed by it for its life)
-and made durable with a single ``fsync``. That fsync is the
-commit point: a crash before it leaves no trace of the tick (a torn record fails
-its checksum), a crash after it is repaired by replaying the record.
+is one checksummed record appended to ``{root}/.journal/commits.pkj`` under an
+exclusive ``flock`` of ``{root}/.journal/lock`` and made durable with a single
+``fsync``. That fsync is the commit point: a crash before it leaves no
+acknowledged trace (a torn record fails its checksum), a crash after it leaves
+a record that every process reads.
 
-Record framing (little endian)::
+**One truth.** Every process of a root appends to the same file, so the file's
+order is the commit order: one global sequence number per record, and commit
+times that never go backwards whatever the wall clock does (each is at least the
+one before it in the file). Every read, in every process, first brings its view
+of the journal up to date (one ``fstat``; the new bytes only when the file
+grew) and serves a key the journal holds from the journal: a commit is visible
+to every process the moment it is appended, not when its files are written.
 
-    magic "PKJ1" | payload length u32 | crc32 u32 | seq u64 | time_ns u64 | payload
+**Keys the journal holds.** A key written by a commit stays the journal's until
+the next checkpoint: a plain ``put`` or ``delete`` of it, from any process, is
+appended to the journal too, so that no later application of the journal can
+undo it. A plain write of any other key goes straight to its file under the
+entity directory's lock, and a commit that compares the version of such a key
+takes that same lock while it checks and appends, so compare-and-set is exact
+across processes whichever path each write takes.
+
+Framing (little endian)::
+
+    file header: magic "PKJ2" | flags u32 | first seq u64
+    record:      magic "PKJ1" | payload length u32 | crc32 u32 | seq u64 | time_ns u64 | payload
     payload = count u32 | count x (key length i64, data length i64; -1 deletes)
               | every key (UTF-8) and its data, in order
 
-The crc covers ``seq``, ``time_ns`` and the payload. Recovery stops at the first
-record that is short, has a bad magic, a bad checksum or an unexpected ``seq``:
-that is the torn tail of the write in flight when the process died.
+The crc covers ``seq``, ``time_ns`` and the payload. A record that is short or
+fails its check *at the end* of the file is the torn tail of a writer that died
+mid-append; the next committer, holding the lock, cuts it off. A record that
+fails its check *followed by valid records* is damage: nothing is applied or
+deleted, every process refuses the root with :class:`JournalDamagedError`, and
+``persistkit journal salvage ROOT`` is the way out (see :meth:`salvage`).
 
-**Group commit.** The commits that tasks of one event loop make in the same loop
-iteration (an ``asyncio.gather`` of ticks, say) are flushed together, on the
-loop's thread, with one ``write`` and one ``fsync``. Commits from several
-threads queue up while a flush is in flight; the next leader writes all of them
-with one ``fsync``. Every commit returns only once its record is durable.
+**Applying and checkpoints.** A background thread writes the journal's values
+into the entity files (temp file and rename, no fsync: the journal is the
+durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
+files stay close to the truth. When the journal passes ``limit`` bytes, at
+``aclose`` and at a start, a checkpoint applies everything, flushes the file
+system (``syncfs``) and replaces the journal by an empty one (written and
+fsynced aside, then renamed over it): only then may the journal forget a
+record. Other processes notice the replacement (the file they have open has no
+name any more) and read the new one. All of this happens under the journal
+lock, so two processes never apply at once.
 
-**Applying.** A committed write is visible at once to this process through an
-in-memory overlay (``pending``), and a background thread applies it to the
-entity's file (temp file + rename, no fsync: the journal is the durability) and
-drops it from the overlay. Repeated updates of one entity coalesce into one file
-write. Other processes read the files, so they see a commit once it is applied
-(:data:`APPLY_DELAY` later, plus the time to write the files).
+**A failed fsync** (fsyncgate): the records are in the file, so they are
+visible to every process, and the caller gets :class:`DurabilityUnknownError`.
+The journal whose fsync failed is never fsynced again: its whole content is
+copied to a new journal, fsynced, and renamed over it. The outcome no longer
+depends on how the process ends.
 
-**Checkpoint.** When the journal passes ``limit`` bytes, at ``aclose`` and at
-startup after a replay, every pending write is applied, the file system is
-flushed (``syncfs``) and the journal is emptied. Only then may the journal
-forget a record.
+**Fork.** A child process gets its own journal state (:func:`os.register_at_fork`):
+it reopens the files instead of sharing its parent's locks and offsets.
 
-**Recovery.** At the backend's first use, before anything is read or listed,
-every journal whose owner is gone (its ``flock`` can be taken) is replayed in
-commit-time order and removed. Un-synced applied files may be torn or lost after
-a power cut; the replay rewrites them.
-
-**Plain writes of journaled keys.** A ``put`` or ``delete`` of a key that is in
-this process's journal since the last checkpoint (or in a commit still queued)
-goes through the journal too, as a one-write commit behind it, so that a replay
-after a crash can never undo it.
-
-Limit: that guarantee is per process. A plain write by *another* process to a
-key this process committed, followed by a crash of this process, is undone by
-the replay; the live session's one-instance lock is what keeps a strategy's
-keys to one process.
+**Upgrades.** Roots written by persistkit 0.1 hold one journal per process
+(``.journal/{pid}-{ns}-{hex}.log``); a start merges those of stopped processes
+into the shared journal (in one record) before anything is read. The file
+``.journal/format`` names the format; a root written by a newer format is refused.
 """
 
 from __future__ import annotations
@@ -66,8 +78,8 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from persistkit.backends.base import ANY_VERSION, Expected, split_key
@@ -75,6 +87,10 @@ from persistkit.errors import (
     BackendError,
     ConflictError,
     DurabilityUnknownError,
+    JournalDamagedError,
+    LockTimeoutError,
+    PersistError,
+    UnsupportedFormatError,
     WriteFailedError,
 )
 
@@ -83,35 +99,50 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_JOURNAL_LIMIT",
+    "FORMAT_VERSION",
     "JOURNAL_DIR",
+    "JOURNAL_FILE",
     "CommitJournal",
     "JournalRecord",
+    "SalvageReport",
     "encode_record",
     "parse_records",
 ]
 
 JOURNAL_DIR = ".journal"
-JOURNAL_SUFFIX = ".log"
+JOURNAL_FILE = "commits.pkj"
+LOCK_FILE = "lock"
+FORMAT_FILE = "format"
+FORMAT_VERSION = 2
+"""The on-disk format this release writes; a root marked with a higher one is refused."""
+LEGACY_SUFFIX = ".log"
+"""Per-process journals of format 1 (persistkit 0.1), merged at a start."""
+JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
 DEFAULT_JOURNAL_LIMIT = 64 << 20
-"""Journal bytes after which the leader checkpoints (applies, syncs, empties)."""
+"""Journal bytes after which a committer checkpoints (applies, syncs, empties)."""
+DEFAULT_LOCK_TIMEOUT = 30.0
+"""Seconds a wait for a lock held by another process lasts before :class:`LockTimeoutError`."""
 APPLY_DELAY = 0.5
 """Seconds the applier waits after a commit before writing the files, so that
 ticks rewriting the same entities cost one file write, not one per tick. The
 applier is a Python thread: while it runs it competes with the event loop for
-the GIL (measured: 1,000-entity tick commits 2-10x slower while it writes every
-tick), so it should run seldom. Other processes see a commit in the files this
-much later; this process sees it at once."""
+the GIL, so it should run seldom. Reads never wait for it: every process reads
+committed keys from the journal."""
 
 MAGIC = b"PKJ1"
+FILE_MAGIC = b"PKJ2"
+_FILE_HEADER = struct.Struct("<4sIQ")
 _HEADER = struct.Struct("<4sIIQQ")
 _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
 _MAX_PAYLOAD = (1 << 32) - 1
 
-_O_JOURNAL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+_O_LEGACY = os.O_RDWR | os.O_CLOEXEC
 
 Writes = Mapping[str, "bytes | None"]
+
+logger = logging.getLogger("persistkit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,29 +207,61 @@ def _decode_payload(payload: bytes) -> dict[str, bytes | None] | None:
         return None
 
 
-def parse_records(data: bytes) -> tuple[list[JournalRecord], int]:
+def _record_at(data: bytes | memoryview, offset: int, seq: int | None) -> JournalRecord | None:
+    """The valid record starting at ``offset`` (with sequence ``seq`` if given), else ``None``."""
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, length, crc, found_seq, time_ns = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if magic != MAGIC or end > len(data) or (seq is not None and found_seq != seq):
+        return None
+    payload = bytes(data[offset + _HEADER.size : end])
+    if zlib.crc32(payload, zlib.crc32(_SEQ_TIME.pack(found_seq, time_ns))) != crc:
+        return None
+    writes = _decode_payload(payload)
+    return None if writes is None else JournalRecord(found_seq, time_ns, writes)
+
+
+def _record_size(record_offset: int, data: bytes | memoryview) -> int:
+    length: int = _HEADER.unpack_from(data, record_offset)[1]
+    return _HEADER.size + length
+
+
+def parse_records(data: bytes | memoryview, first_seq: int = 1) -> tuple[list[JournalRecord], int]:
     """The complete records at the start of ``data`` and the length they cover.
 
-    Everything after that length is a torn or corrupt tail.
+    What follows that length is a torn tail or damage; :func:`find_damage` tells which.
     """
     records: list[JournalRecord] = []
     offset = 0
-    expected_seq = 1
-    while offset + _HEADER.size <= len(data):
-        magic, length, crc, seq, time_ns = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + length
-        if magic != MAGIC or seq != expected_seq or end > len(data):
+    expected_seq = first_seq
+    while True:
+        record = _record_at(data, offset, expected_seq)
+        if record is None:
             break
-        payload = data[offset + _HEADER.size : end]
-        if zlib.crc32(payload, zlib.crc32(_SEQ_TIME.pack(seq, time_ns))) != crc:
-            break
-        writes = _decode_payload(payload)
-        if writes is None:
-            break
-        records.append(JournalRecord(seq, time_ns, writes))
-        offset = end
+        records.append(record)
+        offset += _record_size(offset, data)
         expected_seq += 1
     return records, offset
+
+
+def find_damage(data: bytes | memoryview, offset: int) -> list[JournalRecord]:
+    """Valid records found after the bad bytes at ``offset``; empty for a torn tail.
+
+    A writer killed mid-append leaves a short or failing record *at the end*;
+    a valid record after a failing one means the journal was damaged in place.
+    """
+    found: list[JournalRecord] = []
+    view = bytes(data)
+    position = view.find(MAGIC, offset + 1)
+    while position != -1:
+        record = _record_at(view, position, None)
+        if record is not None:
+            found.append(record)
+            position += _record_size(position, view)
+            continue
+        position = view.find(MAGIC, position + 1)
+    return found
 
 
 @dataclass(slots=True)
@@ -211,148 +274,526 @@ class _Request:
 
 @dataclass(slots=True)
 class _OpenJournal:
+    """This process's open handle on the shared journal and how far it has read it."""
+
     fd: int
     name: str
-    size: int = 0
-    next_seq: int = 1
+    ino: int
+    offset: int
+    """Bytes parsed so far (header included)."""
+    next_seq: int
+    last_time_ns: int = 0
+
+
+@dataclass(slots=True)
+class SalvageReport:
+    """What :meth:`CommitJournal.salvage` did with a damaged journal."""
+
+    journal: str
+    """The journal's file name."""
+    applied: int
+    """Records before the damage, applied to the files."""
+    damaged_at: int
+    """Byte offset of the first record that failed its check."""
+    left_out: list[JournalRecord] = field(default_factory=list)
+    """Valid records after the damage: not applied (their base is unknown)."""
+    kept_as: str = ""
+    """Where the damaged journal was moved (under the quarantine)."""
+
+
+class _WouldBlock(Exception):
+    """A lock another process holds: the caller retries where it may wait."""
 
 
 _MISSING = object()
+_journals: weakref.WeakSet[CommitJournal] = weakref.WeakSet()
 
-logger = logging.getLogger("persistkit")
+
+def _reset_after_fork() -> None:
+    for journal in list(_journals):
+        journal._forget_parent_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def take_lock(
+    flock: Callable[[int, int], object], fd: int, timeout: float, what: str, *, wait: bool
+) -> None:
+    """An exclusive ``flock`` of ``fd``, through the OS layer's ``flock``.
+
+    Free: taken at once. Held by another process: ``wait=False`` raises
+    :class:`_WouldBlock` so that the caller moves to a worker thread (an event
+    loop never waits for another process); ``wait=True`` polls until
+    ``timeout`` seconds have passed, then raises :class:`LockTimeoutError`.
+    """
+    try:
+        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        if not wait:
+            raise _WouldBlock(what) from None
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        try:
+            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"{what} is held by another process; gave up after {timeout:g} s "
+                    "(find that process, or raise lock_timeout)"
+                ) from None
 
 
 class CommitJournal:
-    """The commit journal of one :class:`FileBackend` in one process."""
+    """The shared commit journal of one root, as one :class:`FileBackend` sees it."""
 
-    def __init__(self, backend: FileBackend, *, limit: int = DEFAULT_JOURNAL_LIMIT) -> None:
+    def __init__(
+        self,
+        backend: FileBackend,
+        *,
+        limit: int = DEFAULT_JOURNAL_LIMIT,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
         self._backend = backend
         self._os = backend._os
         self.limit = limit
+        self.lock_timeout = lock_timeout
         self.directory = f"{backend.root}/{JOURNAL_DIR}"
+        self.path = f"{self.directory}/{JOURNAL_FILE}"
         self.pending: dict[str, bytes | None] = {}
-        """Committed writes not yet applied to their files (what reads see first)."""
-        self.dirty: set[str] = set()
-        """Keys in the journal since the last checkpoint."""
+        """The newest committed value of every key in the journal (all processes')."""
         self.recovered = False
         self.commits = 0
         self.flushes = 0
         """Journal fsyncs: fewer than ``commits`` when group commit shared them."""
+        self._applied: dict[str, bytes | None] = {}
+        """What the applier last wrote to each key's file (skipped while unchanged)."""
+        self._queued: dict[str, int] = {}
+        """Keys of this process's commits not written yet: a plain write called
+        after such a commit must queue behind it (writes apply in call order)."""
+        self._journal: _OpenJournal | None = None
+        self._lock_fd: int | None = None
+        self._broken: BaseException | None = None
+        self._init_threading()
+        _journals.add(self)
+
+    def _init_threading(self) -> None:
         self._recovery_lock = threading.Lock()
+        self._view_lock = threading.RLock()
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._gathering: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, list[tuple[_Request, asyncio.Future[None]]]
         ] = weakref.WeakKeyDictionary()
         self._leading = False
-        self._journal: _OpenJournal | None = None
-        self._retired: list[_OpenJournal] = []
-        self._last_time_ns = 0
-        self._apply_lock = threading.Lock()
         self._apply_wanted = threading.Event()
         self._applier: threading.Thread | None = None
         self._stopping = False
 
+    def _forget_parent_state(self) -> None:
+        """In a forked child: the parent's files, locks and threads are not ours."""
+        for fd in (self._lock_fd, self._journal.fd if self._journal else None):
+            if fd is not None:
+                try:
+                    os.close(fd)  # our copy only: the parent's stays open and locked
+                except OSError:
+                    pass
+        self._lock_fd = None
+        self._journal = None
+        self.pending = {}
+        self._applied = {}
+        self._queued = {}
+        self._init_threading()
+
+    @property
+    def dirty(self) -> Mapping[str, bytes | None]:
+        """Keys the journal holds since its last checkpoint (read :meth:`refresh` first)."""
+        return self.pending
+
+    # -- reading the shared journal -------------------------------------------------------
+
+    def _open_current(self, *, writable: bool) -> _OpenJournal | None:
+        osl = self._os
+        flags = (os.O_RDWR | os.O_APPEND if writable else os.O_RDONLY) | os.O_CLOEXEC
+        try:
+            fd = osl.open(self.path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackendError(f"cannot open the commit journal {self.path}: {exc}") from exc
+        try:
+            header = osl.pread(fd, _FILE_HEADER.size, 0)
+            if len(header) < _FILE_HEADER.size:
+                # Made by a start killed before its header was written and
+                # renamed in: impossible with the rename, so damage.
+                raise JournalDamagedError(
+                    f"the commit journal {self.path} has no header: {self._salvage_hint()}"
+                )
+            magic, _flags, first_seq = _FILE_HEADER.unpack(header)
+            if magic != FILE_MAGIC:
+                raise JournalDamagedError(
+                    f"the commit journal {self.path} has a bad header: {self._salvage_hint()}"
+                )
+            ino = osl.fstat(fd).st_ino
+        except BaseException:
+            osl.close(fd)
+            raise
+        return _OpenJournal(fd, JOURNAL_FILE, ino, _FILE_HEADER.size, first_seq)
+
+    def _salvage_hint(self) -> str:
+        return (
+            "nothing was applied or deleted; run `persistkit journal salvage "
+            f"{self._backend.root}` to apply the records before the damage and keep the "
+            "journal in the quarantine"
+        )
+
+    def refresh(self) -> None:
+        """Bring this process's view up to date with the shared journal (cheap when unchanged)."""
+        journal = self._journal
+        if journal is not None:
+            stat_result = self._os.fstat(journal.fd)
+            if stat_result.st_nlink and stat_result.st_size == journal.offset:
+                return
+        with self._view_lock:
+            self._refresh_locked(truncate_torn=False)
+
+    def _refresh_locked(self, *, truncate_torn: bool) -> _OpenJournal | None:
+        """Read what other processes appended; ``truncate_torn`` only under the journal lock."""
+        osl = self._os
+        journal = self._journal
+        if journal is not None and osl.fstat(journal.fd).st_nlink == 0:
+            # Replaced by a checkpoint: everything it held is in the files now.
+            osl.close(journal.fd)
+            journal = self._journal = None
+            self.pending = {}
+            self._applied = {}
+        if journal is None:
+            journal = self._journal = self._open_current(writable=not self._backend.read_only)
+            if journal is None:
+                return None
+            self.pending = {}
+            self._applied = {}
+        size = osl.fstat(journal.fd).st_size
+        if size == journal.offset:
+            return journal
+        data = osl.pread(journal.fd, size - journal.offset, journal.offset)
+        records, length = parse_records(data, journal.next_seq)
+        for record in records:
+            self.pending.update(record.writes)
+        journal.offset += length
+        journal.next_seq += len(records)
+        if records:
+            journal.last_time_ns = records[-1].time_ns
+        if length < len(data):
+            later = find_damage(data, length)
+            if later:
+                raise JournalDamagedError(
+                    f"the commit journal {self.path} is damaged at byte {journal.offset} "
+                    f"(record {journal.next_seq}), and {len(later)} valid records follow it: "
+                    + self._salvage_hint()
+                )
+            if truncate_torn:
+                # Under the lock nobody appends: these bytes are a dead writer's torn record.
+                osl.ftruncate(journal.fd, journal.offset)
+        return journal
+
+    def lookup(self, key: str) -> tuple[bool, bytes | None]:
+        """``(True, value)`` when the journal holds ``key`` (call :meth:`refresh` first)."""
+        value = self.pending.get(key, _MISSING)
+        if value is _MISSING:
+            return False, None
+        return True, value  # type: ignore[return-value]  # bytes or None past the sentinel
+
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` goes through the journal: committed since the last checkpoint,
+        or in a commit of this process not written yet."""
+        if key in self._queued:
+            return True
+        self.refresh()
+        return key in self.pending
+
+    def _enqueue(self, writes: Writes) -> None:
+        queued = self._queued
+        for key in writes:
+            queued[key] = queued.get(key, 0) + 1
+
+    def _dequeue(self, writes: Writes) -> None:
+        queued = self._queued
+        for key in writes:
+            left = queued.get(key, 0) - 1
+            if left > 0:
+                queued[key] = left
+            else:
+                queued.pop(key, None)
+
+    def iter_pending(self, namespace: str, recursive: bool) -> Iterator[tuple[str, bytes | None]]:
+        """Journal-held writes whose key lies in ``namespace`` (for listings)."""
+        self.refresh()
+        below = f"{namespace}/" if namespace else ""
+        for key, data in list(self.pending.items()):
+            if not key.startswith(below):
+                continue
+            if recursive or "/" not in key[len(below) :]:
+                yield key, data
+
+    # -- the journal lock ----------------------------------------------------------------------
+
+    def _lock_journal(self, *, wait: bool) -> _OpenJournal:
+        """Take the journal lock (the caller leads in this process) and read to the end."""
+        osl = self._os
+        if self._lock_fd is None:
+            dir_fd = self._backend._ensure_dir(self.directory)
+            try:
+                self._lock_fd = osl.open(
+                    LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+                )
+            finally:
+                osl.close(dir_fd)
+        take_lock(
+            osl.flock,
+            self._lock_fd,
+            self.lock_timeout,
+            f"the commit journal lock {self.directory}/{LOCK_FILE}",
+            wait=wait,
+        )
+        try:
+            with self._view_lock:
+                journal = self._refresh_locked(truncate_torn=True)
+                if journal is None:
+                    journal = self._start_generation(first_seq=1, writes=None)
+            return journal
+        except BaseException:
+            self._unlock_journal()
+            raise
+
+    def _unlock_journal(self) -> None:
+        if self._lock_fd is not None:
+            self._os.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _start_generation(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+        """A new journal (header, and ``writes`` as its first record), fsynced, renamed in.
+
+        Under the journal lock. Other processes see the old file lose its name
+        and read this one.
+        """
+        with self._view_lock:
+            return self._start_generation_viewed(first_seq, writes)
+
+    def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+        osl = self._os
+        dir_fd = self._backend._ensure_dir(self.directory)
+        try:
+            temp = f".{JOURNAL_FILE}-{secrets.token_hex(4)}{_NEW_SUFFIX}"
+            fd = osl.open(
+                temp,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+            try:
+                blob = _FILE_HEADER.pack(FILE_MAGIC, 0, first_seq)
+                next_seq = first_seq
+                last_time = 0
+                if writes:
+                    last_time = self._commit_time(self._journal)
+                    blob += encode_record(first_seq, last_time, writes)
+                    next_seq += 1
+                view = memoryview(blob)
+                while view:
+                    view = view[osl.write(fd, view) :]
+                osl.fsync(fd)
+                osl.replace(temp, JOURNAL_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                osl.fsync(dir_fd)
+            except BaseException:
+                osl.close(fd)
+                try:
+                    osl.unlink(temp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+                raise
+        finally:
+            osl.close(dir_fd)
+        old = self._journal
+        if old is not None:
+            osl.close(old.fd)
+        journal = self._journal = _OpenJournal(
+            fd, JOURNAL_FILE, osl.fstat(fd).st_ino, len(blob), next_seq, last_time
+        )
+        self.pending = dict(writes) if writes else {}
+        self._applied = {}
+        return journal
+
+    @staticmethod
+    def _commit_time(journal: _OpenJournal | None) -> int:
+        # Never before the last commit in the journal, whoever made it and
+        # whatever the wall clock did since: the file order is the time order.
+        last = journal.last_time_ns if journal is not None else 0
+        return max(time.time_ns(), last + 1)
+
     # -- recovery ------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Replay the journals of dead processes, once; returns the records replayed."""
+        """First use of a root in this process; returns the commits found and checkpointed.
+
+        Checks the format, merges the per-process journals an older release
+        left, and checkpoints what earlier processes committed, so that the
+        files are whole again. Correctness does not depend on it: reads consult
+        the journal anyway.
+        """
         with self._recovery_lock:
             if self.recovered:
                 return 0
-            replayed = self._replay_dead_journals()
-            self.recovered = True
-            return replayed
+            self._check_format(write=not self._backend.read_only)
+            if self._backend.read_only:
+                self.recovered = True
+                return 0
+            found = 0
 
-    def _journal_names(self) -> list[str]:
-        """The journal files, oldest name first; none when the folder does not exist."""
+            def merge_and_checkpoint(journal: _OpenJournal) -> None:
+                nonlocal found
+                found = journal.next_seq - self._first_seq(journal)
+                found += self._merge_legacy_journals()
+                if self.pending:
+                    self._checkpoint_held(wait=True)
+
+            # Another process committing right now holds the lock for a moment:
+            # its files then stay as they are, which is only tidiness, since
+            # every read consults the journal. A format-1 journal must be
+            # merged before anything is read, though: for it we wait.
+            wait = bool(self.legacy_journal_names())
+            try:
+                self._lead(merge_and_checkpoint, wait=wait)
+            except _WouldBlock:
+                pass
+            except PersistError:
+                raise
+            except OSError as exc:
+                raise BackendError(f"recovering the commit journal failed: {exc}") from exc
+            self.recovered = True
+            return found
+
+    def _first_seq(self, journal: _OpenJournal) -> int:
+        header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
+        return int(_FILE_HEADER.unpack(header)[2])
+
+    def _check_format(self, *, write: bool) -> None:
+        path = f"{self.directory}/{FORMAT_FILE}"
+        data = self._backend._read_at(None, path)
+        if data is not None:
+            try:
+                version = int(data.split()[-1])
+            except (ValueError, IndexError):
+                version = -1
+            if version > FORMAT_VERSION or version < 1:
+                marker = data.decode(errors="replace").strip()
+                raise UnsupportedFormatError(
+                    f"{self._backend.root} is marked as on-disk format {marker!r}; "
+                    f"this release of persistkit reads format {FORMAT_VERSION} and older. "
+                    "Upgrade persistkit to open it."
+                )
+            return
+        if not write:
+            return
+        dir_fd = self._backend._ensure_dir(self.directory)
+        try:
+            self._backend._write_new_file(
+                dir_fd, FORMAT_FILE, f"persistkit-format {FORMAT_VERSION}\n".encode()
+            )
+        finally:
+            self._os.close(dir_fd)
+
+    def legacy_journal_names(self) -> list[str]:
+        """Per-process journals of format 1, oldest name first."""
         try:
             return sorted(
                 entry.name
                 for entry in self._os.scandir(self.directory)
-                if entry.name.endswith(JOURNAL_SUFFIX)
+                if entry.name.endswith(LEGACY_SUFFIX) and not entry.name.startswith(".")
             )
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise BackendError(f"cannot list the commit journal {self.directory}: {exc}") from exc
 
-    def describe_dead_journals(self) -> list[str]:
-        """What :meth:`recover` would replay, found without changing anything.
-
-        A journal whose owner is alive holds its lock and is left out; a shared
-        lock taken and dropped at once is how that is told, and writes nothing.
-        """
-        osl = self._os
-        names = self._journal_names()
-        found = []
-        for name in names:
-            path = f"{self.directory}/{name}"
-            try:
-                fd = osl.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    osl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live process owns it
-                records, _ = parse_records(self._backend._read_at(None, path) or b"")
-            finally:
-                osl.close(fd)
-            if records:
-                keys = {key for record in records for key in record.writes}
-                found.append(
-                    f"{JOURNAL_DIR}/{name}: {len(records)} commit{'s' * (len(records) != 1)} "
-                    f"of a stopped process ({len(keys)} keys), replayed by the next start"
-                )
-        return found
-
-    def _replay_dead_journals(self) -> int:
-        osl = self._os
-        names = self._journal_names()
+    def _merge_legacy_journals(self) -> int:
+        """Format-1 journals of stopped processes, merged into the shared journal as one record."""
+        names = self.legacy_journal_names()
         if not names:
             return 0
+        osl = self._os
         held: list[tuple[int, str]] = []
         journals: list[tuple[int, str, list[JournalRecord]]] = []
         try:
             for name in names:
                 path = f"{self.directory}/{name}"
                 try:
-                    fd = osl.open(path, os.O_RDWR | os.O_CLOEXEC)
+                    fd = osl.open(path, _O_LEGACY)
                 except FileNotFoundError:
-                    continue  # its owner closed it cleanly meanwhile
-                try:
-                    osl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    osl.close(fd)  # a live process owns it
                     continue
                 held.append((fd, name))
+                # An older release still running holds its journal's lock for
+                # its life; wait a bounded time, then refuse clearly.
+                take_lock(
+                    osl.flock,
+                    fd,
+                    self.lock_timeout,
+                    f"the format-1 journal {path} (an older persistkit process runs on this root)",
+                    wait=True,
+                )
                 data = self._backend._read_at(None, path) or b""
-                complete, _ = parse_records(data)  # a torn tail is left out
+                complete, length = parse_records(data)
+                if length < len(data) and find_damage(data, length):
+                    raise JournalDamagedError(
+                        f"the format-1 journal {path} is damaged at byte {length}: "
+                        + self._salvage_hint()
+                    )
                 if complete:
                     journals.append((complete[0].time_ns, name, complete))
-            # Each journal in its own order; journals by when they began (a
-            # retired journal of one process comes before its successor).
             journals.sort(key=lambda item: (item[0], item[1]))
             merged: dict[str, bytes | None] = {}
-            replayed = 0
+            count = 0
             for _, _, records in journals:
                 for record in records:
                     merged.update(record.writes)
-                replayed += len(records)
-            if held:
-                self._apply(merged)
-                self._sync_filesystem()
-                for _, name in held:
-                    osl.unlink(f"{self.directory}/{name}")
-                self._backend._fsync_dir(self.directory)
-        except OSError as exc:
-            raise BackendError(f"replaying the commit journal failed: {exc}") from exc
+                count += len(records)
+            if merged:
+                self._append_locked([_Request(merged, None)])
+            for _, name in held:
+                osl.unlink(f"{self.directory}/{name}")
+            self._backend._fsync_dir(self.directory)
         finally:
             for fd, _ in held:
                 osl.close(fd)
-        return replayed
+        return count
+
+    def describe_unapplied(self) -> list[str]:
+        """What the journal holds that the files do not show yet (changes nothing)."""
+        found = []
+        self.refresh()
+        if self.pending:
+            found.append(
+                f"{JOURNAL_DIR}/{JOURNAL_FILE}: {len(self.pending)} keys committed and not yet "
+                "applied to their files (reads include them; the next start applies them)"
+            )
+        for name in self.legacy_journal_names():
+            data = self._backend._read_at(None, f"{self.directory}/{name}") or b""
+            records, _ = parse_records(data)
+            if records:
+                keys = {key for record in records for key in record.writes}
+                found.append(
+                    f"{JOURNAL_DIR}/{name}: {len(records)} commit{'s' * (len(records) != 1)} "
+                    f"of an older release's process ({len(keys)} keys), merged by the next start"
+                )
+        return found
+
+    # Kept for callers of the 0.1 name.
+    describe_dead_journals = describe_unapplied
 
     # -- committing ---------------------------------------------------------------------
 
@@ -363,32 +804,46 @@ class CommitJournal:
 
         The first commit of a loop iteration schedules one flush with
         ``call_soon``; every task that commits before it runs (all the tasks of
-        an ``asyncio.gather``, say) joins the same flush: one write, one fsync,
-        and no hop to a worker thread, which would cost more than it saves on a
-        single tick.
+        an ``asyncio.gather``, say) joins the same flush: one write, one fsync.
+        When another process holds a lock the flush needs, the flush moves to a
+        worker thread, which waits for it (never the event loop).
         """
         loop = asyncio.get_running_loop()
-        # Dirty from now on: a plain write of these keys called after this commit
-        # must queue behind it in the journal, not overtake it on disk.
-        self.dirty.update(writes)
         waiting = self._gathering.get(loop)
         if waiting is None:
             waiting = self._gathering[loop] = []
             loop.call_soon(self._flush_gathered, loop)
         done: asyncio.Future[None] = loop.create_future()
         waiting.append((_Request(writes, expect), done))
-        await done
+        self._enqueue(writes)
+        try:
+            await done
+        finally:
+            self._dequeue(writes)
 
     def _flush_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._gathering.pop(loop, [])
         requests = [request for request, _ in batch]
-        fatal: BaseException | None = None
         try:
-            self._commit_requests(requests)
+            self._commit_requests(requests, may_wait=False)
+        except _WouldBlock:
+            # Another process holds a lock: wait for it in a thread, not here.
+            for request in requests:
+                request.done = False
+                request.error = None
+            thread_done = loop.run_in_executor(None, self._commit_requests, requests, True)
+            thread_done.add_done_callback(lambda _: self._settle(batch))
+            return
         except BaseException as exc:  # every waiter must hear of it, or it waits forever
             for request in requests:
                 request.error = request.error or exc
-            fatal = None if isinstance(exc, Exception) else exc
+            if not isinstance(exc, Exception):
+                self._settle(batch)
+                raise  # KeyboardInterrupt and the like still stop the loop
+        self._settle(batch)
+
+    @staticmethod
+    def _settle(batch: list[tuple[_Request, asyncio.Future[None]]]) -> None:
         for request, done in batch:
             if done.done():
                 continue  # the caller was cancelled; its tick is committed all the same
@@ -396,44 +851,177 @@ class CommitJournal:
                 done.set_exception(request.error)
             else:
                 done.set_result(None)
-        if fatal is not None:
-            raise fatal  # KeyboardInterrupt and the like still stop the loop
 
     def commit(self, writes: Writes, expect: Mapping[str, Expected] | None = None) -> None:
         """Append ``writes`` as one record and fsync (shared with concurrent commits).
 
-        Returns once the record is durable and visible to reads in this process.
+        Returns once the record is durable and visible to reads in every process.
         ``expect`` maps keys to the version they must still have (compare-and-set).
-        Callable from any thread; commits from several threads share fsyncs.
+        Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
         request = _Request(writes, expect)
-        self.dirty.update(writes)
-        self._commit_requests([request])
+        with self._cond:
+            self._enqueue(writes)
+        try:
+            self._commit_requests([request], may_wait=True)
+        finally:
+            with self._cond:
+                self._dequeue(writes)
         if request.error is not None:
             raise request.error
 
-    def _commit_requests(self, requests: list[_Request]) -> None:
+    def _commit_requests(self, requests: list[_Request], may_wait: bool) -> None:
         """Queue ``requests``; the first thread to find no leader writes every queued one."""
         with self._cond:
             self._queue.extend(requests)
             while not all(request.done for request in requests):
                 if self._leading:
+                    if not may_wait:
+                        # Another thread of ours leads (it may be waiting for a
+                        # lock): never wait on the event loop's thread.
+                        self._queue = [r for r in self._queue if r not in requests]
+                        raise _WouldBlock("the commit journal")
                     self._cond.wait()
                     continue
                 self._leading = True
                 batch, self._queue = self._queue, []
                 self._cond.release()
                 try:
-                    self._write_batch(batch)
+                    self._write_batch(batch, may_wait)
+                except _WouldBlock:
+                    self._cond.acquire()
+                    self._leading = False
+                    # Give back what is not ours; our own requests go to a thread.
+                    self._queue = [r for r in batch if r not in requests] + self._queue
+                    self._cond.notify_all()
+                    raise
                 except BaseException as exc:
                     for queued in batch:
                         queued.error = queued.error or exc
-                finally:
                     self._cond.acquire()
-                    self._leading = False
-                    for queued in batch:
-                        queued.done = True
-                    self._cond.notify_all()
+                    self._finish_batch(batch)
+                else:
+                    self._cond.acquire()
+                    self._finish_batch(batch)
+
+    def _finish_batch(self, batch: list[_Request]) -> None:
+        self._leading = False
+        for queued in batch:
+            queued.done = True
+        self._cond.notify_all()
+
+    def _write_batch(self, batch: list[_Request], may_wait: bool) -> None:
+        if self._broken is not None:
+            raise WriteFailedError(
+                f"the commit journal of {self._backend.root} failed earlier in this process "
+                f"({self._broken}); nothing more is committed through it. Restart the process."
+            )
+        journal = self._lock_journal(wait=may_wait)
+        try:
+            self._append_locked(batch, wait=may_wait)
+            if journal.offset >= self.limit and self._journal is journal:
+                try:
+                    self._checkpoint_held(wait=may_wait)
+                except _WouldBlock:
+                    pass  # committed all the same; the applier checkpoints soon
+        finally:
+            self._unlock_journal()
+        self._wake_applier()
+
+    def _append_locked(self, batch: list[_Request], *, wait: bool = True) -> None:
+        """Check, append and fsync ``batch`` under the journal lock."""
+        journal = self._journal
+        assert journal is not None
+        held_dirs: list[int] = []
+        try:
+            accepted = self._check_requests(batch, held_dirs, wait=wait)
+            if not accepted:
+                return
+            now = self._commit_time(journal)
+            chunks = [
+                encode_record(journal.next_seq + index, now, request.writes)
+                for index, request in enumerate(accepted)
+            ]
+            blob = b"".join(chunks)
+            osl = self._os
+            # Readers of this process read the file too: they must not parse
+            # these records while the offset is being moved past them.
+            with self._view_lock:
+                try:
+                    view_bytes = memoryview(blob)
+                    while view_bytes:
+                        view_bytes = view_bytes[osl.write(journal.fd, view_bytes) :]
+                except OSError as exc:
+                    try:
+                        osl.ftruncate(journal.fd, journal.offset)
+                    except OSError:
+                        pass  # a torn record at the end is cut off by the next committer
+                    raise WriteFailedError(
+                        f"appending to the commit journal failed: {exc}; the tick was not committed"
+                    ) from exc
+                journal.offset += len(blob)
+                journal.next_seq += len(accepted)
+                journal.last_time_ns = now
+                for request in accepted:
+                    self.pending.update(request.writes)
+            try:
+                osl.fsync(journal.fd)
+            except OSError as exc:
+                # The records are in the file, so every process reads them.
+                # Never fsync this file again and trust it (fsyncgate): copy
+                # the journal to a new file and fsync that one instead.
+                self._replace_after_failed_fsync(journal)
+                raise DurabilityUnknownError(
+                    f"fsync of the commit journal failed ({exc}): the tick is visible, "
+                    "but may not survive a power cut"
+                ) from exc
+            self.flushes += 1
+            self.commits += len(accepted)
+        finally:
+            for dir_fd in held_dirs:
+                self._os.close(dir_fd)  # releases the entity directories' locks
+
+    def _check_requests(
+        self, batch: list[_Request], held_dirs: list[int], *, wait: bool
+    ) -> list[_Request]:
+        """The requests whose compare-and-set holds, in order; the others get a ConflictError."""
+        from persistkit.backends.file import FileBackend
+
+        view: dict[str, bytes | None] = {}
+        accepted: list[_Request] = []
+        locked: set[str] = set()
+        for request in batch:
+            if request.expect:
+                try:
+                    for key, expected in request.expect.items():
+                        if expected is ANY_VERSION:
+                            continue
+                        if key not in view and key not in self.pending and key not in locked:
+                            # A file-held key: a plain write of it may be in
+                            # flight in another process. Its directory lock
+                            # orders us with it; held until the append is done.
+                            held_dirs.append(self._lock_entity_dir(key, wait=wait))
+                            locked.add(key)
+                        FileBackend._check_expected(key, self._current(key, view), expected)
+                except ConflictError as exc:
+                    request.error = exc
+                    continue
+            accepted.append(request)
+            view.update(request.writes)
+        return accepted
+
+    def _lock_entity_dir(self, key: str, *, wait: bool) -> int:
+        backend = self._backend
+        namespace, _ = split_key(key)
+        dir_fd = backend._ensure_dir(backend._dir(namespace))
+        try:
+            take_lock(
+                self._os.flock, dir_fd, self.lock_timeout, f"the directory of {key}", wait=wait
+            )
+        except BaseException:
+            self._os.close(dir_fd)
+            raise
+        return dir_fd
 
     def _current(self, key: str, view: Mapping[str, bytes | None]) -> bytes | None:
         value = view.get(key, _MISSING)
@@ -443,95 +1031,18 @@ class CommitJournal:
             return self._backend._read_at(None, self._backend.path_of(key))
         return value  # type: ignore[return-value]  # bytes or None past the sentinel
 
-    def _write_batch(self, batch: list[_Request]) -> None:
-        from persistkit.backends.file import FileBackend
-
-        journal = self._open_journal()
-        view: dict[str, bytes | None] = {}
-        accepted: list[_Request] = []
-        chunks: list[bytes] = []
-        # Increasing even if the wall clock steps back: replay orders journals by it.
-        now = self._last_time_ns = max(time.time_ns(), self._last_time_ns + 1)
-        for request in batch:
-            if request.expect:
-                try:
-                    for key, expected in request.expect.items():
-                        if expected is not ANY_VERSION:
-                            FileBackend._check_expected(key, self._current(key, view), expected)
-                except ConflictError as exc:
-                    request.error = exc
-                    continue
-            chunks.append(encode_record(journal.next_seq + len(accepted), now, request.writes))
-            accepted.append(request)
-            view.update(request.writes)
-        if not accepted:
-            return
-        blob = b"".join(chunks)
-        osl = self._os
+    def _replace_after_failed_fsync(self, journal: _OpenJournal) -> None:
         try:
-            view_bytes = memoryview(blob)
-            while view_bytes:
-                view_bytes = view_bytes[osl.write(journal.fd, view_bytes) :]
+            with self._view_lock:
+                self._start_generation(journal.next_seq, dict(self.pending))
         except OSError as exc:
-            self._retire(journal, truncate_to=journal.size)
-            raise WriteFailedError(
-                f"appending to the commit journal failed: {exc}; the tick was not committed"
-            ) from exc
-        try:
-            osl.fsync(journal.fd)
-        except OSError as exc:
-            # Never fsync again and trust it: this journal is retired, and its
-            # records are replayed (or not) after the process exits.
-            self._retire(journal, truncate_to=None)
-            raise DurabilityUnknownError(
-                f"fsync of the commit journal failed ({exc}): the tick may or may not "
-                "survive a power cut"
-            ) from exc
-        journal.size += len(blob)
-        journal.next_seq += len(accepted)
-        self.flushes += 1
-        self.commits += len(accepted)
-        for request in accepted:
-            self.pending.update(request.writes)
-            self.dirty.update(request.writes)
-        self._wake_applier()
-        if journal.size >= self.limit:
-            self._checkpoint_locked()
-
-    def _open_journal(self) -> _OpenJournal:
-        if self._journal is not None:
-            return self._journal
-        osl = self._os
-        try:
-            dir_fd = self._backend._ensure_dir(self.directory)
-            try:
-                name = f"{os.getpid()}-{time.time_ns()}-{secrets.token_hex(4)}{JOURNAL_SUFFIX}"
-                # Locked under a name recovery ignores, then renamed: another
-                # process's recovery never sees this journal unlocked, so never
-                # takes it for a dead one and removes it.
-                unlocked = f".{name}{_NEW_SUFFIX}"
-                fd = osl.open(unlocked, _O_JOURNAL, 0o644, dir_fd=dir_fd)
-                # Held for the life of the process: recovery replays only the
-                # journals whose lock it can take, the dead owners'.
-                osl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                osl.replace(unlocked, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                osl.fsync(dir_fd)
-            finally:
-                osl.close(dir_fd)
-        except OSError as exc:
-            raise WriteFailedError(f"cannot create the commit journal: {exc}") from exc
-        self._journal = _OpenJournal(fd, name)
-        return self._journal
-
-    def _retire(self, journal: _OpenJournal, *, truncate_to: int | None) -> None:
-        """Stop appending to ``journal``; keep it (and its lock) until exit."""
-        if truncate_to is not None:
-            try:
-                self._os.ftruncate(journal.fd, truncate_to)
-            except OSError:
-                pass  # a torn record at the end is skipped at recovery anyway
-        self._retired.append(journal)
-        self._journal = None
+            self._broken = exc
+            logger.error(
+                "persistkit: the commit journal %s could not be replaced after a failed "
+                "fsync (%s); this process commits nothing more",
+                self.path,
+                exc,
+            )
 
     # -- applying -----------------------------------------------------------------------
 
@@ -562,19 +1073,39 @@ class CommitJournal:
                 time.sleep(0.1)
 
     def apply_pending(self) -> None:
-        """Write every pending commit to its file, then drop it from the overlay."""
-        with self._apply_lock:
-            snapshot = dict(self.pending)
-            if not snapshot:
-                return
-            self._apply(snapshot)
-            pending = self.pending
-            for key, value in snapshot.items():
-                # A newer commit of the key stays pending for the next pass.
-                if pending.get(key, _MISSING) is value:
-                    del pending[key]
+        """Write the journal's values to their files (no fsync); off the event loop."""
+        self._lead(lambda _: self._apply_held(wait=True), wait=True)
 
-    def _apply(self, writes: Mapping[str, bytes | None]) -> None:
+    def _lead(self, work: Callable[[_OpenJournal], None], *, wait: bool) -> None:
+        """Run ``work`` as this process's leader, holding the journal lock."""
+        with self._cond:
+            while self._leading:
+                if not wait:
+                    raise _WouldBlock("the commit journal")
+                self._cond.wait()
+            self._leading = True
+        try:
+            journal = self._lock_journal(wait=wait)
+            try:
+                work(journal)
+            finally:
+                self._unlock_journal()
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
+
+    def _apply_held(self, *, wait: bool) -> None:
+        changed = {
+            key: data
+            for key, data in self.pending.items()
+            if self._applied.get(key, _MISSING) is not data
+        }
+        if changed:
+            self._apply(changed, wait=wait)
+            self._applied.update(changed)
+
+    def _apply(self, writes: Mapping[str, bytes | None], *, wait: bool) -> None:
         """Files take the values in ``writes``: temp + rename, no fsync."""
         from persistkit.backends.file import SUFFIX  # file.py imports this module
 
@@ -593,7 +1124,8 @@ class CommitJournal:
             else:
                 dir_fd = backend._ensure_dir(backend._dir(namespace))
             try:
-                osl.flock(dir_fd, fcntl.LOCK_EX)  # temp files live under the dir lock
+                # Temp files live under the directory's lock (the startup sweep relies on it).
+                take_lock(osl.flock, dir_fd, self.lock_timeout, f"{namespace}/", wait=wait)
                 for name, data in items:
                     filename = f"{name}{SUFFIX}"
                     if data is None:
@@ -609,58 +1141,22 @@ class CommitJournal:
     # -- checkpoint -------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """Apply everything, make it durable, empty the journal (blocks commits meanwhile)."""
-        with self._cond:
-            while self._leading:
-                self._cond.wait()
-            self._leading = True
-        try:
-            self._checkpoint_locked()
-        finally:
-            with self._cond:
-                self._leading = False
-                self._cond.notify_all()
+        """Apply everything, make it durable, empty the journal; off the event loop."""
+        self._lead(lambda _: self._checkpoint_held(wait=True), wait=True)
 
-    def _checkpoint_locked(self) -> None:
+    def _checkpoint_held(self, *, wait: bool) -> None:
         journal = self._journal
+        if journal is None or (not self.pending and journal.offset == _FILE_HEADER.size):
+            return
         try:
-            self.apply_pending()
-            if (journal is None or journal.size == 0) and not self._retired:
-                self._forget_checkpointed_keys()
-                return
+            self._apply_held(wait=wait)
             self._sync_filesystem()
-            if journal is not None:
-                self._os.ftruncate(journal.fd, 0)
-                self._os.fsync(journal.fd)
-            # Everything a retired journal acknowledged is durable in the files
-            # now; what it did not acknowledge was reported as failed.
-            for retired in self._retired:
-                self._os.unlink(f"{self.directory}/{retired.name}")
-                self._os.close(retired.fd)
-            if self._retired:
-                self._retired.clear()
-                self._backend._fsync_dir(self.directory)
+            self._start_generation(journal.next_seq, None)
         except OSError as exc:
-            if journal is not None:
-                self._retire(journal, truncate_to=None)
             raise DurabilityUnknownError(
                 f"checkpoint of the commit journal failed ({exc}); the journal is kept "
-                "and replayed at the next start"
+                "and applied at the next start"
             ) from exc
-        if journal is not None:
-            journal.size = 0
-            journal.next_seq = 1
-        self._forget_checkpointed_keys()
-
-    def _forget_checkpointed_keys(self) -> None:
-        """Nothing in the journal now, but commits still queued keep their keys dirty."""
-        self.dirty.clear()
-        with self._cond:
-            queued = [request.writes for request in self._queue]
-        for waiting in list(self._gathering.values()):
-            queued.extend(request.writes for request, _ in list(waiting))
-        for writes in queued:
-            self.dirty.update(writes)
 
     def _sync_filesystem(self) -> None:
         fd = self._os.open(self._backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -669,40 +1165,118 @@ class CommitJournal:
         finally:
             self._os.close(fd)
 
+    # -- salvage ---------------------------------------------------------------------------
+
+    def salvage(self, quarantine_dir: str) -> list[SalvageReport]:
+        """Apply each damaged journal's records up to the damage; keep the journal aside.
+
+        Empty when no journal is damaged. A damaged file is moved into
+        ``quarantine_dir`` (never deleted); the valid records after its damage
+        are reported, not applied: what came between them is lost, so applying
+        them could make a state that never existed.
+        """
+        osl = self._os
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            self._leading = True
+        try:
+            if self._lock_fd is None:
+                dir_fd = self._backend._ensure_dir(self.directory)
+                try:
+                    self._lock_fd = osl.open(
+                        LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+                    )
+                finally:
+                    osl.close(dir_fd)
+            take_lock(osl.flock, self._lock_fd, self.lock_timeout, "the journal lock", wait=True)
+            try:
+                reports = []
+                for name in self.legacy_journal_names():
+                    legacy = self._backend._read_at(None, f"{self.directory}/{name}") or b""
+                    report = self._salvage_file(name, memoryview(legacy), 1, 0, quarantine_dir)
+                    if report is not None:
+                        reports.append(report)
+                data = self._backend._read_at(None, self.path)
+                if data is not None:
+                    magic, _, first_seq = _FILE_HEADER.unpack_from(data.ljust(_FILE_HEADER.size))
+                    if magic != FILE_MAGIC:
+                        first_seq = 0  # header lost: every record is after the damage
+                    report = self._salvage_file(
+                        JOURNAL_FILE, memoryview(data), first_seq, _FILE_HEADER.size, quarantine_dir
+                    )
+                    if report is not None:
+                        reports.append(report)
+                        if self._journal is not None:
+                            osl.close(self._journal.fd)
+                            self._journal = None
+                        next_seq = max(
+                            [first_seq + report.applied] + [r.seq + 1 for r in report.left_out]
+                        )
+                        self._start_generation(next_seq, None)
+                return reports
+            finally:
+                self._unlock_journal()
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
+
+    def _salvage_file(
+        self, name: str, data: memoryview, first_seq: int, start: int, quarantine_dir: str
+    ) -> SalvageReport | None:
+        osl = self._os
+        records, length = parse_records(data[start:], first_seq) if first_seq else ([], 0)
+        later = find_damage(data, start + length) if start + length < len(data) else []
+        if not later:
+            return None
+        merged: dict[str, bytes | None] = {}
+        for record in records:
+            merged.update(record.writes)
+        self._apply(merged, wait=True)
+        self._sync_filesystem()
+        target_fd = self._backend._ensure_dir(quarantine_dir)
+        kept = f"{name}-damaged-{time.time_ns()}"
+        dir_fd = self._backend._open_dir(self.directory)
+        try:
+            osl.replace(name, kept, src_dir_fd=dir_fd, dst_dir_fd=target_fd)
+            osl.fsync(target_fd)
+            osl.fsync(dir_fd)
+        finally:
+            osl.close(dir_fd)
+            osl.close(target_fd)
+        return SalvageReport(
+            journal=name,
+            applied=len(records),
+            damaged_at=start + length,
+            left_out=later,
+            kept_as=f"{quarantine_dir}/{kept}",
+        )
+
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Checkpoint, remove this process's journal, stop the applier."""
-        if self._journal is not None or self._retired or self.pending:
-            self.checkpoint()
-            journal = self._journal
-            if journal is not None:
-                try:
-                    self._os.unlink(f"{self.directory}/{journal.name}")
-                except OSError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
-                self._os.close(journal.fd)
-                self._journal = None
-        self._stopping = True
-        if self._applier is not None:
-            self._apply_wanted.set()
-            self._applier.join()
-            self._applier = None
-        self._stopping = False  # a later commit starts a new applier
-
-    def lookup(self, key: str) -> tuple[bool, bytes | None]:
-        """``(True, value)`` when ``key`` has a committed write not applied yet."""
-        value = self.pending.get(key, _MISSING)
-        if value is _MISSING:
-            return False, None
-        return True, value  # type: ignore[return-value]  # bytes or None past the sentinel
-
-    def iter_pending(self, namespace: str, recursive: bool) -> Iterator[tuple[str, bytes | None]]:
-        """Pending writes whose key lies in ``namespace`` (for listings)."""
-        below = f"{namespace}/" if namespace else ""
-        for key, data in list(self.pending.items()):
-            if not key.startswith(below):
-                continue
-            if recursive or "/" not in key[len(below) :]:
-                yield key, data
+        """Checkpoint what this process sees, stop the applier, close the files."""
+        try:
+            if self.recovered and not self._backend.read_only and self._broken is None:
+                self.refresh()
+                if self.pending:
+                    self.checkpoint()
+        finally:
+            self._stopping = True
+            if self._applier is not None:
+                self._apply_wanted.set()
+                self._applier.join()
+                self._applier = None
+            self._stopping = False  # a later commit starts a new applier
+            for fd in (self._lock_fd, self._journal.fd if self._journal else None):
+                if fd is not None:
+                    try:
+                        self._os.close(fd)
+                    except OSError as exc:
+                        if exc.errno != errno.EBADF:
+                            raise
+            self._lock_fd = None
+            self._journal = None
+            self.pending = {}
+            self._applied = {}

@@ -20,6 +20,7 @@ class OSLayer:
     open = staticmethod(os.open)
     close = staticmethod(os.close)
     read = staticmethod(os.read)
+    pread = staticmethod(os.pread)
     write = staticmethod(os.write)
     fsync = staticmethod(os.fsync)
     fstat = staticmethod(os.fstat)

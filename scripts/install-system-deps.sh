@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the real-server tests need: redis-server,
-# redis-tools (redis-cli, used to create the test cluster) and strace.
+# redis-tools (redis-cli, used to create the test cluster), strace and faketime
+# (a process whose wall clock steps back, in the multi-process tests).
 # Idempotent and fast when everything is already present. The Debian redis
 # service is never left running: the tests start their own servers on free
 # loopback ports, and nothing may hold port 6379.
@@ -14,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=0
-for bin in redis-server redis-cli strace; do
+for bin in redis-server redis-cli strace faketime; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         missing=1
     fi
@@ -40,7 +41,7 @@ if [ "$missing" -eq 1 ]; then
     $SUDO apt-get update -q
     $SUDO apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        redis-server redis-tools strace
+        redis-server redis-tools strace faketime
 fi
 
 # Make sure no system redis service is running or enabled.
@@ -61,7 +62,7 @@ if command -v pgrep >/dev/null 2>&1; then
     done
 fi
 
-for bin in redis-server redis-cli strace; do
+for bin in redis-server redis-cli strace faketime; do
     command -v "$bin" >/dev/null 2>&1 || { echo "install-system-deps: $bin still missing" >&2; exit 1; }
 done
 echo "install-system-deps: $(redis-server --version | head -n1)"

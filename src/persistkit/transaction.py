@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 from types import TracebackType
+from typing import Any, cast
 
 from persistkit.backends.base import ANY_VERSION, Backend, Expected
 from persistkit.config import current_settings
@@ -41,12 +42,25 @@ class Transaction:
     A transaction opened inside another one on the same backend is a savepoint:
     its writes join the outer transaction when it exits normally.
 
-    A compare-and-set (``if_version=``) inside the block is checked when it is
-    called, against the staged value or the stored one. The version of a staged
-    value (what ``write_value`` returns in the block) is valid in the block only.
+    A compare-and-set (``if_version=``) inside the block is checked twice: when
+    it is called, against the staged value or the stored one, and again when
+    the block commits, against what is stored then (optimistic concurrency), so
+    two ticks that read the same version never both commit a change of it
+    (``update_value`` in concurrent ticks loses nothing). The tick that lost
+    the race raises :class:`~persistkit.errors.ConflictError` from its
+    ``async with`` and commits nothing. The version of a staged value (what
+    ``write_value`` returns in the block) is valid in the block only.
     """
 
-    __slots__ = ("_parent", "_token", "_versions", "backend", "finished", "writes")
+    __slots__ = (
+        "_parent",
+        "_token",
+        "_versions",
+        "backend",
+        "expected",
+        "finished",
+        "writes",
+    )
 
     def __init__(self, backend: Backend) -> None:
         if type(backend).commit is Backend.commit:
@@ -57,6 +71,9 @@ class Transaction:
         self.writes: dict[str, bytes | None] = {}
         """Staged writes; ``None`` removes."""
         self._versions: dict[str, str] = {}
+        self.expected: dict[str, Expected] = {}
+        """Versions of stored values this transaction's compare-and-sets relied on;
+        the commit succeeds only if each is still current."""
         self.finished = False
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
@@ -119,11 +136,15 @@ class Transaction:
         """Stage a write (``None``: remove) if ``key`` is at version ``expect``."""
         self._check_active()
         if expect is not ANY_VERSION:
+            staged = self._level_of(key) is not None
             current = await self.version_of(key)
             if current != expect:
                 raise ConflictError(
                     f"{key} is at version {current}, not {expect}, in this transaction", key=key
                 )
+            if not staged:
+                # Read from the store: it must still be so when the block commits.
+                self.expected.setdefault(key, expect)
         return self.stage_now(key, data)
 
     def stage_now(self, key: str, data: bytes | None) -> str | None:
@@ -155,6 +176,9 @@ class Transaction:
             return
         outer = self._parent._find(self.backend) if self._parent is not None else None
         if outer is not None:
+            for key, version in self.expected.items():
+                if outer._level_of(key) is None:
+                    outer.expected.setdefault(key, version)
             outer.writes.update(self.writes)
             for key, data in self.writes.items():
                 if data is None:
@@ -186,11 +210,23 @@ class Transaction:
                         taken.append(key_in_order)
                     break
                 taken.append(key)
+            backend = self.backend
+            if self.expected and backend.commit_checks_versions:
+
+                async def commit() -> None:
+                    # commit_checks_versions: this backend's commit takes expect=.
+                    await cast(Any, backend).commit(writes, expect=self.expected)
+
+            else:
+
+                async def commit() -> None:
+                    await backend.commit(writes)
+
             try:
-                await self.backend.commit(writes)
+                await commit()
             except TransientBackendError as exc:
                 # A commit carries whole values, so repeating it is harmless.
-                await DEFAULT_RETRY.call(lambda: self.backend.commit(writes), exc)
+                await DEFAULT_RETRY.call(commit, exc)
         finally:
             for key in taken:
                 locks.release(key)

@@ -176,10 +176,19 @@ class Backend(ABC):
 
     # -- atomic commit of several keys -----------------------------------------
 
+    commit_checks_versions: bool = False
+    """True when :meth:`commit` takes ``expect=`` and checks it atomically with
+    the commit; transactions then check their compare-and-sets at commit time,
+    otherwise only when they are staged."""
+
     async def commit(self, writes: Mapping[str, bytes | None]) -> None:
         """Apply all ``writes`` (``None`` deletes) atomically: after a crash, all or none.
 
-        Backends without multi-key atomicity leave this unimplemented.
+        A backend with ``commit_checks_versions`` also takes ``expect``, a map
+        of keys to the version each must still have (``None``: absent), and
+        raises :class:`~persistkit.errors.ConflictError` with nothing written
+        when one has moved. Backends without multi-key atomicity leave this
+        unimplemented.
         """
         raise NotImplementedError(f"{type(self).__name__} has no atomic multi-key commit")
 

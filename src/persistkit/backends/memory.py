@@ -116,8 +116,17 @@ class MemoryBackend(Backend):
             for name in list(self._spaces.get(space_name, ())):
                 yield join_key(space_name, name)
 
-    async def commit(self, writes: Mapping[str, bytes | None]) -> None:
+    commit_checks_versions = True
+
+    async def commit(
+        self,
+        writes: Mapping[str, bytes | None],
+        *,
+        expect: Mapping[str, Expected] | None = None,
+    ) -> None:
         # Nothing below can fail half-way, and nothing suspends: atomic as is.
+        for key, expected in (expect or {}).items():
+            self._check_expected(key, expected)
         for key, data in writes.items():
             if data is None:
                 await self.delete(key)

@@ -39,8 +39,10 @@ from .targets import (
     EXIT_OK,
     EXIT_PROBLEMS,
     CommandError,
+    format_time,
     open_target,
     plural,
+    refuse_beside_running_sessions,
     store_for,
 )
 from .transfer import (
@@ -188,6 +190,52 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
     else:
         print_preflight(report, exit_code)
     ctx.exit(exit_code)
+
+
+# -- journal ------------------------------------------------------------------------------
+
+
+@cli.group(short_help="Salvage a damaged commit journal.")
+def journal() -> None:
+    """The file backend's commit journal (ROOT/.journal)."""
+
+
+@journal.command("salvage")
+@target_argument
+def journal_salvage(target: str) -> None:
+    """Apply a damaged journal's commits up to the damage; keep it in the quarantine.
+
+    A start refuses a root whose journal has a record that fails its check
+    with valid records after it. This applies the commits before the damage to
+    the files, moves the journal under ROOT/.quarantine/.journal (never
+    deleted) and lists the commits after the damage that were left out: what
+    lay between them is lost, so they may not apply to what is there now.
+    Exit 0 when salvaged or nothing was damaged.
+    """
+    backend = open_target(target)
+    if not isinstance(backend, FileBackend):
+        raise CommandError(f"{backend.url}: only the file backend has a commit journal")
+    refuse_beside_running_sessions(backend)
+    reports = _run([backend], backend.salvage_journal)
+    if not reports:
+        click.echo(f"{backend.root}: no damaged journal; nothing to salvage")
+        return
+    for report in reports:
+        click.echo(
+            f"{report.journal}: damaged at byte {report.damaged_at}; "
+            f"{plural(report.applied, 'commit')} before it applied; kept as {report.kept_as}"
+        )
+        if report.left_out:
+            click.echo(
+                f"  left out: {plural(len(report.left_out), 'valid commit')} after the damage"
+            )
+            for record in report.left_out[:_SHOWN_STEPS]:
+                keys = ", ".join(sorted(record.writes))
+                click.echo(
+                    f"    commit {record.seq} at {format_time(record.time_ns / 1e9)}: {keys}"
+                )
+            if len(report.left_out) > _SHOWN_STEPS:
+                click.echo(f"    ... and {len(report.left_out) - _SHOWN_STEPS} more")
 
 
 # -- quarantine ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from persistkit.backends import Backend
 from persistkit.backends.base import split_key
 from persistkit.backends.file import SUFFIX, FileBackend
-from persistkit.errors import BackendError, InvalidNameError
+from persistkit.errors import BackendError, InvalidNameError, JournalDamagedError
 from persistkit.names import decode_segment
 
 from .targets import CommandError, schema_for, store_for
@@ -29,8 +29,8 @@ __all__ = ["PreflightReport", "Problem", "run_preflight"]
 @dataclass(frozen=True, slots=True)
 class Problem:
     kind: str
-    """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``unapplied-commit``,
-    ``durability``; as a note: ``foreign-name``."""
+    """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``damaged-journal``,
+    ``durability``; as a note: ``foreign-name``, ``unapplied-commit``."""
     where: str
     detail: str
     a_start_would: str
@@ -120,6 +120,12 @@ async def run_preflight(
     number checked since its last call.
     """
     report = PreflightReport(backend.url)
+    try:
+        await backend.unapplied_commits()
+    except JournalDamagedError as exc:
+        # Every read would fail the same way: this is the one thing to report.
+        report.problems.append(Problem("damaged-journal", backend.url, str(exc), "refuse to start"))
+        return report
     per_namespace: Counter[str] = Counter()
     try:
         async for key in backend.scan("", recursive=True):
@@ -180,8 +186,9 @@ async def run_preflight(
         report.quarantined = sum([1 async for _ in backend.list_quarantine("")])
     except BackendError as exc:
         raise CommandError(f"cannot query {backend.url}: {exc}") from exc
-    report.problems.extend(
-        Problem("unapplied-commit", commit, "committed but not yet applied", "apply it")
+    # Normal while a bot runs, and read by every process: worth knowing only.
+    report.notes.extend(
+        Problem("unapplied-commit", commit, "committed, not yet in its files", "apply it")
         for commit in commits
     )
     report.problems.extend(

@@ -20,6 +20,8 @@ from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
 from persistkit.errors import PersistError
+from persistkit.live.lock import held_locks, read_holder
+from persistkit.live.session import LOCK_DIR
 from persistkit.retry import RetryPolicy
 from persistkit.store import PersistBase, SegmentName
 
@@ -95,6 +97,28 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
         elif must_exist:
             raise CommandError(f"no such directory: {root}")
     return backend
+
+
+def refuse_beside_running_sessions(backend: Backend) -> None:
+    """Refuse (exit 1) a change to a root whose live session runs: the bot owns its state.
+
+    A live session's locks are looked up without being taken (see
+    :func:`persistkit.live.lock.held_locks`), so this check never makes a
+    starting bot fail.
+    """
+    if not isinstance(backend, FileBackend):
+        return
+    held = held_locks(os.path.join(backend.root, LOCK_DIR))
+    if held:
+        holders = "; ".join(
+            ", ".join(f"{key} {value}" for key, value in read_holder(path).items()) or path
+            for path in held
+        )
+        raise CommandError(
+            f"a live session runs on {backend.root} ({holders}); stop it first, "
+            "then run this again",
+            EXIT_PROBLEMS,
+        )
 
 
 def schema_for(namespace: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Self
 
 from persistkit.errors import InstanceLockedError
 
-__all__ = ["InstanceLock", "read_holder"]
+__all__ = ["InstanceLock", "held_locks", "read_holder"]
 
 
 def read_holder(path: str) -> dict[str, object]:
@@ -31,6 +31,43 @@ def read_holder(path: str) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def held_locks(directory: str) -> list[str]:
+    """The files under ``directory`` some process holds a lock on, found without locking.
+
+    Read from ``/proc/locks``: taking a lock to test it, even a shared one for
+    a moment, could make a bot starting at that moment believe it is already
+    running. Empty where ``/proc/locks`` does not exist.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    by_inode = {}
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False):
+            info = entry.stat(follow_symlinks=False)
+            by_inode[(os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)] = entry.path
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    held = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK ADVISORY WRITE 1234 08:01:5678 0 EOF"; blocked waiters have "->".
+        if len(fields) < 6 or fields[1] == "->":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+        except ValueError:
+            continue
+        if key in by_inode:
+            held.add(by_inode[key])
+    return sorted(held)
 
 
 class InstanceLock:

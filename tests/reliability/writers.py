@@ -240,3 +240,78 @@ TICK_CONTROLS = [
         atomic_steps=True,
     ),
 ]
+
+
+class TwoProcessBackend(TickBackend):
+    """Two processes on one root: this backend and a twin with journal state of its own.
+
+    Each is what one process of a bot has (its view of the shared journal, its
+    lock descriptors, its applier); on the simulated file system both run on
+    one thread, one call after the other, as two processes would interleave.
+    """
+
+    twin_class: type[TickBackend] = TickBackend
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        os_layer: OSLayer = REAL_OS,
+        executor: Executor | None = None,
+        journal_limit: int = TICK_JOURNAL_LIMIT,
+    ) -> None:
+        super().__init__(root, os_layer=os_layer, executor=executor, journal_limit=journal_limit)
+        self.twin = self.twin_class(
+            root, os_layer=os_layer, executor=executor, journal_limit=journal_limit
+        )
+
+
+class JournalBlindBackend(TickBackend):
+    """Control: plain writes go straight to their files even while the journal holds the key."""
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.journal.holds = lambda key: False  # type: ignore[method-assign]
+
+
+class JournalBlindTwinBackend(TwoProcessBackend):
+    twin_class = JournalBlindBackend
+
+
+async def interleaved_step(stores: Stores, step: Step) -> None:
+    """Each process in turn makes two steps; a one-key step is a plain write, a step
+    of several keys a tick commit. Every third step the process runs its
+    applier's pass first."""
+    backend = _backend_of(stores)
+    assert isinstance(backend, TwoProcessBackend)
+    backend.ticks += 1
+    process: TickBackend = backend if (backend.ticks // 2) % 2 else backend.twin
+    if process is not backend:
+        stores = {name: PersistBase(name, backend=process) for name in stores}
+    if backend.ticks % 3 == 0:
+        process.apply_now()
+    if len(step) == 1:
+        await apply_step(stores, step)
+        return
+    async with transaction(process):
+        await apply_step(stores, step)
+
+
+TWO_PROCESS_WRITERS = [
+    WriterUnderTest(
+        "two processes: ticks and plain writes on shared keys",
+        TwoProcessBackend,
+        broken=False,
+        run_step=interleaved_step,
+        atomic_steps=True,
+    )
+]
+TWO_PROCESS_CONTROLS = [
+    WriterUnderTest(
+        "a process whose plain writes ignore the shared journal",
+        JournalBlindTwinBackend,
+        broken=True,
+        run_step=interleaved_step,
+        atomic_steps=True,
+    )
+]

@@ -566,6 +566,7 @@ class CommitJournal:
             with self._view_lock:
                 journal = self._refresh_locked(truncate_torn=True)
                 if journal is None:
+                    self._write_format_locked()
                     journal = self._start_generation(first_seq=1, writes=None)
             return journal
         except BaseException:
@@ -649,7 +650,7 @@ class CommitJournal:
         with self._recovery_lock:
             if self.recovered:
                 return 0
-            self._check_format(write=not self._backend.read_only)
+            self._check_format()
             if self._backend.read_only:
                 self.recovered = True
                 return 0
@@ -657,6 +658,8 @@ class CommitJournal:
 
             def merge_and_checkpoint(journal: _OpenJournal) -> None:
                 nonlocal found
+                self._sweep_temps_locked()
+                self._write_format_locked()
                 found = journal.next_seq - self._first_seq(journal)
                 found += self._merge_legacy_journals()
                 if self.pending:
@@ -682,9 +685,9 @@ class CommitJournal:
         header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
         return int(_FILE_HEADER.unpack(header)[2])
 
-    def _check_format(self, *, write: bool) -> None:
-        path = f"{self.directory}/{FORMAT_FILE}"
-        data = self._backend._read_at(None, path)
+    def _check_format(self) -> None:
+        """Refuse a root marked with a format newer than this release's."""
+        data = self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}")
         if data is not None:
             try:
                 version = int(data.split()[-1])
@@ -697,8 +700,10 @@ class CommitJournal:
                     f"this release of persistkit reads format {FORMAT_VERSION} and older. "
                     "Upgrade persistkit to open it."
                 )
-            return
-        if not write:
+
+    def _write_format_locked(self) -> None:
+        """Mark the root with this release's format, once (under the journal lock)."""
+        if self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}") is not None:
             return
         dir_fd = self._backend._ensure_dir(self.directory)
         try:
@@ -707,6 +712,28 @@ class CommitJournal:
             )
         finally:
             self._os.close(dir_fd)
+
+    def _sweep_temps_locked(self) -> None:
+        """Temp files of journal replacements and format marks cut by a crash.
+
+        Both are only ever written under the journal lock, which the caller holds.
+        """
+        from persistkit.backends.file import TEMP_PREFIX  # file.py imports this module
+
+        osl = self._os
+        dir_fd = self._backend._open_dir(self.directory)
+        try:
+            found = [
+                entry.name
+                for entry in osl.scandir(self.directory)
+                if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(_NEW_SUFFIX)
+            ]
+            for name in found:
+                osl.unlink(name, dir_fd=dir_fd)
+            if found:
+                osl.fsync(dir_fd)
+        finally:
+            osl.close(dir_fd)
 
     def legacy_journal_names(self) -> list[str]:
         """Per-process journals of format 1, oldest name first."""

@@ -283,6 +283,8 @@ class _OpenJournal:
     """Bytes parsed so far (header included)."""
     next_seq: int
     last_time_ns: int = 0
+    entry_durable: bool = False
+    """Whether this process made the journal's directory entry durable (:meth:`_lock_journal`)."""
 
 
 @dataclass(slots=True)
@@ -568,6 +570,12 @@ class CommitJournal:
                 if journal is None:
                     self._write_format_locked()
                     journal = self._start_generation(first_seq=1, writes=None)
+                if not journal.entry_durable:
+                    # A process killed between renaming a new journal in and
+                    # fsyncing the directory left a name a power cut can undo,
+                    # taking with it every commit appended since: fsync it first.
+                    self._backend._fsync_dir(self.directory)
+                    journal.entry_durable = True
             return journal
         except BaseException:
             self._unlock_journal()
@@ -624,7 +632,7 @@ class CommitJournal:
         if old is not None:
             osl.close(old.fd)
         journal = self._journal = _OpenJournal(
-            fd, JOURNAL_FILE, osl.fstat(fd).st_ino, len(blob), next_seq, last_time
+            fd, JOURNAL_FILE, osl.fstat(fd).st_ino, len(blob), next_seq, last_time, True
         )
         self.pending = dict(writes) if writes else {}
         self._applied = {}
@@ -651,7 +659,9 @@ class CommitJournal:
             if self.recovered:
                 return 0
             self._check_format()
-            if self._backend.read_only:
+            if self._backend.read_only or not self._exists(self.directory):
+                # Nothing was ever committed here: nothing to recover, and
+                # nothing is written (the first commit creates the journal).
                 self.recovered = True
                 return 0
             found = 0
@@ -680,6 +690,13 @@ class CommitJournal:
                 raise BackendError(f"recovering the commit journal failed: {exc}") from exc
             self.recovered = True
             return found
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self._os.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _first_seq(self, journal: _OpenJournal) -> int:
         header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)

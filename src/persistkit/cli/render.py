@@ -269,15 +269,18 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     )
     orphans = report.of_kind("orphan")
     say(f"  temp files   {len(orphans) or 'none'} left by interrupted writes")
-    commits = report.of_kind("unapplied-commit")
-    waiting = plural(len(commits), "commit") if commits else "none"
-    say(f"  commits      {waiting} waiting to be applied")
+    commits = [note for note in report.notes if note.kind == "unapplied-commit"]
+    if not commits:
+        say("  commits      none waiting to be applied to the files")
+    for note in commits:
+        say(f"  commits      {note.where}")
     warnings = report.of_kind("durability")
     said = plural(len(warnings), "warning") if warnings else "no warnings"
     say(f"  durability   {said} from the backend")
     say(f"  quarantine   {plural(report.quarantined, 'value')} held from earlier starts")
     for note in report.notes:
-        say(f"  note: [{note.kind}] {note.where}: {note.detail}")
+        if note.kind != "unapplied-commit":
+            say(f"  note: [{note.kind}] {note.where}: {note.detail}")
     if report.problems:
         say(f"{plural(len(report.problems), 'problem')}:")
         for problem in report.problems:

@@ -297,8 +297,8 @@ def test_kill_at_each_syscall_of_a_tick_commit_and_checkpoint(tmp_path: Path) ->
             "committing one tick (signal + risk in one transaction) then closing (apply, "
             "syncfs, an empty journal renamed in), once for each file-system syscall of it: "
             + ", ".join(f"{name}#{ordinal}" for name, ordinal, _ in calls),
-            expected="after startup (the journal read and checkpointed) both entities at the old tick "
-            "before the journal record's write, both at the new one after it; never one "
+            expected="after startup (the journal read and checkpointed) both entities at the "
+            "old tick before the journal record's write, both at the new one after it; never one "
             "without the other, never torn, no temp or journal left",
             trials=len(calls),
             violations=len(violations),

@@ -9,6 +9,8 @@ from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+import pytest
+
 __all__ = [
     "LONG",
     "Control",
@@ -66,6 +68,9 @@ class Result:
 
 
 _results: list[Result] = []
+
+CALL_OUTCOME = pytest.StashKey[bool]()
+"""Whether a test's call passed (set by conftest.py's report hook, read by fixtures that record)."""
 
 
 def record(result: Result) -> Result:

@@ -13,13 +13,22 @@ import os
 from pathlib import Path
 
 import pytest
-from common import LONG, counts_by_mode, recorded
+from common import CALL_OUTCOME, LONG, counts_by_mode, recorded
 
 
 @pytest.fixture(autouse=True)
 def _quiet_startup_logs() -> None:
     # Thousands of startups on corrupt states would bury a failure's output.
     logging.getLogger("persistkit").setLevel(logging.ERROR)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each test's call outcome on the item, for fixtures that record it."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[CALL_OUTCOME] = report.passed
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

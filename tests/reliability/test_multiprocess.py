@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import count
+from common import CALL_OUTCOME, Result, count, record
 
 import persistkit
 from persistkit import ConflictError, PersistBase, PersistError
@@ -39,6 +39,35 @@ BOT = {"symbol": "BTCUSDT", "strategy": "trend", "risk": "main"}
 CHECKER = {"symbol": "CHECK", "strategy": "restart", "risk": "checker"}
 
 pytestmark = pytest.mark.timeout(180)
+
+_results: dict[str, Result] = {}
+
+
+@pytest.fixture(autouse=True)
+def _count_in_the_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One row of ``docs/reliability.md`` per test: each parametrization is a trial."""
+    yield
+    item = request.node
+    passed = item.stash.get(CALL_OUTCOME, None)
+    if passed is None:
+        return  # not run to its end (a setup error): nothing to count
+    function = item.function
+    result = _results.get(function.__name__)
+    if result is None:
+        lines = (function.__doc__ or function.__name__).strip().splitlines()
+        case, _, title = lines[0].partition(": ")
+        result = _results[function.__name__] = record(
+            Result(
+                fault=f"second process, {case.lower()} of issue 11: {title}",
+                injection=" ".join(line.strip() for line in lines[1:] if line.strip())
+                or "real processes (mp_agent.py) on one root, killed with SIGKILL where stated",
+                expected="what the test's name says, checked through the public API",
+                trials=0,
+                violations=0,
+            )
+        )
+    result.trials += 1
+    result.violations += 0 if passed else 1
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -57,6 +57,7 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
+from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.journal import DEFAULT_JOURNAL_LIMIT, CommitJournal
 from persistkit.backends.oslayer import REAL_OS, OSLayer
 from persistkit.errors import (
@@ -117,9 +118,10 @@ class FileBackend(Backend):
         journal_limit: int = DEFAULT_JOURNAL_LIMIT,
         read_only: bool = False,
     ) -> None:
-        # Absolute now, so that a later chdir does not move the data.
-        self.root = os.path.abspath(os.fspath(root))
-        self._os = os_layer
+        # Absolute now, so that a later chdir does not move the data, and
+        # resolved: the root may be a symbolic link, nothing below it may be.
+        self.root = os_layer.realpath(os.path.abspath(os.fspath(root)))
+        self._os = ConfinedOS(os_layer, self.root)
         self._offload = offload
         self._executor = executor
         # Inline writes never suspend, so they cannot be reordered.
@@ -280,9 +282,13 @@ class FileBackend(Backend):
         """
         osl = self._os
         try:
-            mode: int | None = stat.S_IMODE(osl.stat(name, dir_fd=dir_fd).st_mode)
+            found = osl.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            mode = None
+            mode: int | None = None
+        else:
+            if stat.S_ISLNK(found.st_mode):
+                raise self._os.refuse_link(dir_fd, name)  # never replace a foreign link
+            mode = stat.S_IMODE(found.st_mode)
         temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
             fd = osl.open(temp, _O_TEMP, 0o666, dir_fd=dir_fd)
@@ -590,7 +596,7 @@ class FileBackend(Backend):
                         # A quarantine cut before its move: the value stayed in
                         # place, and the next startup quarantines it again.
                         continue
-                    data = self._read_at(None, entry.path)
+                    data = self._read_at(None, f"{self._quarantine_dir(current)}/{entry.name}")
                     if data is None:
                         continue
                     try:

@@ -54,7 +54,7 @@ def check_key(key: str) -> str:
     mean different things to different backends. :mod:`persistkit.names` never
     makes such a key; this is the last line for callers that build keys by hand.
     """
-    if type(key) is not str:  # exactly str: no subclass with its own split
+    if not isinstance(key, str):
         raise InvalidNameError(f"a key must be a string, got {type(key).__name__}: {key!r}")
     if _BAD_KEY.search(key) is not None:
         raise InvalidNameError(
@@ -327,6 +327,15 @@ class Backend(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+# The contract's own defaults check their keys too (the abstract ones are
+# checked in each implementation, see Backend.__init_subclass__).
+for _name in ("get_many", "commit", "clean_orphans", "changed_at"):
+    _checked = _KEY_CHECKS[_name](Backend.__dict__[_name])
+    _checked._checks_keys = True  # type: ignore[attr-defined]
+    setattr(Backend, _name, _checked)
+del _name, _checked
 
 
 def split_key(key: str) -> tuple[str, str]:

@@ -319,7 +319,14 @@ class ConfinedOS:
             self.inner.close(parent_fd)
 
     def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
-        self._in_parent(path, dir_fd, lambda name, fd: self.inner.unlink(name, dir_fd=fd))
+        """Never removes a link either: a foreign object is left where it is."""
+
+        def unlink_in(name: str, fd: int | None) -> None:
+            if fd is not None and self._is_link(name, fd):
+                raise self.refuse_link(fd, name)
+            self.inner.unlink(name, dir_fd=fd)
+
+        self._in_parent(path, dir_fd, unlink_in)
 
     def rmdir(self, path: str, *, dir_fd: int | None = None) -> None:
         self._in_parent(path, dir_fd, lambda name, fd: self.inner.rmdir(name, dir_fd=fd))

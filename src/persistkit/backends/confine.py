@@ -273,18 +273,38 @@ class ConfinedOS:
                 raise
         if flags & os.O_DIRECTORY and not flags & os.O_CREAT:
             return self.open_dir(path)
+        # The hot path of a read: the file's directory was verified before.
+        parent, _, name = path.rpartition("/")
+        known = _VERIFIED.get(parent)
+        if known is not None and name and name != "." and name != "..":
+            try:
+                parent_fd = inner.open(parent, _O_DIR_NOFOLLOW)
+            except OSError as exc:
+                if exc.errno not in _LINK_ERRNOS:
+                    raise  # absent: the caller says what that means
+            else:
+                try:
+                    found_dir = inner.fstat(parent_fd)
+                    if (found_dir.st_dev, found_dir.st_ino) == known:
+                        return self._open_in(parent_fd, name, flags, mode, path)
+                finally:
+                    inner.close(parent_fd)
         found = self._parent(path)
         if found is None:
             return inner.open(path, flags, mode)
         parent_fd, name = found
         try:
-            return inner.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=parent_fd)
+            return self._open_in(parent_fd, name, flags, mode, path)
+        finally:
+            inner.close(parent_fd)
+
+    def _open_in(self, parent_fd: int, name: str, flags: int, mode: int, path: str) -> int:
+        try:
+            return self.inner.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=parent_fd)
         except OSError as exc:
             if exc.errno in _LINK_ERRNOS and self._is_link(name, parent_fd):
                 raise self._refuse(path) from None
             raise
-        finally:
-            inner.close(parent_fd)
 
     def stat(
         self, path: str, *, dir_fd: int | None = None, follow_symlinks: bool = True

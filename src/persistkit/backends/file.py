@@ -26,6 +26,11 @@ the new one, whole.
 
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
+
+Confined to the root: the root is resolved once (it may itself be a symbolic
+link) and every syscall goes through :class:`~persistkit.backends.confine.ConfinedOS`,
+which never follows a link below it (see that module). A link met on the way
+raises :class:`~persistkit.errors.ForeignSymlinkError`; a listing leaves links out.
 """
 
 from __future__ import annotations

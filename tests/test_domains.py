@@ -105,7 +105,8 @@ async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
     await PersistPartialAdapter.write_partial_data(
         {"sig-1": PartialData(profit_levels=[10])}, "BTCUSDT", "my_strategy"
     )
-    assert files_under(data_root) == [
+    # Beside persistkit's own dot folders (the commit journal), the seed's files, nothing else.
+    assert [path for path in files_under(data_root) if not path.startswith(".")] == [
         "partial/BTCUSDT_my_strategy/levels.json",
         "risk/main/positions.json",
         "schedule/BTCUSDT_my_strategy/BTCUSDT.json",

@@ -46,10 +46,11 @@ class FailingOS(OSLayer):
 
 
 def failing_backend(root: Path, os_layer: FailingOS) -> FileBackend:
-    """A backend past its first use (format check, journal recovery), faults counted from now."""
+    """A backend past its first use (format check, journal), faults counted from now."""
     backend = FileBackend(root, os_layer=os_layer)
     os_layer.armed = False
     backend.journal.recover()
+    backend.journal.ensure_open(wait=True)  # a process's first write creates the journal
     os_layer.armed = True
     return backend
 
@@ -93,6 +94,7 @@ async def test_a_later_chdir_does_not_move_the_data(
 @pytest.mark.parametrize(
     ("fail_on", "error", "when"),
     [
+        # The first open is the commit journal's folder, looked for at first use.
         ("open", errno.EMFILE, 1),  # the directory
         ("open", errno.ENOSPC, 2),  # the temp file
         ("fchmod", errno.EPERM, 1),

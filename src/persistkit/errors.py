@@ -13,6 +13,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ConflictError                             compare-and-set lost: the version moved
     ├── StoreClosedError            (RuntimeError) use after aclose()
     ├── InstanceLockedError         (RuntimeError) a second instance of a live session
+    ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
@@ -35,6 +36,7 @@ __all__ = [
     "CorruptValueError",
     "DurabilityUnknownError",
     "EntityNotFoundError",
+    "ForeignSymlinkError",
     "InstanceLockedError",
     "InvalidNameError",
     "JournalDamagedError",
@@ -113,6 +115,22 @@ class InstanceLockedError(PersistError, RuntimeError):
     def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.holder = holder or {}
+
+
+class ForeignSymlinkError(PersistError):
+    """A symbolic link inside the data root, met on the way to a value or a directory.
+
+    persistkit never follows a link below its root (the root itself may be
+    one): nothing was read, written, moved or deleted through it, and its
+    target was not touched. ``path`` is the link. Deliberately not an
+    ``OSError``: it is a refusal, not a failure of the storage, and retrying
+    does not help; replace the link with a real directory or file, or move it
+    out of the root. ``persistkit preflight`` lists every such link.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class BackendError(PersistError, OSError):

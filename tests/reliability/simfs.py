@@ -172,6 +172,9 @@ class _Entry:
     def is_file(self, *, follow_symlinks: bool = True) -> bool:
         return self._kind == "file"
 
+    def is_symlink(self) -> bool:
+        return False  # the simulation has no symbolic links
+
 
 class _Scandir:
     def __init__(self, entries: list[_Entry]) -> None:
@@ -540,10 +543,18 @@ class SimFS(OSLayer):
                 raise _error(errno.ENOTEMPTY, path)
             self._record(Op("unlink", ino, dir_ino=parent, name=name))
 
-    def scandir(self, path: str) -> Any:
+    def realpath(self, path: str) -> str:
+        """No symbolic links in the simulation: the path itself, normalised."""
+        return os.path.normpath(path)
+
+    def scandir(self, path: str | int) -> Any:
         with self._mutex:
             self._tick()
-            ino = self._resolve(path, None)
+            if isinstance(path, int):  # a directory descriptor, as os.scandir takes
+                ino: int | None = self._fd(path).ino
+                path = ""
+            else:
+                ino = self._resolve(path, None)
             if ino is None:
                 raise _error(errno.ENOENT, path)
             inode = self._live.inodes[ino]

@@ -126,7 +126,8 @@ def traced_write(
     names = [name for name, _, _ in window]
     assert {"openat", "write", "fsync", "renameat"} <= set(names), names
     if entity == "fresh":
-        assert "mkdir" in names, names
+        # mkdirat: directories below the root are made relative to their verified parent.
+        assert {"mkdir", "mkdirat"} & set(names), names
     return entity, window
 
 
@@ -192,7 +193,7 @@ def test_eio_and_enospc_on_fsync_rename_and_write(
     for index, (name, ordinal, line) in enumerate(write_syscalls):
         if name == "fsync" and index > rename_at:  # the directory, after the rename
             cases.append((name, ordinal, "DurabilityUnknownError", new))
-        elif name in ("fsync", "write", "renameat", "mkdir"):
+        elif name in ("fsync", "write", "renameat", "mkdir", "mkdirat"):
             cases.append((name, ordinal, "WriteFailedError", old))
         elif name == "openat" and TEMP_PREFIX.encode() in line:
             cases.append((name, ordinal, "WriteFailedError", old))  # creating the temp file

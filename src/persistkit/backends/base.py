@@ -16,13 +16,15 @@ below and runs :mod:`persistkit.testing` unchanged to prove it.
 from __future__ import annotations
 
 import enum
+import functools
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 from persistkit.errors import InvalidNameError
 
@@ -33,7 +35,95 @@ __all__ = [
     "Expected",
     "QuarantineEntry",
     "Versioned",
+    "check_key",
+    "check_namespace",
 ]
+
+_BAD_KEY = re.compile(r"(?:\A|/)(?:\.|/|\Z)|\x00")
+"""An empty key or segment (absolute paths, ``a//b``, a trailing ``/``), a
+segment starting with ``.`` (``.``, ``..`` and persistkit's own names: temp
+files, quarantine, journal), or a NUL anywhere."""
+
+
+def check_key(key: str) -> str:
+    """``key`` itself, or :class:`InvalidNameError` when it could climb or is malformed.
+
+    Every backend's key-taking methods run it first (see
+    :meth:`Backend.__init_subclass__`), so a key never reaches storage that could
+    leave the backend's root, hide as one of persistkit's own objects, or
+    mean different things to different backends. :mod:`persistkit.names` never
+    makes such a key; this is the last line for callers that build keys by hand.
+    """
+    if not isinstance(key, str):
+        raise InvalidNameError(f"a key must be a string, got {type(key).__name__}: {key!r}")
+    if _BAD_KEY.search(key) is not None:
+        raise InvalidNameError(
+            f"key {key!r} is refused before any I/O: a key is '/'-separated segments, "
+            "none empty, none starting with '.', no NUL"
+        )
+    return key
+
+
+def check_namespace(namespace: str) -> str:
+    """Like :func:`check_key`, but ``""`` (the root) is allowed."""
+    return namespace if namespace == "" else check_key(namespace)
+
+
+def _checking_keys(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Backend, key: str, *args: Any, **kwargs: Any) -> Any:
+        check_key(key)
+        return method(self, key, *args, **kwargs)
+
+    return checked
+
+
+def _checking_key_list(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Backend, keys: Iterable[str], *args: Any, **kwargs: Any) -> Any:
+        keys = list(keys)
+        for key in keys:
+            check_key(key)
+        return method(self, keys, *args, **kwargs)
+
+    return checked
+
+
+def _checking_writes(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Backend, writes: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        for key in writes:
+            check_key(key)
+        return method(self, writes, *args, **kwargs)
+
+    return checked
+
+
+def _checking_namespace(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Backend, namespace: str = "", *args: Any, **kwargs: Any) -> Any:
+        check_namespace(namespace)
+        return method(self, namespace, *args, **kwargs)
+
+    return checked
+
+
+_KEY_CHECKS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "get": _checking_keys,
+    "put": _checking_keys,
+    "delete": _checking_keys,
+    "quarantine": _checking_keys,
+    "changed_at": _checking_keys,
+    "get_many": _checking_key_list,
+    "commit": _checking_writes,
+    "scan": _checking_namespace,
+    "list_quarantine": _checking_namespace,
+    "clean_orphans": _checking_namespace,
+}
+"""The contract's methods that take keys, and the check each runs first.
+
+Plain functions returning the method's coroutine (or async iterator): no extra
+coroutine frame on the hot path, and a bad key raises at the call."""
 
 
 class AnyVersion(enum.Enum):
@@ -95,6 +185,24 @@ class Backend(ABC):
 
     scheme: ClassVar[str] = ""
     """URL scheme this backend answers to in :func:`persistkit.open_backend`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every implementation of a key-taking method refuses a key that climbs.
+
+        :func:`check_key` runs before the subclass's own code, whoever calls it
+        (the store, the command line, or user code calling the backend
+        directly), so no backend can be reached with ``../evil``, ``/abs``,
+        ``a//b``, ``.journal/x`` or a NUL.
+        """
+        super().__init_subclass__(**kwargs)
+        for name, wrap in _KEY_CHECKS.items():
+            method = cls.__dict__.get(name)
+            if method is Backend.__dict__.get(name):
+                continue  # the contract's own default, reassigned: keep its identity
+            if callable(method) and not getattr(method, "_checks_keys", False):
+                checked = wrap(method)
+                checked._checks_keys = True  # type: ignore[attr-defined]
+                setattr(cls, name, checked)
 
     read_only: bool = False
     """Set by those who only look (the command line's preflight and inspect):
@@ -228,6 +336,15 @@ class Backend(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+# The contract's own defaults check their keys too (the abstract ones are
+# checked in each implementation, see Backend.__init_subclass__).
+for _name in ("get_many", "commit", "clean_orphans", "changed_at"):
+    _checked = _KEY_CHECKS[_name](Backend.__dict__[_name])
+    _checked._checks_keys = True  # type: ignore[attr-defined]
+    setattr(Backend, _name, _checked)
+del _name, _checked
 
 
 def split_key(key: str) -> tuple[str, str]:

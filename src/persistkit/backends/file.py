@@ -33,6 +33,11 @@ keys are appended to the journal too.
 
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
+
+Confined to the root: the root is resolved once (it may itself be a symbolic
+link) and every syscall goes through :class:`~persistkit.backends.confine.ConfinedOS`,
+which never follows a link below it (see that module). A link met on the way
+raises :class:`~persistkit.errors.ForeignSymlinkError`; a listing leaves links out.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
+from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.journal import (
     DEFAULT_JOURNAL_LIMIT,
     DEFAULT_LOCK_TIMEOUT,
@@ -131,9 +137,10 @@ class FileBackend(Backend):
         read_only: bool = False,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
-        # Absolute now, so that a later chdir does not move the data.
-        self.root = os.path.abspath(os.fspath(root))
-        self._os = os_layer
+        # Absolute now, so that a later chdir does not move the data, and
+        # resolved: the root may be a symbolic link, nothing below it may be.
+        self.root = os_layer.realpath(os.path.abspath(os.fspath(root)))
+        self._os = ConfinedOS(os_layer, self.root)
         self._offload = offload
         self._executor = executor
         # Inline writes never suspend, so they cannot be reordered.
@@ -317,9 +324,13 @@ class FileBackend(Backend):
         """
         osl = self._os
         try:
-            mode: int | None = stat.S_IMODE(osl.stat(name, dir_fd=dir_fd).st_mode)
+            found = osl.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            mode = None
+            mode: int | None = None
+        else:
+            if stat.S_ISLNK(found.st_mode):
+                raise self._os.refuse_link(dir_fd, name)  # never replace a foreign link
+            mode = stat.S_IMODE(found.st_mode)
         temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
             fd = osl.open(temp, _O_TEMP, 0o666, dir_fd=dir_fd)
@@ -406,6 +417,7 @@ class FileBackend(Backend):
 
     def _put_sync(self, key: str, data: bytes, expect: Expected, *, wait: bool) -> str | None:
         """The durable write under the directory lock; ``None``: the journal holds ``key``."""
+        self.journal.ensure_open(wait=wait)
         osl = self._os
         namespace, name = split_key(key)
         try:
@@ -431,7 +443,7 @@ class FileBackend(Backend):
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
-        if not self.journal.holds(key):
+        if key not in self.journal._queued:  # else behind this process's commit, in order
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
                 return version
@@ -448,6 +460,7 @@ class FileBackend(Backend):
 
     def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
         """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
+        self.journal.ensure_open(wait=wait)
         osl = self._os
         namespace, name = split_key(key)
         try:
@@ -486,7 +499,7 @@ class FileBackend(Backend):
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
-        if not self.journal.holds(key):
+        if key not in self.journal._queued:  # else behind this process's commit, in order
             removed = await self._run_locking(self._delete_sync, key, expect)
             if removed is not None:
                 return removed
@@ -675,7 +688,7 @@ class FileBackend(Backend):
                         # A quarantine cut before its move: the value stayed in
                         # place, and the next startup quarantines it again.
                         continue
-                    data = self._read_at(None, entry.path)
+                    data = self._read_at(None, f"{self._quarantine_dir(current)}/{entry.name}")
                     if data is None:
                         continue
                     try:

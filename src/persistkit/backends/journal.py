@@ -87,6 +87,7 @@ from persistkit.errors import (
     BackendError,
     ConflictError,
     DurabilityUnknownError,
+    ForeignSymlinkError,
     JournalDamagedError,
     LockTimeoutError,
     PersistError,
@@ -377,6 +378,7 @@ class CommitJournal:
         self._applied: dict[str, bytes | None] = {}
         """What the applier last wrote to each key's file (skipped while unchanged)."""
         self._queued: dict[str, int] = {}
+        self._confined_namespaces: set[str] = set()
         """Keys of this process's commits not written yet: a plain write called
         after such a commit must queue behind it (writes apply in call order)."""
         self._journal: _OpenJournal | None = None
@@ -504,6 +506,15 @@ class CommitJournal:
                 # Under the lock nobody appends: these bytes are a dead writer's torn record.
                 osl.ftruncate(journal.fd, journal.offset)
         return journal
+
+    def ensure_open(self, *, wait: bool) -> None:
+        """Create the shared journal if no process has yet (before a process's first write).
+
+        From then on a read checks for other processes' commits with one
+        ``fstat`` of the open journal instead of looking for the file.
+        """
+        if self._journal is None:
+            self._lead(lambda _: None, wait=wait)
 
     def lookup(self, key: str) -> tuple[bool, bytes | None]:
         """``(True, value)`` when the journal holds ``key`` (call :meth:`refresh` first)."""
@@ -1035,6 +1046,11 @@ class CommitJournal:
         accepted: list[_Request] = []
         locked: set[str] = set()
         for request in batch:
+            try:
+                self._check_confined(request.writes)
+            except ForeignSymlinkError as exc:
+                request.error = exc  # refused before it is acknowledged, not when applied
+                continue
             if request.expect:
                 try:
                     for key, expected in request.expect.items():
@@ -1053,6 +1069,28 @@ class CommitJournal:
             accepted.append(request)
             view.update(request.writes)
         return accepted
+
+    def _check_confined(self, writes: Writes) -> None:
+        """Refuse writes whose directory lies behind a symbolic link (:mod:`.confine`).
+
+        Each directory is looked at once per process (the confined OS layer
+        walks it and raises :class:`ForeignSymlinkError`); one swapped for a
+        link later is refused when its files are written, and the journal
+        keeps the commit.
+        """
+        backend = self._backend
+        verified = self._confined_namespaces
+        for key in writes:
+            namespace = split_key(key)[0]
+            if namespace in verified:
+                continue
+            try:
+                self._os.close(backend._open_dir(backend._dir(namespace)))
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # made when applied, through the same confined layer
+            if len(verified) >= 1 << 16:
+                verified.clear()
+            verified.add(namespace)
 
     def _lock_entity_dir(self, key: str, *, wait: bool) -> int:
         backend = self._backend

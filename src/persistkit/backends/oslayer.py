@@ -3,6 +3,10 @@
 The reliability suite swaps :class:`OSLayer` for one that injects errors or
 simulates a power cut, so nothing in :mod:`persistkit.backends.file` may call
 ``os`` directly. The default is the real ``os`` module, bound once.
+
+A file backend wraps its layer in :class:`persistkit.backends.confine.ConfinedOS`,
+which keeps every call that takes a path beneath the root; a method taking a
+path that is added here must be confined there too.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ class OSLayer:
     mkdir = staticmethod(os.mkdir)
     rmdir = staticmethod(os.rmdir)
 
-    def scandir(self, path: str) -> os._ScandirIterator[str]:
+    def scandir(self, path: str | int) -> os._ScandirIterator[str]:
+        """Entries of a directory given by path or by descriptor (duplicated, not consumed)."""
         return os.scandir(path)
+
+    def realpath(self, path: str) -> str:
+        """Resolve the root once, at construction (the root itself may be a symbolic link)."""
+        return os.path.realpath(path)
 
     flock = staticmethod(fcntl.flock)
     ftruncate = staticmethod(os.ftruncate)

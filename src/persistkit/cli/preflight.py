@@ -2,7 +2,9 @@
 
 It runs the startup path read-only: the backend is listed (reachable?), the
 file backend's directories are checked with ``os.access`` (never by writing),
-every namespace goes through :meth:`PersistBase.check` with ``repair=False``
+every symbolic link below the root is reported (a start never follows one,
+and writes through one are refused), every namespace goes through
+:meth:`PersistBase.check` with ``repair=False``
 and the model its domain adapter uses, and the backend is asked for unapplied
 commits and for settings that weaken durability. Nothing is swept, moved or
 quarantined: each problem says what a real start would do about it.
@@ -18,7 +20,12 @@ from dataclasses import dataclass, field
 from persistkit.backends import Backend
 from persistkit.backends.base import split_key
 from persistkit.backends.file import SUFFIX, FileBackend
-from persistkit.errors import BackendError, InvalidNameError, JournalDamagedError
+from persistkit.errors import (
+    BackendError,
+    ForeignSymlinkError,
+    InvalidNameError,
+    JournalDamagedError,
+)
 from persistkit.names import decode_segment
 
 from .targets import CommandError, schema_for, store_for
@@ -30,7 +37,7 @@ __all__ = ["PreflightReport", "Problem", "run_preflight"]
 class Problem:
     kind: str
     """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``damaged-journal``,
-    ``durability``; as a note: ``foreign-name``, ``unapplied-commit``."""
+    ``durability``, ``foreign-symlink``; as a note: ``foreign-name``, ``unapplied-commit``."""
     where: str
     detail: str
     a_start_would: str
@@ -64,6 +71,29 @@ def _access(path: str, mode: int) -> bool:
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
+_SYMLINK_ACTION = "refuse to follow it: reads and writes through it fail, a scan skips it"
+
+
+def _foreign_symlink(path: str) -> Problem:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return Problem(
+        "foreign-symlink",
+        path,
+        f"a symbolic link (to {target}) inside the data root; persistkit never follows one. "
+        "Replace it with a real directory or file, or move it out of the root",
+        _SYMLINK_ACTION,
+    )
+
+
+def _report_symlink(report: PreflightReport, error: ForeignSymlinkError, fallback: str) -> None:
+    path = error.path or fallback
+    if not any(p.kind == "foreign-symlink" and p.where == path for p in report.problems):
+        report.problems.append(_foreign_symlink(path))
+
+
 def _file_tree(root: str, report: PreflightReport) -> set[str]:
     """Namespaces (directories) under ``root``, recording permission problems on the way.
 
@@ -93,11 +123,17 @@ def _file_tree(root: str, report: PreflightReport) -> set[str]:
             report.problems.append(
                 Problem("permission", directory, "the process cannot create files here", action)
             )
+        for name in (*subdirectories, *filenames):
+            path = os.path.join(directory, name)
+            if os.path.islink(path):  # os.walk lists links, never descends into them
+                report.problems.append(_foreign_symlink(path))
         if not own:
             continue  # the quarantine: checked for writing, holds no live values
         namespaces.add("" if relative == "." else relative.replace(os.sep, "/"))
         for filename in filenames:
             path = os.path.join(directory, filename)
+            if os.path.islink(path):
+                continue  # reported above; its target is none of our business
             is_value = filename.endswith(SUFFIX) and not filename.startswith(".")
             if is_value and not _access(path, os.R_OK):
                 report.problems.append(
@@ -122,6 +158,13 @@ async def run_preflight(
     report = PreflightReport(backend.url)
     try:
         await backend.unapplied_commits()
+    except ForeignSymlinkError as exc:
+        # Every read consults the journal: no value can be checked, but the
+        # tree can, for permissions and the other foreign links.
+        _report_symlink(report, exc, "commit journal")
+        if isinstance(backend, FileBackend):
+            _file_tree(backend.root, report)
+        return report
     except JournalDamagedError as exc:
         # Every read would fail the same way: this is the one thing to report.
         report.problems.append(Problem("damaged-journal", backend.url, str(exc), "refuse to start"))
@@ -163,6 +206,9 @@ async def run_preflight(
 
         try:
             found = await store.check(repair=False, on_progress=advance)
+        except ForeignSymlinkError as exc:
+            _report_symlink(report, exc, namespace or "/")
+            continue
         except BackendError as exc:
             report.problems.append(
                 Problem("unreadable", namespace or "/", str(exc), "fail to start")
@@ -180,10 +226,18 @@ async def run_preflight(
             for finding in found.corrupt
         )
 
+    commits: list[str] = []
+    warnings: list[str] = []
     try:
-        commits = await backend.unapplied_commits()
         warnings = await backend.durability_warnings()
-        report.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+        try:
+            commits = await backend.unapplied_commits()
+        except ForeignSymlinkError as exc:
+            _report_symlink(report, exc, "commit journal")
+        try:
+            report.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+        except ForeignSymlinkError as exc:
+            _report_symlink(report, exc, "quarantine")
     except BackendError as exc:
         raise CommandError(f"cannot query {backend.url}: {exc}") from exc
     # Normal while a bot runs, and read by every process: worth knowing only.

@@ -278,6 +278,9 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     said = plural(len(warnings), "warning") if warnings else "no warnings"
     say(f"  durability   {said} from the backend")
     say(f"  quarantine   {plural(report.quarantined, 'value')} held from earlier starts")
+    links = report.of_kind("foreign-symlink")
+    if links:
+        say(f"  symlinks     {plural(len(links), 'link')} inside the root, never followed (below)")
     for note in report.notes:
         if note.kind != "unapplied-commit":
             say(f"  note: [{note.kind}] {note.where}: {note.detail}")

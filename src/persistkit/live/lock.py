@@ -5,6 +5,12 @@ exits for any reason, ``kill -9`` included: there is never a stale lock to
 clean up by hand, and no timeout to guess. The lock file itself is never
 deleted (deleting it would let two processes lock two different files); it
 only holds a description of the current holder, for the error message.
+
+With ``root`` (a live session passes its data root), the lock file is reached
+without following any symbolic link below the root: a ``.locks`` folder or a
+lock file that is a link is refused with
+:class:`~persistkit.errors.ForeignSymlinkError`, so taking a lock never
+creates, truncates or writes a file outside the root.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import time
 from types import TracebackType
 from typing import Self
 
+from persistkit.backends.confine import ConfinedOS
+from persistkit.backends.oslayer import REAL_OS
 from persistkit.errors import InstanceLockedError
 
 __all__ = ["InstanceLock", "held_locks", "read_holder"]
@@ -25,8 +33,18 @@ __all__ = ["InstanceLock", "held_locks", "read_holder"]
 def read_holder(path: str) -> dict[str, object]:
     """What the lock file at ``path`` says about its holder (``{}`` when nothing)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(4096)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        return _holder_in(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder_in(fd: int) -> dict[str, object]:
+    try:
+        data = os.pread(fd, 4096, 0)
         holder = json.loads(data) if data else {}
     except (OSError, ValueError):
         return {}
@@ -73,9 +91,17 @@ def held_locks(directory: str) -> list[str]:
 class InstanceLock:
     """An exclusive, non-blocking ``flock`` on ``path``; the holder is written into the file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, purpose: str = "") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        purpose: str = "",
+        root: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.purpose = purpose
+        self.root = None if root is None else os.path.abspath(os.fspath(root))
+        """Below this folder, no symbolic link is followed on the way to the lock file."""
         self._fd: int | None = None
 
     def __repr__(self) -> str:
@@ -90,13 +116,12 @@ class InstanceLock:
         """Take the lock or raise :class:`InstanceLockedError` naming the holder."""
         if self._fd is not None:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder_in(fd)
             os.close(fd)
-            holder = read_holder(self.path)
             described = ", ".join(f"{key} {value}" for key, value in holder.items()) or "unknown"
             raise InstanceLockedError(
                 f"{self.purpose or self.path} is already running ({described}); "
@@ -116,6 +141,25 @@ class InstanceLock:
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
         self._fd = fd
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        root = self.root
+        relative = None if root is None else os.path.relpath(self.path, root)
+        if root is None or relative is None or relative.startswith(".."):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            return os.open(self.path, flags, 0o644)
+        os.makedirs(root, exist_ok=True)  # the root itself may be a link
+        real_root = os.path.realpath(root)
+        confined = ConfinedOS(REAL_OS, real_root)
+        directory, name = os.path.split(relative)
+        dir_fd = confined.open_dir(
+            f"{real_root}/{directory}" if directory else real_root, create=True
+        )
+        try:
+            return confined.open(name, flags, 0o644, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def release(self) -> None:
         """Drop the lock (closing the file releases the flock)."""

@@ -149,6 +149,7 @@ class LiveSession:
             InstanceLock(
                 os.path.join(self.base_dir, LOCK_DIR, f"{name}.lock"),
                 purpose=f"live session {name}",
+                root=self.base_dir,
             )
             for name in sorted(set(lock_names))
         ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -500,6 +501,49 @@ class BackendConformance:
         await store.write_value("a", 1, if_version=ANY_VERSION)
         await store.write_value("a", 2)
         assert await store.read_value("a") == 2
+
+    # -- keys that climb ------------------------------------------------------------
+
+    CLIMBING_KEYS: ClassVar[tuple[str, ...]] = (
+        "../evil",
+        "ns/../../evil",
+        "/etc/evil",
+        "",
+        "ns//a",
+        "ns/",
+        "./a",
+        "ns/.",
+        "ns/..",
+        "ns/a\x00b",
+        ".journal/evil",
+        "ns/.tmp-evil",
+    )
+    """Keys no backend may store: empty, absolute, climbing, empty or dot segments, NUL."""
+
+    async def test_keys_that_climb_or_are_malformed_are_refused_before_any_io(
+        self, backend: Backend
+    ) -> None:
+        for key in self.CLIMBING_KEYS:
+            calls: list[Callable[[str], Awaitable[object]]] = [
+                lambda bad: backend.put(bad, b"1"),
+                lambda bad: backend.put(bad, b"1", expect=None),
+                backend.get,
+                backend.delete,
+                lambda bad: backend.get_many(["ns/fine", bad]),
+                lambda bad: backend.quarantine(bad, "test"),
+                backend.changed_at,
+            ]
+            for call in calls:
+                with pytest.raises(InvalidNameError):
+                    await call(key)
+            if self.supports_commit:
+                with pytest.raises(InvalidNameError):
+                    await backend.commit({"ns/fine": b"1", key: b"2"})
+            if key:
+                with pytest.raises(InvalidNameError):
+                    [found async for found in backend.scan(key)]
+        assert await backend.get("ns/fine") is None  # nothing of a refused batch was written
+        assert [key async for key in backend.scan("", recursive=True)] == []
 
 
 class SignalRowBytes:

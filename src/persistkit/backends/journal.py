@@ -338,10 +338,11 @@ def take_lock(
         if not wait:
             raise _WouldBlock(what) from None
     deadline = time.monotonic() + timeout
-    pause = 0.001
+    pause = 0.0005
     while True:
+        # Polled, since flock cannot time out; short pauses, as locks are held briefly.
         time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, 0.005)
         try:
             flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return

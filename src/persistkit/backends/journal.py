@@ -717,22 +717,34 @@ class CommitJournal:
     def _check_format(self) -> None:
         """Refuse a root marked with a format newer than this release's."""
         data = self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}")
-        if data is not None:
-            try:
-                version = int(data.split()[-1])
-            except (ValueError, IndexError):
-                version = -1
-            if version > FORMAT_VERSION or version < 1:
-                marker = data.decode(errors="replace").strip()
-                raise UnsupportedFormatError(
-                    f"{self._backend.root} is marked as on-disk format {marker!r}; "
-                    f"this release of persistkit reads format {FORMAT_VERSION} and older. "
-                    "Upgrade persistkit to open it."
-                )
+        version = self._marked_version(data)
+        if data is not None and version is not None and version > FORMAT_VERSION:
+            marker = data.decode(errors="replace").strip()
+            raise UnsupportedFormatError(
+                f"{self._backend.root} is marked as on-disk format {marker!r}; "
+                f"this release of persistkit reads format {FORMAT_VERSION} and older. "
+                "Upgrade persistkit to open it."
+            )
+
+    @staticmethod
+    def _marked_version(data: bytes | None) -> int | None:
+        """The format a marker names; ``None`` when absent or unreadable.
+
+        The marker is written whole (temp file, fsync, rename) or not at all,
+        so an unreadable one is a writer's torn temp that a broken disk let
+        through: it is written again, like a missing one.
+        """
+        if data is None:
+            return None
+        try:
+            return int(data.split()[-1])
+        except (ValueError, IndexError):
+            return None
 
     def _write_format_locked(self) -> None:
         """Mark the root with this release's format, once (under the journal lock)."""
-        if self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}") is not None:
+        marker = self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}")
+        if self._marked_version(marker) is not None:
             return
         dir_fd = self._backend._ensure_dir(self.directory)
         try:

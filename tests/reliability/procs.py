@@ -93,6 +93,7 @@ async def _verify(root: Path, acks: Acks, entity: str) -> list[str]:
         if key not in acks.last and seq != 1:
             problems.append(f"{key} has seq {seq} but was never acknowledged")
     acks.last = on_disk  # from now on the disk is the truth: each loss is reported once
+    await backend.aclose()  # its journal descriptors, or the disk stays busy
     directory = root / entity
     if directory.is_dir():
         leftovers = [p.name for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]

@@ -224,3 +224,21 @@ async def test_adapters_quarantine_corrupt_state_on_first_use(data_root: Path) -
     assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") is None
     quarantined = list((data_root / ".quarantine" / "signal" / "BTCUSDT_trend").iterdir())
     assert len(quarantined) == 2  # the bytes and the reason, never deleted
+
+
+async def test_an_overlong_pair_is_refused_alike_in_both_modes_before_any_io(
+    mode: str, data_root: Path
+) -> None:
+    symbol, strategy = "S" * 150, "t" * 150  # each half fits, the joined name does not
+    row = signal(symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        await PersistSignalAdapter.write_signal_data(row, symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        await PersistPartialAdapter.read_partial_data(symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        persistkit.LiveSession([(symbol, strategy)], "main", base_dir=data_root)
+    assert not data_root.exists() or files_under(data_root) == []
+    # The longest pair that fits works the same in both modes.
+    symbol = "S" * 198
+    await PersistSignalAdapter.write_signal_data(signal(symbol, "t"), symbol, "t")
+    assert await PersistSignalAdapter.read_signal_data(symbol, "t") == signal(symbol, "t")

@@ -97,9 +97,10 @@ async def test_writing_none_clears(mode: str) -> None:
 
 
 async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
-    await PersistSignalAdapter.write_signal_data(signal(), "BTCUSDT", "my_strategy")
+    row = signal(strategy="my_strategy")
+    await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "my_strategy")
     await PersistScheduleAdapter.write_schedule_data(
-        ScheduledSignalRow(**signal().model_dump()), "BTCUSDT", "my_strategy"
+        ScheduledSignalRow(**row.model_dump()), "BTCUSDT", "my_strategy"
     )
     await PersistRiskAdapter.write_position_data([("k", position())], "main")
     await PersistPartialAdapter.write_partial_data(

@@ -8,11 +8,14 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
+    ├── RowMismatchError            (ValueError)  a row written under another row's names
     ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
     ├── CorruptValueError                         stored bytes that do not parse/validate
     ├── ConflictError                             compare-and-set lost: the version moved
     ├── StoreClosedError            (RuntimeError) use after aclose()
     ├── InstanceLockedError         (RuntimeError) a second instance of a live session
+    ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
+    ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
@@ -30,11 +33,14 @@ __all__ = [
     "BackendUnavailableError",
     "ConflictError",
     "CorruptValueError",
+    "CrossBackendError",
     "DurabilityUnknownError",
     "EntityNotFoundError",
     "InstanceLockedError",
     "InvalidNameError",
     "PersistError",
+    "ResourceLimitError",
+    "RowMismatchError",
     "SchemaValidationError",
     "StoreClosedError",
     "TransientBackendError",
@@ -67,6 +73,14 @@ class SchemaValidationError(PersistError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class RowMismatchError(PersistError, ValueError):
+    """A row whose own symbol or strategy differs from the names it is written under.
+
+    ``write_signal_data(row, "trend", "BTCUSDT")`` (arguments swapped) would
+    store the row where no correct read finds it; refused before any I/O.
+    """
 
 
 class EntityNotFoundError(PersistError, KeyError):
@@ -107,6 +121,19 @@ class InstanceLockedError(PersistError, RuntimeError):
     def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.holder = holder or {}
+
+
+class CrossBackendError(PersistError, RuntimeError):
+    """A write the active transaction cannot make atomic: its store is on another backend.
+
+    Raised before the write (nothing is stored, nothing is staged), and when a
+    transaction on one backend is opened inside a transaction on another: one
+    commit cannot span two backends, so the tick would not be atomic.
+    """
+
+
+class ResourceLimitError(PersistError, OSError):
+    """A process limit ran out (file descriptors: ``ulimit -n``); the message names it."""
 
 
 class BackendError(PersistError, OSError):

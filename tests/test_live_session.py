@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -536,12 +537,19 @@ async def test_a_write_a_tick_cannot_commit_is_refused_and_the_tick_commits_noth
 
 
 async def test_a_live_session_on_a_memory_backend_warns_that_its_state_dies_with_it(
-    data_root: Path, caplog: pytest.LogCaptureFixture
+    data_root: Path,
 ) -> None:
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("persistkit").addHandler(handler)
     session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root, backend="memory://")
-    with pytest.warns(RuntimeWarning, match="dies with it"):
-        await session.start()
-    assert any("dies with it" in record.getMessage() for record in caplog.records)
+    try:
+        with pytest.warns(RuntimeWarning, match="dies with it"):
+            await session.start()
+    finally:
+        logging.getLogger("persistkit").removeHandler(handler)
+    assert any("dies with it" in record.getMessage() for record in logged)
     await session.aclose()
     durable = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
     with warnings.catch_warnings():

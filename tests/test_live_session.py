@@ -542,13 +542,17 @@ async def test_a_live_session_on_a_memory_backend_warns_that_its_state_dies_with
     logged: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = logged.append  # type: ignore[method-assign]
-    logging.getLogger("persistkit").addHandler(handler)
+    logger = logging.getLogger("persistkit")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier test left it at
+    logger.addHandler(handler)
     session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root, backend="memory://")
     try:
         with pytest.warns(RuntimeWarning, match="dies with it"):
             await session.start()
     finally:
-        logging.getLogger("persistkit").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert any("dies with it" in record.getMessage() for record in logged)
     await session.aclose()
     durable = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)

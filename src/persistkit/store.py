@@ -185,6 +185,7 @@ class _Route:
 
 
 _ROUTES_KEPT = 8
+_session_settings = _config.session_settings
 
 
 class PersistBase(Generic[T]):
@@ -252,7 +253,7 @@ class PersistBase(Generic[T]):
         route = self._last
         if route.scope is None:
             return route  # an explicit backend= stays put
-        scope = _config.session_settings.get() or _config._current
+        scope = _session_settings.get() or _config._current
         if scope is route.scope:
             return route
         return self._reroute(active_settings())
@@ -506,7 +507,10 @@ class PersistBase(Generic[T]):
         :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
         self._check_open()
-        route = self._route()
+        route = self._last  # self._route(), inlined: this is the backtest hot path
+        scope = route.scope
+        if scope is not None and scope is not (_session_settings.get() or _config._current):
+            route = self._route()
         key = route.key(entity_id)
         data = self._encode(value)  # before any I/O: a bad value changes nothing
         if active_transaction.get() is not None:

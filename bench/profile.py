@@ -187,7 +187,7 @@ async def _backtest_steps(root: str, count: int) -> None:
             table["BTCUSDT"] = data
         return timed(count, started)
 
-    put_now = store._put_now
+    put_now = store._route().put_now
     assert put_now is not None, "the memory backend is called synchronously"
 
     async def with_put_now() -> Sample:

@@ -17,6 +17,7 @@ from persistkit import (
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
+    RowMismatchError,
     SchemaValidationError,
 )
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
@@ -97,9 +98,10 @@ async def test_writing_none_clears(mode: str) -> None:
 
 
 async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
-    await PersistSignalAdapter.write_signal_data(signal(), "BTCUSDT", "my_strategy")
+    row = signal(strategy="my_strategy")
+    await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "my_strategy")
     await PersistScheduleAdapter.write_schedule_data(
-        ScheduledSignalRow(**signal().model_dump()), "BTCUSDT", "my_strategy"
+        ScheduledSignalRow(**row.model_dump()), "BTCUSDT", "my_strategy"
     )
     await PersistRiskAdapter.write_position_data([("k", position())], "main")
     await PersistPartialAdapter.write_partial_data(
@@ -225,3 +227,90 @@ async def test_adapters_quarantine_corrupt_state_on_first_use(data_root: Path) -
     assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") is None
     quarantined = list((data_root / ".quarantine" / "signal" / "BTCUSDT_trend").iterdir())
     assert len(quarantined) == 2  # the bytes and the reason, never deleted
+
+
+async def test_an_overlong_pair_is_refused_alike_in_both_modes_before_any_io(
+    mode: str, data_root: Path
+) -> None:
+    symbol, strategy = "S" * 150, "t" * 150  # each half fits, the joined name does not
+    row = signal(symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        await PersistSignalAdapter.write_signal_data(row, symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        await PersistPartialAdapter.read_partial_data(symbol, strategy)
+    with pytest.raises(InvalidNameError, match="limit is 200"):
+        persistkit.LiveSession([(symbol, strategy)], "main", base_dir=data_root)
+    assert not data_root.exists() or files_under(data_root) == []
+    # The longest pair that fits works the same in both modes.
+    symbol = "S" * 198
+    await PersistSignalAdapter.write_signal_data(signal(symbol, "t"), symbol, "t")
+    assert await PersistSignalAdapter.read_signal_data(symbol, "t") == signal(symbol, "t")
+
+
+async def test_after_configure_backtest_every_store_lives_in_memory(
+    tmp_path: Path, data_root: Path
+) -> None:
+    made_live: PersistBase[Any] = PersistBase("fills", data_root)
+    outside_live: PersistBase[Any] = PersistBase("fills", tmp_path / "elsewhere")
+    chosen = persistkit.MemoryBackend("chosen")
+    explicit: PersistBase[Any] = PersistBase("fills", data_root, backend=chosen)
+    await made_live.write_value("before", 1)
+    assert files_under(data_root) == ["fills/before.json"]
+
+    persistkit.configure(mode="backtest", base_dir=data_root)
+    made_after: PersistBase[Any] = PersistBase("fills", base_dir=data_root)
+    for store in (made_live, outside_live, made_after):
+        await store.write_value("after", 2)
+        assert await store.read_value("after") == 2
+    await explicit.write_value("after", 3)  # its caller chose: it stays on that backend
+    assert await chosen.get("fills/after") is not None
+    await PersistSignalAdapter.write_signal_data(signal(), "BTCUSDT", "trend")
+    assert files_under(data_root) == ["fills/before.json"]  # no file, no directory since
+    assert not (tmp_path / "elsewhere").exists()
+    assert not await made_live.has_value("before")  # memory, not the live files
+
+    persistkit.configure(mode="live", base_dir=data_root)  # and back
+    assert await made_live.read_value("before") == 1
+    assert not await made_live.has_value("after")
+
+
+class SharedBackendStore(PersistBase[Any]):
+    """A swapped adapter that keeps every domain on one backend of its own choosing."""
+
+    backend_used = persistkit.MemoryBackend("shared")
+
+    def __init__(self, entity_name: str, base_dir: str) -> None:
+        super().__init__(entity_name, base_dir, backend=self.backend_used)
+
+
+async def test_swapped_adapters_on_one_backend_keep_their_domains_apart() -> None:
+    PersistSignalAdapter.use_persist_signal_adapter(SharedBackendStore)
+    PersistScheduleAdapter.use_persist_schedule_adapter(SharedBackendStore)
+    try:
+        opened = signal(id="the-signal")
+        waiting = ScheduledSignalRow(**signal(id="the-limit-entry").model_dump())
+        await PersistSignalAdapter.write_signal_data(opened, "BTCUSDT", "trend")
+        await PersistScheduleAdapter.write_schedule_data(waiting, "BTCUSDT", "trend")
+        assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") == opened
+        assert await PersistScheduleAdapter.read_schedule_data("BTCUSDT", "trend") == waiting
+        keys = [key async for key in SharedBackendStore.backend_used.scan("", recursive=True)]
+        assert sorted(keys) == ["schedule/BTCUSDT_trend/BTCUSDT", "signal/BTCUSDT_trend/BTCUSDT"]
+    finally:
+        PersistSignalAdapter.use_persist_signal_adapter(PersistBase)
+        PersistScheduleAdapter.use_persist_schedule_adapter(PersistBase)
+
+
+async def test_a_row_written_under_other_names_is_refused_before_any_io(
+    mode: str, data_root: Path
+) -> None:
+    row = signal("BTCUSDT", "trend")
+    with pytest.raises(RowMismatchError, match="arguments swapped"):
+        await PersistSignalAdapter.write_signal_data(row, "trend", "BTCUSDT")
+    with pytest.raises(RowMismatchError):
+        await PersistScheduleAdapter.write_schedule_data(
+            ScheduledSignalRow(**row.model_dump()), "BTCUSDT", "other"
+        )
+    assert not data_root.exists() or files_under(data_root) == []
+    assert await PersistSignalAdapter.read_signal_data("trend", "BTCUSDT") is None
+    await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")  # the right order
+    assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") == row

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -17,15 +20,18 @@ from typing import IO, Any
 import pytest
 
 from persistkit import (
+    CrossBackendError,
     FileBackend,
     InstanceLockedError,
     LiveSession,
+    MemoryBackend,
     PersistBase,
     PersistRiskAdapter,
+    PersistScheduleAdapter,
     PersistSignalAdapter,
     configure,
 )
-from persistkit.models import RiskActivePosition, SignalRow
+from persistkit.models import RiskActivePosition, ScheduledSignalRow, SignalRow
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -407,3 +413,289 @@ async def test_a_stop_signal_mid_tick_lets_the_whole_tick_commit(tmp_path: Path)
     assert [key for key, _ in restored.risk_positions] == ["s0"]
     assert restored.inconsistencies() == []
     await session.aclose()
+
+
+# -- a session owns its backend ------------------------------------------------------------
+
+CONFIGURED_AWAY_BOT = """
+import asyncio, sys, persistkit
+from persistkit import LiveSession, PersistSignalAdapter
+from persistkit.models import SignalRow
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[1])
+    await session.start()
+    persistkit.configure(mode="backtest")  # elsewhere in the process: a report, a test helper
+    async with session.tick():
+        row = SignalRow(id="after-configure", symbol="BTCUSDT", strategy_name="trend",
+                        position="long", price_open=100.0, price_take_profit=110.0,
+                        price_stop_loss=95.0, scheduled_at=1, pending_at=2)
+        await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
+    await session.aclose()
+    print("acknowledged", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_configure_elsewhere_does_not_move_a_running_sessions_ticks(
+    data_root: Path,
+) -> None:
+    bot = subprocess.run(
+        [sys.executable, "-c", CONFIGURED_AWAY_BOT, str(data_root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bot.returncode == 0, bot.stderr
+    assert bot.stdout.strip() == "acknowledged"
+    restarted = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
+    restored = await restarted.start()
+    signal_state = restored.pair("BTCUSDT", "trend").signal
+    assert signal_state is not None and signal_state.id == "after-configure"
+    await restarted.aclose()
+
+
+def trend_row(symbol: str, signal_id: str) -> SignalRow:
+    return signal_row(signal_id).model_copy(update={"symbol": symbol})
+
+
+async def test_two_sessions_in_one_process_never_write_into_each_other(tmp_path: Path) -> None:
+    root_a, root_b = tmp_path / "bot-a", tmp_path / "bot-b"
+    bot_a = LiveSession([("BTCUSDT", "trend")], "main", base_dir=root_a)
+    bot_b = LiveSession([("BTCUSDT", "trend")], "main", base_dir=root_b)
+    await bot_a.start()
+    await bot_b.start()  # configures root_b process-wide; bot A's ticks must not care
+
+    async def tick(session: LiveSession, symbol_id: str, fail: bool) -> None:
+        async with session.tick():
+            await asyncio.sleep(0.01)  # the other bot's tick runs meanwhile
+            await PersistSignalAdapter.write_signal_data(
+                trend_row("BTCUSDT", symbol_id), "BTCUSDT", "trend"
+            )
+            await asyncio.sleep(0.01)
+            if fail:
+                raise RuntimeError("bot A's exchange is down")
+
+    results = await asyncio.gather(
+        tick(bot_a, "from-a", fail=True), tick(bot_b, "from-b", fail=False), return_exceptions=True
+    )
+    assert isinstance(results[0], RuntimeError) and results[1] is None
+    signal_file = Path("signal/BTCUSDT_trend/BTCUSDT.json")
+    await bot_b.aclose()  # every commit in the entity files
+    assert json.loads((root_b / signal_file).read_text())["id"] == "from-b"
+    assert not (root_a / signal_file).exists()  # A's tick raised: nothing anywhere
+
+    await tick(bot_a, "from-a", fail=False)
+    await bot_a.aclose()
+    assert json.loads((root_a / signal_file).read_text())["id"] == "from-a"
+    assert json.loads((root_b / signal_file).read_text())["id"] == "from-b"
+
+
+async def test_a_write_a_tick_cannot_commit_is_refused_and_the_tick_commits_nothing(
+    tmp_path: Path, data_root: Path
+) -> None:
+    elsewhere = MemoryBackend("elsewhere")
+
+    class ElsewhereStore(PersistBase[Any]):
+        """A swapped adapter that keeps its state on a backend of its own."""
+
+        def __init__(self, entity_name: str, base_dir: str) -> None:
+            super().__init__(entity_name, base_dir, backend=elsewhere)
+
+    other_root: PersistBase[Any] = PersistBase("fills", tmp_path / "other-root")
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
+    await session.start()
+    PersistScheduleAdapter.use_persist_schedule_adapter(ElsewhereStore)
+    try:
+
+        async def tick_with_swapped_adapter() -> None:
+            async with session.tick():
+                await PersistSignalAdapter.write_signal_data(
+                    trend_row("BTCUSDT", "s1"), "BTCUSDT", "trend"
+                )
+                scheduled = ScheduledSignalRow(**trend_row("BTCUSDT", "s1").model_dump())
+                await PersistScheduleAdapter.write_schedule_data(scheduled, "BTCUSDT", "trend")
+
+        with pytest.raises(CrossBackendError, match="cannot span two backends"):
+            await tick_with_swapped_adapter()
+    finally:
+        PersistScheduleAdapter.use_persist_schedule_adapter(PersistBase)
+    assert [key async for key in elsewhere.scan("", recursive=True)] == []
+
+    async def tick_with_store_outside_the_root() -> None:
+        async with session.tick():
+            await PersistSignalAdapter.write_signal_data(
+                trend_row("BTCUSDT", "s2"), "BTCUSDT", "trend"
+            )
+            await other_root.write_value("fill-1", {"qty": 1})
+
+    with pytest.raises(CrossBackendError):
+        await tick_with_store_outside_the_root()
+    await session.aclose()
+    assert not (tmp_path / "other-root").exists()
+    assert not (data_root / "signal" / "BTCUSDT_trend" / "BTCUSDT.json").exists()
+
+
+async def test_a_live_session_on_a_memory_backend_warns_that_its_state_dies_with_it(
+    data_root: Path,
+) -> None:
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logger = logging.getLogger("persistkit")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier test left it at
+    logger.addHandler(handler)
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root, backend="memory://")
+    try:
+        with pytest.warns(RuntimeWarning, match="dies with it"):
+            await session.start()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("dies with it" in record.getMessage() for record in logged)
+    await session.aclose()
+    durable = LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file backend: no such warning
+        await durable.start()
+    await durable.aclose()
+
+
+# -- limits are typed errors ---------------------------------------------------------------
+
+MANY_PAIRS_BOT = """
+import asyncio, resource, sys
+from persistkit import LiveSession, PersistSignalAdapter
+from persistkit.models import SignalRow
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+PAIRS = [(f"SYM{n}USDT", "grid") for n in range(int(sys.argv[2]))]
+
+async def main():
+    session = LiveSession(PAIRS, "main", base_dir=sys.argv[1])
+    restored = await session.start()
+    held = sum(state.signal is not None for state in restored.pairs)
+    async with session.tick():
+        for symbol, strategy in PAIRS[::50]:
+            row = SignalRow(id=f"{symbol}-{sys.argv[3]}", symbol=symbol, strategy_name=strategy,
+                            position="long", price_open=100.0, price_take_profit=110.0,
+                            price_stop_loss=95.0, scheduled_at=1, pending_at=2)
+            await PersistSignalAdapter.write_signal_data(row, symbol, strategy)
+    print("restored", held, "ticked", flush=True)
+    if sys.argv[4] == "hold":
+        await asyncio.sleep(600)
+    await session.aclose()
+    print("closed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_5000_pairs_run_under_ulimit_n_1024_and_a_second_process_is_told_the_holder(
+    tmp_path: Path,
+) -> None:
+    root = str(tmp_path / "data")
+    first = subprocess.run(
+        [sys.executable, "-c", MANY_PAIRS_BOT, root, "5000", "first", "close"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.split() == ["restored", "0", "ticked", "closed"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", MANY_PAIRS_BOT, root, "5000", "second", "hold"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().split() == ["restored", "100", "ticked"]
+        second = subprocess.run(  # one pair of the 5,000, from a third process
+            [
+                sys.executable,
+                "-c",
+                HOLDER.replace('("BTCUSDT", "trend")], "main"', '("SYM4999USDT", "grid")], "side"'),
+                root,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        assert "InstanceLockedError" in second.stderr
+        assert f"pid {holder.pid}" in second.stderr
+        assert "pair-SYM4999USDT_grid" in second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(os.listdir(tmp_path / "data" / ".locks")) <= 2  # one lock file, the holders
+
+
+OUT_OF_DESCRIPTORS = """
+import asyncio, os, resource, sys
+from persistkit import LiveSession, PersistError
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[1])
+    hog = []
+    try:
+        while True:  # a process that leaks descriptors, or a limit set too low
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    os.close(hog.pop())  # one left: the session needs more than that somewhere
+    try:
+        await session.start()
+    except PersistError as exc:
+        print(type(exc).__name__, exc, flush=True)
+        return
+    print("started", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_running_out_of_descriptors_at_start_is_a_persist_error_naming_the_limit(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ResourceLimitError"), result.stdout
+    assert "ulimit -n" in result.stdout
+    assert "soft limit 64" in result.stdout
+
+
+async def test_the_longest_names_keep_every_derived_file_name_under_255_bytes(
+    data_root: Path,
+) -> None:
+    symbol, strategy = "S" * 198, "t"  # the joined pair is exactly MAX_SEGMENT_BYTES
+    session = LiveSession([(symbol, strategy)], "r" * 200, base_dir=data_root)
+    await session.start()
+    async with session.tick():
+        await PersistSignalAdapter.write_signal_data(
+            trend_row(symbol, "s1").model_copy(update={"strategy_name": strategy}),
+            symbol,
+            strategy,
+        )
+    await session.aclose()
+    signal_file = data_root / "signal" / f"{symbol}_{strategy}" / f"{symbol}.json"
+    signal_file.write_text("{torn")
+    restarted = LiveSession([(symbol, strategy)], "r" * 200, base_dir=data_root)
+    restored = await restarted.start()  # quarantines the torn file: entry and reason
+    assert [finding.key for report in restored.reports for finding in report.corrupt]
+    await restarted.aclose()
+    names = [path.name for path in data_root.rglob("*")]
+    assert any(name.endswith(".reason") for name in names)
+    longest = max(names, key=lambda name: len(os.fsencode(name)))
+    assert len(os.fsencode(longest)) <= 255, longest

@@ -5,7 +5,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from persistkit.errors import InvalidNameError
-from persistkit.names import decode_segment, encode_segment, join_pair, split_pair
+from persistkit.names import (
+    MAX_SEGMENT_BYTES,
+    decode_segment,
+    encode_segment,
+    join_pair,
+    split_pair,
+)
 
 
 @pytest.mark.parametrize(
@@ -74,3 +80,14 @@ def test_every_pair_is_refused_or_splits_back(symbol: str, strategy: str) -> Non
     except InvalidNameError:
         return
     assert split_pair(segment) == (symbol, strategy)
+
+
+def test_a_pair_is_held_to_the_limit_whole() -> None:
+    half = "x" * 150  # each half fits alone
+    assert encode_segment(half) == half
+    with pytest.raises(InvalidNameError, match=f"limit is {MAX_SEGMENT_BYTES}"):
+        join_pair(half, half)
+    longest = join_pair("s" * 100, "t" * (MAX_SEGMENT_BYTES - 101))
+    assert len(longest) == MAX_SEGMENT_BYTES
+    with pytest.raises(InvalidNameError):
+        join_pair("s" * 100, "t" * (MAX_SEGMENT_BYTES - 100))

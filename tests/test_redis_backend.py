@@ -519,6 +519,7 @@ async def test_configure_redis_and_move_file_state_byte_for_byte(
         assert raw.get(f"{prefix}:{{signal/BTCUSDT_trend}}:BTCUSDT") == file_bytes
 
         # and back: what the adapters write to Redis is what the file backend writes
+        row = row.model_copy(update={"symbol": "ETHUSDT"})
         await PersistSignalAdapter.write_signal_data(row, "ETHUSDT", "trend")
         assert not (data_root / "signal" / "ETHUSDT_trend").exists()
         redis_bytes = raw.get(f"{prefix}:{{signal/ETHUSDT_trend}}:ETHUSDT")

@@ -253,9 +253,11 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
     s3_server: SeaweedS3, client: Any, prefix: str, aws_env: dict[str, str], data_root: Path
 ) -> None:
     async def write_every_domain() -> None:
-        row = signal_row("BTC/USDT")
+        row = signal_row("BTCUSDT", "trend")
         await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "trend")
-        await PersistSignalAdapter.write_signal_data(row, "BTC/USDT", "my_strategy")
+        await PersistSignalAdapter.write_signal_data(
+            signal_row("BTC/USDT", "my_strategy"), "BTC/USDT", "my_strategy"
+        )
         scheduled = ScheduledSignalRow(**row.model_dump())
         await PersistScheduleAdapter.write_schedule_data(scheduled, "BTCUSDT", "trend")
         await PersistRiskAdapter.write_position_data([("BTCUSDT:sig-1", position())], "main")

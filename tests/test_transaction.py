@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from persistkit import FileBackend, MemoryBackend, PersistBase, StoreClosedError, transaction
+from persistkit import (
+    CrossBackendError,
+    FileBackend,
+    MemoryBackend,
+    PersistBase,
+    StoreClosedError,
+    transaction,
+)
 from persistkit.backends.base import Backend
 
 
@@ -59,16 +66,63 @@ async def test_a_backend_without_commit_is_refused_up_front() -> None:
         transaction(NoCommit())
 
 
-async def test_writes_to_another_backend_in_the_block_are_not_staged() -> None:
-    staged, direct = MemoryBackend(), MemoryBackend()
+async def test_a_write_the_transaction_cannot_stage_is_refused_not_written() -> None:
+    staged, direct = MemoryBackend("staged"), MemoryBackend("direct")
     inside: PersistBase[Any] = PersistBase("a", backend=staged)
     outside: PersistBase[Any] = PersistBase("b", backend=direct)
-    async with transaction(staged):
-        await inside.write_value("x", 1)
-        await outside.write_value("y", 2)
-        assert await direct.get("b/y") is not None  # written at once
-        assert await staged.get("a/x") is None  # staged until the block ends
-    assert await inside.read_value("x") == 1
+
+    async def tick() -> None:
+        async with transaction(staged):
+            await inside.write_value("x", 1)
+            await outside.write_value("y", 2)
+
+    with pytest.raises(CrossBackendError, match="cannot span two backends"):
+        await tick()
+    assert await direct.get("b/y") is None  # not written unstaged
+    assert await staged.get("a/x") is None  # and the block committed nothing
+
+    async def remove_in_tick() -> None:
+        async with transaction(staged):
+            await outside.remove_value("y")
+
+    with pytest.raises(CrossBackendError):
+        await remove_in_tick()
+    await outside.write_value("y", 2)  # outside any block it is an ordinary write
+    assert await outside.read_value("y") == 2
+
+
+async def test_a_transaction_on_two_backends_is_refused_before_anything_is_written() -> None:
+    first, second = MemoryBackend("first"), MemoryBackend("second")
+    one: PersistBase[Any] = PersistBase("a", backend=first)
+    two: PersistBase[Any] = PersistBase("b", backend=second)
+
+    async def tick() -> None:
+        async with transaction(first):
+            await one.write_value("x", 1)
+            async with transaction(second):  # would commit on its own exit
+                await two.write_value("y", 2)
+
+    with pytest.raises(CrossBackendError, match="cannot span two backends"):
+        await tick()
+    assert await first.get("a/x") is None
+    assert await second.get("b/y") is None
+
+
+async def test_a_store_outside_the_configured_root_is_refused_in_a_transaction(
+    tmp_path: Path, data_root: Path
+) -> None:
+    inside: PersistBase[Any] = PersistBase("fills", data_root)
+    outside: PersistBase[Any] = PersistBase("fills", tmp_path / "elsewhere")
+
+    async def tick() -> None:
+        async with transaction():
+            await inside.write_value("x", 1)
+            await outside.write_value("y", 2)
+
+    with pytest.raises(CrossBackendError):
+        await tick()
+    assert not (tmp_path / "elsewhere").exists()
+    assert not await inside.has_value("x")
 
 
 async def test_a_commit_waits_for_a_plain_write_of_its_keys_in_flight(tmp_path: Path) -> None:

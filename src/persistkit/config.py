@@ -6,23 +6,44 @@ subclass created with such a directory) uses that backend, with the rest of the
 path as its namespace. So ``configure(mode="backtest")`` moves a custom adapter
 into memory too, and one backend holds all four domains, which is what lets a
 tick commit span them.
+
+Stores without an explicit ``backend=`` look the mount up when they are
+*called*, not when they are made: after ``configure(mode="backtest")`` every
+such store lives in memory, whatever its directory, including stores made
+earlier in live mode. A :class:`~persistkit.LiveSession` pins its own settings
+for the code running inside it (its ticks, ``run()``, ``async with session:``)
+through a context variable, so a ``configure()`` elsewhere in the process, or a
+second session, never moves a running session's writes.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from persistkit.backends import Backend, open_backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 
-__all__ = ["DEFAULT_BASE_DIR", "Mode", "Settings", "configure", "current_settings"]
+__all__ = [
+    "DEFAULT_BASE_DIR",
+    "Mode",
+    "Settings",
+    "active_settings",
+    "configure",
+    "current_settings",
+    "session_settings",
+]
 
 DEFAULT_BASE_DIR = "./dump/data"
+
+logger = logging.getLogger("persistkit")
 
 Mode = Literal["live", "backtest"]
 
@@ -33,7 +54,14 @@ class Settings:
     base_dir: str
     """Absolute: resolved when configured, so a later ``chdir`` moves nothing."""
     backend: Backend
+    _outside: dict[str, Backend] = field(default_factory=dict, repr=False, compare=False)
+    """Backtest mode: the memory backend of each directory outside ``base_dir``."""
 
+
+session_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "persistkit_session", default=None
+)
+"""The settings of the live session the current code runs in (``None``: none)."""
 
 _lock = threading.Lock()
 _current: Settings | None = None
@@ -82,6 +110,14 @@ def configure(
             chosen = backend
     else:
         raise ValueError(f"mode must be 'live' or 'backtest', not {mode!r}")
+    if mode == "live" and isinstance(chosen, MemoryBackend):
+        message = (
+            f"live mode on {chosen.url}: the state lives in this process's memory and "
+            "dies with it (a crash, kill -9 or restart loses every write); use a file, "
+            "Redis or S3 backend for state that must survive"
+        )
+        logger.warning("persistkit: %s", message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     settings = Settings(mode=mode, base_dir=root, backend=chosen)
     with _lock:
         _current = settings
@@ -103,18 +139,39 @@ def current_settings() -> Settings:
     return settings
 
 
+def active_settings() -> Settings:
+    """The settings the calling code runs under: its live session's, else the configured ones.
+
+    Cheap on purpose (stores call it on every operation): a ``ContextVar.get``
+    and a module global.
+    """
+    return session_settings.get() or _current or current_settings()
+
+
 def on_configure(callback: Callable[[], None]) -> None:
     """Call ``callback`` after every :func:`configure` (adapters drop their stores)."""
     _on_change.append(callback)
 
 
-def resolve_directory(directory: str) -> tuple[Backend, str]:
-    """The backend serving absolute ``directory`` and the namespace inside it."""
-    settings = current_settings()
+def resolve_directory(directory: str, settings: Settings | None = None) -> tuple[Backend, str]:
+    """The backend serving absolute ``directory`` under ``settings``, and the namespace in it.
+
+    ``settings`` defaults to :func:`active_settings`. A directory outside the
+    root gets the file backend rooted there in live mode, and a memory backend
+    of its own in backtest mode: backtest mode writes no file, whatever the path.
+    """
+    if settings is None:
+        settings = active_settings()
     root = settings.base_dir
     if directory == root:
         return settings.backend, ""
     if directory.startswith(root + os.sep):
         relative = directory[len(root) + 1 :]
         return settings.backend, relative.replace(os.sep, "/")
+    if settings.mode == "backtest":
+        with _lock:
+            backend = settings._outside.get(directory)
+            if backend is None:
+                backend = settings._outside[directory] = MemoryBackend("backtest")
+        return backend, ""
     return file_backend_for(directory), ""

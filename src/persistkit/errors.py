@@ -8,12 +8,15 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
+    ├── RowMismatchError            (ValueError)  a row written under another row's names
     ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
     ├── CorruptValueError                         stored bytes that do not parse/validate
     ├── ConflictError                             compare-and-set lost: the version moved
     ├── StoreClosedError            (RuntimeError) use after aclose()
     ├── InstanceLockedError         (RuntimeError) a second instance of a live session
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
+    ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
+    ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
@@ -34,6 +37,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConflictError",
     "CorruptValueError",
+    "CrossBackendError",
     "DurabilityUnknownError",
     "EntityNotFoundError",
     "ForeignSymlinkError",
@@ -42,6 +46,8 @@ __all__ = [
     "JournalDamagedError",
     "LockTimeoutError",
     "PersistError",
+    "ResourceLimitError",
+    "RowMismatchError",
     "SchemaValidationError",
     "StoreClosedError",
     "TransientBackendError",
@@ -75,6 +81,14 @@ class SchemaValidationError(PersistError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class RowMismatchError(PersistError, ValueError):
+    """A row whose own symbol or strategy differs from the names it is written under.
+
+    ``write_signal_data(row, "trend", "BTCUSDT")`` (arguments swapped) would
+    store the row where no correct read finds it; refused before any I/O.
+    """
 
 
 class EntityNotFoundError(PersistError, KeyError):
@@ -131,6 +145,19 @@ class ForeignSymlinkError(PersistError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class CrossBackendError(PersistError, RuntimeError):
+    """A write the active transaction cannot make atomic: its store is on another backend.
+
+    Raised before the write (nothing is stored, nothing is staged), and when a
+    transaction on one backend is opened inside a transaction on another: one
+    commit cannot span two backends, so the tick would not be atomic.
+    """
+
+
+class ResourceLimitError(PersistError, OSError):
+    """A process limit ran out (file descriptors: ``ulimit -n``); the message names it."""
 
 
 class BackendError(PersistError, OSError):

@@ -13,6 +13,10 @@ the mapping must be:
 A few names are refused outright, before any I/O, because a user who passes
 them almost certainly made a mistake: the empty name, names with NUL, ``.``,
 ``..``, absolute paths and paths that climb (``a/../b``).
+
+One fixed limit, :data:`MAX_SEGMENT_BYTES`, applies to every segment in every
+mode, the joined ``{symbol}_{strategy}`` pair included, so a name a backtest
+accepts is a name the live file backend can store.
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ __all__ = [
     "split_pair",
 ]
 
-# ext4 allows 255 bytes per name; keep room for ".json" and quarantine stamps.
+# ext4 (and most file systems) allow 255 bytes per name. The longest name
+# persistkit derives from a segment is its quarantine reason file,
+# "{segment}@{19-digit ns}-{6 hex}.reason" (segment + 34 bytes); the value file
+# adds 5 (".json"), a temp file is a fixed 21 (".tmp-" + 16 hex), and the live
+# session's locks are byte ranges in one file, named by no segment at all. 200
+# keeps each of them under 255 with room for a lock or stamp suffix later.
 MAX_SEGMENT_BYTES = 200
 
 _PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*\Z")
@@ -127,13 +136,22 @@ def decode_segment(segment: str, *, escape_underscore: bool = False) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=65536)
 def join_pair(first: str, second: str) -> str:
     """``{first}_{second}`` as one segment, e.g. ``BTCUSDT_my_strategy``.
 
     ``_`` inside ``first`` is escaped, so ``("a_b", "c")`` and ``("a", "b_c")``
-    map to different segments and :func:`split_pair` recovers both halves.
+    map to different segments and :func:`split_pair` recovers both halves. The
+    joined segment is held to :data:`MAX_SEGMENT_BYTES` like any other, in
+    every mode: halves that fit alone can still make a pair that does not.
     """
-    return f"{encode_segment(first, escape_underscore=True)}_{encode_segment(second)}"
+    joined = f"{encode_segment(first, escape_underscore=True)}_{encode_segment(second)}"
+    if len(joined) > MAX_SEGMENT_BYTES:
+        raise InvalidNameError(
+            f"pair ({first[:40]!r}, {second[:40]!r}) encodes to {len(joined)} bytes; "
+            f"the limit is {MAX_SEGMENT_BYTES}; refused before any I/O"
+        )
+    return joined
 
 
 def split_pair(segment: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from persistkit import codec
+from persistkit import config as _config
 from persistkit._keyed_lock import LoopLocalKeyedLocks
 from persistkit.backends.base import (
     ANY_VERSION,
@@ -31,10 +32,11 @@ from persistkit.backends.base import (
     join_key,
 )
 from persistkit.backends.memory import MemoryBackend
-from persistkit.config import DEFAULT_BASE_DIR, resolve_directory
+from persistkit.config import DEFAULT_BASE_DIR, Settings, active_settings, resolve_directory
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
+    CrossBackendError,
     EntityNotFoundError,
     InvalidNameError,
     SchemaValidationError,
@@ -151,6 +153,41 @@ def _synchronous_calls(
     return None, None
 
 
+class _Route:
+    """Where a store's operations go under one settings: backend, namespace and their helpers.
+
+    A store without an explicit ``backend=`` has one route per settings it has
+    been called under (the configured ones, a live session's); an operation
+    takes its route once, at its start, so a ``configure()`` or another
+    session's call in the middle never moves it.
+    """
+
+    __slots__ = ("backend", "get_now", "init", "keys", "locks", "namespace", "put_now", "scope")
+
+    def __init__(self, scope: Settings | None, backend: Backend, namespace: str) -> None:
+        self.scope = scope
+        """The settings this route serves; ``None`` for an explicit ``backend=``."""
+        self.backend = backend
+        self.namespace = namespace
+        self.locks = _ordering_for(backend)
+        self.put_now, self.get_now = _synchronous_calls(backend)
+        self.keys: dict[str | int, str] = {}
+        self.init: asyncio.Future[InitReport] | None = None
+
+    def key(self, entity_id: str | int) -> str:
+        key = self.keys.get(entity_id)
+        if key is None:
+            key = f"{self.namespace}/{encode_segment(entity_id_text(entity_id))}"
+            if len(self.keys) >= _KEY_CACHE_SIZE:
+                self.keys.clear()
+            self.keys[entity_id] = key
+        return key
+
+
+_ROUTES_KEPT = 8
+_session_settings = _config.session_settings
+
+
 class PersistBase(Generic[T]):
     """An async store of JSON values by id, durable when each write returns.
 
@@ -158,9 +195,13 @@ class PersistBase(Generic[T]):
     ``{base_dir}/{entity_name}/{id}.json``. ``base_dir`` is made absolute here,
     so a later ``chdir`` does not move the data. When ``base_dir`` lies under
     the root given to :func:`persistkit.configure`, the configured backend
-    (memory in backtest mode, Redis, S3) serves it; ``backend=`` picks one
-    explicitly. ``model=`` (a pydantic model or any type pydantic validates)
-    validates every value written and read, and the startup scan.
+    (memory in backtest mode, Redis, S3) serves it. That is looked up at each
+    call, not once: after ``configure(mode="backtest")`` the store lives in
+    memory (whatever its ``base_dir``), and inside a
+    :class:`~persistkit.LiveSession`'s ticks it writes to the session's backend.
+    ``backend=`` picks one explicitly, for good. ``model=`` (a pydantic model or
+    any type pydantic validates) validates every value written and read, and
+    the startup scan.
 
     Subclass it and override methods to store elsewhere, as with the seed's
     custom adapters; the domain adapters take such a class.
@@ -180,24 +221,59 @@ class PersistBase(Generic[T]):
         segment = (
             entity_name if isinstance(entity_name, SegmentName) else encode_segment(entity_name)
         )
+        self._segment = segment
+        self._routes: dict[int, _Route] = {}
+        self._last: _Route
         if backend is None:
-            backend, parent = resolve_directory(self.base_dir)
+            self._reroute(active_settings())
         else:
-            parent = ""
-        self.backend: Backend = backend
-        self.namespace = join_key(parent, segment)
+            self._last = _Route(None, backend, segment)
         self._retry = retry
         self._schema: TypeAdapter[Any] | None = None
         if model is not None:
             self.set_model(model)
-        self._locks = _ordering_for(backend)
-        self._put_now, self._get_now = _synchronous_calls(backend)
-        self._keys: dict[str | int, str] = {}
-        self._init: asyncio.Future[InitReport] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.namespace!r} on {self.backend.url})"
+        route = self._route()
+        return f"{type(self).__name__}({route.namespace!r} on {route.backend.url})"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this store writes to from here, now (see the class docstring)."""
+        return self._route().backend
+
+    @property
+    def namespace(self) -> str:
+        """This store's key prefix on :attr:`backend`."""
+        return self._route().namespace
+
+    def _route(self) -> _Route:
+        """The route of an operation starting now: a ContextVar.get and an identity check."""
+        route = self._last
+        if route.scope is None:
+            return route  # an explicit backend= stays put
+        scope = _session_settings.get() or _config._current
+        if scope is route.scope:
+            return route
+        return self._reroute(active_settings())
+
+    def _reroute(self, scope: Settings) -> _Route:
+        route = self._routes.get(id(scope))
+        if route is None or route.scope is not scope:
+            backend, parent = resolve_directory(self.base_dir, scope)
+            route = _Route(scope, backend, join_key(parent, self._segment))
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[id(scope)] = route
+        self._last = route
+        return route
+
+    def _keep_prefix(self, prefix: str) -> None:
+        """Keep keys under ``prefix`` on an explicit backend too (a domain adapter's)."""
+        route = self._last
+        if route.scope is None and not route.namespace.startswith(f"{prefix}/"):
+            self._last = _Route(None, route.backend, join_key(prefix, route.namespace))
 
     def set_model(self, model: Any) -> None:
         """Validate values against ``model`` from now on (adapters call it after construction)."""
@@ -206,13 +282,7 @@ class PersistBase(Generic[T]):
     # -- helpers -------------------------------------------------------------------
 
     def _key(self, entity_id: str | int) -> str:
-        key = self._keys.get(entity_id)
-        if key is None:
-            key = f"{self.namespace}/{encode_segment(entity_id_text(entity_id))}"
-            if len(self._keys) >= _KEY_CACHE_SIZE:
-                self._keys.clear()
-            self._keys[entity_id] = key
-        return key
+        return self._route().key(entity_id)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -228,20 +298,20 @@ class PersistBase(Generic[T]):
     # The three hot paths spell out _call's try/except: no closure is built
     # unless the first attempt fails.
 
-    async def _get(self, key: str) -> Versioned | None:
+    async def _get(self, backend: Backend, key: str) -> Versioned | None:
         try:
-            return await self.backend.get(key)
+            return await backend.get(key)
         except TransientBackendError as exc:
-            return await self._retry.call(lambda: self.backend.get(key), exc)
+            return await self._retry.call(lambda: backend.get(key), exc)
 
-    async def _put(self, key: str, data: bytes, expect: Expected) -> str:
-        backend = self.backend
+    async def _put(self, route: _Route, key: str, data: bytes, expect: Expected) -> str:
+        backend = route.backend
         if backend.applies_in_call_order:
             try:
                 return await backend.put(key, data, expect=expect)
             except TransientBackendError as exc:
                 return await self._retry.call(lambda: backend.put(key, data, expect=expect), exc)
-        locks = self._locks.current()
+        locks = route.locks.current()
         await locks.acquire(key)
         try:
             try:
@@ -251,9 +321,9 @@ class PersistBase(Generic[T]):
         finally:
             locks.release(key)
 
-    async def _delete(self, key: str, expect: Expected) -> bool:
-        backend = self.backend
-        locks = None if backend.applies_in_call_order else self._locks.current()
+    async def _delete(self, route: _Route, key: str, expect: Expected) -> bool:
+        backend = route.backend
+        locks = None if backend.applies_in_call_order else route.locks.current()
         if locks is not None:
             await locks.acquire(key)
         try:
@@ -304,14 +374,15 @@ class PersistBase(Generic[T]):
         seed's flag and is accepted for compatibility; the scan always runs once.
         """
         self._check_open()
-        if self._init is None:
-            self._init = asyncio.ensure_future(self.check(repair=True))
+        route = self._route()  # each backend the store is served by is scanned once
+        if route.init is None:
+            route.init = asyncio.ensure_future(self._check(route, repair=True))
         try:
-            return await asyncio.shield(self._init)
+            return await asyncio.shield(route.init)
         except asyncio.CancelledError:
             raise
         except BaseException:
-            self._init = None  # a failed start (server down) may be retried
+            route.init = None  # a failed start (server down) may be retried
             raise
 
     async def check(
@@ -323,21 +394,31 @@ class PersistBase(Generic[T]):
         orphans and quarantines bad values, as :meth:`wait_for_init` does.
         ``on_progress`` is called with the count of values checked so far.
         """
+        return await self._check(self._route(), repair=repair, on_progress=on_progress)
+
+    async def _check(
+        self,
+        route: _Route,
+        *,
+        repair: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> InitReport:
         started = time.perf_counter()
-        report = InitReport(self.namespace, self.backend.url, repair)
-        report.warnings = await self._call(self.backend.durability_warnings)
+        backend, namespace = route.backend, route.namespace
+        report = InitReport(namespace, backend.url, repair)
+        report.warnings = await self._call(backend.durability_warnings)
         report.orphans = await self._call(
-            lambda: self.backend.clean_orphans(self.namespace, dry_run=not repair)
+            lambda: backend.clean_orphans(namespace, dry_run=not repair)
         )
         batch: list[str] = []
-        async for key in self.backend.scan(self.namespace):
+        async for key in backend.scan(namespace):
             batch.append(key)
             if len(batch) >= _SCAN_BATCH:
-                await self._check_batch(batch, report, repair)
+                await self._check_batch(backend, batch, report, repair)
                 batch = []
                 if on_progress is not None:
                     on_progress(report.checked)
-        await self._check_batch(batch, report, repair)
+        await self._check_batch(backend, batch, report, repair)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
             on_progress(report.checked)
@@ -347,10 +428,12 @@ class PersistBase(Generic[T]):
             logger.log(level, "  %s: %s -> %s", finding.key, finding.reason, finding.quarantine_id)
         return report
 
-    async def _check_batch(self, keys: list[str], report: InitReport, repair: bool) -> None:
+    async def _check_batch(
+        self, backend: Backend, keys: list[str], report: InitReport, repair: bool
+    ) -> None:
         if not keys:
             return
-        stored = await self._call(lambda: self.backend.get_many(keys))
+        stored = await self._call(lambda: backend.get_many(keys))
         for key, item in zip(keys, stored, strict=True):
             report.checked += 1
             if item is None:
@@ -362,7 +445,7 @@ class PersistBase(Generic[T]):
                 entry_id = None
                 if repair:
                     entry = await self._call(
-                        lambda key=key, reason=reason: self.backend.quarantine(key, reason)  # type: ignore[misc]
+                        lambda key=key, reason=reason: backend.quarantine(key, reason)  # type: ignore[misc]
                     )
                     entry_id = entry.id
                 report.corrupt.append(Finding(key, reason, entry_id))
@@ -372,40 +455,43 @@ class PersistBase(Generic[T]):
     async def read_entry(self, entity_id: str | int) -> Entry[T]:
         """The value of ``entity_id`` with its version; ``EntityNotFoundError`` if absent."""
         self._check_open()
-        key = self._key(entity_id)
-        active = transaction_for(self.backend) if active_transaction.get() else None
+        route = self._route()
+        key = route.key(entity_id)
+        active = transaction_for(route.backend) if active_transaction.get() else None
         if active is not None:
             found, data = active.lookup(key)
             if found:
                 if data is None:
-                    raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
+                    raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
                 return Entry(self._parse(key, data), cast(str, active.staged_version(key)))
-        stored = await self._get(key)
+        stored = await self._get(route.backend, key)
         if stored is None:
-            raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
+            raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
         return Entry(self._parse(key, stored.data), stored.version)
 
     async def read_value(self, entity_id: str | int) -> T:
         """The value of ``entity_id``; ``EntityNotFoundError`` (a ``KeyError``) if absent."""
-        get_now = self._get_now
+        route = self._route()
+        get_now = route.get_now
         if get_now is None or active_transaction.get() is not None:
             return (await self.read_entry(entity_id)).value
         self._check_open()
-        key = self._key(entity_id)
+        key = route.key(entity_id)
         stored = get_now(key)
         if stored is None:
-            raise EntityNotFoundError(f"no value for {entity_id!r} in {self.namespace}")
+            raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
         return cast(T, self._parse(key, stored.data))
 
     async def has_value(self, entity_id: str | int) -> bool:
         self._check_open()
-        key = self._key(entity_id)
-        active = transaction_for(self.backend) if active_transaction.get() else None
+        route = self._route()
+        key = route.key(entity_id)
+        active = transaction_for(route.backend) if active_transaction.get() else None
         if active is not None:
             found, data = active.lookup(key)
             if found:
                 return data is not None
-        return await self._get(key) is not None
+        return await self._get(route.backend, key) is not None
 
     async def write_value(
         self, entity_id: str | int, value: T, *, if_version: Expected = ANY_VERSION
@@ -416,20 +502,39 @@ class PersistBase(Generic[T]):
         :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
         absent); otherwise :class:`~persistkit.errors.ConflictError`.
         Writes to one id are applied in the order they were called. Inside
-        :func:`transaction` the write is staged and committed with the block.
+        :func:`transaction` the write is staged and committed with the block; a
+        store on another backend than the transaction's is refused with
+        :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
         self._check_open()
-        key = self._key(entity_id)
+        route = self._last  # self._route(), inlined: this is the backtest hot path
+        scope = route.scope
+        if scope is not None and scope is not (_session_settings.get() or _config._current):
+            route = self._route()
+        key = route.key(entity_id)
         data = self._encode(value)  # before any I/O: a bad value changes nothing
         if active_transaction.get() is not None:
-            active = transaction_for(self.backend)
-            if active is not None:
-                if if_version is ANY_VERSION:
-                    return cast(str, active.stage_now(key, data))
-                return cast(str, await active.stage(key, data, if_version))
-        if self._put_now is not None:
-            return self._put_now(key, data, expect=if_version)
-        return await self._put(key, data, if_version)
+            active = self._transaction_of(route, key)
+            if if_version is ANY_VERSION:
+                return cast(str, active.stage_now(key, data))
+            return cast(str, await active.stage(key, data, if_version))
+        if route.put_now is not None:
+            return route.put_now(key, data, expect=if_version)
+        return await self._put(route, key, data, if_version)
+
+    @staticmethod
+    def _transaction_of(route: _Route, key: str) -> Transaction:
+        """The active transaction that stages ``key``, or :class:`CrossBackendError`."""
+        active = transaction_for(route.backend)
+        if active is None:
+            current = active_transaction.get()
+            raise CrossBackendError(
+                f"{key} is on {route.backend.url}, but the transaction in progress commits to "
+                f"{current.backend.url if current is not None else 'another backend'}: one "
+                "commit cannot span two backends, so the write was refused (nothing written). "
+                "Use a store on the transaction's backend, or write it outside the block."
+            )
+        return active
 
     async def update_value(
         self,
@@ -463,14 +568,14 @@ class PersistBase(Generic[T]):
     ) -> bool:
         """Remove ``entity_id`` durably; ``False`` when it was already absent."""
         self._check_open()
-        key = self._key(entity_id)
+        route = self._route()
+        key = route.key(entity_id)
         if active_transaction.get() is not None:
-            active = transaction_for(self.backend)
-            if active is not None:
-                existed = await active.version_of(key) is not None
-                await active.stage(key, None, if_version)
-                return existed
-        return await self._delete(key, if_version)
+            active = self._transaction_of(route, key)
+            existed = await active.version_of(key) is not None
+            await active.stage(key, None, if_version)
+            return existed
+        return await self._delete(route, key, if_version)
 
     async def remove_all(self) -> int:
         """Remove every value of this store; returns how many were removed."""
@@ -491,18 +596,19 @@ class PersistBase(Generic[T]):
     async def keys(self) -> AsyncIterator[str]:
         """Stream the ids in this store (as text; an int id comes back as its digits)."""
         self._check_open()
-        prefix_length = len(self.namespace) + 1
-        async for key in self._scan_keys():
+        route = self._route()
+        prefix_length = len(route.namespace) + 1
+        async for key in self._scan_keys(route):
             try:
                 yield decode_segment(key[prefix_length:])
             except InvalidNameError:
                 logger.warning("persistkit: ignoring %s, not a name persistkit wrote", key)
 
-    async def _scan_keys(self) -> AsyncIterator[str]:
+    async def _scan_keys(self, route: _Route) -> AsyncIterator[str]:
         """The backend's listing, with the writes staged in a transaction applied."""
-        active = transaction_for(self.backend) if active_transaction.get() else None
-        staged = active.staged_in(self.namespace) if active is not None else {}
-        async for key in self.backend.scan(self.namespace):
+        active = transaction_for(route.backend) if active_transaction.get() else None
+        staged = active.staged_in(route.namespace) if active is not None else {}
+        async for key in route.backend.scan(route.namespace):
             if key in staged and staged.pop(key) is None:
                 continue
             yield key
@@ -513,15 +619,16 @@ class PersistBase(Generic[T]):
     async def values(self) -> AsyncIterator[T]:
         """Stream the values in this store."""
         self._check_open()
-        active = transaction_for(self.backend) if active_transaction.get() else None
-        async for key in self._scan_keys():
+        route = self._route()
+        active = transaction_for(route.backend) if active_transaction.get() else None
+        async for key in self._scan_keys(route):
             if active is not None:
                 found, data = active.lookup(key)
                 if found:
                     if data is not None:
                         yield self._parse(key, data)
                     continue
-            stored = await self._get(key)
+            stored = await self._get(route.backend, key)
             if stored is not None:
                 yield self._parse(key, stored.data)
 
@@ -549,7 +656,8 @@ class PersistBase(Generic[T]):
 
     async def list_quarantined(self) -> list[QuarantineEntry]:
         """Values of this store moved aside at startup, with their reasons."""
-        return [entry async for entry in self.backend.list_quarantine(self.namespace)]
+        route = self._route()
+        return [entry async for entry in route.backend.list_quarantine(route.namespace)]
 
     async def restore_quarantined(self, entry_id: str, *, overwrite: bool = False) -> str:
         """Put a quarantined value back (after fixing it by hand, say); returns its key."""

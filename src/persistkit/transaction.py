@@ -19,8 +19,13 @@ from types import TracebackType
 from typing import Any, cast
 
 from persistkit.backends.base import ANY_VERSION, Backend, Expected
-from persistkit.config import current_settings
-from persistkit.errors import ConflictError, StoreClosedError, TransientBackendError
+from persistkit.config import active_settings
+from persistkit.errors import (
+    ConflictError,
+    CrossBackendError,
+    StoreClosedError,
+    TransientBackendError,
+)
 from persistkit.retry import DEFAULT_RETRY
 
 __all__ = ["Transaction", "active_transaction", "transaction", "transaction_for"]
@@ -159,7 +164,16 @@ class Transaction:
         return version
 
     async def __aenter__(self) -> Transaction:
-        self._parent = active_transaction.get()
+        parent = active_transaction.get()
+        if parent is not None and parent.backend is not self.backend:
+            # It would commit on its own exit: the outer block could still
+            # fail, and the tick would not be atomic.
+            raise CrossBackendError(
+                f"a transaction on {self.backend.url} was opened inside one on "
+                f"{parent.backend.url}: one commit cannot span two backends; refused "
+                "before anything was written"
+            )
+        self._parent = parent
         self._token = active_transaction.set(self)
         return self
 
@@ -235,10 +249,11 @@ class Transaction:
 def transaction(backend: Backend | None = None) -> Transaction:
     """``async with transaction():`` commits every write in the block atomically.
 
-    ``backend`` defaults to the configured one (:func:`persistkit.configure`),
-    which serves the four domain adapters. See :class:`Transaction`.
+    ``backend`` defaults to the one serving the four domain adapters here: the
+    live session's inside its ticks, else the configured one
+    (:func:`persistkit.configure`). See :class:`Transaction`.
     """
-    return Transaction(current_settings().backend if backend is None else backend)
+    return Transaction(active_settings().backend if backend is None else backend)
 
 
 def transaction_for(backend: Backend) -> Transaction | None:

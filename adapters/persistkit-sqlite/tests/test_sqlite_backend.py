@@ -90,7 +90,7 @@ async def test_configure_puts_every_domain_adapter_in_the_database(tmp_path: Pat
     path = tmp_path / "bot" / "state.db"  # the directory does not exist yet
     persistkit.configure(mode="live", backend=sqlite_url(path))
     row = SignalRow.model_validate_json(
-        b'{"id":"s1","symbol":"BTCUSDT","strategyName":"trend","position":"long",'
+        b'{"id":"s1","symbol":"BTC/USDT","strategyName":"trend","position":"long",'
         b'"priceOpen":100.5,"priceTakeProfit":110.0,"priceStopLoss":95.0,'
         b'"scheduledAt":1763700000000,"pendingAt":1763700060000}'
     )

@@ -302,6 +302,21 @@ class Backend(ABC):
 
     # -- operations ----------------------------------------------------------------
 
+    async def recover(self) -> int:
+        """Finish what stopped processes left, before anything is read; returns the commits found.
+
+        A live session's start calls it. Backends whose commits are whole when
+        acknowledged have nothing to do (the default).
+        """
+        return 0
+
+    async def checkpoint(self) -> None:  # noqa: B027 - optional hook, most backends need none
+        """Make every acknowledged commit whole in its final place (a session's close calls it).
+
+        Backends whose commits are whole when acknowledged have nothing to do
+        (the default).
+        """
+
     async def changed_at(self, key: str) -> float | None:
         """When the value at ``key`` was last replaced (seconds since the epoch).
 

@@ -781,6 +781,16 @@ class FileBackend(Backend):
         self._check_writable()
         await self._run(self._purge_sync, entry_id)
 
+    async def recover(self) -> int:
+        """Check the format, merge an older release's journals, checkpoint (see the journal)."""
+        self._check_not_closed()
+        return await self._off_loop(self.journal.recover)
+
+    async def checkpoint(self) -> None:
+        """Apply the journal to the files, sync them, start an empty journal."""
+        self._check_writable()
+        await self._off_loop(self.journal.checkpoint)
+
     async def salvage_journal(self) -> list[SalvageReport]:
         """Apply a damaged commit journal up to its damage and keep it in the quarantine.
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from persistkit.domains._base import DomainAdapter
-from persistkit.errors import EntityNotFoundError
+from persistkit.errors import EntityNotFoundError, RowMismatchError
 from persistkit.models import ScheduledSignalRow, SignalRow
 from persistkit.names import join_pair
 from persistkit.store import PersistBase
@@ -32,11 +33,26 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
         return row  # type: ignore[no-any-return]
 
     async def _write(self, row: RowT | None, symbol: str, strategy_name: str) -> None:
+        if row is not None:
+            self._check_row(row, symbol, strategy_name)
         store = await self._store(join_pair(symbol, strategy_name))
         if row is None:
             await store.remove_value(symbol)
         else:
             await store.write_value(symbol, row)
+
+    def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
+        """Refuse, before any I/O, a row written under names that are not its own."""
+        if isinstance(row, Mapping):  # a raw row, as the seed passes: camelCase or not
+            own = (row.get("symbol"), row.get("strategyName", row.get("strategy_name")))
+        else:
+            own = (getattr(row, "symbol", None), getattr(row, "strategy_name", None))
+        if own != (symbol, strategy_name):
+            raise RowMismatchError(
+                f"{self.domain} row of ({own[0]!r}, {own[1]!r}) written as ({symbol!r}, "
+                f"{strategy_name!r}): a read of its own names would never find it (are the "
+                "arguments swapped?); refused before any I/O"
+            )
 
 
 class PersistSignalUtils(_RowAdapter[SignalRow]):

@@ -1,6 +1,15 @@
 """The live lifecycle: restore on restart, one atomic commit per tick, one instance only."""
 
-from persistkit.live.lock import InstanceLock, read_holder
-from persistkit.live.session import LOCK_DIR, LiveSession, PairState, RestoredState
+from persistkit.live.lock import InstanceLock, RangeLocks, read_holder
+from persistkit.live.session import LOCK_DIR, LOCK_FILE, LiveSession, PairState, RestoredState
 
-__all__ = ["LOCK_DIR", "InstanceLock", "LiveSession", "PairState", "RestoredState", "read_holder"]
+__all__ = [
+    "LOCK_DIR",
+    "LOCK_FILE",
+    "InstanceLock",
+    "LiveSession",
+    "PairState",
+    "RangeLocks",
+    "RestoredState",
+    "read_holder",
+]

@@ -1,10 +1,16 @@
-"""One instance only: an ``flock`` on a lock file that names its holder.
+"""One instance only: locks that belong to an open file and name their holder.
 
-``flock`` belongs to the open file, so the kernel drops it when the holder
-exits for any reason, ``kill -9`` included: there is never a stale lock to
-clean up by hand, and no timeout to guess. The lock file itself is never
-deleted (deleting it would let two processes lock two different files); it
-only holds a description of the current holder, for the error message.
+Both kinds of lock here belong to an *open file description*, so the kernel
+drops them when the holder exits for any reason, ``kill -9`` included: there is
+never a stale lock to clean up by hand, and no timeout to guess. Lock files are
+never deleted (deleting one would let two processes lock two different files).
+
+- :class:`InstanceLock`: an ``flock`` on one file per lock.
+- :class:`RangeLocks`: any number of named locks in ONE file, each a one-byte
+  open-file-description range lock (Linux ``F_OFD_SETLK``) at an offset derived
+  from the name's hash. A live session with 5,000 pairs holds one descriptor,
+  not 5,000, so it runs under ``ulimit -n 1024``. Who holds which names is kept
+  in a small holder file per session, for the error message.
 
 With ``root`` (a live session passes its data root), the lock file is reached
 without following any symbolic link below the root: a ``.locks`` folder or a
@@ -15,36 +21,42 @@ creates, truncates or writes a file outside the root.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import resource
+import secrets
 import socket
+import struct
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
 from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.oslayer import REAL_OS
-from persistkit.errors import InstanceLockedError
+from persistkit.errors import InstanceLockedError, ResourceLimitError
 
-__all__ = ["InstanceLock", "held_locks", "read_holder"]
+__all__ = ["InstanceLock", "RangeLocks", "descriptor_limit_error", "held_locks", "read_holder"]
 
 
-def read_holder(path: str) -> dict[str, object]:
-    """What the lock file at ``path`` says about its holder (``{}`` when nothing)."""
+def read_holder(path: str, *, limit: int | None = 4096) -> dict[str, object]:
+    """What the lock or holder file at ``path`` says about its holder (``{}`` when nothing)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return {}
     try:
-        return _holder_in(fd)
+        return _holder_in(fd, limit)
     finally:
         os.close(fd)
 
 
-def _holder_in(fd: int) -> dict[str, object]:
+def _holder_in(fd: int, limit: int | None = 4096) -> dict[str, object]:
     try:
-        data = os.pread(fd, 4096, 0)
+        data = os.pread(fd, limit if limit is not None else os.fstat(fd).st_size, 0)
         holder = json.loads(data) if data else {}
     except (OSError, ValueError):
         return {}
@@ -86,6 +98,29 @@ def held_locks(directory: str) -> list[str]:
         if key in by_inode:
             held.add(by_inode[key])
     return sorted(held)
+
+
+def open_confined(path: str, flags: int, root: str | None) -> int:
+    """Open ``path`` (``O_CLOEXEC | O_NOFOLLOW`` added), its folders made as needed.
+
+    Below ``root``, no symbolic link is followed on the way (a link raises
+    :class:`~persistkit.errors.ForeignSymlinkError`); elsewhere only the last
+    component is protected.
+    """
+    flags |= os.O_CLOEXEC | os.O_NOFOLLOW
+    relative = None if root is None else os.path.relpath(path, root)
+    if root is None or relative is None or relative.startswith(".."):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o644)
+    os.makedirs(root, exist_ok=True)  # the root itself may be a link
+    real_root = os.path.realpath(root)
+    confined = ConfinedOS(REAL_OS, real_root)
+    directory, name = os.path.split(relative)
+    dir_fd = confined.open_dir(f"{real_root}/{directory}" if directory else real_root, create=True)
+    try:
+        return confined.open(name, flags, 0o644, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class InstanceLock:
@@ -143,23 +178,7 @@ class InstanceLock:
         self._fd = fd
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        root = self.root
-        relative = None if root is None else os.path.relpath(self.path, root)
-        if root is None or relative is None or relative.startswith(".."):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            return os.open(self.path, flags, 0o644)
-        os.makedirs(root, exist_ok=True)  # the root itself may be a link
-        real_root = os.path.realpath(root)
-        confined = ConfinedOS(REAL_OS, real_root)
-        directory, name = os.path.split(relative)
-        dir_fd = confined.open_dir(
-            f"{real_root}/{directory}" if directory else real_root, create=True
-        )
-        try:
-            return confined.open(name, flags, 0o644, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+        return open_confined(self.path, os.O_RDWR | os.O_CREAT, self.root)
 
     def release(self) -> None:
         """Drop the lock (closing the file releases the flock)."""
@@ -181,3 +200,180 @@ class InstanceLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+# -- many named locks in one file ----------------------------------------------------------
+
+_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
+_FLOCK = struct.Struct("hhqqi4x")
+_OFFSET_BITS = 62  # well inside off_t; a lock may lie past the end of the file
+
+
+def descriptor_limit_error(exc: BaseException) -> ResourceLimitError | None:
+    """A :class:`ResourceLimitError` naming ``ulimit -n`` when ``exc`` (or its cause) is EMFILE."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            which = "this process" if seen.errno == errno.EMFILE else "the system"
+            error = ResourceLimitError(
+                errno.EMFILE,
+                f"{which} ran out of file descriptors (RLIMIT_NOFILE, ulimit -n: soft limit "
+                f"{soft}, hard limit {hard}): {exc}; raise the limit (ulimit -n) or close "
+                "descriptors the process leaks",
+            )
+            error.__cause__ = exc
+            return error
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _offset(name: str) -> int:
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - _OFFSET_BITS)
+
+
+def _range_lock(fd: int, command: int, kind: int, offset: int) -> int:
+    """One ``F_OFD_*`` call on the byte at ``offset``; returns the ``l_type`` it reports."""
+    answer = fcntl.fcntl(fd, command, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
+    return int(_FLOCK.unpack(answer)[0])
+
+
+class RangeLocks:
+    """Exclusive, non-blocking locks on ``names``, all in the one file ``path``.
+
+    :meth:`acquire` takes every name or none, and raises
+    :class:`InstanceLockedError` naming the holder (pid, host, since) of the
+    first name another open file holds, in this process or another. The holder
+    files live in ``{dirname(path)}/holders/``: one per session, removed when it
+    releases; one left by a killed session is recognised (its liveness byte is
+    free) and removed by the next session that starts.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        names: Iterable[str],
+        *,
+        root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.root = None if root is None else os.path.abspath(os.fspath(root))
+        """Below this folder, no symbolic link is followed to the lock or holder files."""
+        self.names = sorted(set(names))
+        self._holders = os.path.join(os.path.dirname(self.path), "holders")
+        self._fd: int | None = None
+        self._holder_file: str | None = None
+
+    def __repr__(self) -> str:
+        state = "held" if self._fd is not None else "free"
+        return f"RangeLocks({self.path!r}, {len(self.names)} names, {state})"
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, purpose: str = "live session") -> None:
+        """Take every lock or raise :class:`InstanceLockedError` naming the holder."""
+        if self._fd is not None:
+            return
+        fd = open_confined(self.path, os.O_RDWR | os.O_CREAT, self.root)
+        self._fd = fd
+        try:
+            token = secrets.token_hex(8)
+            # The liveness byte first: a holder file whose byte is free is stale.
+            _range_lock(fd, _F_OFD_SETLK, fcntl.F_WRLCK, _offset(f"session:{token}"))
+            self._remove_stale_holders()
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "token": token,
+                "locks": self.names,
+            }
+            holder_file = os.path.join(self._holders, f"{token}.json")
+            # Informational only, so not fsynced: after a crash the locks are gone anyway.
+            holder_fd = open_confined(holder_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.root)
+            try:
+                os.write(holder_fd, json.dumps(holder).encode())
+            finally:
+                os.close(holder_fd)
+            self._holder_file = holder_file
+            for name in self.names:
+                try:
+                    _range_lock(fd, _F_OFD_SETLK, fcntl.F_WRLCK, _offset(name))
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    found = self._holder_of(name)
+                    described = (
+                        ", ".join(f"{key} {found[key]}" for key in ("pid", "host", "since"))
+                        if found
+                        else "unknown"
+                    )
+                    raise InstanceLockedError(
+                        f"{purpose} {name} is already running ({described}); lock file {self.path}",
+                        holder={k: v for k, v in found.items() if k != "locks"},
+                    ) from None
+        except BaseException:
+            self.release()
+            raise
+
+    def _holder_files(self) -> list[tuple[str, dict[str, object]]]:
+        found = []
+        try:
+            dir_fd = open_confined(self._holders, os.O_RDONLY | os.O_DIRECTORY, self.root)
+        except FileNotFoundError:
+            return []
+        try:
+            for entry in os.listdir(dir_fd):
+                if not entry.endswith(".json"):
+                    continue
+                try:
+                    fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+                except OSError:
+                    continue  # removed meanwhile, or a link: never read through
+                try:
+                    found.append((os.path.join(self._holders, entry), _holder_in(fd, None)))
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dir_fd)
+        return found
+
+    def _is_live(self, holder: dict[str, object]) -> bool:
+        """True when another open file holds ``holder``'s liveness byte."""
+        assert self._fd is not None
+        offset = _offset(f"session:{holder.get('token')}")
+        return _range_lock(self._fd, _F_OFD_GETLK, fcntl.F_WRLCK, offset) != fcntl.F_UNLCK
+
+    def _holder_of(self, name: str) -> dict[str, object]:
+        for _, holder in self._holder_files():
+            locks = holder.get("locks")
+            if isinstance(locks, list) and name in locks and self._is_live(holder):
+                return holder
+        return {}
+
+    def _remove_stale_holders(self) -> None:
+        for path, holder in self._holder_files():
+            if holder.get("token") and not self._is_live(holder):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def release(self) -> None:
+        """Drop every lock (closing the file releases them) and remove the holder file."""
+        holder_file, self._holder_file = self._holder_file, None
+        fd, self._fd = self._fd, None
+        try:
+            if holder_file is not None:
+                try:
+                    os.unlink(holder_file)  # before the locks go: never a live lock unnamed
+                except FileNotFoundError:
+                    pass
+        finally:
+            if fd is not None:
+                os.close(fd)

@@ -12,11 +12,17 @@ A live bot restarts after a crash and continues as if nothing happened::
 
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
 SIGINT, after committing the tick in progress.
+
+A session owns its backend: code inside its ticks, its ``run()`` and an
+``async with session:`` block writes to the session's backend through a context
+variable, whatever ``configure()`` does later elsewhere in the process, and two
+sessions in one process never write into each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -26,26 +32,27 @@ from types import TracebackType
 from typing import Self
 
 from persistkit.backends.base import Backend
-from persistkit.backends.file import FileBackend
-from persistkit.config import DEFAULT_BASE_DIR, configure
+from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
 from persistkit.domains import (
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.errors import StoreClosedError
-from persistkit.live.lock import InstanceLock
+from persistkit.errors import ConflictError, StoreClosedError
+from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
-from persistkit.transaction import Transaction, transaction
+from persistkit.transaction import Transaction
 
-__all__ = ["LOCK_DIR", "LiveSession", "PairState", "RestoredState"]
+__all__ = ["LOCK_DIR", "LOCK_FILE", "LiveSession", "PairState", "RestoredState"]
 
 logger = logging.getLogger("persistkit")
 
 LOCK_DIR = ".locks"
+LOCK_FILE = "sessions.lock"
+"""In ``{base_dir}/.locks/``: every pair's and risk profile's lock, one byte range each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,32 @@ class RestoredState:
         return problems
 
 
+class _SessionTick(Transaction):
+    """A tick: the session's transaction, with the session's settings in force inside it."""
+
+    __slots__ = ("_scope", "_scope_token")
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.backend)
+        self._scope = settings
+        self._scope_token: contextvars.Token[Settings | None] | None = None
+
+    async def __aenter__(self) -> Transaction:
+        self._scope_token = session_settings.set(self._scope)
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            session_settings.reset(self._scope_token)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await super().__aexit__(*exc_info)  # type: ignore[arg-type]
+        finally:
+            if self._scope_token is not None:
+                session_settings.reset(self._scope_token)
+
+
 class LiveSession:
     """A live bot's state for some (symbol, strategy) pairs and their risk profile.
 
@@ -122,11 +155,20 @@ class LiveSession:
     - :meth:`tick` is the atomic commit of one tick across the four domains.
     - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT.
 
-    The lock files live under ``{base_dir}/.locks/``: one per pair and one for
-    the risk profile, so that two processes never run the same strategy nor
-    update the same risk profile. They are local ``flock`` locks even when the
-    state lives in Redis or S3: one instance per machine is guaranteed, not one
-    per cluster.
+    Inside its ticks (and ``run()``, and ``async with session:``) every store
+    without an explicit ``backend=`` writes to this session's backend, whatever
+    :func:`~persistkit.configure` or another session does meanwhile. A write
+    there to a store on another backend raises
+    :class:`~persistkit.errors.CrossBackendError`: it could not be part of the
+    tick's one commit. A session on a memory backend warns that its state dies
+    with the process.
+
+    The locks live in one file, ``{base_dir}/.locks/sessions.lock``: one byte
+    range per pair and one for the risk profile, so that two sessions (in two
+    processes or in one) never run the same strategy nor update the same risk
+    profile. However many pairs, a session holds one file descriptor for them.
+    They are local locks even when the state lives in Redis or S3: one
+    instance per machine is guaranteed, not one per cluster.
     """
 
     def __init__(
@@ -145,16 +187,13 @@ class LiveSession:
         # Names are checked now, before any lock file or directory is created.
         lock_names = [f"pair-{join_pair(symbol, strategy)}" for symbol, strategy in self.pairs]
         lock_names.append(f"risk-{encode_segment(risk_name)}")
-        self._locks = [
-            InstanceLock(
-                os.path.join(self.base_dir, LOCK_DIR, f"{name}.lock"),
-                purpose=f"live session {name}",
-                root=self.base_dir,
-            )
-            for name in sorted(set(lock_names))
-        ]
+        self._locks = RangeLocks(
+            os.path.join(self.base_dir, LOCK_DIR, LOCK_FILE), lock_names, root=self.base_dir
+        )
         self._backend_choice = backend
         self._backend: Backend | None = None
+        self._settings: Settings | None = None
+        self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
@@ -175,16 +214,29 @@ class LiveSession:
         """Lock, recover and restore; see the class docstring."""
         if self._started:
             raise RuntimeError(f"{self!r} is already started")
-        self._acquire_locks()
+        try:
+            return await self._start()
+        except OSError as exc:
+            limit = descriptor_limit_error(exc)
+            if limit is None:
+                raise
+            raise limit from exc
+
+    async def _start(self) -> RestoredState:
+        self._locks.acquire(purpose="live session")
         try:
             settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
             self._backend = settings.backend
-            replayed = 0
-            if isinstance(self._backend, FileBackend):
-                # Before any store reads: un-synced applied files may be torn.
-                replayed = await asyncio.to_thread(self._backend.journal.recover)
-            state = await self._restore(replayed)
+            self._settings = settings
+            # Before any store reads: what stopped processes left is finished first.
+            replayed = await self._backend.recover()
+            token = session_settings.set(settings)  # restore from this session's backend
+            try:
+                state = await self._restore(replayed)
+            finally:
+                session_settings.reset(token)
         except BaseException:
+            self._backend = self._settings = None
             self._release_locks()
             raise
         self._started = True
@@ -201,20 +253,8 @@ class LiveSession:
         )
         return state
 
-    def _acquire_locks(self) -> None:
-        taken: list[InstanceLock] = []
-        try:
-            for lock in self._locks:
-                lock.acquire()
-                taken.append(lock)
-        except BaseException:
-            for lock in taken:
-                lock.release()
-            raise
-
     def _release_locks(self) -> None:
-        for lock in self._locks:
-            lock.release()
+        self._locks.release()
 
     async def _restore(self, replayed: int) -> RestoredState:
         # Risk first: portfolio limits must hold before any signal is considered.
@@ -245,8 +285,14 @@ class LiveSession:
     # -- ticks -----------------------------------------------------------------------------
 
     def tick(self) -> Transaction:
-        """``async with session.tick():`` commits every write in the block atomically."""
-        return transaction(self.backend)
+        """``async with session.tick():`` commits every write in the block atomically.
+
+        Inside the block the session's backend serves every store without an
+        explicit ``backend=``, whatever ``configure()`` did since :meth:`start`.
+        """
+        self.backend  # noqa: B018 - raises StoreClosedError when not started
+        assert self._settings is not None
+        return _SessionTick(self._settings)
 
     async def run(
         self,
@@ -276,8 +322,7 @@ class LiveSession:
             while not stopping.is_set() and (ticks is None or count < ticks):
                 # A signal only sets the event, so the tick in progress runs to
                 # its commit; the loop stops before the next one.
-                async with self.tick():
-                    await tick(count)
+                await self._tick_until_committed(tick, count)
                 if after_commit is not None:
                     after_commit(count)
                 count += 1
@@ -295,6 +340,27 @@ class LiveSession:
             await self.aclose()
         return count
 
+    async def _tick_until_committed(
+        self, tick: Callable[[int], Awaitable[object]], count: int, *, attempts: int = 100
+    ) -> None:
+        """Run ``tick(count)`` in a tick; again while it loses a compare-and-set race.
+
+        A tick that raised :class:`ConflictError` committed nothing: another
+        tick or process changed what it read, so it runs again on what is there.
+        """
+        for attempt in range(attempts):
+            try:
+                async with self.tick():
+                    await tick(count)
+                return
+            except ConflictError:
+                if attempt == attempts - 1:
+                    raise
+                logger.info(
+                    "persistkit: tick %d lost a compare-and-set race; running it again", count
+                )
+                await asyncio.sleep(0)
+
     # -- stop ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -304,14 +370,16 @@ class LiveSession:
         self._started = False
         try:
             backend = self._backend
-            if isinstance(backend, FileBackend):
-                await asyncio.to_thread(backend.journal.close)
+            if backend is not None and not backend.read_only:
+                await backend.checkpoint()
         finally:
-            self._backend = None
+            self._backend = self._settings = None
             self._release_locks()
 
     async def __aenter__(self) -> Self:
+        """Start, and run the ``async with`` block in this session's context (see :meth:`tick`)."""
         await self.start()
+        self._block_token = session_settings.set(self._settings)
         return self
 
     async def __aexit__(
@@ -320,4 +388,9 @@ class LiveSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        token, self._block_token = self._block_token, None
+        try:
+            await self.aclose()
+        finally:
+            if token is not None:
+                session_settings.reset(token)

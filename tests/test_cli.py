@@ -27,6 +27,7 @@ import pytest
 import persistkit
 from persistkit import (
     FileBackend,
+    LiveSession,
     PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
@@ -732,3 +733,20 @@ def test_preflight_reports_commits_not_yet_in_the_files_without_applying_them(
 
     assert asyncio.run(start()) == [{"qty": 1}, {"qty": 2}]
     assert run_cli("preflight", root).returncode == 0
+
+
+async def test_journal_salvage_refuses_beside_a_running_session_and_says_whose(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=root)
+    await session.start()
+    try:
+        refused = run_cli("journal", "salvage", root)
+        assert refused.returncode == 1, refused
+        assert f"pid {os.getpid()}" in refused.stderr and "stop it first" in refused.stderr
+    finally:
+        await session.aclose()
+    done = run_cli("journal", "salvage", root)
+    assert done.returncode == 0, done
+    assert "nothing to salvage" in done.stdout

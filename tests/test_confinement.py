@@ -27,6 +27,7 @@ from persistkit import (
     PersistSignalAdapter,
 )
 from persistkit.backends.confine import forget_verified
+from persistkit.live.session import LOCK_FILE
 from persistkit.models import SignalRow
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("persistkit")
@@ -268,7 +269,7 @@ async def test_a_symlinked_lock_file_is_never_written_or_truncated(
     root: Path, outside: Path
 ) -> None:
     (root / ".locks").mkdir()
-    (root / ".locks" / "risk-main.lock").symlink_to(outside / "id_ed25519")
+    (root / ".locks" / LOCK_FILE).symlink_to(outside / "id_ed25519")
     before = snapshot(outside)
     session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=root)
     with pytest.raises(ForeignSymlinkError):

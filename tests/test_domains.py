@@ -55,6 +55,11 @@ def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def values_under(root: Path) -> list[str]:
+    """The value files: persistkit's own dot folders (the commit journal) left out."""
+    return [path for path in files_under(root) if not path.startswith(".")]
+
+
 @pytest.fixture(params=["live", "backtest"])
 def mode(request: pytest.FixtureRequest, data_root: Path) -> str:
     persistkit.configure(mode=request.param, base_dir=data_root)
@@ -108,7 +113,7 @@ async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
         {"sig-1": PartialData(profit_levels=[10])}, "BTCUSDT", "my_strategy"
     )
     # Beside persistkit's own dot folders (the commit journal), the seed's files, nothing else.
-    assert [path for path in files_under(data_root) if not path.startswith(".")] == [
+    assert values_under(data_root) == [
         "partial/BTCUSDT_my_strategy/levels.json",
         "risk/main/positions.json",
         "schedule/BTCUSDT_my_strategy/BTCUSDT.json",
@@ -255,7 +260,7 @@ async def test_after_configure_backtest_every_store_lives_in_memory(
     chosen = persistkit.MemoryBackend("chosen")
     explicit: PersistBase[Any] = PersistBase("fills", data_root, backend=chosen)
     await made_live.write_value("before", 1)
-    assert files_under(data_root) == ["fills/before.json"]
+    assert values_under(data_root) == ["fills/before.json"]
 
     persistkit.configure(mode="backtest", base_dir=data_root)
     made_after: PersistBase[Any] = PersistBase("fills", base_dir=data_root)
@@ -265,7 +270,7 @@ async def test_after_configure_backtest_every_store_lives_in_memory(
     await explicit.write_value("after", 3)  # its caller chose: it stays on that backend
     assert await chosen.get("fills/after") is not None
     await PersistSignalAdapter.write_signal_data(signal(), "BTCUSDT", "trend")
-    assert files_under(data_root) == ["fills/before.json"]  # no file, no directory since
+    assert values_under(data_root) == ["fills/before.json"]  # no file, no directory since
     assert not (tmp_path / "elsewhere").exists()
     assert not await made_live.has_value("before")  # memory, not the live files
 

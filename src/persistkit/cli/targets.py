@@ -20,7 +20,7 @@ from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
 from persistkit.errors import PersistError
-from persistkit.live.lock import held_locks, read_holder
+from persistkit.live.lock import running_sessions
 from persistkit.live.session import LOCK_DIR
 from persistkit.retry import RetryPolicy
 from persistkit.store import PersistBase, SegmentName
@@ -103,16 +103,15 @@ def refuse_beside_running_sessions(backend: Backend) -> None:
     """Refuse (exit 1) a change to a root whose live session runs: the bot owns its state.
 
     A live session's locks are looked up without being taken (see
-    :func:`persistkit.live.lock.held_locks`), so this check never makes a
+    :func:`persistkit.live.lock.running_sessions`), so this check never makes a
     starting bot fail.
     """
     if not isinstance(backend, FileBackend):
         return
-    held = held_locks(os.path.join(backend.root, LOCK_DIR))
-    if held:
+    running = running_sessions(os.path.join(backend.root, LOCK_DIR))
+    if running:
         holders = "; ".join(
-            ", ".join(f"{key} {value}" for key, value in read_holder(path).items()) or path
-            for path in held
+            ", ".join(f"{key} {value}" for key, value in holder.items()) for holder in running
         )
         raise CommandError(
             f"a live session runs on {backend.root} ({holders}); stop it first, "

@@ -39,7 +39,14 @@ from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.oslayer import REAL_OS
 from persistkit.errors import InstanceLockedError, ResourceLimitError
 
-__all__ = ["InstanceLock", "RangeLocks", "descriptor_limit_error", "held_locks", "read_holder"]
+__all__ = [
+    "InstanceLock",
+    "RangeLocks",
+    "descriptor_limit_error",
+    "held_locks",
+    "read_holder",
+    "running_sessions",
+]
 
 
 def read_holder(path: str, *, limit: int | None = 4096) -> dict[str, object]:
@@ -121,6 +128,42 @@ def open_confined(path: str, flags: int, root: str | None) -> int:
         return confined.open(name, flags, 0o644, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def running_sessions(lock_dir: str) -> list[dict[str, object]]:
+    """Who holds a lock in ``lock_dir`` (a root's ``.locks``), found without taking one.
+
+    Empty when nobody does. Each holder as its holder file describes it (pid,
+    host, since, token, locks), or ``{"lock file": path}`` when none says.
+    """
+    held = held_locks(lock_dir)
+    if not held:
+        return []
+    holders = []
+    holder_dir = os.path.join(lock_dir, "holders")
+    try:
+        names = sorted(os.listdir(holder_dir))
+    except OSError:
+        names = []
+    for name in names:
+        if name.endswith(".json"):
+            holder = read_holder(os.path.join(holder_dir, name), limit=None)
+            pid = holder.get("pid")
+            if holder and (holder.get("host") != socket.gethostname() or _alive(pid)):
+                holders.append({k: v for k, v in holder.items() if k != "locks"})
+    return holders or [{"lock file": path} for path in held]
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class InstanceLock:

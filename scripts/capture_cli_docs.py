@@ -95,6 +95,24 @@ async def bot_restarts(root: Path) -> None:
     await PersistScheduleAdapter.read_schedule_data("SOLUSDT", "breakout")
 
 
+async def commit_fills(root: Path) -> None:
+    """Three ticks of a bot's own entity, each one commit of the shared journal."""
+    persistkit.configure(mode="live", base_dir=root)
+    fills: persistkit.PersistBase[dict[str, float]] = persistkit.PersistBase("fills", root)
+    for tick in range(1, 4):
+        async with persistkit.transaction():
+            await fills.write_value(f"order-{tick}", {"qty": 0.01 * tick})
+
+
+def damage_second_commit(root: Path) -> None:
+    """One bit flipped inside the journal's second record, as a bad disk block would."""
+    journal = root / ".journal" / "commits.pkj"
+    data = bytearray(journal.read_bytes())
+    second = data.index(b"PKJ1", data.index(b"PKJ1") + 1)
+    data[second + 30] ^= 0x04
+    journal.write_bytes(bytes(data))
+
+
 def run(command: str, *, stdin: str = "", keep: int | None = None) -> str:
     """``$ command``, then its output as an operator sees it, then the exit code."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -160,6 +178,13 @@ def main() -> None:
     entry = first_quarantine_id()
     parts.append(run(f"persistkit quarantine purge '{entry}'", stdin="n\n"))
     parts.append(run(f"persistkit quarantine purge '{entry}' --yes"))
+
+    asyncio.run(commit_fills(data))
+    damage_second_commit(data)
+    parts.append(SECTION_JOURNAL)
+    parts.append(run("persistkit preflight", keep=12))
+    parts.append(run("persistkit journal salvage"))
+    parts.append(run("persistkit preflight", keep=3))
 
     parts.append(SECTION_MIGRATE)
     parts.append(
@@ -253,6 +278,24 @@ unless `--overwrite`) and warns when it still would not validate; `purge` delete
 one for good after asking (or with `--yes`).
 """
 
+SECTION_JOURNAL = """
+## `persistkit journal salvage [ROOT]`
+
+The file backend's commits go to one journal shared by every process of the
+root (`.journal/commits.pkj`), each record checksummed. A record that fails its
+check at the very end is the torn tail of a writer that died mid-append, and
+is cut off. One that fails its check with valid records after it is damage: a
+bad disk block, a hand edit. Then every process refuses the root
+(`JournalDamagedError`), nothing is applied or deleted, and `preflight` says so
+(exit 1). `journal salvage` applies the commits before the damage, moves the
+journal into `.quarantine/.journal/` (never deleted) and lists the valid
+commits after the damage that it left out: what lay between them is lost, so
+they may not apply to what is there now. It refuses (exit 1) while a live
+session runs on the root.
+
+Here one bit of the second of three commits was flipped:
+"""
+
 SECTION_MIGRATE = """
 ## `persistkit migrate SRC DST [--overwrite] [--dry-run]`
 
@@ -299,8 +342,9 @@ backend works here unchanged. Three optional methods, with defaults in
 - `changed_at(key)`: when the value last changed (file: mtime). Shown by
   `inspect`; `migrate` compares it to refuse overwriting newer data. Default
   `None`: shown as `-`, and a differing destination value is always refused.
-- `unapplied_commits()`: commits recorded but not yet applied; `preflight`
-  reports each (a start applies them). Default `[]`.
+- `unapplied_commits()`: commits recorded but not yet applied to their final
+  place; `preflight` shows them as a note (every read includes them, a start
+  applies them). Default `[]`.
 - `durability_warnings()`: settings that weaken durability (Redis without
   `appendfsync always`, say); `preflight` reports each. Default `[]`.
 

@@ -304,6 +304,10 @@ class SalvageReport:
     """Where the damaged journal was moved (under the quarantine)."""
 
 
+def _valid_records(count: int) -> str:
+    return "1 valid record follows" if count == 1 else f"{count} valid records follow"
+
+
 class _WouldBlock(Exception):
     """A lock another process holds: the caller retries where it may wait."""
 
@@ -500,7 +504,7 @@ class CommitJournal:
             if later:
                 raise JournalDamagedError(
                     f"the commit journal {self.path} is damaged at byte {journal.offset} "
-                    f"(record {journal.next_seq}), and {len(later)} valid records follow it: "
+                    f"(record {journal.next_seq}), and {_valid_records(len(later))} it: "
                     + self._salvage_hint()
                 )
             if truncate_torn:

@@ -57,6 +57,8 @@ class PreflightReport:
     """What a start would repair or trip over: each makes the exit code 1."""
     notes: list[Problem] = field(default_factory=list)
     """Worth knowing, harmless to a start: they leave the exit code alone."""
+    unchecked: str | None = None
+    """Why no value could be checked (a damaged or linked commit journal), if so."""
 
     @property
     def clean(self) -> bool:
@@ -162,12 +164,16 @@ async def run_preflight(
         # Every read consults the journal: no value can be checked, but the
         # tree can, for permissions and the other foreign links.
         _report_symlink(report, exc, "commit journal")
+        report.unchecked = "the commit journal is behind a symbolic link (below)"
         if isinstance(backend, FileBackend):
             _file_tree(backend.root, report)
         return report
     except JournalDamagedError as exc:
         # Every read would fail the same way: this is the one thing to report.
         report.problems.append(Problem("damaged-journal", backend.url, str(exc), "refuse to start"))
+        report.unchecked = "the commit journal is damaged (below)"
+        if isinstance(backend, FileBackend):
+            _file_tree(backend.root, report)
         return report
     per_namespace: Counter[str] = Counter()
     try:

@@ -234,6 +234,7 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
         "validated": report.validated,
         "directories": report.directories,
         "quarantined": report.quarantined,
+        "unchecked": report.unchecked,
         "problems": [
             {
                 "kind": problem.kind,
@@ -252,7 +253,10 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
 def print_preflight(report: PreflightReport, exit_code: int) -> None:
     say = functools.partial(_stdout().print, soft_wrap=True)
     say(f"Preflight of {report.url} (read-only: nothing was changed)")
-    say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
+    if report.unchecked is not None:
+        say(f"  values       none checked: {report.unchecked}")
+    else:
+        say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
     denied = report.of_kind("permission")
     if report.directories is None:
         say("  permissions  not applicable to this backend")
@@ -260,6 +264,9 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
         say(f"  permissions  {plural(len(denied), 'path')} the process cannot use (below)")
     else:
         say(f"  permissions  the process can create files in all {report.directories} directories")
+    if report.unchecked is not None:
+        _print_problems(say, report, exit_code)
+        return
     corrupt = report.of_kind("corrupt", "unreadable")
     json_only = report.checked - report.validated
     say(
@@ -284,6 +291,10 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     for note in report.notes:
         if note.kind != "unapplied-commit":
             say(f"  note: [{note.kind}] {note.where}: {note.detail}")
+    _print_problems(say, report, exit_code)
+
+
+def _print_problems(say: Callable[[str], None], report: PreflightReport, exit_code: int) -> None:
     if report.problems:
         say(f"{plural(len(report.problems), 'problem')}:")
         for problem in report.problems:

@@ -562,8 +562,8 @@ class CommitJournal:
 
     # -- the journal lock ----------------------------------------------------------------------
 
-    def _lock_journal(self, *, wait: bool) -> _OpenJournal:
-        """Take the journal lock (the caller leads in this process) and read to the end."""
+    def _take_journal_lock(self, *, wait: bool) -> None:
+        """The journal lock's ``flock`` (the caller leads in this process)."""
         osl = self._os
         if self._lock_fd is None:
             dir_fd = self._backend._ensure_dir(self.directory)
@@ -580,6 +580,10 @@ class CommitJournal:
             f"the commit journal lock {self.directory}/{LOCK_FILE}",
             wait=wait,
         )
+
+    def _lock_journal(self, *, wait: bool) -> _OpenJournal:
+        """Take the journal lock (the caller leads in this process) and read to the end."""
+        self._take_journal_lock(wait=wait)
         try:
             with self._view_lock:
                 journal = self._refresh_locked(truncate_torn=True)
@@ -1280,15 +1284,8 @@ class CommitJournal:
                 self._cond.wait()
             self._leading = True
         try:
-            if self._lock_fd is None:
-                dir_fd = self._backend._ensure_dir(self.directory)
-                try:
-                    self._lock_fd = osl.open(
-                        LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
-                    )
-                finally:
-                    osl.close(dir_fd)
-            take_lock(osl.flock, self._lock_fd, self.lock_timeout, "the journal lock", wait=True)
+            # Not _lock_journal: it reads the journal, and refuses a damaged one.
+            self._take_journal_lock(wait=True)
             try:
                 reports = []
                 for name in self.legacy_journal_names():

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from persistkit import FileBackend, JournalDamagedError, PersistBase, transaction
+from persistkit import (
+    FileBackend,
+    JournalDamagedError,
+    PersistBase,
+    UnsupportedFormatError,
+    transaction,
+)
 from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, encode_record, parse_records
 from persistkit.backends.oslayer import OSLayer
 
@@ -315,3 +321,19 @@ async def test_a_plain_write_called_after_a_queued_commit_lands_after_it(tmp_pat
     assert crashed == {"k/a": b"plain", "k/b": b"tick"}
     await backend.aclose()
     assert await stored_state(root) == {"k/a": b"plain", "k/b": b"tick"}
+
+
+async def test_a_root_marked_by_a_newer_format_is_refused_and_left_alone(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    backend = FileBackend(root)
+    await backend.commit({"k/a": b"1"})
+    await backend.aclose()
+    marker = root / JOURNAL_DIR / "format"
+    assert marker.read_text().split() == ["persistkit-format", "2"]
+    marker.write_text("persistkit-format 3\n")
+    before = sorted((p.name, p.read_bytes()) for p in (root / JOURNAL_DIR).iterdir())
+    with pytest.raises(UnsupportedFormatError, match="format 2 and older"):
+        await FileBackend(root).get("k/a")
+    with pytest.raises(UnsupportedFormatError):
+        await FileBackend(root, read_only=True).get("k/a")
+    assert sorted((p.name, p.read_bytes()) for p in (root / JOURNAL_DIR).iterdir()) == before

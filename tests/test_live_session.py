@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -699,3 +700,33 @@ async def test_the_longest_names_keep_every_derived_file_name_under_255_bytes(
     assert any(name.endswith(".reason") for name in names)
     longest = max(names, key=lambda name: len(os.fsencode(name)))
     assert len(os.fsencode(longest)) <= 255, longest
+
+
+async def test_run_runs_a_tick_again_when_another_tick_won_its_compare_and_set(
+    tmp_path: Path,
+) -> None:
+    base_dir = tmp_path / "data"
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=base_dir)
+    await session.start()
+    counter: PersistBase[int] = PersistBase("counters", base_dir)
+    calls: list[int] = []
+
+    async def tick(number: int) -> None:
+        calls.append(number)
+        seen = await counter.read_entry("n") if await counter.has_value("n") else None
+        if len(calls) == 1:
+            # Another writer (a second process would do the same) moves the
+            # counter after this tick read it: this tick's write must not land.
+            async def other_writer() -> None:
+                await counter.update_value("n", lambda n: (n or 0) + 100)
+
+            # A fresh context: outside this tick's transaction, as another process is.
+            await asyncio.create_task(other_writer(), context=contextvars.Context())
+        await counter.write_value(
+            "n", (seen.value if seen else 0) + 1, if_version=seen.version if seen else None
+        )
+
+    assert await session.run(tick, interval=0, ticks=1) == 1
+    assert calls == [0, 0]  # ran again after losing the race
+    assert await counter.read_value("n") == 101  # the other writer's +100, then this tick's +1
+    await session.aclose()

@@ -446,7 +446,7 @@ class FileBackend(Backend):
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
-        if not self._offload and key not in self.journal._queued:
+        if not self._offload and not self.journal.queued(key):
             # The durable write of DESIGN §3, unless the journal holds the key.
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
@@ -503,7 +503,7 @@ class FileBackend(Backend):
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
-        if not self._offload and key not in self.journal._queued:
+        if not self._offload and not self.journal.queued(key):
             removed = await self._run_locking(self._delete_sync, key, expect)
             if removed is not None:
                 return removed

@@ -531,10 +531,14 @@ class CommitJournal:
     def holds(self, key: str) -> bool:
         """Whether ``key`` goes through the journal: committed since the last checkpoint,
         or in a commit of this process not written yet."""
-        if key in self._queued:
+        if self.queued(key):
             return True
         self.refresh()
         return key in self.pending
+
+    def queued(self, key: str) -> bool:
+        """Whether a commit of this process that writes ``key`` is waiting to be written."""
+        return key in self._queued
 
     def _enqueue(self, writes: Writes) -> None:
         queued = self._queued

@@ -519,7 +519,7 @@ class CommitJournal:
         ``fstat`` of the open journal instead of looking for the file.
         """
         if self._journal is None:
-            self._lead(lambda _: None, wait=wait)
+            self._lead(lambda _: None, wait=wait, create=True)
 
     def lookup(self, key: str) -> tuple[bool, bytes | None]:
         """``(True, value)`` when the journal holds ``key`` (call :meth:`refresh` first)."""
@@ -585,13 +585,20 @@ class CommitJournal:
             wait=wait,
         )
 
-    def _lock_journal(self, *, wait: bool) -> _OpenJournal:
-        """Take the journal lock (the caller leads in this process) and read to the end."""
+    def _lock_journal(self, *, wait: bool, create: bool = True) -> _OpenJournal | None:
+        """Take the journal lock (the caller leads in this process) and read to the end.
+
+        ``create``: make the journal if there is none (a commit); otherwise
+        ``None`` then, with the lock released (nothing to apply or checkpoint).
+        """
         self._take_journal_lock(wait=wait)
         try:
             with self._view_lock:
                 journal = self._refresh_locked(truncate_torn=True)
                 if journal is None:
+                    if not create:
+                        self._unlock_journal()
+                        return None
                     self._write_format_locked()
                     journal = self._start_generation(first_seq=1, writes=None)
                 if not journal.entry_durable:
@@ -705,7 +712,7 @@ class CommitJournal:
             # merged before anything is read, though: for it we wait.
             wait = bool(self.legacy_journal_names())
             try:
-                self._lead(merge_and_checkpoint, wait=wait)
+                self._lead(merge_and_checkpoint, wait=wait, create=True)
             except _WouldBlock:
                 pass
             except PersistError:
@@ -997,6 +1004,7 @@ class CommitJournal:
                 f"({self._broken}); nothing more is committed through it. Restart the process."
             )
         journal = self._lock_journal(wait=may_wait)
+        assert journal is not None  # created when missing
         try:
             self._append_locked(batch, wait=may_wait)
             if journal.offset >= self.limit and self._journal is journal:
@@ -1183,8 +1191,17 @@ class CommitJournal:
         """Write the journal's values to their files (no fsync); off the event loop."""
         self._lead(lambda _: self._apply_held(wait=True), wait=True)
 
-    def _lead(self, work: Callable[[_OpenJournal], None], *, wait: bool) -> None:
-        """Run ``work`` as this process's leader, holding the journal lock."""
+    def _lead(
+        self, work: Callable[[_OpenJournal], None], *, wait: bool, create: bool = False
+    ) -> None:
+        """Run ``work`` as this process's leader, holding the journal lock.
+
+        Without ``create``, nothing happens where no journal exists (a root
+        never committed to, or removed by its owner): applying and
+        checkpointing never make one.
+        """
+        if not create and self._lock_fd is None and not self._exists(self.directory):
+            return
         with self._cond:
             while self._leading:
                 if not wait:
@@ -1192,7 +1209,9 @@ class CommitJournal:
                 self._cond.wait()
             self._leading = True
         try:
-            journal = self._lock_journal(wait=wait)
+            journal = self._lock_journal(wait=wait, create=create)
+            if journal is None:
+                return
             try:
                 work(journal)
             finally:

@@ -477,11 +477,15 @@ class CommitJournal:
         osl = self._os
         journal = self._journal
         if journal is not None and osl.fstat(journal.fd).st_nlink == 0:
-            # Replaced by a checkpoint: everything it held is in the files now.
-            osl.close(journal.fd)
-            journal = self._journal = None
-            self.pending = {}
-            self._applied = {}
+            successor = self._open_current(writable=not self._backend.read_only)
+            if successor is not None and successor.next_seq >= journal.next_seq:
+                # Replaced by a checkpoint: everything it held is in the files now.
+                osl.close(journal.fd)
+                self._journal = journal = successor
+                self.pending = {}
+                self._applied = {}
+            else:
+                journal = self._journal_lost(journal, successor, truncate_torn)
         if journal is None:
             journal = self._journal = self._open_current(writable=not self._backend.read_only)
             if journal is None:
@@ -491,6 +495,13 @@ class CommitJournal:
         size = osl.fstat(journal.fd).st_size
         if size == journal.offset:
             return journal
+        if size < journal.offset:
+            raise JournalDamagedError(
+                f"the commit journal {self.path} is {size} bytes, shorter than the "
+                f"{journal.offset} this process read from it: it was truncated or replaced "
+                "by hand, and acknowledged commits may be gone from it. This process keeps "
+                "them in memory and commits nothing more; " + self._salvage_hint()
+            )
         data = osl.pread(journal.fd, size - journal.offset, journal.offset)
         records, length = parse_records(data, journal.next_seq)
         for record in records:
@@ -520,6 +531,37 @@ class CommitJournal:
         """
         if self._journal is None:
             self._lead(lambda _: None, wait=wait, create=True)
+
+    def _journal_lost(
+        self, journal: _OpenJournal, successor: _OpenJournal | None, under_lock: bool
+    ) -> _OpenJournal:
+        """The open journal lost its name, and not to a checkpoint (removed by hand).
+
+        Its commits are still readable through the open descriptor. With no
+        journal in its place, the committer holding the lock puts them back
+        (a new file, fsynced, renamed in); a reader keeps serving them until
+        then. A journal in its place that does not continue this one (made by
+        a process that found none) is refused: two histories cannot be merged.
+        """
+        if successor is None:
+            if not under_lock or self._backend.read_only:
+                return journal
+            logger.warning(
+                "persistkit: the commit journal %s was removed while this process used it; "
+                "its %d commits are written back from the open file",
+                self.path,
+                journal.next_seq - self._first_seq(journal),
+            )
+            data = self._os.pread(journal.fd, journal.offset, 0)
+            return self._restore_generation(journal, data)
+        self._os.close(successor.fd)
+        raise JournalDamagedError(
+            f"the commit journal {self.path} was replaced by one that does not continue it "
+            f"(its first commit is {successor.next_seq}, this process has read up to "
+            f"{journal.next_seq - 1}): it was removed or replaced by hand while in use. "
+            "Nothing was applied or deleted; stop every process of the root, then "
+            "run `persistkit preflight` and `persistkit journal salvage`"
+        )
 
     def lookup(self, key: str) -> tuple[bool, bytes | None]:
         """``(True, value)`` when the journal holds ``key`` (call :meth:`refresh` first)."""
@@ -567,23 +609,39 @@ class CommitJournal:
     # -- the journal lock ----------------------------------------------------------------------
 
     def _take_journal_lock(self, *, wait: bool) -> None:
-        """The journal lock's ``flock`` (the caller leads in this process)."""
+        """The journal lock's ``flock`` (the caller leads in this process).
+
+        A lock file that lost its name (removed by hand, or by a cleaner of
+        temporary folders) locks nothing for the process that opens the new
+        one: after taking the lock, a file with no name is closed and the lock
+        taken again on the file the name leads to now.
+        """
         osl = self._os
-        if self._lock_fd is None:
-            dir_fd = self._backend._ensure_dir(self.directory)
-            try:
-                self._lock_fd = osl.open(
-                    LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
-                )
-            finally:
-                osl.close(dir_fd)
-        take_lock(
-            osl.flock,
-            self._lock_fd,
-            self.lock_timeout,
-            f"the commit journal lock {self.directory}/{LOCK_FILE}",
-            wait=wait,
-        )
+        while True:
+            if self._lock_fd is None:
+                try:
+                    dir_fd = self._backend._ensure_dir(self.directory)
+                    try:
+                        self._lock_fd = osl.open(
+                            LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+                        )
+                    finally:
+                        osl.close(dir_fd)
+                except OSError as exc:
+                    raise WriteFailedError(
+                        f"cannot open the commit journal lock {self.directory}/{LOCK_FILE}: {exc}"
+                    ) from exc
+            take_lock(
+                osl.flock,
+                self._lock_fd,
+                self.lock_timeout,
+                f"the commit journal lock {self.directory}/{LOCK_FILE}",
+                wait=wait,
+            )
+            if osl.fstat(self._lock_fd).st_nlink:
+                return
+            osl.close(self._lock_fd)  # releases the lock on the nameless file
+            self._lock_fd = None
 
     def _lock_journal(self, *, wait: bool, create: bool = True) -> _OpenJournal | None:
         """Take the journal lock (the caller leads in this process) and read to the end.
@@ -599,8 +657,16 @@ class CommitJournal:
                     if not create:
                         self._unlock_journal()
                         return None
-                    self._write_format_locked()
-                    journal = self._start_generation(first_seq=1, writes=None)
+                    try:
+                        self._write_format_locked()
+                        journal = self._start_generation(first_seq=1, writes=None)
+                    except OSError as exc:
+                        if isinstance(exc, PersistError):
+                            raise
+                        raise WriteFailedError(
+                            f"cannot create the commit journal {self.path}: {exc}; "
+                            "nothing was written"
+                        ) from exc
                 if not journal.entry_durable:
                     # A process killed between renaming a new journal in and
                     # fsyncing the directory left a name a power cut can undo,
@@ -669,6 +735,42 @@ class CommitJournal:
         self._applied = {}
         return journal
 
+    def _restore_generation(self, journal: _OpenJournal, data: bytes) -> _OpenJournal:
+        """Write ``data`` (a whole journal) back under the journal's name, fsynced."""
+        osl = self._os
+        dir_fd = self._backend._ensure_dir(self.directory)
+        try:
+            temp = f".{JOURNAL_FILE}-{secrets.token_hex(4)}{_NEW_SUFFIX}"
+            fd = osl.open(
+                temp,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[osl.write(fd, view) :]
+                osl.fsync(fd)
+                osl.replace(temp, JOURNAL_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                osl.fsync(dir_fd)
+            except BaseException:
+                osl.close(fd)
+                raise
+        finally:
+            osl.close(dir_fd)
+        osl.close(journal.fd)
+        restored = self._journal = _OpenJournal(
+            fd,
+            JOURNAL_FILE,
+            osl.fstat(fd).st_ino,
+            journal.offset,
+            journal.next_seq,
+            journal.last_time_ns,
+            True,
+        )
+        return restored
+
     @staticmethod
     def _commit_time(journal: _OpenJournal | None) -> int:
         # Never before the last commit in the journal, whoever made it and
@@ -704,7 +806,17 @@ class CommitJournal:
                 found = journal.next_seq - self._first_seq(journal)
                 found += self._merge_legacy_journals()
                 if self.pending:
-                    self._checkpoint_held(wait=True)
+                    try:
+                        self._checkpoint_held(wait=True)
+                    except (OSError, PersistError) as exc:
+                        # Only tidiness: every read consults the journal, so a
+                        # full disk must not keep a bot from its state.
+                        logger.warning(
+                            "persistkit: checkpoint at the start of %s failed (%s); the "
+                            "journal is kept and read, and checkpointed later",
+                            self._backend.root,
+                            exc,
+                        )
 
             # Another process committing right now holds the lock for a moment:
             # its files then stay as they are, which is only tidiness, since

@@ -8,6 +8,7 @@ check (acknowledged writes there, counters exact, errors typed and loud).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -209,3 +210,106 @@ def test_journal_shrunk_under_a_running_bot_raises_a_typed_error(tmp_path: Path)
         if isinstance(value, dict) and "error" in value:
             assert value["persist"], f"{key}: bare {value['error']} instead of a PersistError"
             assert value["error"] == "JournalDamagedError", value
+
+
+FIRST_WRITE = textwrap.dedent(
+    """
+    import asyncio, sys
+    import persistkit
+    from persistkit import FileBackend, PersistBase
+
+    async def main():
+        backend = FileBackend(sys.argv[1])
+        store = PersistBase("c", backend=backend)
+        await store.wait_for_init()
+        try:
+            await store.write_value("x", 1)
+            print("ok", flush=True)
+        except BaseException as exc:
+            print(type(exc).__name__, isinstance(exc, persistkit.PersistError), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize("when", [5, 6])
+def test_eio_on_fsync_creating_the_journal_is_a_persist_error(tmp_path: Path, when: int) -> None:
+    """EIO on an fsync while a process's first write creates the shared journal.
+
+    ``put`` (through ``ensure_open`` and ``_start_generation``) lets a bare
+    ``OSError: [Errno 5]`` escape, where every other fsync failure of a write
+    is ``WriteFailedError`` or ``DurabilityUnknownError`` (README's table).
+    """
+    root = tmp_path / "root"
+    root.mkdir()
+    done = subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync"),
+            *("-e", f"inject=fsync:error=EIO:when={when}"),
+            *(sys.executable, _script(tmp_path, "first.py", FIRST_WRITE), str(root)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=os.environ,
+    )
+    outcome = done.stdout.strip().splitlines()[-1]
+    assert outcome == "ok" or outcome.endswith(" True"), outcome
+
+
+FILL = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import persistkit
+    from persistkit import FileBackend, PersistBase
+
+    async def main():
+        backend = FileBackend(sys.argv[1])
+        store = PersistBase("c", backend=backend)
+        await store.wait_for_init()
+        acked = {}
+        for i in range(400):
+            key = f"k{i % 40}"
+            try:
+                async with persistkit.transaction(backend):
+                    await store.write_value(key, {"i": i, "pad": "p" * 3000})
+            except persistkit.PersistError:
+                continue
+            acked[key] = i
+        print(json.dumps(acked), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+def test_full_disk_restart_can_still_read_acknowledged_state(tmp_path: Path) -> None:
+    """A bot's ticks fill the disk (journal below its limit), the bot stops, a new one starts.
+
+    The start's recovery insists on a checkpoint, which needs the space the
+    journal holds (it only shrinks after the checkpoint): ``wait_for_init`` and
+    then every ``read_value`` raise ``DurabilityUnknownError``. The bot cannot
+    restore its state at all, though every acknowledged value is in the
+    journal, which reads consult anyway.
+    """
+    import json
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        root = mount / "root"
+        root.mkdir()
+        done = _run(_script(tmp_path, "fill.py", FILL), str(root))
+        assert done.returncode == 0, done.stderr
+        acked = json.loads(done.stdout.strip().splitlines()[-1])
+        assert acked
+        seen = _read(tmp_path, root, *acked)
+        assert seen == {key: {"i": i, "pad": "p" * 3000} for key, i in acked.items()}, str(seen)[
+            :300
+        ]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

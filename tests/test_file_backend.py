@@ -236,3 +236,18 @@ async def test_cancelling_an_offloaded_write_leaves_old_or_new_and_keeps_order(
         # The write queued after the cancelled one always wins: nothing overtakes it.
         assert await store.read_value("k") == {"later": attempt}
     assert temp_files(tmp_path) == []
+
+
+async def test_a_read_only_backend_starts_a_store_by_reporting_not_repairing(
+    tmp_path: Path,
+) -> None:
+    store: PersistBase[Any] = PersistBase("e", tmp_path)
+    await store.write_value("k", 1)
+    (tmp_path / "e" / "bad.json").write_bytes(b"{torn")
+    (tmp_path / "e" / ".tmp-0123456789abcdef").write_bytes(b"{")
+    looking: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path, read_only=True))
+    report = await looking.wait_for_init()
+    assert not report.repaired
+    assert [finding.key for finding in report.corrupt] == ["e/bad"]
+    assert (tmp_path / "e" / "bad.json").exists() and temp_files(tmp_path)  # left as found
+    assert await looking.read_value("k") == 1

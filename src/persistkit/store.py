@@ -370,13 +370,16 @@ class PersistBase(Generic[T]):
 
         Removes temp files of interrupted writes, reads and validates every
         value, and quarantines each that does not parse or validate (nothing is
-        ever deleted). The report is returned and logged. ``initial`` is the
-        seed's flag and is accepted for compatibility; the scan always runs once.
+        ever deleted); on a read-only backend it only reports. The report is
+        returned and logged. ``initial`` is the seed's flag and is accepted for
+        compatibility; the scan always runs once.
         """
         self._check_open()
         route = self._route()  # each backend the store is served by is scanned once
         if route.init is None:
-            route.init = asyncio.ensure_future(self._check(route, repair=True))
+            # A read-only backend (an operator's look) is checked, never repaired.
+            repair = not route.backend.read_only
+            route.init = asyncio.ensure_future(self._check(route, repair=repair))
         try:
             return await asyncio.shield(route.init)
         except asyncio.CancelledError:

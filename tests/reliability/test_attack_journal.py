@@ -16,6 +16,14 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("count_in_the_report")
+REPORT_AS = "operator and attacker (issue 11 review)"
+REPORT_INJECTION = (
+    "real processes on one root while an operator removes or shrinks the journal or its "
+    "lock, strace injects EIO into the fsyncs that create the journal, or a tmpfs fills up"
+)
+
+
 WORKER = textwrap.dedent(
     """
     import asyncio, os, sys, time
@@ -138,7 +146,7 @@ def test_lock_file_deleted_while_bot_runs_loses_no_increment(tmp_path: Path) -> 
 
     The bot keeps its descriptor of the old lock file; a second process opens
     (and creates) a new one: two processes then hold "the" journal lock at once
-    and append with the same sequence numbers. Seen: 6000 acknowledged
+    and append with the same sequence numbers. Before the fix: 6000 acknowledged
     increments ended at 5952-5969.
     """
     root = tmp_path / "root"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from common import CALL_OUTCOME, Result, count, record
+from common import count
 
 import persistkit
 from persistkit import ConflictError, PersistBase, PersistError
@@ -38,36 +38,12 @@ APPLY_WAIT = 1.6
 BOT = {"symbol": "BTCUSDT", "strategy": "trend", "risk": "main"}
 CHECKER = {"symbol": "CHECK", "strategy": "restart", "risk": "checker"}
 
-pytestmark = pytest.mark.timeout(180)
-
-_results: dict[str, Result] = {}
-
-
-@pytest.fixture(autouse=True)
-def _count_in_the_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One row of ``docs/reliability.md`` per test: each parametrization is a trial."""
-    yield
-    item = request.node
-    passed = item.stash.get(CALL_OUTCOME, None)
-    if passed is None:
-        return  # not run to its end (a setup error): nothing to count
-    function = item.function
-    result = _results.get(function.__name__)
-    if result is None:
-        lines = (function.__doc__ or function.__name__).strip().splitlines()
-        case, _, title = lines[0].partition(": ")
-        result = _results[function.__name__] = record(
-            Result(
-                fault=f"second process, {case.lower()} of issue 11: {title}",
-                injection=" ".join(line.strip() for line in lines[1:] if line.strip())
-                or "real processes (mp_agent.py) on one root, killed with SIGKILL where stated",
-                expected="what the test's name says, checked through the public API",
-                trials=0,
-                violations=0,
-            )
-        )
-    result.trials += 1
-    result.violations += 0 if passed else 1
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("count_in_the_report")]
+REPORT_AS = "second process (issue 11)"
+REPORT_INJECTION = (
+    "real processes (mp_agent.py, the same interpreter) on one root, driven through the "
+    "public API; SIGKILL, fork, faketime and strace fsync EIO where the test says"
+)
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

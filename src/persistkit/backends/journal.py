@@ -1487,12 +1487,27 @@ class CommitJournal:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Checkpoint what this process sees, stop the applier, close the files."""
+        """Checkpoint what this process sees, stop the applier, close the files.
+
+        A checkpoint that fails (a full disk, say) is logged, not raised: the
+        commits stay in the journal, which every process reads, and the next
+        checkpoint applies them. A closing process has lost nothing to report.
+        """
         try:
             if self.recovered and not self._backend.read_only and self._broken is None:
                 self.refresh()
                 if self.pending:
-                    self.checkpoint()
+                    try:
+                        self.checkpoint()
+                    except (OSError, PersistError) as exc:
+                        if isinstance(exc, ForeignSymlinkError):
+                            raise
+                        logger.warning(
+                            "persistkit: checkpoint at close of %s failed (%s); the commits "
+                            "stay in the journal and are applied by the next checkpoint",
+                            self._backend.root,
+                            exc,
+                        )
         finally:
             self._stopping = True
             if self._applier is not None:

@@ -1193,7 +1193,7 @@ class CommitJournal:
         for request in batch:
             try:
                 self._check_confined(request.writes)
-            except ForeignSymlinkError as exc:
+            except (ForeignSymlinkError, WriteFailedError) as exc:
                 request.error = exc  # refused before it is acknowledged, not when applied
                 continue
             if request.expect:
@@ -1233,6 +1233,10 @@ class CommitJournal:
                 self._os.close(backend._open_dir(backend._dir(namespace)))
             except (FileNotFoundError, NotADirectoryError):
                 pass  # made when applied, through the same confined layer
+            except OSError as exc:
+                raise WriteFailedError(
+                    f"cannot open the directory of {key}: {exc}; the tick was not committed"
+                ) from exc
             if len(verified) >= 1 << 16:
                 verified.clear()
             verified.add(namespace)

@@ -485,7 +485,10 @@ class CommitJournal:
                 self.pending = {}
                 self._applied = {}
             else:
-                journal = self._journal_lost(journal, successor, truncate_torn)
+                lost = self._journal_lost(journal, successor, truncate_torn)
+                if lost is None:
+                    return None
+                journal = lost
         if journal is None:
             journal = self._journal = self._open_current(writable=not self._backend.read_only)
             if journal is None:
@@ -534,7 +537,7 @@ class CommitJournal:
 
     def _journal_lost(
         self, journal: _OpenJournal, successor: _OpenJournal | None, under_lock: bool
-    ) -> _OpenJournal:
+    ) -> _OpenJournal | None:
         """The open journal lost its name, and not to a checkpoint (removed by hand).
 
         Its commits are still readable through the open descriptor. With no
@@ -544,6 +547,11 @@ class CommitJournal:
         a process that found none) is refused: two histories cannot be merged.
         """
         if successor is None:
+            if not self.pending:
+                # Everything it held was checkpointed: nothing to put back.
+                self._os.close(journal.fd)
+                self._journal = None
+                return None
             if not under_lock or self._backend.read_only:
                 return journal
             logger.warning(
@@ -1316,8 +1324,8 @@ class CommitJournal:
         never committed to, or removed by its owner): applying and
         checkpointing never make one.
         """
-        if not create and self._lock_fd is None and not self._exists(self.directory):
-            return
+        if not create and not self.pending and not self._exists(self.directory):
+            return  # nothing committed here, or the root was removed with nothing pending
         with self._cond:
             while self._leading:
                 if not wait:

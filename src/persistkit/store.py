@@ -45,7 +45,13 @@ from persistkit.errors import (
 )
 from persistkit.names import decode_segment, encode_segment, entity_id_text
 from persistkit.retry import DEFAULT_RETRY, RetryPolicy
-from persistkit.transaction import Transaction, active_transaction, transaction, transaction_for
+from persistkit.transaction import (
+    Transaction,
+    active_transaction,
+    reading_transaction,
+    transaction,
+    transaction_for,
+)
 
 __all__ = [
     "Entry",
@@ -460,7 +466,7 @@ class PersistBase(Generic[T]):
         self._check_open()
         route = self._route()
         key = route.key(entity_id)
-        active = transaction_for(route.backend) if active_transaction.get() else None
+        active = reading_transaction(route.backend) if active_transaction.get() else None
         if active is not None:
             found, data = active.lookup(key)
             if found:
@@ -489,7 +495,7 @@ class PersistBase(Generic[T]):
         self._check_open()
         route = self._route()
         key = route.key(entity_id)
-        active = transaction_for(route.backend) if active_transaction.get() else None
+        active = reading_transaction(route.backend) if active_transaction.get() else None
         if active is not None:
             found, data = active.lookup(key)
             if found:
@@ -609,7 +615,7 @@ class PersistBase(Generic[T]):
 
     async def _scan_keys(self, route: _Route) -> AsyncIterator[str]:
         """The backend's listing, with the writes staged in a transaction applied."""
-        active = transaction_for(route.backend) if active_transaction.get() else None
+        active = reading_transaction(route.backend) if active_transaction.get() else None
         staged = active.staged_in(route.namespace) if active is not None else {}
         async for key in route.backend.scan(route.namespace):
             if key in staged and staged.pop(key) is None:
@@ -623,7 +629,7 @@ class PersistBase(Generic[T]):
         """Stream the values in this store."""
         self._check_open()
         route = self._route()
-        active = transaction_for(route.backend) if active_transaction.get() else None
+        active = reading_transaction(route.backend) if active_transaction.get() else None
         async for key in self._scan_keys(route):
             if active is not None:
                 found, data = active.lookup(key)

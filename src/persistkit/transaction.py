@@ -28,7 +28,13 @@ from persistkit.errors import (
 )
 from persistkit.retry import DEFAULT_RETRY
 
-__all__ = ["Transaction", "active_transaction", "transaction", "transaction_for"]
+__all__ = [
+    "Transaction",
+    "active_transaction",
+    "reading_transaction",
+    "transaction",
+    "transaction_for",
+]
 
 _staged_versions = itertools.count(1)
 active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
@@ -260,3 +266,18 @@ def transaction_for(backend: Backend) -> Transaction | None:
     """The active transaction (or an outer one) on ``backend``, if any."""
     active = active_transaction.get()
     return None if active is None else active._find(backend)
+
+
+def reading_transaction(backend: Backend) -> Transaction | None:
+    """The transaction whose staged writes a read on ``backend`` sees, if any.
+
+    Only one still open: a task started in a tick that outlives it (a watcher,
+    say) inherits the tick's context, and must read what is committed since,
+    not what that tick once staged. Its writes are refused (``StoreClosedError``).
+    """
+    current = active_transaction.get()
+    while current is not None:
+        if current.backend is backend and not current.finished:
+            return current
+        current = current._parent
+    return None

@@ -1198,6 +1198,8 @@ class CommitJournal:
         view: dict[str, bytes | None] = {}
         accepted: list[_Request] = []
         locked: set[str] = set()
+        """Namespaces whose directory lock this commit holds: each taken once, or a
+        second descriptor of the same directory would wait for the first."""
         for request in batch:
             try:
                 self._check_confined(request.writes)
@@ -1209,12 +1211,13 @@ class CommitJournal:
                     for key, expected in request.expect.items():
                         if expected is ANY_VERSION:
                             continue
-                        if key not in view and key not in self.pending and key not in locked:
+                        namespace = split_key(key)[0]
+                        if key not in view and key not in self.pending and namespace not in locked:
                             # A file-held key: a plain write of it may be in
                             # flight in another process. Its directory lock
                             # orders us with it; held until the append is done.
                             held_dirs.append(self._lock_entity_dir(key, wait=wait))
-                            locked.add(key)
+                            locked.add(namespace)
                         FileBackend._check_expected(key, self._current(key, view), expected)
                 except ConflictError as exc:
                     request.error = exc

@@ -279,6 +279,7 @@ def quarantine_list(target: str, as_json: bool) -> None:
 def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
     """Put a quarantined value back where it was (after fixing it, say)."""
     backend = open_target(target)
+    refuse_beside_running_sessions(backend)
 
     async def work() -> tuple[str, str | None]:
         entry = await _find_entry(backend, entry_id)()
@@ -313,6 +314,7 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 def quarantine_purge(entry_id: str, target: str, yes: bool) -> None:
     """Delete a quarantined value for good (asks first unless --yes)."""
     backend = open_target(target)
+    refuse_beside_running_sessions(backend)
     entry = _run([], _find_entry(backend, entry_id))
     if not yes:
         click.confirm(
@@ -441,6 +443,9 @@ def migrate(
     source_backend = open_target(source_spec)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
+    if not dry_run:
+        # The bot owns its state: a copy into its root would be undone by its next tick.
+        refuse_beside_running_sessions(destination)
 
     async def work() -> tuple[CopyOutcome, int]:
         source = await BackendSource.listing(source_backend)
@@ -538,6 +543,8 @@ def import_(
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)
+    if not dry_run:
+        refuse_beside_running_sessions(destination)
     quarantined = source.quarantined
 
     async def work() -> tuple[CopyOutcome, list[str]]:

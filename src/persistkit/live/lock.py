@@ -37,7 +37,7 @@ from typing import Self
 
 from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.oslayer import REAL_OS
-from persistkit.errors import InstanceLockedError, ResourceLimitError
+from persistkit.errors import ForeignSymlinkError, InstanceLockedError, ResourceLimitError
 
 __all__ = [
     "InstanceLock",
@@ -134,8 +134,17 @@ def running_sessions(lock_dir: str) -> list[dict[str, object]]:
     """Who holds a lock in ``lock_dir`` (a root's ``.locks``), found without taking one.
 
     Empty when nobody does. Each holder as its holder file describes it (pid,
-    host, since, token, locks), or ``{"lock file": path}`` when none says.
+    host, since, token, locks), or ``{"lock file": path}`` when none says. A
+    ``.locks`` (or its ``holders``) that is a symbolic link is not looked
+    through: :class:`~persistkit.errors.ForeignSymlinkError`.
     """
+    for path in (lock_dir, os.path.join(lock_dir, "holders")):
+        if os.path.islink(path):
+            raise ForeignSymlinkError(
+                f"{path} is a symbolic link inside the data root: persistkit does not look "
+                "through it to tell whether a live session runs; replace it with a real folder",
+                path=path,
+            )
     held = held_locks(lock_dir)
     if not held:
         return []

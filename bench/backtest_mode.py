@@ -34,6 +34,7 @@ def memory_calls_group(sizes: Sizes) -> Group:
     plain: dict[str, bytes] = {}
 
     async def setup() -> None:
+        configure(mode="backtest")  # stores follow configure() when called: this group's mode
         await store.write_value("BTCUSDT", SIGNAL)
         plain["BTCUSDT"] = orjson.dumps(SIGNAL)
 

@@ -45,8 +45,18 @@ def _sync_case(fn: Callable[[], Sample]) -> Callable[[], Awaitable[Sample]]:
 
 
 def _live_store(root: str, entity: str) -> PersistBase[Any]:
-    configure(mode="live", base_dir=root)
+    """A store on the configured file backend of ``root``.
+
+    Stores follow ``configure()`` when called, not when made: a group whose
+    store is made up front calls :func:`_go_live` again in its setup, since the
+    groups made after it configure their own modes.
+    """
+    _go_live(root)
     return PersistBase(entity, base_dir=root)
+
+
+def _go_live(root: str) -> None:
+    configure(mode="live", base_dir=root)
 
 
 # -- one durable write ---------------------------------------------------------------
@@ -62,6 +72,7 @@ def write_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None) -> Gro
     offload_root = os.path.join(root, "persistkit-offload")
 
     async def setup() -> None:
+        _go_live(os.path.join(root, "persistkit"))
         os.makedirs(raw_dir, exist_ok=True)
         raw.fill_directory(raw_dir, ids, SIGNAL_BYTES)
         state["dir_fd"] = os.open(raw_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -263,6 +274,7 @@ def read_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None) -> Grou
     state: dict[str, Any] = {}
 
     async def setup() -> None:
+        _go_live(os.path.join(root, "persistkit"))
         raw.fill_directory(os.path.dirname(raw_file), ["same"], SIGNAL_BYTES)
         await store.write_value("same", SIGNAL)
         state["sqlite"] = sqlite = SqlitePeer(os.path.join(root, "sqlite"))

@@ -700,44 +700,19 @@ class CommitJournal:
             return self._start_generation_viewed(first_seq, writes)
 
     def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
-        osl = self._os
-        dir_fd = self._backend._ensure_dir(self.directory)
-        try:
-            temp = f".{JOURNAL_FILE}-{secrets.token_hex(4)}{_NEW_SUFFIX}"
-            fd = osl.open(
-                temp,
-                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                0o644,
-                dir_fd=dir_fd,
-            )
-            try:
-                blob = _FILE_HEADER.pack(FILE_MAGIC, 0, first_seq)
-                next_seq = first_seq
-                last_time = 0
-                if writes:
-                    last_time = self._commit_time(self._journal)
-                    blob += encode_record(first_seq, last_time, writes)
-                    next_seq += 1
-                view = memoryview(blob)
-                while view:
-                    view = view[osl.write(fd, view) :]
-                osl.fsync(fd)
-                osl.replace(temp, JOURNAL_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                osl.fsync(dir_fd)
-            except BaseException:
-                osl.close(fd)
-                try:
-                    osl.unlink(temp, dir_fd=dir_fd)
-                except OSError:
-                    pass
-                raise
-        finally:
-            osl.close(dir_fd)
+        blob = _FILE_HEADER.pack(FILE_MAGIC, 0, first_seq)
+        next_seq = first_seq
+        last_time = 0
+        if writes:
+            last_time = self._commit_time(self._journal)
+            blob += encode_record(first_seq, last_time, writes)
+            next_seq += 1
+        fd = self._rename_in(blob)
         old = self._journal
         if old is not None:
-            osl.close(old.fd)
+            self._os.close(old.fd)
         journal = self._journal = _OpenJournal(
-            fd, JOURNAL_FILE, osl.fstat(fd).st_ino, len(blob), next_seq, last_time, True
+            fd, JOURNAL_FILE, self._os.fstat(fd).st_ino, len(blob), next_seq, last_time, True
         )
         self.pending = dict(writes) if writes else {}
         self._applied = {}
@@ -745,6 +720,22 @@ class CommitJournal:
 
     def _restore_generation(self, journal: _OpenJournal, data: bytes) -> _OpenJournal:
         """Write ``data`` (a whole journal) back under the journal's name, fsynced."""
+        fd = self._rename_in(data)
+        self._os.close(journal.fd)
+        restored = self._journal = _OpenJournal(
+            fd,
+            JOURNAL_FILE,
+            self._os.fstat(fd).st_ino,
+            journal.offset,
+            journal.next_seq,
+            journal.last_time_ns,
+            True,
+        )
+        return restored
+
+    def _rename_in(self, data: bytes) -> int:
+        """``data`` as the journal: written beside it, fsynced, renamed over it, directory
+        fsynced. Returns the new journal's descriptor (open for appending)."""
         osl = self._os
         dir_fd = self._backend._ensure_dir(self.directory)
         try:
@@ -764,20 +755,14 @@ class CommitJournal:
                 osl.fsync(dir_fd)
             except BaseException:
                 osl.close(fd)
+                try:
+                    osl.unlink(temp, dir_fd=dir_fd)
+                except OSError:
+                    pass  # a start sweeps it under the journal lock
                 raise
         finally:
             osl.close(dir_fd)
-        osl.close(journal.fd)
-        restored = self._journal = _OpenJournal(
-            fd,
-            JOURNAL_FILE,
-            osl.fstat(fd).st_ino,
-            journal.offset,
-            journal.next_seq,
-            journal.last_time_ns,
-            True,
-        )
-        return restored
+        return fd
 
     @staticmethod
     def _commit_time(journal: _OpenJournal | None) -> int:

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ _META_REASON = "persistkit-reason"
 _META_AT = "persistkit-quarantined-at"
 _META_TOKEN = "persistkit-token"
 """The write token of the conditional write that stored the object."""
+_META_HISTORY = "persistkit-history"
+"""The short write tokens of the conditional writes this object replaced, newest first:
+a retry whose write was overwritten since still finds it (see the module doc)."""
+_HISTORY_LENGTH = 32
+_SHORT_TOKEN = 16
+"""Hex digits of a token kept in a history (64 bits: no two collide in practice)."""
+_HISTORIES_REMEMBERED = 4096
 _META_SEQ = "persistkit-seq"
 """The tick commit that stored the object: a lower one never overwrites it."""
 _META_DELETED = "persistkit-deleted"
@@ -289,6 +297,8 @@ class _State:
     seq: int
     """The tick commit that wrote it; 0 for a write outside any commit."""
     deleted: bool
+    history: str = ""
+    """The object's write token and those it replaced (short, newest first)."""
 
     @property
     def version(self) -> str | None:
@@ -307,7 +317,26 @@ def _state_of(head: Mapping[str, Any] | None) -> _State:
         seq = int(metadata.get(_META_SEQ, "0"))
     except ValueError:
         seq = 0
-    return _State(head["ETag"], seq, _META_DELETED in metadata)
+    return _State(head["ETag"], seq, _META_DELETED in metadata, _history_of(metadata))
+
+
+def _history_of(metadata: Mapping[str, str]) -> str:
+    """The write tokens of an object's metadata: its own, then those it replaced."""
+    own = metadata.get(_META_TOKEN, "")[:_SHORT_TOKEN]
+    earlier = metadata.get(_META_HISTORY, "")
+    return f"{own} {earlier}".strip() if own else earlier
+
+
+def _carried(history: str) -> str:
+    """What a write over an object with ``history`` records as the history it replaced."""
+    return " ".join(history.split()[: _HISTORY_LENGTH - 1])
+
+
+def _wrote(metadata: Mapping[str, str], token: str) -> bool:
+    """Whether the object with ``metadata`` is, or replaced, the write with ``token``."""
+    return (
+        metadata.get(_META_TOKEN) == token or token[:_SHORT_TOKEN] in _history_of(metadata).split()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +410,10 @@ class S3Backend(Backend):
         self._prepare_lock = threading.Lock()
         self._commit_locks = LoopLocalKeyedLocks()
         self._tokens = WriteTokens()
+        # (object key, ETag) -> the write tokens that object carries, from reads:
+        # a compare-and-set over it carries them on (see _conditional_put_sync).
+        self._histories: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._histories_lock = threading.Lock()
         # The head record as this backend last wrote or read it, with its ETag:
         # the next commit tries it first and reads the head only when it moved.
         self._head: tuple[_Record, str | None] = (_NO_RECORD, None)
@@ -555,6 +588,16 @@ class S3Backend(Backend):
             "or pass create_bucket=True (create_bucket=1 in an s3:// URL)"
         )
 
+    def _remember_history(self, object_key: str, etag: str, metadata: Mapping[str, str]) -> None:
+        with self._histories_lock:
+            self._histories[(object_key, etag)] = _history_of(metadata)
+            while len(self._histories) > _HISTORIES_REMEMBERED:
+                self._histories.popitem(last=False)
+
+    def _history_at(self, object_key: str, etag: str) -> str | None:
+        with self._histories_lock:
+            return self._histories.get((object_key, etag))
+
     def _conditional_put_sync(
         self,
         object_key: str,
@@ -565,47 +608,65 @@ class S3Backend(Backend):
     ) -> tuple[str, dict[str, Any]]:
         """Put ``data`` if the object is at ETag ``expect`` (``None``: absent), exactly once.
 
-        The write carries a write token in its metadata; the token is the same
-        for a retry of the same request (see :class:`WriteTokens`). When the
-        precondition fails, a HEAD shows whether the object is this very write,
-        applied by an attempt whose reply was lost: then it succeeds. A
-        tombstone counts as absent for ``expect=None``. Returns (ETag, response).
+        The write carries a write token in its metadata, the same for a retry
+        of the same request (see :class:`WriteTokens`), and the tokens of the
+        writes the object it replaces carried (its history, as last read).
+        When the precondition fails, a HEAD shows whether the object is this
+        very write, or replaced it: an attempt whose reply was lost was
+        applied, so the write succeeds. A tombstone counts as absent for
+        ``expect=None``. Returns (the ETag written, the response).
         """
         extra = [part for item in sorted((metadata or {}).items()) for part in item]
         request = WriteTokens.fingerprint("put", object_key, data, expect, *extra)
         token = self._tokens.token_for(request)
+        doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        history = "" if expect is None else self._history_at(object_key, expect)
         try:
             while True:
-                try:
-                    response = self._must(
-                        self._call(
-                            "put_object",
-                            f"write of {what}",
-                            writing=True,
-                            Key=object_key,
-                            Body=data,
-                            Metadata={**(metadata or {}), _META_TOKEN: token},
-                            **condition,
-                        ),
-                        f"write of {what}",
-                    )
-                    self._tokens.settle(request)
-                    return response["ETag"], response
-                except _Refused:
+                head: dict[str, Any] | None = None
+                if history is None:  # a version not read here: its history is one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
-                    if head is not None and head.get("Metadata", {}).get(_META_TOKEN) == token:
+                    if head is not None and head["ETag"] == condition.get("IfMatch"):
+                        history = _history_of(head.get("Metadata", {}))
+                        head = None
+                if head is None:
+                    written = {**(metadata or {}), _META_TOKEN: token}
+                    if history:
+                        written[_META_HISTORY] = _carried(history)
+                    try:
+                        response = self._must(
+                            self._call(
+                                "put_object",
+                                doing,
+                                writing=True,
+                                Key=object_key,
+                                Body=data,
+                                Metadata=written,
+                                **condition,
+                            ),
+                            doing,
+                        )
+                    except _Refused:
+                        head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    else:
                         self._tokens.settle(request)
-                        return head["ETag"], head  # ours: the reply of the write was lost
-                    state = _state_of(head)
-                    if expect is None and state.deleted and state.object_etag is not None:
-                        condition = {"IfMatch": state.object_etag}  # over a tombstone
-                        continue
-                    if expect is None and head is None and "IfMatch" in condition:
-                        condition = {"IfNoneMatch": "*"}  # the tombstone went meanwhile
-                        continue
+                        self._remember_history(object_key, response["ETag"], written)
+                        return response["ETag"], response
+                if head is not None and _wrote(head.get("Metadata", {}), token):
                     self._tokens.settle(request)
-                    raise _conflict(what, expect, key=what) from None
+                    return _md5_etag(data), head  # ours: the reply of the write was lost
+                state = _state_of(head)
+                if expect is None and state.deleted and state.object_etag is not None:
+                    condition = {"IfMatch": state.object_etag}  # over a tombstone
+                    history = state.history
+                    continue
+                if expect is None and head is None and "IfMatch" in condition:
+                    condition = {"IfNoneMatch": "*"}  # the tombstone went meanwhile
+                    history = ""
+                    continue
+                self._tokens.settle(request)
+                raise _conflict(what, expect, key=what)
         except TransientBackendError:
             raise  # ambiguous: the retry reuses the token
         except BaseException:
@@ -675,6 +736,7 @@ class S3Backend(Backend):
             data = response["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise self._failure(exc, f"read of {key}") from exc
+        self._remember_history(self.object_key(key), response["ETag"], response.get("Metadata", {}))
         return Versioned(data, response["ETag"])
 
     async def get(self, key: str) -> Versioned | None:
@@ -987,10 +1049,12 @@ class S3Backend(Backend):
         keeps its tag.
         """
         state = seen if seen is not None else self._state_sync(key)
-        metadata = {_META_SEQ: str(seq)}
-        if data is None:
-            metadata[_META_DELETED] = "1"
         while state.seq < seq:
+            metadata = {_META_SEQ: str(seq)}
+            if data is None:
+                metadata[_META_DELETED] = "1"
+            if state.history:
+                metadata[_META_HISTORY] = _carried(state.history)
             condition = (
                 {"IfNoneMatch": "*"}
                 if state.object_etag is None

@@ -57,7 +57,9 @@ async def main(mode: str, url: str, args: list[str]) -> int:
             fresh: PersistBase[dict[str, object]] = PersistBase("fresh", backend=backend)
             sys.stdin.readline()
             for index in range(count):
-                await fresh.write_value(f"{name}-{index}", {"by": name, "i": index}, if_version=None)
+                await fresh.write_value(
+                    f"{name}-{index}", {"by": name, "i": index}, if_version=None
+                )
             print(f"created {count}", flush=True)
         elif mode == "ticks":
             name = args[0]

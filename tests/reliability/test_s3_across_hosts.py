@@ -107,11 +107,23 @@ def open_backend(server: SeaweedS3, port: int, prefix: str, monkeypatch: Any) ->
 
 
 class Agent:
-    """One s3_agent.py process."""
+    """One s3_agent.py process; ``host``: run it as another host (its own UTS namespace)."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, host: str | None = None) -> None:
+        command = [sys.executable, str(AGENT), *args]
+        if host is not None:
+            # unshare --uts gives the process a host name of its own (needs root, as CI is).
+            command = [
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                f'hostname {host} && exec "$@"',
+                "-",
+                *command,
+            ]
         self.process = subprocess.Popen(
-            [sys.executable, str(AGENT), *args],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -215,8 +227,8 @@ async def test_a_real_conflict_through_lost_replies_is_still_a_conflict(
     rounds = count(10, 60, "S3: conflicts and conditional deletes through lost replies")
     ours = open_backend(server, lossy.port, prefix, monkeypatch)
     theirs = S3Backend(server.client(), BUCKET, prefix, owns_client=True)
-    for index in range(rounds):
-        key = f"c/k{index}"
+
+    async def one_round(key: str) -> None:
         first = await retried(lambda: ours.put(key, b"1", expect=None))
         with pytest.raises(ConflictError, match="exists already"):
             await retried(lambda: ours.put(key, b"other", expect=None))
@@ -232,6 +244,9 @@ async def test_a_real_conflict_through_lost_replies_is_still_a_conflict(
         assert await retried(lambda: ours.get(key)) is None
         assert key not in [k async for k in ours.scan("c")]  # the tombstone is no entity
         await retried(lambda: ours.put(key, b"4", expect=None))  # over the tombstone
+
+    for index in range(rounds):
+        await one_round(f"c/k{index}")
     lost = lossy.lost
     await ours.aclose()
     await theirs.aclose()
@@ -408,6 +423,23 @@ async def test_a_commit_under_a_superseded_lease_is_refused_and_lands_nothing(
         await backend.aclose()
 
 
+async def test_an_instance_on_another_host_is_named_by_the_lease_it_holds(
+    server: SeaweedS3, env: dict[str, str], prefix: str
+) -> None:
+    """Another host (own host name, own process) holds the lease: a second instance is refused."""
+    other_host = Agent(env, "fenced", url(server.s3_port, prefix), "b", "30", host="bot-host-b")
+    try:
+        assert other_host.read() == "leased 1"
+        here = S3Backend(server.client(), BUCKET, prefix, owns_client=True)
+        with pytest.raises(InstanceLockedError, match="bot-host-b") as locked:
+            await here.acquire_lease("bot", {"host": "bot-host-a", "pid": os.getpid()}, 30)
+        assert locked.value.holder["host"] == "bot-host-b"
+        assert locked.value.holder["pid"] == other_host.process.pid
+        await here.aclose()
+    finally:
+        other_host.kill()
+
+
 def test_a_stopped_holder_resumed_after_a_takeover_lands_no_write_and_stops(
     server: SeaweedS3, env: dict[str, str], prefix: str
 ) -> None:
@@ -440,4 +472,3 @@ def test_a_stopped_holder_resumed_after_a_takeover_lands_no_write_and_stops(
             if fresh is not None:
                 fresh.kill()
         prefix = f"{prefix}-next"
-

@@ -691,9 +691,12 @@ class S3Backend(Backend):
         if response is None:
             return None
         try:
-            return bytes(response["Body"].read()), response
+            data = bytes(response["Body"].read())
         except (ClientError, BotoCoreError) as exc:
             raise self._failure(exc, doing) from exc
+        # A compare-and-set over this object carries its write tokens on.
+        self._remember_history(object_key, response["ETag"], response.get("Metadata", {}))
+        return data, response
 
     def _must(self, response: dict[str, Any] | None, doing: str) -> dict[str, Any]:
         """``response``, or the error for a 404 that cannot be an absent object."""
@@ -878,10 +881,8 @@ class S3Backend(Backend):
         if found is None:
             return None
         data, response = found
-        metadata = response.get("Metadata", {})
-        if _META_DELETED in metadata:
+        if _META_DELETED in response.get("Metadata", {}):
             return None
-        self._remember_history(object_key, response["ETag"], metadata)
         return Versioned(data, response["ETag"])
 
     async def get(self, key: str) -> Versioned | None:
@@ -1311,6 +1312,9 @@ class S3Backend(Backend):
             # operation, and a retry of this commit finds its token there.
             self._ready = False
             self._head = (_NO_RECORD, None)
+            raise
+        except (ConflictError, LeaseLostError):
+            self._tokens.settle(request)  # decided: nothing was recorded
             raise
         except BaseException:
             self._tokens.settle(request)

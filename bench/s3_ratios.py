@@ -1,4 +1,4 @@
-"""Only the S3 groups, with many rounds, printed as ratios: ``python -m bench.s3_ratios [ROUNDS]``.
+"""Only the S3 groups, many rounds, as ratios: ``python -m bench.s3_ratios [ROUNDS [GROUP]]``.
 
 For re-measuring S3 against raw boto3 quickly (the full suite takes far
 longer): each ratio is the median over rounds of persistkit's rate divided by
@@ -19,10 +19,12 @@ from bench.harness import run_group
 from bench.sizes import FULL
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, only: str | None) -> None:
     sizes = dataclasses.replace(FULL, rounds=rounds)
     with tempfile.TemporaryDirectory(prefix="persistkit-bench-s3-") as workdir:
         for group in s3.groups(workdir, sizes):
+            if only is not None and group.key != only:
+                continue
             result = await run_group(group)
             print(f"{result.title} ({rounds} rounds)")
             for case in result.cases:
@@ -36,4 +38,9 @@ async def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 21))
+    asyncio.run(
+        main(
+            int(sys.argv[1]) if len(sys.argv) > 1 else 21,
+            sys.argv[2] if len(sys.argv) > 2 else None,
+        )
+    )

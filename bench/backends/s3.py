@@ -204,6 +204,8 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     f"persistkit S3Backend.commit of {TICK} encoded values under a lease",
                     "persistkit",
                     fenced_commit,
+                    reference=f"persistkit S3Backend.commit of {TICK} encoded values",
+                    note="against the same commit without a lease: what fencing costs",
                 ),
             ],
             sizes.rounds,

@@ -644,6 +644,16 @@ async def test_a_damaged_commit_record_stops_everything_and_is_never_replaced(
     assert objects_under(client, prefix)["ns/a.json"] == b"1"
 
 
+async def test_commits_an_earlier_release_left_pending_stop_the_start(
+    client: Any, prefix: str, backend: S3Backend
+) -> None:
+    left = f"{prefix}/.commits/00000000000000000003.json"
+    client.put_object(Bucket=BUCKET, Key=left, Body=b"an earlier release's tick commit")
+    with pytest.raises(BackendError, match=r"never applied \(00000000000000000003\.json\)"):
+        await backend.get("ns/a")
+    assert list(objects_under(client, prefix)) == [".commits/00000000000000000003.json"]
+
+
 async def test_commit_refuses_keys_outside_the_entity_space(backend: S3Backend) -> None:
     for bad in (".commits/00000000000000000001", "ns/.quarantine", "ns//a", ""):
         with pytest.raises(InvalidNameError):

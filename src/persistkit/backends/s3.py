@@ -833,6 +833,7 @@ class S3Backend(Backend):
             if self._ready:
                 return
             self._check_bucket_sync()
+            self._refuse_numbered_commits_sync()
             if self.read_only:  # an operator looking: report a pending commit, replay none
                 self._ready = True
                 return
@@ -851,6 +852,27 @@ class S3Backend(Backend):
             else:
                 self._head = (record, etag)
             self._ready = True
+
+    def _refuse_numbered_commits_sync(self) -> None:
+        """Refuse to start over tick commits an earlier persistkit left pending.
+
+        Before the head record, each commit was its own object
+        ``.commits/{seq:020d}.json``, deleted once applied; one still there was
+        never applied, and this release would not apply it.
+        """
+        prefix = f"{self._root}{COMMITS_DIR}/"
+        page = self._list_page_sync(prefix, None, None)
+        pending = [
+            item["Key"][len(prefix) :]
+            for item in page.get("Contents", ())
+            if item["Key"][len(prefix) : -len(SUFFIX)].isdigit()
+        ]
+        if pending:
+            raise BackendError(
+                f"{self.url} holds {len(pending)} tick commit(s) an earlier persistkit "
+                f"recorded and never applied ({', '.join(pending[:3])}); start that version "
+                "once to apply them, then this one. Nothing was read or written."
+            )
 
     def _check_bucket_sync(self) -> None:
         if self._call("head_bucket", f"access to bucket {self.bucket!r}") is not None:
@@ -1493,7 +1515,9 @@ class S3Backend(Backend):
         raise InstanceLockedError(
             f"lease {name!r} in {self.url} is contended"
             + (f"; held by {self._holder_text(current)}" if current is not None else ""),
-            holder={} if current is None else dict(current.lease.holder),
+            holder={}
+            if current is None
+            else {**current.lease.holder, "expires_at": current.lease.expires_at},
         )
 
     async def renew_lease(self, lease: Lease, ttl: float) -> Lease:
@@ -1513,7 +1537,7 @@ class S3Backend(Backend):
                 f"lease {lease.name!r} (token {lease.token}) was taken over: token "
                 f"{current.lease.token} is held by {self._holder_text(current)}",
                 lease=lease.name,
-                holder=dict(current.lease.holder),
+                holder={**current.lease.holder, "expires_at": current.lease.expires_at},
             )
         raise LeaseLostError(
             f"lease {lease.name!r} (token {lease.token}) lapsed before it was renewed",

@@ -50,7 +50,9 @@ commits, and a SHA-256 checksum. A commit (1) applies the current head if it is
 not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
 transaction) against the objects, (3) writes itself as the next head with
 ``If-Match`` on the head it read (losing that race it starts over at 1), (4)
-applies its writes and (5) marks the head applied. Once step 3 succeeded the
+applies its writes and (5) marks the head applied: six requests for a 4-key
+tick in three round trips (plus a HEAD per compare-and-set key, and per key this
+backend's last commit did not write). Once step 3 succeeded the
 tick is decided, the same way for every process: whoever touches the head next
 (a later commit of any process, a process starting up) applies it first. Each
 entity write of a commit is conditional on the object it saw and carries the
@@ -77,7 +79,9 @@ commit is then ordered after it). A crash after step 3 leaves the tick for the
 next process to apply. A damaged head record stops every operation with
 :class:`~persistkit.errors.JournalDamagedError`; it is never replaced
 automatically (entity objects carry its sequence numbers, and it carries the
-fences).
+fences). Commit objects ``.commits/{seq:020d}.json`` that an earlier release
+recorded and never applied stop a start with a :class:`~persistkit.errors.BackendError`
+naming them: this release would not apply them.
 
 **Leases and fencing** (:attr:`leases` is true). :meth:`S3Backend.acquire_lease`
 reads ``.leases/{name}.json`` and, when it is absent, released or lapsed, writes

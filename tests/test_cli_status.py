@@ -21,6 +21,7 @@ import pytest
 
 import persistkit
 from persistkit import FileBackend, LiveSession, PersistSignalAdapter
+from persistkit.backends.journal import read_journal_file
 from persistkit.backends.s3 import S3Backend
 from support.servers import RedisServer, SeaweedS3
 from test_cli import (
@@ -56,9 +57,28 @@ def status_json(target: str | Path, env: dict[str, str] | None = None) -> tuple[
     return result.returncode, json.loads(result.stdout)
 
 
+def journal_applied(root: Path) -> bool:
+    """Whether every key of the journal's commits has its committed value in its file."""
+    _, records = read_journal_file((root / ".journal" / "commits.pkj").read_bytes())
+    newest: dict[str, bytes | None] = {}
+    for record in records:
+        newest.update(record.writes)
+    for key, value in newest.items():
+        path = root / f"{key}.json"
+        if (path.read_bytes() if path.exists() else None) != value:
+            return False
+    return True
+
+
 def settled_fingerprint(root: Path) -> str:
-    """The tree's fingerprint once a running bot has stopped changing it (its
-    background applier writes the files half a second after a commit)."""
+    """The tree's fingerprint once an idle running bot has stopped changing it: its
+    background applier writes the files about half a second after a commit."""
+    for _ in range(240):
+        if journal_applied(root):
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"the bot never applied its journal to {root}")
     previous = tree_fingerprint(root)
     for _ in range(120):
         time.sleep(0.5)

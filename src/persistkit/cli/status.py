@@ -107,7 +107,8 @@ class DomainActivity:
     domain: str
     entities: int
     last_change: float | None
-    """Newest of the journal's commit times and the entities' change times (seconds)."""
+    """The newest change, in seconds: a commit time for a key the journal holds,
+    else the entity's change time (file: mtime; S3: LastModified; Redis: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +247,12 @@ def _read_confined(confined: ConfinedOS, path: str) -> bytes | None:
         os.close(fd)
 
 
-def _journal_state(
-    backend: FileBackend, last_commit_by_domain: dict[str, float]
-) -> JournalState | None:
-    """The shared journal read as bytes (never opened for writing, never locked)."""
+def _journal_state(backend: FileBackend, committed_at: dict[str, float]) -> JournalState | None:
+    """The shared journal read as bytes (never opened for writing, never locked).
+
+    ``committed_at`` gets the commit time of every key the journal holds: its
+    file's change time is when the applier wrote it, later.
+    """
     confined = ConfinedOS(REAL_OS, backend.root)
     path = f"{backend.root}/{JOURNAL_DIR}/{JOURNAL_FILE}"
     data = _read_confined(confined, path)
@@ -259,10 +262,7 @@ def _journal_state(
     newest: dict[str, bytes | None] = {}
     for record in records:
         newest.update(record.writes)
-        seconds = record.time_ns / 1e9
-        for key in record.writes:
-            domain = _domain_of(key)
-            last_commit_by_domain[domain] = max(last_commit_by_domain.get(domain, 0.0), seconds)
+        committed_at.update(dict.fromkeys(record.writes, record.time_ns / 1e9))
     behind = sum(
         1
         for key, value in newest.items()
@@ -279,19 +279,26 @@ def _journal_state(
 
 
 async def _domain_activity(
-    backend: Backend, last_commit_by_domain: dict[str, float]
+    backend: Backend, committed_at: dict[str, float]
 ) -> list[DomainActivity]:
+    """Entities per domain, and the newest change among them and the journal's commits
+    (a removal committed in the journal counts too)."""
     keys = [key async for key in backend.scan("", recursive=True)]
-    changed: list[float | None] = []
-    for start in range(0, len(keys), _CHANGED_AT_BATCH):
-        batch = keys[start : start + _CHANGED_AT_BATCH]
-        changed += await asyncio.gather(*(backend.changed_at(key) for key in batch))
+    asked = [key for key in keys if key not in committed_at]
+    changed: dict[str, float | None] = {}
+    for start in range(0, len(asked), _CHANGED_AT_BATCH):
+        batch = asked[start : start + _CHANGED_AT_BATCH]
+        found = await asyncio.gather(*(backend.changed_at(key) for key in batch))
+        changed.update(zip(batch, found, strict=True))
     counts: dict[str, int] = dict.fromkeys(DOMAINS, 0)
-    newest: dict[str, float] = dict(last_commit_by_domain)
-    for key, when in zip(keys, changed, strict=True):
+    for key in keys:
         domain = _domain_of(key)
         counts[domain] = counts.get(domain, 0) + 1
+    newest: dict[str, float] = {}
+    for key, when in [*changed.items(), *committed_at.items()]:
         if when is not None:
+            domain = _domain_of(key)
+            counts.setdefault(domain, 0)
             newest[domain] = max(newest.get(domain, 0.0), when)
     order = [*DOMAINS, *sorted(set(counts) - set(DOMAINS))]
     return [DomainActivity(domain, counts[domain], newest.get(domain)) for domain in order]
@@ -353,11 +360,11 @@ async def collect_status(backend: Backend) -> StatusReport:
     sessions = await session_locks(backend)
     preflight = await run_preflight(backend)
     warnings, problems, notes = _split_preflight(preflight, sessions)
-    last_commit_by_domain: dict[str, float] = {}
+    committed_at: dict[str, float] = {}
     journal: JournalState | None = None
     if isinstance(backend, FileBackend) and preflight.unchecked is None:
         try:
-            journal = _journal_state(backend, last_commit_by_domain)
+            journal = _journal_state(backend, committed_at)
         except (ForeignSymlinkError, JournalDamagedError):
             journal = None  # preflight reported it
     domains: list[DomainActivity] | None = None
@@ -365,7 +372,7 @@ async def collect_status(backend: Backend) -> StatusReport:
     quarantine: list[QuarantineEntry] = []
     if preflight.unchecked is None:
         try:
-            domains = await _domain_activity(backend, last_commit_by_domain)
+            domains = await _domain_activity(backend, committed_at)
             if journal is not None:
                 commits_waiting = journal.commits
             else:

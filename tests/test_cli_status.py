@@ -23,7 +23,7 @@ import persistkit
 from persistkit import FileBackend, LiveSession, PersistSignalAdapter
 from persistkit.backends.journal import read_journal_file
 from persistkit.backends.s3 import S3Backend
-from support.servers import RedisServer, SeaweedS3
+from support.servers import RedisServer, SeaweedS3, free_port
 from test_cli import (
     CONSOLE_SCRIPT,
     child_environment,
@@ -32,6 +32,7 @@ from test_cli import (
     write_state,
 )
 from test_cli import signal as signal_row
+from test_run_stop import read_until
 from test_s3_backend import BUCKET, crash_while_committing, objects_under, url_of
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -408,3 +409,31 @@ def test_an_s3_url_shows_a_commit_a_crash_left_and_replays_nothing(
     assert objects_under(client, prefix) == before  # the commit is reported, not replayed
     assert code == 1 and report["commits_waiting"] == 1
     assert any("1 commit waiting to be applied" in reason for reason in report["attention"])
+
+
+def test_an_unreachable_server_is_exit_2_and_a_watch_rides_out_an_outage(
+    tmp_path: Path,
+) -> None:
+    with RedisServer(directory=tmp_path / "redis") as server:
+        gone = run_cli("status", f"redis://127.0.0.1:{free_port()}/0")
+        assert gone.returncode == 2 and "Traceback" not in gone.stderr
+        assert gone.stderr.startswith("persistkit: error: ") and "connect" in gone.stderr
+        watcher = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "status", server.url, "--watch", "--interval", "0.2"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_environment(),
+        )
+        assert watcher.stdout is not None
+        try:
+            read_until(watcher.stdout, "Result: healthy (exit 0)")
+            server.kill()  # SIGKILL: the watch goes on, saying so
+            read_until(watcher.stdout, "could not run: ")
+            server.restart()
+            read_until(watcher.stdout, "Result: healthy (exit 0)")
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=60) == 0
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()

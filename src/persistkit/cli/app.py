@@ -39,7 +39,7 @@ from .render import (
 from .render import (
     _stdout as stdout_console,  # the console every command prints its words with
 )
-from .status import StatusReport, collect_status, status_json, status_lines, watch_status
+from .status import collect_status, status_json, status_lines, watch_status
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -258,26 +258,25 @@ def _watch_status(backend: Backend, interval: float) -> int:
     """Refresh in place on a terminal (rich Live), one report after another elsewhere."""
     console = stdout_console()
     last = [EXIT_COULD_NOT_RUN]
-
-    def text(report: StatusReport) -> Text:
-        last[0] = report.exit_code
-        footer = f"(refreshed every {interval:g} s; Ctrl-C to stop)"
-        return Text("\n".join([*status_lines(report), footer]))
+    footer = f"(refreshed every {interval:g} s; Ctrl-C to stop)"
 
     async def work() -> None:
         if not console.is_terminal:
 
-            def show(report: StatusReport) -> None:
-                console.print(text(report), soft_wrap=True)
-                console.print()
+            def print_next(lines: list[str], code: int) -> None:
+                last[0] = code
+                console.print(Text("\n".join([*lines, footer, ""])), soft_wrap=True)
                 console.file.flush()
 
-            await watch_status(backend, interval, show)
+            await watch_status(backend, interval, print_next)
             return
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            await watch_status(
-                backend, interval, lambda report: live.update(text(report), refresh=True)
-            )
+        with Live(console=console, auto_refresh=False) as live:
+
+            def redraw(lines: list[str], code: int) -> None:
+                last[0] = code
+                live.update(Text("\n".join([*lines, footer])), refresh=True)
+
+            await watch_status(backend, interval, redraw)
 
     try:
         _run([backend], work)

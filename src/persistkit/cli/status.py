@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +39,22 @@ from persistkit.errors import (
     ForeignSymlinkError,
     InvalidNameError,
     JournalDamagedError,
+    PersistError,
 )
 from persistkit.live.lock import held_locks, read_holder, session_holders
 from persistkit.live.session import LOCK_DIR, LOCK_FILE
 from persistkit.names import decode_segment, split_pair
 
 from .preflight import PreflightReport, Problem, run_preflight
-from .targets import EXIT_OK, EXIT_PROBLEMS, format_time, iso_time, plural
+from .targets import (
+    EXIT_COULD_NOT_RUN,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    CommandError,
+    format_time,
+    iso_time,
+    plural,
+)
 
 __all__ = [
     "DOMAINS",
@@ -399,13 +408,25 @@ async def collect_status(backend: Backend) -> StatusReport:
 
 
 async def watch_status(
-    backend: Backend, interval: float, show: Callable[[StatusReport], Awaitable[None] | None]
+    backend: Backend, interval: float, show: Callable[[list[str], int], None]
 ) -> None:
-    """Collect and ``show`` a report every ``interval`` seconds until cancelled."""
+    """Every ``interval`` seconds, ``show(lines, exit_code)`` of a new report, until cancelled.
+
+    A refresh that cannot run (a server away for a moment) is shown as such,
+    with exit code 2, and the watch goes on: an incident is when it matters.
+    """
     while True:
-        shown = show(await collect_status(backend))
-        if shown is not None:
-            await shown
+        try:
+            report = await collect_status(backend)
+        except (CommandError, PersistError, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            show(
+                [f"Status of {backend.url} at {format_time(time.time())} UTC: could not run: "
+                 f"{reason}"],
+                EXIT_COULD_NOT_RUN,
+            )  # fmt: skip
+        else:
+            show(status_lines(report), report.exit_code)
         await asyncio.sleep(interval)
 
 

@@ -30,10 +30,8 @@ from typing import Any
 
 from persistkit.backends import Backend
 from persistkit.backends.base import QuarantineEntry, split_key
-from persistkit.backends.confine import ConfinedOS
-from persistkit.backends.file import SUFFIX, FileBackend
+from persistkit.backends.file import FileBackend
 from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, read_journal_file
-from persistkit.backends.oslayer import REAL_OS
 from persistkit.errors import (
     BackendError,
     ForeignSymlinkError,
@@ -241,30 +239,17 @@ def _domain_of(key: str) -> str:
     return namespace.partition("/")[0] or "-"
 
 
-def _read_confined(confined: ConfinedOS, path: str) -> bytes | None:
-    """Whole content of ``path`` below the root, no link followed; ``None`` when absent."""
-    try:
-        fd = confined.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def _journal_state(backend: FileBackend, committed_at: dict[str, float]) -> JournalState | None:
     """The shared journal read as bytes (never opened for writing, never locked).
 
     ``committed_at`` gets the commit time of every key the journal holds: its
     file's change time is when the applier wrote it, later.
     """
-    confined = ConfinedOS(REAL_OS, backend.root)
+    # The backend's own confined reader (a private method on purpose: one way to
+    # read a file below the root without following a link).
+    read = backend._read_at
     path = f"{backend.root}/{JOURNAL_DIR}/{JOURNAL_FILE}"
-    data = _read_confined(confined, path)
+    data = read(None, path)
     if data is None:
         return None
     _, records = read_journal_file(data)
@@ -272,11 +257,7 @@ def _journal_state(backend: FileBackend, committed_at: dict[str, float]) -> Jour
     for record in records:
         newest.update(record.writes)
         committed_at.update(dict.fromkeys(record.writes, record.time_ns / 1e9))
-    behind = sum(
-        1
-        for key, value in newest.items()
-        if _read_confined(confined, f"{backend.root}/{key}{SUFFIX}") != value
-    )
+    behind = sum(1 for key, value in newest.items() if read(None, backend.path_of(key)) != value)
     return JournalState(
         path=path,
         size=len(data),
@@ -325,11 +306,18 @@ def _judge(report: StatusReport) -> None:
             f"a live session stopped without closing ({_who(holder)}): killed or crashed; "
             "the next start removes its holder file"
         )
-    if report.commits_waiting and not sessions.running:
+    waiting = plural(report.commits_waiting, "commit")
+    if report.commits_waiting and not sessions.known:
         attention.append(
-            f"{plural(report.commits_waiting, 'commit')} waiting to be applied and no live "
-            "session runs: a bot stopped without closing; every reader already includes "
-            "them, and the next start applies them"
+            f"{waiting} waiting to be applied: a writer in the middle of one, or one that "
+            "stopped before applying it (whether a session runs cannot be told here); "
+            "the next start applies them"
+        )
+    elif report.commits_waiting and not sessions.running:
+        attention.append(
+            f"{waiting} waiting to be applied and no live session runs: a bot stopped "
+            "without closing; every reader already includes them, and the next start "
+            "applies them"
         )
     if report.quarantine:
         attention.append(

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -292,50 +293,51 @@ def test_help_is_whole_and_states_the_exit_codes() -> None:
 # -- --watch --------------------------------------------------------------------------------
 
 
+@contextmanager
+def watching(target: str | Path, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``persistkit status TARGET --watch --interval 0.2``, killed if a test leaves it running."""
+    watcher = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "status", str(target), "--watch", "--interval", "0.2"], **popen
+    )
+    try:
+        yield watcher
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+
+
 async def test_watch_refreshes_until_ctrl_c_and_exits_with_the_last_code(
     data_root: Path,
 ) -> None:
     await write_state(data_root)
-    watcher = subprocess.Popen(  # noqa: ASYNC220 - read while it runs
-        [str(CONSOLE_SCRIPT), "status", str(data_root), "--watch", "--interval", "0.2"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_environment(),
-    )
-    assert watcher.stdout is not None
-    results = 0
-    for line in watcher.stdout:
-        results += line.startswith("Result: healthy (exit 0)")
-        if results == 3:
-            break
-    watcher.send_signal(signal.SIGINT)
-    assert watcher.wait(timeout=60) == 0
+    with watching(data_root, stdout=subprocess.PIPE, text=True, env=child_environment()) as watcher:
+        assert watcher.stdout is not None
+        results = 0
+        for line in watcher.stdout:
+            results += line.startswith("Result: healthy (exit 0)")
+            if results == 3:
+                break
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=60) == 0
 
 
 def test_watch_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
     root = tmp_path / "data"
     root.mkdir()
     controller, terminal = pty.openpty()
-    watcher = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "status", str(root), "--watch", "--interval", "0.2"],
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env={**child_environment(), "TERM": "xterm", "COLUMNS": "120", "LINES": "40"},
-    )
-    os.close(terminal)
+    env = {**child_environment(), "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
     seen = b""
     try:
-        while seen.count(b"Ctrl-C to stop") < 3:
-            chunk = os.read(controller, 65536)
-            assert chunk, seen
-            seen += chunk
-        watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(timeout=60) == 0
+        with watching(root, stdin=terminal, stdout=terminal, stderr=terminal, env=env) as watcher:
+            os.close(terminal)
+            while seen.count(b"Ctrl-C to stop") < 3:
+                chunk = os.read(controller, 65536)
+                assert chunk, seen
+                seen += chunk
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=60) == 0
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
         os.close(controller)
     assert b"\x1b[" in seen  # rich moved the cursor back to draw over the last report
     assert b"Result: healthy (exit 0)" in seen
@@ -418,14 +420,9 @@ def test_an_unreachable_server_is_exit_2_and_a_watch_rides_out_an_outage(
         gone = run_cli("status", f"redis://127.0.0.1:{free_port()}/0")
         assert gone.returncode == 2 and "Traceback" not in gone.stderr
         assert gone.stderr.startswith("persistkit: error: ") and "connect" in gone.stderr
-        watcher = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "status", server.url, "--watch", "--interval", "0.2"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=child_environment(),
-        )
-        assert watcher.stdout is not None
-        try:
+        with watching(
+            server.url, stdout=subprocess.PIPE, text=True, env=child_environment()
+        ) as watcher:
             read_until(watcher.stdout, "Result: healthy (exit 0)")
             server.kill()  # SIGKILL: the watch goes on, saying so
             read_until(watcher.stdout, "could not run: ")
@@ -433,7 +430,3 @@ def test_an_unreachable_server_is_exit_2_and_a_watch_rides_out_an_outage(
             read_until(watcher.stdout, "Result: healthy (exit 0)")
             watcher.send_signal(signal.SIGINT)
             assert watcher.wait(timeout=60) == 0
-        finally:
-            if watcher.poll() is None:
-                watcher.kill()
-                watcher.wait()

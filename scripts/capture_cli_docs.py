@@ -308,7 +308,8 @@ running bot, every few seconds with `--watch`:
 - **sessions**: each live session's pid, host, since, what it locks, and
   whether it is still alive (its lock is asked without being taken, so a
   check never makes a starting bot fail); one killed with `kill -9` shows as
-  gone. Redis and S3 keep no session leases yet: there it says so.
+  gone. A backend that keeps session leases (`Backend.read_leases`) is
+  asked for them; Redis and S3 keep none yet, and there it says so.
 - **domains**: entities per domain and when each last committed (the
   journal's commit times, the entity files' change times; S3: LastModified).
 - **journal** (file roots): its size and the commits since its last
@@ -428,7 +429,7 @@ backend works here unchanged. Three optional methods, with defaults in
 The file backend's permission check (`os.access` on every directory) is the one
 thing `preflight` does only for file roots. Who runs on a backend is asked in
 one place, `persistkit.cli.status.session_locks(backend)`: file roots answer
-from `ROOT/.locks`; backend leases (Redis, S3) plug in there.
+from `ROOT/.locks`, a backend with `leases = True` from its `read_leases()`.
 """
 
 

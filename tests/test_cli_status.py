@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 
 import persistkit
-from persistkit import FileBackend, LiveSession, PersistSignalAdapter
+from persistkit import FileBackend, LiveSession, MemoryBackend, PersistSignalAdapter
+from persistkit.backends.base import Lease
 from persistkit.backends.journal import read_journal_file
 from persistkit.backends.s3 import S3Backend
+from persistkit.cli.status import session_locks
 from support.servers import RedisServer, SeaweedS3, free_port
 from test_cli import (
     CONSOLE_SCRIPT,
@@ -430,3 +432,38 @@ def test_an_unreachable_server_is_exit_2_and_a_watch_rides_out_an_outage(
             read_until(watcher.stdout, "Result: healthy (exit 0)")
             watcher.send_signal(signal.SIGINT)
             assert watcher.wait(timeout=60) == 0
+
+
+class LeasingMemoryBackend(MemoryBackend):
+    """Leases kept the way the issue-13 contract says (``Backend.read_leases``), in memory:
+    enough to show where Redis's and S3's leases plug into status, not a test of theirs."""
+
+    leases = True
+
+    def __init__(self, leases: list[Lease]) -> None:
+        super().__init__()
+        self._leases = leases
+
+    async def read_leases(self) -> list[Lease]:
+        return [lease for lease in self._leases if lease.expires_at > time.time()]
+
+
+async def test_a_backend_that_keeps_leases_names_each_session_through_them() -> None:
+    now = time.time()
+    bot = {"host": "bot-1", "pid": 4242, "since": 1_764_490_000.0}
+    other = {"host": "bot-2", "pid": 7, "since": 1_764_490_100.0}
+    backend = LeasingMemoryBackend(
+        [
+            Lease("risk-main", 3, bot, now + 30),
+            Lease("pair-BTCUSDT_trend", 4, bot, now + 30),
+            Lease("pair-ETHUSDT_mean", 9, other, now + 30),
+            Lease("pair-SOLUSDT_x", 2, {"host": "bot-3", "pid": 1, "since": 0.0}, now - 1),
+        ]
+    )
+    sessions = await session_locks(backend)
+    assert sessions.known
+    assert [(h.host, h.pid, h.alive, h.locks) for h in sessions.running] == [
+        ("bot-1", 4242, True, ["BTCUSDT / trend", "risk main"]),
+        ("bot-2", 7, True, ["ETHUSDT / mean"]),
+    ]
+    assert sessions.running[0].since == "2025-11-30T08:06:40Z"

@@ -222,9 +222,10 @@ def status(ctx: click.Context, target: str, as_json: bool, watch: bool, interval
     written or replayed, so it is safe beside a running bot.
 
     Live sessions (file roots): pid, host, since, and whether each is still alive,
-    read from ROOT/.locks without taking a lock. Redis and S3 keep no session
-    leases yet: there the sessions are reported as unknown. A memory:// store
-    lives inside one process and cannot be looked at from here (exit 2).
+    read from ROOT/.locks without taking a lock. A backend that keeps session
+    leases names their holders from them; one that keeps none (Redis and S3
+    today) reports the sessions as unknown. A memory:// store lives inside one
+    process and cannot be looked at from here (exit 2).
 
     --watch refreshes the report every --interval seconds until Ctrl-C, and exits
     with the code of the last report.

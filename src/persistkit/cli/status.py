@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persistkit.backends import Backend
-from persistkit.backends.base import QuarantineEntry, split_key
+from persistkit.backends.base import Lease, QuarantineEntry, split_key
 from persistkit.backends.file import FileBackend
 from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, read_journal_file
 from persistkit.errors import (
@@ -209,19 +209,46 @@ def _file_sessions(root: str) -> Sessions:
     return sessions
 
 
+def _lease_holders(leases: list[Lease]) -> list[SessionHolder]:
+    """One holder per session (host, pid, since), with every lock name it leases."""
+    by_holder: dict[tuple[str, object, object], list[Lease]] = {}
+    for lease in sorted(leases, key=lambda lease: lease.name):
+        holder = lease.holder
+        who = (str(holder.get("host", "?")), holder.get("pid"), holder.get("since"))
+        by_holder.setdefault(who, []).append(lease)
+    found = []
+    for (host, pid, since), held in by_holder.items():
+        expires = min(lease.expires_at for lease in held)
+        found.append(
+            SessionHolder(
+                pid=pid if isinstance(pid, int) else None,
+                host=host,
+                # As a holder file writes it, so that both read alike.
+                since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+                if isinstance(since, int | float)
+                else None,
+                alive=True,  # a lease not yet lapsed: its holder renewed it in time
+                locks=[_describe_lock(lease.name) for lease in held],
+                where=f"leases in the backend, renewed until {iso_time(expires)}",
+            )
+        )
+    return found
+
+
 async def session_locks(backend: Backend) -> Sessions:
     """Who holds ``backend``'s live-session locks: where each backend's knowledge plugs in.
 
     A file root: the range locks and holder files under ``ROOT/.locks``, read
     without taking anything (:func:`persistkit.live.lock.session_holders`).
-    Redis and S3 keep no leases yet, so they cannot tell (``known=False``): a
-    live session locks on its own machine, under its ``base_dir``. When they
-    keep leases (the issue "Beyond one machine"), return each lease here as a
-    :class:`SessionHolder` (``alive``: the lease has not expired) and the rest
-    of ``status`` follows unchanged.
+    A backend that keeps leases (:attr:`Backend.leases`: Redis, S3 once they
+    do): its :meth:`Backend.read_leases`, each lease not yet lapsed being a
+    live holder. Any other backend cannot tell (``known=False``): a live
+    session then locks on its own machine only, under its ``base_dir``.
     """
     if isinstance(backend, FileBackend):
         return _file_sessions(backend.root)
+    if backend.leases:
+        return Sessions(known=True, holders=_lease_holders(await backend.read_leases()))
     return Sessions(
         known=False,
         why_unknown=(

@@ -330,7 +330,8 @@ values, a durability warning, any preflight problem); 2 could not run. A
 `gone`: each `pid`, `host`, `since`, `alive`, `locks`, `where`;
 `unnamed_locks`), `domains` (each `domain`, `entities`, `last_change`; `null`
 when nothing can be read), `journal` (`path`, `bytes`, `commits`, `keys`,
-`keys_behind`, `last_commit`; `null` without one), `commits_waiting`,
+`keys_behind`, `last_commit`; `null` without one), `commits_waiting`
+(`null` when the journal cannot be read),
 `quarantine` (each `id`, `key`, `reason`, `quarantined_at`),
 `durability_warnings`, `problems` and `notes` (each `kind`, `where`,
 `detail`), `attention` (why the exit code is 1, one sentence each).

@@ -243,7 +243,8 @@ async def test_a_damaged_journal_and_a_foreign_link_are_preflights_problems(
     assert code == 1
     kinds = {problem["kind"] for problem in report["problems"]}
     assert kinds == {"damaged-journal", "foreign-symlink"}
-    assert report["domains"] is None  # nothing can be read through a damaged journal
+    # Nothing can be read through a damaged journal, and status does not pretend it did.
+    assert report["domains"] is None and report["commits_waiting"] is None
     assert any("journal salvage" in reason for reason in report["attention"])
 
 

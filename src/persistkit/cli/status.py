@@ -141,8 +141,9 @@ class StatusReport:
     domains: list[DomainActivity] | None
     """``None`` when the values cannot be listed (a damaged or linked journal)."""
     journal: JournalState | None
-    commits_waiting: int
-    """Commits recorded and not yet applied in place (file: the journal's records)."""
+    commits_waiting: int | None
+    """Commits recorded and not yet applied in place (file: the journal's records);
+    ``None`` when they cannot be read (a damaged or linked journal)."""
     quarantine: list[QuarantineEntry]
     durability_warnings: list[str]
     problems: list[Problem]
@@ -333,7 +334,7 @@ def _judge(report: StatusReport) -> None:
             f"a live session stopped without closing ({_who(holder)}): killed or crashed; "
             "the next start removes its holder file"
         )
-    waiting = plural(report.commits_waiting, "commit")
+    waiting = plural(report.commits_waiting or 0, "commit")
     if report.commits_waiting and not sessions.known:
         attention.append(
             f"{waiting} waiting to be applied: a writer in the middle of one, or one that "
@@ -392,20 +393,21 @@ async def collect_status(backend: Backend) -> StatusReport:
         except (ForeignSymlinkError, JournalDamagedError):
             journal = None  # preflight reported it
     domains: list[DomainActivity] | None = None
-    commits_waiting = 0
+    commits_waiting: int | None = None
     quarantine: list[QuarantineEntry] = []
-    if preflight.unchecked is None:
-        try:
+    try:
+        # Kept apart from the values: readable even when the journal is not.
+        quarantine = [entry async for entry in backend.list_quarantine("")]
+        if preflight.unchecked is None:
             domains = await _domain_activity(backend, committed_at)
             if journal is not None:
                 commits_waiting = journal.commits
             else:
                 commits_waiting = len(await backend.unapplied_commits())
-            quarantine = [entry async for entry in backend.list_quarantine("")]
-        except (ForeignSymlinkError, JournalDamagedError):
-            pass  # preflight reported it
-        except BackendError as exc:
-            problems.append(Problem("unreadable", backend.url, str(exc), "fail to start"))
+    except (ForeignSymlinkError, JournalDamagedError):
+        pass  # preflight reported it
+    except BackendError as exc:
+        problems.append(Problem("unreadable", backend.url, str(exc), "fail to start"))
     report = StatusReport(
         url=backend.url,
         checked_at=checked_at,
@@ -545,11 +547,10 @@ def _session_lines(sessions: Sessions) -> list[str]:
 def _journal_line(report: StatusReport) -> str:
     journal = report.journal
     if journal is None:
-        if report.commits_waiting:
-            return (
-                f"  commits      {plural(report.commits_waiting, 'commit')} waiting to be applied"
-            )
-        return "  commits      none waiting to be applied"
+        if report.commits_waiting is None:
+            return "  commits      not read: see the problems below"
+        waiting = plural(report.commits_waiting, "commit") if report.commits_waiting else "none"
+        return f"  commits      {waiting} waiting to be applied"
     if not journal.commits:
         return f"  journal      {journal.size} bytes, no commit since its last checkpoint"
     whose = (

@@ -404,9 +404,24 @@ def test_an_s3_url_shows_a_commit_a_crash_left_and_replays_nothing(
     url = url_of(s3_server, prefix)
     code, report = status_json(url, env)
     assert code == 0, report["attention"]
-    assert report["sessions"]["known"] is False
+    # S3 keeps the sessions' leases: status knows who runs (nobody yet).
+    assert report["sessions"]["known"] is True and report["sessions"]["running"] == []
     assert {domain["domain"]: domain["entities"] for domain in report["domains"]}["signal"] == 1
     assert report["domains"][0]["last_change"] is not None  # S3's LastModified
+
+    async def lease_then_status() -> Any:
+        backend = S3Backend(client, BUCKET, prefix)
+        holder = {"host": "bot-host-b", "pid": 4242, "since": time.time()}
+        lease = await backend.acquire_lease("pair-BTCUSDT_trend", holder, 600)
+        try:
+            return await asyncio.to_thread(status_json, url, env)
+        finally:
+            await backend.release_lease(lease)
+            await backend.aclose()
+
+    code, report = asyncio.run(lease_then_status())
+    [holder] = report["sessions"]["running"]
+    assert holder["host"] == "bot-host-b" and holder["pid"] == 4242
 
     crash_while_committing(s3_server, prefix, env, "before-apply")
     before = objects_under(client, prefix)

@@ -241,8 +241,8 @@ async def session_locks(backend: Backend) -> Sessions:
 
     A file root: the range locks and holder files under ``ROOT/.locks``, read
     without taking anything (:func:`persistkit.live.lock.session_holders`).
-    A backend that keeps leases (:attr:`Backend.leases`: Redis, S3 once they
-    do): its :meth:`Backend.read_leases`, each lease not yet lapsed being a
+    A backend that keeps leases (:attr:`Backend.leases`: S3, Redis once it
+    does): its :meth:`Backend.read_leases`, each lease not yet lapsed being a
     live holder. Any other backend cannot tell (``known=False``): a live
     session then locks on its own machine only, under its ``base_dir``.
     """

@@ -22,18 +22,20 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
-from persistkit.errors import InvalidNameError
+from persistkit.errors import InvalidNameError, SnapshotError
 
 __all__ = [
     "ANY_VERSION",
+    "SNAPSHOT_ATTEMPTS",
     "AnyVersion",
     "Backend",
     "Expected",
     "QuarantineEntry",
+    "Snapshot",
     "Versioned",
     "check_key",
     "check_namespace",
@@ -178,6 +180,31 @@ class QuarantineEntry:
     reason: str
     quarantined_at: float
     """Seconds since the epoch."""
+
+
+SNAPSHOT_ATTEMPTS = 5
+"""Reads :meth:`Backend.snapshot` makes before it gives up on a backend that keeps changing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every value of a backend as of one commit point (see :meth:`Backend.snapshot`)."""
+
+    values: dict[str, bytes]
+    """Key -> committed bytes."""
+    pending: frozenset[str] = frozenset()
+    """Keys whose committed value is not yet where the backend keeps its values:
+    read from a commit recorded and not applied yet (a start applies it)."""
+    committed_at: dict[str, float] = field(default_factory=dict)
+    """When the commit that gave each ``pending`` key its value was made (epoch seconds)."""
+    behind: tuple[str, ...] = ()
+    """Commits the backend holds and could not read: ``values`` is older than
+    the committed state by these."""
+    foreign_links: tuple[str, ...] = ()
+    """Symbolic links inside a file root: never followed, nothing behind them is
+    in ``values`` (they are problems to fix)."""
+    point: str = ""
+    """How the commit point was found, in words."""
 
 
 class Backend(ABC):
@@ -333,6 +360,43 @@ class Backend(ABC):
         applied in one step (or that have none) return ``[]``.
         """
         return []
+
+    async def snapshot(self) -> Snapshot:
+        """Every value at one commit point, read-only (``export``, ``inspect``, ``migrate``).
+
+        A tick committed while the values are read is in the result whole or
+        not at all. Commits the backend has recorded and not applied yet are
+        read as committed (their keys in :attr:`Snapshot.pending`) where the
+        backend can read them, and listed in :attr:`Snapshot.behind` where it
+        cannot.
+
+        The default reads everything twice and keeps the first read when the
+        second agrees with it, key for key and byte for byte: every value then
+        held from the end of the first read to the start of the second, which
+        is the commit point. (A value changed and changed back to the very
+        same bytes in between goes unseen.) After :data:`SNAPSHOT_ATTEMPTS`
+        disagreeing pairs it raises :class:`~persistkit.errors.SnapshotError`:
+        on a backend written without pause it is not a snapshot.
+        """
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            first = await self._read_committed()
+            if first == await self._read_committed():
+                return replace(first, point="two reads that agree key for key")
+        raise SnapshotError(
+            f"{self.url} changed during each of {SNAPSHOT_ATTEMPTS} pairs of reads: no read "
+            "at one commit point could be made, so nothing was read. Run it again when the "
+            "writers pause, or stop them"
+        )
+
+    async def _read_committed(self) -> Snapshot:
+        """One read of every value (not at one point); :meth:`snapshot` compares two."""
+        keys = sorted([key async for key in self.scan("", recursive=True)])
+        values = {
+            key: stored.data
+            for key, stored in zip(keys, await self.get_many(keys), strict=True)
+            if stored is not None
+        }
+        return Snapshot(values, behind=tuple(await self.unapplied_commits()))
 
     async def durability_warnings(self) -> list[str]:
         """Settings of the storage that make an acknowledged write less than durable."""

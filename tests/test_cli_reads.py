@@ -1,0 +1,295 @@
+"""What the read commands show is what is committed, read at one point, inside the root.
+
+``inspect``, ``export`` and the source of ``migrate`` run as real subprocesses
+against real folders: a real bot process killed with ``kill -9`` leaves commits
+in the journal that its files do not show yet, and roots hold symbolic links
+to files and folders outside them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal as signals
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import run_cli, tree_fingerprint
+
+BOT = r"""
+import asyncio, sys
+import persistkit.backends.journal
+from persistkit import LiveSession, PersistRiskAdapter, PersistSignalAdapter
+from persistkit.models import RiskActivePosition, SignalRow
+
+root, ticks, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hold"
+if hold:
+    # The applier never writes the files: every commit of this run stays in
+    # the journal only, as after a kill -9 right after a burst of ticks.
+    persistkit.backends.journal.APPLY_DELAY = 3600
+
+
+async def main():
+    session = LiveSession([("BTC", "t")], "main", base_dir=root)
+    state = await session.start()
+    signal = state.pairs[0].signal
+    start = 0 if signal is None else int(signal.id[1:]) + 1
+    print("START", signal.id if signal else None, flush=True)
+
+    async def tick(k):
+        i = start + k
+        row = SignalRow(
+            id=f"s{i}", symbol="BTC", strategy_name="t", position="long", price_open=1.0 + i,
+            price_take_profit=2.0 + i, price_stop_loss=0.5, scheduled_at=1, pending_at=2,
+        )
+        await PersistSignalAdapter.write_signal_data(row, "BTC", "t")
+        position = RiskActivePosition(
+            symbol="BTC", strategy_name="t", signal_id=f"s{i}", position="long",
+            price_open=1.0 + i, quantity=1, added_at=1,
+        )
+        await PersistRiskAdapter.write_position_data([(f"BTC:s{i}", position)], "main")
+
+    await session.run(
+        tick, interval=0.01, ticks=ticks, after_commit=lambda k: print("ACK", start + k, flush=True)
+    )
+    await session.aclose()
+
+
+asyncio.run(main())
+"""
+
+SIGNAL_KEY = "signal/BTC_t/BTC"
+RISK_KEY = "risk/main/positions"
+
+
+def start_bot(tmp_path: Path, root: Path, ticks: int, *, hold: bool) -> subprocess.Popen[str]:
+    script = tmp_path / "bot.py"
+    script.write_text(BOT)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(root), str(ticks), "hold" if hold else "apply"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def started_with(root: Path, tmp_path: Path) -> str:
+    """The signal a real start of the bot restores (it applies the journal): the truth."""
+    bot = start_bot(tmp_path, root, 0, hold=False)
+    out, err = bot.communicate(timeout=60)
+    assert bot.returncode == 0, err
+    return out.split()[1]
+
+
+@pytest.fixture
+def killed_bot_root(tmp_path: Path) -> tuple[Path, int]:
+    """A root whose bot ran 3 ticks and stopped cleanly (files: s2), then ran again and
+    was killed with SIGKILL after at least 6 more acknowledged ticks that never reached
+    the files. Returns the root and the last tick acknowledged before the kill."""
+    root = tmp_path / "data"
+    first = start_bot(tmp_path, root, 3, hold=False)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    bot = start_bot(tmp_path, root, 1_000_000, hold=True)
+    assert bot.stdout is not None
+    acknowledged = -1
+    try:
+        for line in bot.stdout:
+            if line.startswith("ACK"):
+                acknowledged = int(line.split()[1])
+                if acknowledged >= 8:
+                    break
+    finally:
+        bot.send_signal(signals.SIGKILL)
+        bot.communicate(timeout=30)
+    assert acknowledged >= 8, bot.stderr
+    return root, acknowledged
+
+
+def file_signal_id(root: Path) -> str:
+    return str(json.loads((root / f"{SIGNAL_KEY}.json").read_bytes())["id"])
+
+
+def exported(path: Path) -> dict[str, Any]:
+    return {
+        line["key"]: line["value"]
+        for line in map(json.loads, path.read_text().splitlines())
+        if "value" in line
+    }
+
+
+# -- what is shown is what is committed ------------------------------------------------
+
+
+def test_after_kill_9_inspect_shows_the_committed_ticks_marked_pending_and_changes_nothing(
+    killed_bot_root: tuple[Path, int], tmp_path: Path
+) -> None:
+    root, acknowledged = killed_bot_root
+    assert file_signal_id(root) == "s2"  # the files lag: the commits wait in the journal
+    before = tree_fingerprint(root)
+
+    listing = run_cli("inspect", root, "--json")
+    plain = run_cli("inspect", root)
+
+    assert tree_fingerprint(root) == before  # nothing replayed, nothing written, no mtime moved
+    assert listing.returncode == 0, listing.stderr
+    assert plain.returncode == 0, plain.stderr
+    report = json.loads(listing.stdout)
+    shown = report["signals"][0]["row"]["id"]
+    assert int(shown[1:]) >= acknowledged
+    assert [view["position"]["signalId"] for view in report["risk"]] == [shown]
+    assert sorted(report["pending"]) == [RISK_KEY, SIGNAL_KEY]
+    assert {entity["key"]: entity["pending"] for entity in report["entities"]} == {
+        RISK_KEY: True,
+        SIGNAL_KEY: True,
+    }
+    assert report["read_at"].startswith("journal commit ")
+    entity_rows = [line for line in plain.stdout.splitlines() if "BTC / t" in line]
+    assert len(entity_rows) == 1 and "pending" in entity_rows[0]
+    assert "Pending: 2 values committed and not yet applied" in plain.stdout
+    committed_open = f"{1.0 + int(shown[1:]):g}"  # the committed tick's price, not s2's
+    rows = [[cell.strip() for cell in line.split("│")] for line in plain.stdout.splitlines()]
+    assert sum(committed_open in cells for cells in rows) == 2  # its signal and its position
+    # The oracle: a real start applies the journal and restores exactly that tick.
+    assert started_with(root, tmp_path) == shown
+
+
+def test_after_kill_9_export_and_migrate_copy_the_committed_ticks_and_change_nothing(
+    killed_bot_root: tuple[Path, int], tmp_path: Path
+) -> None:
+    root, acknowledged = killed_bot_root
+    before = tree_fingerprint(root)
+
+    export = run_cli("export", root, tmp_path / "export.jsonl")
+    migrate = run_cli("migrate", root, tmp_path / "copy")
+
+    assert tree_fingerprint(root) == before
+    assert export.returncode == 0, export.stderr
+    assert "2 values committed and not yet applied" in export.stderr
+    values = exported(tmp_path / "export.jsonl")
+    shown = values[SIGNAL_KEY]["id"]
+    assert int(shown[1:]) >= acknowledged
+    assert values[RISK_KEY][0][1]["signalId"] == shown
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    copied = tmp_path / "copy"
+    assert json.loads((copied / f"{SIGNAL_KEY}.json").read_bytes())["id"] == shown
+    assert json.loads((copied / f"{RISK_KEY}.json").read_bytes())[0][1]["signalId"] == shown
+    assert started_with(root, tmp_path) == shown
+
+
+# -- confined ---------------------------------------------------------------------------
+
+
+PRIVATE_KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+
+
+def outside_secrets(tmp_path: Path) -> Path:
+    """A folder outside the root: a private key, and folders shaped like persistkit's."""
+    outside = tmp_path / "outside"
+    (outside / "entity").mkdir(parents=True)
+    key = outside / "id_ed25519"
+    key.write_bytes(PRIVATE_KEY)
+    key.chmod(0o600)
+    (outside / "entity" / "positions.json").write_text('[["forged", {"from": "outside"}]]')
+    (outside / "entity" / "BTC.json").write_text('{"id": "forged-outside"}')
+    (outside / "forged@1.json").write_text('{"id": "forged-outside"}')
+    return outside
+
+
+LINKS = {
+    # where the link is, relative to the root -> what it points to, under outside/
+    "value file": ("signal/BTC_t/ETH.json", "id_ed25519"),
+    "entity directory": ("risk/stolen", "entity"),
+    "quarantine": (".quarantine", "entity"),
+    "locks": (".locks", "entity"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LINKS))
+def test_inspect_and_export_report_a_symlink_inside_the_root_and_never_follow_it(
+    tmp_path: Path, kind: str
+) -> None:
+    root = tmp_path / "data"
+    bot = start_bot(tmp_path, root, 2, hold=False)
+    _, err = bot.communicate(timeout=60)
+    assert bot.returncode == 0, err
+    outside = outside_secrets(tmp_path)
+    where, target = LINKS[kind]
+    link = root / where
+    if link.exists():
+        link.rename(tmp_path / "moved-aside")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside / target)
+    outside_before = tree_fingerprint(outside)
+    root_before = tree_fingerprint(root)
+
+    listing = run_cli("inspect", root, "--json")
+    plain = run_cli("inspect", root)
+    export = run_cli("export", root, tmp_path / "export.jsonl", "--include-quarantine")
+
+    assert tree_fingerprint(outside) == outside_before
+    assert tree_fingerprint(root) == root_before
+    said = listing.stdout + plain.stdout + plain.stderr + export.stdout + export.stderr
+    written = (tmp_path / "export.jsonl").read_bytes() if export.returncode != 2 else b""
+    for secret in (PRIVATE_KEY, base64.b64encode(PRIVATE_KEY), b"forged"):
+        assert secret not in said.encode() + written, f"{kind}: read through the link"
+    assert listing.returncode == 1, listing.stderr
+    assert json.loads(listing.stdout)["foreign_links"] == [str(link)]
+    assert plain.returncode == 1
+    assert f"not followed: {link} -> {outside / target}" in plain.stdout
+    assert export.returncode != 0
+    assert str(link) in export.stderr
+    # What lies inside the root is still shown and exported.
+    assert json.loads(listing.stdout)["signals"][0]["row"]["id"] == "s1"
+    if export.returncode == 1:
+        assert exported(tmp_path / "export.jsonl")[SIGNAL_KEY]["id"] == "s1"
+
+
+def test_migrate_refuses_a_source_with_a_symlinked_value_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    bot = start_bot(tmp_path, root, 2, hold=False)
+    _, err = bot.communicate(timeout=60)
+    assert bot.returncode == 0, err
+    outside = outside_secrets(tmp_path)
+    (root / "signal" / "BTC_t" / "ETH.json").symlink_to(outside / "id_ed25519")
+
+    done = run_cli("migrate", root, tmp_path / "copy")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"not followed: {root / 'signal' / 'BTC_t' / 'ETH.json'}" in done.stderr
+    assert "nothing was written" in done.stderr
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_journal_linked_outside_the_root_is_refused_not_read(tmp_path: Path) -> None:
+    """A forged journal outside the root would change what is shown: it is never read."""
+    root = tmp_path / "data"
+    bot = start_bot(tmp_path, root, 2, hold=False)
+    _, err = bot.communicate(timeout=60)
+    assert bot.returncode == 0, err
+    forged = tmp_path / "forged-root"
+    forger = start_bot(tmp_path, forged, 1_000_000, hold=True)
+    assert forger.stdout is not None
+    for line in forger.stdout:
+        if line.startswith("ACK 4"):
+            break
+    forger.send_signal(signals.SIGKILL)
+    forger.communicate(timeout=30)
+    (root / ".journal").rename(tmp_path / "journal-moved")
+    (root / ".journal").symlink_to(forged / ".journal")
+    before = tree_fingerprint(forged)
+
+    for command in (["inspect", root], ["export", root, tmp_path / "out.jsonl"]):
+        done = run_cli(*command)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{root / '.journal'} -> {forged / '.journal'} is a symbolic link" in done.stderr
+        assert "s4" not in done.stdout
+    assert not (tmp_path / "out.jsonl").exists()
+    assert tree_fingerprint(forged) == before

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from test_cli import run_cli, tree_fingerprint
 
 BOT = r"""

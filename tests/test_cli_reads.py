@@ -14,11 +14,16 @@ import os
 import signal as signals
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from persistkit import MemoryBackend, SnapshotError
+from persistkit.backends.base import Versioned
+from persistkit.backends.s3 import S3Backend
+from support.servers import RedisServer, SeaweedS3
 from test_cli import run_cli, tree_fingerprint
 
 BOT = r"""
@@ -294,3 +299,183 @@ def test_a_journal_linked_outside_the_root_is_refused_not_read(tmp_path: Path) -
         assert "s4" not in done.stdout
     assert not (tmp_path / "out.jsonl").exists()
     assert tree_fingerprint(forged) == before
+
+
+# -- Redis and S3 ---------------------------------------------------------------------------
+
+TICKER = r"""
+import asyncio, sys
+import persistkit
+from persistkit import PersistBase, open_backend
+
+
+async def main():
+    backend = open_backend(sys.argv[1])
+    stores = [PersistBase(name, backend=backend) for name in ("signal", "risk", "fills")]
+    i = 0
+    while True:
+        async with persistkit.transaction(backend):  # one tick: all three or none
+            for store in stores:
+                await store.write_value("n", {"tick": i})
+        print("ACK", i, flush=True)
+        i += 1
+
+
+asyncio.run(main())
+"""
+
+TICK_KEYS = ("signal/n", "risk/n", "fills/n")
+
+
+def ticking(url: str) -> subprocess.Popen[str]:
+    """A writer process committing ticks to ``url``; returns once it acknowledged one."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", TICKER, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert writer.stdout is not None
+    first = writer.stdout.readline()
+    assert first.startswith("ACK"), (first, writer.stderr.read() if writer.poll() else "")
+    return writer
+
+
+def ticks_in(path: Path) -> set[int]:
+    values = exported(path)
+    return {values[key]["tick"] for key in TICK_KEYS}
+
+
+def test_an_export_of_redis_during_ticks_holds_whole_ticks(tmp_path: Path) -> None:
+    """One read-only script on one server: read key by key, exports mixed ticks."""
+    with RedisServer() as server:
+        writer = ticking(server.url)
+        try:
+            for attempt in range(4):  # bounded: each export is one subprocess
+                path = tmp_path / f"export-{attempt}.jsonl"
+                done = run_cli("export", server.url, path)
+                assert done.returncode == 0, done.stderr
+                assert len(ticks_in(path)) == 1, f"export {attempt} mixes ticks: {ticks_in(path)}"
+        finally:
+            writer.kill()
+            writer.communicate(timeout=30)
+
+
+S3_BUCKET = "persistkit-reads"
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Any:
+    with SeaweedS3() as server:
+        server.client().create_bucket(Bucket=S3_BUCKET)
+        yield server
+
+
+def s3_env(server: SeaweedS3) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_DEFAULT_REGION": server.region,
+    }
+
+
+def s3_url(server: SeaweedS3, prefix: str) -> str:
+    return f"s3://{S3_BUCKET}/{prefix}?endpoint_url={server.endpoint_url}"
+
+
+def run_cli_with(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "persistkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+async def test_s3_inspect_shows_a_recorded_unapplied_tick_pending_and_replays_nothing(
+    s3_server: SeaweedS3,
+) -> None:
+    """A writer killed between recording its tick commit and applying it leaves the
+    commit object: the tick is decided, and inspect shows it, replaying nothing."""
+    prefix = f"recorded-{os.getpid()}"
+    client = s3_server.client()
+    backend = S3Backend(client, S3_BUCKET, prefix)
+    try:
+        await backend.commit({"signal/n": b'{"tick":1}', "risk/n": b'{"tick":1}'})
+        # What a writer killed right after recording tick 2 leaves behind.
+        await backend._run(
+            backend._record_commit_sync, {"signal/n": b'{"tick":2}', "risk/n": b'{"tick":2}'}
+        )
+    finally:
+        await backend.aclose()
+
+    def objects() -> dict[str, bytes]:
+        listed = client.list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/")["Contents"]
+        return {
+            item["Key"]: client.get_object(Bucket=S3_BUCKET, Key=item["Key"])["Body"].read()
+            for item in listed
+        }
+
+    before = objects()
+    env = s3_env(s3_server)
+    done = run_cli_with(env, "inspect", s3_url(s3_server, prefix), "--json")
+    assert objects() == before  # the commit object is still there, nothing applied
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert sorted(report["pending"]) == ["risk/n", "signal/n"]
+    assert {entity["key"]: entity["bytes"] for entity in report["entities"]} == {
+        "risk/n": len(b'{"tick":2}'),
+        "signal/n": len(b'{"tick":2}'),
+    }
+    export = run_cli_with(env, "export", s3_url(s3_server, prefix), "-")
+    assert export.returncode == 0, export.stderr
+    assert [json.loads(line)["value"]["tick"] for line in export.stdout.splitlines()] == [2, 2]
+    assert objects() == before
+
+
+# -- the default snapshot: two reads that agree ------------------------------------------
+
+
+class TicksWhileRead(MemoryBackend):
+    """A backend (S3 reads the same way) into which a tick is committed after each of the
+    first ``ticks`` values read: every read that sees one is torn."""
+
+    def __init__(self, ticks: int) -> None:
+        super().__init__()
+        self.ticks = ticks
+        self.tick = 0
+
+    async def commit_tick(self) -> None:
+        self.tick += 1
+        await self.commit({key: json.dumps({"tick": self.tick}).encode() for key in TICK_KEYS})
+
+    async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
+        found = []
+        for key in keys:
+            found.append(await self.get(key))
+            if self.ticks:
+                self.ticks -= 1
+                await self.commit_tick()
+        return found
+
+
+async def test_the_default_snapshot_reads_again_until_two_reads_agree() -> None:
+    backend = TicksWhileRead(ticks=0)
+    await backend.commit_tick()
+    backend.ticks = 7  # the first reads are torn; then the writer pauses
+
+    snapshot = await backend.snapshot()
+
+    ticks = {json.loads(snapshot.values[key])["tick"] for key in TICK_KEYS}
+    assert ticks == {backend.tick}
+
+
+async def test_the_default_snapshot_gives_up_on_a_backend_that_never_stops_changing() -> None:
+    backend = TicksWhileRead(ticks=10_000)
+    await backend.commit_tick()
+
+    with pytest.raises(SnapshotError, match="changed during each of"):
+        await backend.snapshot()

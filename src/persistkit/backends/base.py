@@ -39,6 +39,7 @@ __all__ = [
     "Versioned",
     "check_key",
     "check_namespace",
+    "lay_commits_over",
 ]
 
 _BAD_KEY = re.compile(r"(?:\A|/)(?:\.|/|\Z)|\x00")
@@ -205,6 +206,33 @@ class Snapshot:
     in ``values`` (they are problems to fix)."""
     point: str = ""
     """How the commit point was found, in words."""
+
+
+def lay_commits_over(
+    stored: Mapping[str, bytes],
+    committed: Mapping[str, bytes | None],
+    committed_at: Mapping[str, float],
+    *,
+    behind: tuple[str, ...] = (),
+    foreign_links: tuple[str, ...] = (),
+    point: str = "",
+) -> Snapshot:
+    """What is committed: ``stored`` values with commits not applied yet laid over them.
+
+    ``committed`` holds the newest value of each key in those commits
+    (``None``: deleted); a key whose stored value differs from it is pending.
+    """
+    values = {key: data for key, data in stored.items() if key not in committed}
+    values.update((key, data) for key, data in committed.items() if data is not None)
+    pending = frozenset(key for key, data in committed.items() if stored.get(key) != data)
+    return Snapshot(
+        dict(sorted(values.items())),
+        pending=pending,
+        committed_at={key: committed_at[key] for key in pending if key in committed_at},
+        behind=behind,
+        foreign_links=foreign_links,
+        point=point,
+    )
 
 
 class Backend(ABC):

@@ -66,6 +66,7 @@ from persistkit.backends.base import (
     Snapshot,
     Versioned,
     join_key,
+    lay_commits_over,
     new_quarantine_id,
     quarantined_key,
     split_key,
@@ -612,21 +613,14 @@ class FileBackend(Backend):
                 f"{SNAPSHOT_ATTEMPTS} reads; no read at one commit point could be made, so "
                 "nothing was read. Run it again"
             )
-        values = {key: data for key, data in files.items() if key not in cut.writes}
-        pending = set()
-        for key, committed in cut.writes.items():
-            if committed is not None:
-                values[key] = committed
-            if files.get(key) != committed:
-                pending.add(key)
         behind = tuple(
             f"{JOURNAL_DIR}/{name}: an older release's commits, not read (a start merges them)"
             for name in journal.legacy_journal_names()
         )
-        return Snapshot(
-            values=dict(sorted(values.items())),
-            pending=frozenset(pending),
-            committed_at={key: cut.committed_at[key] / 1e9 for key in pending},
+        return lay_commits_over(
+            files,
+            cut.writes,
+            {key: time_ns / 1e9 for key, time_ns in cut.committed_at.items()},
             behind=behind,
             foreign_links=tuple(sorted(links)),
             point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",

@@ -93,7 +93,9 @@ from persistkit.backends.base import (
     Backend,
     Expected,
     QuarantineEntry,
+    Snapshot,
     Versioned,
+    lay_commits_over,
     new_quarantine_id,
     quarantined_key,
 )
@@ -510,18 +512,24 @@ class S3Backend(Backend):
             if token is None:
                 return found
 
-    def _replay_sync(self, seq: int) -> None:
-        """Apply commit ``seq`` (again) and delete it; quarantine it if it is not whole."""
-        object_key = self._commit_object(seq)
+    def _fetch_commit_sync(self, seq: int) -> tuple[bytes, str] | None:
+        """Commit object ``seq`` and its ETag; ``None`` once applied and deleted."""
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=object_key)
-            record = response["Body"].read()
+            response = self._client.get_object(Bucket=self.bucket, Key=self._commit_object(seq))
+            return response["Body"].read(), response["ETag"]
         except ClientError as exc:
             if _is_absent(exc):
-                return  # applied and deleted since it was listed
+                return None
             raise self._failure(exc, f"reading tick commit {seq}") from exc
         except BotoCoreError as exc:
             raise self._failure(exc, f"reading tick commit {seq}") from exc
+
+    def _replay_sync(self, seq: int) -> None:
+        """Apply commit ``seq`` (again) and delete it; quarantine it if it is not whole."""
+        fetched = self._fetch_commit_sync(seq)
+        if fetched is None:
+            return  # applied and deleted since it was listed
+        record, etag = fetched
         try:
             writes = _decode_commit(seq, record)
         except CorruptValueError as exc:
@@ -545,7 +553,7 @@ class S3Backend(Backend):
         )
         for key, data in writes:
             self._apply_write_sync(key, data)
-        self._retire_commit_sync(seq, response["ETag"])
+        self._retire_commit_sync(seq, etag)
 
     # -- single values -------------------------------------------------------------------
 
@@ -924,6 +932,33 @@ class S3Backend(Backend):
         """
         found = await self._run(self._list_commit_records_sync)
         return [f"{COMMITS_DIR}/{seq:020d}" for seq in sorted(found)]
+
+    async def _read_committed(self) -> Snapshot:
+        """One read of the objects with the tick commits still recorded laid over them.
+
+        A commit object decides its tick: its values are the committed ones
+        (pending until applied), in sequence order as a start replays them.
+        Two such reads must agree (:meth:`Backend.snapshot`): S3 has no read
+        at one point.
+        """
+        if not self._ready:
+            await self._ensure_ready()
+        seqs = sorted(await self._run(self._list_commit_records_sync))
+        read = await super()._read_committed()
+        committed: dict[str, bytes | None] = {}
+        behind: list[str] = []
+        for seq in seqs:
+            fetched = await self._run(self._fetch_commit_sync, seq)
+            if fetched is None:
+                # Applied and deleted since it was listed: the objects read may
+                # hold part of it, and the second read cannot agree.
+                behind.append(f"{COMMITS_DIR}/{seq:020d}: applied while being read")
+                continue
+            try:
+                committed.update(_decode_commit(seq, fetched[0]))
+            except CorruptValueError as exc:
+                behind.append(f"{COMMITS_DIR}/{seq:020d}: not whole ({exc.reason}); not read")
+        return lay_commits_over(read.values, committed, {}, behind=tuple(behind))
 
     # -- lifecycle -------------------------------------------------------------------------------
 

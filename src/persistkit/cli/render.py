@@ -176,10 +176,11 @@ def print_inventory(inventory: Inventory) -> None:
             table.add_row(*cells, *(["pending" if entity.pending else ""] if pending else []))
         console.print(table)
     if pending:
+        them = "it" if len(pending) == 1 else "them"
         console.print(
-            f"Pending: {plural(len(pending), 'value')} committed and not yet applied to where "
-            "the backend keeps them, shown with their committed values (a start applies "
-            "them; nothing was changed)",
+            f"Pending: {plural(len(pending), 'value')} committed and not yet applied where "
+            f"the backend keeps values: shown as committed (a start applies {them}; "
+            "nothing was changed)",
             soft_wrap=True,
         )
     for title, rows, when in (

@@ -1,7 +1,10 @@
 """``migrate``, ``export`` and ``import``: verified copies between backends and JSON Lines.
 
-A copy is planned before anything is written: for every key the destination
-is read and compared. Absent there: create it. Same bytes: nothing to do.
+A backend source is read once, at one commit point (:meth:`Backend.snapshot`):
+a tick committed during the copy is in it whole or not at all, and values
+committed but not yet applied are copied with their committed values. A copy
+is planned before anything is written: for every key the destination is read
+and compared. Absent there: create it. Same bytes: nothing to do.
 Different bytes: the destination is replaced only when it is provably older
 (both backends report a change time, see :meth:`Backend.changed_at`, and the
 destination's is earlier) or with ``overwrite``; otherwise the key is refused,

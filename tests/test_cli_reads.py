@@ -84,12 +84,17 @@ def start_bot(tmp_path: Path, root: Path, ticks: int, *, hold: bool) -> subproce
     )
 
 
-def started_with(root: Path, tmp_path: Path) -> str:
-    """The signal a real start of the bot restores (it applies the journal): the truth."""
-    bot = start_bot(tmp_path, root, 0, hold=False)
+def run_bot(tmp_path: Path, root: Path, ticks: int) -> str:
+    """Run the bot for ``ticks`` ticks and a clean stop; its output."""
+    bot = start_bot(tmp_path, root, ticks, hold=False)
     out, err = bot.communicate(timeout=60)
     assert bot.returncode == 0, err
-    return out.split()[1]
+    return out
+
+
+def started_with(root: Path, tmp_path: Path) -> str:
+    """The signal a real start of the bot restores (it applies the journal): the truth."""
+    return run_bot(tmp_path, root, 0).split()[1]
 
 
 @pytest.fixture
@@ -98,9 +103,7 @@ def killed_bot_root(tmp_path: Path) -> tuple[Path, int]:
     was killed with SIGKILL after at least 6 more acknowledged ticks that never reached
     the files. Returns the root and the last tick acknowledged before the kill."""
     root = tmp_path / "data"
-    first = start_bot(tmp_path, root, 3, hold=False)
-    _, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err
+    run_bot(tmp_path, root, 3)
     bot = start_bot(tmp_path, root, 1_000_000, hold=True)
     assert bot.stdout is not None
     acknowledged = -1
@@ -221,9 +224,7 @@ def test_inspect_and_export_report_a_symlink_inside_the_root_and_never_follow_it
     tmp_path: Path, kind: str
 ) -> None:
     root = tmp_path / "data"
-    bot = start_bot(tmp_path, root, 2, hold=False)
-    _, err = bot.communicate(timeout=60)
-    assert bot.returncode == 0, err
+    run_bot(tmp_path, root, 2)
     outside = outside_secrets(tmp_path)
     where, target = LINKS[kind]
     link = root / where
@@ -260,9 +261,7 @@ def test_migrate_refuses_a_source_with_a_symlinked_value_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "data"
-    bot = start_bot(tmp_path, root, 2, hold=False)
-    _, err = bot.communicate(timeout=60)
-    assert bot.returncode == 0, err
+    run_bot(tmp_path, root, 2)
     outside = outside_secrets(tmp_path)
     (root / "signal" / "BTC_t" / "ETH.json").symlink_to(outside / "id_ed25519")
 
@@ -277,9 +276,7 @@ def test_migrate_refuses_a_source_with_a_symlinked_value_and_writes_nothing(
 def test_a_journal_linked_outside_the_root_is_refused_not_read(tmp_path: Path) -> None:
     """A forged journal outside the root would change what is shown: it is never read."""
     root = tmp_path / "data"
-    bot = start_bot(tmp_path, root, 2, hold=False)
-    _, err = bot.communicate(timeout=60)
-    assert bot.returncode == 0, err
+    run_bot(tmp_path, root, 2)
     forged = tmp_path / "forged-root"
     forger = start_bot(tmp_path, forged, 1_000_000, hold=True)
     assert forger.stdout is not None

@@ -14,6 +14,7 @@ import os
 import signal as signals
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ import pytest
 
 from persistkit import MemoryBackend, SnapshotError
 from persistkit.backends.base import Versioned
+from persistkit.backends.redis import RedisBackend
 from persistkit.backends.s3 import S3Backend
-from support.servers import RedisServer, SeaweedS3
+from support.servers import RedisCluster, RedisServer, SeaweedS3
 from test_cli import run_cli, tree_fingerprint
 
 BOT = r"""
@@ -357,6 +359,41 @@ def test_an_export_of_redis_during_ticks_holds_whole_ticks(tmp_path: Path) -> No
         finally:
             writer.kill()
             writer.communicate(timeout=30)
+
+
+async def test_redis_cluster_inspect_shows_an_unapplied_cross_slot_commit_pending(
+    tmp_path: Path,
+) -> None:
+    """A writer killed between recording a cross-slot commit and applying it leaves its
+    record: the tick is committed (a start replays it), and inspect shows it, replaying
+    nothing."""
+    prefix = f"reads{os.getpid()}"
+    with RedisCluster() as cluster:
+        url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}?prefix={prefix}"
+        backend = RedisBackend.from_url(url)
+        try:
+            await backend.commit({"signal/n": b'{"tick":1}', "risk/n": b'{"tick":1}'})
+            # The record commit() writes first, exactly; the writer died before applying it.
+            record = f"{prefix}:commit:{{{time.time_ns()}-0a1b2c3d4e5f}}"
+            fields: list[str | bytes] = ["at", repr(time.time())]
+            for key in ("signal/n", "risk/n"):
+                fields += [f"s{backend._value_key(key)}", b'{"tick":2}']
+            await backend.client.execute_command("HSET", record, *fields)
+            before = [await backend.get(key) for key in ("signal/n", "risk/n")]
+
+            done = run_cli("inspect", url, "--json")
+
+            after = [await backend.get(key) for key in ("signal/n", "risk/n")]
+            still_recorded = await backend.client.exists(record)
+        finally:
+            await backend.aclose()
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert sorted(report["pending"]) == ["risk/n", "signal/n"]
+    assert {entity["bytes"] for entity in report["entities"]} == {len(b'{"tick":2}')}
+    assert [item.data for item in after if item] == [item.data for item in before if item]
+    assert [item.data for item in after if item] == [b'{"tick":1}', b'{"tick":1}']
+    assert still_recorded == 1
 
 
 S3_BUCKET = "persistkit-reads"

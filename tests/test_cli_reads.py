@@ -14,15 +14,17 @@ import os
 import signal as signals
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from persistkit import MemoryBackend, SnapshotError
+from persistkit import FileBackend, MemoryBackend, SnapshotError
 from persistkit.backends.base import Versioned
+from persistkit.backends.oslayer import OSLayer
 from persistkit.backends.redis import RedisBackend
 from persistkit.backends.s3 import S3Backend
 from support.servers import RedisCluster, RedisServer, SeaweedS3
@@ -513,3 +515,55 @@ async def test_the_default_snapshot_gives_up_on_a_backend_that_never_stops_chang
 
     with pytest.raises(SnapshotError, match="changed during each of"):
         await backend.snapshot()
+
+
+# -- the file snapshot: a checkpoint or an applied commit while the files are read --------
+
+
+class WritesWhileRead(OSLayer):
+    """The reader's OS layer: after its first value file is read, ``meanwhile`` runs
+    (another backend, on its own thread, commits and writes the files)."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        self.meanwhile: Callable[[], None] | None = meanwhile
+
+    def read(self, fd: int, size: int) -> bytes:
+        data = os.read(fd, size)
+        if self.meanwhile is not None and data.startswith(b'{"tick"'):
+            meanwhile, self.meanwhile = self.meanwhile, None
+            worker = threading.Thread(target=meanwhile)
+            worker.start()
+            worker.join()
+        return data
+
+
+def tick(number: int) -> dict[str, bytes | None]:
+    return {key: json.dumps({"tick": number}).encode() for key in TICK_KEYS}
+
+
+@pytest.mark.parametrize("then", ["checkpoint", "apply"])
+async def test_a_file_snapshot_reads_again_when_a_later_commit_reaches_the_files(
+    tmp_path: Path, then: str
+) -> None:
+    """The bot commits tick 2 and its files are written (by a checkpoint, or by the
+    applier) after the reader read tick 1's first file: read on, the snapshot would hold
+    tick 1 and tick 2 at once."""
+    bot = FileBackend(tmp_path)
+    await bot.commit(tick(1))
+    await bot.checkpoint()  # the files hold tick 1, the journal nothing
+
+    def commit_tick_2() -> None:
+        bot.journal.commit(tick(2))
+        if then == "checkpoint":
+            bot.journal.checkpoint()
+        else:
+            bot.journal.apply_pending()
+
+    reader = FileBackend(tmp_path, os_layer=WritesWhileRead(commit_tick_2), read_only=True)
+    try:
+        snapshot = await reader.snapshot()
+    finally:
+        await reader.aclose()
+        await bot.aclose()
+
+    assert {json.loads(snapshot.values[key])["tick"] for key in TICK_KEYS} == {2}

@@ -142,7 +142,8 @@ def cli() -> None:
 @progress_option
 @click.pass_context
 def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
-    """Domains, entities and when each changed; open signals, scheduled entries, risk.
+    """Domains and entities, when each changed, and the open signals, scheduled entries
+    and risk positions.
 
     Shows the committed state, read at one commit point and changing nothing,
     also beside a running bot: a value committed and not yet applied to its
@@ -462,7 +463,10 @@ def migrate(
     Refuses, writing nothing, when a destination value differs and is not
     provably older: older needs a change time from both backends (file: mtime),
     so where one side keeps none (Redis) any difference is refused. --overwrite
-    replaces them. Quarantined values stay in SRC.
+    replaces them. Quarantined values stay in SRC. SRC is read like inspect
+    reads it, at one commit point and changing nothing; a SRC that cannot be
+    read whole (a symbolic link inside it, commits it cannot read) is refused,
+    exit 1, nothing written.
     """
     # Read-only: the source's committed state is read as it is, nothing replayed.
     source_backend = open_target(source_spec, read_only=True)

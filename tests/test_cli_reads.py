@@ -24,6 +24,7 @@ import pytest
 
 from persistkit import FileBackend, MemoryBackend, SnapshotError
 from persistkit.backends.base import Versioned
+from persistkit.backends.journal import JOURNAL_DIR, encode_record
 from persistkit.backends.oslayer import OSLayer
 from persistkit.backends.redis import RedisBackend
 from persistkit.backends.s3 import S3Backend
@@ -193,6 +194,32 @@ def test_after_kill_9_export_and_migrate_copy_the_committed_ticks_and_change_not
     assert json.loads((copied / f"{SIGNAL_KEY}.json").read_bytes())["id"] == shown
     assert json.loads((copied / f"{RISK_KEY}.json").read_bytes())[0][1]["signalId"] == shown
     assert started_with(root, tmp_path) == shown
+
+
+def test_commits_inspect_cannot_read_make_it_say_it_shows_older_state_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """An older release's per-process journal (format 1) is merged by a start, not read
+    by the command line: what it shows is older, and it says so."""
+    root = tmp_path / "data"
+    (root / "tick").mkdir(parents=True)
+    (root / "tick" / "base.json").write_bytes(b'{"v":"base"}')
+    (root / JOURNAL_DIR).mkdir()
+    legacy = root / JOURNAL_DIR / "12345-1-dead.log"
+    legacy.write_bytes(encode_record(1, 1_000, {"tick/base": b'{"v":"committed"}'}))
+    before = tree_fingerprint(root)
+
+    listing = run_cli("inspect", root, "--json")
+    plain = run_cli("inspect", root)
+    export = run_cli("export", root, tmp_path / "export.jsonl")
+
+    assert tree_fingerprint(root) == before
+    said = f"older than the committed state: {JOURNAL_DIR}/{legacy.name}"
+    assert listing.returncode == 1 and plain.returncode == 1 and export.returncode == 1
+    assert json.loads(listing.stdout)["behind"] == [
+        f"{JOURNAL_DIR}/{legacy.name}: an older release's commits, not read (a start merges them)"
+    ]
+    assert said in plain.stdout and said in export.stderr
 
 
 # -- confined ---------------------------------------------------------------------------

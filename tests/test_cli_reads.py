@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal as signals
 import subprocess
 import sys
@@ -123,6 +124,19 @@ def killed_bot_root(tmp_path: Path) -> tuple[Path, int]:
         bot.communicate(timeout=30)
     assert acknowledged >= 8, bot.stderr
     return root, acknowledged
+
+
+@pytest.fixture(scope="module")
+def stopped_bot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root whose bot ran 2 ticks and stopped cleanly (signal s1), made once."""
+    folder = tmp_path_factory.mktemp("stopped-bot")
+    run_bot(folder, folder / "data", 2)
+    return folder / "data"
+
+
+def copy_of(root: Path, tmp_path: Path) -> Path:
+    """This test's own copy of ``root``."""
+    return Path(shutil.copytree(root, tmp_path / "data", symlinks=True))
 
 
 def file_signal_id(root: Path) -> str:
@@ -252,10 +266,9 @@ LINKS = {
 
 @pytest.mark.parametrize("kind", sorted(LINKS))
 def test_inspect_and_export_report_a_symlink_inside_the_root_and_never_follow_it(
-    tmp_path: Path, kind: str
+    stopped_bot: Path, tmp_path: Path, kind: str
 ) -> None:
-    root = tmp_path / "data"
-    run_bot(tmp_path, root, 2)
+    root = copy_of(stopped_bot, tmp_path)
     outside = outside_secrets(tmp_path)
     where, target = LINKS[kind]
     link = root / where
@@ -289,10 +302,9 @@ def test_inspect_and_export_report_a_symlink_inside_the_root_and_never_follow_it
 
 
 def test_migrate_refuses_a_source_with_a_symlinked_value_and_writes_nothing(
-    tmp_path: Path,
+    stopped_bot: Path, tmp_path: Path
 ) -> None:
-    root = tmp_path / "data"
-    run_bot(tmp_path, root, 2)
+    root = copy_of(stopped_bot, tmp_path)
     outside = outside_secrets(tmp_path)
     (root / "signal" / "BTC_t" / "ETH.json").symlink_to(outside / "id_ed25519")
 
@@ -304,10 +316,11 @@ def test_migrate_refuses_a_source_with_a_symlinked_value_and_writes_nothing(
     assert not (tmp_path / "copy").exists()
 
 
-def test_a_journal_linked_outside_the_root_is_refused_not_read(tmp_path: Path) -> None:
+def test_a_journal_linked_outside_the_root_is_refused_not_read(
+    stopped_bot: Path, tmp_path: Path
+) -> None:
     """A forged journal outside the root would change what is shown: it is never read."""
-    root = tmp_path / "data"
-    run_bot(tmp_path, root, 2)
+    root = copy_of(stopped_bot, tmp_path)
     forged = tmp_path / "forged-root"
     forger = start_bot(tmp_path, forged, 1_000_000, hold=True)
     assert forger.stdout is not None

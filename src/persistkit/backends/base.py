@@ -480,14 +480,23 @@ class Backend(ABC):
         )
 
     async def _read_committed(self) -> Snapshot:
-        """One read of every value (not at one point); :meth:`snapshot` compares two."""
+        """One read of every value (not at one point); :meth:`snapshot` compares two.
+
+        Commits recorded and not applied cannot be read here: they are ``behind``.
+        A backend that can read them overrides this and lays them over
+        :meth:`_read_stored` (:func:`lay_commits_over`).
+        """
+        values = await self._read_stored()
+        return Snapshot(values, behind=tuple(await self.unapplied_commits()))
+
+    async def _read_stored(self) -> dict[str, bytes]:
+        """Every stored value, key by key (not at one point)."""
         keys = sorted([key async for key in self.scan("", recursive=True)])
-        values = {
+        return {
             key: stored.data
             for key, stored in zip(keys, await self.get_many(keys), strict=True)
             if stored is not None
         }
-        return Snapshot(values, behind=tuple(await self.unapplied_commits()))
 
     async def durability_warnings(self) -> list[str]:
         """Settings of the storage that make an acknowledged write less than durable."""

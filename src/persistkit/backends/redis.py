@@ -712,10 +712,8 @@ class RedisBackend(Backend):
         return Snapshot(dict(sorted(values.items())), point="one script on one server")
 
     async def _read_committed(self) -> Snapshot:
-        read = await super()._read_committed()
+        stored = await self._read_stored()
         records = await self._commit_records()
-        if not records:
-            return read
         committed: dict[str, bytes | None] = {}
         committed_at: dict[str, float] = {}
         for at, _, writes in records:  # oldest first, as a start replays them
@@ -724,7 +722,7 @@ class RedisBackend(Backend):
                 if parsed is not None:
                     committed[join_key(*parsed)] = data
                     committed_at[join_key(*parsed)] = at
-        return lay_commits_over(read.values, committed, committed_at)
+        return lay_commits_over(stored, committed, committed_at)
 
     async def _commit_records(self) -> list[tuple[float, str, list[tuple[str, bytes | None]]]]:
         """Cross-slot commit records present now: (time, name, writes), oldest first."""

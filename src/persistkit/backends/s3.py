@@ -944,7 +944,7 @@ class S3Backend(Backend):
         if not self._ready:
             await self._ensure_ready()
         seqs = sorted(await self._run(self._list_commit_records_sync))
-        read = await super()._read_committed()
+        stored = await self._read_stored()
         committed: dict[str, bytes | None] = {}
         behind: list[str] = []
         for seq in seqs:
@@ -958,7 +958,7 @@ class S3Backend(Backend):
                 committed.update(_decode_commit(seq, fetched[0]))
             except CorruptValueError as exc:
                 behind.append(f"{COMMITS_DIR}/{seq:020d}: not whole ({exc.reason}); not read")
-        return lay_commits_over(read.values, committed, {}, behind=tuple(behind))
+        return lay_commits_over(stored, committed, {}, behind=tuple(behind))
 
     # -- lifecycle -------------------------------------------------------------------------------
 

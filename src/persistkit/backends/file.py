@@ -34,6 +34,10 @@ keys are appended to the journal too.
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
 
+:meth:`FileBackend.snapshot` reads every committed value at one commit of the
+journal without a lock (what ``persistkit inspect`` and ``export`` show); it
+lists symbolic links inside the root instead of following them.
+
 Confined to the root: the root is resolved once (it may itself be a symbolic
 link) and every syscall goes through :class:`~persistkit.backends.confine.ConfinedOS`,
 which never follows a link below it (see that module). A link met on the way

@@ -48,6 +48,12 @@ record. Other processes notice the replacement (the file they have open has no
 name any more) and read the new one. All of this happens under the journal
 lock, so two processes never apply at once.
 
+**Reading at one commit point.** Records are only appended, so the journal up
+to its last complete record is a state that was committed: :meth:`CommitJournal.read_cut`
+reads it without the lock (the command line's ``export`` and ``inspect``, through
+:meth:`FileBackend.snapshot`), and a second cut tells whether a checkpoint or a
+commit to a new key may have reached the files in between.
+
 **A failed fsync** (fsyncgate): the records are in the file, so they are
 visible to every process, and the caller gets :class:`DurabilityUnknownError`.
 The journal whose fsync failed is never fsynced again: its whole content is

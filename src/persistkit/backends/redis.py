@@ -40,6 +40,10 @@ so a commit still in flight in a live process is never replayed under it. Such
 a replay restores the whole tick over whatever another process wrote to those
 keys since the crash.
 
+:meth:`RedisBackend.snapshot` reads every value at one point: one read-only
+script on one server; on a cluster, two reads that agree, with the records of
+cross-slot commits not yet applied laid over them.
+
 Errors: connection refused or reset, timeouts, ``LOADING``, ``READONLY``
 and cluster ``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` raise
 :class:`~persistkit.errors.TransientBackendError`, which the store retries with

@@ -36,6 +36,9 @@ isolation between live processes: a reader in another process may see a tick
 half-applied while its writer is still applying it, and a process that starts
 in those milliseconds replays that tick too, possibly over what its writer
 wrote right after it. One live writer per prefix is the safe setup.
+:meth:`~persistkit.backends.base.Backend.snapshot` (the command line's
+``export``) lays the commit objects still present over the objects, and
+accepts a read only when a second one agrees with it.
 
 **Errors**: connection failures, timeouts, 5xx and throttling become
 :class:`~persistkit.errors.TransientBackendError`, chained with ``from``;

@@ -25,6 +25,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
         ├── LockTimeoutError        (TimeoutError) another process held a lock too long
         ├── JournalDamagedError                   the commit journal failed its checks: salvage it
         ├── UnsupportedFormatError                a root written by a newer persistkit
+        ├── SnapshotError                         no read at one commit point: it kept changing
         └── TransientBackendError                 worth retrying (retried before it reaches you)
             └── BackendUnavailableError           still failing after the retries
 
@@ -52,6 +53,7 @@ __all__ = [
     "ResourceLimitError",
     "RowMismatchError",
     "SchemaValidationError",
+    "SnapshotError",
     "StoreClosedError",
     "TickCancelledError",
     "TransientBackendError",
@@ -229,6 +231,15 @@ class JournalDamagedError(BackendError):
 
 class UnsupportedFormatError(BackendError):
     """The root was written in an on-disk format newer than this release reads."""
+
+
+class SnapshotError(BackendError):
+    """No read of every value at one commit point could be made (:meth:`Backend.snapshot`).
+
+    The backend changed under every attempt (commits landed between two reads
+    that had to agree); nothing was exported or copied. Run it again at a
+    quieter moment, or stop the writers.
+    """
 
 
 class TransientBackendError(BackendError):

@@ -34,6 +34,10 @@ keys are appended to the journal too.
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
 
+:meth:`FileBackend.snapshot` reads every committed value at one commit of the
+journal without a lock (what ``persistkit inspect`` and ``export`` show); it
+lists symbolic links inside the root instead of following them.
+
 Confined to the root: the root is resolved once (it may itself be a symbolic
 link) and every syscall goes through :class:`~persistkit.backends.confine.ConfinedOS`,
 which never follows a link below it (see that module). A link met on the way
@@ -59,11 +63,14 @@ import orjson
 from persistkit.backends._threads import run_to_completion
 from persistkit.backends.base import (
     ANY_VERSION,
+    SNAPSHOT_ATTEMPTS,
     Backend,
     Expected,
     QuarantineEntry,
+    Snapshot,
     Versioned,
     join_key,
+    lay_commits_over,
     new_quarantine_id,
     quarantined_key,
     split_key,
@@ -84,7 +91,9 @@ from persistkit.errors import (
     ConflictError,
     DurabilityUnknownError,
     EntityNotFoundError,
+    ForeignSymlinkError,
     InvalidNameError,
+    SnapshotError,
     StoreClosedError,
     WriteFailedError,
 )
@@ -574,6 +583,93 @@ class FileBackend(Backend):
                             await asyncio.sleep(0)  # a long listing must not starve the loop
                     elif recursive and entry.is_dir(follow_symlinks=False):
                         pending.append(join_key(current, name))
+
+    # -- snapshot --------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """Every committed value at one commit of the shared journal; no lock, no write.
+
+        The journal is read up to its last complete record (a commit point),
+        then every value file, then the journal again. Keys the journal held
+        at that point take its values (those that differ from their files are
+        :attr:`~Snapshot.pending`). The files are right for every other key,
+        unless a later commit reached them meanwhile: only possible for a key
+        the journal holds now and did not then, or after a checkpoint (a new
+        journal). Then it reads again, up to :data:`SNAPSHOT_ATTEMPTS` times,
+        so a running bot is never blocked, not even for a moment. A plain
+        write (outside a transaction) of a key the journal does not hold is
+        one key's write: it is read as it is when its file is read.
+
+        Symbolic links inside the root are listed, never followed (see
+        :attr:`Snapshot.foreign_links`). Per-process journals of an older
+        release are not read: they are :attr:`~Snapshot.behind`.
+        """
+        self._check_open()
+        journal = self.journal
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            cut = journal.read_cut()
+            files, links = await self._run(self._read_tree)
+            if cut.continued_by(journal.read_cut()):
+                break
+        else:
+            raise SnapshotError(
+                f"{self.root}: a checkpoint or a commit to a new key landed during each of "
+                f"{SNAPSHOT_ATTEMPTS} reads; no read at one commit point could be made, so "
+                "nothing was read. Run it again"
+            )
+        behind = tuple(
+            f"{JOURNAL_DIR}/{name}: an older release's commits, not read (a start merges them)"
+            for name in journal.legacy_journal_names()
+        )
+        return lay_commits_over(
+            files,
+            cut.writes,
+            {key: time_ns / 1e9 for key, time_ns in cut.committed_at.items()},
+            behind=behind,
+            foreign_links=tuple(sorted(links)),
+            point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",
+        )
+
+    def _read_tree(self) -> tuple[dict[str, bytes], list[str]]:
+        """Every value file under the root, and every symbolic link met (never followed).
+
+        Hidden folders (quarantine, journal, locks) are walked for links only.
+        """
+        values: dict[str, bytes] = {}
+        links: list[str] = []
+        waiting = [("", True)]
+        while waiting:
+            namespace, holds_values = waiting.pop()
+            path = self._dir(namespace)
+            try:
+                dir_fd = self._open_dir(path)
+            except ForeignSymlinkError as exc:
+                links.append(exc.path or path)
+                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while we walked
+            try:
+                with self._os.scandir(dir_fd, links=True) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if entry.is_symlink():
+                            links.append(f"{path}/{name}")
+                        elif entry.is_dir(follow_symlinks=False):
+                            own = holds_values and not name.startswith(".")
+                            waiting.append((join_key(namespace, name), own))
+                        elif holds_values and name.endswith(SUFFIX) and not name.startswith("."):
+                            try:
+                                data = self._read_at(dir_fd, name)
+                            except ForeignSymlinkError as exc:  # swapped for one just now
+                                links.append(exc.path or f"{path}/{name}")
+                                continue
+                            if data is not None:
+                                values[join_key(namespace, name[: -len(SUFFIX)])] = data
+            except OSError as exc:
+                raise BackendError(f"cannot read {path}: {exc}") from exc
+            finally:
+                self._os.close(dir_fd)
+        return values, links
 
     # -- self-healing ------------------------------------------------------------
 

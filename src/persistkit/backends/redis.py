@@ -40,6 +40,10 @@ so a commit still in flight in a live process is never replayed under it. Such
 a replay restores the whole tick over whatever another process wrote to those
 keys since the crash.
 
+:meth:`RedisBackend.snapshot` reads every value at one point: one read-only
+script on one server; on a cluster, two reads that agree, with the records of
+cross-slot commits not yet applied laid over them.
+
 Errors: connection refused or reset, timeouts, ``LOADING``, ``READONLY``
 and cluster ``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` raise
 :class:`~persistkit.errors.TransientBackendError`, which the store retries with
@@ -97,8 +101,10 @@ from persistkit.backends.base import (
     Backend,
     Expected,
     QuarantineEntry,
+    Snapshot,
     Versioned,
     join_key,
+    lay_commits_over,
 )
 from persistkit.errors import (
     BackendError,
@@ -179,6 +185,37 @@ return 1
 """
 
 
+# Every value under one head, read in one script: one point in the server's history.
+_SNAPSHOT = """#!lua flags=no-writes
+local found, out, cursor = {}, {}, "0"
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    if not found[key] then
+      found[key] = true
+      local value = redis.call('GET', key)
+      if value then
+        out[#out + 1] = key
+        out[#out + 1] = value
+      end
+    end
+  end
+until cursor == "0"
+return out
+"""
+
+
+def _record_writes(record: Mapping[bytes, bytes]) -> list[tuple[str, bytes | None]]:
+    """The writes of a cross-slot commit record: (Redis key, bytes or ``None`` to delete)."""
+    writes: list[tuple[str, bytes | None]] = []
+    for field, data in record.items():
+        op, redis_key = field[:1], field[1:].decode("utf-8", "surrogateescape")
+        if op in (b"s", b"d"):
+            writes.append((redis_key, data if op == b"s" else None))
+    return writes
+
+
 class _Script:
     """A Lua script run with EVALSHA, sent once with EVAL where the server lacks it."""
 
@@ -197,6 +234,7 @@ class _Script:
 
 
 _CAS_PUT_SCRIPT = _Script(_CAS_PUT)
+_SNAPSHOT_SCRIPT = _Script(_SNAPSHOT)
 _CONDITIONAL_DELETE_SCRIPT = _Script(_CONDITIONAL_DELETE)
 _COMMIT_SCRIPT = _Script(_COMMIT)
 _QUARANTINE_SCRIPT = _Script(_QUARANTINE)
@@ -650,6 +688,59 @@ class RedisBackend(Backend):
         await asyncio.gather(*(self._apply(group) for group in groups))
         await self._redis.execute_command("DEL", record)
 
+    # -- snapshot -----------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """Every value at one point: one read-only script on one server.
+
+        A script runs alone, so no commit lands between its first read and its
+        last (it blocks the server for as long as it reads, which for a bot's
+        state is milliseconds). On a cluster no script spans the masters: two
+        reads must agree (see :meth:`Backend.snapshot`), and cross-slot commits
+        recorded and not fully applied are laid over the values, pending.
+        """
+        if isinstance(self._client, RedisCluster):
+            return await super().snapshot()
+        if not self._ready:
+            await self._get_ready()
+        head = self._value_head
+        try:
+            found = await _SNAPSHOT_SCRIPT(self._redis, [], [f"{_glob(head)}*"])
+        except _REDIS_ERRORS as exc:
+            raise _translate(exc, "snapshot script") from exc
+        values: dict[str, bytes] = {}
+        for raw, data in zip(found[::2], found[1::2], strict=True):
+            parsed = self._key_of(raw, head)
+            if parsed is not None:
+                values[join_key(*parsed)] = data
+        return Snapshot(dict(sorted(values.items())), point="one script on one server")
+
+    async def _read_committed(self) -> Snapshot:
+        stored = await self._read_stored()
+        records = await self._commit_records()
+        committed: dict[str, bytes | None] = {}
+        committed_at: dict[str, float] = {}
+        for at, _, writes in records:  # oldest first, as a start replays them
+            for redis_key, data in writes:
+                parsed = self._key_of(redis_key, self._value_head)
+                if parsed is not None:
+                    committed[join_key(*parsed)] = data
+                    committed_at[join_key(*parsed)] = at
+        return lay_commits_over(stored, committed, committed_at)
+
+    async def _commit_records(self) -> list[tuple[float, str, list[tuple[str, bytes | None]]]]:
+        """Cross-slot commit records present now: (time, name, writes), oldest first."""
+        records = []
+        async for raw in self._scan_keys(f"{_glob(self._commit_head)}*"):
+            try:
+                record = await self._redis.hgetall(raw)
+            except _REDIS_ERRORS as exc:
+                raise _translate(exc, f"read of {raw!r}") from exc
+            if record:
+                name = raw.decode("utf-8", "surrogateescape")
+                records.append((float(record.get(b"at", b"0")), name, _record_writes(record)))
+        return sorted(records, key=lambda item: (item[0], item[1]))
+
     async def recover_commits(self, *, older_than: float | None = None) -> list[str]:
         """Finish cross-slot commits a crash interrupted; returns the records replayed.
 
@@ -670,13 +761,10 @@ class RedisBackend(Backend):
                 if not record or float(record.get(b"at", b"0")) > cutoff:
                     continue
                 by_slot: dict[int, list[tuple[str, bytes | None]]] = {}
-                for field, data in record.items():
-                    op, redis_key = field[:1], field[1:].decode("utf-8", "surrogateescape")
-                    if op in (b"s", b"d"):
-                        slot = self._client.keyslot(redis_key)
-                        by_slot.setdefault(slot, []).append(
-                            (redis_key, data if op == b"s" else None)
-                        )
+                for redis_key, data in _record_writes(record):
+                    by_slot.setdefault(self._client.keyslot(redis_key), []).append(
+                        (redis_key, data)
+                    )
                 await asyncio.gather(*(self._apply(group) for group in by_slot.values()))
                 await self._redis.execute_command("DEL", raw)
             except _REDIS_ERRORS as exc:

@@ -107,6 +107,10 @@ after. Plain ``put``/``delete`` calls made under a lease go through a commit
 it cannot stop a stale holder from *reading*; a holder that cannot renew must
 stop itself at a monotonic deadline before its TTL (the live session does).
 
+:meth:`~persistkit.backends.base.Backend.snapshot` (the command line's
+``export``) lays the head record's writes over the objects while it is not
+marked applied, and accepts a read only when a second one agrees with it.
+
 **Errors**: connection failures, timeouts, 5xx and throttling become
 :class:`~persistkit.errors.TransientBackendError`, chained with ``from``;
 :class:`~persistkit.PersistBase` retries those with its
@@ -165,9 +169,11 @@ from persistkit.backends.base import (
     Expected,
     Lease,
     QuarantineEntry,
+    Snapshot,
     Versioned,
     check_key,
     fencing,
+    lay_commits_over,
     new_quarantine_id,
     quarantined_key,
 )
@@ -1584,6 +1590,20 @@ class S3Backend(Backend):
         """
         record, _ = await self._run(self._read_head_sync)
         return [] if record.applied else [f"{COMMITS_DIR}/{record.seq:020d}"]
+
+    async def _read_committed(self) -> Snapshot:
+        """One read of the objects with the tick commit still being applied laid over them.
+
+        The head record decides its tick: while it is not marked applied, its
+        values are the committed ones (pending until applied). Two such reads
+        must agree (:meth:`Backend.snapshot`): S3 has no read at one point.
+        """
+        if not self._ready:
+            await self._ensure_ready()
+        record, _ = await self._run(self._read_head_sync)
+        stored = await self._read_stored()
+        committed = {} if record.applied else dict(record.writes)
+        return lay_commits_over(stored, committed, {})
 
     # -- lifecycle -------------------------------------------------------------------------------
 

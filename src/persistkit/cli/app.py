@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 
 from persistkit.backends import Backend
-from persistkit.backends.base import QuarantineEntry, split_key
+from persistkit.backends.base import QuarantineEntry, Snapshot, split_key
 from persistkit.backends.file import FileBackend
 from persistkit.errors import (
     ConflictError,
@@ -35,6 +35,7 @@ from .render import (
     print_preflight,
     print_quarantine,
     quarantine_json,
+    read_problems,
 )
 from .render import (
     _stdout as stdout_console,  # the console every command prints its words with
@@ -146,8 +147,18 @@ def cli() -> None:
 @target_argument
 @json_option
 @progress_option
-def inspect(target: str, as_json: bool, progress: bool | None) -> None:
-    """Domains, entities and when each changed; open signals, scheduled entries, risk."""
+@click.pass_context
+def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
+    """Domains and entities, when each changed, and the open signals, scheduled entries
+    and risk positions.
+
+    Shows the committed state, read at one commit point and changing nothing,
+    also beside a running bot: a value committed and not yet applied to its
+    file (after a crash, say) is shown with its committed value and marked
+    pending. Exit 0 shown whole; 1 when a symbolic link inside the root was
+    not followed or commits could not be read (what is shown is then older);
+    2 could not run.
+    """
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
@@ -160,6 +171,7 @@ def inspect(target: str, as_json: bool, progress: bool | None) -> None:
         _print_json(inventory_json(inventory))
     else:
         print_inventory(inventory)
+    ctx.exit(EXIT_PROBLEMS if inventory.problems else EXIT_OK)
 
 
 # -- preflight ---------------------------------------------------------------------------
@@ -512,6 +524,19 @@ def _refuse_overlap(source: Backend, destination: Backend) -> None:
         raise CommandError(f"{source.root} and {destination.root} lie one inside the other")
 
 
+def _refuse_partial_source(snapshot: Snapshot) -> None:
+    """A source that could not be read whole is not copied (exit 1, nothing written)."""
+    problems = read_problems(snapshot.behind, snapshot.foreign_links)
+    if problems:
+        for line in problems:
+            click.echo(f"source: {line}", err=True)
+        raise CommandError(
+            f"the source could not be read whole ({plural(len(problems), 'problem')} above); "
+            "nothing was written",
+            EXIT_PROBLEMS,
+        )
+
+
 @cli.command(short_help="Copy every value between two backends, verified.")
 @click.argument("source_spec", metavar="SRC")
 @click.argument("destination_spec", metavar="DST")
@@ -532,9 +557,13 @@ def migrate(
     Refuses, writing nothing, when a destination value differs and is not
     provably older: older needs a change time from both backends (file: mtime),
     so where one side keeps none (Redis) any difference is refused. --overwrite
-    replaces them. Quarantined values stay in SRC.
+    replaces them. Quarantined values stay in SRC. SRC is read like inspect
+    reads it, at one commit point and changing nothing; a SRC that cannot be
+    read whole (a symbolic link inside it, commits it cannot read) is refused,
+    exit 1, nothing written.
     """
-    source_backend = open_target(source_spec)
+    # Read-only: the source's committed state is read as it is, nothing replayed.
+    source_backend = open_target(source_spec, read_only=True)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
     if not dry_run:
@@ -542,7 +571,8 @@ def migrate(
         refuse_beside_running_sessions(destination)
 
     async def work() -> tuple[CopyOutcome, int]:
-        source = await BackendSource.listing(source_backend)
+        source = await BackendSource.at_one_point(source_backend)
+        _refuse_partial_source(source.snapshot)
         held = sum([1 async for _ in source_backend.list_quarantine("")])
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
@@ -560,14 +590,25 @@ def migrate(
 @click.option("--include-quarantine", is_flag=True, help="Also export quarantined values.")
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
 @progress_option
+@click.pass_context
 def export(
+    ctx: click.Context,
     source_spec: str,
     path: str,
     include_quarantine: bool,
     overwrite: bool,
     progress: bool | None,
 ) -> None:
-    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line."""
+    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line.
+
+    The values are SRC's committed state at one commit point, read without
+    changing anything, also beside a running bot: a tick committed during the
+    export is in it whole or not at all, and values committed and not yet
+    applied to their files are exported with their committed values. Exit 0
+    exported whole; 1 exported, but a symbolic link inside the root was not
+    followed or commits could not be read (the export is then older); 2 could
+    not run (nothing written).
+    """
     backend = open_target(source_spec, read_only=True)
     bars = Bars(progress)
     output = None if path == "-" else ExportFile(path, overwrite=overwrite)
@@ -594,18 +635,31 @@ def export(
     else:
         output.finish()
     where = "stdout" if path == "-" else path
+    snapshot = result.snapshot
     click.echo(
         f"exported {plural(result.values, 'value')}"
         + (f" and {plural(result.quarantined, 'quarantined value')}" if include_quarantine else "")
-        + f" to {where}",
+        + f" to {where}, read at one point ({snapshot.point})",
         err=path == "-",
     )
+    if snapshot.pending:
+        click.echo(
+            f"note: {plural(len(snapshot.pending), 'value')} committed and not yet applied "
+            "where the backend keeps them, exported with their committed values: "
+            + ", ".join(sorted(snapshot.pending)[:5])
+            + (", ..." if len(snapshot.pending) > 5 else ""),
+            err=True,
+        )
     if result.raw:
         click.echo(
             f"warning: {plural(len(result.raw), 'value')} not JSON, exported as raw_base64 "
             f"(run persistkit preflight): {', '.join(result.raw[:5])}",
             err=True,
         )
+    problems = read_problems(snapshot.behind, snapshot.foreign_links)
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    ctx.exit(EXIT_PROBLEMS if problems else EXIT_OK)
 
 
 @cli.command("import", short_help="Write every value of a JSON Lines file to a backend.")

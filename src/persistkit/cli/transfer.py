@@ -1,7 +1,10 @@
 """``migrate``, ``export`` and ``import``: verified copies between backends and JSON Lines.
 
-A copy is planned before anything is written: for every key the destination
-is read and compared. Absent there: create it. Same bytes: nothing to do.
+A backend source is read once, at one commit point (:meth:`Backend.snapshot`):
+a tick committed during the copy is in it whole or not at all, and values
+committed but not yet applied are copied with their committed values. A copy
+is planned before anything is written: for every key the destination is read
+and compared. Absent there: create it. Same bytes: nothing to do.
 Different bytes: the destination is replaced only when it is provably older
 (both backends report a change time, see :meth:`Backend.changed_at`, and the
 destination's is earlier) or with ``overwrite``; otherwise the key is refused,
@@ -33,7 +36,7 @@ import orjson
 
 from persistkit import codec
 from persistkit.backends import Backend
-from persistkit.backends.base import Expected
+from persistkit.backends.base import Expected, Snapshot
 from persistkit.errors import ConflictError, InvalidNameError
 
 from .targets import EXIT_PROBLEMS, CommandError, format_time
@@ -70,26 +73,31 @@ class Source(Protocol):
 
 
 class BackendSource:
-    """A backend's live values (never its quarantine)."""
+    """A backend's committed values at one commit point (never its quarantine).
 
-    def __init__(self, backend: Backend, keys: list[str]) -> None:
+    Read once with :meth:`Backend.snapshot`: a tick committed during the copy
+    is in it whole or not at all.
+    """
+
+    def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
         self.backend = backend
+        self.snapshot = snapshot
         self.label = backend.url
-        self._keys = keys
 
     @classmethod
-    async def listing(cls, backend: Backend) -> BackendSource:
-        return cls(backend, sorted([key async for key in backend.scan("", recursive=True)]))
+    async def at_one_point(cls, backend: Backend) -> BackendSource:
+        return cls(backend, await backend.snapshot())
 
     def keys(self) -> list[str]:
-        return self._keys
+        return list(self.snapshot.values)
 
     async def read(self, key: str) -> bytes | None:
-        stored = await self.backend.get(key)
-        return None if stored is None else stored.data
+        return self.snapshot.values.get(key)
 
     async def changed_at(self, key: str) -> float | None:
-        return await self.backend.changed_at(key)
+        # A pending key's file is older than its value: the commit's time is its age.
+        committed = self.snapshot.committed_at.get(key)
+        return committed if committed is not None else await self.backend.changed_at(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +340,8 @@ async def import_quarantined(
 
 @dataclass(slots=True)
 class ExportResult:
+    snapshot: Snapshot
+    """What was read, and at which point."""
     values: int = 0
     raw: list[str] = field(default_factory=list)
     """Keys whose bytes are not JSON, exported as ``raw_base64``."""
@@ -347,18 +357,15 @@ def _record(key: str, data: bytes) -> dict[str, Any]:
 
 async def _export_lines(
     backend: Backend,
-    keys: list[str],
+    snapshot: Snapshot,
     include_quarantine: bool,
     result: ExportResult,
     on_key: Callable[[int], None] | None,
 ) -> AsyncIterator[bytes]:
-    for key in keys:
-        stored = await backend.get(key)
+    for key, data in snapshot.values.items():
         if on_key is not None:
             on_key(1)
-        if stored is None:
-            continue
-        record = _record(key, stored.data)
+        record = _record(key, data)
         if "raw_base64" in record:
             result.raw.append(key)
         result.values += 1
@@ -383,12 +390,17 @@ async def export_jsonl(
     on_total: Callable[[int], None] | None = None,
     on_key: Callable[[int], None] | None = None,
 ) -> ExportResult:
-    """Pass every value of ``backend`` to ``write`` as one JSON line each."""
-    keys = sorted([key async for key in backend.scan("", recursive=True)])
+    """Pass every committed value of ``backend``, read at one commit point, to ``write``.
+
+    One JSON line each, keys in order. The result says which values were read
+    from commits not yet applied, and what could not be read (see
+    :class:`~persistkit.backends.base.Snapshot`).
+    """
+    snapshot = await backend.snapshot()
     if on_total is not None:
-        on_total(len(keys))
-    result = ExportResult()
-    async for line in _export_lines(backend, keys, include_quarantine, result, on_key):
+        on_total(len(snapshot.values))
+    result = ExportResult(snapshot=snapshot)
+    async for line in _export_lines(backend, snapshot, include_quarantine, result, on_key):
         write(line)
     return result
 

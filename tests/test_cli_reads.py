@@ -475,16 +475,23 @@ async def test_s3_inspect_shows_a_recorded_unapplied_tick_pending_and_replays_no
     s3_server: SeaweedS3,
 ) -> None:
     """A writer killed between recording its tick commit and applying it leaves the
-    commit object: the tick is decided, and inspect shows it, replaying nothing."""
+    head record unapplied: the tick is decided, and inspect shows it, replaying nothing."""
     prefix = f"recorded-{os.getpid()}"
     client = s3_server.client()
     backend = S3Backend(client, S3_BUCKET, prefix)
+
+    class Killed(BaseException):
+        """The writer's death at its first apply step: nothing after it runs."""
+
+    def die(*args: object) -> None:
+        raise Killed
+
     try:
         await backend.commit({"signal/n": b'{"tick":1}', "risk/n": b'{"tick":1}'})
         # What a writer killed right after recording tick 2 leaves behind.
-        await backend._run(
-            backend._record_commit_sync, {"signal/n": b'{"tick":2}', "risk/n": b'{"tick":2}'}
-        )
+        backend._apply_write_sync = die  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            await backend.commit({"signal/n": b'{"tick":2}', "risk/n": b'{"tick":2}'})
     finally:
         await backend.aclose()
 

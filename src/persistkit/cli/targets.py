@@ -32,8 +32,10 @@ __all__ = [
     "EXIT_COULD_NOT_RUN",
     "EXIT_OK",
     "EXIT_PROBLEMS",
+    "PAIRED_DOMAINS",
     "CommandError",
     "format_time",
+    "is_paired",
     "iso_time",
     "open_target",
     "plural",
@@ -118,6 +120,18 @@ def refuse_beside_running_sessions(backend: Backend) -> None:
             "then run this again",
             EXIT_PROBLEMS,
         )
+
+
+PAIRED_DOMAINS = frozenset(
+    adapter.domain for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistPartialUtils)
+)
+"""Domains whose entity is a ``{symbol}_{strategy}`` pair (:func:`persistkit.names.join_pair`)."""
+
+
+def is_paired(key: str) -> bool:
+    """Whether ``key`` is ``{domain}/{symbol}_{strategy}/{id}`` of a domain keyed by pairs."""
+    parts = key.split("/")
+    return len(parts) == 3 and parts[0] in PAIRED_DOMAINS
 
 
 def schema_for(namespace: str) -> Any:

@@ -35,8 +35,9 @@ from persistkit import codec
 from persistkit.backends import Backend
 from persistkit.backends.base import Expected
 from persistkit.errors import ConflictError, InvalidNameError
+from persistkit.names import check_store_key
 
-from .targets import EXIT_PROBLEMS, CommandError, format_time
+from .targets import EXIT_PROBLEMS, CommandError, format_time, is_paired
 
 __all__ = [
     "BackendSource",
@@ -79,7 +80,14 @@ class BackendSource:
 
     @classmethod
     async def listing(cls, backend: Backend) -> BackendSource:
-        return cls(backend, sorted([key async for key in backend.scan("", recursive=True)]))
+        """Every key of ``backend``; one no store could have written refuses the copy."""
+        keys = sorted([key async for key in backend.scan("", recursive=True)])
+        for key in keys:
+            try:
+                check_key(key)
+            except InvalidNameError as exc:
+                raise CommandError(f"{backend.url}: {exc}; nothing was written") from exc
+        return cls(backend, keys)
 
     def keys(self) -> list[str]:
         return self._keys
@@ -119,7 +127,12 @@ class JsonLinesSource:
 
 
 def check_key(key: object) -> str:
-    """A key from outside (an import file) that cannot leave the backend's root."""
+    """A key from outside (an import file, a migrated backend) that a store could have written.
+
+    First that it cannot leave the backend's root, then the library's own name
+    rules (:func:`persistkit.names.check_store_key`, lengths included), so that
+    nothing is written that a start could not handle.
+    """
     if not isinstance(key, str):
         raise InvalidNameError(f"key must be a string, got {type(key).__name__}")
     for segment in key.split("/"):
@@ -127,7 +140,7 @@ def check_key(key: object) -> str:
             raise InvalidNameError(
                 f"key {key!r} has an empty, hidden or NUL segment; it could leave the root"
             )
-    return key
+    return check_store_key(key, paired=is_paired(key))
 
 
 def _line_bytes(record: dict[str, Any], where: str) -> bytes:

@@ -14,6 +14,7 @@ import pytest
 from persistkit import (
     DurabilityUnknownError,
     FileBackend,
+    InvalidNameError,
     PersistBase,
     WriteFailedError,
 )
@@ -209,7 +210,13 @@ async def test_a_start_quarantines_and_restores_a_bad_value_whatever_its_file_na
     assert all(len(os.fsencode(p.name)) <= 255 for p in kept)
     [entry] = await store.list_quarantined()
     assert entry.id == finding.quarantine_id
-    assert await FileBackend(tmp_path).restore(entry.id) == finding.key
+    backend = FileBackend(tmp_path)
+    if name == b"\xff\xfe":
+        with pytest.raises(InvalidNameError, match="not UTF-8"):
+            await backend.restore(entry.id)
+        return
+    assert await backend.restore(entry.id) == finding.key
+    await backend.aclose()
     with open(value, "rb") as handle:
         assert handle.read() == b'{"id": "torn'
     assert list((tmp_path / ".quarantine" / "e").iterdir()) == []

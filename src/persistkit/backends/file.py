@@ -768,46 +768,38 @@ class FileBackend(Backend):
             raise EntityNotFoundError(f"no quarantine entry {entry_id!r}")
         return data
 
-    def _restore_sync(self, entry_id: str, overwrite: bool, *, wait: bool) -> str:
-        osl = self._os
-        directory, stem, key = self._entry_paths(entry_id)
-        namespace, name = split_key(key)
-        try:
-            quarantine_fd = self._open_dir(directory)
-        except FileNotFoundError as exc:
-            raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
-        try:
-            target_fd = self._ensure_dir(self._dir(namespace))
-            try:
-                self._lock_dir(target_fd, key, wait)
-                if not overwrite and self._read_at(target_fd, name + SUFFIX) is not None:
-                    raise ConflictError(
-                        f"{key} has a value again; restore with overwrite to replace it",
-                        key=key,
-                    )
-                try:
-                    osl.replace(
-                        stem + SUFFIX,
-                        name + SUFFIX,
-                        src_dir_fd=quarantine_fd,
-                        dst_dir_fd=target_fd,
-                    )
-                except FileNotFoundError as exc:
-                    raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
-                osl.fsync(target_fd)
-            finally:
-                osl.close(target_fd)
-            self._unlink_quietly(quarantine_fd, stem + _REASON_SUFFIX)
-            osl.fsync(quarantine_fd)
-        finally:
-            osl.close(quarantine_fd)
-        return key
-
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        """Commit the quarantined value back to its key, then remove the entry.
+
+        One commit of the shared journal, like a tick: ordered with every other
+        process's commits, so no replay of the journal undoes it, and checked
+        at commit time (the key must still be absent unless ``overwrite``). A
+        crash between the commit and the entry's removal leaves the value in
+        place and the entry still listed; purging it then loses nothing. A key
+        that is not UTF-8 text (a file named by hand) cannot be committed:
+        :class:`InvalidNameError`, nothing changed.
+        """
         self._check_writable()
-        if self.journal.holds(quarantined_key(entry_id)):
-            await self._off_loop(self.journal.checkpoint)
-        return await self._run_locking(self._restore_sync, entry_id, overwrite)
+        key = quarantined_key(entry_id)
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidNameError(
+                f"{key!r} is not UTF-8 text: no store wrote it, and a commit cannot name it; "
+                f"move {entry_id!r} out of {self.root}/{QUARANTINE_DIR} by hand"
+            ) from None
+        data = await self.read_quarantined(entry_id)
+        try:
+            await self._journal_commit({key: data}, None if overwrite else {key: None})
+        except ConflictError as exc:
+            raise ConflictError(
+                f"{key} has a value again; restore with overwrite to replace it", key=key
+            ) from exc
+        try:
+            await self._run(self._purge_sync, entry_id)
+        except EntityNotFoundError:
+            pass  # removed meanwhile by a purge: the value is back all the same
+        return key
 
     def _purge_sync(self, entry_id: str) -> None:
         directory, stem, _ = self._entry_paths(entry_id)

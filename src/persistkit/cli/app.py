@@ -39,6 +39,7 @@ from .targets import (
     EXIT_OK,
     EXIT_PROBLEMS,
     CommandError,
+    Holder,
     format_time,
     open_target,
     plural,
@@ -109,6 +110,32 @@ json_option = click.option(
 def entry_arguments(command: Callable[..., None]) -> Callable[..., None]:
     """``ID [ROOT | URL]``: a quarantine entry and where it is kept."""
     return click.argument("entry_id", metavar="ID")(target_argument(command))
+
+
+PURGE_BESIDE_A_BOT = (
+    "a quarantined value is no part of the bot's state, so the bot reads nothing it removes"
+)
+COMMITTED_LIKE_A_TICK = (
+    "the change is one commit of the root's journal, like one of the bot's ticks, "
+    "so no replay undoes it; the bot's own next write of a key still replaces it"
+)
+
+
+def force_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--force",
+        is_flag=True,
+        help=f"Write even while a live session holds the root: {what}.",
+    )
+
+
+def _note_forced(holders: list[Holder]) -> None:
+    if holders:
+        click.echo(
+            "note: written beside a live session ("
+            + "; ".join(holder.describe() for holder in holders)
+            + f"): {COMMITTED_LIKE_A_TICK}"
+        )
 
 
 progress_option = click.option(
@@ -276,10 +303,13 @@ def quarantine_list(target: str, as_json: bool) -> None:
 @quarantine.command("restore")
 @entry_arguments
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
-def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
+@force_option("the value goes back as one commit of the journal, like a tick")
+def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool) -> None:
     """Put a quarantined value back where it was (after fixing it, say)."""
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
+    holders = refuse_beside_running_sessions(
+        backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+    )
 
     async def work() -> tuple[str, str | None]:
         entry = await _find_entry(backend, entry_id)()
@@ -300,6 +330,7 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 
     key, still_bad = _run([backend], work)
     click.echo(f"restored {entry_id} to {key}")
+    _note_forced(holders)
     if still_bad:
         click.echo(
             f"warning: {key} still does not parse or validate ({still_bad}); "
@@ -311,10 +342,11 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 @quarantine.command("purge")
 @entry_arguments
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def quarantine_purge(entry_id: str, target: str, yes: bool) -> None:
+@force_option(PURGE_BESIDE_A_BOT)
+def quarantine_purge(entry_id: str, target: str, yes: bool, force: bool) -> None:
     """Delete a quarantined value for good (asks first unless --yes)."""
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
+    refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
     entry = _run([], _find_entry(backend, entry_id))
     if not yes:
         click.confirm(
@@ -383,10 +415,13 @@ def _finish_copy(
     *,
     dry_run: bool,
     notes: list[str],
+    holders: list[Holder],
 ) -> None:
     _print_plan(plan, dry_run=dry_run)
     for note in notes:
         click.echo(f"note: {note}")
+    if copied:
+        _note_forced(holders)
     refusals = plan.of("refuse")
     if refusals:
         click.echo(
@@ -423,6 +458,7 @@ def _refuse_overlap(source: Backend, destination: Backend) -> None:
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; write nothing.")
+@force_option("the copy is one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def migrate(
@@ -431,6 +467,7 @@ def migrate(
     destination_spec: str,
     overwrite: bool,
     dry_run: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Copy every value from SRC to DST (ROOTs or URLs), each verified by reading it back.
@@ -443,9 +480,11 @@ def migrate(
     source_backend = open_target(source_spec)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
+    holders = []
     if not dry_run:
-        # The bot owns its state: a copy into its root would be undone by its next tick.
-        refuse_beside_running_sessions(destination)
+        holders = refuse_beside_running_sessions(
+            destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+        )
 
     async def work() -> tuple[CopyOutcome, int]:
         source = await BackendSource.listing(source_backend)
@@ -457,7 +496,15 @@ def migrate(
 
     (plan, copied, failures), quarantined = _run([source_backend, destination], work)
     notes = [f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"]
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes if quarantined else [])
+    _finish_copy(
+        ctx,
+        plan,
+        copied,
+        failures,
+        dry_run=dry_run,
+        notes=notes if quarantined else [],
+        holders=holders,
+    )
 
 
 @cli.command("export", short_help="Write every value to a JSON Lines file.")
@@ -524,6 +571,7 @@ def export(
     is_flag=True,
     help="Put exported quarantined values back into DST's quarantine (where the key is free).",
 )
+@force_option("the values are one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def import_(
@@ -533,6 +581,7 @@ def import_(
     overwrite: bool,
     dry_run: bool,
     include_quarantine: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Write every value of FILE.jsonl ('-': stdin) to DST, each verified by reading it back.
@@ -543,8 +592,11 @@ def import_(
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)
+    holders = []
     if not dry_run:
-        refuse_beside_running_sessions(destination)
+        holders = refuse_beside_running_sessions(
+            destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+        )
     quarantined = source.quarantined
 
     async def work() -> tuple[CopyOutcome, list[str]]:
@@ -565,4 +617,4 @@ def import_(
             f"{plural(len(quarantined), 'quarantined value')} in the file skipped "
             "(--include-quarantine imports them)"
         )
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes)
+    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes, holders=holders)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,11 +35,14 @@ __all__ = [
     "EXIT_PROBLEMS",
     "PAIRED_DOMAINS",
     "CommandError",
+    "Holder",
     "format_time",
     "is_paired",
     "iso_time",
     "open_target",
     "plural",
+    "refuse_beside_running_sessions",
+    "root_holders",
     "schema_for",
     "store_for",
 ]
@@ -101,25 +105,81 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
     return backend
 
 
-def refuse_beside_running_sessions(backend: Backend) -> None:
-    """Refuse (exit 1) a change to a root whose live session runs: the bot owns its state.
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A live session that holds a root's instance locks."""
 
-    A live session's locks are looked up without being taken (see
-    :func:`persistkit.live.lock.running_sessions`), so this check never makes a
-    starting bot fail.
+    pid: int | None
+    host: str | None
+    since: str | None
+    """When it took the locks (ISO 8601 UTC, as the session wrote it)."""
+    alive: bool | None
+    """``True``: it holds them now; ``None``: whether it still runs cannot be told from here."""
+    locks: tuple[str, ...] = ()
+    """The lock names it holds (``pair-{symbol}_{strategy}``, ``risk-{name}``), when known."""
+
+    def describe(self) -> str:
+        """``pid 4242 on host bot-1 since 2026-11-30T09:00:00Z``."""
+        described = " ".join(
+            f"{label} {value}"
+            for label, value in (("pid", self.pid), ("on host", self.host), ("since", self.since))
+            if value is not None
+        )
+        if self.alive is None:
+            described += " (whether it still runs cannot be told from this host)"
+        return described or "a process that does not say who it is"
+
+
+def root_holders(backend: Backend) -> list[Holder]:
+    """Who holds the instance locks of ``backend``'s root now: the one place the CLI asks.
+
+    File backend: the live sessions of ``ROOT/.locks``, looked up without
+    taking a lock (:func:`persistkit.live.lock.running_sessions`: ``/proc/locks``
+    and the sessions' holder files), so asking never makes a starting bot fail.
+    Redis and S3: a live session's locks are files in its ``base_dir`` on its
+    own machine, not in the backend, so nothing can be seen from a URL and the
+    answer is empty; leases kept in the backend itself will be asked here.
     """
     if not isinstance(backend, FileBackend):
-        return
-    running = running_sessions(os.path.join(backend.root, LOCK_DIR))
-    if running:
-        holders = "; ".join(
-            ", ".join(f"{key} {value}" for key, value in holder.items()) for holder in running
+        return []
+    found = running_sessions(os.path.join(backend.root, LOCK_DIR))
+    holders = []
+    for holder in found:
+        pid, host, since, locks = (holder.get(k) for k in ("pid", "host", "since", "locks"))
+        alive = holder.get("alive")
+        holders.append(
+            Holder(
+                pid=pid if isinstance(pid, int) else None,
+                host=None if host is None else str(host),
+                since=None if since is None else str(since),
+                alive=alive if isinstance(alive, bool) else None,
+                locks=tuple(map(str, locks)) if isinstance(locks, list) else (),
+            )
         )
-        raise CommandError(
-            f"a live session runs on {backend.root} ({holders}); stop it first, "
-            "then run this again",
-            EXIT_PROBLEMS,
-        )
+    return holders
+
+
+def refuse_beside_running_sessions(
+    backend: Backend, *, force: bool = False, how_to_force: str | None = None
+) -> list[Holder]:
+    """Refuse (exit 1) a change to a root a live session holds, unless ``force``.
+
+    The bot owns its state. ``how_to_force`` says what ``--force`` does for
+    this command; without it the command has no ``--force``. Returns the
+    holders a forced change is written beside.
+    """
+    holders = root_holders(backend)
+    if not holders or force:
+        return holders
+    where = backend.root if isinstance(backend, FileBackend) else backend.url
+    running = "; ".join(holder.describe() for holder in holders)
+    advice = "stop it first, then run this again"
+    if how_to_force:
+        advice += f", or pass --force: {how_to_force}"
+    raise CommandError(
+        f"a live session holds {where} ({running}); nothing was written. {advice}",
+        EXIT_PROBLEMS,
+    )
 
 
 PAIRED_DOMAINS = frozenset(

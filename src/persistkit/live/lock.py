@@ -134,9 +134,13 @@ def running_sessions(lock_dir: str) -> list[dict[str, object]]:
     """Who holds a lock in ``lock_dir`` (a root's ``.locks``), found without taking one.
 
     Empty when nobody does. Each holder as its holder file describes it (pid,
-    host, since, token, locks), or ``{"lock file": path}`` when none says. A
-    ``.locks`` (or its ``holders``) that is a symbolic link is not looked
-    through: :class:`~persistkit.errors.ForeignSymlinkError`.
+    host, since, token, locks) with ``"alive"``: ``True`` when its locks are
+    held now, ``None`` when that cannot be told from here (the lock file cannot
+    be opened, and the holder runs on another host); holder files of stopped
+    sessions are left out. A held lock no holder file describes comes as
+    ``{"lock file": path, "alive": True}``. A ``.locks`` (or its ``holders``)
+    that is a symbolic link is not looked through:
+    :class:`~persistkit.errors.ForeignSymlinkError`.
     """
     for path in (lock_dir, os.path.join(lock_dir, "holders")):
         if os.path.islink(path):
@@ -154,13 +158,46 @@ def running_sessions(lock_dir: str) -> list[dict[str, object]]:
         names = sorted(os.listdir(holder_dir))
     except OSError:
         names = []
-    for name in names:
-        if name.endswith(".json"):
-            holder = read_holder(os.path.join(holder_dir, name), limit=None)
-            pid = holder.get("pid")
-            if holder and (holder.get("host") != socket.gethostname() or _alive(pid)):
-                holders.append({k: v for k, v in holder.items() if k != "locks"})
-    return holders or [{"lock file": path} for path in held]
+    # Asked, not taken: F_OFD_GETLK on a read-only descriptor locks nothing.
+    lock_fds = []
+    for path in held:
+        try:
+            lock_fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
+        except OSError:
+            continue
+    try:
+        for name in names:
+            if name.endswith(".json"):
+                holder = read_holder(os.path.join(holder_dir, name), limit=None)
+                alive = _holder_alive(holder, lock_fds) if holder else False
+                if alive is not False:
+                    holders.append({**holder, "alive": alive})
+    finally:
+        for fd in lock_fds:
+            os.close(fd)
+    return holders or [{"lock file": path, "alive": True} for path in held]
+
+
+def _holder_alive(holder: dict[str, object], lock_fds: list[int]) -> bool | None:
+    """Whether the session ``holder`` describes still holds its locks (``None``: unknown).
+
+    Exact where a lock file can be asked: a session holds its liveness byte
+    for as long as it runs (see :class:`RangeLocks`). Otherwise by its pid, on
+    this host only.
+    """
+    token = holder.get("token")
+    if lock_fds and isinstance(token, str):
+        offset = _offset(f"session:{token}")
+        try:
+            return any(
+                _range_lock(fd, _F_OFD_GETLK, fcntl.F_WRLCK, offset) != fcntl.F_UNLCK
+                for fd in lock_fds
+            )
+        except OSError:
+            pass
+    if holder.get("host") != socket.gethostname():
+        return None
+    return _alive(holder.get("pid"))
 
 
 def _alive(pid: object) -> bool:

@@ -145,14 +145,20 @@ progress_option = click.option(
 )
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 done and clean, 1 problems found or a change refused, "
+    "2 could not run. Each command's --help says what its codes mean.",
+)
 @click.version_option(package_name="persistkit")
 def cli() -> None:
     """Inspect, check and move the state persistkit keeps for a trading bot.
 
     ROOT is a directory (default ./dump/data); URL is any backend URL
-    (file:///path, redis://host:6379/0, s3://bucket/prefix, ...). Exit codes:
-    0 done and clean, 1 problems found or a change refused, 2 could not run.
+    (file:///path, redis://host:6379/0, s3://bucket/prefix, and so on).
+    Commands that only read are safe while a bot runs; commands that write
+    refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
     logging.getLogger("persistkit").addHandler(logging.NullHandler())
@@ -162,12 +168,20 @@ def cli() -> None:
 # -- inspect ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Show domains, entities and open positions.")
+@cli.command(
+    short_help="Show domains, entities and open positions.",
+    epilog="Exit codes: 0 shown, 2 could not run (no such root, a bad URL, an unreachable server).",
+)
 @target_argument
 @json_option
 @progress_option
 def inspect(target: str, as_json: bool, progress: bool | None) -> None:
-    """Domains, entities and when each changed; open signals, scheduled entries, risk."""
+    """Show domains, entities and when each changed, and the decoded state.
+
+    Open signals, scheduled entries, risk positions and partial milestones;
+    a value that does not decode is listed with the reason a start would give.
+    Reads only, locks nothing: safe while a bot runs.
+    """
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
@@ -185,18 +199,23 @@ def inspect(target: str, as_json: bool, progress: bool | None) -> None:
 # -- preflight ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Check, read-only, that a start would succeed.")
+@cli.command(
+    short_help="Check, read-only, that a start would succeed.",
+    epilog="Exit codes: 0 a start would find nothing to repair, 1 problems found "
+    "(each with what a start would do), 2 could not run.",
+)
 @target_argument
 @json_option
 @progress_option
 @click.pass_context
 def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
-    """Check that a start would succeed, changing nothing (exit 0 clean, 1 problems, 2 failed).
+    """Check that a start would succeed, changing nothing.
 
     Lists the backend, checks permissions (file backend: os.access, no test
     writes), parses and validates every value with its domain model, and
     reports orphan temp files, unapplied commits and durability warnings,
-    each with what a real start would do about it.
+    each with what a real start would do about it. Reads only, locks
+    nothing: safe while a bot runs.
     """
     bars = Bars(progress)
     try:
@@ -222,12 +241,21 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
 # -- journal ------------------------------------------------------------------------------
 
 
-@cli.group(short_help="Salvage a damaged commit journal.")
+@cli.group(
+    short_help="Salvage a damaged commit journal.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def journal() -> None:
-    """The file backend's commit journal (ROOT/.journal)."""
+    """Work on the file backend's commit journal (ROOT/.journal)."""
 
 
-@journal.command("salvage")
+@journal.command(
+    "salvage",
+    short_help="Apply a damaged journal up to its damage; keep it aside.",
+    epilog="Exit codes: 0 salvaged, or nothing was damaged; 1 refused, nothing "
+    "changed: a live session holds the root; 2 could not run (not a file root, "
+    "no such directory).",
+)
 @target_argument
 def journal_salvage(target: str) -> None:
     """Apply a damaged journal's commits up to the damage; keep it in the quarantine.
@@ -237,7 +265,8 @@ def journal_salvage(target: str) -> None:
     the files, moves the journal under ROOT/.quarantine/.journal (never
     deleted) and lists the commits after the damage that were left out: what
     lay between them is lost, so they may not apply to what is there now.
-    Exit 0 when salvaged or nothing was damaged.
+    It refuses while a live session holds the root (stop the bot first; there
+    is no --force).
     """
     backend = open_target(target)
     if not isinstance(backend, FileBackend):
@@ -268,9 +297,12 @@ def journal_salvage(target: str) -> None:
 # -- quarantine ----------------------------------------------------------------------------
 
 
-@cli.group(short_help="List, restore or purge quarantined values.")
+@cli.group(
+    short_help="List, restore or purge quarantined values.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def quarantine() -> None:
-    """Values a start moved aside because they did not parse or validate."""
+    """Work on the values a start moved aside because they did not parse or validate."""
 
 
 def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[QuarantineEntry]]:
@@ -283,11 +315,14 @@ def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[Quara
     return find
 
 
-@quarantine.command("list")
+@quarantine.command("list", epilog="Exit codes: 0 listed (none or some), 2 could not run.")
 @target_argument
 @json_option
 def quarantine_list(target: str, as_json: bool) -> None:
-    """Every quarantined value: id, key, reason and when."""
+    """List every quarantined value: id, key, reason and when.
+
+    Reads only: safe while a bot runs.
+    """
     backend = open_target(target, read_only=True)
 
     async def work() -> list[QuarantineEntry]:
@@ -300,12 +335,21 @@ def quarantine_list(target: str, as_json: bool) -> None:
         print_quarantine(backend.url, entries)
 
 
-@quarantine.command("restore")
+@quarantine.command(
+    "restore",
+    epilog="Exit codes: 0 restored (with a warning when it still does not validate); "
+    "1 refused, nothing changed: a value was stored there since (--overwrite) or a "
+    "live session holds the root (--force); 2 could not run (no such entry).",
+)
 @entry_arguments
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
 @force_option("the value goes back as one commit of the journal, like a tick")
 def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool) -> None:
-    """Put a quarantined value back where it was (after fixing it, say)."""
+    """Put a quarantined value back where it was (after fixing it, say).
+
+    The value goes back as one commit of the root's journal, like a tick.
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
     holders = refuse_beside_running_sessions(
         backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
@@ -339,12 +383,20 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool)
         )
 
 
-@quarantine.command("purge")
+@quarantine.command(
+    "purge",
+    epilog="Exit codes: 0 purged; 1 refused, nothing deleted: the question was "
+    "answered no, or a live session holds the root (--force); 2 could not run "
+    "(no such entry).",
+)
 @entry_arguments
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @force_option(PURGE_BESIDE_A_BOT)
 def quarantine_purge(entry_id: str, target: str, yes: bool, force: bool) -> None:
-    """Delete a quarantined value for good (asks first unless --yes)."""
+    """Delete a quarantined value for good (asks first unless --yes).
+
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
     refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
     entry = _run([], _find_entry(backend, entry_id))
@@ -453,7 +505,13 @@ def _refuse_overlap(source: Backend, destination: Backend) -> None:
         raise CommandError(f"{source.root} and {destination.root} lie one inside the other")
 
 
-@cli.command(short_help="Copy every value between two backends, verified.")
+@cli.command(
+    short_help="Copy every value between two backends, verified.",
+    epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs and is not provably "
+    "older, or a live session holds DST), or a value failed to copy; 2 could not run "
+    "(no such root, a bad URL, a key no store could have written: nothing written).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
@@ -475,7 +533,10 @@ def migrate(
     Refuses, writing nothing, when a destination value differs and is not
     provably older: older needs a change time from both backends (file: mtime),
     so where one side keeps none (Redis) any difference is refused. --overwrite
-    replaces them. Quarantined values stay in SRC.
+    replaces them. Quarantined values stay in SRC. Every key is checked first
+    against the rules a store names keys by. Into a file root the copy is one
+    commit of its journal, like a tick; while a live session holds DST it
+    refuses, unless --force.
     """
     source_backend = open_target(source_spec)
     destination = open_target(destination_spec, must_exist=False)
@@ -507,7 +568,12 @@ def migrate(
     )
 
 
-@cli.command("export", short_help="Write every value to a JSON Lines file.")
+@cli.command(
+    "export",
+    short_help="Write every value to a JSON Lines file.",
+    epilog="Exit codes: 0 exported (a warning names values that are not JSON); "
+    "2 could not run (no such root, FILE exists without --overwrite).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("path", metavar="FILE.jsonl")
 @click.option("--include-quarantine", is_flag=True, help="Also export quarantined values.")
@@ -520,7 +586,11 @@ def export(
     overwrite: bool,
     progress: bool | None,
 ) -> None:
-    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line."""
+    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line.
+
+    The file appears complete or not at all. Reads only, locks nothing: safe
+    while a bot runs.
+    """
     backend = open_target(source_spec, read_only=True)
     bars = Bars(progress)
     output = None if path == "-" else ExportFile(path, overwrite=overwrite)
@@ -561,7 +631,14 @@ def export(
         )
 
 
-@cli.command("import", short_help="Write every value of a JSON Lines file to a backend.")
+@cli.command(
+    "import",
+    short_help="Write every value of a JSON Lines file to a backend.",
+    epilog="Exit codes: 0 written, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs, or a live session "
+    "holds DST), or a value failed to copy; 2 could not run (a bad line or a key no "
+    "store could have written, named with its line number: nothing written).",
+)
 @click.argument("path", metavar="FILE.jsonl")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
@@ -586,9 +663,12 @@ def import_(
 ) -> None:
     """Write every value of FILE.jsonl ('-': stdin) to DST, each verified by reading it back.
 
-    The whole file is checked first (a bad line: exit 2, nothing written). A
-    file has no change times, so a destination value that differs is refused,
-    writing nothing, unless --overwrite.
+    The whole file is checked first, every key against the rules a store
+    names keys by (a bad line: exit 2, nothing written). A file has no change
+    times, so a destination value that differs is refused, writing nothing,
+    unless --overwrite. Into a file root the values are one commit of its
+    journal, like a tick; while a live session holds DST it refuses, unless
+    --force.
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)

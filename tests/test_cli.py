@@ -790,7 +790,7 @@ async def test_journal_salvage_refuses_beside_a_running_session_and_says_whose(
     try:
         refused = run_cli("journal", "salvage", root)
         assert refused.returncode == 1, refused
-        assert f"pid {os.getpid()}" in refused.stderr and "stop it first" in refused.stderr
+        assert f"pid {os.getpid()}" in refused.stderr and "Stop it first" in refused.stderr
     finally:
         await session.aclose()
     done = run_cli("journal", "salvage", root)

@@ -153,7 +153,7 @@ def assert_refused_naming(result: subprocess.CompletedProcess[str], bot: Bot) ->
     assert "Traceback" not in result.stderr
     said = result.stderr
     assert f"pid {bot.process.pid} on host {socket.gethostname()} since 20" in said, said
-    assert "nothing was written" in said and "stop it first" in said, said
+    assert "nothing was written" in said and "Stop it first" in said, said
 
 
 @pytest.mark.parametrize("command", ["import", "migrate"])

@@ -173,11 +173,11 @@ def refuse_beside_running_sessions(
         return holders
     where = backend.root if isinstance(backend, FileBackend) else backend.url
     running = "; ".join(holder.describe() for holder in holders)
-    advice = "stop it first, then run this again"
+    advice = "Stop it first, then run this again"
     if how_to_force:
         advice += f", or pass --force: {how_to_force}"
     raise CommandError(
-        f"a live session holds {where} ({running}); nothing was written. {advice}",
+        f"a live session holds {where} ({running}); nothing was written. {advice}.",
         EXIT_PROBLEMS,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -244,3 +245,21 @@ def test_after_the_bot_stops_its_root_takes_changes_without_force(
     assert json.loads((data_root / SIGNAL_KEY).with_suffix(".json").read_text())["id"] == (
         "operator-fix"
     )
+
+
+def test_a_holder_file_whose_session_is_gone_names_nobody_even_when_its_pid_lives(
+    tmp_path: Path, data_root: Path, bot: Bot
+) -> None:
+    """Liveness is the session's own lock, not its pid: pids are reused.
+
+    A holder file left by a session that no longer runs, naming a pid that is
+    alive now (this test's own), must not be reported beside the real bot.
+    """
+    forged = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00Z"}
+    forged |= {"token": "0123456789abcdef", "locks": ["pair-BTC_t"]}
+    (data_root / ".locks" / "holders" / "0123456789abcdef.json").write_text(json.dumps(forged))
+    source = tmp_path / "fix.jsonl"
+    source.write_text(json.dumps({"key": SIGNAL_KEY, "value": FIX}) + "\n")
+    refused = run_cli("import", source, data_root, "--overwrite")
+    assert_refused_naming(refused, bot)
+    assert f"pid {os.getpid()} " not in refused.stderr, refused.stderr

@@ -24,6 +24,14 @@ import pytest
 from persistkit import FileBackend
 from test_cli import run_cli
 
+pytestmark = pytest.mark.usefixtures("count_in_the_report")
+REPORT_AS = "the command line beside a running bot (issue 12)"
+REPORT_INJECTION = (
+    "a live session ticks in a second process while import, migrate, quarantine restore "
+    "and purge run against its root, with and without --force; the bot is then killed "
+    "with SIGKILL and restarted"
+)
+
 BOT = r"""
 import asyncio, sys
 from persistkit import LiveSession, PersistBase, PersistRiskAdapter, PersistSignalAdapter

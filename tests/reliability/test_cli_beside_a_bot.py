@@ -169,8 +169,12 @@ def assert_refused_naming(result: subprocess.CompletedProcess[str], bot: Bot) ->
 def test_a_copy_into_a_running_bots_root_is_refused_then_forced_and_survives_kill_9(
     tmp_path: Path, data_root: Path, bot: Bot, command: str
 ) -> None:
-    """The issue's scenario: "Copied 1 value ..." exit 0, and after kill -9 and a restart
-    the fix was gone. Now: refused by default; with --force, committed like a tick."""
+    """import/migrate --overwrite into a running bot's root: refused, forced, kept after kill -9.
+
+    The issue's scenario: "Copied 1 value, each read back and identical", exit 0,
+    and after a kill -9 and a restart the fix was gone. Now refused by default
+    (exit 1, nothing written, the bot named); with --force committed like a tick.
+    """
     if command == "import":
         source: Path = tmp_path / "fix.jsonl"
         source.write_text(json.dumps({"key": SIGNAL_KEY, "value": FIX}) + "\n")
@@ -196,6 +200,8 @@ def test_a_copy_into_a_running_bots_root_is_refused_then_forced_and_survives_kil
 
 
 def test_quarantine_restore_and_purge_beside_a_running_bot(tmp_path: Path, data_root: Path) -> None:
+    """restore and purge beside a running bot: refused, then forced; kept after kill -9."""
+
     async def quarantine_two() -> list[str]:
         backend = FileBackend(data_root)
         try:

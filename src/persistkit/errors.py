@@ -14,6 +14,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ConflictError                             compare-and-set lost: the version moved
     ├── StoreClosedError            (RuntimeError) use after aclose()
     ├── InstanceLockedError         (RuntimeError) a second instance of a live session
+    ├── LeaseLostError              (RuntimeError) this instance's lease expired or was taken
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
@@ -44,6 +45,7 @@ __all__ = [
     "InstanceLockedError",
     "InvalidNameError",
     "JournalDamagedError",
+    "LeaseLostError",
     "LockTimeoutError",
     "PersistError",
     "ResourceLimitError",
@@ -128,6 +130,23 @@ class InstanceLockedError(PersistError, RuntimeError):
 
     def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
         super().__init__(message)
+        self.holder = holder or {}
+
+
+class LeaseLostError(PersistError, RuntimeError):
+    """A live session's lease in a shared backend expired or was taken: it commits no more.
+
+    Raised by a tick (and every later one) of the instance whose lease could
+    not be renewed before its deadline, or whose write the backend refused
+    because a newer lease fences it off. ``lease`` names the lock, ``holder``
+    says who holds it now when that is known.
+    """
+
+    def __init__(
+        self, message: str, *, lease: str | None = None, holder: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.lease = lease
         self.holder = holder or {}
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from .replyloss import ReplyLossProxy
 from .servers import (
     CLUSTER_BUS_OFFSET,
     RedisCluster,
@@ -314,3 +315,46 @@ def test_conditional_puts_are_atomic_under_contention(s3: SeaweedS3, bucket: str
         swapped = _race(n, functools.partial(try_put, key=key, IfMatch=base))
         assert swapped.count("ok") == 1, swapped
         assert set(swapped) <= {"ok", 412, 409}, swapped
+
+
+# ------------------------------------------------------------------ reply loss
+
+
+def test_reply_loss_proxy_loses_replies_of_executed_requests(redis_server: RedisServer) -> None:
+    """Every INCR sent reaches the server once, whether or not its reply came back."""
+    import redis
+
+    def increments(request: bytes) -> bool:  # not the handshake of each new connection
+        return b"INCR" in request
+
+    with ReplyLossProxy(
+        redis_server.host, redis_server.port, loss=0.3, seed=3, lose_if=increments
+    ) as proxy:
+        client = redis.Redis(port=proxy.port, retry=None)
+        answered = 0
+        for _ in range(200):
+            try:
+                client.incr("sent")
+                answered += 1
+            except redis.ConnectionError:
+                client.connection_pool.disconnect()
+        client.close()
+    assert 30 < proxy.lost < 90  # about 30% of 200 (seeded)
+    assert answered == 200 - proxy.lost
+    assert redis_server.client().get("sent") == b"200"
+
+
+def test_reply_loss_proxy_loses_only_chosen_replies(redis_server: RedisServer) -> None:
+    import redis
+
+    def only_sets(request: bytes) -> bool:
+        return b"\r\nSET\r\n" in request  # not CLIENT SETINFO
+
+    with ReplyLossProxy(redis_server.host, redis_server.port, loss=1.0, lose_if=only_sets) as proxy:
+        client = redis.Redis(port=proxy.port, retry=None)
+        with pytest.raises(redis.ConnectionError):
+            client.set("chosen", "1")
+        client.connection_pool.disconnect()
+        assert client.get("chosen") == b"1"  # executed, though its reply was lost
+        client.close()
+    assert proxy.lost == 1

@@ -22,6 +22,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
@@ -33,10 +34,12 @@ __all__ = [
     "AnyVersion",
     "Backend",
     "Expected",
+    "Lease",
     "QuarantineEntry",
     "Versioned",
     "check_key",
     "check_namespace",
+    "fencing",
 ]
 
 _BAD_KEY = re.compile(r"(?:\A|/)(?:\.|/|\Z)|\x00")
@@ -180,6 +183,35 @@ class QuarantineEntry:
     """Seconds since the epoch."""
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A time-limited claim, kept in a shared backend, on one lock name of a live session.
+
+    A live session on a backend with :attr:`Backend.leases` takes one per lock
+    name it locks locally (each pair, the risk profile), so that one instance
+    runs per cluster, not per machine.
+    """
+
+    name: str
+    """The lock name (``pair-BTCUSDT_trend``, ``risk-main``)."""
+    token: int
+    """The fencing token: larger for every new holder of ``name``, never reused."""
+    holder: Mapping[str, object]
+    """Who holds it: ``host``, ``pid``, ``since`` (seconds since the epoch), ..."""
+    expires_at: float
+    """When it lapses unless renewed: seconds since the epoch, by the backend's clock."""
+
+
+fencing: ContextVar[tuple[Lease, ...]] = ContextVar("persistkit_fencing", default=())
+"""The leases whose tokens the writes of this context carry.
+
+A live session sets it around its ticks, its ``run()`` and its ``async with``
+block. A backend with :attr:`Backend.leases` refuses, with
+:class:`~persistkit.errors.LeaseLostError`, a write or commit carrying a token
+older than the newest lease of its name. Writes outside a session carry none.
+"""
+
+
 class Backend(ABC):
     """Where the bytes go. Subclass it, implement the abstract methods, run the suite."""
 
@@ -316,6 +348,37 @@ class Backend(ABC):
         Backends whose commits are whole when acknowledged have nothing to do
         (the default).
         """
+
+    # -- leases: one live instance per cluster ---------------------------------------
+
+    leases: ClassVar[bool] = False
+    """True for backends shared across hosts (Redis, S3) that keep leases and
+    fence writes with their tokens; a live session then takes a :class:`Lease`
+    per lock name. Local backends rely on the session's local locks alone."""
+
+    async def acquire_lease(self, name: str, holder: Mapping[str, object], ttl: float) -> Lease:
+        """Take the lease ``name`` for ``ttl`` seconds with a new, larger token.
+
+        Raises :class:`~persistkit.errors.InstanceLockedError` naming the holder
+        (host, pid, since, expiry) while another holder's lease has not lapsed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        """Extend ``lease`` by ``ttl`` seconds from now, same token.
+
+        Raises :class:`~persistkit.errors.LeaseLostError` when it lapsed or
+        another holder took it meanwhile.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give ``lease`` up (nothing happens if it is no longer this holder's)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    async def read_leases(self) -> list[Lease]:
+        """Every lease not yet lapsed, for the command line (read-only)."""
+        return []
 
     async def changed_at(self, key: str) -> float | None:
         """When the value at ``key`` was last replaced (seconds since the epoch).

@@ -15,13 +15,22 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from persistkit import FileBackend
+from persistkit.backends.base import Lease
+from persistkit.backends.memory import MemoryBackend
+from persistkit.cli.targets import (
+    CommandError,
+    Holder,
+    refuse_beside_running_sessions,
+    root_holders,
+)
 from test_cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("count_in_the_report")
@@ -277,3 +286,46 @@ def test_a_holder_file_whose_session_is_gone_names_nobody_even_when_its_pid_live
     refused = run_cli("import", source, data_root, "--overwrite")
     assert_refused_naming(refused, bot)
     assert f"pid {os.getpid()} " not in refused.stderr, refused.stderr
+
+
+class LeasingMemoryBackend(MemoryBackend):
+    """A backend that keeps live-session leases, as Redis and S3 will (issue 13)."""
+
+    leases = True
+
+    def __init__(self) -> None:
+        super().__init__("leasing")
+        self.kept: dict[str, Lease] = {}
+
+    async def acquire_lease(self, name: str, holder: Mapping[str, object], ttl: float) -> Lease:
+        token = max((lease.token for lease in self.kept.values()), default=0) + 1
+        self.kept[name] = Lease(name, token, dict(holder), time.time() + ttl)
+        return self.kept[name]
+
+    async def read_leases(self) -> list[Lease]:
+        return [lease for lease in self.kept.values() if lease.expires_at > time.time()]
+
+
+def test_a_backend_that_keeps_leases_names_each_session_from_them() -> None:
+    """The writes' check asks a leasing backend for its leases: one holder per session."""
+
+    async def check() -> tuple[list[Holder], str]:
+        backend = LeasingMemoryBackend()
+        bot = {"host": "bot-1", "pid": 4242, "since": 1_796_000_000.0}
+        await backend.acquire_lease("pair-BTC_t", bot, ttl=60)
+        await backend.acquire_lease("risk-main", bot, ttl=60)
+        await backend.acquire_lease("pair-ETH_t", {**bot, "pid": 7}, ttl=60)
+        await backend.acquire_lease("pair-OLD_t", {**bot, "pid": 9}, ttl=-1)  # lapsed
+        holders = await root_holders(backend)
+        with pytest.raises(CommandError) as refused:
+            await refuse_beside_running_sessions(backend, how_to_force="it is forced")
+        assert refused.value.exit_code == 1
+        return holders, str(refused.value)
+
+    holders, said = asyncio.run(check())
+    assert [(holder.pid, holder.locks) for holder in holders] == [
+        (4242, ("pair-BTC_t", "risk-main")),
+        (7, ("pair-ETH_t",)),
+    ]
+    assert "pid 4242 on host bot-1 since 2026-" in said and "lease renewed until" in said
+    assert "pid 9" not in said and "or pass --force: it is forced" in said

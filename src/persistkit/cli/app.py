@@ -15,6 +15,7 @@ import orjson
 from persistkit.backends import Backend
 from persistkit.backends.base import QuarantineEntry, split_key
 from persistkit.backends.file import FileBackend
+from persistkit.backends.journal import SalvageReport
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -271,8 +272,12 @@ def journal_salvage(target: str) -> None:
     backend = open_target(target)
     if not isinstance(backend, FileBackend):
         raise CommandError(f"{backend.url}: only the file backend has a commit journal")
-    refuse_beside_running_sessions(backend)
-    reports = _run([backend], backend.salvage_journal)
+
+    async def work() -> list[SalvageReport]:
+        await refuse_beside_running_sessions(backend)
+        return await backend.salvage_journal()
+
+    reports = _run([backend], work)
     if not reports:
         click.echo(f"{backend.root}: no damaged journal; nothing to salvage")
         return
@@ -351,11 +356,14 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool)
     While a live session holds the root it refuses, unless --force.
     """
     backend = open_target(target)
-    holders = refuse_beside_running_sessions(
-        backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
-    )
+    holders: list[Holder] = []
 
     async def work() -> tuple[str, str | None]:
+        holders.extend(
+            await refuse_beside_running_sessions(
+                backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+            )
+        )
         entry = await _find_entry(backend, entry_id)()
         try:
             key = await backend.restore(entry.id, overwrite=overwrite)
@@ -398,8 +406,12 @@ def quarantine_purge(entry_id: str, target: str, yes: bool, force: bool) -> None
     While a live session holds the root it refuses, unless --force.
     """
     backend = open_target(target)
-    refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
-    entry = _run([], _find_entry(backend, entry_id))
+
+    async def find() -> QuarantineEntry:
+        await refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
+        return await _find_entry(backend, entry_id)()
+
+    entry = _run([], find)
     if not yes:
         click.confirm(
             f"Delete the quarantined value of {entry.key} ({entry.reason}) for good?",
@@ -541,13 +553,15 @@ def migrate(
     source_backend = open_target(source_spec)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
-    holders = []
-    if not dry_run:
-        holders = refuse_beside_running_sessions(
-            destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
-        )
+    holders: list[Holder] = []
 
     async def work() -> tuple[CopyOutcome, int]:
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
         source = await BackendSource.listing(source_backend)
         held = sum([1 async for _ in source_backend.list_quarantine("")])
         outcome = await _copy(
@@ -672,14 +686,16 @@ def import_(
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)
-    holders = []
-    if not dry_run:
-        holders = refuse_beside_running_sessions(
-            destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
-        )
+    holders: list[Holder] = []
     quarantined = source.quarantined
 
     async def work() -> tuple[CopyOutcome, list[str]]:
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
         )

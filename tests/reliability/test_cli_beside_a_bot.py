@@ -25,12 +25,8 @@ import pytest
 from persistkit import FileBackend
 from persistkit.backends.base import Lease
 from persistkit.backends.memory import MemoryBackend
-from persistkit.cli.targets import (
-    CommandError,
-    Holder,
-    refuse_beside_running_sessions,
-    root_holders,
-)
+from persistkit.cli.status import SessionHolder, refuse_beside_running_sessions, session_locks
+from persistkit.cli.targets import CommandError
 from test_cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("count_in_the_report")
@@ -306,26 +302,25 @@ class LeasingMemoryBackend(MemoryBackend):
         return [lease for lease in self.kept.values() if lease.expires_at > time.time()]
 
 
-def test_a_backend_that_keeps_leases_names_each_session_from_them() -> None:
-    """The writes' check asks a leasing backend for its leases: one holder per session."""
+def test_a_backend_that_keeps_leases_refuses_writes_naming_each_session() -> None:
+    """The writes' check asks a leasing backend for its leases, as status does."""
 
-    async def check() -> tuple[list[Holder], str]:
+    async def check() -> tuple[list[SessionHolder], str, list[SessionHolder]]:
         backend = LeasingMemoryBackend()
         bot = {"host": "bot-1", "pid": 4242, "since": 1_796_000_000.0}
         await backend.acquire_lease("pair-BTC_t", bot, ttl=60)
         await backend.acquire_lease("risk-main", bot, ttl=60)
         await backend.acquire_lease("pair-ETH_t", {**bot, "pid": 7}, ttl=60)
         await backend.acquire_lease("pair-OLD_t", {**bot, "pid": 9}, ttl=-1)  # lapsed
-        holders = await root_holders(backend)
+        holders = (await session_locks(backend)).running
         with pytest.raises(CommandError) as refused:
             await refuse_beside_running_sessions(backend, how_to_force="it is forced")
         assert refused.value.exit_code == 1
-        return holders, str(refused.value)
+        forced = await refuse_beside_running_sessions(backend, force=True)
+        return holders, str(refused.value), forced
 
-    holders, said = asyncio.run(check())
-    assert [(holder.pid, holder.locks) for holder in holders] == [
-        (4242, ("pair-BTC_t", "risk-main")),
-        (7, ("pair-ETH_t",)),
-    ]
-    assert "pid 4242 on host bot-1 since 2026-" in said and "lease renewed until" in said
+    holders, said, forced = asyncio.run(check())
+    assert sorted(holder.pid for holder in holders) == [7, 4242]
+    assert forced == holders
+    assert "pid 4242 on host bot-1 since 2026-" in said and "pid 7 on host bot-1" in said
     assert "pid 9" not in said and "or pass --force: it is forced" in said

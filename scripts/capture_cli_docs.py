@@ -129,6 +129,21 @@ asyncio.run(main())
 """
 
 
+BOT = """
+import asyncio, sys
+from persistkit import LiveSession, PersistBase
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend_follow")], "main_portfolio", base_dir=sys.argv[1])
+    await session.start()
+    fills = PersistBase("fills", sys.argv[1])
+    print("running", flush=True)
+    await session.run(lambda n: fills.write_value("last-tick", n), interval=0.1)
+
+asyncio.run(main())
+"""
+
+
 def crash_a_tick(root: Path) -> None:
     """One open signal; a bot process commits a tick moving its stop, then gets SIGKILL."""
     persistkit.configure(mode="live", base_dir=root)
@@ -145,6 +160,25 @@ def crash_a_tick(root: Path) -> None:
     assert bot.stdout is not None and bot.stdout.readline().strip() == "committed"
     bot.send_signal(signal.SIGKILL)
     bot.wait()
+
+
+def start_bot(root: Path) -> subprocess.Popen[str]:
+    """A live bot ticking on ``root`` in its own process, as in production."""
+    bot = subprocess.Popen(
+        [sys.executable, "-c", BOT, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert bot.stdout is not None and bot.stdout.readline().strip() == "running"
+    return bot
+
+
+def stop_loss_fix(export: Path) -> str:
+    """The operator's fix: BTCUSDT's signal from the export, its stop loss moved up."""
+    for line in export.read_text().splitlines():
+        record = json.loads(line)
+        if record["key"] == "signal/BTCUSDT_trend_follow/BTCUSDT":
+            record["value"]["priceStopLoss"] = 63500
+            return json.dumps(record) + "\n"
+    raise LookupError("the export holds no BTCUSDT signal")
 
 
 def damage_second_commit(root: Path) -> None:
@@ -272,6 +306,16 @@ def main() -> None:
     parts.append(run("cut -c1-120 state.jsonl"))
     parts.append(run("persistkit import state.jsonl ./restored --include-quarantine"))
 
+    (DEMO / "fix.jsonl").write_text(stop_loss_fix(DEMO / "state.jsonl"))
+    bot = start_bot(data)
+    try:
+        parts.append(SECTION_BESIDE_A_BOT)
+        parts.append(run("persistkit import fix.jsonl ./dump/data --overwrite"))
+        parts.append(run("persistkit import fix.jsonl ./dump/data --overwrite --force"))
+    finally:
+        bot.kill()  # kill -9: the forced fix is one commit of the journal, and stays
+        bot.wait()
+
     parts.append(SECTION_ERRORS)
     parts.append(run("persistkit inspect /srv/bot/dump/data"))
     parts.append(run("persistkit inspect nosuch://host/x"))
@@ -281,6 +325,12 @@ def main() -> None:
         '{"key": "../../etc/cron.d/evil", "value": "* * * * * root sh"}\n'
     )
     parts.append(run("persistkit import bad.jsonl ./restored"))
+    (DEMO / "long.jsonl").write_text(
+        '{"key": "fills/order-1", "value": {"qty": 0.01}}\n'
+        '{"key": "fills/order-2", "value": {"qty": 0.02}}\n'
+        f'{{"key": "fills/{"x" * 240}", "value": {{"qty": 0.03}}}}\n'
+    )
+    parts.append(run("persistkit import long.jsonl ./restored"))
 
     parts.append(SECTION_BACKENDS)
     text = README.read_text()
@@ -306,14 +356,37 @@ accepts). Exit codes, for scripts:
 | code | meaning |
 |---:|---|
 | 0 | done, nothing wrong |
-| 1 | problems found (preflight, status, inspect, export), or a change refused (migrate, import) |
+| 1 | problems found (preflight, status, inspect, export), or a write refused |
 | 2 | could not run: missing root, bad URL, unreachable server, bad input |
 
-Commands that write (`quarantine restore|purge`, `migrate`, `import`, `journal
-salvage`) refuse, exit 1, while a live session runs on the root they would
-write: the bot owns its state, and its next tick would undo the change. Whether
-one runs is looked up (`/proc/locks` and the session's holder files), never
-tested by taking its lock, so a check can never make a starting bot fail.
+Every command's `--help` says what it does and what its exit codes mean.
+
+**While a bot runs.** The commands that only read (`inspect`, `preflight`,
+`status`, `quarantine list`, `export`) take no lock and write nothing: safe at
+any time.
+The commands that write check first whether a live session holds the root:
+
+- `import` and `migrate` into it: refused (exit 1, nothing written, the holder
+  named by pid, host and start time); `--force` writes the values as one commit
+  of the root's journal, like one of the bot's ticks.
+- `quarantine restore`: refused; `--force` puts the value back as one commit of
+  the journal.
+- `quarantine purge`: refused; `--force` purges (a quarantined value is no part
+  of the bot's state).
+- `journal salvage`: refused, with no `--force`: stop the bot first.
+
+A forced change is ordered with the bot's own commits, so no replay of the
+journal after a crash undoes it: kill the bot with `kill -9`, restart it, and
+the change is there. The bot's own next write of a key still replaces it (a bot
+that keeps a value in memory writes what it holds). Who holds a root is looked
+up exactly as `persistkit status` shows it (`/proc/locks`, the sessions' holder
+files, and whether each session still holds its liveness lock, asked with
+`F_OFD_GETLK`), never tested by taking a lock, so a check can never make a
+starting bot fail; a killed bot's leftovers refuse nothing. A backend that keeps
+live-session leases (`Backend.leases`) is asked for them instead. Redis and S3
+keep none yet: a live session's locks are files in its `base_dir` on its own
+machine, out of sight of a URL, so these commands cannot see a bot running on a
+Redis or S3 root.
 
 Commands that read (`inspect`, `export`, and `migrate` of its source) show the
 committed state, at one commit point, and change nothing, also beside a running
@@ -424,9 +497,9 @@ SECTION_QUARANTINE = """
 ## `persistkit quarantine list | restore ID [--overwrite] | purge ID [--yes]`
 
 The bot restarted and quarantined the two bad values (never deleting them).
-`restore` puts one back (refusing, exit 1, if a value was stored there since,
-unless `--overwrite`) and warns when it still would not validate; `purge` deletes
-one for good after asking (or with `--yes`).
+`restore` puts one back as one commit of the journal (refusing, exit 1, if a
+value was stored there since, unless `--overwrite`) and warns when it still
+would not validate; `purge` deletes one for good after asking (or with `--yes`).
 """
 
 SECTION_JOURNAL = """
@@ -459,6 +532,9 @@ A plan with a refusal writes nothing; `--overwrite` replaces them. Quarantined
 values stay in the source. The source is read like `inspect` reads, at one
 commit point, changing nothing; a source that cannot be read whole (a symbolic
 link inside it, commits it cannot read) is refused, exit 1, nothing written.
+Every key is checked first against the rules a store names keys by (a key no
+store could have written: exit 2, nothing written). Into a file root the whole
+copy is one commit of its journal: all of it or nothing.
 """
 
 SECTION_MIGRATE_REFUSED = """
@@ -478,16 +554,28 @@ so a tick committed during the export never separates a signal from its risk
 position; values committed and not yet applied are exported with their
 committed values (named on stderr). A symbolic link inside the root, or
 commits that could not be read: the rest is exported, each is named, exit 1.
-`import` checks the whole file first (a bad line: exit 2, nothing written) and
-then copies like `migrate`, verified; a file has no change times, so a
-differing destination value is refused unless `--overwrite`.
+`import` checks the whole file first, every key against the rules a store
+names keys by, lengths included (a bad line: exit 2, nothing written, the line
+and key named), and then copies like `migrate`, verified; a file has no change
+times, so a differing destination value is refused unless `--overwrite`.
+"""
+
+SECTION_BESIDE_A_BOT = """
+## Beside a running bot
+
+The on-call operator moves a stop loss up while the bot runs. The import is
+refused, naming the bot; with `--force` it is written as one commit of the
+root's journal, ordered with the bot's ticks, so that a `kill -9` and a restart
+of the bot keep it:
 """
 
 SECTION_ERRORS = """
 ## Errors
 
 A missing root, a bad URL or an unreachable server: one line on stderr and exit
-2, never a traceback.
+2, never a traceback. So is an import file with a bad line or a key no store
+could have written (here a 240-byte entity id on line 3): the whole file is
+checked before anything is written.
 """
 
 SECTION_BACKENDS = """

@@ -18,6 +18,7 @@ from rich.text import Text
 from persistkit.backends import Backend
 from persistkit.backends.base import QuarantineEntry, Snapshot, split_key
 from persistkit.backends.file import FileBackend
+from persistkit.backends.journal import SalvageReport
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -40,7 +41,15 @@ from .render import (
 from .render import (
     _stdout as stdout_console,  # the console every command prints its words with
 )
-from .status import collect_status, status_json, status_lines, watch_status
+from .status import (
+    SessionHolder,
+    collect_status,
+    describe_holder,
+    refuse_beside_running_sessions,
+    status_json,
+    status_lines,
+    watch_status,
+)
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -50,7 +59,6 @@ from .targets import (
     format_time,
     open_target,
     plural,
-    refuse_beside_running_sessions,
     store_for,
 )
 from .transfer import (
@@ -119,6 +127,32 @@ def entry_arguments(command: Callable[..., None]) -> Callable[..., None]:
     return click.argument("entry_id", metavar="ID")(target_argument(command))
 
 
+PURGE_BESIDE_A_BOT = (
+    "a quarantined value is no part of the bot's state, so the bot reads nothing it removes"
+)
+COMMITTED_LIKE_A_TICK = (
+    "the change is one commit of the root's journal, like one of the bot's ticks, "
+    "so no replay undoes it; the bot's own next write of a key still replaces it"
+)
+
+
+def force_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--force",
+        is_flag=True,
+        help=f"Write even while a live session holds the root: {what}.",
+    )
+
+
+def _note_forced(holders: list[SessionHolder]) -> None:
+    if holders:
+        click.echo(
+            "note: written beside a live session ("
+            + "; ".join(describe_holder(holder) for holder in holders)
+            + f"): {COMMITTED_LIKE_A_TICK}"
+        )
+
+
 progress_option = click.option(
     "--progress/--no-progress",
     default=None,
@@ -126,14 +160,20 @@ progress_option = click.option(
 )
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 done and clean, 1 problems found or a change refused, "
+    "2 could not run. Each command's --help says what its codes mean.",
+)
 @click.version_option(package_name="persistkit")
 def cli() -> None:
     """Inspect, check and move the state persistkit keeps for a trading bot.
 
     ROOT is a directory (default ./dump/data); URL is any backend URL
-    (file:///path, redis://host:6379/0, s3://bucket/prefix, ...). Exit codes:
-    0 done and clean, 1 problems found or a change refused, 2 could not run.
+    (file:///path, redis://host:6379/0, s3://bucket/prefix, and so on).
+    Commands that only read are safe while a bot runs; commands that write
+    refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
     logging.getLogger("persistkit").addHandler(logging.NullHandler())
@@ -143,21 +183,25 @@ def cli() -> None:
 # -- inspect ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Show domains, entities and open positions.")
+@cli.command(
+    short_help="Show domains, entities and open positions.",
+    epilog="Exit codes: 0 shown whole; 1 shown, but a symbolic link inside the root was not "
+    "followed or commits could not be read (what is shown is then older than the committed "
+    "state); 2 could not run (no such root, a bad URL, an unreachable server).",
+)
 @target_argument
 @json_option
 @progress_option
 @click.pass_context
 def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
-    """Domains and entities, when each changed, and the open signals, scheduled entries
-    and risk positions.
+    """Domains and entities, when each changed, and the decoded state: open signals,
+    scheduled entries, risk positions and partial milestones.
 
     Shows the committed state, read at one commit point and changing nothing,
-    also beside a running bot: a value committed and not yet applied to its
-    file (after a crash, say) is shown with its committed value and marked
-    pending. Exit 0 shown whole; 1 when a symbolic link inside the root was
-    not followed or commits could not be read (what is shown is then older);
-    2 could not run.
+    also beside a running bot (it locks nothing): a value committed and not
+    yet applied to its file (after a crash, say) is shown with its committed
+    value and marked pending. A value that does not decode is listed with the
+    reason a start would give.
     """
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
@@ -177,18 +221,23 @@ def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | Non
 # -- preflight ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Check, read-only, that a start would succeed.")
+@cli.command(
+    short_help="Check, read-only, that a start would succeed.",
+    epilog="Exit codes: 0 a start would find nothing to repair, 1 problems found "
+    "(each with what a start would do), 2 could not run.",
+)
 @target_argument
 @json_option
 @progress_option
 @click.pass_context
 def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
-    """Check that a start would succeed, changing nothing (exit 0 clean, 1 problems, 2 failed).
+    """Check that a start would succeed, changing nothing.
 
     Lists the backend, checks permissions (file backend: os.access, no test
     writes), parses and validates every value with its domain model, and
     reports orphan temp files, unapplied commits and durability warnings,
-    each with what a real start would do about it.
+    each with what a real start would do about it. Reads only, locks
+    nothing: safe while a bot runs.
     """
     bars = Bars(progress)
     try:
@@ -214,7 +263,13 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
 # -- status ------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Who runs, what is committed, what needs a person (read-only).")
+@cli.command(
+    short_help="Who runs, what is committed, what needs a person (read-only).",
+    epilog="Exit codes: 0 healthy; 1 needs attention (a session gone without closing, "
+    "commits waiting with no session running, quarantined values, a durability warning, "
+    "a problem preflight finds); 2 could not run (missing root, bad URL, unreachable "
+    "server).",
+)
 @target_argument
 @json_option
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (plain words only).")
@@ -241,11 +296,6 @@ def status(ctx: click.Context, target: str, as_json: bool, watch: bool, interval
 
     --watch refreshes the report every --interval seconds until Ctrl-C, and exits
     with the code of the last report.
-
-    Exit codes: 0 healthy; 1 needs attention (a session gone without closing,
-    commits waiting with no session running, quarantined values, a durability
-    warning, a problem preflight finds); 2 could not run (missing root, bad URL,
-    unreachable server).
     """
     if watch and as_json:
         raise click.UsageError("--watch shows a screen; for scripts, run --json repeatedly")
@@ -301,12 +351,21 @@ def _watch_status(backend: Backend, interval: float) -> int:
 # -- journal ------------------------------------------------------------------------------
 
 
-@cli.group(short_help="Salvage a damaged commit journal.")
+@cli.group(
+    short_help="Salvage a damaged commit journal.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def journal() -> None:
-    """The file backend's commit journal (ROOT/.journal)."""
+    """Work on the file backend's commit journal (ROOT/.journal)."""
 
 
-@journal.command("salvage")
+@journal.command(
+    "salvage",
+    short_help="Apply a damaged journal up to its damage; keep it aside.",
+    epilog="Exit codes: 0 salvaged, or nothing was damaged; 1 refused, nothing "
+    "changed: a live session holds the root; 2 could not run (not a file root, "
+    "no such directory).",
+)
 @target_argument
 def journal_salvage(target: str) -> None:
     """Apply a damaged journal's commits up to the damage; keep it in the quarantine.
@@ -316,13 +375,18 @@ def journal_salvage(target: str) -> None:
     the files, moves the journal under ROOT/.quarantine/.journal (never
     deleted) and lists the commits after the damage that were left out: what
     lay between them is lost, so they may not apply to what is there now.
-    Exit 0 when salvaged or nothing was damaged.
+    It refuses while a live session holds the root (stop the bot first; there
+    is no --force).
     """
     backend = open_target(target)
     if not isinstance(backend, FileBackend):
         raise CommandError(f"{backend.url}: only the file backend has a commit journal")
-    refuse_beside_running_sessions(backend)
-    reports = _run([backend], backend.salvage_journal)
+
+    async def work() -> list[SalvageReport]:
+        await refuse_beside_running_sessions(backend)
+        return await backend.salvage_journal()
+
+    reports = _run([backend], work)
     if not reports:
         click.echo(f"{backend.root}: no damaged journal; nothing to salvage")
         return
@@ -347,9 +411,12 @@ def journal_salvage(target: str) -> None:
 # -- quarantine ----------------------------------------------------------------------------
 
 
-@cli.group(short_help="List, restore or purge quarantined values.")
+@cli.group(
+    short_help="List, restore or purge quarantined values.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def quarantine() -> None:
-    """Values a start moved aside because they did not parse or validate."""
+    """Work on the values a start moved aside because they did not parse or validate."""
 
 
 def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[QuarantineEntry]]:
@@ -362,11 +429,14 @@ def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[Quara
     return find
 
 
-@quarantine.command("list")
+@quarantine.command("list", epilog="Exit codes: 0 listed (none or some), 2 could not run.")
 @target_argument
 @json_option
 def quarantine_list(target: str, as_json: bool) -> None:
-    """Every quarantined value: id, key, reason and when."""
+    """List every quarantined value: id, key, reason and when.
+
+    Reads only: safe while a bot runs.
+    """
     backend = open_target(target, read_only=True)
 
     async def work() -> list[QuarantineEntry]:
@@ -379,15 +449,30 @@ def quarantine_list(target: str, as_json: bool) -> None:
         print_quarantine(backend.url, entries)
 
 
-@quarantine.command("restore")
+@quarantine.command(
+    "restore",
+    epilog="Exit codes: 0 restored (with a warning when it still does not validate); "
+    "1 refused, nothing changed: a value was stored there since (--overwrite) or a "
+    "live session holds the root (--force); 2 could not run (no such entry).",
+)
 @entry_arguments
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
-def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
-    """Put a quarantined value back where it was (after fixing it, say)."""
+@force_option("the value goes back as one commit of the journal, like a tick")
+def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool) -> None:
+    """Put a quarantined value back where it was (after fixing it, say).
+
+    The value goes back as one commit of the root's journal, like a tick.
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
+    holders: list[SessionHolder] = []
 
     async def work() -> tuple[str, str | None]:
+        holders.extend(
+            await refuse_beside_running_sessions(
+                backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+            )
+        )
         entry = await _find_entry(backend, entry_id)()
         try:
             key = await backend.restore(entry.id, overwrite=overwrite)
@@ -406,6 +491,7 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 
     key, still_bad = _run([backend], work)
     click.echo(f"restored {entry_id} to {key}")
+    _note_forced(holders)
     if still_bad:
         click.echo(
             f"warning: {key} still does not parse or validate ({still_bad}); "
@@ -414,14 +500,27 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
         )
 
 
-@quarantine.command("purge")
+@quarantine.command(
+    "purge",
+    epilog="Exit codes: 0 purged; 1 refused, nothing deleted: the question was "
+    "answered no, or a live session holds the root (--force); 2 could not run "
+    "(no such entry).",
+)
 @entry_arguments
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def quarantine_purge(entry_id: str, target: str, yes: bool) -> None:
-    """Delete a quarantined value for good (asks first unless --yes)."""
+@force_option(PURGE_BESIDE_A_BOT)
+def quarantine_purge(entry_id: str, target: str, yes: bool, force: bool) -> None:
+    """Delete a quarantined value for good (asks first unless --yes).
+
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
-    entry = _run([], _find_entry(backend, entry_id))
+
+    async def find() -> QuarantineEntry:
+        await refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
+        return await _find_entry(backend, entry_id)()
+
+    entry = _run([], find)
     if not yes:
         click.confirm(
             f"Delete the quarantined value of {entry.key} ({entry.reason}) for good?",
@@ -489,10 +588,13 @@ def _finish_copy(
     *,
     dry_run: bool,
     notes: list[str],
+    holders: list[SessionHolder],
 ) -> None:
     _print_plan(plan, dry_run=dry_run)
     for note in notes:
         click.echo(f"note: {note}")
+    if copied:
+        _note_forced(holders)
     refusals = plan.of("refuse")
     if refusals:
         click.echo(
@@ -537,11 +639,19 @@ def _refuse_partial_source(snapshot: Snapshot) -> None:
         )
 
 
-@cli.command(short_help="Copy every value between two backends, verified.")
+@cli.command(
+    short_help="Copy every value between two backends, verified.",
+    epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs and is not provably "
+    "older, a live session holds DST, or SRC cannot be read whole), or a value failed "
+    "to copy; 2 could not run (no such root, a bad URL, a key no store could have "
+    "written: nothing written).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; write nothing.")
+@force_option("the copy is one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def migrate(
@@ -550,6 +660,7 @@ def migrate(
     destination_spec: str,
     overwrite: bool,
     dry_run: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Copy every value from SRC to DST (ROOTs or URLs), each verified by reading it back.
@@ -559,18 +670,24 @@ def migrate(
     so where one side keeps none (Redis) any difference is refused. --overwrite
     replaces them. Quarantined values stay in SRC. SRC is read like inspect
     reads it, at one commit point and changing nothing; a SRC that cannot be
-    read whole (a symbolic link inside it, commits it cannot read) is refused,
-    exit 1, nothing written.
+    read whole (a symbolic link inside it, commits it cannot read) is refused.
+    Every key is checked first against the rules a store names keys by. Into a
+    file root the copy is one commit of its journal, like a tick; while a live
+    session holds DST it refuses, unless --force.
     """
     # Read-only: the source's committed state is read as it is, nothing replayed.
     source_backend = open_target(source_spec, read_only=True)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
-    if not dry_run:
-        # The bot owns its state: a copy into its root would be undone by its next tick.
-        refuse_beside_running_sessions(destination)
+    holders: list[SessionHolder] = []
 
     async def work() -> tuple[CopyOutcome, int]:
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
         source = await BackendSource.at_one_point(source_backend)
         _refuse_partial_source(source.snapshot)
         held = sum([1 async for _ in source_backend.list_quarantine("")])
@@ -581,10 +698,25 @@ def migrate(
 
     (plan, copied, failures), quarantined = _run([source_backend, destination], work)
     notes = [f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"]
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes if quarantined else [])
+    _finish_copy(
+        ctx,
+        plan,
+        copied,
+        failures,
+        dry_run=dry_run,
+        notes=notes if quarantined else [],
+        holders=holders,
+    )
 
 
-@cli.command("export", short_help="Write every value to a JSON Lines file.")
+@cli.command(
+    "export",
+    short_help="Write every value to a JSON Lines file.",
+    epilog="Exit codes: 0 exported whole (a warning names values that are not JSON); "
+    "1 exported, but a symbolic link inside the root was not followed or commits could "
+    "not be read (the export is then older than the committed state); 2 could not run "
+    "(no such root, FILE exists without --overwrite: nothing written).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("path", metavar="FILE.jsonl")
 @click.option("--include-quarantine", is_flag=True, help="Also export quarantined values.")
@@ -602,12 +734,10 @@ def export(
     """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line.
 
     The values are SRC's committed state at one commit point, read without
-    changing anything, also beside a running bot: a tick committed during the
-    export is in it whole or not at all, and values committed and not yet
-    applied to their files are exported with their committed values. Exit 0
-    exported whole; 1 exported, but a symbolic link inside the root was not
-    followed or commits could not be read (the export is then older); 2 could
-    not run (nothing written).
+    changing anything and locking nothing, also beside a running bot: a tick
+    committed during the export is in it whole or not at all, and values
+    committed and not yet applied to their files are exported with their
+    committed values. The file appears complete or not at all.
     """
     backend = open_target(source_spec, read_only=True)
     bars = Bars(progress)
@@ -662,7 +792,14 @@ def export(
     ctx.exit(EXIT_PROBLEMS if problems else EXIT_OK)
 
 
-@cli.command("import", short_help="Write every value of a JSON Lines file to a backend.")
+@cli.command(
+    "import",
+    short_help="Write every value of a JSON Lines file to a backend.",
+    epilog="Exit codes: 0 written, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs, or a live session "
+    "holds DST), or a value failed to copy; 2 could not run (a bad line or a key no "
+    "store could have written, named with its line number: nothing written).",
+)
 @click.argument("path", metavar="FILE.jsonl")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
@@ -672,6 +809,7 @@ def export(
     is_flag=True,
     help="Put exported quarantined values back into DST's quarantine (where the key is free).",
 )
+@force_option("the values are one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def import_(
@@ -681,21 +819,30 @@ def import_(
     overwrite: bool,
     dry_run: bool,
     include_quarantine: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Write every value of FILE.jsonl ('-': stdin) to DST, each verified by reading it back.
 
-    The whole file is checked first (a bad line: exit 2, nothing written). A
-    file has no change times, so a destination value that differs is refused,
-    writing nothing, unless --overwrite.
+    The whole file is checked first, every key against the rules a store
+    names keys by (a bad line: exit 2, nothing written). A file has no change
+    times, so a destination value that differs is refused, writing nothing,
+    unless --overwrite. Into a file root the values are one commit of its
+    journal, like a tick; while a live session holds DST it refuses, unless
+    --force.
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)
-    if not dry_run:
-        refuse_beside_running_sessions(destination)
+    holders: list[SessionHolder] = []
     quarantined = source.quarantined
 
     async def work() -> tuple[CopyOutcome, list[str]]:
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
         )
@@ -713,4 +860,4 @@ def import_(
             f"{plural(len(quarantined), 'quarantined value')} in the file skipped "
             "(--include-quarantine imports them)"
         )
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes)
+    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes, holders=holders)

@@ -62,6 +62,8 @@ __all__ = [
     "Sessions",
     "StatusReport",
     "collect_status",
+    "describe_holder",
+    "refuse_beside_running_sessions",
     "session_locks",
     "status_json",
     "status_lines",
@@ -256,6 +258,52 @@ async def session_locks(backend: Backend) -> Sessions:
             f"{backend.url} keeps no live-session leases: a live session locks on its own "
             "machine, under its base_dir/.locks (run `persistkit status BASE_DIR` there)"
         ),
+    )
+
+
+def describe_holder(holder: SessionHolder) -> str:
+    """``pid 4242 on host bot-1 since 2026-11-30T09:00:00Z``, as an error message names it."""
+    described = " ".join(
+        f"{label} {value}"
+        for label, value in (("pid", holder.pid), ("on host", holder.host), ("since", holder.since))
+        if value is not None
+    )
+    if holder.alive is None:
+        described += " (whether it still runs cannot be told from this host)"
+    return described
+
+
+async def refuse_beside_running_sessions(
+    backend: Backend, *, force: bool = False, how_to_force: str | None = None
+) -> list[SessionHolder]:
+    """Refuse (exit 1) a change to a root a live session holds, unless ``force``.
+
+    The bot owns its state. Who holds the root is :func:`session_locks`' answer,
+    the same ``status`` shows. ``how_to_force`` says what ``--force`` does for
+    the command; without it the command has no ``--force``. A file root whose
+    sessions cannot be told (a linked ``.locks``) is refused too, exit 2: a
+    change is never made blind. A backend that cannot tell at all (Redis and S3
+    until they keep leases) is not refused. Returns the sessions a forced
+    change is written beside.
+    """
+    sessions = await session_locks(backend)
+    if not sessions.known:
+        if isinstance(backend, FileBackend):
+            raise CommandError(
+                f"cannot tell whether a live session holds {backend.root} "
+                f"({sessions.why_unknown}); nothing was written"
+            )
+        return []
+    running = [describe_holder(holder) for holder in sessions.running] + sessions.unnamed
+    if not running or force:
+        return sessions.running
+    where = backend.root if isinstance(backend, FileBackend) else backend.url
+    advice = "Stop it first, then run this again"
+    if how_to_force:
+        advice += f", or pass --force: {how_to_force}"
+    raise CommandError(
+        f"a live session holds {where} ({'; '.join(running)}); nothing was written. {advice}.",
+        EXIT_PROBLEMS,
     )
 
 

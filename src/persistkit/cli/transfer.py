@@ -30,7 +30,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast
 
 import orjson
 
@@ -38,8 +38,9 @@ from persistkit import codec
 from persistkit.backends import Backend
 from persistkit.backends.base import Expected, Snapshot
 from persistkit.errors import ConflictError, InvalidNameError
+from persistkit.names import check_store_key
 
-from .targets import EXIT_PROBLEMS, CommandError, format_time
+from .targets import EXIT_PROBLEMS, CommandError, format_time, is_paired
 
 __all__ = [
     "BackendSource",
@@ -86,7 +87,14 @@ class BackendSource:
 
     @classmethod
     async def at_one_point(cls, backend: Backend) -> BackendSource:
-        return cls(backend, await backend.snapshot())
+        """``backend``'s committed values; a key no store could have written refuses the copy."""
+        snapshot = await backend.snapshot()
+        for key in snapshot.values:
+            try:
+                check_key(key)
+            except InvalidNameError as exc:
+                raise CommandError(f"{backend.url}: {exc}; nothing was written") from exc
+        return cls(backend, snapshot)
 
     def keys(self) -> list[str]:
         return list(self.snapshot.values)
@@ -127,7 +135,12 @@ class JsonLinesSource:
 
 
 def check_key(key: object) -> str:
-    """A key from outside (an import file) that cannot leave the backend's root."""
+    """A key from outside (an import file, a migrated backend) that a store could have written.
+
+    First that it cannot leave the backend's root, then the library's own name
+    rules (:func:`persistkit.names.check_store_key`, lengths included), so that
+    nothing is written that a start could not handle.
+    """
     if not isinstance(key, str):
         raise InvalidNameError(f"key must be a string, got {type(key).__name__}")
     for segment in key.split("/"):
@@ -135,7 +148,7 @@ def check_key(key: object) -> str:
             raise InvalidNameError(
                 f"key {key!r} has an empty, hidden or NUL segment; it could leave the root"
             )
-    return key
+    return check_store_key(key, paired=is_paired(key))
 
 
 def _line_bytes(record: dict[str, Any], where: str) -> bytes:
@@ -287,31 +300,76 @@ async def copy_planned(
     *,
     on_key: Callable[[int], None] | None = None,
 ) -> CopyResult:
-    """Write the plan's creates and replaces, each read back and compared byte for byte."""
+    """Write the plan's creates and replaces, each read back and compared byte for byte.
+
+    A destination whose commit checks versions (the file backend) takes the
+    whole plan as ONE commit, through the same protocol as a live session's
+    tick: all of it or nothing, each key at the version it was planned on, and
+    in the commit order every process and every replay of the journal follow,
+    so no replay undoes it. Elsewhere each value is one conditional ``put``.
+    """
     if plan.of("refuse"):
         raise CommandError(
             f"{len(plan.of('refuse'))} destination values would be overwritten; nothing written",
             EXIT_PROBLEMS,
         )
     result = CopyResult()
+    wanted: dict[str, bytes] = {}
     for step in plan.writes:
         data = await source.read(step.key)
         if on_key is not None:
             on_key(1)
         if data is None:
             result.failures.append((step.key, "vanished from the source during the copy"))
+        else:
+            wanted[step.key] = data
+    if destination.commit_checks_versions:
+        written = await _commit_all(destination, plan, wanted, result)
+    else:
+        written = await _put_each(destination, plan, wanted, result)
+    for key in written:
+        stored = await destination.get(key)
+        if stored is None or stored.data != wanted[key]:
+            result.failures.append((key, "read back differs from the source"))
+        else:
+            result.copied += 1
+    return result
+
+
+async def _commit_all(
+    destination: Backend, plan: CopyPlan, wanted: dict[str, bytes], result: CopyResult
+) -> list[str]:
+    if not wanted:
+        return []
+    expect = {step.key: step.expect for step in plan.writes if step.key in wanted}
+    try:
+        await cast(Any, destination).commit(wanted, expect=expect)
+    except ConflictError as exc:
+        changed = exc.key or "a key"
+        result.failures.append(
+            (changed, "changed in the destination during the copy; nothing written")
+        )
+        return []
+    # Read back from where a start reads: the files, made whole and durable.
+    await destination.checkpoint()
+    return list(wanted)
+
+
+async def _put_each(
+    destination: Backend, plan: CopyPlan, wanted: dict[str, bytes], result: CopyResult
+) -> list[str]:
+    written = []
+    for step in plan.writes:
+        data = wanted.get(step.key)
+        if data is None:
             continue
         try:
             await destination.put(step.key, data, expect=step.expect)
         except ConflictError:
             result.failures.append((step.key, "the destination changed during the copy; kept"))
             continue
-        stored = await destination.get(step.key)
-        if stored is None or stored.data != data:
-            result.failures.append((step.key, "read back differs from the source"))
-            continue
-        result.copied += 1
-    return result
+        written.append(step.key)
+    return written
 
 
 async def import_quarantined(

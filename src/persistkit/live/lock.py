@@ -45,7 +45,6 @@ __all__ = [
     "descriptor_limit_error",
     "held_locks",
     "read_holder",
-    "running_sessions",
     "session_holders",
 ]
 
@@ -129,39 +128,6 @@ def open_confined(path: str, flags: int, root: str | None) -> int:
         return confined.open(name, flags, 0o644, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def running_sessions(lock_dir: str) -> list[dict[str, object]]:
-    """Who holds a lock in ``lock_dir`` (a root's ``.locks``), found without taking one.
-
-    Empty when nobody does. Each holder as its holder file describes it (pid,
-    host, since, token, locks), or ``{"lock file": path}`` when none says. A
-    ``.locks`` (or its ``holders``) that is a symbolic link is not looked
-    through: :class:`~persistkit.errors.ForeignSymlinkError`.
-    """
-    for path in (lock_dir, os.path.join(lock_dir, "holders")):
-        if os.path.islink(path):
-            raise ForeignSymlinkError(
-                f"{path} is a symbolic link inside the data root: persistkit does not look "
-                "through it to tell whether a live session runs; replace it with a real folder",
-                path=path,
-            )
-    held = held_locks(lock_dir)
-    if not held:
-        return []
-    holders = []
-    holder_dir = os.path.join(lock_dir, "holders")
-    try:
-        names = sorted(os.listdir(holder_dir))
-    except OSError:
-        names = []
-    for name in names:
-        if name.endswith(".json"):
-            holder = read_holder(os.path.join(holder_dir, name), limit=None)
-            pid = holder.get("pid")
-            if holder and (holder.get("host") != socket.gethostname() or _alive(pid)):
-                holders.append({k: v for k, v in holder.items() if k != "locks"})
-    return holders or [{"lock file": path} for path in held]
 
 
 def _alive(pid: object) -> bool:

@@ -100,11 +100,15 @@ def lossy_spec(
     return spec
 
 
-def agent(spec: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+def agent(spec: dict[str, Any], *args: str, host: str | None = None) -> subprocess.Popen[str]:
+    """A ``redis_agent.py`` process; with ``host``, in a UTS namespace of that host name."""
     wire = {name: value for name, value in spec.items() if name != "proxies"}
     path = os.pathsep.join(filter(None, [str(SRC), str(TESTS), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, str(AGENT), json.dumps(wire), *args]
+    if host is not None:
+        command = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *command]
     return subprocess.Popen(
-        [sys.executable, str(AGENT), json.dumps(wire), *args],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -519,7 +523,8 @@ async def test_a_stopped_holder_past_its_ttl_lands_no_write_after_a_takeover(
                 await asyncio.sleep(0.7)  # past its TTL, by the server's clock
                 # Its last write before the stop (one in flight has landed by now).
                 last = int((await backend.get("signal/x/v") or _NONE).data.rpartition(b"-")[2])
-                second = agent(spec, "fenced-writer", "pair-x", "30", "signal/x/v")
+                # "Another host": its own host name (a UTS namespace; the suite runs as root).
+                second = agent(spec, "fenced-writer", "pair-x", "30", "signal/x/v", host="host-b")
                 assert second.stdout is not None
                 assert json.loads(second.stdout.readline())["token"] >= 2
                 taken_over = f"{second.pid}-".encode()
@@ -534,6 +539,7 @@ async def test_a_stopped_holder_past_its_ttl_lands_no_write_after_a_takeover(
             assert first.returncode == 3, err[-2000:]
             stopped = json.loads(out.strip().splitlines()[-1])
             assert "refused" in stopped["refused"] and "newer holder" in stopped["refused"]
+            assert stopped["holder"]["host"] == "host-b"
             # Not one write acknowledged after it woke up: its first one was refused.
             assert stopped["written"] == last + 1
             second.kill()

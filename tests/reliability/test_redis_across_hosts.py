@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,11 +101,20 @@ def lossy_spec(
     return spec
 
 
-def agent(spec: dict[str, Any], *args: str, host: str | None = None) -> subprocess.Popen[str]:
-    """A ``redis_agent.py`` process; with ``host``, in a UTS namespace of that host name."""
+def agent(
+    spec: dict[str, Any], *args: str, host: str | None = None, clock_ahead: bool = False
+) -> subprocess.Popen[str]:
+    """A ``redis_agent.py`` process; with ``host``, in a UTS namespace of that host name;
+    with ``clock_ahead``, its wall clock one hour ahead (faketime)."""
     wire = {name: value for name, value in spec.items() if name != "proxies"}
     path = os.pathsep.join(filter(None, [str(SRC), str(TESTS), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, str(AGENT), json.dumps(wire), *args]
+    extra_env: dict[str, str] = {}
+    if clock_ahead:
+        faketime = shutil.which("faketime")
+        assert faketime is not None, "faketime is part of the test machine (scripts/test.sh)"
+        command = [faketime, "-f", "+1h", *command]
+        extra_env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
     if host is not None:
         command = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *command]
     return subprocess.Popen(
@@ -113,7 +123,7 @@ def agent(spec: dict[str, Any], *args: str, host: str | None = None) -> subproce
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, **extra_env},
     )
 
 
@@ -545,3 +555,32 @@ async def test_a_stopped_holder_past_its_ttl_lands_no_write_after_a_takeover(
             second.kill()
             second.wait()
             assert (await backend.get("signal/x/v") or _NONE).data.startswith(taken_over)
+
+
+async def test_a_holder_whose_clock_runs_an_hour_ahead_keeps_its_lease_no_longer(
+    redis_server: RedisServer,
+) -> None:
+    """A lease's expiry is the server's: a holder with its wall clock an hour
+    ahead takes a 0.5 s lease and stops renewing; another process takes it over
+    once the server lets it lapse, and the first holder's next write is refused."""
+    prefix = fresh_prefix()
+    spec = {"port": redis_server.port, "prefix": prefix}
+    async with direct_backend(redis_server, prefix) as backend:
+        ahead = agent(spec, "fenced-writer", "pair-y", "0.5", "signal/y/v", clock_ahead=True)
+        assert ahead.stdout is not None
+        assert json.loads(ahead.stdout.readline())["token"] == 1
+        (lease,) = await backend.read_leases()
+        assert lease.holder["since"] > time.time() + 1800  # its clock is an hour ahead
+        assert lease.expires_at < time.time() + 60  # its lease is not
+        await asyncio.sleep(0.7)
+        taken = await backend.acquire_lease("pair-y", {"host": "b"}, 30)
+        assert taken.token == 2
+        token = fencing.set((taken,))
+        try:
+            await backend.put("signal/y/v", b"taken over")
+        finally:
+            fencing.reset(token)
+        out, err = ahead.communicate(timeout=60)
+        assert ahead.returncode == 3, err[-2000:]
+        assert json.loads(out.strip().splitlines()[-1])["holder"] == {"host": "b"}
+        assert (await backend.get("signal/y/v") or _NONE).data == b"taken over"

@@ -915,12 +915,13 @@ class RedisBackend(Backend):
         state = await self._settle_record(
             f"{self._commit_head}{commit_id}}}", abort_after=self.commit_timeout
         )
-        if state == "":
-            # No record: its commit was finished (the lock is gone by now) or the
-            # record was lost; either way this lock guards nothing any more.
+        if state == "" or state.endswith(_DONE):
+            # Settled before (or its record is gone): its own keys were finished
+            # then, so this lock is the late copy of a step of a writer that was
+            # stopped meanwhile, and guards nothing.
             await self._finish(commit_id, [(self._value_of(lock_key), "-", b"")])
         if state != "pending":
-            return waited  # settled (or settled before): the lock is gone
+            return waited  # settled: the lock is gone
         if waited > 2 * self.commit_timeout + 5:
             raise TransientBackendError(
                 f"redis: {lock_key} is still locked by commit {commit_id} after {waited:.1f} s"
@@ -1249,6 +1250,9 @@ class RedisBackend(Backend):
             # A retry of a commit decided before: finish what is left of it.
             state = await self._settle_record(record, entries=known)
         if state.removesuffix(_DONE) != "committed":
+            # Rolled back by another process while this writer was stopped: any
+            # key it locked since then is let go (nothing of it is applied).
+            await self._finish(commit_id, [(value_key, "-", b"") for value_key, _, _ in known])
             raise ConflictError(
                 f"redis: {what} was aborted: another process found it undecided for more "
                 f"than commit_timeout ({self.commit_timeout} s) and rolled it back; nothing "

@@ -674,7 +674,8 @@ class RedisBackend(Backend):
         ``redis+cluster://host:port`` (any node of a cluster). ``?prefix=name``
         sets the key prefix; other query options go to redis-py (for example
         ``socket_timeout``). redis-py's own retries are turned off: the store's
-        :class:`~persistkit.RetryPolicy` decides.
+        :class:`~persistkit.RetryPolicy` decides. ``commit_timeout`` and
+        ``receipt_ttl`` are the constructor's.
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()

@@ -26,7 +26,7 @@ from persistkit.errors import (
     StoreClosedError,
     TransientBackendError,
 )
-from persistkit.retry import DEFAULT_RETRY
+from persistkit.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = [
     "Transaction",
@@ -70,10 +70,11 @@ class Transaction:
         "backend",
         "expected",
         "finished",
+        "retry",
         "writes",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         if type(backend).commit is Backend.commit:
             raise NotImplementedError(
                 f"{type(backend).__name__} has no atomic multi-key commit; transactions need one"
@@ -86,6 +87,9 @@ class Transaction:
         """Versions of stored values this transaction's compare-and-sets relied on;
         the commit succeeds only if each is still current."""
         self.finished = False
+        self.retry = retry
+        """How a commit that failed with a transient error is retried (its
+        outcome is decided by the backend: repeating it is harmless)."""
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
 
@@ -246,20 +250,23 @@ class Transaction:
                 await commit()
             except TransientBackendError as exc:
                 # A commit carries whole values, so repeating it is harmless.
-                await DEFAULT_RETRY.call(commit, exc)
+                await self.retry.call(commit, exc)
         finally:
             for key in taken:
                 locks.release(key)
 
 
-def transaction(backend: Backend | None = None) -> Transaction:
+def transaction(
+    backend: Backend | None = None, *, retry: RetryPolicy = DEFAULT_RETRY
+) -> Transaction:
     """``async with transaction():`` commits every write in the block atomically.
 
     ``backend`` defaults to the one serving the four domain adapters here: the
     live session's inside its ticks, else the configured one
-    (:func:`persistkit.configure`). See :class:`Transaction`.
+    (:func:`persistkit.configure`). ``retry`` is how a commit that failed with
+    a transient error is repeated. See :class:`Transaction`.
     """
-    return Transaction(active_settings().backend if backend is None else backend)
+    return Transaction(active_settings().backend if backend is None else backend, retry=retry)
 
 
 def transaction_for(backend: Backend) -> Transaction | None:

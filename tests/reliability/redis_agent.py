@@ -109,7 +109,7 @@ async def main(spec: dict[str, Any], action: str, args: list[str]) -> int:
                 nonlocal conflicts
                 while True:
                     try:
-                        async with transaction(backend):
+                        async with transaction(backend, retry=QUICK_RETRY):
                             await first.update_value("n", lambda n: (n or 0) + 1)
                             await second.update_value("n", lambda n: (n or 0) + 1)
                         return

@@ -26,12 +26,14 @@ import contextvars
 import logging
 import os
 import signal
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from persistkit.backends.base import Backend
+from persistkit.backends.base import Backend, Lease, fencing
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
 from persistkit.domains import (
     PersistPartialAdapter,
@@ -39,7 +41,14 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.errors import ConflictError, StoreClosedError
+from persistkit.errors import ConflictError, InstanceLockedError, LeaseLostError, StoreClosedError
+from persistkit.live.lease import (
+    DEFAULT_LEASE_TTL,
+    SessionLeases,
+    check_lease_ttl,
+    lease_clock,
+    wait_poll_delay,
+)
 from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
@@ -121,29 +130,57 @@ class RestoredState:
 
 
 class _SessionTick(Transaction):
-    """A tick: the session's transaction, with the session's settings in force inside it."""
+    """A tick: the session's transaction, with the session's settings and leases in force.
 
-    __slots__ = ("_scope", "_scope_token")
+    With leases, a tick starts and commits only while they cover it: past their
+    deadline it raises :class:`LeaseLostError` and commits nothing.
+    """
 
-    def __init__(self, settings: Settings) -> None:
+    __slots__ = ("_fence_token", "_leases", "_scope", "_scope_token")
+
+    def __init__(self, settings: Settings, leases: SessionLeases | None) -> None:
         super().__init__(settings.backend)
         self._scope = settings
+        self._leases = leases
         self._scope_token: contextvars.Token[Settings | None] | None = None
+        self._fence_token: contextvars.Token[tuple[Lease, ...]] | None = None
 
     async def __aenter__(self) -> Transaction:
+        leases = self._leases
+        if leases is not None:
+            leases.check()
+            self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
         try:
             return await super().__aenter__()
         except BaseException:
-            session_settings.reset(self._scope_token)
+            self._reset_scope()
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
+        leases = self._leases
         try:
+            if leases is not None and exc_info[0] is None:
+                try:
+                    leases.check()  # the block may have outlasted the deadline
+                except LeaseLostError as lost:
+                    await super().__aexit__(type(lost), lost, lost.__traceback__)  # discards
+                    raise
             await super().__aexit__(*exc_info)  # type: ignore[arg-type]
+        except LeaseLostError as refused:
+            if leases is not None:  # the backend fenced the commit off: a newer holder
+                leases.lose(refused)
+            raise
         finally:
-            if self._scope_token is not None:
-                session_settings.reset(self._scope_token)
+            self._reset_scope()
+
+    def _reset_scope(self) -> None:
+        if self._scope_token is not None:
+            session_settings.reset(self._scope_token)
+            self._scope_token = None
+        if self._fence_token is not None:
+            fencing.reset(self._fence_token)
+            self._fence_token = None
 
 
 class LiveSession:
@@ -167,8 +204,31 @@ class LiveSession:
     range per pair and one for the risk profile, so that two sessions (in two
     processes or in one) never run the same strategy nor update the same risk
     profile. However many pairs, a session holds one file descriptor for them.
-    They are local locks even when the state lives in Redis or S3: one
-    instance per machine is guaranteed, not one per cluster.
+
+    On a backend shared across hosts (Redis, S3: :attr:`Backend.leases`), the
+    session also takes one lease per lock name in the backend itself, so that
+    one instance runs per cluster, not per machine; sessions with disjoint
+    pairs still run side by side. A second instance anywhere (another host,
+    another data root, the same backend) gets
+    :class:`~persistkit.errors.InstanceLockedError` naming the holder (host,
+    pid, since, lease expiry). The leases outlive their last renewal by
+    ``lease_ttl`` seconds (default 15): the session renews them every third of
+    that, in the background, and gives them back on close; a holder killed
+    with ``kill -9`` keeps them until they lapse. A holder that cannot renew
+    stops committing a third of ``lease_ttl`` before they can lapse (timed on
+    its own clock, from before each renewal was sent): its ticks, and every
+    later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
+    :meth:`run`. Each lease carries a fencing token that only grows; the
+    session's writes carry the tokens of its leases (the
+    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    its ``run()`` and its ``async with`` block), so the backend refuses a
+    write of a holder whose lease has passed to another.
+
+    ``lease_wait`` (seconds, default 0: fail fast) makes :meth:`start` wait
+    that long for another instance to stop (its leases, or its local lock on
+    this machine) before raising ``InstanceLockedError``: the new instance of
+    a rolling deploy takes over as soon as the old one closes, and never
+    commits while the old one can.
     """
 
     def __init__(
@@ -178,7 +238,17 @@ class LiveSession:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         backend: Backend | str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_wait: float = 0.0,
     ) -> None:
+        self.lease_ttl = check_lease_ttl(lease_ttl)
+        """Seconds a lease in a shared backend outlives its last renewal."""
+        if isinstance(lease_wait, bool) or not isinstance(lease_wait, int | float):
+            raise TypeError(f"lease_wait must be a number of seconds, got {lease_wait!r}")
+        if not 0 <= lease_wait < float("inf"):
+            raise ValueError(f"lease_wait must be 0 or more seconds, got {lease_wait!r}")
+        self.lease_wait = float(lease_wait)
+        """Seconds :meth:`start` waits for another instance to stop before it gives up."""
         self.pairs: list[tuple[str, str]] = [(str(s), str(t)) for s, t in pairs]
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
@@ -192,6 +262,8 @@ class LiveSession:
         )
         self._backend_choice = backend
         self._backend: Backend | None = None
+        self._leases: SessionLeases | None = None
+        self._block_fence: contextvars.Token[tuple[Lease, ...]] | None = None
         self._settings: Settings | None = None
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
@@ -223,21 +295,37 @@ class LiveSession:
             raise limit from exc
 
     async def _start(self) -> RestoredState:
-        self._locks.acquire(purpose="live session")
+        give_up_at = lease_clock() + self.lease_wait
+
+        async def lock_locally() -> None:
+            self._locks.acquire(purpose="live session")
+
+        await self._while_locked(lock_locally, give_up_at)
         try:
             settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
             self._backend = settings.backend
             self._settings = settings
-            # Before any store reads: what stopped processes left is finished first.
-            replayed = await self._backend.recover()
-            token = session_settings.set(settings)  # restore from this session's backend
+            if self._backend.leases:
+                # The local lock first: on one machine a rival is refused without a request.
+                self._leases = SessionLeases(
+                    self._backend, self._locks.names, ttl=self.lease_ttl, holder=self._holder()
+                )
+                await self._while_locked(self._leases.acquire, give_up_at)
+                self._leases.start_renewing()
+            fence = fencing.set(self._fence())
             try:
-                state = await self._restore(replayed)
+                # Before any store reads: what stopped processes left is finished first.
+                replayed = await self._backend.recover()
+                token = session_settings.set(settings)  # restore from this session's backend
+                try:
+                    state = await self._restore(replayed)
+                finally:
+                    session_settings.reset(token)
             finally:
-                session_settings.reset(token)
+                fencing.reset(fence)
         except BaseException:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
             raise
         self._started = True
         self.restored = state
@@ -253,8 +341,48 @@ class LiveSession:
         )
         return state
 
-    def _release_locks(self) -> None:
-        self._locks.release()
+    async def _while_locked(
+        self, attempt: Callable[[], Awaitable[None]], give_up_at: float
+    ) -> None:
+        """``attempt()``, again while another instance holds a lock, until ``give_up_at``."""
+        waited = False
+        while True:
+            try:
+                await attempt()
+                return
+            except InstanceLockedError as locked:
+                remaining = give_up_at - lease_clock()
+                if remaining <= 0:
+                    raise
+                if not waited:
+                    waited = True
+                    logger.info(
+                        "persistkit: waiting up to %.1f s for the other instance to stop: %s",
+                        remaining,
+                        locked,
+                    )
+                await asyncio.sleep(wait_poll_delay(self.lease_ttl, remaining))
+
+    def _holder(self) -> dict[str, object]:
+        """Who this session is, as a lease names its holder to a rival."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "root": self.base_dir,
+        }
+
+    def _fence(self) -> tuple[Lease, ...]:
+        """The leases the writes of this session carry (none on a local backend)."""
+        return () if self._leases is None else self._leases.current
+
+    async def _release_locks(self) -> None:
+        leases, self._leases = self._leases, None
+        try:
+            if leases is not None:
+                await leases.release()
+        finally:
+            self._locks.release()
 
     async def _restore(self, replayed: int) -> RestoredState:
         # Risk first: portfolio limits must hold before any signal is considered.
@@ -292,7 +420,7 @@ class LiveSession:
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
-        return _SessionTick(self._settings)
+        return _SessionTick(self._settings, self._leases)
 
     async def run(
         self,
@@ -311,6 +439,10 @@ class LiveSession:
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
         durable (to acknowledge it, say). Outside ``run`` the signals keep the
         process's own handlers.
+
+        With leases (Redis, S3), a tick past their deadline raises
+        :class:`~persistkit.errors.LeaseLostError` and ``run`` stops with it:
+        another instance may own the state now.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         stopping = asyncio.Event()
@@ -318,6 +450,7 @@ class LiveSession:
         for signum in stop_signals:
             loop.add_signal_handler(signum, stopping.set)
         count = 0
+        fence = fencing.set(self._fence())
         try:
             while not stopping.is_set() and (ticks is None or count < ticks):
                 # A signal only sets the event, so the tick in progress runs to
@@ -334,6 +467,7 @@ class LiveSession:
                 else:
                     await asyncio.sleep(0)
         finally:
+            fencing.reset(fence)
             for signum in stop_signals:
                 loop.remove_signal_handler(signum)
         if stopping.is_set():
@@ -364,22 +498,32 @@ class LiveSession:
     # -- stop ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Make every commit durable in the entity files, then release the lock."""
+        """Make every commit durable in the entity files, then release the locks and leases.
+
+        A session whose leases were lost writes nothing more: its checkpoint is
+        left to the instance that holds them now.
+        """
         if not self._started:
             return
         self._started = False
         try:
             backend = self._backend
-            if backend is not None and not backend.read_only:
-                await backend.checkpoint()
+            leases = self._leases
+            if backend is not None and not backend.read_only and not (leases and leases.lost):
+                fence = fencing.set(self._fence())
+                try:
+                    await backend.checkpoint()
+                finally:
+                    fencing.reset(fence)
         finally:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
 
     async def __aenter__(self) -> Self:
         """Start, and run the ``async with`` block in this session's context (see :meth:`tick`)."""
         await self.start()
         self._block_token = session_settings.set(self._settings)
+        self._block_fence = fencing.set(self._fence())
         return self
 
     async def __aexit__(
@@ -389,8 +533,11 @@ class LiveSession:
         tb: TracebackType | None,
     ) -> None:
         token, self._block_token = self._block_token, None
+        fence, self._block_fence = self._block_fence, None
         try:
             await self.aclose()
         finally:
+            if fence is not None:
+                fencing.reset(fence)
             if token is not None:
                 session_settings.reset(token)

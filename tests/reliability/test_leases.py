@@ -225,9 +225,9 @@ def assert_one_writer_at_a_time(log: list[list[Any]], order: list[str]) -> None:
     blocks = [name for i, name in enumerate(writers) if i == 0 or writers[i - 1] != name]
     assert blocks == order, f"writers interleaved: {blocks} (expected {order}): {log}"
     for name in order:
-        assert [n for writer, n in log if writer == name] == list(
-            range(writers.count(name))
-        ), f"{name}'s ticks are not 0, 1, 2 ... in the log: {log}"
+        assert [n for writer, n in log if writer == name] == list(range(writers.count(name))), (
+            f"{name}'s ticks are not 0, 1, 2 ... in the log: {log}"
+        )
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_a_holder_stopped_past_its_ttl_never_writes_after_its_successor(
 def test_a_rolling_deploy_waits_for_the_old_instance_and_never_writes_beside_it(
     shared: Shared, bots: Callable[..., Bot]
 ) -> None:
-    """lease_wait: the new instance (another host) waits, then takes over once the old one closes."""
+    """lease_wait: the new instance (another host) waits, takes over once the old one closes."""
     old = bots("old", host="lease-old")
     old.expect("START")
     old.ack(1)

@@ -157,20 +157,21 @@ class _SessionTick(Transaction):
             self._reset_scope()
             raise
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def commit(self) -> None:
         leases = self._leases
+        if leases is None:
+            await super().commit()
+            return
+        leases.check()  # the block may have outlasted the deadline: then nothing is sent
         try:
-            if leases is not None and exc_info[0] is None:
-                try:
-                    leases.check()  # the block may have outlasted the deadline
-                except LeaseLostError as lost:
-                    await super().__aexit__(type(lost), lost, lost.__traceback__)  # discards
-                    raise
-            await super().__aexit__(*exc_info)  # type: ignore[arg-type]
-        except LeaseLostError as refused:
-            if leases is not None:  # the backend fenced the commit off: a newer holder
-                leases.lose(refused)
+            await super().commit()
+        except LeaseLostError as refused:  # the backend's fence: a newer holder exists
+            leases.lose(refused)
             raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await super().__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._reset_scope()
 

@@ -30,6 +30,7 @@ from persistkit import (
     BackendError,
     BackendUnavailableError,
     InvalidNameError,
+    JournalDamagedError,
     PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
@@ -454,9 +455,9 @@ CRASHING_COMMITTER = textwrap.dedent(
     url, mode, signal_key, risk_key, schedule_key = sys.argv[1:6]
     apply_for_real = S3Backend._apply_write_sync
 
-    def apply_then_die(self, key, data):
+    def apply_then_die(self, seq, key, data, seen):
         if mode == "mid-apply" and key == signal_key:
-            apply_for_real(self, key, data)
+            apply_for_real(self, seq, key, data, seen)
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "before-apply":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -516,15 +517,13 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
 
     crash_while_committing(s3_server, prefix, aws_env, mode)
 
-    # What the crash left: the commit recorded, the entities not (or half) updated.
+    # What the crash left: commit 2 recorded, the entities not (or half) updated.
     left = objects_under(client, prefix)
-    assert [name for name in left if name.startswith(".commits/")] == [
-        ".commits/00000000000000000001.json"
-    ]
+    assert [name for name in left if name.startswith(".commits/")] == [".commits/head.json"]
     expected_signal = b'{"tick": 2}' if mode == "mid-apply" else b'{"tick": 1}'
     assert left[f"{SIGNAL_KEY}.json"] == expected_signal
     assert left[f"{RISK_KEY}.json"] == b'[["k", "tick 1"]]'
-    assert f"{SCHEDULE_KEY}.json" in left
+    assert left[f"{SCHEDULE_KEY}.json"] == b"{}"
 
     # An operator's preflight looks without finishing the commit.
     preflight = subprocess.run(
@@ -535,11 +534,11 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
         timeout=120,
     )
     assert preflight.returncode == 1, preflight.stdout + preflight.stderr
-    assert ".commits/00000000000000000001" in preflight.stdout
+    assert ".commits/00000000000000000002" in preflight.stdout
     assert objects_under(client, prefix) == left
 
     restarted = S3Backend(client, BUCKET, prefix)
-    assert await restarted.unapplied_commits() == [".commits/00000000000000000001"]
+    assert await restarted.unapplied_commits() == [".commits/00000000000000000002"]
     with caplog.at_level(logging.WARNING, logger="persistkit"):
         read = await restarted.get_many([SIGNAL_KEY, RISK_KEY, SCHEDULE_KEY])
     assert [item.data if item else None for item in read] == [
@@ -547,13 +546,13 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
         b'[["k", "tick 2"]]',
         None,
     ]
-    assert "replaying tick commit 1 (3 writes)" in caplog.text
+    assert "replaying tick commit 2 (3 writes)" in caplog.text
     assert await restarted.unapplied_commits() == []
+    assert [key async for key in restarted.scan("schedule", recursive=True)] == []
     await restarted.aclose()
-    assert not [name for name in objects_under(client, prefix) if name.startswith(".commits/")]
 
 
-async def test_a_writer_that_loses_the_race_for_a_commit_number_takes_another(
+async def test_a_writer_whose_commit_number_was_taken_applies_that_commit_first(
     s3_server: SeaweedS3,
     client: Any,
     prefix: str,
@@ -561,22 +560,21 @@ async def test_a_writer_that_loses_the_race_for_a_commit_number_takes_another(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     live = S3Backend(client, BUCKET, prefix)
-    await live.get("warm/up")  # started (nothing to replay) before the other writer
-    crash_while_committing(s3_server, prefix, aws_env, "before-apply")  # holds commit 1
+    await write_tick_one(live)  # commit 1, and live remembers it as the newest
+    crash_while_committing(s3_server, prefix, aws_env, "before-apply")  # records commit 2
 
     with caplog.at_level(logging.DEBUG, logger="persistkit"):
-        await live.commit({"other/x": b"X", "other/y": b"Y"})
-    assert "tick commit 1 is taken by another writer" in caplog.text
-    assert (await live.get("other/x"), await live.get("other/y")) != (None, None)
+        await live.commit({SIGNAL_KEY: b'{"tick": 3}', "other/y": b"Y"})
+    assert "tick commit 2 is taken by another writer" in caplog.text
     await live.aclose()
     left = objects_under(client, prefix)
-    assert [name for name in left if name.startswith(".commits/")] == [
-        ".commits/00000000000000000001.json"  # the crashed writer's, untouched
-    ]
-
+    # Commit 2 (the crashed writer's) applied before commit 3, which overwrote its signal.
+    assert left[f"{SIGNAL_KEY}.json"] == b'{"tick": 3}'
+    assert left[f"{RISK_KEY}.json"] == b'[["k", "tick 2"]]'
+    assert left["other/y.json"] == b"Y"
     restarted = S3Backend(client, BUCKET, prefix)
-    stored = await restarted.get(SIGNAL_KEY)
-    assert stored is not None and stored.data == b'{"tick": 2}'
+    assert await restarted.unapplied_commits() == []
+    assert await restarted.get(SCHEDULE_KEY) is None
     await restarted.aclose()
 
 
@@ -590,25 +588,25 @@ async def test_concurrent_commits_from_two_writers_all_apply(client: Any, prefix
     await asyncio.gather(commit_ticks(writers[0], "one"), commit_ticks(writers[1], "two"))
     for writer in writers:
         await writer.aclose()
-    left = objects_under(client, prefix)
+    left = {name: data for name, data in objects_under(client, prefix).items()}
+    assert left.pop(".commits/head.json")
     assert left == {f"{n}/{k}.json": b"5" for n in ("one", "two") for k in ("a", "b")}
 
 
-async def test_a_corrupt_commit_object_is_quarantined_not_applied(
+async def test_a_damaged_commit_record_stops_everything_and_is_never_replaced(
     client: Any, prefix: str, backend: S3Backend
 ) -> None:
-    client.put_object(
-        Bucket=BUCKET, Key=f"{prefix}/.commits/00000000000000000007.json", Body=b'{"seq": 7}\nbad'
-    )
-    assert await backend.get("ns/a") is None  # first use: the replay looks at it
-    quarantined = [entry async for entry in backend.list_quarantine()]
-    assert [(entry.key, entry.reason) for entry in quarantined] == [
-        (".commits/00000000000000000007", "bad checksum")
-    ]
-    assert list(objects_under(client, prefix)) == [f".quarantine/{quarantined[0].id}.json"]
     await backend.commit({"ns/a": b"1"})
-    stored = await backend.get("ns/a")
-    assert stored is not None and stored.data == b"1"
+    head = f"{prefix}/.commits/head.json"
+    client.put_object(Bucket=BUCKET, Key=head, Body=b'{"seq": 7}\nbad')
+    restarted = S3Backend(client, BUCKET, prefix)
+    with pytest.raises(JournalDamagedError, match="bad checksum"):
+        await restarted.get("ns/a")
+    with pytest.raises(JournalDamagedError):
+        await restarted.commit({"ns/a": b"2"})
+    await restarted.aclose()
+    assert client.get_object(Bucket=BUCKET, Key=head)["Body"].read() == b'{"seq": 7}\nbad'
+    assert objects_under(client, prefix)["ns/a.json"] == b"1"
 
 
 async def test_commit_refuses_keys_outside_the_entity_space(backend: S3Backend) -> None:

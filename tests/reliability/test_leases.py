@@ -204,19 +204,19 @@ def bots(tmp_path: Path, shared: Shared) -> Iterator[Callable[..., Bot]]:
         bot.process.wait()
 
 
-def committed_log(shared: Shared, symbol: str = "BTC") -> list[list[Any]]:
+async def read_log(shared: Shared, symbol: str = "BTC") -> list[list[Any]]:
     """The tick log as any reader of the backend sees it now."""
+    backend = open_backend(shared.url)
+    try:
+        store: PersistBase[Any] = PersistBase("fence", backend=backend)
+        log: list[list[Any]] = await store.read_value(f"log-{symbol}")
+        return log
+    finally:
+        await backend.aclose()
 
-    async def read() -> list[list[Any]]:
-        backend = open_backend(shared.url)
-        try:
-            store: PersistBase[Any] = PersistBase("fence", backend=backend)
-            log: list[list[Any]] = await store.read_value(f"log-{symbol}")
-            return log
-        finally:
-            await backend.aclose()
 
-    return asyncio.run(read())
+def committed_log(shared: Shared, symbol: str = "BTC") -> list[list[Any]]:
+    return asyncio.run(read_log(shared, symbol))
 
 
 def assert_one_writer_at_a_time(log: list[list[Any]], order: list[str]) -> None:
@@ -265,6 +265,7 @@ def test_bots_with_disjoint_pairs_run_side_by_side(
     """Two hosts, disjoint pairs and risk profiles: both commit, each holding its own leases."""
     first = bots("a", "BTC", host="lease-host-a")
     first.expect("START")
+    first.ack(1)
     second = bots("b", "ETH", host="lease-host-b")
     second.expect("START")
     second.ack(3)
@@ -311,7 +312,7 @@ async def test_a_holder_killed_with_kill_9_keeps_its_lease_until_the_ttl(
     assert set(tokens) == {lease.name for lease in held}
     for lease in held:
         assert tokens[lease.name] > lease.token, "a new holder's fencing token did not grow"
-    entries = committed_log(shared)
+    entries = await read_log(shared)
     assert_one_writer_at_a_time(entries, ["a", "successor"])
     assert len(entries) - 1 >= holder.acks[-1] + 1, "an acknowledged tick of the dead holder"
 

@@ -50,6 +50,8 @@ __all__ = [
     "RETRY_SHARE",
     "SAFETY_SHARE",
     "SessionLeases",
+    "check_lease_ttl",
+    "describe_holder",
     "lease_clock",
     "lease_deadline",
     "renewal_due",
@@ -101,6 +103,25 @@ def renewal_due(sent_at: float, ttl: float) -> float:
 def wait_poll_delay(ttl: float, remaining: float) -> float:
     """How long a session waiting for a lease (``lease_wait``) sleeps between attempts."""
     return max(0.0, min(remaining, ttl * RETRY_SHARE, 1.0))
+
+
+def describe_holder(holder: Mapping[str, object]) -> str:
+    """``host H, pid P, since S, lease expires at E`` from what a lease records of its holder."""
+
+    def moment(seconds: object) -> object:
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+        return "?" if seconds is None else seconds
+
+    parts = [
+        f"host {holder.get('host', '?')}",
+        f"pid {holder.get('pid', '?')}",
+        f"since {moment(holder.get('since'))}",
+    ]
+    if "root" in holder:
+        parts.append(f"data root {holder['root']}")
+    parts.append(f"lease expires at {moment(holder.get('expires_at'))} unless renewed")
+    return ", ".join(parts)
 
 
 def check_lease_ttl(ttl: float) -> float:
@@ -175,8 +196,14 @@ class SessionLeases:
                 self._sent_at[name] = sent_at
         if refused:
             await self.release()
-            locked = [error for error in refused if isinstance(error, InstanceLockedError)]
-            raise (locked or refused)[0]
+            for name, outcome in zip(names, outcomes, strict=True):
+                if isinstance(outcome, InstanceLockedError):
+                    raise InstanceLockedError(
+                        f"live session {name} is already running: {describe_holder(outcome.holder)}"
+                        f"; lease in {self.backend.url} (lease_wait= waits for it)",
+                        holder=outcome.holder,
+                    ) from outcome
+            raise refused[0]
 
     def _acquire_call(self, name: str) -> Callable[[], Awaitable[tuple[Lease, float]]]:
         async def call() -> tuple[Lease, float]:

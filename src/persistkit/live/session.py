@@ -369,7 +369,7 @@ class LiveSession:
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "since": time.time(),  # seconds since the epoch, as the lease's expiry
             "root": self.base_dir,
         }
 

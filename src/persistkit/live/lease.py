@@ -15,9 +15,12 @@ lapse, at a deadline kept on this machine's clock:
   passes, on S3, where no server-side fence checks a commit against the lease.
 - The clock is ``CLOCK_BOOTTIME``: it counts a machine's suspension, which the
   backend's clock also does, and no wall-clock step moves it.
-- Renewals run every ``ttl * RENEW_SHARE``, so two in a row can fail (a
-  transient outage) before the deadline comes; a failed one is tried again at
-  once, every ``ttl * RETRY_SHARE``, until the deadline.
+- Renewals run every ``ttl * RENEW_SHARE``; one that fails is tried again
+  every ``ttl * RETRY_SHARE`` until the deadline, so a backend outage (a
+  failover) or an event loop blocked by a tick, up to a third of the
+  time-to-live, passes without losing the leases.
+- An acquisition that took long (a cold client's first requests) is renewed at
+  once, before the session writes anything.
 
 Past the deadline, or once the backend answered that another holder took a
 lease, the session is lost for good: every tick raises
@@ -63,9 +66,11 @@ logger = logging.getLogger("persistkit")
 T = TypeVar("T")
 
 DEFAULT_LEASE_TTL = 15.0
-"""Seconds. Long enough that renewals every 5 s survive two lost in a row and a
-few seconds of backend failover; short enough that the successor of a holder
-killed with ``kill -9`` waits at most 15 s (``lease_wait`` covers it)."""
+"""Seconds. Renewed every 5 s and retried every second until 10 s, a holder rides
+out a backend outage (a Redis failover, S3 throttling) or a blocked event loop
+of up to 5 s, and a commit in flight at its deadline has 5 s more to land
+before anyone else can hold the lease; the successor of a holder killed with
+``kill -9`` waits at most 15 s (``lease_wait`` covers it)."""
 
 RENEW_SHARE = 1 / 3
 """A lease is renewed every ``ttl * RENEW_SHARE`` seconds."""
@@ -194,6 +199,15 @@ class SessionLeases:
                 lease, sent_at = outcome
                 self._held[name] = lease
                 self._sent_at[name] = sent_at
+        if not refused and self._due(lease_clock()):
+            # The acquisition took a large part of the window (a cold client's
+            # first requests): renew at once, before anything is written. A
+            # lease the backend renews has not lapsed, so no one else held it.
+            try:
+                await self._renew_round()
+            except BaseException:
+                await self.release()
+                raise
         if refused:
             await self.release()
             for name, outcome in zip(names, outcomes, strict=True):
@@ -256,9 +270,13 @@ class SessionLeases:
         now = lease_clock()
         return any(renewal_due(sent, self.ttl) <= now for sent in self._sent_at.values())
 
+    def _due(self, now: float) -> list[str]:
+        """The leases to renew now: those due, and those due within half a period (kept in step)."""
+        soon = now + self.ttl * RENEW_SHARE / 2
+        return [name for name, sent in self._sent_at.items() if renewal_due(sent, self.ttl) <= soon]
+
     async def _renew_round(self) -> None:
-        now = lease_clock()
-        due = [name for name, sent in self._sent_at.items() if renewal_due(sent, self.ttl) <= now]
+        due = self._due(lease_clock())
         outcomes = await _bounded(self._renew_call(name) for name in due)
         for name, outcome in zip(due, outcomes, strict=True):
             if isinstance(outcome, LeaseLostError):

@@ -234,46 +234,38 @@ def assert_one_writer_at_a_time(log: list[list[Any]], order: list[str]) -> None:
 
 
 @needs_unshare
-def test_a_second_instance_on_another_host_is_refused_naming_the_holder(
+def test_a_second_instance_on_another_host_is_refused_and_disjoint_pairs_run_beside_it(
     shared: Shared, bots: Callable[..., Bot]
 ) -> None:
-    """Same backend URL, another host name and data root: InstanceLockedError names the holder."""
+    """Same backend URL, other host names and data roots: one instance per pair, cluster-wide.
+
+    A rival for the holder's pair gets InstanceLockedError naming the holder
+    (host, pid, since, lease expiry); a bot with a disjoint pair and risk
+    profile runs beside it.
+    """
     holder = bots("a", host="lease-host-a")
     holder.expect("START")
     holder.ack(1)
-    for rival in (
+    rivals = [
         bots("b", host="lease-host-b"),  # the same pair and risk profile
         bots("c", host="lease-host-c", risk="other"),  # the same pair only
-    ):
+    ]
+    beside = bots("d", "ETH", host="lease-host-d")
+    for rival in rivals:
         refusal = json.loads(rival.expect("LOCKED"))
         assert rival.process.wait(timeout=READY) == 3
         named = refusal["holder"]
         assert named["host"] == "lease-host-a", refusal
         assert named["pid"] == holder.pid, refusal
-        for word in ("lease-host-a", f"pid {holder.pid}", "since", "expires"):
-            assert word in refusal["message"], (word, refusal)
-        assert "since" in named and "expires_at" in named, refusal
-    holder.ack(holder.acks[-1] + 2)  # the holder never noticed
-    assert holder.stop() == 0
-    assert_one_writer_at_a_time(committed_log(shared), ["a"])
-
-
-@needs_unshare
-def test_bots_with_disjoint_pairs_run_side_by_side(
-    shared: Shared, bots: Callable[..., Bot]
-) -> None:
-    """Two hosts, disjoint pairs and risk profiles: both commit, each holding its own leases."""
-    first = bots("a", "BTC", host="lease-host-a")
-    first.expect("START")
-    first.ack(1)
-    second = bots("b", "ETH", host="lease-host-b")
-    second.expect("START")
-    second.ack(3)
-    first.ack(first.acks[-1] + 3)  # still committing while the other one runs
-    second.ack(second.acks[-1] + 1)
-    assert first.stop() == 0 and second.stop() == 0
+        for words in ("host lease-host-a", f"pid {holder.pid}", "since 20", "expires at 20"):
+            assert words in refusal["message"], (words, refusal)
+    beside.expect("START")
+    beside.ack(2)
+    holder.ack(holder.acks[-1] + 2)  # the holder went on committing throughout
+    beside.ack(beside.acks[-1] + 1)
+    assert holder.stop() == 0 and beside.stop() == 0
     assert_one_writer_at_a_time(committed_log(shared, "BTC"), ["a"])
-    assert_one_writer_at_a_time(committed_log(shared, "ETH"), ["b"])
+    assert_one_writer_at_a_time(committed_log(shared, "ETH"), ["d"])
 
 
 async def test_a_holder_killed_with_kill_9_keeps_its_lease_until_the_ttl(

@@ -11,7 +11,9 @@ interleave there. Lines on stdout, each flushed:
 - ``START {json}``: started; the log as restored;
 - ``ACK n``: tick ``n`` committed (printed after the commit returned);
 - ``LOCKED {json}``: ``start()`` raised ``InstanceLockedError`` (exit 3);
-- ``STOPPED``: ``run()`` returned (a stop signal, or ``ticks`` reached).
+- ``STOPPED``: ``run()`` returned (a stop signal, or ``ticks`` reached);
+- ``LOG message``: what persistkit logged (``waiting up to ...`` when ``start()``
+  found another instance and waits for it).
 
 ``mode`` ``"plain"`` writes outside any tick, inside ``async with session:``:
 only the backend's fence can refuse those. ``LeaseLostError`` is not caught:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from typing import Any
 
@@ -33,6 +36,10 @@ def appended(entry: list[Any]) -> Any:
 
 
 async def main(config: dict[str, Any]) -> int:
+    said = logging.StreamHandler(sys.stdout)
+    said.setFormatter(logging.Formatter("LOG %(message)s"))
+    logging.getLogger("persistkit").addHandler(said)
+    logging.getLogger("persistkit").setLevel(logging.INFO)
     name, symbol = config["name"], config["symbol"]
     session = LiveSession(
         [(symbol, "trend")],

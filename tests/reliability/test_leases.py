@@ -359,8 +359,8 @@ def test_a_rolling_deploy_waits_for_the_old_instance_and_never_writes_beside_it(
     old.expect("START")
     old.ack(1)
     new = bots("new", host="lease-new", wait=120.0)
-    new.expect("STARTING")
-    old.ack(old.acks[-1] + 3)  # the old instance keeps committing while the new one waits
+    new.expect("LOG persistkit: waiting")  # it found the old instance running
+    old.ack(old.acks[-1] + 3)  # which keeps committing while the new one waits
     assert old.stop() == 0
     restored = json.loads(new.expect("START"))
     assert [entry[0] for entry in restored].count("old") == old.acks[-1] + 1

@@ -327,8 +327,6 @@ def test_a_holder_stopped_past_its_ttl_never_writes_after_its_successor(
     writes outside any tick, inside ``async with session:``, which only the
     backend's fence can refuse, by the token the session's context carries.
     """
-    if mode == "plain" and shared.url.startswith("s3://"):
-        pytest.skip("S3 fences commits, not plain writes: see the README's backend section")
     stale = bots("a", mode=mode)
     stale.expect("START")
     stale.ack(2)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from common import count
 
 import persistkit
 from persistkit import InstanceLockedError, LiveSession, PersistBase, open_backend
@@ -51,6 +52,8 @@ TTL = 1.5
 """Seconds: the bots' lease time-to-live, short so that waiting for a lapse is cheap."""
 READY = 60.0
 """Seconds a bot may take to say what a step expects (a hang guard, never a measurement)."""
+
+TAKEOVERS = count(1, 10, "lease takeovers per backend and fault (kill -9, SIGSTOP)")
 
 needs_unshare = pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0,
@@ -268,8 +271,9 @@ def test_a_second_instance_on_another_host_is_refused_and_disjoint_pairs_run_bes
     assert_one_writer_at_a_time(committed_log(shared, "ETH"), ["d"])
 
 
+@pytest.mark.parametrize("trial", range(TAKEOVERS))
 async def test_a_holder_killed_with_kill_9_keeps_its_lease_until_the_ttl(
-    shared: Shared, bots: Callable[..., Bot], tmp_path: Path
+    shared: Shared, bots: Callable[..., Bot], tmp_path: Path, trial: int
 ) -> None:
     """kill -9 the holder: its lease stays until its TTL lapses, then a new instance takes it."""
     holder = bots("a", ttl=3.0)
@@ -317,9 +321,10 @@ async def _read_leases(shared: Shared) -> list[Any]:
         await backend.aclose()
 
 
+@pytest.mark.parametrize("trial", range(TAKEOVERS))
 @pytest.mark.parametrize("mode", ["ticks", "plain"])
 def test_a_holder_stopped_past_its_ttl_never_writes_after_its_successor(
-    shared: Shared, bots: Callable[..., Bot], mode: str
+    shared: Shared, bots: Callable[..., Bot], mode: str, trial: int
 ) -> None:
     """SIGSTOP a holder past its TTL, a successor takes over and writes, SIGCONT: LeaseLostError.
 

@@ -792,3 +792,20 @@ async def test_a_session_on_local_files_takes_no_lease_and_its_writes_carry_no_t
             assert fencing.get() == ()
             await PersistSignalAdapter.write_signal_data(signal_row("s1"), "BTC/USDT", "trend")
     assert (await PersistSignalAdapter.read_signal_data("BTC/USDT", "trend")) is not None
+
+
+async def test_lease_wait_also_waits_for_the_local_lock_of_an_instance_on_this_machine(
+    tmp_path: Path, holder: subprocess.Popen[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="persistkit")
+    session = LiveSession(
+        [("BTCUSDT", "trend")], "main", base_dir=tmp_path / "data", lease_wait=120
+    )
+    starting = asyncio.create_task(session.start())
+    while not any("waiting up to" in record.getMessage() for record in caplog.records):
+        assert not starting.done(), starting  # it waits, it does not fail fast
+        await asyncio.sleep(0.01)
+    assert str(holder.pid) in caplog.text  # the log names whom it waits for
+    holder.terminate()  # the old instance stops: its lock goes with it
+    await starting
+    await session.aclose()

@@ -53,7 +53,7 @@ __all__ = [
     "RETRY_SHARE",
     "SAFETY_SHARE",
     "SessionLeases",
-    "check_lease_ttl",
+    "check_seconds",
     "describe_holder",
     "lease_clock",
     "lease_deadline",
@@ -129,13 +129,18 @@ def describe_holder(holder: Mapping[str, object]) -> str:
     return ", ".join(parts)
 
 
-def check_lease_ttl(ttl: float) -> float:
-    """``ttl`` as a float, or :class:`ValueError` when it is not a positive number of seconds."""
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"lease_ttl must be a number of seconds, got {type(ttl).__name__}")
-    if not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"lease_ttl must be a positive, finite number of seconds, got {ttl!r}")
-    return float(ttl)
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as a float, or a clear error naming ``name`` when it is no number of seconds.
+
+    Finite and positive (``zero``: or 0). :class:`TypeError` for what is not a
+    number (``bool`` included), :class:`ValueError` for a number out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "a positive number of"
+        raise ValueError(f"{name} must be {least} seconds, finite, got {value!r}")
+    return float(value)
 
 
 async def _bounded(calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:

@@ -45,7 +45,7 @@ from persistkit.errors import ConflictError, InstanceLockedError, LeaseLostError
 from persistkit.live.lease import (
     DEFAULT_LEASE_TTL,
     SessionLeases,
-    check_lease_ttl,
+    check_seconds,
     lease_clock,
     wait_poll_delay,
 )
@@ -242,13 +242,9 @@ class LiveSession:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         lease_wait: float = 0.0,
     ) -> None:
-        self.lease_ttl = check_lease_ttl(lease_ttl)
+        self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
         """Seconds a lease in a shared backend outlives its last renewal."""
-        if isinstance(lease_wait, bool) or not isinstance(lease_wait, int | float):
-            raise TypeError(f"lease_wait must be a number of seconds, got {lease_wait!r}")
-        if not 0 <= lease_wait < float("inf"):
-            raise ValueError(f"lease_wait must be 0 or more seconds, got {lease_wait!r}")
-        self.lease_wait = float(lease_wait)
+        self.lease_wait = check_seconds("lease_wait", lease_wait, zero=True)
         """Seconds :meth:`start` waits for another instance to stop before it gives up."""
         self.pairs: list[tuple[str, str]] = [(str(s), str(t)) for s, t in pairs]
         if not self.pairs:

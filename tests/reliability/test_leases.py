@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ import pytest
 from common import count
 
 import persistkit
-from persistkit import InstanceLockedError, LiveSession, PersistBase, open_backend
+from persistkit import InstanceLockedError, LeaseLostError, LiveSession, PersistBase, open_backend
 from persistkit.backends.base import fencing
+from persistkit.live.lease import SAFETY_SHARE
 from support.servers import RedisCluster, RedisServer, SeaweedS3
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("count_in_the_report")]
@@ -372,3 +374,30 @@ def test_a_rolling_deploy_waits_for_the_old_instance_and_never_writes_beside_it(
     entries = committed_log(shared)
     assert_one_writer_at_a_time(entries, ["old", "new"])
     assert entries[: len(restored)] == restored
+
+
+async def test_a_holder_that_could_not_renew_commits_nothing_from_its_deadline_on(
+    shared: Shared, tmp_path: Path
+) -> None:
+    """A loop blocked past the deadline (no renewal could run): every tick raises LeaseLostError."""
+    ttl = 3.0
+    session = LiveSession(
+        [("BTC", "trend")], "BTC", base_dir=tmp_path / "root", backend=shared.url, lease_ttl=ttl
+    )
+    await session.start()
+    log: PersistBase[Any] = PersistBase("fence", base_dir=tmp_path / "root")
+    async with session.tick():
+        await log.write_value("log-BTC", [["a", 0]])
+    time.sleep(ttl * (1 - SAFETY_SHARE) + 0.1)  # blocks the loop: no renewal can run
+    for attempt in range(2):  # that tick and every later one
+        with pytest.raises(LeaseLostError, match=r"pair-BTC_trend|risk-BTC"):
+            async with session.tick():
+                await log.write_value("log-BTC", [["a", 0], ["a", attempt + 1]])
+
+    async def tick(n: int) -> None:
+        await log.write_value("log-BTC", [["a", 0], ["run", n]])
+
+    with pytest.raises(LeaseLostError):
+        await session.run(tick, interval=0, ticks=1)
+    await session.aclose()
+    assert await read_log(shared) == [["a", 0]]

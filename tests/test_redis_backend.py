@@ -235,8 +235,13 @@ async def test_cluster_settles_commit_records_by_their_locks_never_by_their_age(
         assert (await store.read_value("A")).id == "s1"
         assert raw.get(value("B")) == b"written after the commit finished there"
         assert raw.get(value("C")) == b"before the stale commit"
-        assert raw.exists(committed, stale, lock("A"), lock("C")) == 0
+        assert raw.exists(lock("A"), lock("C")) == 0
+        # Settled records shrink to receipts, kept (receipt_ttl) for their writers' retries.
+        assert raw.hgetall(committed) == {b"state": b"committed", b"done": b"1"}
+        assert raw.hgetall(stale) == {b"state": b"aborted", b"done": b"1"}
+        assert 0 < raw.ttl(committed) <= 600
         assert raw.exists(young, lock("D")) == 2  # its writer may still decide it
+        assert await backend.unapplied_commits() == [f"{young} (pending)"]
         assert raw.get(value("D")) is None
     finally:
         raw.close()
@@ -276,13 +281,13 @@ async def test_cluster_commit_cut_by_a_dead_master_is_applied_once_by_its_retry(
             alive = await backend.get(alive_key)
             assert alive is not None and alive.data == b"new-3"
             await backend.recover_commits()  # the un-retried attempts are old by now
-            leftovers = [
+            locks = [
                 key
                 for node in cluster.nodes
-                for pattern in (f"{prefix}:commit:*", f"{prefix}:lock:*")
-                for key in await _scan_node(node.port, pattern)
+                for key in await _scan_node(node.port, f"{prefix}:lock:*")
             ]
-            assert leftovers == []
+            assert locks == []
+            assert await backend.unapplied_commits() == []
             alive = await backend.get(alive_key)
             assert alive is not None and alive.data == b"new-3"  # never an older attempt
         finally:

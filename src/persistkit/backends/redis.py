@@ -67,9 +67,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -126,6 +126,11 @@ logger = logging.getLogger("persistkit")
 DEFAULT_PREFIX = "persistkit"
 _ROOT_TAG = "/"  # the hash tag of the root namespace: an empty tag would hash the whole key
 _SCAN_COUNT = 1000
+_STEP_ATTEMPTS = 4
+"""How often one idempotent step of a cross-slot commit is sent when its connection drops."""
+T = TypeVar("T")
+_DONE = "/done"
+"""The end of a commit record's state once every key is finished (see _STATE)."""
 _GLOB_SPECIAL = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 _PREFIX_FORBIDDEN = frozenset("{}*?[]\\ \t\r\n")
 
@@ -297,23 +302,41 @@ end
 return finished
 """
 
+# A record's state is 'pending', 'committed' or 'aborted'; once every key is
+# finished it keeps only its state, as the receipt of the commit for the
+# retries of its writer, and states read back then end in '/done'.
+_STATE = """
+local function state_of(record)
+  local state = redis.call('HGET', record, 'state')
+  if state and redis.call('HEXISTS', record, 'done') == 1 then return state .. '/done' end
+  return state
+end
+"""
+
 # The commit record: created 'pending' with every entry (by the first attempt
 # only: a retry with the same id finds it and reads its state). KEYS: record.
 # ARGV: field, value, ... Returns the state.
-_OPEN_RECORD = """#!lua
-local state = redis.call('HGET', KEYS[1], 'state')
+_OPEN_RECORD = (
+    "#!lua"
+    + _STATE
+    + """
+local state = state_of(KEYS[1])
 if state then return state end
 local now = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'state', 'pending', 'at', now[1] * 1000 + math.floor(now[2] / 1000))
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 'pending'
 """
+)
 
 # The decision, made once: 'pending' becomes ARGV[1] ('committed' or
 # 'aborted'); with ARGV[2] set, an abort happens only once the record has
 # been pending that many ms by the server's clock. Returns the state after.
-_DECIDE = """#!lua
-local state = redis.call('HGET', KEYS[1], 'state')
+_DECIDE = (
+    "#!lua"
+    + _STATE
+    + """
+local state = state_of(KEYS[1])
 if state ~= 'pending' then return state or '' end
 if ARGV[2] ~= '' then
   local now = redis.call('TIME')
@@ -324,6 +347,18 @@ if ARGV[2] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 return ARGV[1]
+"""
+)
+
+# Every key finished: the record shrinks to its receipt (state, done), kept
+# ARGV[1] ms for its writer's retries. KEYS: record.
+_CLOSE_RECORD = """#!lua
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', state, 'done', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 # KEYS: value, quarantine entry, lock. ARGV: key, reason, at. {1} moved,
@@ -408,6 +443,7 @@ _PREPARE_SCRIPT = _Script(_PREPARE)
 _FINISH_SCRIPT = _Script(_FINISH)
 _OPEN_RECORD_SCRIPT = _Script(_OPEN_RECORD)
 _DECIDE_SCRIPT = _Script(_DECIDE)
+_CLOSE_RECORD_SCRIPT = _Script(_CLOSE_RECORD)
 _QUARANTINE_SCRIPT = _Script(_QUARANTINE)
 _RESTORE_SCRIPT = _Script(_RESTORE)
 _ACQUIRE_LEASE_SCRIPT = _Script(_ACQUIRE_LEASE)
@@ -781,15 +817,46 @@ class RedisBackend(Backend):
 
     # -- scripts that may meet a lock ---------------------------------------------------
 
-    async def _eval(self, script: _Script, keys: list[str], args: list[Any], what: str) -> Any:
-        """Run a writing script; a key locked by an unfinished commit is freed first."""
+    async def _eval(
+        self, script: _Script, keys: list[str], args: list[Any], what: str, *, step: bool = False
+    ) -> Any:
+        """Run a writing script; a key locked by an unfinished commit is freed first.
+
+        ``step``: the script is one idempotent step of a cross-slot commit (see :meth:`_step`).
+        """
         waited = 0.0
         while True:
-            with _Mapped(what, write=True):
-                reply = await script(self._redis, keys, args)
+            if step:
+                reply = await self._step(what, lambda: script(self._redis, keys, args))
+            else:
+                with _Mapped(what, write=True):
+                    reply = await script(self._redis, keys, args)
             if reply[0] != -1:
                 return reply
             waited = await self._free_lock(_text(reply[1]), _text(reply[2]), waited)
+
+    async def _step(self, what: str, run: Callable[[], Awaitable[T]]) -> T:
+        """One request of a cross-slot commit, repeated at once when its connection drops.
+
+        A cross-slot commit is several requests, each idempotent (the commit id
+        makes a repeat a no-op). Repeating only the step whose reply was lost,
+        instead of the whole commit from the store's retry policy, keeps a
+        commit through a lossy network from starting over at every loss. Only
+        a dropped connection is repeated, a bounded number of times; a timeout
+        (a hung server) goes straight to the caller.
+        """
+        for attempt in range(1, _STEP_ATTEMPTS + 1):
+            try:
+                with _Mapped(what, write=True):
+                    return await run()
+            except TransientBackendError as exc:
+                cause = exc.__cause__
+                dropped = isinstance(cause, RedisConnectionError) or (
+                    type(cause) is RedisClusterException and "cannot be connected" in str(cause)
+                )
+                if not dropped or attempt == _STEP_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _free_lock(self, commit_id: str, lock_key: str, waited: float) -> float:
         """Finish the commit holding ``lock_key`` (or abort it once it is stale); else wait."""
@@ -801,7 +868,7 @@ class RedisBackend(Backend):
             # record was lost; either way this lock guards nothing any more.
             await self._finish(commit_id, [(self._value_of(lock_key), "-", b"")])
         if state != "pending":
-            return waited
+            return waited  # settled (or settled before): the lock is gone
         if waited > 2 * self.commit_timeout + 5:
             raise TransientBackendError(
                 f"redis: {lock_key} is still locked by commit {commit_id} after {waited:.1f} s"
@@ -1102,27 +1169,34 @@ class RedisBackend(Backend):
         for entries in slots.values():
             for _, value_key, op, data, _ in entries:
                 fields += [f"{'c' if op == '-' else op}{value_key}", data]
-        with _Mapped(what, write=True):
-            state = _text(await _OPEN_RECORD_SCRIPT(self._redis, [record], fields))
+        state = _text(
+            await self._step(what, lambda: _OPEN_RECORD_SCRIPT(self._redis, [record], fields))
+        )
+        known = [
+            (value_key, op, data)
+            for entries in slots.values()
+            for _, value_key, op, data, _ in entries
+        ]
         if state == "pending":
             # Slots in one global order: two commits that share keys lock them in
             # the same order, so neither waits on the other for ever.
             for slot in sorted(slots):
                 refusal = await self._prepare(commit_id, slots[slot], what)
                 if refusal is not None:
-                    await self._settle_record(record, decide="aborted")
+                    await self._settle_record(record, decide="aborted", entries=known)
                     raise refusal
             try:
-                state = await self._settle_record(record, decide="committed")
+                state = await self._settle_record(record, decide="committed", entries=known)
             except TransientBackendError:
                 # Perhaps decided: the next operation settles it first (_get_ready),
                 # unless the retry of this commit does it before.
                 self._unfinished.add(record)
                 self._ready = False
                 raise
-        elif state == "committed":
-            state = await self._settle_record(record)  # a retry: finish what is left
-        if state != "committed":
+        elif state in ("committed", "aborted"):
+            # A retry of a commit decided before: finish what is left of it.
+            state = await self._settle_record(record, entries=known)
+        if state.removesuffix(_DONE) != "committed":
             raise ConflictError(
                 f"redis: {what} was aborted: another process found it undecided for more "
                 f"than commit_timeout ({self.commit_timeout} s) and rolled it back; nothing "
@@ -1145,6 +1219,7 @@ class RedisBackend(Backend):
             [*keys, *fence_keys],
             [*fence_args, commit_id, len(entries), *args],
             what,
+            step=True,
         )
         if reply[0] == 0:
             key, _, _, _, expected = entries[int(reply[1]) - 1]
@@ -1154,7 +1229,12 @@ class RedisBackend(Backend):
         return None
 
     async def _settle_record(
-        self, record: str, *, decide: str = "aborted", abort_after: float | None = None
+        self,
+        record: str,
+        *,
+        decide: str = "aborted",
+        abort_after: float | None = None,
+        entries: list[tuple[str, str, bytes]] | None = None,
     ) -> str:
         """Decide ``record`` if still pending, then finish it; returns its state.
 
@@ -1162,24 +1242,36 @@ class RedisBackend(Backend):
         ``abort_after``, only an abort, and only once it has been pending that
         many seconds by the server's clock (else ``"pending"`` comes back and
         nothing changes). A committed record is rolled forward onto the keys
-        it still locks, an aborted one lets them go; then it is deleted.
-        ``""``: no such record (finished and deleted, or never written).
+        it still locks, an aborted one lets them go; then it shrinks to its
+        receipt (a state ending in ``/done``, which nothing settles again).
+        ``""``: no such record (its receipt expired, or it was never written).
+        ``entries`` (value key, op, data) are the record's own, when the caller
+        knows them (the committer): they need not be read back.
         """
         after = "" if abort_after is None else str(int(abort_after * 1000))
-        with _Mapped(f"decide {record}", write=True):
-            state = _text(await _DECIDE_SCRIPT(self._redis, [record], [decide, after]))
-            if state in ("", "pending"):
-                return state
-            fields = await self._redis.hgetall(record)
-        entries: list[tuple[str, str, bytes]] = []
-        for field, data in fields.items():
-            op, value_key = _text(field[:1]), _text(field[1:])
-            if op in ("s", "d", "c") and value_key.startswith(self._value_head):
-                op = op if state == "committed" and op != "c" else "-"
-                entries.append((value_key, op, data))
-        await self._finish(commit_id=record[len(self._commit_head) : -1], entries=entries)
-        with _Mapped(f"DEL {record}", write=True):
-            await self._redis.execute_command("DEL", record)
+        what = f"settle {record}"
+        state = _text(
+            await self._step(what, lambda: _DECIDE_SCRIPT(self._redis, [record], [decide, after]))
+        )
+        if state in ("", "pending") or state.endswith(_DONE):
+            return state
+        if entries is None:
+            fields = await self._step(what, lambda: self._redis.hgetall(record))
+            entries = []
+            for field, data in fields.items():
+                op, value_key = _text(field[:1]), _text(field[1:])
+                if op in ("s", "d", "c") and value_key.startswith(self._value_head):
+                    entries.append((value_key, op, data))
+        if state != "committed":
+            entries = [(value_key, "-", b"") for value_key, _, _ in entries]
+        else:
+            entries = [
+                (value_key, "-" if op == "c" else op, data) for value_key, op, data in entries
+            ]
+        await self._finish(record[len(self._commit_head) : -1], entries)
+        await self._step(
+            what, lambda: _CLOSE_RECORD_SCRIPT(self._redis, [record], [self._receipt_ms])
+        )
         return state
 
     async def _finish(self, commit_id: str, entries: list[tuple[str, str, bytes]]) -> None:
@@ -1188,21 +1280,14 @@ class RedisBackend(Backend):
         for entry in entries:
             slot = self._redis.keyslot(entry[0]) if self._cluster else 0
             by_slot.setdefault(slot, []).append(entry)
-        with _Mapped(f"finish commit {commit_id}", write=True):
-            await asyncio.gather(
-                *(
-                    _FINISH_SCRIPT(
-                        self._redis,
-                        [
-                            k
-                            for value_key, _, _ in group
-                            for k in (value_key, self._lock_of(value_key))
-                        ],
-                        [commit_id, *(x for _, op, data in group for x in (op, data))],
-                    )
-                    for group in by_slot.values()
-                )
-            )
+        what = f"finish commit {commit_id}"
+
+        async def finish(group: list[tuple[str, str, bytes]]) -> None:
+            keys = [k for value_key, _, _ in group for k in (value_key, self._lock_of(value_key))]
+            args = [commit_id, *(x for _, op, data in group for x in (op, data))]
+            await self._step(what, lambda: _FINISH_SCRIPT(self._redis, keys, args))
+
+        await asyncio.gather(*(finish(group) for group in by_slot.values()))
 
     async def recover_commits(self) -> list[str]:
         """Settle cross-slot commits that stopped writers left; returns the records settled.
@@ -1224,6 +1309,8 @@ class RedisBackend(Backend):
         async for raw in self._scan_keys(f"{_glob(self._commit_head)}*"):
             name = _text(raw)
             state = await self._settle_record(name, abort_after=self.commit_timeout)
+            if state.endswith(_DONE):
+                continue  # a receipt, kept for its writer's retries
             if state == "committed":
                 logger.warning("persistkit: finished the interrupted commit %s", name)
             elif state == "aborted":
@@ -1247,9 +1334,9 @@ class RedisBackend(Backend):
             await self._get_ready()
         found: list[str] = []
         async for raw in self._scan_keys(f"{_glob(self._commit_head)}*"):
-            with _Mapped(f"HGET {raw!r}"):
-                state = await self._redis.hget(raw, "state")
-            if state is not None:
+            with _Mapped(f"HMGET {raw!r}"):
+                state, done = await self._redis.hmget(raw, ["state", "done"])
+            if state is not None and done is None:
                 found.append(f"{_text(raw)} ({_text(state)})")
         return found
 

@@ -5,7 +5,7 @@ written one by one, a crash between them leaves one without the other. Inside
 a transaction, :class:`~persistkit.PersistBase` stages writes instead of
 storing them, and the block's normal exit hands them all to
 :meth:`Backend.commit <persistkit.backends.Backend.commit>` in one call (the file
-backend's commit journal, Redis MULTI/EXEC, S3 commit objects).
+backend's commit journal, Redis MULTI/EXEC, S3's head commit record).
 
 The active transaction lives in a context variable, so tasks started inside the
 block join it, and a store costs one ``ContextVar.get()`` to learn there is none.

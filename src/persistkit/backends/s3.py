@@ -1,6 +1,125 @@
 """The S3 backend: one object per entity, on AWS S3 or any S3-compatible server.
 
-DOCSTRING_PLACEHOLDER
+Layout under ``s3://bucket/prefix``, mirroring the file backend's folders:
+
+- ``{prefix}/{namespace}/{id}.json``: the value, the exact bytes the file
+  backend would write (``prefix/signal/BTCUSDT_trend/BTCUSDT.json``); persistkit's
+  bookkeeping (write tokens, commit sequence) lives in the object's metadata,
+  never in its bytes;
+- ``{prefix}/.quarantine/{namespace}/{id}@{stamp}.json``: values moved aside,
+  their reason in the object's metadata; deleted only by :meth:`S3Backend.purge`;
+- ``{prefix}/.commits/head.json``: the latest tick commit record (below);
+- ``{prefix}/.leases/{name}.json``: one lease object per lock name (below).
+
+Nothing under a segment that starts with ``.`` is ever listed as an entity.
+
+**Versions** are ETags: the MD5 of the content for a single-part upload, which
+is all this backend writes. Two writes of identical bytes therefore carry the
+same version (an "ABA" that compare-and-set cannot tell apart), which is
+harmless: the value it guards is byte for byte the one the caller read.
+
+**Compare-and-set** is S3's conditional write: ``If-Match: <etag>`` to replace
+the version read, ``If-None-Match: *`` to create only. A failed precondition
+(412; 409 when a concurrent conditional write is still in flight; 404 from AWS
+for ``If-Match`` on a missing key) raises :class:`~persistkit.errors.ConflictError`.
+
+**Exactly once through lost replies.** Every conditional write (compare-and-set,
+create-only, compare-and-set delete, the commit record, a lease) stores a write
+token in the object's metadata, atomically with the bytes; a retry of the same
+request carries the same token (:class:`~persistkit.backends.write_tokens.WriteTokens`
+recognises it by its content). It also carries, as ``persistkit-history``, the
+short tokens of the last 31 conditional writes the object it replaces had
+replaced, as this process last read them. When a retry's precondition fails, a
+HEAD shows whether the object is that write or replaced it: then the write was
+applied and the call reports success (returning the version it wrote). A
+compare-and-set delete leaves a *tombstone* (an empty object marked
+``persistkit-deleted``, read as absent, never listed) so that its token
+survives. A real conflict still raises ``ConflictError``. What remains: a retry
+reports ``ConflictError`` although its write was applied when, between the lost
+reply and the retry, the object was replaced by an unconditional write, deleted
+outright (an unconditional ``delete``), or replaced by more than 31 conditional
+writes; and a process that dies before retrying never learns the outcome.
+Unconditional writes need no token: repeating one stores the same bytes.
+
+**Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object
+transaction and a conditional write checks only its own object, so every tick
+commit of every process goes through one object, the *head record*
+``.commits/head.json``: the batch (base64), a sequence number, whether it is
+applied, the fencing tokens of the leases, the write tokens of the latest 256
+commits, and a SHA-256 checksum. A commit (1) applies the current head if it is
+not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
+transaction) against the objects, (3) writes itself as the next head with
+``If-Match`` on the head it read (losing that race it starts over at 1), (4)
+applies its writes and (5) marks the head applied. Once step 3 succeeded the
+tick is decided, the same way for every process: whoever touches the head next
+(a later commit of any process, a process starting up) applies it first. Each
+entity write of a commit is conditional on the object it saw and carries the
+commit's sequence number in its metadata (``persistkit-seq``); an applier that
+finds a number as high or higher skips the key, and a deletion leaves a
+tombstone with its number. Hence, across processes and hosts:
+
+- commits are serialised: concurrent ticks on the same keys leave one whole
+  tick or the other, as if run one after the other in sequence order;
+- ``expect`` is checked at commit, atomically with respect to every other
+  commit (:attr:`commit_checks_versions`), so concurrent ``update_value`` ticks
+  lose no acknowledged increment;
+- a recorded commit is never replayed over a later one: a late applier (a
+  writer stopped between recording and applying, then resumed) finds newer
+  sequence numbers, or finds the head applied or moved on, and stops. No
+  wall-clock grace is involved.
+
+What it does not give: isolation from readers in other processes while a tick
+is being applied (a reader there may see it half-applied for those
+milliseconds; a process starting then applies the rest itself), and ordering
+against *plain* writes: a put or delete outside a commit that lands on a key
+while another process's commit is being applied may be overwritten by it (the
+commit is then ordered after it). A crash after step 3 leaves the tick for the
+next process to apply. A damaged head record stops every operation with
+:class:`~persistkit.errors.JournalDamagedError`; it is never replaced
+automatically (entity objects carry its sequence numbers, and it carries the
+fences).
+
+**Leases and fencing** (:attr:`leases` is true). :meth:`S3Backend.acquire_lease`
+reads ``.leases/{name}.json`` and, when it is absent, released or lapsed, writes
+it with the next token conditionally (``If-Match`` on the object read,
+``If-None-Match: *`` for the first); the object is never deleted (release marks
+it released), so tokens only grow. Expiry is judged by the server's clock: the
+object's ``Last-Modified`` plus the TTL plus one second (S3 times are whole
+seconds), against the ``Date`` of the server's reply, never the client's clock.
+A live lease held by another raises :class:`~persistkit.errors.InstanceLockedError`
+naming its holder (host, pid, since, expiry); :meth:`renew_lease` of a lease
+taken over or lapsed raises :class:`~persistkit.errors.LeaseLostError`. Before
+``acquire_lease`` returns, the new token is written into the head record as the
+fence of ``name`` (a commit with no writes). Commits made while
+:data:`~persistkit.backends.base.fencing` holds leases carry their tokens, and
+step 3 refuses, with ``LeaseLostError`` and nothing recorded, a commit whose
+token is older than the fence. Since that check and the recording are one
+conditional write of the head, **S3 guarantees**: once a new holder's
+``acquire_lease`` has returned, no commit of an older holder is recorded; one
+recorded before is applied before anything the new holder commits, and never
+after. Plain ``put``/``delete`` calls made under a lease go through a commit
+(so they are fenced the same way). What S3 cannot do is refuse a write made
+*without* a token (a script, the command line) on a key under a live lease, and
+it cannot stop a stale holder from *reading*; a holder that cannot renew must
+stop itself at a monotonic deadline before its TTL (the live session does).
+
+**Errors**: connection failures, timeouts, 5xx and throttling become
+:class:`~persistkit.errors.TransientBackendError`, chained with ``from``;
+:class:`~persistkit.PersistBase` retries those with its
+:class:`~persistkit.RetryPolicy`. Clients made by :meth:`S3Backend.from_url`
+disable botocore's own retries (``total_max_attempts=1``) so that the policy is
+the only one and its deadline means what it says. Everything else becomes a
+:class:`~persistkit.errors.BackendError` (:class:`~persistkit.errors.WriteFailedError`
+for a write that did not happen). Every request goes through one mapping
+(``S3Backend._call``).
+
+**Threads**: boto3 blocks, so every call runs in a bounded thread pool owned by
+the backend (16 workers by default, never more than the client's connection
+pool); :meth:`S3Backend.aclose` shuts it down.
+
+**Credentials** come from boto3's standard chain (environment, profile, SSO,
+instance role); they are never put in :attr:`S3Backend.url`, a repr, an error
+or a log line, and an ``s3://`` URL that carries any is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +132,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,6 +214,13 @@ _META_REASON = "persistkit-reason"
 _META_AT = "persistkit-quarantined-at"
 _META_TOKEN = "persistkit-token"
 """The write token of the conditional write that stored the object."""
+_META_HISTORY = "persistkit-history"
+"""The short write tokens of the conditional writes this object replaced, newest first:
+a retry whose write was overwritten since still finds it (see the module doc)."""
+_HISTORY_LENGTH = 32
+_SHORT_TOKEN = 16
+"""Hex digits of a token kept in a history (64 bits: no two collide in practice)."""
+_HISTORIES_REMEMBERED = 4096
 _META_SEQ = "persistkit-seq"
 """The tick commit that stored the object: a lower one never overwrites it."""
 _META_DELETED = "persistkit-deleted"
@@ -289,6 +416,8 @@ class _State:
     seq: int
     """The tick commit that wrote it; 0 for a write outside any commit."""
     deleted: bool
+    history: str = ""
+    """The object's write token and those it replaced (short, newest first)."""
 
     @property
     def version(self) -> str | None:
@@ -307,7 +436,26 @@ def _state_of(head: Mapping[str, Any] | None) -> _State:
         seq = int(metadata.get(_META_SEQ, "0"))
     except ValueError:
         seq = 0
-    return _State(head["ETag"], seq, _META_DELETED in metadata)
+    return _State(head["ETag"], seq, _META_DELETED in metadata, _history_of(metadata))
+
+
+def _history_of(metadata: Mapping[str, str]) -> str:
+    """The write tokens of an object's metadata: its own, then those it replaced."""
+    own = metadata.get(_META_TOKEN, "")[:_SHORT_TOKEN]
+    earlier = metadata.get(_META_HISTORY, "")
+    return f"{own} {earlier}".strip() if own else earlier
+
+
+def _carried(history: str) -> str:
+    """What a write over an object with ``history`` records as the history it replaced."""
+    return " ".join(history.split()[: _HISTORY_LENGTH - 1])
+
+
+def _wrote(metadata: Mapping[str, str], token: str) -> bool:
+    """Whether the object with ``metadata`` is, or replaced, the write with ``token``."""
+    return (
+        metadata.get(_META_TOKEN) == token or token[:_SHORT_TOKEN] in _history_of(metadata).split()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +529,12 @@ class S3Backend(Backend):
         self._prepare_lock = threading.Lock()
         self._commit_locks = LoopLocalKeyedLocks()
         self._tokens = WriteTokens()
+        # (object key, ETag) -> the write tokens that object carries, from reads:
+        # a compare-and-set over it carries them on (see _conditional_put_sync).
+        self._histories: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._histories_lock = threading.Lock()
+        # key -> the object as this backend's last commit left it (see _record_and_apply).
+        self._known: OrderedDict[str, _State] = OrderedDict()
         # The head record as this backend last wrote or read it, with its ETag:
         # the next commit tries it first and reads the head only when it moved.
         self._head: tuple[_Record, str | None] = (_NO_RECORD, None)
@@ -527,6 +681,23 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self._failure(exc, doing, writing=writing) from exc
 
+    def _get_object_sync(self, object_key: str, doing: str) -> tuple[bytes, dict[str, Any]] | None:
+        """GET ``object_key``: its bytes and the response, ``None`` when absent.
+
+        The body streams after the call returns, so reading it can fail too;
+        mapped here, the one other place besides :meth:`_call`.
+        """
+        response = self._call("get_object", doing, Key=object_key)
+        if response is None:
+            return None
+        try:
+            data = bytes(response["Body"].read())
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, doing) from exc
+        # A compare-and-set over this object carries its write tokens on.
+        self._remember_history(object_key, response["ETag"], response.get("Metadata", {}))
+        return data, response
+
     def _must(self, response: dict[str, Any] | None, doing: str) -> dict[str, Any]:
         """``response``, or the error for a 404 that cannot be an absent object."""
         if response is None:
@@ -555,6 +726,31 @@ class S3Backend(Backend):
             "or pass create_bucket=True (create_bucket=1 in an s3:// URL)"
         )
 
+    def _known_state(self, key: str) -> _State | None:
+        with self._histories_lock:
+            return self._known.get(key)
+
+    def _remember_state(self, key: str, state: _State) -> None:
+        with self._histories_lock:
+            self._known[key] = state
+            self._known.move_to_end(key)
+            while len(self._known) > _HISTORIES_REMEMBERED:
+                self._known.popitem(last=False)
+
+    def _forget_state(self, key: str) -> None:
+        with self._histories_lock:
+            self._known.pop(key, None)
+
+    def _remember_history(self, object_key: str, etag: str, metadata: Mapping[str, str]) -> None:
+        with self._histories_lock:
+            self._histories[(object_key, etag)] = _history_of(metadata)
+            while len(self._histories) > _HISTORIES_REMEMBERED:
+                self._histories.popitem(last=False)
+
+    def _history_at(self, object_key: str, etag: str) -> str | None:
+        with self._histories_lock:
+            return self._histories.get((object_key, etag))
+
     def _conditional_put_sync(
         self,
         object_key: str,
@@ -565,47 +761,65 @@ class S3Backend(Backend):
     ) -> tuple[str, dict[str, Any]]:
         """Put ``data`` if the object is at ETag ``expect`` (``None``: absent), exactly once.
 
-        The write carries a write token in its metadata; the token is the same
-        for a retry of the same request (see :class:`WriteTokens`). When the
-        precondition fails, a HEAD shows whether the object is this very write,
-        applied by an attempt whose reply was lost: then it succeeds. A
-        tombstone counts as absent for ``expect=None``. Returns (ETag, response).
+        The write carries a write token in its metadata, the same for a retry
+        of the same request (see :class:`WriteTokens`), and the tokens of the
+        writes the object it replaces carried (its history, as last read).
+        When the precondition fails, a HEAD shows whether the object is this
+        very write, or replaced it: an attempt whose reply was lost was
+        applied, so the write succeeds. A tombstone counts as absent for
+        ``expect=None``. Returns (the ETag written, the response).
         """
         extra = [part for item in sorted((metadata or {}).items()) for part in item]
         request = WriteTokens.fingerprint("put", object_key, data, expect, *extra)
         token = self._tokens.token_for(request)
+        doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        history = "" if expect is None else self._history_at(object_key, expect)
         try:
             while True:
-                try:
-                    response = self._must(
-                        self._call(
-                            "put_object",
-                            f"write of {what}",
-                            writing=True,
-                            Key=object_key,
-                            Body=data,
-                            Metadata={**(metadata or {}), _META_TOKEN: token},
-                            **condition,
-                        ),
-                        f"write of {what}",
-                    )
-                    self._tokens.settle(request)
-                    return response["ETag"], response
-                except _Refused:
+                head: dict[str, Any] | None = None
+                if history is None:  # a version not read here: its history is one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
-                    if head is not None and head.get("Metadata", {}).get(_META_TOKEN) == token:
+                    if head is not None and head["ETag"] == condition.get("IfMatch"):
+                        history = _history_of(head.get("Metadata", {}))
+                        head = None
+                if head is None:
+                    written = {**(metadata or {}), _META_TOKEN: token}
+                    if history:
+                        written[_META_HISTORY] = _carried(history)
+                    try:
+                        response = self._must(
+                            self._call(
+                                "put_object",
+                                doing,
+                                writing=True,
+                                Key=object_key,
+                                Body=data,
+                                Metadata=written,
+                                **condition,
+                            ),
+                            doing,
+                        )
+                    except _Refused:
+                        head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    else:
                         self._tokens.settle(request)
-                        return head["ETag"], head  # ours: the reply of the write was lost
-                    state = _state_of(head)
-                    if expect is None and state.deleted and state.object_etag is not None:
-                        condition = {"IfMatch": state.object_etag}  # over a tombstone
-                        continue
-                    if expect is None and head is None and "IfMatch" in condition:
-                        condition = {"IfNoneMatch": "*"}  # the tombstone went meanwhile
-                        continue
+                        self._remember_history(object_key, response["ETag"], written)
+                        return response["ETag"], response
+                if head is not None and _wrote(head.get("Metadata", {}), token):
                     self._tokens.settle(request)
-                    raise _conflict(what, expect, key=what) from None
+                    return _md5_etag(data), head  # ours: the reply of the write was lost
+                state = _state_of(head)
+                if expect is None and state.deleted and state.object_etag is not None:
+                    condition = {"IfMatch": state.object_etag}  # over a tombstone
+                    history = state.history
+                    continue
+                if expect is None and head is None and "IfMatch" in condition:
+                    condition = {"IfNoneMatch": "*"}  # the tombstone went meanwhile
+                    history = ""
+                    continue
+                self._tokens.settle(request)
+                raise _conflict(what, expect, key=what)
         except TransientBackendError:
             raise  # ambiguous: the retry reuses the token
         except BaseException:
@@ -639,16 +853,10 @@ class S3Backend(Backend):
             self._ready = True
 
     def _check_bucket_sync(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
+        if self._call("head_bucket", f"access to bucket {self.bucket!r}") is not None:
             return
-        except ClientError as exc:
-            if _status(exc) != 404:
-                raise self._failure(exc, f"access to bucket {self.bucket!r}") from exc
-            if not self._create_bucket or self.read_only:
-                raise BackendError(self._missing_bucket_message()) from exc
-        except BotoCoreError as exc:
-            raise self._failure(exc, f"access to bucket {self.bucket!r}") from exc
+        if not self._create_bucket or self.read_only:
+            raise BackendError(self._missing_bucket_message())
         region = self._client.meta.region_name
         try:
             if region and region != "us-east-1":
@@ -668,13 +876,13 @@ class S3Backend(Backend):
     # -- single values -------------------------------------------------------------------
 
     def _get_sync(self, key: str) -> Versioned | None:
-        response = self._call("get_object", f"read of {key}", Key=self.object_key(key))
-        if response is None or _META_DELETED in response.get("Metadata", {}):
+        object_key = self.object_key(key)
+        found = self._get_object_sync(object_key, f"read of {key}")
+        if found is None:
             return None
-        try:
-            data = response["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise self._failure(exc, f"read of {key}") from exc
+        data, response = found
+        if _META_DELETED in response.get("Metadata", {}):
+            return None
         return Versioned(data, response["ETag"])
 
     async def get(self, key: str) -> Versioned | None:
@@ -689,6 +897,7 @@ class S3Backend(Backend):
 
     def _put_sync(self, key: str, data: bytes, expect: Expected) -> str:
         object_key = self.object_key(key)
+        self._forget_state(key)
         if expect is ANY_VERSION:
             # Unconditional: repeating it after a lost reply stores the same bytes.
             doing = f"write of {key}"
@@ -725,6 +934,7 @@ class S3Backend(Backend):
 
     def _delete_sync(self, key: str, expect: Expected) -> bool:
         object_key = self.object_key(key)
+        self._forget_state(key)
         if expect is ANY_VERSION or expect is None:
             # S3 answers a delete the same whether the object existed or not.
             state = self._state_sync(key)
@@ -893,13 +1103,10 @@ class S3Backend(Backend):
     def _read_quarantined_sync(self, entry_id: str) -> bytes:
         quarantined_key(entry_id)  # refuses anything that is not an entry id
         doing = f"read of quarantine entry {entry_id}"
-        response = self._call("get_object", doing, Key=self._quarantine_object(entry_id))
-        if response is None:
+        found = self._get_object_sync(self._quarantine_object(entry_id), doing)
+        if found is None:
             raise EntityNotFoundError(f"no quarantine entry {entry_id!r}")
-        try:
-            return bytes(response["Body"].read())
-        except (ClientError, BotoCoreError) as exc:
-            raise self._failure(exc, doing) from exc
+        return found[0]
 
     async def read_quarantined(self, entry_id: str) -> bytes:
         return await self._run(self._read_quarantined_sync, entry_id)
@@ -937,13 +1144,10 @@ class S3Backend(Backend):
         """The head commit record and its ETag; ``(_NO_RECORD, None)`` before the first commit."""
         object_key = self._head_object_key()
         doing = "read of the tick commit record"
-        response = self._call("get_object", doing, Key=object_key)
-        if response is None:
+        found = self._get_object_sync(object_key, doing)
+        if found is None:
             return _NO_RECORD, None
-        try:
-            data = response["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise self._failure(exc, doing) from exc
+        data, response = found
         try:
             return _decode_record(data), str(response["ETag"])
         except CorruptValueError as exc:
@@ -987,17 +1191,19 @@ class S3Backend(Backend):
         keeps its tag.
         """
         state = seen if seen is not None else self._state_sync(key)
-        metadata = {_META_SEQ: str(seq)}
-        if data is None:
-            metadata[_META_DELETED] = "1"
         while state.seq < seq:
+            metadata = {_META_SEQ: str(seq)}
+            if data is None:
+                metadata[_META_DELETED] = "1"
+            if state.history:
+                metadata[_META_HISTORY] = _carried(state.history)
             condition = (
                 {"IfNoneMatch": "*"}
                 if state.object_etag is None
                 else {"IfMatch": state.object_etag}
             )
             try:
-                self._call(
+                response = self._call(
                     "put_object",
                     f"write of {key}",
                     writing=True,
@@ -1006,6 +1212,8 @@ class S3Backend(Backend):
                     Metadata=metadata,
                     **condition,
                 )
+                if response is not None:
+                    self._remember_state(key, _state_of({**response, "Metadata": metadata}))
                 return
             except _Refused:
                 if self._settled_sync(seq):
@@ -1105,6 +1313,9 @@ class S3Backend(Backend):
             self._ready = False
             self._head = (_NO_RECORD, None)
             raise
+        except (ConflictError, LeaseLostError):
+            self._tokens.settle(request)  # decided: nothing was recorded
+            raise
         except BaseException:
             self._tokens.settle(request)
             self._ready = False
@@ -1147,14 +1358,13 @@ class S3Backend(Backend):
                         f"another instance took it over; nothing was committed to {self.url}",
                         lease=name,
                     )
-            keys = list(dict.fromkeys((*batch, *expected)))
-            states = dict(
-                zip(
-                    keys,
-                    await asyncio.gather(*(self._run(self._state_sync, key) for key in keys)),
-                    strict=True,
-                )
-            )
+            # A key this backend's last commit wrote is written over as it left it,
+            # without a HEAD; if it changed since, the conditional write is refused
+            # and looks again. Compare-and-set keys are always looked at afresh.
+            states = {key: state for key in batch if (state := self._known_state(key))}
+            keys = [key for key in dict.fromkeys((*batch, *expected)) if key not in states]
+            looked = await asyncio.gather(*(self._run(self._state_sync, key) for key in keys))
+            states.update(zip(keys, looked, strict=True))
             for key, version in expected.items():
                 if states[key].version != version:
                     raise _conflict(key, version, key=key)
@@ -1190,12 +1400,12 @@ class S3Backend(Backend):
 
     def _read_lease_sync(self, name: str) -> _LeaseObject | None:
         object_key = self._lease_object(name)
-        doing = f"read of lease {name}"
-        response = self._call("get_object", doing, Key=object_key)
-        if response is None:
+        found = self._get_object_sync(object_key, f"read of lease {name}")
+        if found is None:
             return None
+        data, response = found
         try:
-            parsed = orjson.loads(response["Body"].read())
+            parsed = orjson.loads(data)
             if parsed["format"] != _LEASE_FORMAT or parsed["name"] != name:
                 raise ValueError(f"format {parsed['format']!r}, name {parsed['name']!r}")
             ttl = float(parsed["ttl"])
@@ -1209,8 +1419,6 @@ class S3Backend(Backend):
             return _LeaseObject(
                 lease, str(response["ETag"]), bool(parsed["released"]), ttl, _server_time(response)
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise self._failure(exc, doing) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(
                 f"s3://{self.bucket}/{object_key} is not a persistkit lease ({exc}); "

@@ -578,6 +578,41 @@ async def test_a_writer_whose_commit_number_was_taken_applies_that_commit_first(
     await restarted.aclose()
 
 
+async def test_a_late_applier_never_brings_back_what_a_later_commit_changed(
+    client: Any, prefix: str
+) -> None:
+    # The writer of commit 1 stalls between recording and applying it (a GC pause,
+    # SIGSTOP); another writer applies commit 1 for it, then commits 2, which
+    # deletes one key and rewrites another. When the first writer wakes up, its
+    # writes of commit 1 are refused: the keys carry commit 2 (the deleted one as
+    # a tombstone), so nothing goes back to commit 1.
+    late = S3Backend(client, BUCKET, prefix)
+    other = S3Backend(client, BUCKET, prefix)
+    await late.get("warm/up")
+    await other.get("warm/up")
+    paused, release = threading.Event(), threading.Event()
+    apply_for_real = late._apply_write_sync
+
+    def stall_then_apply(seq: int, key: str, data: bytes | None, seen: Any) -> None:
+        paused.set()
+        release.wait(60)
+        apply_for_real(seq, key, data, seen)
+
+    late._apply_write_sync = stall_then_apply  # type: ignore[method-assign]
+    committing = asyncio.create_task(late.commit({"ns/gone": b"1", "ns/kept": b"1"}))
+    assert await asyncio.to_thread(paused.wait, 60)
+    await other.commit({"ns/gone": None, "ns/kept": b"2"})
+    release.set()
+    await committing
+    fresh = S3Backend(client, BUCKET, prefix)
+    assert await fresh.get("ns/gone") is None
+    kept = await fresh.get("ns/kept")
+    assert kept is not None and kept.data == b"2"
+    assert [key async for key in fresh.scan("ns")] == ["ns/kept"]
+    for backend in (late, other, fresh):
+        await backend.aclose()
+
+
 async def test_concurrent_commits_from_two_writers_all_apply(client: Any, prefix: str) -> None:
     writers = [S3Backend(client, BUCKET, prefix) for _ in range(2)]
 
@@ -607,6 +642,16 @@ async def test_a_damaged_commit_record_stops_everything_and_is_never_replaced(
     await restarted.aclose()
     assert client.get_object(Bucket=BUCKET, Key=head)["Body"].read() == b'{"seq": 7}\nbad'
     assert objects_under(client, prefix)["ns/a.json"] == b"1"
+
+
+async def test_commits_an_earlier_release_left_pending_stop_the_start(
+    client: Any, prefix: str, backend: S3Backend
+) -> None:
+    left = f"{prefix}/.commits/00000000000000000003.json"
+    client.put_object(Bucket=BUCKET, Key=left, Body=b"an earlier release's tick commit")
+    with pytest.raises(BackendError, match=r"never applied \(00000000000000000003\.json\)"):
+        await backend.get("ns/a")
+    assert list(objects_under(client, prefix)) == [".commits/00000000000000000003.json"]
 
 
 async def test_commit_refuses_keys_outside_the_entity_space(backend: S3Backend) -> None:

@@ -7,6 +7,7 @@ temporary folder and stopped by its teardown.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -95,6 +96,23 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             etag = client.put_object(Bucket=BUCKET, Key="cas", Body=body, IfMatch=etag)["ETag"]
         return timed(count, started)
 
+    async def raw_cas_put_with_tokens() -> Sample:
+        # What exactly-once adds to a conditional PUT on the wire: a write token
+        # and the full history of 31 earlier ones, in the object's metadata.
+        client = state["client"]
+        metadata = {
+            "persistkit-token": secrets.token_hex(16),
+            "persistkit-history": " ".join(secrets.token_hex(8) for _ in range(31)),
+        }
+        etag = client.put_object(Bucket=BUCKET, Key="cas-tokens", Body=SIGNALS_BYTES[0])["ETag"]
+        started = time.perf_counter()
+        for number in range(1, count + 1):
+            body = SIGNALS_BYTES[number % VARIANTS]
+            etag = client.put_object(
+                Bucket=BUCKET, Key="cas-tokens", Body=body, IfMatch=etag, Metadata=metadata
+            )["ETag"]
+        return timed(count, started)
+
     async def persistkit_cas_write() -> Sample:
         store = state["store"]
         version = await store.write_value("cas", SIGNALS[0])
@@ -161,6 +179,13 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     reference=f"boto3 put_object, {IN_FLIGHT} threads",
                 ),
                 Case("boto3 put_object If-Match", "reference", raw_cas_put),
+                Case(
+                    "boto3 put_object If-Match, with a write token and 31 earlier ones",
+                    "reference",
+                    raw_cas_put_with_tokens,
+                    reference="boto3 put_object If-Match",
+                    note="what exactly-once adds on the wire, against the same PUT without it",
+                ),
                 Case(
                     "persistkit write_value(if_version=) on S3, exactly-once",
                     "persistkit",

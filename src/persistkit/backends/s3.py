@@ -50,7 +50,9 @@ commits, and a SHA-256 checksum. A commit (1) applies the current head if it is
 not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
 transaction) against the objects, (3) writes itself as the next head with
 ``If-Match`` on the head it read (losing that race it starts over at 1), (4)
-applies its writes and (5) marks the head applied. Once step 3 succeeded the
+applies its writes and (5) marks the head applied: six requests for a 4-key
+tick in three round trips (plus a HEAD per compare-and-set key, and per key this
+backend's last commit did not write). Once step 3 succeeded the
 tick is decided, the same way for every process: whoever touches the head next
 (a later commit of any process, a process starting up) applies it first. Each
 entity write of a commit is conditional on the object it saw and carries the
@@ -77,7 +79,9 @@ commit is then ordered after it). A crash after step 3 leaves the tick for the
 next process to apply. A damaged head record stops every operation with
 :class:`~persistkit.errors.JournalDamagedError`; it is never replaced
 automatically (entity objects carry its sequence numbers, and it carries the
-fences).
+fences). Commit objects ``.commits/{seq:020d}.json`` that an earlier release
+recorded and never applied stop a start with a :class:`~persistkit.errors.BackendError`
+naming them: this release would not apply them.
 
 **Leases and fencing** (:attr:`leases` is true). :meth:`S3Backend.acquire_lease`
 reads ``.leases/{name}.json`` and, when it is absent, released or lapsed, writes
@@ -833,6 +837,7 @@ class S3Backend(Backend):
             if self._ready:
                 return
             self._check_bucket_sync()
+            self._refuse_numbered_commits_sync()
             if self.read_only:  # an operator looking: report a pending commit, replay none
                 self._ready = True
                 return
@@ -851,6 +856,27 @@ class S3Backend(Backend):
             else:
                 self._head = (record, etag)
             self._ready = True
+
+    def _refuse_numbered_commits_sync(self) -> None:
+        """Refuse to start over tick commits an earlier persistkit left pending.
+
+        Before the head record, each commit was its own object
+        ``.commits/{seq:020d}.json``, deleted once applied; one still there was
+        never applied, and this release would not apply it.
+        """
+        prefix = f"{self._root}{COMMITS_DIR}/"
+        page = self._list_page_sync(prefix, None, None)
+        pending = [
+            item["Key"][len(prefix) :]
+            for item in page.get("Contents", ())
+            if item["Key"][len(prefix) : -len(SUFFIX)].isdigit()
+        ]
+        if pending:
+            raise BackendError(
+                f"{self.url} holds {len(pending)} tick commit(s) an earlier persistkit "
+                f"recorded and never applied ({', '.join(pending[:3])}); start that version "
+                "once to apply them, then this one. Nothing was read or written."
+            )
 
     def _check_bucket_sync(self) -> None:
         if self._call("head_bucket", f"access to bucket {self.bucket!r}") is not None:
@@ -1493,7 +1519,9 @@ class S3Backend(Backend):
         raise InstanceLockedError(
             f"lease {name!r} in {self.url} is contended"
             + (f"; held by {self._holder_text(current)}" if current is not None else ""),
-            holder={} if current is None else dict(current.lease.holder),
+            holder={}
+            if current is None
+            else {**current.lease.holder, "expires_at": current.lease.expires_at},
         )
 
     async def renew_lease(self, lease: Lease, ttl: float) -> Lease:
@@ -1513,7 +1541,7 @@ class S3Backend(Backend):
                 f"lease {lease.name!r} (token {lease.token}) was taken over: token "
                 f"{current.lease.token} is held by {self._holder_text(current)}",
                 lease=lease.name,
-                holder=dict(current.lease.holder),
+                holder={**current.lease.holder, "expires_at": current.lease.expires_at},
             )
         raise LeaseLostError(
             f"lease {lease.name!r} (token {lease.token}) lapsed before it was renewed",

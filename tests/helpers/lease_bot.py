@@ -78,7 +78,8 @@ async def main(config: dict[str, Any]) -> int:
             )
             await session.aclose()
     except InstanceLockedError as locked:
-        print("LOCKED " + json.dumps({"message": str(locked), "holder": locked.holder}), flush=True)
+        refusal = {"message": str(locked), "holder": locked.holder}
+        print("LOCKED " + json.dumps(refusal, default=str), flush=True)
         return 3
     print("STOPPED", flush=True)
     return 0

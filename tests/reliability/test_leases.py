@@ -262,6 +262,8 @@ def test_a_second_instance_on_another_host_is_refused_and_disjoint_pairs_run_bes
         named = refusal["holder"]
         assert named["host"] == "lease-host-a", refusal
         assert named["pid"] == holder.pid, refusal
+        # As a local lock's holder says it: UTC times, the lease's expiry after its start.
+        assert named["since"].startswith("20") and named["expires_at"] >= named["since"], refusal
         for words in ("host lease-host-a", f"pid {holder.pid}", "since 20", "expires at 20"):
             assert words in refusal["message"], (words, refusal)
     beside.expect("START")

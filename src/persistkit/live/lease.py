@@ -57,6 +57,7 @@ __all__ = [
     "describe_holder",
     "lease_clock",
     "lease_deadline",
+    "lease_holder",
     "renewal_due",
     "wait_poll_delay",
 ]
@@ -110,22 +111,33 @@ def wait_poll_delay(ttl: float, remaining: float) -> float:
     return max(0.0, min(remaining, ttl * RETRY_SHARE, 1.0))
 
 
+def _moment(seconds: object) -> object:
+    """Seconds since the epoch as ``2026-11-30T09:00:00Z`` (the local locks' form); else as is."""
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    return seconds
+
+
+def lease_holder(holder: Mapping[str, object]) -> dict[str, object]:
+    """A lease's holder as a refusal reports it: ``since`` and ``expires_at`` as UTC times,
+    like the holder of a local lock, whatever form the backend keeps them in."""
+    named = dict(holder)
+    for key in ("since", "expires_at"):
+        if key in named:
+            named[key] = _moment(named[key])
+    return named
+
+
 def describe_holder(holder: Mapping[str, object]) -> str:
-    """``host H, pid P, since S, lease expires at E`` from what a lease records of its holder."""
-
-    def moment(seconds: object) -> object:
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-        return "?" if seconds is None else seconds
-
+    """``host H, pid P, since S, ..., lease expires at E unless renewed``."""
     parts = [
         f"host {holder.get('host', '?')}",
         f"pid {holder.get('pid', '?')}",
-        f"since {moment(holder.get('since'))}",
+        f"since {_moment(holder.get('since', '?'))}",
     ]
     if "root" in holder:
         parts.append(f"data root {holder['root']}")
-    parts.append(f"lease expires at {moment(holder.get('expires_at'))} unless renewed")
+    parts.append(f"lease expires at {_moment(holder.get('expires_at', '?'))} unless renewed")
     return ", ".join(parts)
 
 
@@ -217,10 +229,11 @@ class SessionLeases:
             await self.release()
             for name, outcome in zip(names, outcomes, strict=True):
                 if isinstance(outcome, InstanceLockedError):
+                    holder = lease_holder(outcome.holder)
                     raise InstanceLockedError(
-                        f"live session {name} is already running: {describe_holder(outcome.holder)}"
+                        f"live session {name} is already running: {describe_holder(holder)}"
                         f"; lease in {self.backend.url} (lease_wait= waits for it)",
-                        holder=outcome.holder,
+                        holder=holder,
                     ) from outcome
             raise refused[0]
 

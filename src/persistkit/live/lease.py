@@ -195,13 +195,6 @@ class SessionLeases:
         """The leases held now (the latest renewal of each), for the ``fencing`` context."""
         return tuple(self._held.values())
 
-    @property
-    def deadline(self) -> float:
-        """On :func:`lease_clock`: when the first of the leases would stop covering commits."""
-        if not self._sent_at:
-            return -math.inf
-        return lease_deadline(min(self._sent_at.values()), self.ttl)
-
     # -- acquire ----------------------------------------------------------------------
 
     async def acquire(self) -> None:

@@ -200,6 +200,8 @@ class SessionLeases:
     async def acquire(self) -> None:
         """Take every lease or none; :class:`InstanceLockedError` names a holder found."""
         names = self.names
+        # Since now, not since the session began waiting (``lease_wait``).
+        self.holder = {**self.holder, "since": time.time()}
         outcomes = await _bounded(self._acquire_call(name) for name in names)
         refused: list[BaseException] = []
         for name, outcome in zip(names, outcomes, strict=True):

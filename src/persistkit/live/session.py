@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -361,13 +360,8 @@ class LiveSession:
                 await asyncio.sleep(wait_poll_delay(self.lease_ttl, remaining))
 
     def _holder(self) -> dict[str, object]:
-        """Who this session is, as a lease names its holder to a rival."""
-        return {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": time.time(),  # seconds since the epoch, as the lease's expiry
-            "root": self.base_dir,
-        }
+        """Who this session is, as a lease names its holder to a rival (``since``: its leases')."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "root": self.base_dir}
 
     def _fence(self) -> tuple[Lease, ...]:
         """The leases the writes of this session carry (none on a local backend)."""

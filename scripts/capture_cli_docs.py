@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import persistkit
@@ -28,6 +29,7 @@ from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRo
 DEMO = Path("/tmp/persistkit-cli-demo")
 BIN = Path(sys.executable).parent
 README = Path(__file__).resolve().parent.parent / "README.md"
+EXAMPLE_BOT = README.parent / "examples" / "live_bot.py"
 BEGIN, END = "<!-- cli:begin -->\n", "<!-- cli:end -->\n"
 
 
@@ -113,6 +115,21 @@ def damage_second_commit(root: Path) -> None:
     journal.write_bytes(bytes(data))
 
 
+def start_live_bot(root: Path) -> subprocess.Popen[str]:
+    """examples/live_bot.py on ``root``: one tick committed, then idle (a tick an hour)."""
+    bot = subprocess.Popen(
+        [sys.executable, str(EXAMPLE_BOT), "--json", "--interval=3600", f"--base-dir={root}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert bot.stdout is not None
+    for line in bot.stdout:
+        if json.loads(line).get("ack") == 1:
+            break
+    time.sleep(1.5)  # the journal's applier writes the files half a second after a commit
+    return bot
+
+
 def run(command: str, *, stdin: str = "", keep: int | None = None) -> str:
     """``$ command``, then its output as an operator sees it, then the exit code."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -168,6 +185,15 @@ def main() -> None:
     parts.append(run("persistkit preflight"))
     parts.append(run("persistkit preflight --json", keep=30))
     parts.append(run("persistkit preflight ./dump/nowhere"))
+
+    parts.append(SECTION_STATUS)
+    bot = start_live_bot(DEMO / "bot")
+    parts.append(run("persistkit status ./bot"))
+    bot.kill()  # kill -9: no close, no checkpoint
+    bot.wait()
+    parts.append(SECTION_STATUS_KILLED)
+    parts.append(run("persistkit status ./bot"))
+    parts.append(run("persistkit status ./bot --json", keep=32))
 
     asyncio.run(bot_restarts(data))
     parts.append(SECTION_QUARANTINE)
@@ -236,7 +262,7 @@ accepts). Exit codes, for scripts:
 | code | meaning |
 |---:|---|
 | 0 | done, nothing wrong |
-| 1 | problems found (preflight), or a change refused (migrate, import, restore) |
+| 1 | problems found (preflight, status), or a change refused (migrate, import, restore) |
 | 2 | could not run: missing root, bad URL, unreachable server, bad input |
 
 Commands that write (`quarantine restore|purge`, `migrate`, `import`, `journal
@@ -269,6 +295,53 @@ finds temp files left by interrupted writes, asks the backend for unapplied
 commits and durability warnings. It sweeps nothing and quarantines nothing: it
 says what a real start would do. Gate a deploy on it: 0 clean, 1 problems, 2
 could not run.
+"""
+
+SECTION_STATUS = """
+## `persistkit status [ROOT | URL] [--json] [--watch [--interval SECONDS]]`
+
+What the person on call asks first: is the bot running, is its state
+committed, does anything need me? Read-only like `preflight` (it runs
+preflight's checks as they are, so the two never disagree), and safe beside a
+running bot, every few seconds with `--watch`:
+
+- **sessions**: each live session's pid, host, since, what it locks, and
+  whether it is still alive (its lock is asked without being taken, so a
+  check never makes a starting bot fail); one killed with `kill -9` shows as
+  gone. A backend that keeps session leases (`Backend.read_leases`) is
+  asked for them; Redis and S3 keep none yet, and there it says so.
+- **domains**: entities per domain and when each last committed (the
+  journal's commit times, the entity files' change times; S3: LastModified).
+- **journal** (file roots): its size and the commits since its last
+  checkpoint: the running session's own, or, with none running, commits
+  waiting for the next start (every reader already includes them).
+- **quarantine**, **durability** warnings, and every **problem** preflight
+  finds (a damaged journal, a symbolic link inside the root, a value a start
+  would quarantine).
+
+`--watch` redraws the report in place every `--interval` seconds (2 by
+default) until Ctrl-C. Exit codes: 0 healthy; 1 needs attention (a session
+gone without closing, commits waiting with no session running, quarantined
+values, a durability warning, any preflight problem); 2 could not run. A
+`memory://` store lives inside one process: exit 2.
+
+`--json` keys: `backend`, `status` (`healthy`, `needs-attention`),
+`exit_code`, `checked_at`, `sessions` (`known`, `why_unknown`, `running` and
+`gone`: each `pid`, `host`, `since`, `alive`, `locks`, `where`;
+`unnamed_locks`), `domains` (each `domain`, `entities`, `last_change`; `null`
+when nothing can be read), `journal` (`path`, `bytes`, `commits`, `keys`,
+`keys_behind`, `last_commit`; `null` without one), `commits_waiting`
+(`null` when the journal cannot be read),
+`quarantine` (each `id`, `key`, `reason`, `quarantined_at`),
+`durability_warnings`, `problems` and `notes` (each `kind`, `where`,
+`detail`), `attention` (why the exit code is 1, one sentence each).
+
+Beside `examples/live_bot.py`, running on `./bot`:
+"""
+
+SECTION_STATUS_KILLED = """
+The same bot after `kill -9`: its session is gone, and its last commit waits
+for the next start (every reader already sees it):
 """
 
 SECTION_PREFLIGHT_BROKEN = """
@@ -355,7 +428,9 @@ backend works here unchanged. Three optional methods, with defaults in
   `appendfsync always`, say); `preflight` reports each. Default `[]`.
 
 The file backend's permission check (`os.access` on every directory) is the one
-thing `preflight` does only for file roots.
+thing `preflight` does only for file roots. Who runs on a backend is asked in
+one place, `persistkit.cli.status.session_locks(backend)`: file roots answer
+from `ROOT/.locks`, a backend with `leases = True` from its `read_leases()`.
 """
 
 

@@ -17,6 +17,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── LeaseLostError              (RuntimeError) this instance's lease expired or was taken
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
+    ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
@@ -52,6 +53,7 @@ __all__ = [
     "RowMismatchError",
     "SchemaValidationError",
     "StoreClosedError",
+    "TickCancelledError",
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
@@ -173,6 +175,22 @@ class CrossBackendError(PersistError, RuntimeError):
     transaction on one backend is opened inside a transaction on another: one
     commit cannot span two backends, so the tick would not be atomic.
     """
+
+
+class TickCancelledError(PersistError, RuntimeError):
+    """``LiveSession.run`` was made to stop while a tick had not finished.
+
+    A second stop signal, or ``stop_grace`` seconds after the first, found tick
+    ``tick`` still running, before its commit: it was cancelled, so nothing of
+    it was committed, and the session was closed (its locks released). Raised
+    from ``run()`` so that the process exits non-zero saying so; the ticks
+    before it are committed. ``reason`` says what forced the stop.
+    """
+
+    def __init__(self, message: str, *, tick: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.tick = tick
+        self.reason = reason
 
 
 class ResourceLimitError(PersistError, OSError):

@@ -108,6 +108,7 @@ __all__ = [
     "SalvageReport",
     "encode_record",
     "parse_records",
+    "read_journal_file",
 ]
 
 JOURNAL_DIR = ".journal"
@@ -263,6 +264,23 @@ def find_damage(data: bytes | memoryview, offset: int) -> list[JournalRecord]:
             continue
         position = view.find(MAGIC, position + 1)
     return found
+
+
+def read_journal_file(data: bytes) -> tuple[int, list[JournalRecord]]:
+    """The first sequence number and the complete records of a whole journal file's bytes.
+
+    For a reader that looks at the journal without opening it as a backend
+    does (``persistkit status``). A torn tail, or damage, after the complete
+    records is left out: :meth:`CommitJournal.refresh` is what tells them
+    apart. :class:`JournalDamagedError` when ``data`` has no journal header.
+    """
+    if len(data) < _FILE_HEADER.size:
+        raise JournalDamagedError("the commit journal has no header")
+    magic, _flags, first_seq = _FILE_HEADER.unpack_from(data, 0)
+    if magic != FILE_MAGIC:
+        raise JournalDamagedError("the commit journal has a bad header")
+    records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+    return first_seq, records
 
 
 @dataclass(slots=True)

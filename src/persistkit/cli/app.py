@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -11,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from rich.live import Live
+from rich.text import Text
 
 from persistkit.backends import Backend
 from persistkit.backends.base import QuarantineEntry, split_key
@@ -33,6 +36,10 @@ from .render import (
     print_quarantine,
     quarantine_json,
 )
+from .render import (
+    _stdout as stdout_console,  # the console every command prints its words with
+)
+from .status import collect_status, status_json, status_lines, watch_status
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -190,6 +197,93 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
     else:
         print_preflight(report, exit_code)
     ctx.exit(exit_code)
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Who runs, what is committed, what needs a person (read-only).")
+@target_argument
+@json_option
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (plain words only).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes with --watch.",
+)
+@click.pass_context
+def status(ctx: click.Context, target: str, as_json: bool, watch: bool, interval: float) -> None:
+    """Which live sessions run and what they lock, when each domain last committed,
+    commits waiting to be applied, the journal's size, quarantined values, durability
+    warnings and every problem preflight finds. Read-only: nothing is created, locked,
+    written or replayed, so it is safe beside a running bot.
+
+    Live sessions (file roots): pid, host, since, and whether each is still alive,
+    read from ROOT/.locks without taking a lock. A backend that keeps session
+    leases names their holders from them; one that keeps none (Redis and S3
+    today) reports the sessions as unknown. A memory:// store lives inside one
+    process and cannot be looked at from here (exit 2).
+
+    --watch refreshes the report every --interval seconds until Ctrl-C, and exits
+    with the code of the last report.
+
+    Exit codes: 0 healthy; 1 needs attention (a session gone without closing,
+    commits waiting with no session running, quarantined values, a durability
+    warning, a problem preflight finds); 2 could not run (missing root, bad URL,
+    unreachable server).
+    """
+    if watch and as_json:
+        raise click.UsageError("--watch shows a screen; for scripts, run --json repeatedly")
+    try:
+        backend = open_target(target, read_only=True)
+        if watch:
+            ctx.exit(_watch_status(backend, interval))
+        report = _run([backend], lambda: collect_status(backend))
+    except (CommandError, PersistError, OSError) as exc:
+        if as_json:
+            _print_json({"status": "could-not-run", "exit_code": 2, "error": _one_line(exc)})
+        raise
+    if as_json:
+        _print_json(status_json(report))
+    else:
+        say = functools.partial(stdout_console().print, soft_wrap=True)
+        for line in status_lines(report):
+            say(line)
+    ctx.exit(report.exit_code)
+
+
+def _watch_status(backend: Backend, interval: float) -> int:
+    """Refresh in place on a terminal (rich Live), one report after another elsewhere."""
+    console = stdout_console()
+    last = [EXIT_COULD_NOT_RUN]
+    footer = f"(refreshed every {interval:g} s; Ctrl-C to stop)"
+
+    async def work() -> None:
+        if not console.is_terminal:
+
+            def print_next(lines: list[str], code: int) -> None:
+                last[0] = code
+                console.print(Text("\n".join([*lines, footer, ""])), soft_wrap=True)
+                console.file.flush()
+
+            await watch_status(backend, interval, print_next)
+            return
+        with Live(console=console, auto_refresh=False) as live:
+
+            def redraw(lines: list[str], code: int) -> None:
+                last[0] = code
+                live.update(Text("\n".join([*lines, footer])), refresh=True)
+
+            await watch_status(backend, interval, redraw)
+
+    try:
+        _run([backend], work)
+    except KeyboardInterrupt:
+        pass
+    return last[0]
 
 
 # -- journal ------------------------------------------------------------------------------

@@ -75,12 +75,12 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
     ``read_only=True`` opens a directory without replaying the commit journals
     of stopped processes (they are reported instead) and refuses every write.
     """
+    # memory: and memory://name alike (both open a memory store in Python).
+    if spec.lower().startswith(f"{MemoryBackend.scheme}:"):
+        raise CommandError(
+            f"{spec}: a memory:// store lives inside one process; the command line cannot reach it"
+        )
     if _URL.match(spec):
-        if spec.lower().startswith(f"{MemoryBackend.scheme}:"):
-            raise CommandError(
-                f"{spec}: a memory:// store lives inside one process; "
-                "the command line cannot reach it"
-            )
         try:
             backend = open_backend(spec)
         except (PersistError, ImportError, ValueError) as exc:

@@ -11,7 +11,10 @@ A live bot restarts after a crash and continues as if nothing happened::
     await session.aclose()
 
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
-SIGINT, after committing the tick in progress.
+SIGINT, after committing the tick in progress. A tick that hangs does not keep
+it from stopping: a second signal, or :data:`DEFAULT_STOP_GRACE` seconds after
+the first, cancels that tick before its commit (nothing of it is committed),
+and ``run()`` raises :class:`~persistkit.errors.TickCancelledError`.
 
 A session owns its backend: code inside its ticks, its ``run()`` and an
 ``async with session:`` block writes to the session's backend through a context
@@ -40,7 +43,13 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.errors import ConflictError, InstanceLockedError, LeaseLostError, StoreClosedError
+from persistkit.errors import (
+    ConflictError,
+    InstanceLockedError,
+    LeaseLostError,
+    StoreClosedError,
+    TickCancelledError,
+)
 from persistkit.live.lease import (
     DEFAULT_LEASE_TTL,
     SessionLeases,
@@ -54,13 +63,28 @@ from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
 from persistkit.transaction import Transaction
 
-__all__ = ["LOCK_DIR", "LOCK_FILE", "LiveSession", "PairState", "RestoredState"]
+__all__ = [
+    "DEFAULT_STOP_GRACE",
+    "LOCK_DIR",
+    "LOCK_FILE",
+    "LiveSession",
+    "PairState",
+    "RestoredState",
+]
 
 logger = logging.getLogger("persistkit")
 
 LOCK_DIR = ".locks"
 LOCK_FILE = "sessions.lock"
 """In ``{base_dir}/.locks/``: every pair's and risk profile's lock, one byte range each."""
+
+DEFAULT_STOP_GRACE = 5.0
+"""Seconds :meth:`LiveSession.run` lets a tick run on after the first stop signal.
+
+Then a tick whose commit has not begun is cancelled. Five seconds leaves room
+for the commit and the close inside the shortest common stop timeouts before
+a SIGKILL (``docker stop``: 10 s; Kubernetes: 30 s; systemd: 90 s), while a
+tick waiting a moment for an exchange still finishes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +152,18 @@ class RestoredState:
         return problems
 
 
+class _TickInFlight:
+    """The tick :meth:`LiveSession.run` is running: has its commit begun, must it not?"""
+
+    __slots__ = ("cancelled", "committing")
+
+    def __init__(self) -> None:
+        self.committing = False
+        """Its commit has begun: it is left to finish, whatever the signals say."""
+        self.cancelled: str | None = None
+        """Why it was cancelled; its commit is then refused, should it still try."""
+
+
 class _SessionTick(Transaction):
     """A tick: the session's transaction, with the session's settings and leases in force.
 
@@ -135,14 +171,20 @@ class _SessionTick(Transaction):
     deadline it raises :class:`LeaseLostError` and commits nothing.
     """
 
-    __slots__ = ("_fence_token", "_leases", "_scope", "_scope_token")
+    __slots__ = ("_fence_token", "_flight", "_leases", "_scope", "_scope_token")
 
-    def __init__(self, settings: Settings, leases: SessionLeases | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        leases: SessionLeases | None,
+        flight: _TickInFlight | None = None,
+    ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
         self._leases = leases
         self._scope_token: contextvars.Token[Settings | None] | None = None
         self._fence_token: contextvars.Token[tuple[Lease, ...]] | None = None
+        self._flight = flight
 
     async def __aenter__(self) -> Transaction:
         leases = self._leases
@@ -157,11 +199,23 @@ class _SessionTick(Transaction):
             raise
 
     async def commit(self) -> None:
-        leases = self._leases
+        flight, leases = self._flight, self._leases
+        # Checked and marked without suspending: a stop signal is handled on
+        # this loop, so it sees the commit either not begun or begun.
+        if flight is not None and flight.cancelled is not None:
+            # A tick that swallowed its cancellation and returned anyway.
+            raise TickCancelledError(
+                f"a cancelled tick tried to commit ({flight.cancelled}); refused, "
+                "nothing of it was committed",
+                reason=flight.cancelled,
+            )
+        if leases is not None:
+            leases.check()  # the block may have outlasted the deadline: then nothing is sent
+        if flight is not None:
+            flight.committing = True
         if leases is None:
             await super().commit()
             return
-        leases.check()  # the block may have outlasted the deadline: then nothing is sent
         try:
             await super().commit()
         except LeaseLostError as refused:  # the backend's fence: a newer holder exists
@@ -181,6 +235,64 @@ class _SessionTick(Transaction):
         if self._fence_token is not None:
             fencing.reset(self._fence_token)
             self._fence_token = None
+
+
+class _StopRequest:
+    """What the stop signals asked of :meth:`LiveSession.run`: to stop, then to stop now."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
+        self._loop = loop
+        self._grace = grace
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self.requested = asyncio.Event()
+        """Stop before the next tick (the first signal)."""
+        self.forced = asyncio.Event()
+        """Stop the tick in progress (a second signal, or the grace ran out)."""
+        self.reason = ""
+        """What forced the stop, for the log and the error."""
+        self._next: asyncio.Event | None = None
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        if self._next is not None:
+            self._next.set()
+        if not self.requested.is_set():
+            self.requested.set()
+            logger.info(
+                "persistkit: %s: stopping once the tick in progress, if any, has committed "
+                "(a second signal%s cancels a tick that does not finish)",
+                signum.name,
+                "" if self._grace is None else f", or {self._grace:g} s from now,",
+            )
+            if self._grace is not None:
+                self._grace_timer = self._loop.call_later(
+                    self._grace,
+                    self._force,
+                    f"the stop grace of {self._grace:g} s after {signum.name} ran out",
+                )
+        elif not self.forced.is_set():
+            self._force(f"a second stop signal ({signum.name}) arrived")
+
+    def _force(self, reason: str) -> None:
+        self.reason = reason
+        self.forced.set()
+
+    def next_signal(self) -> asyncio.Event:
+        """An event the next stop signal sets."""
+        self._next = asyncio.Event()
+        return self._next
+
+    def close(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+
+
+class _ForcedStop(Exception):
+    """Internal: the tick in progress was cancelled by a forced stop."""
+
+    def __init__(self, tick: int, reason: str) -> None:
+        super().__init__(reason)
+        self.tick = tick
+        self.reason = reason
 
 
 class LiveSession:
@@ -421,6 +533,7 @@ class LiveSession:
         ticks: int | None = None,
         after_commit: Callable[[int], object] | None = None,
         stop_signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        stop_grace: float | None = DEFAULT_STOP_GRACE,
     ) -> int:
         """Call ``tick(n)`` inside :meth:`tick` every ``interval`` seconds; returns ticks run.
 
@@ -431,51 +544,140 @@ class LiveSession:
         durable (to acknowledge it, say). Outside ``run`` the signals keep the
         process's own handlers.
 
+        A tick that does not finish (it awaits something that never returns)
+        does not keep the process from stopping: a second stop signal, or
+        ``stop_grace`` seconds after the first (default
+        :data:`DEFAULT_STOP_GRACE`, 5 s; ``None``: only a second signal),
+        cancels it if its commit has not begun, so that nothing of it is
+        committed; ``run()`` then closes the session (its locks released) and
+        raises :class:`~persistkit.errors.TickCancelledError`, so that the
+        process exits non-zero saying so. A commit already under way is
+        left to finish, and the stop is then a normal one. A tick that
+        swallows its cancellation is left behind at the next signal, its
+        commit refused. A tick that blocks the event loop itself (a
+        synchronous call that never returns) cannot be reached by any of this.
+
         With leases (Redis, S3), a tick past their deadline raises
         :class:`~persistkit.errors.LeaseLostError` and ``run`` stops with it:
         another instance may own the state now.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
-        stopping = asyncio.Event()
+        if stop_grace is not None and stop_grace < 0:
+            raise ValueError(f"stop_grace must be at least 0 seconds or None, not {stop_grace}")
         loop = asyncio.get_running_loop()
+        stop = _StopRequest(loop, stop_grace)
         for signum in stop_signals:
-            loop.add_signal_handler(signum, stopping.set)
+            loop.add_signal_handler(signum, stop.on_signal, signum)
         count = 0
         fence = fencing.set(self._fence())
         try:
-            while not stopping.is_set() and (ticks is None or count < ticks):
-                # A signal only sets the event, so the tick in progress runs to
-                # its commit; the loop stops before the next one.
-                await self._tick_until_committed(tick, count)
+            while not stop.requested.is_set() and (ticks is None or count < ticks):
+                # A first signal only sets the event, so the tick in progress runs
+                # to its commit; the loop stops before the next one.
+                await self._tick_unless_forced(tick, count, stop)
                 if after_commit is not None:
                     after_commit(count)
                 count += 1
                 if interval > 0:
                     try:
-                        await asyncio.wait_for(stopping.wait(), interval)
+                        await asyncio.wait_for(stop.requested.wait(), interval)
                     except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(0)
+        except _ForcedStop as forced:
+            error = TickCancelledError(
+                f"persistkit stopped the live session before tick {forced.tick} finished: "
+                f"{forced.reason}, and the tick's commit had not begun, so it was cancelled "
+                f"and nothing of it was committed ({count} tick{'s' * (count != 1)} before "
+                "it committed); the session is closed and its locks are released",
+                tick=forced.tick,
+                reason=forced.reason,
+            )
+            try:
+                await self.aclose()  # locks released even when the checkpoint fails
+            except Exception as exc:
+                raise error from exc
+            raise error from None
         finally:
             fencing.reset(fence)
+            stop.close()
             for signum in stop_signals:
                 loop.remove_signal_handler(signum)
-        if stopping.is_set():
+        if stop.requested.is_set():
             await self.aclose()
         return count
 
+    async def _tick_unless_forced(
+        self, tick: Callable[[int], Awaitable[object]], count: int, stop: _StopRequest
+    ) -> None:
+        """Tick ``count`` to its commit, unless a forced stop cancels it first (raises
+        :class:`_ForcedStop`)."""
+        flight = _TickInFlight()
+        running = asyncio.ensure_future(self._tick_until_committed(tick, count, flight))
+        forced = asyncio.ensure_future(stop.forced.wait())
+        try:
+            await asyncio.wait((running, forced), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # run() itself was cancelled: so is its tick, as before, unless it commits.
+            if not flight.committing:
+                running.cancel()
+            await asyncio.wait((running,))
+            raise
+        finally:
+            forced.cancel()
+        if running.done():
+            return running.result()
+        if flight.committing:
+            logger.warning(
+                "persistkit: %s; tick %d is committing, its commit is left to finish",
+                stop.reason,
+                count,
+            )
+            # Shielded: a commit under way finishes whatever happens to run().
+            await asyncio.shield(running)
+            return None
+        flight.cancelled = stop.reason
+        running.cancel()
+        logger.warning(
+            "persistkit: %s; tick %d had not begun its commit: cancelled, nothing of it "
+            "is committed",
+            stop.reason,
+            count,
+        )
+        another = asyncio.ensure_future(stop.next_signal().wait())
+        try:
+            await asyncio.wait((running, another), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            another.cancel()
+        if running.done():
+            if not running.cancelled():
+                running.exception()  # retrieved: what it raised once cancelled is moot
+        else:
+            logger.error(
+                "persistkit: tick %d did not stop when cancelled; left behind, its commit refused",
+                count,
+            )
+        raise _ForcedStop(count, stop.reason)
+
     async def _tick_until_committed(
-        self, tick: Callable[[int], Awaitable[object]], count: int, *, attempts: int = 100
+        self,
+        tick: Callable[[int], Awaitable[object]],
+        count: int,
+        flight: _TickInFlight | None = None,
+        *,
+        attempts: int = 100,
     ) -> None:
         """Run ``tick(count)`` in a tick; again while it loses a compare-and-set race.
 
         A tick that raised :class:`ConflictError` committed nothing: another
         tick or process changed what it read, so it runs again on what is there.
         """
+        self.backend  # noqa: B018 - raises StoreClosedError when not started
+        assert self._settings is not None
         for attempt in range(attempts):
             try:
-                async with self.tick():
+                async with _SessionTick(self._settings, self._leases, flight):
                     await tick(count)
                 return
             except ConflictError:

@@ -155,7 +155,7 @@ async def main(spec: dict[str, Any], action: str, args: list[str]) -> int:
                     written += 1
                     await asyncio.sleep(0.005)
             except LeaseLostError as exc:
-                report(refused=str(exc), written=written)
+                report(refused=str(exc), holder=exc.holder, written=written)
                 return 3
         else:
             raise SystemExit(f"unknown action {action!r}")

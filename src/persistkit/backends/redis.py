@@ -1,58 +1,110 @@
 """The Redis backend: one Redis string per entity, on one server or a Redis Cluster.
 
-Key layout (``prefix`` defaults to ``persistkit``)::
+Key layout (``prefix`` defaults to ``persistkit``; ``{...}`` is the hash tag)::
 
-    {prefix}:{{namespace}}:{name}                  one entity's bytes (a string)
+    {prefix}:{{namespace}}:{name}                 one entity's bytes (a string)
         persistkit:{signal/BTCUSDT_trend}:BTCUSDT
-        persistkit:{/}:name                        a key in the root namespace
+        persistkit:{/}:name                       a key in the root namespace
     {prefix}:quarantine:{{namespace}}:{name}@{stamp}
         a hash (data, key, reason, at): a value moved aside, kept until purge()
-    {prefix}:commit:{{commit id}}
-        a hash: a cross-slot commit on a cluster, while it is being applied
+    {prefix}:receipt:{{namespace}}:{token}        the receipt of a conditional write
+    {prefix}:lock:{{namespace}}:{name}            a key locked by a cross-slot commit
+    {prefix}:commit:{{commit id}}                 a cross-slot commit's record
+    {prefix}:fence:{{namespace}}                  a cluster's fencing watermarks
+    {prefix}:lease:{{lock name}}                  a lease (a hash with a TTL)
+    {prefix}:lease:{{lock name}}:token            its token counter (never expires)
 
-The namespace is the key's hash tag, so an entity and its quarantined copies
-live in one cluster slot (quarantine and restore are single Lua scripts), and
-listing a namespace is one ``SCAN MATCH {prefix}:{{namespace}}:*`` per master;
-a recursive listing matches ``{prefix}:{{namespace}[}/]*``. ``KEYS`` is never
-used. Values are exactly the bytes the file backend writes to its ``.json``
-files, so state can be copied between backends byte for byte.
+The namespace is the key's hash tag, so an entity, its quarantined copies, its
+lock, its receipts and its fence live in one cluster slot and every operation
+on one key is one Lua script. Listing a namespace is one ``SCAN MATCH
+{prefix}:{{namespace}}:*`` per master (recursive: ``{prefix}:{{namespace}[}/]*``);
+none of persistkit's own keys match. ``KEYS`` is never used. Values are exactly
+the bytes the file backend writes to its ``.json`` files, so state can be
+copied between backends byte for byte (``persistkit migrate``).
 
 Versions are the SHA-1 of the value (``redis.sha1hex`` inside the scripts,
 ``hashlib`` on the client), like the file backend's content digest: an ABA
 with different content can never pass a compare-and-set, and one with the same
 content is harmless because the value the caller read is the value stored.
-An unconditional write is a plain ``SET``, a create-only write ``SET NX``, a
-compare-and-set or conditional delete one Lua script.
 
-``commit(writes)`` is one Lua script when every key hashes to one slot, which
-is always the case on a single server: all or nothing, one MULTI/EXEC block in
-the AOF. On a cluster a commit whose keys span slots is first written whole as
-one hash ``{prefix}:commit:{{id}}`` (one command, durable with ``appendfsync
-always``), then applied slot by slot (one script per slot), then the record is
-deleted. The record, not the entity keys, is what makes it atomic, so a reader
-can see part of such a commit while it is applied. If the server goes away
-after the record was written, the same backend finishes the commit before its
-next operation (a record whose own write failed is deleted at the next
-commit instead: the caller was told that commit failed); if the process dies,
-the next startup replays the record (:meth:`RedisBackend.recover_commits`, run
-by the first ``clean_orphans``) once it is older than ``commit_grace`` seconds,
-so a commit still in flight in a live process is never replayed under it. Such
-a replay restores the whole tick over whatever another process wrote to those
-keys since the crash.
+**Exactly-once conditional writes.** A compare-and-set, create-only write,
+conditional delete or commit carries a *write token*
+(:class:`~persistkit.backends.write_tokens.WriteTokens`): the script that
+applies it also stores a receipt under the token, in the same slot, with a
+time-to-live of ``receipt_ttl`` (600 s). A retry of a request whose reply was
+lost carries the same token (it is recognised by its content), finds the
+receipt, and reports what the first attempt did instead of applying it again
+or reporting a conflict with its own value. The TTL bounds the receipts kept
+(one small key per conditional write for ten minutes) and outlives by far the
+store's retries (its :class:`~persistkit.RetryPolicy` gives up after 30 s); a
+retry later than ``0.9 * receipt_ttl`` after its first attempt is refused with
+:class:`~persistkit.errors.WriteFailedError` ("outcome unknown") rather than
+risk applying twice. A real conflict still raises
+:class:`~persistkit.errors.ConflictError`. Unconditional writes carry no token
+(on one server they are a plain ``SET`` or ``DEL``).
 
-Errors: connection refused or reset, timeouts, ``LOADING``, ``READONLY``
-and cluster ``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` raise
+**Commits.** ``commit(writes, expect=...)`` checks ``expect`` atomically with
+the commit (``commit_checks_versions``). When every key hashes to one slot
+(always on one server) it is one script: all or nothing, one MULTI/EXEC block
+in the AOF. On a cluster, a commit across slots runs in two phases:
+
+1. its record ``{prefix}:commit:{{id}}`` is created ``pending`` with every
+   entry (the id is the commit's write token);
+2. slot by slot, in ascending slot order, one script checks each key's
+   version and fence and locks the keys with the commit id (a key locked by
+   another commit is waited for; the global order means two commits never
+   wait on each other);
+3. the record is decided ``committed`` in one script: that is the commit
+   point; an abort (a conflict, a fence) decides it ``aborted`` instead;
+4. each slot's keys still locked by this commit are written and unlocked
+   (one script per slot), then the record shrinks to its receipt.
+
+Every write, delete, commit, quarantine and restore that meets a lock settles
+that commit first: a ``committed`` record is rolled forward, an ``aborted`` one
+lets go, and one still ``pending`` is waited for, then aborted once it has been
+undecided for ``commit_timeout`` (10 s) by the server's clock (its writer, if
+alive, then fails to decide it and reports a conflict). The first
+``clean_orphans`` (a store's init) and ``recover()`` (a session's start) settle
+every record the same way. Whether a record may still write a key is decided by
+the key's lock, not by the record's age: a record writes only the keys it
+still locks, and a key it no longer locks may have been written since, so no
+record is ever replayed over a newer acknowledged write. A reader (``get``)
+does not wait for locks: between the commit point and phase 4 it can see one
+slot of a cross-slot tick before another.
+
+**Leases and fencing** (``leases = True``). :meth:`RedisBackend.acquire_lease`
+takes a new token from the lock name's counter (``INCR``: it never expires and
+only grows) and stores the lease with an expiry computed from the server's
+``TIME``, enforced by the server (``PEXPIREAT``): a client's clock never
+extends a lease. Writes made while :data:`~persistkit.backends.base.fencing`
+holds leases carry their tokens, and the write's own script refuses, with
+:class:`~persistkit.errors.LeaseLostError`, a token older than the newest:
+
+* one server: the script reads each lease's counter, so a holder's write is
+  refused as soon as a newer lease of that name exists, even before its new
+  holder writes anything;
+* a cluster: a script cannot read another slot, so each namespace keeps a
+  watermark (the newest token of each lease name that wrote there), checked and
+  raised by every fenced write, commit and prepare. A stale holder's write to a
+  namespace is refused once the new holder has written there (the new holder's
+  writes are never undone by it); a namespace the new holder has not written
+  since taking over does not know it yet, and accepts the stale write. What
+  keeps that window shut on a cluster is the holder's own monotonic deadline:
+  a session stops committing before its lease can lapse.
+
+Errors: one context (``_Mapped``) translates redis-py's errors. Connection
+refused or reset, timeouts, ``LOADING``, ``READONLY`` and cluster
+``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` raise
 :class:`~persistkit.errors.TransientBackendError`, which the store retries with
 its :class:`~persistkit.RetryPolicy`; everything else is a
 :class:`~persistkit.errors.BackendError` (a :class:`WriteFailedError` when a
 write was refused), never retried. Clients built by :meth:`RedisBackend.from_url`
 have redis-py's own retries turned off, so the store's policy is the only one;
 a client you pass in keeps whatever retries you gave it. (redis-py still
-follows ``MOVED``/``ASK`` redirections itself: that is routing, not retrying.)
-
-A compare-and-set whose reply is lost to a dropped connection may have been
-applied: its retry then reports :class:`~persistkit.errors.ConflictError`, and
-``update_value`` re-reads and applies its change again.
+follows ``MOVED``/``ASK`` redirections itself: that is routing, not
+retrying; and one idempotent step of a cross-slot commit whose connection
+dropped is sent again at once, a few times, so that a lossy network does not
+restart the whole commit at every loss.)
 
 :meth:`RedisBackend.durability_warnings` reads ``appendonly`` and
 ``appendfsync`` on every master (``CONFIG GET``) and warns, once in the log and
@@ -863,12 +915,13 @@ class RedisBackend(Backend):
         state = await self._settle_record(
             f"{self._commit_head}{commit_id}}}", abort_after=self.commit_timeout
         )
-        if state == "":
-            # No record: its commit was finished (the lock is gone by now) or the
-            # record was lost; either way this lock guards nothing any more.
+        if state == "" or state.endswith(_DONE):
+            # Settled before (or its record is gone): its own keys were finished
+            # then, so this lock is the late copy of a step of a writer that was
+            # stopped meanwhile, and guards nothing.
             await self._finish(commit_id, [(self._value_of(lock_key), "-", b"")])
         if state != "pending":
-            return waited  # settled (or settled before): the lock is gone
+            return waited  # settled: the lock is gone
         if waited > 2 * self.commit_timeout + 5:
             raise TransientBackendError(
                 f"redis: {lock_key} is still locked by commit {commit_id} after {waited:.1f} s"
@@ -1197,6 +1250,9 @@ class RedisBackend(Backend):
             # A retry of a commit decided before: finish what is left of it.
             state = await self._settle_record(record, entries=known)
         if state.removesuffix(_DONE) != "committed":
+            # Rolled back by another process while this writer was stopped: any
+            # key it locked since then is let go (nothing of it is applied).
+            await self._finish(commit_id, [(value_key, "-", b"") for value_key, _, _ in known])
             raise ConflictError(
                 f"redis: {what} was aborted: another process found it undecided for more "
                 f"than commit_timeout ({self.commit_timeout} s) and rolled it back; nothing "

@@ -334,7 +334,8 @@ class LiveSession:
     session's writes carry the tokens of its leases (the
     :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
     its ``run()`` and its ``async with`` block), so the backend refuses a
-    write of a holder whose lease has passed to another.
+    write of a holder whose lease has passed to another (each backend's
+    docstring says what it checks, and when).
 
     ``lease_wait`` (seconds, default 0: fail fast) makes :meth:`start` wait
     that long for another instance to stop (its leases, or its local lock on

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -360,10 +361,14 @@ def test_a_redis_url_reports_what_redis_can_tell() -> None:
             )
         code, report = status_json(server.url)
         assert code == 0, report["attention"]
-        assert report["sessions"]["known"] is False
-        assert "keeps no live-session leases" in report["sessions"]["why_unknown"]
+        # Redis keeps the live sessions' leases (issue 13): none is running.
+        assert report["sessions"]["known"] is True and report["sessions"]["running"] == []
         counts = {domain["domain"]: domain["entities"] for domain in report["domains"]}
         assert counts["signal"] == 1 and report["journal"] is None
+        running = asyncio.run(_status_beside_a_session(server.url))
+        [holder] = running
+        assert (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()), running
+        assert sorted(holder["locks"]) == ["BTCUSDT / trend", "risk main"], running
         code, report = status_json(lax.url)
         assert code == 1
         [warning] = report["durability_warnings"]
@@ -371,6 +376,19 @@ def test_a_redis_url_reports_what_redis_can_tell() -> None:
         words = run_cli("status", lax.url)
         assert words.returncode == 1 and "durability: " in words.stdout
     persistkit.configure(mode="live")
+
+
+async def _status_beside_a_session(url: str) -> list[dict[str, Any]]:
+    """``running`` as ``status --json`` reports it while a live session holds its leases."""
+    session = LiveSession([("BTCUSDT", "trend")], "main", backend=url)
+    await session.start()
+    try:
+        code, report = await asyncio.to_thread(status_json, url)
+    finally:
+        await session.aclose()
+    assert code == 0, report["attention"]
+    running: list[dict[str, Any]] = report["sessions"]["running"]
+    return running
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,13 @@ import contextvars
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from persistkit.backends.base import Backend
+from persistkit.backends.base import Backend, Lease, fencing
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
 from persistkit.domains import (
     PersistPartialAdapter,
@@ -42,7 +43,20 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.errors import ConflictError, StoreClosedError, TickCancelledError
+from persistkit.errors import (
+    ConflictError,
+    InstanceLockedError,
+    LeaseLostError,
+    StoreClosedError,
+    TickCancelledError,
+)
+from persistkit.live.lease import (
+    DEFAULT_LEASE_TTL,
+    SessionLeases,
+    check_seconds,
+    lease_clock,
+    wait_poll_delay,
+)
 from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
@@ -151,45 +165,76 @@ class _TickInFlight:
 
 
 class _SessionTick(Transaction):
-    """A tick: the session's transaction, with the session's settings in force inside it."""
+    """A tick: the session's transaction, with the session's settings and leases in force.
 
-    __slots__ = ("_flight", "_scope", "_scope_token")
+    With leases, a tick starts and commits only while they cover it: past their
+    deadline it raises :class:`LeaseLostError` and commits nothing.
+    """
 
-    def __init__(self, settings: Settings, flight: _TickInFlight | None = None) -> None:
+    __slots__ = ("_fence_token", "_flight", "_leases", "_scope", "_scope_token")
+
+    def __init__(
+        self,
+        settings: Settings,
+        leases: SessionLeases | None,
+        flight: _TickInFlight | None = None,
+    ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
+        self._leases = leases
         self._scope_token: contextvars.Token[Settings | None] | None = None
+        self._fence_token: contextvars.Token[tuple[Lease, ...]] | None = None
         self._flight = flight
 
-    async def commit(self) -> None:
-        flight = self._flight
-        if flight is not None:
-            # Checked and marked without suspending: a stop signal is handled
-            # on this loop, so it sees the commit either not begun or begun.
-            if flight.cancelled is not None:
-                # A tick that swallowed its cancellation and returned anyway.
-                raise TickCancelledError(
-                    f"a cancelled tick tried to commit ({flight.cancelled}); refused, "
-                    "nothing of it was committed",
-                    reason=flight.cancelled,
-                )
-            flight.committing = True
-        await super().commit()
-
     async def __aenter__(self) -> Transaction:
+        leases = self._leases
+        if leases is not None:
+            leases.check()
+            self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
         try:
             return await super().__aenter__()
         except BaseException:
-            session_settings.reset(self._scope_token)
+            self._reset_scope()
+            raise
+
+    async def commit(self) -> None:
+        flight, leases = self._flight, self._leases
+        # Checked and marked without suspending: a stop signal is handled on
+        # this loop, so it sees the commit either not begun or begun.
+        if flight is not None and flight.cancelled is not None:
+            # A tick that swallowed its cancellation and returned anyway.
+            raise TickCancelledError(
+                f"a cancelled tick tried to commit ({flight.cancelled}); refused, "
+                "nothing of it was committed",
+                reason=flight.cancelled,
+            )
+        if leases is not None:
+            leases.check()  # the block may have outlasted the deadline: then nothing is sent
+        if flight is not None:
+            flight.committing = True
+        if leases is None:
+            await super().commit()
+            return
+        try:
+            await super().commit()
+        except LeaseLostError as refused:  # the backend's fence: a newer holder exists
+            leases.lose(refused)
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await super().__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
-            if self._scope_token is not None:
-                session_settings.reset(self._scope_token)
+            self._reset_scope()
+
+    def _reset_scope(self) -> None:
+        if self._scope_token is not None:
+            session_settings.reset(self._scope_token)
+            self._scope_token = None
+        if self._fence_token is not None:
+            fencing.reset(self._fence_token)
+            self._fence_token = None
 
 
 class _StopRequest:
@@ -271,8 +316,32 @@ class LiveSession:
     range per pair and one for the risk profile, so that two sessions (in two
     processes or in one) never run the same strategy nor update the same risk
     profile. However many pairs, a session holds one file descriptor for them.
-    They are local locks even when the state lives in Redis or S3: one
-    instance per machine is guaranteed, not one per cluster.
+
+    On a backend shared across hosts (Redis, S3: :attr:`Backend.leases`), the
+    session also takes one lease per lock name in the backend itself, so that
+    one instance runs per cluster, not per machine; sessions with disjoint
+    pairs still run side by side. A second instance anywhere (another host,
+    another data root, the same backend) gets
+    :class:`~persistkit.errors.InstanceLockedError` naming the holder (host,
+    pid, since, lease expiry). The leases outlive their last renewal by
+    ``lease_ttl`` seconds (default 15): the session renews them every third of
+    that, in the background, and gives them back on close; a holder killed
+    with ``kill -9`` keeps them until they lapse. A holder that cannot renew
+    stops committing a third of ``lease_ttl`` before they can lapse (timed on
+    its own clock, from before each renewal was sent): its ticks, and every
+    later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
+    :meth:`run`. Each lease carries a fencing token that only grows; the
+    session's writes carry the tokens of its leases (the
+    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    its ``run()`` and its ``async with`` block), so the backend refuses a
+    write of a holder whose lease has passed to another (each backend's
+    docstring says what it checks, and when).
+
+    ``lease_wait`` (seconds, default 0: fail fast) makes :meth:`start` wait
+    that long for another instance to stop (its leases, or its local lock on
+    this machine) before raising ``InstanceLockedError``: the new instance of
+    a rolling deploy takes over as soon as the old one closes, and never
+    commits while the old one can.
     """
 
     def __init__(
@@ -282,7 +351,13 @@ class LiveSession:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         backend: Backend | str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_wait: float = 0.0,
     ) -> None:
+        self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
+        """Seconds a lease in a shared backend outlives its last renewal."""
+        self.lease_wait = check_seconds("lease_wait", lease_wait, zero=True)
+        """Seconds :meth:`start` waits for another instance to stop before it gives up."""
         self.pairs: list[tuple[str, str]] = [(str(s), str(t)) for s, t in pairs]
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
@@ -296,6 +371,8 @@ class LiveSession:
         )
         self._backend_choice = backend
         self._backend: Backend | None = None
+        self._leases: SessionLeases | None = None
+        self._block_fence: contextvars.Token[tuple[Lease, ...]] | None = None
         self._settings: Settings | None = None
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
@@ -327,21 +404,37 @@ class LiveSession:
             raise limit from exc
 
     async def _start(self) -> RestoredState:
-        self._locks.acquire(purpose="live session")
+        give_up_at = lease_clock() + self.lease_wait
+
+        async def lock_locally() -> None:
+            self._locks.acquire(purpose="live session")
+
+        await self._while_locked(lock_locally, give_up_at)
         try:
             settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
             self._backend = settings.backend
             self._settings = settings
-            # Before any store reads: what stopped processes left is finished first.
-            replayed = await self._backend.recover()
-            token = session_settings.set(settings)  # restore from this session's backend
+            if self._backend.leases:
+                # The local lock first: on one machine a rival is refused without a request.
+                self._leases = SessionLeases(
+                    self._backend, self._locks.names, ttl=self.lease_ttl, holder=self._holder()
+                )
+                await self._while_locked(self._leases.acquire, give_up_at)
+                self._leases.start_renewing()
+            fence = fencing.set(self._fence())
             try:
-                state = await self._restore(replayed)
+                # Before any store reads: what stopped processes left is finished first.
+                replayed = await self._backend.recover()
+                token = session_settings.set(settings)  # restore from this session's backend
+                try:
+                    state = await self._restore(replayed)
+                finally:
+                    session_settings.reset(token)
             finally:
-                session_settings.reset(token)
+                fencing.reset(fence)
         except BaseException:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
             raise
         self._started = True
         self.restored = state
@@ -357,8 +450,43 @@ class LiveSession:
         )
         return state
 
-    def _release_locks(self) -> None:
-        self._locks.release()
+    async def _while_locked(
+        self, attempt: Callable[[], Awaitable[None]], give_up_at: float
+    ) -> None:
+        """``attempt()``, again while another instance holds a lock, until ``give_up_at``."""
+        waited = False
+        while True:
+            try:
+                await attempt()
+                return
+            except InstanceLockedError as locked:
+                remaining = give_up_at - lease_clock()
+                if remaining <= 0:
+                    raise
+                if not waited:
+                    waited = True
+                    logger.info(
+                        "persistkit: waiting up to %.1f s for the other instance to stop: %s",
+                        remaining,
+                        locked,
+                    )
+                await asyncio.sleep(wait_poll_delay(self.lease_ttl, remaining))
+
+    def _holder(self) -> dict[str, object]:
+        """Who this session is, as a lease names its holder to a rival (``since``: its leases')."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "root": self.base_dir}
+
+    def _fence(self) -> tuple[Lease, ...]:
+        """The leases the writes of this session carry (none on a local backend)."""
+        return () if self._leases is None else self._leases.current
+
+    async def _release_locks(self) -> None:
+        leases, self._leases = self._leases, None
+        try:
+            if leases is not None:
+                await leases.release()
+        finally:
+            self._locks.release()
 
     async def _restore(self, replayed: int) -> RestoredState:
         # Risk first: portfolio limits must hold before any signal is considered.
@@ -396,7 +524,7 @@ class LiveSession:
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
-        return _SessionTick(self._settings)
+        return _SessionTick(self._settings, self._leases)
 
     async def run(
         self,
@@ -429,6 +557,10 @@ class LiveSession:
         swallows its cancellation is left behind at the next signal, its
         commit refused. A tick that blocks the event loop itself (a
         synchronous call that never returns) cannot be reached by any of this.
+
+        With leases (Redis, S3), a tick past their deadline raises
+        :class:`~persistkit.errors.LeaseLostError` and ``run`` stops with it:
+        another instance may own the state now.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         if stop_grace is not None and stop_grace < 0:
@@ -438,6 +570,7 @@ class LiveSession:
         for signum in stop_signals:
             loop.add_signal_handler(signum, stop.on_signal, signum)
         count = 0
+        fence = fencing.set(self._fence())
         try:
             while not stop.requested.is_set() and (ticks is None or count < ticks):
                 # A first signal only sets the event, so the tick in progress runs
@@ -468,6 +601,7 @@ class LiveSession:
                 raise error from exc
             raise error from None
         finally:
+            fencing.reset(fence)
             stop.close()
             for signum in stop_signals:
                 loop.remove_signal_handler(signum)
@@ -544,7 +678,7 @@ class LiveSession:
         assert self._settings is not None
         for attempt in range(attempts):
             try:
-                async with _SessionTick(self._settings, flight):
+                async with _SessionTick(self._settings, self._leases, flight):
                     await tick(count)
                 return
             except ConflictError:
@@ -558,22 +692,32 @@ class LiveSession:
     # -- stop ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Make every commit durable in the entity files, then release the lock."""
+        """Make every commit durable in the entity files, then release the locks and leases.
+
+        A session whose leases were lost writes nothing more: its checkpoint is
+        left to the instance that holds them now.
+        """
         if not self._started:
             return
         self._started = False
         try:
             backend = self._backend
-            if backend is not None and not backend.read_only:
-                await backend.checkpoint()
+            leases = self._leases
+            if backend is not None and not backend.read_only and not (leases and leases.lost):
+                fence = fencing.set(self._fence())
+                try:
+                    await backend.checkpoint()
+                finally:
+                    fencing.reset(fence)
         finally:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
 
     async def __aenter__(self) -> Self:
         """Start, and run the ``async with`` block in this session's context (see :meth:`tick`)."""
         await self.start()
         self._block_token = session_settings.set(self._settings)
+        self._block_fence = fencing.set(self._fence())
         return self
 
     async def __aexit__(
@@ -583,8 +727,11 @@ class LiveSession:
         tb: TracebackType | None,
     ) -> None:
         token, self._block_token = self._block_token, None
+        fence, self._block_fence = self._block_fence, None
         try:
             await self.aclose()
         finally:
+            if fence is not None:
+                fencing.reset(fence)
             if token is not None:
                 session_settings.reset(token)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
+from persistkit.config import Settings
 from persistkit.domains._base import DomainAdapter
+from persistkit.domains.events import SCHEDULE_LOG, Changes, schedule_changes, write_with_events
 from persistkit.errors import EntityNotFoundError, RowMismatchError
 from persistkit.models import ScheduledSignalRow, SignalRow
 from persistkit.names import join_pair
@@ -93,8 +95,26 @@ class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
     async def write_schedule_data(
         self, row: ScheduledSignalRow | None, symbol: str, strategy_name: str
     ) -> None:
-        """Store the scheduled entry durably; ``None`` cancels it."""
-        await self._write(row, symbol, strategy_name)
+        """Store the scheduled entry durably; ``None`` clears it (filled or cancelled).
+
+        The change is recorded for ``persistkit.Schedule`` in the same commit
+        (see :mod:`persistkit.domains.events`): clearing the row counts as
+        "opened" when the pair's signal has its id, so outside a tick write the
+        signal first.
+        """
+        if row is not None:
+            self._check_row(row, symbol, strategy_name)
+        pair = join_pair(symbol, strategy_name)
+        store = await self._store(pair)
+
+        async def changes_for(settings: Settings) -> Changes:
+            # Imported here: the adapters' package builds this one's instance.
+            from persistkit.domains import PersistSignalAdapter
+
+            signal = await PersistSignalAdapter._store(pair)
+            return schedule_changes(store, signal, symbol, settings)
+
+        await write_with_events(store, symbol, row, SCHEDULE_LOG, pair, changes_for)
 
     def use_persist_schedule_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep scheduled entries in a custom :class:`PersistBase` subclass."""

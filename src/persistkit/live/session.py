@@ -32,7 +32,13 @@ from types import TracebackType
 from typing import Self
 
 from persistkit.backends.base import Backend
-from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
+from persistkit.config import (
+    DEFAULT_BASE_DIR,
+    Settings,
+    configure,
+    current_settings,
+    session_settings,
+)
 from persistkit.domains import (
     PersistPartialAdapter,
     PersistRiskAdapter,
@@ -225,7 +231,15 @@ class LiveSession:
     async def _start(self) -> RestoredState:
         self._locks.acquire(purpose="live session")
         try:
-            settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
+            # The statistics' clock and bound, as configured before the session started.
+            events = current_settings()
+            settings = configure(
+                mode="live",
+                base_dir=self.base_dir,
+                backend=self._backend_choice,
+                clock=events.clock,
+                event_limit=events.event_limit,
+            )
             self._backend = settings.backend
             self._settings = settings
             # Before any store reads: what stopped processes left is finished first.

@@ -1,0 +1,411 @@
+"""Statistics events, derived from the schedule and partial rows a commit changes.
+
+The bot makes no extra call: when a commit changes a pair's scheduled row or
+its partial levels, a hook of that commit (:meth:`Transaction.before_commit
+<persistkit.transaction.Transaction.before_commit>`) compares the new value with
+the committed one and appends what happened to the pair's event log, in the
+same commit. A ``kill -9`` therefore never separates a state change from its
+events: after a restart the statistics are exactly those of the acknowledged
+ticks.
+
+The rules:
+
+- A scheduled row whose id was not there before: ``scheduled``.
+- A scheduled row cleared or replaced by another id: ``opened`` when the pair's
+  signal, as this commit leaves it (staged in the same tick, or already
+  committed), has the old row's id; otherwise ``cancelled``. A write outside a
+  tick is a commit of its own, so there the signal must be written before the
+  schedule is cleared, or the fill counts as a cancellation.
+- A row rewritten with the same id (a moved limit, say) is no event.
+- Each level new in a signal's partial levels: one ``profit`` or ``loss``
+  event. Levels dropped, or a signal's entry removed, are no event.
+
+An event's time is the configured clock's (``configure(clock=...)``: a
+backtest's market time), else the wall-clock time of the commit. Each log keeps
+the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
+default), in ``stats/schedule/{symbol}_{strategy}/events`` and
+``stats/partial/{symbol}_{strategy}/events`` beside the state they describe:
+files in live mode, process memory in backtest mode. A pair has one writer (its
+live session); the hooks read what is committed under this process's key locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from persistkit import codec
+from persistkit.backends.base import Backend, Versioned
+from persistkit.config import Settings, active_settings
+from persistkit.domains._base import DomainAdapter
+from persistkit.errors import TransientBackendError
+from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
+from persistkit.models import _Model as EventModel
+from persistkit.retry import DEFAULT_RETRY
+from persistkit.store import PersistBase
+from persistkit.transaction import Transaction, transaction, transaction_for
+
+__all__ = [
+    "EVENTS",
+    "PARTIAL_LOG",
+    "SCHEDULE_LOG",
+    "Changes",
+    "PartialEvent",
+    "PartialEventLog",
+    "ScheduleEvent",
+    "ScheduleEventLog",
+    "partial_changes",
+    "partial_events",
+    "schedule_changes",
+    "schedule_events",
+    "write_with_events",
+]
+
+logger = logging.getLogger("persistkit")
+
+EVENTS = "events"
+"""The id of a pair's event log in its ``stats/...`` store."""
+
+Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
+_MS_PER_MINUTE = 60_000
+
+
+class ScheduleEvent(EventModel):
+    """A scheduled (limit) entry placed, filled (``opened``) or dropped (``cancelled``)."""
+
+    timestamp: Timestamp
+    action: Literal["scheduled", "opened", "cancelled"]
+    symbol: str
+    strategy_name: str
+    signal_id: str
+    position: Position
+    price_open: float
+    duration_min: float | None = None
+    """Minutes waited: ``scheduled_at`` to the signal's ``pending_at`` when opened, to
+    the event's time when cancelled; ``None`` for ``scheduled``."""
+
+
+class PartialEvent(EventModel):
+    """A profit or loss milestone (percent of the way to TP or SL) reached by a signal."""
+
+    timestamp: Timestamp
+    action: Literal["profit", "loss"]
+    symbol: str
+    strategy_name: str
+    signal_id: str
+    level: PartialLevel
+    position: Position | None = None
+    """The signal's side, when its row was known to the commit."""
+    price: float | None = None
+    """Where the level lies (entry + level% of the way to TP or SL), when the signal's
+    row was known to the commit; not the market price of the moment."""
+
+
+class ScheduleEventLog(DomainAdapter):
+    """The newest schedule events of each pair, oldest first."""
+
+    domain = "stats/schedule"
+    schema = list[ScheduleEvent] | None
+
+
+class PartialEventLog(DomainAdapter):
+    """The newest partial events of each pair, oldest first."""
+
+    domain = "stats/partial"
+    schema = list[PartialEvent] | None
+
+
+SCHEDULE_LOG = ScheduleEventLog()
+PARTIAL_LOG = PartialEventLog()
+
+
+# -- what a change means --------------------------------------------------------------
+
+
+def _minutes(start_ms: int, end_ms: int) -> float:
+    return (end_ms - start_ms) / _MS_PER_MINUTE
+
+
+def schedule_events(
+    old: ScheduledSignalRow | None,
+    new: ScheduledSignalRow | None,
+    signal: SignalRow | None,
+    now: int,
+) -> list[ScheduleEvent]:
+    """The events of a pair's scheduled row going from ``old`` to ``new``.
+
+    ``signal`` is the pair's signal as the same commit leaves it.
+    """
+    events: list[ScheduleEvent] = []
+    if old is not None and (new is None or new.id != old.id):
+        opened = signal is not None and signal.id == old.id
+        events.append(
+            ScheduleEvent(
+                timestamp=now,
+                action="opened" if opened else "cancelled",
+                symbol=old.symbol,
+                strategy_name=old.strategy_name,
+                signal_id=old.id,
+                position=old.position,
+                price_open=old.price_open,
+                duration_min=_minutes(
+                    old.scheduled_at, signal.pending_at if opened and signal else now
+                ),
+            )
+        )
+    if new is not None and (old is None or new.id != old.id):
+        events.append(
+            ScheduleEvent(
+                timestamp=now,
+                action="scheduled",
+                symbol=new.symbol,
+                strategy_name=new.strategy_name,
+                signal_id=new.id,
+                position=new.position,
+                price_open=new.price_open,
+            )
+        )
+    return events
+
+
+def _level_price(signal: SignalRow, level: int, target: float) -> float:
+    return round(signal.price_open + (target - signal.price_open) * level / 100, 10)
+
+
+def partial_events(
+    old: Mapping[str, PartialData],
+    new: Mapping[str, PartialData],
+    signal: SignalRow | None,
+    symbol: str,
+    strategy: str,
+    now: int,
+) -> list[PartialEvent]:
+    """One event per level in ``new`` that ``old`` did not have; ``signal`` gives prices."""
+    events: list[PartialEvent] = []
+    for signal_id, levels in new.items():
+        before = old.get(signal_id)
+        known = signal if signal is not None and signal.id == signal_id else None
+        for action, reached, had, target in (
+            (
+                "profit",
+                levels.profit_levels,
+                before.profit_levels if before else [],
+                known.price_take_profit if known else None,
+            ),
+            (
+                "loss",
+                levels.loss_levels,
+                before.loss_levels if before else [],
+                known.price_stop_loss if known else None,
+            ),
+        ):
+            for level in reached:
+                if level in had:
+                    continue
+                events.append(
+                    PartialEvent(
+                        timestamp=now,
+                        action=action,
+                        symbol=symbol,
+                        strategy_name=strategy,
+                        signal_id=signal_id,
+                        level=level,
+                        position=known.position if known else None,
+                        price=_level_price(known, level, target)
+                        if known and target is not None
+                        else None,
+                    )
+                )
+    return events
+
+
+# -- recording them in the commit --------------------------------------------------------
+
+
+def _now(settings: Settings) -> int:
+    clock = settings.clock
+    return time.time_ns() // 1_000_000 if clock is None else int(clock())
+
+
+async def _committed(backend: Backend, key: str) -> Versioned | None:
+    try:
+        return await backend.get(key)
+    except TransientBackendError as exc:
+        return await DEFAULT_RETRY.call(lambda: backend.get(key), exc)
+
+
+async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes | None:
+    """``key`` as ``txn`` leaves it: staged there, else committed."""
+    if backend is txn.backend:
+        staged, data = txn.lookup(key)
+        if staged:
+            return data
+    stored = await _committed(backend, key)
+    return None if stored is None else stored.data
+
+
+# The log a commit last wrote, parsed: the next commit appends without parsing
+# it again (its bytes are compared with what is stored, so another writer's
+# change is never missed).
+_parsed_logs: weakref.WeakKeyDictionary[Backend, dict[str, tuple[bytes, list[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_PARSED_LOGS_KEPT = 4096
+
+
+async def _append(
+    txn: Transaction, log: PersistBase[Any], key: str, events: list[Any], limit: int
+) -> None:
+    backend = txn.backend
+    cache = _parsed_logs.setdefault(backend, {})
+    stored = await _as_committed(txn, backend, key)
+    kept: list[Any]
+    if stored is None:
+        kept = []
+    else:
+        found = cache.get(key)
+        if found is not None and found[0] == stored:
+            kept = found[1]
+        else:
+            kept = [event.model_dump(mode="json") for event in log._parse(key, stored) or []]
+    kept = [*kept, *(event.model_dump(mode="json") for event in events)][-limit:]
+    data = codec.encode(kept)
+    txn.include(key, data)
+    if len(cache) >= _PARSED_LOGS_KEPT:
+        cache.clear()
+    cache[key] = (data, kept)
+
+
+Changes = Callable[[Transaction], Awaitable[list[Any]]]
+"""Reads a pair's old and new values in a committing transaction; returns its events."""
+
+ChangesFor = Callable[[Settings], Awaitable[Changes]]
+"""Builds the :data:`Changes` of one write under the settings it runs with."""
+
+
+async def _register(
+    txn: Transaction,
+    row_key: str,
+    log_adapter: DomainAdapter,
+    pair: str,
+    changes: Changes,
+    settings: Settings,
+) -> None:
+    log = await log_adapter._store(pair)
+    if log.backend is not txn.backend:
+        logger.warning(
+            "persistkit: %s is on %s, not on the backend of the commit (%s): "
+            "no statistics events recorded for it",
+            row_key,
+            txn.backend.url,
+            log.backend.url,
+        )
+        return
+    log_key = log._key(EVENTS)
+
+    async def record(committing: Transaction) -> None:
+        events = await changes(committing)
+        if events:
+            await _append(committing, log, log_key, events, settings.event_limit)
+
+    txn.before_commit(("stats", row_key), (log_key,), record)
+
+
+async def write_with_events(
+    store: PersistBase[Any],
+    entity_id: str,
+    value: Any,
+    log_adapter: DomainAdapter,
+    pair: str,
+    changes_for: ChangesFor,
+) -> None:
+    """Write (``None``: remove) ``entity_id`` and record its events in the same commit.
+
+    Inside a transaction on the store's backend (a tick) the events join it;
+    outside one, the write and its events are a commit of their own.
+    """
+    settings = active_settings()
+    backend = store.backend
+    row_key = store._key(entity_id)
+    if settings.event_limit == 0 or type(backend).commit is Backend.commit:
+        # Recording is off, or the backend cannot commit two keys atomically.
+        await _write(store, entity_id, value)
+        return
+    changes = await changes_for(settings)
+    active = transaction_for(backend)
+    if active is not None:
+        await _write(store, entity_id, value)
+        await _register(active, row_key, log_adapter, pair, changes, settings)
+        return
+    async with transaction(backend) as own:
+        await _write(store, entity_id, value)
+        await _register(own, row_key, log_adapter, pair, changes, settings)
+
+
+async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:
+    if value is None:
+        await store.remove_value(entity_id)
+    else:
+        await store.write_value(entity_id, value)
+
+
+def schedule_changes(
+    schedule: PersistBase[Any], signal: PersistBase[Any], symbol: str, settings: Settings
+) -> Changes:
+    """The events of ``symbol``'s scheduled row in the committing transaction."""
+    row_key = schedule._key(symbol)
+    signal_key = signal._key(symbol)
+
+    async def changes(txn: Transaction) -> list[Any]:
+        if row_key not in txn.writes:
+            return []
+        new_data = txn.writes[row_key]
+        old = await _committed(txn.backend, row_key)
+        old_data = None if old is None else old.data
+        if old_data == new_data:
+            return []
+        old_row = None if old_data is None else schedule._parse(row_key, old_data)
+        new_row = None if new_data is None else schedule._parse(row_key, new_data)
+        if old_row is None and new_row is None:
+            return []
+        signal_data = await _as_committed(txn, signal.backend, signal_key)
+        signal_row = None if signal_data is None else signal._parse(signal_key, signal_data)
+        return schedule_events(old_row, new_row, signal_row, _now(settings))
+
+    return changes
+
+
+def partial_changes(
+    partial: PersistBase[Any],
+    levels_id: str,
+    signal: PersistBase[Any],
+    symbol: str,
+    strategy: str,
+    settings: Settings,
+) -> Changes:
+    """The events of the pair's partial levels in the committing transaction."""
+    row_key = partial._key(levels_id)
+    signal_key = signal._key(symbol)
+
+    async def changes(txn: Transaction) -> list[Any]:
+        new_data = txn.writes.get(row_key)
+        if new_data is None:
+            return []  # levels removed (the signal closed): no milestone reached
+        old = await _committed(txn.backend, row_key)
+        old_data = None if old is None else old.data
+        if old_data == new_data:
+            return []
+        new_levels = partial._parse(row_key, new_data) or {}
+        old_levels = (None if old_data is None else partial._parse(row_key, old_data)) or {}
+        if not new_levels:
+            return []
+        signal_data = await _as_committed(txn, signal.backend, signal_key)
+        signal_row = None if signal_data is None else signal._parse(signal_key, signal_data)
+        return partial_events(old_levels, new_levels, signal_row, symbol, strategy, _now(settings))
+
+    return changes

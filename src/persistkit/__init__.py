@@ -41,6 +41,14 @@ from persistkit.errors import (
 )
 from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
+from persistkit.stats import (
+    Partial,
+    PartialEvent,
+    PartialStatistics,
+    Schedule,
+    ScheduleEvent,
+    ScheduleStatistics,
+)
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
@@ -70,6 +78,9 @@ __all__ = [
     "LockTimeoutError",
     "MemoryBackend",
     "PairState",
+    "Partial",
+    "PartialEvent",
+    "PartialStatistics",
     "PersistBase",
     "PersistError",
     "PersistPartialAdapter",
@@ -81,6 +92,9 @@ __all__ = [
     "RestoredState",
     "RetryPolicy",
     "RowMismatchError",
+    "Schedule",
+    "ScheduleEvent",
+    "ScheduleStatistics",
     "SchemaValidationError",
     "Settings",
     "StoreClosedError",

@@ -37,6 +37,7 @@ from persistkit.names import join_pair
 from persistkit.store import PersistBase, SegmentName
 
 __all__ = [
+    "EventReports",
     "Partial",
     "PartialEvent",
     "PartialStatistics",
@@ -234,7 +235,7 @@ def report_file_name(symbol: str, strategy: str) -> str:
     return f"{join_pair(symbol, strategy)}.md"
 
 
-class _Reports(Generic[StatsT]):
+class EventReports(Generic[StatsT]):
     """``get_data``, ``get_report`` and ``dump`` of one kind of event."""
 
     def __init__(
@@ -281,7 +282,11 @@ class _Reports(Generic[StatsT]):
         self, symbol: str, strategy: str, *, backend: Backend | None = None
     ) -> str:
         """The statistics as a markdown table of events and a summary."""
-        return self._markdown(await self.get_data(symbol, strategy, backend=backend))
+        return self.markdown(await self.get_data(symbol, strategy, backend=backend))
+
+    def markdown(self, stats: StatsT) -> str:
+        """The report of statistics already read (what :meth:`get_report` returns)."""
+        return self._markdown(stats)
 
     async def dump(
         self, symbol: str, strategy: str, path: str | os.PathLike[str] | None = None
@@ -302,14 +307,14 @@ def _write_report(directory: str | os.PathLike[str], name: str, report: str) -> 
     return FileBackend(os.path.abspath(os.fspath(directory))).write_file(name, report.encode())
 
 
-class ScheduleUtils(_Reports[ScheduleStatistics]):
+class ScheduleUtils(EventReports[ScheduleStatistics]):
     """Statistics of scheduled (limit) entries: how many opened, were cancelled, how fast."""
 
     def __init__(self) -> None:
         super().__init__(SCHEDULE_LOG, ScheduleStatistics.of, schedule_markdown, "./dump/schedule")
 
 
-class PartialUtils(_Reports[PartialStatistics]):
+class PartialUtils(EventReports[PartialStatistics]):
     """Statistics of profit and loss milestones reached by open signals."""
 
     def __init__(self) -> None:

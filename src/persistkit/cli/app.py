@@ -33,6 +33,7 @@ from .render import (
     print_quarantine,
     quarantine_json,
 )
+from .report import report as report_command
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -566,3 +567,6 @@ def import_(
             "(--include-quarantine imports them)"
         )
     _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes)
+
+
+cli.add_command(report_command)

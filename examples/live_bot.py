@@ -219,6 +219,7 @@ class Bot:
         self.progress: PersistBase[int] = PersistBase("bot", base_dir)
         self.state = BotState()
         self.base_dir = base_dir
+        self.reports_dir = os.path.dirname(os.path.abspath(base_dir))
         self.market_ms = START_MS
 
     async def start(self) -> RestoredState:
@@ -250,12 +251,10 @@ class Bot:
 
     async def dump_reports(self) -> list[str]:
         """Each pair's schedule and partial report, beside the state (see the module doc)."""
-        reports = os.path.dirname(os.path.abspath(self.base_dir))
+        reports = self.reports_dir
         written = []
         for symbol, strategy in PAIRS:
-            written.append(
-                await Schedule.dump(symbol, strategy, os.path.join(reports, "schedule"))
-            )
+            written.append(await Schedule.dump(symbol, strategy, os.path.join(reports, "schedule")))
             written.append(await Partial.dump(symbol, strategy, os.path.join(reports, "partial")))
         return written
 
@@ -333,6 +332,10 @@ def verify(state: BotState, restored: RestoredState, last_ack: int) -> int:
     return 0
 
 
+def relative(paths: list[str]) -> list[str]:
+    return [os.path.relpath(path) for path in paths]
+
+
 def _without(state: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     pairs = {
         label: {key: value for key, value in pair.items() if key not in fields}
@@ -392,7 +395,7 @@ async def main(argv: list[str] | None = None) -> int:
     say(
         f"stopped cleanly after tick {bot.state.tick}\n"
         + "".join(f"statistics {line}\n" for line in statistics)
-        + "".join(f"report written: {os.path.relpath(path)}\n" for path in reports).rstrip(),
+        + "\n".join(f"report written: {path}" for path in relative(reports)),
         stopped=bot.state.tick,
         statistics=statistics,
         reports=reports,

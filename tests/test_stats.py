@@ -29,7 +29,9 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
+from persistkit.domains.events import SCHEDULE_LOG, SEGMENT_EVENTS
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
+from persistkit.names import join_pair
 
 SYMBOL, STRATEGY = "BTC/USDT", "trend_1"
 T0 = 1_763_700_000_000  # 2025-11-21T04:40:00Z
@@ -201,7 +203,7 @@ async def test_a_scripted_live_session_gives_the_same_statistics_after_a_restart
     persistkit.configure(mode="live", base_dir=data_root)  # a new process, say
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root):
         await check_scripted_statistics()
-    assert (data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "events.json").is_file()
+    assert (data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json").is_file()
 
 
 async def test_live_events_carry_the_commit_time_by_default() -> None:
@@ -275,6 +277,10 @@ async def test_300_events_keep_the_newest_250() -> None:
     ]
     assert (stats.event_list[-1].action, stats.event_list[-1].signal_id) == ("cancelled", "S149")
     assert (stats.total_scheduled, stats.total_cancelled) == (125, 125)
+    # What is stored stays bounded too: whole segments of old events are dropped.
+    log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
+    stored = [segment async for segment in log.values() if isinstance(segment, list)]
+    assert 250 <= sum(len(segment) for segment in stored) < 250 + SEGMENT_EVENTS
 
 
 async def test_the_bound_is_configurable_and_zero_records_nothing() -> None:

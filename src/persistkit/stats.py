@@ -24,11 +24,13 @@ from typing import Any, Generic, TypeVar
 
 from persistkit.backends.base import Backend
 from persistkit.backends.file import FileBackend
+from persistkit.config import DEFAULT_EVENT_LIMIT, active_settings
 from persistkit.domains._base import DomainAdapter
 from persistkit.domains.events import (
-    EVENTS,
+    HEAD,
     PARTIAL_LOG,
     SCHEDULE_LOG,
+    LogHead,
     PartialEvent,
     ScheduleEvent,
 )
@@ -264,9 +266,20 @@ class EventReports(Generic[StatsT]):
                 SegmentName(f"{self._log.domain}/{pair}"), backend=backend, model=self._log.schema
             )
         try:
-            return list(await store.read_value(EVENTS) or [])
+            head = await store.read_value(HEAD)
         except EntityNotFoundError:
             return []
+        if not isinstance(head, LogHead):
+            return []
+        events: list[Any] = []
+        for number, _ in head.segments:
+            try:
+                events += await store.read_value(number) or []
+            except EntityNotFoundError:
+                continue  # quarantined at a start: its events are lost, not the others
+        # The log keeps whole segments, so it may hold a few more than the bound.
+        limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
+        return events[-limit:]
 
     async def get_data(
         self, symbol: str, strategy: str, *, backend: Backend | None = None

@@ -51,10 +51,12 @@ from persistkit.store import PersistBase
 from persistkit.transaction import Transaction, transaction, transaction_for
 
 __all__ = [
-    "EVENTS",
+    "HEAD",
     "PARTIAL_LOG",
     "SCHEDULE_LOG",
+    "SEGMENT_EVENTS",
     "Changes",
+    "LogHead",
     "PartialEvent",
     "PartialEventLog",
     "ScheduleEvent",
@@ -68,8 +70,10 @@ __all__ = [
 
 logger = logging.getLogger("persistkit")
 
-EVENTS = "events"
-"""The id of a pair's event log in its ``stats/...`` store."""
+HEAD = "head"
+"""The id of a pair's log head in its ``stats/...`` store; segments have numbers as ids."""
+SEGMENT_EVENTS = 25
+"""Events per segment: an append rewrites one small segment, never the whole log."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _MS_PER_MINUTE = 60_000
@@ -106,18 +110,24 @@ class PartialEvent(EventModel):
     row was known to the commit; not the market price of the moment."""
 
 
+class LogHead(EventModel):
+    """A pair's event log: its segments, oldest first, as ``[number, events in it]``."""
+
+    segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
+
+
 class ScheduleEventLog(DomainAdapter):
-    """The newest schedule events of each pair, oldest first."""
+    """The newest schedule events of each pair: a head and its segments."""
 
     domain = "stats/schedule"
-    schema = list[ScheduleEvent] | None
+    schema = LogHead | list[ScheduleEvent] | None
 
 
 class PartialEventLog(DomainAdapter):
-    """The newest partial events of each pair, oldest first."""
+    """The newest partial events of each pair: a head and its segments."""
 
     domain = "stats/partial"
-    schema = list[PartialEvent] | None
+    schema = LogHead | list[PartialEvent] | None
 
 
 SCHEDULE_LOG = ScheduleEventLog()
@@ -249,39 +259,96 @@ async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes |
     return None if stored is None else stored.data
 
 
-# The log a commit last wrote, parsed: the next commit appends without parsing
-# it again (its bytes are compared with what is stored, so another writer's
-# change is never missed).
-_parsed_logs: weakref.WeakKeyDictionary[Backend, dict[str, tuple[bytes, list[Any]]]] = (
+# What the hooks parsed last, by key: a row, a log head or segment is parsed
+# once, then recognised by its bytes (compared with what is stored, so another
+# writer's change is never missed).
+_parsed: weakref.WeakKeyDictionary[Backend, dict[str, tuple[bytes, Any]]] = (
     weakref.WeakKeyDictionary()
 )
-_PARSED_LOGS_KEPT = 4096
+_PARSED_KEPT = 4096
 
 
-async def _append(
-    txn: Transaction, log: PersistBase[Any], key: str, events: list[Any], limit: int
-) -> None:
-    backend = txn.backend
-    cache = _parsed_logs.setdefault(backend, {})
-    stored = await _as_committed(txn, backend, key)
-    kept: list[Any]
-    if stored is None:
-        kept = []
-    else:
-        found = cache.get(key)
-        if found is not None and found[0] == stored:
-            kept = found[1]
-        else:
-            kept = [event.model_dump(mode="json") for event in log._parse(key, stored) or []]
-    kept = [*kept, *(event.model_dump(mode="json") for event in events)][-limit:]
-    # Every event was validated (no NaN, no infinity) when it was made or read,
-    # so orjson's output is exact: the codec's walk for non-finite floats, set
-    # off by each event's nulls, would only cost time.
-    data = orjson.dumps(kept)
-    txn.include(key, data)
-    if len(cache) >= _PARSED_LOGS_KEPT:
+def _parse(store: PersistBase[Any], backend: Backend, key: str, data: bytes) -> Any:
+    cache = _parsed.get(backend)
+    if cache is None:
+        cache = _parsed[backend] = {}
+    found = cache.get(key)
+    if found is not None and found[0] == data:
+        return found[1]
+    value = store._parse(key, data)
+    _remember(cache, key, data, value)
+    return value
+
+
+def _remember(cache: dict[str, tuple[bytes, Any]], key: str, data: bytes, value: Any) -> None:
+    if len(cache) >= _PARSED_KEPT:
         cache.clear()
-    cache[key] = (data, kept)
+    cache[key] = (data, value)
+
+
+async def _read(txn: Transaction, store: PersistBase[Any], key: str) -> Any:
+    """``key`` parsed as ``txn`` leaves it (staged there, else committed); ``None``: absent."""
+    backend = store.backend
+    data = await _as_committed(txn, backend, key)
+    return None if data is None else _parse(store, backend, key, data)
+
+
+async def _read_segment(txn: Transaction, log: PersistBase[Any], key: str) -> list[Any]:
+    """A segment's events in their JSON form (what an append extends); ``[]``: absent."""
+    backend = log.backend
+    data = await _as_committed(txn, backend, key)
+    if data is None:
+        return []
+    cache = _parsed.setdefault(backend, {})
+    found = cache.get(key)
+    if found is not None and found[0] == data:
+        return list(found[1])
+    events = [event.model_dump(mode="json") for event in log._parse(key, data) or []]
+    _remember(cache, key, data, events)
+    return list(events)
+
+
+async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], limit: int) -> None:
+    """Add ``events`` to the log's last segment (or new ones), drop whole old segments."""
+    backend = txn.backend
+    cache = _parsed.setdefault(backend, {})
+    head_key = log._key(HEAD)
+    head = await _read(txn, log, head_key)
+    segments = [list(segment) for segment in head.segments] if isinstance(head, LogHead) else []
+    fresh = [event.model_dump(mode="json") for event in events]
+    if segments and segments[-1][1] < SEGMENT_EVENTS:
+        number = segments[-1][0]
+        kept = await _read_segment(txn, log, log._key(number))
+    else:
+        number = segments[-1][0] + 1 if segments else 0
+        kept = []
+        segments.append([number, 0])
+    while True:
+        room = SEGMENT_EVENTS - len(kept)
+        kept, fresh = [*kept, *fresh[:room]], fresh[room:]
+        segments[-1][1] = len(kept)
+        key = log._key(number)
+        # Every event was validated (no NaN, no infinity) when it was made or
+        # read, so orjson's output is exact; the codec's walk for non-finite
+        # floats, set off by each event's nulls, would only cost time.
+        data = orjson.dumps(kept)
+        txn.include(key, data)
+        _remember(cache, key, data, kept)
+        if not fresh:
+            break
+        number += 1
+        kept = []
+        segments.append([number, 0])
+    # Whole segments go once the newer ones hold ``limit`` events without them.
+    total = sum(count for _, count in segments)
+    while len(segments) > 1 and total - segments[0][1] >= limit:
+        dropped, count = segments.pop(0)
+        total -= count
+        txn.include(log._key(dropped), None)
+    new_head = LogHead(segments=[(number, count) for number, count in segments])
+    data = orjson.dumps(new_head.model_dump(mode="json"))
+    txn.include(head_key, data)
+    _remember(cache, head_key, data, new_head)
 
 
 Changes = Callable[[Transaction], Awaitable[list[Any]]]
@@ -309,14 +376,14 @@ async def _register(
             log.backend.url,
         )
         return
-    log_key = log._key(EVENTS)
 
     async def record(committing: Transaction) -> None:
         events = await changes(committing)
         if events:
-            await _append(committing, log, log_key, events, settings.event_limit)
+            await _append(committing, log, events, settings.event_limit)
 
-    txn.before_commit(("stats", row_key), (log_key,), record)
+    # Every change of the log rewrites its head: locking the head orders them.
+    txn.before_commit(("stats", row_key), (log._key(HEAD),), record)
 
 
 async def write_with_events(
@@ -372,12 +439,12 @@ def schedule_changes(
         old_data = None if old is None else old.data
         if old_data == new_data:
             return []
-        old_row = None if old_data is None else schedule._parse(row_key, old_data)
-        new_row = None if new_data is None else schedule._parse(row_key, new_data)
+        backend = txn.backend
+        old_row = None if old_data is None else _parse(schedule, backend, row_key, old_data)
+        new_row = None if new_data is None else _parse(schedule, backend, row_key, new_data)
         if old_row is None and new_row is None:
             return []
-        signal_data = await _as_committed(txn, signal.backend, signal_key)
-        signal_row = None if signal_data is None else signal._parse(signal_key, signal_data)
+        signal_row = await _read(txn, signal, signal_key)
         return schedule_events(old_row, new_row, signal_row, _now(settings))
 
     return changes
@@ -403,12 +470,14 @@ def partial_changes(
         old_data = None if old is None else old.data
         if old_data == new_data:
             return []
-        new_levels = partial._parse(row_key, new_data) or {}
-        old_levels = (None if old_data is None else partial._parse(row_key, old_data)) or {}
+        backend = txn.backend
+        new_levels = _parse(partial, backend, row_key, new_data) or {}
         if not new_levels:
             return []
-        signal_data = await _as_committed(txn, signal.backend, signal_key)
-        signal_row = None if signal_data is None else signal._parse(signal_key, signal_data)
+        old_levels = (
+            None if old_data is None else _parse(partial, backend, row_key, old_data)
+        ) or {}
+        signal_row = await _read(txn, signal, signal_key)
         return partial_events(old_levels, new_levels, signal_row, symbol, strategy, _now(settings))
 
     return changes

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -63,6 +63,7 @@ __all__ = [
     "ScheduleEventLog",
     "partial_changes",
     "partial_events",
+    "remember_staged",
     "schedule_changes",
     "schedule_events",
     "write_with_events",
@@ -155,7 +156,7 @@ def schedule_events(
     if old is not None and (new is None or new.id != old.id):
         opened = signal is not None and signal.id == old.id
         events.append(
-            ScheduleEvent(
+            ScheduleEvent.model_construct(
                 timestamp=now,
                 action="opened" if opened else "cancelled",
                 symbol=old.symbol,
@@ -170,7 +171,7 @@ def schedule_events(
         )
     if new is not None and (old is None or new.id != old.id):
         events.append(
-            ScheduleEvent(
+            ScheduleEvent.model_construct(
                 timestamp=now,
                 action="scheduled",
                 symbol=new.symbol,
@@ -187,6 +188,12 @@ def _level_price(signal: SignalRow, level: int, target: float) -> float:
     return round(signal.price_open + (target - signal.price_open) * level / 100, 10)
 
 
+_Side = tuple[
+    Literal["profit", "loss"], Sequence[PartialLevel], Sequence[PartialLevel], float | None
+]
+"""An action, the levels reached now and before, and the price the levels lead to."""
+
+
 def partial_events(
     old: Mapping[str, PartialData],
     new: Mapping[str, PartialData],
@@ -200,7 +207,7 @@ def partial_events(
     for signal_id, levels in new.items():
         before = old.get(signal_id)
         known = signal if signal is not None and signal.id == signal_id else None
-        for action, reached, had, target in (
+        sides: tuple[_Side, _Side] = (
             (
                 "profit",
                 levels.profit_levels,
@@ -213,12 +220,13 @@ def partial_events(
                 before.loss_levels if before else [],
                 known.price_stop_loss if known else None,
             ),
-        ):
+        )
+        for action, reached, had, target in sides:
             for level in reached:
                 if level in had:
                     continue
                 events.append(
-                    PartialEvent(
+                    PartialEvent.model_construct(
                         timestamp=now,
                         action=action,
                         symbol=symbol,
@@ -239,7 +247,15 @@ def partial_events(
 
 def _now(settings: Settings) -> int:
     clock = settings.clock
-    return time.time_ns() // 1_000_000 if clock is None else int(clock())
+    if clock is None:
+        return time.time_ns() // 1_000_000
+    now = clock()
+    if isinstance(now, bool) or not isinstance(now, int) or now < 0:
+        raise ValueError(
+            f"the configured clock returned {now!r}: it must return whole milliseconds "
+            "since the epoch (>= 0); nothing was committed"
+        )
+    return now
 
 
 async def _committed(backend: Backend, key: str) -> Versioned | None:
@@ -345,9 +361,9 @@ async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], li
         dropped, count = segments.pop(0)
         total -= count
         txn.include(log._key(dropped), None)
-    new_head = LogHead(segments=[(number, count) for number, count in segments])
-    data = orjson.dumps(new_head.model_dump(mode="json"))
+    data = orjson.dumps({"segments": segments})
     txn.include(head_key, data)
+    new_head = LogHead.model_construct(segments=[(number, count) for number, count in segments])
     _remember(cache, head_key, data, new_head)
 
 
@@ -393,11 +409,14 @@ async def write_with_events(
     log_adapter: DomainAdapter,
     pair: str,
     changes_for: ChangesFor,
+    parsed: Any = None,
 ) -> None:
     """Write (``None``: remove) ``entity_id`` and record its events in the same commit.
 
     Inside a transaction on the store's backend (a tick) the events join it;
-    outside one, the write and its events are a commit of their own.
+    outside one, the write and its events are a commit of their own. ``parsed``
+    is ``value`` in the form a read gives (a model), when the caller has it:
+    the commit then does not parse the staged bytes again.
     """
     settings = active_settings()
     backend = store.backend
@@ -410,11 +429,24 @@ async def write_with_events(
     active = transaction_for(backend)
     if active is not None:
         await _write(store, entity_id, value)
+        remember_staged(active, store, row_key, parsed)
         await _register(active, row_key, log_adapter, pair, changes, settings)
         return
     async with transaction(backend) as own:
         await _write(store, entity_id, value)
+        remember_staged(own, store, row_key, parsed)
         await _register(own, row_key, log_adapter, pair, changes, settings)
+
+
+def remember_staged(
+    txn: Transaction | None, store: PersistBase[Any], key: str, parsed: Any
+) -> None:
+    """Note that the bytes ``txn`` staged for ``key`` read as ``parsed`` (spares a parse)."""
+    if txn is None or parsed is None:
+        return
+    staged, data = txn.lookup(key)
+    if staged and data is not None:
+        _remember(_parsed.setdefault(store.backend, {}), key, data, parsed)
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:
@@ -444,7 +476,9 @@ def schedule_changes(
         new_row = None if new_data is None else _parse(schedule, backend, row_key, new_data)
         if old_row is None and new_row is None:
             return []
-        signal_row = await _read(txn, signal, signal_key)
+        resolved = old_row is not None and (new_row is None or new_row.id != old_row.id)
+        # Only a resolved entry asks whether the signal took it.
+        signal_row = await _read(txn, signal, signal_key) if resolved else None
         return schedule_events(old_row, new_row, signal_row, _now(settings))
 
     return changes

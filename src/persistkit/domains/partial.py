@@ -57,7 +57,10 @@ class PersistPartialUtils(DomainAdapter):
             return partial_changes(store, _LEVELS, signal, symbol, strategy_name, settings)
 
         value = None if data is None else dict(data)
-        await write_with_events(store, _LEVELS, value, PARTIAL_LOG, pair, changes_for)
+        parsed = (
+            value if value and all(isinstance(v, PartialData) for v in value.values()) else None
+        )
+        await write_with_events(store, _LEVELS, value, PARTIAL_LOG, pair, changes_for, parsed)
 
     def use_persist_partial_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep partial levels in a custom :class:`PersistBase` subclass."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from bench import statistics
 from bench.harness import CaseResult, GroupResult, Sample
 from bench.machine import Machine
 
@@ -48,6 +49,20 @@ TARGETS = [
     Target("wait_for_init vs backtest-kit waitForInit, warm", "init-warm", PK_INIT, BTK_INIT, 15),
     Target("wait_for_init vs backtest-kit waitForInit, cold", "init-cold", PK_INIT, BTK_INIT, 15),
     Target("read_value vs backtest-kit readValue", "read", PK_READ, BTK_READ, 10),
+    Target(
+        "bot tick recording 6 statistics events vs the same tick without",
+        "statistics",
+        statistics.ON_CHANGING,
+        statistics.OFF_CHANGING,
+        0.91,
+    ),
+    Target(
+        "bot tick with statistics on, nothing to record, vs statistics off",
+        "statistics",
+        statistics.ON_STEADY,
+        statistics.OFF_STEADY,
+        0.91,
+    ),
     Target(
         "backtest-mode write_value vs dict + orjson",
         "backtest-calls",

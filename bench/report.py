@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bench import statistics
+from bench import stats_events
 from bench.harness import CaseResult, GroupResult, Sample
 from bench.machine import Machine
 
@@ -52,15 +52,15 @@ TARGETS = [
     Target(
         "bot tick recording 6 statistics events vs the same tick without",
         "statistics",
-        statistics.ON_CHANGING,
-        statistics.OFF_CHANGING,
+        stats_events.ON_CHANGING,
+        stats_events.OFF_CHANGING,
         0.91,
     ),
     Target(
         "bot tick with statistics on, nothing to record, vs statistics off",
         "statistics",
-        statistics.ON_STEADY,
-        statistics.OFF_STEADY,
+        stats_events.ON_STEADY,
+        stats_events.OFF_STEADY,
         0.91,
     ),
     Target(

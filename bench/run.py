@@ -27,7 +27,7 @@ from bench.machine import describe_machine, load_average
 from bench.peers.backtest_kit_peer import BacktestKitPeer, PeerUnavailableError
 from bench.report import Run, load_run, save_run, write_plots, write_report
 from bench.sizes import FULL, QUICK
-from bench.statistics import statistics_group
+from bench.stats_events import statistics_group
 from bench.ticks import tick_groups
 
 __all__ = ["main"]

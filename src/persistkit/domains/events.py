@@ -329,12 +329,24 @@ async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], li
     backend = txn.backend
     cache = _parsed.setdefault(backend, {})
     head_key = log._key(HEAD)
-    head = await _read(txn, log, head_key)
-    segments = [list(segment) for segment in head.segments] if isinstance(head, LogHead) else []
+    head_data = await _as_committed(txn, backend, head_key)
+    last: list[Any] | None = None
+    found = cache.get(head_key)
+    if head_data is None:
+        segments = []
+    elif found is not None and found[0] == head_data:
+        # The head this process wrote last: every append rewrites the head (its
+        # counts change), so its last segment is still the one written with it.
+        listed, last = found[1]
+        segments = [list(segment) for segment in listed]
+    else:
+        head = log._parse(head_key, head_data)
+        listed = head.segments if isinstance(head, LogHead) else []
+        segments = [list(segment) for segment in listed]
     fresh = [event.model_dump(mode="json") for event in events]
     if segments and segments[-1][1] < SEGMENT_EVENTS:
         number = segments[-1][0]
-        kept = await _read_segment(txn, log, log._key(number))
+        kept = list(last) if last is not None else await _read_segment(txn, log, log._key(number))
     else:
         number = segments[-1][0] + 1 if segments else 0
         kept = []
@@ -347,9 +359,7 @@ async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], li
         # Every event was validated (no NaN, no infinity) when it was made or
         # read, so orjson's output is exact; the codec's walk for non-finite
         # floats, set off by each event's nulls, would only cost time.
-        data = orjson.dumps(kept)
-        txn.include(key, data)
-        _remember(cache, key, data, kept)
+        txn.include(key, orjson.dumps(kept))
         if not fresh:
             break
         number += 1
@@ -363,8 +373,7 @@ async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], li
         txn.include(log._key(dropped), None)
     data = orjson.dumps({"segments": segments})
     txn.include(head_key, data)
-    new_head = LogHead.model_construct(segments=[(number, count) for number, count in segments])
-    _remember(cache, head_key, data, new_head)
+    _remember(cache, head_key, data, (segments, kept))
 
 
 Changes = Callable[[Transaction], Awaitable[list[Any]]]

@@ -73,7 +73,7 @@ logger = logging.getLogger("persistkit")
 
 HEAD = "head"
 """The id of a pair's log head in its ``stats/...`` store; segments have numbers as ids."""
-SEGMENT_EVENTS = 25
+SEGMENT_EVENTS = 10
 """Events per segment: an append rewrites one small segment, never the whole log."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]

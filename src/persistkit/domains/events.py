@@ -23,10 +23,14 @@ The rules:
 An event's time is the configured clock's (``configure(clock=...)``: a
 backtest's market time), else the wall-clock time of the commit. Each log keeps
 the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
-default), in ``stats/schedule/{symbol}_{strategy}/events`` and
-``stats/partial/{symbol}_{strategy}/events`` beside the state they describe:
-files in live mode, process memory in backtest mode. A pair has one writer (its
-live session); the hooks read what is committed under this process's key locks.
+default) in ``stats/schedule/{symbol}_{strategy}/`` and
+``stats/partial/{symbol}_{strategy}/`` beside the state they describe: a
+``head`` listing numbered segments of up to :data:`SEGMENT_EVENTS` events, so
+that an event's commit rewrites one small segment, and whole old segments are
+dropped once the newer ones hold the bound (a reader returns the newest
+``event_limit``). Files in live mode, process memory in backtest mode. A pair
+has one writer (its live session); the hooks read what is committed under this
+process's key locks.
 """
 
 from __future__ import annotations

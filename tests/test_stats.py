@@ -396,3 +396,36 @@ def test_the_report_command_fails_clearly_and_documents_its_exit_codes(tmp_path:
     helptext = run_cli("report", "--help")
     assert helptext.returncode == 0
     assert "Exit codes: 0 printed" in helptext.stdout and "2 could not run" in helptext.stdout
+
+
+async def test_a_clock_that_returns_no_milliseconds_refuses_the_commit() -> None:
+    persistkit.configure(mode="backtest", clock=lambda: -5)
+    with pytest.raises(ValueError, match="whole milliseconds"):
+        await put_schedule(scheduled("A", T0))
+    assert await PersistScheduleAdapter.read_schedule_data(SYMBOL, STRATEGY) is None
+
+
+async def test_a_torn_log_head_is_quarantined_at_start_and_no_event_is_lost(
+    data_root: Path,
+) -> None:
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    session = LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root)
+    async with session, session.tick():
+        await put_schedule(scheduled("A", T0))
+    head = data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json"
+    head.write_bytes(b'{"segments": [[0, ')  # torn by a bad disk, say
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)  # a restart
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("B", T0))
+        stats = await Schedule.get_data(SYMBOL, STRATEGY)
+        # The segment the lost head listed still counts, and is not overwritten.
+        assert [(event.action, event.signal_id) for event in stats.event_list] == [
+            ("scheduled", "A"),
+            ("cancelled", "A"),
+            ("scheduled", "B"),
+        ]
+        log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
+        (entry,) = await log.list_quarantined()
+        assert entry.key.endswith("/head")  # kept aside with its reason, not deleted

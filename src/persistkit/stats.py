@@ -33,6 +33,7 @@ from persistkit.domains.events import (
     LogHead,
     PartialEvent,
     ScheduleEvent,
+    surviving_segments,
 )
 from persistkit.errors import EntityNotFoundError
 from persistkit.names import join_pair
@@ -237,6 +238,10 @@ def report_file_name(symbol: str, strategy: str) -> str:
     return f"{join_pair(symbol, strategy)}.md"
 
 
+async def _no_count(_: str) -> list[Any]:
+    return []
+
+
 class EventReports(Generic[StatsT]):
     """``get_data``, ``get_report`` and ``dump`` of one kind of event."""
 
@@ -268,11 +273,13 @@ class EventReports(Generic[StatsT]):
         try:
             head = await store.read_value(HEAD)
         except EntityNotFoundError:
-            return []
-        if not isinstance(head, LogHead):
-            return []
+            head = None
+        if isinstance(head, LogHead):
+            numbers = [number for number, _ in head.segments]
+        else:  # a new pair, or a head quarantined at a start: its segments still count
+            numbers = [number for number, _ in await surviving_segments(store, _no_count)]
         events: list[Any] = []
-        for number, _ in head.segments:
+        for number in numbers:
             try:
                 events += await store.read_value(number) or []
             except EntityNotFoundError:

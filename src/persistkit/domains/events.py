@@ -70,6 +70,7 @@ __all__ = [
     "remember_staged",
     "schedule_changes",
     "schedule_events",
+    "surviving_segments",
     "write_with_events",
 ]
 
@@ -328,6 +329,22 @@ async def _read_segment(txn: Transaction, log: PersistBase[Any], key: str) -> li
     return list(events)
 
 
+async def surviving_segments(
+    log: PersistBase[Any], read: Callable[[str], Awaitable[list[Any]]]
+) -> list[list[int]]:
+    """``[number, events]`` of the segments stored without a head, oldest first.
+
+    A new pair has none. A head quarantined at a start (a torn file, say) left
+    its segments: they are listed again, so that none is overwritten and their
+    events still count.
+    """
+    found = []
+    async for entity_id in log.keys():
+        if entity_id.isdigit():
+            found.append([int(entity_id), len(await read(log._key(int(entity_id))))])
+    return sorted(found)
+
+
 async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], limit: int) -> None:
     """Add ``events`` to the log's last segment (or new ones), drop whole old segments."""
     backend = txn.backend
@@ -337,7 +354,7 @@ async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], li
     last: list[Any] | None = None
     found = cache.get(head_key)
     if head_data is None:
-        segments = []
+        segments = await surviving_segments(log, lambda key: _read_segment(txn, log, key))
     elif found is not None and found[0] == head_data:
         # The head this process wrote last: every append rewrites the head (its
         # counts change), so its last segment is still the one written with it.

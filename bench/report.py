@@ -57,6 +57,13 @@ TARGETS = [
         0.91,
     ),
     Target(
+        "bot ticks recording events at the demo bot's rate vs the same ticks without",
+        "statistics",
+        stats_events.ON_MIXED,
+        stats_events.OFF_MIXED,
+        0.91,
+    ),
+    Target(
         "bot tick with statistics on, nothing to record, vs statistics off",
         "statistics",
         stats_events.ON_STEADY,

@@ -4,11 +4,13 @@ A bot's tick as the demo bot writes it: for two pairs, the signal, the scheduled
 entry and the partial levels, then the risk profile's positions; one commit per
 tick (``LiveSession.tick()``, file backend). The same ticks run in two sessions
 of the same process: one with the statistics off (``configure(event_limit=0)``),
-one with them on. Two shapes of tick:
+one with them on. Three shapes of tick:
 
 - every tick records events: each pair's scheduled entry is replaced (a
   cancellation and a new entry) and a signal reaches a new milestone: 6 events
   appended to 4 logs per tick;
+- one tick in four records them, the others write the same rows again: about
+  the demo bot's rate (1.3 events per tick over its two pairs);
 - no tick records an event: the same rows are written again (the common tick
   of a live bot waiting for its price): only the comparison with what is
   committed is paid.
@@ -42,6 +44,8 @@ T0 = 1_763_700_000_000
 
 OFF_CHANGING = "tick changing schedule and levels, statistics off"
 ON_CHANGING = "the same ticks, statistics on (6 events per tick)"
+OFF_MIXED = "one tick in four changing them, statistics off"
+ON_MIXED = "the same ticks, statistics on (6 events every 4th tick, the demo bot's rate)"
 OFF_STEADY = "tick rewriting unchanged rows, statistics off"
 ON_STEADY = "the same ticks, statistics on (nothing to record)"
 
@@ -119,22 +123,28 @@ def statistics_group(workdir: str, sizes: Sizes) -> Group:
             journal.checkpoint()
         return sample
 
-    def ticking(recording: bool, changing: bool) -> Any:
+    def ticking(recording: bool, every: int) -> Any:
+        """Ticks that change the rows every ``every`` ticks (0: never) and rewrite them else."""
+
         async def run() -> Sample:
             session = sessions[recording]
+            number = -1  # steady: the rows of "tick -1", the same after the first time
             started = time.perf_counter()
-            for _ in range(ticks):
-                # Steady: the rows of "tick -1", the same every time after the first.
-                await tick(session, next(counter) if changing else -1)
+            for index in range(ticks):
+                if every and index % every == 0:
+                    number = next(counter)
+                await tick(session, number)
             return drained(session, timed(ticks, started))
 
         return run
 
     cases = [
-        Case(OFF_CHANGING, "reference", ticking(False, True)),
-        Case(ON_CHANGING, "persistkit", ticking(True, True)),
-        Case(OFF_STEADY, "reference", ticking(False, False), reference=OFF_STEADY),
-        Case(ON_STEADY, "persistkit", ticking(True, False), reference=OFF_STEADY),
+        Case(OFF_CHANGING, "reference", ticking(False, 1)),
+        Case(ON_CHANGING, "persistkit", ticking(True, 1)),
+        Case(OFF_MIXED, "reference", ticking(False, 4), reference=OFF_MIXED),
+        Case(ON_MIXED, "persistkit", ticking(True, 4), reference=OFF_MIXED),
+        Case(OFF_STEADY, "reference", ticking(False, 0), reference=OFF_STEADY),
+        Case(ON_STEADY, "persistkit", ticking(True, 0), reference=OFF_STEADY),
     ]
     return Group(
         "statistics",

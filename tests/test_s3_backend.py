@@ -285,7 +285,7 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         if path.is_file() and not str(path.relative_to(data_root)).startswith(".")
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
-    assert len(on_disk) == 9  # the four domains' 5 values, 2 statistics logs (head, segment)
+    assert len(on_disk) == 7  # the four domains' 5 values and 2 statistics logs (their heads)
     assert objects_under(client, prefix) == on_disk
 
 

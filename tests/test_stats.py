@@ -279,8 +279,11 @@ async def test_300_events_keep_the_newest_250() -> None:
     assert (stats.total_scheduled, stats.total_cancelled) == (125, 125)
     # What is stored stays bounded too: whole segments of old events are dropped.
     log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
-    stored = [segment async for segment in log.values() if isinstance(segment, list)]
-    assert 250 <= sum(len(segment) for segment in stored) < 250 + SEGMENT_EVENTS
+    kept = [
+        len(value) if isinstance(value, list) else len(value.events)  # a segment, the head
+        async for value in log.values()
+    ]
+    assert 250 <= sum(kept) < 250 + SEGMENT_EVENTS
 
 
 async def test_the_bound_is_configurable_and_zero_records_nothing() -> None:
@@ -405,14 +408,15 @@ async def test_a_clock_that_returns_no_milliseconds_refuses_the_commit() -> None
     assert await PersistScheduleAdapter.read_schedule_data(SYMBOL, STRATEGY) is None
 
 
-async def test_a_torn_log_head_is_quarantined_at_start_and_no_event_is_lost(
+async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_count(
     data_root: Path,
 ) -> None:
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
-    session = LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root)
-    async with session, session.tick():
-        await put_schedule(scheduled("A", T0))
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        for number in range(SEGMENT_EVENTS):  # one sealed segment, and newer events in the head
+            async with session.tick():
+                await put_schedule(scheduled(f"S{number}", T0))
     head = data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json"
     head.write_bytes(b'{"segments": [[0, ')  # torn by a bad disk, say
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)  # a restart
@@ -420,10 +424,16 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_no_event_is_lost(
         async with session.tick():
             await put_schedule(scheduled("B", T0))
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
-        # The segment the lost head listed still counts, and is not overwritten.
-        assert [(event.action, event.signal_id) for event in stats.event_list] == [
-            ("scheduled", "A"),
-            ("cancelled", "A"),
+        # The sealed segment the lost head listed still counts and is not overwritten;
+        # the newest events were in the head, which is kept in the quarantine.
+        assert len(stats.event_list) == SEGMENT_EVENTS + 2
+        assert [(event.action, event.signal_id) for event in stats.event_list[:3]] == [
+            ("scheduled", "S0"),
+            ("cancelled", "S0"),
+            ("scheduled", "S1"),
+        ]
+        assert [(event.action, event.signal_id) for event in stats.event_list[-2:]] == [
+            ("cancelled", f"S{SEGMENT_EVENTS - 1}"),
             ("scheduled", "B"),
         ]
         log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))

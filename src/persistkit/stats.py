@@ -284,7 +284,9 @@ class EventReports(Generic[StatsT]):
                 events += await store.read_value(number) or []
             except EntityNotFoundError:
                 continue  # quarantined at a start: its events are lost, not the others
-        # The log keeps whole segments, so it may hold a few more than the bound.
+        if isinstance(head, LogHead):
+            events += head.events
+        # The log drops whole segments, so it may hold a few more than the bound.
         limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
         return events[-limit:]
 

@@ -24,13 +24,14 @@ An event's time is the configured clock's (``configure(clock=...)``: a
 backtest's market time), else the wall-clock time of the commit. Each log keeps
 the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
 default) in ``stats/schedule/{symbol}_{strategy}/`` and
-``stats/partial/{symbol}_{strategy}/`` beside the state they describe: a
-``head`` listing numbered segments of up to :data:`SEGMENT_EVENTS` events, so
-that an event's commit rewrites one small segment, and whole old segments are
-dropped once the newer ones hold the bound (a reader returns the newest
-``event_limit``). Files in live mode, process memory in backtest mode. A pair
-has one writer (its live session); the hooks read what is committed under this
-process's key locks.
+``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
+``head`` holds the newest events (fewer than :data:`SEGMENT_EVENTS`) and lists
+the sealed segments ``0``, ``1``, ...: each filled once, written once, and
+dropped whole, oldest first, once the newer events reach the bound (a reader
+returns the newest ``event_limit``). So an event's commit rewrites one small
+value, always the same one, as the row it comes from. Files in live mode,
+process memory in backtest mode. A pair has one writer (its live session); the
+hooks read what is committed under this process's key locks.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ __all__ = [
 logger = logging.getLogger("persistkit")
 
 HEAD = "head"
-"""The id of a pair's log head in its ``stats/...`` store; segments have numbers as ids."""
-SEGMENT_EVENTS = 10
-"""Events per segment: an append rewrites one small segment, never the whole log."""
+"""The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""
+SEGMENT_EVENTS = 25
+"""Events per sealed segment; the head holds fewer, the newest."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _MS_PER_MINUTE = 60_000
@@ -117,23 +118,33 @@ class PartialEvent(EventModel):
 
 
 class LogHead(EventModel):
-    """A pair's event log: its segments, oldest first, as ``[number, events in it]``."""
+    """A pair's event log: its sealed segments, oldest first, as ``[number, events in it]``,
+    and the newest events, not yet sealed."""
 
     segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
+    events: list[Any]
+
+
+class ScheduleLogHead(LogHead):
+    events: list[ScheduleEvent]
+
+
+class PartialLogHead(LogHead):
+    events: list[PartialEvent]
 
 
 class ScheduleEventLog(DomainAdapter):
-    """The newest schedule events of each pair: a head and its segments."""
+    """The newest schedule events of each pair: a head and its sealed segments."""
 
     domain = "stats/schedule"
-    schema = LogHead | list[ScheduleEvent] | None
+    schema = ScheduleLogHead | list[ScheduleEvent] | None
 
 
 class PartialEventLog(DomainAdapter):
-    """The newest partial events of each pair: a head and its segments."""
+    """The newest partial events of each pair: a head and its sealed segments."""
 
     domain = "stats/partial"
-    schema = LogHead | list[PartialEvent] | None
+    schema = PartialLogHead | list[PartialEvent] | None
 
 
 SCHEDULE_LOG = ScheduleEventLog()
@@ -346,55 +357,40 @@ async def surviving_segments(
 
 
 async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], limit: int) -> None:
-    """Add ``events`` to the log's last segment (or new ones), drop whole old segments."""
+    """Add ``events`` to the head, seal full segments, drop whole old ones past ``limit``."""
     backend = txn.backend
     cache = _parsed.setdefault(backend, {})
     head_key = log._key(HEAD)
     head_data = await _as_committed(txn, backend, head_key)
-    last: list[Any] | None = None
     found = cache.get(head_key)
+    current: list[Any]
     if head_data is None:
         segments = await surviving_segments(log, lambda key: _read_segment(txn, log, key))
+        current = []
     elif found is not None and found[0] == head_data:
-        # The head this process wrote last: every append rewrites the head (its
-        # counts change), so its last segment is still the one written with it.
-        listed, last = found[1]
+        listed, current = found[1]  # the head this process wrote last, still the stored one
         segments = [list(segment) for segment in listed]
     else:
         head = log._parse(head_key, head_data)
-        listed = head.segments if isinstance(head, LogHead) else []
-        segments = [list(segment) for segment in listed]
-    fresh = [event.model_dump(mode="json") for event in events]
-    if segments and segments[-1][1] < SEGMENT_EVENTS:
-        number = segments[-1][0]
-        kept = list(last) if last is not None else await _read_segment(txn, log, log._key(number))
-    else:
+        segments = [list(segment) for segment in head.segments]
+        current = [event.model_dump(mode="json") for event in head.events]
+    current = [*current, *(event.model_dump(mode="json") for event in events)]
+    # Every event was validated (no NaN, no infinity) when it was made or read, so
+    # orjson's output is exact; the codec's walk for non-finite floats, set off by
+    # each event's nulls, would only cost time.
+    while len(current) >= SEGMENT_EVENTS:
         number = segments[-1][0] + 1 if segments else 0
-        kept = []
-        segments.append([number, 0])
-    while True:
-        room = SEGMENT_EVENTS - len(kept)
-        kept, fresh = [*kept, *fresh[:room]], fresh[room:]
-        segments[-1][1] = len(kept)
-        key = log._key(number)
-        # Every event was validated (no NaN, no infinity) when it was made or
-        # read, so orjson's output is exact; the codec's walk for non-finite
-        # floats, set off by each event's nulls, would only cost time.
-        txn.include(key, orjson.dumps(kept))
-        if not fresh:
-            break
-        number += 1
-        kept = []
-        segments.append([number, 0])
-    # Whole segments go once the newer ones hold ``limit`` events without them.
-    total = sum(count for _, count in segments)
-    while len(segments) > 1 and total - segments[0][1] >= limit:
+        sealed, current = current[:SEGMENT_EVENTS], current[SEGMENT_EVENTS:]
+        txn.include(log._key(number), orjson.dumps(sealed))
+        segments.append([number, len(sealed)])
+    total = sum(count for _, count in segments) + len(current)
+    while segments and total - segments[0][1] >= limit:
         dropped, count = segments.pop(0)
         total -= count
         txn.include(log._key(dropped), None)
-    data = orjson.dumps({"segments": segments})
+    data = orjson.dumps({"segments": segments, "events": current})
     txn.include(head_key, data)
-    _remember(cache, head_key, data, (segments, kept))
+    _remember(cache, head_key, data, (segments, current))
 
 
 Changes = Callable[[Transaction], Awaitable[list[Any]]]

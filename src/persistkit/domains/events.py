@@ -79,7 +79,7 @@ logger = logging.getLogger("persistkit")
 
 HEAD = "head"
 """The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""
-SEGMENT_EVENTS = 25
+SEGMENT_EVENTS = 10
 """Events per sealed segment; the head holds fewer, the newest."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]

@@ -27,12 +27,22 @@ from bench.machine import describe_machine, load_average
 from bench.peers.backtest_kit_peer import BacktestKitPeer, PeerUnavailableError
 from bench.report import Run, load_run, save_run, write_plots, write_report
 from bench.sizes import FULL, QUICK
+from bench.stats_events import statistics_group
 from bench.ticks import tick_groups
 
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
-GROUP_KEYS = ("write", "read", "init-warm", "init-cold", "ticks", "backtest", "remote")
+GROUP_KEYS = (
+    "write",
+    "read",
+    "init-warm",
+    "init-cold",
+    "ticks",
+    "statistics",
+    "backtest",
+    "remote",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +116,8 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
             )
     if "ticks" in wanted:
         groups += tick_groups(workdir, sizes)
+    if "statistics" in wanted:
+        groups.append(statistics_group(workdir, sizes))
     if "backtest" in wanted:
         groups += [memory_calls_group(sizes), backtest_loop_group(sizes)]
     if "remote" in wanted:

@@ -118,7 +118,10 @@ def position(
 
 async def write_state(root: Path) -> None:
     """A bot's state as the adapters write it: two signals, a limit entry, risk, partials."""
-    persistkit.configure(mode="live", base_dir=root)
+    # Statistics off: these tests count, fingerprint and damage exact files, and a
+    # schedule or partial write that records events is a journal commit, applied to
+    # its file later (tests/test_stats.py covers the statistics and `report`).
+    persistkit.configure(mode="live", base_dir=root, event_limit=0)
     await PersistSignalAdapter.write_signal_data(
         signal("BTCUSDT", "trend_follow", 1), "BTCUSDT", "trend_follow"
     )

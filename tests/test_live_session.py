@@ -88,6 +88,8 @@ class ExpectedRun:
 
 
 def test_kill_9_loop_restores_every_acknowledged_tick(tmp_path: Path) -> None:
+    """Every restart's state, and its schedule and partial statistics, are exactly
+    those of the acknowledged ticks (or the one after, committed but not yet said)."""
     base_dir = tmp_path / "data"
     rng = random.Random(20261121)
     server = subprocess.Popen(
@@ -176,6 +178,9 @@ def test_kill_9_loop_restores_every_acknowledged_tick(tmp_path: Path) -> None:
             server.kill()
             server.wait()
     assert restarts_checked >= KILLS * 0.8, f"only {restarts_checked} restarts reached a check"
+    # Each check compared the statistics too (Schedule, Partial): make sure they had events.
+    final = expected.at(final_tick)["pairs"].values()
+    assert all(pair["schedule_events"] and pair["partial_events"] for pair in final)
     assert final_tick > KILLS / 2, f"the bot made little progress: tick {final_tick}"
     assert replayed_total > 0, "no kill ever landed between a commit and its checkpoint"
 
@@ -306,7 +311,8 @@ async def test_a_stop_signal_commits_the_tick_in_progress_and_exits_0(
     restored = await session.start()  # the lock was released
     tick = await PersistBase[int]("bot", base_dir).read_value("tick")
     assert tick == last_ack
-    assert live_bot.from_restored(restored, tick).as_json() == live_bot.simulate(tick).as_json()
+    found = await live_bot.from_restored(restored, tick)
+    assert found.as_json() == live_bot.simulate(tick).as_json()
     assert restored.replayed_commits == 0
     await session.aclose()
 

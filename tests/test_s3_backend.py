@@ -265,14 +265,19 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         levels = {"sig-1": PartialData(profit_levels=[10, 20])}
         await PersistPartialAdapter.write_partial_data(levels, "BTCUSDT", "trend")
 
-    settings = persistkit.configure(mode="live", backend=url_of(s3_server, prefix))
+    # One clock for both runs: the statistics events carry its time.
+    def clock() -> int:
+        return 1_763_700_000_000
+
+    settings = persistkit.configure(mode="live", backend=url_of(s3_server, prefix), clock=clock)
     assert isinstance(settings.backend, S3Backend)
     await write_every_domain()
     assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") is not None
     await settings.backend.aclose()
 
-    persistkit.configure(mode="live", base_dir=data_root)
+    files = persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     await write_every_domain()
+    await files.backend.checkpoint()  # the journal's commits written to their files
 
     on_disk = {
         str(path.relative_to(data_root)): path.read_bytes()
@@ -281,7 +286,7 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         if path.is_file() and not str(path.relative_to(data_root)).startswith(".")
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
-    assert len(on_disk) == 5
+    assert len(on_disk) == 7  # the four domains' 5 values and 2 statistics logs (their heads)
     assert objects_under(client, prefix) == on_disk
 
 

@@ -43,6 +43,14 @@ from persistkit.errors import (
 )
 from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
+from persistkit.stats import (
+    Partial,
+    PartialEvent,
+    PartialStatistics,
+    Schedule,
+    ScheduleEvent,
+    ScheduleStatistics,
+)
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
@@ -72,6 +80,9 @@ __all__ = [
     "LockTimeoutError",
     "MemoryBackend",
     "PairState",
+    "Partial",
+    "PartialEvent",
+    "PartialStatistics",
     "PersistBase",
     "PersistError",
     "PersistPartialAdapter",
@@ -83,6 +94,9 @@ __all__ = [
     "RestoredState",
     "RetryPolicy",
     "RowMismatchError",
+    "Schedule",
+    "ScheduleEvent",
+    "ScheduleStatistics",
     "SchemaValidationError",
     "Settings",
     "SnapshotError",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
@@ -29,12 +30,16 @@ from persistkit.errors import (
 from persistkit.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = [
+    "CommitHook",
     "Transaction",
     "active_transaction",
     "reading_transaction",
     "transaction",
     "transaction_for",
 ]
+
+CommitHook = Callable[["Transaction"], Awaitable[None]]
+"""Runs once as its transaction commits, before the writes go to the backend."""
 
 _staged_versions = itertools.count(1)
 active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
@@ -64,6 +69,7 @@ class Transaction:
     """
 
     __slots__ = (
+        "_hooks",
         "_parent",
         "_token",
         "_versions",
@@ -90,6 +96,7 @@ class Transaction:
         self.retry = retry
         """How a commit that failed with a transient error is retried (its
         outcome is decided by the backend: repeating it is harmless)."""
+        self._hooks: dict[Hashable, tuple[tuple[str, ...], CommitHook]] = {}
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
 
@@ -173,6 +180,24 @@ class Transaction:
         version = self._versions[key] = f"staged-{next(_staged_versions)}"
         return version
 
+    def before_commit(self, name: Hashable, keys: Iterable[str], hook: CommitHook) -> None:
+        """Run ``hook(self)`` once, as this transaction commits, before the backend sees it.
+
+        What derives writes from the whole tick registers here (the statistics
+        events of :mod:`persistkit.stats`): the hook runs with the staged writes
+        and ``keys`` (those it may add) locked against the other commits of this
+        process, reads the committed state from the backend, and adds its
+        writes with :meth:`include`, so they land in the same atomic commit. A
+        second registration of ``name`` is ignored. A failed block discards its
+        hooks with its writes; a savepoint hands them to the outer transaction.
+        """
+        self._check_active()
+        self._hooks.setdefault(name, (tuple(keys), hook))
+
+    def include(self, key: str, data: bytes | None) -> None:
+        """Add a write (``None``: remove) to the commit in progress; for commit hooks."""
+        self.writes[key] = data
+
     async def __aenter__(self) -> Transaction:
         parent = active_transaction.get()
         if parent is not None and parent.backend is not self.backend:
@@ -204,6 +229,8 @@ class Transaction:
                 if outer._level_of(key) is None:
                     outer.expected.setdefault(key, version)
             outer.writes.update(self.writes)
+            for name, hook in self._hooks.items():
+                outer._hooks.setdefault(name, hook)
             for key, data in self.writes.items():
                 if data is None:
                     outer._versions.pop(key, None)
@@ -219,21 +246,31 @@ class Transaction:
         from persistkit.store import _ordering_for
 
         locks = _ordering_for(self.backend).current()
+        keys = list(writes)
+        if self._hooks:
+            wanted = dict.fromkeys(keys)
+            for hook_keys, _ in self._hooks.values():
+                wanted.update(dict.fromkeys(hook_keys))
+            keys = list(wanted)
         taken: list[str] = []
         try:
             # Usually nobody else holds these keys: take them all without
             # suspending. Otherwise give them back and wait for each in one
             # global order, so two commits never wait on each other.
-            for key in writes:
+            for key in keys:
                 if not locks.try_acquire(key):
                     for held in taken:
                         locks.release(held)
                     taken.clear()
-                    for key_in_order in sorted(writes):
+                    for key_in_order in sorted(keys):
                         await locks.acquire(key_in_order)
                         taken.append(key_in_order)
                     break
                 taken.append(key)
+            # Under the locks: what a hook reads as committed stays so until
+            # this commit lands (in this process; a pair has one live session).
+            for _, hook in self._hooks.values():
+                await hook(self)
             backend = self.backend
             if self.expected and backend.commit_checks_versions:
 

@@ -411,6 +411,26 @@ class FileBackend(Backend):
                 "the new value is visible, but may not survive a power cut"
             ) from exc
 
+    def write_file(self, name: str, data: bytes) -> str:
+        """Durably replace the file ``name`` in the root with ``data``; returns its path.
+
+        For bytes that are not a value (a report written beside the state):
+        the same durable write as every value (DESIGN.md §3), the root created
+        durably if missing, a link in its place refused. ``name`` is one file
+        name, used as given.
+        """
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise InvalidNameError(f"{name!r} is not a file name")
+        self._check_not_closed()
+        if self.read_only:
+            raise WriteFailedError(f"{self!r} was opened read-only; nothing was written")
+        dir_fd = self._ensure_dir(self.root)
+        try:
+            self._write_new_file(dir_fd, name, data)
+        finally:
+            self._os.close(dir_fd)
+        return f"{self.root}/{name}"
+
     def _describe_dir(self, dir_fd: int) -> str:
         try:
             return os.readlink(f"/proc/self/fd/{dir_fd}")

@@ -41,6 +41,7 @@ from .render import (
 from .render import (
     _stdout as stdout_console,  # the console every command prints its words with
 )
+from .report import report as report_command
 from .status import (
     SessionHolder,
     collect_status,
@@ -861,3 +862,6 @@ def import_(
             "(--include-quarantine imports them)"
         )
     _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes, holders=holders)
+
+
+cli.add_command(report_command)

@@ -36,7 +36,13 @@ from types import TracebackType
 from typing import Self
 
 from persistkit.backends.base import Backend, Lease, fencing
-from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
+from persistkit.config import (
+    DEFAULT_BASE_DIR,
+    Settings,
+    configure,
+    current_settings,
+    session_settings,
+)
 from persistkit.domains import (
     PersistPartialAdapter,
     PersistRiskAdapter,
@@ -411,7 +417,15 @@ class LiveSession:
 
         await self._while_locked(lock_locally, give_up_at)
         try:
-            settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
+            # The statistics' clock and bound, as configured before the session started.
+            events = current_settings()
+            settings = configure(
+                mode="live",
+                base_dir=self.base_dir,
+                backend=self._backend_choice,
+                clock=events.clock,
+                event_limit=events.event_limit,
+            )
             self._backend = settings.backend
             self._settings = settings
             if self._backend.leases:

@@ -53,12 +53,13 @@ transaction) against the objects, (3) writes itself as the next head with
 applies its writes and (5) marks the head applied: six requests for a 4-key
 tick in three round trips (plus, in one more round trip, a HEAD per
 compare-and-set key, cached or not, and per other key this backend's last
-commit did not write). Once step 3 succeeded the tick is decided, the same way for every process: whoever touches the head next
-(a later commit of any process, a process starting up) applies it first. Each
-entity write of a commit is conditional on the object it saw and carries the
-commit's sequence number in its metadata (``persistkit-seq``); an applier that
-finds a number as high or higher skips the key, and a deletion leaves a
-tombstone with its number. Hence, across processes and hosts:
+commit did not write). Once step 3 succeeded the tick is decided, the same
+way for every process: whoever touches the head next (a later commit of any
+process, a process starting up) applies it first. Each entity write of a
+commit is conditional on the object it saw and carries the commit's sequence
+number in its metadata (``persistkit-seq``); an applier that finds a number as
+high or higher skips the key, and a deletion leaves a tombstone with its number.
+Hence, across processes and hosts:
 
 - commits are serialised: concurrent ticks on the same keys leave one whole
   tick or the other, as if run one after the other in sequence order;

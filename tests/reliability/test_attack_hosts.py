@@ -1,0 +1,75 @@
+"""Attacks on issue 13's cross-host promises, on real servers through real reply loss.
+
+Each test here failed on main when it was written; its docstring says what a
+bot owner loses while it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from persistkit.live.session import LiveSession
+from tests.support.replyloss import ReplyLossProxy
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(directory=tmp_path / "redis") as server:
+        yield server
+
+
+def lose_first(marker: bytes) -> tuple[list[bytes], object]:
+    """A ``lose_if`` that picks only the first request containing ``marker``."""
+    seen: list[bytes] = []
+
+    def pick(request: bytes) -> bool:
+        if marker in request and not seen:
+            seen.append(request)
+            return True
+        return False
+
+    return seen, pick
+
+
+def test_redis_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A bot whose first lease request's reply is lost must still start.
+
+    The acquisition script ran (the lease is stored, held by this very
+    process); the retry finds it and, on main, raises ``InstanceLockedError``
+    naming the bot's own host and pid. The bot owner's redeploy fails on a
+    single dropped packet and the bot cannot start again until the lease
+    lapses (``lease_ttl``) by itself: no trading for that long, with a
+    message that blames a second instance that does not exist.
+    """
+
+    async def warm_up() -> None:
+        # Loads the scripts on the server, so that the lost reply below is the
+        # reply of a script that ran (not a NOSCRIPT answer).
+        warm = LiveSession([("ETHUSDT", "warm")], "warm", base_dir=tmp_path / "warm",
+                           backend=redis_server.url)
+        await warm.start()
+        await warm.aclose()
+
+    asyncio.run(warm_up())
+    seen, pick = lose_first(b"}:token")
+    with ReplyLossProxy("127.0.0.1", redis_server.port, loss=1.0, lose_if=pick) as proxy:  # type: ignore[arg-type]
+
+        async def start_through_loss() -> None:
+            session = LiveSession(
+                [("BTCUSDT", "trend")], "main", base_dir=tmp_path / "bot",
+                backend=f"redis://127.0.0.1:{proxy.port}/0", lease_ttl=30,
+            )
+            await session.start()
+            await session.aclose()
+
+        asyncio.run(start_through_loss())
+    assert proxy.lost == 1, "the attack did not lose the acquisition's reply"

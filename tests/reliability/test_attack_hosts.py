@@ -73,3 +73,40 @@ def test_redis_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
 
         asyncio.run(start_through_loss())
     assert proxy.lost == 1, "the attack did not lose the acquisition's reply"
+
+
+def test_redis_that_evicts_keys_is_named_among_the_durability_warnings(tmp_path: Path) -> None:
+    """A Redis that may evict keys (``maxmemory`` with an ``allkeys-*`` policy) must be warned about.
+
+    ``durability_warnings`` (shown by ``preflight``, ``status`` and every
+    store's ``InitReport.warnings``) checks ``appendonly`` and ``appendfsync``
+    only. A server that evicts under memory pressure drops acknowledged
+    values, write receipts (a retried compare-and-set then reports a conflict
+    on its own value) and the never-expiring lease token counters (a new
+    holder restarts at token 1, the fence no longer tells it from a stale
+    holder: two bots trade the same pair). The owner is told nothing. Here
+    the eviction is real: a value written first is gone after others filled
+    the server, and no warning said it could happen.
+    """
+    from persistkit.backends.redis import RedisBackend
+
+    extra = ["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]
+    with RedisServer(directory=tmp_path / "redis", extra_args=extra) as server:
+
+        async def fill_and_check() -> tuple[bool, list[str]]:
+            backend = RedisBackend.from_url(server.url)
+            try:
+                warnings = await backend.durability_warnings()
+                await backend.put("signal/BTCUSDT_trend:first", b'{"v": 1}')
+                filler = b"x" * 20_000
+                for index in range(600):  # 12 MB through a 4 MB server
+                    await backend.put(f"signal/BTCUSDT_trend:fill{index}", filler)
+                survived = await backend.get("signal/BTCUSDT_trend:first") is not None
+                return survived, warnings
+            finally:
+                await backend.aclose()
+
+        survived, warnings = asyncio.run(fill_and_check())
+    assert survived or any("maxmemory" in warning for warning in warnings), (
+        f"an acknowledged value was evicted and the durability warnings were {warnings}"
+    )

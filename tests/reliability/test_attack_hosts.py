@@ -14,7 +14,7 @@ import pytest
 
 from persistkit.live.session import LiveSession
 from tests.support.replyloss import ReplyLossProxy
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, SeaweedS3
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,6 +23,19 @@ pytestmark = pytest.mark.timeout(120)
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(directory=tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture
+def seaweed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedS3]:
+    with SeaweedS3(directory=tmp_path / "weed") as server:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+        yield server
+
+
+def s3_url(port: int) -> str:
+    return f"s3://attack/bot?endpoint_url=http://127.0.0.1:{port}&region=us-east-1&create_bucket=1"
 
 
 def lose_first(marker: bytes) -> tuple[list[bytes], object]:
@@ -110,3 +123,36 @@ def test_redis_that_evicts_keys_is_named_among_the_durability_warnings(tmp_path:
     assert survived or any("maxmemory" in warning for warning in warnings), (
         f"an acknowledged value was evicted and the durability warnings were {warnings}"
     )
+
+
+def test_s3_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
+    seaweed: SeaweedS3, tmp_path: Path
+) -> None:
+    """On S3 too, a bot whose lease write's reply is lost must still start.
+
+    The S3 docstring says a lease write carries a write token, so a retry
+    whose precondition fails recognises its own write. On main the retry of
+    the lost ``PUT .leases/pair-....json`` raises ``InstanceLockedError``
+    naming the bot itself: a redeploy fails on one dropped reply, and the bot
+    is locked out of its own state until the lease lapses.
+    """
+
+    def pick(request: bytes) -> bool:
+        if request.startswith(b"PUT") and b"/.leases/" in request and not seen:
+            seen.append(request)
+            return True
+        return False
+
+    seen: list[bytes] = []
+    with ReplyLossProxy("127.0.0.1", seaweed.s3_port, loss=1.0, lose_if=pick) as proxy:
+
+        async def start_through_loss() -> None:
+            session = LiveSession(
+                [("BTCUSDT", "trend")], "main", base_dir=tmp_path / "bot",
+                backend=s3_url(proxy.port), lease_ttl=30,
+            )
+            await session.start()
+            await session.aclose()
+
+        asyncio.run(start_through_loss())
+    assert proxy.lost == 1, "the attack did not lose a lease write's reply"

@@ -451,8 +451,12 @@ _ACQUIRE_LEASE = """#!lua
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('HGET', KEYS[1], 'token'), redis.call('HGET', KEYS[1], 'holder'),
-          redis.call('HGET', KEYS[1], 'expires_ms')}
+  local held = redis.call('HMGET', KEYS[1], 'token', 'holder', 'expires_ms')
+  if held[2] == ARGV[2] then
+    -- The retry of this very acquisition (same holder, same "since"): its reply was lost.
+    return {tonumber(held[1]), tonumber(held[3])}
+  end
+  return {0, held[1], held[2], held[3]}
 end
 local token = redis.call('INCR', KEYS[2])
 local expires = now_ms + tonumber(ARGV[1])
@@ -1506,7 +1510,9 @@ class RedisBackend(Backend):
         """Take the lease ``name`` for ``ttl`` seconds, by the server's clock.
 
         The token comes from a counter that never expires and only grows
-        (``INCR``), so a later holder always has a larger one.
+        (``INCR``), so a later holder always has a larger one. A lease held by
+        exactly ``holder`` (the session's host, pid and ``since``) is the
+        retry of an acquisition whose reply was lost: it is returned as taken.
         """
         if not self._ready:
             await self._get_ready()

@@ -1492,7 +1492,9 @@ class S3Backend(Backend):
         the one read (``If-None-Match: *`` for the first), never deleted, so
         tokens only grow. Before returning, the new token is recorded as the
         fence of ``name`` in the tick commit record: no commit made under an
-        older token is recorded after that.
+        older token is recorded after that. A live lease held by exactly
+        ``holder`` (the session's host, pid and ``since``) is the retry of an
+        acquisition whose reply was lost: it is returned as taken.
         """
         check_key(name)
         if not ttl > 0:
@@ -1502,6 +1504,12 @@ class S3Backend(Backend):
         holder = {"since": time.time(), **holder}
         for _ in range(3):
             current = await self._run(self._read_lease_sync, name)
+            if current is not None and current.live and current.lease.holder == holder:
+                # The retry of this very acquisition (same holder, same "since"):
+                # its reply, or its fence commit's, was lost. The fence commit is
+                # repeated (recording the same token again changes nothing).
+                await self._commit({}, {}, (), (name, current.lease.token))
+                return current.lease
             if current is not None and current.live:
                 raise InstanceLockedError(
                     f"lease {name!r} in {self.url} is held by {self._holder_text(current)}",

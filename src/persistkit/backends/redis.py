@@ -111,10 +111,11 @@ retrying; and one idempotent step of a cross-slot commit whose connection
 dropped is sent again at once, a few times, so that a lossy network does not
 restart the whole commit at every loss.)
 
-:meth:`RedisBackend.durability_warnings` reads ``appendonly`` and
-``appendfsync`` on every master (``CONFIG GET``) and warns, once in the log and
-in every store's ``InitReport.warnings``, when an acknowledged write could be
-lost, or when ``CONFIG`` is disabled and durability cannot be checked.
+:meth:`RedisBackend.durability_warnings` reads ``appendonly``,
+``appendfsync``, ``maxmemory`` and ``maxmemory-policy`` on every master
+(``CONFIG GET``) and warns, once in the log and in every store's
+``InitReport.warnings``, when an acknowledged write could be lost (to a crash,
+or evicted), or when ``CONFIG`` is disabled and durability cannot be checked.
 """
 
 from __future__ import annotations
@@ -1586,28 +1587,30 @@ class RedisBackend(Backend):
         else:
             targets = [(self._url, self._client)]
         for name, target in targets:
-            with _Mapped("CONFIG GET append*"):
-                try:
-                    reply = await target.execute_command("CONFIG GET", "append*")
-                except _NOT_TRANSIENT as exc:
-                    out.append((name, f"{type(exc).__name__}: {exc}"))
-                    continue
-                except ResponseError as exc:  # CONFIG renamed or disabled
-                    out.append((name, f"{exc}"))
-                    continue
-            if isinstance(reply, list):  # RESP2 flat list on a raw node connection
-                reply = dict(zip(reply[::2], reply[1::2], strict=True))
-            out.append(
-                (
-                    name,
+            settings: dict[str, str] = {}
+            # One pattern per call: CONFIG GET takes several only since Redis 7.
+            for pattern in ("append*", "maxmemory*"):
+                with _Mapped(f"CONFIG GET {pattern}"):
+                    try:
+                        reply = await target.execute_command("CONFIG GET", pattern)
+                    except _NOT_TRANSIENT as exc:
+                        out.append((name, f"{type(exc).__name__}: {exc}"))
+                        break
+                    except ResponseError as exc:  # CONFIG renamed or disabled
+                        out.append((name, f"{exc}"))
+                        break
+                if isinstance(reply, list):  # RESP2 flat list on a raw node connection
+                    reply = dict(zip(reply[::2], reply[1::2], strict=True))
+                settings.update(
                     {
                         (k.decode() if isinstance(k, bytes) else str(k)): (
                             v.decode() if isinstance(v, bytes) else str(v)
                         )
                         for k, v in reply.items()
-                    },
+                    }
                 )
-            )
+            else:
+                out.append((name, settings))
         return out
 
     async def durability_warnings(self) -> list[str]:
@@ -1622,6 +1625,16 @@ class RedisBackend(Backend):
                     "make sure appendonly is yes and appendfsync is always"
                 )
                 continue
+            policy = settings.get("maxmemory-policy", "noeviction")
+            if settings.get("maxmemory", "0") != "0" and policy != "noeviction":
+                # Evicted keys are acknowledged values, write receipts and the
+                # never-expiring lease token counters (tokens would start over).
+                warnings.append(
+                    f"{node}: maxmemory-policy is {policy!r} with maxmemory "
+                    f"{settings.get('maxmemory')}: under memory pressure the server "
+                    "evicts keys, acknowledged values and lease tokens among them; "
+                    "set maxmemory-policy to noeviction"
+                )
             if settings.get("appendonly") != "yes":
                 warnings.append(
                     f"{node}: appendonly is {settings.get('appendonly')!r}: acknowledged "

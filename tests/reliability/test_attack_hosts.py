@@ -158,3 +158,107 @@ def test_s3_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
 
         asyncio.run(start_through_loss())
     assert proxy.lost == 1, "the attack did not lose a lease write's reply"
+
+
+STALE_HOLDER = """
+import asyncio, sys
+from persistkit.live.session import LiveSession
+
+async def main() -> None:
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[2],
+                          backend=sys.argv[1], lease_ttl=float(sys.argv[3]))
+    async with session:  # starts it; writes here carry the session's fencing tokens
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            try:
+                await session.backend.put("risk/main:marker", line.encode())
+                print("written", flush=True)
+            except Exception as exc:
+                print(type(exc).__name__, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_redis_cluster_stale_holder_write_outside_a_tick_lands_after_takeover(
+    tmp_path: Path,
+) -> None:
+    """A holder frozen past its TTL must not write once resumed, ticks or not.
+
+    Holder A writes under its session (``async with session:``, so its writes
+    carry the fencing tokens), is frozen with SIGSTOP past ``lease_ttl``; B,
+    another data root, takes the leases over and commits a tick to the signal
+    namespace. A is resumed and writes the risk namespace. On a cluster the
+    fence of a namespace only learns of B when B writes there, and the
+    Redis docstring says the holder's own monotonic deadline closes that
+    window: but the deadline is checked by ticks only, so on main A's write
+    lands. The bot owner's risk positions are overwritten by a stale
+    instance after the new one restored them.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.servers import RedisCluster
+
+    from persistkit.backends.redis import RedisBackend
+
+    ttl = 2.0
+    with RedisCluster() as cluster:
+        cluster_url = f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), str(Path.cwd())]),
+        }
+        holder = subprocess.Popen(
+            [sys.executable, "-c", STALE_HOLDER, cluster_url, str(tmp_path / "a"), str(ttl)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline().strip() == "ready"
+            holder.send_signal(signal.SIGSTOP)
+            time.sleep(ttl + 1.5)  # past the TTL by the server's clock: the leases lapse
+
+            async def take_over() -> None:
+                successor = LiveSession(
+                    [("BTCUSDT", "trend")],
+                    "main",
+                    base_dir=tmp_path / "b",
+                    backend=cluster_url,
+                    lease_ttl=30,
+                )
+                await successor.start()
+                async with successor.tick():
+                    await successor.backend.put("signal/BTCUSDT_trend:seen", b'"B"')
+                await successor.aclose()
+
+            asyncio.run(take_over())
+            holder.send_signal(signal.SIGCONT)
+            holder.stdin.write(json.dumps("stale A") + "\n")
+            holder.stdin.flush()
+            answer = holder.stdout.readline().strip()
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+
+        async def read_marker() -> bytes | None:
+            backend = RedisBackend.from_url(cluster_url)
+            try:
+                found = await backend.get("risk/main:marker")
+                return None if found is None else found.data
+            finally:
+                await backend.aclose()
+
+        stored = asyncio.run(read_marker())
+    assert stored is None, f"the stale holder's write landed ({answer!r}): {stored!r}"
+    assert answer == "LeaseLostError"

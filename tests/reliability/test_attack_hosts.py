@@ -262,3 +262,45 @@ def test_redis_cluster_stale_holder_write_outside_a_tick_lands_after_takeover(
         stored = asyncio.run(read_marker())
     assert stored is None, f"the stale holder's write landed ({answer!r}): {stored!r}"
     assert answer == "LeaseLostError"
+
+
+def test_s3_session_still_commits_after_its_lease_objects_were_removed(
+    seaweed: SeaweedS3, tmp_path: Path
+) -> None:
+    """Removing ``.leases/`` while no bot runs must not lock the next bot out of its writes.
+
+    An operator who cleans up lock objects while the bot is stopped (the
+    error for a damaged lease object even says "remove it only if no instance
+    is running"), or a bucket lifecycle rule, removes the lease objects; the
+    head record still holds the fence of the last token. On main the next
+    session takes token 1 again, starts, and its first tick fails with
+    ``LeaseLostError`` ("another instance took it over") although no other
+    instance exists: the bot stops trading, and only restarting it as many
+    times as there were sessions before brings it back.
+    """
+    from persistkit.domains import PersistRiskAdapter
+
+    url = s3_url(seaweed.s3_port)
+
+    async def one_session() -> None:
+        session = LiveSession(
+            [("BTCUSDT", "trend")], "main", base_dir=tmp_path / "bot", backend=url, lease_ttl=30
+        )
+        await session.start()
+        try:
+            async with session.tick():
+                await PersistRiskAdapter.write_position_data(
+                    None if positions == "" else [], "main"
+                )
+        finally:
+            await session.aclose()
+
+    asyncio.run(one_session())
+    asyncio.run(one_session())
+    client = seaweed.client()
+    listed = client.list_objects_v2(Bucket="attack", Prefix="bot/.leases/")
+    removed = [entry["Key"] for entry in listed.get("Contents", [])]
+    assert removed, "no lease objects found to remove"
+    for key in removed:
+        client.delete_object(Bucket="attack", Key=key)
+    asyncio.run(one_session())

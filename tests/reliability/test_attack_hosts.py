@@ -289,9 +289,7 @@ def test_s3_session_still_commits_after_its_lease_objects_were_removed(
         await session.start()
         try:
             async with session.tick():
-                await PersistRiskAdapter.write_position_data(
-                    None if positions == "" else [], "main"
-                )
+                await PersistRiskAdapter.write_position_data([], "main")
         finally:
             await session.aclose()
 

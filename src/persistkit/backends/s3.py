@@ -1490,9 +1490,11 @@ class S3Backend(Backend):
 
         The lease object ``.leases/{name}.json`` is written with ``If-Match`` on
         the one read (``If-None-Match: *`` for the first), never deleted, so
-        tokens only grow. Before returning, the new token is recorded as the
-        fence of ``name`` in the tick commit record: no commit made under an
-        older token is recorded after that. A live lease held by exactly
+        tokens only grow; the new token also exceeds the fence the head record
+        keeps for ``name``, even if the lease object was removed. Before
+        returning, the new token is recorded as the fence of ``name`` in the
+        tick commit record: no commit made under an older token is recorded
+        after that. A live lease held by exactly
         ``holder`` (the session's host, pid and ``since``) is the retry of an
         acquisition whose reply was lost: it is returned as taken.
         """
@@ -1515,7 +1517,14 @@ class S3Backend(Backend):
                     f"lease {name!r} in {self.url} is held by {self._holder_text(current)}",
                     holder={**current.lease.holder, "expires_at": current.lease.expires_at},
                 )
-            token = (current.lease.token if current is not None else 0) + 1
+            # The head record's fence, too: a lease object removed by hand (or by
+            # a lifecycle rule) would otherwise restart tokens below it, and every
+            # commit of the new holder would be refused as stale.
+            head, _ = await self._run(self._read_head_sync)
+            newest = max(
+                current.lease.token if current is not None else 0, head.fences.get(name, 0)
+            )
+            token = newest + 1
             lease = Lease(name, token, holder, 0.0)
             try:
                 written_at = await self._run(

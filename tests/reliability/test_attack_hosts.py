@@ -7,13 +7,22 @@ bot owner loses while it fails.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.replyloss import ReplyLossProxy
-from tests.support.servers import RedisServer, SeaweedS3
+from tests.support.servers import RedisCluster, RedisServer, SeaweedS3
 
+from persistkit.backends.redis import RedisBackend
+from persistkit.domains import PersistRiskAdapter
+from persistkit.errors import PersistError
 from persistkit.live.session import LiveSession
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,7 +115,6 @@ def test_redis_that_evicts_keys_is_named_among_the_durability_warnings(tmp_path:
     the eviction is real: a value written first is gone after others filled
     the server, and no warning said it could happen.
     """
-    from persistkit.backends.redis import RedisBackend
 
     extra = ["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]
     with RedisServer(directory=tmp_path / "redis", extra_args=extra) as server:
@@ -162,6 +170,9 @@ def test_s3_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
 
 STALE_HOLDER = """
 import asyncio, sys
+from persistkit.backends.redis import RedisBackend
+from persistkit.domains import PersistRiskAdapter
+from persistkit.errors import PersistError
 from persistkit.live.session import LiveSession
 
 async def main() -> None:
@@ -196,16 +207,6 @@ def test_redis_cluster_stale_holder_write_outside_a_tick_lands_after_takeover(
     lands. The bot owner's risk positions are overwritten by a stale
     instance after the new one restored them.
     """
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.support.servers import RedisCluster
-
-    from persistkit.backends.redis import RedisBackend
 
     ttl = 2.0
     with RedisCluster() as cluster:
@@ -278,7 +279,6 @@ def test_s3_session_still_commits_after_its_lease_objects_were_removed(
     instance exists: the bot stops trading, and only restarting it as many
     times as there were sessions before brings it back.
     """
-    from persistkit.domains import PersistRiskAdapter
 
     url = s3_url(seaweed.s3_port)
 
@@ -302,3 +302,30 @@ def test_s3_session_still_commits_after_its_lease_objects_were_removed(
     for key in removed:
         client.delete_object(Bucket="attack", Key=key)
     asyncio.run(one_session())
+
+
+def test_a_plain_redis_url_to_a_cluster_node_is_refused_clearly(tmp_path: Path) -> None:
+    """``redis://`` pointing at a Redis Cluster node must say "use redis+cluster://".
+
+    On main the session retries ``MOVED`` as a transient failure and gives up
+    with ``BackendUnavailableError: gave up after 8 attempts: ... MovedError``;
+    a store on that URL works for the keys of that node's slots and fails for
+    the others. The bot owner sees an outage where there is a one-word
+    configuration mistake, and a bot that half works.
+    """
+
+    with RedisCluster() as cluster:
+
+        async def start() -> None:
+            session = LiveSession(
+                [("BTCUSDT", "trend"), ("ETHUSDT", "trend")],
+                "main",
+                base_dir=tmp_path / "bot",
+                backend=f"redis://127.0.0.1:{cluster.ports[0]}",
+            )
+            await session.start()
+            await session.aclose()
+
+        with pytest.raises(PersistError) as refused:
+            asyncio.run(start())
+    assert "redis+cluster://" in str(refused.value), str(refused.value)

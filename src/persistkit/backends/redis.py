@@ -700,9 +700,10 @@ class RedisBackend(Backend):
         self._commit_head = f"{prefix}:commit:{{"
         self._durability: list[str] | None = None
         self._recovered = False
-        # False until a cluster client is initialised, and again once closed:
+        # False until the client is initialised (a cluster's discovered, a single
+        # server's checked not to be a cluster node), and again once closed:
         # the one flag every operation checks before its first command.
-        self._ready = not self._cluster
+        self._ready = False
         # Cross-slot commits decided but not finished when commit() failed: the
         # next operation finishes them first (see _get_ready).
         self._unfinished: set[str] = set()
@@ -796,12 +797,31 @@ class RedisBackend(Backend):
         # command avoids it.
         with _Mapped("cluster discovery"):
             await self._redis.initialize()
+        if not self._cluster:
+            await self._refuse_a_cluster_node()
         # A commit decided here but not finished (the server went away half way)
         # is committed: finish it before anything else touches its keys.
         for record in list(self._unfinished):
             if await self._settle_record(record, abort_after=self.commit_timeout) != "pending":
                 self._unfinished.discard(record)
         self._ready = True
+
+    async def _refuse_a_cluster_node(self) -> None:
+        """A ``redis://`` URL naming a Redis Cluster node is a clear error, not an outage.
+
+        Through a plain client only that node's slots answer; every other key
+        says ``MOVED``, which would be retried as a transient failure.
+        """
+        with _Mapped("INFO cluster"):
+            try:
+                info = await self._redis.info("cluster")
+            except ResponseError:  # INFO renamed or disabled: nothing to tell
+                return
+        if str(info.get("cluster_enabled", "0")) == "1":
+            raise BackendError(
+                f"{self._url} is a Redis Cluster node: name it with redis+cluster:// "
+                "(a plain redis:// client reaches only that node's slots)"
+            )
 
     def _tag(self, namespace: str) -> str:
         if "{" in namespace or "}" in namespace:

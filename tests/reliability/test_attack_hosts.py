@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from tests.support.replyloss import ReplyLossProxy
-from tests.support.servers import RedisCluster, RedisServer, SeaweedS3
+from tests.support.servers import RedisCluster, RedisServer, SeaweedS3, redis_command
 
 from persistkit.backends.redis import RedisBackend
 from persistkit.domains import PersistRiskAdapter
-from persistkit.errors import PersistError
+from persistkit.errors import LeaseLostError, PersistError
 from persistkit.live.session import LiveSession
 
 pytestmark = pytest.mark.timeout(120)
@@ -172,7 +172,7 @@ STALE_HOLDER = """
 import asyncio, sys
 from persistkit.backends.redis import RedisBackend
 from persistkit.domains import PersistRiskAdapter
-from persistkit.errors import PersistError
+from persistkit.errors import LeaseLostError, PersistError
 from persistkit.live.session import LiveSession
 
 async def main() -> None:
@@ -329,3 +329,43 @@ def test_a_plain_redis_url_to_a_cluster_node_is_refused_clearly(tmp_path: Path) 
         with pytest.raises(PersistError) as refused:
             asyncio.run(start())
     assert "redis+cluster://" in str(refused.value), str(refused.value)
+
+
+def test_redis_holder_whose_lease_and_counter_were_lost_stops_once_another_holds_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """After the server lost the lease state, a second holder must make the first stop.
+
+    A failover to a replica that had not received the last writes, a restart
+    from an old snapshot or a ``FLUSHALL`` loses the lease and its token
+    counter: the next instance takes the lease with token 1 again, the token
+    the running instance holds. The renewal checks the token only, so on main
+    the first instance renews the second's lease as its own and both commit
+    for good, under equal tokens the fence cannot tell apart: two bots trade
+    the same pair.
+    """
+    ttl = 1.5
+    pairs = [("BTCUSDT", "trend")]
+
+    async def both() -> None:
+        first = LiveSession(
+            pairs, "main", base_dir=tmp_path / "a", backend=redis_server.url, lease_ttl=ttl
+        )
+        await first.start()
+        try:
+            redis_command(redis_server.port, "FLUSHALL")
+            second = LiveSession(
+                pairs, "main", base_dir=tmp_path / "b", backend=redis_server.url, lease_ttl=ttl
+            )
+            await second.start()
+            try:
+                await asyncio.sleep(ttl)  # the first instance renews twice meanwhile
+                with pytest.raises(LeaseLostError):
+                    async with first.tick():
+                        await PersistRiskAdapter.write_position_data([], "main")
+            finally:
+                await second.aclose()
+        finally:
+            await first.aclose()
+
+    asyncio.run(both())

@@ -467,7 +467,10 @@ return {token, expires}
 """
 
 _RENEW_LEASE = """#!lua
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+-- The holder too: a server that lost the lease and its counter (a failover to a
+-- lagging replica, an old snapshot) hands the same token to the next holder.
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1]
+    or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
   return {0, redis.call('HGET', KEYS[1], 'token'), redis.call('HGET', KEYS[1], 'holder'),
           redis.call('HGET', KEYS[1], 'expires_ms')}
 end
@@ -479,7 +482,10 @@ return {1, expires}
 """
 
 _RELEASE_LEASE = """#!lua
-if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1]
+    and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -542,6 +548,13 @@ _CLOSE_RECORD_SCRIPT = _Script(_CLOSE_RECORD)
 _SNAPSHOT_SCRIPT = _Script(_SNAPSHOT)
 _QUARANTINE_SCRIPT = _Script(_QUARANTINE)
 _RESTORE_SCRIPT = _Script(_RESTORE)
+
+
+def _holder_text(lease: Lease) -> str:
+    """The holder of ``lease`` exactly as its acquisition stored it (JSON, same key order)."""
+    return json.dumps(dict(lease.holder), default=str)
+
+
 _ACQUIRE_LEASE_SCRIPT = _Script(_ACQUIRE_LEASE)
 _RENEW_LEASE_SCRIPT = _Script(_RENEW_LEASE)
 _RELEASE_LEASE_SCRIPT = _Script(_RELEASE_LEASE)
@@ -1538,7 +1551,7 @@ class RedisBackend(Backend):
         if not self._ready:
             await self._get_ready()
         lease_key, counter = self._lease_keys(name)
-        described = json.dumps(dict(holder), default=str)
+        described = json.dumps(dict(holder), default=str)  # as _holder_text gives it back
         with _Mapped(f"acquire lease {name}", write=True):
             reply = await _ACQUIRE_LEASE_SCRIPT(
                 self._redis, [lease_key, counter], [max(1, int(ttl * 1000)), described]
@@ -1557,7 +1570,9 @@ class RedisBackend(Backend):
         lease_key, _ = self._lease_keys(lease.name)
         with _Mapped(f"renew lease {lease.name}", write=True):
             reply = await _RENEW_LEASE_SCRIPT(
-                self._redis, [lease_key], [lease.token, max(1, int(ttl * 1000))]
+                self._redis,
+                [lease_key],
+                [lease.token, max(1, int(ttl * 1000)), _holder_text(lease)],
             )
         if reply[0] == 1:
             return Lease(lease.name, lease.token, lease.holder, int(reply[1]) / 1000)
@@ -1579,7 +1594,9 @@ class RedisBackend(Backend):
             await self._get_ready()
         lease_key, _ = self._lease_keys(lease.name)
         with _Mapped(f"release lease {lease.name}", write=True):
-            await _RELEASE_LEASE_SCRIPT(self._redis, [lease_key], [lease.token])
+            await _RELEASE_LEASE_SCRIPT(
+                self._redis, [lease_key], [lease.token, _holder_text(lease)]
+            )
 
     async def read_leases(self) -> list[Lease]:
         if not self._ready:

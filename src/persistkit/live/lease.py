@@ -238,8 +238,9 @@ class SessionLeases:
             try:
                 lease = await self.backend.acquire_lease(name, self.holder, self.ttl)
             except TransientBackendError as exc:
-                # The backend recognises a repeated acquisition as the same
-                # request (its write tokens), so a lost reply is not a refusal.
+                # The backend recognises a repeated acquisition by its holder
+                # (host, pid, since: the same in every retry), so a lost reply
+                # is not a refusal.
                 lease = await DEFAULT_RETRY.call(
                     lambda: self.backend.acquire_lease(name, self.holder, self.ttl), exc
                 )

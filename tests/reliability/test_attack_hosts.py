@@ -192,11 +192,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lease deadline is checked by ticks only; a cluster namespace's fence "
-    "learns of a new holder only when it writes there",
-)
 def test_redis_cluster_stale_holder_write_outside_a_tick_lands_after_takeover(
     tmp_path: Path,
 ) -> None:

@@ -159,6 +159,7 @@ from persistkit.backends.base import (
     QuarantineEntry,
     Snapshot,
     Versioned,
+    fenced_leases,
     fencing,
     join_key,
     lay_commits_over,
@@ -904,7 +905,7 @@ class RedisBackend(Backend):
         fenced write; see the module docstring for what that guarantees.
         ``first_key`` is the Lua index the first fence key will have.
         """
-        leases = fencing.get()
+        leases = fenced_leases()
         if not leases:
             return [], ["c", 0]
         keys: list[str] = []

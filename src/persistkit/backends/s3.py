@@ -173,6 +173,7 @@ from persistkit.backends.base import (
     Snapshot,
     Versioned,
     check_key,
+    fenced_leases,
     fencing,
     lay_commits_over,
     new_quarantine_id,
@@ -1310,7 +1311,7 @@ class S3Backend(Backend):
             _check_commit_key(key)
         if not batch:
             return
-        await self._commit(batch, expected, fencing.get(), None)
+        await self._commit(batch, expected, fenced_leases(), None)
 
     async def _commit(
         self,

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
-from persistkit.backends.base import Backend, Lease
+from persistkit.backends.base import Backend, Fence, Lease
 from persistkit.errors import (
     BackendError,
     InstanceLockedError,
@@ -191,9 +191,10 @@ class SessionLeases:
         return f"SessionLeases({self.backend.url}, {len(self.names)} names, {state})"
 
     @property
-    def current(self) -> tuple[Lease, ...]:
-        """The leases held now (the latest renewal of each), for the ``fencing`` context."""
-        return tuple(self._held.values())
+    def current(self) -> Fence:
+        """The leases held now (the latest renewal of each), for the ``fencing`` context,
+        with the deadline check every fenced write runs first."""
+        return Fence(self._held.values(), self.check)
 
     # -- acquire ----------------------------------------------------------------------
 

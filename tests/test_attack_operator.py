@@ -1,0 +1,171 @@
+"""What an on-call operator broke with the command line beside real bot processes (issue 12).
+
+Each test is one attack that got through on main: the CLI runs as a
+subprocess against a real folder, next to a real bot process killed for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def persistkit(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "persistkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=120,
+    )
+
+
+# A bot that, once its session holds the root, forks a worker (what
+# multiprocessing's default "fork" start method, or a ProcessPoolExecutor, does
+# on Linux). The worker does nothing with persistkit: it waits for its stdin
+# to close and exits.
+FORKING_BOT = """
+import asyncio, json, os, sys
+import persistkit
+from persistkit import LiveSession
+
+async def main():
+    root = sys.argv[1]
+    persistkit.configure(mode="live", base_dir=root)
+    session = LiveSession([("BTCUSDT", "trend_follow")], "main-portfolio", base_dir=root)
+    await session.start()
+    worker = os.fork()
+    if worker == 0:
+        sys.stdin.read()
+        os._exit(0)
+    print(json.dumps({"bot": os.getpid(), "worker": worker}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+RESTART = """
+import asyncio, sys
+import persistkit
+from persistkit import LiveSession
+
+async def main():
+    root = sys.argv[1]
+    persistkit.configure(mode="live", base_dir=root)
+    session = LiveSession([("BTCUSDT", "trend_follow")], "main-portfolio", base_dir=root)
+    await session.start()
+    await session.aclose()
+    print("restarted", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def bot_killed_beside_its_worker(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A bot killed with ``kill -9`` while a worker it forked lives on: (root, dead bot's pid)."""
+    root = tmp_path / "data"
+    script = tmp_path / "forking_bot.py"
+    script.write_text(FORKING_BOT)
+    bot = subprocess.Popen(
+        [sys.executable, str(script), str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    assert bot.stdin is not None and bot.stdout is not None
+    worker = 0
+    try:
+        pids: dict[str, int] = json.loads(bot.stdout.readline())
+        worker = pids["worker"]
+        bot.send_signal(signal.SIGKILL)
+        bot.wait()
+        yield root, pids["bot"]
+    finally:
+        bot.kill()
+        bot.wait()
+        bot.stdin.close()  # the worker's stdin too: it exits
+        if worker:
+            try:
+                os.waitpid(worker, 0)
+            except ChildProcessError:  # not our child: the bot's, reaped by init
+                pass
+
+
+def status_json(root: Path) -> tuple[int, Any]:
+    done = persistkit("status", root, "--json")
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_bot_killed_with_a_forked_worker_alive_is_shown_gone_and_can_restart(
+    tmp_path: Path, bot_killed_beside_its_worker: tuple[Path, int]
+) -> None:
+    """A forked worker must not keep a killed bot's live-session locks.
+
+    A bot that uses a process pool (multiprocessing forks by default on Linux)
+    is killed with ``kill -9``; its workers live on. They inherited the
+    session's lock descriptors, so on main the locks stay held: ``persistkit
+    status`` shows the dead pid as "alive" and "healthy" (exit 0), every write
+    command refuses naming a process that no longer exists, and the restarted
+    bot fails with ``InstanceLockedError`` until the operator finds and kills
+    the orphaned workers. The operator loses the restart, and the truth.
+    """
+    root, dead_pid = bot_killed_beside_its_worker
+    code, report = status_json(root)
+    alive = [s["pid"] for s in report["sessions"]["running"] if s["alive"]]
+    assert dead_pid not in alive, f"status says the killed bot (pid {dead_pid}) is alive"
+    assert [s["pid"] for s in report["sessions"]["gone"]] == [dead_pid]
+    assert code == 1
+
+    script = tmp_path / "restart.py"
+    script.write_text(RESTART)
+    restart = subprocess.run(
+        [sys.executable, str(script), str(root)],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=60,
+    )
+    assert restart.returncode == 0, restart.stderr[-600:]
+
+
+def test_an_import_key_too_long_for_a_path_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """Every key is checked before anything is written, and a bad one is named by its line.
+
+    Each folder of a key is held to 200 bytes, but not their number: a key of
+    25 folders of 200 bytes passes the check, then the import dies on the
+    file system with a bare ``[Errno 36] File name too long``, naming no line
+    of the file. The README promises "a bad line: exit 2, nothing written,
+    the line and key named"; the operator gets an OS error to decode instead.
+    """
+    deep_key = "bot/" + "/".join(["d" * 200] * 25)
+    source = tmp_path / "fix.jsonl"
+    source.write_text(
+        json.dumps({"key": "bot/ok", "value": 1})
+        + "\n"
+        + json.dumps({"key": deep_key, "value": 2})
+        + "\n"
+    )
+    destination = tmp_path / "data"
+    destination.mkdir()
+    done = persistkit("import", source, destination)
+    assert done.returncode == 2
+    assert "Errno" not in done.stderr
+    assert f"{source.name}:2" in done.stderr, done.stderr[:300]
+    assert not [path for path in destination.rglob("*.json")]
+

@@ -168,4 +168,3 @@ def test_an_import_key_too_long_for_a_path_is_refused_naming_its_line(tmp_path: 
     assert "Errno" not in done.stderr
     assert f"{source.name}:2" in done.stderr, done.stderr[:300]
     assert not [path for path in destination.rglob("*.json")]
-

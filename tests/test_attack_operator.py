@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -168,3 +169,46 @@ def test_an_import_key_too_long_for_a_path_is_refused_naming_its_line(tmp_path: 
     assert "Errno" not in done.stderr
     assert f"{source.name}:2" in done.stderr, done.stderr[:300]
     assert not [path for path in destination.rglob("*.json")]
+
+
+def limit_file_size_to_64_kib() -> None:
+    """In the CLI's process: writes past 64 KiB fail (``EFBIG``), as a full disk fails them."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+
+def test_an_export_that_runs_out_of_space_leaves_no_temp_file_and_names_its_file(
+    tmp_path: Path,
+) -> None:
+    """An export that cannot be written gives its space back and says which file failed.
+
+    On a full disk (here: a 64 KiB file-size limit, the same failed ``write``)
+    the export on main exits 2 with a bare ``[Errno 27] File too large`` (on a
+    tmpfs: ``[Errno 28] No space left on device``), naming no file, and
+    leaves its hidden ``.NAME.tmp-*`` behind, as large as the space it
+    could take: the disk stays full after the failed export, so the bot's
+    next commit on that disk fails too. Closing the temp file re-raises the
+    write error, and the clean-up that should remove it never runs.
+    """
+    source = tmp_path / "source.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"key": f"bot/e{index}/v", "value": {"pad": "x" * 500}}) + "\n"
+            for index in range(400)
+        )
+    )
+    root = tmp_path / "data"
+    assert persistkit("import", source, root).returncode == 0
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "persistkit", "export", str(root), str(exports / "state.jsonl")],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        preexec_fn=limit_file_size_to_64_kib,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert sorted(path.name for path in exports.iterdir()) == []
+    assert "state.jsonl" in done.stderr, done.stderr[-300:]

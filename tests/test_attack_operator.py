@@ -212,3 +212,105 @@ def test_an_export_that_runs_out_of_space_leaves_no_temp_file_and_names_its_file
     assert done.returncode == 2
     assert sorted(path.name for path in exports.iterdir()) == []
     assert "state.jsonl" in done.stderr, done.stderr[-300:]
+
+
+# A bot whose live session keeps its state in a folder below the configured
+# root (``configure(base_dir=ROOT)``, ``LiveSession(base_dir=ROOT/bot-1)``):
+# its journal and locks are ``ROOT/bot-1/.journal`` and ``ROOT/bot-1/.locks``.
+SUBFOLDER_BOT = """
+import asyncio, json, os, sys
+import persistkit
+from persistkit import LiveSession, PersistBase
+
+async def main():
+    root = sys.argv[1]
+    persistkit.configure(mode="live", base_dir=root)
+    folder = os.path.join(root, "bot-1")
+    session = LiveSession([("BTCUSDT", "trend_follow")], "main-portfolio", base_dir=folder)
+    await session.start()
+    progress = PersistBase("progress", folder)
+
+    async def tick(n):
+        await progress.write_value("tick", n)
+
+    def acknowledge(n):
+        print(json.dumps({"ack": n}), flush=True)
+
+    await session.run(tick, interval=0.01, after_commit=acknowledge)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def subfolder_bot(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The bot above, running, after it acknowledged tick 5: (ROOT, process)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    script = tmp_path / "subfolder_bot.py"
+    script.write_text(SUBFOLDER_BOT)
+    bot = subprocess.Popen(
+        [sys.executable, str(script), str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    assert bot.stdout is not None
+    try:
+        while json.loads(bot.stdout.readline())["ack"] < 5:
+            pass
+        yield root, bot
+    finally:
+        bot.kill()
+        bot.wait()
+
+
+def test_a_session_in_a_folder_below_the_root_is_seen_by_import_and_status(
+    subfolder_bot: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    """A write into ROOT is refused while a session below it runs, and status shows it.
+
+    The README's ROOT is the configured ``base_dir``; a bot's session may keep
+    its state in a folder below it. On main, ``persistkit status ROOT`` says
+    "none running" (exit 0) beside the ticking bot, and ``import ROOT
+    --overwrite`` writes straight into the bot's files, exit 0, no lock
+    looked at: exactly the fix that the bot's journal replay undoes after its
+    next ``kill -9``, which issue 12 set out to prevent.
+    """
+    root, bot = subfolder_bot
+    _, report = status_json(root)
+    assert [s["pid"] for s in report["sessions"]["running"]] == [bot.pid]
+    fix = root.parent / "fix.jsonl"
+    fix.write_text(json.dumps({"key": "bot-1/progress/tick", "value": -1}) + "\n")
+    done = persistkit("import", fix, root, "--overwrite")
+    assert done.returncode == 1, done.stdout[-400:]
+    assert str(bot.pid) in done.stderr
+
+
+def test_an_export_after_kill_9_includes_a_subfolder_sessions_commits(
+    tmp_path: Path, subfolder_bot: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    """What ``export ROOT`` writes is the committed state, also of a session below ROOT.
+
+    After a ``kill -9`` the session's last commits wait in
+    ``ROOT/bot-1/.journal``. On main ``export ROOT`` ignores that journal and
+    exports the files only ("no journal commit yet: the files"), exit 0: here
+    no value at all, though the bot acknowledged at least 5 ticks. An export
+    taken to move hosts silently drops acknowledged ticks, issue 12's first
+    complaint.
+    """
+    root, bot = subfolder_bot
+    bot.send_signal(signal.SIGKILL)
+    bot.wait()
+    assert bot.stdout is not None
+    acknowledged = [json.loads(line)["ack"] for line in bot.stdout.read().splitlines()]
+    last_ack = max(acknowledged, default=5)
+    exported = tmp_path / "state.jsonl"
+    done = persistkit("export", root, exported)
+    values = {
+        row["key"]: row.get("value")
+        for row in map(json.loads, exported.read_text().splitlines() if exported.exists() else [])
+    }
+    assert done.returncode != 0 or values.get("bot-1/progress/tick", -1) >= last_ack, (
+        f"exit {done.returncode}, exported {values}, the bot acknowledged tick {last_ack}"
+    )

@@ -18,7 +18,12 @@ __all__ = ["report"]
 _KINDS: dict[str, EventReports[Any]] = {"schedule": Schedule, "partial": Partial}
 
 
-@click.command(short_help="Print a pair's schedule or partial statistics.")
+@click.command(
+    short_help="Print a pair's schedule or partial statistics.",
+    epilog="Exit codes: 0 printed (also for a pair with no events), 2 could not run "
+    "(missing root, bad URL, unreachable server, a name that cannot be stored, an event "
+    "log that does not validate).",
+)
 @click.argument("kind", type=click.Choice(sorted(_KINDS)), metavar="schedule|partial")
 @click.argument("symbol")
 @click.argument("strategy")
@@ -35,10 +40,6 @@ def report(kind: str, symbol: str, strategy: str, target: str, as_json: bool) ->
     The markdown is what Schedule.dump and Partial.dump write; a rate with
     nothing to divide by is N/A (null in --json); a pair with no events
     prints zero counts. ROOT defaults to ./dump/data.
-
-    Exit codes: 0 printed (also for a pair with no events), 2 could not run
-    (missing root, bad URL, unreachable server, a name that cannot be
-    stored, an event log that does not validate).
     """
     backend = open_target(target, read_only=True)
     facade = _KINDS[kind]

@@ -68,6 +68,7 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
+from persistkit.backends.archive import HistoryArchive, HistoryPolicy
 from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.journal import (
     DEFAULT_JOURNAL_LIMIT,
@@ -79,17 +80,26 @@ from persistkit.backends.journal import (
     take_lock,
 )
 from persistkit.backends.oslayer import REAL_OS, OSLayer
+from persistkit.history import RecordedHistory
 from persistkit.errors import (
     BackendError,
     ConflictError,
     DurabilityUnknownError,
     EntityNotFoundError,
+    HistoryUnavailableError,
     InvalidNameError,
     StoreClosedError,
     WriteFailedError,
 )
 
-__all__ = ["QUARANTINE_DIR", "SUFFIX", "TEMP_PREFIX", "FileBackend", "content_version"]
+__all__ = [
+    "QUARANTINE_DIR",
+    "SUFFIX",
+    "TEMP_PREFIX",
+    "FileBackend",
+    "HistoryPolicy",
+    "content_version",
+]
 
 T = TypeVar("T")
 
@@ -139,6 +149,7 @@ class FileBackend(Backend):
         journal_limit: int = DEFAULT_JOURNAL_LIMIT,
         read_only: bool = False,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         # Absolute now, so that a later chdir does not move the data, and
         # resolved: the root may be a symbolic link, nothing below it may be.
@@ -151,6 +162,13 @@ class FileBackend(Backend):
         self._closed = False
         self.read_only = read_only
         self.lock_timeout = lock_timeout
+        self.history = None if history is None else HistoryArchive(self, history)
+        """The archive of past journal generations (``None``: ``history=None``, none kept)."""
+        self.keeps_history = history is not None
+        # With history, plain writes go through the journal too, so that every
+        # change reaches the history with its commit time (one fsync instead
+        # of the durable replace's two).
+        self._plain_writes_journaled = offload or history is not None
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod
@@ -446,7 +464,7 @@ class FileBackend(Backend):
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
-        if not self._offload and not self.journal.queued(key):
+        if not self._plain_writes_journaled and not self.journal.queued(key):
             # The durable write of DESIGN §3, unless the journal holds the key.
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
@@ -503,7 +521,7 @@ class FileBackend(Backend):
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
-        if not self._offload and not self.journal.queued(key):
+        if not self._plain_writes_journaled and not self.journal.queued(key):
             removed = await self._run_locking(self._delete_sync, key, expect)
             if removed is not None:
                 return removed
@@ -574,6 +592,48 @@ class FileBackend(Backend):
                             await asyncio.sleep(0)  # a long listing must not starve the loop
                     elif recursive and entry.is_dir(follow_symlinks=False):
                         pending.append(join_key(current, name))
+
+    def _walk_files(self) -> list[tuple[str, bytes]]:
+        """Every entity file's key and bytes (what the history's base starts from)."""
+        found: list[tuple[str, bytes]] = []
+        pending = [""]
+        while pending:
+            current = pending.pop()
+            try:
+                entries = list(self._os.scandir(self._dir(current)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                if name.endswith(SUFFIX):
+                    data = self._read_at(None, f"{self._dir(current)}/{name}")
+                    if data is not None:
+                        found.append((join_key(current, name[: -len(SUFFIX)]), data))
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(join_key(current, name))
+        return found
+
+    # -- history -----------------------------------------------------------------
+
+    def _history_now(self, until_ns: int | None) -> RecordedHistory:
+        if self.history is None:
+            raise HistoryUnavailableError(
+                f"{self!r} was opened with history=None: it keeps no history"
+            )
+        # The journal first, then the archive: a checkpoint in between shows
+        # its records twice (skipped by number), never not at all.
+        current = self.journal.records()
+        return self.history.read(current, until_ns)
+
+    async def history_records(self, until_ns: int | None = None) -> RecordedHistory:
+        """The root's history: the base state and every commit since (see :mod:`.archive`).
+
+        ``until_ns`` lets it skip the days after that time.
+        """
+        self._check_open()
+        return await self._off_loop(self._history_now, until_ns)
 
     # -- self-healing ------------------------------------------------------------
 

@@ -100,6 +100,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_JOURNAL_LIMIT",
+    "FLAG_RESTATED",
     "FORMAT_VERSION",
     "JOURNAL_DIR",
     "JOURNAL_FILE",
@@ -120,6 +121,9 @@ LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
 JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
+FLAG_RESTATED = 1
+"""Header flag: the journal's first record restates what earlier records wrote (a
+journal rewritten after a failed fsync); the history counts it but shows no change."""
 DEFAULT_JOURNAL_LIMIT = 64 << 20
 """Journal bytes after which a committer checkpoints (applies, syncs, empties)."""
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -675,6 +679,9 @@ class CommitJournal:
                             f"cannot create the commit journal {self.path}: {exc}; "
                             "nothing was written"
                         ) from exc
+                history = self._backend.history
+                if history is not None:
+                    history.ensure_base(set(self.pending), *self._generation_start(journal))
                 if not journal.entry_durable:
                     # A process killed between renaming a new journal in and
                     # fsyncing the directory left a name a power cut can undo,
@@ -700,15 +707,20 @@ class CommitJournal:
             return self._start_generation_viewed(first_seq, writes)
 
     def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
-        blob = _FILE_HEADER.pack(FILE_MAGIC, 0, first_seq)
+        old = self._journal
+        blob = _FILE_HEADER.pack(FILE_MAGIC, FLAG_RESTATED if writes else 0, first_seq)
         next_seq = first_seq
-        last_time = 0
+        # Commit times go on from the old generation's, whatever the clock does.
+        last_time = old.last_time_ns if old is not None else 0
         if writes:
-            last_time = self._commit_time(self._journal)
+            last_time = self._commit_time(old)
             blob += encode_record(first_seq, last_time, writes)
             next_seq += 1
+        history = self._backend.history
+        if old is not None and history is not None:
+            # The past goes into the history, durably, before the journal forgets it.
+            history.archive(self._os.pread(old.fd, old.offset, 0))
         fd = self._rename_in(blob)
-        old = self._journal
         if old is not None:
             self._os.close(old.fd)
         journal = self._journal = _OpenJournal(
@@ -833,6 +845,28 @@ class CommitJournal:
         except FileNotFoundError:
             return False
         return True
+
+    def _generation_start(self, journal: _OpenJournal) -> tuple[int, int]:
+        """The first commit number of ``journal`` and the time just before its first record."""
+        head = self._os.pread(journal.fd, _FILE_HEADER.size + _HEADER.size, 0)
+        first_seq = int(_FILE_HEADER.unpack_from(head)[2])
+        if len(head) == _FILE_HEADER.size + _HEADER.size:
+            return first_seq, int(_HEADER.unpack_from(head, _FILE_HEADER.size)[4]) - 1
+        return first_seq, time.time_ns()
+
+    def records(self) -> list[JournalRecord]:
+        """Every record of the current journal, as far as this process has read it."""
+        self.refresh()
+        with self._view_lock:
+            journal = self._journal
+            if journal is None:
+                return []
+            data = self._os.pread(journal.fd, journal.offset, 0)
+        magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+        if records and flags & FLAG_RESTATED:
+            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+        return records
 
     def _first_seq(self, journal: _OpenJournal) -> int:
         header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
@@ -1390,6 +1424,9 @@ class CommitJournal:
             self._apply_held(wait=wait)
             self._sync_filesystem()
             self._start_generation(journal.next_seq, None)
+            history = self._backend.history
+            if history is not None:
+                history.prune(time.time_ns())
         except OSError as exc:
             raise DurabilityUnknownError(
                 f"checkpoint of the commit journal failed ({exc}); the journal is kept "

@@ -25,9 +25,12 @@ from persistkit.errors import HistoryUnavailableError
 __all__ = [
     "TICKS_NAMESPACE",
     "Change",
+    "PointInTime",
     "Commit",
     "RecordedHistory",
     "RecordedTick",
+    "encode_tick",
+    "tick_key",
     "to_ns",
 ]
 
@@ -38,6 +41,23 @@ Not a domain: replays, digests and divergence checks leave it out of the state."
 
 PointInTime = int | _dt.datetime
 """Epoch milliseconds, or an aware :class:`datetime.datetime`."""
+
+
+def tick_key(session: str) -> str:
+    """The key under which a tick of ``session`` records its inputs."""
+    from persistkit.names import encode_segment  # names imports the errors only; kept local
+
+    return f"{TICKS_NAMESPACE}/{encode_segment(session)}"
+
+
+def encode_tick(session: str, inputs: Any, **tags: str) -> bytes:
+    """The bytes a tick records: its session, its inputs and ``tags`` (a replay's ``mode``...).
+
+    Refuses, like every stored value, what JSON cannot carry exactly.
+    """
+    from persistkit import codec
+
+    return codec.encode({"session": session, "inputs": inputs, **tags})
 
 
 def to_ns(moment: PointInTime) -> int:
@@ -83,7 +103,7 @@ class Commit:
         for key, data in self.writes.items():
             if data is not None and key.startswith(TICKS_NAMESPACE + "/"):
                 record = orjson.loads(data)
-                return key[len(TICKS_NAMESPACE) + 1 :], record.get("inputs")
+                return str(record.get("session")), record.get("inputs")
         return None
 
 

@@ -29,9 +29,10 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from persistkit.backends.base import Backend
+from persistkit.backends.memory import MemoryBackend
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
 from persistkit.domains import (
     PersistPartialAdapter,
@@ -40,15 +41,19 @@ from persistkit.domains import (
     PersistSignalAdapter,
 )
 from persistkit.errors import ConflictError, StoreClosedError
+from persistkit.history import PointInTime, encode_tick, tick_key, to_ns
 from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
-from persistkit.transaction import Transaction
+from persistkit.transaction import Transaction, transaction_for
 
 __all__ = ["LOCK_DIR", "LOCK_FILE", "LiveSession", "PairState", "RestoredState"]
 
 logger = logging.getLogger("persistkit")
+
+_NO_INPUTS: Any = object()
+"""``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""
 
 LOCK_DIR = ".locks"
 LOCK_FILE = "sessions.lock"
@@ -123,20 +128,24 @@ class RestoredState:
 class _SessionTick(Transaction):
     """A tick: the session's transaction, with the session's settings in force inside it."""
 
-    __slots__ = ("_scope", "_scope_token")
+    __slots__ = ("_inputs", "_scope", "_scope_token")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, inputs: tuple[str, bytes] | None = None) -> None:
         super().__init__(settings.backend)
         self._scope = settings
         self._scope_token: contextvars.Token[Settings | None] | None = None
+        self._inputs = inputs
 
     async def __aenter__(self) -> Transaction:
         self._scope_token = session_settings.set(self._scope)
         try:
-            return await super().__aenter__()
+            entered = await super().__aenter__()
         except BaseException:
             session_settings.reset(self._scope_token)
             raise
+        if self._inputs is not None:
+            self.stage_now(*self._inputs)
+        return entered
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
@@ -284,15 +293,60 @@ class LiveSession:
 
     # -- ticks -----------------------------------------------------------------------------
 
-    def tick(self) -> Transaction:
+    def tick(self, *, inputs: Any = _NO_INPUTS) -> Transaction:
         """``async with session.tick():`` commits every write in the block atomically.
 
         Inside the block the session's backend serves every store without an
         explicit ``backend=``, whatever ``configure()`` did since :meth:`start`.
+        ``inputs`` (any JSON value: prices, signals) is what the bot saw this
+        tick: recorded in the same commit, kept in the history, and what a
+        replay (:mod:`persistkit.replay`) feeds the strategy. A value JSON cannot
+        carry exactly is refused here, before the block runs.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
-        return _SessionTick(self._settings)
+        if inputs is _NO_INPUTS:
+            return _SessionTick(self._settings)
+        return _SessionTick(self._settings, self._encoded_inputs(inputs))
+
+    def _encoded_inputs(self, inputs: Any) -> tuple[str, bytes]:
+        return tick_key(self.risk_name), encode_tick(self.risk_name, inputs)
+
+    def record_inputs(self, inputs: Any) -> None:
+        """Record ``inputs`` with the tick in progress (one driven by :meth:`run`, say).
+
+        Same as ``session.tick(inputs=...)``; called again in one tick, the last
+        call wins. Outside a tick of this session it raises ``RuntimeError``.
+        """
+        active = transaction_for(self.backend)
+        if not isinstance(active, _SessionTick) or active.finished:
+            raise RuntimeError(
+                "record_inputs() records what a tick saw: call it inside "
+                "`async with session.tick():` or a tick function run by session.run()"
+            )
+        active.stage_now(*self._encoded_inputs(inputs))
+
+    async def state_at(self, moment: PointInTime) -> RestoredState:
+        """The four domains of this session's pairs as they were at ``moment``.
+
+        ``moment`` is epoch milliseconds or an aware ``datetime``; the state is
+        the one the last commit at or before it left (from the backend's
+        history: :class:`~persistkit.errors.HistoryUnavailableError` without
+        one). Read through the same adapters as :meth:`start`; nothing is written.
+        """
+        backend = self.backend
+        assert self._settings is not None
+        time_ns = to_ns(moment)
+        history = await backend.history_records(until_ns=time_ns)
+        snapshot = MemoryBackend("state_at")
+        for key, data in history.state_at(time_ns).items():
+            await snapshot.put(key, data)
+        scope = Settings(mode="backtest", base_dir=self._settings.base_dir, backend=snapshot)
+        token = session_settings.set(scope)
+        try:
+            return await self._restore(0)
+        finally:
+            session_settings.reset(token)
 
     async def run(
         self,

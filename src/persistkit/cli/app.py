@@ -22,6 +22,7 @@ from persistkit.errors import (
     PersistError,
 )
 
+from .history import history, parse_moment, snapshot_at
 from .inventory import Inventory, collect_inventory, decode_value
 from .preflight import PreflightReport, run_preflight
 from .render import (
@@ -139,14 +140,23 @@ def cli() -> None:
 @target_argument
 @json_option
 @progress_option
-def inspect(target: str, as_json: bool, progress: bool | None) -> None:
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="T",
+    help="The state at time T (epoch ms or ISO 8601 with zone), from the history.",
+)
+def inspect(target: str, as_json: bool, progress: bool | None, as_of: str | None) -> None:
     """Domains, entities and when each changed; open signals, scheduled entries, risk."""
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
     async def work() -> Inventory:
+        source = backend if as_of is None else await snapshot_at(backend, parse_moment(as_of))
         with bars.bar("reading") as (advance, _):
-            return await collect_inventory(backend, on_key=advance)
+            inventory = await collect_inventory(source, on_key=advance)
+        inventory.url = backend.url if as_of is None else f"{backend.url} as of {as_of}"
+        return inventory
 
     inventory = _run([backend], work)
     if as_json:
@@ -154,6 +164,8 @@ def inspect(target: str, as_json: bool, progress: bool | None) -> None:
     else:
         print_inventory(inventory)
 
+
+cli.add_command(history)
 
 # -- preflight ---------------------------------------------------------------------------
 

@@ -480,8 +480,11 @@ async def test_quarantine_restore_overwrite_replaces_the_value(state: Path) -> N
 
 
 def relative_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` but the history, which records when each root was written."""
     return {
-        str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and path.relative_to(root).parts[0] != ".history"
     }
 
 

@@ -19,8 +19,8 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
-    ├── ReplayConfigError           (ValueError)  a replay refused before it ran (``.code`` says why)
-    ├── ReplaySourceError                         a replay's recorded source cannot be read
+    ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
+    ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
@@ -208,7 +208,7 @@ class ReplayConfigError(PersistError, ValueError):
         self.code = code
 
 
-class ReplaySourceError(PersistError):
+class ReplaySourceError(PersistError, OSError):
     """The recorded source of a replay cannot be read (missing, unreadable, no history).
 
     The run is recorded as ``aborted``; nothing was replayed into its target.

@@ -25,8 +25,8 @@ from persistkit.errors import HistoryUnavailableError
 __all__ = [
     "TICKS_NAMESPACE",
     "Change",
-    "PointInTime",
     "Commit",
+    "PointInTime",
     "RecordedHistory",
     "RecordedTick",
     "encode_tick",

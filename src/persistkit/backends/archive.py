@@ -74,6 +74,14 @@ class HistoryPolicy:
     """Days of commits kept (by commit time, whole UTC days)."""
     max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     """Bytes of archived segments kept (the base state is not counted)."""
+    plain_writes: bool = False
+    """Also keep plain writes (``put``/``delete`` outside a commit) in the history:
+    they then go through the journal too (one fsync instead of the durable
+    replace's two; the file is written before the call returns, unsynced, and
+    reads serve the key from the journal until the next checkpoint). Off by
+    default: plain writes keep DESIGN §3's durable replace, and only commits
+    (every tick) reach the history. A plain write of a key a commit holds goes
+    through the journal, and so into the history, either way."""
 
     def __post_init__(self) -> None:
         if self.max_age_days <= 0 or self.max_bytes <= 0:
@@ -126,9 +134,7 @@ class HistoryArchive:
             return
         if self._backend._read_at(None, f"{self.directory}/{BASE_FILE}") is None:
             state = {
-                key: data
-                for key, data in self._backend._walk_files()
-                if key not in journal_keys
+                key: data for key, data in self._backend._walk_files() if key not in journal_keys
             }
             self._write_base(first_seq - 1, time_ns, state)
         self._base_known = True
@@ -152,9 +158,10 @@ class HistoryArchive:
             first = group[0]
             # The journal's restated first record (see FLAG_RESTATED) stays marked.
             segment_flags = flags & FLAG_RESTATED if first.seq == first_seq else 0
-            blob = _FILE_HEADER.pack(FILE_MAGIC, segment_flags, first.seq) + journal[
-                first.start : group[-1].end
-            ]
+            blob = (
+                _FILE_HEADER.pack(FILE_MAGIC, segment_flags, first.seq)
+                + journal[first.start : group[-1].end]
+            )
             self._write_durably(
                 f"{self.directory}/{day_of(first.time_ns)}",
                 f"{first.seq:020d}{SEGMENT_SUFFIX}",
@@ -208,7 +215,9 @@ class HistoryArchive:
         dir_fd = backend._ensure_dir(directory)
         try:
             temp = f".{name}-{secrets.token_hex(4)}.new"
-            fd = osl.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            fd = osl.open(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+            )
             try:
                 view = memoryview(blob)
                 while view:
@@ -229,7 +238,7 @@ class HistoryArchive:
     def _segments(self, until_ns: int | None = None) -> list[tuple[str, str]]:
         """``(day, path)`` of every segment, oldest first; days after ``until_ns`` left out."""
         last_day = None if until_ns is None else day_of(until_ns)
-        found = []
+        found: list[tuple[str, str]] = []
         try:
             days = sorted(
                 entry.name
@@ -304,4 +313,3 @@ class HistoryArchive:
     def size(self) -> int:
         """Bytes of archived segments (what ``max_bytes`` limits)."""
         return sum(self._os.stat(path).st_size for _, path in self._segments())
-

@@ -57,6 +57,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from persistkit.backends._threads import run_to_completion
+from persistkit.backends.archive import HistoryArchive, HistoryPolicy
 from persistkit.backends.base import (
     ANY_VERSION,
     Backend,
@@ -68,7 +69,6 @@ from persistkit.backends.base import (
     quarantined_key,
     split_key,
 )
-from persistkit.backends.archive import HistoryArchive, HistoryPolicy
 from persistkit.backends.confine import ConfinedOS
 from persistkit.backends.journal import (
     DEFAULT_JOURNAL_LIMIT,
@@ -80,7 +80,6 @@ from persistkit.backends.journal import (
     take_lock,
 )
 from persistkit.backends.oslayer import REAL_OS, OSLayer
-from persistkit.history import RecordedHistory
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -91,6 +90,7 @@ from persistkit.errors import (
     StoreClosedError,
     WriteFailedError,
 )
+from persistkit.history import RecordedHistory
 
 __all__ = [
     "QUARANTINE_DIR",
@@ -165,10 +165,9 @@ class FileBackend(Backend):
         self.history = None if history is None else HistoryArchive(self, history)
         """The archive of past journal generations (``None``: ``history=None``, none kept)."""
         self.keeps_history = history is not None
-        # With history, plain writes go through the journal too, so that every
-        # change reaches the history with its commit time (one fsync instead
-        # of the durable replace's two).
-        self._plain_writes_journaled = offload or history is not None
+        # With HistoryPolicy(plain_writes=True), plain writes go through the
+        # journal too, so that they reach the history with their commit time.
+        self._plain_writes_journaled = offload or (history is not None and history.plain_writes)
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod
@@ -473,12 +472,19 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def _journal_commit(
-        self, writes: Mapping[str, bytes | None], expect: Mapping[str, Expected] | None
+        self,
+        writes: Mapping[str, bytes | None],
+        expect: Mapping[str, Expected] | None,
+        *,
+        plain: bool = True,
     ) -> None:
+        # A plain write's file is written before it returns when the history
+        # routes every write through the journal (the seed's files stay current).
+        apply_now = plain and self._plain_writes_journaled and not self._offload
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)
         else:
-            await self.journal.commit_async(writes, expect)
+            await self.journal.commit_async(writes, expect, apply_now=apply_now)
 
     def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
         """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
@@ -554,7 +560,7 @@ class FileBackend(Backend):
         """
         self._check_writable()
         if writes:
-            await self._journal_commit(writes, expect)
+            await self._journal_commit(writes, expect, plain=False)
 
     # -- listing ---------------------------------------------------------------
 

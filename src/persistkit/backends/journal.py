@@ -273,6 +273,8 @@ def find_damage(data: bytes | memoryview, offset: int) -> list[JournalRecord]:
 class _Request:
     writes: Writes
     expect: Mapping[str, Expected] | None
+    apply_now: bool = False
+    """A plain write: its file is written before the commit returns (see :meth:`commit`)."""
     done: bool = False
     error: BaseException | None = None
 
@@ -862,7 +864,7 @@ class CommitJournal:
             if journal is None:
                 return []
             data = self._os.pread(journal.fd, journal.offset, 0)
-        magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
         records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
         if records and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
@@ -1024,7 +1026,11 @@ class CommitJournal:
     # -- committing ---------------------------------------------------------------------
 
     async def commit_async(
-        self, writes: Writes, expect: Mapping[str, Expected] | None = None
+        self,
+        writes: Writes,
+        expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
     ) -> None:
         """:meth:`commit` on the event loop's thread, gathering the ticks ready together.
 
@@ -1040,7 +1046,7 @@ class CommitJournal:
             waiting = self._gathering[loop] = []
             loop.call_soon(self._flush_gathered, loop)
         done: asyncio.Future[None] = loop.create_future()
-        waiting.append((_Request(writes, expect), done))
+        waiting.append((_Request(writes, expect, apply_now), done))
         self._enqueue(writes)
         try:
             await done
@@ -1078,14 +1084,24 @@ class CommitJournal:
             else:
                 done.set_result(None)
 
-    def commit(self, writes: Writes, expect: Mapping[str, Expected] | None = None) -> None:
+    def commit(
+        self,
+        writes: Writes,
+        expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
+    ) -> None:
         """Append ``writes`` as one record and fsync (shared with concurrent commits).
 
         Returns once the record is durable and visible to reads in every process.
         ``expect`` maps keys to the version they must still have (compare-and-set).
+        ``apply_now``: also write the keys' files (no fsync: the journal is the
+        durability) before returning, under the journal lock so that no
+        checkpoint comes between; what a plain write of a history-keeping root
+        does, so that the seed's files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
-        request = _Request(writes, expect)
+        request = _Request(writes, expect, apply_now)
         with self._cond:
             self._enqueue(writes)
         try:
@@ -1146,6 +1162,7 @@ class CommitJournal:
         assert journal is not None  # created when missing
         try:
             self._append_locked(batch, wait=may_wait)
+            self._apply_plain_writes(batch, wait=may_wait)
             if journal.offset >= self.limit and self._journal is journal:
                 try:
                     self._checkpoint_held(wait=may_wait)
@@ -1154,6 +1171,28 @@ class CommitJournal:
         finally:
             self._unlock_journal()
         self._wake_applier()
+
+    def _apply_plain_writes(self, batch: list[_Request], *, wait: bool) -> None:
+        """The files of the batch's plain writes, with the newest committed values."""
+        keys = {
+            key
+            for request in batch
+            if request.apply_now and request.error is None
+            for key in request.writes
+        }
+        if not keys:
+            return
+        newest = {key: self.pending[key] for key in keys if key in self.pending}
+        try:
+            self._apply(newest, wait=wait)
+        except (_WouldBlock, OSError, PersistError) as exc:
+            if isinstance(exc, ForeignSymlinkError):
+                raise
+            # Committed all the same: reads serve it from the journal and the
+            # applier writes the file shortly.
+            logger.debug("persistkit: writing %d files now failed (%s)", len(newest), exc)
+            return
+        self._applied.update(newest)
 
     def _append_locked(self, batch: list[_Request], *, wait: bool = True) -> None:
         """Check, append and fsync ``batch`` under the journal lock."""

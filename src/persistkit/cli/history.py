@@ -103,4 +103,6 @@ def history(key: str, target: str, as_json: bool) -> None:
             if change.data is None
             else orjson.dumps(_value(change.data), option=orjson.OPT_SORT_KEYS).decode()
         )
-        click.echo(f"  #{change.seq:<6} {format_ns(change.time_ns)}  {change.tick or '-':<12} {value}")
+        click.echo(
+            f"  #{change.seq:<6} {format_ns(change.time_ns)}  {change.tick or '-':<12} {value}"
+        )

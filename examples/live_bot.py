@@ -89,8 +89,24 @@ def price_at(symbol: str, tick: int) -> float:
     return round(base * (1 + 0.02 * random.Random(f"{symbol}:{tick}").uniform(-1, 1)), 2)
 
 
-def step(state: BotState, tick: int) -> BotState:
+DEFAULT_PARAMS: dict[str, float] = {"take_profit_pct": 3.0, "stop_loss_pct": 2.0}
+"""The strategy's parameters: what a replay (``persistkit.replay``) may change."""
+
+
+def market_inputs(tick: int) -> dict[str, Any]:
+    """What the bot sees at ``tick``: recorded with the tick, fed back by a replay."""
+    return {"tick": tick, "prices": {symbol: price_at(symbol, tick) for symbol, _ in PAIRS}}
+
+
+def step(
+    state: BotState,
+    tick: int,
+    prices: dict[str, float] | None = None,
+    params: dict[str, float] | None = None,
+) -> BotState:
     """The bot's decisions at ``tick``: a new state (the old one is not changed)."""
+    chosen = {**DEFAULT_PARAMS, **(params or {})}
+    take_profit, stop_loss = chosen["take_profit_pct"] / 100, chosen["stop_loss_pct"] / 100
     rng = random.Random(tick)
     now = START_MS + tick * TICK_MS
     new = BotState(tick=tick, positions=list(state.positions))
@@ -98,7 +114,7 @@ def step(state: BotState, tick: int) -> BotState:
         old = state.pairs.get((symbol, strategy), PairBook())
         book = new.book(symbol, strategy)
         book.signal, book.scheduled, book.partial = old.signal, old.scheduled, dict(old.partial)
-        price = price_at(symbol, tick)
+        price = prices[symbol] if prices is not None else price_at(symbol, tick)
         roll = rng.random()
         if book.signal is not None:
             signal_id = book.signal.id
@@ -143,8 +159,8 @@ def step(state: BotState, tick: int) -> BotState:
                 strategy_name=strategy,
                 position=side,
                 price_open=price,
-                price_take_profit=round(price * (1 + sign * 0.03), 2),
-                price_stop_loss=round(price * (1 - sign * 0.02), 2),
+                price_take_profit=round(price * (1 + sign * take_profit), 2),
+                price_stop_loss=round(price * (1 - sign * stop_loss), 2),
                 scheduled_at=now,
                 pending_at=now,
                 minute_estimated_time=240,
@@ -168,12 +184,56 @@ def from_restored(restored: RestoredState, tick: int) -> BotState:
     return state
 
 
+async def read_state(base_dir: str) -> BotState:
+    """The bot's state as the stores hold it (inside a tick: with the tick's writes)."""
+    try:
+        tick = await PersistBase[int]("bot", base_dir).read_value("tick")
+    except KeyError:
+        tick = 0
+    state = BotState(tick=tick)
+    state.positions = await PersistRiskAdapter.read_position_data(RISK_NAME)
+    for symbol, strategy in PAIRS:
+        book = state.book(symbol, strategy)
+        book.signal = await PersistSignalAdapter.read_signal_data(symbol, strategy)
+        book.scheduled = await PersistScheduleAdapter.read_schedule_data(symbol, strategy)
+        book.partial = await PersistPartialAdapter.read_partial_data(symbol, strategy)
+    return state
+
+
+async def write_state(new: BotState, base_dir: str) -> None:
+    """Every write of one tick: called inside a tick, so they commit together."""
+    for symbol, strategy in PAIRS:
+        book = new.book(symbol, strategy)
+        await PersistSignalAdapter.write_signal_data(book.signal, symbol, strategy)
+        await PersistScheduleAdapter.write_schedule_data(book.scheduled, symbol, strategy)
+        await PersistPartialAdapter.write_partial_data(book.partial or None, symbol, strategy)
+    await PersistRiskAdapter.write_position_data(new.positions or None, RISK_NAME)
+    await PersistBase[int]("bot", base_dir).write_value("tick", new.tick)
+
+
+def strategy_for(base_dir: str) -> Any:
+    """The tick as :func:`persistkit.replay.replay` calls it: ``await tick(inputs, params)``.
+
+    The live bot runs the same function, so a replay goes through the live code path.
+    """
+
+    async def strategy_tick(inputs: dict[str, Any], params: dict[str, float]) -> BotState:
+        state = await read_state(base_dir)
+        new = step(state, inputs["tick"], inputs["prices"], params)
+        await write_state(new, base_dir)
+        return new
+
+    return strategy_tick
+
+
 class Bot:
-    def __init__(self, base_dir: str) -> None:
+    def __init__(self, base_dir: str, params: dict[str, float] | None = None) -> None:
         self.session = LiveSession(PAIRS, RISK_NAME, base_dir=base_dir)
         # A store of the bot's own, committed in the same tick as the four domains.
         self.progress: PersistBase[int] = PersistBase("bot", base_dir)
         self.state = BotState()
+        self.params = dict(params or {})
+        self.strategy = strategy_for(self.session.base_dir)
 
     async def start(self) -> RestoredState:
         restored = await self.session.start()
@@ -185,16 +245,10 @@ class Bot:
         return restored
 
     async def tick(self, _: int) -> None:
-        """Called inside ``session.tick()``: every write below commits together."""
-        new = step(self.state, self.state.tick + 1)
-        for symbol, strategy in PAIRS:
-            book = new.book(symbol, strategy)
-            await PersistSignalAdapter.write_signal_data(book.signal, symbol, strategy)
-            await PersistScheduleAdapter.write_schedule_data(book.scheduled, symbol, strategy)
-            await PersistPartialAdapter.write_partial_data(book.partial or None, symbol, strategy)
-        await PersistRiskAdapter.write_position_data(new.positions or None, RISK_NAME)
-        await self.progress.write_value("tick", new.tick)
-        self.pending = new
+        """Called inside ``session.tick()``: the inputs and every write commit together."""
+        inputs = market_inputs(self.state.tick + 1)
+        self.session.record_inputs(inputs)  # what a replay feeds the strategy again
+        self.pending = await self.strategy(inputs, self.params)
 
     def committed(self) -> None:
         self.state = self.pending
@@ -258,6 +312,12 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between ticks")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
+        "--take-profit-pct",
+        type=float,
+        default=DEFAULT_PARAMS["take_profit_pct"],
+        help="take profit of new entries, in percent",
+    )
+    parser.add_argument(
         "--verify",
         type=int,
         metavar="LAST_ACK",
@@ -270,7 +330,7 @@ async def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    bot = Bot(args.base_dir)
+    bot = Bot(args.base_dir, {"take_profit_pct": args.take_profit_pct})
     restored = await bot.start()
     problems = restored.inconsistencies()
     if args.verify is not None:

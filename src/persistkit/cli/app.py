@@ -34,6 +34,7 @@ from .render import (
     print_quarantine,
     quarantine_json,
 )
+from .replay import replay
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -166,6 +167,7 @@ def inspect(target: str, as_json: bool, progress: bool | None, as_of: str | None
 
 
 cli.add_command(history)
+cli.add_command(replay)
 
 # -- preflight ---------------------------------------------------------------------------
 

@@ -50,14 +50,16 @@ def tick_key(session: str) -> str:
     return f"{TICKS_NAMESPACE}/{encode_segment(session)}"
 
 
-def encode_tick(session: str, inputs: Any, **tags: str) -> bytes:
-    """The bytes a tick records: its session, its inputs and ``tags`` (a replay's ``mode``...).
+def encode_tick(session: str, at_ns: int, inputs: Any, **tags: str) -> bytes:
+    """The bytes a tick records: its session, its time, its inputs and ``tags`` (a replay's
+    ``mode``...). ``at_ns`` is the tick's clock (:mod:`persistkit.clock`), which its replay
+    runs under again.
 
     Refuses, like every stored value, what JSON cannot carry exactly.
     """
     from persistkit import codec
 
-    return codec.encode({"session": session, "inputs": inputs, **tags})
+    return codec.encode({"session": session, "at": at_ns, "inputs": inputs, **tags})
 
 
 def to_ns(moment: PointInTime) -> int:
@@ -98,12 +100,18 @@ class Commit:
     """Key -> new bytes (``None``: removed)."""
 
     @property
-    def tick_inputs(self) -> tuple[str, Any] | None:
-        """``(session, inputs)`` when this commit is a tick that recorded its inputs."""
+    def tick(self) -> RecordedTick | None:
+        """The tick this commit recorded (with its inputs), if it is one."""
         for key, data in self.writes.items():
             if data is not None and key.startswith(TICKS_NAMESPACE + "/"):
                 record = orjson.loads(data)
-                return str(record.get("session")), record.get("inputs")
+                at = record.get("at")
+                return RecordedTick(
+                    self,
+                    str(record.get("session")),
+                    record.get("inputs"),
+                    at if isinstance(at, int) else self.time_ns,
+                )
         return None
 
 
@@ -126,6 +134,8 @@ class RecordedTick:
     commit: Commit
     session: str
     inputs: Any
+    at_ns: int
+    """The tick's clock: when it began (its commit time, for older records)."""
 
 
 @dataclass(slots=True)
@@ -177,10 +187,13 @@ class RecordedHistory:
             found.append(Change(self.base_seq, self.start_ns, self.base[key], None))
         for commit in self.commits:
             if key in commit.writes:
-                tick = commit.tick_inputs
+                tick = commit.tick
                 found.append(
                     Change(
-                        commit.seq, commit.time_ns, commit.writes[key], tick[0] if tick else None
+                        commit.seq,
+                        commit.time_ns,
+                        commit.writes[key],
+                        tick.session if tick else None,
                     )
                 )
         return found
@@ -188,9 +201,9 @@ class RecordedHistory:
     def ticks(self) -> Iterator[RecordedTick]:
         """The commits that recorded tick inputs, in order."""
         for commit in self.commits:
-            tick = commit.tick_inputs
+            tick = commit.tick
             if tick is not None:
-                yield RecordedTick(commit, tick[0], tick[1])
+                yield tick
 
     @property
     def end_ns(self) -> int:

@@ -50,7 +50,6 @@ A source that cannot be read aborts the run with
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import logging
 import os
@@ -66,6 +65,7 @@ import orjson
 from persistkit.backends.base import Backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import TickClock, current_tick, new_id, now_ms, replay_run_id, ulid
 from persistkit.config import Settings, session_settings
 from persistkit.errors import (
     EntityNotFoundError,
@@ -115,56 +115,6 @@ Strategy = Callable[[Any, Mapping[str, Any]], Awaitable[object]]
 
 class ReplayWarning(UserWarning):
     """A replay went on, with less than was asked: see ``summary.warnings``."""
-
-
-# -- the virtual clock and the deterministic id source --------------------------------------
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def _ulid(time_ms: int, randomness: bytes) -> str:
-    value = (time_ms & ((1 << 48) - 1)) << 80 | int.from_bytes(randomness[:10], "big")
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
-@dataclass(slots=True)
-class _Replaying:
-    run_id: str
-    time_ns: int
-    seq: int
-    issued: int = 0
-
-
-_replaying: contextvars.ContextVar[_Replaying | None] = contextvars.ContextVar(
-    "persistkit_replaying", default=None
-)
-
-
-def now_ms() -> int:
-    """Epoch milliseconds: the recorded commit time of the tick in a replay, else the clock."""
-    current = _replaying.get()
-    return (current.time_ns if current is not None else time.time_ns()) // 1_000_000
-
-
-def new_id() -> str:
-    """A ULID: fresh outside a replay; inside one, the same in every replay of the tick.
-
-    In a replay it is made from the tick's recorded time and its commit number
-    and how many ids the tick asked for before, never from the run id, so two
-    replays of one window issue the same ids in the same order.
-    """
-    current = _replaying.get()
-    if current is None:
-        return _ulid(time.time_ns() // 1_000_000, os.urandom(10))
-    current.issued += 1
-    seed = hashlib.blake2b(f"{current.seq}/{current.issued}".encode(), digest_size=10).digest()
-    return _ulid(current.time_ns // 1_000_000, seed)
-
-
-def replay_run_id() -> str | None:
-    """The id of the replay the calling code runs in (``None``: live)."""
-    current = _replaying.get()
-    return None if current is None else current.run_id
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -403,7 +353,7 @@ def _target_root(target: str | os.PathLike[str] | None) -> str | None:
 
 def _new_run_id() -> str:
     # Always fresh, even when a replay launches another: run ids are keys, not replayed state.
-    return "replay_" + _ulid(time.time_ns() // 1_000_000, os.urandom(10))
+    return "replay_" + ulid(time.time_ns() // 1_000_000, os.urandom(10))
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
@@ -649,16 +599,16 @@ async def _run(
         previous_seq = commit.seq
         live_writes = _without_ticks(commit.writes)
         apply_writes(live, live_writes)
-        tick = commit.tick_inputs
+        tick = commit.tick
         if tick is None:
             # Not a tick that recorded inputs (an operator's write): it happened.
             if live_writes:
                 await run_backend.commit(live_writes)
                 apply_writes(replayed, live_writes)
             continue
-        session, inputs = tick
-        clock = _Replaying(summary.replay_run_id, commit.time_ns, commit.seq)
-        writes = await _replay_tick(run_backend, scope, clock, strategy, inputs, params, session)
+        session = tick.session
+        clock = TickClock(tick.at_ns, session, summary.replay_run_id)
+        writes = await _replay_tick(run_backend, scope, clock, strategy, tick.inputs, params)
         apply_writes(replayed, writes)
         summary.ticks_replayed += 1
         if summary.first_divergence is None:
@@ -677,24 +627,29 @@ async def _run(
 async def _replay_tick(
     backend: Backend,
     scope: Settings,
-    clock: _Replaying,
+    clock: TickClock,
     strategy: Strategy,
     inputs: Any,
     params: Mapping[str, Any],
-    session: str,
 ) -> dict[str, bytes | None]:
     """One recorded tick through ``strategy``, in a tick of its own; returns what it wrote."""
     scope_token = session_settings.set(scope)
-    clock_token = _replaying.set(clock)
+    clock_token = current_tick.set(clock)
     try:
         tick = Transaction(backend)
         async with tick:
             tick.stage_now(
-                tick_key(session),
-                encode_tick(session, inputs, mode="replay", replay_run_id=clock.run_id),
+                tick_key(clock.session),
+                encode_tick(
+                    clock.session,
+                    clock.time_ns,
+                    inputs,
+                    mode="replay",
+                    replay_run_id=clock.run_id or "",
+                ),
             )
             await strategy(inputs, params)
         return _without_ticks(tick.writes)
     finally:
-        _replaying.reset(clock_token)
+        current_tick.reset(clock_token)
         session_settings.reset(scope_token)

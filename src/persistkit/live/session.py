@@ -26,6 +26,7 @@ import contextvars
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,6 +34,7 @@ from typing import Any, Self
 
 from persistkit.backends.base import Backend
 from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import TickClock, current_tick
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
 from persistkit.domains import (
     PersistPartialAdapter,
@@ -128,19 +130,26 @@ class RestoredState:
 class _SessionTick(Transaction):
     """A tick: the session's transaction, with the session's settings in force inside it."""
 
-    __slots__ = ("_inputs", "_scope", "_scope_token")
+    __slots__ = ("_clock_token", "_inputs", "_scope", "_scope_token", "clock")
 
-    def __init__(self, settings: Settings, inputs: tuple[str, bytes] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: TickClock, inputs: tuple[str, bytes] | None = None
+    ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
         self._scope_token: contextvars.Token[Settings | None] | None = None
+        self.clock = clock
+        """The tick's time and id source (:mod:`persistkit.clock`), recorded with its inputs."""
+        self._clock_token: contextvars.Token[TickClock | None] | None = None
         self._inputs = inputs
 
     async def __aenter__(self) -> Transaction:
         self._scope_token = session_settings.set(self._scope)
+        self._clock_token = current_tick.set(self.clock)
         try:
             entered = await super().__aenter__()
         except BaseException:
+            current_tick.reset(self._clock_token)
             session_settings.reset(self._scope_token)
             raise
         if self._inputs is not None:
@@ -151,6 +160,8 @@ class _SessionTick(Transaction):
         try:
             await super().__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
+            if self._clock_token is not None:
+                current_tick.reset(self._clock_token)
             if self._scope_token is not None:
                 session_settings.reset(self._scope_token)
 
@@ -206,6 +217,7 @@ class LiveSession:
         self._started = False
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
+        self._last_tick_ns = 0
 
     def __repr__(self) -> str:
         state = "started" if self._started else "stopped"
@@ -305,12 +317,15 @@ class LiveSession:
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
+        # The tick's clock: one time per tick, never before the previous tick's.
+        self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
+        clock = TickClock(self._last_tick_ns, self.risk_name)
         if inputs is _NO_INPUTS:
-            return _SessionTick(self._settings)
-        return _SessionTick(self._settings, self._encoded_inputs(inputs))
+            return _SessionTick(self._settings, clock)
+        return _SessionTick(self._settings, clock, self._encoded_inputs(clock, inputs))
 
-    def _encoded_inputs(self, inputs: Any) -> tuple[str, bytes]:
-        return tick_key(self.risk_name), encode_tick(self.risk_name, inputs)
+    def _encoded_inputs(self, clock: TickClock, inputs: Any) -> tuple[str, bytes]:
+        return tick_key(self.risk_name), encode_tick(self.risk_name, clock.time_ns, inputs)
 
     def record_inputs(self, inputs: Any) -> None:
         """Record ``inputs`` with the tick in progress (one driven by :meth:`run`, say).
@@ -324,7 +339,7 @@ class LiveSession:
                 "record_inputs() records what a tick saw: call it inside "
                 "`async with session.tick():` or a tick function run by session.run()"
             )
-        active.stage_now(*self._encoded_inputs(inputs))
+        active.stage_now(*self._encoded_inputs(active.clock, inputs))
 
     async def state_at(self, moment: PointInTime) -> RestoredState:
         """The four domains of this session's pairs as they were at ``moment``.

@@ -107,7 +107,7 @@ SWEEP_WARN = 50
 SWEEP_LIMIT = 200
 REPLAY_DIR = "replay"
 REGISTRY_DIR = ".runs"
-_RUN_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")
+_RUN_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 Status = Literal["running", "complete", "aborted", "interrupted"]
 Strategy = Callable[[Any, Mapping[str, Any]], Awaitable[object]]
@@ -364,7 +364,7 @@ def _check_run_id(run_id: str) -> None:
     if not _RUN_ID.match(run_id):
         raise ReplayConfigError(
             "BAD_RUN_ID",
-            f"run id {run_id!r}: letters, digits, '_' and '-', starting with a letter or "
+            f"run id {run_id!r}: letters, digits, '.', '_' and '-', starting with a letter or "
             "digit, at most 100",
         )
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -210,28 +209,12 @@ class HistoryArchive:
         self._write_durably(self.directory, BASE_FILE, blob)
 
     def _write_durably(self, directory: str, name: str, blob: bytes) -> None:
-        backend = self._backend
-        osl = self._os
-        dir_fd = backend._ensure_dir(directory)
+        """Written aside, fsynced, renamed in, directory fsynced: the durable write."""
+        dir_fd = self._backend._ensure_dir(directory)
         try:
-            temp = f".{name}-{secrets.token_hex(4)}.new"
-            fd = osl.open(
-                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
-            )
-            try:
-                view = memoryview(blob)
-                while view:
-                    view = view[osl.write(fd, view) :]
-                osl.fsync(fd)
-            except BaseException:
-                osl.close(fd)
-                osl.unlink(temp, dir_fd=dir_fd)
-                raise
-            osl.close(fd)
-            osl.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            osl.fsync(dir_fd)
+            self._backend._write_new_file(dir_fd, name, blob)
         finally:
-            osl.close(dir_fd)
+            self._os.close(dir_fd)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -42,9 +42,11 @@ into the entity files (temp file and rename, no fsync: the journal is the
 durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
 files stay close to the truth. When the journal passes ``limit`` bytes, at
 ``aclose`` and at a start, a checkpoint applies everything, flushes the file
-system (``syncfs``) and replaces the journal by an empty one (written and
-fsynced aside, then renamed over it): only then may the journal forget a
-record. Other processes notice the replacement (the file they have open has no
+system (``syncfs``), copies the journal's records into the root's history
+(:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
+and replaces the journal by an empty one (written and fsynced aside, then
+renamed over it): only then may the journal forget a record. Commit times go
+on from the old journal's, whatever the clock does. Other processes notice the replacement (the file they have open has no
 name any more) and read the new one. All of this happens under the journal
 lock, so two processes never apply at once.
 

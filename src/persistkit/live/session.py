@@ -172,8 +172,11 @@ class LiveSession:
     - :meth:`start` takes the one-instance lock, selects live mode, replays the
       commits a crash left unapplied, runs every store's self-healing scan and
       returns the restored state (risk positions first).
-    - :meth:`tick` is the atomic commit of one tick across the four domains.
+    - :meth:`tick` is the atomic commit of one tick across the four domains;
+      ``tick(inputs=...)`` (or :meth:`record_inputs`) records what the tick saw
+      in the same commit, for :mod:`persistkit.replay`.
     - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT.
+    - :meth:`state_at` reads the four domains as they were at a past time.
 
     Inside its ticks (and ``run()``, and ``async with session:``) every store
     without an explicit ``backend=`` writes to this session's backend, whatever

@@ -4,7 +4,8 @@ Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` fo
 values moved aside, ``.journal/`` for the commit journal (see
 :mod:`persistkit.backends.journal`), ``.history/`` for the commits it archives at
 each checkpoint (see :mod:`persistkit.backends.archive`; ``history=None`` keeps
-none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing whose name starts with ``.`` is ever listed as an entity.
+none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
+whose name starts with ``.`` is ever listed as an entity.
 
 The durable write (see ``DESIGN.md`` §3):
 

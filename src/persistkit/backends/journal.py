@@ -47,8 +47,9 @@ system (``syncfs``), copies the journal's records into the root's history
 and replaces the journal by an empty one (written and fsynced aside, then
 renamed over it): only then may the journal forget a record. Commit times go
 on from the old journal's, whatever the clock does. Other processes notice the
-replacement (the file they have open has no name any more) and read the new one. All of this happens under the journal
-lock, so two processes never apply at once.
+replacement (the file they have open has no name any more) and read the new
+one. All of this happens under the journal lock, so two processes never apply
+at once.
 
 **A failed fsync** (fsyncgate): the records are in the file, so they are
 visible to every process, and the caller gets :class:`DurabilityUnknownError`.

@@ -288,3 +288,25 @@ async def test_history_is_in_its_own_folder_and_never_listed(tmp_path: Path) -> 
     await backend.checkpoint()
     assert [key async for key in backend.scan("", recursive=True)] == ["a/x"]
     await backend.aclose()
+
+
+async def test_a_salvaged_journal_keeps_its_sound_records_in_the_history(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    writer = FileBackend(root)
+    for value in range(3):
+        await writer.commit({"a/x": str(value).encode(), "a/pad": b"x" * 40})
+    journal = root / ".journal" / "commits.pkj"
+    data = bytearray(journal.read_bytes())
+    second_record_payload = len(data) * 2 // 3 - 20
+    data[second_record_payload] ^= 0x40  # damage in the middle, a sound record after it
+    journal.write_bytes(bytes(data))
+    backend = FileBackend(root)
+    reports = await backend.salvage_journal()
+    assert len(reports) == 1 and reports[0].applied >= 1
+    await backend.commit({"a/x": b"after"})
+    history = await backend.history_records()
+    kept = [commit.seq for commit in history.commits]
+    assert kept[: reports[0].applied] == list(range(1, reports[0].applied + 1))
+    assert kept[-1] == 4  # numbering goes on after the lost record
+    assert history.missing == [(reports[0].applied + 1, 3)]
+    await backend.aclose()

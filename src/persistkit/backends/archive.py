@@ -263,17 +263,20 @@ class HistoryArchive:
         return base.seq, base.time_ns, {k: v for k, v in base.writes.items() if v is not None}
 
     def read(self, journal: list[JournalRecord], until_ns: int | None = None) -> RecordedHistory:
-        """The history: the base, the segments and ``journal`` (the current records)."""
-        base_seq, base_time, base = self._read_base()
+        """The history: the base, the segments and ``journal`` (the current records).
+
+        The base is read last: a retention running meanwhile removes segments
+        only after writing the base that covers them, so whatever segment this
+        read missed, the base read after it holds.
+        """
         by_seq: dict[int, JournalRecord] = {}
         for _, path in self._segments(until_ns):
             for record in self._read_segment(path):
-                if record.seq > base_seq:
-                    by_seq.setdefault(record.seq, record)
-        for record in journal:
-            if record.seq > base_seq:
                 by_seq.setdefault(record.seq, record)
-        ordered = [by_seq[seq] for seq in sorted(by_seq)]
+        for record in journal:
+            by_seq.setdefault(record.seq, record)
+        base_seq, base_time, base = self._read_base()
+        ordered = [by_seq[seq] for seq in sorted(by_seq) if seq > base_seq]
         if base_seq < 0:
             # No base yet: the history starts with the oldest record held.
             base_seq = (ordered[0].seq - 1) if ordered else 0

@@ -1466,14 +1466,23 @@ class CommitJournal:
             self._apply_held(wait=wait)
             self._sync_filesystem()
             self._start_generation(journal.next_seq, None)
-            history = self._backend.history
-            if history is not None:
-                history.prune(time.time_ns())
         except OSError as exc:
             raise DurabilityUnknownError(
                 f"checkpoint of the commit journal failed ({exc}); the journal is kept "
                 "and applied at the next start"
             ) from exc
+
+        history = self._backend.history
+        if history is not None:
+            try:
+                history.prune(time.time_ns())
+            except OSError as exc:  # the next checkpoint prunes; nothing was lost
+                logger.warning(
+                    "persistkit: pruning the history of %s failed (%s); the next checkpoint "
+                    "tries again",
+                    self._backend.root,
+                    exc,
+                )
 
     def _sync_filesystem(self) -> None:
         fd = self._os.open(self._backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -1545,6 +1554,10 @@ class CommitJournal:
             merged.update(record.writes)
         self._apply(merged, wait=True)
         self._sync_filesystem()
+        history = self._backend.history
+        if history is not None and start and records:
+            # The records before the damage happened: they belong in the history.
+            history.archive(bytes(data[: start + length]))
         target_fd = self._backend._ensure_dir(quarantine_dir)
         kept = f"{name}-damaged-{time.time_ns()}"
         dir_fd = self._backend._open_dir(self.directory)

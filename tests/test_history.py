@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -146,7 +146,8 @@ async def test_point_in_time_reads_follow_the_commits(tmp_path: Path) -> None:
     for change in history.changes_of("bot/tick"):
         committed = json.loads(change.data or b"null")
         assert await progress.read_value("tick", as_of=ceil_ms(change.time_ns)) == committed
-        moment = datetime.fromtimestamp(math.ceil(change.time_ns / 1000) / 1e6, tz=UTC)
+        microseconds = -(-change.time_ns // 1000)  # no float: it could round below the commit
+        moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=microseconds)
         assert await progress.read_value("tick", as_of=moment) == committed
     for value, after in acknowledged:
         assert await progress.read_value("tick", as_of=ceil_ms(after)) >= value

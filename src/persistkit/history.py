@@ -85,8 +85,13 @@ def to_ns(moment: PointInTime) -> int:
 
 
 def format_ns(time_ns: int) -> str:
-    """``2026-11-30T09:12:03.123456Z``: the UTC time of ``time_ns``, to the microsecond."""
-    moment = _dt.datetime.fromtimestamp(time_ns // 1_000 / 1_000_000, tz=_dt.UTC)
+    """``2026-11-30T09:12:03.123456Z``: the UTC time of ``time_ns``, to the microsecond.
+
+    Rounded up, so that the time shown, given back as ``as_of``, includes the
+    commit it was shown for.
+    """
+    microseconds = -(-time_ns // 1_000)
+    moment = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(microseconds=microseconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -293,3 +293,14 @@ def test_a_run_whose_process_died_is_marked_interrupted_and_not_resumed(
         await registry.aclose()
 
     asyncio.run(cold_start())
+
+
+async def test_a_source_named_through_a_link_replays_into_the_same_stores(
+    recorded: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "current"
+    link.symlink_to(recorded)
+    summary = await replay(link, strategy_for(link))
+    assert summary.ticks_replayed == 6 and summary.first_divergence is None
+    direct = await replay(recorded, strategy_for(recorded))
+    assert summary.state_digest == direct.state_digest

@@ -524,7 +524,15 @@ async def _replay_registered(
             run_backend = MemoryBackend(run_id)
         else:
             run_backend = FileBackend(os.path.join(registry.target, REPLAY_DIR, run_id))
-        await _run(loaded[0], loaded[1], strategy, window, params, summary, run_backend)
+        # The strategy's stores name the root as the caller does (a link, say):
+        # the replayed state is mounted there.
+        base_dir = source.root if isinstance(source, FileBackend) else summary.source
+        scope = Settings(
+            mode="backtest" if isinstance(run_backend, MemoryBackend) else "live",
+            base_dir=base_dir,
+            backend=run_backend,
+        )
+        await _run(loaded[0], loaded[1], strategy, window, params, summary, scope)
         summary.status = "complete"
     except (asyncio.CancelledError, KeyboardInterrupt):
         summary.status = "interrupted"
@@ -557,7 +565,7 @@ async def _run(
     window: _Window,
     params: dict[str, Any],
     summary: ReplaySummary,
-    run_backend: Backend,
+    scope: Settings,
 ) -> None:
     start_ns = window.start_ns
     if start_ns is None or start_ns <= history.start_ns:
@@ -572,13 +580,9 @@ async def _run(
         summary.start = format_ns(start_ns)
     live = {k: v for k, v in history.state_at(start_ns - 1).items() if not _is_tick_record(k)}
     replayed = dict(live)
+    run_backend = scope.backend
     if replayed:
         await run_backend.commit(dict(replayed))
-    base_dir = source.root if isinstance(source, FileBackend) else ""
-    mode: Literal["live", "backtest"] = (
-        "backtest" if isinstance(run_backend, MemoryBackend) else "live"
-    )
-    scope = Settings(mode=mode, base_dir=base_dir, backend=run_backend)
     previous_seq = history.base_seq
     for commit in history.commits:
         if commit.time_ns < start_ns:

@@ -311,3 +311,22 @@ async def test_a_salvaged_journal_keeps_its_sound_records_in_the_history(tmp_pat
     assert kept[-1] == 4  # numbering goes on after the lost record
     assert history.missing == [(reports[0].applied + 1, 3)]
     await backend.aclose()
+
+
+async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    backend = FileBackend(root, history=HistoryPolicy(plain_writes=True))
+    await backend.put("a/x", b"1")
+    assert (root / "a" / "x.json").read_bytes() == b"1"  # the seed's file, on return
+    await backend.put("a/x", b"2")
+    await backend.delete("a/x")
+    await backend.checkpoint()
+    changes = (await backend.history_records()).changes_of("a/x")
+    assert [change.data for change in changes] == [b"1", b"2", None]
+    assert not (root / "a" / "x.json").exists()
+    await backend.aclose()
+    # By default a plain write is DESIGN §3's durable replace, outside the history.
+    default = FileBackend(tmp_path / "default")
+    await default.put("a/x", b"1")
+    assert (await default.history_records()).changes_of("a/x") == []
+    await default.aclose()

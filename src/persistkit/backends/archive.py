@@ -216,6 +216,36 @@ class HistoryArchive:
         finally:
             self._os.close(dir_fd)
 
+    def sweep_temps(self) -> list[str]:
+        """Remove the temp files of archive writes a crash cut (under the journal lock)."""
+        from persistkit.backends.file import TEMP_PREFIX  # file.py imports this module
+
+        osl = self._os
+        removed = []
+        try:
+            days = [self.directory] + [
+                f"{self.directory}/{entry.name}"
+                for entry in osl.scandir(self.directory)
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+            ]
+        except FileNotFoundError:
+            return []
+        for directory in days:
+            names = [
+                entry.name for entry in osl.scandir(directory) if entry.name.startswith(TEMP_PREFIX)
+            ]
+            if not names:
+                continue
+            dir_fd = self._backend._open_dir(directory)
+            try:
+                for name in names:
+                    osl.unlink(name, dir_fd=dir_fd)
+                    removed.append(f"{directory}/{name}")
+                osl.fsync(dir_fd)
+            finally:
+                osl.close(dir_fd)
+        return removed
+
     # -- reading ----------------------------------------------------------------------------
 
     def _segments(self, until_ns: int | None = None) -> list[tuple[str, str]]:

@@ -812,6 +812,8 @@ class CommitJournal:
             def merge_and_checkpoint(journal: _OpenJournal) -> None:
                 nonlocal found
                 self._sweep_temps_locked()
+                if self._backend.history is not None:
+                    self._backend.history.sweep_temps()
                 self._write_format_locked()
                 found = journal.next_seq - self._first_seq(journal)
                 found += self._merge_legacy_journals()

@@ -119,7 +119,8 @@ class HistoryArchive:
         self._os = backend._os
         self.policy = policy
         self.directory = f"{backend.root}/{HISTORY_DIR}"
-        self._base_known = False
+        self.started = False
+        """Whether this process has seen (or written) the base: checked once, then free."""
 
     # -- writing, under the journal lock --------------------------------------------------
 
@@ -129,14 +130,16 @@ class HistoryArchive:
         Those keys kept their value through the journal's records, so this is
         the state just before the journal's first record (``first_seq``).
         """
-        if self._base_known:
+        if self.started:
             return
-        if self._backend._read_at(None, f"{self.directory}/{BASE_FILE}") is None:
+        try:
+            self._os.stat(f"{self.directory}/{BASE_FILE}")  # a stat: the base may be large
+        except FileNotFoundError:
             state = {
                 key: data for key, data in self._backend._walk_files() if key not in journal_keys
             }
             self._write_base(first_seq - 1, time_ns, state)
-        self._base_known = True
+        self.started = True
 
     def archive(self, journal: bytes) -> None:
         """Copy a whole journal's records (header included in ``journal``) into the history.

@@ -685,7 +685,7 @@ class CommitJournal:
                             "nothing was written"
                         ) from exc
                 history = self._backend.history
-                if history is not None:
+                if history is not None and not history.started:
                     history.ensure_base(set(self.pending), *self._generation_start(journal))
                 if not journal.entry_durable:
                     # A process killed between renaming a new journal in and

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from bench import stats_events
 from bench.harness import CaseResult, GroupResult, Sample
 from bench.history import HISTORY_OFF, HISTORY_WITH_INPUTS
 from bench.machine import Machine
@@ -55,6 +56,27 @@ TARGETS = [
         HISTORY_WITH_INPUTS,
         HISTORY_OFF,
         0.87,
+    ),
+    Target(
+        "bot tick recording 6 statistics events vs the same tick without",
+        "statistics",
+        stats_events.ON_CHANGING,
+        stats_events.OFF_CHANGING,
+        0.91,
+    ),
+    Target(
+        "bot ticks recording events at the demo bot's rate vs the same ticks without",
+        "statistics",
+        stats_events.ON_MIXED,
+        stats_events.OFF_MIXED,
+        0.91,
+    ),
+    Target(
+        "bot tick with statistics on, nothing to record, vs statistics off",
+        "statistics",
+        stats_events.ON_STEADY,
+        stats_events.OFF_STEADY,
+        0.91,
     ),
     Target(
         "backtest-mode write_value vs dict + orjson",

@@ -28,6 +28,7 @@ from bench.machine import describe_machine, load_average
 from bench.peers.backtest_kit_peer import BacktestKitPeer, PeerUnavailableError
 from bench.report import Run, load_run, save_run, write_plots, write_report
 from bench.sizes import FULL, QUICK
+from bench.stats_events import statistics_group
 from bench.ticks import tick_groups
 
 __all__ = ["main"]
@@ -40,6 +41,7 @@ GROUP_KEYS = (
     "init-cold",
     "ticks",
     "history",
+    "statistics",
     "backtest",
     "remote",
 )
@@ -118,6 +120,8 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
         groups += tick_groups(workdir, sizes)
     if "history" in wanted:
         groups += history_groups(workdir, sizes)
+    if "statistics" in wanted:
+        groups.append(statistics_group(workdir, sizes))
     if "backtest" in wanted:
         groups += [memory_calls_group(sizes), backtest_loop_group(sizes)]
     if "remote" in wanted:

@@ -7,6 +7,19 @@ seeded random walk, so a tick's decisions depend only on the tick number and
 the state before it: :func:`simulate` replays the same run in memory, which is
 how ``scripts/demo.sh`` and the tests check what came back after a crash.
 
+The bot also keeps its own account of what happened (entries scheduled, opened,
+cancelled; milestones reached) and, after a restart, compares it with the
+statistics persistkit recorded from its commits (``persistkit.Schedule`` and
+``persistkit.Partial``); they must agree exactly. The statistics take the
+market's time (``configure(clock=market_clock)``), so they can be recomputed. A clean
+stop writes each pair's reports beside the state: ``{base_dir}/../schedule/``
+and ``{base_dir}/../partial/`` (``./dump/schedule/`` for the default base dir).
+
+Each tick records what the bot saw (its market inputs, ``session.record_inputs``)
+in the same commit, and the tick itself is :func:`strategy_for`'s function: what
+``persistkit.replay`` runs again over the recorded inputs, with the same results
+(``scripts/capture_replay_docs.py`` shows one, and one with changed parameters).
+
 Run it::
 
     python examples/live_bot.py --base-dir ./dump/data --ticks 50 --interval 0.1
@@ -20,20 +33,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import persistkit
 from persistkit import (
     LiveSession,
+    Partial,
     PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
     RestoredState,
+    Schedule,
 )
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 
@@ -41,6 +59,18 @@ PAIRS = [("BTCUSDT", "trend_follow"), ("ETH/USDT", "mean reversion")]
 RISK_NAME = "main-portfolio"
 START_MS = 1_763_700_000_000
 TICK_MS = 60_000
+EVENTS_KEPT = persistkit.config.DEFAULT_EVENT_LIMIT
+
+_market_ms: contextvars.ContextVar[int] = contextvars.ContextVar("market_ms", default=START_MS)
+
+
+def market_clock() -> int:
+    """The market time of the tick in progress (set by the strategy from its inputs).
+
+    The statistics events' clock (``configure(clock=market_clock)``), in the live
+    run and in its replays alike, so that both record the same events.
+    """
+    return _market_ms.get()
 
 
 @dataclass
@@ -48,6 +78,14 @@ class PairBook:
     signal: SignalRow | None = None
     scheduled: ScheduledSignalRow | None = None
     partial: dict[str, PartialData] = field(default_factory=dict)
+    schedule_events: list[list[Any]] = field(default_factory=list)
+    """What the bot did with its limit entries: ``[time, action, signal id, minutes waited]``."""
+    partial_events: list[list[Any]] = field(default_factory=list)
+    """The milestones it reached: ``[time, "profit" | "loss", signal id, level]``."""
+
+    def record(self, events: list[list[Any]], *event: Any) -> None:
+        events.append(list(event))
+        del events[:-EVENTS_KEPT]
 
 
 @dataclass
@@ -74,6 +112,8 @@ class BotState:
                     "signal": dump(book.signal),
                     "scheduled": dump(book.scheduled),
                     "partial": {key: dump(value) for key, value in sorted(book.partial.items())},
+                    "schedule_events": book.schedule_events,
+                    "partial_events": book.partial_events,
                 }
                 for (symbol, strategy), book in (
                     (pair, self.pairs.get(pair, PairBook())) for pair in PAIRS
@@ -114,6 +154,8 @@ def step(
         old = state.pairs.get((symbol, strategy), PairBook())
         book = new.book(symbol, strategy)
         book.signal, book.scheduled, book.partial = old.signal, old.scheduled, dict(old.partial)
+        book.schedule_events = list(old.schedule_events)
+        book.partial_events = list(old.partial_events)
         price = prices[symbol] if prices is not None else price_at(symbol, tick)
         roll = rng.random()
         if book.signal is not None:
@@ -129,6 +171,8 @@ def step(
                 if len(levels) < 10:
                     levels.append(10 * (len(levels) + 1))
                     book.partial[signal_id] = reached.model_copy(update={kind: levels})
+                    action = "profit" if kind == "profit_levels" else "loss"
+                    book.record(book.partial_events, now, action, signal_id, levels[-1])
         elif book.scheduled is not None:
             if roll < 0.4:  # the limit price was reached: the entry fills
                 filled = book.scheduled
@@ -148,8 +192,13 @@ def step(
                     )
                 )
                 book.scheduled = None
+                waited = (now - filled.scheduled_at) / TICK_MS
+                book.record(book.schedule_events, now, "opened", filled.id, waited)
             elif roll < 0.6:
-                book.scheduled = None  # cancelled
+                cancelled = book.scheduled
+                book.scheduled = None
+                waited = (now - cancelled.scheduled_at) / TICK_MS
+                book.record(book.schedule_events, now, "cancelled", cancelled.id, waited)
         elif roll < 0.6:
             side = "long" if rng.random() < 0.5 else "short"
             sign = 1 if side == "long" else -1
@@ -165,6 +214,7 @@ def step(
                 pending_at=now,
                 minute_estimated_time=240,
             )
+            book.record(book.schedule_events, now, "scheduled", book.scheduled.id, None)
     return new
 
 
@@ -176,11 +226,27 @@ def simulate(ticks: int) -> BotState:
     return state
 
 
-def from_restored(restored: RestoredState, tick: int) -> BotState:
+async def read_statistics(book: PairBook, symbol: str, strategy: str) -> None:
+    """The pair's events as persistkit recorded them from its commits, into ``book``."""
+    scheduled = await Schedule.get_data(symbol, strategy)
+    book.schedule_events = [
+        [event.timestamp, event.action, event.signal_id, event.duration_min]
+        for event in scheduled.event_list
+    ]
+    milestones = await Partial.get_data(symbol, strategy)
+    book.partial_events = [
+        [event.timestamp, event.action, event.signal_id, event.level]
+        for event in milestones.event_list
+    ]
+
+
+async def from_restored(restored: RestoredState, tick: int) -> BotState:
+    """The bot's state from what persistkit restored, and its statistics."""
     state = BotState(tick=tick, positions=list(restored.risk_positions))
     for pair in restored.pairs:
         book = state.book(pair.symbol, pair.strategy)
         book.signal, book.scheduled, book.partial = pair.signal, pair.scheduled, pair.partial
+        await read_statistics(book, pair.symbol, pair.strategy)
     return state
 
 
@@ -197,11 +263,16 @@ async def read_state(base_dir: str) -> BotState:
         book.signal = await PersistSignalAdapter.read_signal_data(symbol, strategy)
         book.scheduled = await PersistScheduleAdapter.read_schedule_data(symbol, strategy)
         book.partial = await PersistPartialAdapter.read_partial_data(symbol, strategy)
+        await read_statistics(book, symbol, strategy)
     return state
 
 
 async def write_state(new: BotState, base_dir: str) -> None:
-    """Every write of one tick: called inside a tick, so they commit together."""
+    """Every write of one tick: called inside a tick, so they commit together.
+
+    The statistics are not written here: persistkit derives them from these
+    writes as the tick commits.
+    """
     for symbol, strategy in PAIRS:
         book = new.book(symbol, strategy)
         await PersistSignalAdapter.write_signal_data(book.signal, symbol, strategy)
@@ -214,10 +285,15 @@ async def write_state(new: BotState, base_dir: str) -> None:
 def strategy_for(base_dir: str) -> Any:
     """The tick as :func:`persistkit.replay.replay` calls it: ``await tick(inputs, params)``.
 
-    The live bot runs the same function, so a replay goes through the live code path.
+    The live bot runs the same function, so a replay goes through the live code
+    path. Replay it under ``configure(clock=market_clock)``, as the bot runs, for
+    the statistics events to carry the same (market) time.
     """
 
     async def strategy_tick(inputs: dict[str, Any], params: dict[str, float]) -> BotState:
+        # Set in the tick's own context: the commit that follows records its
+        # statistics events at this time.
+        _market_ms.set(START_MS + inputs["tick"] * TICK_MS)
         state = await read_state(base_dir)
         new = step(state, inputs["tick"], inputs["prices"], params)
         await write_state(new, base_dir)
@@ -232,16 +308,20 @@ class Bot:
         # A store of the bot's own, committed in the same tick as the four domains.
         self.progress: PersistBase[int] = PersistBase("bot", base_dir)
         self.state = BotState()
+        self.base_dir = base_dir
+        self.reports_dir = os.path.dirname(os.path.abspath(base_dir))
         self.params = dict(params or {})
         self.strategy = strategy_for(self.session.base_dir)
 
     async def start(self) -> RestoredState:
+        # Statistics events take the market's time, as the rows' own timestamps do.
+        persistkit.configure(mode="live", base_dir=self.base_dir, clock=market_clock)
         restored = await self.session.start()
         try:
             tick = await self.progress.read_value("tick")
         except KeyError:
             tick = 0
-        self.state = from_restored(restored, tick)
+        self.state = await from_restored(restored, tick)
         return restored
 
     async def tick(self, _: int) -> None:
@@ -252,6 +332,27 @@ class Bot:
 
     def committed(self) -> None:
         self.state = self.pending
+
+    async def dump_reports(self) -> list[str]:
+        """Each pair's schedule and partial report, beside the state (see the module doc)."""
+        reports = self.reports_dir
+        written = []
+        for symbol, strategy in PAIRS:
+            written.append(await Schedule.dump(symbol, strategy, os.path.join(reports, "schedule")))
+            written.append(await Partial.dump(symbol, strategy, os.path.join(reports, "partial")))
+        return written
+
+
+async def describe_statistics(symbol: str, strategy: str) -> str:
+    scheduled = await Schedule.get_data(symbol, strategy)
+    milestones = await Partial.get_data(symbol, strategy)
+    rate = scheduled.activation_rate
+    return (
+        f"{symbol}/{strategy}: {scheduled.total_scheduled} scheduled, "
+        f"{scheduled.total_opened} opened, {scheduled.total_cancelled} cancelled "
+        f"(activation {'N/A' if rate is None else f'{rate:.1f}%'}), "
+        f"{milestones.total_profit} profit and {milestones.total_loss} loss milestones"
+    )
 
 
 def describe(state: BotState) -> str:
@@ -287,12 +388,21 @@ def verify(state: BotState, restored: RestoredState, last_ack: int) -> int:
             f"scheduled {pair.scheduled.id if pair.scheduled else None}, "
             f"partial {sorted(pair.partial)}"
         )
+        book = state.book(symbol, strategy)
+        print(
+            f"    statistics: {len(book.schedule_events)} schedule events, "
+            f"{len(book.partial_events)} milestones"
+        )
     print(f"  risk {RISK_NAME}: {[key for key, _ in restored.risk_positions]}")
     failures = [f"inconsistent: {problem}" for problem in restored.inconsistencies()]
     if state.tick not in (last_ack, last_ack + 1):
         failures.append(f"restored tick {state.tick}, expected {last_ack} or {last_ack + 1}")
-    elif state.as_json() != simulate(state.tick).as_json():
-        failures.append(f"the state differs from the one tick {state.tick} committed")
+    else:
+        found, expected = state.as_json(), simulate(state.tick).as_json()
+        if without_statistics(found) != without_statistics(expected):
+            failures.append(f"the state differs from the one tick {state.tick} committed")
+        elif found != expected:
+            failures.append(f"the statistics differ from the events of ticks 1-{state.tick}")
     if failures:
         print("state recovered: FAILED")
         for failure in failures:
@@ -300,9 +410,26 @@ def verify(state: BotState, restored: RestoredState, last_ack: int) -> int:
         return 1
     print(
         f"state recovered: OK (tick {state.tick}: the four domains agree with each other "
-        "and with the last committed tick)"
+        "and with the last committed tick; the statistics with its events)"
     )
     return 0
+
+
+def relative(paths: list[str]) -> list[str]:
+    return [os.path.relpath(path) for path in paths]
+
+
+STATISTICS = ("schedule_events", "partial_events")
+"""The fields of a pair in :meth:`BotState.as_json` that come from the statistics."""
+
+
+def without_statistics(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (:meth:`BotState.as_json`) without :data:`STATISTICS`: the four domains."""
+    pairs = {
+        label: {key: value for key, value in pair.items() if key not in STATISTICS}
+        for label, pair in state["pairs"].items()
+    }
+    return {**state, "pairs": pairs}
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -357,7 +484,16 @@ async def main(argv: list[str] | None = None) -> int:
         )
     finally:
         await bot.session.aclose()
-    say(f"stopped cleanly after tick {bot.state.tick}", stopped=bot.state.tick)
+    reports = await bot.dump_reports()
+    statistics = [await describe_statistics(symbol, strategy) for symbol, strategy in PAIRS]
+    say(
+        f"stopped cleanly after tick {bot.state.tick}\n"
+        + "".join(f"statistics {line}\n" for line in statistics)
+        + "\n".join(f"report written: {path}" for path in relative(reports)),
+        stopped=bot.state.tick,
+        statistics=statistics,
+        reports=reports,
+    )
     return 0
 
 

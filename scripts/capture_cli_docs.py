@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import persistkit
@@ -28,6 +30,7 @@ from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRo
 DEMO = Path("/tmp/persistkit-cli-demo")
 BIN = Path(sys.executable).parent
 README = Path(__file__).resolve().parent.parent / "README.md"
+EXAMPLE_BOT = README.parent / "examples" / "live_bot.py"
 BEGIN, END = "<!-- cli:begin -->\n", "<!-- cli:end -->\n"
 
 
@@ -85,6 +88,9 @@ async def write_bot_state(root: Path) -> None:
     await PersistPartialAdapter.write_partial_data(
         {"sig-1": PartialData(profit_levels=[10, 20])}, "BTCUSDT", "trend_follow"
     )
+    # As a bot's clean stop leaves it: the commits (the statistics' events made
+    # the schedule and partial writes commits) applied to their files.
+    await persistkit.current_settings().backend.checkpoint()
 
 
 async def bot_restarts(root: Path) -> None:
@@ -104,6 +110,80 @@ async def commit_fills(root: Path) -> None:
             await fills.write_value(f"order-{tick}", {"qty": 0.01 * tick})
 
 
+CRASHING_TICK = """
+import asyncio, sys
+import persistkit, persistkit.backends.journal
+from persistkit import PersistSignalAdapter
+
+persistkit.backends.journal.APPLY_DELAY = 3600  # killed before its files are written
+
+
+async def main():
+    persistkit.configure(mode="live", base_dir=sys.argv[1])
+    signal = await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend_follow")
+    async with persistkit.transaction():
+        moved = signal.model_copy(update={"price_stop_loss": 64000.0})
+        await PersistSignalAdapter.write_signal_data(moved, "BTCUSDT", "trend_follow")
+    print("committed", flush=True)
+    await asyncio.sleep(3600)
+
+
+asyncio.run(main())
+"""
+
+
+BOT = """
+import asyncio, sys
+from persistkit import LiveSession, PersistBase
+
+async def main():
+    session = LiveSession([("BTCUSDT", "trend_follow")], "main_portfolio", base_dir=sys.argv[1])
+    await session.start()
+    fills = PersistBase("fills", sys.argv[1])
+    print("running", flush=True)
+    await session.run(lambda n: fills.write_value("last-tick", n), interval=0.1)
+
+asyncio.run(main())
+"""
+
+
+def crash_a_tick(root: Path) -> None:
+    """One open signal; a bot process commits a tick moving its stop, then gets SIGKILL."""
+    persistkit.configure(mode="live", base_dir=root)
+    btc = row("BTCUSDT", "trend_follow", "sig-1", price_open=64123.5,
+              price_take_profit=66000, price_stop_loss=63000.25)  # fmt: skip
+    asyncio.run(
+        PersistSignalAdapter.write_signal_data(
+            SignalRow.model_validate(btc), "BTCUSDT", "trend_follow"
+        )
+    )
+    bot = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_TICK, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert bot.stdout is not None and bot.stdout.readline().strip() == "committed"
+    bot.send_signal(signal.SIGKILL)
+    bot.wait()
+
+
+def start_bot(root: Path) -> subprocess.Popen[str]:
+    """A live bot ticking on ``root`` in its own process, as in production."""
+    bot = subprocess.Popen(
+        [sys.executable, "-c", BOT, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert bot.stdout is not None and bot.stdout.readline().strip() == "running"
+    return bot
+
+
+def stop_loss_fix(export: Path) -> str:
+    """The operator's fix: BTCUSDT's signal from the export, its stop loss moved up."""
+    for line in export.read_text().splitlines():
+        record = json.loads(line)
+        if record["key"] == "signal/BTCUSDT_trend_follow/BTCUSDT":
+            record["value"]["priceStopLoss"] = 63500
+            return json.dumps(record) + "\n"
+    raise LookupError("the export holds no BTCUSDT signal")
+
+
 def damage_second_commit(root: Path) -> None:
     """One bit flipped inside the journal's second record, as a bad disk block would."""
     journal = root / ".journal" / "commits.pkj"
@@ -111,6 +191,21 @@ def damage_second_commit(root: Path) -> None:
     second = data.index(b"PKJ1", data.index(b"PKJ1") + 1)
     data[second + 30] ^= 0x04
     journal.write_bytes(bytes(data))
+
+
+def start_live_bot(root: Path) -> subprocess.Popen[str]:
+    """examples/live_bot.py on ``root``: one tick committed, then idle (a tick an hour)."""
+    bot = subprocess.Popen(
+        [sys.executable, str(EXAMPLE_BOT), "--json", "--interval=3600", f"--base-dir={root}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert bot.stdout is not None
+    for line in bot.stdout:
+        if json.loads(line).get("ack") == 1:
+            break
+    time.sleep(1.5)  # the journal's applier writes the files half a second after a commit
+    return bot
 
 
 def run(command: str, *, stdin: str = "", keep: int | None = None) -> str:
@@ -156,6 +251,9 @@ def main() -> None:
     parts.append(SECTION_INSPECT)
     parts.append(run("persistkit inspect"))
     parts.append(run("persistkit inspect --json", keep=24))
+    crash_a_tick(DEMO / "crashed")
+    parts.append(SECTION_INSPECT_CRASHED)
+    parts.append(run("persistkit inspect ./crashed"))
 
     parts.append(SECTION_PREFLIGHT)
     parts.append(run("persistkit preflight"))
@@ -168,6 +266,15 @@ def main() -> None:
     parts.append(run("persistkit preflight"))
     parts.append(run("persistkit preflight --json", keep=30))
     parts.append(run("persistkit preflight ./dump/nowhere"))
+
+    parts.append(SECTION_STATUS)
+    bot = start_live_bot(DEMO / "bot")
+    parts.append(run("persistkit status ./bot"))
+    bot.kill()  # kill -9: no close, no checkpoint
+    bot.wait()
+    parts.append(SECTION_STATUS_KILLED)
+    parts.append(run("persistkit status ./bot"))
+    parts.append(run("persistkit status ./bot --json", keep=32))
 
     asyncio.run(bot_restarts(data))
     parts.append(SECTION_QUARANTINE)
@@ -202,6 +309,16 @@ def main() -> None:
     parts.append(run("cut -c1-120 state.jsonl"))
     parts.append(run("persistkit import state.jsonl ./restored --include-quarantine"))
 
+    (DEMO / "fix.jsonl").write_text(stop_loss_fix(DEMO / "state.jsonl"))
+    bot = start_bot(data)
+    try:
+        parts.append(SECTION_BESIDE_A_BOT)
+        parts.append(run("persistkit import fix.jsonl ./dump/data --overwrite"))
+        parts.append(run("persistkit import fix.jsonl ./dump/data --overwrite --force"))
+    finally:
+        bot.kill()  # kill -9: the forced fix is one commit of the journal, and stays
+        bot.wait()
+
     parts.append(SECTION_ERRORS)
     parts.append(run("persistkit inspect /srv/bot/dump/data"))
     parts.append(run("persistkit inspect nosuch://host/x"))
@@ -211,6 +328,12 @@ def main() -> None:
         '{"key": "../../etc/cron.d/evil", "value": "* * * * * root sh"}\n'
     )
     parts.append(run("persistkit import bad.jsonl ./restored"))
+    (DEMO / "long.jsonl").write_text(
+        '{"key": "fills/order-1", "value": {"qty": 0.01}}\n'
+        '{"key": "fills/order-2", "value": {"qty": 0.02}}\n'
+        f'{{"key": "fills/{"x" * 240}", "value": {{"qty": 0.03}}}}\n'
+    )
+    parts.append(run("persistkit import long.jsonl ./restored"))
 
     parts.append(SECTION_BACKENDS)
     text = README.read_text()
@@ -236,14 +359,56 @@ accepts). Exit codes, for scripts:
 | code | meaning |
 |---:|---|
 | 0 | done, nothing wrong |
-| 1 | problems found (preflight), or a change refused (migrate, import, restore) |
+| 1 | problems found (preflight, status, inspect, export), or a write refused |
 | 2 | could not run: missing root, bad URL, unreachable server, bad input |
 
-Commands that write (`quarantine restore|purge`, `migrate`, `import`, `journal
-salvage`) refuse, exit 1, while a live session runs on the root they would
-write: the bot owns its state, and its next tick would undo the change. Whether
-one runs is looked up (`/proc/locks` and the session's holder files), never
-tested by taking its lock, so a check can never make a starting bot fail.
+Every command's `--help` says what it does and what its exit codes mean.
+
+**While a bot runs.** The commands that only read (`inspect`, `preflight`,
+`status`, `quarantine list`, `export`) take no lock and write nothing: safe at
+any time.
+The commands that write check first whether a live session holds the root:
+
+- `import` and `migrate` into it: refused (exit 1, nothing written, the holder
+  named by pid, host and start time); `--force` writes the values as one commit
+  of the root's journal, like one of the bot's ticks.
+- `quarantine restore`: refused; `--force` puts the value back as one commit of
+  the journal.
+- `quarantine purge`: refused; `--force` purges (a quarantined value is no part
+  of the bot's state).
+- `journal salvage`: refused, with no `--force`: stop the bot first.
+
+A forced change is ordered with the bot's own commits, so no replay of the
+journal after a crash undoes it: kill the bot with `kill -9`, restart it, and
+the change is there. The bot's own next write of a key still replaces it (a bot
+that keeps a value in memory writes what it holds). Who holds a root is looked
+up exactly as `persistkit status` shows it (`/proc/locks`, the sessions' holder
+files, and whether each session still holds its liveness lock, asked with
+`F_OFD_GETLK`), never tested by taking a lock, so a check can never make a
+starting bot fail; a killed bot's leftovers refuse nothing. A backend that keeps
+live-session leases (`Backend.leases`) is asked for them instead. Redis and S3
+keep none yet: a live session's locks are files in its `base_dir` on its own
+machine, out of sight of a URL, so these commands cannot see a bot running on a
+Redis or S3 root.
+
+Commands that read (`inspect`, `export`, and `migrate` of its source) show the
+committed state, at one commit point, and change nothing, also beside a running
+bot: a tick committed while they read is in what they show whole or not at
+all, and a value committed but not yet applied to its file (after a `kill -9`,
+say) is shown with its committed value, marked pending. How each backend finds
+its one point:
+
+- file: the shared journal up to its last complete record, laid over the
+  files, read again if a checkpoint landed in between. No lock is taken: the
+  bot is never blocked.
+- Redis, one server: one read-only script reads every value.
+- Redis Cluster, S3, others: two reads that agree key for key, with recorded
+  commits not yet applied (cross-slot records, the S3 head record) laid over
+  the values. On a backend that changes under every read it is no snapshot:
+  exit 2, nothing written, until its writers pause.
+
+A symbolic link inside a file root is never followed, by any command: it is
+reported (exit 1), and what lies behind it is neither shown nor exported.
 
 Progress bars go to stderr, only when stderr is a terminal (or with `--progress`).
 Every output below is real: generated by `scripts/capture_cli_docs.py` on a bot
@@ -257,6 +422,15 @@ Domains, entities and when each last changed (file backend: the file's mtime;
 a backend that keeps no such time shows `-`), and the decoded state: open
 signals, scheduled entries, risk positions, partial milestones. Values that do
 not decode are listed with the reason a start would give. `--json` for scripts.
+Exit 1 when a symbolic link inside the root was not followed or commits could
+not be read (what is shown is then older than the committed state).
+"""
+
+SECTION_INSPECT_CRASHED = """
+A bot moved its stop loss in a tick and was killed with `kill -9` before the
+commit reached its file: the file still holds the old stop, the journal the
+committed one. `inspect` shows the committed tick, marked pending, and writes
+nothing (a start applies it):
 """
 
 SECTION_PREFLIGHT = """
@@ -271,6 +445,53 @@ says what a real start would do. Gate a deploy on it: 0 clean, 1 problems, 2
 could not run.
 """
 
+SECTION_STATUS = """
+## `persistkit status [ROOT | URL] [--json] [--watch [--interval SECONDS]]`
+
+What the person on call asks first: is the bot running, is its state
+committed, does anything need me? Read-only like `preflight` (it runs
+preflight's checks as they are, so the two never disagree), and safe beside a
+running bot, every few seconds with `--watch`:
+
+- **sessions**: each live session's pid, host, since, what it locks, and
+  whether it is still alive (its lock is asked without being taken, so a
+  check never makes a starting bot fail); one killed with `kill -9` shows as
+  gone. A backend that keeps session leases (`Backend.read_leases`) is
+  asked for them; Redis and S3 keep none yet, and there it says so.
+- **domains**: entities per domain and when each last committed (the
+  journal's commit times, the entity files' change times; S3: LastModified).
+- **journal** (file roots): its size and the commits since its last
+  checkpoint: the running session's own, or, with none running, commits
+  waiting for the next start (every reader already includes them).
+- **quarantine**, **durability** warnings, and every **problem** preflight
+  finds (a damaged journal, a symbolic link inside the root, a value a start
+  would quarantine).
+
+`--watch` redraws the report in place every `--interval` seconds (2 by
+default) until Ctrl-C. Exit codes: 0 healthy; 1 needs attention (a session
+gone without closing, commits waiting with no session running, quarantined
+values, a durability warning, any preflight problem); 2 could not run. A
+`memory://` store lives inside one process: exit 2.
+
+`--json` keys: `backend`, `status` (`healthy`, `needs-attention`),
+`exit_code`, `checked_at`, `sessions` (`known`, `why_unknown`, `running` and
+`gone`: each `pid`, `host`, `since`, `alive`, `locks`, `where`;
+`unnamed_locks`), `domains` (each `domain`, `entities`, `last_change`; `null`
+when nothing can be read), `journal` (`path`, `bytes`, `commits`, `keys`,
+`keys_behind`, `last_commit`; `null` without one), `commits_waiting`
+(`null` when the journal cannot be read),
+`quarantine` (each `id`, `key`, `reason`, `quarantined_at`),
+`durability_warnings`, `problems` and `notes` (each `kind`, `where`,
+`detail`), `attention` (why the exit code is 1, one sentence each).
+
+Beside `examples/live_bot.py`, running on `./bot`:
+"""
+
+SECTION_STATUS_KILLED = """
+The same bot after `kill -9`: its session is gone, and its last commit waits
+for the next start (every reader already sees it):
+"""
+
 SECTION_PREFLIGHT_BROKEN = """
 After a `kill -9` mid-write and a deploy that wrote a bad schedule row:
 """
@@ -279,9 +500,9 @@ SECTION_QUARANTINE = """
 ## `persistkit quarantine list | restore ID [--overwrite] | purge ID [--yes]`
 
 The bot restarted and quarantined the two bad values (never deleting them).
-`restore` puts one back (refusing, exit 1, if a value was stored there since,
-unless `--overwrite`) and warns when it still would not validate; `purge` deletes
-one for good after asking (or with `--yes`).
+`restore` puts one back as one commit of the journal (refusing, exit 1, if a
+value was stored there since, unless `--overwrite`) and warns when it still
+would not validate; `purge` deletes one for good after asking (or with `--yes`).
 """
 
 SECTION_JOURNAL = """
@@ -311,7 +532,12 @@ that differs is replaced only when it is provably older (both backends report a
 change time, and the destination's is earlier). Where one side keeps no change
 time (Redis, a JSON Lines file), any differing destination value is refused.
 A plan with a refusal writes nothing; `--overwrite` replaces them. Quarantined
-values stay in the source.
+values stay in the source. The source is read like `inspect` reads, at one
+commit point, changing nothing; a source that cannot be read whole (a symbolic
+link inside it, commits it cannot read) is refused, exit 1, nothing written.
+Every key is checked first against the rules a store names keys by (a key no
+store could have written: exit 2, nothing written). Into a file root the whole
+copy is one commit of its journal: all of it or nothing.
 """
 
 SECTION_MIGRATE_REFUSED = """
@@ -326,23 +552,40 @@ JSON Lines, one `{"key": ..., "value": <json>}` per entity. A value that is not
 JSON travels as `"raw_base64"` so nothing is lost; quarantined values are left
 out unless `--include-quarantine` (they carry a `"quarantine"` object). The
 export file appears complete or not at all (written beside, fsynced, renamed).
-`import` checks the whole file first (a bad line: exit 2, nothing written) and
-then copies like `migrate`, verified; a file has no change times, so a
-differing destination value is refused unless `--overwrite`.
+An export is a snapshot: the committed state at one commit point (see above),
+so a tick committed during the export never separates a signal from its risk
+position; values committed and not yet applied are exported with their
+committed values (named on stderr). A symbolic link inside the root, or
+commits that could not be read: the rest is exported, each is named, exit 1.
+`import` checks the whole file first, every key against the rules a store
+names keys by, lengths included (a bad line: exit 2, nothing written, the line
+and key named), and then copies like `migrate`, verified; a file has no change
+times, so a differing destination value is refused unless `--overwrite`.
+"""
+
+SECTION_BESIDE_A_BOT = """
+## Beside a running bot
+
+The on-call operator moves a stop loss up while the bot runs. The import is
+refused, naming the bot; with `--force` it is written as one commit of the
+root's journal, ordered with the bot's ticks, so that a `kill -9` and a restart
+of the bot keep it:
 """
 
 SECTION_ERRORS = """
 ## Errors
 
 A missing root, a bad URL or an unreachable server: one line on stderr and exit
-2, never a traceback.
+2, never a traceback. So is an import file with a bad line or a key no store
+could have written (here a 240-byte entity id on line 3): the whole file is
+checked before anything is written.
 """
 
 SECTION_BACKENDS = """
 ## What the command line asks of a backend
 
 Only the `Backend` contract, through `persistkit.open_backend(url)`, so a new
-backend works here unchanged. Three optional methods, with defaults in
+backend works here unchanged. Four optional methods, with defaults in
 `persistkit/backends/base.py`, make it say more:
 
 - `changed_at(key)`: when the value last changed (file: mtime). Shown by
@@ -351,11 +594,16 @@ backend works here unchanged. Three optional methods, with defaults in
 - `unapplied_commits()`: commits recorded but not yet applied to their final
   place; `preflight` shows them as a note (every read includes them, a start
   applies them). Default `[]`.
+- `snapshot()`: every value at one commit point, with the keys read from
+  commits not yet applied (pending) and the commits it could not read; what
+  `inspect`, `export` and `migrate` read. Default: two reads that agree.
 - `durability_warnings()`: settings that weaken durability (Redis without
   `appendfsync always`, say); `preflight` reports each. Default `[]`.
 
 The file backend's permission check (`os.access` on every directory) is the one
-thing `preflight` does only for file roots.
+thing `preflight` does only for file roots. Who runs on a backend is asked in
+one place, `persistkit.cli.status.session_locks(backend)`: file roots answer
+from `ROOT/.locks`, a backend with `leases = True` from its `read_leases()`.
 """
 
 

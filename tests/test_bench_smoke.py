@@ -38,7 +38,15 @@ def test_quick_bench_run_writes_report_and_results(tmp_path: Path) -> None:
 
     run = orjson.loads((tmp_path / "performance.json").read_bytes())
     groups = {group["key"]: group for group in run["groups"]}
-    for key in ("write", "read", "init-warm", "ticks-1", "backtest-calls", "backtest-loop"):
+    for key in (
+        "write",
+        "read",
+        "init-warm",
+        "ticks-1",
+        "statistics",
+        "backtest-calls",
+        "backtest-loop",
+    ):
         assert key in groups, f"group {key} did not run: {sorted(groups)}"
     for group in run["groups"]:
         for case in group["cases"]:

@@ -118,7 +118,10 @@ def position(
 
 async def write_state(root: Path) -> None:
     """A bot's state as the adapters write it: two signals, a limit entry, risk, partials."""
-    persistkit.configure(mode="live", base_dir=root)
+    # Statistics off: these tests count, fingerprint and damage exact files, and a
+    # schedule or partial write that records events is a journal commit, applied to
+    # its file later (tests/test_stats.py covers the statistics and `report`).
+    persistkit.configure(mode="live", base_dir=root, event_limit=0)
     await PersistSignalAdapter.write_signal_data(
         signal("BTCUSDT", "trend_follow", 1), "BTCUSDT", "trend_follow"
     )
@@ -480,11 +483,12 @@ async def test_quarantine_restore_overwrite_replaces_the_value(state: Path) -> N
 
 
 def relative_files(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` but the history, which records when each root was written."""
+    """Every file under ``root`` but the commit journal's, the locks' and the history's own."""
     return {
         str(path.relative_to(root)): path.read_bytes()
         for path in root.rglob("*")
-        if path.is_file() and path.relative_to(root).parts[0] != ".history"
+        if path.is_file()
+        and path.relative_to(root).parts[0] not in (".journal", ".locks", ".history")
     }
 
 
@@ -634,6 +638,49 @@ def test_import_refuses_a_bad_line_and_writes_nothing(
     assert not destination.exists()
 
 
+@pytest.mark.parametrize(
+    ("lines", "bad_line", "fragment"),
+    [
+        # A value under a 240-byte entity id: imported, it broke every later start
+        # ("File name too long" quarantining it) while preflight saw nothing wrong.
+        ([("signal/BTC_t/" + "x" * 240, {"id": "a"})], 1, "entity id is 240 bytes"),
+        # A 300-byte key on line 3: lines 1 and 2 were written, then a bare [Errno 36].
+        (
+            [("fills/a", 1), ("fills/b", 2), ("fills/" + "y" * 300, 3)],
+            3,
+            "entity id is 300 bytes",
+        ),
+        ([("fills/a", 1), ("fills/not canonical", 2)], 2, "not a persistkit-encoded name"),
+        ([("signal/BTC_t/BTC", None), ("signal/" + "S" * 199 + "_t/S", None)], 2, "limit is 200"),
+        ([("fills/a", 1), ("toplevel", 2)], 2, "{entity name}/{entity id}"),
+    ],
+    ids=["240-byte-id", "300-byte-key-on-line-3", "not-encoded", "long-pair", "one-segment"],
+)
+def test_import_holds_every_key_to_the_library_name_rules_before_writing(
+    tmp_path: Path, lines: list[tuple[str, Any]], bad_line: int, fragment: str
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"key": k, "value": v}) + "\n" for k, v in lines))
+    destination = tmp_path / "dst"
+    result = run_cli("import", source, destination)
+    bad_key = lines[bad_line - 1][0]
+    assert_one_line_error(result, f"{source}:{bad_line}", fragment, bad_key[:40])
+    assert not destination.exists()
+
+
+def test_migrate_refuses_a_source_key_no_store_could_have_written(
+    state: Path, tmp_path: Path
+) -> None:
+    long_name = "x" * 240  # made by hand: persistkit never names a file so
+    (state / "fills").mkdir()
+    (state / "fills" / f"{long_name}.json").write_text("1")
+    destination = tmp_path / "copy"
+    result = run_cli("migrate", state, destination)
+    assert_one_line_error(result, f"fills/{long_name[:40]}", "entity id is 240 bytes")
+    assert "nothing was written" in result.stderr
+    assert not destination.exists()
+
+
 def test_import_refuses_a_differing_destination_unless_overwrite(
     state: Path, tmp_path: Path
 ) -> None:
@@ -747,7 +794,7 @@ async def test_journal_salvage_refuses_beside_a_running_session_and_says_whose(
     try:
         refused = run_cli("journal", "salvage", root)
         assert refused.returncode == 1, refused
-        assert f"pid {os.getpid()}" in refused.stderr and "stop it first" in refused.stderr
+        assert f"pid {os.getpid()}" in refused.stderr and "Stop it first" in refused.stderr
     finally:
         await session.aclose()
     done = run_cli("journal", "salvage", root)

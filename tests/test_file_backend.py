@@ -14,6 +14,7 @@ import pytest
 from persistkit import (
     DurabilityUnknownError,
     FileBackend,
+    InvalidNameError,
     PersistBase,
     WriteFailedError,
 )
@@ -174,6 +175,51 @@ async def test_quarantined_files_keep_their_bytes_and_reason_on_disk(tmp_path: P
     assert sorted(p.suffix for p in kept) == [".json", ".reason"]
     assert next(p for p in kept if p.suffix == ".json").read_bytes() == b'{"price": 10'
     assert "unparseable" in finding.reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"x" * 250,  # the longest a value file's name can be (255 with .json)
+        "\u00e9".encode() * 125,  # 250 bytes of two-byte characters
+        b"\xff\xfe",  # not UTF-8: its key holds surrogates
+    ],
+    ids=["250-bytes", "250-bytes-unicode", "not-utf8"],
+)
+async def test_a_start_quarantines_and_restores_a_bad_value_whatever_its_file_name(
+    tmp_path: Path, name: bytes
+) -> None:
+    """A file named by hand, not by persistkit: its quarantine name must still fit.
+
+    The quarantine adds a stamp and ``.reason`` (34 bytes) to the name; a
+    250-byte name made it 284, over the file system's 255, and every start
+    failed with ``OSError: [Errno 36] File name too long``.
+    """
+    folder = tmp_path / "e"
+    folder.mkdir()
+    value = os.path.join(os.fsencode(folder), name + b".json")
+    with open(value, "wb") as handle:
+        handle.write(b'{"id": "torn')
+    store: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    report = await store.wait_for_init()
+    [finding] = report.corrupt
+    assert finding.key == f"e/{os.fsdecode(name)}"
+    assert not os.path.exists(value)
+    kept = list((tmp_path / ".quarantine" / "e").iterdir())
+    assert sorted(p.suffix for p in kept) == [".json", ".reason"]
+    assert all(len(os.fsencode(p.name)) <= 255 for p in kept)
+    [entry] = await store.list_quarantined()
+    assert entry.id == finding.quarantine_id
+    backend = FileBackend(tmp_path)
+    if name == b"\xff\xfe":
+        with pytest.raises(InvalidNameError, match="not UTF-8"):
+            await backend.restore(entry.id)
+        return
+    assert await backend.restore(entry.id) == finding.key
+    await backend.aclose()
+    with open(value, "rb") as handle:
+        assert handle.read() == b'{"id": "torn'
+    assert list((tmp_path / ".quarantine" / "e").iterdir()) == []
 
 
 async def test_non_persistkit_files_are_not_listed(tmp_path: Path) -> None:

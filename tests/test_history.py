@@ -28,6 +28,7 @@ from persistkit import (
 )
 from persistkit.backends.archive import HISTORY_DIR
 from persistkit.history import TICKS_NAMESPACE, tick_key
+from test_cli import run_cli, run_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -330,3 +331,36 @@ async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
     await default.put("a/x", b"1")
     assert (await default.history_records()).changes_of("a/x") == []
     await default.aclose()
+
+
+async def test_the_command_line_reads_the_past_with_inspect_as_of_and_history(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=root)
+    await session.start()
+    progress: PersistBase[int] = PersistBase("bot", root)
+    for value in (1, 10, 100):  # one, two, three bytes
+        async with session.tick(inputs={"n": value}):
+            await progress.write_value("tick", value)
+        await asyncio.sleep(0.002)
+    history = await session.backend.history_records()
+    await session.aclose()
+    changes = history.changes_of("bot/tick")
+    second = ceil_ms(changes[1].time_ns)
+
+    code, document = await asyncio.to_thread(run_json, "inspect", root, "--as-of", str(second))
+    assert code == 0, document
+    assert document["backend"].endswith(f" as of {second}")
+    assert {entity["key"]: entity["bytes"] for entity in document["entities"]}["bot/tick"] == 2
+    code, now = await asyncio.to_thread(run_json, "inspect", root)
+    assert code == 0 and "as of" not in now["backend"]
+
+    code, listed = await asyncio.to_thread(run_json, "history", "bot/tick", root)
+    assert code == 0
+    assert [change["value"] for change in listed["changes"]] == [1, 10, 100]
+    assert [change["tick"] for change in listed["changes"]] == ["main"] * 3
+
+    too_early = str(history.start_ns // 1_000_000 - 1000)
+    refused = await asyncio.to_thread(run_cli, "inspect", root, "--as-of", too_early)
+    assert refused.returncode == 2 and "begins at" in refused.stderr

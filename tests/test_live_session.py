@@ -32,6 +32,14 @@ from persistkit import (
     PersistSignalAdapter,
     configure,
 )
+from persistkit.backends.base import fencing
+from persistkit.live.lease import (
+    RETRY_SHARE,
+    SAFETY_SHARE,
+    lease_deadline,
+    renewal_due,
+    wait_poll_delay,
+)
 from persistkit.models import RiskActivePosition, ScheduledSignalRow, SignalRow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,6 +88,8 @@ class ExpectedRun:
 
 
 def test_kill_9_loop_restores_every_acknowledged_tick(tmp_path: Path) -> None:
+    """Every restart's state, and its schedule and partial statistics, are exactly
+    those of the acknowledged ticks (or the one after, committed but not yet said)."""
     base_dir = tmp_path / "data"
     rng = random.Random(20261121)
     server = subprocess.Popen(
@@ -168,6 +178,9 @@ def test_kill_9_loop_restores_every_acknowledged_tick(tmp_path: Path) -> None:
             server.kill()
             server.wait()
     assert restarts_checked >= KILLS * 0.8, f"only {restarts_checked} restarts reached a check"
+    # Each check compared the statistics too (Schedule, Partial): make sure they had events.
+    final = expected.at(final_tick)["pairs"].values()
+    assert all(pair["schedule_events"] and pair["partial_events"] for pair in final)
     assert final_tick > KILLS / 2, f"the bot made little progress: tick {final_tick}"
     assert replayed_total > 0, "no kill ever landed between a commit and its checkpoint"
 
@@ -298,7 +311,8 @@ async def test_a_stop_signal_commits_the_tick_in_progress_and_exits_0(
     restored = await session.start()  # the lock was released
     tick = await PersistBase[int]("bot", base_dir).read_value("tick")
     assert tick == last_ack
-    assert live_bot.from_restored(restored, tick).as_json() == live_bot.simulate(tick).as_json()
+    found = await live_bot.from_restored(restored, tick)
+    assert found.as_json() == live_bot.simulate(tick).as_json()
     assert restored.replayed_commits == 0
     await session.aclose()
 
@@ -729,4 +743,75 @@ async def test_run_runs_a_tick_again_when_another_tick_won_its_compare_and_set(
     assert await session.run(tick, interval=0, ticks=1) == 1
     assert calls == [0, 0]  # ran again after losing the race
     assert await counter.read_value("n") == 101  # the other writer's +100, then this tick's +1
+    await session.aclose()
+
+
+# -- leases: the schedule a holder keeps on its own clock (the servers' part: reliability) --
+
+
+@pytest.mark.parametrize("ttl", [0.5, 1.5, 15.0, 120.0])
+def test_a_holder_stops_committing_a_third_of_the_ttl_before_its_lease_can_lapse(
+    ttl: float,
+) -> None:
+    sent_at = 1_000.0  # on lease_clock(), before the request left
+    # The backend starts the TTL when it receives the request, never before it was sent.
+    earliest_lapse = sent_at + ttl
+    deadline = lease_deadline(sent_at, ttl)
+    assert deadline == pytest.approx(earliest_lapse - ttl * SAFETY_SHARE)
+    # Renewals come early enough that one may fail and be tried again before the deadline.
+    assert renewal_due(sent_at, ttl) + ttl * RETRY_SHARE < deadline
+    assert renewal_due(sent_at, ttl) > sent_at
+    # A waiting instance polls often enough to take over soon after a release, never busily.
+    assert 0 < wait_poll_delay(ttl, remaining=60.0) <= min(ttl / 2, 1.0)
+    assert wait_poll_delay(ttl, remaining=0.01) == 0.01
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"lease_ttl": 0}, ValueError),
+        ({"lease_ttl": -1.0}, ValueError),
+        ({"lease_ttl": float("nan")}, ValueError),
+        ({"lease_ttl": float("inf")}, ValueError),
+        ({"lease_ttl": "15"}, TypeError),
+        ({"lease_ttl": True}, TypeError),
+        ({"lease_wait": -1}, ValueError),
+        ({"lease_wait": float("inf")}, ValueError),
+        ({"lease_wait": None}, TypeError),
+    ],
+)
+def test_a_lease_time_that_is_not_a_number_of_seconds_is_refused_before_any_lock(
+    data_root: Path, options: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="lease_"):
+        LiveSession([("BTCUSDT", "trend")], "main", base_dir=data_root, **options)
+    assert not data_root.exists()
+
+
+async def test_a_session_on_local_files_takes_no_lease_and_its_writes_carry_no_token(
+    data_root: Path,
+) -> None:
+    session = LiveSession([("BTC/USDT", "trend")], "main", base_dir=data_root, lease_ttl=1)
+    async with session:
+        assert fencing.get() == ()
+        async with session.tick():
+            assert fencing.get() == ()
+            await PersistSignalAdapter.write_signal_data(signal_row("s1"), "BTC/USDT", "trend")
+    assert (await PersistSignalAdapter.read_signal_data("BTC/USDT", "trend")) is not None
+
+
+async def test_lease_wait_also_waits_for_the_local_lock_of_an_instance_on_this_machine(
+    tmp_path: Path, holder: subprocess.Popen[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="persistkit")
+    session = LiveSession(
+        [("BTCUSDT", "trend")], "main", base_dir=tmp_path / "data", lease_wait=120
+    )
+    starting = asyncio.create_task(session.start())
+    while not any("waiting up to" in record.getMessage() for record in caplog.records):
+        assert not starting.done(), starting  # it waits, it does not fail fast
+        await asyncio.sleep(0.01)
+    assert str(holder.pid) in caplog.text  # the log names whom it waits for
+    holder.terminate()  # the old instance stops: its lock goes with it
+    await starting
     await session.aclose()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -7,6 +9,7 @@ from hypothesis import strategies as st
 from persistkit.errors import InvalidNameError
 from persistkit.names import (
     MAX_SEGMENT_BYTES,
+    check_store_key,
     decode_segment,
     encode_segment,
     join_pair,
@@ -91,3 +94,39 @@ def test_a_pair_is_held_to_the_limit_whole() -> None:
     assert len(longest) == MAX_SEGMENT_BYTES
     with pytest.raises(InvalidNameError):
         join_pair("s" * 100, "t" * (MAX_SEGMENT_BYTES - 100))
+
+
+@pytest.mark.parametrize(
+    ("key", "paired"),
+    [
+        ("fills/n", False),
+        ("sub/dir/fills/order-1", False),
+        ("signal/BTCUSDT_trend_follow/BTCUSDT", True),
+        ("signal/ETH%2FUSDT_mean_rev/ETH%2FUSDT", True),
+        ("signal/a%5Fb_c/a_b", True),
+        (f"risk/{'r' * MAX_SEGMENT_BYTES}/positions", False),
+    ],
+)
+def test_keys_a_store_writes_pass_the_store_key_rules(key: str, paired: bool) -> None:
+    assert check_store_key(key, paired=paired) == key
+
+
+@pytest.mark.parametrize(
+    ("key", "paired", "fragment"),
+    [
+        ("fills/" + "x" * (MAX_SEGMENT_BYTES + 1), False, "entity id is 201 bytes"),
+        ("x" * (MAX_SEGMENT_BYTES + 1) + "/n", False, "entity name is 201 bytes"),
+        ("d" * (MAX_SEGMENT_BYTES + 1) + "/fills/n", False, "folder is 201 bytes"),
+        ("fills/a b", False, "not a persistkit-encoded name"),
+        ("fills/%41", False, "not the canonical encoding"),
+        ("signal/a%5Fb_c/a", False, "entity name"),  # fine as a pair, not as one name
+        ("signal/ab/ab", True, "entity name"),  # no '_': not a pair
+        (".journal/fills/n", False, "starts with '.'"),
+        ("n", False, "{entity name}/{entity id}"),
+    ],
+)
+def test_keys_no_store_could_write_are_refused_naming_the_segment(
+    key: str, paired: bool, fragment: str
+) -> None:
+    with pytest.raises(InvalidNameError, match=re.escape(fragment)):
+        check_store_key(key, paired=paired)

@@ -22,6 +22,13 @@ DOCUMENTED = {
     "RestoredState",
     "Transaction",
     "transaction",
+    # statistics (issue 14)
+    "Schedule",
+    "Partial",
+    "ScheduleStatistics",
+    "PartialStatistics",
+    "ScheduleEvent",
+    "PartialEvent",
     # the store's results
     "Entry",
     "Finding",

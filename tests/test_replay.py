@@ -20,10 +20,13 @@ from persistkit import (
     FileBackend,
     LiveSession,
     PersistBase,
+    PersistScheduleAdapter,
     ReplayConfigError,
     ReplaySourceError,
+    Schedule,
 )
 from persistkit.backends.archive import HISTORY_DIR
+from persistkit.models import ScheduledSignalRow
 from persistkit.replay import (
     ReplayWarning,
     RunRegistry,
@@ -304,3 +307,53 @@ async def test_a_source_named_through_a_link_replays_into_the_same_stores(
     assert summary.ticks_replayed == 6 and summary.first_divergence is None
     direct = await replay(recorded, strategy_for(recorded))
     assert summary.state_digest == direct.state_digest
+
+
+async def test_statistics_events_take_the_ticks_time_so_a_replay_records_the_same(
+    tmp_path: Path,
+) -> None:
+    """No clock configured: each event carries its tick's time, in the live run and the replay."""
+    root = tmp_path / "live"
+
+    async def schedule_one(inputs: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        # A new limit entry every tick: the previous one is cancelled, this one scheduled.
+        at = now_ms()
+        row = ScheduledSignalRow(
+            id=f"limit-{inputs['n']}",
+            symbol="BTCUSDT",
+            strategy_name="t",
+            position="long",
+            price_open=inputs["price"],
+            price_take_profit=inputs["price"] * 1.03,
+            price_stop_loss=inputs["price"] * 0.98,
+            scheduled_at=at,
+            pending_at=at,
+        )
+        await PersistScheduleAdapter.write_schedule_data(row, "BTCUSDT", "t")
+
+    session = LiveSession([("BTCUSDT", "t")], "main", base_dir=root)
+    await session.start()
+    for n, price in enumerate([100.0, 101.5, 99.25], 1):
+        async with session.tick(inputs={"n": n, "price": price}):
+            await schedule_one({"n": n, "price": price}, {})
+        await asyncio.sleep(0.002)  # ticks in distinct milliseconds
+    live = await Schedule.get_data("BTCUSDT", "t")
+    await session.aclose()
+
+    history = await FileBackend(root).history_records()
+    tick_ms = [tick.at_ns // 1_000_000 for tick in history.ticks()]
+    assert [(e.timestamp, e.action) for e in live.event_list] == [
+        (tick_ms[0], "scheduled"),
+        (tick_ms[1], "cancelled"),
+        (tick_ms[1], "scheduled"),
+        (tick_ms[2], "cancelled"),
+        (tick_ms[2], "scheduled"),
+    ]
+    first = await replay(root, schedule_one, target=tmp_path / "a")
+    second = await replay(root, schedule_one, target=tmp_path / "b")
+    assert first.first_divergence is None and second.first_divergence is None
+    assert first.state_digest == second.state_digest
+    replayed = await Schedule.get_data(
+        "BTCUSDT", "t", backend=FileBackend(tmp_path / "a" / "replay" / first.replay_run_id)
+    )
+    assert replayed.event_list == live.event_list

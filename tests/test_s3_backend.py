@@ -30,6 +30,7 @@ from persistkit import (
     BackendError,
     BackendUnavailableError,
     InvalidNameError,
+    JournalDamagedError,
     PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
@@ -264,14 +265,19 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         levels = {"sig-1": PartialData(profit_levels=[10, 20])}
         await PersistPartialAdapter.write_partial_data(levels, "BTCUSDT", "trend")
 
-    settings = persistkit.configure(mode="live", backend=url_of(s3_server, prefix))
+    # One clock for both runs: the statistics events carry its time.
+    def clock() -> int:
+        return 1_763_700_000_000
+
+    settings = persistkit.configure(mode="live", backend=url_of(s3_server, prefix), clock=clock)
     assert isinstance(settings.backend, S3Backend)
     await write_every_domain()
     assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") is not None
     await settings.backend.aclose()
 
-    persistkit.configure(mode="live", base_dir=data_root)
+    files = persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     await write_every_domain()
+    await files.backend.checkpoint()  # the journal's commits written to their files
 
     on_disk = {
         str(path.relative_to(data_root)): path.read_bytes()
@@ -280,7 +286,7 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         if path.is_file() and not str(path.relative_to(data_root)).startswith(".")
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
-    assert len(on_disk) == 5
+    assert len(on_disk) == 7  # the four domains' 5 values and 2 statistics logs (their heads)
     assert objects_under(client, prefix) == on_disk
 
 
@@ -454,9 +460,9 @@ CRASHING_COMMITTER = textwrap.dedent(
     url, mode, signal_key, risk_key, schedule_key = sys.argv[1:6]
     apply_for_real = S3Backend._apply_write_sync
 
-    def apply_then_die(self, key, data):
+    def apply_then_die(self, seq, key, data, seen):
         if mode == "mid-apply" and key == signal_key:
-            apply_for_real(self, key, data)
+            apply_for_real(self, seq, key, data, seen)
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "before-apply":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -516,15 +522,13 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
 
     crash_while_committing(s3_server, prefix, aws_env, mode)
 
-    # What the crash left: the commit recorded, the entities not (or half) updated.
+    # What the crash left: commit 2 recorded, the entities not (or half) updated.
     left = objects_under(client, prefix)
-    assert [name for name in left if name.startswith(".commits/")] == [
-        ".commits/00000000000000000001.json"
-    ]
+    assert [name for name in left if name.startswith(".commits/")] == [".commits/head.json"]
     expected_signal = b'{"tick": 2}' if mode == "mid-apply" else b'{"tick": 1}'
     assert left[f"{SIGNAL_KEY}.json"] == expected_signal
     assert left[f"{RISK_KEY}.json"] == b'[["k", "tick 1"]]'
-    assert f"{SCHEDULE_KEY}.json" in left
+    assert left[f"{SCHEDULE_KEY}.json"] == b"{}"
 
     # An operator's preflight looks without finishing the commit.
     preflight = subprocess.run(
@@ -535,11 +539,11 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
         timeout=120,
     )
     assert preflight.returncode == 1, preflight.stdout + preflight.stderr
-    assert ".commits/00000000000000000001" in preflight.stdout
+    assert ".commits/00000000000000000002" in preflight.stdout
     assert objects_under(client, prefix) == left
 
     restarted = S3Backend(client, BUCKET, prefix)
-    assert await restarted.unapplied_commits() == [".commits/00000000000000000001"]
+    assert await restarted.unapplied_commits() == [".commits/00000000000000000002"]
     with caplog.at_level(logging.WARNING, logger="persistkit"):
         read = await restarted.get_many([SIGNAL_KEY, RISK_KEY, SCHEDULE_KEY])
     assert [item.data if item else None for item in read] == [
@@ -547,13 +551,13 @@ async def test_a_commit_cut_short_by_a_crash_is_replayed_before_anything_is_read
         b'[["k", "tick 2"]]',
         None,
     ]
-    assert "replaying tick commit 1 (3 writes)" in caplog.text
+    assert "replaying tick commit 2 (3 writes)" in caplog.text
     assert await restarted.unapplied_commits() == []
+    assert [key async for key in restarted.scan("schedule", recursive=True)] == []
     await restarted.aclose()
-    assert not [name for name in objects_under(client, prefix) if name.startswith(".commits/")]
 
 
-async def test_a_writer_that_loses_the_race_for_a_commit_number_takes_another(
+async def test_a_writer_whose_commit_number_was_taken_applies_that_commit_first(
     s3_server: SeaweedS3,
     client: Any,
     prefix: str,
@@ -561,23 +565,57 @@ async def test_a_writer_that_loses_the_race_for_a_commit_number_takes_another(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     live = S3Backend(client, BUCKET, prefix)
-    await live.get("warm/up")  # started (nothing to replay) before the other writer
-    crash_while_committing(s3_server, prefix, aws_env, "before-apply")  # holds commit 1
+    await write_tick_one(live)  # commit 1, and live remembers it as the newest
+    crash_while_committing(s3_server, prefix, aws_env, "before-apply")  # records commit 2
 
     with caplog.at_level(logging.DEBUG, logger="persistkit"):
-        await live.commit({"other/x": b"X", "other/y": b"Y"})
-    assert "tick commit 1 is taken by another writer" in caplog.text
-    assert (await live.get("other/x"), await live.get("other/y")) != (None, None)
+        await live.commit({SIGNAL_KEY: b'{"tick": 3}', "other/y": b"Y"})
+    assert "tick commit 2 is taken by another writer" in caplog.text
     await live.aclose()
     left = objects_under(client, prefix)
-    assert [name for name in left if name.startswith(".commits/")] == [
-        ".commits/00000000000000000001.json"  # the crashed writer's, untouched
-    ]
-
+    # Commit 2 (the crashed writer's) applied before commit 3, which overwrote its signal.
+    assert left[f"{SIGNAL_KEY}.json"] == b'{"tick": 3}'
+    assert left[f"{RISK_KEY}.json"] == b'[["k", "tick 2"]]'
+    assert left["other/y.json"] == b"Y"
     restarted = S3Backend(client, BUCKET, prefix)
-    stored = await restarted.get(SIGNAL_KEY)
-    assert stored is not None and stored.data == b'{"tick": 2}'
+    assert await restarted.unapplied_commits() == []
+    assert await restarted.get(SCHEDULE_KEY) is None
     await restarted.aclose()
+
+
+async def test_a_late_applier_never_brings_back_what_a_later_commit_changed(
+    client: Any, prefix: str
+) -> None:
+    # The writer of commit 1 stalls between recording and applying it (a GC pause,
+    # SIGSTOP); another writer applies commit 1 for it, then commits 2, which
+    # deletes one key and rewrites another. When the first writer wakes up, its
+    # writes of commit 1 are refused: the keys carry commit 2 (the deleted one as
+    # a tombstone), so nothing goes back to commit 1.
+    late = S3Backend(client, BUCKET, prefix)
+    other = S3Backend(client, BUCKET, prefix)
+    await late.get("warm/up")
+    await other.get("warm/up")
+    paused, release = threading.Event(), threading.Event()
+    apply_for_real = late._apply_write_sync
+
+    def stall_then_apply(seq: int, key: str, data: bytes | None, seen: Any) -> None:
+        paused.set()
+        release.wait(60)
+        apply_for_real(seq, key, data, seen)
+
+    late._apply_write_sync = stall_then_apply  # type: ignore[method-assign]
+    committing = asyncio.create_task(late.commit({"ns/gone": b"1", "ns/kept": b"1"}))
+    assert await asyncio.to_thread(paused.wait, 60)
+    await other.commit({"ns/gone": None, "ns/kept": b"2"})
+    release.set()
+    await committing
+    fresh = S3Backend(client, BUCKET, prefix)
+    assert await fresh.get("ns/gone") is None
+    kept = await fresh.get("ns/kept")
+    assert kept is not None and kept.data == b"2"
+    assert [key async for key in fresh.scan("ns")] == ["ns/kept"]
+    for backend in (late, other, fresh):
+        await backend.aclose()
 
 
 async def test_concurrent_commits_from_two_writers_all_apply(client: Any, prefix: str) -> None:
@@ -590,25 +628,35 @@ async def test_concurrent_commits_from_two_writers_all_apply(client: Any, prefix
     await asyncio.gather(commit_ticks(writers[0], "one"), commit_ticks(writers[1], "two"))
     for writer in writers:
         await writer.aclose()
-    left = objects_under(client, prefix)
+    left = {name: data for name, data in objects_under(client, prefix).items()}
+    assert left.pop(".commits/head.json")
     assert left == {f"{n}/{k}.json": b"5" for n in ("one", "two") for k in ("a", "b")}
 
 
-async def test_a_corrupt_commit_object_is_quarantined_not_applied(
+async def test_a_damaged_commit_record_stops_everything_and_is_never_replaced(
     client: Any, prefix: str, backend: S3Backend
 ) -> None:
-    client.put_object(
-        Bucket=BUCKET, Key=f"{prefix}/.commits/00000000000000000007.json", Body=b'{"seq": 7}\nbad'
-    )
-    assert await backend.get("ns/a") is None  # first use: the replay looks at it
-    quarantined = [entry async for entry in backend.list_quarantine()]
-    assert [(entry.key, entry.reason) for entry in quarantined] == [
-        (".commits/00000000000000000007", "bad checksum")
-    ]
-    assert list(objects_under(client, prefix)) == [f".quarantine/{quarantined[0].id}.json"]
     await backend.commit({"ns/a": b"1"})
-    stored = await backend.get("ns/a")
-    assert stored is not None and stored.data == b"1"
+    head = f"{prefix}/.commits/head.json"
+    client.put_object(Bucket=BUCKET, Key=head, Body=b'{"seq": 7}\nbad')
+    restarted = S3Backend(client, BUCKET, prefix)
+    with pytest.raises(JournalDamagedError, match="bad checksum"):
+        await restarted.get("ns/a")
+    with pytest.raises(JournalDamagedError):
+        await restarted.commit({"ns/a": b"2"})
+    await restarted.aclose()
+    assert client.get_object(Bucket=BUCKET, Key=head)["Body"].read() == b'{"seq": 7}\nbad'
+    assert objects_under(client, prefix)["ns/a.json"] == b"1"
+
+
+async def test_commits_an_earlier_release_left_pending_stop_the_start(
+    client: Any, prefix: str, backend: S3Backend
+) -> None:
+    left = f"{prefix}/.commits/00000000000000000003.json"
+    client.put_object(Bucket=BUCKET, Key=left, Body=b"an earlier release's tick commit")
+    with pytest.raises(BackendError, match=r"never applied \(00000000000000000003\.json\)"):
+        await backend.get("ns/a")
+    assert list(objects_under(client, prefix)) == [".commits/00000000000000000003.json"]
 
 
 async def test_commit_refuses_keys_outside_the_entity_space(backend: S3Backend) -> None:

@@ -30,6 +30,8 @@ TICK = 100
 _STORES = ("signal", "risk", "schedule", "partial")
 RAW_PIPELINE = f"redis.asyncio pipeline of {TICK} SET (no MULTI)"
 RAW_MULTI = f"redis.asyncio MULTI/EXEC of {TICK} SET"
+RAW_GET = "redis.asyncio GET + orjson.loads"
+BARE_CAS = "RedisBackend.put(expect=version) without receipt or fence"
 
 
 def missing_server() -> str | None:
@@ -69,6 +71,26 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         await backend.aclose()
         state.pop("server").stop()
 
+    async def setup_exactly_once() -> None:
+        from persistkit.backends.redis import RedisBackend
+
+        class WithoutReceipts(RedisBackend):
+            """The same backend with no write token: its scripts skip the receipt."""
+
+            def _token_for(self, request: bytes) -> str:
+                return ""
+
+        server = state["server"] = real_servers().RedisServer().start()
+        state["backend"] = RedisBackend.from_url(f"{server.url}?prefix=eo")
+        state["bare"] = WithoutReceipts.from_url(f"{server.url}?prefix=bare")
+        state["lease"] = await state["backend"].acquire_lease("bench", {"host": "bench"}, 3600)
+
+    async def teardown_exactly_once() -> None:
+        await state.pop("backend").aclose()
+        await state.pop("bare").aclose()
+        state.pop("lease")
+        state.pop("server").stop()
+
     async def raw_set() -> Sample:
         client, writes = state["sync"], same.take(count)
         started = time.perf_counter()
@@ -89,6 +111,34 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         for _ in range(count):
             orjson.loads(client.get("same"))
         return timed(count, started)
+
+    async def raw_get_async() -> Sample:
+        client = state["async"]
+        started = time.perf_counter()
+        for _ in range(count):
+            orjson.loads(await client.get("same"))
+        return timed(count, started)
+
+    def compare_and_set(backend_of: str, fenced: bool) -> SampleFn:
+        """``count`` compare-and-set puts in a row on one key, each expecting the last version."""
+
+        async def run() -> Sample:
+            from persistkit.backends.base import fencing
+
+            backend = state[backend_of]
+            version = await backend.put("bench/cas", SIGNALS_BYTES[0])
+            token = fencing.set((state["lease"],) if fenced else ())
+            try:
+                started = time.perf_counter()
+                for number in range(count):
+                    version = await backend.put(
+                        "bench/cas", SIGNALS_BYTES[number % VARIANTS], expect=version
+                    )
+                return timed(count, started)
+            finally:
+                fencing.reset(token)
+
+        return run
 
     async def raw_set_in_flight() -> Sample:
         client = state["async"]
@@ -139,11 +189,12 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     reference=f"redis.asyncio SET, {IN_FLIGHT} in flight (gather)",
                 ),
                 Case("redis-py GET + orjson.loads", "reference", raw_get),
+                Case(RAW_GET, "reference", raw_get_async),
                 Case(
                     "persistkit read_value on Redis",
                     "persistkit",
                     read_loop(lambda: state["store"], "same", count),
-                    reference="redis-py GET + orjson.loads",
+                    reference=RAW_GET,
                 ),
             ],
             sizes.rounds,
@@ -152,6 +203,35 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
             notes=[
                 f"{count} calls per sample on one key ({IN_FLIGHT} keys for the in-flight "
                 "cases); a real redis-server on loopback.",
+            ],
+        ),
+        Group(
+            "redis-exactly-once",
+            "Redis (appendfsync always): what exactly-once and fencing cost a compare-and-set",
+            "writes",
+            BARE_CAS,
+            [
+                Case(BARE_CAS, "reference", compare_and_set("bare", fenced=False)),
+                Case(
+                    "RedisBackend.put(expect=version) with its receipt",
+                    "persistkit",
+                    compare_and_set("backend", fenced=False),
+                ),
+                Case(
+                    "RedisBackend.put(expect=version) with its receipt, under a lease",
+                    "persistkit",
+                    compare_and_set("backend", fenced=True),
+                ),
+            ],
+            sizes.rounds,
+            setup=setup_exactly_once,
+            teardown=teardown_exactly_once,
+            notes=[
+                f"{count} compare-and-set writes per sample, one key. The reference is the "
+                "same backend and script with the write token turned off (no receipt is "
+                "checked or stored) and no lease in the context: the cost of exactly-once "
+                "(one GET and one SET PX in the script) and of fencing (one GET of the "
+                "lease's token counter) against the same write without them.",
             ],
         ),
         Group(

@@ -7,6 +7,7 @@ temporary folder and stopped by its teardown.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,7 +16,7 @@ import orjson
 
 from bench.backends import real_servers
 from bench.harness import Case, Group, Sample, timed
-from bench.payload import SIGNALS_BYTES, VARIANTS, Rotation
+from bench.payload import SIGNALS, SIGNALS_BYTES, VARIANTS, Rotation
 from bench.sizes import Sizes
 from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop, write_loop
 
@@ -45,6 +46,7 @@ def persistkit_url(endpoint: str) -> str:
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
     from persistkit import PersistBase, configure
+    from persistkit.backends.base import fencing
 
     count = max(2, sizes.durable_writes // 4)
     state: dict[str, Any] = {}
@@ -67,6 +69,9 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         configure(mode="live", base_dir=base_dir, backend=persistkit_url(server.endpoint_url))
         state["store"] = PersistBase("signal", base_dir=base_dir)
         state["stores"] = {name: PersistBase(name, base_dir=base_dir) for name in _STORES}
+        state["lease"] = await state["store"].backend.acquire_lease(
+            "bench", {"host": "bench"}, 3600
+        )
 
     async def teardown() -> None:
         state.pop("pool").shutdown()
@@ -81,6 +86,49 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         for key, variant in writes:
             client.put_object(Bucket=BUCKET, Key=key, Body=SIGNALS_BYTES[variant])
         return timed(count, started)
+
+    async def raw_cas_put() -> Sample:
+        client = state["client"]
+        etag = client.put_object(Bucket=BUCKET, Key="cas", Body=SIGNALS_BYTES[0])["ETag"]
+        started = time.perf_counter()
+        for number in range(1, count + 1):
+            body = SIGNALS_BYTES[number % VARIANTS]
+            etag = client.put_object(Bucket=BUCKET, Key="cas", Body=body, IfMatch=etag)["ETag"]
+        return timed(count, started)
+
+    async def raw_cas_put_with_tokens() -> Sample:
+        # What exactly-once adds to a conditional PUT on the wire: a write token
+        # and the full history of 31 earlier ones, in the object's metadata.
+        client = state["client"]
+        metadata = {
+            "persistkit-token": secrets.token_hex(16),
+            "persistkit-history": " ".join(secrets.token_hex(8) for _ in range(31)),
+        }
+        etag = client.put_object(Bucket=BUCKET, Key="cas-tokens", Body=SIGNALS_BYTES[0])["ETag"]
+        started = time.perf_counter()
+        for number in range(1, count + 1):
+            body = SIGNALS_BYTES[number % VARIANTS]
+            etag = client.put_object(
+                Bucket=BUCKET, Key="cas-tokens", Body=body, IfMatch=etag, Metadata=metadata
+            )["ETag"]
+        return timed(count, started)
+
+    async def persistkit_cas_write() -> Sample:
+        store = state["store"]
+        version = await store.write_value("cas", SIGNALS[0])
+        started = time.perf_counter()
+        for number in range(1, count + 1):
+            value = SIGNALS[number % VARIANTS]
+            version = await store.write_value("cas", value, if_version=version)
+        return timed(count, started)
+
+    async def fenced_commit() -> Sample:
+        # Every commit carries the lease's token and is checked against its fence.
+        token = fencing.set((state["lease"],))
+        try:
+            return await commit_loop(lambda: state["store"].backend, encoded_tick, ticks)()
+        finally:
+            fencing.reset(token)
 
     async def raw_get() -> Sample:
         client = state["client"]
@@ -130,6 +178,20 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     in_flight_loop(lambda: state["store"], flight_ids, batches),
                     reference=f"boto3 put_object, {IN_FLIGHT} threads",
                 ),
+                Case("boto3 put_object If-Match", "reference", raw_cas_put),
+                Case(
+                    "boto3 put_object If-Match, with a write token and 31 earlier ones",
+                    "reference",
+                    raw_cas_put_with_tokens,
+                    reference="boto3 put_object If-Match",
+                    note="what exactly-once adds on the wire, against the same PUT without it",
+                ),
+                Case(
+                    "persistkit write_value(if_version=) on S3, exactly-once",
+                    "persistkit",
+                    persistkit_cas_write,
+                    reference="boto3 put_object If-Match",
+                ),
                 Case("boto3 get_object + orjson.loads", "reference", raw_get),
                 Case(
                     "persistkit read_value on S3",
@@ -163,14 +225,24 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
                     "persistkit",
                     commit_loop(lambda: state["store"].backend, encoded_tick, ticks),
                 ),
+                Case(
+                    f"persistkit S3Backend.commit of {TICK} encoded values under a lease",
+                    "persistkit",
+                    fenced_commit,
+                    reference=f"persistkit S3Backend.commit of {TICK} encoded values",
+                    note="against the same commit without a lease: what fencing costs",
+                ),
             ],
             sizes.rounds,
             setup=setup,
             teardown=teardown,
             notes=[
                 f"{ticks} ticks per sample, one entity in each of {TICK} stores per tick. "
-                "persistkit's commit writes a commit object, the entities in parallel, "
-                "then deletes the commit object: atomic across a crash; the raw puts are not.",
+                "persistkit's commit reads the entities' state (HEAD, in parallel), replaces "
+                "the head commit record (If-Match), writes the entities in parallel "
+                "(conditional, tagged with the commit's sequence), then marks the record "
+                "applied: atomic across a crash and serialised across processes; the raw "
+                "puts are neither. Under a lease it also carries the fencing token.",
             ],
         ),
     ]

@@ -36,7 +36,9 @@ from persistkit.errors import (
     ResourceLimitError,
     RowMismatchError,
     SchemaValidationError,
+    SnapshotError,
     StoreClosedError,
+    TickCancelledError,
     TransientBackendError,
     UnserializableValueError,
     UnsupportedFormatError,
@@ -44,6 +46,14 @@ from persistkit.errors import (
 )
 from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.retry import RetryPolicy
+from persistkit.stats import (
+    Partial,
+    PartialEvent,
+    PartialStatistics,
+    Schedule,
+    ScheduleEvent,
+    ScheduleStatistics,
+)
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
@@ -75,6 +85,9 @@ __all__ = [
     "LockTimeoutError",
     "MemoryBackend",
     "PairState",
+    "Partial",
+    "PartialEvent",
+    "PartialStatistics",
     "PersistBase",
     "PersistError",
     "PersistPartialAdapter",
@@ -88,9 +101,14 @@ __all__ = [
     "RestoredState",
     "RetryPolicy",
     "RowMismatchError",
+    "Schedule",
+    "ScheduleEvent",
+    "ScheduleStatistics",
     "SchemaValidationError",
     "Settings",
+    "SnapshotError",
     "StoreClosedError",
+    "TickCancelledError",
     "Transaction",
     "TransientBackendError",
     "UnserializableValueError",

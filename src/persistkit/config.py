@@ -33,6 +33,8 @@ from persistkit.backends.memory import MemoryBackend
 
 __all__ = [
     "DEFAULT_BASE_DIR",
+    "DEFAULT_EVENT_LIMIT",
+    "Clock",
     "Mode",
     "Settings",
     "active_settings",
@@ -42,6 +44,11 @@ __all__ = [
 ]
 
 DEFAULT_BASE_DIR = "./dump/data"
+DEFAULT_EVENT_LIMIT = 250
+"""Statistics events kept per (symbol, strategy) for each of ``Schedule`` and ``Partial``."""
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch: the time the statistics give an event."""
 
 logger = logging.getLogger("persistkit")
 
@@ -56,6 +63,10 @@ class Settings:
     backend: Backend
     _outside: dict[str, Backend] = field(default_factory=dict, repr=False, compare=False)
     """Backtest mode: the memory backend of each directory outside ``base_dir``."""
+    clock: Clock | None = None
+    """The time of statistics events; ``None``: the tick's time (:mod:`persistkit.clock`)."""
+    event_limit: int = DEFAULT_EVENT_LIMIT
+    """Statistics events kept per pair and kind, oldest dropped first; 0 records none."""
 
 
 session_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -84,6 +95,8 @@ def configure(
     *,
     base_dir: str | os.PathLike[str] = DEFAULT_BASE_DIR,
     backend: Backend | str | None = None,
+    clock: Clock | None = None,
+    event_limit: int = DEFAULT_EVENT_LIMIT,
 ) -> Settings:
     """Select where every domain adapter keeps its state.
 
@@ -91,10 +104,23 @@ def configure(
     - ``configure(mode="live")``: files under ``base_dir`` (default ``./dump/data``).
     - ``configure(mode="live", backend="redis://...")`` or a ready :class:`Backend`.
 
+    ``clock`` gives the statistics events (:mod:`persistkit.stats`) their time
+    in milliseconds since the epoch: a backtest passes its simulated time
+    (``clock=lambda: candle.timestamp``) so that its statistics use market time;
+    by default an event carries the time of the tick that recorded it
+    (:func:`persistkit.clock.now_ms`, which its replay sees too), or the
+    wall-clock time of a commit outside a live session's tick. ``event_limit``
+    bounds the events kept per (symbol, strategy) for each of ``Schedule`` and
+    ``Partial`` (oldest dropped first; 0 records none).
+
     Stores the adapters memoized before are dropped, so the change applies to
     every key, including those already used.
     """
     global _current
+    if isinstance(event_limit, bool) or not isinstance(event_limit, int) or event_limit < 0:
+        raise ValueError(f"event_limit must be a whole number >= 0, not {event_limit!r}")
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be a function returning milliseconds, not {clock!r}")
     root = os.path.abspath(os.fspath(base_dir))
     chosen: Backend
     if mode == "backtest":
@@ -118,7 +144,9 @@ def configure(
         )
         logger.warning("persistkit: %s", message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
-    settings = Settings(mode=mode, base_dir=root, backend=chosen)
+    settings = Settings(
+        mode=mode, base_dir=root, backend=chosen, clock=clock, event_limit=event_limit
+    )
     with _lock:
         _current = settings
     for reset in list(_on_change):

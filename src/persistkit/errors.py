@@ -17,6 +17,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── LeaseLostError              (RuntimeError) this instance's lease expired or was taken
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
+    ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
@@ -27,6 +28,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
         ├── LockTimeoutError        (TimeoutError) another process held a lock too long
         ├── JournalDamagedError                   the commit journal failed its checks: salvage it
         ├── UnsupportedFormatError                a root written by a newer persistkit
+        ├── SnapshotError                         no read at one commit point: it kept changing
         └── TransientBackendError                 worth retrying (retried before it reaches you)
             └── BackendUnavailableError           still failing after the retries
 
@@ -57,7 +59,9 @@ __all__ = [
     "ResourceLimitError",
     "RowMismatchError",
     "SchemaValidationError",
+    "SnapshotError",
     "StoreClosedError",
+    "TickCancelledError",
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
@@ -181,6 +185,22 @@ class CrossBackendError(PersistError, RuntimeError):
     """
 
 
+class TickCancelledError(PersistError, RuntimeError):
+    """``LiveSession.run`` was made to stop while a tick had not finished.
+
+    A second stop signal, or ``stop_grace`` seconds after the first, found tick
+    ``tick`` still running, before its commit: it was cancelled, so nothing of
+    it was committed, and the session was closed (its locks released). Raised
+    from ``run()`` so that the process exits non-zero saying so; the ticks
+    before it are committed. ``reason`` says what forced the stop.
+    """
+
+    def __init__(self, message: str, *, tick: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.tick = tick
+        self.reason = reason
+
+
 class ResourceLimitError(PersistError, OSError):
     """A process limit ran out (file descriptors: ``ulimit -n``); the message names it."""
 
@@ -247,6 +267,15 @@ class JournalDamagedError(BackendError):
 
 class UnsupportedFormatError(BackendError):
     """The root was written in an on-disk format newer than this release reads."""
+
+
+class SnapshotError(BackendError):
+    """No read of every value at one commit point could be made (:meth:`Backend.snapshot`).
+
+    The backend changed under every attempt (commits landed between two reads
+    that had to agree); nothing was exported or copied. Run it again at a
+    quieter moment, or stop the writers.
+    """
 
 
 class TransientBackendError(BackendError):

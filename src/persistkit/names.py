@@ -17,6 +17,10 @@ them almost certainly made a mistake: the empty name, names with NUL, ``.``,
 One fixed limit, :data:`MAX_SEGMENT_BYTES`, applies to every segment in every
 mode, the joined ``{symbol}_{strategy}`` pair included, so a name a backtest
 accepts is a name the live file backend can store.
+
+A key that comes from outside (an import file, another backend) is held to the
+same rules by :func:`check_store_key`: it must be a key some store could have
+written.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from persistkit.errors import InvalidNameError
 
 __all__ = [
     "MAX_SEGMENT_BYTES",
+    "check_store_key",
     "decode_segment",
     "encode_segment",
     "entity_id_text",
@@ -160,3 +165,53 @@ def split_pair(segment: str) -> tuple[str, str]:
     if not sep or not head or not tail:
         raise InvalidNameError(f"{segment!r} is not a '{{symbol}}_{{strategy}}' segment")
     return decode_segment(head, escape_underscore=True), decode_segment(tail)
+
+
+def check_store_key(key: str, *, paired: bool = False) -> str:
+    """``key`` itself when a store could have written it; :class:`InvalidNameError` otherwise.
+
+    A store writes ``{directories/}{entity name}/{entity id}``: the entity id
+    and the entity name are segments as :func:`encode_segment` makes them
+    (canonical, at most :data:`MAX_SEGMENT_BYTES` bytes); with ``paired`` (the
+    signal, schedule and partial domains) the entity name is a pair as
+    :func:`join_pair` makes it. The directories in front come from a
+    ``base_dir`` below the configured root: plain folder names, held to the
+    same length limit. What the command line imports or migrates is checked
+    with this, so it writes nothing a store could not have written.
+    """
+    if not isinstance(key, str):
+        raise InvalidNameError(f"key must be a string, got {type(key).__name__}")
+    parts = key.split("/")
+    if len(parts) < 2:
+        raise InvalidNameError(f"key {key!r} is not '{{entity name}}/{{entity id}}'")
+    *directories, entity, entity_id = parts
+    for segment in directories:
+        reason = _refuse_reason(segment) or (
+            "starts with '.' (persistkit's own names)" if segment.startswith(".") else None
+        )
+        if reason is not None:
+            raise InvalidNameError(f"key {key!r}: folder {segment!r} {reason}")
+        _check_length(key, segment, "folder")
+    _check_length(key, entity, "entity name")
+    _check_length(key, entity_id, "entity id")
+    try:
+        if paired:
+            if join_pair(*split_pair(entity)) != entity:
+                raise InvalidNameError(f"{entity!r} is not the canonical encoding of its pair")
+        else:
+            decode_segment(entity)
+    except InvalidNameError as exc:
+        raise InvalidNameError(f"key {key!r}: entity name: {exc}") from exc
+    try:
+        decode_segment(entity_id)
+    except InvalidNameError as exc:
+        raise InvalidNameError(f"key {key!r}: entity id: {exc}") from exc
+    return key
+
+
+def _check_length(key: str, segment: str, what: str) -> None:
+    size = len(segment.encode("utf-8", "surrogateescape"))
+    if size > MAX_SEGMENT_BYTES:
+        raise InvalidNameError(
+            f"key {key[:60]!r}...: its {what} is {size} bytes; the limit is {MAX_SEGMENT_BYTES}"
+        )

@@ -26,7 +26,9 @@ of the tick (a virtual clock) and :func:`new_id` a deterministic id source, so
 two replays of one window with one strategy and parameters commit byte-identical
 state (equal ``state_digest``). Outside a replay they are the wall clock and a
 fresh ULID: code that uses them (client order ids, statistics events) runs the
-same in both.
+same in both. Statistics events take the clock and bound configured when the
+replay starts (``configure(clock=..., event_limit=...)``), as a live session
+does: a bot that gives its events market time is replayed under the same clock.
 
 **Runs are recorded** in a registry (in the target, or in this process's memory):
 each run with its status (``running``, then ``complete``, ``aborted`` or
@@ -66,7 +68,7 @@ from persistkit.backends.base import Backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick, new_id, now_ms, replay_run_id, ulid
-from persistkit.config import Settings, session_settings
+from persistkit.config import Settings, current_settings, session_settings
 from persistkit.errors import (
     EntityNotFoundError,
     HistoryUnavailableError,
@@ -527,10 +529,14 @@ async def _replay_registered(
         # The strategy's stores name the root as the caller does (a link, say):
         # the replayed state is mounted there.
         base_dir = source.root if isinstance(source, FileBackend) else summary.source
+        # The statistics' clock and bound as configured, as a live session takes them.
+        configured = current_settings()
         scope = Settings(
             mode="backtest" if isinstance(run_backend, MemoryBackend) else "live",
             base_dir=base_dir,
             backend=run_backend,
+            clock=configured.clock,
+            event_limit=configured.event_limit,
         )
         await _run(loaded[0], loaded[1], strategy, window, params, summary, scope)
         summary.status = "complete"

@@ -383,6 +383,9 @@ class PersistBase(Generic[T]):
         """
         self._check_open()
         route = self._route()  # each backend the store is served by is scanned once
+        done = route.init
+        if done is not None and done.done() and not done.cancelled() and not done.exception():
+            return done.result()  # every adapter call asks: no future to make, no suspension
         if route.init is None:
             # A read-only backend (an operator's look) is checked, never repaired.
             repair = not route.backend.read_only

@@ -5,7 +5,7 @@ written one by one, a crash between them leaves one without the other. Inside
 a transaction, :class:`~persistkit.PersistBase` stages writes instead of
 storing them, and the block's normal exit hands them all to
 :meth:`Backend.commit <persistkit.backends.Backend.commit>` in one call (the file
-backend's commit journal, Redis MULTI/EXEC, S3 commit objects).
+backend's commit journal, Redis MULTI/EXEC, S3's head commit record).
 
 The active transaction lives in a context variable, so tasks started inside the
 block join it, and a store costs one ``ContextVar.get()`` to learn there is none.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
@@ -26,15 +27,19 @@ from persistkit.errors import (
     StoreClosedError,
     TransientBackendError,
 )
-from persistkit.retry import DEFAULT_RETRY
+from persistkit.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = [
+    "CommitHook",
     "Transaction",
     "active_transaction",
     "reading_transaction",
     "transaction",
     "transaction_for",
 ]
+
+CommitHook = Callable[["Transaction"], Awaitable[None]]
+"""Runs once as its transaction commits, before the writes go to the backend."""
 
 _staged_versions = itertools.count(1)
 active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
@@ -64,16 +69,18 @@ class Transaction:
     """
 
     __slots__ = (
+        "_hooks",
         "_parent",
         "_token",
         "_versions",
         "backend",
         "expected",
         "finished",
+        "retry",
         "writes",
     )
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         if type(backend).commit is Backend.commit:
             raise NotImplementedError(
                 f"{type(backend).__name__} has no atomic multi-key commit; transactions need one"
@@ -86,6 +93,10 @@ class Transaction:
         """Versions of stored values this transaction's compare-and-sets relied on;
         the commit succeeds only if each is still current."""
         self.finished = False
+        self.retry = retry
+        """How a commit that failed with a transient error is retried (its
+        outcome is decided by the backend: repeating it is harmless)."""
+        self._hooks: dict[Hashable, tuple[tuple[str, ...], CommitHook]] = {}
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
 
@@ -169,6 +180,24 @@ class Transaction:
         version = self._versions[key] = f"staged-{next(_staged_versions)}"
         return version
 
+    def before_commit(self, name: Hashable, keys: Iterable[str], hook: CommitHook) -> None:
+        """Run ``hook(self)`` once, as this transaction commits, before the backend sees it.
+
+        What derives writes from the whole tick registers here (the statistics
+        events of :mod:`persistkit.stats`): the hook runs with the staged writes
+        and ``keys`` (those it may add) locked against the other commits of this
+        process, reads the committed state from the backend, and adds its
+        writes with :meth:`include`, so they land in the same atomic commit. A
+        second registration of ``name`` is ignored. A failed block discards its
+        hooks with its writes; a savepoint hands them to the outer transaction.
+        """
+        self._check_active()
+        self._hooks.setdefault(name, (tuple(keys), hook))
+
+    def include(self, key: str, data: bytes | None) -> None:
+        """Add a write (``None``: remove) to the commit in progress; for commit hooks."""
+        self.writes[key] = data
+
     async def __aenter__(self) -> Transaction:
         parent = active_transaction.get()
         if parent is not None and parent.backend is not self.backend:
@@ -200,6 +229,8 @@ class Transaction:
                 if outer._level_of(key) is None:
                     outer.expected.setdefault(key, version)
             outer.writes.update(self.writes)
+            for name, hook in self._hooks.items():
+                outer._hooks.setdefault(name, hook)
             for key, data in self.writes.items():
                 if data is None:
                     outer._versions.pop(key, None)
@@ -215,21 +246,31 @@ class Transaction:
         from persistkit.store import _ordering_for
 
         locks = _ordering_for(self.backend).current()
+        keys = list(writes)
+        if self._hooks:
+            wanted = dict.fromkeys(keys)
+            for hook_keys, _ in self._hooks.values():
+                wanted.update(dict.fromkeys(hook_keys))
+            keys = list(wanted)
         taken: list[str] = []
         try:
             # Usually nobody else holds these keys: take them all without
             # suspending. Otherwise give them back and wait for each in one
             # global order, so two commits never wait on each other.
-            for key in writes:
+            for key in keys:
                 if not locks.try_acquire(key):
                     for held in taken:
                         locks.release(held)
                     taken.clear()
-                    for key_in_order in sorted(writes):
+                    for key_in_order in sorted(keys):
                         await locks.acquire(key_in_order)
                         taken.append(key_in_order)
                     break
                 taken.append(key)
+            # Under the locks: what a hook reads as committed stays so until
+            # this commit lands (in this process; a pair has one live session).
+            for _, hook in self._hooks.values():
+                await hook(self)
             backend = self.backend
             if self.expected and backend.commit_checks_versions:
 
@@ -246,20 +287,23 @@ class Transaction:
                 await commit()
             except TransientBackendError as exc:
                 # A commit carries whole values, so repeating it is harmless.
-                await DEFAULT_RETRY.call(commit, exc)
+                await self.retry.call(commit, exc)
         finally:
             for key in taken:
                 locks.release(key)
 
 
-def transaction(backend: Backend | None = None) -> Transaction:
+def transaction(
+    backend: Backend | None = None, *, retry: RetryPolicy = DEFAULT_RETRY
+) -> Transaction:
     """``async with transaction():`` commits every write in the block atomically.
 
     ``backend`` defaults to the one serving the four domain adapters here: the
     live session's inside its ticks, else the configured one
-    (:func:`persistkit.configure`). See :class:`Transaction`.
+    (:func:`persistkit.configure`). ``retry`` is how a commit that failed with
+    a transient error is repeated. See :class:`Transaction`.
     """
-    return Transaction(active_settings().backend if backend is None else backend)
+    return Transaction(active_settings().backend if backend is None else backend, retry=retry)
 
 
 def transaction_for(backend: Backend) -> Transaction | None:

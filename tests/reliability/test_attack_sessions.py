@@ -240,16 +240,13 @@ def test_an_overwrite_into_the_root_of_a_running_bot_is_refused_or_kept(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 ('an export is a snapshot'): export reads key by key, not at one commit",
-)
 def test_an_export_during_ticks_holds_whole_ticks(tmp_path: Path) -> None:
     """export while the bot ticks: the signal, its risk position and the fill of one tick.
 
-    Every tick writes all three in one commit; export reads them key by key, so
-    a file can hold a signal of one tick and the risk position of another: a
-    backup that, imported, is a signal without its risk position.
+    Every tick writes all three in one commit. Read key by key (as export did
+    before issue 12), a file could hold a signal of one tick and the risk
+    position of another: a backup that, imported, is a signal without its risk
+    position. Export reads at one commit point now.
     """
     root = tmp_path / "root"
     bot = _bot(tmp_path, root, 1_000_000, 0)

@@ -13,7 +13,9 @@ runs at full speed: the client sees its connection closed at once and retries.
 ``loss`` is the share of replies to lose; ``lose_if(request)`` narrows it to
 replies of some requests (say, only conditional PUTs): it sees the bytes the
 client sent since the previous reply. The decision is made once per reply, on
-its first bytes, from a seeded generator, so a run can be repeated.
+its first bytes, from a seeded generator, so a run can be repeated. An HTTP
+``100 Continue`` is passed on undecided: it comes before the request's body,
+so losing it would lose a request the server never executed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Callable
 from typing import Self
 
 __all__ = ["ReplyLossProxy"]
+
+INTERIM_REPLY = b"HTTP/1.1 100 "
 
 
 class ReplyLossProxy:
@@ -121,6 +125,13 @@ class ReplyLossProxy:
         async def replies() -> None:
             nonlocal replying
             while chunk := await server_in.read(65536):
+                if chunk.startswith(INTERIM_REPLY) and not replying:
+                    # "100 Continue" (boto3 sends Expect: 100-continue with a PUT): the
+                    # body has not even been sent, the server has executed nothing yet.
+                    # The real reply comes after it and is the one to decide on.
+                    client_out.write(chunk)
+                    await client_out.drain()
+                    continue
                 if request and not replying:
                     if self._should_lose(bytes(request)):
                         return  # the server has executed it; the client never hears

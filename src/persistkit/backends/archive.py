@@ -135,9 +135,8 @@ class HistoryArchive:
         try:
             self._os.stat(f"{self.directory}/{BASE_FILE}")  # a stat: the base may be large
         except FileNotFoundError:
-            state = {
-                key: data for key, data in self._backend._walk_files() if key not in journal_keys
-            }
+            files, _links = self._backend._read_tree()  # links are never followed
+            state = {key: data for key, data in files.items() if key not in journal_keys}
             self._write_base(first_seq - 1, time_ns, state)
         self.started = True
 

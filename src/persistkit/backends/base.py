@@ -23,24 +23,27 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
-from persistkit.errors import InvalidNameError
+from persistkit.errors import InvalidNameError, SnapshotError
 from persistkit.history import RecordedHistory, unavailable
 
 __all__ = [
     "ANY_VERSION",
+    "SNAPSHOT_ATTEMPTS",
     "AnyVersion",
     "Backend",
     "Expected",
     "Lease",
     "QuarantineEntry",
+    "Snapshot",
     "Versioned",
     "check_key",
     "check_namespace",
     "fencing",
+    "lay_commits_over",
 ]
 
 _BAD_KEY = re.compile(r"(?:\A|/)(?:\.|/|\Z)|\x00")
@@ -211,6 +214,58 @@ block. A backend with :attr:`Backend.leases` refuses, with
 :class:`~persistkit.errors.LeaseLostError`, a write or commit carrying a token
 older than the newest lease of its name. Writes outside a session carry none.
 """
+
+
+SNAPSHOT_ATTEMPTS = 5
+"""Reads :meth:`Backend.snapshot` makes before it gives up on a backend that keeps changing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every value of a backend as of one commit point (see :meth:`Backend.snapshot`)."""
+
+    values: dict[str, bytes]
+    """Key -> committed bytes."""
+    pending: frozenset[str] = frozenset()
+    """Keys whose committed value is not yet where the backend keeps its values:
+    read from a commit recorded and not applied yet (a start applies it)."""
+    committed_at: dict[str, float] = field(default_factory=dict)
+    """When the commit that gave each ``pending`` key its value was made (epoch seconds)."""
+    behind: tuple[str, ...] = ()
+    """Commits the backend holds and could not read: ``values`` is older than
+    the committed state by these."""
+    foreign_links: tuple[str, ...] = ()
+    """Symbolic links inside a file root: never followed, nothing behind them is
+    in ``values`` (they are problems to fix)."""
+    point: str = ""
+    """How the commit point was found, in words."""
+
+
+def lay_commits_over(
+    stored: Mapping[str, bytes],
+    committed: Mapping[str, bytes | None],
+    committed_at: Mapping[str, float],
+    *,
+    behind: tuple[str, ...] = (),
+    foreign_links: tuple[str, ...] = (),
+    point: str = "",
+) -> Snapshot:
+    """What is committed: ``stored`` values with commits not applied yet laid over them.
+
+    ``committed`` holds the newest value of each key in those commits
+    (``None``: deleted); a key whose stored value differs from it is pending.
+    """
+    values = {key: data for key, data in stored.items() if key not in committed}
+    values.update((key, data) for key, data in committed.items() if data is not None)
+    pending = frozenset(key for key, data in committed.items() if stored.get(key) != data)
+    return Snapshot(
+        dict(sorted(values.items())),
+        pending=pending,
+        committed_at={key: committed_at[key] for key in pending if key in committed_at},
+        behind=behind,
+        foreign_links=foreign_links,
+        point=point,
+    )
 
 
 class Backend(ABC):
@@ -414,6 +469,52 @@ class Backend(ABC):
         applied in one step (or that have none) return ``[]``.
         """
         return []
+
+    async def snapshot(self) -> Snapshot:
+        """Every value at one commit point, read-only (``export``, ``inspect``, ``migrate``).
+
+        A tick committed while the values are read is in the result whole or
+        not at all. Commits the backend has recorded and not applied yet are
+        read as committed (their keys in :attr:`Snapshot.pending`) where the
+        backend can read them, and listed in :attr:`Snapshot.behind` where it
+        cannot.
+
+        The default reads everything twice and keeps the first read when the
+        second agrees with it, key for key and byte for byte: every value then
+        held from the end of the first read to the start of the second, which
+        is the commit point. (A value changed and changed back to the very
+        same bytes in between goes unseen.) After :data:`SNAPSHOT_ATTEMPTS`
+        disagreeing pairs it raises :class:`~persistkit.errors.SnapshotError`:
+        on a backend written without pause it is not a snapshot.
+        """
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            first = await self._read_committed()
+            if first == await self._read_committed():
+                return replace(first, point="two reads that agree key for key")
+        raise SnapshotError(
+            f"{self.url} changed during each of {SNAPSHOT_ATTEMPTS} pairs of reads: no read "
+            "at one commit point could be made, so nothing was read. Run it again when the "
+            "writers pause, or stop them"
+        )
+
+    async def _read_committed(self) -> Snapshot:
+        """One read of every value (not at one point); :meth:`snapshot` compares two.
+
+        Commits recorded and not applied cannot be read here: they are ``behind``.
+        A backend that can read them overrides this and lays them over
+        :meth:`_read_stored` (:func:`lay_commits_over`).
+        """
+        values = await self._read_stored()
+        return Snapshot(values, behind=tuple(await self.unapplied_commits()))
+
+    async def _read_stored(self) -> dict[str, bytes]:
+        """Every stored value, key by key (not at one point)."""
+        keys = sorted([key async for key in self.scan("", recursive=True)])
+        return {
+            key: stored.data
+            for key, stored in zip(keys, await self.get_many(keys), strict=True)
+            if stored is not None
+        }
 
     async def durability_warnings(self) -> list[str]:
         """Settings of the storage that make an acknowledged write less than durable."""

@@ -70,16 +70,18 @@ def describe_link(path: str) -> str:
 
 
 class _Listing:
-    """A directory listing without symbolic links; a context manager like ``os.scandir``."""
+    """A directory listing without symbolic links (unless asked); a context manager like
+    ``os.scandir``."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_links")
 
-    def __init__(self, entries: Any) -> None:
+    def __init__(self, entries: Any, *, links: bool = False) -> None:
         self._entries = entries
+        self._links = links
 
     def __iter__(self) -> Iterator[Any]:
         for entry in self._entries:
-            if not entry.is_symlink():
+            if self._links or not entry.is_symlink():
                 yield entry
 
     def close(self) -> None:
@@ -373,15 +375,16 @@ class ConfinedOS:
 
         self._in_parent(src, src_dir_fd, with_dst)
 
-    def scandir(self, path: str | int) -> _Listing:
+    def scandir(self, path: str | int, *, links: bool = False) -> _Listing:
         """The entries of a directory, symbolic links left out.
 
         Entries come from the directory's descriptor: use ``entry.name``, not
-        ``entry.path``.
+        ``entry.path``. ``links=True`` (a directory descriptor only) keeps the
+        links in, for those who report them; they are still never followed.
         """
         inner = self.inner
         if isinstance(path, int):
-            return _Listing(inner.scandir(path))
+            return _Listing(inner.scandir(path), links=links)
         if self._below(path) is None and path.rstrip("/") != self.root.rstrip("/"):
             return _Listing(inner.scandir(path))
         fd = self.open_dir(path)

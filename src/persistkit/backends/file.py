@@ -36,6 +36,10 @@ keys are appended to the journal too.
 Versions are a digest of the content, so compare-and-set cannot be fooled by
 a reused inode number or a coarse mtime.
 
+:meth:`FileBackend.snapshot` reads every committed value at one commit of the
+journal without a lock (what ``persistkit inspect`` and ``export`` show); it
+lists symbolic links inside the root instead of following them.
+
 Confined to the root: the root is resolved once (it may itself be a symbolic
 link) and every syscall goes through :class:`~persistkit.backends.confine.ConfinedOS`,
 which never follows a link below it (see that module). A link met on the way
@@ -62,11 +66,14 @@ from persistkit.backends._threads import run_to_completion
 from persistkit.backends.archive import HistoryArchive, HistoryPolicy
 from persistkit.backends.base import (
     ANY_VERSION,
+    SNAPSHOT_ATTEMPTS,
     Backend,
     Expected,
     QuarantineEntry,
+    Snapshot,
     Versioned,
     join_key,
+    lay_commits_over,
     new_quarantine_id,
     quarantined_key,
     split_key,
@@ -87,8 +94,10 @@ from persistkit.errors import (
     ConflictError,
     DurabilityUnknownError,
     EntityNotFoundError,
+    ForeignSymlinkError,
     HistoryUnavailableError,
     InvalidNameError,
+    SnapshotError,
     StoreClosedError,
     WriteFailedError,
 )
@@ -101,6 +110,7 @@ __all__ = [
     "FileBackend",
     "HistoryPolicy",
     "content_version",
+    "entry_file_stem",
 ]
 
 T = TypeVar("T")
@@ -109,6 +119,8 @@ SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = ".quarantine"
 _REASON_SUFFIX = ".reason"
+_NAME_MAX = 255
+"""Bytes in one file name (``NAME_MAX`` of ext4, XFS, btrfs, tmpfs)."""
 
 _FIRST_READ = 1 << 16
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -120,6 +132,27 @@ _DURABLE_DIRS: set[tuple[int, int, str]] = set()
 
 The inode is part of the key: a directory removed and made again is a new one.
 """
+
+
+def entry_file_stem(entry_name: str) -> str:
+    """The stem of the files of quarantine entry ``entry_name`` (``{name}@{stamp}``).
+
+    The entry's files add a stamp and ``.reason`` (34 bytes) to the value's
+    name. A name persistkit makes leaves room for them (see
+    :mod:`persistkit.names`), but a file made by hand or by another tool may be
+    named up to 250 bytes, and quarantining it must not fail for its name's
+    sake: such an entry's files are named by a prefix of the name and a digest
+    of the whole name instead (the same every time). Its id and the key in its
+    reason file keep the whole name.
+    """
+    raw = os.fsencode(entry_name)
+    if len(raw) + len(_REASON_SUFFIX) <= _NAME_MAX:
+        return entry_name
+    name, at, stamp = raw.rpartition(b"@")
+    digest = hashlib.blake2b(name, digest_size=8).hexdigest()
+    room = _NAME_MAX - len(_REASON_SUFFIX) - len(at + stamp) - len(digest) - 1
+    prefix = name[: max(room, 0)].decode("utf-8", "ignore")  # never half a character
+    return f"{prefix}~{digest}{os.fsdecode(at + stamp)}"
 
 
 def content_version(data: bytes) -> str:
@@ -391,6 +424,26 @@ class FileBackend(Backend):
                 "the new value is visible, but may not survive a power cut"
             ) from exc
 
+    def write_file(self, name: str, data: bytes) -> str:
+        """Durably replace the file ``name`` in the root with ``data``; returns its path.
+
+        For bytes that are not a value (a report written beside the state):
+        the same durable write as every value (DESIGN.md §3), the root created
+        durably if missing, a link in its place refused. ``name`` is one file
+        name, used as given.
+        """
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise InvalidNameError(f"{name!r} is not a file name")
+        self._check_not_closed()
+        if self.read_only:
+            raise WriteFailedError(f"{self!r} was opened read-only; nothing was written")
+        dir_fd = self._ensure_dir(self.root)
+        try:
+            self._write_new_file(dir_fd, name, data)
+        finally:
+            self._os.close(dir_fd)
+        return f"{self.root}/{name}"
+
     def _describe_dir(self, dir_fd: int) -> str:
         try:
             return os.readlink(f"/proc/self/fd/{dir_fd}")
@@ -601,27 +654,92 @@ class FileBackend(Backend):
                     elif recursive and entry.is_dir(follow_symlinks=False):
                         pending.append(join_key(current, name))
 
-    def _walk_files(self) -> list[tuple[str, bytes]]:
-        """Every entity file's key and bytes (what the history's base starts from)."""
-        found: list[tuple[str, bytes]] = []
-        pending = [""]
-        while pending:
-            current = pending.pop()
+    # -- snapshot --------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """Every committed value at one commit of the shared journal; no lock, no write.
+
+        The journal is read up to its last complete record (a commit point),
+        then every value file, then the journal again. Keys the journal held
+        at that point take its values (those that differ from their files are
+        :attr:`~Snapshot.pending`). The files are right for every other key,
+        unless a later commit reached them meanwhile: only possible for a key
+        the journal holds now and did not then, or after a checkpoint (a new
+        journal). Then it reads again, up to :data:`SNAPSHOT_ATTEMPTS` times,
+        so a running bot is never blocked, not even for a moment. A plain
+        write (outside a transaction) of a key the journal does not hold is
+        one key's write: it is read as it is when its file is read.
+
+        Symbolic links inside the root are listed, never followed (see
+        :attr:`Snapshot.foreign_links`). Per-process journals of an older
+        release are not read: they are :attr:`~Snapshot.behind`.
+        """
+        self._check_open()
+        journal = self.journal
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            cut = journal.read_cut()
+            files, links = await self._run(self._read_tree)
+            if cut.continued_by(journal.read_cut()):
+                break
+        else:
+            raise SnapshotError(
+                f"{self.root}: a checkpoint or a commit to a new key landed during each of "
+                f"{SNAPSHOT_ATTEMPTS} reads; no read at one commit point could be made, so "
+                "nothing was read. Run it again"
+            )
+        behind = tuple(
+            f"{JOURNAL_DIR}/{name}: an older release's commits, not read (a start merges them)"
+            for name in journal.legacy_journal_names()
+        )
+        return lay_commits_over(
+            files,
+            cut.writes,
+            {key: time_ns / 1e9 for key, time_ns in cut.committed_at.items()},
+            behind=behind,
+            foreign_links=tuple(sorted(links)),
+            point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",
+        )
+
+    def _read_tree(self) -> tuple[dict[str, bytes], list[str]]:
+        """Every value file under the root, and every symbolic link met (never followed).
+
+        Hidden folders (quarantine, journal, locks, history) are walked for links only.
+        """
+        values: dict[str, bytes] = {}
+        links: list[str] = []
+        waiting = [("", True)]
+        while waiting:
+            namespace, holds_values = waiting.pop()
+            path = self._dir(namespace)
             try:
-                entries = list(self._os.scandir(self._dir(current)))
-            except (FileNotFoundError, NotADirectoryError):
+                dir_fd = self._open_dir(path)
+            except ForeignSymlinkError as exc:
+                links.append(exc.path or path)
                 continue
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                if name.endswith(SUFFIX):
-                    data = self._read_at(None, f"{self._dir(current)}/{name}")
-                    if data is not None:
-                        found.append((join_key(current, name[: -len(SUFFIX)]), data))
-                elif entry.is_dir(follow_symlinks=False):
-                    pending.append(join_key(current, name))
-        return found
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while we walked
+            try:
+                with self._os.scandir(dir_fd, links=True) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if entry.is_symlink():
+                            links.append(f"{path}/{name}")
+                        elif entry.is_dir(follow_symlinks=False):
+                            own = holds_values and not name.startswith(".")
+                            waiting.append((join_key(namespace, name), own))
+                        elif holds_values and name.endswith(SUFFIX) and not name.startswith("."):
+                            try:
+                                data = self._read_at(dir_fd, name)
+                            except ForeignSymlinkError as exc:  # swapped for one just now
+                                links.append(exc.path or f"{path}/{name}")
+                                continue
+                            if data is not None:
+                                values[join_key(namespace, name[: -len(SUFFIX)])] = data
+            except OSError as exc:
+                raise BackendError(f"cannot read {path}: {exc}") from exc
+            finally:
+                self._os.close(dir_fd)
+        return values, links
 
     # -- history -----------------------------------------------------------------
 
@@ -710,22 +828,26 @@ class FileBackend(Backend):
         namespace, name = split_key(key)
         now = time.time()
         entry_name = split_key(new_quarantine_id(key))[1]
-        meta = orjson.dumps({"key": key, "reason": reason, "quarantined_at": now})
+        stem = entry_file_stem(entry_name)
+        # A file named by hand may not be UTF-8 (its key then holds surrogates,
+        # which JSON cannot): the reason file shows it escaped, the id keeps it.
+        shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        meta = orjson.dumps({"key": shown, "reason": reason, "quarantined_at": now})
         quarantine_fd = self._ensure_dir(self._quarantine_dir(namespace))
         try:
             source_fd = self._open_dir(self._dir(namespace))
             try:
                 self._lock_dir(source_fd, key, wait)
-                self._write_new_file(quarantine_fd, entry_name + _REASON_SUFFIX, meta)
+                self._write_new_file(quarantine_fd, stem + _REASON_SUFFIX, meta)
                 try:
                     osl.replace(
                         name + SUFFIX,
-                        entry_name + SUFFIX,
+                        stem + SUFFIX,
                         src_dir_fd=source_fd,
                         dst_dir_fd=quarantine_fd,
                     )
                 except OSError as exc:
-                    osl.unlink(entry_name + _REASON_SUFFIX, dir_fd=quarantine_fd)
+                    osl.unlink(stem + _REASON_SUFFIX, dir_fd=quarantine_fd)
                     raise BackendError(f"cannot quarantine {key}: {exc}") from exc
                 osl.fsync(quarantine_fd)
                 osl.fsync(source_fd)
@@ -765,20 +887,34 @@ class FileBackend(Backend):
                         continue
                     try:
                         meta = orjson.loads(data)
+                        key = str(meta["key"])
                         yield QuarantineEntry(
-                            id=join_key(current, entry.name[: -len(_REASON_SUFFIX)]),
-                            key=str(meta["key"]),
+                            id=self._entry_id(current, entry.name[: -len(_REASON_SUFFIX)], key),
+                            key=key,
                             reason=str(meta["reason"]),
                             quarantined_at=float(meta["quarantined_at"]),
                         )
                     except (ValueError, KeyError, TypeError):
                         continue  # a reason file torn by a crash; the data file is still there
 
+    @staticmethod
+    def _entry_id(namespace: str, stem: str, key: str) -> str:
+        """The id of the entry whose files are ``stem``: ``{key}@{stamp}``.
+
+        The stem is the id's last segment unless :func:`entry_file_stem`
+        shortened it; then the key in the reason file gives the whole name,
+        trusted only if it leads back to these very files.
+        """
+        whole = f"{key}@{stem.rpartition('@')[2]}"
+        if split_key(key)[0] == namespace and entry_file_stem(split_key(whole)[1]) == stem:
+            return whole
+        return join_key(namespace, stem)
+
     def _entry_paths(self, entry_id: str) -> tuple[str, str, str]:
         """Quarantine directory, entry file stem and original key of ``entry_id``."""
         key = quarantined_key(entry_id)
-        namespace, stem = split_key(entry_id)
-        return self._quarantine_dir(namespace), stem, key
+        namespace, entry_name = split_key(entry_id)
+        return self._quarantine_dir(namespace), entry_file_stem(entry_name), key
 
     async def read_quarantined(self, entry_id: str) -> bytes:
         self._check_open()
@@ -788,46 +924,38 @@ class FileBackend(Backend):
             raise EntityNotFoundError(f"no quarantine entry {entry_id!r}")
         return data
 
-    def _restore_sync(self, entry_id: str, overwrite: bool, *, wait: bool) -> str:
-        osl = self._os
-        directory, stem, key = self._entry_paths(entry_id)
-        namespace, name = split_key(key)
-        try:
-            quarantine_fd = self._open_dir(directory)
-        except FileNotFoundError as exc:
-            raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
-        try:
-            target_fd = self._ensure_dir(self._dir(namespace))
-            try:
-                self._lock_dir(target_fd, key, wait)
-                if not overwrite and self._read_at(target_fd, name + SUFFIX) is not None:
-                    raise ConflictError(
-                        f"{key} has a value again; restore with overwrite to replace it",
-                        key=key,
-                    )
-                try:
-                    osl.replace(
-                        stem + SUFFIX,
-                        name + SUFFIX,
-                        src_dir_fd=quarantine_fd,
-                        dst_dir_fd=target_fd,
-                    )
-                except FileNotFoundError as exc:
-                    raise EntityNotFoundError(f"no quarantine entry {entry_id!r}") from exc
-                osl.fsync(target_fd)
-            finally:
-                osl.close(target_fd)
-            self._unlink_quietly(quarantine_fd, stem + _REASON_SUFFIX)
-            osl.fsync(quarantine_fd)
-        finally:
-            osl.close(quarantine_fd)
-        return key
-
     async def restore(self, entry_id: str, *, overwrite: bool = False) -> str:
+        """Commit the quarantined value back to its key, then remove the entry.
+
+        One commit of the shared journal, like a tick: ordered with every other
+        process's commits, so no replay of the journal undoes it, and checked
+        at commit time (the key must still be absent unless ``overwrite``). A
+        crash between the commit and the entry's removal leaves the value in
+        place and the entry still listed; purging it then loses nothing. A key
+        that is not UTF-8 text (a file named by hand) cannot be committed:
+        :class:`InvalidNameError`, nothing changed.
+        """
         self._check_writable()
-        if self.journal.holds(quarantined_key(entry_id)):
-            await self._off_loop(self.journal.checkpoint)
-        return await self._run_locking(self._restore_sync, entry_id, overwrite)
+        key = quarantined_key(entry_id)
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidNameError(
+                f"{key!r} is not UTF-8 text: no store wrote it, and a commit cannot name it; "
+                f"move {entry_id!r} out of {self.root}/{QUARANTINE_DIR} by hand"
+            ) from None
+        data = await self.read_quarantined(entry_id)
+        try:
+            await self._journal_commit({key: data}, None if overwrite else {key: None})
+        except ConflictError as exc:
+            raise ConflictError(
+                f"{key} has a value again; restore with overwrite to replace it", key=key
+            ) from exc
+        try:
+            await self._run(self._purge_sync, entry_id)
+        except EntityNotFoundError:
+            pass  # removed meanwhile by a purge: the value is back all the same
+        return key
 
     def _purge_sync(self, entry_id: str) -> None:
         directory, stem, _ = self._entry_paths(entry_id)

@@ -51,6 +51,12 @@ replacement (the file they have open has no name any more) and read the new
 one. All of this happens under the journal lock, so two processes never apply
 at once.
 
+**Reading at one commit point.** Records are only appended, so the journal up
+to its last complete record is a state that was committed: :meth:`CommitJournal.read_cut`
+reads it without the lock (the command line's ``export`` and ``inspect``, through
+:meth:`FileBackend.snapshot`), and a second cut tells whether a checkpoint or a
+commit to a new key may have reached the files in between.
+
 **A failed fsync** (fsyncgate): the records are in the file, so they are
 visible to every process, and the caller gets :class:`DurabilityUnknownError`.
 The journal whose fsync failed is never fsynced again: its whole content is
@@ -108,10 +114,12 @@ __all__ = [
     "JOURNAL_DIR",
     "JOURNAL_FILE",
     "CommitJournal",
+    "JournalCut",
     "JournalRecord",
     "SalvageReport",
     "encode_record",
     "parse_records",
+    "read_journal_file",
 ]
 
 JOURNAL_DIR = ".journal"
@@ -272,6 +280,23 @@ def find_damage(data: bytes | memoryview, offset: int) -> list[JournalRecord]:
     return found
 
 
+def read_journal_file(data: bytes) -> tuple[int, list[JournalRecord]]:
+    """The first sequence number and the complete records of a whole journal file's bytes.
+
+    For a reader that looks at the journal without opening it as a backend
+    does (``persistkit status``). A torn tail, or damage, after the complete
+    records is left out: :meth:`CommitJournal.refresh` is what tells them
+    apart. :class:`JournalDamagedError` when ``data`` has no journal header.
+    """
+    if len(data) < _FILE_HEADER.size:
+        raise JournalDamagedError("the commit journal has no header")
+    magic, _flags, first_seq = _FILE_HEADER.unpack_from(data, 0)
+    if magic != FILE_MAGIC:
+        raise JournalDamagedError("the commit journal has a bad header")
+    records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+    return first_seq, records
+
+
 @dataclass(slots=True)
 class _Request:
     writes: Writes
@@ -295,6 +320,35 @@ class _OpenJournal:
     last_time_ns: int = 0
     entry_durable: bool = False
     """Whether this process made the journal's directory entry durable (:meth:`_lock_journal`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCut:
+    """The shared journal up to its last complete record: one commit point.
+
+    Made by :meth:`CommitJournal.read_cut`.
+    """
+
+    generation: tuple[int, int] | None
+    """Inode and first sequence number of the journal file read (a checkpoint
+    replaces the file); ``None`` when there was none."""
+    seq: int
+    """The last commit read; 0 when none."""
+    writes: dict[str, bytes | None]
+    """The newest committed value of every key the journal held (``None``: deleted)."""
+    committed_at: dict[str, int]
+    """``time_ns`` of the commit that wrote each key of ``writes`` last."""
+
+    def continued_by(self, later: JournalCut) -> bool:
+        """Whether ``later`` is this journal grown only by commits to keys it already held.
+
+        Only then do the value files read between the two cuts show no commit
+        made after this one: the applier writes only keys the journal holds,
+        and the values of those held here are taken from here. A commit to
+        another key may have been applied to its file meanwhile, and a
+        checkpoint (a new journal) may have applied anything.
+        """
+        return later.generation == self.generation and later.writes.keys() <= self.writes.keys()
 
 
 @dataclass(slots=True)
@@ -1004,6 +1058,40 @@ class CommitJournal:
             for fd, _ in held:
                 osl.close(fd)
         return count
+
+    def read_cut(self) -> JournalCut:
+        """The journal up to its last complete record; reads only, takes no lock.
+
+        Records are only ever appended, so every complete prefix is a state
+        that was committed: a record still being appended is simply not part
+        of it. Nothing of this process's own view (:attr:`pending`) is used or
+        changed. Damage raises :class:`JournalDamagedError`, as for any read.
+        """
+        journal = self._open_current(writable=False)
+        if journal is None:
+            return JournalCut(None, 0, {}, {})
+        try:
+            size = self._os.fstat(journal.fd).st_size
+            data = self._os.pread(journal.fd, max(size - journal.offset, 0), journal.offset)
+        finally:
+            self._os.close(journal.fd)
+        records, length = parse_records(data, journal.next_seq)
+        if length < len(data) and find_damage(data, length):
+            raise JournalDamagedError(
+                f"the commit journal {self.path} is damaged at byte {journal.offset + length}: "
+                + self._salvage_hint()
+            )
+        writes: dict[str, bytes | None] = {}
+        committed_at: dict[str, int] = {}
+        for record in records:
+            writes.update(record.writes)
+            committed_at.update(dict.fromkeys(record.writes, record.time_ns))
+        return JournalCut(
+            (journal.ino, journal.next_seq),
+            journal.next_seq + len(records) - 1,
+            writes,
+            committed_at,
+        )
 
     def describe_unapplied(self) -> list[str]:
         """What the journal holds that the files do not show yet (changes nothing)."""

@@ -1,4 +1,4 @@
-"""The ``persistkit`` command line: inspect, preflight, quarantine, migrate, export, import.
+"""The ``persistkit`` command line: status, inspect, preflight, quarantine, migrate, export, import.
 
 For the person on call: see a bot's state, check before a deploy that a
 restart will succeed, and move state between backends, without writing Python.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -11,10 +12,13 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from rich.live import Live
+from rich.text import Text
 
 from persistkit.backends import Backend
-from persistkit.backends.base import QuarantineEntry, split_key
+from persistkit.backends.base import QuarantineEntry, Snapshot, split_key
 from persistkit.backends.file import FileBackend
+from persistkit.backends.journal import SalvageReport
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -33,8 +37,22 @@ from .render import (
     print_preflight,
     print_quarantine,
     quarantine_json,
+    read_problems,
+)
+from .render import (
+    _stdout as stdout_console,  # the console every command prints its words with
 )
 from .replay import replay
+from .report import report as report_command
+from .status import (
+    SessionHolder,
+    collect_status,
+    describe_holder,
+    refuse_beside_running_sessions,
+    status_json,
+    status_lines,
+    watch_status,
+)
 from .targets import (
     DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
@@ -44,7 +62,6 @@ from .targets import (
     format_time,
     open_target,
     plural,
-    refuse_beside_running_sessions,
     store_for,
 )
 from .transfer import (
@@ -113,6 +130,32 @@ def entry_arguments(command: Callable[..., None]) -> Callable[..., None]:
     return click.argument("entry_id", metavar="ID")(target_argument(command))
 
 
+PURGE_BESIDE_A_BOT = (
+    "a quarantined value is no part of the bot's state, so the bot reads nothing it removes"
+)
+COMMITTED_LIKE_A_TICK = (
+    "the change is one commit of the root's journal, like one of the bot's ticks, "
+    "so no replay undoes it; the bot's own next write of a key still replaces it"
+)
+
+
+def force_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--force",
+        is_flag=True,
+        help=f"Write even while a live session holds the root: {what}.",
+    )
+
+
+def _note_forced(holders: list[SessionHolder]) -> None:
+    if holders:
+        click.echo(
+            "note: written beside a live session ("
+            + "; ".join(describe_holder(holder) for holder in holders)
+            + f"): {COMMITTED_LIKE_A_TICK}"
+        )
+
+
 progress_option = click.option(
     "--progress/--no-progress",
     default=None,
@@ -120,14 +163,20 @@ progress_option = click.option(
 )
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 done and clean, 1 problems found or a change refused, "
+    "2 could not run. Each command's --help says what its codes mean.",
+)
 @click.version_option(package_name="persistkit")
 def cli() -> None:
     """Inspect, check and move the state persistkit keeps for a trading bot.
 
     ROOT is a directory (default ./dump/data); URL is any backend URL
-    (file:///path, redis://host:6379/0, s3://bucket/prefix, ...). Exit codes:
-    0 done and clean, 1 problems found or a change refused, 2 could not run.
+    (file:///path, redis://host:6379/0, s3://bucket/prefix, and so on).
+    Commands that only read are safe while a bot runs; commands that write
+    refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
     logging.getLogger("persistkit").addHandler(logging.NullHandler())
@@ -137,7 +186,12 @@ def cli() -> None:
 # -- inspect ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Show domains, entities and open positions.")
+@cli.command(
+    short_help="Show domains, entities and open positions.",
+    epilog="Exit codes: 0 shown whole; 1 shown, but a symbolic link inside the root was not "
+    "followed or commits could not be read (what is shown is then older than the committed "
+    "state); 2 could not run (no such root, a bad URL, an unreachable server).",
+)
 @target_argument
 @json_option
 @progress_option
@@ -147,8 +201,20 @@ def cli() -> None:
     metavar="T",
     help="The state at time T (epoch ms or ISO 8601 with zone), from the history.",
 )
-def inspect(target: str, as_json: bool, progress: bool | None, as_of: str | None) -> None:
-    """Domains, entities and when each changed; open signals, scheduled entries, risk."""
+@click.pass_context
+def inspect(
+    ctx: click.Context, target: str, as_json: bool, progress: bool | None, as_of: str | None
+) -> None:
+    """Domains and entities, when each changed, and the decoded state: open signals,
+    scheduled entries, risk positions and partial milestones.
+
+    Shows the committed state, read at one commit point and changing nothing,
+    also beside a running bot (it locks nothing): a value committed and not
+    yet applied to its file (after a crash, say) is shown with its committed
+    value and marked pending. A value that does not decode is listed with the
+    reason a start would give. With --as-of, the state the root held at that
+    time, rebuilt from its history (see ``persistkit history``).
+    """
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
@@ -156,7 +222,9 @@ def inspect(target: str, as_json: bool, progress: bool | None, as_of: str | None
         source = backend if as_of is None else await snapshot_at(backend, parse_moment(as_of))
         with bars.bar("reading") as (advance, _):
             inventory = await collect_inventory(source, on_key=advance)
-        inventory.url = backend.url if as_of is None else f"{backend.url} as of {as_of}"
+        if as_of is not None:
+            inventory.url = f"{backend.url} as of {as_of}"
+            inventory.point = "the last commit at or before that time, from the history"
         return inventory
 
     inventory = _run([backend], work)
@@ -164,6 +232,7 @@ def inspect(target: str, as_json: bool, progress: bool | None, as_of: str | None
         _print_json(inventory_json(inventory))
     else:
         print_inventory(inventory)
+    ctx.exit(EXIT_PROBLEMS if inventory.problems else EXIT_OK)
 
 
 cli.add_command(history)
@@ -172,18 +241,23 @@ cli.add_command(replay)
 # -- preflight ---------------------------------------------------------------------------
 
 
-@cli.command(short_help="Check, read-only, that a start would succeed.")
+@cli.command(
+    short_help="Check, read-only, that a start would succeed.",
+    epilog="Exit codes: 0 a start would find nothing to repair, 1 problems found "
+    "(each with what a start would do), 2 could not run.",
+)
 @target_argument
 @json_option
 @progress_option
 @click.pass_context
 def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
-    """Check that a start would succeed, changing nothing (exit 0 clean, 1 problems, 2 failed).
+    """Check that a start would succeed, changing nothing.
 
     Lists the backend, checks permissions (file backend: os.access, no test
     writes), parses and validates every value with its domain model, and
     reports orphan temp files, unapplied commits and durability warnings,
-    each with what a real start would do about it.
+    each with what a real start would do about it. Reads only, locks
+    nothing: safe while a bot runs.
     """
     bars = Bars(progress)
     try:
@@ -206,15 +280,112 @@ def preflight(ctx: click.Context, target: str, as_json: bool, progress: bool | N
     ctx.exit(exit_code)
 
 
+# -- status ------------------------------------------------------------------------------
+
+
+@cli.command(
+    short_help="Who runs, what is committed, what needs a person (read-only).",
+    epilog="Exit codes: 0 healthy; 1 needs attention (a session gone without closing, "
+    "commits waiting with no session running, quarantined values, a durability warning, "
+    "a problem preflight finds); 2 could not run (missing root, bad URL, unreachable "
+    "server).",
+)
+@target_argument
+@json_option
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (plain words only).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes with --watch.",
+)
+@click.pass_context
+def status(ctx: click.Context, target: str, as_json: bool, watch: bool, interval: float) -> None:
+    """Which live sessions run and what they lock, when each domain last committed,
+    commits waiting to be applied, the journal's size, quarantined values, durability
+    warnings and every problem preflight finds. Read-only: nothing is created, locked,
+    written or replayed, so it is safe beside a running bot.
+
+    Live sessions (file roots): pid, host, since, and whether each is still alive,
+    read from ROOT/.locks without taking a lock. A backend that keeps session
+    leases names their holders from them; one that keeps none (Redis and S3
+    today) reports the sessions as unknown. A memory:// store lives inside one
+    process and cannot be looked at from here (exit 2).
+
+    --watch refreshes the report every --interval seconds until Ctrl-C, and exits
+    with the code of the last report.
+    """
+    if watch and as_json:
+        raise click.UsageError("--watch shows a screen; for scripts, run --json repeatedly")
+    try:
+        backend = open_target(target, read_only=True)
+        if watch:
+            ctx.exit(_watch_status(backend, interval))
+        report = _run([backend], lambda: collect_status(backend))
+    except (CommandError, PersistError, OSError) as exc:
+        if as_json:
+            _print_json({"status": "could-not-run", "exit_code": 2, "error": _one_line(exc)})
+        raise
+    if as_json:
+        _print_json(status_json(report))
+    else:
+        say = functools.partial(stdout_console().print, soft_wrap=True)
+        for line in status_lines(report):
+            say(line)
+    ctx.exit(report.exit_code)
+
+
+def _watch_status(backend: Backend, interval: float) -> int:
+    """Refresh in place on a terminal (rich Live), one report after another elsewhere."""
+    console = stdout_console()
+    last = [EXIT_COULD_NOT_RUN]
+    footer = f"(refreshed every {interval:g} s; Ctrl-C to stop)"
+
+    async def work() -> None:
+        if not console.is_terminal:
+
+            def print_next(lines: list[str], code: int) -> None:
+                last[0] = code
+                console.print(Text("\n".join([*lines, footer, ""])), soft_wrap=True)
+                console.file.flush()
+
+            await watch_status(backend, interval, print_next)
+            return
+        with Live(console=console, auto_refresh=False) as live:
+
+            def redraw(lines: list[str], code: int) -> None:
+                last[0] = code
+                live.update(Text("\n".join([*lines, footer])), refresh=True)
+
+            await watch_status(backend, interval, redraw)
+
+    try:
+        _run([backend], work)
+    except KeyboardInterrupt:
+        pass
+    return last[0]
+
+
 # -- journal ------------------------------------------------------------------------------
 
 
-@cli.group(short_help="Salvage a damaged commit journal.")
+@cli.group(
+    short_help="Salvage a damaged commit journal.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def journal() -> None:
-    """The file backend's commit journal (ROOT/.journal)."""
+    """Work on the file backend's commit journal (ROOT/.journal)."""
 
 
-@journal.command("salvage")
+@journal.command(
+    "salvage",
+    short_help="Apply a damaged journal up to its damage; keep it aside.",
+    epilog="Exit codes: 0 salvaged, or nothing was damaged; 1 refused, nothing "
+    "changed: a live session holds the root; 2 could not run (not a file root, "
+    "no such directory).",
+)
 @target_argument
 def journal_salvage(target: str) -> None:
     """Apply a damaged journal's commits up to the damage; keep it in the quarantine.
@@ -224,13 +395,18 @@ def journal_salvage(target: str) -> None:
     the files, moves the journal under ROOT/.quarantine/.journal (never
     deleted) and lists the commits after the damage that were left out: what
     lay between them is lost, so they may not apply to what is there now.
-    Exit 0 when salvaged or nothing was damaged.
+    It refuses while a live session holds the root (stop the bot first; there
+    is no --force).
     """
     backend = open_target(target)
     if not isinstance(backend, FileBackend):
         raise CommandError(f"{backend.url}: only the file backend has a commit journal")
-    refuse_beside_running_sessions(backend)
-    reports = _run([backend], backend.salvage_journal)
+
+    async def work() -> list[SalvageReport]:
+        await refuse_beside_running_sessions(backend)
+        return await backend.salvage_journal()
+
+    reports = _run([backend], work)
     if not reports:
         click.echo(f"{backend.root}: no damaged journal; nothing to salvage")
         return
@@ -255,9 +431,12 @@ def journal_salvage(target: str) -> None:
 # -- quarantine ----------------------------------------------------------------------------
 
 
-@cli.group(short_help="List, restore or purge quarantined values.")
+@cli.group(
+    short_help="List, restore or purge quarantined values.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def quarantine() -> None:
-    """Values a start moved aside because they did not parse or validate."""
+    """Work on the values a start moved aside because they did not parse or validate."""
 
 
 def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[QuarantineEntry]]:
@@ -270,11 +449,14 @@ def _find_entry(backend: Backend, entry_id: str) -> Callable[[], Awaitable[Quara
     return find
 
 
-@quarantine.command("list")
+@quarantine.command("list", epilog="Exit codes: 0 listed (none or some), 2 could not run.")
 @target_argument
 @json_option
 def quarantine_list(target: str, as_json: bool) -> None:
-    """Every quarantined value: id, key, reason and when."""
+    """List every quarantined value: id, key, reason and when.
+
+    Reads only: safe while a bot runs.
+    """
     backend = open_target(target, read_only=True)
 
     async def work() -> list[QuarantineEntry]:
@@ -287,15 +469,30 @@ def quarantine_list(target: str, as_json: bool) -> None:
         print_quarantine(backend.url, entries)
 
 
-@quarantine.command("restore")
+@quarantine.command(
+    "restore",
+    epilog="Exit codes: 0 restored (with a warning when it still does not validate); "
+    "1 refused, nothing changed: a value was stored there since (--overwrite) or a "
+    "live session holds the root (--force); 2 could not run (no such entry).",
+)
 @entry_arguments
 @click.option("--overwrite", is_flag=True, help="Replace a value stored there since.")
-def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
-    """Put a quarantined value back where it was (after fixing it, say)."""
+@force_option("the value goes back as one commit of the journal, like a tick")
+def quarantine_restore(entry_id: str, target: str, overwrite: bool, force: bool) -> None:
+    """Put a quarantined value back where it was (after fixing it, say).
+
+    The value goes back as one commit of the root's journal, like a tick.
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
+    holders: list[SessionHolder] = []
 
     async def work() -> tuple[str, str | None]:
+        holders.extend(
+            await refuse_beside_running_sessions(
+                backend, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+            )
+        )
         entry = await _find_entry(backend, entry_id)()
         try:
             key = await backend.restore(entry.id, overwrite=overwrite)
@@ -314,6 +511,7 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
 
     key, still_bad = _run([backend], work)
     click.echo(f"restored {entry_id} to {key}")
+    _note_forced(holders)
     if still_bad:
         click.echo(
             f"warning: {key} still does not parse or validate ({still_bad}); "
@@ -322,14 +520,27 @@ def quarantine_restore(entry_id: str, target: str, overwrite: bool) -> None:
         )
 
 
-@quarantine.command("purge")
+@quarantine.command(
+    "purge",
+    epilog="Exit codes: 0 purged; 1 refused, nothing deleted: the question was "
+    "answered no, or a live session holds the root (--force); 2 could not run "
+    "(no such entry).",
+)
 @entry_arguments
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def quarantine_purge(entry_id: str, target: str, yes: bool) -> None:
-    """Delete a quarantined value for good (asks first unless --yes)."""
+@force_option(PURGE_BESIDE_A_BOT)
+def quarantine_purge(entry_id: str, target: str, yes: bool, force: bool) -> None:
+    """Delete a quarantined value for good (asks first unless --yes).
+
+    While a live session holds the root it refuses, unless --force.
+    """
     backend = open_target(target)
-    refuse_beside_running_sessions(backend)
-    entry = _run([], _find_entry(backend, entry_id))
+
+    async def find() -> QuarantineEntry:
+        await refuse_beside_running_sessions(backend, force=force, how_to_force=PURGE_BESIDE_A_BOT)
+        return await _find_entry(backend, entry_id)()
+
+    entry = _run([], find)
     if not yes:
         click.confirm(
             f"Delete the quarantined value of {entry.key} ({entry.reason}) for good?",
@@ -397,10 +608,13 @@ def _finish_copy(
     *,
     dry_run: bool,
     notes: list[str],
+    holders: list[SessionHolder],
 ) -> None:
     _print_plan(plan, dry_run=dry_run)
     for note in notes:
         click.echo(f"note: {note}")
+    if copied:
+        _note_forced(holders)
     refusals = plan.of("refuse")
     if refusals:
         click.echo(
@@ -432,11 +646,32 @@ def _refuse_overlap(source: Backend, destination: Backend) -> None:
         raise CommandError(f"{source.root} and {destination.root} lie one inside the other")
 
 
-@cli.command(short_help="Copy every value between two backends, verified.")
+def _refuse_partial_source(snapshot: Snapshot) -> None:
+    """A source that could not be read whole is not copied (exit 1, nothing written)."""
+    problems = read_problems(snapshot.behind, snapshot.foreign_links)
+    if problems:
+        for line in problems:
+            click.echo(f"source: {line}", err=True)
+        raise CommandError(
+            f"the source could not be read whole ({plural(len(problems), 'problem')} above); "
+            "nothing was written",
+            EXIT_PROBLEMS,
+        )
+
+
+@cli.command(
+    short_help="Copy every value between two backends, verified.",
+    epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs and is not provably "
+    "older, a live session holds DST, or SRC cannot be read whole), or a value failed "
+    "to copy; 2 could not run (no such root, a bad URL, a key no store could have "
+    "written: nothing written).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; write nothing.")
+@force_option("the copy is one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def migrate(
@@ -445,6 +680,7 @@ def migrate(
     destination_spec: str,
     overwrite: bool,
     dry_run: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Copy every value from SRC to DST (ROOTs or URLs), each verified by reading it back.
@@ -452,17 +688,28 @@ def migrate(
     Refuses, writing nothing, when a destination value differs and is not
     provably older: older needs a change time from both backends (file: mtime),
     so where one side keeps none (Redis) any difference is refused. --overwrite
-    replaces them. Quarantined values stay in SRC.
+    replaces them. Quarantined values stay in SRC. SRC is read like inspect
+    reads it, at one commit point and changing nothing; a SRC that cannot be
+    read whole (a symbolic link inside it, commits it cannot read) is refused.
+    Every key is checked first against the rules a store names keys by. Into a
+    file root the copy is one commit of its journal, like a tick; while a live
+    session holds DST it refuses, unless --force.
     """
-    source_backend = open_target(source_spec)
+    # Read-only: the source's committed state is read as it is, nothing replayed.
+    source_backend = open_target(source_spec, read_only=True)
     destination = open_target(destination_spec, must_exist=False)
     _refuse_overlap(source_backend, destination)
-    if not dry_run:
-        # The bot owns its state: a copy into its root would be undone by its next tick.
-        refuse_beside_running_sessions(destination)
+    holders: list[SessionHolder] = []
 
     async def work() -> tuple[CopyOutcome, int]:
-        source = await BackendSource.listing(source_backend)
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
+        source = await BackendSource.at_one_point(source_backend)
+        _refuse_partial_source(source.snapshot)
         held = sum([1 async for _ in source_backend.list_quarantine("")])
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
@@ -471,23 +718,47 @@ def migrate(
 
     (plan, copied, failures), quarantined = _run([source_backend, destination], work)
     notes = [f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"]
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes if quarantined else [])
+    _finish_copy(
+        ctx,
+        plan,
+        copied,
+        failures,
+        dry_run=dry_run,
+        notes=notes if quarantined else [],
+        holders=holders,
+    )
 
 
-@cli.command("export", short_help="Write every value to a JSON Lines file.")
+@cli.command(
+    "export",
+    short_help="Write every value to a JSON Lines file.",
+    epilog="Exit codes: 0 exported whole (a warning names values that are not JSON); "
+    "1 exported, but a symbolic link inside the root was not followed or commits could "
+    "not be read (the export is then older than the committed state); 2 could not run "
+    "(no such root, FILE exists without --overwrite: nothing written).",
+)
 @click.argument("source_spec", metavar="SRC")
 @click.argument("path", metavar="FILE.jsonl")
 @click.option("--include-quarantine", is_flag=True, help="Also export quarantined values.")
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
 @progress_option
+@click.pass_context
 def export(
+    ctx: click.Context,
     source_spec: str,
     path: str,
     include_quarantine: bool,
     overwrite: bool,
     progress: bool | None,
 ) -> None:
-    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line."""
+    """Write every value of SRC to FILE.jsonl ('-': stdout), one {"key", "value"} per line.
+
+    The values are SRC's committed state at one commit point, read without
+    changing anything and locking nothing, also beside a running bot: a tick
+    committed during the export is in it whole or not at all, and values
+    committed and not yet applied to their files are exported with their
+    committed values. The file appears complete or not at all.
+    """
     backend = open_target(source_spec, read_only=True)
     bars = Bars(progress)
     output = None if path == "-" else ExportFile(path, overwrite=overwrite)
@@ -514,21 +785,41 @@ def export(
     else:
         output.finish()
     where = "stdout" if path == "-" else path
+    snapshot = result.snapshot
     click.echo(
         f"exported {plural(result.values, 'value')}"
         + (f" and {plural(result.quarantined, 'quarantined value')}" if include_quarantine else "")
-        + f" to {where}",
+        + f" to {where}, read at one point ({snapshot.point})",
         err=path == "-",
     )
+    if snapshot.pending:
+        click.echo(
+            f"note: {plural(len(snapshot.pending), 'value')} committed and not yet applied "
+            "where the backend keeps them, exported with their committed values: "
+            + ", ".join(sorted(snapshot.pending)[:5])
+            + (", ..." if len(snapshot.pending) > 5 else ""),
+            err=True,
+        )
     if result.raw:
         click.echo(
             f"warning: {plural(len(result.raw), 'value')} not JSON, exported as raw_base64 "
             f"(run persistkit preflight): {', '.join(result.raw[:5])}",
             err=True,
         )
+    problems = read_problems(snapshot.behind, snapshot.foreign_links)
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    ctx.exit(EXIT_PROBLEMS if problems else EXIT_OK)
 
 
-@cli.command("import", short_help="Write every value of a JSON Lines file to a backend.")
+@cli.command(
+    "import",
+    short_help="Write every value of a JSON Lines file to a backend.",
+    epilog="Exit codes: 0 written, each value read back and identical (or a dry run); "
+    "1 refused, nothing written (a destination value differs, or a live session "
+    "holds DST), or a value failed to copy; 2 could not run (a bad line or a key no "
+    "store could have written, named with its line number: nothing written).",
+)
 @click.argument("path", metavar="FILE.jsonl")
 @click.argument("destination_spec", metavar="DST")
 @click.option("--overwrite", is_flag=True, help="Replace destination values that differ.")
@@ -538,6 +829,7 @@ def export(
     is_flag=True,
     help="Put exported quarantined values back into DST's quarantine (where the key is free).",
 )
+@force_option("the values are one commit of the journal, like a tick")
 @progress_option
 @click.pass_context
 def import_(
@@ -547,21 +839,30 @@ def import_(
     overwrite: bool,
     dry_run: bool,
     include_quarantine: bool,
+    force: bool,
     progress: bool | None,
 ) -> None:
     """Write every value of FILE.jsonl ('-': stdin) to DST, each verified by reading it back.
 
-    The whole file is checked first (a bad line: exit 2, nothing written). A
-    file has no change times, so a destination value that differs is refused,
-    writing nothing, unless --overwrite.
+    The whole file is checked first, every key against the rules a store
+    names keys by (a bad line: exit 2, nothing written). A file has no change
+    times, so a destination value that differs is refused, writing nothing,
+    unless --overwrite. Into a file root the values are one commit of its
+    journal, like a tick; while a live session holds DST it refuses, unless
+    --force.
     """
     source = read_jsonl(path)
     destination = open_target(destination_spec, must_exist=False)
-    if not dry_run:
-        refuse_beside_running_sessions(destination)
+    holders: list[SessionHolder] = []
     quarantined = source.quarantined
 
     async def work() -> tuple[CopyOutcome, list[str]]:
+        if not dry_run:
+            holders.extend(
+                await refuse_beside_running_sessions(
+                    destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
+                )
+            )
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
         )
@@ -579,4 +880,7 @@ def import_(
             f"{plural(len(quarantined), 'quarantined value')} in the file skipped "
             "(--include-quarantine imports them)"
         )
-    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes)
+    _finish_copy(ctx, plan, copied, failures, dry_run=dry_run, notes=notes, holders=holders)
+
+
+cli.add_command(report_command)

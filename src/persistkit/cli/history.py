@@ -66,7 +66,11 @@ def _change_json(change: Change) -> dict[str, Any]:
     }
 
 
-@click.command(short_help="Every change of one key, with its time and tick.")
+@click.command(
+    short_help="Every change of one key, with its time and tick.",
+    epilog="Exit codes: 0 shown (also when the history holds no change of KEY), 2 could not "
+    "run (no such root, a bad URL, a backend that keeps no history).",
+)
 @click.argument("key")
 @click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")

@@ -8,7 +8,7 @@ from typing import Any
 
 from persistkit.backends import Backend
 from persistkit.backends.base import split_key
-from persistkit.errors import CorruptValueError, InvalidNameError
+from persistkit.errors import CorruptValueError, ForeignSymlinkError, InvalidNameError
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import decode_segment, split_pair
 from persistkit.store import PersistBase
@@ -37,6 +37,8 @@ class EntityInfo:
     entity_id: str
     size: int
     changed_at: float | None
+    pending: bool = False
+    """Committed, not yet applied to where the backend keeps it (a start applies it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,21 @@ class Inventory:
     partial: list[PartialView] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
     quarantined: int = 0
+    point: str = ""
+    """The commit point everything shown was read at (:attr:`Snapshot.point`)."""
+    behind: tuple[str, ...] = ()
+    """Commits the backend holds and could not read: what is shown is older."""
+    foreign_links: tuple[str, ...] = ()
+    """Symbolic links inside the root, never followed."""
+
+    @property
+    def pending(self) -> list[str]:
+        return [entity.key for entity in self.entities if entity.pending]
+
+    @property
+    def problems(self) -> bool:
+        """What makes ``inspect`` exit 1: links it did not follow, commits it could not read."""
+        return bool(self.behind or self.foreign_links)
 
     @property
     def domains(self) -> list[str]:
@@ -136,45 +153,58 @@ def _add_views(inventory: Inventory, key: str, namespace: str, value: Any) -> No
 async def collect_inventory(
     backend: Backend, *, on_key: Callable[[int], None] | None = None
 ) -> Inventory:
-    """Every entity of ``backend`` with its change time, and the decoded domain tables.
+    """Every committed entity of ``backend`` at one commit point, and the domain tables.
 
-    Reads only. A value that does not decode is listed in ``unreadable`` with
-    the reason a start would give when quarantining it.
+    Reads only (:meth:`Backend.snapshot`). A value committed and not applied
+    yet is shown with its committed value and marked pending. A value that
+    does not decode is listed in ``unreadable`` with the reason a start would
+    give when quarantining it.
     """
-    inventory = Inventory(backend.url)
+    snapshot = await backend.snapshot()
+    inventory = Inventory(
+        backend.url,
+        point=snapshot.point,
+        behind=snapshot.behind,
+        foreign_links=snapshot.foreign_links,
+    )
     stores: dict[str, PersistBase[Any]] = {}
-    async for key in backend.scan("", recursive=True):
-        stored = await backend.get(key)
+    for key, data in snapshot.values.items():
         if on_key is not None:
             on_key(1)
-        if stored is None:
-            continue  # removed while we listed
         namespace, name = split_key(key)
         try:
             entity_id = decode_segment(name)
         except InvalidNameError:
             entity_id = name
+        pending = key in snapshot.pending
         inventory.entities.append(
             EntityInfo(
                 key=key,
                 domain=namespace.partition("/")[0] or "-",
                 entity=_entity_name(namespace),
                 entity_id=entity_id,
-                size=len(stored.data),
-                changed_at=await backend.changed_at(key),
+                size=len(data),
+                # A pending key's file is older than its value: the commit's time is its age.
+                changed_at=snapshot.committed_at.get(key)
+                if pending
+                else await backend.changed_at(key),
+                pending=pending,
             )
         )
         store = stores.get(namespace)
         if store is None:
             store = stores[namespace] = store_for(backend, namespace)
         try:
-            value = decode_value(store, key, stored.data)
+            value = decode_value(store, key, data)
         except CorruptValueError as exc:
             inventory.unreadable.append(Unreadable(key, exc.reason or str(exc)))
             continue
         _add_views(inventory, key, namespace, value)
-    inventory.entities.sort(key=lambda entity: entity.key)
     for views in (inventory.signals, inventory.scheduled):
         views.sort(key=lambda view: (view.symbol, view.strategy))
-    inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+    try:
+        inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
+    except ForeignSymlinkError as exc:  # a linked .quarantine: reported, not looked into
+        if exc.path and exc.path not in inventory.foreign_links:
+            inventory.foreign_links += (exc.path,)
     return inventory

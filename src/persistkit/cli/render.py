@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from persistkit.backends.base import QuarantineEntry
+from persistkit.backends.confine import describe_link
 
 from .inventory import Inventory, RowView
 from .preflight import PreflightReport
@@ -33,6 +34,7 @@ __all__ = [
     "print_preflight",
     "print_quarantine",
     "quarantine_json",
+    "read_problems",
 ]
 
 
@@ -110,6 +112,7 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
                 "id": entity.entity_id,
                 "bytes": entity.size,
                 "changed_at": iso_time(entity.changed_at),
+                "pending": entity.pending,
             }
             for entity in inventory.entities
         ],
@@ -127,7 +130,24 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
         ],
         "unreadable": [{"key": item.key, "reason": item.reason} for item in inventory.unreadable],
         "quarantined": inventory.quarantined,
+        "read_at": inventory.point,
+        "pending": inventory.pending,
+        "behind": list(inventory.behind),
+        "foreign_links": list(inventory.foreign_links),
     }  # fmt: skip
+
+
+def read_problems(behind: tuple[str, ...], foreign_links: tuple[str, ...]) -> list[str]:
+    """What a read could not show, one line each (``inspect``, ``export``, ``migrate``)."""
+    lines = [
+        f"older than the committed state: {commits} (shown without them)" for commits in behind
+    ]
+    lines += [
+        f"symbolic link inside the root, not followed: {describe_link(link)} (replace it with "
+        "a real directory or file, or move it out of the root)"
+        for link in foreign_links
+    ]
+    return lines
 
 
 def print_inventory(inventory: Inventory) -> None:
@@ -135,22 +155,34 @@ def print_inventory(inventory: Inventory) -> None:
     count = len(inventory.entities)
     console.print(
         f"{inventory.url}: {count} entit{'y' if count == 1 else 'ies'} in "
-        f"{len(inventory.domains)} domains ({', '.join(inventory.domains) or 'none'})",
+        f"{len(inventory.domains)} domains ({', '.join(inventory.domains) or 'none'}), "
+        f"committed state read at one point ({inventory.point})",
         soft_wrap=True,
     )
+    pending = inventory.pending
     if inventory.entities:
         table = Table(title="Entities", title_justify="left")
-        for column in ("domain", "entity", "id", "bytes", "changed (UTC)"):
+        columns = ["domain", "entity", "id", "bytes", "changed (UTC)"]
+        for column in columns + (["state"] if pending else []):
             table.add_column(column, justify="right" if column == "bytes" else "left")
         for entity in inventory.entities:
-            table.add_row(
+            cells = [
                 entity.domain,
                 entity.entity,
                 entity.entity_id,
                 str(entity.size),
                 format_time(entity.changed_at),
-            )
+            ]
+            table.add_row(*cells, *(["pending" if entity.pending else ""] if pending else []))
         console.print(table)
+    if pending:
+        them = "it" if len(pending) == 1 else "them"
+        console.print(
+            f"Pending: {plural(len(pending), 'value')} committed and not yet applied where "
+            f"the backend keeps values: shown as committed (a start applies {them}; "
+            "nothing was changed)",
+            soft_wrap=True,
+        )
     for title, rows, when in (
         ("Open signals", inventory.signals, "pending since"),
         ("Scheduled entries", inventory.scheduled, "scheduled at"),
@@ -219,6 +251,11 @@ def print_inventory(inventory: Inventory) -> None:
             "persistkit quarantine list",
             soft_wrap=True,
         )
+    problems = read_problems(inventory.behind, inventory.foreign_links)
+    if problems:
+        console.print(f"{plural(len(problems), 'problem')}:", soft_wrap=True)
+        for line in problems:
+            console.print(f"  {line}", soft_wrap=True)
 
 
 # -- preflight -----------------------------------------------------------------------

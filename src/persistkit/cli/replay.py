@@ -46,12 +46,19 @@ def _dump(value: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-@click.group(short_help="List and show recorded replay runs.")
+@click.group(
+    short_help="List and show recorded replay runs.",
+    epilog="Exit codes: see the --help of each command.",
+)
 def replay() -> None:
     """Replay runs (persistkit.replay) recorded in TARGET/replay/ (default ./dump/data)."""
 
 
-@replay.command("list", short_help="Every run with its status.")
+@replay.command(
+    "list",
+    short_help="Every run with its status.",
+    epilog="Exit codes: 0 listed, 2 could not run (no replay run recorded in TARGET).",
+)
 @_target
 @_json
 def replay_list(target: str, as_json: bool) -> None:
@@ -71,7 +78,12 @@ def replay_list(target: str, as_json: bool) -> None:
         )
 
 
-@replay.command("show", short_help="One run: parameters, window, summary.")
+@replay.command(
+    "show",
+    short_help="One run: parameters, window, summary.",
+    epilog="Exit codes: 0 shown, 1 no run RUN_ID in TARGET, 2 could not run (no replay run "
+    "recorded in TARGET).",
+)
 @click.argument("run_id")
 @_target
 @_json

@@ -20,8 +20,6 @@ from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
 from persistkit.errors import PersistError
-from persistkit.live.lock import running_sessions
-from persistkit.live.session import LOCK_DIR
 from persistkit.retry import RetryPolicy
 from persistkit.store import PersistBase, SegmentName
 
@@ -32,8 +30,10 @@ __all__ = [
     "EXIT_COULD_NOT_RUN",
     "EXIT_OK",
     "EXIT_PROBLEMS",
+    "PAIRED_DOMAINS",
     "CommandError",
     "format_time",
+    "is_paired",
     "iso_time",
     "open_target",
     "plural",
@@ -75,12 +75,12 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
     ``read_only=True`` opens a directory without replaying the commit journals
     of stopped processes (they are reported instead) and refuses every write.
     """
+    # memory: and memory://name alike (both open a memory store in Python).
+    if spec.lower().startswith(f"{MemoryBackend.scheme}:"):
+        raise CommandError(
+            f"{spec}: a memory:// store lives inside one process; the command line cannot reach it"
+        )
     if _URL.match(spec):
-        if spec.lower().startswith(f"{MemoryBackend.scheme}:"):
-            raise CommandError(
-                f"{spec}: a memory:// store lives inside one process; "
-                "the command line cannot reach it"
-            )
         try:
             backend = open_backend(spec)
         except (PersistError, ImportError, ValueError) as exc:
@@ -99,25 +99,16 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
     return backend
 
 
-def refuse_beside_running_sessions(backend: Backend) -> None:
-    """Refuse (exit 1) a change to a root whose live session runs: the bot owns its state.
+PAIRED_DOMAINS = frozenset(
+    adapter.domain for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistPartialUtils)
+)
+"""Domains whose entity is a ``{symbol}_{strategy}`` pair (:func:`persistkit.names.join_pair`)."""
 
-    A live session's locks are looked up without being taken (see
-    :func:`persistkit.live.lock.running_sessions`), so this check never makes a
-    starting bot fail.
-    """
-    if not isinstance(backend, FileBackend):
-        return
-    running = running_sessions(os.path.join(backend.root, LOCK_DIR))
-    if running:
-        holders = "; ".join(
-            ", ".join(f"{key} {value}" for key, value in holder.items()) for holder in running
-        )
-        raise CommandError(
-            f"a live session runs on {backend.root} ({holders}); stop it first, "
-            "then run this again",
-            EXIT_PROBLEMS,
-        )
+
+def is_paired(key: str) -> bool:
+    """Whether ``key`` is ``{domain}/{symbol}_{strategy}/{id}`` of a domain keyed by pairs."""
+    parts = key.split("/")
+    return len(parts) == 3 and parts[0] in PAIRED_DOMAINS
 
 
 def schema_for(namespace: str) -> Any:

@@ -1,7 +1,10 @@
 """``migrate``, ``export`` and ``import``: verified copies between backends and JSON Lines.
 
-A copy is planned before anything is written: for every key the destination
-is read and compared. Absent there: create it. Same bytes: nothing to do.
+A backend source is read once, at one commit point (:meth:`Backend.snapshot`):
+a tick committed during the copy is in it whole or not at all, and values
+committed but not yet applied are copied with their committed values. A copy
+is planned before anything is written: for every key the destination is read
+and compared. Absent there: create it. Same bytes: nothing to do.
 Different bytes: the destination is replaced only when it is provably older
 (both backends report a change time, see :meth:`Backend.changed_at`, and the
 destination's is earlier) or with ``overwrite``; otherwise the key is refused,
@@ -27,16 +30,17 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast
 
 import orjson
 
 from persistkit import codec
 from persistkit.backends import Backend
-from persistkit.backends.base import Expected
+from persistkit.backends.base import Expected, Snapshot
 from persistkit.errors import ConflictError, InvalidNameError
+from persistkit.names import check_store_key
 
-from .targets import EXIT_PROBLEMS, CommandError, format_time
+from .targets import EXIT_PROBLEMS, CommandError, format_time, is_paired
 
 __all__ = [
     "BackendSource",
@@ -70,26 +74,38 @@ class Source(Protocol):
 
 
 class BackendSource:
-    """A backend's live values (never its quarantine)."""
+    """A backend's committed values at one commit point (never its quarantine).
 
-    def __init__(self, backend: Backend, keys: list[str]) -> None:
+    Read once with :meth:`Backend.snapshot`: a tick committed during the copy
+    is in it whole or not at all.
+    """
+
+    def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
         self.backend = backend
+        self.snapshot = snapshot
         self.label = backend.url
-        self._keys = keys
 
     @classmethod
-    async def listing(cls, backend: Backend) -> BackendSource:
-        return cls(backend, sorted([key async for key in backend.scan("", recursive=True)]))
+    async def at_one_point(cls, backend: Backend) -> BackendSource:
+        """``backend``'s committed values; a key no store could have written refuses the copy."""
+        snapshot = await backend.snapshot()
+        for key in snapshot.values:
+            try:
+                check_key(key)
+            except InvalidNameError as exc:
+                raise CommandError(f"{backend.url}: {exc}; nothing was written") from exc
+        return cls(backend, snapshot)
 
     def keys(self) -> list[str]:
-        return self._keys
+        return list(self.snapshot.values)
 
     async def read(self, key: str) -> bytes | None:
-        stored = await self.backend.get(key)
-        return None if stored is None else stored.data
+        return self.snapshot.values.get(key)
 
     async def changed_at(self, key: str) -> float | None:
-        return await self.backend.changed_at(key)
+        # A pending key's file is older than its value: the commit's time is its age.
+        committed = self.snapshot.committed_at.get(key)
+        return committed if committed is not None else await self.backend.changed_at(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +135,12 @@ class JsonLinesSource:
 
 
 def check_key(key: object) -> str:
-    """A key from outside (an import file) that cannot leave the backend's root."""
+    """A key from outside (an import file, a migrated backend) that a store could have written.
+
+    First that it cannot leave the backend's root, then the library's own name
+    rules (:func:`persistkit.names.check_store_key`, lengths included), so that
+    nothing is written that a start could not handle.
+    """
     if not isinstance(key, str):
         raise InvalidNameError(f"key must be a string, got {type(key).__name__}")
     for segment in key.split("/"):
@@ -127,7 +148,7 @@ def check_key(key: object) -> str:
             raise InvalidNameError(
                 f"key {key!r} has an empty, hidden or NUL segment; it could leave the root"
             )
-    return key
+    return check_store_key(key, paired=is_paired(key))
 
 
 def _line_bytes(record: dict[str, Any], where: str) -> bytes:
@@ -279,31 +300,76 @@ async def copy_planned(
     *,
     on_key: Callable[[int], None] | None = None,
 ) -> CopyResult:
-    """Write the plan's creates and replaces, each read back and compared byte for byte."""
+    """Write the plan's creates and replaces, each read back and compared byte for byte.
+
+    A destination whose commit checks versions (the file backend) takes the
+    whole plan as ONE commit, through the same protocol as a live session's
+    tick: all of it or nothing, each key at the version it was planned on, and
+    in the commit order every process and every replay of the journal follow,
+    so no replay undoes it. Elsewhere each value is one conditional ``put``.
+    """
     if plan.of("refuse"):
         raise CommandError(
             f"{len(plan.of('refuse'))} destination values would be overwritten; nothing written",
             EXIT_PROBLEMS,
         )
     result = CopyResult()
+    wanted: dict[str, bytes] = {}
     for step in plan.writes:
         data = await source.read(step.key)
         if on_key is not None:
             on_key(1)
         if data is None:
             result.failures.append((step.key, "vanished from the source during the copy"))
+        else:
+            wanted[step.key] = data
+    if destination.commit_checks_versions:
+        written = await _commit_all(destination, plan, wanted, result)
+    else:
+        written = await _put_each(destination, plan, wanted, result)
+    for key in written:
+        stored = await destination.get(key)
+        if stored is None or stored.data != wanted[key]:
+            result.failures.append((key, "read back differs from the source"))
+        else:
+            result.copied += 1
+    return result
+
+
+async def _commit_all(
+    destination: Backend, plan: CopyPlan, wanted: dict[str, bytes], result: CopyResult
+) -> list[str]:
+    if not wanted:
+        return []
+    expect = {step.key: step.expect for step in plan.writes if step.key in wanted}
+    try:
+        await cast(Any, destination).commit(wanted, expect=expect)
+    except ConflictError as exc:
+        changed = exc.key or "a key"
+        result.failures.append(
+            (changed, "changed in the destination during the copy; nothing written")
+        )
+        return []
+    # Read back from where a start reads: the files, made whole and durable.
+    await destination.checkpoint()
+    return list(wanted)
+
+
+async def _put_each(
+    destination: Backend, plan: CopyPlan, wanted: dict[str, bytes], result: CopyResult
+) -> list[str]:
+    written = []
+    for step in plan.writes:
+        data = wanted.get(step.key)
+        if data is None:
             continue
         try:
             await destination.put(step.key, data, expect=step.expect)
         except ConflictError:
             result.failures.append((step.key, "the destination changed during the copy; kept"))
             continue
-        stored = await destination.get(step.key)
-        if stored is None or stored.data != data:
-            result.failures.append((step.key, "read back differs from the source"))
-            continue
-        result.copied += 1
-    return result
+        written.append(step.key)
+    return written
 
 
 async def import_quarantined(
@@ -332,6 +398,8 @@ async def import_quarantined(
 
 @dataclass(slots=True)
 class ExportResult:
+    snapshot: Snapshot
+    """What was read, and at which point."""
     values: int = 0
     raw: list[str] = field(default_factory=list)
     """Keys whose bytes are not JSON, exported as ``raw_base64``."""
@@ -347,18 +415,15 @@ def _record(key: str, data: bytes) -> dict[str, Any]:
 
 async def _export_lines(
     backend: Backend,
-    keys: list[str],
+    snapshot: Snapshot,
     include_quarantine: bool,
     result: ExportResult,
     on_key: Callable[[int], None] | None,
 ) -> AsyncIterator[bytes]:
-    for key in keys:
-        stored = await backend.get(key)
+    for key, data in snapshot.values.items():
         if on_key is not None:
             on_key(1)
-        if stored is None:
-            continue
-        record = _record(key, stored.data)
+        record = _record(key, data)
         if "raw_base64" in record:
             result.raw.append(key)
         result.values += 1
@@ -383,12 +448,17 @@ async def export_jsonl(
     on_total: Callable[[int], None] | None = None,
     on_key: Callable[[int], None] | None = None,
 ) -> ExportResult:
-    """Pass every value of ``backend`` to ``write`` as one JSON line each."""
-    keys = sorted([key async for key in backend.scan("", recursive=True)])
+    """Pass every committed value of ``backend``, read at one commit point, to ``write``.
+
+    One JSON line each, keys in order. The result says which values were read
+    from commits not yet applied, and what could not be read (see
+    :class:`~persistkit.backends.base.Snapshot`).
+    """
+    snapshot = await backend.snapshot()
     if on_total is not None:
-        on_total(len(keys))
-    result = ExportResult()
-    async for line in _export_lines(backend, keys, include_quarantine, result, on_key):
+        on_total(len(snapshot.values))
+    result = ExportResult(snapshot=snapshot)
+    async for line in _export_lines(backend, snapshot, include_quarantine, result, on_key):
         write(line)
     return result
 

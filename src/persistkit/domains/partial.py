@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from persistkit.config import Settings
 from persistkit.domains._base import DomainAdapter
+from persistkit.domains.events import PARTIAL_LOG, Changes, partial_changes, write_with_events
 from persistkit.errors import EntityNotFoundError
 from persistkit.models import PartialData
 from persistkit.names import join_pair
@@ -39,12 +41,26 @@ class PersistPartialUtils(DomainAdapter):
     async def write_partial_data(
         self, data: Mapping[str, PartialData] | None, symbol: str, strategy_name: str
     ) -> None:
-        """Store the reached levels durably; ``None`` removes the file."""
-        store = await self._store(join_pair(symbol, strategy_name))
-        if data is None:
-            await store.remove_value(_LEVELS)
-        else:
-            await store.write_value(_LEVELS, dict(data))
+        """Store the reached levels durably; ``None`` removes the file.
+
+        Each level new to a signal is recorded for ``persistkit.Partial`` in the
+        same commit (see :mod:`persistkit.domains.events`).
+        """
+        pair = join_pair(symbol, strategy_name)
+        store = await self._store(pair)
+
+        async def changes_for(settings: Settings) -> Changes:
+            # Imported here: the adapters' package builds this one's instance.
+            from persistkit.domains import PersistSignalAdapter
+
+            signal = await PersistSignalAdapter._store(pair)
+            return partial_changes(store, _LEVELS, signal, symbol, strategy_name, settings)
+
+        value = None if data is None else dict(data)
+        parsed = (
+            value if value and all(isinstance(v, PartialData) for v in value.values()) else None
+        )
+        await write_with_events(store, _LEVELS, value, PARTIAL_LOG, pair, changes_for, parsed)
 
     def use_persist_partial_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep partial levels in a custom :class:`PersistBase` subclass."""

@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
+from persistkit.config import Settings
 from persistkit.domains._base import DomainAdapter
+from persistkit.domains.events import (
+    SCHEDULE_LOG,
+    Changes,
+    remember_staged,
+    schedule_changes,
+    write_with_events,
+)
 from persistkit.errors import EntityNotFoundError, RowMismatchError
 from persistkit.models import ScheduledSignalRow, SignalRow
 from persistkit.names import join_pair
 from persistkit.store import PersistBase
+from persistkit.transaction import active_transaction, transaction_for
 
 __all__ = ["PersistScheduleUtils", "PersistSignalUtils"]
 
@@ -40,6 +49,9 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             await store.remove_value(symbol)
         else:
             await store.write_value(symbol, row)
+            if isinstance(row, self.model) and active_transaction.get() is not None:
+                # A tick's schedule and partial events read this row as it commits.
+                remember_staged(transaction_for(store.backend), store, store._key(symbol), row)
 
     def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
         """Refuse, before any I/O, a row written under names that are not its own."""
@@ -93,8 +105,27 @@ class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
     async def write_schedule_data(
         self, row: ScheduledSignalRow | None, symbol: str, strategy_name: str
     ) -> None:
-        """Store the scheduled entry durably; ``None`` cancels it."""
-        await self._write(row, symbol, strategy_name)
+        """Store the scheduled entry durably; ``None`` clears it (filled or cancelled).
+
+        The change is recorded for ``persistkit.Schedule`` in the same commit
+        (see :mod:`persistkit.domains.events`): clearing the row counts as
+        "opened" when the pair's signal has its id, so outside a tick write the
+        signal first.
+        """
+        if row is not None:
+            self._check_row(row, symbol, strategy_name)
+        pair = join_pair(symbol, strategy_name)
+        store = await self._store(pair)
+
+        async def changes_for(settings: Settings) -> Changes:
+            # Imported here: the adapters' package builds this one's instance.
+            from persistkit.domains import PersistSignalAdapter
+
+            signal = await PersistSignalAdapter._store(pair)
+            return schedule_changes(store, signal, symbol, settings)
+
+        parsed = row if isinstance(row, ScheduledSignalRow) else None
+        await write_with_events(store, symbol, row, SCHEDULE_LOG, pair, changes_for, parsed)
 
     def use_persist_schedule_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep scheduled entries in a custom :class:`PersistBase` subclass."""

@@ -45,7 +45,7 @@ __all__ = [
     "descriptor_limit_error",
     "held_locks",
     "read_holder",
-    "running_sessions",
+    "session_holders",
 ]
 
 
@@ -128,39 +128,6 @@ def open_confined(path: str, flags: int, root: str | None) -> int:
         return confined.open(name, flags, 0o644, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def running_sessions(lock_dir: str) -> list[dict[str, object]]:
-    """Who holds a lock in ``lock_dir`` (a root's ``.locks``), found without taking one.
-
-    Empty when nobody does. Each holder as its holder file describes it (pid,
-    host, since, token, locks), or ``{"lock file": path}`` when none says. A
-    ``.locks`` (or its ``holders``) that is a symbolic link is not looked
-    through: :class:`~persistkit.errors.ForeignSymlinkError`.
-    """
-    for path in (lock_dir, os.path.join(lock_dir, "holders")):
-        if os.path.islink(path):
-            raise ForeignSymlinkError(
-                f"{path} is a symbolic link inside the data root: persistkit does not look "
-                "through it to tell whether a live session runs; replace it with a real folder",
-                path=path,
-            )
-    held = held_locks(lock_dir)
-    if not held:
-        return []
-    holders = []
-    holder_dir = os.path.join(lock_dir, "holders")
-    try:
-        names = sorted(os.listdir(holder_dir))
-    except OSError:
-        names = []
-    for name in names:
-        if name.endswith(".json"):
-            holder = read_holder(os.path.join(holder_dir, name), limit=None)
-            pid = holder.get("pid")
-            if holder and (holder.get("host") != socket.gethostname() or _alive(pid)):
-                holders.append({k: v for k, v in holder.items() if k != "locks"})
-    return holders or [{"lock file": path} for path in held]
 
 
 def _alive(pid: object) -> bool:
@@ -429,3 +396,90 @@ class RangeLocks:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+# -- looking, for the command line ---------------------------------------------------------
+
+
+def session_holders(lock_file: str) -> list[dict[str, object]]:
+    """Every holder file of the live sessions locking in ``lock_file``, and whether each runs.
+
+    ``lock_file`` is the :class:`RangeLocks` file (a root's
+    ``.locks/sessions.lock``); its holder files are in ``holders/`` beside it.
+    Each holder as its file says (pid, host, since, token, locks), with
+    ``"file"`` (its path) and ``"alive"``: ``True`` while its session holds its
+    liveness byte, ``False`` once that session is gone without removing its
+    file (killed; the next start removes it), ``None`` where this cannot be
+    told from here (written on another host).
+
+    Strictly read-only, unlike :class:`RangeLocks`: nothing is created, locked
+    or written (the liveness byte is asked with ``F_OFD_GETLK``, which takes
+    nothing), so looking can never make a starting bot fail. A lock folder,
+    holder folder or lock file that is a symbolic link is not looked through:
+    :class:`~persistkit.errors.ForeignSymlinkError`.
+    """
+    lock_dir, lock_name = os.path.split(lock_file)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        locks_fd = _open_unlinked(None, lock_dir, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return []
+    try:
+        try:
+            holders_fd = _open_unlinked(locks_fd, "holders", flags | os.O_DIRECTORY, lock_dir)
+        except FileNotFoundError:
+            return []
+        try:
+            lock_fd: int | None = _open_unlinked(locks_fd, lock_name, flags, lock_dir)
+        except FileNotFoundError:
+            lock_fd = None
+        try:
+            found = []
+            for name in sorted(os.listdir(holders_fd)):
+                if not name.endswith(".json"):
+                    continue
+                try:
+                    fd = os.open(name, flags, dir_fd=holders_fd)
+                except OSError:
+                    continue  # removed meanwhile, or a link: never read through
+                try:
+                    holder = _holder_in(fd, None)
+                finally:
+                    os.close(fd)
+                if holder:
+                    holder["file"] = os.path.join(lock_dir, "holders", name)
+                    holder["alive"] = _liveness(holder, lock_fd)
+                    found.append(holder)
+            return found
+        finally:
+            os.close(holders_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
+    finally:
+        os.close(locks_fd)
+
+
+def _open_unlinked(dir_fd: int | None, name: str, flags: int, parent: str = "") -> int:
+    """``os.open`` with ``O_NOFOLLOW``; a symbolic link is a :class:`ForeignSymlinkError`."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        path = os.path.join(parent, name)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise ForeignSymlinkError(
+                f"{path} is a symbolic link inside the data root: persistkit does not look "
+                "through it to tell whether a live session runs; replace it with a real file "
+                "or folder",
+                path=path,
+            ) from None
+        raise
+
+
+def _liveness(holder: dict[str, object], lock_fd: int | None) -> bool | None:
+    if holder.get("host") != socket.gethostname():
+        return None  # another kernel's locks: not this one's to ask
+    token = holder.get("token")
+    if lock_fd is None or not token:
+        return _alive(holder.get("pid"))
+    taken = _range_lock(lock_fd, _F_OFD_GETLK, fcntl.F_WRLCK, _offset(f"session:{token}"))
+    return taken != fcntl.F_UNLCK

@@ -11,7 +11,10 @@ A live bot restarts after a crash and continues as if nothing happened::
     await session.aclose()
 
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
-SIGINT, after committing the tick in progress.
+SIGINT, after committing the tick in progress. A tick that hangs does not keep
+it from stopping: a second signal, or :data:`DEFAULT_STOP_GRACE` seconds after
+the first, cancels that tick before its commit (nothing of it is committed),
+and ``run()`` raises :class:`~persistkit.errors.TickCancelledError`.
 
 A session owns its backend: code inside its ticks, its ``run()`` and an
 ``async with session:`` block writes to the session's backend through a context
@@ -26,31 +29,58 @@ import contextvars
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from persistkit.backends.base import Backend
+from persistkit.backends.base import Backend, Lease, fencing
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick
-from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, session_settings
+from persistkit.config import (
+    DEFAULT_BASE_DIR,
+    Settings,
+    configure,
+    current_settings,
+    session_settings,
+)
 from persistkit.domains import (
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.errors import ConflictError, StoreClosedError
+from persistkit.errors import (
+    ConflictError,
+    InstanceLockedError,
+    LeaseLostError,
+    StoreClosedError,
+    TickCancelledError,
+)
 from persistkit.history import PointInTime, encode_tick, tick_key, to_ns
+from persistkit.live.lease import (
+    DEFAULT_LEASE_TTL,
+    SessionLeases,
+    check_seconds,
+    lease_clock,
+    wait_poll_delay,
+)
 from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
 from persistkit.transaction import Transaction, transaction_for
 
-__all__ = ["LOCK_DIR", "LOCK_FILE", "LiveSession", "PairState", "RestoredState"]
+__all__ = [
+    "DEFAULT_STOP_GRACE",
+    "LOCK_DIR",
+    "LOCK_FILE",
+    "LiveSession",
+    "PairState",
+    "RestoredState",
+]
 
 logger = logging.getLogger("persistkit")
 
@@ -60,6 +90,14 @@ _NO_INPUTS: Any = object()
 LOCK_DIR = ".locks"
 LOCK_FILE = "sessions.lock"
 """In ``{base_dir}/.locks/``: every pair's and risk profile's lock, one byte range each."""
+
+DEFAULT_STOP_GRACE = 5.0
+"""Seconds :meth:`LiveSession.run` lets a tick run on after the first stop signal.
+
+Then a tick whose commit has not begun is cancelled. Five seconds leaves room
+for the commit and the close inside the shortest common stop timeouts before
+a SIGKILL (``docker stop``: 10 s; Kubernetes: 30 s; systemd: 90 s), while a
+tick waiting a moment for an exchange still finishes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,43 +165,170 @@ class RestoredState:
         return problems
 
 
-class _SessionTick(Transaction):
-    """A tick: the session's transaction, with the session's settings in force inside it."""
+class _TickInFlight:
+    """The tick :meth:`LiveSession.run` is running: has its commit begun, must it not?"""
 
-    __slots__ = ("_clock_token", "_inputs", "_scope", "_scope_token", "clock")
+    __slots__ = ("cancelled", "committing")
+
+    def __init__(self) -> None:
+        self.committing = False
+        """Its commit has begun: it is left to finish, whatever the signals say."""
+        self.cancelled: str | None = None
+        """Why it was cancelled; its commit is then refused, should it still try."""
+
+
+class _SessionTick(Transaction):
+    """A tick: the session's transaction, with the session's settings, leases and clock in force.
+
+    With leases, a tick starts and commits only while they cover it: past their
+    deadline it raises :class:`LeaseLostError` and commits nothing.
+    """
+
+    __slots__ = (
+        "_clock_token",
+        "_fence_token",
+        "_flight",
+        "_inputs",
+        "_leases",
+        "_scope",
+        "_scope_token",
+        "clock",
+    )
 
     def __init__(
-        self, settings: Settings, clock: TickClock, inputs: tuple[str, bytes] | None = None
+        self,
+        settings: Settings,
+        leases: SessionLeases | None,
+        clock: TickClock,
+        *,
+        inputs: tuple[str, bytes] | None = None,
+        flight: _TickInFlight | None = None,
     ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
+        self._leases = leases
         self._scope_token: contextvars.Token[Settings | None] | None = None
+        self._fence_token: contextvars.Token[tuple[Lease, ...]] | None = None
+        self._flight = flight
         self.clock = clock
         """The tick's time and id source (:mod:`persistkit.clock`), recorded with its inputs."""
         self._clock_token: contextvars.Token[TickClock | None] | None = None
         self._inputs = inputs
 
     async def __aenter__(self) -> Transaction:
+        leases = self._leases
+        if leases is not None:
+            leases.check()
+            self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
         self._clock_token = current_tick.set(self.clock)
         try:
             entered = await super().__aenter__()
         except BaseException:
-            current_tick.reset(self._clock_token)
-            session_settings.reset(self._scope_token)
+            self._reset_scope()
             raise
         if self._inputs is not None:
             self.stage_now(*self._inputs)
         return entered
 
+    async def commit(self) -> None:
+        flight, leases = self._flight, self._leases
+        # Checked and marked without suspending: a stop signal is handled on
+        # this loop, so it sees the commit either not begun or begun.
+        if flight is not None and flight.cancelled is not None:
+            # A tick that swallowed its cancellation and returned anyway.
+            raise TickCancelledError(
+                f"a cancelled tick tried to commit ({flight.cancelled}); refused, "
+                "nothing of it was committed",
+                reason=flight.cancelled,
+            )
+        if leases is not None:
+            leases.check()  # the block may have outlasted the deadline: then nothing is sent
+        if flight is not None:
+            flight.committing = True
+        if leases is None:
+            await super().commit()
+            return
+        try:
+            await super().commit()
+        except LeaseLostError as refused:  # the backend's fence: a newer holder exists
+            leases.lose(refused)
+            raise
+
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await super().__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
-            if self._clock_token is not None:
-                current_tick.reset(self._clock_token)
-            if self._scope_token is not None:
-                session_settings.reset(self._scope_token)
+            self._reset_scope()
+
+    def _reset_scope(self) -> None:
+        if self._scope_token is not None:
+            session_settings.reset(self._scope_token)
+            self._scope_token = None
+        if self._fence_token is not None:
+            fencing.reset(self._fence_token)
+            self._fence_token = None
+        if self._clock_token is not None:
+            current_tick.reset(self._clock_token)
+            self._clock_token = None
+
+
+class _StopRequest:
+    """What the stop signals asked of :meth:`LiveSession.run`: to stop, then to stop now."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
+        self._loop = loop
+        self._grace = grace
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self.requested = asyncio.Event()
+        """Stop before the next tick (the first signal)."""
+        self.forced = asyncio.Event()
+        """Stop the tick in progress (a second signal, or the grace ran out)."""
+        self.reason = ""
+        """What forced the stop, for the log and the error."""
+        self._next: asyncio.Event | None = None
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        if self._next is not None:
+            self._next.set()
+        if not self.requested.is_set():
+            self.requested.set()
+            logger.info(
+                "persistkit: %s: stopping once the tick in progress, if any, has committed "
+                "(a second signal%s cancels a tick that does not finish)",
+                signum.name,
+                "" if self._grace is None else f", or {self._grace:g} s from now,",
+            )
+            if self._grace is not None:
+                self._grace_timer = self._loop.call_later(
+                    self._grace,
+                    self._force,
+                    f"the stop grace of {self._grace:g} s after {signum.name} ran out",
+                )
+        elif not self.forced.is_set():
+            self._force(f"a second stop signal ({signum.name}) arrived")
+
+    def _force(self, reason: str) -> None:
+        self.reason = reason
+        self.forced.set()
+
+    def next_signal(self) -> asyncio.Event:
+        """An event the next stop signal sets."""
+        self._next = asyncio.Event()
+        return self._next
+
+    def close(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+
+
+class _ForcedStop(Exception):
+    """Internal: the tick in progress was cancelled by a forced stop."""
+
+    def __init__(self, tick: int, reason: str) -> None:
+        super().__init__(reason)
+        self.tick = tick
+        self.reason = reason
 
 
 class LiveSession:
@@ -190,8 +355,32 @@ class LiveSession:
     range per pair and one for the risk profile, so that two sessions (in two
     processes or in one) never run the same strategy nor update the same risk
     profile. However many pairs, a session holds one file descriptor for them.
-    They are local locks even when the state lives in Redis or S3: one
-    instance per machine is guaranteed, not one per cluster.
+
+    On a backend shared across hosts (Redis, S3: :attr:`Backend.leases`), the
+    session also takes one lease per lock name in the backend itself, so that
+    one instance runs per cluster, not per machine; sessions with disjoint
+    pairs still run side by side. A second instance anywhere (another host,
+    another data root, the same backend) gets
+    :class:`~persistkit.errors.InstanceLockedError` naming the holder (host,
+    pid, since, lease expiry). The leases outlive their last renewal by
+    ``lease_ttl`` seconds (default 15): the session renews them every third of
+    that, in the background, and gives them back on close; a holder killed
+    with ``kill -9`` keeps them until they lapse. A holder that cannot renew
+    stops committing a third of ``lease_ttl`` before they can lapse (timed on
+    its own clock, from before each renewal was sent): its ticks, and every
+    later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
+    :meth:`run`. Each lease carries a fencing token that only grows; the
+    session's writes carry the tokens of its leases (the
+    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    its ``run()`` and its ``async with`` block), so the backend refuses a
+    write of a holder whose lease has passed to another (each backend's
+    docstring says what it checks, and when).
+
+    ``lease_wait`` (seconds, default 0: fail fast) makes :meth:`start` wait
+    that long for another instance to stop (its leases, or its local lock on
+    this machine) before raising ``InstanceLockedError``: the new instance of
+    a rolling deploy takes over as soon as the old one closes, and never
+    commits while the old one can.
     """
 
     def __init__(
@@ -201,7 +390,13 @@ class LiveSession:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         backend: Backend | str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_wait: float = 0.0,
     ) -> None:
+        self.lease_ttl = check_seconds("lease_ttl", lease_ttl)
+        """Seconds a lease in a shared backend outlives its last renewal."""
+        self.lease_wait = check_seconds("lease_wait", lease_wait, zero=True)
+        """Seconds :meth:`start` waits for another instance to stop before it gives up."""
         self.pairs: list[tuple[str, str]] = [(str(s), str(t)) for s, t in pairs]
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
@@ -215,12 +410,14 @@ class LiveSession:
         )
         self._backend_choice = backend
         self._backend: Backend | None = None
+        self._leases: SessionLeases | None = None
+        self._block_fence: contextvars.Token[tuple[Lease, ...]] | None = None
         self._settings: Settings | None = None
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
+        self._last_tick_ns = 0
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
-        self._last_tick_ns = 0
 
     def __repr__(self) -> str:
         state = "started" if self._started else "stopped"
@@ -247,21 +444,45 @@ class LiveSession:
             raise limit from exc
 
     async def _start(self) -> RestoredState:
-        self._locks.acquire(purpose="live session")
+        give_up_at = lease_clock() + self.lease_wait
+
+        async def lock_locally() -> None:
+            self._locks.acquire(purpose="live session")
+
+        await self._while_locked(lock_locally, give_up_at)
         try:
-            settings = configure(mode="live", base_dir=self.base_dir, backend=self._backend_choice)
+            # The statistics' clock and bound, as configured before the session started.
+            events = current_settings()
+            settings = configure(
+                mode="live",
+                base_dir=self.base_dir,
+                backend=self._backend_choice,
+                clock=events.clock,
+                event_limit=events.event_limit,
+            )
             self._backend = settings.backend
             self._settings = settings
-            # Before any store reads: what stopped processes left is finished first.
-            replayed = await self._backend.recover()
-            token = session_settings.set(settings)  # restore from this session's backend
+            if self._backend.leases:
+                # The local lock first: on one machine a rival is refused without a request.
+                self._leases = SessionLeases(
+                    self._backend, self._locks.names, ttl=self.lease_ttl, holder=self._holder()
+                )
+                await self._while_locked(self._leases.acquire, give_up_at)
+                self._leases.start_renewing()
+            fence = fencing.set(self._fence())
             try:
-                state = await self._restore(replayed)
+                # Before any store reads: what stopped processes left is finished first.
+                replayed = await self._backend.recover()
+                token = session_settings.set(settings)  # restore from this session's backend
+                try:
+                    state = await self._restore(replayed)
+                finally:
+                    session_settings.reset(token)
             finally:
-                session_settings.reset(token)
+                fencing.reset(fence)
         except BaseException:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
             raise
         self._started = True
         self.restored = state
@@ -277,8 +498,43 @@ class LiveSession:
         )
         return state
 
-    def _release_locks(self) -> None:
-        self._locks.release()
+    async def _while_locked(
+        self, attempt: Callable[[], Awaitable[None]], give_up_at: float
+    ) -> None:
+        """``attempt()``, again while another instance holds a lock, until ``give_up_at``."""
+        waited = False
+        while True:
+            try:
+                await attempt()
+                return
+            except InstanceLockedError as locked:
+                remaining = give_up_at - lease_clock()
+                if remaining <= 0:
+                    raise
+                if not waited:
+                    waited = True
+                    logger.info(
+                        "persistkit: waiting up to %.1f s for the other instance to stop: %s",
+                        remaining,
+                        locked,
+                    )
+                await asyncio.sleep(wait_poll_delay(self.lease_ttl, remaining))
+
+    def _holder(self) -> dict[str, object]:
+        """Who this session is, as a lease names its holder to a rival (``since``: its leases')."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "root": self.base_dir}
+
+    def _fence(self) -> tuple[Lease, ...]:
+        """The leases the writes of this session carry (none on a local backend)."""
+        return () if self._leases is None else self._leases.current
+
+    async def _release_locks(self) -> None:
+        leases, self._leases = self._leases, None
+        try:
+            if leases is not None:
+                await leases.release()
+        finally:
+            self._locks.release()
 
     async def _restore(self, replayed: int) -> RestoredState:
         # Risk first: portfolio limits must hold before any signal is considered.
@@ -313,19 +569,24 @@ class LiveSession:
 
         Inside the block the session's backend serves every store without an
         explicit ``backend=``, whatever ``configure()`` did since :meth:`start`.
+
         ``inputs`` (any JSON value: prices, signals) is what the bot saw this
         tick: recorded in the same commit, kept in the history, and what a
         replay (:mod:`persistkit.replay`) feeds the strategy. A value JSON cannot
         carry exactly is refused here, before the block runs.
         """
+        return self._new_tick(inputs)
+
+    def _new_tick(
+        self, inputs: Any = _NO_INPUTS, flight: _TickInFlight | None = None
+    ) -> _SessionTick:
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
         # The tick's clock: one time per tick, never before the previous tick's.
         self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
         clock = TickClock(self._last_tick_ns, self.risk_name)
-        if inputs is _NO_INPUTS:
-            return _SessionTick(self._settings, clock)
-        return _SessionTick(self._settings, clock, self._encoded_inputs(clock, inputs))
+        encoded = None if inputs is _NO_INPUTS else self._encoded_inputs(clock, inputs)
+        return _SessionTick(self._settings, self._leases, clock, inputs=encoded, flight=flight)
 
     def _encoded_inputs(self, clock: TickClock, inputs: Any) -> tuple[str, bytes]:
         return tick_key(self.risk_name), encode_tick(self.risk_name, clock.time_ns, inputs)
@@ -374,6 +635,7 @@ class LiveSession:
         ticks: int | None = None,
         after_commit: Callable[[int], object] | None = None,
         stop_signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        stop_grace: float | None = DEFAULT_STOP_GRACE,
     ) -> int:
         """Call ``tick(n)`` inside :meth:`tick` every ``interval`` seconds; returns ticks run.
 
@@ -383,37 +645,130 @@ class LiveSession:
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
         durable (to acknowledge it, say). Outside ``run`` the signals keep the
         process's own handlers.
+
+        A tick that does not finish (it awaits something that never returns)
+        does not keep the process from stopping: a second stop signal, or
+        ``stop_grace`` seconds after the first (default
+        :data:`DEFAULT_STOP_GRACE`, 5 s; ``None``: only a second signal),
+        cancels it if its commit has not begun, so that nothing of it is
+        committed; ``run()`` then closes the session (its locks released) and
+        raises :class:`~persistkit.errors.TickCancelledError`, so that the
+        process exits non-zero saying so. A commit already under way is
+        left to finish, and the stop is then a normal one. A tick that
+        swallows its cancellation is left behind at the next signal, its
+        commit refused. A tick that blocks the event loop itself (a
+        synchronous call that never returns) cannot be reached by any of this.
+
+        With leases (Redis, S3), a tick past their deadline raises
+        :class:`~persistkit.errors.LeaseLostError` and ``run`` stops with it:
+        another instance may own the state now.
         """
         self.backend  # noqa: B018 - raises StoreClosedError when not started
-        stopping = asyncio.Event()
+        if stop_grace is not None and stop_grace < 0:
+            raise ValueError(f"stop_grace must be at least 0 seconds or None, not {stop_grace}")
         loop = asyncio.get_running_loop()
+        stop = _StopRequest(loop, stop_grace)
         for signum in stop_signals:
-            loop.add_signal_handler(signum, stopping.set)
+            loop.add_signal_handler(signum, stop.on_signal, signum)
         count = 0
+        fence = fencing.set(self._fence())
         try:
-            while not stopping.is_set() and (ticks is None or count < ticks):
-                # A signal only sets the event, so the tick in progress runs to
-                # its commit; the loop stops before the next one.
-                await self._tick_until_committed(tick, count)
+            while not stop.requested.is_set() and (ticks is None or count < ticks):
+                # A first signal only sets the event, so the tick in progress runs
+                # to its commit; the loop stops before the next one.
+                await self._tick_unless_forced(tick, count, stop)
                 if after_commit is not None:
                     after_commit(count)
                 count += 1
                 if interval > 0:
                     try:
-                        await asyncio.wait_for(stopping.wait(), interval)
+                        await asyncio.wait_for(stop.requested.wait(), interval)
                     except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(0)
+        except _ForcedStop as forced:
+            error = TickCancelledError(
+                f"persistkit stopped the live session before tick {forced.tick} finished: "
+                f"{forced.reason}, and the tick's commit had not begun, so it was cancelled "
+                f"and nothing of it was committed ({count} tick{'s' * (count != 1)} before "
+                "it committed); the session is closed and its locks are released",
+                tick=forced.tick,
+                reason=forced.reason,
+            )
+            try:
+                await self.aclose()  # locks released even when the checkpoint fails
+            except Exception as exc:
+                raise error from exc
+            raise error from None
         finally:
+            fencing.reset(fence)
+            stop.close()
             for signum in stop_signals:
                 loop.remove_signal_handler(signum)
-        if stopping.is_set():
+        if stop.requested.is_set():
             await self.aclose()
         return count
 
+    async def _tick_unless_forced(
+        self, tick: Callable[[int], Awaitable[object]], count: int, stop: _StopRequest
+    ) -> None:
+        """Tick ``count`` to its commit, unless a forced stop cancels it first (raises
+        :class:`_ForcedStop`)."""
+        flight = _TickInFlight()
+        running = asyncio.ensure_future(self._tick_until_committed(tick, count, flight))
+        forced = asyncio.ensure_future(stop.forced.wait())
+        try:
+            await asyncio.wait((running, forced), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # run() itself was cancelled: so is its tick, as before, unless it commits.
+            if not flight.committing:
+                running.cancel()
+            await asyncio.wait((running,))
+            raise
+        finally:
+            forced.cancel()
+        if running.done():
+            return running.result()
+        if flight.committing:
+            logger.warning(
+                "persistkit: %s; tick %d is committing, its commit is left to finish",
+                stop.reason,
+                count,
+            )
+            # Shielded: a commit under way finishes whatever happens to run().
+            await asyncio.shield(running)
+            return None
+        flight.cancelled = stop.reason
+        running.cancel()
+        logger.warning(
+            "persistkit: %s; tick %d had not begun its commit: cancelled, nothing of it "
+            "is committed",
+            stop.reason,
+            count,
+        )
+        another = asyncio.ensure_future(stop.next_signal().wait())
+        try:
+            await asyncio.wait((running, another), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            another.cancel()
+        if running.done():
+            if not running.cancelled():
+                running.exception()  # retrieved: what it raised once cancelled is moot
+        else:
+            logger.error(
+                "persistkit: tick %d did not stop when cancelled; left behind, its commit refused",
+                count,
+            )
+        raise _ForcedStop(count, stop.reason)
+
     async def _tick_until_committed(
-        self, tick: Callable[[int], Awaitable[object]], count: int, *, attempts: int = 100
+        self,
+        tick: Callable[[int], Awaitable[object]],
+        count: int,
+        flight: _TickInFlight | None = None,
+        *,
+        attempts: int = 100,
     ) -> None:
         """Run ``tick(count)`` in a tick; again while it loses a compare-and-set race.
 
@@ -422,7 +777,7 @@ class LiveSession:
         """
         for attempt in range(attempts):
             try:
-                async with self.tick():
+                async with self._new_tick(flight=flight):
                     await tick(count)
                 return
             except ConflictError:
@@ -436,22 +791,32 @@ class LiveSession:
     # -- stop ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Make every commit durable in the entity files, then release the lock."""
+        """Make every commit durable in the entity files, then release the locks and leases.
+
+        A session whose leases were lost writes nothing more: its checkpoint is
+        left to the instance that holds them now.
+        """
         if not self._started:
             return
         self._started = False
         try:
             backend = self._backend
-            if backend is not None and not backend.read_only:
-                await backend.checkpoint()
+            leases = self._leases
+            if backend is not None and not backend.read_only and not (leases and leases.lost):
+                fence = fencing.set(self._fence())
+                try:
+                    await backend.checkpoint()
+                finally:
+                    fencing.reset(fence)
         finally:
             self._backend = self._settings = None
-            self._release_locks()
+            await self._release_locks()
 
     async def __aenter__(self) -> Self:
         """Start, and run the ``async with`` block in this session's context (see :meth:`tick`)."""
         await self.start()
         self._block_token = session_settings.set(self._settings)
+        self._block_fence = fencing.set(self._fence())
         return self
 
     async def __aexit__(
@@ -461,8 +826,11 @@ class LiveSession:
         tb: TracebackType | None,
     ) -> None:
         token, self._block_token = self._block_token, None
+        fence, self._block_fence = self._block_fence, None
         try:
             await self.aclose()
         finally:
+            if fence is not None:
+                fencing.reset(fence)
             if token is not None:
                 session_settings.reset(token)

@@ -29,6 +29,7 @@ import persistkit
 from persistkit import (
     BackendError,
     BackendUnavailableError,
+    ConflictError,
     InvalidNameError,
     JournalDamagedError,
     PersistBase,
@@ -40,6 +41,7 @@ from persistkit import (
     StoreClosedError,
     TransientBackendError,
     WriteFailedError,
+    transaction,
 )
 from persistkit.backends.base import ANY_VERSION, Expected
 from persistkit.backends.s3 import S3Backend
@@ -287,7 +289,9 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
     assert len(on_disk) == 7  # the four domains' 5 values and 2 statistics logs (their heads)
-    assert objects_under(client, prefix) == on_disk
+    in_bucket = objects_under(client, prefix)
+    # persistkit's own dot folders (S3's tick commit record) aside, as on disk
+    assert {key: data for key, data in in_bucket.items() if not key.startswith(".")} == on_disk
 
 
 async def test_scan_skips_objects_persistkit_did_not_write_as_entities(
@@ -631,6 +635,42 @@ async def test_concurrent_commits_from_two_writers_all_apply(client: Any, prefix
     left = {name: data for name, data in objects_under(client, prefix).items()}
     assert left.pop(".commits/head.json")
     assert left == {f"{n}/{k}.json": b"5" for n in ("one", "two") for k in ("a", "b")}
+
+
+async def test_a_compare_and_set_commit_checks_the_stored_version_after_another_writer(
+    client: Any, prefix: str
+) -> None:
+    # Two processes' backends on one prefix take turns at update_value in a
+    # transaction: each must see the other's increment and never give up.
+    one, two = S3Backend(client, BUCKET, prefix), S3Backend(client, BUCKET, prefix)
+    counters = [PersistBase[int]("counters", backend=backend) for backend in (one, two)]
+    for _ in range(3):
+        for store, backend in zip(counters, (one, two), strict=True):
+            async with transaction(backend):
+                await store.update_value("n", lambda n: (n or 0) + 1)
+    for backend in (one, two):
+        await backend.aclose()
+    assert objects_under(client, prefix)["counters/n.json"] == b"6"
+
+
+async def test_a_compare_and_set_commit_conflicts_once_a_plain_write_replaced_its_own(
+    client: Any, prefix: str
+) -> None:
+    # This backend's last commit wrote the key; another process's plain put (no
+    # commit, so the head record never hears of it) replaced it since. The version
+    # this backend wrote is stale: a commit expecting it must conflict, not land.
+    committer, plain = S3Backend(client, BUCKET, prefix), S3Backend(client, BUCKET, prefix)
+    await committer.commit({"ns/k": b"1"})
+    written = await committer.get("ns/k")
+    assert written is not None
+    stored = await plain.put("ns/k", b"plain")
+    with pytest.raises(ConflictError):
+        await committer.commit({"ns/k": b"2"}, expect={"ns/k": written.version})
+    assert objects_under(client, prefix)["ns/k.json"] == b"plain"
+    await committer.commit({"ns/k": b"3"}, expect={"ns/k": stored})
+    assert objects_under(client, prefix)["ns/k.json"] == b"3"
+    for backend in (committer, plain):
+        await backend.aclose()
 
 
 async def test_a_damaged_commit_record_stops_everything_and_is_never_replaced(

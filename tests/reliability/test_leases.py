@@ -328,7 +328,7 @@ async def _read_leases(shared: Shared) -> list[Any]:
 @pytest.mark.parametrize("trial", range(TAKEOVERS))
 @pytest.mark.parametrize("mode", ["ticks", "plain"])
 def test_a_holder_stopped_past_its_ttl_never_writes_after_its_successor(
-    shared: Shared, bots: Callable[..., Bot], mode: str, trial: int, request: pytest.FixtureRequest
+    shared: Shared, bots: Callable[..., Bot], mode: str, trial: int
 ) -> None:
     """SIGSTOP a holder past its TTL, a successor takes over and writes, SIGCONT: LeaseLostError.
 
@@ -336,19 +336,6 @@ def test_a_holder_stopped_past_its_ttl_never_writes_after_its_successor(
     writes outside any tick, inside ``async with session:``, which only the
     backend's fence can refuse, by the token the session's context carries.
     """
-    if mode == "plain" and shared.url.startswith("s3://"):
-        # Found here, in s3.py (not this branch's to change): a compare-and-set
-        # commit checks its expected version against the state this process's
-        # own last commit left (S3Backend._record_and_apply takes ``states``
-        # from _known_state for the keys it writes), not the stored one. Once
-        # another process changed the key, every compare-and-set of it
-        # conflicts: the stale holder's update_value gives up with
-        # ConflictError after 1,000 tries and never reaches the fence check.
-        # Nothing stale lands; the error is the wrong one. Strict: once s3.py
-        # is fixed this passes, and the mark must go.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="s3.py compares with a stale cached state")
-        )
     stale = bots("a", mode=mode)
     stale.expect("START")
     stale.ack(2)

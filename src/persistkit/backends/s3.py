@@ -51,14 +51,15 @@ not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
 transaction) against the objects, (3) writes itself as the next head with
 ``If-Match`` on the head it read (losing that race it starts over at 1), (4)
 applies its writes and (5) marks the head applied: six requests for a 4-key
-tick in three round trips (plus a HEAD per compare-and-set key, and per key this
-backend's last commit did not write). Once step 3 succeeded the
-tick is decided, the same way for every process: whoever touches the head next
-(a later commit of any process, a process starting up) applies it first. Each
-entity write of a commit is conditional on the object it saw and carries the
-commit's sequence number in its metadata (``persistkit-seq``); an applier that
-finds a number as high or higher skips the key, and a deletion leaves a
-tombstone with its number. Hence, across processes and hosts:
+tick in three round trips (plus, in one more round trip, a HEAD per
+compare-and-set key, cached or not, and per other key this backend's last
+commit did not write). Once step 3 succeeded the tick is decided, the same
+way for every process: whoever touches the head next (a later commit of any
+process, a process starting up) applies it first. Each entity write of a
+commit is conditional on the object it saw and carries the commit's sequence
+number in its metadata (``persistkit-seq``); an applier that finds a number as
+high or higher skips the key, and a deletion leaves a tombstone with its number.
+Hence, across processes and hosts:
 
 - commits are serialised: concurrent ticks on the same keys leave one whole
   tick or the other, as if run one after the other in sequence order;
@@ -1392,8 +1393,14 @@ class S3Backend(Backend):
                     )
             # A key this backend's last commit wrote is written over as it left it,
             # without a HEAD; if it changed since, the conditional write is refused
-            # and looks again. Compare-and-set keys are always looked at afresh.
-            states = {key: state for key in batch if (state := self._known_state(key))}
+            # and looks again. A compare-and-set key is always looked at afresh: the
+            # head record shows other processes' commits but not their plain writes,
+            # so no cached state can vouch for the stored version.
+            states = {
+                key: state
+                for key in batch
+                if key not in expected and (state := self._known_state(key))
+            }
             keys = [key for key in dict.fromkeys((*batch, *expected)) if key not in states]
             looked = await asyncio.gather(*(self._run(self._state_sync, key) for key in keys))
             states.update(zip(keys, looked, strict=True))

@@ -31,6 +31,7 @@ import re
 from persistkit.errors import InvalidNameError
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "MAX_SEGMENT_BYTES",
     "check_store_key",
     "decode_segment",
@@ -47,6 +48,10 @@ __all__ = [
 # session's locks are byte ranges in one file, named by no segment at all. 200
 # keeps each of them under 255 with room for a lock or stamp suffix later.
 MAX_SEGMENT_BYTES = 200
+MAX_KEY_BYTES = 2048
+"""A whole key, its folders included: with the root's path, ``.quarantine/`` and
+the quarantine's stamp in front and behind, its paths stay under ``PATH_MAX``
+(4096 bytes) for a root path of up to 1,900 bytes."""
 
 _PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*\Z")
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -184,6 +189,11 @@ def check_store_key(key: str, *, paired: bool = False) -> str:
     parts = key.split("/")
     if len(parts) < 2:
         raise InvalidNameError(f"key {key!r} is not '{{entity name}}/{{entity id}}'")
+    size = len(key.encode("utf-8", "surrogateescape"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidNameError(
+            f"key {key[:60]!r}... is {size} bytes with its folders; the limit is {MAX_KEY_BYTES}"
+        )
     *directories, entity, entity_id = parts
     for segment in directories:
         reason = _refuse_reason(segment) or (

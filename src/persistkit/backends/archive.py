@@ -135,7 +135,7 @@ class HistoryArchive:
         try:
             self._os.stat(f"{self.directory}/{BASE_FILE}")  # a stat: the base may be large
         except FileNotFoundError:
-            files, _links = self._backend._read_tree()  # links are never followed
+            files, _links, _nested = self._backend._read_tree()  # links never followed
             state = {key: data for key, data in files.items() if key not in journal_keys}
             self._write_base(first_seq - 1, time_ns, state)
         self.started = True

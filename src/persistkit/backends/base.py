@@ -36,6 +36,7 @@ __all__ = [
     "AnyVersion",
     "Backend",
     "Expected",
+    "Fence",
     "Lease",
     "QuarantineEntry",
     "Snapshot",
@@ -206,14 +207,47 @@ class Lease:
     """When it lapses unless renewed: seconds since the epoch, by the backend's clock."""
 
 
+class Fence(tuple[Lease, ...]):
+    """The leases a live session's writes carry, and its check that they still cover a write.
+
+    A session stops writing at a deadline before its leases could lapse (its
+    own monotonic clock), because a backend's fence does not refuse every stale
+    write (a Redis Cluster namespace the new holder has not written yet, a
+    plain S3 write). ``check()`` raises :class:`~persistkit.errors.LeaseLostError`
+    past that deadline; :func:`fenced_leases` calls it before each fenced request.
+    """
+
+    check: Callable[[], None]
+
+    def __new__(cls, leases: Iterable[Lease], check: Callable[[], None]) -> Self:
+        fence = super().__new__(cls, leases)
+        fence.check = check
+        return fence
+
+
 fencing: ContextVar[tuple[Lease, ...]] = ContextVar("persistkit_fencing", default=())
 """The leases whose tokens the writes of this context carry.
 
-A live session sets it around its ticks, its ``run()`` and its ``async with``
-block. A backend with :attr:`Backend.leases` refuses, with
+A live session sets it (a :class:`Fence`) around its ticks, its ``run()`` and
+its ``async with`` block. A backend with :attr:`Backend.leases` refuses, with
 :class:`~persistkit.errors.LeaseLostError`, a write or commit carrying a token
 older than the newest lease of its name. Writes outside a session carry none.
 """
+
+
+def fenced_leases() -> tuple[Lease, ...]:
+    """The leases this context's next write carries, once their holder's deadline allows it.
+
+    What a backend with :attr:`Backend.leases` calls before each request that
+    writes: past the session's deadline it raises
+    :class:`~persistkit.errors.LeaseLostError` and nothing is sent, whether the
+    write comes from a tick, the session's ``async with`` block or a task
+    started inside either.
+    """
+    leases = fencing.get()
+    if isinstance(leases, Fence):
+        leases.check()
+    return leases
 
 
 SNAPSHOT_ATTEMPTS = 5

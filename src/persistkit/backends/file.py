@@ -118,6 +118,8 @@ T = TypeVar("T")
 SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = ".quarantine"
+_ROOT_MARKS = (JOURNAL_DIR, ".locks")
+"""Folders that make a folder a root of its own: its journal, a live session's locks."""
 _REASON_SUFFIX = ".reason"
 _NAME_MAX = 255
 """Bytes in one file name (``NAME_MAX`` of ext4, XFS, btrfs, tmpfs)."""
@@ -678,7 +680,7 @@ class FileBackend(Backend):
         journal = self.journal
         for _ in range(SNAPSHOT_ATTEMPTS):
             cut = journal.read_cut()
-            files, links = await self._run(self._read_tree)
+            files, links, nested = await self._run(self._read_tree)
             if cut.continued_by(journal.read_cut()):
                 break
         else:
@@ -690,6 +692,10 @@ class FileBackend(Backend):
         behind = tuple(
             f"{JOURNAL_DIR}/{name}: an older release's commits, not read (a start merges them)"
             for name in journal.legacy_journal_names()
+        ) + tuple(
+            f"{namespace}/: a root of its own (a live session's base_dir below this root); "
+            f"its commits are not read here: run the command on {self.root}/{namespace}"
+            for namespace in nested
         )
         return lay_commits_over(
             files,
@@ -700,13 +706,18 @@ class FileBackend(Backend):
             point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",
         )
 
-    def _read_tree(self) -> tuple[dict[str, bytes], list[str]]:
-        """Every value file under the root, and every symbolic link met (never followed).
+    def _read_tree(self) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """Every value file under the root, every symbolic link met (never followed),
+        and every folder below the root that is a root of its own.
 
         Hidden folders (quarantine, journal, locks, history) are walked for links only.
+        A folder holding a ``.journal`` or ``.locks`` is another root (a live
+        session's ``base_dir`` below this one): its files are read as values
+        here, but its commits are its own journal's.
         """
         values: dict[str, bytes] = {}
         links: list[str] = []
+        nested: list[str] = []
         waiting = [("", True)]
         while waiting:
             namespace, holds_values = waiting.pop()
@@ -725,6 +736,8 @@ class FileBackend(Backend):
                         if entry.is_symlink():
                             links.append(f"{path}/{name}")
                         elif entry.is_dir(follow_symlinks=False):
+                            if namespace and holds_values and name in _ROOT_MARKS:
+                                nested.append(namespace)
                             own = holds_values and not name.startswith(".")
                             waiting.append((join_key(namespace, name), own))
                         elif holds_values and name.endswith(SUFFIX) and not name.startswith("."):
@@ -739,7 +752,7 @@ class FileBackend(Backend):
                 raise BackendError(f"cannot read {path}: {exc}") from exc
             finally:
                 self._os.close(dir_fd)
-        return values, links
+        return values, links, sorted(set(nested))
 
     # -- history -----------------------------------------------------------------
 

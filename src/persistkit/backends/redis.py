@@ -111,10 +111,11 @@ retrying; and one idempotent step of a cross-slot commit whose connection
 dropped is sent again at once, a few times, so that a lossy network does not
 restart the whole commit at every loss.)
 
-:meth:`RedisBackend.durability_warnings` reads ``appendonly`` and
-``appendfsync`` on every master (``CONFIG GET``) and warns, once in the log and
-in every store's ``InitReport.warnings``, when an acknowledged write could be
-lost, or when ``CONFIG`` is disabled and durability cannot be checked.
+:meth:`RedisBackend.durability_warnings` reads ``appendonly``,
+``appendfsync``, ``maxmemory`` and ``maxmemory-policy`` on every master
+(``CONFIG GET``) and warns, once in the log and in every store's
+``InitReport.warnings``, when an acknowledged write could be lost (to a crash,
+or evicted), or when ``CONFIG`` is disabled and durability cannot be checked.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ from persistkit.backends.base import (
     QuarantineEntry,
     Snapshot,
     Versioned,
+    fenced_leases,
     fencing,
     join_key,
     lay_commits_over,
@@ -451,8 +453,12 @@ _ACQUIRE_LEASE = """#!lua
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('HGET', KEYS[1], 'token'), redis.call('HGET', KEYS[1], 'holder'),
-          redis.call('HGET', KEYS[1], 'expires_ms')}
+  local held = redis.call('HMGET', KEYS[1], 'token', 'holder', 'expires_ms')
+  if held[2] == ARGV[2] then
+    -- The retry of this very acquisition (same holder, same "since"): its reply was lost.
+    return {tonumber(held[1]), tonumber(held[3])}
+  end
+  return {0, held[1], held[2], held[3]}
 end
 local token = redis.call('INCR', KEYS[2])
 local expires = now_ms + tonumber(ARGV[1])
@@ -462,7 +468,10 @@ return {token, expires}
 """
 
 _RENEW_LEASE = """#!lua
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+-- The holder too: a server that lost the lease and its counter (a failover to a
+-- lagging replica, an old snapshot) hands the same token to the next holder.
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1]
+    or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
   return {0, redis.call('HGET', KEYS[1], 'token'), redis.call('HGET', KEYS[1], 'holder'),
           redis.call('HGET', KEYS[1], 'expires_ms')}
 end
@@ -474,7 +483,10 @@ return {1, expires}
 """
 
 _RELEASE_LEASE = """#!lua
-if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1]
+    and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -537,6 +549,13 @@ _CLOSE_RECORD_SCRIPT = _Script(_CLOSE_RECORD)
 _SNAPSHOT_SCRIPT = _Script(_SNAPSHOT)
 _QUARANTINE_SCRIPT = _Script(_QUARANTINE)
 _RESTORE_SCRIPT = _Script(_RESTORE)
+
+
+def _holder_text(lease: Lease) -> str:
+    """The holder of ``lease`` exactly as its acquisition stored it (JSON, same key order)."""
+    return json.dumps(dict(lease.holder), default=str)
+
+
 _ACQUIRE_LEASE_SCRIPT = _Script(_ACQUIRE_LEASE)
 _RENEW_LEASE_SCRIPT = _Script(_RENEW_LEASE)
 _RELEASE_LEASE_SCRIPT = _Script(_RELEASE_LEASE)
@@ -695,9 +714,10 @@ class RedisBackend(Backend):
         self._commit_head = f"{prefix}:commit:{{"
         self._durability: list[str] | None = None
         self._recovered = False
-        # False until a cluster client is initialised, and again once closed:
+        # False until the client is initialised (a cluster's discovered, a single
+        # server's checked not to be a cluster node), and again once closed:
         # the one flag every operation checks before its first command.
-        self._ready = not self._cluster
+        self._ready = False
         # Cross-slot commits decided but not finished when commit() failed: the
         # next operation finishes them first (see _get_ready).
         self._unfinished: set[str] = set()
@@ -791,12 +811,31 @@ class RedisBackend(Backend):
         # command avoids it.
         with _Mapped("cluster discovery"):
             await self._redis.initialize()
+        if not self._cluster:
+            await self._refuse_a_cluster_node()
         # A commit decided here but not finished (the server went away half way)
         # is committed: finish it before anything else touches its keys.
         for record in list(self._unfinished):
             if await self._settle_record(record, abort_after=self.commit_timeout) != "pending":
                 self._unfinished.discard(record)
         self._ready = True
+
+    async def _refuse_a_cluster_node(self) -> None:
+        """A ``redis://`` URL naming a Redis Cluster node is a clear error, not an outage.
+
+        Through a plain client only that node's slots answer; every other key
+        says ``MOVED``, which would be retried as a transient failure.
+        """
+        with _Mapped("INFO cluster"):
+            try:
+                info = await self._redis.info("cluster")
+            except ResponseError:  # INFO renamed or disabled: nothing to tell
+                return
+        if str(info.get("cluster_enabled", "0")) == "1":
+            raise BackendError(
+                f"{self._url} is a Redis Cluster node: name it with redis+cluster:// "
+                "(a plain redis:// client reaches only that node's slots)"
+            )
 
     def _tag(self, namespace: str) -> str:
         if "{" in namespace or "}" in namespace:
@@ -866,7 +905,7 @@ class RedisBackend(Backend):
         fenced write; see the module docstring for what that guarantees.
         ``first_key`` is the Lua index the first fence key will have.
         """
-        leases = fencing.get()
+        leases = fenced_leases()
         if not leases:
             return [], ["c", 0]
         keys: list[str] = []
@@ -1506,12 +1545,14 @@ class RedisBackend(Backend):
         """Take the lease ``name`` for ``ttl`` seconds, by the server's clock.
 
         The token comes from a counter that never expires and only grows
-        (``INCR``), so a later holder always has a larger one.
+        (``INCR``), so a later holder always has a larger one. A lease held by
+        exactly ``holder`` (the session's host, pid and ``since``) is the
+        retry of an acquisition whose reply was lost: it is returned as taken.
         """
         if not self._ready:
             await self._get_ready()
         lease_key, counter = self._lease_keys(name)
-        described = json.dumps(dict(holder), default=str)
+        described = json.dumps(dict(holder), default=str)  # as _holder_text gives it back
         with _Mapped(f"acquire lease {name}", write=True):
             reply = await _ACQUIRE_LEASE_SCRIPT(
                 self._redis, [lease_key, counter], [max(1, int(ttl * 1000)), described]
@@ -1530,7 +1571,9 @@ class RedisBackend(Backend):
         lease_key, _ = self._lease_keys(lease.name)
         with _Mapped(f"renew lease {lease.name}", write=True):
             reply = await _RENEW_LEASE_SCRIPT(
-                self._redis, [lease_key], [lease.token, max(1, int(ttl * 1000))]
+                self._redis,
+                [lease_key],
+                [lease.token, max(1, int(ttl * 1000)), _holder_text(lease)],
             )
         if reply[0] == 1:
             return Lease(lease.name, lease.token, lease.holder, int(reply[1]) / 1000)
@@ -1552,7 +1595,9 @@ class RedisBackend(Backend):
             await self._get_ready()
         lease_key, _ = self._lease_keys(lease.name)
         with _Mapped(f"release lease {lease.name}", write=True):
-            await _RELEASE_LEASE_SCRIPT(self._redis, [lease_key], [lease.token])
+            await _RELEASE_LEASE_SCRIPT(
+                self._redis, [lease_key], [lease.token, _holder_text(lease)]
+            )
 
     async def read_leases(self) -> list[Lease]:
         if not self._ready:
@@ -1580,28 +1625,30 @@ class RedisBackend(Backend):
         else:
             targets = [(self._url, self._client)]
         for name, target in targets:
-            with _Mapped("CONFIG GET append*"):
-                try:
-                    reply = await target.execute_command("CONFIG GET", "append*")
-                except _NOT_TRANSIENT as exc:
-                    out.append((name, f"{type(exc).__name__}: {exc}"))
-                    continue
-                except ResponseError as exc:  # CONFIG renamed or disabled
-                    out.append((name, f"{exc}"))
-                    continue
-            if isinstance(reply, list):  # RESP2 flat list on a raw node connection
-                reply = dict(zip(reply[::2], reply[1::2], strict=True))
-            out.append(
-                (
-                    name,
+            settings: dict[str, str] = {}
+            # One pattern per call: CONFIG GET takes several only since Redis 7.
+            for pattern in ("append*", "maxmemory*"):
+                with _Mapped(f"CONFIG GET {pattern}"):
+                    try:
+                        reply = await target.execute_command("CONFIG GET", pattern)
+                    except _NOT_TRANSIENT as exc:
+                        out.append((name, f"{type(exc).__name__}: {exc}"))
+                        break
+                    except ResponseError as exc:  # CONFIG renamed or disabled
+                        out.append((name, f"{exc}"))
+                        break
+                if isinstance(reply, list):  # RESP2 flat list on a raw node connection
+                    reply = dict(zip(reply[::2], reply[1::2], strict=True))
+                settings.update(
                     {
                         (k.decode() if isinstance(k, bytes) else str(k)): (
                             v.decode() if isinstance(v, bytes) else str(v)
                         )
                         for k, v in reply.items()
-                    },
+                    }
                 )
-            )
+            else:
+                out.append((name, settings))
         return out
 
     async def durability_warnings(self) -> list[str]:
@@ -1616,6 +1663,16 @@ class RedisBackend(Backend):
                     "make sure appendonly is yes and appendfsync is always"
                 )
                 continue
+            policy = settings.get("maxmemory-policy", "noeviction")
+            if settings.get("maxmemory", "0") != "0" and policy != "noeviction":
+                # Evicted keys are acknowledged values, write receipts and the
+                # never-expiring lease token counters (tokens would start over).
+                warnings.append(
+                    f"{node}: maxmemory-policy is {policy!r} with maxmemory "
+                    f"{settings.get('maxmemory')}: under memory pressure the server "
+                    "evicts keys, acknowledged values and lease tokens among them; "
+                    "set maxmemory-policy to noeviction"
+                )
             if settings.get("appendonly") != "yes":
                 warnings.append(
                     f"{node}: appendonly is {settings.get('appendonly')!r}: acknowledged "

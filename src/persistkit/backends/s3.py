@@ -173,6 +173,7 @@ from persistkit.backends.base import (
     Snapshot,
     Versioned,
     check_key,
+    fenced_leases,
     fencing,
     lay_commits_over,
     new_quarantine_id,
@@ -1310,7 +1311,7 @@ class S3Backend(Backend):
             _check_commit_key(key)
         if not batch:
             return
-        await self._commit(batch, expected, fencing.get(), None)
+        await self._commit(batch, expected, fenced_leases(), None)
 
     async def _commit(
         self,
@@ -1497,9 +1498,13 @@ class S3Backend(Backend):
 
         The lease object ``.leases/{name}.json`` is written with ``If-Match`` on
         the one read (``If-None-Match: *`` for the first), never deleted, so
-        tokens only grow. Before returning, the new token is recorded as the
-        fence of ``name`` in the tick commit record: no commit made under an
-        older token is recorded after that.
+        tokens only grow; the new token also exceeds the fence the head record
+        keeps for ``name``, even if the lease object was removed. Before
+        returning, the new token is recorded as the fence of ``name`` in the
+        tick commit record: no commit made under an older token is recorded
+        after that. A live lease held by exactly
+        ``holder`` (the session's host, pid and ``since``) is the retry of an
+        acquisition whose reply was lost: it is returned as taken.
         """
         check_key(name)
         if not ttl > 0:
@@ -1509,12 +1514,25 @@ class S3Backend(Backend):
         holder = {"since": time.time(), **holder}
         for _ in range(3):
             current = await self._run(self._read_lease_sync, name)
+            if current is not None and current.live and current.lease.holder == holder:
+                # The retry of this very acquisition (same holder, same "since"):
+                # its reply, or its fence commit's, was lost. The fence commit is
+                # repeated (recording the same token again changes nothing).
+                await self._commit({}, {}, (), (name, current.lease.token))
+                return current.lease
             if current is not None and current.live:
                 raise InstanceLockedError(
                     f"lease {name!r} in {self.url} is held by {self._holder_text(current)}",
                     holder={**current.lease.holder, "expires_at": current.lease.expires_at},
                 )
-            token = (current.lease.token if current is not None else 0) + 1
+            # The head record's fence, too: a lease object removed by hand (or by
+            # a lifecycle rule) would otherwise restart tokens below it, and every
+            # commit of the new holder would be refused as stale.
+            head, _ = await self._run(self._read_head_sync)
+            newest = max(
+                current.lease.token if current is not None else 0, head.fences.get(name, 0)
+            )
+            token = newest + 1
             lease = Lease(name, token, holder, 0.0)
             try:
                 written_at = await self._run(

@@ -195,6 +195,29 @@ def _holder(found: dict[str, object], where: str | None) -> SessionHolder:
 
 
 def _file_sessions(root: str) -> Sessions:
+    """The sessions of ``root`` and of every root below it (a session's ``base_dir``
+    may be a folder inside another root: its writes land in this root's files)."""
+    sessions = _sessions_of_root(root)
+    for nested in _roots_below(root):
+        inner = _sessions_of_root(nested)
+        sessions.known = sessions.known and inner.known
+        sessions.why_unknown = sessions.why_unknown or inner.why_unknown
+        sessions.holders.extend(inner.holders)
+        sessions.unnamed.extend(inner.unnamed)
+    return sessions
+
+
+def _roots_below(root: str) -> list[str]:
+    """Folders below ``root`` holding a ``.locks`` of their own (links never followed)."""
+    found = []
+    for folder, subfolders, _ in os.walk(root, followlinks=False):
+        if folder != root and LOCK_DIR in subfolders:
+            found.append(folder)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    return found
+
+
+def _sessions_of_root(root: str) -> Sessions:
     lock_dir = os.path.join(root, LOCK_DIR)
     lock_file = os.path.join(lock_dir, LOCK_FILE)
     try:

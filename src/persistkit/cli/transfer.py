@@ -483,7 +483,11 @@ class ExportFile:
             raise CommandError(f"cannot write {self.target}: {exc.strerror or exc}") from exc
 
     def write(self, data: bytes) -> None:
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError as exc:  # a full disk, say: named, and its space given back
+            self.abandon()
+            raise CommandError(f"cannot write {self.target}: {exc}") from exc
 
     def finish(self) -> None:
         """Make the export durable under its final name."""
@@ -502,8 +506,13 @@ class ExportFile:
             raise CommandError(f"cannot write {self.target}: {exc}") from exc
 
     def abandon(self) -> None:
-        self.handle.close()
         try:
-            os.unlink(self.temp)
-        except FileNotFoundError:
+            # Closing flushes what is buffered, which fails again on a full disk.
+            self.handle.close()
+        except OSError:
             pass
+        finally:
+            try:
+                os.unlink(self.temp)
+            except FileNotFoundError:
+                pass

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
-from persistkit.backends.base import Backend, Lease
+from persistkit.backends.base import Backend, Fence, Lease
 from persistkit.errors import (
     BackendError,
     InstanceLockedError,
@@ -191,9 +191,10 @@ class SessionLeases:
         return f"SessionLeases({self.backend.url}, {len(self.names)} names, {state})"
 
     @property
-    def current(self) -> tuple[Lease, ...]:
-        """The leases held now (the latest renewal of each), for the ``fencing`` context."""
-        return tuple(self._held.values())
+    def current(self) -> Fence:
+        """The leases held now (the latest renewal of each), for the ``fencing`` context,
+        with the deadline check every fenced write runs first."""
+        return Fence(self._held.values(), self.check)
 
     # -- acquire ----------------------------------------------------------------------
 
@@ -238,8 +239,9 @@ class SessionLeases:
             try:
                 lease = await self.backend.acquire_lease(name, self.holder, self.ttl)
             except TransientBackendError as exc:
-                # The backend recognises a repeated acquisition as the same
-                # request (its write tokens), so a lost reply is not a refusal.
+                # The backend recognises a repeated acquisition by its holder
+                # (host, pid, since: the same in every retry), so a lost reply
+                # is not a refusal.
                 lease = await DEFAULT_RETRY.call(
                     lambda: self.backend.acquire_lease(name, self.holder, self.ttl), exc
                 )

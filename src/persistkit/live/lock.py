@@ -31,6 +31,7 @@ import secrets
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
@@ -195,6 +196,7 @@ class InstanceLock:
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
         self._fd = fd
+        _held.add(self)
 
     def _open(self) -> int:
         return open_confined(self.path, os.O_RDWR | os.O_CREAT, self.root)
@@ -208,6 +210,11 @@ class InstanceLock:
             finally:
                 os.close(fd)
 
+    def _forget_after_fork(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def __enter__(self) -> Self:
         self.acquire()
         return self
@@ -219,6 +226,25 @@ class InstanceLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors.
+
+    A lock belongs to the open file description, which a fork shares: a child
+    that kept its copy (a process pool's worker, say) would hold the parent's
+    locks after the parent died, so a ``kill -9`` of the bot would leave it
+    "alive" and its restart refused. Closing the child's copy leaves the
+    parent's locks in place; the child never unlinks the parent's holder file.
+    """
+    for lock in list(_held):
+        lock._forget_after_fork()
+
+
+_held: weakref.WeakSet[InstanceLock | RangeLocks] = weakref.WeakSet()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 
 # -- many named locks in one file ----------------------------------------------------------
@@ -300,6 +326,7 @@ class RangeLocks:
             return
         fd = open_confined(self.path, os.O_RDWR | os.O_CREAT, self.root)
         self._fd = fd
+        _held.add(self)
         try:
             token = secrets.token_hex(8)
             # The liveness byte first: a holder file whose byte is free is stale.
@@ -382,6 +409,12 @@ class RangeLocks:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+
+    def _forget_after_fork(self) -> None:
+        self._holder_file = None  # the parent's, named by the parent's pid
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def release(self) -> None:
         """Drop every lock (closing the file releases them) and remove the holder file."""

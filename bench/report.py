@@ -12,6 +12,7 @@ import orjson
 
 from bench import stats_events
 from bench.harness import CaseResult, GroupResult, Sample
+from bench.history import HISTORY_OFF, HISTORY_WITH_INPUTS
 from bench.machine import Machine
 
 __all__ = ["TARGETS", "Run", "Target", "load_run", "save_run", "write_plots", "write_report"]
@@ -49,6 +50,13 @@ TARGETS = [
     Target("wait_for_init vs backtest-kit waitForInit, warm", "init-warm", PK_INIT, BTK_INIT, 15),
     Target("wait_for_init vs backtest-kit waitForInit, cold", "init-cold", PK_INIT, BTK_INIT, 15),
     Target("read_value vs backtest-kit readValue", "read", PK_READ, BTK_READ, 10),
+    Target(
+        "session tick with history and inputs vs without history (cost <= 15%)",
+        "history",
+        HISTORY_WITH_INPUTS,
+        HISTORY_OFF,
+        0.87,
+    ),
     Target(
         "bot tick recording 6 statistics events vs the same tick without",
         "statistics",

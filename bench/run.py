@@ -23,6 +23,7 @@ from bench.backends import load_remote_backends
 from bench.backtest_mode import backtest_loop_group, memory_calls_group
 from bench.file_backend import init_group, read_group, write_group
 from bench.harness import Group, GroupResult, run_group
+from bench.history import history_groups
 from bench.machine import describe_machine, load_average
 from bench.peers.backtest_kit_peer import BacktestKitPeer, PeerUnavailableError
 from bench.report import Run, load_run, save_run, write_plots, write_report
@@ -39,6 +40,7 @@ GROUP_KEYS = (
     "init-warm",
     "init-cold",
     "ticks",
+    "history",
     "statistics",
     "backtest",
     "remote",
@@ -116,6 +118,8 @@ async def _measure(args: argparse.Namespace, workdir: str, command: str) -> Run:
             )
     if "ticks" in wanted:
         groups += tick_groups(workdir, sizes)
+    if "history" in wanted:
+        groups += history_groups(workdir, sizes)
     if "statistics" in wanted:
         groups.append(statistics_group(workdir, sizes))
     if "backtest" in wanted:

@@ -11,9 +11,14 @@ The bot also keeps its own account of what happened (entries scheduled, opened,
 cancelled; milestones reached) and, after a restart, compares it with the
 statistics persistkit recorded from its commits (``persistkit.Schedule`` and
 ``persistkit.Partial``); they must agree exactly. The statistics take the
-market's time (``configure(clock=...)``), so they can be recomputed. A clean
+market's time (``configure(clock=market_clock)``), so they can be recomputed. A clean
 stop writes each pair's reports beside the state: ``{base_dir}/../schedule/``
 and ``{base_dir}/../partial/`` (``./dump/schedule/`` for the default base dir).
+
+Each tick records what the bot saw (its market inputs, ``session.record_inputs``)
+in the same commit, and the tick itself is :func:`strategy_for`'s function: what
+``persistkit.replay`` runs again over the recorded inputs, with the same results
+(``scripts/capture_replay_docs.py`` shows one, and one with changed parameters).
 
 Run it::
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import random
@@ -54,6 +60,17 @@ RISK_NAME = "main-portfolio"
 START_MS = 1_763_700_000_000
 TICK_MS = 60_000
 EVENTS_KEPT = persistkit.config.DEFAULT_EVENT_LIMIT
+
+_market_ms: contextvars.ContextVar[int] = contextvars.ContextVar("market_ms", default=START_MS)
+
+
+def market_clock() -> int:
+    """The market time of the tick in progress (set by the strategy from its inputs).
+
+    The statistics events' clock (``configure(clock=market_clock)``), in the live
+    run and in its replays alike, so that both record the same events.
+    """
+    return _market_ms.get()
 
 
 @dataclass
@@ -112,8 +129,24 @@ def price_at(symbol: str, tick: int) -> float:
     return round(base * (1 + 0.02 * random.Random(f"{symbol}:{tick}").uniform(-1, 1)), 2)
 
 
-def step(state: BotState, tick: int) -> BotState:
+DEFAULT_PARAMS: dict[str, float] = {"take_profit_pct": 3.0, "stop_loss_pct": 2.0}
+"""The strategy's parameters: what a replay (``persistkit.replay``) may change."""
+
+
+def market_inputs(tick: int) -> dict[str, Any]:
+    """What the bot sees at ``tick``: recorded with the tick, fed back by a replay."""
+    return {"tick": tick, "prices": {symbol: price_at(symbol, tick) for symbol, _ in PAIRS}}
+
+
+def step(
+    state: BotState,
+    tick: int,
+    prices: dict[str, float] | None = None,
+    params: dict[str, float] | None = None,
+) -> BotState:
     """The bot's decisions at ``tick``: a new state (the old one is not changed)."""
+    chosen = {**DEFAULT_PARAMS, **(params or {})}
+    take_profit, stop_loss = chosen["take_profit_pct"] / 100, chosen["stop_loss_pct"] / 100
     rng = random.Random(tick)
     now = START_MS + tick * TICK_MS
     new = BotState(tick=tick, positions=list(state.positions))
@@ -123,7 +156,7 @@ def step(state: BotState, tick: int) -> BotState:
         book.signal, book.scheduled, book.partial = old.signal, old.scheduled, dict(old.partial)
         book.schedule_events = list(old.schedule_events)
         book.partial_events = list(old.partial_events)
-        price = price_at(symbol, tick)
+        price = prices[symbol] if prices is not None else price_at(symbol, tick)
         roll = rng.random()
         if book.signal is not None:
             signal_id = book.signal.id
@@ -175,8 +208,8 @@ def step(state: BotState, tick: int) -> BotState:
                 strategy_name=strategy,
                 position=side,
                 price_open=price,
-                price_take_profit=round(price * (1 + sign * 0.03), 2),
-                price_stop_loss=round(price * (1 - sign * 0.02), 2),
+                price_take_profit=round(price * (1 + sign * take_profit), 2),
+                price_stop_loss=round(price * (1 - sign * stop_loss), 2),
                 scheduled_at=now,
                 pending_at=now,
                 minute_estimated_time=240,
@@ -193,38 +226,96 @@ def simulate(ticks: int) -> BotState:
     return state
 
 
+async def read_statistics(book: PairBook, symbol: str, strategy: str) -> None:
+    """The pair's events as persistkit recorded them from its commits, into ``book``."""
+    scheduled = await Schedule.get_data(symbol, strategy)
+    book.schedule_events = [
+        [event.timestamp, event.action, event.signal_id, event.duration_min]
+        for event in scheduled.event_list
+    ]
+    milestones = await Partial.get_data(symbol, strategy)
+    book.partial_events = [
+        [event.timestamp, event.action, event.signal_id, event.level]
+        for event in milestones.event_list
+    ]
+
+
 async def from_restored(restored: RestoredState, tick: int) -> BotState:
     """The bot's state from what persistkit restored, and its statistics."""
     state = BotState(tick=tick, positions=list(restored.risk_positions))
     for pair in restored.pairs:
         book = state.book(pair.symbol, pair.strategy)
         book.signal, book.scheduled, book.partial = pair.signal, pair.scheduled, pair.partial
-        scheduled = await Schedule.get_data(pair.symbol, pair.strategy)
-        book.schedule_events = [
-            [event.timestamp, event.action, event.signal_id, event.duration_min]
-            for event in scheduled.event_list
-        ]
-        milestones = await Partial.get_data(pair.symbol, pair.strategy)
-        book.partial_events = [
-            [event.timestamp, event.action, event.signal_id, event.level]
-            for event in milestones.event_list
-        ]
+        await read_statistics(book, pair.symbol, pair.strategy)
     return state
 
 
+async def read_state(base_dir: str) -> BotState:
+    """The bot's state as the stores hold it (inside a tick: with the tick's writes)."""
+    try:
+        tick = await PersistBase[int]("bot", base_dir).read_value("tick")
+    except KeyError:
+        tick = 0
+    state = BotState(tick=tick)
+    state.positions = await PersistRiskAdapter.read_position_data(RISK_NAME)
+    for symbol, strategy in PAIRS:
+        book = state.book(symbol, strategy)
+        book.signal = await PersistSignalAdapter.read_signal_data(symbol, strategy)
+        book.scheduled = await PersistScheduleAdapter.read_schedule_data(symbol, strategy)
+        book.partial = await PersistPartialAdapter.read_partial_data(symbol, strategy)
+        await read_statistics(book, symbol, strategy)
+    return state
+
+
+async def write_state(new: BotState, base_dir: str) -> None:
+    """Every write of one tick: called inside a tick, so they commit together.
+
+    The statistics are not written here: persistkit derives them from these
+    writes as the tick commits.
+    """
+    for symbol, strategy in PAIRS:
+        book = new.book(symbol, strategy)
+        await PersistSignalAdapter.write_signal_data(book.signal, symbol, strategy)
+        await PersistScheduleAdapter.write_schedule_data(book.scheduled, symbol, strategy)
+        await PersistPartialAdapter.write_partial_data(book.partial or None, symbol, strategy)
+    await PersistRiskAdapter.write_position_data(new.positions or None, RISK_NAME)
+    await PersistBase[int]("bot", base_dir).write_value("tick", new.tick)
+
+
+def strategy_for(base_dir: str) -> Any:
+    """The tick as :func:`persistkit.replay.replay` calls it: ``await tick(inputs, params)``.
+
+    The live bot runs the same function, so a replay goes through the live code
+    path. Replay it under ``configure(clock=market_clock)``, as the bot runs, for
+    the statistics events to carry the same (market) time.
+    """
+
+    async def strategy_tick(inputs: dict[str, Any], params: dict[str, float]) -> BotState:
+        # Set in the tick's own context: the commit that follows records its
+        # statistics events at this time.
+        _market_ms.set(START_MS + inputs["tick"] * TICK_MS)
+        state = await read_state(base_dir)
+        new = step(state, inputs["tick"], inputs["prices"], params)
+        await write_state(new, base_dir)
+        return new
+
+    return strategy_tick
+
+
 class Bot:
-    def __init__(self, base_dir: str) -> None:
+    def __init__(self, base_dir: str, params: dict[str, float] | None = None) -> None:
         self.session = LiveSession(PAIRS, RISK_NAME, base_dir=base_dir)
         # A store of the bot's own, committed in the same tick as the four domains.
         self.progress: PersistBase[int] = PersistBase("bot", base_dir)
         self.state = BotState()
         self.base_dir = base_dir
         self.reports_dir = os.path.dirname(os.path.abspath(base_dir))
-        self.market_ms = START_MS
+        self.params = dict(params or {})
+        self.strategy = strategy_for(self.session.base_dir)
 
     async def start(self) -> RestoredState:
         # Statistics events take the market's time, as the rows' own timestamps do.
-        persistkit.configure(mode="live", base_dir=self.base_dir, clock=lambda: self.market_ms)
+        persistkit.configure(mode="live", base_dir=self.base_dir, clock=market_clock)
         restored = await self.session.start()
         try:
             tick = await self.progress.read_value("tick")
@@ -234,17 +325,10 @@ class Bot:
         return restored
 
     async def tick(self, _: int) -> None:
-        """Called inside ``session.tick()``: every write below commits together."""
-        new = step(self.state, self.state.tick + 1)
-        self.market_ms = START_MS + new.tick * TICK_MS
-        for symbol, strategy in PAIRS:
-            book = new.book(symbol, strategy)
-            await PersistSignalAdapter.write_signal_data(book.signal, symbol, strategy)
-            await PersistScheduleAdapter.write_schedule_data(book.scheduled, symbol, strategy)
-            await PersistPartialAdapter.write_partial_data(book.partial or None, symbol, strategy)
-        await PersistRiskAdapter.write_position_data(new.positions or None, RISK_NAME)
-        await self.progress.write_value("tick", new.tick)
-        self.pending = new
+        """Called inside ``session.tick()``: the inputs and every write commit together."""
+        inputs = market_inputs(self.state.tick + 1)
+        self.session.record_inputs(inputs)  # what a replay feeds the strategy again
+        self.pending = await self.strategy(inputs, self.params)
 
     def committed(self) -> None:
         self.state = self.pending
@@ -315,8 +399,7 @@ def verify(state: BotState, restored: RestoredState, last_ack: int) -> int:
         failures.append(f"restored tick {state.tick}, expected {last_ack} or {last_ack + 1}")
     else:
         found, expected = state.as_json(), simulate(state.tick).as_json()
-        statistics = ("schedule_events", "partial_events")
-        if _without(found, statistics) != _without(expected, statistics):
+        if without_statistics(found) != without_statistics(expected):
             failures.append(f"the state differs from the one tick {state.tick} committed")
         elif found != expected:
             failures.append(f"the statistics differ from the events of ticks 1-{state.tick}")
@@ -336,9 +419,14 @@ def relative(paths: list[str]) -> list[str]:
     return [os.path.relpath(path) for path in paths]
 
 
-def _without(state: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+STATISTICS = ("schedule_events", "partial_events")
+"""The fields of a pair in :meth:`BotState.as_json` that come from the statistics."""
+
+
+def without_statistics(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (:meth:`BotState.as_json`) without :data:`STATISTICS`: the four domains."""
     pairs = {
-        label: {key: value for key, value in pair.items() if key not in fields}
+        label: {key: value for key, value in pair.items() if key not in STATISTICS}
         for label, pair in state["pairs"].items()
     }
     return {**state, "pairs": pairs}
@@ -350,6 +438,12 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between ticks")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--take-profit-pct",
+        type=float,
+        default=DEFAULT_PARAMS["take_profit_pct"],
+        help="take profit of new entries, in percent",
+    )
     parser.add_argument(
         "--verify",
         type=int,
@@ -363,7 +457,7 @@ async def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    bot = Bot(args.base_dir)
+    bot = Bot(args.base_dir, {"take_profit_pct": args.take_profit_pct})
     restored = await bot.start()
     problems = restored.inconsistencies()
     if args.verify is not None:

@@ -88,6 +88,9 @@ async def write_bot_state(root: Path) -> None:
     await PersistPartialAdapter.write_partial_data(
         {"sig-1": PartialData(profit_levels=[10, 20])}, "BTCUSDT", "trend_follow"
     )
+    # As a bot's clean stop leaves it: the commits (the statistics' events made
+    # the schedule and partial writes commits) applied to their files.
+    await persistkit.current_settings().backend.checkpoint()
 
 
 async def bot_restarts(root: Path) -> None:

@@ -483,11 +483,12 @@ async def test_quarantine_restore_overwrite_replaces_the_value(state: Path) -> N
 
 
 def relative_files(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` but the commit journal's and the locks' own."""
+    """Every file under ``root`` but the commit journal's, the locks' and the history's own."""
     return {
         str(path.relative_to(root)): path.read_bytes()
         for path in root.rglob("*")
-        if path.is_file() and path.relative_to(root).parts[0] not in (".journal", ".locks")
+        if path.is_file()
+        and path.relative_to(root).parts[0] not in (".journal", ".locks", ".history")
     }
 
 

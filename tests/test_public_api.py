@@ -43,6 +43,7 @@ DOCUMENTED = {
     "open_backend",
     "register_backend",
     "RetryPolicy",
+    "HistoryPolicy",
     # errors
     *persistkit.errors.__all__,
 }

@@ -6,7 +6,7 @@ the bot knows; a restarted strategy resumes where it stopped.
 
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
-from persistkit.backends.file import FileBackend
+from persistkit.backends.file import FileBackend, HistoryPolicy
 from persistkit.backends.memory import MemoryBackend
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
 from persistkit.domains import (
@@ -24,12 +24,15 @@ from persistkit.errors import (
     DurabilityUnknownError,
     EntityNotFoundError,
     ForeignSymlinkError,
+    HistoryUnavailableError,
     InstanceLockedError,
     InvalidNameError,
     JournalDamagedError,
     LeaseLostError,
     LockTimeoutError,
     PersistError,
+    ReplayConfigError,
+    ReplaySourceError,
     ResourceLimitError,
     RowMismatchError,
     SchemaValidationError,
@@ -71,6 +74,8 @@ __all__ = [
     "FileBackend",
     "Finding",
     "ForeignSymlinkError",
+    "HistoryPolicy",
+    "HistoryUnavailableError",
     "InitReport",
     "InstanceLockedError",
     "InvalidNameError",
@@ -90,6 +95,8 @@ __all__ = [
     "PersistScheduleAdapter",
     "PersistSignalAdapter",
     "QuarantineEntry",
+    "ReplayConfigError",
+    "ReplaySourceError",
     "ResourceLimitError",
     "RestoredState",
     "RetryPolicy",

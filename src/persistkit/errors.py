@@ -19,6 +19,9 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
+    ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
+    ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
+    ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
     └── BackendError                (OSError)     the storage below failed
         ├── WriteFailedError                      nothing changed: the old value is kept
         ├── DurabilityUnknownError                the new value is visible, durability unknown
@@ -44,12 +47,15 @@ __all__ = [
     "DurabilityUnknownError",
     "EntityNotFoundError",
     "ForeignSymlinkError",
+    "HistoryUnavailableError",
     "InstanceLockedError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
     "LockTimeoutError",
     "PersistError",
+    "ReplayConfigError",
+    "ReplaySourceError",
     "ResourceLimitError",
     "RowMismatchError",
     "SchemaValidationError",
@@ -197,6 +203,36 @@ class TickCancelledError(PersistError, RuntimeError):
 
 class ResourceLimitError(PersistError, OSError):
     """A process limit ran out (file descriptors: ``ulimit -n``); the message names it."""
+
+
+class HistoryUnavailableError(PersistError, LookupError):
+    """A point-in-time read the backend cannot answer.
+
+    The backend keeps no history (see :attr:`Backend.keeps_history
+    <persistkit.backends.Backend.keeps_history>`), or the time asked for lies
+    before the oldest change its history still holds (retention pruned it, or
+    history began later). Nothing is guessed.
+    """
+
+
+class ReplayConfigError(PersistError, ValueError):
+    """A replay (or a sweep) refused before it ran anything; ``code`` says why.
+
+    ``INVALID_WINDOW`` (start not before end), ``TOO_MANY_VARIANTS`` (a sweep of
+    more than 200), ``RUN_ID_EXISTS`` (a run id already in the registry),
+    ``TOO_MANY_RUNS`` (the target's in-flight limit reached), ``BAD_RUN_ID``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class ReplaySourceError(PersistError, OSError):
+    """The recorded source of a replay cannot be read (missing, unreadable, no history).
+
+    The run is recorded as ``aborted``; nothing was replayed into its target.
+    """
 
 
 class BackendError(PersistError, OSError):

@@ -43,6 +43,7 @@ from persistkit.errors import (
     StoreClosedError,
     TransientBackendError,
 )
+from persistkit.history import PointInTime, format_ns, to_ns
 from persistkit.names import decode_segment, encode_segment, entity_id_text
 from persistkit.retry import DEFAULT_RETRY, RetryPolicy
 from persistkit.transaction import (
@@ -481,8 +482,17 @@ class PersistBase(Generic[T]):
             raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
         return Entry(self._parse(key, stored.data), stored.version)
 
-    async def read_value(self, entity_id: str | int) -> T:
-        """The value of ``entity_id``; ``EntityNotFoundError`` (a ``KeyError``) if absent."""
+    async def read_value(self, entity_id: str | int, *, as_of: PointInTime | None = None) -> T:
+        """The value of ``entity_id``; ``EntityNotFoundError`` (a ``KeyError``) if absent.
+
+        ``as_of`` (epoch milliseconds or an aware ``datetime``): the value
+        committed at that instant, from the backend's history (the last commit
+        at or before it; commit times follow commit order). A backend without
+        :attr:`~persistkit.backends.Backend.keeps_history`, or a time before
+        its history begins, raises :class:`~persistkit.errors.HistoryUnavailableError`.
+        """
+        if as_of is not None:
+            return await self._read_as_of(entity_id, to_ns(as_of))
         route = self._route()
         get_now = route.get_now
         if get_now is None or active_transaction.get() is not None:
@@ -493,6 +503,18 @@ class PersistBase(Generic[T]):
         if stored is None:
             raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
         return cast(T, self._parse(key, stored.data))
+
+    async def _read_as_of(self, entity_id: str | int, time_ns: int) -> T:
+        self._check_open()
+        route = self._route()
+        key = route.key(entity_id)
+        history = await route.backend.history_records(until_ns=time_ns)
+        data = history.value_at(key, time_ns)
+        if data is None:
+            raise EntityNotFoundError(
+                f"no value for {entity_id!r} in {route.namespace} at {format_ns(time_ns)}"
+            )
+        return cast(T, self._parse(key, data))
 
     async def has_value(self, entity_id: str | int) -> bool:
         self._check_open()

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persistkit import FileBackend, InvalidNameError, PersistBase
+from persistkit.backends.archive import HISTORY_DIR
 from persistkit.backends.journal import JOURNAL_DIR
 from persistkit.names import join_pair, split_pair
 
@@ -93,9 +94,9 @@ async def _store_all(outside: Path, entity: str, ids: list[str]) -> tuple[int, i
 
 
 def _check_files_inside(outside: Path, root: Path, expected: int) -> None:
-    """One value file per stored id, inside the root; persistkit's journal aside."""
-    journal = root / JOURNAL_DIR
-    files = [p for p in outside.rglob("*") if p.is_file() and journal not in p.parents]
+    """One value file per stored id, inside the root; persistkit's journal and history aside."""
+    own = (root / JOURNAL_DIR, root / HISTORY_DIR)
+    files = [p for p in outside.rglob("*") if p.is_file() and not any(d in p.parents for d in own)]
     assert len(files) == expected
     real_root = os.path.realpath(root)
     for path in files:

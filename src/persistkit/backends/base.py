@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
 from persistkit.errors import InvalidNameError, SnapshotError
+from persistkit.history import RecordedHistory, unavailable
 
 __all__ = [
     "ANY_VERSION",
@@ -468,6 +469,23 @@ class Backend(ABC):
     async def read_leases(self) -> list[Lease]:
         """Every lease not yet lapsed, for the command line (read-only)."""
         return []
+
+    # -- history: point-in-time reads and replays -----------------------------------
+
+    keeps_history: bool = False
+    """True when :meth:`history_records` answers: every commit and plain write is
+    kept with its commit time (the file backend, unless opened with
+    ``history=None``). The conformance suite runs its history tests on such
+    backends only."""
+
+    async def history_records(self, until_ns: int | None = None) -> RecordedHistory:
+        """Every change this backend's history still holds, in commit order.
+
+        ``until_ns`` (nanoseconds since the epoch) lets a backend skip what
+        came later. A backend without :attr:`keeps_history` raises
+        :class:`~persistkit.errors.HistoryUnavailableError`.
+        """
+        raise unavailable(self)
 
     async def changed_at(self, key: str) -> float | None:
         """When the value at ``key`` was last replaced (seconds since the epoch).

@@ -2,8 +2,10 @@
 
 Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` for
 values moved aside, ``.journal/`` for the commit journal (see
-:mod:`persistkit.backends.journal`), and ``.tmp-*`` files that exist only while a
-write is in flight. Nothing whose name starts with ``.`` is ever listed as an entity.
+:mod:`persistkit.backends.journal`), ``.history/`` for the commits it archives at
+each checkpoint (see :mod:`persistkit.backends.archive`; ``history=None`` keeps
+none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
+whose name starts with ``.`` is ever listed as an entity.
 
 The durable write (see ``DESIGN.md`` §3):
 
@@ -61,6 +63,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from persistkit.backends._threads import run_to_completion
+from persistkit.backends.archive import HistoryArchive, HistoryPolicy
 from persistkit.backends.base import (
     ANY_VERSION,
     SNAPSHOT_ATTEMPTS,
@@ -92,17 +95,20 @@ from persistkit.errors import (
     DurabilityUnknownError,
     EntityNotFoundError,
     ForeignSymlinkError,
+    HistoryUnavailableError,
     InvalidNameError,
     SnapshotError,
     StoreClosedError,
     WriteFailedError,
 )
+from persistkit.history import RecordedHistory
 
 __all__ = [
     "QUARANTINE_DIR",
     "SUFFIX",
     "TEMP_PREFIX",
     "FileBackend",
+    "HistoryPolicy",
     "content_version",
     "entry_file_stem",
 ]
@@ -180,6 +186,7 @@ class FileBackend(Backend):
         journal_limit: int = DEFAULT_JOURNAL_LIMIT,
         read_only: bool = False,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         # Absolute now, so that a later chdir does not move the data, and
         # resolved: the root may be a symbolic link, nothing below it may be.
@@ -192,6 +199,12 @@ class FileBackend(Backend):
         self._closed = False
         self.read_only = read_only
         self.lock_timeout = lock_timeout
+        self.history = None if history is None else HistoryArchive(self, history)
+        """The archive of past journal generations (``None``: ``history=None``, none kept)."""
+        self.keeps_history = history is not None
+        # With HistoryPolicy(plain_writes=True), plain writes go through the
+        # journal too, so that they reach the history with their commit time.
+        self._plain_writes_journaled = offload or (history is not None and history.plain_writes)
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod
@@ -507,7 +520,7 @@ class FileBackend(Backend):
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
-        if not self._offload and not self.journal.queued(key):
+        if not self._plain_writes_journaled and not self.journal.queued(key):
             # The durable write of DESIGN §3, unless the journal holds the key.
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
@@ -516,12 +529,19 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def _journal_commit(
-        self, writes: Mapping[str, bytes | None], expect: Mapping[str, Expected] | None
+        self,
+        writes: Mapping[str, bytes | None],
+        expect: Mapping[str, Expected] | None,
+        *,
+        plain: bool = True,
     ) -> None:
+        # A plain write's file is written before it returns when the history
+        # routes every write through the journal (the seed's files stay current).
+        apply_now = plain and self._plain_writes_journaled and not self._offload
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)
         else:
-            await self.journal.commit_async(writes, expect)
+            await self.journal.commit_async(writes, expect, apply_now=apply_now)
 
     def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
         """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
@@ -564,7 +584,7 @@ class FileBackend(Backend):
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
-        if not self._offload and not self.journal.queued(key):
+        if not self._plain_writes_journaled and not self.journal.queued(key):
             removed = await self._run_locking(self._delete_sync, key, expect)
             if removed is not None:
                 return removed
@@ -597,7 +617,7 @@ class FileBackend(Backend):
         """
         self._check_writable()
         if writes:
-            await self._journal_commit(writes, expect)
+            await self._journal_commit(writes, expect, plain=False)
 
     # -- listing ---------------------------------------------------------------
 
@@ -690,7 +710,7 @@ class FileBackend(Backend):
         """Every value file under the root, every symbolic link met (never followed),
         and every folder below the root that is a root of its own.
 
-        Hidden folders (quarantine, journal, locks) are walked for links only.
+        Hidden folders (quarantine, journal, locks, history) are walked for links only.
         A folder holding a ``.journal`` or ``.locks`` is another root (a live
         session's ``base_dir`` below this one): its files are read as values
         here, but its commits are its own journal's.
@@ -733,6 +753,26 @@ class FileBackend(Backend):
             finally:
                 self._os.close(dir_fd)
         return values, links, sorted(set(nested))
+
+    # -- history -----------------------------------------------------------------
+
+    def _history_now(self, until_ns: int | None) -> RecordedHistory:
+        if self.history is None:
+            raise HistoryUnavailableError(
+                f"{self!r} was opened with history=None: it keeps no history"
+            )
+        # The journal first, then the archive: a checkpoint in between shows
+        # its records twice (skipped by number), never not at all.
+        current = self.journal.records()
+        return self.history.read(current, until_ns)
+
+    async def history_records(self, until_ns: int | None = None) -> RecordedHistory:
+        """The root's history: the base state and every commit since (see :mod:`.archive`).
+
+        ``until_ns`` lets it skip the days after that time.
+        """
+        self._check_open()
+        return await self._off_loop(self._history_now, until_ns)
 
     # -- self-healing ------------------------------------------------------------
 

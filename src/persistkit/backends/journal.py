@@ -42,11 +42,14 @@ into the entity files (temp file and rename, no fsync: the journal is the
 durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
 files stay close to the truth. When the journal passes ``limit`` bytes, at
 ``aclose`` and at a start, a checkpoint applies everything, flushes the file
-system (``syncfs``) and replaces the journal by an empty one (written and
-fsynced aside, then renamed over it): only then may the journal forget a
-record. Other processes notice the replacement (the file they have open has no
-name any more) and read the new one. All of this happens under the journal
-lock, so two processes never apply at once.
+system (``syncfs``), copies the journal's records into the root's history
+(:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
+and replaces the journal by an empty one (written and fsynced aside, then
+renamed over it): only then may the journal forget a record. Commit times go
+on from the old journal's, whatever the clock does. Other processes notice the
+replacement (the file they have open has no name any more) and read the new
+one. All of this happens under the journal lock, so two processes never apply
+at once.
 
 **Reading at one commit point.** Records are only appended, so the journal up
 to its last complete record is a state that was committed: :meth:`CommitJournal.read_cut`
@@ -106,6 +109,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_JOURNAL_LIMIT",
+    "FLAG_RESTATED",
     "FORMAT_VERSION",
     "JOURNAL_DIR",
     "JOURNAL_FILE",
@@ -128,6 +132,9 @@ LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
 JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
+FLAG_RESTATED = 1
+"""Header flag: the journal's first record restates what earlier records wrote (a
+journal rewritten after a failed fsync); the history counts it but shows no change."""
 DEFAULT_JOURNAL_LIMIT = 64 << 20
 """Journal bytes after which a committer checkpoints (applies, syncs, empties)."""
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -294,6 +301,8 @@ def read_journal_file(data: bytes) -> tuple[int, list[JournalRecord]]:
 class _Request:
     writes: Writes
     expect: Mapping[str, Expected] | None
+    apply_now: bool = False
+    """A plain write: its file is written before the commit returns (see :meth:`commit`)."""
     done: bool = False
     error: BaseException | None = None
 
@@ -729,6 +738,9 @@ class CommitJournal:
                             f"cannot create the commit journal {self.path}: {exc}; "
                             "nothing was written"
                         ) from exc
+                history = self._backend.history
+                if history is not None and not history.started:
+                    history.ensure_base(set(self.pending), *self._generation_start(journal))
                 if not journal.entry_durable:
                     # A process killed between renaming a new journal in and
                     # fsyncing the directory left a name a power cut can undo,
@@ -754,15 +766,20 @@ class CommitJournal:
             return self._start_generation_viewed(first_seq, writes)
 
     def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
-        blob = _FILE_HEADER.pack(FILE_MAGIC, 0, first_seq)
+        old = self._journal
+        blob = _FILE_HEADER.pack(FILE_MAGIC, FLAG_RESTATED if writes else 0, first_seq)
         next_seq = first_seq
-        last_time = 0
+        # Commit times go on from the old generation's, whatever the clock does.
+        last_time = old.last_time_ns if old is not None else 0
         if writes:
-            last_time = self._commit_time(self._journal)
+            last_time = self._commit_time(old)
             blob += encode_record(first_seq, last_time, writes)
             next_seq += 1
+        history = self._backend.history
+        if old is not None and history is not None:
+            # The past goes into the history, durably, before the journal forgets it.
+            history.archive(self._os.pread(old.fd, old.offset, 0))
         fd = self._rename_in(blob)
-        old = self._journal
         if old is not None:
             self._os.close(old.fd)
         journal = self._journal = _OpenJournal(
@@ -849,6 +866,8 @@ class CommitJournal:
             def merge_and_checkpoint(journal: _OpenJournal) -> None:
                 nonlocal found
                 self._sweep_temps_locked()
+                if self._backend.history is not None:
+                    self._backend.history.sweep_temps()
                 self._write_format_locked()
                 found = journal.next_seq - self._first_seq(journal)
                 found += self._merge_legacy_journals()
@@ -887,6 +906,28 @@ class CommitJournal:
         except FileNotFoundError:
             return False
         return True
+
+    def _generation_start(self, journal: _OpenJournal) -> tuple[int, int]:
+        """The first commit number of ``journal`` and the time just before its first record."""
+        head = self._os.pread(journal.fd, _FILE_HEADER.size + _HEADER.size, 0)
+        first_seq = int(_FILE_HEADER.unpack_from(head)[2])
+        if len(head) == _FILE_HEADER.size + _HEADER.size:
+            return first_seq, int(_HEADER.unpack_from(head, _FILE_HEADER.size)[4]) - 1
+        return first_seq, time.time_ns()
+
+    def records(self) -> list[JournalRecord]:
+        """Every record of the current journal, as far as this process has read it."""
+        self.refresh()
+        with self._view_lock:
+            journal = self._journal
+            if journal is None:
+                return []
+            data = self._os.pread(journal.fd, journal.offset, 0)
+        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+        if records and flags & FLAG_RESTATED:
+            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+        return records
 
     def _first_seq(self, journal: _OpenJournal) -> int:
         header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
@@ -1078,7 +1119,11 @@ class CommitJournal:
     # -- committing ---------------------------------------------------------------------
 
     async def commit_async(
-        self, writes: Writes, expect: Mapping[str, Expected] | None = None
+        self,
+        writes: Writes,
+        expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
     ) -> None:
         """:meth:`commit` on the event loop's thread, gathering the ticks ready together.
 
@@ -1094,7 +1139,7 @@ class CommitJournal:
             waiting = self._gathering[loop] = []
             loop.call_soon(self._flush_gathered, loop)
         done: asyncio.Future[None] = loop.create_future()
-        waiting.append((_Request(writes, expect), done))
+        waiting.append((_Request(writes, expect, apply_now), done))
         self._enqueue(writes)
         try:
             await done
@@ -1132,14 +1177,24 @@ class CommitJournal:
             else:
                 done.set_result(None)
 
-    def commit(self, writes: Writes, expect: Mapping[str, Expected] | None = None) -> None:
+    def commit(
+        self,
+        writes: Writes,
+        expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
+    ) -> None:
         """Append ``writes`` as one record and fsync (shared with concurrent commits).
 
         Returns once the record is durable and visible to reads in every process.
         ``expect`` maps keys to the version they must still have (compare-and-set).
+        ``apply_now``: also write the keys' files (no fsync: the journal is the
+        durability) before returning, under the journal lock so that no
+        checkpoint comes between; what a plain write of a history-keeping root
+        does, so that the seed's files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
-        request = _Request(writes, expect)
+        request = _Request(writes, expect, apply_now)
         with self._cond:
             self._enqueue(writes)
         try:
@@ -1200,6 +1255,7 @@ class CommitJournal:
         assert journal is not None  # created when missing
         try:
             self._append_locked(batch, wait=may_wait)
+            self._apply_plain_writes(batch, wait=may_wait)
             if journal.offset >= self.limit and self._journal is journal:
                 try:
                     self._checkpoint_held(wait=may_wait)
@@ -1208,6 +1264,28 @@ class CommitJournal:
         finally:
             self._unlock_journal()
         self._wake_applier()
+
+    def _apply_plain_writes(self, batch: list[_Request], *, wait: bool) -> None:
+        """The files of the batch's plain writes, with the newest committed values."""
+        keys = {
+            key
+            for request in batch
+            if request.apply_now and request.error is None
+            for key in request.writes
+        }
+        if not keys:
+            return
+        newest = {key: self.pending[key] for key in keys if key in self.pending}
+        try:
+            self._apply(newest, wait=wait)
+        except (_WouldBlock, OSError, PersistError) as exc:
+            if isinstance(exc, ForeignSymlinkError):
+                raise
+            # Committed all the same: reads serve it from the journal and the
+            # applier writes the file shortly.
+            logger.debug("persistkit: writing %d files now failed (%s)", len(newest), exc)
+            return
+        self._applied.update(newest)
 
     def _append_locked(self, batch: list[_Request], *, wait: bool = True) -> None:
         """Check, append and fsync ``batch`` under the journal lock."""
@@ -1484,6 +1562,18 @@ class CommitJournal:
                 "and applied at the next start"
             ) from exc
 
+        history = self._backend.history
+        if history is not None:
+            try:
+                history.prune(time.time_ns())
+            except OSError as exc:  # the next checkpoint prunes; nothing was lost
+                logger.warning(
+                    "persistkit: pruning the history of %s failed (%s); the next checkpoint "
+                    "tries again",
+                    self._backend.root,
+                    exc,
+                )
+
     def _sync_filesystem(self) -> None:
         fd = self._os.open(self._backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -1554,6 +1644,10 @@ class CommitJournal:
             merged.update(record.writes)
         self._apply(merged, wait=True)
         self._sync_filesystem()
+        history = self._backend.history
+        if history is not None and start and records:
+            # The records before the damage happened: they belong in the history.
+            history.archive(bytes(data[: start + length]))
         target_fd = self._backend._ensure_dir(quarantine_dir)
         kept = f"{name}-damaged-{time.time_ns()}"
         dir_fd = self._backend._open_dir(self.directory)

@@ -26,6 +26,7 @@ from persistkit.errors import (
     PersistError,
 )
 
+from .history import history, parse_moment, snapshot_at
 from .inventory import Inventory, collect_inventory, decode_value
 from .preflight import PreflightReport, run_preflight
 from .render import (
@@ -41,6 +42,7 @@ from .render import (
 from .render import (
     _stdout as stdout_console,  # the console every command prints its words with
 )
+from .replay import replay
 from .report import report as report_command
 from .status import (
     SessionHolder,
@@ -193,8 +195,16 @@ def cli() -> None:
 @target_argument
 @json_option
 @progress_option
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="T",
+    help="The state at time T (epoch ms or ISO 8601 with zone), from the history.",
+)
 @click.pass_context
-def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | None) -> None:
+def inspect(
+    ctx: click.Context, target: str, as_json: bool, progress: bool | None, as_of: str | None
+) -> None:
     """Domains and entities, when each changed, and the decoded state: open signals,
     scheduled entries, risk positions and partial milestones.
 
@@ -202,14 +212,20 @@ def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | Non
     also beside a running bot (it locks nothing): a value committed and not
     yet applied to its file (after a crash, say) is shown with its committed
     value and marked pending. A value that does not decode is listed with the
-    reason a start would give.
+    reason a start would give. With --as-of, the state the root held at that
+    time, rebuilt from its history (see ``persistkit history``).
     """
     backend = open_target(target, read_only=True)
     bars = Bars(progress)
 
     async def work() -> Inventory:
+        source = backend if as_of is None else await snapshot_at(backend, parse_moment(as_of))
         with bars.bar("reading") as (advance, _):
-            return await collect_inventory(backend, on_key=advance)
+            inventory = await collect_inventory(source, on_key=advance)
+        if as_of is not None:
+            inventory.url = f"{backend.url} as of {as_of}"
+            inventory.point = "the last commit at or before that time, from the history"
+        return inventory
 
     inventory = _run([backend], work)
     if as_json:
@@ -218,6 +234,9 @@ def inspect(ctx: click.Context, target: str, as_json: bool, progress: bool | Non
         print_inventory(inventory)
     ctx.exit(EXIT_PROBLEMS if inventory.problems else EXIT_OK)
 
+
+cli.add_command(history)
+cli.add_command(replay)
 
 # -- preflight ---------------------------------------------------------------------------
 

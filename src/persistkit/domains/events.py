@@ -21,7 +21,10 @@ The rules:
   event. Levels dropped, or a signal's entry removed, are no event.
 
 An event's time is the configured clock's (``configure(clock=...)``: a
-backtest's market time), else the wall-clock time of the commit. Each log keeps
+backtest's market time), else the time of the tick that commits it
+(:func:`persistkit.clock.now_ms`: the tick's time, recorded with it, so that a
+replay records the same events), else, outside a live session's tick, the
+wall-clock time of the commit. Each log keeps
 the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
 default) in ``stats/schedule/{symbol}_{strategy}/`` and
 ``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
@@ -37,7 +40,6 @@ hooks read what is committed under this process's key locks.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -46,6 +48,7 @@ import orjson
 from pydantic import Field
 
 from persistkit.backends.base import Backend, Versioned
+from persistkit.clock import now_ms
 from persistkit.config import Settings, active_settings
 from persistkit.domains._base import DomainAdapter
 from persistkit.errors import TransientBackendError
@@ -264,7 +267,7 @@ def partial_events(
 def _now(settings: Settings) -> int:
     clock = settings.clock
     if clock is None:
-        return time.time_ns() // 1_000_000
+        return now_ms()  # the tick's time inside a tick, so that its replay records the same
     now = clock()
     if isinstance(now, bool) or not isinstance(now, int) or now < 0:
         raise ValueError(

@@ -30,12 +30,15 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from persistkit.backends.base import Backend, Lease, fencing
+from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import TickClock, current_tick
 from persistkit.config import (
     DEFAULT_BASE_DIR,
     Settings,
@@ -56,6 +59,7 @@ from persistkit.errors import (
     StoreClosedError,
     TickCancelledError,
 )
+from persistkit.history import PointInTime, encode_tick, tick_key, to_ns
 from persistkit.live.lease import (
     DEFAULT_LEASE_TTL,
     SessionLeases,
@@ -67,7 +71,7 @@ from persistkit.live.lock import RangeLocks, descriptor_limit_error
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
-from persistkit.transaction import Transaction
+from persistkit.transaction import Transaction, transaction_for
 
 __all__ = [
     "DEFAULT_STOP_GRACE",
@@ -79,6 +83,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("persistkit")
+
+_NO_INPUTS: Any = object()
+"""``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""
 
 LOCK_DIR = ".locks"
 LOCK_FILE = "sessions.lock"
@@ -171,18 +178,30 @@ class _TickInFlight:
 
 
 class _SessionTick(Transaction):
-    """A tick: the session's transaction, with the session's settings and leases in force.
+    """A tick: the session's transaction, with the session's settings, leases and clock in force.
 
     With leases, a tick starts and commits only while they cover it: past their
     deadline it raises :class:`LeaseLostError` and commits nothing.
     """
 
-    __slots__ = ("_fence_token", "_flight", "_leases", "_scope", "_scope_token")
+    __slots__ = (
+        "_clock_token",
+        "_fence_token",
+        "_flight",
+        "_inputs",
+        "_leases",
+        "_scope",
+        "_scope_token",
+        "clock",
+    )
 
     def __init__(
         self,
         settings: Settings,
         leases: SessionLeases | None,
+        clock: TickClock,
+        *,
+        inputs: tuple[str, bytes] | None = None,
         flight: _TickInFlight | None = None,
     ) -> None:
         super().__init__(settings.backend)
@@ -191,6 +210,10 @@ class _SessionTick(Transaction):
         self._scope_token: contextvars.Token[Settings | None] | None = None
         self._fence_token: contextvars.Token[tuple[Lease, ...]] | None = None
         self._flight = flight
+        self.clock = clock
+        """The tick's time and id source (:mod:`persistkit.clock`), recorded with its inputs."""
+        self._clock_token: contextvars.Token[TickClock | None] | None = None
+        self._inputs = inputs
 
     async def __aenter__(self) -> Transaction:
         leases = self._leases
@@ -198,11 +221,15 @@ class _SessionTick(Transaction):
             leases.check()
             self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
+        self._clock_token = current_tick.set(self.clock)
         try:
-            return await super().__aenter__()
+            entered = await super().__aenter__()
         except BaseException:
             self._reset_scope()
             raise
+        if self._inputs is not None:
+            self.stage_now(*self._inputs)
+        return entered
 
     async def commit(self) -> None:
         flight, leases = self._flight, self._leases
@@ -241,6 +268,9 @@ class _SessionTick(Transaction):
         if self._fence_token is not None:
             fencing.reset(self._fence_token)
             self._fence_token = None
+        if self._clock_token is not None:
+            current_tick.reset(self._clock_token)
+            self._clock_token = None
 
 
 class _StopRequest:
@@ -307,8 +337,11 @@ class LiveSession:
     - :meth:`start` takes the one-instance lock, selects live mode, replays the
       commits a crash left unapplied, runs every store's self-healing scan and
       returns the restored state (risk positions first).
-    - :meth:`tick` is the atomic commit of one tick across the four domains.
+    - :meth:`tick` is the atomic commit of one tick across the four domains;
+      ``tick(inputs=...)`` (or :meth:`record_inputs`) records what the tick saw
+      in the same commit, for :mod:`persistkit.replay`.
     - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT.
+    - :meth:`state_at` reads the four domains as they were at a past time.
 
     Inside its ticks (and ``run()``, and ``async with session:``) every store
     without an explicit ``backend=`` writes to this session's backend, whatever
@@ -382,6 +415,7 @@ class LiveSession:
         self._settings: Settings | None = None
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
+        self._last_tick_ns = 0
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
 
@@ -530,15 +564,68 @@ class LiveSession:
 
     # -- ticks -----------------------------------------------------------------------------
 
-    def tick(self) -> Transaction:
+    def tick(self, *, inputs: Any = _NO_INPUTS) -> Transaction:
         """``async with session.tick():`` commits every write in the block atomically.
 
         Inside the block the session's backend serves every store without an
         explicit ``backend=``, whatever ``configure()`` did since :meth:`start`.
+
+        ``inputs`` (any JSON value: prices, signals) is what the bot saw this
+        tick: recorded in the same commit, kept in the history, and what a
+        replay (:mod:`persistkit.replay`) feeds the strategy. A value JSON cannot
+        carry exactly is refused here, before the block runs.
         """
+        return self._new_tick(inputs)
+
+    def _new_tick(
+        self, inputs: Any = _NO_INPUTS, flight: _TickInFlight | None = None
+    ) -> _SessionTick:
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
-        return _SessionTick(self._settings, self._leases)
+        # The tick's clock: one time per tick, never before the previous tick's.
+        self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
+        clock = TickClock(self._last_tick_ns, self.risk_name)
+        encoded = None if inputs is _NO_INPUTS else self._encoded_inputs(clock, inputs)
+        return _SessionTick(self._settings, self._leases, clock, inputs=encoded, flight=flight)
+
+    def _encoded_inputs(self, clock: TickClock, inputs: Any) -> tuple[str, bytes]:
+        return tick_key(self.risk_name), encode_tick(self.risk_name, clock.time_ns, inputs)
+
+    def record_inputs(self, inputs: Any) -> None:
+        """Record ``inputs`` with the tick in progress (one driven by :meth:`run`, say).
+
+        Same as ``session.tick(inputs=...)``; called again in one tick, the last
+        call wins. Outside a tick of this session it raises ``RuntimeError``.
+        """
+        active = transaction_for(self.backend)
+        if not isinstance(active, _SessionTick) or active.finished:
+            raise RuntimeError(
+                "record_inputs() records what a tick saw: call it inside "
+                "`async with session.tick():` or a tick function run by session.run()"
+            )
+        active.stage_now(*self._encoded_inputs(active.clock, inputs))
+
+    async def state_at(self, moment: PointInTime) -> RestoredState:
+        """The four domains of this session's pairs as they were at ``moment``.
+
+        ``moment`` is epoch milliseconds or an aware ``datetime``; the state is
+        the one the last commit at or before it left (from the backend's
+        history: :class:`~persistkit.errors.HistoryUnavailableError` without
+        one). Read through the same adapters as :meth:`start`; nothing is written.
+        """
+        backend = self.backend
+        assert self._settings is not None
+        time_ns = to_ns(moment)
+        history = await backend.history_records(until_ns=time_ns)
+        snapshot = MemoryBackend("state_at")
+        for key, data in history.state_at(time_ns).items():
+            await snapshot.put(key, data)
+        scope = Settings(mode="backtest", base_dir=self._settings.base_dir, backend=snapshot)
+        token = session_settings.set(scope)
+        try:
+            return await self._restore(0)
+        finally:
+            session_settings.reset(token)
 
     async def run(
         self,
@@ -688,11 +775,9 @@ class LiveSession:
         A tick that raised :class:`ConflictError` committed nothing: another
         tick or process changed what it read, so it runs again on what is there.
         """
-        self.backend  # noqa: B018 - raises StoreClosedError when not started
-        assert self._settings is not None
         for attempt in range(attempts):
             try:
-                async with _SessionTick(self._settings, self._leases, flight):
+                async with self._new_tick(flight=flight):
                     await tick(count)
                 return
             except ConflictError:

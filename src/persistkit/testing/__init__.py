@@ -14,13 +14,15 @@ Use it from your own tests (pytest with pytest-asyncio)::
 
 Every test below then runs against it, unchanged: the same suite the file,
 memory, Redis and S3 backends pass. Set ``supports_commit = False`` on the
-subclass if the backend has no atomic multi-key commit.
+subclass if the backend has no atomic multi-key commit. The history tests run
+on a backend whose ``keeps_history`` is true and check the clear error elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -31,6 +33,7 @@ from persistkit.errors import (
     ConflictError,
     CorruptValueError,
     EntityNotFoundError,
+    HistoryUnavailableError,
     InvalidNameError,
     SchemaValidationError,
     StoreClosedError,
@@ -544,6 +547,36 @@ class BackendConformance:
                     [found async for found in backend.scan(key)]
         assert await backend.get("ns/fine") is None  # nothing of a refused batch was written
         assert [key async for key in backend.scan("", recursive=True)] == []
+
+    # -- history (selected by the keeps_history capability, never by backend name) ---------
+
+    async def test_history_answers_as_of_each_commit(self, backend: Backend) -> None:
+        if not backend.keeps_history:
+            pytest.skip(f"{type(backend).__name__} declares no history (keeps_history)")
+        store: PersistBase[int] = PersistBase("history", backend=backend)
+        times = []
+        for value in range(3):
+            async with transaction(backend):
+                await store.write_value("n", value)
+            times.append(time.time_ns())
+            await asyncio.sleep(0.002)  # the next commit lands in a later millisecond
+        await backend.checkpoint()  # the past survives a checkpoint
+        history = await backend.history_records()
+        assert [change.data for change in history.changes_of("history/n")] == [b"0", b"1", b"2"]
+        for value, after in enumerate(times):
+            assert await store.read_value("n", as_of=-(-after // 1_000_000)) == value
+        with pytest.raises(HistoryUnavailableError):
+            await store.read_value("n", as_of=history.start_ns // 1_000_000 - 1)
+
+    async def test_without_history_a_point_in_time_read_says_so(self, backend: Backend) -> None:
+        if backend.keeps_history:
+            pytest.skip(f"{type(backend).__name__} keeps history")
+        store: PersistBase[int] = PersistBase("history", backend=backend)
+        await store.write_value("n", 1)
+        with pytest.raises(HistoryUnavailableError, match="keeps no history"):
+            await store.read_value("n", as_of=time.time_ns() // 1_000_000)
+        with pytest.raises(HistoryUnavailableError):
+            await backend.history_records()
 
 
 class SignalRowBytes:

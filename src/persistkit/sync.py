@@ -39,7 +39,8 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   first call.
 
 Objects of the async API passed in (a ``RedisBackend``, a ``PersistBase``
-subclass for ``use_persist_signal_adapter``) are accepted as they are.
+subclass for ``use_persist_signal_adapter``) are accepted as they are;
+:func:`blocking` gives the blocking twin of one (``blocking(S3Backend(...))``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ __all__ = [
     "PersistSignalAdapter",
     "PersistSignalUtils",
     "Transaction",
+    "blocking",
     "blocking_twin_name",
     "open_backend",
     "transaction",
@@ -148,10 +150,26 @@ class _Blocking:
         # every method and property has a twin of its own above.
         if name.startswith("_"):
             raise AttributeError(name)
-        return _wrap(getattr(self._async, name))
+        found = getattr(self._async, name)
+        if inspect.ismethod(found) or inspect.isfunction(found):
+            twin = blocking_twin_name(name)
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is not part of the blocking API"
+                + (f": its blocking twin is {twin}()" if twin != name else "")
+            )
+        return _wrap(found)
 
 
 _twins: dict[type, type[_Blocking]] = {}
+
+
+def blocking(value: Any) -> Any:
+    """The blocking twin of an object of the async API, as the blocking API hands it out.
+
+    ``blocking(RedisBackend(client))`` is a backend with blocking methods; an
+    async iterator becomes a :class:`BlockingIterator`; other values are returned as they are.
+    """
+    return _wrap(value)
 
 
 def _wrap(value: Any) -> Any:

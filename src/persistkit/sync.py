@@ -96,7 +96,10 @@ _TWIN_NAMES = {
     "__aiter__": "__iter__",
     "__anext__": "__next__",
 }
-_ASYNC_PROTOCOL = frozenset(name for name in _TWIN_NAMES if name.startswith("__"))
+_PROTOCOLS = frozenset(
+    name for pair in _TWIN_NAMES.items() for name in pair if name.startswith("__")
+)
+"""The dunder methods that count as public: ``async with``/``async for`` and their twins."""
 
 
 def blocking_twin_name(name: str) -> str:
@@ -107,11 +110,11 @@ def blocking_twin_name(name: str) -> str:
 def public_methods(cls: type) -> dict[str, Any]:
     """The methods (and properties) of ``cls`` that get a blocking twin, by name.
 
-    Public names, and the async protocol (``__aenter__``, ``__aiter__`` ...).
+    Public names, and the ``async with``/``async for`` protocols (and the blocking ones).
     """
     found = {}
     for name in dir(cls):
-        if name.startswith("_") and name not in _ASYNC_PROTOCOL:
+        if name.startswith("_") and name not in _PROTOCOLS:
             continue
         member = inspect.getattr_static(cls, name)
         if isinstance(member, (property, staticmethod, classmethod)) or inspect.isfunction(member):

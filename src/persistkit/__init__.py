@@ -18,6 +18,7 @@ from persistkit.domains import (
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
+    BlockingCallError,
     ConflictError,
     CorruptValueError,
     CrossBackendError,
@@ -65,6 +66,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",

@@ -13,7 +13,6 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -99,7 +98,9 @@ def test_redis_works_across_many_blocking_calls(redis_server: RedisServer, tmp_p
         backend=f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}",
     )
     for round_ in range(30):
-        sync.PersistRiskAdapter.write_position_data([(f"s{round_}", position(f"s{round_}"))], "main")
+        sync.PersistRiskAdapter.write_position_data(
+            [(f"s{round_}", position(f"s{round_}"))], "main"
+        )
         stored = sync.PersistRiskAdapter.read_position_data("main")
         assert [key for key, _ in stored] == [f"s{round_}"]
     store = sync.PersistBase("entity", tmp_path / "data")
@@ -156,7 +157,7 @@ def test_a_blocking_call_from_a_callback_on_the_loop_thread_is_refused(tmp_path:
     assert store.read_value("n") == 1
 
 
-# -- several threads --------------------------------------------------------------------------------
+# -- several threads ---------------------------------------------------------------------------
 
 
 def test_threads_updating_one_key_lose_nothing(tmp_path: Path) -> None:
@@ -186,15 +187,18 @@ def test_each_thread_has_its_own_transaction(tmp_path: Path) -> None:
         store.write_value("outside", 1)  # not part of the first thread's commit
         checked.set()
 
-    thread = threading.Thread(target=other_thread)
-    thread.start()
-    with pytest.raises(RuntimeError, match="tick failed"):
+    def failing_tick() -> None:
         with sync.transaction():
             store.write_value("staged", 1)
             assert store.has_value("staged")
             staged.set()
             checked.wait()
             raise RuntimeError("tick failed")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    with pytest.raises(RuntimeError, match="tick failed"):
+        failing_tick()
     thread.join()
     assert seen_by_other == [False]
     assert not store.has_value("staged")  # rolled back with the block
@@ -223,7 +227,7 @@ def test_a_forked_child_gets_its_own_loop_thread(tmp_path: Path) -> None:
     assert store.read_value("parent") == 3
 
 
-# -- the live session -------------------------------------------------------------------------------
+# -- the live session --------------------------------------------------------------------------
 
 
 def test_session_tick_commits_a_blocking_block_atomically(tmp_path: Path) -> None:
@@ -232,10 +236,14 @@ def test_session_tick_commits_a_blocking_block_atomically(tmp_path: Path) -> Non
     assert state.risk_positions == []
     with session.tick():
         sync.PersistRiskAdapter.write_position_data([("s1", position("s1"))], "main")
-    with pytest.raises(RuntimeError, match="strategy crashed"):
+
+    def crashing_tick() -> None:
         with session.tick():
             sync.PersistRiskAdapter.write_position_data([], "main")
             raise RuntimeError("strategy crashed")
+
+    with pytest.raises(RuntimeError, match="strategy crashed"):
+        crashing_tick()
     session.close()
     again = sync.LiveSession([("BTCUSDT", "trend")], "main", base_dir=tmp_path / "data")
     with again:
@@ -284,7 +292,13 @@ def test_run_away_from_the_main_thread_needs_no_signals(tmp_path: Path) -> None:
 
 def run_bot(base_dir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "sync_bot.py"), "--base-dir", str(base_dir), *args],
+        [
+            sys.executable,
+            str(REPO / "examples" / "sync_bot.py"),
+            "--base-dir",
+            str(base_dir),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

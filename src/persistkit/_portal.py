@@ -117,20 +117,20 @@ def _refuse_inside_a_loop(function: Callable[..., Any]) -> None:
     )
 
 
-def call(function: Callable[..., Awaitable[R] | R], *args: Any, **kwargs: Any) -> R:
+def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``function(*args, **kwargs)`` on the loop thread, awaited there if it returns an
     awaitable; its result, or what it raised (the same exception, its traceback
     running through the loop thread's frames)."""
     _refuse_inside_a_loop(function)
     loop = _running_loop_thread().loop
     context = caller_context()
-    done: concurrent.futures.Future[R] = concurrent.futures.Future()
-    tasks: list[asyncio.Task[R]] = []
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    tasks: list[asyncio.Task[Any]] = []
 
-    async def in_the_loop() -> R:
+    async def in_the_loop() -> Any:
         result = function(*args, **kwargs)
         if isinstance(result, Awaitable):
-            return await result  # type: ignore[no-any-return]
+            return await result
         return result
 
     def start() -> None:
@@ -144,11 +144,10 @@ def call(function: Callable[..., Awaitable[R] | R], *args: Any, **kwargs: Any) -
     try:
         return done.result()
     except BaseException:
-        if not done.done():
-            # Interrupted while waiting (KeyboardInterrupt): the call is cancelled
-            # as an awaited coroutine would be; its task unwinds on the loop.
-            if not done.cancel():
-                loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+        # Interrupted while waiting (KeyboardInterrupt): the call is cancelled
+        # as an awaited coroutine would be; its task unwinds on the loop.
+        if not done.done() and not done.cancel():
+            loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
         raise
 
 

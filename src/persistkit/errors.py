@@ -18,7 +18,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
-    ├── BlockingCallError           (RuntimeError) persistkit.sync called inside a running event loop
+    ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)

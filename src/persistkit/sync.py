@@ -229,9 +229,7 @@ class BlockingIterator(Iterator[T]):
 def _blocking_method(name: str, member: Any) -> Any:
     """The blocking twin of the method or property ``name`` (``member``, as found)."""
     if isinstance(member, property):
-        return property(
-            lambda self: _blocking_call(getattr, self._async, name), doc=member.__doc__
-        )
+        return property(lambda self: _blocking_call(getattr, self._async, name), doc=member.__doc__)
     if isinstance(member, (staticmethod, classmethod)):
         original = member.__func__
 
@@ -437,7 +435,7 @@ def _run(
     async def run_relayed() -> int:
         relay = _session.stop_signal_relay.set(signals)
         try:
-            return await self._async.run(
+            ran: int = await self._async.run(
                 tick_in_worker,
                 interval=interval,
                 ticks=ticks,
@@ -445,12 +443,14 @@ def _run(
                 stop_signals=stop_signals,
                 stop_grace=stop_grace,
             )
+            return ran
         finally:
             _session.stop_signal_relay.reset(relay)
 
     try:
         with signals:
-            return _portal.call(run_relayed)
+            ran: int = _portal.call(run_relayed)
+            return ran
     finally:
         worker.close()
 

@@ -659,8 +659,8 @@ class LiveSession:
         closes the session (checkpoint, lock released) and returns, so that the
         process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
-        durable (to acknowledge it, say; awaited when it returns an awaitable). Outside ``run`` the signals keep the
-        process's own handlers.
+        durable (to acknowledge it, say; awaited when it returns an awaitable).
+        Outside ``run`` the signals keep the process's own handlers.
 
         A tick that does not finish (it awaits something that never returns)
         does not keep the process from stopping: a second stop signal, or

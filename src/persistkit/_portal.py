@@ -25,14 +25,11 @@ import contextvars
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from persistkit.errors import BlockingCallError
 
 __all__ = ["bound_context", "call", "caller_context"]
-
-R = TypeVar("R")
-
 
 class _LoopThread:
     """The loop and the daemon thread running it forever."""
@@ -151,7 +148,7 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _settle(done: concurrent.futures.Future[R], task: asyncio.Task[R]) -> None:
+def _settle(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
     if task.cancelled():
         done.set_exception(concurrent.futures.CancelledError())
         return

@@ -31,6 +31,7 @@ from persistkit.errors import BlockingCallError
 
 __all__ = ["bound_context", "call", "caller_context"]
 
+
 class _LoopThread:
     """The loop and the daemon thread running it forever."""
 

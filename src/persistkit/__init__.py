@@ -42,6 +42,7 @@ from persistkit.errors import (
     TransientBackendError,
     UnserializableValueError,
     UnsupportedFormatError,
+    UnsupportedPlatformError,
     WriteFailedError,
 )
 from persistkit.live import LiveSession, PairState, RestoredState
@@ -113,6 +114,7 @@ __all__ = [
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "Versioned",
     "WriteFailedError",
     "configure",

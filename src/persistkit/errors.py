@@ -19,6 +19,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
+    ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
     ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
@@ -65,6 +66,7 @@ __all__ = [
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "WriteFailedError",
 ]
 
@@ -133,6 +135,14 @@ class ConflictError(PersistError):
 
 class StoreClosedError(PersistError, RuntimeError):
     """The store or backend was closed with ``aclose()``."""
+
+
+class UnsupportedPlatformError(PersistError, NotImplementedError):
+    """Something that needs POSIX (``fcntl.flock``) asked for where there is none (Windows).
+
+    The file backend and a live session's locks raise it when they are created
+    or acquired; the memory, Redis and S3 backends work everywhere.
+    """
 
 
 class InstanceLockedError(PersistError, RuntimeError):

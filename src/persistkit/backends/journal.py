@@ -77,7 +77,6 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import secrets
@@ -92,6 +91,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from persistkit.backends.base import ANY_VERSION, Expected, split_key
+from persistkit.backends.oslayer import LOCK_EX, LOCK_NB, LOCK_UN, O_CLOEXEC
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -154,7 +154,7 @@ _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
 _MAX_PAYLOAD = (1 << 32) - 1
 
-_O_LEGACY = os.O_RDWR | os.O_CLOEXEC
+_O_LEGACY = os.O_RDWR | O_CLOEXEC
 
 Writes = Mapping[str, "bytes | None"]
 
@@ -399,7 +399,7 @@ def take_lock(
     ``timeout`` seconds have passed, then raises :class:`LockTimeoutError`.
     """
     try:
-        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, LOCK_EX | LOCK_NB)
         return
     except BlockingIOError:
         if not wait:
@@ -411,7 +411,7 @@ def take_lock(
         time.sleep(pause)
         pause = min(pause * 2, 0.005)
         try:
-            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, LOCK_EX | LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -754,7 +754,7 @@ class CommitJournal:
 
     def _unlock_journal(self) -> None:
         if self._lock_fd is not None:
-            self._os.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._os.flock(self._lock_fd, LOCK_UN)
 
     def _start_generation(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
         """A new journal (header, and ``writes`` as its first record), fsynced, renamed in.

@@ -18,6 +18,7 @@ from persistkit.domains import (
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
+    ConfigurationError,
     ConflictError,
     CorruptValueError,
     CrossBackendError,
@@ -66,6 +67,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",

@@ -6,6 +6,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
 
     PersistError
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
+    ├── ConfigurationError          (ValueError)  a bad configure() argument or PERSISTKIT_*
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
@@ -42,6 +43,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -79,6 +81,14 @@ class InvalidNameError(PersistError, ValueError):
     """A symbol, strategy, entity name or id that cannot be stored safely.
 
     Raised before any I/O: nothing was read or written.
+    """
+
+
+class ConfigurationError(PersistError, ValueError):
+    """A setting that cannot be used: a ``configure()`` argument or an environment variable.
+
+    A bad ``PERSISTKIT_MODE``, ``PERSISTKIT_BASE_DIR`` or ``PERSISTKIT_BACKEND``
+    is named in the message, with its value.
     """
 
 

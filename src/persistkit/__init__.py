@@ -2,7 +2,14 @@
 
 A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
 the bot knows; a restarted strategy resumes where it stopped.
+
+Each module logs to its own logger under ``persistkit.`` (``persistkit.store``,
+``persistkit.backends.journal`` ...); the package logger has a ``NullHandler``,
+so nothing is printed until the application configures logging
+(docs/logging.md lists every message and its level).
 """
+
+import logging
 
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
@@ -60,6 +67,10 @@ from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
 __version__ = "0.1.0"
+
+# The logging HOWTO's rule for libraries: records go where the application says, and
+# without a configuration they are dropped, not printed by logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ANY_VERSION",

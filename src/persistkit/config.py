@@ -66,7 +66,7 @@ DEFAULT_EVENT_LIMIT = 250
 Clock = Callable[[], int]
 """Milliseconds since the epoch: the time the statistics give an event."""
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 Mode = Literal["live", "backtest"]
 _MODES: tuple[Mode, ...] = ("live", "backtest")

@@ -64,7 +64,7 @@ __all__ = [
     "transaction",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")

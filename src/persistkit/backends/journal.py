@@ -158,7 +158,7 @@ _O_LEGACY = os.O_RDWR | O_CLOEXEC
 
 Writes = Mapping[str, "bytes | None"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

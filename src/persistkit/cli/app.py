@@ -180,7 +180,6 @@ def cli() -> None:
     refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
-    logging.getLogger("persistkit").addHandler(logging.NullHandler())
     logging.getLogger("persistkit").propagate = False
 
 

@@ -82,7 +82,7 @@ __all__ = [
     "RestoredState",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 _NO_INPUTS: Any = object()
 """``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""

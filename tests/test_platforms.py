@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from persistkit import FileBackend, PersistBase, WriteFailedError, transaction
-from persistkit.backends.oslayer import F_FULLFSYNC, REAL_OS, OSLayer, durable_fsync
+from persistkit.backends.oslayer import F_FULLFSYNC, OSLayer, durable_fsync
 from support.servers import RedisServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -144,19 +144,22 @@ class RecordingFcntl:
         fcntl.flock(fd, operation)
 
 
-def macos_layer(recorder: RecordingFcntl) -> OSLayer:
+def macos_layer(recorder: RecordingFcntl, platform: str = "darwin") -> OSLayer:
     """The OS layer as it is built on macOS (which has no ``syncfs``), over ``recorder``."""
 
     class MacOSLayer(OSLayer):
-        fsync = staticmethod(durable_fsync("darwin", recorder))
+        fsync = staticmethod(durable_fsync(platform, recorder))
         libc_syncfs = None
 
     return MacOSLayer()
 
 
-def test_linux_flushes_with_plain_fsync() -> None:
-    assert durable_fsync("linux", fcntl) is os.fsync
-    assert REAL_OS.fsync is os.fsync
+async def test_linux_flushes_with_plain_fsync(tmp_path: Path) -> None:
+    recorder = RecordingFcntl()
+    backend = FileBackend(tmp_path / "data", os_layer=macos_layer(recorder, platform="linux"))
+    await PersistBase("signal", backend=backend).write_value("BTC", {"n": 1})
+    assert recorder.full_fsyncs == []
+    await backend.aclose()
 
 
 async def test_macos_durable_write_flushes_the_file_and_its_directory_with_full_fsync(

@@ -11,6 +11,7 @@ so nothing is printed until the application configures logging
 
 import logging
 
+from persistkit._metrics import disable_metrics, enable_metrics
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
@@ -132,6 +133,8 @@ __all__ = [
     "WriteFailedError",
     "configure",
     "current_settings",
+    "disable_metrics",
+    "enable_metrics",
     "open_backend",
     "register_backend",
     "transaction",

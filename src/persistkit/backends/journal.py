@@ -118,6 +118,7 @@ __all__ = [
     "JournalRecord",
     "SalvageReport",
     "encode_record",
+    "open_journals",
     "parse_records",
     "read_journal_file",
 ]
@@ -379,6 +380,11 @@ _MISSING = object()
 _journals: weakref.WeakSet[CommitJournal] = weakref.WeakSet()
 
 
+def open_journals() -> list[CommitJournal]:
+    """The commit journals of this process's live file backends."""
+    return list(_journals)
+
+
 def _reset_after_fork() -> None:
     for journal in list(_journals):
         journal._forget_parent_state()
@@ -482,6 +488,19 @@ class CommitJournal:
         self._applied = {}
         self._queued = {}
         self._init_threading()
+
+    @property
+    def root(self) -> str:
+        """The data root this journal belongs to."""
+        return self._backend.root
+
+    @property
+    def size(self) -> int:
+        """Bytes in the journal file now: commits not yet checkpointed (0: no journal)."""
+        try:
+            return self._os.stat(self.path).st_size
+        except OSError:
+            return 0
 
     @property
     def dirty(self) -> Mapping[str, bytes | None]:

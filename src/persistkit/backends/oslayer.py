@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
+from persistkit import _metrics
 from persistkit.errors import UnsupportedPlatformError
 
 __all__ = [
@@ -81,15 +82,26 @@ _FULLFSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.ENOTTY})
 def durable_fsync(platform: str, ops: FcntlOps | None) -> Callable[[int], None]:
     """The call that makes a descriptor's data durable on ``platform``.
 
+    Each call counts in the ``persistkit.fsyncs`` metric while metrics are on.
     ``os.fsync`` everywhere but macOS (``"darwin"``), where it is
     ``ops.fcntl(fd, F_FULLFSYNC)``. ``platform`` and ``ops`` are parameters so
     that a test on Linux can take the macOS path with a recording ``ops``.
     """
     if platform != "darwin" or ops is None:
-        return os.fsync
+
+        def fsync(fd: int) -> None:
+            recorder = _metrics.recorder
+            if recorder is not None:
+                recorder.fsyncs.add(1, _metrics.FSYNC)
+            os.fsync(fd)
+
+        return fsync
     full_fsync_ops = ops
 
     def full_fsync(fd: int) -> None:
+        recorder = _metrics.recorder
+        if recorder is not None:
+            recorder.fsyncs.add(1, _metrics.FSYNC)
         try:
             full_fsync_ops.fcntl(fd, F_FULLFSYNC)
         except OSError as exc:
@@ -158,6 +170,9 @@ class OSLayer:
             os.sync()
             self.fsync(fd)
             return
+        recorder = _metrics.recorder
+        if recorder is not None:
+            recorder.fsyncs.add(1, _metrics.SYNCFS)
         if syncfs(fd) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))

@@ -202,6 +202,16 @@ def configure(
     """
     global _current
     settings = _resolve(mode, base_dir, backend, clock, event_limit)
+    _warn_if_volatile(settings, stacklevel=3)
+    with _lock:
+        _current = settings
+    for reset in list(_on_change):
+        reset()
+    return settings
+
+
+def _warn_if_volatile(settings: Settings, *, stacklevel: int) -> None:
+    """Live mode on a memory backend works, but its state dies with the process: say so."""
     if settings.mode == "live" and isinstance(settings.backend, MemoryBackend):
         message = (
             f"live mode on {settings.backend.url}: the state lives in this process's memory "
@@ -209,12 +219,7 @@ def configure(
             "Redis or S3 backend for state that must survive"
         )
         logger.warning("persistkit: %s", message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    with _lock:
-        _current = settings
-    for reset in list(_on_change):
-        reset()
-    return settings
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
 def _resolve(
@@ -265,6 +270,7 @@ def current_settings() -> Settings:
     settings = _current
     if settings is None:
         settings = _resolve(None, None, None, None, DEFAULT_EVENT_LIMIT)
+        _warn_if_volatile(settings, stacklevel=3)
         with _lock:
             _current = _current or settings
             settings = _current

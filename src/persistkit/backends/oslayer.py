@@ -121,10 +121,6 @@ def require_posix_locks(what: str) -> None:
         )
 
 
-def _no_flock(fd: int, operation: int, /) -> None:
-    require_posix_locks("the file backend")
-
-
 def _posix_only(*args: object) -> None:
     require_posix_locks("the file backend")
 
@@ -155,7 +151,7 @@ class OSLayer:
         """Resolve the root once, at construction (the root itself may be a symbolic link)."""
         return os.path.realpath(path)
 
-    flock = staticmethod(_no_flock if fcntl_ops is None else fcntl_ops.flock)
+    flock = staticmethod(_posix_only if fcntl_ops is None else fcntl_ops.flock)
     ftruncate = staticmethod(os.ftruncate)
 
     libc_syncfs: ClassVar[Callable[[int], int] | None]

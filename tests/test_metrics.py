@@ -136,10 +136,13 @@ async def test_a_killed_redis_server_counts_the_retries_that_rode_it_out(
         await store.write_value("BTC", {"n": 1})
         server.kill()
 
+        read_ended = threading.Event()
+
         def restart_after_the_first_retry() -> None:
             # Ordered by the metric itself: the read has failed and is retrying.
             while total(reader, "persistkit.retries") == 0:
-                threading.Event().wait(0.01)
+                if read_ended.wait(0.01):
+                    return  # the read ended without a retry: the asserts below say so
             server.restart()
 
         restarter = threading.Thread(target=restart_after_the_first_retry)
@@ -147,6 +150,7 @@ async def test_a_killed_redis_server_counts_the_retries_that_rode_it_out(
         try:
             assert await store.read_value("BTC") == {"n": 1}
         finally:
+            read_ended.set()
             restarter.join()
         assert total(reader, "persistkit.retries") >= 1
         await backend.aclose()

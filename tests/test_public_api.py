@@ -44,6 +44,9 @@ DOCUMENTED = {
     "register_backend",
     "RetryPolicy",
     "HistoryPolicy",
+    # observability (docs/logging.md, persistkit/_metrics.py)
+    "enable_metrics",
+    "disable_metrics",
     # errors
     *persistkit.errors.__all__,
 }

@@ -6,6 +6,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
 
     PersistError
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
+    ├── ConfigurationError          (ValueError)  a bad configure() argument or PERSISTKIT_*
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
@@ -20,6 +21,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
+    ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
     ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
@@ -43,6 +45,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BlockingCallError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -67,6 +70,7 @@ __all__ = [
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "WriteFailedError",
 ]
 
@@ -79,6 +83,14 @@ class InvalidNameError(PersistError, ValueError):
     """A symbol, strategy, entity name or id that cannot be stored safely.
 
     Raised before any I/O: nothing was read or written.
+    """
+
+
+class ConfigurationError(PersistError, ValueError):
+    """A setting that cannot be used: a ``configure()`` argument or an environment variable.
+
+    A bad ``PERSISTKIT_MODE``, ``PERSISTKIT_BASE_DIR`` or ``PERSISTKIT_BACKEND``
+    is named in the message, with its value.
     """
 
 
@@ -135,6 +147,14 @@ class ConflictError(PersistError):
 
 class StoreClosedError(PersistError, RuntimeError):
     """The store or backend was closed with ``aclose()``."""
+
+
+class UnsupportedPlatformError(PersistError, NotImplementedError):
+    """Something that needs POSIX (``fcntl.flock``) asked for where there is none (Windows).
+
+    The file backend and a live session's locks raise it when they are created
+    or acquired; the memory, Redis and S3 backends work everywhere.
+    """
 
 
 class InstanceLockedError(PersistError, RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from persistkit import codec
+from persistkit import _metrics, codec
 from persistkit import config as _config
 from persistkit._keyed_lock import LoopLocalKeyedLocks
 from persistkit.backends.base import (
@@ -64,7 +64,7 @@ __all__ = [
     "transaction",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -461,6 +461,9 @@ class PersistBase(Generic[T]):
                         lambda key=key, reason=reason: backend.quarantine(key, reason)  # type: ignore[misc]
                     )
                     entry_id = entry.id
+                    recorder = _metrics.recorder
+                    if recorder is not None:
+                        recorder.quarantines.add(1, recorder.backend(backend.scheme))
                 report.corrupt.append(Finding(key, reason, entry_id))
 
     # -- values ------------------------------------------------------------------------
@@ -491,18 +494,26 @@ class PersistBase(Generic[T]):
         :attr:`~persistkit.backends.Backend.keeps_history`, or a time before
         its history begins, raises :class:`~persistkit.errors.HistoryUnavailableError`.
         """
-        if as_of is not None:
-            return await self._read_as_of(entity_id, to_ns(as_of))
-        route = self._route()
-        get_now = route.get_now
-        if get_now is None or active_transaction.get() is not None:
-            return (await self.read_entry(entity_id)).value
-        self._check_open()
-        key = route.key(entity_id)
-        stored = get_now(key)
-        if stored is None:
-            raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
-        return cast(T, self._parse(key, stored.data))
+        recorder = _metrics.recorder
+        started = time.perf_counter() if recorder is not None else 0.0
+        try:
+            if as_of is not None:
+                return await self._read_as_of(entity_id, to_ns(as_of))
+            route = self._route()
+            get_now = route.get_now
+            if get_now is None or active_transaction.get() is not None:
+                return (await self.read_entry(entity_id)).value
+            self._check_open()
+            key = route.key(entity_id)
+            stored = get_now(key)
+            if stored is None:
+                raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
+            return cast(T, self._parse(key, stored.data))
+        finally:
+            if recorder is not None:
+                recorder.read_duration.record(
+                    time.perf_counter() - started, recorder.backend(self._last.backend.scheme)
+                )
 
     async def _read_as_of(self, entity_id: str | int, time_ns: int) -> T:
         self._check_open()
@@ -540,21 +551,33 @@ class PersistBase(Generic[T]):
         store on another backend than the transaction's is refused with
         :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
-        self._check_open()
-        route = self._last  # self._route(), inlined: this is the backtest hot path
-        scope = route.scope
-        if scope is not None and scope is not (_session_settings.get() or _config._current):
-            route = self._route()
-        key = route.key(entity_id)
-        data = self._encode(value)  # before any I/O: a bad value changes nothing
-        if active_transaction.get() is not None:
-            active = self._transaction_of(route, key)
-            if if_version is ANY_VERSION:
-                return cast(str, active.stage_now(key, data))
-            return cast(str, await active.stage(key, data, if_version))
-        if route.put_now is not None:
-            return route.put_now(key, data, expect=if_version)
-        return await self._put(route, key, data, if_version)
+        recorder = _metrics.recorder
+        started = time.perf_counter() if recorder is not None else 0.0
+        try:
+            self._check_open()
+            route = self._last  # self._route(), inlined: this is the backtest hot path
+            scope = route.scope
+            if scope is not None and scope is not (_session_settings.get() or _config._current):
+                route = self._route()
+            key = route.key(entity_id)
+            data = self._encode(value)  # before any I/O: a bad value changes nothing
+            if active_transaction.get() is not None:
+                active = self._transaction_of(route, key)
+                if if_version is ANY_VERSION:
+                    return cast(str, active.stage_now(key, data))
+                return cast(str, await active.stage(key, data, if_version))
+            if route.put_now is not None:
+                return route.put_now(key, data, expect=if_version)
+            return await self._put(route, key, data, if_version)
+        except ConflictError:
+            if recorder is not None:
+                recorder.conflicts.add(1, recorder.backend(self._last.backend.scheme))
+            raise
+        finally:
+            if recorder is not None:
+                recorder.write_duration.record(
+                    time.perf_counter() - started, recorder.backend(self._last.backend.scheme)
+                )
 
     @staticmethod
     def _transaction_of(route: _Route, key: str) -> Transaction:

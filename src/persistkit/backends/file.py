@@ -88,7 +88,14 @@ from persistkit.backends.journal import (
     _WouldBlock,
     take_lock,
 )
-from persistkit.backends.oslayer import REAL_OS, OSLayer
+from persistkit.backends.oslayer import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    REAL_OS,
+    OSLayer,
+    require_posix_locks,
+)
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -125,9 +132,9 @@ _NAME_MAX = 255
 """Bytes in one file name (``NAME_MAX`` of ext4, XFS, btrfs, tmpfs)."""
 
 _FIRST_READ = 1 << 16
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
-_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
+_O_READ = os.O_RDONLY | O_CLOEXEC
+_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW
 
 _DURABLE_DIRS: set[tuple[int, int, str]] = set()
 """Directories (st_dev, st_ino, path) whose entries this process has made durable.
@@ -188,6 +195,7 @@ class FileBackend(Backend):
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
     ) -> None:
+        require_posix_locks("the file backend")
         # Absolute now, so that a later chdir does not move the data, and
         # resolved: the root may be a symbolic link, nothing below it may be.
         self.root = os_layer.realpath(os.path.abspath(os.fspath(root)))

@@ -77,7 +77,6 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import secrets
@@ -92,6 +91,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from persistkit.backends.base import ANY_VERSION, Expected, split_key
+from persistkit.backends.oslayer import LOCK_EX, LOCK_NB, LOCK_UN, O_CLOEXEC
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -118,6 +118,7 @@ __all__ = [
     "JournalRecord",
     "SalvageReport",
     "encode_record",
+    "open_journals",
     "parse_records",
     "read_journal_file",
 ]
@@ -154,11 +155,11 @@ _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
 _MAX_PAYLOAD = (1 << 32) - 1
 
-_O_LEGACY = os.O_RDWR | os.O_CLOEXEC
+_O_LEGACY = os.O_RDWR | O_CLOEXEC
 
 Writes = Mapping[str, "bytes | None"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +380,11 @@ _MISSING = object()
 _journals: weakref.WeakSet[CommitJournal] = weakref.WeakSet()
 
 
+def open_journals() -> list[CommitJournal]:
+    """The commit journals of this process's live file backends."""
+    return list(_journals)
+
+
 def _reset_after_fork() -> None:
     for journal in list(_journals):
         journal._forget_parent_state()
@@ -399,7 +405,7 @@ def take_lock(
     ``timeout`` seconds have passed, then raises :class:`LockTimeoutError`.
     """
     try:
-        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, LOCK_EX | LOCK_NB)
         return
     except BlockingIOError:
         if not wait:
@@ -411,7 +417,7 @@ def take_lock(
         time.sleep(pause)
         pause = min(pause * 2, 0.005)
         try:
-            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, LOCK_EX | LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -482,6 +488,19 @@ class CommitJournal:
         self._applied = {}
         self._queued = {}
         self._init_threading()
+
+    @property
+    def root(self) -> str:
+        """The data root this journal belongs to."""
+        return self._backend.root
+
+    @property
+    def size(self) -> int:
+        """Bytes in the journal file now: commits not yet checkpointed (0: no journal)."""
+        try:
+            return self._os.stat(self.path).st_size
+        except OSError:
+            return 0
 
     @property
     def dirty(self) -> Mapping[str, bytes | None]:
@@ -754,7 +773,7 @@ class CommitJournal:
 
     def _unlock_journal(self) -> None:
         if self._lock_fd is not None:
-            self._os.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._os.flock(self._lock_fd, LOCK_UN)
 
     def _start_generation(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
         """A new journal (header, and ``writes`` as its first record), fsynced, renamed in.

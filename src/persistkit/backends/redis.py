@@ -182,7 +182,7 @@ from persistkit.errors import (
 
 __all__ = ["DEFAULT_PREFIX", "RedisBackend", "redis_version"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "persistkit"
 _ROOT_TAG = "/"  # the hash tag of the root namespace: an empty tag would hash the whole key

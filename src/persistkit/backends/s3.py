@@ -202,7 +202,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMITS_DIR", "DEFAULT_WORKERS", "LEASES_DIR", "S3Backend"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -41,10 +41,10 @@ from persistkit.backends.base import Backend, Lease, fencing
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick
 from persistkit.config import (
-    DEFAULT_BASE_DIR,
     Settings,
     configure,
     current_settings,
+    environment_base_dir,
     session_settings,
 )
 from persistkit.domains import (
@@ -83,7 +83,7 @@ __all__ = [
     "RestoredState",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 _NO_INPUTS: Any = object()
 """``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""
@@ -417,7 +417,9 @@ class LiveSession:
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
         self.risk_name = risk_name
-        self.base_dir = os.path.abspath(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        self.base_dir = (
+            environment_base_dir() if not base_dir else os.path.abspath(os.fspath(base_dir))
+        )
         # Names are checked now, before any lock file or directory is created.
         lock_names = [f"pair-{join_pair(symbol, strategy)}" for symbol, strategy in self.pairs]
         lock_names.append(f"risk-{encode_segment(risk_name)}")

@@ -4,6 +4,8 @@ A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
 the bot knows; a restarted strategy resumes where it stopped.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
@@ -57,7 +59,11 @@ from persistkit.stats import (
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
-__version__ = "0.1.0"
+try:
+    # Written once, in pyproject.toml; the installed distribution carries it.
+    __version__ = version("persistkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ANY_VERSION",

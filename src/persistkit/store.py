@@ -536,8 +536,8 @@ class PersistBase(Generic[T]):
         :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
         absent); otherwise :class:`~persistkit.errors.ConflictError`.
         Writes to one id are applied in the order they were called. Inside
-        :func:`transaction` the write is staged and committed with the block; a
-        store on another backend than the transaction's is refused with
+        :func:`~persistkit.transaction.transaction` the write is staged and committed with
+        the block; a store on another backend than the transaction's is refused with
         :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
         self._check_open()

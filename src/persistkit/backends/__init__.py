@@ -18,8 +18,11 @@ from persistkit.backends.base import (
     AnyVersion,
     Backend,
     Expected,
+    Lease,
     QuarantineEntry,
+    Snapshot,
     Versioned,
+    fenced_leases,
     join_key,
     split_key,
 )
@@ -30,8 +33,11 @@ __all__ = [
     "AnyVersion",
     "Backend",
     "Expected",
+    "Lease",
     "QuarantineEntry",
+    "Snapshot",
     "Versioned",
+    "fenced_leases",
     "join_key",
     "open_backend",
     "register_backend",
@@ -50,7 +56,7 @@ _REGISTRY: dict[str, tuple[str, str | None]] = {
 
 
 def register_backend(scheme: str, target: str, *, clobber: bool = False) -> None:
-    """Map a URL scheme to ``"module:Class"`` (a :class:`Backend` with ``from_url``)."""
+    """Map a URL scheme to ``"module:Class"``, a :class:`Backend` that overrides ``from_url``."""
     scheme = scheme.lower()
     if scheme in _REGISTRY and not clobber:
         raise ValueError(f"scheme {scheme!r} is already registered to {_REGISTRY[scheme][0]}")
@@ -81,6 +87,5 @@ def open_backend(url: str) -> Backend:
             raise ImportError(f"the {scheme}:// backend ({module_name}) is not installed") from exc
         hint = f"; install it with: pip install 'persistkit[{extra}]'" if extra else ""
         raise ImportError(f"the {scheme}:// backend needs {exc.name}{hint}") from exc
-    cls = getattr(module, class_name)
-    backend: Backend = cls.from_url(url)
-    return backend
+    cls: type[Backend] = getattr(module, class_name)
+    return cls.from_url(url)

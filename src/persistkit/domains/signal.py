@@ -108,7 +108,7 @@ class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
         """Store the scheduled entry durably; ``None`` clears it (filled or cancelled).
 
         The change is recorded for ``persistkit.Schedule`` in the same commit
-        (see :mod:`persistkit.domains.events`): clearing the row counts as
+        (see :class:`~persistkit.ScheduleStatistics`): clearing the row counts as
         "opened" when the pair's signal has its id, so outside a tick write the
         signal first.
         """

@@ -16,9 +16,10 @@ pytest-asyncio)::
 Every test below then runs against it, unchanged: the same suite the file,
 memory, Redis and S3 backends pass. It needs no pytest configuration: the
 suite marks its tests itself, and ``pytest_asyncio.fixture`` makes the fixture
-async under pytest-asyncio's default (strict) mode as under ``asyncio_mode = "auto"``. Set ``supports_commit = False`` on the
-subclass if the backend has no atomic multi-key commit. The history tests run
-on a backend whose ``keeps_history`` is true and check the clear error elsewhere.
+async under pytest-asyncio's default (strict) mode as under
+``asyncio_mode = "auto"``. Set ``supports_commit = False`` on the subclass if
+the backend has no atomic multi-key commit. The history tests run on a backend
+whose ``keeps_history`` is true and check the clear error elsewhere.
 """
 
 from __future__ import annotations

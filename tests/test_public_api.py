@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import tomllib
+from pathlib import Path
+
 import persistkit
 import persistkit.errors
 
@@ -65,3 +69,14 @@ def test_every_error_derives_from_the_root_and_a_builtin() -> None:
     assert issubclass(persistkit.EntityNotFoundError, KeyError)
     assert issubclass(persistkit.InvalidNameError, ValueError)
     assert issubclass(persistkit.WriteFailedError, OSError)
+
+
+def test_the_version_is_written_once_and_the_changelog_names_it() -> None:
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert persistkit.__version__ == declared == importlib.metadata.version("persistkit")
+    # The newest entry is this version, or the unreleased entry that will become it.
+    newest = (root / "CHANGELOG.md").read_text().split("\n## [")[1]
+    assert newest.startswith(f"{declared}]") or (
+        newest.startswith("Unreleased]") and f"becomes {declared}" in newest
+    )

@@ -372,14 +372,13 @@ class PersistBase(Generic[T]):
 
     # -- startup ---------------------------------------------------------------------
 
-    async def wait_for_init(self, initial: bool = True) -> InitReport:
+    async def wait_for_init(self) -> InitReport:
         """Prepare the store once; concurrent and later callers share the result.
 
         Removes temp files of interrupted writes, reads and validates every
         value, and quarantines each that does not parse or validate (nothing is
         ever deleted); on a read-only backend it only reports. The report is
-        returned and logged. ``initial`` is the seed's flag and is accepted for
-        compatibility; the scan always runs once.
+        returned and logged.
         """
         self._check_open()
         route = self._route()  # each backend the store is served by is scanned once

@@ -130,7 +130,6 @@ FORMAT_VERSION = 2
 """The on-disk format this release writes; a root marked with a higher one is refused."""
 LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
-JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
 FLAG_RESTATED = 1
 """Header flag: the journal's first record restates what earlier records wrote (a
@@ -482,11 +481,6 @@ class CommitJournal:
         self._applied = {}
         self._queued = {}
         self._init_threading()
-
-    @property
-    def dirty(self) -> Mapping[str, bytes | None]:
-        """Keys the journal holds since its last checkpoint (read :meth:`refresh` first)."""
-        return self.pending
 
     # -- reading the shared journal -------------------------------------------------------
 
@@ -1112,9 +1106,6 @@ class CommitJournal:
                     f"of an older release's process ({len(keys)} keys), merged by the next start"
                 )
         return found
-
-    # Kept for callers of the 0.1 name.
-    describe_dead_journals = describe_unapplied
 
     # -- committing ---------------------------------------------------------------------
 

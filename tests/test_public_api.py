@@ -10,7 +10,7 @@ import persistkit
 import persistkit.errors
 
 DOCUMENTED = {
-    # the seed's API
+    # backtest-kit's API
     "PersistBase",
     "PersistSignalAdapter",
     "PersistRiskAdapter",

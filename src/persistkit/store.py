@@ -210,7 +210,7 @@ class PersistBase(Generic[T]):
     any type pydantic validates) validates every value written and read, and
     the startup scan.
 
-    Subclass it and override methods to store elsewhere, as with the seed's
+    Subclass it and override methods to store elsewhere, as with backtest-kit's
     custom adapters; the domain adapters take such a class.
     """
 

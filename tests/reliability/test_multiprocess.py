@@ -1,4 +1,4 @@
-"""Many processes, one truth (DESIGN §10, issue 11): real second processes on one root.
+"""Many processes, one truth (issue 11): real second processes on one root.
 
 Each test drives real processes (``mp_agent.py``, the same interpreter) through
 the public API, kills them with ``SIGKILL`` where the case says so, and checks

@@ -7,7 +7,8 @@ each checkpoint (see ``persistkit.backends.archive``; ``history=None`` keeps
 none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
 whose name starts with ``.`` is ever listed as an entity.
 
-The durable write (see ``DESIGN.md`` §3):
+The durable write, so that an acknowledged value survives a crash or a power cut
+and a failed write leaves the old value whole:
 
 1. the caller has already encoded the value, so nothing can fail half-way
    through serialisation;
@@ -429,7 +430,7 @@ class FileBackend(Backend):
         """Durably replace the file ``name`` in the root with ``data``; returns its path.
 
         For bytes that are not a value (a report written beside the state):
-        the same durable write as every value (DESIGN.md §3), the root created
+        the same durable write as every value (see the module docstring), the root created
         durably if missing, a link in its place refused. ``name`` is one file
         name, used as given.
         """
@@ -520,7 +521,7 @@ class FileBackend(Backend):
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
         if not self._plain_writes_journaled and not self.journal.queued(key):
-            # The durable write of DESIGN §3, unless the journal holds the key.
+            # The durable replace (module docstring), unless the journal holds the key.
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
                 return version
@@ -535,7 +536,7 @@ class FileBackend(Backend):
         plain: bool = True,
     ) -> None:
         # A plain write's file is written before it returns when the history
-        # routes every write through the journal (the seed's files stay current).
+        # routes every write through the journal (the entity files backtest-kit reads stay current).
         apply_now = plain and self._plain_writes_journaled and not self._offload
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)

@@ -39,8 +39,8 @@ deleted, every process refuses the root with :class:`JournalDamagedError`, and
 
 **Applying and checkpoints.** A background thread writes the journal's values
 into the entity files (temp file and rename, no fsync: the journal is the
-durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
-files stay close to the truth. When the journal passes ``limit`` bytes, at
+durability) :data:`APPLY_DELAY` after a commit, so that the entity
+files (backtest-kit's layout) stay close to the truth. When the journal passes ``limit`` bytes, at
 ``aclose`` and at a start, a checkpoint applies everything, flushes the file
 system (``syncfs``), copies the journal's records into the root's history
 (:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
@@ -1182,7 +1182,7 @@ class CommitJournal:
         ``apply_now``: also write the keys' files (no fsync: the journal is the
         durability) before returning, under the journal lock so that no
         checkpoint comes between; what a plain write of a history-keeping root
-        does, so that the seed's files show it as soon as it returns.
+        does, so that the entity files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
         request = _Request(writes, expect, apply_now)

@@ -141,6 +141,7 @@ class AnyVersion(enum.Enum):
 
 
 ANY_VERSION = AnyVersion.ANY
+"""``expect=ANY_VERSION``: an unconditional write, whatever the current version is."""
 
 Expected: TypeAlias = "str | AnyVersion | None"
 """What a conditional write expects: a version string (must still be current),
@@ -600,6 +601,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def join_key(namespace: str, name: str) -> str:
+    """The key of ``name`` in ``namespace`` (``""`` is the root): what :func:`split_key` splits."""
     return f"{namespace}/{name}" if namespace else name
 
 

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_DIR = "./dump/data"
+"""Where live mode keeps its files unless told otherwise (made absolute when configured)."""
 DEFAULT_EVENT_LIMIT = 250
 """Statistics events kept per (symbol, strategy) for each of ``Schedule`` and ``Partial``."""
 

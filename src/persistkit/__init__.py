@@ -20,6 +20,7 @@ from persistkit.domains import (
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
+    BlockingCallError,
     ConflictError,
     CorruptValueError,
     CrossBackendError,
@@ -71,6 +72,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",

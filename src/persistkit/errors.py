@@ -18,6 +18,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
+    ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
@@ -41,6 +42,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -199,6 +201,13 @@ class TickCancelledError(PersistError, RuntimeError):
         super().__init__(message)
         self.tick = tick
         self.reason = reason
+
+
+class BlockingCallError(PersistError, RuntimeError):
+    """A blocking call (``persistkit.sync``) made from inside a running event loop.
+
+    It would stop that loop until it returned; async code awaits the async API instead.
+    """
 
 
 class ResourceLimitError(PersistError, OSError):

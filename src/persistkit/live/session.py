@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from persistkit.backends.base import Backend, Lease, fencing
 from persistkit.backends.memory import MemoryBackend
@@ -320,6 +321,21 @@ class _StopRequest:
     def close(self) -> None:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
+
+
+class StopSignalRelay(Protocol):
+    """Stop signals caught elsewhere, handed to :meth:`LiveSession.run` on its loop."""
+
+    def deliver_to(self, handler: Callable[[signal.Signals], None] | None) -> None:
+        """From now on call ``handler(signum)`` on the loop for each signal (``None``: stop)."""
+
+
+stop_signal_relay: contextvars.ContextVar[StopSignalRelay | None] = contextvars.ContextVar(
+    "persistkit_stop_signal_relay", default=None
+)
+"""Set by the blocking ``LiveSession.run`` (:mod:`persistkit.sync`): its loop runs in a
+thread of its own, where no signal handler can be installed, so the main thread's
+handlers relay the signals instead of ``run()`` installing its own."""
 
 
 class _ForcedStop(Exception):
@@ -643,8 +659,8 @@ class LiveSession:
         closes the session (checkpoint, lock released) and returns, so that the
         process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
-        durable (to acknowledge it, say). Outside ``run`` the signals keep the
-        process's own handlers.
+        durable (to acknowledge it, say; awaited when it returns an awaitable).
+        Outside ``run`` the signals keep the process's own handlers.
 
         A tick that does not finish (it awaits something that never returns)
         does not keep the process from stopping: a second stop signal, or
@@ -668,8 +684,12 @@ class LiveSession:
             raise ValueError(f"stop_grace must be at least 0 seconds or None, not {stop_grace}")
         loop = asyncio.get_running_loop()
         stop = _StopRequest(loop, stop_grace)
-        for signum in stop_signals:
-            loop.add_signal_handler(signum, stop.on_signal, signum)
+        relay = stop_signal_relay.get()
+        if relay is None:
+            for signum in stop_signals:
+                loop.add_signal_handler(signum, stop.on_signal, signum)
+        else:
+            relay.deliver_to(stop.on_signal)
         count = 0
         fence = fencing.set(self._fence())
         try:
@@ -678,7 +698,9 @@ class LiveSession:
                 # to its commit; the loop stops before the next one.
                 await self._tick_unless_forced(tick, count, stop)
                 if after_commit is not None:
-                    after_commit(count)
+                    acknowledged = after_commit(count)
+                    if inspect.isawaitable(acknowledged):
+                        await acknowledged
                 count += 1
                 if interval > 0:
                     try:
@@ -704,8 +726,11 @@ class LiveSession:
         finally:
             fencing.reset(fence)
             stop.close()
-            for signum in stop_signals:
-                loop.remove_signal_handler(signum)
+            if relay is None:
+                for signum in stop_signals:
+                    loop.remove_signal_handler(signum)
+            else:
+                relay.deliver_to(None)
         if stop.requested.is_set():
             await self.aclose()
         return count

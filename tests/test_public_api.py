@@ -111,7 +111,9 @@ PUBLIC_MODULES = {
 }
 
 
-@pytest.mark.parametrize("module_name", ["persistkit", "persistkit.errors", *PUBLIC_MODULES])
+@pytest.mark.parametrize(
+    "module_name", ["persistkit", "persistkit.errors", "persistkit.sync", *PUBLIC_MODULES]
+)
 def test_every_export_resolves(module_name: str) -> None:
     module = importlib.import_module(module_name)
     for name in module.__all__:

@@ -10,6 +10,7 @@ so nothing is printed until the application configures logging
 """
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 
 from persistkit._metrics import disable_metrics, enable_metrics
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
@@ -68,7 +69,11 @@ from persistkit.stats import (
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
-__version__ = "0.1.0"
+try:
+    # Written once, in pyproject.toml; the installed distribution carries it.
+    __version__ = version("persistkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # The logging HOWTO's rule for libraries: records go where the application says, and
 # without a configuration they are dropped, not printed by logging's last resort.

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_DIR = "./dump/data"
+"""Where live mode keeps its files unless told otherwise (made absolute when configured)."""
 DEFAULT_EVENT_LIMIT = 250
 """Statistics events kept per (symbol, strategy) for each of ``Schedule`` and ``Partial``."""
 
@@ -143,7 +144,7 @@ class Settings:
     _outside: dict[str, Backend] = field(default_factory=dict, repr=False, compare=False)
     """Backtest mode: the memory backend of each directory outside ``base_dir``."""
     clock: Clock | None = None
-    """The time of statistics events; ``None``: the tick's time (:mod:`persistkit.clock`)."""
+    """The time of statistics events; ``None``: the tick's (:func:`persistkit.replay.now_ms`)."""
     event_limit: int = DEFAULT_EVENT_LIMIT
     """Statistics events kept per pair and kind, oldest dropped first; 0 records none."""
 
@@ -188,11 +189,12 @@ def configure(
     else from the defaults above. ``PERSISTKIT_BACKEND`` applies to live mode
     only: backtest mode keeps everything in memory whatever it says.
 
-    ``clock`` gives the statistics events (:mod:`persistkit.stats`) their time
-    in milliseconds since the epoch: a backtest passes its simulated time
+    ``clock`` gives the statistics events (:class:`~persistkit.ScheduleStatistics`,
+    :class:`~persistkit.PartialStatistics`) their time in milliseconds since the
+    epoch: a backtest passes its simulated time
     (``clock=lambda: candle.timestamp``) so that its statistics use market time;
     by default an event carries the time of the tick that recorded it
-    (:func:`persistkit.clock.now_ms`, which its replay sees too), or the
+    (:func:`persistkit.replay.now_ms`, which its replay sees too), or the
     wall-clock time of a commit outside a live session's tick. ``event_limit``
     bounds the events kept per (symbol, strategy) for each of ``Schedule`` and
     ``Partial`` (oldest dropped first; 0 records none).

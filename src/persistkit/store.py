@@ -210,7 +210,7 @@ class PersistBase(Generic[T]):
     any type pydantic validates) validates every value written and read, and
     the startup scan.
 
-    Subclass it and override methods to store elsewhere, as with the seed's
+    Subclass it and override methods to store elsewhere, as with backtest-kit's
     custom adapters; the domain adapters take such a class.
     """
 
@@ -372,14 +372,13 @@ class PersistBase(Generic[T]):
 
     # -- startup ---------------------------------------------------------------------
 
-    async def wait_for_init(self, initial: bool = True) -> InitReport:
+    async def wait_for_init(self) -> InitReport:
         """Prepare the store once; concurrent and later callers share the result.
 
         Removes temp files of interrupted writes, reads and validates every
         value, and quarantines each that does not parse or validate (nothing is
         ever deleted); on a read-only backend it only reports. The report is
-        returned and logged. ``initial`` is the seed's flag and is accepted for
-        compatibility; the scan always runs once.
+        returned and logged.
         """
         self._check_open()
         route = self._route()  # each backend the store is served by is scanned once
@@ -547,8 +546,8 @@ class PersistBase(Generic[T]):
         :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
         absent); otherwise :class:`~persistkit.errors.ConflictError`.
         Writes to one id are applied in the order they were called. Inside
-        :func:`transaction` the write is staged and committed with the block; a
-        store on another backend than the transaction's is refused with
+        :func:`~persistkit.transaction.transaction` the write is staged and committed with
+        the block; a store on another backend than the transaction's is refused with
         :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
         recorder = _metrics.recorder

@@ -29,7 +29,7 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   the async API there; also for callbacks the async core calls on its loop
   (``update_value``'s function, ``filter``'s predicate), which must not call
   this API in turn.
-- :meth:`LiveSession.run` takes a plain function ``tick(n)``, called in a
+- ``LiveSession.run`` takes a plain function ``tick(n)``, called in a
   thread of its own (one for the whole run) inside the tick's scope; it
   installs its SIGTERM/SIGINT handlers on the main thread, which forward the
   signals to the session (call ``run`` from the main thread, or pass

@@ -186,7 +186,8 @@ class Transaction:
         """Run ``hook(self)`` once, as this transaction commits, before the backend sees it.
 
         What derives writes from the whole tick registers here (the statistics
-        events of :mod:`persistkit.stats`): the hook runs with the staged writes
+        events of :class:`~persistkit.ScheduleStatistics` and
+        :class:`~persistkit.PartialStatistics`): the hook runs with the staged writes
         and ``keys`` (those it may add) locked against the other commits of this
         process, reads the committed state from the backend, and adds its
         writes with :meth:`include`, so they land in the same atomic commit. A

@@ -79,7 +79,7 @@ class HistoryPolicy:
     they then go through the journal too (one fsync instead of the durable
     replace's two; the file is written before the call returns, unsynced, and
     reads serve the key from the journal until the next checkpoint). Off by
-    default: plain writes keep DESIGN §3's durable replace, and only commits
+    default: plain writes keep the file backend's durable replace, and only commits
     (every tick) reach the history. A plain write of a key a commit holds goes
     through the journal, and so into the history, either way."""
 

@@ -39,8 +39,8 @@ deleted, every process refuses the root with :class:`JournalDamagedError`, and
 
 **Applying and checkpoints.** A background thread writes the journal's values
 into the entity files (temp file and rename, no fsync: the journal is the
-durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
-files stay close to the truth. When the journal passes ``limit`` bytes, at
+durability) :data:`APPLY_DELAY` after a commit, so that the entity
+files (backtest-kit's layout) stay close to the truth. When the journal passes ``limit`` bytes, at
 ``aclose`` and at a start, a checkpoint applies everything, flushes the file
 system (``syncfs``), copies the journal's records into the root's history
 (:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
@@ -131,7 +131,6 @@ FORMAT_VERSION = 2
 """The on-disk format this release writes; a root marked with a higher one is refused."""
 LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
-JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
 FLAG_RESTATED = 1
 """Header flag: the journal's first record restates what earlier records wrote (a
@@ -501,11 +500,6 @@ class CommitJournal:
             return self._os.stat(self.path).st_size
         except OSError:
             return 0
-
-    @property
-    def dirty(self) -> Mapping[str, bytes | None]:
-        """Keys the journal holds since its last checkpoint (read :meth:`refresh` first)."""
-        return self.pending
 
     # -- reading the shared journal -------------------------------------------------------
 
@@ -1132,9 +1126,6 @@ class CommitJournal:
                 )
         return found
 
-    # Kept for callers of the 0.1 name.
-    describe_dead_journals = describe_unapplied
-
     # -- committing ---------------------------------------------------------------------
 
     async def commit_async(
@@ -1210,7 +1201,7 @@ class CommitJournal:
         ``apply_now``: also write the keys' files (no fsync: the journal is the
         durability) before returning, under the journal lock so that no
         checkpoint comes between; what a plain write of a history-keeping root
-        does, so that the seed's files show it as soon as it returns.
+        does, so that the entity files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
         request = _Request(writes, expect, apply_now)

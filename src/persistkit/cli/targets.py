@@ -117,7 +117,7 @@ def is_paired(key: str) -> bool:
 def schema_for(namespace: str) -> Any:
     """What a start validates the values of ``namespace`` against.
 
-    ``{domain}/{entity}`` of the four domains (DESIGN.md §2) gets its adapter's
+    ``{domain}/{entity}`` of the four domains (signal, schedule, risk, partial) gets its adapter's
     model; any other namespace is parsed as JSON only (``None``).
     """
     domain, _, entity = namespace.partition("/")

@@ -168,10 +168,6 @@ class InstanceLock:
         state = "held" if self._fd is not None else "free"
         return f"InstanceLock({self.path!r}, {state})"
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock or raise :class:`InstanceLockedError` naming the holder."""
         if self._fd is not None:
@@ -321,10 +317,6 @@ class RangeLocks:
     def __repr__(self) -> str:
         state = "held" if self._fd is not None else "free"
         return f"RangeLocks({self.path!r}, {len(self.names)} names, {state})"
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self, *, purpose: str = "live session") -> None:
         """Take every lock or raise :class:`InstanceLockedError` naming the holder."""

@@ -12,7 +12,7 @@ A live bot restarts after a crash and continues as if nothing happened::
 
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
 SIGINT, after committing the tick in progress. A tick that hangs does not keep
-it from stopping: a second signal, or :data:`DEFAULT_STOP_GRACE` seconds after
+it from stopping: a second signal, or ``DEFAULT_STOP_GRACE`` (5) seconds after
 the first, cancels that tick before its commit (nothing of it is committed),
 and ``run()`` raises :class:`~persistkit.errors.TickCancelledError`.
 
@@ -387,7 +387,7 @@ class LiveSession:
     later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
     :meth:`run`. Each lease carries a fencing token that only grows; the
     session's writes carry the tokens of its leases (the
-    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    :func:`~persistkit.backends.fenced_leases` of its context, set inside its ticks,
     its ``run()`` and its ``async with`` block), so the backend refuses a
     write of a holder whose lease has passed to another (each backend's
     docstring says what it checks, and when).
@@ -667,7 +667,7 @@ class LiveSession:
         A tick that does not finish (it awaits something that never returns)
         does not keep the process from stopping: a second stop signal, or
         ``stop_grace`` seconds after the first (default
-        :data:`DEFAULT_STOP_GRACE`, 5 s; ``None``: only a second signal),
+        ``DEFAULT_STOP_GRACE``, 5 s; ``None``: only a second signal),
         cancels it if its commit has not begun, so that nothing of it is
         committed; ``run()`` then closes the session (its locks released) and
         raises :class:`~persistkit.errors.TickCancelledError`, so that the

@@ -296,7 +296,7 @@ class _SessionTick(Transaction):
         elif self._records_inputs:
             # A later part of a tick that recorded inputs: marked as such, so a
             # replay runs the tick once and compares it with all its parts.
-            self.stage_now(
+            self.include(
                 tick_key(self.clock.session),
                 encode_tick(
                     self.clock.session,
@@ -769,8 +769,12 @@ class LiveSession:
         session, or inside a transaction nested in it, it raises ``RuntimeError``.
         """
         active = active_transaction.get()
-        tick = transaction_for(self.backend)
-        if not isinstance(tick, _SessionTick) or tick.finished:
+        tick = active
+        while tick is not None and not (
+            isinstance(tick, _SessionTick) and tick.backend is self.backend
+        ):
+            tick = tick._parent
+        if tick is None or tick.finished:
             raise RuntimeError(
                 "commit_now() commits the tick in progress: call it inside "
                 "`async with session.tick():` or a tick function run by session.run()"

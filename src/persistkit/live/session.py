@@ -436,7 +436,7 @@ class LiveSession:
     - :meth:`start` takes the one-instance lock, selects live mode, replays the
       commits a crash left unapplied, runs every store's self-healing scan and
       returns the restored state (risk positions first).
-    - :meth:`tick` is the atomic commit of one tick across the four domains;
+    - :meth:`tick` is the atomic commit of one tick across the domains;
       ``tick(inputs=...)`` (or :meth:`record_inputs`) records what the tick saw
       in the same commit, for :mod:`persistkit.replay`.
     - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT;
@@ -445,7 +445,7 @@ class LiveSession:
     - :meth:`reconcile` asks the exchange about the order intents a crash left
       in doubt (:attr:`RestoredState.open_intents`) and records its answers;
       until then a tick refuses new intents for those pairs.
-    - :meth:`state_at` reads the four domains as they were at a past time.
+    - :meth:`state_at` reads the domains (order intents included) as they were at a past time.
 
     Inside its ticks (and ``run()``, and ``async with session:``) every store
     without an explicit ``backend=`` writes to this session's backend, whatever
@@ -825,7 +825,7 @@ class LiveSession:
         return answers
 
     async def state_at(self, moment: PointInTime) -> RestoredState:
-        """The four domains of this session's pairs as they were at ``moment``.
+        """The domains of this session's pairs as they were at ``moment``.
 
         ``moment`` is epoch milliseconds or an aware ``datetime``; the state is
         the one the last commit at or before it left (from the backend's

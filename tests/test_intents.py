@@ -46,7 +46,7 @@ from test_cli import run_cli
 
 PAIR = ("BTCUSDT", "trend")
 OTHER_PAIR = ("ETHUSDT", "trend")
-BOT = Path(__file__).resolve().parent / "helpers" / "intent_bot.py"
+BOT = Path(__file__).resolve().parent / "helpers" / "stepped_order_bot.py"
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 
 
@@ -327,7 +327,7 @@ async def test_a_tick_split_by_commit_now_records_its_statistics_event_once(
 
 
 class IntentBot:
-    """``tests/helpers/intent_bot.py`` as a process; the test plays its exchange."""
+    """``tests/helpers/stepped_order_bot.py`` as a process; the test plays its exchange."""
 
     def __init__(self, root: Path) -> None:
         self.process = subprocess.Popen(

@@ -34,6 +34,7 @@ from persistkit import (
     PersistScheduleAdapter,
     Schedule,
     SchemaValidationError,
+    TickCancelledError,
     UnreconciledIntentsError,
     new_client_order_id,
 )
@@ -321,6 +322,28 @@ async def test_a_tick_split_by_commit_now_records_its_statistics_event_once(
         await session.commit_now()
         await PersistIntentAdapter.write_intent(intent())
     assert (await Schedule.get_data(*PAIR)).total_scheduled == 1
+
+
+async def test_a_stop_that_cancels_the_tick_after_commit_now_keeps_what_it_committed(
+    data_root: Path,
+) -> None:
+    live = session_on(data_root)
+    await live.start()
+    committed, cancelled = intent(), intent()
+
+    async def on_tick(n: int) -> None:
+        await PersistIntentAdapter.write_intent(committed)
+        await live.commit_now()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by run(): stop after this tick
+        await PersistIntentAdapter.write_intent(cancelled)
+        await asyncio.Event().wait()  # waits for an exchange that never answers
+
+    with pytest.raises(TickCancelledError, match=r"parts up to commit_now\(\) #1 are committed"):
+        await live.run(on_tick, stop_grace=0.1)
+    live = session_on(data_root)
+    state = await live.start()
+    await live.aclose()
+    assert [i.client_order_id for i in state.open_intents] == [committed.client_order_id]
 
 
 # -- a real kill -9 ---------------------------------------------------------------------------

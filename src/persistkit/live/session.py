@@ -967,10 +967,13 @@ class LiveSession:
         flight.cancelled = stop.reason
         running.cancel()
         logger.warning(
-            "persistkit: %s; tick %d had not begun its commit: cancelled, nothing of it "
-            "is committed",
+            "persistkit: %s; tick %d had not begun its commit: cancelled, %s",
             stop.reason,
             count,
+            f"what it committed with commit_now() ({flight.parts_committed}) stays, the rest "
+            "is not committed"
+            if flight.parts_committed
+            else "nothing of it is committed",
         )
         another = asyncio.ensure_future(stop.next_signal().wait())
         try:

@@ -27,6 +27,19 @@ def test_non_finite_floats_are_refused_not_stored_as_null(value: object) -> None
         codec.encode(value)
 
 
+def test_the_refusal_names_where_the_non_finite_float_is() -> None:
+    extra = SignalRow.model_construct(id="s", note=None, trail=[0.5, float("inf")])
+    cases = {
+        "value.a[1].b": {"a": [1, {"b": float("nan")}]},
+        "value[1]": (None, float("-inf")),
+        "value.rows[0].trail[1]": {"rows": [extra]},
+    }
+    for where, value in cases.items():
+        with pytest.raises(UnserializableValueError) as refused:
+            codec.encode(value)
+        assert str(refused.value).startswith(f"{where} is NaN or infinite")
+
+
 @dataclasses.dataclass
 class _Point:
     x: int

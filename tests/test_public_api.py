@@ -38,6 +38,10 @@ DOCUMENTED = {
     "PartialStatistics",
     "ScheduleEvent",
     "PartialEvent",
+    # order intents (issue 16)
+    "OrderIntent",
+    "PersistIntentAdapter",
+    "new_client_order_id",
     # the store's results
     "Entry",
     "Finding",
@@ -68,6 +72,11 @@ def test_exports_are_exactly_the_documented_names() -> None:
 # The other public modules and what each exports (persistkit.errors: every error class).
 PUBLIC_MODULES = {
     "persistkit.models": {
+        "FINAL_INTENT_STATUSES",
+        "IntentStatus",
+        "OrderIntent",
+        "OrderSide",
+        "UNRESOLVED_INTENT_STATUSES",
         "PARTIAL_LEVELS",
         "PartialData",
         "PartialLevel",
@@ -98,7 +107,7 @@ PUBLIC_MODULES = {
         "RedisBackend",
         "S3Backend",
     },
-    "persistkit.testing": {"BackendConformance", "sample_signal"},
+    "persistkit.testing": {"BackendConformance", "sample_intent", "sample_signal"},
     "persistkit.replay": {
         "replay",
         "replay_sweep",

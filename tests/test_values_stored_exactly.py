@@ -89,3 +89,17 @@ async def test_a_model_holding_nan_is_refused(data_root: Path) -> None:
     with pytest.raises(UnserializableValueError):
         await store.write_value("r", SignalRow.model_construct(id="1", price_open=float("nan")))
     assert [key async for key in store.keys()] == []
+
+
+async def test_the_refusal_names_where_the_non_finite_float_is(data_root: Path) -> None:
+    store = PersistBase("rows", base_dir=data_root)
+    extra = SignalRow.model_construct(id="s", note=None, trail=[0.5, float("inf")])
+    cases = {
+        "value.a[1].b": {"a": [1, {"b": float("nan")}]},
+        "value[1]": (None, float("-inf")),
+        "value.rows[0].trail[1]": {"rows": [extra]},
+    }
+    for where, value in cases.items():
+        with pytest.raises(UnserializableValueError) as refused:
+            await store.write_value("r", value)
+        assert str(refused.value).startswith(f"{where} is NaN or infinite")

@@ -17,8 +17,10 @@ from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backen
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
 from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import new_client_order_id
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
 from persistkit.domains import (
+    PersistIntentAdapter,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
@@ -37,6 +39,7 @@ from persistkit.errors import (
     ForeignSymlinkError,
     HistoryUnavailableError,
     InstanceLockedError,
+    IntentConflictError,
     InvalidNameError,
     JournalDamagedError,
     LeaseLostError,
@@ -51,12 +54,14 @@ from persistkit.errors import (
     StoreClosedError,
     TickCancelledError,
     TransientBackendError,
+    UnreconciledIntentsError,
     UnserializableValueError,
     UnsupportedFormatError,
     UnsupportedPlatformError,
     WriteFailedError,
 )
 from persistkit.live import LiveSession, PairState, RestoredState
+from persistkit.models import OrderIntent
 from persistkit.retry import RetryPolicy
 from persistkit.stats import (
     Partial,
@@ -100,18 +105,21 @@ __all__ = [
     "HistoryUnavailableError",
     "InitReport",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
     "LiveSession",
     "LockTimeoutError",
     "MemoryBackend",
+    "OrderIntent",
     "PairState",
     "Partial",
     "PartialEvent",
     "PartialStatistics",
     "PersistBase",
     "PersistError",
+    "PersistIntentAdapter",
     "PersistPartialAdapter",
     "PersistRiskAdapter",
     "PersistScheduleAdapter",
@@ -133,6 +141,7 @@ __all__ = [
     "TickCancelledError",
     "Transaction",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
     "UnsupportedPlatformError",
@@ -142,6 +151,7 @@ __all__ = [
     "current_settings",
     "disable_metrics",
     "enable_metrics",
+    "new_client_order_id",
     "open_backend",
     "register_backend",
     "transaction",

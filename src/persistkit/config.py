@@ -1,10 +1,10 @@
 """One switch for every domain adapter: live (persisted) or backtest (in memory).
 
 The configured backend is *mounted* at ``base_dir``: any store whose directory
-lies under it (the four domain adapters, and a user's own ``PersistBase``
+lies under it (the domain adapters, and a user's own ``PersistBase``
 subclass created with such a directory) uses that backend, with the rest of the
 path as its namespace. So ``configure(mode="backtest")`` moves a custom adapter
-into memory too, and one backend holds all four domains, which is what lets a
+into memory too, and one backend holds every domain, which is what lets a
 tick commit span them.
 
 Stores without an explicit ``backend=`` look the mount up when they are
@@ -34,7 +34,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from persistkit.backends import Backend, open_backend
@@ -45,6 +45,8 @@ from persistkit.errors import ConfigurationError, PersistError
 __all__ = [
     "DEFAULT_BASE_DIR",
     "DEFAULT_EVENT_LIMIT",
+    "DEFAULT_FINAL_INTENT_LIMIT",
+    "DEFAULT_FINAL_INTENT_TTL",
     "ENV_BACKEND",
     "ENV_BASE_DIR",
     "ENV_MODE",
@@ -63,6 +65,11 @@ DEFAULT_BASE_DIR = "./dump/data"
 """Where live mode keeps its files unless told otherwise (made absolute when configured)."""
 DEFAULT_EVENT_LIMIT = 250
 """Statistics events kept per (symbol, strategy) for each of ``Schedule`` and ``Partial``."""
+
+DEFAULT_FINAL_INTENT_LIMIT = 100
+"""Final order intents (filled, cancelled, rejected) kept per (symbol, strategy)."""
+DEFAULT_FINAL_INTENT_TTL = 7 * 24 * 3600.0
+"""Seconds a final order intent is kept after its last write (a week)."""
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch: the time the statistics give an event."""
@@ -147,6 +154,10 @@ class Settings:
     """The time of statistics events; ``None``: the tick's (:func:`persistkit.replay.now_ms`)."""
     event_limit: int = DEFAULT_EVENT_LIMIT
     """Statistics events kept per pair and kind, oldest dropped first; 0 records none."""
+    final_intent_limit: int = DEFAULT_FINAL_INTENT_LIMIT
+    """Final order intents kept per pair, oldest dropped first by the next write of the pair."""
+    final_intent_ttl: float | None = DEFAULT_FINAL_INTENT_TTL
+    """Seconds a final order intent is kept after its last write; ``None``: no time bound."""
 
 
 session_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -177,6 +188,8 @@ def configure(
     backend: Backend | str | None = None,
     clock: Clock | None = None,
     event_limit: int = DEFAULT_EVENT_LIMIT,
+    final_intent_limit: int = DEFAULT_FINAL_INTENT_LIMIT,
+    final_intent_ttl: float | None = DEFAULT_FINAL_INTENT_TTL,
 ) -> Settings:
     """Select where every domain adapter keeps its state.
 
@@ -199,11 +212,38 @@ def configure(
     bounds the events kept per (symbol, strategy) for each of ``Schedule`` and
     ``Partial`` (oldest dropped first; 0 records none).
 
+    ``final_intent_limit`` and ``final_intent_ttl`` (seconds, ``None``: no
+    time bound) bound the final order intents (filled, cancelled, rejected)
+    kept per (symbol, strategy): the write of a pair's intents drops, in its
+    own commit, those beyond the newest ``final_intent_limit`` and those last
+    written more than ``final_intent_ttl`` seconds ago. Intents not final are
+    never dropped.
+
     Stores the adapters memoized before are dropped, so the change applies to
     every key, including those already used.
     """
     global _current
-    settings = _resolve(mode, base_dir, backend, clock, event_limit)
+    if (
+        isinstance(final_intent_limit, bool)
+        or not isinstance(final_intent_limit, int)
+        or final_intent_limit < 0
+    ):
+        raise ConfigurationError(
+            f"final_intent_limit must be a whole number >= 0, not {final_intent_limit!r}"
+        )
+    if final_intent_ttl is not None and (
+        isinstance(final_intent_ttl, bool)
+        or not isinstance(final_intent_ttl, int | float)
+        or not 0 <= final_intent_ttl < float("inf")
+    ):
+        raise ConfigurationError(
+            f"final_intent_ttl must be seconds >= 0 or None, not {final_intent_ttl!r}"
+        )
+    settings = replace(
+        _resolve(mode, base_dir, backend, clock, event_limit),
+        final_intent_limit=final_intent_limit,
+        final_intent_ttl=final_intent_ttl,
+    )
     _warn_if_volatile(settings, stacklevel=3)
     with _lock:
         _current = settings

@@ -10,6 +10,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
+    ├── IntentConflictError         (ValueError)  a client order id reused, or a final order changed
     ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
     ├── CorruptValueError                         stored bytes that do not parse/validate
     ├── ConflictError                             compare-and-set lost: the version moved
@@ -20,6 +21,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
+    ├── UnreconciledIntentsError    (RuntimeError) a new order before the restart's were reconciled
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
@@ -54,6 +56,7 @@ __all__ = [
     "ForeignSymlinkError",
     "HistoryUnavailableError",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
@@ -68,6 +71,7 @@ __all__ = [
     "StoreClosedError",
     "TickCancelledError",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
     "UnsupportedPlatformError",
@@ -115,6 +119,21 @@ class RowMismatchError(PersistError, ValueError):
     ``write_signal_data(row, "trend", "BTCUSDT")`` (arguments swapped) would
     store the row where no correct read finds it; refused before any I/O.
     """
+
+
+class IntentConflictError(PersistError, ValueError):
+    """An order intent that would rewrite another order's history; refused before any I/O.
+
+    A client order id is the one name an exchange deduplicates by: written
+    again with another symbol, strategy, side, quantity, price or creation
+    time, it is another order under a reused id, and a final intent
+    (``filled``, ``cancelled``, ``rejected``) never changes its status again.
+    ``client_order_id`` names the intent.
+    """
+
+    def __init__(self, message: str, *, client_order_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
 
 
 class EntityNotFoundError(PersistError, KeyError):
@@ -228,6 +247,29 @@ class BlockingCallError(PersistError, RuntimeError):
 
     It would stop that loop until it returned; async code awaits the async API instead.
     """
+
+
+class UnreconciledIntentsError(PersistError, RuntimeError):
+    """A new order intent for a pair whose intents from before the restart are in doubt.
+
+    Orders that were ``pending``, ``sent`` or ``unknown`` when the bot stopped
+    may stand at the exchange: a new order beside them could double the
+    position. ``await session.reconcile(lookup)`` asks the exchange and lifts
+    this; ``session.tick(allow_unreconciled=True)`` goes ahead anyway. Raised at
+    the write, before anything is staged; ``pair`` is ``(symbol, strategy)``
+    and ``client_order_ids`` the intents still in doubt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pair: tuple[str, str] | None = None,
+        client_order_ids: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.pair = pair
+        self.client_order_ids = client_order_ids
 
 
 class ResourceLimitError(PersistError, OSError):

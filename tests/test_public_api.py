@@ -29,6 +29,10 @@ DOCUMENTED = {
     "PartialStatistics",
     "ScheduleEvent",
     "PartialEvent",
+    # order intents (issue 16)
+    "OrderIntent",
+    "PersistIntentAdapter",
+    "new_client_order_id",
     # the store's results
     "Entry",
     "Finding",

@@ -8,8 +8,10 @@ from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backen
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
 from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import new_client_order_id
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
 from persistkit.domains import (
+    PersistIntentAdapter,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
@@ -26,6 +28,7 @@ from persistkit.errors import (
     ForeignSymlinkError,
     HistoryUnavailableError,
     InstanceLockedError,
+    IntentConflictError,
     InvalidNameError,
     JournalDamagedError,
     LeaseLostError,
@@ -40,11 +43,13 @@ from persistkit.errors import (
     StoreClosedError,
     TickCancelledError,
     TransientBackendError,
+    UnreconciledIntentsError,
     UnserializableValueError,
     UnsupportedFormatError,
     WriteFailedError,
 )
 from persistkit.live import LiveSession, PairState, RestoredState
+from persistkit.models import OrderIntent
 from persistkit.retry import RetryPolicy
 from persistkit.stats import (
     Partial,
@@ -78,18 +83,21 @@ __all__ = [
     "HistoryUnavailableError",
     "InitReport",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
     "LiveSession",
     "LockTimeoutError",
     "MemoryBackend",
+    "OrderIntent",
     "PairState",
     "Partial",
     "PartialEvent",
     "PartialStatistics",
     "PersistBase",
     "PersistError",
+    "PersistIntentAdapter",
     "PersistPartialAdapter",
     "PersistRiskAdapter",
     "PersistScheduleAdapter",
@@ -111,12 +119,14 @@ __all__ = [
     "TickCancelledError",
     "Transaction",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
     "Versioned",
     "WriteFailedError",
     "configure",
     "current_settings",
+    "new_client_order_id",
     "open_backend",
     "register_backend",
     "transaction",

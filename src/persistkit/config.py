@@ -34,6 +34,8 @@ from persistkit.backends.memory import MemoryBackend
 __all__ = [
     "DEFAULT_BASE_DIR",
     "DEFAULT_EVENT_LIMIT",
+    "DEFAULT_FINAL_INTENT_LIMIT",
+    "DEFAULT_FINAL_INTENT_TTL",
     "Clock",
     "Mode",
     "Settings",
@@ -46,6 +48,11 @@ __all__ = [
 DEFAULT_BASE_DIR = "./dump/data"
 DEFAULT_EVENT_LIMIT = 250
 """Statistics events kept per (symbol, strategy) for each of ``Schedule`` and ``Partial``."""
+
+DEFAULT_FINAL_INTENT_LIMIT = 100
+"""Final order intents (filled, cancelled, rejected) kept per (symbol, strategy)."""
+DEFAULT_FINAL_INTENT_TTL = 7 * 24 * 3600.0
+"""Seconds a final order intent is kept after its last write (a week)."""
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch: the time the statistics give an event."""
@@ -67,6 +74,10 @@ class Settings:
     """The time of statistics events; ``None``: the tick's time (:mod:`persistkit.clock`)."""
     event_limit: int = DEFAULT_EVENT_LIMIT
     """Statistics events kept per pair and kind, oldest dropped first; 0 records none."""
+    final_intent_limit: int = DEFAULT_FINAL_INTENT_LIMIT
+    """Final order intents kept per pair, oldest dropped first by the next write of the pair."""
+    final_intent_ttl: float | None = DEFAULT_FINAL_INTENT_TTL
+    """Seconds a final order intent is kept after its last write; ``None``: no time bound."""
 
 
 session_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -97,6 +108,8 @@ def configure(
     backend: Backend | str | None = None,
     clock: Clock | None = None,
     event_limit: int = DEFAULT_EVENT_LIMIT,
+    final_intent_limit: int = DEFAULT_FINAL_INTENT_LIMIT,
+    final_intent_ttl: float | None = DEFAULT_FINAL_INTENT_TTL,
 ) -> Settings:
     """Select where every domain adapter keeps its state.
 
@@ -113,12 +126,33 @@ def configure(
     bounds the events kept per (symbol, strategy) for each of ``Schedule`` and
     ``Partial`` (oldest dropped first; 0 records none).
 
+    ``final_intent_limit`` and ``final_intent_ttl`` (seconds, ``None``: no
+    time bound) bound the final order intents (filled, cancelled, rejected)
+    kept per (symbol, strategy): the write of a pair's intents drops, in its
+    own commit, those beyond the newest ``final_intent_limit`` and those last
+    written more than ``final_intent_ttl`` seconds ago. Intents not final are
+    never dropped.
+
     Stores the adapters memoized before are dropped, so the change applies to
     every key, including those already used.
     """
     global _current
     if isinstance(event_limit, bool) or not isinstance(event_limit, int) or event_limit < 0:
         raise ValueError(f"event_limit must be a whole number >= 0, not {event_limit!r}")
+    if (
+        isinstance(final_intent_limit, bool)
+        or not isinstance(final_intent_limit, int)
+        or final_intent_limit < 0
+    ):
+        raise ValueError(
+            f"final_intent_limit must be a whole number >= 0, not {final_intent_limit!r}"
+        )
+    if final_intent_ttl is not None and (
+        isinstance(final_intent_ttl, bool)
+        or not isinstance(final_intent_ttl, int | float)
+        or not 0 <= final_intent_ttl < float("inf")
+    ):
+        raise ValueError(f"final_intent_ttl must be seconds >= 0 or None, not {final_intent_ttl!r}")
     if clock is not None and not callable(clock):
         raise TypeError(f"clock must be a function returning milliseconds, not {clock!r}")
     root = os.path.abspath(os.fspath(base_dir))
@@ -145,7 +179,13 @@ def configure(
         logger.warning("persistkit: %s", message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     settings = Settings(
-        mode=mode, base_dir=root, backend=chosen, clock=clock, event_limit=event_limit
+        mode=mode,
+        base_dir=root,
+        backend=chosen,
+        clock=clock,
+        event_limit=event_limit,
+        final_intent_limit=final_intent_limit,
+        final_intent_ttl=final_intent_ttl,
     )
     with _lock:
         _current = settings

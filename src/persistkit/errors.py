@@ -9,6 +9,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
+    ├── IntentConflictError         (ValueError)  a client order id reused, or a final order changed
     ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
     ├── CorruptValueError                         stored bytes that do not parse/validate
     ├── ConflictError                             compare-and-set lost: the version moved
@@ -18,6 +19,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
+    ├── UnreconciledIntentsError    (RuntimeError) a new order before the restart's were reconciled
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
@@ -49,6 +51,7 @@ __all__ = [
     "ForeignSymlinkError",
     "HistoryUnavailableError",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
@@ -63,6 +66,7 @@ __all__ = [
     "StoreClosedError",
     "TickCancelledError",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
     "WriteFailedError",
@@ -101,6 +105,21 @@ class RowMismatchError(PersistError, ValueError):
     ``write_signal_data(row, "trend", "BTCUSDT")`` (arguments swapped) would
     store the row where no correct read finds it; refused before any I/O.
     """
+
+
+class IntentConflictError(PersistError, ValueError):
+    """An order intent that would rewrite another order's history; refused before any I/O.
+
+    A client order id is the one name an exchange deduplicates by: written
+    again with another symbol, strategy, side, quantity, price or creation
+    time, it is another order under a reused id, and a final intent
+    (``filled``, ``cancelled``, ``rejected``) never changes its status again.
+    ``client_order_id`` names the intent.
+    """
+
+    def __init__(self, message: str, *, client_order_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
 
 
 class EntityNotFoundError(PersistError, KeyError):
@@ -199,6 +218,29 @@ class TickCancelledError(PersistError, RuntimeError):
         super().__init__(message)
         self.tick = tick
         self.reason = reason
+
+
+class UnreconciledIntentsError(PersistError, RuntimeError):
+    """A new order intent for a pair whose intents from before the restart are in doubt.
+
+    Orders that were ``pending``, ``sent`` or ``unknown`` when the bot stopped
+    may stand at the exchange: a new order beside them could double the
+    position. ``await session.reconcile(lookup)`` asks the exchange and lifts
+    this; ``session.tick(allow_unreconciled=True)`` goes ahead anyway. Raised at
+    the write, before anything is staged; ``pair`` is ``(symbol, strategy)``
+    and ``client_order_ids`` the intents still in doubt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pair: tuple[str, str] | None = None,
+        client_order_ids: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.pair = pair
+        self.client_order_ids = client_order_ids
 
 
 class ResourceLimitError(PersistError, OSError):

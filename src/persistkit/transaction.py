@@ -239,6 +239,33 @@ class Transaction:
             return
         await self.commit()
 
+    async def commit_staged(self) -> None:
+        """Commit what the block staged so far, atomically, and go on staging in the same block.
+
+        What is staged then is durable when this returns (an order intent,
+        before the order leaves); the rest of the block commits on its exit,
+        atomically too, or not at all. Versions the block staged before are
+        no longer valid (values read since come from the backend). Refused in
+        a savepoint: its writes belong to the outer block until that one commits.
+        """
+        self._check_active()
+        if self._parent is not None and self._parent._find(self.backend) is not None:
+            raise RuntimeError(
+                "commit_staged() in a transaction nested in another on the same backend: "
+                "its writes join the outer one, which alone commits; call it there"
+            )
+        if active_transaction.get() is not self:
+            raise RuntimeError(
+                "commit_staged() while a nested transaction is open: its writes are not "
+                "staged here yet; call it after that block exits"
+            )
+        if self.writes:
+            await self.commit()
+        self.writes = {}
+        self._versions.clear()
+        self.expected.clear()
+        self._hooks.clear()
+
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""
         writes = self.writes

@@ -7,10 +7,10 @@ that it was sent". This bot closes that gap with persistkit's order intents:
    orders to place: a decision has a stable id, ``t{tick}:{symbol}``.
 2. It writes each decision's :class:`~persistkit.OrderIntent` (``pending``, with a
    fresh client order id) and makes it durable *before* the order leaves
-   (:meth:`LiveSession.commit_point` under :meth:`LiveSession.run`).
+   (``await session.commit_now()``, inside the tick :meth:`LiveSession.run` drives).
 3. It sends the order with that client order id; a lost reply is sent again
    under the same id, which the exchange deduplicates.
-4. It records the answer (``acked`` or ``filled``, with the exchange's order id).
+4. It records the answer (``filled``, with the exchange's order id).
 
 After a ``kill -9`` the restart returns the intents in doubt
 (``RestoredState.open_intents``) and :meth:`LiveSession.reconcile` asks the
@@ -60,7 +60,7 @@ T = TypeVar("T")
 PAIRS = [("BTCUSDT", "trend"), ("ETHUSDT", "revert")]
 RISK_NAME = "intent-bot"
 EXCHANGE_STATUS = {"new": "acked", "filled": "filled"}
-"""The exchange's order status -> the intent's."""
+"""The exchange's order status -> the intent's (the simulated exchange fills every order)."""
 RETRY_DELAY = 0.05
 RETRY_FOR = 30.0
 """Seconds a request is retried through lost replies and a restarting exchange."""
@@ -92,7 +92,6 @@ def decisions_at(tick: int) -> list[Decision]:
                     strategy=strategy,
                     side=rng.choice(("buy", "sell")),
                     quantity=round(rng.uniform(0.001, 0.1), 3),
-                    # A market order is filled at once; a limit order waits (acked).
                     price=None if rng.random() < 0.5 else round(base * rng.uniform(0.95, 1.05), 2),
                 )
             )
@@ -227,7 +226,7 @@ class IntentBot:
         await self.store.write_value("tick", tick)
         await self.store.write_value("open", dict(self.open))
         # Durable before any order leaves: the intents, the open decisions, the tick.
-        await self.session.commit_point()
+        await self.session.commit_now()
         self.sent = []
         for decision, intent in outgoing:
             send = functools.partial(

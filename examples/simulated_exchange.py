@@ -26,9 +26,10 @@ request; :class:`ExchangeClient` speaks it::
     {"op": "lose_replies", "share": 0.3}             -> {"share": 0.3}
 
 An ``ORDER`` is ``{"exchange_order_id", "client_order_id", "symbol", "side",
-"quantity", "price", "note", "status", "attempts"}``; a market order (``price``
-null) is ``"filled"`` at once, a limit order stays ``"new"``. A request the
-exchange cannot read gets ``{"error": "..."}`` (never lost). Run it::
+"quantity", "price", "note", "status", "attempts"}``. Every order fills at once
+(``"status": "filled"``): a market order (``price`` null) at the market, a limit
+order at its price. A request the exchange cannot read gets ``{"error": "..."}``
+(never lost). Run it::
 
     python examples/simulated_exchange.py --book ./dump/exchange.sqlite --port 0 --lose-replies 0.3
 
@@ -136,8 +137,7 @@ class SimulatedExchange:
             self.db.execute(
                 "INSERT INTO orders (client_order_id, symbol, side, quantity, price, note, status,"
                 " attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                (client_order_id, symbol, side, quantity, price, note,
-                 "filled" if price is None else "new"),
+                (client_order_id, symbol, side, quantity, price, note, "filled"),
             )  # fmt: skip
         order = self._order(client_order_id)
         assert order is not None

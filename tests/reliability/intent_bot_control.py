@@ -27,17 +27,18 @@ from persistkit import OrderIntent
 
 
 async def never_found(self: intent_bot.IntentBot, intent: OrderIntent) -> OrderIntent | None:
-    return None
+    return None  # "not found", without asking the exchange
 
 
-async def no_commit_point() -> None:
+async def no_commit_now() -> None:
     return None
 
 
 class NoCommitPointBot(intent_bot.IntentBot):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.session.commit_point = no_commit_point  # type: ignore[method-assign]
+        assert callable(self.session.commit_now)  # what is taken out must exist
+        self.session.commit_now = no_commit_now  # type: ignore[method-assign]
 
 
 CONTROLS = ("resend-without-asking", "no-commit-point")
@@ -45,6 +46,7 @@ CONTROLS = ("resend-without-asking", "no-commit-point")
 if __name__ == "__main__":
     control = sys.argv.pop(1)
     if control == "resend-without-asking":
+        assert callable(intent_bot.IntentBot.lookup)  # what is taken out must exist
         intent_bot.IntentBot.lookup = never_found  # type: ignore[method-assign]
     elif control == "no-commit-point":
         intent_bot.IntentBot = NoCommitPointBot  # type: ignore[misc]

@@ -103,7 +103,7 @@ class Tally:
     """What the kill loop saw."""
 
     kills: int = 0
-    kills_before_reconciled: int = 0
+    kills_before_restart_reported: int = 0
     exchange_kills: int = 0
     restarts_reconciled: int = 0
     in_doubt: int = 0
@@ -175,7 +175,7 @@ def kill_loop(
         lines = read_lines(output)
         restart = next((line["restart"] for line in lines if "restart" in line), None)
         if restart is None:
-            tally.kills_before_reconciled += 1
+            tally.kills_before_restart_reported += 1
         else:
             tally.restarts_reconciled += 1
             tally.in_doubt += len(restart["in_doubt"])
@@ -266,7 +266,7 @@ def test_every_decision_is_one_order_across_kill_9(tmp_path: Path) -> None:
             violations=len(violations),
             counts={
                 "kills": tally.kills,
-                "kills before the reconcile finished": tally.kills_before_reconciled,
+                "kills before the restart was reported": tally.kills_before_restart_reported,
                 "exchange kills": tally.exchange_kills,
                 "ticks (decided and committed)": last_tick,
                 "decisions, each one order at the exchange": len(
@@ -275,7 +275,7 @@ def test_every_decision_is_one_order_across_kill_9(tmp_path: Path) -> None:
                 "intents in doubt at restarts": tally.in_doubt,
                 "found at the exchange by the reconcile": tally.found,
                 "not found, sent again under a new client order id": tally.not_found,
-                "lost replies": book["lost_replies"],
+                "replies lost (orders and lookups)": book["lost_replies"],
                 "resends absorbed by the exchange's dedup": book["duplicate_attempts"],
             },
             controls=controls,

@@ -28,7 +28,10 @@ Run it against ``examples/simulated_exchange.py``::
 SIGTERM or Ctrl-C stops it after the tick in progress (exit code 0). ``--json``
 prints one JSON object per line instead of text: the restart (intents in doubt,
 what the reconcile found, what is sent again), then ``{"ack": n, ...}`` once
-tick ``n`` is committed.
+tick ``n`` is committed. ``--check``, once the bot has stopped, compares the
+exchange's book with the bot's decisions and says OK (exit 0) or not (exit 1);
+``scripts/intent_demo.sh`` kills the bot with ``kill -9`` until a restart finds
+orders in doubt, then checks.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +65,8 @@ PAIRS = [("BTCUSDT", "trend"), ("ETHUSDT", "revert")]
 RISK_NAME = "intent-bot"
 EXCHANGE_STATUS = {"new": "acked", "filled": "filled"}
 """The exchange's order status -> the intent's (the simulated exchange fills every order)."""
+NOT_FOUND = "not at the exchange when reconciled: the decision is sent again under a new id"
+"""The reason the reconcile gives an intent the exchange never received."""
 RETRY_DELAY = 0.05
 RETRY_FOR = 30.0
 """Seconds a request is retried through lost replies and a restarting exchange."""
@@ -96,6 +102,11 @@ def decisions_at(tick: int) -> list[Decision]:
                 )
             )
     return decisions
+
+
+def never_placed(intent: OrderIntent) -> bool:
+    """The exchange never received ``intent``'s order (so its decision is sent again)."""
+    return intent.status == "cancelled" and intent.reason == NOT_FOUND
 
 
 def decisions_until(tick: int) -> list[Decision]:
@@ -146,33 +157,31 @@ class IntentBot:
         """Restore, reconcile the intents in doubt; returns what happened (printed by ``main``)."""
         persistkit.configure(mode="live", base_dir=self.base_dir)
         restored = await self.session.start()
-        self.tick_number = await self._read("tick", 0)
-        self.open = await self._read("open", {})
-        in_doubt = [intent.client_order_id for intent in restored.open_intents]
-        await self.session.reconcile(self.lookup)
-        intents = await self.all_intents()
-        unresolved = sorted(cid for cid, intent in intents.items() if intent.unresolved)
+        # One tick: every answer of the exchange, or (a lookup failing) none of them.
+        answers = await self.session.reconcile(self.lookup, reason=NOT_FOUND)
+        async with self.session.tick():  # reads through the session's backend; writes nothing
+            self.tick_number = await self.read("tick", 0)
+            self.open = await self.read("open", {})
+            intents = await self.all_intents()
         # A decision whose order the exchange never received goes out again under
         # a new client order id; one the exchange has is confirmed by the next tick.
         self.to_resend = [
             decision_by_id(decision_id)
             for decision_id, client_order_id in sorted(self.open.items())
-            if intents[client_order_id].status in ("cancelled", "rejected")
+            if never_placed(intents[client_order_id])
         ]
         return {
             "tick": self.tick_number,
-            "in_doubt": sorted(in_doubt),
-            "found": sorted(
-                cid for cid in in_doubt if intents[cid].status not in ("cancelled", "rejected")
+            "in_doubt": sorted(intent.client_order_id for intent in restored.open_intents),
+            "found": sorted(a.client_order_id for a in answers if not never_placed(a)),
+            "not_found": sorted(a.client_order_id for a in answers if never_placed(a)),
+            "unresolved_after_reconcile": sorted(
+                cid for cid, intent in intents.items() if intent.unresolved
             ),
-            "not_found": sorted(
-                cid for cid in in_doubt if intents[cid].status in ("cancelled", "rejected")
-            ),
-            "unresolved_after_reconcile": unresolved,
             "resend": [decision.id for decision in self.to_resend],
         }
 
-    async def _read(self, key: str, default: T) -> T:
+    async def read(self, key: str, default: T) -> T:
         try:
             value: T = await self.store.read_value(key)
         except KeyError:
@@ -205,7 +214,7 @@ class IntentBot:
         # Decisions a restart left open: the exchange has the order (confirmed now),
         # or never got it (sent again below, under a new client order id).
         for decision_id, client_order_id in list(self.open.items()):
-            if intents[client_order_id].status not in ("cancelled", "rejected"):
+            if not never_placed(intents[client_order_id]):
                 del self.open[decision_id]
         outgoing: list[tuple[Decision, OrderIntent]] = []
         for decision in [*self.to_resend, *decisions_at(tick)]:
@@ -254,6 +263,36 @@ class IntentBot:
         self.tick_number = tick
 
 
+async def check(bot: IntentBot) -> int:
+    """Once the bot has stopped: every decision exactly one order at the exchange, none in doubt."""
+    restored = await bot.session.start()
+    try:
+        async with bot.session.tick():  # reads through the session's backend
+            tick = await bot.read("tick", 0)
+    finally:
+        await bot.session.aclose()
+    book = await with_retries(bot.exchange.book)
+    orders = Counter(order["note"] for order in book["orders"])
+    decided = {decision.id for decision in decisions_until(tick)}
+    problems = [f"intent {i.client_order_id} still {i.status}" for i in restored.open_intents]
+    problems += [f"{d}: {orders[d]} orders" for d in sorted(decided) if orders[d] != 1]
+    problems += [f"{d}: an order for no decision" for d in sorted(set(orders) - decided)]
+    print(
+        f"exchange book: {len(book['orders'])} orders, {book['duplicate_attempts']} resends "
+        f"absorbed by its deduplication, {book['lost_replies']} replies lost"
+    )
+    if problems:
+        print("orders: FAILED")
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    print(
+        f"orders: OK (ticks 1-{tick}: {len(decided)} decisions, each exactly one order at "
+        "the exchange; no intent in doubt)"
+    )
+    return 0
+
+
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-dir", default="./dump/intents")
@@ -261,6 +300,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between ticks")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--check", action="store_true", help="compare the exchange's book with the decisions, exit"
+    )
     args = parser.parse_args(argv)
     host, _, port = args.exchange.rpartition(":")
 
@@ -269,20 +311,22 @@ async def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     bot = IntentBot(args.base_dir, ExchangeClient(host or "127.0.0.1", int(port)))
+    if args.check:
+        return await check(bot)
     restart = await bot.start()
+    doubts = len(restart["in_doubt"])
     say(
-        f"restored at tick {restart['tick']}: {len(restart['in_doubt'])} intents in doubt, "
-        f"reconciled with the exchange: {len(restart['found'])} found, "
-        f"{len(restart['not_found'])} not found (sent again under a new client order id: "
-        f"{', '.join(restart['resend']) or 'none'}); "
-        f"unresolved after the reconcile: {len(restart['unresolved_after_reconcile'])}",
+        f"restored at tick {restart['tick']}: {doubts} order{'s' * (doubts != 1)} in doubt; "
+        f"the exchange has {len(restart['found'])}, not {len(restart['not_found'])} "
+        f"(sent again under a new client order id: {', '.join(restart['resend']) or 'none'}); "
+        f"in doubt after the reconcile: {len(restart['unresolved_after_reconcile'])}",
         restart=restart,
     )
 
     def acknowledge(_: int) -> None:
         orders = ", ".join(
-            f"{order['decision']} {order['side']} {order['quantity']} {order['symbol']} "
-            f"as {order['client_order_id']} -> {order['exchange_order_id']} {order['status']}"
+            f"{order['decision']} {order['side']} {order['quantity']} as "
+            f"{order['client_order_id']} -> {order['exchange_order_id']} {order['status']}"
             for order in bot.sent
         )
         say(

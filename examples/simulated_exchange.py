@@ -42,12 +42,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sqlite3
+import subprocess
 import sys
 from typing import Any
 
-__all__ = ["ExchangeClient", "ExchangeError", "ReplyLost", "SimulatedExchange", "main"]
+__all__ = ["ExchangeClient", "ExchangeError", "ReplyLost", "SimulatedExchange", "main", "spawn"]
 
 ORDER_OPS = ("create_order", "get_order")
 """The requests whose reply may be lost (the book and the loss knob are always answered)."""
@@ -282,6 +284,28 @@ def _share(value: Any) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ExchangeError(f"the share of lost replies is a number from 0 to 1, not {value!r}")
     return float(value)
+
+
+def spawn(
+    book: str | os.PathLike[str],
+    *,
+    port: int = 0,
+    lose_replies: float = 0.0,
+    seed: int | None = None,
+) -> tuple[subprocess.Popen[str], int]:
+    """Start the exchange in a process of its own; returns it and the port it listens on."""
+    command = [sys.executable, os.path.abspath(__file__), "--book", os.fspath(book),
+               "--port", str(port), "--lose-replies", str(lose_replies)]  # fmt: skip
+    if seed is not None:
+        command += ["--seed", str(seed)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    ready = process.stdout.readline().split()
+    if ready[:1] != ["listening"]:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the simulated exchange did not start (it said {ready})")
+    return process, int(ready[2])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ EXAMPLES = REPO / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import intent_bot  # noqa: E402 - the example, imported from its folder
+import simulated_exchange  # noqa: E402
 from simulated_exchange import ExchangeClient  # noqa: E402
 
 CONTROL_BOT = Path(__file__).with_name("intent_bot_control.py")
@@ -60,17 +61,12 @@ class Exchange:
         self.process = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "simulated_exchange.py"), "--book", str(self.book_path),
-             "--port", str(self.port), "--lose-replies", str(LOST_REPLIES),
-             "--seed", str(self.seed + self.restarts)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert process.stdout is not None
-        line = process.stdout.readline().split()
-        assert line[:1] == ["listening"], f"the exchange did not start: {line}"
-        self.port = int(line[2])
+        process, self.port = simulated_exchange.spawn(
+            self.book_path,
+            port=self.port,
+            lose_replies=LOST_REPLIES,
+            seed=self.seed + self.restarts,
+        )
         return process
 
     def kill_and_restart(self, down_for: float) -> None:

@@ -55,6 +55,8 @@ ORDER_OPS = ("create_order", "get_order")
 """The requests whose reply may be lost (the book and the loss knob are always answered)."""
 
 SIDES = ("buy", "sell")
+REPLY_LIMIT = 1 << 28
+"""Bytes of one reply line a client reads: the whole book is one line."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -212,7 +214,7 @@ class ExchangeClient:
 
     async def request(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Send ``payload``, return the reply; :class:`ReplyLost` when none came."""
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = await asyncio.open_connection(self.host, self.port, limit=REPLY_LIMIT)
         try:
             writer.write(json.dumps(payload).encode() + b"\n")
             await writer.drain()

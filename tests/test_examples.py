@@ -93,8 +93,10 @@ def test_intent_bot_places_each_decision_once_through_lost_replies_and_a_restart
     tmp_path: Path,
 ) -> None:
     exchange, port = simulated_exchange.spawn(tmp_path / "book.sqlite", lose_replies=0.3, seed=1)
-    bot = [sys.executable, EXAMPLES / "intent_bot.py", "--base-dir", tmp_path / "bot",
-           "--exchange", f"127.0.0.1:{port}", "--interval", "0"]  # fmt: skip
+    bot: list[str | Path] = [
+        sys.executable, EXAMPLES / "intent_bot.py", "--base-dir", tmp_path / "bot",
+        "--exchange", f"127.0.0.1:{port}", "--interval", "0",
+    ]  # fmt: skip
     try:
         first = run(*bot, "--ticks", "6")
         assert "restored at tick 0: 0 orders in doubt" in first

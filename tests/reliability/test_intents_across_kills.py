@@ -33,7 +33,7 @@ from typing import Any
 
 from common import LONG, Control, Result, count, record
 
-from persistkit import LiveSession, PersistBase
+from persistkit import LiveSession, PersistBase, PersistIntentAdapter
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -145,6 +145,8 @@ def kill_loop(
     """
     tally = Tally()
     committed = acknowledged = 0
+    resolved: set[str] = set()
+    not_found: set[str] = set()
     for round_number in range(rounds):
         bot = spawn_bot(root, exchange.port, control)
         assert bot.stdout is not None
@@ -182,13 +184,26 @@ def kill_loop(
                     f"round {round_number}: intents still in doubt after the reconcile: "
                     f"{restart['unresolved_after_reconcile']}"
                 )
+            # A reconcile is committed: what it resolved is never in doubt again.
+            again = resolved & set(restart["in_doubt"])
+            if again:
+                tally.violations.append(f"round {round_number}: in doubt again: {sorted(again)}")
+            resolved.update(restart["found"], restart["not_found"])
+            not_found.update(restart["not_found"])
         acks = [line["ack"] for line in lines if "ack" in line]
         tally.acknowledged_ticks += len(acks)
         # A tick is decided (committed, then sent) before it is acknowledged: the bot
         # may have decided one beyond the last tick it reported, never two.
         acknowledged = max([acknowledged, *acks])
         committed = max([committed, acknowledged, *([restart["tick"]] if restart else [])])
-        problems = check_book(exchange.book(), decided=committed + 1, placed=acknowledged)
+        book = exchange.book()
+        problems = check_book(book, decided=committed + 1, placed=acknowledged)
+        problems += [
+            f"{order['client_order_id']} ({order['note']}) is at the exchange, but the "
+            "reconcile found no such order"
+            for order in book["orders"]
+            if order["client_order_id"] in not_found
+        ]
         tally.violations += [f"round {round_number}: {problem}" for problem in problems]
         if control and tally.violations:
             break
@@ -203,33 +218,59 @@ def kill_loop(
 
 
 def finish(root: Path, exchange: Exchange) -> tuple[int, list[str]]:
-    """A last, clean run (reconcile, resends, two ticks, SIGTERM-free stop); then the full check."""
+    """A last run (reconcile, resends, two ticks, a clean stop); then the full check."""
     bot = spawn_bot(root, exchange.port, None, "--ticks", "2")
     output, errors = bot.communicate(timeout=120)
     assert bot.returncode == 0, errors.decode(errors="replace")
     lines = read_lines(output)
     last_tick = next(line["stopped"] for line in lines if "stopped" in line)
-    problems = check_book(exchange.book(), decided=last_tick, placed=last_tick)
-    problems += asyncio.run(left_in_doubt(root))
+    book = exchange.book()
+    problems = check_book(book, decided=last_tick, placed=last_tick)
+    problems += asyncio.run(records_problems(root, book))
     return last_tick, problems
 
 
-async def left_in_doubt(root: Path) -> list[str]:
-    """What a fresh session on the bot's root still finds open: nothing, after a clean stop."""
+async def records_problems(root: Path, book: dict[str, Any]) -> list[str]:
+    """What a fresh session on the bot's root finds wrong, against the exchange's book.
+
+    Nothing left in doubt, no decision left open; each intent the bot kept (the
+    final ones are bounded) agrees with the exchange: an order it recorded is
+    there under its client order id, with its id and decision; one the reconcile
+    found missing is not there.
+    """
     session = LiveSession(intent_bot.PAIRS, intent_bot.RISK_NAME, base_dir=root)
     restored = await session.start()
     try:
-        problems = [
-            f"intent {intent.client_order_id} still {intent.status} after the bot stopped"
-            for intent in restored.open_intents
-        ]
-        async with session.tick():
+        async with session.tick():  # reads through the session's backend; writes nothing
             open_decisions = await PersistBase[Any]("intent_bot", root).read_value("open")
-        if open_decisions:
-            problems.append(f"decisions the bot still thinks open: {open_decisions}")
-        return problems
+            intents = [
+                intent
+                for symbol, strategy in intent_bot.PAIRS
+                for intent in await PersistIntentAdapter.read_intents(symbol, strategy)
+            ]
     finally:
         await session.aclose()
+    problems = [
+        f"intent {intent.client_order_id} still {intent.status} after the bot stopped"
+        for intent in restored.open_intents
+    ]
+    if open_decisions:
+        problems.append(f"decisions the bot still thinks open: {open_decisions}")
+    at_exchange = {order["client_order_id"]: order for order in book["orders"]}
+    for intent in intents:
+        order = at_exchange.get(intent.client_order_id)
+        decision = (intent.model_extra or {}).get("decision")
+        if intent_bot.never_placed(intent):
+            if order is not None:
+                problems.append(f"{intent.client_order_id}: reconciled as never placed, but placed")
+        elif order is None:
+            problems.append(f"{intent.client_order_id} ({intent.status}): not at the exchange")
+        elif (order["exchange_order_id"], order["note"]) != (intent.exchange_order_id, decision):
+            problems.append(
+                f"{intent.client_order_id}: recorded as {intent.exchange_order_id} of {decision}, "
+                f"the exchange has {order['exchange_order_id']} of {order['note']}"
+            )
+    return problems
 
 
 def test_every_decision_is_one_order_across_kill_9(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
 """One switch for every domain adapter: live (persisted) or backtest (in memory).
 
 The configured backend is *mounted* at ``base_dir``: any store whose directory
-lies under it (the four domain adapters, and a user's own ``PersistBase``
+lies under it (the domain adapters, and a user's own ``PersistBase``
 subclass created with such a directory) uses that backend, with the rest of the
 path as its namespace. So ``configure(mode="backtest")`` moves a custom adapter
-into memory too, and one backend holds all four domains, which is what lets a
+into memory too, and one backend holds every domain, which is what lets a
 tick commit span them.
 
 Stores without an explicit ``backend=`` look the mount up when they are

@@ -325,7 +325,7 @@ def transaction(
 ) -> Transaction:
     """``async with transaction():`` commits every write in the block atomically.
 
-    ``backend`` defaults to the one serving the four domain adapters here: the
+    ``backend`` defaults to the one serving the domain adapters here: the
     live session's inside its ticks, else the configured one
     (:func:`persistkit.configure`). ``retry`` is how a commit that failed with
     a transient error is repeated. See :class:`Transaction`.

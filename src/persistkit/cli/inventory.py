@@ -9,14 +9,21 @@ from typing import Any
 from persistkit.backends import Backend
 from persistkit.backends.base import split_key
 from persistkit.errors import CorruptValueError, ForeignSymlinkError, InvalidNameError
-from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.models import (
+    OrderIntent,
+    PartialData,
+    RiskActivePosition,
+    ScheduledSignalRow,
+    SignalRow,
+)
 from persistkit.names import decode_segment, split_pair
 from persistkit.store import PersistBase
 
-from .targets import store_for
+from .targets import PAIRED_DOMAINS, store_for
 
 __all__ = [
     "EntityInfo",
+    "IntentView",
     "Inventory",
     "PartialView",
     "RiskView",
@@ -67,6 +74,16 @@ class PartialView:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentView:
+    """An order intent not final yet: in doubt (pending, sent, unknown) or live at the exchange."""
+
+    key: str
+    symbol: str
+    strategy: str
+    intent: OrderIntent
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     key: str
     reason: str
@@ -80,6 +97,8 @@ class Inventory:
     scheduled: list[RowView] = field(default_factory=list)
     risk: list[RiskView] = field(default_factory=list)
     partial: list[PartialView] = field(default_factory=list)
+    open_intents: list[IntentView] = field(default_factory=list)
+    """Order intents not final (filled, cancelled, rejected), oldest first per pair."""
     unreadable: list[Unreadable] = field(default_factory=list)
     quarantined: int = 0
     point: str = ""
@@ -123,7 +142,7 @@ def _entity_name(namespace: str) -> str:
     domain, _, entity = namespace.partition("/")
     if not entity:
         return namespace or "-"
-    if domain in ("signal", "schedule", "partial") and "/" not in entity:
+    if domain in PAIRED_DOMAINS and "/" not in entity:
         symbol, strategy = _pair(entity)
         return f"{symbol} / {strategy}"
     try:
@@ -148,6 +167,11 @@ def _add_views(inventory: Inventory, key: str, namespace: str, value: Any) -> No
         symbol, strategy = _pair(entity)
         for signal_id, levels in value.items():
             inventory.partial.append(PartialView(key, symbol, strategy, signal_id, levels))
+    elif domain == "intent":
+        symbol, strategy = _pair(entity)
+        for intent in sorted(value.values(), key=lambda i: (i.created_at, i.client_order_id)):
+            if not intent.final:
+                inventory.open_intents.append(IntentView(key, symbol, strategy, intent))
 
 
 async def collect_inventory(
@@ -202,6 +226,7 @@ async def collect_inventory(
         _add_views(inventory, key, namespace, value)
     for views in (inventory.signals, inventory.scheduled):
         views.sort(key=lambda view: (view.symbol, view.strategy))
+    inventory.open_intents.sort(key=lambda view: (view.symbol, view.strategy))
     try:
         inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
     except ForeignSymlinkError as exc:  # a linked .quarantine: reported, not looked into

@@ -128,6 +128,11 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
              "signal_id": view.signal_id, "levels": view.levels.model_dump(mode="json")}
             for view in inventory.partial
         ],
+        "open_intents": [
+            {"key": view.key, "symbol": view.symbol, "strategy": view.strategy,
+             "in_doubt": view.intent.unresolved, "intent": view.intent.model_dump(mode="json")}
+            for view in inventory.open_intents
+        ],
         "unreadable": [{"key": item.key, "reason": item.reason} for item in inventory.unreadable],
         "quarantined": inventory.quarantined,
         "read_at": inventory.point,
@@ -238,6 +243,7 @@ def print_inventory(inventory: Inventory) -> None:
                 ",".join(map(str, partial.levels.loss_levels)) or "-",
             )
         console.print(table)
+    _print_open_intents(console, inventory)
     if inventory.unreadable:
         table = Table(title="Unreadable (a start would quarantine them)", title_justify="left")
         table.add_column("key")
@@ -256,6 +262,36 @@ def print_inventory(inventory: Inventory) -> None:
         console.print(f"{plural(len(problems), 'problem')}:", soft_wrap=True)
         for line in problems:
             console.print(f"  {line}", soft_wrap=True)
+
+
+def _print_open_intents(console: Console, inventory: Inventory) -> None:
+    if not inventory.open_intents:
+        console.print("Open order intents: none", soft_wrap=True)
+        return
+    in_doubt = sum(1 for view in inventory.open_intents if view.intent.unresolved)
+    table = Table(
+        title=f"Open order intents ({in_doubt} in doubt: a restart reconciles them)",
+        title_justify="left",
+    )
+    numbers = ("quantity", "filled", "price")
+    for column in ("symbol", "strategy", "client order id", "side", *numbers, "status",
+                   "exchange id", "created"):  # fmt: skip
+        table.add_column(column, justify="right" if column in numbers else "left")
+    for view in inventory.open_intents:
+        intent = view.intent
+        table.add_row(
+            view.symbol,
+            view.strategy,
+            intent.client_order_id,
+            intent.side,
+            _price(intent.quantity),
+            _price(intent.filled_quantity),
+            "market" if intent.price is None else _price(intent.price),
+            f"{intent.status} (in doubt)" if intent.unresolved else intent.status,
+            intent.exchange_order_id or "-",
+            _millis(intent.created_at),
+        )
+    console.print(table)
 
 
 # -- preflight -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from persistkit.backends import Backend, open_backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 from persistkit.config import DEFAULT_BASE_DIR
+from persistkit.domains.intent import PersistIntentUtils
 from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
@@ -55,7 +56,13 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 DOMAIN_SCHEMAS: dict[str, Any] = {
     adapter.domain: adapter.schema
-    for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistRiskUtils, PersistPartialUtils)
+    for adapter in (
+        PersistSignalUtils,
+        PersistScheduleUtils,
+        PersistRiskUtils,
+        PersistPartialUtils,
+        PersistIntentUtils,
+    )
 }
 """Domain -> the model its adapter validates against (the one source is the adapter)."""
 
@@ -100,7 +107,13 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
 
 
 PAIRED_DOMAINS = frozenset(
-    adapter.domain for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistPartialUtils)
+    adapter.domain
+    for adapter in (
+        PersistSignalUtils,
+        PersistScheduleUtils,
+        PersistPartialUtils,
+        PersistIntentUtils,
+    )
 )
 """Domains whose entity is a ``{symbol}_{strategy}`` pair (:func:`persistkit.names.join_pair`)."""
 
@@ -114,7 +127,7 @@ def is_paired(key: str) -> bool:
 def schema_for(namespace: str) -> Any:
     """What a start validates the values of ``namespace`` against.
 
-    ``{domain}/{entity}`` of the four domains (DESIGN.md §2) gets its adapter's
+    ``{domain}/{entity}`` of the domains (DESIGN.md §2, and order intents) gets its adapter's
     model; any other namespace is parsed as JSON only (``None``).
     """
     domain, _, entity = namespace.partition("/")

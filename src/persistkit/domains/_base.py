@@ -1,4 +1,4 @@
-"""What the four domain adapters share: one memoized store per entity."""
+"""What the domain adapters share: one memoized store per entity."""
 
 from __future__ import annotations
 

@@ -72,11 +72,8 @@ class PersistIntentUtils(DomainAdapter):
     schema = dict[str, OrderIntent] | None
 
     async def read_intents(self, symbol: str, strategy_name: str) -> list[OrderIntent]:
-        """The pair's intents, oldest first (by ``created_at``, then client order id)."""
-        return sorted(
-            (await self._read_map(symbol, strategy_name)).values(),
-            key=lambda intent: (intent.created_at, intent.client_order_id),
-        )
+        """The pair's intents, in the order they were first written."""
+        return list((await self._read_map(symbol, strategy_name)).values())
 
     async def read_intent(
         self, symbol: str, strategy_name: str, client_order_id: str

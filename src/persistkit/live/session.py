@@ -296,7 +296,7 @@ class _SessionTick(Transaction):
         elif self._records_inputs:
             # A later part of a tick that recorded inputs: marked as such, so a
             # replay runs the tick once and compares it with all its parts.
-            self.stage_now(
+            self.include(
                 tick_key(self.clock.session),
                 encode_tick(
                     self.clock.session,
@@ -436,7 +436,7 @@ class LiveSession:
     - :meth:`start` takes the one-instance lock, selects live mode, replays the
       commits a crash left unapplied, runs every store's self-healing scan and
       returns the restored state (risk positions first).
-    - :meth:`tick` is the atomic commit of one tick across the four domains;
+    - :meth:`tick` is the atomic commit of one tick across the domains;
       ``tick(inputs=...)`` (or :meth:`record_inputs`) records what the tick saw
       in the same commit, for :mod:`persistkit.replay`.
     - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT;
@@ -445,7 +445,7 @@ class LiveSession:
     - :meth:`reconcile` asks the exchange about the order intents a crash left
       in doubt (:attr:`RestoredState.open_intents`) and records its answers;
       until then a tick refuses new intents for those pairs.
-    - :meth:`state_at` reads the four domains as they were at a past time.
+    - :meth:`state_at` reads the domains (order intents included) as they were at a past time.
 
     Inside its ticks (and ``run()``, and ``async with session:``) every store
     without an explicit ``backend=`` writes to this session's backend, whatever
@@ -769,8 +769,12 @@ class LiveSession:
         session, or inside a transaction nested in it, it raises ``RuntimeError``.
         """
         active = active_transaction.get()
-        tick = transaction_for(self.backend)
-        if not isinstance(tick, _SessionTick) or tick.finished:
+        tick = active
+        while tick is not None and not (
+            isinstance(tick, _SessionTick) and tick.backend is self.backend
+        ):
+            tick = tick._parent
+        if tick is None or tick.finished:
             raise RuntimeError(
                 "commit_now() commits the tick in progress: call it inside "
                 "`async with session.tick():` or a tick function run by session.run()"
@@ -821,7 +825,7 @@ class LiveSession:
         return answers
 
     async def state_at(self, moment: PointInTime) -> RestoredState:
-        """The four domains of this session's pairs as they were at ``moment``.
+        """The domains of this session's pairs as they were at ``moment``.
 
         ``moment`` is epoch milliseconds or an aware ``datetime``; the state is
         the one the last commit at or before it left (from the backend's

@@ -16,6 +16,8 @@ Every test below then runs against it, unchanged: the same suite the file,
 memory, Redis and S3 backends pass. Set ``supports_commit = False`` on the
 subclass if the backend has no atomic multi-key commit. The history tests run
 on a backend whose ``keeps_history`` is true and check the clear error elsewhere.
+The order-intent test runs a live session on the backend (its locks in a
+temporary folder) across a restart.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from persistkit.backends.base import ANY_VERSION, Backend
+from persistkit.clock import new_client_order_id
+from persistkit.domains import PersistIntentAdapter
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -37,9 +43,11 @@ from persistkit.errors import (
     InvalidNameError,
     SchemaValidationError,
     StoreClosedError,
+    UnreconciledIntentsError,
     UnserializableValueError,
 )
-from persistkit.models import SignalRow
+from persistkit.live import LiveSession
+from persistkit.models import OrderIntent, SignalRow
 from persistkit.store import PersistBase
 from persistkit.transaction import transaction
 
@@ -380,6 +388,60 @@ class BackendConformance:
         assert await store.read_value("counter") == 3
 
     # -- the store above the backend ----------------------------------------------------
+
+    async def test_order_intents_in_doubt_after_a_restart_are_reconciled_in_one_commit(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        self._need_commit(backend)
+        pair = ("BTCUSDT", "trend")
+
+        def session() -> LiveSession:
+            return LiveSession([pair], "main", base_dir=tmp_path / "root", backend=backend)
+
+        def intent(status: str, **changes: Any) -> OrderIntent:
+            fields: dict[str, Any] = {
+                "client_order_id": new_client_order_id("conf"),
+                "symbol": pair[0],
+                "strategy_name": pair[1],
+                "side": "buy",
+                "quantity": 0.01,
+                "price": None,
+                "created_at": 1_763_700_000_000,
+                "status": status,
+            }
+            return OrderIntent(**{**fields, **changes})
+
+        in_flight, acked = intent("pending"), intent("acked", exchange_order_id="X-1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a memory backend in live mode
+            first = session()
+            await first.start()
+            async with first.tick():
+                await PersistIntentAdapter.write_intent(in_flight)
+                await PersistIntentAdapter.write_intent(acked)
+            await first.aclose()  # the process stops before the order's answer is written
+            second = session()
+            state = await second.start()
+        try:
+            assert [i.client_order_id for i in state.open_intents] == [in_flight.client_order_id]
+            with pytest.raises(UnreconciledIntentsError):
+                async with second.tick():
+                    await PersistIntentAdapter.write_intent(intent("pending"))
+
+            async def exchange_has_no_such_order(asked: OrderIntent) -> OrderIntent | None:
+                return None
+
+            answers = await second.reconcile(exchange_has_no_such_order)
+            assert [(a.client_order_id, a.status) for a in answers] == [
+                (in_flight.client_order_id, "cancelled")
+            ]
+            async with second.tick():  # allowed again
+                await PersistIntentAdapter.write_intent(intent("pending"))
+            async with second.tick():
+                stored = await PersistIntentAdapter.read_intents(*pair)
+            assert sorted(i.status for i in stored) == ["acked", "cancelled", "pending"]
+        finally:
+            await second.aclose()
 
     async def test_store_round_trip_of_json_values(self, backend: Backend) -> None:
         store: PersistBase[Any] = PersistBase("entity", backend=backend)

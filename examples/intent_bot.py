@@ -42,7 +42,6 @@ import functools
 import json
 import random
 import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from persistkit import (
     PersistIntentAdapter,
     new_client_order_id,
 )
+from persistkit.clock import now_ms
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ class IntentBot:
                 side=decision.side,
                 quantity=decision.quantity,
                 price=decision.price,
-                created_at=time.time_ns() // 1_000_000,
+                created_at=now_ms(),  # the tick's time
                 status="pending",
                 decision=decision.id,  # the bot's own field: it round-trips
             )

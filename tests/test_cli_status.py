@@ -184,7 +184,8 @@ async def test_a_clean_root_is_healthy(data_root: Path) -> None:
     code, report = status_json(data_root)
     assert code == 0
     counts = {domain["domain"]: domain["entities"] for domain in report["domains"]}
-    assert counts == {"signal": 2, "risk": 1, "schedule": 1, "partial": 1}
+    assert counts == {"signal": 2, "risk": 1, "schedule": 1, "partial": 1, "intent": 0}
+    assert report["open_intents"] == []
     assert report["journal"]["commits"] == 0 and report["commits_waiting"] == 0
 
 

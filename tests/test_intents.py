@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from persistkit import (
     PersistScheduleAdapter,
     Schedule,
     SchemaValidationError,
+    TickCancelledError,
     UnreconciledIntentsError,
     new_client_order_id,
 )
@@ -41,27 +42,17 @@ from persistkit.clock import now_ms
 from persistkit.live.session import NOT_FOUND_REASON
 from persistkit.models import ScheduledSignalRow
 from persistkit.replay import replay
+from persistkit.testing import sample_intent
 from test_cli import run_cli
 
 PAIR = ("BTCUSDT", "trend")
 OTHER_PAIR = ("ETHUSDT", "trend")
-BOT = Path(__file__).resolve().parent / "helpers" / "intent_bot.py"
+BOT = Path(__file__).resolve().parent / "helpers" / "stepped_order_bot.py"
 CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 
 
 def intent(status: str = "pending", pair: tuple[str, str] = PAIR, **changes: Any) -> OrderIntent:
-    fields: dict[str, Any] = {
-        "client_order_id": new_client_order_id("t"),
-        "symbol": pair[0],
-        "strategy_name": pair[1],
-        "side": "buy",
-        "quantity": 0.01,
-        "price": None,
-        "created_at": 1_763_700_000_000,
-        "status": status,
-    }
-    fields.update(changes)
-    return OrderIntent(**fields)
+    return sample_intent(status, *pair, **changes)
 
 
 def session_on(root: Path, *pairs: tuple[str, str]) -> LiveSession:
@@ -333,11 +324,33 @@ async def test_a_tick_split_by_commit_now_records_its_statistics_event_once(
     assert (await Schedule.get_data(*PAIR)).total_scheduled == 1
 
 
+async def test_a_stop_that_cancels_the_tick_after_commit_now_keeps_what_it_committed(
+    data_root: Path,
+) -> None:
+    live = session_on(data_root)
+    await live.start()
+    committed, cancelled = intent(), intent()
+
+    async def on_tick(n: int) -> None:
+        await PersistIntentAdapter.write_intent(committed)
+        await live.commit_now()
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by run(): stop after this tick
+        await PersistIntentAdapter.write_intent(cancelled)
+        await asyncio.Event().wait()  # waits for an exchange that never answers
+
+    with pytest.raises(TickCancelledError, match=r"parts up to commit_now\(\) #1 are committed"):
+        await live.run(on_tick, stop_grace=0.1)
+    live = session_on(data_root)
+    state = await live.start()
+    await live.aclose()
+    assert [i.client_order_id for i in state.open_intents] == [committed.client_order_id]
+
+
 # -- a real kill -9 ---------------------------------------------------------------------------
 
 
 class IntentBot:
-    """``tests/helpers/intent_bot.py`` as a process; the test plays its exchange."""
+    """``tests/helpers/stepped_order_bot.py`` as a process; the test plays its exchange."""
 
     def __init__(self, root: Path) -> None:
         self.process = subprocess.Popen(
@@ -371,9 +384,14 @@ class IntentBot:
 
 
 @pytest.fixture
-def bots() -> Iterator[list[IntentBot]]:
+def start_bot(data_root: Path) -> Iterator[Callable[[], IntentBot]]:
     started: list[IntentBot] = []
-    yield started
+
+    def start() -> IntentBot:
+        started.append(IntentBot(data_root))
+        return started[-1]
+
+    yield start
     for bot in started:
         if bot.process.poll() is None:
             bot.process.kill()
@@ -381,11 +399,10 @@ def bots() -> Iterator[list[IntentBot]]:
 
 
 async def test_kill_9_between_intent_commit_and_send_then_reconcile_sends_nothing_twice(
-    data_root: Path, bots: list[IntentBot]
+    data_root: Path, start_bot: Callable[[], IntentBot]
 ) -> None:
     exchange = Exchange()
-    bot = IntentBot(data_root)
-    bots.append(bot)
+    bot = start_bot()
     assert bot.read() == {"restored": []}
     # Tick 0 runs to its end: the order is sent and its answer recorded.
     first = bot.read()["committed"]
@@ -424,19 +441,17 @@ async def test_kill_9_between_intent_commit_and_send_then_reconcile_sends_nothin
 
 
 async def test_kill_9_after_the_send_reconciles_the_order_the_exchange_has(
-    data_root: Path, bots: list[IntentBot]
+    data_root: Path, start_bot: Callable[[], IntentBot]
 ) -> None:
     exchange = Exchange()
-    bot = IntentBot(data_root)
-    bots.append(bot)
+    bot = start_bot()
     bot.read()
     placed = bot.read()["committed"]
     bot.send(f"send {exchange.place(placed['clientOrderId'])}")
     assert bot.read() == {"sent": placed["clientOrderId"]}
     bot.kill_9()  # the exchange's answer is lost with the process
 
-    restarted = IntentBot(data_root)  # the bot itself, restarted
-    bots.append(restarted)
+    restarted = start_bot()  # the bot itself, restarted
     restored = restarted.read()["restored"]
     assert [(i["clientOrderId"], i["status"]) for i in restored] == [
         (placed["clientOrderId"], "pending")

@@ -98,7 +98,7 @@ class Inventory:
     risk: list[RiskView] = field(default_factory=list)
     partial: list[PartialView] = field(default_factory=list)
     open_intents: list[IntentView] = field(default_factory=list)
-    """Order intents not final (filled, cancelled, rejected), oldest first per pair."""
+    """Order intents not final (filled, cancelled, rejected), by pair, in the order written."""
     unreadable: list[Unreadable] = field(default_factory=list)
     quarantined: int = 0
     point: str = ""
@@ -169,7 +169,7 @@ def _add_views(inventory: Inventory, key: str, namespace: str, value: Any) -> No
             inventory.partial.append(PartialView(key, symbol, strategy, signal_id, levels))
     elif domain == "intent":
         symbol, strategy = _pair(entity)
-        for intent in sorted(value.values(), key=lambda i: (i.created_at, i.client_order_id)):
+        for intent in value.values():  # in the order first written
             if not intent.final:
                 inventory.open_intents.append(IntentView(key, symbol, strategy, intent))
 

@@ -154,7 +154,8 @@ class StatusReport:
     ``None`` when they cannot be read (a damaged or linked journal)."""
     quarantine: list[QuarantineEntry]
     open_intents: list[OrderIntent] | None
-    """Order intents not final, oldest first; ``None`` when the values cannot be listed."""
+    """Order intents not final, by pair, in the order first written; ``None`` when the
+    values cannot be listed."""
     durability_warnings: list[str]
     problems: list[Problem]
     """What ``preflight`` counts as a problem (durability warnings apart)."""
@@ -407,9 +408,9 @@ async def _domain_activity(
 
 
 async def _open_intents(backend: Backend) -> list[OrderIntent]:
-    """Every order intent not final, oldest first; a value that does not decode is left to
-    preflight, which reports it."""
-    keys = [key async for key in backend.scan("intent", recursive=True)]
+    """Every order intent not final, by pair, in the order first written; a value that
+    does not decode is left to preflight, which reports it."""
+    keys = sorted([key async for key in backend.scan("intent", recursive=True)])
     found: list[OrderIntent] = []
     for key, stored in zip(keys, await backend.get_many(keys), strict=True):
         namespace, _ = split_key(key)
@@ -420,7 +421,6 @@ async def _open_intents(backend: Backend) -> list[OrderIntent]:
         except CorruptValueError:
             continue
         found.extend(intent for intent in (value or {}).values() if not intent.final)
-    found.sort(key=lambda intent: (intent.created_at, intent.client_order_id))
     return found
 
 

@@ -155,7 +155,7 @@ class RestoredState:
     """Journal records of a crashed run replayed at startup (file backend)."""
     open_intents: list[OrderIntent] = field(default_factory=list)
     """Every pair's order intents whose outcome only the exchange knows (``pending``,
-    ``sent``, ``unknown``), oldest first per pair: the orders a crash may have
+    ``sent``, ``unknown``), pair by pair in the order first written: the orders a crash may have
     left in flight. :meth:`LiveSession.reconcile` asks the exchange about them."""
 
     def pair(self, symbol: str, strategy: str) -> PairState:
@@ -967,10 +967,13 @@ class LiveSession:
         flight.cancelled = stop.reason
         running.cancel()
         logger.warning(
-            "persistkit: %s; tick %d had not begun its commit: cancelled, nothing of it "
-            "is committed",
+            "persistkit: %s; tick %d had not begun its commit: cancelled, %s",
             stop.reason,
             count,
+            f"what it committed with commit_now() ({flight.parts_committed}) stays, the rest "
+            "is not committed"
+            if flight.parts_committed
+            else "nothing of it is committed",
         )
         another = asyncio.ensure_future(stop.next_signal().wait())
         try:

@@ -51,7 +51,7 @@ from persistkit.models import OrderIntent, SignalRow
 from persistkit.store import PersistBase
 from persistkit.transaction import transaction
 
-__all__ = ["BackendConformance", "sample_signal"]
+__all__ = ["BackendConformance", "sample_intent", "sample_signal"]
 
 
 def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
@@ -72,6 +72,23 @@ def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
     }
     row.update(changes)
     return row
+
+
+def sample_intent(
+    status: str = "pending", symbol: str = "BTCUSDT", strategy: str = "trend", **changes: Any
+) -> OrderIntent:
+    """A market buy of 0.01 under a fresh client order id, as a bot would write it."""
+    fields: dict[str, Any] = {
+        "client_order_id": new_client_order_id("t"),
+        "symbol": symbol,
+        "strategy_name": strategy,
+        "side": "buy",
+        "quantity": 0.01,
+        "price": None,
+        "created_at": 1_763_700_000_000,
+        "status": status,
+    }
+    return OrderIntent(**{**fields, **changes})
 
 
 class BackendConformance:
@@ -399,17 +416,7 @@ class BackendConformance:
             return LiveSession([pair], "main", base_dir=tmp_path / "root", backend=backend)
 
         def intent(status: str, **changes: Any) -> OrderIntent:
-            fields: dict[str, Any] = {
-                "client_order_id": new_client_order_id("conf"),
-                "symbol": pair[0],
-                "strategy_name": pair[1],
-                "side": "buy",
-                "quantity": 0.01,
-                "price": None,
-                "created_at": 1_763_700_000_000,
-                "status": status,
-            }
-            return OrderIntent(**{**fields, **changes})
+            return sample_intent(status, *pair, **changes)
 
         in_flight, acked = intent("pending"), intent("acked", exchange_order_id="X-1")
         with warnings.catch_warnings():

@@ -1,6 +1,6 @@
 """A live bot that places one order per tick under ``run()``, for the order-intent kill tests.
 
-    python intent_bot.py ROOT
+    python stepped_order_bot.py ROOT
 
 Each tick writes an order intent ``pending``, commits it with
 ``session.commit_now()``, then asks its driver (the test, on stdin) to send

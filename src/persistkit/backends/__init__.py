@@ -40,6 +40,7 @@ __all__ = [
 
 # scheme -> ("module:Class", extra that installs its dependencies)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
+    "backtest-kit": ("persistkit.backends.backtest_kit:BacktestKitBackend", None),
     "file": ("persistkit.backends.file:FileBackend", None),
     "memory": ("persistkit.backends.memory:MemoryBackend", None),
     "redis": ("persistkit.backends.redis:RedisBackend", "redis"),
@@ -68,7 +69,11 @@ def _lookup(scheme: str) -> tuple[str, str | None]:
 
 
 def open_backend(url: str) -> Backend:
-    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``."""
+    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``.
+
+    ``backtest-kit:///ABSOLUTE/PATH?exchange=NAME`` opens a backtest-kit 19.x
+    folder read-only, to migrate from (:mod:`persistkit.backends.backtest_kit`).
+    """
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
         raise InvalidNameError(f"{url!r} is not a backend URL (no scheme)")

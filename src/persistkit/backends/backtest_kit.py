@@ -70,7 +70,7 @@ from persistkit.backends.base import (
     Versioned,
     split_key,
 )
-from persistkit.backends.file import SUFFIX, TEMP_PREFIX, content_version
+from persistkit.backends.file import SUFFIX, TEMP_PREFIX, FileBackend, content_version
 from persistkit.errors import (
     BackendError,
     EntityNotFoundError,
@@ -91,6 +91,7 @@ __all__ = [
     "find_backtest_kit_state",
     "migrate_command",
     "read_mapping",
+    "state_not_read",
 ]
 
 ARCHIVE_DIR = ".backtest-kit-archive"
@@ -123,6 +124,10 @@ class Mapped:
     how: str
     """The mapping in words (the names it was attributed to, what was derived)."""
     data: bytes
+
+    def folders(self) -> set[str]:
+        """The backtest-kit folders (``{domain}/{folder}``) it is made of."""
+        return {"/".join(source.split("/")[:2]) for source in self.sources}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +265,10 @@ def _positions(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
             return None
         pairs.append((item[0], item[1]))
     return pairs
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _pair_key(domain: str, symbol: str, strategy: str, name: str) -> str:
@@ -477,7 +486,7 @@ def _map_risk(
         mapping.values[key] = Mapped(
             key,
             (relative,),
-            f"risk {risk_name}: {len(derived)} positions; signalId from the open signal "
+            f"risk {risk_name}: {_plural(len(derived), 'position')}; signalId from the open signal "
             f"({ids}), quantity = cost / priceOpen, addedAt = openTimestamp",
             codec.encode([[position_key, position] for position_key, position in derived]),
         )
@@ -564,7 +573,8 @@ def _map_partial(
     mapping.values[key] = Mapped(
         key,
         tuple(sources),
-        f"partial of {symbol} / {strategy}: {len(merged)} signals merged from per-signal files",
+        f"partial of {symbol} / {strategy}: {_plural(len(merged), 'signal')} merged from "
+        "per-signal files",
         codec.encode(merged),
     )
 
@@ -766,26 +776,25 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
     return BacktestKitState(root, tuple(sorted(folders)), tuple(sorted(exchanges)))
 
 
-def archive_migrated(mapping: BacktestKitMapping) -> tuple[str, list[str]]:
-    """Move the folders all of whose state was migrated into ``{root}/.backtest-kit-archive/``.
+def archive_migrated(root: str, folders: Iterable[str]) -> tuple[str, list[str]]:
+    """Move ``folders`` (relative to ``root``) into ``{root}/.backtest-kit-archive/{time}/``.
 
-    After an in-place migration, so that later starts and preflights no longer
-    flag state that was migrated. Nothing is deleted; folders with anything
-    not migrated stay where they are (and keep being flagged). Returns the
-    archive folder (relative) and the folders moved.
+    After an in-place migration, for the folders all of whose state was
+    migrated, so that later starts and preflights no longer flag it. Nothing
+    is deleted. Returns the archive folder (relative) and the folders moved.
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     archive = os.path.join(ARCHIVE_DIR, stamp)
     moved = []
     touched: set[str] = set()
-    for folder in mapping.migrated_folders():
-        source = os.path.join(mapping.root, folder)
-        target = os.path.join(mapping.root, archive, folder)
+    for folder in sorted(folders):
+        source = os.path.join(root, folder)
+        target = os.path.join(root, archive, folder)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(source, target)
         touched.update((os.path.dirname(source), os.path.dirname(target)))
         moved.append(folder)
-    touched.update((mapping.root, os.path.join(mapping.root, ARCHIVE_DIR)))
+    touched.update((root, os.path.join(root, ARCHIVE_DIR)))
     for directory in sorted(touched):  # the renames survive a power cut
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -796,3 +805,18 @@ def archive_migrated(mapping: BacktestKitMapping) -> tuple[str, list[str]]:
         finally:
             os.close(fd)
     return archive, moved
+
+
+def state_not_read(backend: Backend) -> list[Skipped]:
+    """State ``backend`` holds that persistkit does not read (``inspect``, ``preflight``).
+
+    A file root: the backtest-kit 19.x state in it (a start there is flat for
+    it). A ``backtest-kit://`` folder: what it does not present, and why.
+    """
+    if isinstance(backend, BacktestKitBackend):
+        return list(backend.mapping().skipped)
+    if isinstance(backend, FileBackend):
+        found = find_backtest_kit_state(backend.root)
+        if found:
+            return [Skipped(backend.root, found.warning())]
+    return []

@@ -18,6 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from persistkit.backends import Backend
+from persistkit.backends.backtest_kit import (
+    BacktestKitBackend,
+    find_backtest_kit_state,
+    state_not_read,
+)
 from persistkit.backends.base import split_key
 from persistkit.backends.file import SUFFIX, FileBackend
 from persistkit.errors import (
@@ -37,7 +42,9 @@ __all__ = ["PreflightReport", "Problem", "run_preflight"]
 class Problem:
     kind: str
     """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``damaged-journal``,
-    ``durability``, ``foreign-symlink``; as a note: ``foreign-name``, ``unapplied-commit``."""
+    ``durability``, ``foreign-symlink``, ``backtest-kit`` (state a start would not
+    read, or a ``backtest-kit://`` folder's state a migration would skip); as a
+    note: ``foreign-name``, ``unapplied-commit``."""
     where: str
     detail: str
     a_start_would: str
@@ -197,11 +204,15 @@ async def run_preflight(
         on_total(sum(per_namespace.values()))
 
     namespaces = set(per_namespace)
+    backtest_kit: tuple[str, ...] = ()
     if isinstance(backend, FileBackend):
         namespaces |= _file_tree(backend.root, report)
+        backtest_kit = find_backtest_kit_state(backend.root).folders
     report.namespaces = len(namespaces)
 
     for namespace in sorted(namespaces):
+        if namespace in backtest_kit:
+            continue  # backtest-kit's, reported as such below: a start reads none of it
         store = store_for(backend, namespace)
         progress = [0]
 
@@ -254,5 +265,14 @@ async def run_preflight(
     report.problems.extend(
         Problem("durability", backend.url, warning, "run, but acknowledged writes may be lost")
         for warning in warnings
+    )
+    # Never flat in silence: what a start (or a migration) would pass over.
+    action = (
+        "not apply: a migration skips it"
+        if isinstance(backend, BacktestKitBackend)
+        else "start flat for it: it reads none of it (migrate it first)"
+    )
+    report.problems.extend(
+        Problem("backtest-kit", item.path, item.reason, action) for item in state_not_read(backend)
     )
     return report

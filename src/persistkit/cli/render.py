@@ -134,6 +134,7 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
         "pending": inventory.pending,
         "behind": list(inventory.behind),
         "foreign_links": list(inventory.foreign_links),
+        "not_read": inventory.not_read,
     }  # fmt: skip
 
 
@@ -252,6 +253,7 @@ def print_inventory(inventory: Inventory) -> None:
             soft_wrap=True,
         )
     problems = read_problems(inventory.behind, inventory.foreign_links)
+    problems += [f"not shown: {line}" for line in inventory.not_read]
     if problems:
         console.print(f"{plural(len(problems), 'problem')}:", soft_wrap=True)
         for line in problems:

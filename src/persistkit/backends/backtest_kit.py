@@ -334,16 +334,18 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
         if domain == "risk":
             positions = _positions(_load(os.path.join(folder, _RISK_FILE)))
             return positions is not None and all("signalId" in p for _, p in positions)
-        for file in files:
-            row = _load(os.path.join(folder, file))
-            if row is None:
-                continue
-            names = _row_names(row) if isinstance(row, dict) else None
-            if names is None or join_pair(names[0], names[1]) != name:
-                return False
+        rows = [_load(os.path.join(folder, file)) for file in files]
     except (ValueError, InvalidNameError):
         return False
-    return bool(files)
+    # persistkit never writes a null row (it removes the file): null is backtest-kit's clear.
+    for row in rows:
+        names = _row_names(row) if isinstance(row, dict) else None
+        try:
+            if names is None or join_pair(names[0], names[1]) != name:
+                return False
+        except InvalidNameError:
+            return False
+    return bool(rows)
 
 
 def _map_row(

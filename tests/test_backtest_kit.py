@@ -1,4 +1,4 @@
-"""Porting a live bot from the real backtest-kit 19.5.0: its files read, migrated, never flat in silence.
+"""Porting a bot from the real backtest-kit 19.5.0: its files read, migrated, never flat in silence.
 
 Every backtest-kit file here is written by the npm package itself (see
 ``support/backtest_kit.py``); persistkit then reads it through the
@@ -147,7 +147,8 @@ async def test_a_backtest_kit_bot_migrates_into_a_fresh_root_and_restores_whole(
     assert "signal/BTCUSDT_trend_binance/BTCUSDT.json -> signal/BTCUSDT_trend/BTCUSDT" in dry.stdout
     assert "risk/main_binance/positions.json -> risk/main/positions" in dry.stdout
     assert "quantity = cost / priceOpen, addedAt = openTimestamp" in dry.stdout
-    assert "partial/BTCUSDT_trend_binance/sig-btc.json -> partial/BTCUSDT_trend/levels" in dry.stdout
+    partial = "partial/BTCUSDT_trend_binance/sig-btc.json -> partial/BTCUSDT_trend/levels"
+    assert partial in dry.stdout
     assert "0 not migrated" in dry.stdout
     assert not fresh.exists()
 

@@ -271,6 +271,7 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
         "namespaces": report.namespaces,
         "checked": report.checked,
         "validated": report.validated,
+        "backtest_kit": report.backtest_kit,
         "directories": report.directories,
         "quarantined": report.quarantined,
         "unchecked": report.unchecked,
@@ -295,7 +296,8 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     if report.unchecked is not None:
         say(f"  values       none checked: {report.unchecked}")
     else:
-        say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
+        listed = plural(report.checked + report.backtest_kit, "value")
+        say(f"  reachable    yes, listed {listed}")
     denied = report.of_kind("permission")
     if report.directories is None:
         say("  permissions  not applicable to this backend")
@@ -312,6 +314,11 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
         f"  values       {report.checked} checked ({report.validated} against their domain "
         f"model, {json_only} as JSON only): "
         + (f"{len(corrupt)} bad" if corrupt else "all parse and validate")
+        + (
+            f"; {report.backtest_kit} in backtest-kit 19.x folders, not read by a start (below)"
+            if report.backtest_kit
+            else ""
+        )
     )
     orphans = report.of_kind("orphan")
     say(f"  temp files   {len(orphans) or 'none'} left by interrupted writes")

@@ -49,6 +49,7 @@ migrated folders aside after an in-place migration.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import stat
@@ -150,6 +151,14 @@ class BacktestKitMapping:
     """Files holding no state (a cleared signal: ``null``; no positions: ``[]``)."""
     folders: dict[str, bool] = field(default_factory=dict)
     """Each folder of this exchange -> whether all of it is presented (or empty)."""
+
+    _sorted: list[str] | None = field(default=None, repr=False)
+
+    def sorted_keys(self) -> list[str]:
+        """The keys in order, sorted once (the mapping is complete when it is read)."""
+        if self._sorted is None or len(self._sorted) != len(self.values):
+            self._sorted = sorted(self.values)
+        return self._sorted
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append(Skipped(path, reason))
@@ -594,9 +603,12 @@ def _read_only(url: str) -> WriteFailedError:
 class BacktestKitBackend(Backend):
     """A backtest-kit 19.x folder for one exchange, read-only (see the module docstring).
 
-    Each read maps the folder afresh, so what is presented is what is on disk
-    now; :meth:`snapshot` reads it twice, as for any backend, and keeps it when
-    both agree (a backtest-kit still writing is caught there).
+    :meth:`snapshot` (what ``migrate``, ``inspect`` and ``export`` read) maps
+    the folder afresh, twice, as for any backend, and keeps it when both reads
+    agree: a backtest-kit still writing is caught there. ``get``, ``scan`` and
+    ``changed_at`` answer from the folder as last mapped (at first use, or by
+    the last snapshot), so that reading a large folder key by key is not
+    quadratic. Stop the backtest-kit bot before migrating it.
     """
 
     scheme = "backtest-kit"
@@ -609,6 +621,7 @@ class BacktestKitBackend(Backend):
             )
         self.exchange = exchange
         self.read_only = True
+        self._last: BacktestKitMapping | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -643,29 +656,42 @@ class BacktestKitBackend(Backend):
 
     def mapping(self) -> BacktestKitMapping:
         """The folder as it is now, in persistkit's keys, and what is not presented."""
-        return read_mapping(self.root, self.exchange)
+        self._last = read_mapping(self.root, self.exchange)
+        return self._last
+
+    def _read(self) -> BacktestKitMapping:
+        """The folder as last read (at first use, or by the last :meth:`snapshot`).
+
+        Reading the whole folder for each key would make reading a large one
+        quadratic; a backtest-kit still writing is caught by :meth:`snapshot`,
+        which reads it afresh, twice.
+        """
+        return self._last if self._last is not None else self.mapping()
 
     async def get(self, key: str) -> Versioned | None:
-        found = self.mapping().values.get(key)
+        found = self._read().values.get(key)
         return None if found is None else Versioned(found.data, content_version)
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
-        values = self.mapping().values
+        values = self._read().values
         found = [values.get(key) for key in keys]
         return [None if one is None else Versioned(one.data, content_version) for one in found]
 
     async def scan(self, namespace: str, *, recursive: bool = False) -> AsyncIterator[str]:
-        for key in sorted(self.mapping().values):
-            space = split_key(key)[0]
-            inside = space.startswith(f"{namespace}/") or not namespace
-            if space == namespace or (recursive and inside):
+        keys = self._read().sorted_keys()
+        prefix = f"{namespace}/" if namespace else ""
+        # The keys below a namespace are one run of the sorted keys.
+        for key in keys[bisect.bisect_left(keys, prefix) :]:
+            if not key.startswith(prefix):
+                break
+            if recursive or split_key(key)[0] == namespace:
                 yield key
 
     async def _read_stored(self) -> dict[str, bytes]:
         return {key: mapped.data for key, mapped in sorted(self.mapping().values.items())}
 
     async def changed_at(self, key: str) -> float | None:
-        found = self.mapping().values.get(key)
+        found = self._read().values.get(key)
         if found is None:
             return None
         times = []

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from persistkit.backends import Backend
 from persistkit.backends.backtest_kit import (
     BacktestKitBackend,
+    Skipped,
     find_backtest_kit_state,
-    state_not_read,
 )
 from persistkit.backends.base import split_key
 from persistkit.backends.file import SUFFIX, FileBackend
@@ -207,10 +207,16 @@ async def run_preflight(
         on_total(sum(per_namespace.values()))
 
     namespaces = set(per_namespace)
+    not_read: list[Skipped] = []
     backtest_kit: tuple[str, ...] = ()
     if isinstance(backend, FileBackend):
         namespaces |= _file_tree(backend.root, report)
-        backtest_kit = find_backtest_kit_state(backend.root).folders
+        foreign = find_backtest_kit_state(backend.root)
+        backtest_kit = foreign.folders
+        if foreign:
+            not_read.append(Skipped(backend.root, foreign.warning()))
+    elif isinstance(backend, BacktestKitBackend):
+        not_read = backend.mapping().skipped
     report.namespaces = len(namespaces)
 
     for namespace in sorted(namespaces):
@@ -278,6 +284,6 @@ async def run_preflight(
         else "start flat for it: it reads none of it (migrate it first)"
     )
     report.problems.extend(
-        Problem("backtest-kit", item.path, item.reason, action) for item in state_not_read(backend)
+        Problem("backtest-kit", item.path, item.reason, action) for item in not_read
     )
     return report

@@ -352,7 +352,8 @@ For the person on call: see a bot's state, check before a deploy that a restart
 will succeed, and move state between backends, without writing Python.
 Install with `pip install 'persistkit[cli]'`.
 
-Every command takes a directory (`ROOT`, default `./dump/data`) or a backend URL
+Every command takes a directory (`ROOT`) or a backend URL, by default
+`$PERSISTKIT_BACKEND`, else `$PERSISTKIT_BASE_DIR`, else `./dump/data`
 (`file:///path`, `redis://...`, `s3://...`: any URL `persistkit.open_backend`
 accepts). Exit codes, for scripts:
 

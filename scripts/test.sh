@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything persistkit's tests need on a fresh Debian machine, then run
-# the linters, the type checker and the whole test suite. Extra arguments go to pytest.
+# the linters, the type checker, the API reference (strict: a broken reference fails)
+# and the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,7 @@ print('backtest-kit', P.install().version)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+site=$(mktemp -d)
+.venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 .venv/bin/python -m pytest "$@"

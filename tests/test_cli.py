@@ -39,7 +39,7 @@ from support.servers import RedisServer, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("persistkit")
 
-# Paths of the seed layout (DESIGN.md §2), as the adapters write them.
+# Paths of backtest-kit's layout (the README's "On-disk layout"), as the adapters write them.
 BTC_SIGNAL = "signal/BTCUSDT_trend_follow/BTCUSDT.json"
 ETH_SIGNAL = "signal/ETH%2FUSDT_mean_rev/ETH%2FUSDT.json"
 SOL_SCHEDULE = "schedule/SOLUSDT_breakout/SOLUSDT.json"

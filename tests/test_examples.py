@@ -43,7 +43,7 @@ def test_domain_example_runs(example: str, says: str, tmp_path: Path) -> None:
 
 def test_every_example_is_tested() -> None:
     tested = {"signal_example.py", "schedule_example.py", "risk_example.py", "partial_example.py"}
-    assert {path.name for path in EXAMPLES.glob("*.py")} == tested | {"live_bot.py"}
+    assert {path.name for path in EXAMPLES.glob("*.py")} == tested | {"live_bot.py", "sync_bot.py"}
 
 
 def test_live_bot_runs_resumes_and_verifies(tmp_path: Path) -> None:
@@ -55,6 +55,17 @@ def test_live_bot_runs_resumes_and_verifies(tmp_path: Path) -> None:
     assert "stopped cleanly after tick 10" in second
     check = run(sys.executable, EXAMPLES / "live_bot.py", "--base-dir", base_dir, "--verify", "10")
     assert "state recovered: OK (tick 10" in check
+
+
+def test_sync_bot_runs_and_resumes(tmp_path: Path) -> None:
+    """The blocking API's bot; tests/test_sync.py stops it with SIGTERM and SIGINT."""
+    base_dir = tmp_path / "data"
+    first = run(sys.executable, EXAMPLES / "sync_bot.py", "--base-dir", base_dir, "--ticks", "3")
+    assert "restored at tick 0: 0 positions, signal None" in first
+    assert "stopped cleanly after tick 3" in first
+    second = run(sys.executable, EXAMPLES / "sync_bot.py", "--base-dir", base_dir, "--ticks", "2")
+    assert "restored at tick 3: 1 positions, signal sig-2" in second
+    assert "stopped cleanly after tick 5" in second
 
 
 def test_live_bot_verify_notices_a_lost_tick(tmp_path: Path) -> None:

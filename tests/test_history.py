@@ -318,7 +318,7 @@ async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
     root = tmp_path / "root"
     backend = FileBackend(root, history=HistoryPolicy(plain_writes=True))
     await backend.put("a/x", b"1")
-    assert (root / "a" / "x.json").read_bytes() == b"1"  # the seed's file, on return
+    assert (root / "a" / "x.json").read_bytes() == b"1"  # the entity file, on return
     await backend.put("a/x", b"2")
     await backend.delete("a/x")
     await backend.checkpoint()
@@ -326,7 +326,7 @@ async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
     assert [change.data for change in changes] == [b"1", b"2", None]
     assert not (root / "a" / "x.json").exists()
     await backend.aclose()
-    # By default a plain write is DESIGN §3's durable replace, outside the history.
+    # By default a plain write is the durable replace, outside the history.
     default = FileBackend(tmp_path / "default")
     await default.put("a/x", b"1")
     assert (await default.history_records()).changes_of("a/x") == []

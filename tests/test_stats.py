@@ -337,7 +337,7 @@ async def test_dump_writes_one_report_per_pair_durably_under_collision_free_name
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # "a_b" + "c" and "a" + "b_c": the seed's {strategy}.md, or a naive join, would collide.
+    # "a_b" + "c" and "a" + "b_c": backtest-kit's {strategy}.md, or a naive join, would collide.
     for symbol, strategy in (("a_b", "c"), ("a", "b_c")):
         row = scheduled(f"{symbol}-{strategy}", T0).model_copy(
             update={"symbol": symbol, "strategy_name": strategy}

@@ -2,8 +2,17 @@
 
 A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
 the bot knows; a restarted strategy resumes where it stopped.
+
+Each module logs to its own logger under ``persistkit.`` (``persistkit.store``,
+``persistkit.backends.journal`` ...); the package logger has a ``NullHandler``,
+so nothing is printed until the application configures logging
+(docs/logging.md lists every message and its level).
 """
 
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from persistkit._metrics import disable_metrics, enable_metrics
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
@@ -18,6 +27,8 @@ from persistkit.domains import (
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
+    BlockingCallError,
+    ConfigurationError,
     ConflictError,
     CorruptValueError,
     CrossBackendError,
@@ -42,6 +53,7 @@ from persistkit.errors import (
     TransientBackendError,
     UnserializableValueError,
     UnsupportedFormatError,
+    UnsupportedPlatformError,
     WriteFailedError,
 )
 from persistkit.live import LiveSession, PairState, RestoredState
@@ -57,7 +69,15 @@ from persistkit.stats import (
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
-__version__ = "0.1.0"
+try:
+    # Written once, in pyproject.toml; the installed distribution carries it.
+    __version__ = version("persistkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# The logging HOWTO's rule for libraries: records go where the application says, and
+# without a configuration they are dropped, not printed by logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ANY_VERSION",
@@ -65,6 +85,8 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -113,10 +135,13 @@ __all__ = [
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "Versioned",
     "WriteFailedError",
     "configure",
     "current_settings",
+    "disable_metrics",
+    "enable_metrics",
     "open_backend",
     "register_backend",
     "transaction",

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from persistkit.errors import UnserializableValueError
 
-__all__ = ["decode", "encode"]
+__all__ = ["encode"]
 
 # Without these options orjson would write datetimes, dataclasses and subclasses
 # of builtins in a form that reads back as a different type.
@@ -64,8 +64,3 @@ def encode(value: Any) -> bytes:
                 f"{where} is NaN or infinite; JSON would store it as null. Refused."
             )
     return data
-
-
-def decode(data: bytes) -> Any:
-    """Decode JSON bytes; ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
-    return orjson.loads(data)

@@ -6,6 +6,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
 
     PersistError
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
+    ├── ConfigurationError          (ValueError)  a bad configure() argument or PERSISTKIT_*
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
@@ -18,7 +19,9 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
+    ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
+    ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
     ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
@@ -41,6 +44,8 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -65,6 +70,7 @@ __all__ = [
     "TransientBackendError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "WriteFailedError",
 ]
 
@@ -77,6 +83,14 @@ class InvalidNameError(PersistError, ValueError):
     """A symbol, strategy, entity name or id that cannot be stored safely.
 
     Raised before any I/O: nothing was read or written.
+    """
+
+
+class ConfigurationError(PersistError, ValueError):
+    """A setting that cannot be used: a ``configure()`` argument or an environment variable.
+
+    A bad ``PERSISTKIT_MODE``, ``PERSISTKIT_BASE_DIR`` or ``PERSISTKIT_BACKEND``
+    is named in the message, with its value.
     """
 
 
@@ -133,6 +147,14 @@ class ConflictError(PersistError):
 
 class StoreClosedError(PersistError, RuntimeError):
     """The store or backend was closed with ``aclose()``."""
+
+
+class UnsupportedPlatformError(PersistError, NotImplementedError):
+    """Something that needs POSIX (``fcntl.flock``) asked for where there is none (Windows).
+
+    The file backend and a live session's locks raise it when they are created
+    or acquired; the memory, Redis and S3 backends work everywhere.
+    """
 
 
 class InstanceLockedError(PersistError, RuntimeError):
@@ -199,6 +221,13 @@ class TickCancelledError(PersistError, RuntimeError):
         super().__init__(message)
         self.tick = tick
         self.reason = reason
+
+
+class BlockingCallError(PersistError, RuntimeError):
+    """A blocking call (``persistkit.sync``) made from inside a running event loop.
+
+    It would stop that loop until it returned; async code awaits the async API instead.
+    """
 
 
 class ResourceLimitError(PersistError, OSError):

@@ -1,8 +1,8 @@
 """Typed state of a trading bot: what the four domain adapters store.
 
-Field names are Python's (``price_open``); on disk they are the seed's
-camelCase (``priceOpen``), so files written by the seed read here and the other
-way round. Either spelling is accepted as input. Extra fields a bot adds to a
+Field names are Python's (``price_open``); on disk they are backtest-kit's
+camelCase (``priceOpen``), so files written by backtest-kit read here and the
+other way round. Either spelling is accepted as input. Extra fields a bot adds to a
 signal are kept and round-trip unchanged. NaN and infinity are refused:
 a price that cannot be stored exactly must not be stored at all.
 

@@ -102,7 +102,7 @@ __all__ = [
     "replay_sweep",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 5
 SWEEP_WARN = 50

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
+from persistkit import _metrics
 from persistkit.backends.base import ANY_VERSION, Backend, Expected
 from persistkit.config import active_settings
 from persistkit.errors import (
@@ -184,7 +186,8 @@ class Transaction:
         """Run ``hook(self)`` once, as this transaction commits, before the backend sees it.
 
         What derives writes from the whole tick registers here (the statistics
-        events of :mod:`persistkit.stats`): the hook runs with the staged writes
+        events of :class:`~persistkit.ScheduleStatistics` and
+        :class:`~persistkit.PartialStatistics`): the hook runs with the staged writes
         and ``keys`` (those it may add) locked against the other commits of this
         process, reads the committed state from the backend, and adds its
         writes with :meth:`include`, so they land in the same atomic commit. A
@@ -241,6 +244,20 @@ class Transaction:
 
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""
+        recorder = _metrics.recorder
+        if recorder is None:
+            return await self._commit()
+        attributes = recorder.backend(self.backend.scheme)
+        started = time.perf_counter()
+        try:
+            await self._commit()
+        except ConflictError:
+            recorder.conflicts.add(1, attributes)
+            raise
+        finally:
+            recorder.commit_duration.record(time.perf_counter() - started, attributes)
+
+    async def _commit(self) -> None:
         writes = self.writes
         # Imported here: the store imports this module for its hooks.
         from persistkit.store import _ordering_for

@@ -42,6 +42,7 @@ from persistkit.backends.journal import (
     encode_record,
     parse_records,
 )
+from persistkit.backends.oslayer import O_CLOEXEC, O_DIRECTORY
 from persistkit.history import Commit, RecordedHistory, apply_writes
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ BASE_FILE = "base.pkj"
 SEGMENT_SUFFIX = ".pkj"
 DEFAULT_HISTORY_MAX_AGE_DAYS = 365.0
 DEFAULT_HISTORY_MAX_BYTES = 1 << 30
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
 _NS_PER_DAY = 86_400 * 1_000_000_000
 
 
@@ -78,7 +79,7 @@ class HistoryPolicy:
     they then go through the journal too (one fsync instead of the durable
     replace's two; the file is written before the call returns, unsynced, and
     reads serve the key from the journal until the next checkpoint). Off by
-    default: plain writes keep DESIGN §3's durable replace, and only commits
+    default: plain writes keep the file backend's durable replace, and only commits
     (every tick) reach the history. A plain write of a key a commit holds goes
     through the journal, and so into the history, either way."""
 

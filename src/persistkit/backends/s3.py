@@ -96,7 +96,7 @@ naming its holder (host, pid, since, expiry); :meth:`renew_lease` of a lease
 taken over or lapsed raises :class:`~persistkit.errors.LeaseLostError`. Before
 ``acquire_lease`` returns, the new token is written into the head record as the
 fence of ``name`` (a commit with no writes). Commits made while
-:data:`~persistkit.backends.base.fencing` holds leases carry their tokens, and
+:func:`~persistkit.backends.fenced_leases` returns leases carry their tokens, and
 step 3 refuses, with ``LeaseLostError`` and nothing recorded, a commit whose
 token is older than the fence. Since that check and the recording are one
 conditional write of the head, **S3 guarantees**: once a new holder's
@@ -202,7 +202,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMITS_DIR", "DEFAULT_WORKERS", "LEASES_DIR", "S3Backend"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -1300,7 +1300,7 @@ class S3Backend(Backend):
         absent); checked when the commit is recorded, so a commit that any
         process replays has the same outcome. Commits from every process are
         recorded in one order and applied in it. Under a lease (the
-        :data:`~persistkit.backends.base.fencing` context) a commit carrying an
+        leases of :func:`~persistkit.backends.fenced_leases`) a commit carrying an
         older token than the lease's newest raises
         :class:`~persistkit.errors.LeaseLostError` with nothing recorded.
         """

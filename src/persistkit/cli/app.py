@@ -59,11 +59,11 @@ from .status import (
     watch_status,
 )
 from .targets import (
-    DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
     EXIT_OK,
     EXIT_PROBLEMS,
     CommandError,
+    default_target,
     format_time,
     open_target,
     plural,
@@ -124,7 +124,7 @@ def _print_json(value: Any) -> None:
     sys.stdout.buffer.flush()
 
 
-target_argument = click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
+target_argument = click.argument("target", default=default_target, metavar="[ROOT | URL]")
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="One JSON document, for scripts."
 )
@@ -178,13 +178,13 @@ progress_option = click.option(
 def cli() -> None:
     """Inspect, check and move the state persistkit keeps for a trading bot.
 
-    ROOT is a directory (default ./dump/data); URL is any backend URL
-    (file:///path, redis://host:6379/0, s3://bucket/prefix, and so on).
+    ROOT is a directory; URL is any backend URL (file:///path,
+    redis://host:6379/0, s3://bucket/prefix, and so on). Without one, a command
+    opens $PERSISTKIT_BACKEND, else $PERSISTKIT_BASE_DIR, else ./dump/data.
     Commands that only read are safe while a bot runs; commands that write
     refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
-    logging.getLogger("persistkit").addHandler(logging.NullHandler())
     logging.getLogger("persistkit").propagate = False
 
 

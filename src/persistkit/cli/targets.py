@@ -15,7 +15,7 @@ from typing import Any
 from persistkit.backends import Backend, open_backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
-from persistkit.config import DEFAULT_BASE_DIR
+from persistkit.config import environment_target
 from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
@@ -25,13 +25,13 @@ from persistkit.store import PersistBase, SegmentName
 
 __all__ = [
     "CLI_RETRY",
-    "DEFAULT_TARGET",
     "DOMAIN_SCHEMAS",
     "EXIT_COULD_NOT_RUN",
     "EXIT_OK",
     "EXIT_PROBLEMS",
     "PAIRED_DOMAINS",
     "CommandError",
+    "default_target",
     "format_time",
     "is_paired",
     "iso_time",
@@ -45,7 +45,10 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_COULD_NOT_RUN = 2
 
-DEFAULT_TARGET = DEFAULT_BASE_DIR
+
+default_target = environment_target
+"""``ROOT | URL`` when none is given: the state a bot started in this environment uses."""
+
 
 # An operator waiting at a terminal wants "unreachable" in seconds, not after
 # the library's 30-second patience for a bot riding out a server restart.
@@ -114,7 +117,7 @@ def is_paired(key: str) -> bool:
 def schema_for(namespace: str) -> Any:
     """What a start validates the values of ``namespace`` against.
 
-    ``{domain}/{entity}`` of the four domains (DESIGN.md §2) gets its adapter's
+    ``{domain}/{entity}`` of the four domains (signal, schedule, risk, partial) gets its adapter's
     model; any other namespace is parsed as JSON only (``None``).
     """
     domain, _, entity = namespace.partition("/")

@@ -1,4 +1,4 @@
-"""The four domain adapters, as module-level singletons (the seed's API)."""
+"""The four domain adapters, as module-level singletons (backtest-kit's API)."""
 
 from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils

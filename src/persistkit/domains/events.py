@@ -78,7 +78,7 @@ __all__ = [
     "write_with_events",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 HEAD = "head"
 """The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""

@@ -44,7 +44,7 @@ class PersistPartialUtils(DomainAdapter):
         """Store the reached levels durably; ``None`` removes the file.
 
         Each level new to a signal is recorded for ``persistkit.Partial`` in the
-        same commit (see :mod:`persistkit.domains.events`).
+        same commit (see :class:`~persistkit.PartialStatistics`).
         """
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)

@@ -12,7 +12,7 @@ A live bot restarts after a crash and continues as if nothing happened::
 
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
 SIGINT, after committing the tick in progress. A tick that hangs does not keep
-it from stopping: a second signal, or :data:`DEFAULT_STOP_GRACE` seconds after
+it from stopping: a second signal, or ``DEFAULT_STOP_GRACE`` (5) seconds after
 the first, cancels that tick before its commit (nothing of it is committed),
 and ``run()`` raises :class:`~persistkit.errors.TickCancelledError`.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from persistkit.backends.backtest_kit import find_backtest_kit_state
 from persistkit.backends.base import Backend, Lease, fencing
@@ -42,10 +43,10 @@ from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick
 from persistkit.config import (
-    DEFAULT_BASE_DIR,
     Settings,
     configure,
     current_settings,
+    environment_base_dir,
     session_settings,
 )
 from persistkit.domains import (
@@ -84,7 +85,7 @@ __all__ = [
     "RestoredState",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 _NO_INPUTS: Any = object()
 """``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""
@@ -328,6 +329,21 @@ class _StopRequest:
             self._grace_timer.cancel()
 
 
+class StopSignalRelay(Protocol):
+    """Stop signals caught elsewhere, handed to :meth:`LiveSession.run` on its loop."""
+
+    def deliver_to(self, handler: Callable[[signal.Signals], None] | None) -> None:
+        """From now on call ``handler(signum)`` on the loop for each signal (``None``: stop)."""
+
+
+stop_signal_relay: contextvars.ContextVar[StopSignalRelay | None] = contextvars.ContextVar(
+    "persistkit_stop_signal_relay", default=None
+)
+"""Set by the blocking ``LiveSession.run`` (:mod:`persistkit.sync`): its loop runs in a
+thread of its own, where no signal handler can be installed, so the main thread's
+handlers relay the signals instead of ``run()`` installing its own."""
+
+
 class _ForcedStop(Exception):
     """Internal: the tick in progress was cancelled by a forced stop."""
 
@@ -377,7 +393,7 @@ class LiveSession:
     later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
     :meth:`run`. Each lease carries a fencing token that only grows; the
     session's writes carry the tokens of its leases (the
-    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    :func:`~persistkit.backends.fenced_leases` of its context, set inside its ticks,
     its ``run()`` and its ``async with`` block), so the backend refuses a
     write of a holder whose lease has passed to another (each backend's
     docstring says what it checks, and when).
@@ -407,7 +423,9 @@ class LiveSession:
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
         self.risk_name = risk_name
-        self.base_dir = os.path.abspath(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        self.base_dir = (
+            environment_base_dir() if not base_dir else os.path.abspath(os.fspath(base_dir))
+        )
         # Names are checked now, before any lock file or directory is created.
         lock_names = [f"pair-{join_pair(symbol, strategy)}" for symbol, strategy in self.pairs]
         lock_names.append(f"risk-{encode_segment(risk_name)}")
@@ -662,13 +680,13 @@ class LiveSession:
         closes the session (checkpoint, lock released) and returns, so that the
         process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
-        durable (to acknowledge it, say). Outside ``run`` the signals keep the
-        process's own handlers.
+        durable (to acknowledge it, say; awaited when it returns an awaitable).
+        Outside ``run`` the signals keep the process's own handlers.
 
         A tick that does not finish (it awaits something that never returns)
         does not keep the process from stopping: a second stop signal, or
         ``stop_grace`` seconds after the first (default
-        :data:`DEFAULT_STOP_GRACE`, 5 s; ``None``: only a second signal),
+        ``DEFAULT_STOP_GRACE``, 5 s; ``None``: only a second signal),
         cancels it if its commit has not begun, so that nothing of it is
         committed; ``run()`` then closes the session (its locks released) and
         raises :class:`~persistkit.errors.TickCancelledError`, so that the
@@ -687,8 +705,12 @@ class LiveSession:
             raise ValueError(f"stop_grace must be at least 0 seconds or None, not {stop_grace}")
         loop = asyncio.get_running_loop()
         stop = _StopRequest(loop, stop_grace)
-        for signum in stop_signals:
-            loop.add_signal_handler(signum, stop.on_signal, signum)
+        relay = stop_signal_relay.get()
+        if relay is None:
+            for signum in stop_signals:
+                loop.add_signal_handler(signum, stop.on_signal, signum)
+        else:
+            relay.deliver_to(stop.on_signal)
         count = 0
         fence = fencing.set(self._fence())
         try:
@@ -697,7 +719,9 @@ class LiveSession:
                 # to its commit; the loop stops before the next one.
                 await self._tick_unless_forced(tick, count, stop)
                 if after_commit is not None:
-                    after_commit(count)
+                    acknowledged = after_commit(count)
+                    if inspect.isawaitable(acknowledged):
+                        await acknowledged
                 count += 1
                 if interval > 0:
                     try:
@@ -723,8 +747,11 @@ class LiveSession:
         finally:
             fencing.reset(fence)
             stop.close()
-            for signum in stop_signals:
-                loop.remove_signal_handler(signum)
+            if relay is None:
+                for signum in stop_signals:
+                    loop.remove_signal_handler(signum)
+            else:
+                relay.deliver_to(None)
         if stop.requested.is_set():
             await self.aclose()
         return count

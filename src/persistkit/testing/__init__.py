@@ -1,21 +1,25 @@
 """The backend conformance suite, shipped so that any backend can prove itself.
 
-Use it from your own tests (pytest with pytest-asyncio)::
+Use it from your own tests (the ``testing`` extra installs pytest and
+pytest-asyncio)::
 
-    import pytest
+    import pytest_asyncio
     from persistkit.testing import BackendConformance
 
     class TestMyBackend(BackendConformance):
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def backend(self):
             backend = MyBackend(...)   # fresh and empty for every test
             yield backend
             await backend.aclose()
 
 Every test below then runs against it, unchanged: the same suite the file,
-memory, Redis and S3 backends pass. Set ``supports_commit = False`` on the
-subclass if the backend has no atomic multi-key commit. The history tests run
-on a backend whose ``keeps_history`` is true and check the clear error elsewhere.
+memory, Redis and S3 backends pass. It needs no pytest configuration: the
+suite marks its tests itself, and ``pytest_asyncio.fixture`` makes the fixture
+async under pytest-asyncio's default (strict) mode as under
+``asyncio_mode = "auto"``. Set ``supports_commit = False`` on the subclass if
+the backend has no atomic multi-key commit. The history tests run on a backend
+whose ``keeps_history`` is true and check the clear error elsewhere.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
 
 class BackendConformance:
     """What every backend must do. Subclass and provide a ``backend`` fixture."""
+
+    # Inherited by the subclass: its tests run under pytest-asyncio's strict mode too.
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     supports_commit: ClassVar[bool] = True
 

@@ -1,0 +1,160 @@
+"""One private event-loop thread that runs the async core for the blocking API.
+
+Every blocking call (``persistkit.sync``) hands its coroutine to this loop and
+waits for the result, so that clients which bind to an event loop (redis-py's
+asyncio connections, say) keep their connections from one call to the next;
+``asyncio.run`` around each call would close the loop they belong to.
+
+Context variables carry the async core's scope from one call to the next (the
+transaction a ``with session.tick():`` block opened, the session's backend,
+the fencing tokens): each calling thread has one :class:`contextvars.Context`
+of its own, which every coroutine it hands over runs in. Two threads never see
+each other's transaction; one thread sees its own across calls, as one task
+would in async code.
+
+The loop thread is a daemon, started on first use; a forked child, which
+inherits the memory but not the thread, starts its own on its first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from persistkit.errors import BlockingCallError
+
+__all__ = ["bound_context", "call", "caller_context"]
+
+
+class _LoopThread:
+    """The loop and the daemon thread running it forever."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(started,), name="persistkit-loop", daemon=True
+        )
+        self.thread.start()
+        started.wait()
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(started.set)
+        self.loop.run_forever()
+
+
+_lock = threading.Lock()
+_loop_thread: _LoopThread | None = None
+_callers = threading.local()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's loop thread does not exist here; start a new one."""
+    global _lock, _loop_thread
+    _lock = threading.Lock()  # it may have been held by another thread of the parent
+    _loop_thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _running_loop_thread() -> _LoopThread:
+    global _loop_thread
+    found = _loop_thread
+    if found is None:
+        with _lock:
+            found = _loop_thread
+            if found is None:
+                found = _loop_thread = _LoopThread()
+    return found
+
+
+def caller_context() -> contextvars.Context:
+    """The context this thread's blocking calls run in (made on its first call)."""
+    context: contextvars.Context | None = getattr(_callers, "context", None)
+    if context is None:
+        context = _callers.context = contextvars.copy_context()
+    return context
+
+
+@contextlib.contextmanager
+def bound_context(context: contextvars.Context) -> Iterator[None]:
+    """Run this thread's blocking calls in ``context`` for the block.
+
+    The blocking ``LiveSession.run`` calls the tick function in a thread of
+    its own bound to the tick's context, so that the calls inside it belong
+    to the tick's commit.
+    """
+    previous = getattr(_callers, "context", None)
+    _callers.context = context
+    try:
+        yield
+    finally:
+        _callers.context = previous
+
+
+def _refuse_inside_a_loop(function: Callable[..., Any]) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    name = getattr(function, "__qualname__", repr(function))
+    raise BlockingCallError(
+        f"persistkit.sync: {name}() blocks until it is done, and it was called from inside a "
+        "running event loop, which it would stop; in async code use the async API "
+        "(`await` the same method of the persistkit object), or run this blocking call in a "
+        "thread (asyncio.to_thread)"
+    )
+
+
+def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` on the loop thread, awaited there if it returns an
+    awaitable; its result, or what it raised (the same exception, its traceback
+    running through the loop thread's frames)."""
+    _refuse_inside_a_loop(function)
+    loop = _running_loop_thread().loop
+    context = caller_context()
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def in_the_loop() -> Any:
+        result = function(*args, **kwargs)
+        if isinstance(result, Awaitable):
+            return await result
+        return result
+
+    def start() -> None:
+        if not done.set_running_or_notify_cancel():
+            return  # the caller gave up before the loop got to it
+        task = loop.create_task(in_the_loop(), context=context)
+        tasks.append(task)
+        task.add_done_callback(lambda finished: _settle(done, finished))
+
+    loop.call_soon_threadsafe(start)
+    try:
+        return done.result()
+    except BaseException:
+        # Interrupted while waiting (KeyboardInterrupt): the call is cancelled
+        # as an awaited coroutine would be; its task unwinds on the loop.
+        if not done.done() and not done.cancel():
+            loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+        raise
+
+
+def _settle(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        done.set_exception(concurrent.futures.CancelledError())
+        return
+    error = task.exception()
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(task.result())

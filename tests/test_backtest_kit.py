@@ -141,6 +141,7 @@ async def test_a_backtest_kit_bot_migrates_into_a_fresh_root_and_restores_whole(
     bot_root: Path, tmp_path: Path
 ) -> None:
     fresh = tmp_path / "persistkit" / "dump" / "data"
+    (bot_root / "candle" / EXCHANGE).mkdir(parents=True)  # backtest-kit's cache: not state
     dry = run_cli("migrate", source_url(bot_root), fresh, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     # The dry run shows the mapping, file by file, and writes nothing.
@@ -150,6 +151,7 @@ async def test_a_backtest_kit_bot_migrates_into_a_fresh_root_and_restores_whole(
     partial = "partial/BTCUSDT_trend_binance/sig-btc.json -> partial/BTCUSDT_trend/levels"
     assert partial in dry.stdout
     assert "0 not migrated" in dry.stdout
+    assert "candle: backtest-kit's own, no persistkit counterpart (left as they are)" in dry.stdout
     assert not fresh.exists()
 
     done = run_cli("migrate", source_url(bot_root), fresh)

@@ -112,7 +112,7 @@ _UNMAPPED_DOMAINS = (
     "storage",
     "strategy",
 )
-"""backtest-kit 19.x state of its own, with no persistkit counterpart: reported, not migrated."""
+"""backtest-kit 19.x folders of its own, with no persistkit counterpart: named, left as they are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +149,9 @@ class BacktestKitMapping:
     skipped: list[Skipped] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     """Files holding no state (a cleared signal: ``null``; no positions: ``[]``)."""
+    other: list[str] = field(default_factory=list)
+    """backtest-kit's folders outside the four domains (candle cache, breakeven, logs...):
+    no persistkit counterpart, left as they are."""
     folders: dict[str, bool] = field(default_factory=dict)
     """Each folder of this exchange -> whether all of it is presented (or empty)."""
 
@@ -301,12 +304,9 @@ def read_mapping(root: str, exchange: str) -> BacktestKitMapping:
         _map_risk(mapping, folder, prefix, open_signals, named_pairs)
     for folder, prefix in _exchange_folders(mapping, "partial"):
         _map_partial(mapping, folder, prefix, named_pairs)
-    for entry in _entries(root):
-        if entry.name in _UNMAPPED_DOMAINS and _is_dir(entry):
-            mapping.skip(
-                entry.name,
-                f"backtest-kit's {entry.name} state has no persistkit counterpart; not migrated",
-            )
+    mapping.other = [
+        entry.name for entry in _entries(root) if entry.name in _UNMAPPED_DOMAINS and _is_dir(entry)
+    ]
     return mapping
 
 

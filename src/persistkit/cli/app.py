@@ -657,6 +657,11 @@ def _print_mapping(mapping: BacktestKitMapping, *, dry_run: bool) -> None:
         click.echo(f"  ... and {len(shown) - limit} more (--dry-run shows them all)")
     if mapping.empty:
         click.echo(f"  {plural(len(mapping.empty), 'file')} with no state (nothing to migrate)")
+    if mapping.other:
+        click.echo(
+            f"  {', '.join(mapping.other)}: backtest-kit's own, no persistkit counterpart "
+            "(left as they are)"
+        )
     click.echo(f"  {len(mapping.skipped)} not migrated")
     for item in mapping.skipped:  # all of them: never left behind in silence
         click.echo(f"      {item.path}: {item.reason}")

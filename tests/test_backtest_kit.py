@@ -292,6 +292,8 @@ async def test_the_backend_refuses_every_write_and_a_bad_url(bot_root: Path) -> 
     after = await backend.get(key)
     assert after is not None and after.data == before.data
     assert {path: path.read_bytes() for path in bot_root.rglob("*") if path.is_file()} == files
+    into = run_cli("migrate", bot_root, source_url(bot_root))
+    assert into.returncode == 2 and "is read-only" in into.stderr
     for url, fragment in [
         (f"backtest-kit://{bot_root}", "needs one exchange"),
         (f"backtest-kit://{bot_root}?exchange=", "needs one exchange"),

@@ -50,6 +50,7 @@ migrated folders aside after an in-place migration.
 from __future__ import annotations
 
 import bisect
+import errno
 import math
 import os
 import stat
@@ -203,7 +204,7 @@ def _load(path: str) -> Any:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a symbolic link
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
             raise ValueError("a symbolic link; never followed") from exc
         raise ValueError(f"cannot read it: {exc.strerror or exc}") from exc
     try:

@@ -692,6 +692,8 @@ async def _archive_in_place(
 
 
 def _refuse_overlap(source: Backend, destination: Backend) -> None:
+    if isinstance(destination, BacktestKitBackend):
+        raise CommandError(f"{destination.url} is read-only: migrate from it, not into it")
     if source.url == destination.url:
         raise CommandError(f"source and destination are the same: {destination.url}")
     if not (isinstance(source, FileBackend) and isinstance(destination, FileBackend)):

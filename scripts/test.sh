@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-system-deps.sh
 bash scripts/venv.sh
+# backtest-kit 19.5.0 from npm, installed once as the bench installs it (its
+# cache folder): the migration tests write their state with it.
+.venv/bin/python -c "from bench.peers.backtest_kit_peer import BacktestKitPeer as P; \
+print('backtest-kit', P.install().version)"
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -5,6 +5,12 @@ camelCase (``priceOpen``), so files written by backtest-kit read here and the
 other way round. Either spelling is accepted as input. Extra fields a bot adds to a
 signal are kept and round-trip unchanged. NaN and infinity are refused:
 a price that cannot be stored exactly must not be stored at all.
+
+What backtest-kit 19.x writes reads here where it is not wrong: an empty
+``note`` (every signal created without one), ``exchangeName``, ``frameName``
+(empty in live mode) and its other fields (kept as extras), and a ``null``
+``minuteEstimatedTime``, its "no limit" (JSON has no infinity). A ``null``
+where a price is required (how ``JSON.stringify`` writes NaN) is still refused.
 """
 
 from __future__ import annotations
@@ -67,8 +73,10 @@ class SignalRow(_Model):
     scheduled_at: Timestamp
     pending_at: Timestamp
     exchange_name: str | None = None
-    note: str | None = None
+    note: Annotated[str, Field(min_length=0)] | None = None
+    """Free text; empty is what backtest-kit writes for a signal created without one."""
     minute_estimated_time: Annotated[int, Field(ge=0)] | None = None
+    """Minutes the signal may stay open; ``None``: no limit (backtest-kit's ``Infinity``)."""
 
 
 class ScheduledSignalRow(SignalRow):

@@ -66,6 +66,7 @@ _SHIPPED: dict[str, tuple[str, str | None]] = {
 
 # scheme -> ("module:Class", extra)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
+    "backtest-kit": ("persistkit.backends.backtest_kit:BacktestKitBackend", None),
     "file": _SHIPPED["FileBackend"],
     "memory": _SHIPPED["MemoryBackend"],
     "redis": _SHIPPED["RedisBackend"],
@@ -108,7 +109,11 @@ def _load_class(target: str, extra: str | None, what: str) -> type[Backend]:
 
 
 def open_backend(url: str) -> Backend:
-    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``."""
+    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``.
+
+    ``backtest-kit:///ABSOLUTE/PATH?exchange=NAME`` opens a backtest-kit 19.x
+    folder read-only, to migrate from (:mod:`persistkit.backends.backtest_kit`).
+    """
     scheme = urlsplit(url).scheme.lower()
     if not scheme:
         raise InvalidNameError(f"{url!r} is not a backend URL (no scheme)")

@@ -7,6 +7,14 @@ each checkpoint (see ``persistkit.backends.archive``; ``history=None`` keeps
 none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
 whose name starts with ``.`` is ever listed as an entity.
 
+A start removes persistkit's own orphan temp files (``.tmp-`` and 16 hex
+digits) at once, under the directory's lock that every write holds while its
+temp file lives. Any other ``.tmp-*`` file is another program's (backtest-kit
+writes ``.tmp-<12 hex>-<name>.json``, and may be writing it right now, beside a
+persistkit start in a cutover): it is removed only once it is older than
+``foreign_temp_age`` seconds (at least :data:`MIN_FOREIGN_TEMP_AGE`, the 120 s
+backtest-kit itself waits before it sweeps).
+
 The durable write, so that an acknowledged value survives a crash or a power cut
 and a failed write leaves the old value whole:
 
@@ -53,6 +61,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 import time
@@ -112,6 +121,7 @@ from persistkit.errors import (
 from persistkit.history import RecordedHistory
 
 __all__ = [
+    "MIN_FOREIGN_TEMP_AGE",
     "QUARANTINE_DIR",
     "SUFFIX",
     "TEMP_PREFIX",
@@ -125,6 +135,11 @@ T = TypeVar("T")
 
 SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
+_OWN_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}\Z")
+"""The temp files persistkit itself writes (``TEMP_PREFIX`` and ``secrets.token_hex(8)``)."""
+MIN_FOREIGN_TEMP_AGE = 120.0
+"""Seconds another program's temp file must be old before a start removes it:
+backtest-kit's own bound for its writes in flight."""
 QUARANTINE_DIR = ".quarantine"
 _ROOT_MARKS = (JOURNAL_DIR, ".locks")
 """Folders that make a folder a root of its own: its journal, a live session's locks."""
@@ -194,8 +209,16 @@ class FileBackend(Backend):
         read_only: bool = False,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
+        foreign_temp_age: float = MIN_FOREIGN_TEMP_AGE,
     ) -> None:
         require_posix_locks("the file backend")
+        if not foreign_temp_age >= MIN_FOREIGN_TEMP_AGE:  # NaN too
+            raise ValueError(
+                f"foreign_temp_age={foreign_temp_age!r}: another program's temp file may be a "
+                f"write in flight; at least {MIN_FOREIGN_TEMP_AGE:g} s (backtest-kit's own bound)"
+            )
+        self.foreign_temp_age = foreign_temp_age
+        """Seconds before a start removes a temp file that is not persistkit's own."""
         # Absolute now, so that a later chdir does not move the data, and
         # resolved: the root may be a symbolic link, nothing below it may be.
         self.root = os_layer.realpath(os.path.abspath(os.fspath(root)))
@@ -822,12 +845,22 @@ class FileBackend(Backend):
     def _sweep_temps(self, dir_fd: int, path: str, namespace: str, dry_run: bool) -> list[str]:
         osl = self._os
         found = []
+        stale_before = time.time() - self.foreign_temp_age
         with osl.scandir(path) as entries:
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX):
-                    found.append(join_key(namespace, entry.name))
-                    if not dry_run:
-                        osl.unlink(entry.name, dir_fd=dir_fd)
+                if not entry.name.startswith(TEMP_PREFIX):
+                    continue
+                if not _OWN_TEMP.match(entry.name):
+                    # Another program's write, maybe in flight: its lock is not ours.
+                    try:
+                        found_stat = osl.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # renamed onto its target meanwhile
+                    if found_stat.st_mtime > stale_before:
+                        continue
+                found.append(join_key(namespace, entry.name))
+                if not dry_run:
+                    osl.unlink(entry.name, dir_fd=dir_fd)
         if found and not dry_run:
             osl.fsync(dir_fd)
         return found

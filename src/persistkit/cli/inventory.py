@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persistkit.backends import Backend
+from persistkit.backends.backtest_kit import state_not_read
 from persistkit.backends.base import split_key
 from persistkit.errors import CorruptValueError, ForeignSymlinkError, InvalidNameError
 from persistkit.models import (
@@ -107,6 +108,9 @@ class Inventory:
     """Commits the backend holds and could not read: what is shown is older."""
     foreign_links: tuple[str, ...] = ()
     """Symbolic links inside the root, never followed."""
+    not_read: list[str] = field(default_factory=list)
+    """State the backend holds that is not shown: backtest-kit 19.x state in a
+    file root, or what a ``backtest-kit://`` folder does not present (and why)."""
 
     @property
     def pending(self) -> list[str]:
@@ -114,8 +118,9 @@ class Inventory:
 
     @property
     def problems(self) -> bool:
-        """What makes ``inspect`` exit 1: links it did not follow, commits it could not read."""
-        return bool(self.behind or self.foreign_links)
+        """What makes ``inspect`` exit 1: links it did not follow, commits it could not
+        read, state it does not show."""
+        return bool(self.behind or self.foreign_links or self.not_read)
 
     @property
     def domains(self) -> list[str]:
@@ -227,6 +232,7 @@ async def collect_inventory(
     for views in (inventory.signals, inventory.scheduled):
         views.sort(key=lambda view: (view.symbol, view.strategy))
     inventory.open_intents.sort(key=lambda view: (view.symbol, view.strategy))
+    inventory.not_read = [f"{item.path}: {item.reason}" for item in state_not_read(backend)]
     try:
         inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
     except ForeignSymlinkError as exc:  # a linked .quarantine: reported, not looked into

@@ -139,6 +139,7 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
         "pending": inventory.pending,
         "behind": list(inventory.behind),
         "foreign_links": list(inventory.foreign_links),
+        "not_read": inventory.not_read,
     }  # fmt: skip
 
 
@@ -258,6 +259,7 @@ def print_inventory(inventory: Inventory) -> None:
             soft_wrap=True,
         )
     problems = read_problems(inventory.behind, inventory.foreign_links)
+    problems += [f"not shown: {line}" for line in inventory.not_read]
     if problems:
         console.print(f"{plural(len(problems), 'problem')}:", soft_wrap=True)
         for line in problems:
@@ -305,6 +307,7 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
         "namespaces": report.namespaces,
         "checked": report.checked,
         "validated": report.validated,
+        "backtest_kit": report.backtest_kit,
         "directories": report.directories,
         "quarantined": report.quarantined,
         "unchecked": report.unchecked,
@@ -329,7 +332,8 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     if report.unchecked is not None:
         say(f"  values       none checked: {report.unchecked}")
     else:
-        say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
+        listed = plural(report.checked + report.backtest_kit, "value")
+        say(f"  reachable    yes, listed {listed}")
     denied = report.of_kind("permission")
     if report.directories is None:
         say("  permissions  not applicable to this backend")
@@ -346,6 +350,11 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
         f"  values       {report.checked} checked ({report.validated} against their domain "
         f"model, {json_only} as JSON only): "
         + (f"{len(corrupt)} bad" if corrupt else "all parse and validate")
+        + (
+            f"; {report.backtest_kit} in backtest-kit 19.x folders, not read by a start (below)"
+            if report.backtest_kit
+            else ""
+        )
     )
     orphans = report.of_kind("orphan")
     say(f"  temp files   {len(orphans) or 'none'} left by interrupted writes")

@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from persistkit.backends.backtest_kit import find_backtest_kit_state
 from persistkit.backends.base import Backend, Lease, fencing
+from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick
 from persistkit.config import (
@@ -158,6 +160,10 @@ class RestoredState:
     """Every pair's order intents whose outcome only the exchange knows (``pending``,
     ``sent``, ``unknown``), pair by pair in the order first written: the orders a crash may have
     left in flight. :meth:`LiveSession.reconcile` asks the exchange about them."""
+    foreign_state: list[str] = field(default_factory=list)
+    """State in the root persistkit does not read (a backtest-kit 19.x layout): each
+    entry says what, and the command that migrates it. The session starts flat
+    for it, so :attr:`healed` is ``False``."""
 
     def pair(self, symbol: str, strategy: str) -> PairState:
         for state in self.pairs:
@@ -167,8 +173,8 @@ class RestoredState:
 
     @property
     def healed(self) -> bool:
-        """True when self-healing found nothing to repair."""
-        return all(report.clean for report in self.reports)
+        """True when self-healing found nothing to repair and no state it cannot read."""
+        return not self.foreign_state and all(report.clean for report in self.reports)
 
     def inconsistencies(self) -> list[str]:
         """Signals without their risk position and positions without their signal.
@@ -617,6 +623,8 @@ class LiveSession:
             for pair in state.pairs
             if pair.open_intents
         }
+        for warning in state.foreign_state:
+            logger.warning("persistkit live session: %s", warning)
         level = logging.INFO if state.healed else logging.WARNING
         logger.log(
             level,
@@ -626,7 +634,11 @@ class LiveSession:
             len(state.pairs),
             len(state.open_intents),
             replayed,
-            "clean" if state.healed else "repaired something (see the reports)",
+            "clean"
+            if state.healed
+            else "found state it does not read (above)"
+            if state.foreign_state
+            else "repaired something (see the reports)",
         )
         return state
 
@@ -697,8 +709,21 @@ class LiveSession:
             for store in adapter.memoized_stores()
         ]
         open_intents = [intent for pair in pairs for intent in pair.open_intents]
+        foreign = []
+        backend = self._backend
+        if isinstance(backend, FileBackend):
+            # Never flat in silence: a backtest-kit 19.x bot's state is in other files.
+            found = find_backtest_kit_state(backend.root)
+            if found:
+                foreign.append(found.warning())
         return RestoredState(
-            self.risk_name, positions, pairs, reports, replayed, open_intents=open_intents
+            self.risk_name,
+            positions,
+            pairs,
+            reports,
+            replayed,
+            open_intents=open_intents,
+            foreign_state=foreign,
         )
 
     # -- ticks -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit.domains.events import SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit.domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
 from persistkit.names import join_pair
 
@@ -414,7 +414,7 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        for number in range(SEGMENT_EVENTS):  # one sealed segment, and newer events in the head
+        for number in range(HEAD_EVENTS):  # one segment, and newer events in the head
             async with session.tick():
                 await put_schedule(scheduled(f"S{number}", T0))
     head = data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json"
@@ -426,14 +426,14 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
         # The sealed segment the lost head listed still counts and is not overwritten;
         # the newest events were in the head, which is kept in the quarantine.
-        assert len(stats.event_list) == SEGMENT_EVENTS + 2
+        assert len(stats.event_list) == HEAD_EVENTS + 2
         assert [(event.action, event.signal_id) for event in stats.event_list[:3]] == [
             ("scheduled", "S0"),
             ("cancelled", "S0"),
             ("scheduled", "S1"),
         ]
         assert [(event.action, event.signal_id) for event in stats.event_list[-2:]] == [
-            ("cancelled", f"S{SEGMENT_EVENTS - 1}"),
+            ("cancelled", f"S{HEAD_EVENTS - 1}"),
             ("scheduled", "B"),
         ]
         log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))

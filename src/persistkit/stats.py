@@ -233,6 +233,10 @@ def partial_markdown(stats: PartialStatistics) -> str:
 # -- the two facades ----------------------------------------------------------------------
 
 
+async def _no_count(_: str) -> int:
+    return 0
+
+
 def report_file_name(symbol: str, strategy: str) -> str:
     """``{symbol}_{strategy}.md``, in the collision-free encoding of the state's own paths."""
     return f"{join_pair(symbol, strategy)}.md"
@@ -271,9 +275,9 @@ class EventReports(Generic[StatsT]):
         except EntityNotFoundError:
             head = None
         if isinstance(head, LogHead):
-            numbers = head.segment_numbers()
+            numbers = [number for number, _ in head.segments]
         else:  # a new pair, or a head quarantined at a start: its segments still count
-            numbers = await surviving_segments(store)
+            numbers = [number for number, _ in await surviving_segments(store, _no_count)]
         stored: list[Any] = []
         for number in numbers:
             try:

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from persistkit.backends.base import Backend
 from persistkit.clock import now_ms
@@ -60,6 +60,7 @@ from persistkit.transaction import CommitHook, Transaction, transaction, transac
 
 __all__ = [
     "HEAD",
+    "HEAD_EVENTS",
     "PARTIAL_LOG",
     "ROWS_FORMAT",
     "SCHEDULE_LOG",
@@ -86,8 +87,11 @@ logger = logging.getLogger("persistkit")
 
 HEAD = "head"
 """The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""
-SEGMENT_EVENTS = 10
-"""Events per sealed segment; the head holds fewer, the newest."""
+HEAD_EVENTS = 10
+"""The head holds fewer events, the newest; at this many they move to the last segment."""
+SEGMENT_EVENTS = 50
+"""Events per full segment: the last one grows by :data:`HEAD_EVENTS` at a time, then
+the next is started."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _MS_PER_MINUTE = 60_000
@@ -147,42 +151,24 @@ PartialRow = tuple[
 
 
 class LogHead(EventModel):
-    """A pair's event log: which sealed segments it has, and the newest events, not yet
-    sealed."""
+    """A pair's event log: its segments, oldest first, as ``[number, events in it]``,
+    and the newest events, not yet in a segment."""
 
+    segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
     events: list[Any]
-
-    def segment_numbers(self) -> list[int]:
-        """The numbers of its sealed segments, oldest first."""
-        raise NotImplementedError
 
 
 class _EventsHead(LogHead):
     """Format 1 (written before format 2; still read, rewritten as format 2 by the pair's
-    next event): the segments as ``[number, events in it]``, events whole."""
+    next event): events whole, with the pair's names."""
 
     format: Literal[1] = 1
-    segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
-
-    def segment_numbers(self) -> list[int]:
-        return [number for number, _ in self.segments]
 
 
 class _RowsHead(LogHead):
-    """Format 2: the sealed segments are ``first`` to ``end`` (excluded), each of
-    :data:`SEGMENT_EVENTS` events; events as rows."""
+    """Format 2: events as rows."""
 
     format: Literal[2]
-    sealed: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> _RowsHead:
-        if self.sealed[0] > self.sealed[1]:
-            raise ValueError(f"sealed segments {self.sealed}: the first is after the end")
-        return self
-
-    def segment_numbers(self) -> list[int]:
-        return list(range(*self.sealed))
 
 
 class ScheduleLogHead(_EventsHead):
@@ -202,8 +188,8 @@ class PartialRowsHead(_RowsHead):
 
 
 ROWS_FORMAT = 2
-"""The format of the heads written now (their ``format``): ``{"format": 2, "sealed":
-[first, end], "events": [row, ...]}``; its sealed segments are plain lists of rows."""
+"""The format of the heads written now (their ``format``): ``{"format": 2, "segments":
+[[number, count], ...], "events": [row, ...]}``; its segments are plain lists of rows."""
 
 
 class EventLog(DomainAdapter):
@@ -463,58 +449,89 @@ async def _read(txn: Transaction, store: PersistBase[Any], key: str) -> Any:
     return None if data is None else _parse(store, key, data)
 
 
-async def surviving_segments(log: PersistBase[Any]) -> list[int]:
-    """The numbers of the segments stored without a head, oldest first.
+async def surviving_segments(
+    log: PersistBase[Any], count: Callable[[str], Awaitable[int]]
+) -> list[list[int]]:
+    """``[number, count(key)]`` of the segments stored without a head, oldest first.
 
     A new pair has none. A head quarantined at a start (a torn file, say) left
     its segments: they are listed again, so that none is overwritten and their
     events still count.
     """
-    return sorted([int(entity_id) async for entity_id in log.keys() if entity_id.isdigit()])
+    numbers = sorted([int(entity_id) async for entity_id in log.keys() if entity_id.isdigit()])
+    return [[number, await count(log._key(number))] for number in numbers]
+
+
+async def _stored_rows(
+    txn: Transaction, log: PersistBase[Any], kind: EventLog, key: str
+) -> list[Any]:
+    """A segment's events as rows (a format-1 segment's converted); ``[]``: absent."""
+    data = await _as_committed(txn, log.backend, key)
+    if data is None:
+        return []
+    stored = _parse(log, key, data) or []
+    return [item if isinstance(item, Sequence) else kind.row(item) for item in stored]
 
 
 async def _append(
     txn: Transaction, log: PersistBase[Any], kind: EventLog, rows: list[list[Any]], limit: int
 ) -> None:
-    """Add ``rows`` to the head, seal full segments, drop whole old ones past ``limit``.
+    """Add ``rows`` to the head, move full heads to the last segment, drop whole old
+    segments past ``limit``.
 
-    The head is rewritten in format 2 whatever it was in (see :class:`EventLog`).
-    Segments are numbered on from the last, so those kept are ``first`` to ``end``
-    (a gap, from a segment lost to a damaged disk, counts as a full segment).
+    A commit rewrites the head (fewer than :data:`HEAD_EVENTS` rows), and one in
+    :data:`HEAD_EVENTS` events also the last segment: a few hundred bytes per
+    event, and a new file only every :data:`SEGMENT_EVENTS` events (files are
+    what the journal's applier pays for). The head is written in format 2
+    whatever it was in; so is a format-1 segment that grows (see :class:`EventLog`).
     """
     backend = txn.backend
     head_key = log._key(HEAD)
     head_data = await _as_committed(txn, backend, head_key)
+    segments: list[list[int]]
     current: list[Any]
     if head_data is None:
-        numbers = await surviving_segments(log)
-        first, end = (numbers[0], numbers[-1] + 1) if numbers else (0, 0)
+
+        async def count(key: str) -> int:
+            return len(await _stored_rows(txn, log, kind, key))
+
+        segments = await surviving_segments(log, count)
         current = []
     else:
         found = _recall(backend, head_key, head_data)
         if isinstance(found, tuple):  # the head this process wrote last, still the stored one
-            first, end, current = found
+            listed, current = found
         else:
             head = _parse(log, head_key, head_data)
-            numbers = head.segment_numbers()
-            first, end = (numbers[0], numbers[-1] + 1) if numbers else (0, 0)
+            listed = [list(segment) for segment in head.segments]
             current = [row if isinstance(row, Sequence) else kind.row(row) for row in head.events]
+        segments = list(listed)
     current = [*current, *rows]
     # Every row was validated (no NaN, no infinity) when it was made or read, so
     # orjson's output is exact; the codec's walk for non-finite floats would only
     # cost time.
-    while len(current) >= SEGMENT_EVENTS:
-        sealed, current = current[:SEGMENT_EVENTS], current[SEGMENT_EVENTS:]
-        txn.include(log._key(end), orjson.dumps(sealed))
-        end += 1
-    total = (end - first) * SEGMENT_EVENTS + len(current)
-    while first < end and total - SEGMENT_EVENTS >= limit:
-        txn.include(log._key(first), None)
-        first += 1
-        total -= SEGMENT_EVENTS
-    data = orjson.dumps({"format": ROWS_FORMAT, "sealed": [first, end], "events": current})
+    while len(current) >= HEAD_EVENTS:
+        moving, current = current[:HEAD_EVENTS], current[HEAD_EVENTS:]
+        if segments and segments[-1][1] < SEGMENT_EVENTS:
+            number = segments.pop()[0]
+            key = log._key(number)
+            filled = [*await _stored_rows(txn, log, kind, key), *moving]
+        else:
+            number = segments[-1][0] + 1 if segments else 0
+            key = log._key(number)
+            filled = moving
+        data = orjson.dumps(filled)
+        txn.include(key, data)
+        _remember(backend, key, data, filled)
+        segments.append([number, len(filled)])
+    total = sum(count for _, count in segments) + len(current)
+    while segments and total - segments[0][1] >= limit:
+        dropped, dropped_count = segments.pop(0)
+        total -= dropped_count
+        txn.include(log._key(dropped), None)
+    data = orjson.dumps({"format": ROWS_FORMAT, "segments": segments, "events": current})
     txn.include(head_key, data)
-    _remember(backend, head_key, data, (first, end, current))
+    _remember(backend, head_key, data, (segments, current))
 
 
 Changes = Callable[[Transaction], Awaitable[list[list[Any]]]]

@@ -28,11 +28,14 @@ wall-clock time of the commit. Each log keeps
 the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
 default) in ``stats/schedule/{symbol}_{strategy}/`` and
 ``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
-``head`` holds the newest events (fewer than :data:`SEGMENT_EVENTS`) and lists
-the sealed segments ``0``, ``1``, ...: each filled once, written once, and
-dropped whole, oldest first, once the newer events reach the bound (a reader
-returns the newest ``event_limit``). So an event's commit rewrites one small
-value, always the same one, as the row it comes from. Files in live mode,
+``head`` holds the newest events (fewer than :data:`HEAD_EVENTS`) and lists
+the segments ``0``, ``1``, ...: at :data:`HEAD_EVENTS` events the head's move
+to the last segment, which grows to :data:`SEGMENT_EVENTS` before the next is
+started; whole segments are dropped, oldest first, once the newer events reach
+the bound (a reader returns the newest ``event_limit``). Events are stored as
+short rows of their own fields (format 2, :class:`EventLog`), so an event costs
+its commit a few hundred bytes, and a new file only every
+:data:`SEGMENT_EVENTS` events. Files in live mode,
 process memory in backtest mode. A pair has one writer (its live session); the
 hooks read what is committed under this process's key locks.
 """

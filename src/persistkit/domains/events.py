@@ -29,7 +29,7 @@ the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
 default) in ``stats/schedule/{symbol}_{strategy}/`` and
 ``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
 ``head`` holds the newest events (fewer than :data:`HEAD_EVENTS`) and lists
-the segments ``0``, ``1``, ...: at :data:`HEAD_EVENTS` events the head's move
+the segments ``0``, ``1``, ...: at :data:`HEAD_EVENTS` events the head's events move
 to the last segment, which grows to :data:`SEGMENT_EVENTS` before the next is
 started; whole segments are dropped, oldest first, once the newer events reach
 the bound (a reader returns the newest ``event_limit``). Events are stored as
@@ -89,7 +89,7 @@ __all__ = [
 logger = logging.getLogger("persistkit")
 
 HEAD = "head"
-"""The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""
+"""The id of a pair's log head in its ``stats/...`` store; segments have numbers."""
 HEAD_EVENTS = 10
 """The head holds fewer events, the newest; at this many they move to the last segment."""
 SEGMENT_EVENTS = 50
@@ -205,6 +205,16 @@ class EventLog(DomainAdapter):
     they are until they are dropped, and its head is rewritten in format 2 by
     the pair's next event.
     """
+
+    def __init__(self) -> None:
+        self.recorders: dict[tuple[int, str], _Recorder] = {}
+        """How the writes of each row store record events in these logs, by settings and
+        row key (``domains.events._recorder``); forgotten with the stores at a configure."""
+        super().__init__()
+
+    def _forget(self) -> None:
+        super()._forget()
+        self.recorders = {}
 
     @staticmethod
     def row(event: Any) -> list[Any]:
@@ -547,22 +557,23 @@ ChangesFor = Callable[[Settings], Awaitable[Changes]]
 class _Recorder:
     """How the writes of one row store record their events: built once per store."""
 
-    __slots__ = ("head_keys", "hook", "log", "name", "settings")
+    __slots__ = ("head_keys", "hook", "log", "name", "settings", "store")
 
     def __init__(
-        self, settings: Settings, name: tuple[str, str], log: PersistBase[Any], hook: CommitHook
+        self,
+        settings: Settings,
+        store: PersistBase[Any],
+        name: tuple[str, str],
+        log: PersistBase[Any],
+        hook: CommitHook,
     ) -> None:
         self.settings = settings
+        self.store = store
         self.name = name
         self.log = log
         self.head_keys = (log._key(HEAD),)
         """What the hook may add and locks: every change of the log rewrites its head."""
         self.hook = hook
-
-
-# A row store's recorder, built at its first write: the closures, the log's store
-# and its init are paid once per pair, not on every write of a tick.
-_recorders: weakref.WeakKeyDictionary[PersistBase[Any], _Recorder] = weakref.WeakKeyDictionary()
 
 
 async def _recorder(
@@ -573,8 +584,11 @@ async def _recorder(
     changes_for: ChangesFor,
     settings: Settings,
 ) -> _Recorder:
-    found = _recorders.get(store)
-    if found is not None and found.settings is settings:
+    """The recorder of ``store``'s row ``row_key``, built at its first write: the closures,
+    the log's store and its init are paid once per pair, not on every write of a tick."""
+    memo = (id(settings), row_key)
+    found = log_adapter.recorders.get(memo)
+    if found is not None and found.settings is settings and found.store is store:
         return found
     changes = await changes_for(settings)
     log = await log_adapter._store(pair)
@@ -585,7 +599,7 @@ async def _recorder(
         if rows:
             await _append(committing, log, log_adapter, rows, limit)
 
-    made = _recorders[store] = _Recorder(settings, ("stats", row_key), log, record)
+    made = log_adapter.recorders[memo] = _Recorder(settings, store, ("stats", row_key), log, record)
     return made
 
 

@@ -421,31 +421,40 @@ async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes |
     return await _committed(backend, key)
 
 
-# What the hooks parsed last, by key and bytes: a row, a log head or segment is
-# parsed once, then recognised by its bytes (compared with what is stored, so
-# another writer's change is never missed). Keyed by the bytes too, so that a
-# row's committed value and the one staged over it are both known: a tick that
-# replaces a row parses neither.
-_parsed: weakref.WeakKeyDictionary[Backend, dict[tuple[str, bytes], Any]] = (
+# What the hooks parsed last, by key: a row, a log head or segment is parsed
+# once, then recognised by its bytes (compared with what is stored, so another
+# writer's change is never missed). Two values per key, the newest: a row's
+# committed value and the one staged over it, so that a tick that replaces a
+# row parses neither. No more: what the cache holds, the garbage collector
+# walks through at every full collection.
+_parsed: weakref.WeakKeyDictionary[Backend, dict[str, dict[bytes, Any]]] = (
     weakref.WeakKeyDictionary()
 )
-_PARSED_KEPT = 4096
+_PARSED_KEYS = 4096
 _UNKNOWN = object()
 
 
 def _recall(backend: Backend, key: str, data: bytes) -> Any:
     """What ``key`` holding ``data`` was parsed as, else :data:`_UNKNOWN`."""
     cache = _parsed.get(backend)
-    return _UNKNOWN if cache is None else cache.get((key, data), _UNKNOWN)
+    if cache is None:
+        return _UNKNOWN
+    values = cache.get(key)
+    return _UNKNOWN if values is None else values.get(data, _UNKNOWN)
 
 
 def _remember(backend: Backend, key: str, data: bytes, value: Any) -> None:
     cache = _parsed.get(backend)
     if cache is None:
         cache = _parsed[backend] = {}
-    elif len(cache) >= _PARSED_KEPT:
-        cache.clear()
-    cache[(key, data)] = value
+    values = cache.get(key)
+    if values is None:
+        if len(cache) >= _PARSED_KEYS:
+            cache.clear()
+        values = cache[key] = {}
+    elif len(values) >= 2 and data not in values:
+        del values[next(iter(values))]  # the older of the two
+    values[data] = value
 
 
 def _parse(store: PersistBase[Any], key: str, data: bytes) -> Any:

@@ -288,7 +288,7 @@ class EventReports(Generic[StatsT]):
             stored += head.events
         # Rows (format 2) or whole events (format 1, an earlier persistkit's log).
         events = self._log.events(stored, symbol, strategy)
-        # The log drops whole segments, so it may hold a few more than the bound.
+        # The log drops whole segments, so it may hold up to a segment more than the bound.
         limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
         return events[-limit:]
 

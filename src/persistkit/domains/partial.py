@@ -54,7 +54,7 @@ class PersistPartialUtils(DomainAdapter):
             from persistkit.domains import PersistSignalAdapter
 
             signal = await PersistSignalAdapter._store(pair)
-            return partial_changes(store, _LEVELS, signal, symbol, strategy_name, settings)
+            return partial_changes(store, _LEVELS, signal, symbol, settings)
 
         value = None if data is None else dict(data)
         parsed = (

@@ -1,0 +1,131 @@
+"""What a synchronous bot broke in the blocking API (``persistkit.sync``).
+
+Each test is one attack that got through: a real bot script run as a
+subprocess against a real folder (or in this process, with real threads),
+checked the way its author would check it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from persistkit import sync
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def run_script(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a bot script; a hang is a failure, not a stuck suite."""
+    script = tmp_path / "bot.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        timeout=60,
+    )
+
+
+# -- the interpreter's exit: atexit handlers and threads that outlive main ----------------
+
+CLOSE_AT_EXIT = """
+    import atexit, sys
+    from persistkit import sync
+
+    session = sync.LiveSession([("BTCUSDT", "trend")], risk_name="main", base_dir=sys.argv[1])
+    session.start()
+    with session.tick():
+        sync.PersistRiskAdapter.write_position_data([], "main")
+
+    def close_session():
+        session.close()
+        print("closed", flush=True)
+
+    atexit.register(close_session)  # how a script makes sure it lets go of its state
+"""
+
+
+def test_a_session_closes_in_an_atexit_handler(tmp_path: Path) -> None:
+    # The interpreter shuts every ThreadPoolExecutor down before atexit
+    # handlers run, and close() checkpoints the journal in a worker thread:
+    # it raised RuntimeError('cannot schedule new futures after shutdown').
+    done = run_script(tmp_path, CLOSE_AT_EXIT, str(tmp_path / "data"))
+    assert done.returncode == 0, done.stderr
+    assert "closed" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+WRITE_AT_EXIT_WHILE_LOCKED = """
+    import atexit, fcntl, os, subprocess, sys
+    from persistkit import sync
+
+    root = sys.argv[1]
+    store = sync.PersistBase("notes", root)
+    store.write_value("last", {"tick": 1})
+
+    def save_last_tick():
+        # Another process (the command line, a second bot) holds the entity's
+        # directory lock for a moment, so the write waits for it in a worker thread.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", (
+                "import fcntl, os, sys, time\\n"
+                "fd = os.open(sys.argv[1], os.O_RDONLY)\\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\\n"
+                "print('held', flush=True)\\n"
+                "time.sleep(0.5)\\n"
+            ), os.path.join(root, "notes")],
+            stdout=subprocess.PIPE, text=True,
+        )
+        holder.stdout.readline()
+        store.write_value("last", {"tick": 2})
+        print("saved", flush=True)
+        holder.wait()
+
+    atexit.register(save_last_tick)
+"""
+
+
+def test_a_write_in_an_atexit_handler_waits_for_another_process_lock(tmp_path: Path) -> None:
+    # The wait runs in the loop's default executor, created on first use: at
+    # exit it could not even be created ("can't register atexit after shutdown").
+    root = tmp_path / "data"
+    done = run_script(tmp_path, WRITE_AT_EXIT_WHILE_LOCKED, str(root))
+    assert done.returncode == 0, done.stderr
+    assert "saved" in done.stdout, done.stderr
+    assert sync.PersistBase("notes", root).read_value("last") == {"tick": 2}
+
+
+# -- callbacks the core calls on its loop thread ------------------------------------------
+
+EXIT_IN_UPDATE = """
+    import sys
+    from persistkit import sync
+
+    store = sync.PersistBase("notes", sys.argv[1])
+    store.write_value("balance", {"usd": 100})
+
+    def spend(balance):
+        if balance["usd"] < 1_000:
+            sys.exit(3)  # a script's way out: "not enough funds, stop here"
+        return {"usd": balance["usd"] - 1_000}
+
+    try:
+        store.update_value("balance", spend)
+    finally:
+        print("after update", flush=True)
+"""
+
+
+def test_sys_exit_in_an_update_callback_exits_the_script(tmp_path: Path) -> None:
+    # SystemExit raised in a task stops the event loop it runs on: the loop
+    # thread died, the caller waited forever for its answer, the script hung.
+    root = tmp_path / "data"
+    done = run_script(tmp_path, EXIT_IN_UPDATE, str(root))
+    assert done.returncode == 3, done.stderr
+    assert "after update" in done.stdout
+    assert sync.PersistBase("notes", root).read_value("balance") == {"usd": 100}

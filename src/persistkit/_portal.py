@@ -14,6 +14,14 @@ would in async code.
 
 The loop thread is a daemon, started on first use; a forked child, which
 inherits the memory but not the thread, starts its own on its first call.
+
+The blocking API is also called while the interpreter exits (an ``atexit``
+handler that closes the session, a thread that outlives the main one). By
+then the interpreter has shut every ``ThreadPoolExecutor`` down, so the loop's
+default executor (where the core waits for another process's lock, or
+checkpoints the journal) is one of daemon threads of its own, and a
+``SystemExit`` raised in a callback the core calls (``sys.exit()`` in
+``update_value``'s function) is handed to the caller rather than stopping the loop.
 """
 
 from __future__ import annotations
@@ -23,13 +31,57 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from persistkit.errors import BlockingCallError
 
 __all__ = ["bound_context", "call", "caller_context"]
+
+T = TypeVar("T")
+
+
+class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: daemon threads, started as work needs them.
+
+    Not a ``ThreadPoolExecutor``'s threads: the interpreter shuts those down
+    before it runs the ``atexit`` handlers (and refuses to start one from then
+    on), where a synchronous script closes its session. A subclass only
+    because ``loop.set_default_executor`` accepts nothing else; none of the
+    base's machinery runs. Idle threads wait for the next job; they never
+    keep the process from exiting.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)  # the base's attributes; it starts no thread itself
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Semaphore(0)
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._work.put((future, lambda: fn(*args, **kwargs)))
+        if not self._idle.acquire(blocking=False):
+            threading.Thread(target=self._serve, name="persistkit-worker", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, job = self._work.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = job()
+                except BaseException as exc:  # the caller's to handle, as in any executor
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, job  # not kept alive while idle
+            self._idle.release()
 
 
 class _LoopThread:
@@ -37,6 +89,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(_DaemonThreadPool())
         started = threading.Event()
         self.thread = threading.Thread(
             target=self._run, args=(started,), name="persistkit-loop", daemon=True
@@ -126,10 +179,15 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     tasks: list[asyncio.Task[Any]] = []
 
     async def in_the_loop() -> Any:
-        result = function(*args, **kwargs)
-        if isinstance(result, Awaitable):
-            return await result
-        return result
+        try:
+            result = function(*args, **kwargs)
+            if isinstance(result, Awaitable):
+                return await result
+            return result
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # A task that raises these stops its loop (and so every later
+            # call): the caller's thread raises it instead.
+            return _Raised(exc)
 
     def start() -> None:
         if not done.set_running_or_notify_cancel():
@@ -149,11 +207,22 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+class _Raised:
+    """What a call raised that must not escape a task on the loop (``SystemExit``)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _settle(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
     if task.cancelled():
         done.set_exception(concurrent.futures.CancelledError())
         return
     error = task.exception()
+    if error is None:
+        result = task.result()
+        if isinstance(result, _Raised):
+            error = result.error
     if error is not None:
         done.set_exception(error)
     else:

@@ -129,3 +129,46 @@ def test_sys_exit_in_an_update_callback_exits_the_script(tmp_path: Path) -> None
     assert done.returncode == 3, done.stderr
     assert "after update" in done.stdout
     assert sync.PersistBase("notes", root).read_value("balance") == {"usd": 100}
+
+
+# -- fork -----------------------------------------------------------------------------------
+
+FORK_DURING_A_WRITE = """
+    import os, sys, threading
+    from persistkit import sync
+    from persistkit.backends.file import TEMP_PREFIX, FileBackend
+
+    root = sys.argv[1]
+    store = sync.PersistBase("notes", root, backend=FileBackend(root, lock_timeout=2.0))
+    store.write_value("worker", "none yet")
+
+    # One thread saves a large snapshot; the main thread forks a worker (what
+    # multiprocessing's default start method does) while that write holds the
+    # directory's lock: its temporary file is there.
+    snapshot = {"blob": "x" * 8_000_000}
+    saving = threading.Thread(target=store.write_value, args=("snapshot", snapshot))
+    saving.start()
+    directory = os.path.join(root, "notes")
+    while not any(name.startswith(TEMP_PREFIX) for name in os.listdir(directory)):
+        pass
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store.write_value("worker", "child wrote")
+        except BaseException as exc:
+            print(f"child: {type(exc).__name__}: {exc}", flush=True)
+            os._exit(1)
+        os._exit(0)
+    saving.join()
+    print("child exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_a_child_forked_during_a_write_can_write(tmp_path: Path) -> None:
+    # The child inherited the descriptor the loop thread held the directory's
+    # flock through: the lock then outlived the parent's write, and the child
+    # waited on its own copy until LockTimeoutError.
+    root = tmp_path / "data"
+    done = run_script(tmp_path, FORK_DURING_A_WRITE, str(root))
+    assert "child exit code 0" in done.stdout, done.stdout + done.stderr
+    assert sync.PersistBase("notes", root).read_value("worker") == "child wrote"

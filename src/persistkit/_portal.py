@@ -13,7 +13,9 @@ each other's transaction; one thread sees its own across calls, as one task
 would in async code.
 
 The loop thread is a daemon, started on first use; a forked child, which
-inherits the memory but not the thread, starts its own on its first call.
+inherits the memory but not the thread, starts its own on its first call. A
+fork waits for the loop to finish the callback it is running, so that the
+child inherits no lock held half-way through a write.
 
 The blocking API is also called while the interpreter exits (an ``atexit``
 handler that closes the session, a thread that outlives the main one). By
@@ -51,7 +53,8 @@ class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
     on), where a synchronous script closes its session. A subclass only
     because ``loop.set_default_executor`` accepts nothing else; none of the
     base's machinery runs. Idle threads wait for the next job; they never
-    keep the process from exiting.
+    keep the process from exiting. A fork waits for the running jobs (see
+    :meth:`_LoopThread.pause_for_fork`) and none starts until it is done.
     """
 
     def __init__(self) -> None:
@@ -60,6 +63,20 @@ class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
             queue.SimpleQueue()
         )
         self._idle = threading.Semaphore(0)
+        self._jobs = threading.Condition()
+        self._running = 0
+        self._paused = False
+
+    def pause(self) -> None:
+        """Wait for the running jobs to finish, and start no other until :meth:`resume`."""
+        with self._jobs:
+            self._paused = True
+            self._jobs.wait_for(lambda: self._running == 0)
+
+    def resume(self) -> None:
+        with self._jobs:
+            self._paused = False
+            self._jobs.notify_all()
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
@@ -73,13 +90,21 @@ class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
     def _serve(self) -> None:
         while True:
             future, job = self._work.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = job()
-                except BaseException as exc:  # the caller's to handle, as in any executor
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            with self._jobs:
+                self._jobs.wait_for(lambda: not self._paused)
+                self._running += 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = job()
+                    except BaseException as exc:  # the caller's to handle, as in any executor
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                with self._jobs:
+                    self._running -= 1
+                    self._jobs.notify_all()
             del future, job  # not kept alive while idle
             self._idle.release()
 
@@ -89,7 +114,8 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(_DaemonThreadPool())
+        self.workers = _DaemonThreadPool()
+        self.loop.set_default_executor(self.workers)
         started = threading.Event()
         self.thread = threading.Thread(
             target=self._run, args=(started,), name="persistkit-loop", daemon=True
@@ -97,15 +123,61 @@ class _LoopThread:
         self.thread.start()
         started.wait()
 
+        self._forking = threading.local()  # the forking thread's resume event
+
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(started.set)
         self.loop.run_forever()
 
+    def pause_for_fork(self) -> None:
+        """Hold the loop between two callbacks, and its worker threads between
+        two jobs, until :meth:`resume_after_fork`.
+
+        A callback (or a job) runs the file backend's syscalls, holding a
+        directory's ``flock`` through a descriptor: forked in the middle of
+        one, the child would keep a copy of that descriptor, and so the lock,
+        that no thread of the child ever closes (its own writes would then wait
+        for themselves). Between callbacks and jobs no such descriptor is open.
+        """
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
+            return  # forked from a callback on the loop itself: it is between syscalls
+        self.workers.pause()
+        paused, resume = threading.Event(), threading.Event()
+        self._forking.resume = resume
+
+        def pause() -> None:
+            paused.set()
+            resume.wait()
+
+        self.loop.call_soon_threadsafe(pause)
+        while not paused.wait(0.1):
+            if not self.thread.is_alive():
+                return
+
+    def resume_after_fork(self) -> None:
+        resume: threading.Event | None = getattr(self._forking, "resume", None)
+        if resume is not None:
+            self._forking.resume = None
+            resume.set()
+            self.workers.resume()
+
 
 _lock = threading.Lock()
 _loop_thread: _LoopThread | None = None
 _callers = threading.local()
+
+
+def _pause_before_fork() -> None:
+    found = _loop_thread
+    if found is not None:
+        found.pause_for_fork()
+
+
+def _resume_in_parent() -> None:
+    found = _loop_thread
+    if found is not None:
+        found.resume_after_fork()
 
 
 def _forget_after_fork() -> None:
@@ -116,7 +188,11 @@ def _forget_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    os.register_at_fork(
+        before=_pause_before_fork,
+        after_in_parent=_resume_in_parent,
+        after_in_child=_forget_after_fork,
+    )
 
 
 def _running_loop_thread() -> _LoopThread:

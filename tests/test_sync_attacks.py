@@ -14,11 +14,14 @@ import textwrap
 from pathlib import Path
 
 from persistkit import sync
+from support.servers import SeaweedS3
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
-def run_script(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_script(
+    tmp_path: Path, source: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``source`` as a bot script; a hang is a failure, not a stuck suite."""
     script = tmp_path / "bot.py"
     script.write_text(textwrap.dedent(source))
@@ -26,7 +29,11 @@ def run_script(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedP
         [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        env={
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        },
         timeout=60,
     )
 
@@ -98,6 +105,37 @@ def test_a_write_in_an_atexit_handler_waits_for_another_process_lock(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "saved" in done.stdout, done.stderr
     assert sync.PersistBase("notes", root).read_value("last") == {"tick": 2}
+
+
+WRITE_TO_S3_AT_EXIT = """
+    import atexit, sys
+    from persistkit import sync
+
+    store = sync.PersistBase("notes", backend=sync.open_backend(sys.argv[1]))
+    store.write_value("last", {"tick": 1})
+
+    def save_last_tick():
+        store.write_value("last", {"tick": 2})
+        print("saved", flush=True)
+
+    atexit.register(save_last_tick)
+"""
+
+
+def test_a_write_to_s3_in_an_atexit_handler_is_stored(tmp_path: Path) -> None:
+    # The S3 backend's requests run in its ThreadPoolExecutor, which the
+    # interpreter shuts down before atexit handlers run.
+    with SeaweedS3() as server:
+        url = f"s3://atexit-notes/bot?endpoint_url={server.endpoint_url}&create_bucket=1"
+        credentials = {
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "AWS_DEFAULT_REGION": server.region,
+        }
+        done = run_script(tmp_path, WRITE_TO_S3_AT_EXIT, url, env=credentials)
+        assert "saved" in done.stdout, done.stderr
+        stored = server.client().get_object(Bucket="atexit-notes", Key="bot/notes/last.json")
+        assert stored["Body"].read() == b'{"tick":2}'
 
 
 # -- callbacks the core calls on its loop thread ------------------------------------------

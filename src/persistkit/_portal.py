@@ -21,7 +21,7 @@ The blocking API is also called while the interpreter exits (an ``atexit``
 handler that closes the session, a thread that outlives the main one). By
 then the interpreter has shut every ``ThreadPoolExecutor`` down, so the loop's
 default executor (where the core waits for another process's lock, or
-checkpoints the journal) is one of daemon threads of its own, and a
+checkpoints the journal) is a :class:`DaemonThreadPool`, and a
 ``SystemExit`` raised in a callback the core calls (``sys.exit()`` in
 ``update_value``'s function) is handed to the caller rather than stopping the loop.
 """
@@ -33,80 +33,14 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
-import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
+from persistkit.backends._threads import DaemonThreadPool
 from persistkit.errors import BlockingCallError
 
 __all__ = ["bound_context", "call", "caller_context"]
-
-T = TypeVar("T")
-
-
-class _DaemonThreadPool(concurrent.futures.ThreadPoolExecutor):
-    """The loop's default executor: daemon threads, started as work needs them.
-
-    Not a ``ThreadPoolExecutor``'s threads: the interpreter shuts those down
-    before it runs the ``atexit`` handlers (and refuses to start one from then
-    on), where a synchronous script closes its session. A subclass only
-    because ``loop.set_default_executor`` accepts nothing else; none of the
-    base's machinery runs. Idle threads wait for the next job; they never
-    keep the process from exiting. A fork waits for the running jobs (see
-    :meth:`_LoopThread.pause_for_fork`) and none starts until it is done.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)  # the base's attributes; it starts no thread itself
-        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
-            queue.SimpleQueue()
-        )
-        self._idle = threading.Semaphore(0)
-        self._jobs = threading.Condition()
-        self._running = 0
-        self._paused = False
-
-    def pause(self) -> None:
-        """Wait for the running jobs to finish, and start no other until :meth:`resume`."""
-        with self._jobs:
-            self._paused = True
-            self._jobs.wait_for(lambda: self._running == 0)
-
-    def resume(self) -> None:
-        with self._jobs:
-            self._paused = False
-            self._jobs.notify_all()
-
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._work.put((future, lambda: fn(*args, **kwargs)))
-        if not self._idle.acquire(blocking=False):
-            threading.Thread(target=self._serve, name="persistkit-worker", daemon=True).start()
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            future, job = self._work.get()
-            with self._jobs:
-                self._jobs.wait_for(lambda: not self._paused)
-                self._running += 1
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = job()
-                    except BaseException as exc:  # the caller's to handle, as in any executor
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
-            finally:
-                with self._jobs:
-                    self._running -= 1
-                    self._jobs.notify_all()
-            del future, job  # not kept alive while idle
-            self._idle.release()
 
 
 class _LoopThread:
@@ -114,7 +48,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.workers = _DaemonThreadPool()
+        self.workers = DaemonThreadPool(thread_name_prefix="persistkit-worker")
         self.loop.set_default_executor(self.workers)
         started = threading.Event()
         self.thread = threading.Thread(

@@ -7,12 +7,15 @@ checked the way its author would check it afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import persistkit
 from persistkit import sync
 from support.servers import SeaweedS3
 
@@ -258,3 +261,38 @@ def test_forks_beside_contended_writes_keep_every_increment(tmp_path: Path) -> N
     done = run_script(tmp_path, FORK_STORM, str(tmp_path / "data"), str(forks))
     assert "children failed 0" in done.stdout, done.stdout + done.stderr[-2000:]
     assert "lost 0" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+# -- the scope of a thread's calls -----------------------------------------------------------
+
+
+def test_a_thread_pool_worker_does_not_carry_a_tick_into_another_task(data_root: Path) -> None:
+    # An async bot that calls its synchronous strategy code with
+    # asyncio.to_thread: the worker thread kept the context of the first task
+    # it served (inside a tick) for every later call, so another task's plain
+    # write joined that tick and was rolled back with it after it returned.
+    store = sync.PersistBase("notes", data_root)
+
+    def save(key: str, value: str) -> None:
+        store.write_value(key, value)
+
+    async def bot() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        reported = asyncio.Event()
+
+        async def failing_tick() -> None:
+            async with persistkit.transaction():
+                await asyncio.to_thread(save, "tick", "staged")
+                await reported.wait()
+                raise RuntimeError("the exchange refused the order: tick rolled back")
+
+        async def report() -> None:
+            await asyncio.to_thread(save, "report", "written")  # acknowledged when it returns
+            reported.set()
+
+        failed, _ = await asyncio.gather(failing_tick(), report(), return_exceptions=True)
+        assert isinstance(failed, RuntimeError), failed
+
+    asyncio.run(bot())
+    assert store.read_value("report") == "written"
+    assert not store.has_value("tick")

@@ -10,7 +10,11 @@ transaction a ``with session.tick():`` block opened, the session's backend,
 the fencing tokens): each calling thread has one :class:`contextvars.Context`
 of its own, which every coroutine it hands over runs in. Two threads never see
 each other's transaction; one thread sees its own across calls, as one task
-would in async code.
+would in async code. That context is kept in the thread's own context (a
+context variable), not beside it: a job that runs in a copy of its caller's
+context (``asyncio.to_thread``, ``contextvars.Context.run``) gets one of its
+own, made from that copy, and leaves nothing behind for the thread's next job;
+one that the copy brought along from another thread is not used.
 
 The loop thread is a daemon, started on first use; a forked child, which
 inherits the memory but not the thread, starts its own on its first call. A
@@ -99,7 +103,19 @@ class _LoopThread:
 
 _lock = threading.Lock()
 _loop_thread: _LoopThread | None = None
-_callers = threading.local()
+_caller_context: contextvars.ContextVar[tuple[contextvars.Context, object] | None] = (
+    contextvars.ContextVar("persistkit_sync_caller_context", default=None)
+)
+"""The calls' context, and the token of the thread it was made in."""
+_threads = threading.local()
+
+
+def _thread_token() -> object:
+    """An object unique to the calling thread while it lives (an ident is reused)."""
+    token: object | None = getattr(_threads, "token", None)
+    if token is None:
+        token = _threads.token = object()
+    return token
 
 
 def _pause_before_fork() -> None:
@@ -142,9 +158,12 @@ def _running_loop_thread() -> _LoopThread:
 
 def caller_context() -> contextvars.Context:
     """The context this thread's blocking calls run in (made on its first call)."""
-    context: contextvars.Context | None = getattr(_callers, "context", None)
-    if context is None:
-        context = _callers.context = contextvars.copy_context()
+    token = _thread_token()
+    found = _caller_context.get()
+    if found is not None and found[1] is token:
+        return found[0]
+    context = contextvars.copy_context()
+    _caller_context.set((context, token))
     return context
 
 
@@ -156,12 +175,11 @@ def bound_context(context: contextvars.Context) -> Iterator[None]:
     its own bound to the tick's context, so that the calls inside it belong
     to the tick's commit.
     """
-    previous = getattr(_callers, "context", None)
-    _callers.context = context
+    bound = _caller_context.set((context, _thread_token()))
     try:
         yield
     finally:
-        _callers.context = previous
+        _caller_context.reset(bound)
 
 
 def _refuse_inside_a_loop(function: Callable[..., Any]) -> None:

@@ -374,3 +374,41 @@ def test_a_thread_pool_worker_does_not_carry_a_tick_into_another_task(data_root:
     asyncio.run(bot())
     assert store.read_value("report") == "written"
     assert not store.has_value("tick")
+
+
+# -- the stop signals of the blocking run() -------------------------------------------------
+
+SIGTERM_AS_RUN_STARTS = """
+    import os, signal, sys, threading
+    from persistkit import sync
+
+    root = sys.argv[1]
+    session = sync.LiveSession([("BTCUSDT", "trend")], risk_name="main", base_dir=root)
+    session.start()
+    store = sync.PersistBase("notes", root)
+    store.write_value("x", 0)
+
+    # The loop is busy for a moment when run() is called (here another
+    # thread's update function, which the loop runs), so run() installs its
+    # handlers some time before it listens: the supervisor's SIGTERM comes then.
+    busy = threading.Event()
+    threading.Thread(target=store.update_value, args=("x", lambda n: busy.wait() and n)).start()
+
+    def supervisor():
+        while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        busy.set()
+
+    threading.Thread(target=supervisor).start()
+    ran = session.run(lambda n: store.write_value("tick", n), interval=0.05, ticks=20)
+    print("ran", ran, flush=True)
+"""
+
+
+def test_a_sigterm_before_run_listens_still_stops_it(tmp_path: Path) -> None:
+    # The main thread's handler relayed a signal only once run() listened on
+    # the loop: one caught before was dropped, and the bot ran on (here all
+    # its 20 ticks; with ticks=None, forever), deaf to its supervisor.
+    done = run_script(tmp_path, SIGTERM_AS_RUN_STARTS, str(tmp_path / "data"))
+    assert "ran 0" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -280,6 +280,51 @@ def test_forks_beside_contended_writes_keep_every_increment(tmp_path: Path) -> N
     assert "lost 0" in done.stdout, done.stdout + done.stderr[-2000:]
 
 
+FORKS_BESIDE_TICKS = """
+    import os, sys, threading
+    from persistkit import sync
+    from persistkit.backends.file import FileBackend
+
+    root, forks = sys.argv[1], int(sys.argv[2])
+    backend = FileBackend(root, lock_timeout=2.0)
+    store = sync.PersistBase("notes", root, backend=backend)
+    stop = threading.Event()
+
+    def ticks():  # committed to the journal; a thread of the journal applies them to the files
+        tick = 0
+        while not stop.is_set():
+            with sync.transaction(backend):
+                for key in range(5):
+                    store.write_value(f"k{key}", [tick, "x" * 1_000_000])
+            tick += 1
+
+    ticking = threading.Thread(target=ticks)
+    ticking.start()
+    failed = 0
+    for n in range(forks):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                store.write_value(f"k{n % 5}", [-1, "from a worker"])
+            except BaseException as exc:
+                print(f"child: {type(exc).__name__}: {exc}", flush=True)
+                os._exit(1)
+            os._exit(0)
+        failed += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
+    stop.set()
+    ticking.join()
+    print("children failed", failed, flush=True)
+"""
+
+
+def test_forks_beside_ticks_being_applied_can_write(tmp_path: Path) -> None:
+    # The journal's own thread applies committed ticks to the files under each
+    # directory's flock: a fork then left the child that lock, as above.
+    forks = 200 if os.environ.get("PERSISTKIT_LONG", "") not in ("", "0") else 20
+    done = run_script(tmp_path, FORKS_BESIDE_TICKS, str(tmp_path / "data"), str(forks))
+    assert "children failed 0" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
 FORK_WITH_A_REMOTE_BACKEND = """
     import os, signal, sys
     from persistkit import sync

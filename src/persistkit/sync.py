@@ -36,7 +36,9 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   ``stop_signals=()``). A tick that hangs is left behind in its daemon thread
   once the stop grace runs out, as the async ``run`` cancels one.
 - A process forked after a blocking call starts its own loop thread on its
-  first call.
+  first call; the fork waits for the write in progress. A Redis or S3
+  backend opened before the fork is not usable in the child (open a new one).
+- The calls work in ``atexit`` handlers and in threads that outlive the main one.
 
 Objects of the async API passed in (a ``RedisBackend``, a ``PersistBase``
 subclass for ``use_persist_signal_adapter``) are accepted as they are;

@@ -10,10 +10,24 @@ transaction a ``with session.tick():`` block opened, the session's backend,
 the fencing tokens): each calling thread has one :class:`contextvars.Context`
 of its own, which every coroutine it hands over runs in. Two threads never see
 each other's transaction; one thread sees its own across calls, as one task
-would in async code.
+would in async code. That context is kept in the thread's own context (a
+context variable), not beside it: a job that runs in a copy of its caller's
+context (``asyncio.to_thread``, ``contextvars.Context.run``) gets one of its
+own, made from that copy, and leaves nothing behind for the thread's next job;
+one that the copy brought along from another thread is not used.
 
 The loop thread is a daemon, started on first use; a forked child, which
-inherits the memory but not the thread, starts its own on its first call.
+inherits the memory but not the thread, starts its own on its first call. A
+fork waits for the loop to finish the callback it is running, so that the
+child inherits no lock held half-way through a write.
+
+The blocking API is also called while the interpreter exits (an ``atexit``
+handler that closes the session, a thread that outlives the main one). By
+then the interpreter has shut every ``ThreadPoolExecutor`` down, so the loop's
+default executor (where the core waits for another process's lock, or
+checkpoints the journal) is a :class:`DaemonThreadPool`, and a
+``SystemExit`` raised in a callback the core calls (``sys.exit()`` in
+``update_value``'s function) is handed to the caller rather than stopping the loop.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from persistkit.backends._threads import DaemonThreadPool
 from persistkit.errors import BlockingCallError
 
 __all__ = ["bound_context", "call", "caller_context"]
@@ -37,6 +52,8 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.workers = DaemonThreadPool(thread_name_prefix="persistkit-worker")
+        self.loop.set_default_executor(self.workers)
         started = threading.Event()
         self.thread = threading.Thread(
             target=self._run, args=(started,), name="persistkit-loop", daemon=True
@@ -44,15 +61,73 @@ class _LoopThread:
         self.thread.start()
         started.wait()
 
+        self._forking = threading.local()  # the forking thread's resume event
+
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(started.set)
         self.loop.run_forever()
 
+    def pause_for_fork(self) -> None:
+        """Hold the loop between two callbacks, and its worker threads between
+        two jobs, until :meth:`resume_after_fork`.
+
+        A callback (or a job) runs the file backend's syscalls, holding a
+        directory's ``flock`` through a descriptor: forked in the middle of
+        one, the child would keep a copy of that descriptor, and so the lock,
+        that no thread of the child ever closes (its own writes would then wait
+        for themselves). Between callbacks and jobs no such descriptor is open.
+        """
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
+            return  # forked from a callback on the loop itself: it is between syscalls
+        self.workers.pause()
+        paused, resume = threading.Event(), threading.Event()
+        self._forking.resume = resume
+
+        def pause() -> None:
+            paused.set()
+            resume.wait()
+
+        self.loop.call_soon_threadsafe(pause)
+        while not paused.wait(0.1):
+            if not self.thread.is_alive():
+                return
+
+    def resume_after_fork(self) -> None:
+        resume: threading.Event | None = getattr(self._forking, "resume", None)
+        if resume is not None:
+            self._forking.resume = None
+            resume.set()
+            self.workers.resume()
+
 
 _lock = threading.Lock()
 _loop_thread: _LoopThread | None = None
-_callers = threading.local()
+_caller_context: contextvars.ContextVar[tuple[contextvars.Context, object] | None] = (
+    contextvars.ContextVar("persistkit_sync_caller_context", default=None)
+)
+"""The calls' context, and the token of the thread it was made in."""
+_threads = threading.local()
+
+
+def _thread_token() -> object:
+    """An object unique to the calling thread while it lives (an ident is reused)."""
+    token: object | None = getattr(_threads, "token", None)
+    if token is None:
+        token = _threads.token = object()
+    return token
+
+
+def _pause_before_fork() -> None:
+    found = _loop_thread
+    if found is not None:
+        found.pause_for_fork()
+
+
+def _resume_in_parent() -> None:
+    found = _loop_thread
+    if found is not None:
+        found.resume_after_fork()
 
 
 def _forget_after_fork() -> None:
@@ -63,7 +138,11 @@ def _forget_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    os.register_at_fork(
+        before=_pause_before_fork,
+        after_in_parent=_resume_in_parent,
+        after_in_child=_forget_after_fork,
+    )
 
 
 def _running_loop_thread() -> _LoopThread:
@@ -79,9 +158,12 @@ def _running_loop_thread() -> _LoopThread:
 
 def caller_context() -> contextvars.Context:
     """The context this thread's blocking calls run in (made on its first call)."""
-    context: contextvars.Context | None = getattr(_callers, "context", None)
-    if context is None:
-        context = _callers.context = contextvars.copy_context()
+    token = _thread_token()
+    found = _caller_context.get()
+    if found is not None and found[1] is token:
+        return found[0]
+    context = contextvars.copy_context()
+    _caller_context.set((context, token))
     return context
 
 
@@ -93,12 +175,11 @@ def bound_context(context: contextvars.Context) -> Iterator[None]:
     its own bound to the tick's context, so that the calls inside it belong
     to the tick's commit.
     """
-    previous = getattr(_callers, "context", None)
-    _callers.context = context
+    bound = _caller_context.set((context, _thread_token()))
     try:
         yield
     finally:
-        _callers.context = previous
+        _caller_context.reset(bound)
 
 
 def _refuse_inside_a_loop(function: Callable[..., Any]) -> None:
@@ -126,10 +207,15 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     tasks: list[asyncio.Task[Any]] = []
 
     async def in_the_loop() -> Any:
-        result = function(*args, **kwargs)
-        if isinstance(result, Awaitable):
-            return await result
-        return result
+        try:
+            result = function(*args, **kwargs)
+            if isinstance(result, Awaitable):
+                return await result
+            return result
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # A task that raises these stops its loop (and so every later
+            # call): the caller's thread raises it instead.
+            return _Raised(exc)
 
     def start() -> None:
         if not done.set_running_or_notify_cancel():
@@ -149,11 +235,22 @@ def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+class _Raised:
+    """What a call raised that must not escape a task on the loop (``SystemExit``)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _settle(done: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
     if task.cancelled():
         done.set_exception(concurrent.futures.CancelledError())
         return
     error = task.exception()
+    if error is None:
+        result = task.result()
+        if isinstance(result, _Raised):
+            error = result.error
     if error is not None:
         done.set_exception(error)
     else:

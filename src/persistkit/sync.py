@@ -36,7 +36,9 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   ``stop_signals=()``). A tick that hangs is left behind in its daemon thread
   once the stop grace runs out, as the async ``run`` cancels one.
 - A process forked after a blocking call starts its own loop thread on its
-  first call.
+  first call; the fork waits for the write in progress. A Redis or S3
+  backend opened before the fork is not usable in the child (open a new one).
+- The calls work in ``atexit`` handlers and in threads that outlive the main one.
 
 Objects of the async API passed in (a ``RedisBackend``, a ``PersistBase``
 subclass for ``use_persist_signal_adapter``) are accepted as they are;
@@ -359,14 +361,23 @@ class _TickThread:
 
 
 class _MainThreadSignals:
-    """The stop signals, caught on the main thread and relayed to ``run()`` on the loop."""
+    """The stop signals, caught on the main thread and relayed to ``run()`` on the loop.
+
+    The handlers are installed before ``run()`` listens on the loop and removed
+    after it stopped listening: a signal caught before is handed to it when it
+    listens, one caught after is raised again once the previous handlers are
+    back (so a SIGTERM as ``run()`` returns still ends the process).
+    """
 
     def __init__(self, signals: Sequence[signal.Signals]) -> None:
         self._signals = tuple(signals)
         self._previous: dict[signal.Signals, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handler: Callable[[signal.Signals], None] | None = None
-        self._early: list[signal.Signals] = []
+        self._unheard: list[signal.Signals] = []
+        # Between the main thread's handler and the loop: a signal is either
+        # relayed to the listening run() or kept, never dropped in between.
+        self._lock = threading.Lock()
 
     def __enter__(self) -> _MainThreadSignals:
         if self._signals and threading.current_thread() is not threading.main_thread():
@@ -383,24 +394,36 @@ class _MainThreadSignals:
     def __exit__(self, *exc_info: object) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+        with self._lock:
+            unheard, self._unheard = self._unheard, []
+        for signum in unheard:
+            signal.raise_signal(signum)  # to the handler it would have met without run()
 
     def _caught(self, signum: int, frame: FrameType | None) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._relay, signal.Signals(signum))
+        with self._lock:
+            loop = self._loop if self._handler is not None else None
+            if loop is None:
+                self._unheard.append(signal.Signals(signum))
+                return
+        loop.call_soon_threadsafe(self._relay, signal.Signals(signum))
 
     def _relay(self, signum: signal.Signals) -> None:
-        if self._handler is None:
-            self._early.append(signum)  # before run() listens: handed over when it does
-        else:
-            self._handler(signum)
+        with self._lock:
+            handler = self._handler
+            if handler is None:  # run() stopped listening since it was caught
+                self._unheard.append(signum)
+                return
+        handler(signum)
 
     def deliver_to(self, handler: Callable[[signal.Signals], None] | None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._handler = handler
-        early, self._early = self._early, []
-        if handler is not None:
-            for signum in early:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._handler = handler
+            early: list[signal.Signals] = []
+            if handler is not None:
+                early, self._unheard = self._unheard, []
+        for signum in early:
+            if handler is not None:
                 handler(signum)
 
 

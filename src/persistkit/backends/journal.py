@@ -384,13 +384,30 @@ def open_journals() -> list[CommitJournal]:
     return list(_journals)
 
 
+def _lead_through_fork() -> None:
+    """Before a fork: lead every journal, so that no other thread is half-way through
+    a commit or an application, holding a directory's ``flock`` through a descriptor
+    that the child would keep open (and so the lock, after the parent let go of it)."""
+    for journal in list(_journals):
+        journal._lead_through_fork()
+
+
+def _stop_leading_after_fork() -> None:
+    for journal in list(_journals):
+        journal._stop_leading_after_fork()
+
+
 def _reset_after_fork() -> None:
     for journal in list(_journals):
         journal._forget_parent_state()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(
+        before=_lead_through_fork,
+        after_in_parent=_stop_leading_after_fork,
+        after_in_child=_reset_after_fork,
+    )
 
 
 def take_lock(
@@ -469,9 +486,22 @@ class CommitJournal:
             asyncio.AbstractEventLoop, list[tuple[_Request, asyncio.Future[None]]]
         ] = weakref.WeakKeyDictionary()
         self._leading = False
+        self._leading_through_fork = False
         self._apply_wanted = threading.Event()
         self._applier: threading.Thread | None = None
         self._stopping = False
+
+    def _lead_through_fork(self) -> None:
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            self._leading = self._leading_through_fork = True
+
+    def _stop_leading_after_fork(self) -> None:
+        with self._cond:
+            if self._leading_through_fork:
+                self._leading = self._leading_through_fork = False
+                self._cond.notify_all()
 
     def _forget_parent_state(self) -> None:
         """In a forked child: the parent's files, locks and threads are not ours."""

@@ -143,7 +143,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -163,7 +162,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from persistkit._keyed_lock import LoopLocalKeyedLocks
-from persistkit.backends._threads import run_to_completion
+from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends.base import (
     ANY_VERSION,
     Backend,
@@ -531,7 +530,9 @@ class S3Backend(Backend):
         if workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {workers}")
         self.max_workers = workers
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="persistkit-s3")
+        # Daemon threads of its own: a synchronous script's last write may come
+        # from an atexit handler, after every ThreadPoolExecutor has stopped.
+        self._executor = DaemonThreadPool(workers, thread_name_prefix="persistkit-s3")
         self._closed = False
         # False until pending tick commits have been replayed (see _prepare_sync).
         self._ready = False

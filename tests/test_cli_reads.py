@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from persistkit import FileBackend, MemoryBackend, SnapshotError
-from persistkit.backends.base import Versioned
+from persistkit.backends.base import SNAPSHOT_ATTEMPTS, Versioned
 from persistkit.backends.journal import JOURNAL_DIR, encode_record
 from persistkit.backends.oslayer import OSLayer
 from persistkit.backends.redis import RedisBackend
@@ -618,3 +618,50 @@ async def test_a_file_snapshot_reads_again_when_a_later_commit_reaches_the_files
         await bot.aclose()
 
     assert {json.loads(snapshot.values[key])["tick"] for key in TICK_KEYS} == {2}
+
+
+class CommitsAtEveryRead(OSLayer):
+    """The reader's OS layer: each time it reads a value file of a tick, the bot
+    commits the next tick and checkpoints (a bot ticking without a pause)."""
+
+    def __init__(self, bot: FileBackend) -> None:
+        self.bot = bot
+        self.ticks = 1
+        self.waiting: list[threading.Thread] = []
+
+    def commit_next_tick(self) -> None:
+        self.ticks += 1
+        self.bot.journal.commit(tick(self.ticks))
+        self.bot.journal.checkpoint()
+
+    def read(self, fd: int, size: int) -> bytes:
+        data = os.read(fd, size)
+        if data.startswith(b'{"tick"') and not any(t.is_alive() for t in self.waiting):
+            worker = threading.Thread(target=self.commit_next_tick)
+            worker.start()
+            # A commit that waits for the reader's hold on the journal finishes after it.
+            worker.join(timeout=1.0)
+            self.waiting.append(worker)
+        return data
+
+
+async def test_a_file_snapshot_beside_a_bot_that_never_pauses_holds_its_journal_for_one_read(
+    tmp_path: Path,
+) -> None:
+    """Every lock-free read sees a checkpoint land: after five, the reader holds the
+    journal still for one read, and gets a whole tick instead of giving up."""
+    bot = FileBackend(tmp_path)
+    await bot.commit(tick(1))
+    await bot.checkpoint()
+    layer = CommitsAtEveryRead(bot)
+    reader = FileBackend(tmp_path, os_layer=layer, read_only=True)
+    try:
+        snapshot = await reader.snapshot()
+    finally:
+        await reader.aclose()
+        for worker in layer.waiting:
+            worker.join()
+        await bot.aclose()
+
+    assert len({json.loads(snapshot.values[key])["tick"] for key in TICK_KEYS}) == 1
+    assert layer.ticks > SNAPSHOT_ATTEMPTS  # each lock-free read was overtaken

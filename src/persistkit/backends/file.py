@@ -94,6 +94,7 @@ from persistkit.backends.journal import (
     DEFAULT_LOCK_TIMEOUT,
     JOURNAL_DIR,
     CommitJournal,
+    JournalCut,
     SalvageReport,
     _WouldBlock,
     take_lock,
@@ -114,6 +115,7 @@ from persistkit.errors import (
     ForeignSymlinkError,
     HistoryUnavailableError,
     InvalidNameError,
+    LockTimeoutError,
     SnapshotError,
     StoreClosedError,
     WriteFailedError,
@@ -698,8 +700,10 @@ class FileBackend(Backend):
         :attr:`~Snapshot.pending`). The files are right for every other key,
         unless a later commit reached them meanwhile: only possible for a key
         the journal holds now and did not then, or after a checkpoint (a new
-        journal). Then it reads again, up to ``SNAPSHOT_ATTEMPTS`` (5) times,
-        so a running bot is never blocked, not even for a moment. A plain
+        journal). Then it reads again, up to ``SNAPSHOT_ATTEMPTS`` (5) times
+        without blocking anyone; a bot that commits without a pause can land a
+        checkpoint in each, and then the journal lock is held (read-only) for
+        one last read: the bot's commits wait for it, milliseconds. A plain
         write (outside a transaction) of a key the journal does not hold is
         one key's write: it is read as it is when its file is read.
 
@@ -715,11 +719,16 @@ class FileBackend(Backend):
             if cut.continued_by(journal.read_cut()):
                 break
         else:
-            raise SnapshotError(
-                f"{self.root}: a checkpoint or a commit to a new key landed during each of "
-                f"{SNAPSHOT_ATTEMPTS} reads; no read at one commit point could be made, so "
-                "nothing was read. Run it again"
-            )
+            # A bot committing without a pause can land a checkpoint in every
+            # read: hold its journal still for one read (its commits wait that long).
+            try:
+                cut, (files, links, nested) = await self._run(self._read_held_still)
+            except LockTimeoutError as exc:
+                raise SnapshotError(
+                    f"{self.root}: a checkpoint or a commit to a new key landed during each of "
+                    f"{SNAPSHOT_ATTEMPTS} reads, and the commit journal could not be held still "
+                    f"for one ({exc}); nothing was read. Run it again"
+                ) from exc
         behind = tuple(
             f"{JOURNAL_DIR}/{name}: an older release's commits, not read (a start merges them)"
             for name in journal.legacy_journal_names()
@@ -736,6 +745,12 @@ class FileBackend(Backend):
             foreign_links=tuple(sorted(links)),
             point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",
         )
+
+    def _read_held_still(
+        self,
+    ) -> tuple[JournalCut, tuple[dict[str, bytes], list[str], list[str]]]:
+        with self.journal.held_still():
+            return self.journal.read_cut(), self._read_tree()
 
     def _read_tree(self) -> tuple[dict[str, bytes], list[str], list[str]]:
         """Every value file under the root, every symbolic link met (never followed),

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -1135,6 +1136,39 @@ class CommitJournal:
             writes,
             committed_at,
         )
+
+    @contextlib.contextmanager
+    def held_still(self) -> Iterator[None]:
+        """Hold the journal lock, read-only, so that no commit, application or
+        checkpoint lands meanwhile (a reader's last resort: writers wait).
+
+        The lock file is opened for reading and never created; a root with no
+        journal lock has no journal to hold still.
+        """
+        osl = self._os
+        try:
+            dir_fd = self._backend._open_dir(self.directory)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fd = osl.open(LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            yield
+            return
+        finally:
+            osl.close(dir_fd)
+        try:
+            take_lock(
+                osl.flock,
+                fd,
+                self.lock_timeout,
+                f"the commit journal lock {self.directory}/{LOCK_FILE}",
+                wait=True,
+            )
+            yield
+        finally:
+            osl.close(fd)  # releases the lock
 
     def describe_unapplied(self) -> list[str]:
         """What the journal holds that the files do not show yet (changes nothing)."""

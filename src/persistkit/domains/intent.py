@@ -45,7 +45,13 @@ from persistkit.models import OrderIntent
 from persistkit.names import join_pair
 from persistkit.store import PersistBase
 
-__all__ = ["IDENTITY_FIELDS", "InDoubt", "PersistIntentUtils", "intents_in_doubt"]
+__all__ = [
+    "IDENTITY_FIELDS",
+    "InDoubt",
+    "PersistIntentUtils",
+    "check_same_order",
+    "intents_in_doubt",
+]
 
 _INTENTS = "intents"
 
@@ -135,7 +141,7 @@ class PersistIntentUtils(DomainAdapter):
                 if waiting_for:
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:
-                _check_same_order(before, stored)
+                check_same_order(before, stored)
             intents[stored.client_order_id] = stored
             return _without_expired(intents, settings, now)
 
@@ -152,7 +158,9 @@ class PersistIntentUtils(DomainAdapter):
         self._use(store_class)
 
 
-def _check_same_order(before: OrderIntent, after: OrderIntent) -> None:
+def check_same_order(before: OrderIntent, after: OrderIntent) -> None:
+    """Raise :class:`~persistkit.errors.IntentConflictError` unless ``after`` is ``before``'s order
+    (same :data:`IDENTITY_FIELDS`) and leaves a final status as it was."""
     changed = [f for f in IDENTITY_FIELDS if getattr(before, f) != getattr(after, f)]
     if changed:
         changes = ", ".join(

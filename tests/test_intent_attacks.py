@@ -244,3 +244,56 @@ async def test_a_reconcile_during_an_order_in_flight_does_not_cancel_it(tmp_path
         assert (stored.status, results) == ("acked", [None, None])
     finally:
         await session.aclose()
+
+
+# A blocking bot (persistkit.sync) that commits its intent and is killed with
+# kill -9 before it hears from the exchange.
+SYNC_BOT_KILLED_AFTER_COMMIT_NOW = textwrap.dedent(
+    """
+    import os, signal, sys
+    from persistkit import OrderIntent, new_client_order_id
+    from persistkit import sync as persistkit
+
+    session = persistkit.LiveSession([("BTCUSDT", "trend")], risk_name="risk", base_dir=sys.argv[1])
+    session.start()
+    with session.tick():
+        intent = OrderIntent(
+            client_order_id=new_client_order_id("atk"), symbol="BTCUSDT", strategy_name="trend",
+            side="buy", quantity=1.0, price=None, created_at=1_700_000_000_000, status="pending")
+        persistkit.PersistIntentAdapter.write_intent(intent)
+        session.commit_now()
+        print(intent.client_order_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # the order is on the wire
+    """
+)
+
+
+def test_a_blocking_bot_restores_and_reconciles_its_orders_with_a_plain_lookup(
+    tmp_path: Path,
+) -> None:
+    from persistkit import sync
+
+    killed = subprocess.run(
+        [sys.executable, "-c", SYNC_BOT_KILLED_AFTER_COMMIT_NOW, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -9, killed.stderr
+    client_order_id = killed.stdout.strip()
+    session = sync.LiveSession([PAIR], risk_name="risk", base_dir=tmp_path)
+    state = session.start()
+    try:
+        assert [i.client_order_id for i in state.open_intents] == [client_order_id]
+        asked = []
+
+        def lookup(intent: OrderIntent) -> OrderIntent:  # a blocking exchange client's query
+            asked.append(intent.client_order_id)
+            return intent.model_copy(update={"status": "filled", "exchange_order_id": "X1"})
+
+        [answer] = session.reconcile(lookup)
+        assert (asked, answer.status) == ([client_order_id], "filled")
+        assert sync.PersistIntentAdapter.read_unresolved_intents(*PAIR) == []
+    finally:
+        session.close()

@@ -19,6 +19,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.support.replyloss import ReplyLossProxy
+from tests.support.servers import RedisServer
 
 from persistkit import LiveSession, OrderIntent, PersistIntentAdapter, new_client_order_id
 from persistkit.errors import IntentConflictError, UnreconciledIntentsError
@@ -297,3 +299,45 @@ def test_a_blocking_bot_restores_and_reconciles_its_orders_with_a_plain_lookup(
         assert sync.PersistIntentAdapter.read_unresolved_intents(*PAIR) == []
     finally:
         session.close()
+
+
+async def test_a_lost_reply_to_a_read_after_commit_now_does_not_fail_the_tick_on_redis(
+    tmp_path: Path,
+) -> None:
+    # Between commit_now() and the tick's end, the order has left: the tick
+    # records its ack. One reply lost on the way back from Redis (a read, the
+    # safest request to repeat) must be retried, not fail the tick and leave
+    # a sent order pending.
+    armed: list[bool] = []
+    reads_seen: list[bytes] = []
+
+    def the_version_check_read(request: bytes) -> bool:
+        # The update reads the intents twice: the store's read, then the
+        # transaction's version check before it stages; the second loses its reply.
+        if armed and b"GET" in request and b"intents" in request:
+            reads_seen.append(request)
+            return len(reads_seen) == 2
+        return False
+
+    with (
+        RedisServer(directory=tmp_path / "redis") as server,
+        ReplyLossProxy("127.0.0.1", server.port, loss=1.0, lose_if=the_version_check_read) as proxy,
+    ):
+        session = LiveSession(
+            [PAIR], "risk", base_dir=tmp_path / "bot", backend=f"redis://127.0.0.1:{proxy.port}/0"
+        )
+        await session.start()
+        try:
+            async with session.tick():
+                intent = pending_intent()
+                await PersistIntentAdapter.write_intent(intent)
+                await session.commit_now()
+                armed.append(True)  # the order is sent; now the ack
+                await PersistIntentAdapter.write_intent(
+                    intent.model_copy(update={"status": "acked", "exchange_order_id": "X1"})
+                )
+            [stored] = await PersistIntentAdapter.read_intents(*PAIR)
+        finally:
+            await session.aclose()
+    assert proxy.lost == 1, "the attack lost no reply"
+    assert stored.status == "acked"

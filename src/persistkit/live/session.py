@@ -605,7 +605,6 @@ class LiveSession:
                 token = session_settings.set(settings)  # restore from this session's backend
                 try:
                     state = await self._restore(replayed)
-                    self._last_tick_ns = await self._newest_intent_ns()
                 finally:
                     session_settings.reset(token)
             finally:
@@ -705,20 +704,6 @@ class LiveSession:
             self.risk_name, positions, pairs, reports, replayed, open_intents=open_intents
         )
 
-    async def _newest_intent_ns(self) -> int:
-        """The end of the millisecond of this session's newest intent write (0: none).
-
-        The tick clock starts after it, so that a clock stepped back while the
-        bot was down (NTP) cannot make tick times go back across the restart:
-        intents are pruned newest-kept by their ``updated_at``, and client order
-        ids sort by the tick's time.
-        """
-        newest = 0
-        for symbol, strategy in self.pairs:
-            for intent in await PersistIntentAdapter.read_intents(symbol, strategy):
-                newest = max(newest, intent.updated_at or 0)
-        return (newest + 1) * 1_000_000 - 1 if newest else 0
-
     # -- ticks -----------------------------------------------------------------------------
 
     def tick(self, *, inputs: Any = _NO_INPUTS, allow_unreconciled: bool = False) -> Transaction:
@@ -748,8 +733,7 @@ class LiveSession:
     ) -> _SessionTick:
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
-        # The tick's clock: one time per tick, never before the previous tick's
-        # (nor, across a restart, before the session's newest intent write).
+        # The tick's clock: one time per tick, never before the previous tick's.
         self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
         clock = TickClock(self._last_tick_ns, self.risk_name)
         encoded = None if inputs is _NO_INPUTS else self._encoded_inputs(clock, inputs)

@@ -104,7 +104,9 @@ class PersistIntentUtils(DomainAdapter):
     async def write_intent(self, intent: OrderIntent) -> OrderIntent:
         """Store ``intent`` durably under its client order id; returns it as stored.
 
-        ``updated_at`` is stamped with the tick's time (:func:`persistkit.clock.now_ms`).
+        ``updated_at`` is stamped with the tick's time (:func:`persistkit.clock.now_ms`),
+        or 1 ms after the pair's newest stamp when the clock is behind it (stepped
+        back), so that the newest write always has the newest stamp.
         In the same commit, final intents beyond the configured bound are
         dropped. Refused before anything is written:
         :class:`~persistkit.errors.IntentConflictError` for a reused client
@@ -135,6 +137,7 @@ class PersistIntentUtils(DomainAdapter):
         stored = checked.model_copy(update={"updated_at": now})
 
         def change(current: Any) -> dict[str, OrderIntent]:
+            nonlocal stored
             intents = {str(k): _as_intent(v) for k, v in (current or {}).items()}
             before = intents.get(stored.client_order_id)
             if before is None:
@@ -142,6 +145,10 @@ class PersistIntentUtils(DomainAdapter):
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:
                 check_same_order(before, stored)
+            # The newest write gets the newest stamp, whatever the clock did (stepped
+            # back across a restart, another host's): the bound keeps the newest.
+            stamp = max([now, *((i.updated_at or 0) + 1 for i in intents.values())])
+            stored = stored.model_copy(update={"updated_at": stamp})
             intents[stored.client_order_id] = stored
             return _without_expired(intents, settings, now)
 

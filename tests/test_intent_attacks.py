@@ -19,10 +19,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.reliability.common import LONG
 from tests.support.replyloss import ReplyLossProxy
 from tests.support.servers import RedisServer
 
-from persistkit import LiveSession, OrderIntent, PersistIntentAdapter, new_client_order_id
+from persistkit import (
+    LiveSession,
+    OrderIntent,
+    PersistIntentAdapter,
+    configure,
+    new_client_order_id,
+)
 from persistkit.errors import IntentConflictError, PersistError, UnreconciledIntentsError
 
 PAIR = ("BTCUSDT", "trend")
@@ -373,3 +380,97 @@ async def test_an_intent_for_a_pair_outside_the_session_is_reconciled_after_a_cr
         assert in_doubt == [], f"in doubt after the reconcile; restored: {state.open_intents}"
     finally:
         await session.aclose()
+
+
+# A restarted bot whose reconcile of many intents is cut short by kill -9 at a
+# random moment. The exchange's answers are fixed by the id: filled for the
+# even ones, no such order for the odd ones.
+RECONCILE_THEN_DIE = textwrap.dedent(
+    """
+    import asyncio, os, random, signal, sys
+    from persistkit import LiveSession, configure
+
+    async def main(root, seed):
+        configure(final_intent_limit=int(sys.argv[3]))
+        session = LiveSession([("BTCUSDT", "trend")], "risk", base_dir=root)
+        await session.start()
+
+        async def lookup(intent):
+            await asyncio.sleep(0)
+            if int(intent.client_order_id.rsplit("-", 1)[1]) % 2:
+                return None
+            return intent.model_copy(update={"status": "filled", "exchange_order_id": "X"})
+
+        loop = asyncio.get_running_loop()  # the kill: at a random moment of the reconcile
+        loop.call_later(random.Random(seed).uniform(0, 0.1), os.kill, os.getpid(), signal.SIGKILL)
+        await session.reconcile(lookup)
+        print("reconciled", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def exchange_answer(intent: OrderIntent) -> OrderIntent | None:
+    """The exchange of the kill test: the even ids filled, the odd ones never received."""
+    if int(intent.client_order_id.rsplit("-", 1)[1]) % 2:
+        return None
+    return intent.model_copy(update={"status": "filled", "exchange_order_id": "X"})
+
+
+async def orders_in_doubt(root: Path, count: int) -> list[str]:
+    session = LiveSession([PAIR], "risk", base_dir=root)
+    await session.start()
+    ids = [f"atk-{n}" for n in range(count)]
+    async with session.tick():
+        for client_order_id in ids:
+            await PersistIntentAdapter.write_intent(
+                pending_intent().model_copy(update={"client_order_id": client_order_id})
+            )
+    await session.aclose()
+    return ids
+
+
+async def restart_and_reconcile(root: Path) -> tuple[int, list[OrderIntent], list[OrderIntent]]:
+    """Intents restored in doubt, the reconcile's answers, the intents stored after it."""
+    session = LiveSession([PAIR], "risk", base_dir=root)
+    state = await session.start()
+
+    async def lookup(intent: OrderIntent) -> OrderIntent | None:
+        return exchange_answer(intent)
+
+    try:
+        answers = await session.reconcile(lookup)
+        return len(state.open_intents), answers, await PersistIntentAdapter.read_intents(*PAIR)
+    finally:
+        await session.aclose()
+
+
+def test_kill_9_during_a_reconcile_leaves_all_or_nothing_and_the_next_one_finishes(
+    tmp_path: Path,
+) -> None:
+    in_doubt = 40
+    final_limit = 10  # the reconcile's own commit drops the final intents beyond it
+    configure(final_intent_limit=final_limit)
+    for trial in range(30 if LONG else 3):
+        root = tmp_path / f"trial-{trial}"
+        ids = asyncio.run(orders_in_doubt(root, in_doubt))
+        killed = subprocess.run(
+            [sys.executable, "-c", RECONCILE_THEN_DIE, str(root), str(trial), str(final_limit)],
+            env={**os.environ, "PYTHONPATH": SRC},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert killed.returncode == -9, killed.stderr
+        restored, answers, stored = asyncio.run(restart_and_reconcile(root))
+        # The reconcile is one commit: the kill left every intent in doubt, or none.
+        assert restored in (0, in_doubt), (trial, restored, killed.stdout)
+        assert len(answers) == restored
+        assert [i for i in stored if i.unresolved] == []
+        assert len(stored) == final_limit
+        for intent in stored:
+            assert intent.client_order_id in ids
+            answer = exchange_answer(intent)
+            assert intent.status == ("cancelled" if answer is None else "filled")

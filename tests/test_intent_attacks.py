@@ -13,9 +13,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -432,13 +434,15 @@ async def orders_in_doubt(root: Path, count: int) -> list[str]:
     return ids
 
 
-async def restart_and_reconcile(root: Path) -> tuple[int, list[OrderIntent], list[OrderIntent]]:
+async def restart_and_reconcile(
+    root: Path, answer: Callable[[OrderIntent], OrderIntent | None] = exchange_answer
+) -> tuple[int, list[OrderIntent], list[OrderIntent]]:
     """Intents restored in doubt, the reconcile's answers, the intents stored after it."""
     session = LiveSession([PAIR], "risk", base_dir=root)
     state = await session.start()
 
     async def lookup(intent: OrderIntent) -> OrderIntent | None:
-        return exchange_answer(intent)
+        return answer(intent)
 
     try:
         answers = await session.reconcile(lookup)
@@ -553,3 +557,62 @@ async def test_run_survives_another_process_recording_a_report_for_the_same_pair
     assert done.exists(), "the recorder wrote nothing"
     assert ticks == 3
     assert acked == set(sent)
+
+
+# A bot under run() that says when its intent is committed, then sends the
+# order (a slow round trip) and records the ack.
+BOT_SIGNALLED_MID_ORDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from persistkit import LiveSession, OrderIntent, PersistIntentAdapter, new_client_order_id
+
+    async def main(root, round_trip):
+        session = LiveSession([("BTCUSDT", "trend")], "risk", base_dir=root)
+        await session.start()
+
+        async def place_an_order(n):
+            intent = OrderIntent(
+                client_order_id=new_client_order_id("atk"), symbol="BTCUSDT",
+                strategy_name="trend", side="buy", quantity=1.0, price=None,
+                created_at=1_700_000_000_000, status="pending")
+            await PersistIntentAdapter.write_intent(intent)
+            await session.commit_now()
+            print(intent.client_order_id, flush=True)  # the parent signals now
+            await asyncio.sleep(float(round_trip))  # the order on the wire
+            await PersistIntentAdapter.write_intent(
+                intent.model_copy(update={"status": "acked", "exchange_order_id": "X"}))
+
+        await session.run(place_an_order, interval=0.01, stop_grace=1.0)
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("round_trip", "exit_code", "status_after"),
+    [("0.3", 0, "acked"), ("5", 1, "cancelled")],
+    ids=["within-the-grace", "past-the-grace"],
+)
+def test_sigterm_between_commit_now_and_the_send(
+    tmp_path: Path, round_trip: str, exit_code: int, status_after: str
+) -> None:
+    # Within the stop grace the tick finishes: the order's ack is recorded and
+    # the bot exits 0. Past it the tick is cancelled (exit 1): its intent stays
+    # pending, so the next start has it in doubt and its reconcile resolves it.
+    bot = subprocess.Popen(
+        [sys.executable, "-c", BOT_SIGNALLED_MID_ORDER, str(tmp_path), round_trip],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert bot.stdout is not None
+    client_order_id = bot.stdout.readline().strip()
+    bot.send_signal(signal.SIGTERM)
+    _, stderr = bot.communicate(timeout=60)
+    assert bot.returncode == exit_code, stderr
+    # The order never reached the exchange: the bot stopped before its send.
+    restored, answers, stored = asyncio.run(restart_and_reconcile(tmp_path, lambda _: None))
+    assert [(i.client_order_id, i.status) for i in stored] == [(client_order_id, status_after)]
+    assert restored == len(answers) == (status_after == "cancelled")

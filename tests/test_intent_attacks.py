@@ -616,3 +616,34 @@ def test_sigterm_between_commit_now_and_the_send(
     restored, answers, stored = asyncio.run(restart_and_reconcile(tmp_path, lambda _: None))
     assert [(i.client_order_id, i.status) for i in stored] == [(client_order_id, status_after)]
     assert restored == len(answers) == (status_after == "cancelled")
+
+
+@pytest.mark.parametrize("command", ["status", "inspect"])
+async def test_cli_shows_an_exchange_order_id_with_terminal_escapes_without_running_them(
+    tmp_path: Path, command: str
+) -> None:
+    # The exchange order id is whatever the exchange (or a man in the middle)
+    # answered. Printed raw, its escapes retitle the operator's terminal and
+    # clear it; shown, they must be visible and inert.
+    hostile = "X1\x1b]0;owned\x07\x1b[2J"
+    session = LiveSession([PAIR], "risk", base_dir=tmp_path)
+    await session.start()
+    async with session.tick():
+        await PersistIntentAdapter.write_intent(
+            pending_intent().model_copy(update={"status": "sent", "exchange_order_id": hostile})
+        )
+    await session.aclose()
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "persistkit",
+        command,
+        str(tmp_path),
+        env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "300"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await shown.communicate()
+    assert shown.returncode in (0, 1), stderr  # 1: an order in doubt needs a person
+    assert b"\x1b" not in stdout and b"\x07" not in stdout
+    assert b"X1" in stdout

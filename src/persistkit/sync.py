@@ -35,6 +35,8 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   signals to the session (call ``run`` from the main thread, or pass
   ``stop_signals=()``). A tick that hangs is left behind in its daemon thread
   once the stop grace runs out, as the async ``run`` cancels one.
+- ``LiveSession.reconcile`` takes a plain function ``lookup(intent)`` (a
+  blocking exchange client's query), called in a thread of its own.
 - A process forked after a blocking call starts its own loop thread on its
   first call; the fork waits for the write in progress. A Redis or S3
   backend opened before the fork is not usable in the child (open a new one).
@@ -62,6 +64,7 @@ from typing import Any, ClassVar, TypeVar
 import persistkit
 from persistkit import _portal
 from persistkit.backends import base as _backend_base
+from persistkit.domains import intent as _intent
 from persistkit.domains import partial as _partial
 from persistkit.domains import risk as _risk
 from persistkit.domains import signal as _signal
@@ -74,6 +77,8 @@ __all__ = [
     "BlockingIterator",
     "LiveSession",
     "PersistBase",
+    "PersistIntentAdapter",
+    "PersistIntentUtils",
     "PersistPartialAdapter",
     "PersistPartialUtils",
     "PersistRiskAdapter",
@@ -323,7 +328,8 @@ def _blocking_function(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _TickThread:
-    """The one thread a blocking ``run()`` calls the tick function in, tick after tick.
+    """The one thread a blocking ``run()`` calls the tick function in, tick after tick
+    (and ``reconcile()`` its lookup, intent after intent).
 
     Not the loop thread (a blocking tick would stop the session's lease renewal
     and the calls it makes would wait on themselves), nor the caller's (a tick
@@ -333,7 +339,7 @@ class _TickThread:
 
     def __init__(self) -> None:
         self._work: queue.SimpleQueue[
-            tuple[concurrent.futures.Future[Any], contextvars.Context, Callable[[int], Any], int]
+            tuple[concurrent.futures.Future[Any], contextvars.Context, Callable[[Any], Any], Any]
             | None
         ] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="persistkit-tick", daemon=True)
@@ -341,19 +347,19 @@ class _TickThread:
 
     def _serve(self) -> None:
         while (work := self._work.get()) is not None:
-            done, context, function, count = work
+            done, context, function, argument = work
             if not done.set_running_or_notify_cancel():
                 continue
             try:
                 with _portal.bound_context(context):
-                    done.set_result(function(count))
+                    done.set_result(function(argument))
             except BaseException as exc:  # handed to the tick's task, which raises it
                 done.set_exception(exc)
 
-    async def call(self, function: Callable[[int], Any], count: int) -> Any:
-        """``function(count)`` in this thread, in the scope of the calling task (the tick)."""
+    async def call(self, function: Callable[[Any], Any], argument: Any) -> Any:
+        """``function(argument)`` in this thread, in the scope of the calling task (the tick)."""
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._work.put((done, contextvars.copy_context(), function, count))
+        self._work.put((done, contextvars.copy_context(), function, argument))
         return await asyncio.wrap_future(done)
 
     def close(self) -> None:
@@ -481,21 +487,50 @@ def _run(
 _run.__wrapped__ = _session.LiveSession.run  # type: ignore[attr-defined]
 
 
+def _reconcile(
+    self: _Blocking,
+    lookup: Callable[[Any], Any],
+    *,
+    reason: str = _session.NOT_FOUND_REASON,
+) -> list[Any]:
+    """Ask the exchange about every intent in doubt and record the answers in one tick.
+
+    As :meth:`persistkit.LiveSession.reconcile`, with a plain function:
+    ``lookup(intent)`` (a blocking exchange client's query) runs in a thread of
+    its own, not on the loop, which keeps renewing the session's leases.
+    """
+    worker = _TickThread()
+
+    async def lookup_in_worker(intent: Any) -> Any:
+        return await worker.call(lookup, intent)
+
+    try:
+        answers: list[Any] = _portal.call(self._async.reconcile, lookup_in_worker, reason=reason)
+        return answers
+    finally:
+        worker.close()
+
+
+_reconcile.__wrapped__ = _session.LiveSession.reconcile  # type: ignore[attr-defined]
+
+
 # -- the blocking API ----------------------------------------------------------------------
 
 Backend = _derive(_backend_base.Backend)
 PersistBase = _derive(_AsyncPersistBase)
 Transaction = _derive(_AsyncTransaction)
-LiveSession = _derive(_session.LiveSession, specialized={"run": _run})
+LiveSession = _derive(_session.LiveSession, specialized={"run": _run, "reconcile": _reconcile})
 PersistSignalUtils = _derive(_signal.PersistSignalUtils)
 PersistScheduleUtils = _derive(_signal.PersistScheduleUtils)
 PersistRiskUtils = _derive(_risk.PersistRiskUtils)
 PersistPartialUtils = _derive(_partial.PersistPartialUtils)
+PersistIntentUtils = _derive(_intent.PersistIntentUtils)
 
 PersistSignalAdapter: Any = _wrap(persistkit.PersistSignalAdapter)
 PersistScheduleAdapter: Any = _wrap(persistkit.PersistScheduleAdapter)
 PersistRiskAdapter: Any = _wrap(persistkit.PersistRiskAdapter)
 PersistPartialAdapter: Any = _wrap(persistkit.PersistPartialAdapter)
+PersistIntentAdapter: Any = _wrap(persistkit.PersistIntentAdapter)
 """The same adapters as ``persistkit``'s (one memoized store per entity), blocking."""
 
 transaction = _blocking_function(persistkit.transaction)

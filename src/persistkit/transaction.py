@@ -153,7 +153,13 @@ class Transaction:
         """``key``'s version as this transaction sees it (``None``: absent)."""
         if self._level_of(key) is not None:
             return self.staged_version(key)
-        stored = await self.backend.get(key)
+        backend = self.backend
+        try:
+            stored = await backend.get(key)
+        except TransientBackendError as exc:
+            # A read is safe to repeat; failing here would fail the whole tick,
+            # after commit_now() too, when its order has left.
+            stored = await self.retry.call(lambda: backend.get(key), exc)
         return None if stored is None else stored.version
 
     async def stage(self, key: str, data: bytes | None, expect: Expected) -> str | None:

@@ -24,7 +24,7 @@ from persistkit.backends.confine import describe_link
 
 from .inventory import Inventory, RowView
 from .preflight import PreflightReport
-from .targets import format_time, iso_time, plural
+from .targets import format_time, iso_time, plural, printable
 
 __all__ = [
     "Bars",
@@ -282,15 +282,15 @@ def _print_open_intents(console: Console, inventory: Inventory) -> None:
     for view in inventory.open_intents:
         intent = view.intent
         table.add_row(
-            view.symbol,
-            view.strategy,
+            printable(view.symbol),
+            printable(view.strategy),
             intent.client_order_id,
             intent.side,
             _price(intent.quantity),
             _price(intent.filled_quantity),
             "market" if intent.price is None else _price(intent.price),
             f"{intent.status} (in doubt)" if intent.unresolved else intent.status,
-            intent.exchange_order_id or "-",
+            printable(intent.exchange_order_id or "-"),
             _millis(intent.created_at),
         )
     console.print(table)

@@ -57,6 +57,7 @@ from .targets import (
     format_time,
     iso_time,
     plural,
+    printable,
     store_for,
 )
 
@@ -703,9 +704,10 @@ def _intent_lines(report: StatusReport) -> list[str]:
     for intent in report.open_intents[:_SHOWN_INTENTS]:
         price = "market" if intent.price is None else f"{intent.price:g}"
         lines.append(
-            f"    {intent.symbol} / {intent.strategy_name}  {intent.client_order_id}  "
-            f"{intent.side} {intent.quantity:g} @ {price}  {intent.status}"
-            + (f" ({intent.exchange_order_id})" if intent.exchange_order_id else "")
+            f"    {printable(intent.symbol)} / {printable(intent.strategy_name)}  "
+            f"{intent.client_order_id}  {intent.side} {intent.quantity:g} @ {price}  "
+            f"{intent.status}"
+            + (f" ({printable(intent.exchange_order_id)})" if intent.exchange_order_id else "")
         )
     if len(report.open_intents) > _SHOWN_INTENTS:
         lines.append(f"    ... and {len(report.open_intents) - _SHOWN_INTENTS} more")

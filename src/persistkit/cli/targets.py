@@ -38,6 +38,7 @@ __all__ = [
     "iso_time",
     "open_target",
     "plural",
+    "printable",
     "schema_for",
     "store_for",
 ]
@@ -149,6 +150,21 @@ def store_for(backend: Backend, namespace: str) -> PersistBase[Any]:
 def plural(count: int, noun: str) -> str:
     """``1 value``, ``2 values``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def printable(text: str) -> str:
+    """``text`` with its control and format characters shown as escapes (``\\x1b``).
+
+    For strings an exchange or a bot supplied (an exchange order id): printed
+    raw, an escape sequence in one would retitle, clear or rewrite the operator's
+    terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def iso_time(seconds: float | None) -> str | None:

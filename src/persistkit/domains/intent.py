@@ -45,7 +45,13 @@ from persistkit.models import OrderIntent
 from persistkit.names import join_pair
 from persistkit.store import PersistBase
 
-__all__ = ["IDENTITY_FIELDS", "InDoubt", "PersistIntentUtils", "intents_in_doubt"]
+__all__ = [
+    "IDENTITY_FIELDS",
+    "InDoubt",
+    "PersistIntentUtils",
+    "check_same_order",
+    "intents_in_doubt",
+]
 
 _INTENTS = "intents"
 
@@ -98,7 +104,9 @@ class PersistIntentUtils(DomainAdapter):
     async def write_intent(self, intent: OrderIntent) -> OrderIntent:
         """Store ``intent`` durably under its client order id; returns it as stored.
 
-        ``updated_at`` is stamped with the tick's time (:func:`persistkit.clock.now_ms`).
+        ``updated_at`` is stamped with the tick's time (:func:`persistkit.clock.now_ms`),
+        or 1 ms after the pair's newest stamp when the clock is behind it (stepped
+        back), so that the newest write always has the newest stamp.
         In the same commit, final intents beyond the configured bound are
         dropped. Refused before anything is written:
         :class:`~persistkit.errors.IntentConflictError` for a reused client
@@ -129,13 +137,18 @@ class PersistIntentUtils(DomainAdapter):
         stored = checked.model_copy(update={"updated_at": now})
 
         def change(current: Any) -> dict[str, OrderIntent]:
+            nonlocal stored
             intents = {str(k): _as_intent(v) for k, v in (current or {}).items()}
             before = intents.get(stored.client_order_id)
             if before is None:
                 if waiting_for:
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:
-                _check_same_order(before, stored)
+                check_same_order(before, stored)
+            # The newest write gets the newest stamp, whatever the clock did (stepped
+            # back across a restart, another host's): the bound keeps the newest.
+            stamp = max([now, *((i.updated_at or 0) + 1 for i in intents.values())])
+            stored = stored.model_copy(update={"updated_at": stamp})
             intents[stored.client_order_id] = stored
             return _without_expired(intents, settings, now)
 
@@ -152,7 +165,9 @@ class PersistIntentUtils(DomainAdapter):
         self._use(store_class)
 
 
-def _check_same_order(before: OrderIntent, after: OrderIntent) -> None:
+def check_same_order(before: OrderIntent, after: OrderIntent) -> None:
+    """Raise :class:`~persistkit.errors.IntentConflictError` unless ``after`` is ``before``'s order
+    (same :data:`IDENTITY_FIELDS`) and leaves a final status as it was."""
     changed = [f for f in IDENTITY_FIELDS if getattr(before, f) != getattr(after, f)]
     if changed:
         changes = ", ".join(

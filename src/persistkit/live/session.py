@@ -62,7 +62,7 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.domains.intent import InDoubt, intents_in_doubt
+from persistkit.domains.intent import InDoubt, check_same_order, intents_in_doubt
 from persistkit.errors import (
     ConflictError,
     InstanceLockedError,
@@ -367,6 +367,9 @@ def _reconciled(intent: OrderIntent, answer: OrderIntent | None, reason: str) ->
             f"{answer.client_order_id!r}; nothing was committed",
             client_order_id=intent.client_order_id,
         )
+    # Another symbol or strategy would be filed under another pair's intents,
+    # leaving this one in doubt: an answer must be the order that was asked about.
+    check_same_order(intent, answer)
     if answer.unresolved:
         raise UnreconciledIntentsError(
             f"the reconcile lookup of {intent.client_order_id!r} answered {answer.status!r}: "

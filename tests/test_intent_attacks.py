@@ -649,12 +649,6 @@ async def test_cli_shows_an_exchange_order_id_with_terminal_escapes_without_runn
     assert b"X1" in stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the startup check scans each namespace with backend.scan() outside the retry policy "
-    "(PersistBase._check): one lost SCAN reply fails start() with TransientBackendError, for "
-    "every domain; retrying means restarting the streamed scan, which the store does not do yet",
-)
 async def test_a_lost_reply_to_the_startup_scan_of_the_intents_does_not_fail_the_start(
     tmp_path: Path,
 ) -> None:

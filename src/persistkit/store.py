@@ -422,15 +422,17 @@ class PersistBase(Generic[T]):
         report.orphans = await self._call(
             lambda: backend.clean_orphans(namespace, dry_run=not repair)
         )
-        batch: list[str] = []
-        async for key in backend.scan(namespace):
-            batch.append(key)
-            if len(batch) >= _SCAN_BATCH:
-                await self._check_batch(backend, batch, report, repair)
-                batch = []
-                if on_progress is not None:
-                    on_progress(report.checked)
-        await self._check_batch(backend, batch, report, repair)
+
+        async def listing() -> list[str]:
+            return [key async for key in backend.scan(namespace)]
+
+        # The listing is read whole, so that a reply lost mid-scan repeats the
+        # scan under the retry policy, as any read is repeated.
+        keys = await self._call(listing)
+        for start in range(0, len(keys), _SCAN_BATCH):
+            await self._check_batch(backend, keys[start : start + _SCAN_BATCH], report, repair)
+            if on_progress is not None:
+                on_progress(report.checked)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
             on_progress(report.checked)

@@ -184,15 +184,8 @@ async def test_a_fill_reported_after_a_reconcile_found_no_order_can_still_be_rec
         await session.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: an intents file quarantined at start leaves open_intents empty and the pair "
-    "free for new orders, though its orders in doubt are unknown (RestoredState.healed is False, "
-    "nothing more); refusing new intents for such a pair until an operator restores or clears "
-    "the quarantine needs a rule for what 'reconciled' then means",
-)
 async def test_a_pair_whose_intents_were_quarantined_at_start_refuses_new_intents(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await crash_with_an_order_in_doubt(tmp_path, [PAIR])
     (intents_file,) = (tmp_path / "intent").glob("*/intents.json")
@@ -201,9 +194,20 @@ async def test_a_pair_whose_intents_were_quarantined_at_start_refuses_new_intent
     state = await session.start()
     try:
         assert not state.healed
-        with pytest.raises(UnreconciledIntentsError):
+        assert list(state.lost_intents) == [PAIR]
+        assert [
+            record.levelname for record in caplog.records if "quarantined (" in record.message
+        ] == ["ERROR"]
+        with pytest.raises(UnreconciledIntentsError, match="quarantined"):
             async with session.tick():
                 await PersistIntentAdapter.write_intent(pending_intent())
+
+        async def nothing_to_ask(asked: OrderIntent) -> None:
+            raise AssertionError(f"asked about {asked}: the lost intents cannot be read")
+
+        assert await session.reconcile(nothing_to_ask) == []
+        async with session.tick():  # the bot took the loss on: new orders again
+            await PersistIntentAdapter.write_intent(pending_intent())
     finally:
         await session.aclose()
 

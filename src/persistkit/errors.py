@@ -257,7 +257,8 @@ class UnreconciledIntentsError(PersistError, RuntimeError):
     position. ``await session.reconcile(lookup)`` asks the exchange and lifts
     this; ``session.tick(allow_unreconciled=True)`` goes ahead anyway. Raised at
     the write, before anything is staged; ``pair`` is ``(symbol, strategy)``
-    and ``client_order_ids`` the intents still in doubt.
+    and ``client_order_ids`` the intents still in doubt (none when the pair's
+    intents were lost: corrupt at start and quarantined, so its orders are unknown).
     """
 
     def __init__(

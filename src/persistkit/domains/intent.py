@@ -14,9 +14,10 @@ Two rules keep an order from being sent twice or forgotten:
   (:class:`~persistkit.errors.IntentConflictError`), and so is a change of a
   final intent's status (``filled``, ``cancelled``, ``rejected``).
 - Inside a live session's tick, a *new* intent for a pair whose intents from
-  before the restart are still in doubt is refused
-  (:class:`~persistkit.errors.UnreconciledIntentsError`) until they are
-  reconciled, unless the tick was opened with ``allow_unreconciled=True``.
+  before the restart are still in doubt (or were lost: their file quarantined
+  at start) is refused (:class:`~persistkit.errors.UnreconciledIntentsError`)
+  until they are reconciled, unless the tick was opened with
+  ``allow_unreconciled=True``.
 
 Final intents are kept for a bounded count and time
 (``configure(final_intent_limit=..., final_intent_ttl=...)``): each write of a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -48,6 +50,7 @@ from persistkit.store import PersistBase
 __all__ = [
     "IDENTITY_FIELDS",
     "InDoubt",
+    "PairInDoubt",
     "PersistIntentUtils",
     "check_same_order",
     "intents_in_doubt",
@@ -58,8 +61,20 @@ _INTENTS = "intents"
 IDENTITY_FIELDS = ("symbol", "strategy_name", "side", "quantity", "price", "created_at")
 """What a client order id names: the same in every write of one intent."""
 
-InDoubt = Mapping[tuple[str, str], frozenset[str]]
-"""(symbol, strategy) -> client order ids restored unresolved and not reconciled yet."""
+
+@dataclass(frozen=True, slots=True)
+class PairInDoubt:
+    """What a new intent of one pair waits for, until the session's reconcile."""
+
+    client_order_ids: frozenset[str] = frozenset()
+    """Restored unresolved at start and not reconciled since."""
+    lost: str | None = None
+    """Where the pair's intents went when start quarantined them (their file was corrupt):
+    its orders are unknown, so every new intent of the pair waits."""
+
+
+InDoubt = Mapping[tuple[str, str], PairInDoubt]
+"""(symbol, strategy) -> what its new intents wait for (pairs absent: nothing)."""
 
 intents_in_doubt: contextvars.ContextVar[InDoubt | None] = contextvars.ContextVar(
     "persistkit_intents_in_doubt", default=None
@@ -90,6 +105,14 @@ class PersistIntentUtils(DomainAdapter):
     async def read_unresolved_intents(self, symbol: str, strategy_name: str) -> list[OrderIntent]:
         """The intents whose outcome only the exchange knows: ``pending``, ``sent``, ``unknown``."""
         return [i for i in await self.read_intents(symbol, strategy_name) if i.unresolved]
+
+    async def lost_at_start(self, symbol: str, strategy_name: str) -> str | None:
+        """Where the startup scan put the pair's intents because they were corrupt (the
+        quarantine entry, or the key on a read-only backend), or ``None``: none were lost."""
+        report = await (await self._store(join_pair(symbol, strategy_name))).wait_for_init()
+        for finding in report.corrupt:
+            return finding.quarantine_id or finding.key
+        return None
 
     async def _read_map(self, symbol: str, strategy_name: str) -> dict[str, OrderIntent]:
         store = await self._store(join_pair(symbol, strategy_name))
@@ -141,7 +164,7 @@ class PersistIntentUtils(DomainAdapter):
             intents = {str(k): _as_intent(v) for k, v in (current or {}).items()}
             before = intents.get(stored.client_order_id)
             if before is None:
-                if waiting_for:
+                if waiting_for is not None:
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:
                 check_same_order(before, stored)
@@ -188,10 +211,25 @@ def check_same_order(before: OrderIntent, after: OrderIntent) -> None:
 
 
 def _refuse_while_in_doubt(
-    new: OrderIntent, intents: Mapping[str, OrderIntent], waiting_for: frozenset[str]
+    new: OrderIntent, intents: Mapping[str, OrderIntent], waiting_for: PairInDoubt
 ) -> None:
+    if waiting_for.lost is not None:
+        raise UnreconciledIntentsError(
+            f"new order {new.client_order_id!r} for {new.symbol}/{new.strategy_name} refused: "
+            f"the pair's intents were corrupt at start and quarantined ({waiting_for.lost}), so "
+            "its orders from before the restart are unknown and may stand at the exchange; "
+            "check them there (or restore the quarantined value), then call "
+            "`await session.reconcile(lookup)`, or open the tick with "
+            "session.tick(allow_unreconciled=True) to go ahead; nothing was written",
+            pair=(new.symbol, new.strategy_name),
+            client_order_ids=(),
+        )
     doubtful = tuple(
-        sorted(cid for cid in waiting_for if cid in intents and intents[cid].unresolved)
+        sorted(
+            cid
+            for cid in waiting_for.client_order_ids
+            if cid in intents and intents[cid].unresolved
+        )
     )
     if doubtful:
         raise UnreconciledIntentsError(

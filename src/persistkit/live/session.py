@@ -62,7 +62,7 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.domains.intent import InDoubt, check_same_order, intents_in_doubt
+from persistkit.domains.intent import InDoubt, PairInDoubt, check_same_order, intents_in_doubt
 from persistkit.errors import (
     ConflictError,
     InstanceLockedError,
@@ -142,6 +142,9 @@ class PairState:
     """Signal id -> profit/loss levels already reported."""
     open_intents: list[OrderIntent] = field(default_factory=list)
     """Order intents whose outcome only the exchange knows (``pending``, ``sent``, ``unknown``)."""
+    intents_lost: str | None = None
+    """Where start quarantined the pair's intents (corrupt), or ``None``. When set,
+    :attr:`open_intents` is empty because the orders are unknown, not because there are none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,10 @@ class RestoredState:
     """Every pair's order intents whose outcome only the exchange knows (``pending``,
     ``sent``, ``unknown``), pair by pair in the order first written: the orders a crash may have
     left in flight. :meth:`LiveSession.reconcile` asks the exchange about them."""
+    lost_intents: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(symbol, strategy) -> where start quarantined the pair's intents (their value was
+    corrupt): its orders from before the restart are unknown, so its new intents are
+    refused until :meth:`LiveSession.reconcile`, and :attr:`healed` is ``False``."""
     foreign_state: list[str] = field(default_factory=list)
     """State in the root persistkit does not read (a backtest-kit 19.x layout): each
     entry says what, and the command that migrates it. The session starts flat
@@ -174,7 +181,11 @@ class RestoredState:
     @property
     def healed(self) -> bool:
         """True when self-healing found nothing to repair and no state it cannot read."""
-        return not self.foreign_state and all(report.clean for report in self.reports)
+        return (
+            not self.foreign_state
+            and not self.lost_intents
+            and all(report.clean for report in self.reports)
+        )
 
     def inconsistencies(self) -> list[str]:
         """Signals without their risk position and positions without their signal.
@@ -547,8 +558,8 @@ class LiveSession:
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
         self._last_tick_ns = 0
-        self._in_doubt: dict[tuple[str, str], frozenset[str]] = {}
-        """Pairs -> client order ids restored unresolved and not reconciled since."""
+        self._in_doubt: dict[tuple[str, str], PairInDoubt] = {}
+        """Pairs -> what their new intents wait for until the reconcile."""
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
 
@@ -622,12 +633,23 @@ class LiveSession:
         self._started = True
         self.restored = state
         self._in_doubt = {
-            (pair.symbol, pair.strategy): frozenset(i.client_order_id for i in pair.open_intents)
+            (pair.symbol, pair.strategy): PairInDoubt(
+                frozenset(i.client_order_id for i in pair.open_intents), pair.intents_lost
+            )
             for pair in state.pairs
-            if pair.open_intents
+            if pair.open_intents or pair.intents_lost is not None
         }
         for warning in state.foreign_state:
             logger.warning("persistkit live session: %s", warning)
+        for (symbol, strategy), lost in state.lost_intents.items():
+            logger.error(
+                "persistkit live session: the order intents of %s/%s were corrupt and are "
+                "quarantined (%s): its orders from before the restart are unknown and may stand "
+                "at the exchange; its new intents are refused until session.reconcile()",
+                symbol,
+                strategy,
+                lost,
+            )
         level = logging.INFO if state.healed else logging.WARNING
         logger.log(
             level,
@@ -698,6 +720,7 @@ class LiveSession:
                     open_intents=await PersistIntentAdapter.read_unresolved_intents(
                         symbol, strategy
                     ),
+                    intents_lost=await PersistIntentAdapter.lost_at_start(symbol, strategy),
                 )
             )
         reports = [
@@ -727,6 +750,11 @@ class LiveSession:
             replayed,
             open_intents=open_intents,
             foreign_state=foreign,
+            lost_intents={
+                (pair.symbol, pair.strategy): pair.intents_lost
+                for pair in pairs
+                if pair.intents_lost is not None
+            },
         )
 
     # -- ticks -----------------------------------------------------------------------------
@@ -845,7 +873,9 @@ class LiveSession:
         with ``reason``, and the bot may send the order again under a new
         client order id. Every answer is committed in one tick, after the last
         lookup: a lookup that raises leaves every intent as it was (call again).
-        Then new intents are allowed again for every pair.
+        Then new intents are allowed again for every pair, those whose intents
+        start quarantined (:attr:`RestoredState.lost_intents`: nothing to ask
+        about) included; what was lost is logged at WARNING.
 
         Returns the intents as recorded. An answer that is another order
         (another client order id, symbol, side...) raises
@@ -861,6 +891,17 @@ class LiveSession:
                     answer = await lookup(intent)
                     resolved = _reconciled(intent, answer, reason)
                     answers.append(await PersistIntentAdapter.write_intent(resolved))
+        for (symbol, strategy), waiting in self._in_doubt.items():
+            if waiting.lost is not None:
+                # Nothing can be asked about orders no one can read: the bot owns that risk now.
+                logger.warning(
+                    "persistkit: reconciled %s/%s without its order intents from before the "
+                    "restart, lost to a corrupt value (quarantined: %s): any of its orders still "
+                    "at the exchange is unknown to the bot; new intents are allowed again",
+                    symbol,
+                    strategy,
+                    waiting.lost,
+                )
         self._in_doubt = {}
         if answers:
             logger.info(

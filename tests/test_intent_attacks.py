@@ -212,14 +212,6 @@ async def test_a_pair_whose_intents_were_quarantined_at_start_refuses_new_intent
         await session.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: reconcile() asks about every unresolved intent of the session's pairs, the "
-    "one whose order is being sent right now included; the exchange has not seen it yet, so it "
-    "is cancelled, and the ack that follows is refused (final status): an order at the exchange "
-    "recorded as never sent. Reconcile only the intents restored in doubt, or refuse to run "
-    "while an order of the session is in flight",
-)
 async def test_a_reconcile_during_an_order_in_flight_does_not_cancel_it(tmp_path: Path) -> None:
     session = LiveSession([PAIR], "risk", base_dir=tmp_path)
     await session.start()

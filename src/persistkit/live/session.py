@@ -865,17 +865,23 @@ class LiveSession:
     ) -> list[OrderIntent]:
         """Ask the exchange about every intent in doubt and record the answers in one tick.
 
-        For each intent of this session's pairs that is ``pending``, ``sent`` or
-        ``unknown``, ``await lookup(intent)`` asks the exchange by its client
-        order id and returns the intent as the exchange has it (its status and
-        ``exchange_order_id``: ``intent.model_copy(update={...})``), or ``None``
-        when the exchange has no such order: the intent becomes ``cancelled``
-        with ``reason``, and the bot may send the order again under a new
-        client order id. Every answer is committed in one tick, after the last
-        lookup: a lookup that raises leaves every intent as it was (call again).
-        Then new intents are allowed again for every pair, those whose intents
-        start quarantined (:attr:`RestoredState.lost_intents`: nothing to ask
-        about) included; what was lost is logged at WARNING.
+        For each intent :meth:`start` restored in doubt (:attr:`RestoredState.open_intents`)
+        and still ``pending``, ``sent`` or ``unknown``, ``await lookup(intent)``
+        asks the exchange by its client order id and returns the intent as the
+        exchange has it (its status and ``exchange_order_id``:
+        ``intent.model_copy(update={...})``), or ``None`` when the exchange has
+        no such order: the intent becomes ``cancelled`` with ``reason``, and the
+        bot may send the order again under a new client order id. Every answer
+        is committed in one tick, after the last lookup: a lookup that raises
+        leaves every intent as it was (call again). Then new intents are allowed
+        again for every pair, those whose intents start quarantined
+        (:attr:`RestoredState.lost_intents`: nothing to ask about) included;
+        what was lost is logged at WARNING.
+
+        An intent this session wrote after its start is never asked about: its
+        order may be on the wire right now (a tick between ``commit_now()`` and
+        the ack), and the exchange's "no such order" would record it as never
+        sent. Once a reconcile has committed, another asks about nothing.
 
         Returns the intents as recorded. An answer that is another order
         (another client order id, symbol, side...) raises
@@ -886,8 +892,10 @@ class LiveSession:
         """
         answers: list[OrderIntent] = []
         async with self._new_tick(allow_unreconciled=True):
-            for symbol, strategy in self.pairs:
+            for (symbol, strategy), waiting in self._in_doubt.items():
                 for intent in await PersistIntentAdapter.read_unresolved_intents(symbol, strategy):
+                    if intent.client_order_id not in waiting.client_order_ids:
+                        continue  # written since the start: its tick is sending it now
                     answer = await lookup(intent)
                     resolved = _reconciled(intent, answer, reason)
                     answers.append(await PersistIntentAdapter.write_intent(resolved))

@@ -32,7 +32,11 @@ from persistkit import (
     configure,
     new_client_order_id,
 )
-from persistkit.errors import IntentConflictError, PersistError, UnreconciledIntentsError
+from persistkit.errors import (
+    IntentConflictError,
+    PairNotInSessionError,
+    UnreconciledIntentsError,
+)
 
 PAIR = ("BTCUSDT", "trend")
 OTHER_PAIR = ("ETHUSDT", "trend")
@@ -345,37 +349,20 @@ async def test_a_lost_reply_to_a_read_after_commit_now_does_not_fail_the_tick_on
     assert stored.status == "acked"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a session's tick accepts an intent for a pair that is not the session's (a "
-    "hedge leg on another symbol, a pair dropped from the config by a redeploy); start() "
-    "restores and reconcile() asks about the session's pairs only, so after a crash that order "
-    "stays in doubt, unreported, through every reconcile. Refusing it in the tick (or restoring "
-    "every pair with intents) is a choice of the API",
-)
-async def test_an_intent_for_a_pair_outside_the_session_is_reconciled_after_a_crash(
+async def test_an_intent_for_a_pair_outside_the_session_cannot_be_left_in_doubt(
     tmp_path: Path,
 ) -> None:
+    # A hedge leg on another symbol, or a pair a redeploy dropped: no restart of
+    # this session restores or reconciles that pair, so an order of it left in
+    # doubt by a crash would stay so. The tick refuses it before the order leaves.
     session = LiveSession([PAIR], "risk", base_dir=tmp_path)
     await session.start()
-    hedge = pending_intent(symbol=OTHER_PAIR[0])
     try:
-        async with session.tick():
-            await PersistIntentAdapter.write_intent(hedge)
-    except PersistError:
-        return  # refused before the order left: nothing can be in doubt
-    finally:
-        await session.aclose()
-    session = LiveSession([PAIR], "risk", base_dir=tmp_path)
-    state = await session.start()
-
-    async def lookup(asked: OrderIntent) -> None:
-        return None
-
-    try:
-        await session.reconcile(lookup)
-        in_doubt = await PersistIntentAdapter.read_unresolved_intents(*OTHER_PAIR)
-        assert in_doubt == [], f"in doubt after the reconcile; restored: {state.open_intents}"
+        with pytest.raises(PairNotInSessionError) as refused:
+            async with session.tick():
+                await PersistIntentAdapter.write_intent(pending_intent(symbol=OTHER_PAIR[0]))
+        assert refused.value.pair == OTHER_PAIR
+        assert await PersistIntentAdapter.read_intents(*OTHER_PAIR) == []
     finally:
         await session.aclose()
 

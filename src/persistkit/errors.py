@@ -22,6 +22,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
     ├── UnreconciledIntentsError    (RuntimeError) a new order before the restart's were reconciled
+    ├── PairNotInSessionError       (ValueError)  a new order in a tick, of a pair not the session's
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
     ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
@@ -61,6 +62,7 @@ __all__ = [
     "JournalDamagedError",
     "LeaseLostError",
     "LockTimeoutError",
+    "PairNotInSessionError",
     "PersistError",
     "ReplayConfigError",
     "ReplaySourceError",
@@ -271,6 +273,21 @@ class UnreconciledIntentsError(PersistError, RuntimeError):
         super().__init__(message)
         self.pair = pair
         self.client_order_ids = client_order_ids
+
+
+class PairNotInSessionError(PersistError, ValueError):
+    """A new order intent, in a live session's tick, for a pair the session does not run.
+
+    A restarted session restores and reconciles the intents of its own pairs
+    only (another session of the root may run the others, and send their
+    orders): an order of another pair, left in doubt by a crash, would stay in
+    doubt through every reconcile. Refused at the write, before anything is
+    staged; add the pair to the session. ``pair`` is ``(symbol, strategy)``.
+    """
+
+    def __init__(self, message: str, *, pair: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.pair = pair
 
 
 class ResourceLimitError(PersistError, OSError):

@@ -18,6 +18,9 @@ Two rules keep an order from being sent twice or forgotten:
   at start) is refused (:class:`~persistkit.errors.UnreconciledIntentsError`)
   until they are reconciled, unless the tick was opened with
   ``allow_unreconciled=True``.
+- Inside a live session's tick, a *new* intent for a pair the session does not
+  run is refused (:class:`~persistkit.errors.PairNotInSessionError`): after a
+  crash no session would restore or reconcile it.
 
 Final intents are kept for a bounded count and time
 (``configure(final_intent_limit=..., final_intent_ttl=...)``): each write of a
@@ -40,6 +43,7 @@ from persistkit.domains._base import DomainAdapter
 from persistkit.errors import (
     EntityNotFoundError,
     IntentConflictError,
+    PairNotInSessionError,
     SchemaValidationError,
     UnreconciledIntentsError,
 )
@@ -52,8 +56,9 @@ __all__ = [
     "InDoubt",
     "PairInDoubt",
     "PersistIntentUtils",
+    "TickIntents",
     "check_same_order",
-    "intents_in_doubt",
+    "tick_intents",
 ]
 
 _INTENTS = "intents"
@@ -76,10 +81,21 @@ class PairInDoubt:
 InDoubt = Mapping[tuple[str, str], PairInDoubt]
 """(symbol, strategy) -> what its new intents wait for (pairs absent: nothing)."""
 
-intents_in_doubt: contextvars.ContextVar[InDoubt | None] = contextvars.ContextVar(
-    "persistkit_intents_in_doubt", default=None
+
+@dataclass(frozen=True, slots=True)
+class TickIntents:
+    """What a live session's tick checks a new intent against."""
+
+    pairs: frozenset[tuple[str, str]]
+    """The session's pairs: a new intent for another is refused."""
+    in_doubt: InDoubt
+    """The pairs whose new intents wait for a reconcile (empty: none, or allowed)."""
+
+
+tick_intents: contextvars.ContextVar[TickIntents | None] = contextvars.ContextVar(
+    "persistkit_tick_intents", default=None
 )
-"""Set by a live session's tick: the pairs a new intent must wait for (``None``: none)."""
+"""Set by a live session's tick (``None`` outside one: no rule but one id, one order)."""
 
 
 def _as_intent(value: Any) -> OrderIntent:
@@ -135,7 +151,9 @@ class PersistIntentUtils(DomainAdapter):
         :class:`~persistkit.errors.IntentConflictError` for a reused client
         order id or a final intent's status changed,
         :class:`~persistkit.errors.UnreconciledIntentsError` for a new intent
-        while the pair's intents from before a restart are in doubt, and
+        while the pair's intents from before a restart are in doubt,
+        :class:`~persistkit.errors.PairNotInSessionError` for a new intent, in
+        a live session's tick, of a pair the session does not run, and
         :class:`~persistkit.errors.SchemaValidationError` for an invalid one.
 
         Outside a tick the write is its own commit: durable when this returns.
@@ -154,8 +172,8 @@ class PersistIntentUtils(DomainAdapter):
         symbol, strategy = checked.symbol, checked.strategy_name
         store = await self._store(join_pair(symbol, strategy))
         settings = active_settings()
-        in_doubt = intents_in_doubt.get()
-        waiting_for = None if in_doubt is None else in_doubt.get((symbol, strategy))
+        rules = tick_intents.get()
+        waiting_for = None if rules is None else rules.in_doubt.get((symbol, strategy))
         now = now_ms()
         stored = checked.model_copy(update={"updated_at": now})
 
@@ -164,6 +182,14 @@ class PersistIntentUtils(DomainAdapter):
             intents = {str(k): _as_intent(v) for k, v in (current or {}).items()}
             before = intents.get(stored.client_order_id)
             if before is None:
+                if rules is not None and (symbol, strategy) not in rules.pairs:
+                    raise PairNotInSessionError(
+                        f"new order {stored.client_order_id!r} for {symbol}/{strategy} refused: "
+                        "the live session does not run that pair, so after a crash no session "
+                        "would restore or reconcile it (an order left in doubt for good); add "
+                        "the pair to the session's pairs; nothing was written",
+                        pair=(symbol, strategy),
+                    )
                 if waiting_for is not None:
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:

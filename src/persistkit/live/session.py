@@ -62,7 +62,7 @@ from persistkit.domains import (
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
-from persistkit.domains.intent import InDoubt, PairInDoubt, check_same_order, intents_in_doubt
+from persistkit.domains.intent import PairInDoubt, TickIntents, check_same_order, tick_intents
 from persistkit.errors import (
     ConflictError,
     InstanceLockedError,
@@ -237,11 +237,11 @@ class _SessionTick(Transaction):
 
     __slots__ = (
         "_clock_token",
-        "_doubt_token",
         "_fence_token",
         "_flight",
-        "_in_doubt",
         "_inputs",
+        "_intents",
+        "_intents_token",
         "_leases",
         "_records_inputs",
         "_scope",
@@ -258,7 +258,7 @@ class _SessionTick(Transaction):
         *,
         inputs: tuple[str, bytes] | None = None,
         flight: _TickInFlight | None = None,
-        in_doubt: InDoubt | None = None,
+        intents: TickIntents | None = None,
     ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
@@ -270,9 +270,9 @@ class _SessionTick(Transaction):
         """The tick's time and id source (:mod:`persistkit.clock`), recorded with its inputs."""
         self._clock_token: contextvars.Token[TickClock | None] | None = None
         self._inputs = inputs
-        self._in_doubt = in_doubt
-        """The pairs whose new intents wait for a reconcile (``None``: none, or allowed)."""
-        self._doubt_token: contextvars.Token[InDoubt | None] | None = None
+        self._intents = intents
+        """What a new order intent of the tick is checked against."""
+        self._intents_token: contextvars.Token[TickIntents | None] | None = None
         self.parts_committed = 0
         """Commits :meth:`commit_staged` made before the tick's end."""
         self._records_inputs = False
@@ -284,7 +284,7 @@ class _SessionTick(Transaction):
             self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
         self._clock_token = current_tick.set(self.clock)
-        self._doubt_token = intents_in_doubt.set(self._in_doubt)
+        self._intents_token = tick_intents.set(self._intents)
         try:
             entered = await super().__aenter__()
         except BaseException:
@@ -357,9 +357,9 @@ class _SessionTick(Transaction):
         if self._clock_token is not None:
             current_tick.reset(self._clock_token)
             self._clock_token = None
-        if self._doubt_token is not None:
-            intents_in_doubt.reset(self._doubt_token)
-            self._doubt_token = None
+        if self._intents_token is not None:
+            tick_intents.reset(self._intents_token)
+            self._intents_token = None
 
 
 def _reconciled(intent: OrderIntent, answer: OrderIntent | None, reason: str) -> OrderIntent:
@@ -773,7 +773,9 @@ class LiveSession:
         A new order intent for a pair whose intents from before the restart
         are still in doubt raises :class:`~persistkit.errors.UnreconciledIntentsError`
         (see :meth:`reconcile`); ``allow_unreconciled=True`` lets this tick
-        write it anyway. Updates of intents already stored are always allowed.
+        write it anyway. A new order intent for a pair the session does not run
+        raises :class:`~persistkit.errors.PairNotInSessionError` (no restart
+        would reconcile it). Updates of intents already stored are always allowed.
         """
         return self._new_tick(inputs, allow_unreconciled=allow_unreconciled)
 
@@ -790,14 +792,16 @@ class LiveSession:
         self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
         clock = TickClock(self._last_tick_ns, self.risk_name)
         encoded = None if inputs is _NO_INPUTS else self._encoded_inputs(clock, inputs)
-        in_doubt = None if allow_unreconciled or not self._in_doubt else dict(self._in_doubt)
+        intents = TickIntents(
+            frozenset(self.pairs), {} if allow_unreconciled else dict(self._in_doubt)
+        )
         return _SessionTick(
             self._settings,
             self._leases,
             clock,
             inputs=encoded,
             flight=flight,
-            in_doubt=in_doubt,
+            intents=intents,
         )
 
     def _encoded_inputs(self, clock: TickClock, inputs: Any) -> tuple[str, bytes]:

@@ -158,13 +158,6 @@ def test_a_clock_stepped_back_across_a_restart_does_not_drop_the_newest_fills(
     assert after["kept"] == sorted(after["ids"]), (before, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a reconcile that found no order records `cancelled`, a final status, so the "
-    "fill an exchange reports later (an order visible to its query API only after a delay) can "
-    "no longer be recorded; persistkit would need a status for 'not found' that a later report "
-    "may still change",
-)
 async def test_a_fill_reported_after_a_reconcile_found_no_order_can_still_be_recorded(
     tmp_path: Path,
 ) -> None:
@@ -183,7 +176,10 @@ async def test_a_fill_reported_after_a_reconcile_found_no_order_can_still_be_rec
         async with session.tick():
             await PersistIntentAdapter.write_intent(filled)
         [stored] = await PersistIntentAdapter.read_intents(*PAIR)
-        assert stored.status == "filled"
+        assert (stored.status, stored.filled_quantity) == ("filled", 0.5)
+        with pytest.raises(IntentConflictError, match="final"):  # once: filled is final
+            async with session.tick():
+                await PersistIntentAdapter.write_intent(cancelled)
     finally:
         await session.aclose()
 

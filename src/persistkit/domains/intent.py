@@ -12,7 +12,12 @@ Two rules keep an order from being sent twice or forgotten:
 - A client order id names one order: written again with another symbol,
   strategy, side, quantity, limit price or creation time, it is refused
   (:class:`~persistkit.errors.IntentConflictError`), and so is a change of a
-  final intent's status (``filled``, ``cancelled``, ``rejected``).
+  final intent's status (``filled``, ``cancelled``, ``rejected``), but once:
+  a ``cancelled`` intent the exchange never gave an order id (a reconcile
+  that found no order, an order whose send was given up) takes a later
+  ``acked``, ``partially_filled`` or ``filled`` report that carries the
+  exchange's order id: the order did reach the exchange (visible to its query
+  only after a delay), and the bot must know its position. Logged at WARNING.
 - Inside a live session's tick, a *new* intent for a pair whose intents from
   before the restart are still in doubt (or were lost: their file quarantined
   at start) is refused (:class:`~persistkit.errors.UnreconciledIntentsError`)
@@ -31,6 +36,7 @@ Intents not final are never dropped.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -61,7 +67,11 @@ __all__ = [
     "tick_intents",
 ]
 
+logger = logging.getLogger(__name__)
+
 _INTENTS = "intents"
+
+_REPORTS_OF_AN_ORDER_AT_THE_EXCHANGE = frozenset({"acked", "partially_filled", "filled"})
 
 IDENTITY_FIELDS = ("symbol", "strategy_name", "side", "quantity", "price", "created_at")
 """What a client order id names: the same in every write of one intent."""
@@ -194,6 +204,17 @@ class PersistIntentUtils(DomainAdapter):
                     _refuse_while_in_doubt(stored, intents, waiting_for)
             else:
                 check_same_order(before, stored)
+                if before.final and stored.status != before.status:
+                    logger.warning(
+                        "persistkit: order %s of %s/%s was recorded cancelled (%s) but the "
+                        "exchange reports it %s as %s: recorded, the order did reach the exchange",
+                        stored.client_order_id,
+                        symbol,
+                        strategy,
+                        before.reason or "no reason given",
+                        stored.status,
+                        stored.exchange_order_id,
+                    )
             # The newest write gets the newest stamp, whatever the clock did (stepped
             # back across a restart, another host's): the bound keeps the newest.
             stamp = max([now, *((i.updated_at or 0) + 1 for i in intents.values())])
@@ -216,7 +237,8 @@ class PersistIntentUtils(DomainAdapter):
 
 def check_same_order(before: OrderIntent, after: OrderIntent) -> None:
     """Raise :class:`~persistkit.errors.IntentConflictError` unless ``after`` is ``before``'s order
-    (same :data:`IDENTITY_FIELDS`) and leaves a final status as it was."""
+    (same :data:`IDENTITY_FIELDS`) and leaves a final status as it was (or is the late
+    exchange report of an order cancelled without an exchange order id: see the module)."""
     changed = [f for f in IDENTITY_FIELDS if getattr(before, f) != getattr(after, f)]
     if changed:
         changes = ", ".join(
@@ -228,12 +250,23 @@ def check_same_order(before: OrderIntent, after: OrderIntent) -> None:
             "(persistkit.new_client_order_id); nothing was written",
             client_order_id=after.client_order_id,
         )
-    if before.final and after.status != before.status:
+    if before.final and after.status != before.status and not _found_late(before, after):
         raise IntentConflictError(
             f"order {after.client_order_id!r} is {before.status}, which is final: it cannot "
             f"become {after.status} (a late or repeated exchange report?); nothing was written",
             client_order_id=after.client_order_id,
         )
+
+
+def _found_late(before: OrderIntent, after: OrderIntent) -> bool:
+    """``after`` is the first report of an order recorded cancelled without ever hearing
+    from the exchange (no exchange order id): the order reached it after all."""
+    return (
+        before.status == "cancelled"
+        and before.exchange_order_id is None
+        and after.status in _REPORTS_OF_AN_ORDER_AT_THE_EXCHANGE
+        and after.exchange_order_id is not None
+    )
 
 
 def _refuse_while_in_doubt(

@@ -314,23 +314,30 @@ async def test_a_salvaged_journal_keeps_its_sound_records_in_the_history(tmp_pat
     await backend.aclose()
 
 
-async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
+async def test_plain_writes_and_removals_are_in_the_history(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    backend = FileBackend(root, history=HistoryPolicy(plain_writes=True))
-    await backend.put("a/x", b"1")
+    backend = FileBackend(root)
+    store: PersistBase[int] = PersistBase("a", backend=backend)
+    await store.write_value("x", 1)
     assert (root / "a" / "x.json").read_bytes() == b"1"  # the seed's file, on return
-    await backend.put("a/x", b"2")
-    await backend.delete("a/x")
-    await backend.checkpoint()
-    changes = (await backend.history_records()).changes_of("a/x")
-    assert [change.data for change in changes] == [b"1", b"2", None]
+    await asyncio.sleep(0.002)  # each change in a millisecond of its own, for as_of
+    await store.write_value("x", 2)
+    await asyncio.sleep(0.002)
+    await store.remove_value("x")
     assert not (root / "a" / "x.json").exists()
+    await backend.checkpoint()
+    await store.write_value("x", 3)  # in the journal, not archived yet
+    changes = (await backend.history_records()).changes_of("a/x")
+    assert [change.data for change in changes] == [b"1", b"2", None, b"3"]
+    times = [change.time_ns for change in changes]
+    assert times == sorted(times)
+    assert await store.read_value("x", as_of=ceil_ms(times[1])) == 2
     await backend.aclose()
-    # By default a plain write is DESIGN §3's durable replace, outside the history.
-    default = FileBackend(tmp_path / "default")
-    await default.put("a/x", b"1")
-    assert (await default.history_records()).changes_of("a/x") == []
-    await default.aclose()
+    # After a restart (the journal checkpointed into the history), nothing is lost or doubled.
+    reopened = FileBackend(root)
+    after_restart = (await reopened.history_records()).changes_of("a/x")
+    assert [change.data for change in after_restart] == [b"1", b"2", None, b"3"]
+    await reopened.aclose()
 
 
 async def test_the_command_line_reads_the_past_with_inspect_as_of_and_history(

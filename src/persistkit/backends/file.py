@@ -7,6 +7,15 @@ each checkpoint (see :mod:`persistkit.backends.archive`; ``history=None`` keeps
 none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
 whose name starts with ``.`` is ever listed as an entity.
 
+Plain writes (``put`` and ``delete`` outside a commit) of a root that keeps
+history, the default, are commits of one key: one record appended to the
+commit journal and fsynced (the commit point, so one fsync where the durable
+write below takes two), then the entity's file written (temp file and rename,
+unsynced: the journal is the durability) before the call returns. So the
+history holds every change with its commit time, and the seed's files stay
+current. A root opened with ``history=None`` writes them with the durable
+write; the history's own files use it too.
+
 The durable write (see ``DESIGN.md`` §3):
 
 1. the caller has already encoded the value, so nothing can fail half-way
@@ -202,9 +211,10 @@ class FileBackend(Backend):
         self.history = None if history is None else HistoryArchive(self, history)
         """The archive of past journal generations (``None``: ``history=None``, none kept)."""
         self.keeps_history = history is not None
-        # With HistoryPolicy(plain_writes=True), plain writes go through the
-        # journal too, so that they reach the history with their commit time.
-        self._plain_writes_journaled = offload or (history is not None and history.plain_writes)
+        # A root that keeps history sends plain writes through the journal too,
+        # so that they reach the history with their commit time (and cost one
+        # fsync, not the durable replace's two).
+        self._plain_writes_journaled = offload or history is not None
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod

@@ -18,10 +18,12 @@ to every process the moment it is appended, not when its files are written.
 **Keys the journal holds.** A key written by a commit stays the journal's until
 the next checkpoint: a plain ``put`` or ``delete`` of it, from any process, is
 appended to the journal too, so that no later application of the journal can
-undo it. A plain write of any other key goes straight to its file under the
-entity directory's lock, and a commit that compares the version of such a key
-takes that same lock while it checks and appends, so compare-and-set is exact
-across processes whichever path each write takes.
+undo it. On a root that keeps history (the default) every plain write is
+appended, so that the history holds it. Otherwise (``history=None``) a plain
+write of any other key goes straight to its file under the entity directory's
+lock, and a commit that compares the version of such a key takes that same
+lock while it checks and appends, so compare-and-set is exact across
+processes whichever path each write takes.
 
 Framing (little endian)::
 
@@ -1316,7 +1318,8 @@ class CommitJournal:
                     except OSError:
                         pass  # a torn record at the end is cut off by the next committer
                     raise WriteFailedError(
-                        f"appending to the commit journal failed: {exc}; the tick was not committed"
+                        f"appending to the commit journal failed: {exc}; nothing was committed, "
+                        "the previous values are kept"
                     ) from exc
                 journal.offset += len(blob)
                 journal.next_seq += len(accepted)
@@ -1331,7 +1334,7 @@ class CommitJournal:
                 # the journal to a new file and fsync that one instead.
                 self._replace_after_failed_fsync(journal)
                 raise DurabilityUnknownError(
-                    f"fsync of the commit journal failed ({exc}): the tick is visible, "
+                    f"fsync of the commit journal failed ({exc}): the commit is visible, "
                     "but may not survive a power cut"
                 ) from exc
             self.flushes += 1
@@ -1397,7 +1400,8 @@ class CommitJournal:
                 pass  # made when applied, through the same confined layer
             except OSError as exc:
                 raise WriteFailedError(
-                    f"cannot open the directory of {key}: {exc}; the tick was not committed"
+                    f"cannot open the directory of {key}: {exc}; nothing was committed, "
+                    "the previous values are kept"
                 ) from exc
             if len(verified) >= 1 << 16:
                 verified.clear()

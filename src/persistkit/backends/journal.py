@@ -43,10 +43,10 @@ deleted, every process refuses the root with :class:`JournalDamagedError`, and
 into the entity files (temp file and rename, no fsync: the journal is the
 durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
 files stay close to the truth. When the journal passes ``limit`` bytes, at
-``aclose`` and at a start, a checkpoint applies everything, flushes the file
-system (``syncfs``), copies the journal's records into the root's history
-(:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
-and replaces the journal by an empty one (written and fsynced aside, then
+``aclose`` and at a start, a checkpoint applies everything, copies the
+journal's records into the root's history (:mod:`persistkit.backends.archive`;
+unless the backend keeps none), flushes the file system (``syncfs``, which
+makes the files and the history durable together) and replaces the journal by an empty one (written and fsynced aside, then
 renamed over it): only then may the journal forget a record. Commit times go
 on from the old journal's, whatever the clock does. Other processes notice the
 replacement (the file they have open has no name any more) and read the new
@@ -758,16 +758,21 @@ class CommitJournal:
         if self._lock_fd is not None:
             self._os.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _start_generation(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+    def _start_generation(
+        self, first_seq: int, writes: Writes | None, *, archived: bool = False
+    ) -> _OpenJournal:
         """A new journal (header, and ``writes`` as its first record), fsynced, renamed in.
 
         Under the journal lock. Other processes see the old file lose its name
-        and read this one.
+        and read this one. The old one's records go into the history first,
+        unless the caller has ``archived`` them (durably) already.
         """
         with self._view_lock:
-            return self._start_generation_viewed(first_seq, writes)
+            return self._start_generation_viewed(first_seq, writes, archived)
 
-    def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+    def _start_generation_viewed(
+        self, first_seq: int, writes: Writes | None, archived: bool = False
+    ) -> _OpenJournal:
         old = self._journal
         blob = _FILE_HEADER.pack(FILE_MAGIC, FLAG_RESTATED if writes else 0, first_seq)
         next_seq = first_seq
@@ -778,7 +783,7 @@ class CommitJournal:
             blob += encode_record(first_seq, last_time, writes)
             next_seq += 1
         history = self._backend.history
-        if old is not None and history is not None:
+        if old is not None and history is not None and not archived:
             # The past goes into the history, durably, before the journal forgets it.
             history.archive(self._os.pread(old.fd, old.offset, 0))
         fd = self._rename_in(blob)
@@ -1556,17 +1561,21 @@ class CommitJournal:
         journal = self._journal
         if journal is None or (not self.pending and journal.offset == _FILE_HEADER.size):
             return
+        history = self._backend.history
         try:
             self._apply_held(wait=wait)
+            if history is not None:
+                # Before the sync, which makes the segments durable with the applied
+                # files: no fsync of their own, and still before the journal forgets.
+                history.archive(self._os.pread(journal.fd, journal.offset, 0), sync=False)
             self._sync_filesystem()
-            self._start_generation(journal.next_seq, None)
+            self._start_generation(journal.next_seq, None, archived=history is not None)
         except OSError as exc:
             raise DurabilityUnknownError(
                 f"checkpoint of the commit journal failed ({exc}); the journal is kept "
                 "and applied at the next start"
             ) from exc
 
-        history = self._backend.history
         if history is not None:
             try:
                 history.prune(time.time_ns())

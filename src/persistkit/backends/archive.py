@@ -482,8 +482,9 @@ class HistoryArchive:
             return
         last_seq = records[-1].seq
         try:
+            existing = self._snapshots()
             start = None
-            for snapshot in reversed(self._snapshots()):
+            for snapshot in reversed(existing):
                 if snapshot.seq <= last_seq and snapshot.seq + 1 >= records[0].seq:
                     state = self._read_snapshot(snapshot)
                     if state is not None:
@@ -507,7 +508,7 @@ class HistoryArchive:
                 )
             finally:
                 self._os.close(dir_fd)
-            for older in self._snapshots():
+            for older in existing:
                 if older.seq < seq and os.path.dirname(older.path) == day:
                     self._os.unlink(older.path)  # one per day is enough to start from
         except (OSError, PersistError) as exc:

@@ -149,6 +149,15 @@ def _records_of(blob: bytes) -> list[JournalRecord]:
     return records
 
 
+def _snapshot_named(directory: str, name: str) -> _Snapshot | None:
+    """The snapshot a file name ``{seq}-{time_ns}.state`` stands for, else ``None``."""
+    stem = name.removesuffix(SNAPSHOT_SUFFIX)
+    seq, _, time_ns = stem.partition("-")
+    if stem == name or not (seq.isdigit() and time_ns.isdigit()):
+        return None
+    return _Snapshot(int(seq), int(time_ns), f"{directory}/{name}")
+
+
 def _first_seq(path: str) -> int | None:
     """The first commit of a segment, from its name (``None``: not a name the archive gave)."""
     stem = os.path.basename(path).removesuffix(SEGMENT_SUFFIX)
@@ -245,12 +254,11 @@ class HistoryArchive:
 
     def prune(self, now_ns: int) -> int:
         """Fold what the policy no longer keeps into the base; returns segments removed."""
-        segments = self._segments()
+        segments, snapshots = self._listing()
         if not segments:
             return 0
         cutoff = day_of(now_ns - int(self.policy.max_age_days * _NS_PER_DAY))
         sizes = {path: self._os.stat(path).st_size for _, path in segments}
-        snapshots = self._snapshots()
         snapshot_sizes = {
             snapshot.path: self._os.stat(snapshot.path).st_size for snapshot in snapshots
         }
@@ -347,21 +355,37 @@ class HistoryArchive:
         except FileNotFoundError:
             return []
 
-    def _segments(self, until_ns: int | None = None) -> list[tuple[str, str]]:
-        """``(day, path)`` of every segment, oldest first; days after ``until_ns`` left out."""
+    def _listing(
+        self, until_ns: int | None = None
+    ) -> tuple[list[tuple[str, str]], list[_Snapshot]]:
+        """Every segment (``(day, path)``) and every day snapshot, oldest first, in one
+        pass over the day folders; days after ``until_ns`` left out."""
         last_day = None if until_ns is None else day_of(until_ns)
-        found: list[tuple[str, str]] = []
+        segments: list[tuple[str, str]] = []
+        snapshots: list[_Snapshot] = []
         for day in self._days():
             if last_day is not None and day > last_day:
                 break
             directory = f"{self.directory}/{day}"
-            names = sorted(
-                entry.name
-                for entry in self._os.scandir(directory)
-                if entry.name.endswith(SEGMENT_SUFFIX) and not entry.name.startswith(".")
-            )
-            found.extend((day, f"{directory}/{name}") for name in names)
-        return found
+            names = sorted(entry.name for entry in self._os.scandir(directory))
+            for name in names:
+                if name.startswith("."):
+                    continue
+                if name.endswith(SEGMENT_SUFFIX):
+                    segments.append((day, f"{directory}/{name}"))
+                snapshot = _snapshot_named(directory, name)
+                if snapshot is not None:
+                    snapshots.append(snapshot)
+        snapshots.sort(key=lambda snapshot: snapshot.seq)
+        return segments, snapshots
+
+    def _segments(self, until_ns: int | None = None) -> list[tuple[str, str]]:
+        """``(day, path)`` of every segment, oldest first; days after ``until_ns`` left out."""
+        return self._listing(until_ns)[0]
+
+    def _snapshots(self, until_ns: int | None = None) -> list[_Snapshot]:
+        """Every day snapshot, oldest first; days after ``until_ns`` left out."""
+        return self._listing(until_ns)[1]
 
     def _read_segment(self, path: str) -> list[JournalRecord]:
         return _records_of(self._backend._read_at(None, path) or b"")
@@ -443,23 +467,6 @@ class HistoryArchive:
 
     # -- day snapshots: where a point-in-time read starts -------------------------------
 
-    def _snapshots(self, until_ns: int | None = None) -> list[_Snapshot]:
-        """Every day snapshot (``{seq}-{time_ns}.state``), oldest first; days after
-        ``until_ns`` left out."""
-        last_day = None if until_ns is None else day_of(until_ns)
-        found: list[_Snapshot] = []
-        for day in self._days():
-            if last_day is not None and day > last_day:
-                break
-            directory = f"{self.directory}/{day}"
-            for entry in self._os.scandir(directory):
-                stem = entry.name.removesuffix(SNAPSHOT_SUFFIX)
-                seq, _, time_ns = stem.partition("-")
-                if stem != entry.name and seq.isdigit() and time_ns.isdigit():
-                    found.append(_Snapshot(int(seq), int(time_ns), f"{directory}/{entry.name}"))
-        found.sort(key=lambda snapshot: snapshot.seq)
-        return found
-
     def _read_snapshot(self, snapshot: _Snapshot) -> dict[str, bytes] | None:
         try:
             records = _records_of(self._backend._read_at(None, snapshot.path) or b"")
@@ -470,57 +477,48 @@ class HistoryArchive:
         return {key: data for key, data in records[0].writes.items() if data is not None}
 
     def _snapshot_after(self, records: list[JournalRecord]) -> None:
-        """Write the state after the last of ``records`` (just archived) as its day's snapshot.
+        """Write the state after ``records`` (just archived) as their day's snapshot.
 
-        Built from the newest snapshot before it and ``records`` (from the base
-        and every segment the first time), so a checkpoint costs the state's
-        size, not the history's. A snapshot only saves reading: it is not
-        fsynced, a torn or missing one is passed over, and a failure to write
-        it is logged, never raised.
+        Once a day, at its first checkpoint: a read starts from the newest
+        snapshot at or before its time, so it reads a day's commits at most.
+        Built from the previous snapshot and the segments after it (from the
+        base and every segment the first time). A snapshot only saves reading:
+        it is not fsynced (the checkpoint's file-system sync follows), a torn or
+        missing one is passed over, and a failure to write it is logged, never
+        raised.
         """
         if not records:
             return
-        last_seq = records[-1].seq
+        newest = max(record.time_ns for record in records)
+        day = f"{self.directory}/{day_of(newest)}"
         try:
-            existing = self._snapshots()
-            start = None
-            for snapshot in reversed(existing):
-                if snapshot.seq <= last_seq and snapshot.seq + 1 >= records[0].seq:
-                    state = self._read_snapshot(snapshot)
-                    if state is not None:
-                        start = (snapshot.seq, snapshot.time_ns, state)
-                        break
-            if start is None:
-                everything = self.read([])
-                seq = everything.commits[-1].seq if everything.commits else everything.base_seq
-                start = (seq, everything.end_ns, everything.state_at(everything.end_ns))
-            seq, time_ns, state = start
-            for record in records:
-                if record.seq > seq:
-                    apply_writes(state, record.writes)
-                    seq, time_ns = record.seq, max(time_ns, record.time_ns)
-            blob = _FILE_HEADER.pack(FILE_MAGIC, 0, seq) + encode_record(seq, time_ns, state)
-            day = f"{self.directory}/{day_of(time_ns)}"
-            dir_fd = self._backend._ensure_dir(day)
             try:
-                self._backend._write_new_file(
-                    dir_fd, f"{seq:020d}-{time_ns:020d}{SNAPSHOT_SUFFIX}", blob, sync=False
-                )
+                names = [entry.name for entry in self._os.scandir(day)]
+            except FileNotFoundError:
+                names = []
+            if any(_snapshot_named(day, name) is not None for name in names):
+                return  # the day has its snapshot
+            recent = self._read_from_snapshot([], newest) or self.read([])
+            seq = recent.commits[-1].seq if recent.commits else recent.base_seq
+            state = recent.state_at(recent.end_ns)
+            blob = _FILE_HEADER.pack(FILE_MAGIC, 0, seq) + encode_record(seq, recent.end_ns, state)
+            directory = f"{self.directory}/{day_of(recent.end_ns)}"
+            dir_fd = self._backend._ensure_dir(directory)
+            try:
+                name = f"{seq:020d}-{recent.end_ns:020d}{SNAPSHOT_SUFFIX}"
+                self._backend._write_new_file(dir_fd, name, blob, sync=False)
             finally:
                 self._os.close(dir_fd)
-            for older in existing:
-                if older.seq < seq and os.path.dirname(older.path) == day:
-                    self._os.unlink(older.path)  # one per day is enough to start from
         except (OSError, PersistError) as exc:
             logger.warning(
                 "persistkit: writing the history snapshot of %s failed (%s); point-in-time "
-                "reads read further back until the next checkpoint writes one",
+                "reads read further back until a checkpoint writes one",
                 self._backend.root,
                 exc,
             )
 
     def size(self) -> int:
         """Bytes of archived segments and day snapshots (what ``max_bytes`` limits)."""
-        paths = [path for _, path in self._segments()]
-        paths += [snapshot.path for snapshot in self._snapshots()]
+        segments, snapshots = self._listing()
+        paths = [path for _, path in segments] + [snapshot.path for snapshot in snapshots]
         return sum(self._os.stat(path).st_size for path in paths)

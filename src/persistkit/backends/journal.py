@@ -46,8 +46,9 @@ files stay close to the truth. When the journal passes ``limit`` bytes, at
 ``aclose`` and at a start, a checkpoint applies everything, copies the
 journal's records into the root's history (:mod:`persistkit.backends.archive`;
 unless the backend keeps none), flushes the file system (``syncfs``, which
-makes the files and the history durable together) and replaces the journal by an empty one (written and fsynced aside, then
-renamed over it): only then may the journal forget a record. Commit times go
+makes the files and the history durable together) and replaces the journal
+by an empty one (written and fsynced aside, then renamed over it): only then
+may the journal forget a record. Commit times go
 on from the old journal's, whatever the clock does. Other processes notice the
 replacement (the file they have open has no name any more) and read the new
 one. All of this happens under the journal lock, so two processes never apply

@@ -22,15 +22,15 @@ folded into the base (written aside, fsynced, renamed in) and only then
 removed. A crash between the two leaves segments the base already covers,
 which readers skip.
 
-Each archive also leaves ``{day}/{seq}-{time_ns}.state``: the whole state
-after the last commit it archived, built from the previous snapshot and the
-archived records (so a checkpoint costs the state's size, not the history's);
-a day keeps its newest. A point-in-time read starts from the newest snapshot
-at or before its time and reads only the segments after it: a day's commits at
-most, however long the history. Snapshots only save reading: they are not
-fsynced (checksummed like every record; a torn one is passed over for an older
-one, or for the base), retention removes those its base covers, and their
-bytes count towards ``max_bytes``.
+The first checkpoint of each day also leaves ``{day}/{seq}-{time_ns}.state``:
+the whole state after the last commit it archived, built from the previous
+snapshot and the segments after it. A point-in-time read starts from the
+newest snapshot at or before its time and reads only the segments after it: a
+day's commits at most, however long the history. Snapshots only save reading:
+they are not fsynced of their own (the checkpoint's file-system sync follows;
+checksummed like every record, a torn one is passed over for an older one, or
+for the base), retention removes those its base covers, and their bytes count
+towards ``max_bytes``.
 
 Reading never takes the journal lock: the current journal is read first, then
 the segments, so a checkpoint in between shows its records twice (skipped by

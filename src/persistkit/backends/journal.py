@@ -1362,7 +1362,7 @@ class CommitJournal:
         second descriptor of the same directory would wait for the first."""
         for request in batch:
             try:
-                self._check_confined(request.writes)
+                self._check_confined(request.writes, fresh=request.apply_now)
             except (ForeignSymlinkError, WriteFailedError) as exc:
                 request.error = exc  # refused before it is acknowledged, not when applied
                 continue
@@ -1386,19 +1386,21 @@ class CommitJournal:
             view.update(request.writes)
         return accepted
 
-    def _check_confined(self, writes: Writes) -> None:
+    def _check_confined(self, writes: Writes, *, fresh: bool = False) -> None:
         """Refuse writes whose directory lies behind a symbolic link (:mod:`.confine`).
 
         Each directory is looked at once per process (the confined OS layer
         walks it and raises :class:`ForeignSymlinkError`); one swapped for a
         link later is refused when its files are written, and the journal
-        keeps the commit.
+        keeps the commit. ``fresh`` (a plain write, whose file is written
+        before it returns) looks again every time, so that such a write is
+        refused before it is committed, never after.
         """
         backend = self._backend
         verified = self._confined_namespaces
         for key in writes:
             namespace = split_key(key)[0]
-            if namespace in verified:
+            if namespace in verified and not fresh:
                 continue
             try:
                 self._os.close(backend._open_dir(backend._dir(namespace)))

@@ -1,4 +1,4 @@
-"""The value every case stores: a ~300-byte JSON trading signal, as in BASELINES.md."""
+"""The value every case stores: a ~300-byte JSON trading signal, the size a bot stores."""
 
 from __future__ import annotations
 

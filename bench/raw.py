@@ -1,7 +1,7 @@
 """The references: the same work done with bare system calls, no library.
 
 These are what persistkit's file backend is measured against. The durable
-replace is the protocol of ``DESIGN.md`` §3 written as tightly as Python
+replace (temp file, fsync, rename, directory fsync) written as tightly as Python
 allows (the directory stays open across writes); ``pwrite`` + ``fsync`` on one
 open file is the ceiling of any durable commit on this disk.
 """

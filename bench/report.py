@@ -72,6 +72,13 @@ TARGETS = [
         0.91,
     ),
     Target(
+        "bot tick recording 1 statistics event vs the same tick without",
+        "statistics",
+        stats_events.ON_ONE,
+        stats_events.OFF_ONE,
+        0.91,
+    ),
+    Target(
         "bot ticks recording events at the demo bot's rate vs the same ticks without",
         "statistics",
         stats_events.ON_MIXED,

@@ -2,7 +2,7 @@
 
 A bot changes several entities per tick (a signal and its risk position, say).
 Without a tick commit each is its own durable write; with one
-(``persistkit.transaction()``, DESIGN.md §5) the whole tick costs one journal
+(``persistkit.transaction()``) the whole tick costs one journal
 fsync. Two references bound it: the physical floor of such a commit (one
 ``pwrite`` of every record of the tick and one ``fsync``), and the raw durable
 replace of every entity of the tick (what a tick costs without a journal).

@@ -208,13 +208,13 @@ def start_live_bot(root: Path) -> subprocess.Popen[str]:
     return bot
 
 
-def run(command: str, *, stdin: str = "", keep: int | None = None) -> str:
+def run(command: str, *, stdin: str = "", keep: int | None = None, cwd: Path = DEMO) -> str:
     """``$ command``, then its output as an operator sees it, then the exit code."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("COLUMNS", None)
     result = subprocess.run(
         ["bash", "-c", command],
-        cwd=DEMO,
+        cwd=cwd,
         input=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # interleaved as on a terminal
@@ -352,7 +352,8 @@ For the person on call: see a bot's state, check before a deploy that a restart
 will succeed, and move state between backends, without writing Python.
 Install with `pip install 'persistkit[cli]'`.
 
-Every command takes a directory (`ROOT`, default `./dump/data`) or a backend URL
+Every command takes a directory (`ROOT`) or a backend URL, by default
+`$PERSISTKIT_BACKEND`, else `$PERSISTKIT_BASE_DIR`, else `./dump/data`
 (`file:///path`, `redis://...`, `s3://...`: any URL `persistkit.open_backend`
 accepts). Exit codes, for scripts:
 
@@ -537,7 +538,10 @@ commit point, changing nothing; a source that cannot be read whole (a symbolic
 link inside it, commits it cannot read) is refused, exit 1, nothing written.
 Every key is checked first against the rules a store names keys by (a key no
 store could have written: exit 2, nothing written). Into a file root the whole
-copy is one commit of its journal: all of it or nothing.
+copy is one commit of its journal: all of it or nothing. From a backtest-kit
+19.x folder (`backtest-kit:///ABSOLUTE/PATH/dump/data?exchange=NAME`) it shows
+the mapping first and lists what it cannot migrate (exit 1): see
+[Coming from backtest-kit](#coming-from-backtest-kit).
 """
 
 SECTION_MIGRATE_REFUSED = """

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages the real-server tests need: redis-server,
-# redis-tools (redis-cli, used to create the test cluster), strace and faketime
-# (a process whose wall clock steps back, in the multi-process tests).
+# redis-tools (redis-cli, used to create the test cluster), strace, faketime
+# (a process whose wall clock steps back, in the multi-process tests), and
+# nodejs and npm (the migration tests write state with the real backtest-kit
+# from npm, installed as the bench installs it).
 # Idempotent and fast when everything is already present. The Debian redis
 # service is never left running: the tests start their own servers on free
 # loopback ports, and nothing may hold port 6379.
@@ -15,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=0
-for bin in redis-server redis-cli strace faketime; do
+for bin in redis-server redis-cli strace faketime node npm; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         missing=1
     fi
@@ -41,7 +43,7 @@ if [ "$missing" -eq 1 ]; then
     $SUDO apt-get update -q
     $SUDO apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        redis-server redis-tools strace faketime
+        redis-server redis-tools strace faketime nodejs npm
 fi
 
 # Make sure no system redis service is running or enabled.
@@ -62,7 +64,7 @@ if command -v pgrep >/dev/null 2>&1; then
     done
 fi
 
-for bin in redis-server redis-cli strace faketime; do
+for bin in redis-server redis-cli strace faketime node npm; do
     command -v "$bin" >/dev/null 2>&1 || { echo "install-system-deps: $bin still missing" >&2; exit 1; }
 done
 echo "install-system-deps: $(redis-server --version | head -n1)"

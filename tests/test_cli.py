@@ -39,7 +39,7 @@ from support.servers import RedisServer, free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("persistkit")
 
-# Paths of the seed layout (DESIGN.md §2), as the adapters write them.
+# Paths of backtest-kit's layout (the README's "On-disk layout"), as the adapters write them.
 BTC_SIGNAL = "signal/BTCUSDT_trend_follow/BTCUSDT.json"
 ETH_SIGNAL = "signal/ETH%2FUSDT_mean_rev/ETH%2FUSDT.json"
 SOL_SCHEDULE = "schedule/SOLUSDT_breakout/SOLUSDT.json"
@@ -272,17 +272,17 @@ def break_tree(root: Path) -> dict[str, str]:
     (root / ETH_SIGNAL).write_bytes(b'{"id": "sig-2", "symbol": "ETH')  # torn
     (root / SOL_SCHEDULE).write_bytes(b'{"id": "sch-1"}')  # parses, fails its model
     (root / PARTIAL).write_bytes(b"\x00" * 64)  # zeroed
-    (root / "signal/BTCUSDT_trend_follow/.tmp-0123abcd").write_bytes(b'{"id": "half')
+    (root / "signal/BTCUSDT_trend_follow/.tmp-0123456789abcdef").write_bytes(b'{"id": "half')
     new_entity = root / "signal/XRPUSDT_grid"  # a first write that died before its rename
     new_entity.mkdir()
-    (new_entity / ".tmp-77aa").write_bytes(b"")
+    (new_entity / ".tmp-77aa77aa77aa77aa").write_bytes(b"")
     os.chmod(root / RISK, 0o600)  # a mode a start must keep, and preflight must not touch
     return {
         "signal/ETH%2FUSDT_mean_rev/ETH%2FUSDT": "corrupt",
         "schedule/SOLUSDT_breakout/SOLUSDT": "corrupt",
         "partial/BTCUSDT_trend_follow/levels": "corrupt",
-        "signal/BTCUSDT_trend_follow/.tmp-0123abcd": "orphan",
-        "signal/XRPUSDT_grid/.tmp-77aa": "orphan",
+        "signal/BTCUSDT_trend_follow/.tmp-0123456789abcdef": "orphan",
+        "signal/XRPUSDT_grid/.tmp-77aa77aa77aa77aa": "orphan",
     }
 
 

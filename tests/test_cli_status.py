@@ -44,7 +44,8 @@ BOT_PAIRS = ["BTCUSDT / trend_follow", "ETH/USDT / mean reversion", "risk main-p
 
 TOP_LEVEL = {
     "backend", "status", "exit_code", "checked_at", "sessions", "domains", "journal",
-    "commits_waiting", "quarantine", "durability_warnings", "problems", "notes", "attention",
+    "commits_waiting", "quarantine", "open_intents", "durability_warnings", "problems", "notes",
+    "attention",
 }  # fmt: skip
 HOLDER = {"pid", "host", "since", "alive", "locks", "where"}
 
@@ -183,7 +184,8 @@ async def test_a_clean_root_is_healthy(data_root: Path) -> None:
     code, report = status_json(data_root)
     assert code == 0
     counts = {domain["domain"]: domain["entities"] for domain in report["domains"]}
-    assert counts == {"signal": 2, "risk": 1, "schedule": 1, "partial": 1}
+    assert counts == {"signal": 2, "risk": 1, "schedule": 1, "partial": 1, "intent": 0}
+    assert report["open_intents"] == []
     assert report["journal"]["commits"] == 0 and report["commits_waiting"] == 0
 
 
@@ -274,8 +276,8 @@ def test_the_json_document_has_the_documented_keys(
     assert set(report["sessions"]["running"][0]) == HOLDER
     for domain in report["domains"]:
         assert set(domain) == {"domain", "entities", "last_change"}
-    assert [domain["domain"] for domain in report["domains"]][:4] == [
-        "signal", "risk", "schedule", "partial"
+    assert [domain["domain"] for domain in report["domains"]][:5] == [
+        "signal", "risk", "schedule", "partial", "intent"
     ]  # fmt: skip
     assert set(report["journal"]) == {
         "path", "bytes", "commits", "keys", "keys_behind", "last_commit"

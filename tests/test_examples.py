@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import intent_bot  # noqa: E402 - the examples, imported from their folder
+import simulated_exchange  # noqa: E402
 
 
 def run(*command: str | Path, env: dict[str, str] | None = None) -> str:
@@ -43,7 +49,8 @@ def test_domain_example_runs(example: str, says: str, tmp_path: Path) -> None:
 
 def test_every_example_is_tested() -> None:
     tested = {"signal_example.py", "schedule_example.py", "risk_example.py", "partial_example.py"}
-    assert {path.name for path in EXAMPLES.glob("*.py")} == tested | {"live_bot.py"}
+    bots = {"live_bot.py", "sync_bot.py", "intent_bot.py", "simulated_exchange.py"}
+    assert {path.name for path in EXAMPLES.glob("*.py")} == tested | bots
 
 
 def test_live_bot_runs_resumes_and_verifies(tmp_path: Path) -> None:
@@ -55,6 +62,17 @@ def test_live_bot_runs_resumes_and_verifies(tmp_path: Path) -> None:
     assert "stopped cleanly after tick 10" in second
     check = run(sys.executable, EXAMPLES / "live_bot.py", "--base-dir", base_dir, "--verify", "10")
     assert "state recovered: OK (tick 10" in check
+
+
+def test_sync_bot_runs_and_resumes(tmp_path: Path) -> None:
+    """The blocking API's bot; tests/test_sync.py stops it with SIGTERM and SIGINT."""
+    base_dir = tmp_path / "data"
+    first = run(sys.executable, EXAMPLES / "sync_bot.py", "--base-dir", base_dir, "--ticks", "3")
+    assert "restored at tick 0: 0 positions, signal None" in first
+    assert "stopped cleanly after tick 3" in first
+    second = run(sys.executable, EXAMPLES / "sync_bot.py", "--base-dir", base_dir, "--ticks", "2")
+    assert "restored at tick 3: 1 positions, signal sig-2" in second
+    assert "stopped cleanly after tick 5" in second
 
 
 def test_live_bot_verify_notices_a_lost_tick(tmp_path: Path) -> None:
@@ -80,3 +98,42 @@ def test_demo_script_kills_restarts_and_recovers(tmp_path: Path) -> None:
     assert "killed with SIGKILL" in output
     assert "state recovered: OK" in output
     assert "stopped cleanly after tick" in output
+
+
+def test_intent_bot_places_each_decision_once_through_lost_replies_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    exchange, port = simulated_exchange.spawn(tmp_path / "book.sqlite", lose_replies=0.3, seed=1)
+    bot: list[str | Path] = [
+        sys.executable, EXAMPLES / "intent_bot.py", "--base-dir", tmp_path / "bot",
+        "--exchange", f"127.0.0.1:{port}", "--interval", "0",
+    ]  # fmt: skip
+    try:
+        first = run(*bot, "--ticks", "6")
+        assert "restored at tick 0: 0 orders in doubt" in first
+        assert "stopped cleanly after tick 6" in first
+        second = run(*bot, "--ticks", "4")
+        assert "restored at tick 6: 0 orders in doubt" in second
+        assert "stopped cleanly after tick 10" in second
+        assert "orders: OK (ticks 1-10" in run(*bot, "--check")
+        book = asyncio.run(simulated_exchange.ExchangeClient("127.0.0.1", port).book())
+    finally:
+        exchange.kill()
+        exchange.wait()
+    decisions = intent_bot.decisions_until(10)
+    assert decisions  # the seeded decisions place orders in ten ticks
+    assert Counter(order["note"] for order in book["orders"]) == {d.id: 1 for d in decisions}
+    assert book["lost_replies"] > 0  # the replies it lost were resent or looked up, not doubled
+
+
+def test_intent_demo_script_kills_reconciles_and_checks(tmp_path: Path) -> None:
+    output = run(
+        "bash",
+        REPO / "scripts" / "intent_demo.sh",
+        env={"PERSISTKIT_DEMO_PYTHON": sys.executable, "PERSISTKIT_DEMO_DIR": str(tmp_path)},
+    )
+    assert "killed with SIGKILL" in output
+    restarts = [line for line in output.splitlines() if "restored at tick" in line]
+    assert len(restarts) >= 2 and ": 0 orders in doubt" not in restarts[-1]
+    assert "in doubt after the reconcile: 0" in restarts[-1]
+    assert "orders: OK" in output

@@ -370,7 +370,7 @@ async def test_plain_writes_and_removals_are_in_the_history(tmp_path: Path) -> N
     backend = FileBackend(root)
     store: PersistBase[int] = PersistBase("a", backend=backend)
     await store.write_value("x", 1)
-    assert (root / "a" / "x.json").read_bytes() == b"1"  # the seed's file, on return
+    assert (root / "a" / "x.json").read_bytes() == b"1"  # the entity file, on return
     await asyncio.sleep(0.002)  # each change in a millisecond of its own, for as_of
     await store.write_value("x", 2)
     await asyncio.sleep(0.002)

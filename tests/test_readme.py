@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 _BLOCK = re.compile(r"(<!-- readme-test: [^>]*-->\n)?```python\n(.*?)```", re.DOTALL)
 
 
@@ -33,3 +35,19 @@ def test_readme_block_runs(line: int, code: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"README.md line {line}:\n{result.stderr}"
     assert (tmp_path / "dump" / "data").is_dir()
+
+
+_INSTALLED_EXTRAS = re.compile(r"pip install [^\n`]*?(?:\.|persistkit)\[([\w,-]+)\]")
+
+
+def test_every_install_line_names_real_extras_and_every_extra_has_one() -> None:
+    named = {
+        extra
+        for group in _INSTALLED_EXTRAS.findall(README.read_text())
+        for extra in group.split(",")
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    defined = set(project["optional-dependencies"])
+    assert named <= defined, f"the README installs extras pyproject.toml lacks: {named - defined}"
+    for_developers = {"dev", "bench"}  # scripts/venv.sh and scripts/bench.sh install these
+    assert defined - for_developers <= named, "an extra without an install line in the README"

@@ -1,4 +1,4 @@
-"""persistkit.replay: the seed's rules and failure cases, on small recordings made here."""
+"""persistkit.replay: its rules and failure cases, on small recordings made here."""
 
 from __future__ import annotations
 

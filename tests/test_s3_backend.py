@@ -48,8 +48,8 @@ from persistkit.backends.s3 import S3Backend
 from persistkit.models import PartialData, ScheduledSignalRow
 from persistkit.testing import BackendConformance, sample_signal
 from support.servers import SeaweedS3, free_port
-from test_domains import position
-from test_domains import signal as signal_row
+from test_domain_adapters import position
+from test_domain_adapters import signal as signal_row
 
 BUCKET = "persistkit-tests"
 CAS_PROCESSES = 4

@@ -29,7 +29,7 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit.domains.events import SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit.domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
 from persistkit.names import join_pair
 
@@ -337,7 +337,7 @@ async def test_dump_writes_one_report_per_pair_durably_under_collision_free_name
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # "a_b" + "c" and "a" + "b_c": the seed's {strategy}.md, or a naive join, would collide.
+    # "a_b" + "c" and "a" + "b_c": backtest-kit's {strategy}.md, or a naive join, would collide.
     for symbol, strategy in (("a_b", "c"), ("a", "b_c")):
         row = scheduled(f"{symbol}-{strategy}", T0).model_copy(
             update={"symbol": symbol, "strategy_name": strategy}
@@ -414,7 +414,7 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        for number in range(SEGMENT_EVENTS):  # one sealed segment, and newer events in the head
+        for number in range(HEAD_EVENTS):  # one segment, and newer events in the head
             async with session.tick():
                 await put_schedule(scheduled(f"S{number}", T0))
     head = data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json"
@@ -426,16 +426,73 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
         # The sealed segment the lost head listed still counts and is not overwritten;
         # the newest events were in the head, which is kept in the quarantine.
-        assert len(stats.event_list) == SEGMENT_EVENTS + 2
+        assert len(stats.event_list) == HEAD_EVENTS + 2
         assert [(event.action, event.signal_id) for event in stats.event_list[:3]] == [
             ("scheduled", "S0"),
             ("cancelled", "S0"),
             ("scheduled", "S1"),
         ]
         assert [(event.action, event.signal_id) for event in stats.event_list[-2:]] == [
-            ("cancelled", f"S{SEGMENT_EVENTS - 1}"),
+            ("cancelled", f"S{HEAD_EVENTS - 1}"),
             ("scheduled", "B"),
         ]
         log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
         (entry,) = await log.list_quarantined()
         assert entry.key.endswith("/head")  # kept aside with its reason, not deleted
+
+
+def format_1_event(number: int) -> dict[str, Any]:
+    """A schedule event as persistkit wrote it before format 2 (a whole JSON object)."""
+    action = "scheduled" if number % 2 == 0 else "cancelled"
+    return {
+        "timestamp": T0 + number * MIN,
+        "action": action,
+        "symbol": SYMBOL,
+        "strategyName": STRATEGY,
+        "signalId": f"OLD{number // 2}",
+        "position": "long",
+        "priceOpen": 100.0,
+        "durationMin": None if action == "scheduled" else 1.0,
+    }
+
+
+async def test_a_log_written_in_format_1_is_read_and_carried_on_in_format_2(
+    data_root: Path,
+) -> None:
+    # An event log left by the previous persistkit: a sealed segment of 10 events and
+    # a head listing it, holding the 4 newest.
+    log_dir = data_root / "stats" / "schedule" / join_pair(SYMBOL, STRATEGY)
+    log_dir.mkdir(parents=True)
+    old = [format_1_event(number) for number in range(14)]
+    (log_dir / "0.json").write_bytes(orjson.dumps(old[:10]))
+    (log_dir / "head.json").write_bytes(orjson.dumps({"segments": [[0, 10]], "events": old[10:]}))
+    expected = [(event["action"], event["signalId"], event["timestamp"]) for event in old]
+
+    def seen(stats: Any) -> list[tuple[str, str, int]]:
+        return [(event.action, event.signal_id, event.timestamp) for event in stats.event_list]
+
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
+        assert await log.list_quarantined() == []  # valid, not damaged
+        before = await Schedule.get_data(SYMBOL, STRATEGY)
+        assert seen(before) == expected
+        assert before.event_list[0].strategy_name == STRATEGY
+        assert (before.total_scheduled, before.total_cancelled) == (7, 7)
+        clock.now = T0 + 100 * MIN
+        for number in range(HEAD_EVENTS):  # enough to move the head into the old segment
+            async with session.tick():
+                await put_schedule(scheduled(f"NEW{number}", clock.now))
+        after = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert seen(after)[:14] == expected
+    new = [(event.action, event.signal_id) for event in after.event_list[14:]]
+    assert new[:3] == [("scheduled", "NEW0"), ("cancelled", "NEW0"), ("scheduled", "NEW1")]
+    assert len(new) == 2 * HEAD_EVENTS - 1
+    head = orjson.loads((log_dir / "head.json").read_bytes())
+    assert head["format"] == 2 and all(isinstance(row, list) for row in head["events"])
+    # The old segment grew, rewritten as rows (its old events first): no other file.
+    segment = orjson.loads((log_dir / "0.json").read_bytes())
+    assert segment[0][:3] == [T0, "scheduled", "OLD0"]
+    assert len(segment) + len(head["events"]) == len(after.event_list)
+    assert sorted(path.name for path in log_dir.glob("*.json")) == ["0.json", "head.json"]

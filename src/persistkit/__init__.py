@@ -2,14 +2,25 @@
 
 A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
 the bot knows; a restarted strategy resumes where it stopped.
+
+Each module logs to its own logger under ``persistkit.`` (``persistkit.store``,
+``persistkit.backends.journal`` ...); the package logger has a ``NullHandler``,
+so nothing is printed until the application configures logging
+(docs/logging.md lists every message and its level).
 """
 
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from persistkit._metrics import disable_metrics, enable_metrics
 from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
 from persistkit.backends.base import ANY_VERSION
 from persistkit.backends.file import FileBackend, HistoryPolicy
 from persistkit.backends.memory import MemoryBackend
+from persistkit.clock import new_client_order_id
 from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
 from persistkit.domains import (
+    PersistIntentAdapter,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
@@ -18,6 +29,8 @@ from persistkit.domains import (
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
+    BlockingCallError,
+    ConfigurationError,
     ConflictError,
     CorruptValueError,
     CrossBackendError,
@@ -26,6 +39,7 @@ from persistkit.errors import (
     ForeignSymlinkError,
     HistoryUnavailableError,
     InstanceLockedError,
+    IntentConflictError,
     InvalidNameError,
     JournalDamagedError,
     LeaseLostError,
@@ -40,11 +54,14 @@ from persistkit.errors import (
     StoreClosedError,
     TickCancelledError,
     TransientBackendError,
+    UnreconciledIntentsError,
     UnserializableValueError,
     UnsupportedFormatError,
+    UnsupportedPlatformError,
     WriteFailedError,
 )
 from persistkit.live import LiveSession, PairState, RestoredState
+from persistkit.models import OrderIntent
 from persistkit.retry import RetryPolicy
 from persistkit.stats import (
     Partial,
@@ -57,7 +74,15 @@ from persistkit.stats import (
 from persistkit.store import Entry, Finding, InitReport, PersistBase
 from persistkit.transaction import Transaction, transaction
 
-__version__ = "0.1.0"
+try:
+    # Written once, in pyproject.toml; the installed distribution carries it.
+    __version__ = version("persistkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# The logging HOWTO's rule for libraries: records go where the application says, and
+# without a configuration they are dropped, not printed by logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ANY_VERSION",
@@ -65,6 +90,8 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -78,18 +105,21 @@ __all__ = [
     "HistoryUnavailableError",
     "InitReport",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
     "LiveSession",
     "LockTimeoutError",
     "MemoryBackend",
+    "OrderIntent",
     "PairState",
     "Partial",
     "PartialEvent",
     "PartialStatistics",
     "PersistBase",
     "PersistError",
+    "PersistIntentAdapter",
     "PersistPartialAdapter",
     "PersistRiskAdapter",
     "PersistScheduleAdapter",
@@ -111,12 +141,17 @@ __all__ = [
     "TickCancelledError",
     "Transaction",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "Versioned",
     "WriteFailedError",
     "configure",
     "current_settings",
+    "disable_metrics",
+    "enable_metrics",
+    "new_client_order_id",
     "open_backend",
     "register_backend",
     "transaction",

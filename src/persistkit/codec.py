@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from persistkit.errors import UnserializableValueError
 
-__all__ = ["decode", "encode"]
+__all__ = ["encode"]
 
 # Without these options orjson would write datetimes, dataclasses and subclasses
 # of builtins in a form that reads back as a different type.
@@ -33,22 +33,45 @@ def _model_to_python(obj: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
-def _find_non_finite(value: Any, path: str) -> str | None:
+_SCALARS = (str, int, type(None))
+"""What most values of a row are: skipped without a call (``bool`` is an ``int``)."""
+
+
+def _non_finite_path(value: Any) -> list[str | int] | None:
+    """The keys leading to the first NaN or infinity in ``value``, innermost first.
+
+    Lean on purpose: a value with a ``null`` in it (an optional field left
+    empty) is walked on every write, so scalars cost no call and the path is
+    only built on a hit.
+    """
     if isinstance(value, float):
-        return None if math.isfinite(value) else path
+        return None if math.isfinite(value) else []
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="python")
+    items: Any
     if isinstance(value, dict):
-        for key, item in value.items():
-            found = _find_non_finite(item, f"{path}.{key}")
-            if found:
-                return found
+        items = value.items()
     elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _find_non_finite(item, f"{path}[{index}]")
-            if found:
-                return found
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(item, _SCALARS):
+            continue
+        found = _non_finite_path(item)
+        if found is not None:
+            found.append(key)
+            return found
     return None
+
+
+def _find_non_finite(value: Any, path: str) -> str | None:
+    found = _non_finite_path(value)
+    if found is None:
+        return None
+    return path + "".join(
+        f"[{key}]" if isinstance(key, int) else f".{key}" for key in reversed(found)
+    )
 
 
 def encode(value: Any) -> bytes:
@@ -64,8 +87,3 @@ def encode(value: Any) -> bytes:
                 f"{where} is NaN or infinite; JSON would store it as null. Refused."
             )
     return data
-
-
-def decode(data: bytes) -> Any:
-    """Decode JSON bytes; ``orjson.JSONDecodeError`` (a ``ValueError``) on bad input."""
-    return orjson.loads(data)

@@ -6,9 +6,11 @@ against ``KeyError`` or ``ValueError`` keeps working::
 
     PersistError
     ├── InvalidNameError            (ValueError)  a name that cannot be stored safely
+    ├── ConfigurationError          (ValueError)  a bad configure() argument or PERSISTKIT_*
     ├── UnserializableValueError    (ValueError)  NaN, infinity, unknown type: refused
     ├── SchemaValidationError       (ValueError)  a value that does not fit its model
     ├── RowMismatchError            (ValueError)  a row written under another row's names
+    ├── IntentConflictError         (ValueError)  a client order id reused, or a final order changed
     ├── EntityNotFoundError         (KeyError)    read_value of an absent entity
     ├── CorruptValueError                         stored bytes that do not parse/validate
     ├── ConflictError                             compare-and-set lost: the version moved
@@ -18,7 +20,10 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── ForeignSymlinkError                       a symbolic link inside the data root: not followed
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
+    ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
+    ├── UnreconciledIntentsError    (RuntimeError) a new order before the restart's were reconciled
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
+    ├── UnsupportedPlatformError    (NotImplementedError) the file backend or a lock on non-POSIX
     ├── HistoryUnavailableError     (LookupError) no history at that time (or none kept at all)
     ├── ReplayConfigError           (ValueError)  a replay refused before it ran (see .code)
     ├── ReplaySourceError           (OSError)     a replay's recorded source cannot be read
@@ -41,6 +46,8 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
+    "BlockingCallError",
+    "ConfigurationError",
     "ConflictError",
     "CorruptValueError",
     "CrossBackendError",
@@ -49,6 +56,7 @@ __all__ = [
     "ForeignSymlinkError",
     "HistoryUnavailableError",
     "InstanceLockedError",
+    "IntentConflictError",
     "InvalidNameError",
     "JournalDamagedError",
     "LeaseLostError",
@@ -63,8 +71,10 @@ __all__ = [
     "StoreClosedError",
     "TickCancelledError",
     "TransientBackendError",
+    "UnreconciledIntentsError",
     "UnserializableValueError",
     "UnsupportedFormatError",
+    "UnsupportedPlatformError",
     "WriteFailedError",
 ]
 
@@ -77,6 +87,14 @@ class InvalidNameError(PersistError, ValueError):
     """A symbol, strategy, entity name or id that cannot be stored safely.
 
     Raised before any I/O: nothing was read or written.
+    """
+
+
+class ConfigurationError(PersistError, ValueError):
+    """A setting that cannot be used: a ``configure()`` argument or an environment variable.
+
+    A bad ``PERSISTKIT_MODE``, ``PERSISTKIT_BASE_DIR`` or ``PERSISTKIT_BACKEND``
+    is named in the message, with its value.
     """
 
 
@@ -101,6 +119,21 @@ class RowMismatchError(PersistError, ValueError):
     ``write_signal_data(row, "trend", "BTCUSDT")`` (arguments swapped) would
     store the row where no correct read finds it; refused before any I/O.
     """
+
+
+class IntentConflictError(PersistError, ValueError):
+    """An order intent that would rewrite another order's history; refused before any I/O.
+
+    A client order id is the one name an exchange deduplicates by: written
+    again with another symbol, strategy, side, quantity, price or creation
+    time, it is another order under a reused id, and a final intent
+    (``filled``, ``cancelled``, ``rejected``) never changes its status again.
+    ``client_order_id`` names the intent.
+    """
+
+    def __init__(self, message: str, *, client_order_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
 
 
 class EntityNotFoundError(PersistError, KeyError):
@@ -133,6 +166,14 @@ class ConflictError(PersistError):
 
 class StoreClosedError(PersistError, RuntimeError):
     """The store or backend was closed with ``aclose()``."""
+
+
+class UnsupportedPlatformError(PersistError, NotImplementedError):
+    """Something that needs POSIX (``fcntl.flock``) asked for where there is none (Windows).
+
+    The file backend and a live session's locks raise it when they are created
+    or acquired; the memory, Redis and S3 backends work everywhere.
+    """
 
 
 class InstanceLockedError(PersistError, RuntimeError):
@@ -199,6 +240,36 @@ class TickCancelledError(PersistError, RuntimeError):
         super().__init__(message)
         self.tick = tick
         self.reason = reason
+
+
+class BlockingCallError(PersistError, RuntimeError):
+    """A blocking call (``persistkit.sync``) made from inside a running event loop.
+
+    It would stop that loop until it returned; async code awaits the async API instead.
+    """
+
+
+class UnreconciledIntentsError(PersistError, RuntimeError):
+    """A new order intent for a pair whose intents from before the restart are in doubt.
+
+    Orders that were ``pending``, ``sent`` or ``unknown`` when the bot stopped
+    may stand at the exchange: a new order beside them could double the
+    position. ``await session.reconcile(lookup)`` asks the exchange and lifts
+    this; ``session.tick(allow_unreconciled=True)`` goes ahead anyway. Raised at
+    the write, before anything is staged; ``pair`` is ``(symbol, strategy)``
+    and ``client_order_ids`` the intents still in doubt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pair: tuple[str, str] | None = None,
+        client_order_ids: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.pair = pair
+        self.client_order_ids = client_order_ids
 
 
 class ResourceLimitError(PersistError, OSError):

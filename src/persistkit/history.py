@@ -8,7 +8,11 @@ so "the value at time ``t``" is the value after the last commit at or before ``t
 
 A tick committed with inputs (``session.tick(inputs=...)``,
 ``session.record_inputs(...)``) carries them under a key of :data:`TICKS_NAMESPACE`
-in the same commit; :meth:`RecordedHistory.ticks` lists those commits.
+in the same commit; :meth:`RecordedHistory.ticks` lists those commits. A tick
+split by :meth:`LiveSession.commit_now <persistkit.LiveSession.commit_now>`
+records its inputs with its first part; each later part carries a record with
+the same session and time and its ``part`` number (2, 3 ...), so that a replay
+runs the tick once and compares it with all its parts.
 """
 
 from __future__ import annotations
@@ -111,11 +115,13 @@ class Commit:
             if data is not None and key.startswith(TICKS_NAMESPACE + "/"):
                 record = orjson.loads(data)
                 at = record.get("at")
+                part = record.get("part", "1")
                 return RecordedTick(
                     self,
                     str(record.get("session")),
                     record.get("inputs"),
                     at if isinstance(at, int) else self.time_ns,
+                    int(part) if isinstance(part, str) and part.isdigit() else 1,
                 )
         return None
 
@@ -141,6 +147,8 @@ class RecordedTick:
     inputs: Any
     at_ns: int
     """The tick's clock: when it began (its commit time, for older records)."""
+    part: int = 1
+    """Which commit of its tick this is: 1, or 2, 3 ... after ``commit_now()``."""
 
 
 @dataclass(slots=True)
@@ -204,10 +212,10 @@ class RecordedHistory:
         return found
 
     def ticks(self) -> Iterator[RecordedTick]:
-        """The commits that recorded tick inputs, in order."""
+        """The commits that recorded tick inputs, in order (a tick's first part only)."""
         for commit in self.commits:
             tick = commit.tick
-            if tick is not None:
+            if tick is not None and tick.part == 1:
                 yield tick
 
     @property

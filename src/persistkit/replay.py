@@ -78,6 +78,7 @@ from persistkit.errors import (
 )
 from persistkit.history import (
     TICKS_NAMESPACE,
+    Commit,
     PointInTime,
     RecordedHistory,
     apply_writes,
@@ -102,7 +103,7 @@ __all__ = [
     "replay_sweep",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 5
 SWEEP_WARN = 50
@@ -585,6 +586,8 @@ async def _run(
         start_ns = history.start_ns + 1
         summary.start = format_ns(start_ns)
     live = {k: v for k, v in history.state_at(start_ns - 1).items() if not _is_tick_record(k)}
+    later_parts, later_part_writes = _tick_parts(history.commits)
+    replayed_ticks: set[int] = set()
     replayed = dict(live)
     run_backend = scope.backend
     if replayed:
@@ -607,11 +610,14 @@ async def _run(
             logger.warning("persistkit: replay %s: %s", summary.replay_run_id, note)
             summary.warnings.append(note)
         previous_seq = commit.seq
-        live_writes = _without_ticks(commit.writes)
+        if later_parts.get(commit.seq) in replayed_ticks:
+            continue  # compared with the first part, which its replay ran
+        live_writes = {**_without_ticks(commit.writes), **later_part_writes.get(commit.seq, {})}
         apply_writes(live, live_writes)
         tick = commit.tick
-        if tick is None:
-            # Not a tick that recorded inputs (an operator's write): it happened.
+        if tick is None or tick.part > 1:
+            # Not a tick that recorded inputs (an operator's write, a part of a tick
+            # whose first part ran before the window): it happened.
             if live_writes:
                 await run_backend.commit(live_writes)
                 apply_writes(replayed, live_writes)
@@ -619,6 +625,7 @@ async def _run(
         session = tick.session
         clock = TickClock(tick.at_ns, session, summary.replay_run_id)
         writes = await _replay_tick(run_backend, scope, clock, strategy, tick.inputs, params)
+        replayed_ticks.add(commit.seq)
         apply_writes(replayed, writes)
         summary.ticks_replayed += 1
         if summary.first_divergence is None:
@@ -632,6 +639,33 @@ async def _run(
                     commit.seq, format_ns(commit.time_ns), session, differences
                 )
     summary.state_digest = state_digest(replayed)
+
+
+def _tick_parts(
+    commits: Sequence[Commit],
+) -> tuple[dict[int, int], dict[int, dict[str, bytes | None]]]:
+    """The later parts of ticks split by ``commit_now()``: each one's first part, by seq,
+    and what they wrote, by the first part's seq.
+
+    The replay runs such a tick once and compares it with all its parts; a part
+    whose first one it did not run (before the window) happened, as it happened.
+    """
+    first_parts: dict[tuple[str, int], int] = {}
+    later: dict[int, int] = {}
+    writes: dict[int, dict[str, bytes | None]] = {}
+    for commit in commits:
+        tick = commit.tick
+        if tick is None:
+            continue
+        moment = (tick.session, tick.at_ns)
+        if tick.part == 1:
+            first_parts[moment] = commit.seq
+            continue
+        first = first_parts.get(moment)
+        if first is not None:
+            later[commit.seq] = first
+            writes.setdefault(first, {}).update(_without_ticks(commit.writes))
+    return later, writes
 
 
 async def _replay_tick(

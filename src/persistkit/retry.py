@@ -16,6 +16,7 @@ from tenacity import (
     wait_random,
 )
 
+from persistkit import _metrics
 from persistkit.errors import BackendUnavailableError, TransientBackendError
 
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "RetryPolicy"]
@@ -55,6 +56,9 @@ class RetryPolicy:
         )
         try:
             async for attempt in retrying:
+                recorder = _metrics.recorder
+                if recorder is not None:
+                    recorder.retries.add(1)  # every attempt here repeats a failed one
                 with attempt:
                     return await operation()
         except RetryError as exc:

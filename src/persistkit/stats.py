@@ -25,11 +25,11 @@ from typing import Any, Generic, TypeVar
 from persistkit.backends.base import Backend
 from persistkit.backends.file import FileBackend
 from persistkit.config import DEFAULT_EVENT_LIMIT, active_settings
-from persistkit.domains._base import DomainAdapter
 from persistkit.domains.events import (
     HEAD,
     PARTIAL_LOG,
     SCHEDULE_LOG,
+    EventLog,
     LogHead,
     PartialEvent,
     ScheduleEvent,
@@ -233,13 +233,13 @@ def partial_markdown(stats: PartialStatistics) -> str:
 # -- the two facades ----------------------------------------------------------------------
 
 
+async def _no_count(_: str) -> int:
+    return 0
+
+
 def report_file_name(symbol: str, strategy: str) -> str:
     """``{symbol}_{strategy}.md``, in the collision-free encoding of the state's own paths."""
     return f"{join_pair(symbol, strategy)}.md"
-
-
-async def _no_count(_: str) -> list[Any]:
-    return []
 
 
 class EventReports(Generic[StatsT]):
@@ -247,7 +247,7 @@ class EventReports(Generic[StatsT]):
 
     def __init__(
         self,
-        log: DomainAdapter,
+        log: EventLog,
         statistics: Callable[[str, str, Sequence[Any]], StatsT],
         markdown: Callable[[StatsT], str],
         default_dir: str,
@@ -278,15 +278,17 @@ class EventReports(Generic[StatsT]):
             numbers = [number for number, _ in head.segments]
         else:  # a new pair, or a head quarantined at a start: its segments still count
             numbers = [number for number, _ in await surviving_segments(store, _no_count)]
-        events: list[Any] = []
+        stored: list[Any] = []
         for number in numbers:
             try:
-                events += await store.read_value(number) or []
+                stored += await store.read_value(number) or []
             except EntityNotFoundError:
                 continue  # quarantined at a start: its events are lost, not the others
         if isinstance(head, LogHead):
-            events += head.events
-        # The log drops whole segments, so it may hold a few more than the bound.
+            stored += head.events
+        # Rows (format 2) or whole events (format 1, an earlier persistkit's log).
+        events = self._log.events(stored, symbol, strategy)
+        # The log drops whole segments, so it may hold up to a segment more than the bound.
         limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
         return events[-limit:]
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from persistkit import codec
+from persistkit import _metrics, codec
 from persistkit import config as _config
 from persistkit._keyed_lock import LoopLocalKeyedLocks
 from persistkit.backends.base import (
@@ -64,7 +64,7 @@ __all__ = [
     "transaction",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -210,7 +210,7 @@ class PersistBase(Generic[T]):
     any type pydantic validates) validates every value written and read, and
     the startup scan.
 
-    Subclass it and override methods to store elsewhere, as with the seed's
+    Subclass it and override methods to store elsewhere, as with backtest-kit's
     custom adapters; the domain adapters take such a class.
     """
 
@@ -372,14 +372,13 @@ class PersistBase(Generic[T]):
 
     # -- startup ---------------------------------------------------------------------
 
-    async def wait_for_init(self, initial: bool = True) -> InitReport:
+    async def wait_for_init(self) -> InitReport:
         """Prepare the store once; concurrent and later callers share the result.
 
         Removes temp files of interrupted writes, reads and validates every
         value, and quarantines each that does not parse or validate (nothing is
         ever deleted); on a read-only backend it only reports. The report is
-        returned and logged. ``initial`` is the seed's flag and is accepted for
-        compatibility; the scan always runs once.
+        returned and logged.
         """
         self._check_open()
         route = self._route()  # each backend the store is served by is scanned once
@@ -461,6 +460,9 @@ class PersistBase(Generic[T]):
                         lambda key=key, reason=reason: backend.quarantine(key, reason)  # type: ignore[misc]
                     )
                     entry_id = entry.id
+                    recorder = _metrics.recorder
+                    if recorder is not None:
+                        recorder.quarantines.add(1, recorder.backend(backend.scheme))
                 report.corrupt.append(Finding(key, reason, entry_id))
 
     # -- values ------------------------------------------------------------------------
@@ -491,18 +493,26 @@ class PersistBase(Generic[T]):
         :attr:`~persistkit.backends.Backend.keeps_history`, or a time before
         its history begins, raises :class:`~persistkit.errors.HistoryUnavailableError`.
         """
-        if as_of is not None:
-            return await self._read_as_of(entity_id, to_ns(as_of))
-        route = self._route()
-        get_now = route.get_now
-        if get_now is None or active_transaction.get() is not None:
-            return (await self.read_entry(entity_id)).value
-        self._check_open()
-        key = route.key(entity_id)
-        stored = get_now(key)
-        if stored is None:
-            raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
-        return cast(T, self._parse(key, stored.data))
+        recorder = _metrics.recorder
+        started = time.perf_counter() if recorder is not None else 0.0
+        try:
+            if as_of is not None:
+                return await self._read_as_of(entity_id, to_ns(as_of))
+            route = self._route()
+            get_now = route.get_now
+            if get_now is None or active_transaction.get() is not None:
+                return (await self.read_entry(entity_id)).value
+            self._check_open()
+            key = route.key(entity_id)
+            stored = get_now(key)
+            if stored is None:
+                raise EntityNotFoundError(f"no value for {entity_id!r} in {route.namespace}")
+            return cast(T, self._parse(key, stored.data))
+        finally:
+            if recorder is not None:
+                recorder.read_duration.record(
+                    time.perf_counter() - started, recorder.backend(self._last.backend.scheme)
+                )
 
     async def _read_as_of(self, entity_id: str | int, time_ns: int) -> T:
         self._check_open()
@@ -536,25 +546,37 @@ class PersistBase(Generic[T]):
         :meth:`read_entry` (write only if unchanged since) or ``None`` (only if
         absent); otherwise :class:`~persistkit.errors.ConflictError`.
         Writes to one id are applied in the order they were called. Inside
-        :func:`transaction` the write is staged and committed with the block; a
-        store on another backend than the transaction's is refused with
+        :func:`~persistkit.transaction.transaction` the write is staged and committed with
+        the block; a store on another backend than the transaction's is refused with
         :class:`~persistkit.errors.CrossBackendError` (it could not be atomic).
         """
-        self._check_open()
-        route = self._last  # self._route(), inlined: this is the backtest hot path
-        scope = route.scope
-        if scope is not None and scope is not (_session_settings.get() or _config._current):
-            route = self._route()
-        key = route.key(entity_id)
-        data = self._encode(value)  # before any I/O: a bad value changes nothing
-        if active_transaction.get() is not None:
-            active = self._transaction_of(route, key)
-            if if_version is ANY_VERSION:
-                return cast(str, active.stage_now(key, data))
-            return cast(str, await active.stage(key, data, if_version))
-        if route.put_now is not None:
-            return route.put_now(key, data, expect=if_version)
-        return await self._put(route, key, data, if_version)
+        recorder = _metrics.recorder
+        started = time.perf_counter() if recorder is not None else 0.0
+        try:
+            self._check_open()
+            route = self._last  # self._route(), inlined: this is the backtest hot path
+            scope = route.scope
+            if scope is not None and scope is not (_session_settings.get() or _config._current):
+                route = self._route()
+            key = route.key(entity_id)
+            data = self._encode(value)  # before any I/O: a bad value changes nothing
+            if active_transaction.get() is not None:
+                active = self._transaction_of(route, key)
+                if if_version is ANY_VERSION:
+                    return cast(str, active.stage_now(key, data))
+                return cast(str, await active.stage(key, data, if_version))
+            if route.put_now is not None:
+                return route.put_now(key, data, expect=if_version)
+            return await self._put(route, key, data, if_version)
+        except ConflictError:
+            if recorder is not None:
+                recorder.conflicts.add(1, recorder.backend(self._last.backend.scheme))
+            raise
+        finally:
+            if recorder is not None:
+                recorder.write_duration.record(
+                    time.perf_counter() - started, recorder.backend(self._last.backend.scheme)
+                )
 
     @staticmethod
     def _transaction_of(route: _Route, key: str) -> Transaction:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Any, cast
 
+from persistkit import _metrics
 from persistkit.backends.base import ANY_VERSION, Backend, Expected
 from persistkit.config import active_settings
 from persistkit.errors import (
@@ -184,7 +186,8 @@ class Transaction:
         """Run ``hook(self)`` once, as this transaction commits, before the backend sees it.
 
         What derives writes from the whole tick registers here (the statistics
-        events of :mod:`persistkit.stats`): the hook runs with the staged writes
+        events of :class:`~persistkit.ScheduleStatistics` and
+        :class:`~persistkit.PartialStatistics`): the hook runs with the staged writes
         and ``keys`` (those it may add) locked against the other commits of this
         process, reads the committed state from the backend, and adds its
         writes with :meth:`include`, so they land in the same atomic commit. A
@@ -239,8 +242,49 @@ class Transaction:
             return
         await self.commit()
 
+    async def commit_staged(self) -> None:
+        """Commit what the block staged so far, atomically, and go on staging in the same block.
+
+        What is staged then is durable when this returns (an order intent,
+        before the order leaves); the rest of the block commits on its exit,
+        atomically too, or not at all. Versions the block staged before are
+        no longer valid (values read since come from the backend). Refused in
+        a savepoint: its writes belong to the outer block until that one commits.
+        """
+        self._check_active()
+        if self._parent is not None and self._parent._find(self.backend) is not None:
+            raise RuntimeError(
+                "commit_staged() in a transaction nested in another on the same backend: "
+                "its writes join the outer one, which alone commits; call it there"
+            )
+        if active_transaction.get() is not self:
+            raise RuntimeError(
+                "commit_staged() while a nested transaction is open: its writes are not "
+                "staged here yet; call it after that block exits"
+            )
+        if self.writes:
+            await self.commit()
+        self.writes = {}
+        self._versions.clear()
+        self.expected.clear()
+        self._hooks.clear()
+
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""
+        recorder = _metrics.recorder
+        if recorder is None:
+            return await self._commit()
+        attributes = recorder.backend(self.backend.scheme)
+        started = time.perf_counter()
+        try:
+            await self._commit()
+        except ConflictError:
+            recorder.conflicts.add(1, attributes)
+            raise
+        finally:
+            recorder.commit_duration.record(time.perf_counter() - started, attributes)
+
+    async def _commit(self) -> None:
         writes = self.writes
         # Imported here: the store imports this module for its hooks.
         from persistkit.store import _ordering_for
@@ -298,7 +342,7 @@ def transaction(
 ) -> Transaction:
     """``async with transaction():`` commits every write in the block atomically.
 
-    ``backend`` defaults to the one serving the four domain adapters here: the
+    ``backend`` defaults to the one serving the domain adapters here: the
     live session's inside its ticks, else the configured one
     (:func:`persistkit.configure`). ``retry`` is how a commit that failed with
     a transient error is repeated. See :class:`Transaction`.

@@ -13,7 +13,7 @@ from typing import Any
 from common import value_problem
 
 from persistkit.backends.file import TEMP_PREFIX, FileBackend
-from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_SUFFIX
+from persistkit.backends.journal import JOURNAL_DIR, LEGACY_SUFFIX
 from persistkit.store import PersistBase
 
 __all__ = ["WRITER", "Acks", "TickLog", "spawn_writer", "verify_directory", "verify_ticks"]
@@ -190,7 +190,7 @@ async def _verify_ticks(root: Path, log: TickLog) -> list[str]:
             )
     journal_dir = root / JOURNAL_DIR
     if journal_dir.is_dir():
-        left = [p.name for p in journal_dir.iterdir() if p.name.endswith(JOURNAL_SUFFIX)]
+        left = [p.name for p in journal_dir.iterdir() if p.name.endswith(LEGACY_SUFFIX)]
         if left:
             problems.append(f"dead journals left after startup: {left}")
     for entity in ("signal", "risk"):

@@ -1,4 +1,4 @@
-"""Many processes, one truth (DESIGN §10, issue 11): real second processes on one root.
+"""Many processes, one truth (issue 11): real second processes on one root.
 
 Each test drives real processes (``mp_agent.py``, the same interpreter) through
 the public API, kills them with ``SIGKILL`` where the case says so, and checks
@@ -359,7 +359,7 @@ def test_reader_holding_journal_locks_never_makes_restart_stale(
     # Every file a reader could lock while it reads the journal. persistkit's
     # readers lock none of them; ``.journal/lock`` is the committers' own, and a
     # foreign process holding it makes commits wait and then fail clearly
-    # (tests/test_journal.py), which is not what this case is about.
+    # (tests/test_tick_commits_on_disk.py), which is not what this case is about.
     journals = [path for path in _journal_files(root) if path.name != "lock"]
     assert journals, "the killed bot left no journal under ROOT/.journal"
     reader = start(procs, root, "reader", open_root=False)

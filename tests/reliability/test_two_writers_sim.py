@@ -1,6 +1,6 @@
 """Two processes interleaving tick commits and plain writes on shared keys, cut by power loss.
 
-DESIGN.md §10: on one machine each key has one history across processes. Two
+On one machine each key has one history across processes, whichever writes it. Two
 backends on one root (two processes, each with its own view of the shared
 commit journal) take turns: one commits a tick of a signal and its risk
 position, the other overwrites the signal with a plain write, and so on, with

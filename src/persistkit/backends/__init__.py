@@ -1,16 +1,18 @@
 """Backends: where the bytes go, chosen by object or by URL.
 
 ``open_backend("redis://127.0.0.1:6379/0")`` finds the class through a lazy
-registry, so that ``redis`` and ``boto3`` are imported only by those who use
-them; a missing extra is named in the error. Third-party backends register
-under the ``persistkit.backends`` entry point group (``scheme = "module:Class"``)
-or with :func:`register_backend`.
+registry, and ``FileBackend``, ``MemoryBackend``, ``RedisBackend`` and
+``S3Backend`` are imported when first named, so that ``redis`` and ``boto3``
+are imported only by those who use them; a missing extra is named in the error.
+Third-party backends register under the ``persistkit.backends`` entry point
+group (``scheme = "module:Class"``) or with :func:`register_backend`.
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from persistkit.backends.base import (
@@ -18,39 +20,64 @@ from persistkit.backends.base import (
     AnyVersion,
     Backend,
     Expected,
+    Lease,
     QuarantineEntry,
+    Snapshot,
     Versioned,
+    fenced_leases,
     join_key,
     split_key,
 )
 from persistkit.errors import InvalidNameError
+
+if TYPE_CHECKING:
+    from persistkit.backends.file import FileBackend
+    from persistkit.backends.memory import MemoryBackend
+    from persistkit.backends.redis import RedisBackend
+    from persistkit.backends.s3 import S3Backend
 
 __all__ = [
     "ANY_VERSION",
     "AnyVersion",
     "Backend",
     "Expected",
+    "FileBackend",
+    "Lease",
+    "MemoryBackend",
     "QuarantineEntry",
+    "RedisBackend",
+    "S3Backend",
+    "Snapshot",
     "Versioned",
+    "fenced_leases",
     "join_key",
     "open_backend",
     "register_backend",
     "split_key",
 ]
 
-# scheme -> ("module:Class", extra that installs its dependencies)
+# The shipped backends: name -> ("module:Class", the extra that installs its dependencies).
+_SHIPPED: dict[str, tuple[str, str | None]] = {
+    "FileBackend": ("persistkit.backends.file:FileBackend", None),
+    "MemoryBackend": ("persistkit.backends.memory:MemoryBackend", None),
+    "RedisBackend": ("persistkit.backends.redis:RedisBackend", "redis"),
+    "S3Backend": ("persistkit.backends.s3:S3Backend", "s3"),
+}
+
+# scheme -> ("module:Class", extra)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
-    "file": ("persistkit.backends.file:FileBackend", None),
-    "memory": ("persistkit.backends.memory:MemoryBackend", None),
-    "redis": ("persistkit.backends.redis:RedisBackend", "redis"),
-    "rediss": ("persistkit.backends.redis:RedisBackend", "redis"),
-    "redis+cluster": ("persistkit.backends.redis:RedisBackend", "redis"),
-    "s3": ("persistkit.backends.s3:S3Backend", "s3"),
+    "backtest-kit": ("persistkit.backends.backtest_kit:BacktestKitBackend", None),
+    "file": _SHIPPED["FileBackend"],
+    "memory": _SHIPPED["MemoryBackend"],
+    "redis": _SHIPPED["RedisBackend"],
+    "rediss": _SHIPPED["RedisBackend"],
+    "redis+cluster": _SHIPPED["RedisBackend"],
+    "s3": _SHIPPED["S3Backend"],
 }
 
 
 def register_backend(scheme: str, target: str, *, clobber: bool = False) -> None:
-    """Map a URL scheme to ``"module:Class"`` (a :class:`Backend` with ``from_url``)."""
+    """Map a URL scheme to ``"module:Class"``, a :class:`Backend` that overrides ``from_url``."""
     scheme = scheme.lower()
     if scheme in _REGISTRY and not clobber:
         raise ValueError(f"scheme {scheme!r} is already registered to {_REGISTRY[scheme][0]}")
@@ -67,20 +94,38 @@ def _lookup(scheme: str) -> tuple[str, str | None]:
     raise InvalidNameError(f"no backend for URL scheme {scheme!r}; known: {known}")
 
 
-def open_backend(url: str) -> Backend:
-    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``."""
-    scheme = urlsplit(url).scheme.lower()
-    if not scheme:
-        raise InvalidNameError(f"{url!r} is not a backend URL (no scheme)")
-    target, extra = _lookup(scheme)
+def _load_class(target: str, extra: str | None, what: str) -> type[Backend]:
+    """Import ``"module:Class"``; a missing dependency names the extra that installs it."""
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         if exc.name == module_name:
-            raise ImportError(f"the {scheme}:// backend ({module_name}) is not installed") from exc
+            raise ImportError(f"{what} ({module_name}) is not installed") from exc
         hint = f"; install it with: pip install 'persistkit[{extra}]'" if extra else ""
-        raise ImportError(f"the {scheme}:// backend needs {exc.name}{hint}") from exc
-    cls = getattr(module, class_name)
-    backend: Backend = cls.from_url(url)
-    return backend
+        raise ImportError(f"{what} needs {exc.name}{hint}") from exc
+    cls: type[Backend] = getattr(module, class_name)
+    return cls
+
+
+def open_backend(url: str) -> Backend:
+    """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``.
+
+    ``backtest-kit:///ABSOLUTE/PATH?exchange=NAME`` opens a backtest-kit 19.x
+    folder read-only, to migrate from (:mod:`persistkit.backends.backtest_kit`).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        raise InvalidNameError(f"{url!r} is not a backend URL (no scheme)")
+    target, extra = _lookup(scheme)
+    return _load_class(target, extra, f"the {scheme}:// backend").from_url(url)
+
+
+def __getattr__(name: str) -> type[Backend]:
+    """The shipped backend classes, imported when first named (PEP 562)."""
+    if name not in _SHIPPED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    target, extra = _SHIPPED[name]
+    cls = _load_class(target, extra, f"persistkit.backends.{name}")
+    globals()[name] = cls  # later lookups skip this function
+    return cls

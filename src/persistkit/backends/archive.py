@@ -55,6 +55,7 @@ from persistkit.backends.journal import (
     encode_record,
     parse_records,
 )
+from persistkit.backends.oslayer import O_CLOEXEC, O_DIRECTORY
 from persistkit.errors import PersistError
 from persistkit.history import Commit, RecordedHistory, apply_writes
 
@@ -77,7 +78,7 @@ SNAPSHOT_SUFFIX = ".state"
 """``{day}/{seq}-{time_ns}.state``: the whole state after commit ``seq`` (time ``time_ns``)."""
 DEFAULT_HISTORY_MAX_AGE_DAYS = 365.0
 DEFAULT_HISTORY_MAX_BYTES = 1 << 30
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
 _NS_PER_DAY = 86_400 * 1_000_000_000
 
 logger = logging.getLogger("persistkit")

@@ -141,6 +141,7 @@ class AnyVersion(enum.Enum):
 
 
 ANY_VERSION = AnyVersion.ANY
+"""``expect=ANY_VERSION``: an unconditional write, whatever the current version is."""
 
 Expected: TypeAlias = "str | AnyVersion | None"
 """What a conditional write expects: a version string (must still be current),
@@ -340,6 +341,21 @@ class Backend(ABC):
     def url(self) -> str:
         """A URL that names this backend's root, without credentials."""
 
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """The backend ``url`` names: what :func:`~persistkit.backends.open_backend` calls.
+
+        A backend registered under a scheme (:func:`~persistkit.backends.register_backend`
+        or the ``persistkit.backends`` entry point) overrides it, and refuses a URL
+        it cannot honour with :class:`~persistkit.errors.InvalidNameError`. The
+        default refuses every URL: a backend made only from objects (a client, a
+        connection) is passed as ``backend=`` instead.
+        """
+        raise InvalidNameError(
+            f"{cls.__name__} is not opened from a URL ({url!r}): build it and pass the "
+            "backend object itself"
+        )
+
     # -- single values ---------------------------------------------------------
 
     @abstractmethod
@@ -517,7 +533,7 @@ class Backend(ABC):
         second agrees with it, key for key and byte for byte: every value then
         held from the end of the first read to the start of the second, which
         is the commit point. (A value changed and changed back to the very
-        same bytes in between goes unseen.) After :data:`SNAPSHOT_ATTEMPTS`
+        same bytes in between goes unseen.) After ``SNAPSHOT_ATTEMPTS`` (5)
         disagreeing pairs it raises :class:`~persistkit.errors.SnapshotError`:
         on a backend written without pause it is not a snapshot.
         """
@@ -585,6 +601,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def join_key(namespace: str, name: str) -> str:
+    """The key of ``name`` in ``namespace`` (``""`` is the root): what :func:`split_key` splits."""
     return f"{namespace}/{name}" if namespace else name
 
 

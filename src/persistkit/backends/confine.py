@@ -40,13 +40,13 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
-from persistkit.backends.oslayer import OSLayer
+from persistkit.backends.oslayer import O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, OSLayer
 from persistkit.errors import ForeignSymlinkError, InvalidNameError
 
 __all__ = ["ConfinedOS", "describe_link", "forget_verified"]
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_DIR_NOFOLLOW = _O_DIR | os.O_NOFOLLOW
+_O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
+_O_DIR_NOFOLLOW = _O_DIR | O_NOFOLLOW
 _LINK_ERRNOS = (errno.ELOOP, errno.ENOTDIR)
 """What ``O_NOFOLLOW`` answers when the last component is a link (``ENOTDIR``
 with ``O_DIRECTORY``)."""

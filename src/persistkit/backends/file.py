@@ -2,21 +2,30 @@
 
 Layout under the root: ``{namespace}/{id}.json`` for values, ``.quarantine/`` for
 values moved aside, ``.journal/`` for the commit journal (see
-:mod:`persistkit.backends.journal`), ``.history/`` for the commits it archives at
-each checkpoint (see :mod:`persistkit.backends.archive`; ``history=None`` keeps
+``persistkit.backends.journal``), ``.history/`` for the commits it archives at
+each checkpoint (see ``persistkit.backends.archive``; ``history=None`` keeps
 none), and ``.tmp-*`` files that exist only while a write is in flight. Nothing
 whose name starts with ``.`` is ever listed as an entity.
+
+A start removes persistkit's own orphan temp files (``.tmp-`` and 16 hex
+digits) at once, under the directory's lock that every write holds while its
+temp file lives. Any other ``.tmp-*`` file is another program's (backtest-kit
+writes ``.tmp-<12 hex>-<name>.json``, and may be writing it right now, beside a
+persistkit start in a cutover): it is removed only once it is older than
+``foreign_temp_age`` seconds (at least :data:`MIN_FOREIGN_TEMP_AGE`, the 120 s
+backtest-kit itself waits before it sweeps).
 
 Plain writes (``put`` and ``delete`` outside a commit) of a root that keeps
 history, the default, are commits of one key: one record appended to the
 commit journal and fsynced (the commit point, so one fsync where the durable
 write below takes two), then the entity's file written (temp file and rename,
 unsynced: the journal is the durability) before the call returns. So the
-history holds every change with its commit time, and the seed's files stay
+history holds every change with its commit time, and the entity files stay
 current. A root opened with ``history=None`` writes them with the durable
 write; the history's own files use it too.
 
-The durable write (see ``DESIGN.md`` §3):
+The durable write, so that an acknowledged value survives a crash or a power cut
+and a failed write leaves the old value whole:
 
 1. the caller has already encoded the value, so nothing can fail half-way
    through serialisation;
@@ -38,7 +47,7 @@ thread: the write moves to a worker thread, which gives up after
 rename is atomic, so a reader sees the old file or the new one, whole.
 
 Keys committed through the shared commit journal (see
-:mod:`persistkit.backends.journal`) are read from the journal, in every
+``persistkit.backends.journal``) are read from the journal, in every
 process, until a checkpoint has made their files whole; plain writes of such
 keys are appended to the journal too.
 
@@ -61,6 +70,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 import time
@@ -97,7 +107,14 @@ from persistkit.backends.journal import (
     _WouldBlock,
     take_lock,
 )
-from persistkit.backends.oslayer import REAL_OS, OSLayer
+from persistkit.backends.oslayer import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    REAL_OS,
+    OSLayer,
+    require_posix_locks,
+)
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -113,6 +130,7 @@ from persistkit.errors import (
 from persistkit.history import RecordedHistory
 
 __all__ = [
+    "MIN_FOREIGN_TEMP_AGE",
     "QUARANTINE_DIR",
     "SUFFIX",
     "TEMP_PREFIX",
@@ -126,6 +144,11 @@ T = TypeVar("T")
 
 SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
+_OWN_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}\Z")
+"""The temp files persistkit itself writes (``TEMP_PREFIX`` and ``secrets.token_hex(8)``)."""
+MIN_FOREIGN_TEMP_AGE = 120.0
+"""Seconds another program's temp file must be old before a start removes it:
+backtest-kit's own bound for its writes in flight."""
 QUARANTINE_DIR = ".quarantine"
 _ROOT_MARKS = (JOURNAL_DIR, ".locks")
 """Folders that make a folder a root of its own: its journal, a live session's locks."""
@@ -134,9 +157,9 @@ _NAME_MAX = 255
 """Bytes in one file name (``NAME_MAX`` of ext4, XFS, btrfs, tmpfs)."""
 
 _FIRST_READ = 1 << 16
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
-_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
+_O_READ = os.O_RDONLY | O_CLOEXEC
+_O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW
 
 _DURABLE_DIRS: set[tuple[int, int, str]] = set()
 """Directories (st_dev, st_ino, path) whose entries this process has made durable.
@@ -174,10 +197,9 @@ def content_version(data: bytes) -> str:
 class FileBackend(Backend):
     """Entities as JSON files under ``root`` (made absolute at construction).
 
-    ``offload=True`` runs the blocking syscalls in worker threads (see :meth:`_run`)
-    and commits plain writes through the shared journal, so that writes in
-    flight together share one fsync (group commit) instead of queueing for
-    their directory's lock.
+    ``offload=True`` runs the blocking syscalls in worker threads and commits
+    plain writes through the shared journal, so that writes in flight together
+    share one fsync (group commit) instead of queueing for their directory's lock.
     ``read_only=True`` is for looking without touching (an operator's preflight):
     the commit journals of stopped processes are reported, not replayed, and
     every write is refused.
@@ -196,7 +218,16 @@ class FileBackend(Backend):
         read_only: bool = False,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
+        foreign_temp_age: float = MIN_FOREIGN_TEMP_AGE,
     ) -> None:
+        require_posix_locks("the file backend")
+        if not foreign_temp_age >= MIN_FOREIGN_TEMP_AGE:  # NaN too
+            raise ValueError(
+                f"foreign_temp_age={foreign_temp_age!r}: another program's temp file may be a "
+                f"write in flight; at least {MIN_FOREIGN_TEMP_AGE:g} s (backtest-kit's own bound)"
+            )
+        self.foreign_temp_age = foreign_temp_age
+        """Seconds before a start removes a temp file that is not persistkit's own."""
         # Absolute now, so that a later chdir does not move the data, and
         # resolved: the root may be a symbolic link, nothing below it may be.
         self.root = os_layer.realpath(os.path.abspath(os.fspath(root)))
@@ -387,7 +418,7 @@ class FileBackend(Backend):
         """Steps 2-5 of the durable write, under the caller's lock.
 
         ``sync=False`` skips both fsyncs: the commit journal applies values it
-        has already made durable (see :mod:`persistkit.backends.journal`).
+        has already made durable (see ``persistkit.backends.journal``).
         """
         osl = self._os
         try:
@@ -440,7 +471,7 @@ class FileBackend(Backend):
         """Durably replace the file ``name`` in the root with ``data``; returns its path.
 
         For bytes that are not a value (a report written beside the state):
-        the same durable write as every value (DESIGN.md §3), the root created
+        the same durable write as every value (see the module docstring), the root created
         durably if missing, a link in its place refused. ``name`` is one file
         name, used as given.
         """
@@ -531,7 +562,7 @@ class FileBackend(Backend):
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
         self._check_writable()
         if not self._plain_writes_journaled and not self.journal.queued(key):
-            # The durable write of DESIGN §3, unless the journal holds the key.
+            # The durable replace (module docstring), unless the journal holds the key.
             version = await self._run_locking(self._put_sync, key, data, expect)
             if version is not None:
                 return version
@@ -546,7 +577,7 @@ class FileBackend(Backend):
         plain: bool = True,
     ) -> None:
         # A plain write's file is written before it returns when the history
-        # routes every write through the journal (the seed's files stay current).
+        # routes every write through the journal (the entity files backtest-kit reads stay current).
         apply_now = plain and self._plain_writes_journaled and not self._offload
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)
@@ -620,7 +651,7 @@ class FileBackend(Backend):
         *,
         expect: Mapping[str, Expected] | None = None,
     ) -> None:
-        """One journal record and one (shared) fsync; see :mod:`persistkit.backends.journal`.
+        """One journal record and one (shared) fsync; see ``persistkit.backends.journal``.
 
         ``expect`` maps keys to the version each must still have when the
         record is appended (compare-and-set at commit time, across processes).
@@ -677,7 +708,7 @@ class FileBackend(Backend):
         :attr:`~Snapshot.pending`). The files are right for every other key,
         unless a later commit reached them meanwhile: only possible for a key
         the journal holds now and did not then, or after a checkpoint (a new
-        journal). Then it reads again, up to :data:`SNAPSHOT_ATTEMPTS` times,
+        journal). Then it reads again, up to ``SNAPSHOT_ATTEMPTS`` (5) times,
         so a running bot is never blocked, not even for a moment. A plain
         write (outside a transaction) of a key the journal does not hold is
         one key's write: it is read as it is when its file is read.
@@ -777,7 +808,7 @@ class FileBackend(Backend):
         return self.history.read(current, until_ns)
 
     async def history_records(self, until_ns: int | None = None) -> RecordedHistory:
-        """The root's history: the base state and every commit since (see :mod:`.archive`).
+        """The root's history: the base state and every commit since (kept at each checkpoint).
 
         ``until_ns`` lets it skip the days after that time.
         """
@@ -824,12 +855,22 @@ class FileBackend(Backend):
     def _sweep_temps(self, dir_fd: int, path: str, namespace: str, dry_run: bool) -> list[str]:
         osl = self._os
         found = []
+        stale_before = time.time() - self.foreign_temp_age
         with osl.scandir(path) as entries:
             for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX):
-                    found.append(join_key(namespace, entry.name))
-                    if not dry_run:
-                        osl.unlink(entry.name, dir_fd=dir_fd)
+                if not entry.name.startswith(TEMP_PREFIX):
+                    continue
+                if not _OWN_TEMP.match(entry.name):
+                    # Another program's write, maybe in flight: its lock is not ours.
+                    try:
+                        found_stat = osl.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # renamed onto its target meanwhile
+                    if found_stat.st_mtime > stale_before:
+                        continue
+                found.append(join_key(namespace, entry.name))
+                if not dry_run:
+                    osl.unlink(entry.name, dir_fd=dir_fd)
         if found and not dry_run:
             osl.fsync(dir_fd)
         return found

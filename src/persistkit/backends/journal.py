@@ -41,9 +41,9 @@ deleted, every process refuses the root with :class:`JournalDamagedError`, and
 
 **Applying and checkpoints.** A background thread writes the journal's values
 into the entity files (temp file and rename, no fsync: the journal is the
-durability) :data:`APPLY_DELAY` after a commit, so that the seed-compatible
-files stay close to the truth. When the journal passes ``limit`` bytes, at
-``aclose`` and at a start, a checkpoint applies everything, copies the
+durability) :data:`APPLY_DELAY` after a commit, so that the entity files
+(backtest-kit's layout) stay close to the truth. When the journal passes
+``limit`` bytes, at ``aclose`` and at a start, a checkpoint applies everything, copies the
 journal's records into the root's history (:mod:`persistkit.backends.archive`;
 unless the backend keeps none), flushes the file system (``syncfs``, which
 makes the files and the history durable together) and replaces the journal
@@ -80,7 +80,6 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import secrets
@@ -95,6 +94,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from persistkit.backends.base import ANY_VERSION, Expected, split_key
+from persistkit.backends.oslayer import LOCK_EX, LOCK_NB, LOCK_UN, O_CLOEXEC
 from persistkit.errors import (
     BackendError,
     ConflictError,
@@ -121,6 +121,7 @@ __all__ = [
     "JournalRecord",
     "SalvageReport",
     "encode_record",
+    "open_journals",
     "parse_records",
     "read_journal_file",
 ]
@@ -133,7 +134,6 @@ FORMAT_VERSION = 2
 """The on-disk format this release writes; a root marked with a higher one is refused."""
 LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
-JOURNAL_SUFFIX = LEGACY_SUFFIX  # the name the reliability suite's checks know
 _NEW_SUFFIX = ".new"
 FLAG_RESTATED = 1
 """Header flag: the journal's first record restates what earlier records wrote (a
@@ -157,11 +157,11 @@ _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
 _MAX_PAYLOAD = (1 << 32) - 1
 
-_O_LEGACY = os.O_RDWR | os.O_CLOEXEC
+_O_LEGACY = os.O_RDWR | O_CLOEXEC
 
 Writes = Mapping[str, "bytes | None"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,13 +382,35 @@ _MISSING = object()
 _journals: weakref.WeakSet[CommitJournal] = weakref.WeakSet()
 
 
+def open_journals() -> list[CommitJournal]:
+    """The commit journals of this process's live file backends."""
+    return list(_journals)
+
+
+def _lead_through_fork() -> None:
+    """Before a fork: lead every journal, so that no other thread is half-way through
+    a commit or an application, holding a directory's ``flock`` through a descriptor
+    that the child would keep open (and so the lock, after the parent let go of it)."""
+    for journal in list(_journals):
+        journal._lead_through_fork()
+
+
+def _stop_leading_after_fork() -> None:
+    for journal in list(_journals):
+        journal._stop_leading_after_fork()
+
+
 def _reset_after_fork() -> None:
     for journal in list(_journals):
         journal._forget_parent_state()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    os.register_at_fork(
+        before=_lead_through_fork,
+        after_in_parent=_stop_leading_after_fork,
+        after_in_child=_reset_after_fork,
+    )
 
 
 def take_lock(
@@ -402,7 +424,7 @@ def take_lock(
     ``timeout`` seconds have passed, then raises :class:`LockTimeoutError`.
     """
     try:
-        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, LOCK_EX | LOCK_NB)
         return
     except BlockingIOError:
         if not wait:
@@ -414,7 +436,7 @@ def take_lock(
         time.sleep(pause)
         pause = min(pause * 2, 0.005)
         try:
-            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, LOCK_EX | LOCK_NB)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -467,9 +489,22 @@ class CommitJournal:
             asyncio.AbstractEventLoop, list[tuple[_Request, asyncio.Future[None]]]
         ] = weakref.WeakKeyDictionary()
         self._leading = False
+        self._leading_through_fork = False
         self._apply_wanted = threading.Event()
         self._applier: threading.Thread | None = None
         self._stopping = False
+
+    def _lead_through_fork(self) -> None:
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            self._leading = self._leading_through_fork = True
+
+    def _stop_leading_after_fork(self) -> None:
+        with self._cond:
+            if self._leading_through_fork:
+                self._leading = self._leading_through_fork = False
+                self._cond.notify_all()
 
     def _forget_parent_state(self) -> None:
         """In a forked child: the parent's files, locks and threads are not ours."""
@@ -487,9 +522,17 @@ class CommitJournal:
         self._init_threading()
 
     @property
-    def dirty(self) -> Mapping[str, bytes | None]:
-        """Keys the journal holds since its last checkpoint (read :meth:`refresh` first)."""
-        return self.pending
+    def root(self) -> str:
+        """The data root this journal belongs to."""
+        return self._backend.root
+
+    @property
+    def size(self) -> int:
+        """Bytes in the journal file now: commits not yet checkpointed (0: no journal)."""
+        try:
+            return self._os.stat(self.path).st_size
+        except OSError:
+            return 0
 
     # -- reading the shared journal -------------------------------------------------------
 
@@ -757,7 +800,7 @@ class CommitJournal:
 
     def _unlock_journal(self) -> None:
         if self._lock_fd is not None:
-            self._os.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._os.flock(self._lock_fd, LOCK_UN)
 
     def _start_generation(
         self, first_seq: int, writes: Writes | None, *, archived: bool = False
@@ -1121,9 +1164,6 @@ class CommitJournal:
                 )
         return found
 
-    # Kept for callers of the 0.1 name.
-    describe_dead_journals = describe_unapplied
-
     # -- committing ---------------------------------------------------------------------
 
     async def commit_async(
@@ -1199,7 +1239,7 @@ class CommitJournal:
         ``apply_now``: also write the keys' files (no fsync: the journal is the
         durability) before returning, under the journal lock so that no
         checkpoint comes between; what a plain write of a history-keeping root
-        does, so that the seed's files show it as soon as it returns.
+        does, so that the entity files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
         request = _Request(writes, expect, apply_now)

@@ -58,7 +58,7 @@ class MemoryBackend(Backend):
         return self.get_now(key)
 
     def get_now(self, key: str) -> Versioned | None:
-        """:meth:`get` without the coroutine (nothing here ever waits)."""
+        """:meth:`~persistkit.backends.Backend.get` without the coroutine (nothing here waits)."""
         namespace, _, name = key.rpartition("/")
         space = self._spaces.get(namespace)
         return None if space is None else space.get(name)
@@ -83,7 +83,7 @@ class MemoryBackend(Backend):
         return self.put_now(key, data, expect=expect)
 
     def put_now(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
-        """:meth:`put` without the coroutine (nothing here ever waits)."""
+        """:meth:`~persistkit.backends.Backend.put` without the coroutine (nothing here waits)."""
         if expect is not ANY_VERSION:
             self._check_expected(key, expect)
         namespace, _, name = key.rpartition("/")

@@ -76,8 +76,8 @@ slot of a cross-slot tick before another.
 takes a new token from the lock name's counter (``INCR``: it never expires and
 only grows) and stores the lease with an expiry computed from the server's
 ``TIME``, enforced by the server (``PEXPIREAT``): a client's clock never
-extends a lease. Writes made while :data:`~persistkit.backends.base.fencing`
-holds leases carry their tokens, and the write's own script refuses, with
+extends a lease. Writes made while :func:`~persistkit.backends.fenced_leases`
+returns leases carry their tokens, and the write's own script refuses, with
 :class:`~persistkit.errors.LeaseLostError`, a token older than the newest:
 
 * one server: the script reads each lease's counter, so a holder's write is
@@ -182,7 +182,7 @@ from persistkit.errors import (
 
 __all__ = ["DEFAULT_PREFIX", "RedisBackend", "redis_version"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "persistkit"
 _ROOT_TAG = "/"  # the hash tag of the root namespace: an empty tag would hash the whole key

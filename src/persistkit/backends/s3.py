@@ -96,7 +96,7 @@ naming its holder (host, pid, since, expiry); :meth:`renew_lease` of a lease
 taken over or lapsed raises :class:`~persistkit.errors.LeaseLostError`. Before
 ``acquire_lease`` returns, the new token is written into the head record as the
 fence of ``name`` (a commit with no writes). Commits made while
-:data:`~persistkit.backends.base.fencing` holds leases carry their tokens, and
+:func:`~persistkit.backends.fenced_leases` returns leases carry their tokens, and
 step 3 refuses, with ``LeaseLostError`` and nothing recorded, a commit whose
 token is older than the fence. Since that check and the recording are one
 conditional write of the head, **S3 guarantees**: once a new holder's
@@ -143,7 +143,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -163,7 +162,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from persistkit._keyed_lock import LoopLocalKeyedLocks
-from persistkit.backends._threads import run_to_completion
+from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends.base import (
     ANY_VERSION,
     Backend,
@@ -202,7 +201,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMITS_DIR", "DEFAULT_WORKERS", "LEASES_DIR", "S3Backend"]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -531,7 +530,9 @@ class S3Backend(Backend):
         if workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {workers}")
         self.max_workers = workers
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="persistkit-s3")
+        # Daemon threads of its own: a synchronous script's last write may come
+        # from an atexit handler, after every ThreadPoolExecutor has stopped.
+        self._executor = DaemonThreadPool(workers, thread_name_prefix="persistkit-s3")
         self._closed = False
         # False until pending tick commits have been replayed (see _prepare_sync).
         self._ready = False
@@ -1300,7 +1301,7 @@ class S3Backend(Backend):
         absent); checked when the commit is recorded, so a commit that any
         process replays has the same outcome. Commits from every process are
         recorded in one order and applied in it. Under a lease (the
-        :data:`~persistkit.backends.base.fencing` context) a commit carrying an
+        leases of :func:`~persistkit.backends.fenced_leases`) a commit carrying an
         older token than the lease's newest raises
         :class:`~persistkit.errors.LeaseLostError` with nothing recorded.
         """

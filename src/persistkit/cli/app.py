@@ -16,6 +16,11 @@ from rich.live import Live
 from rich.text import Text
 
 from persistkit.backends import Backend
+from persistkit.backends.backtest_kit import (
+    BacktestKitBackend,
+    BacktestKitMapping,
+    archive_migrated,
+)
 from persistkit.backends.base import QuarantineEntry, Snapshot, split_key
 from persistkit.backends.file import FileBackend
 from persistkit.backends.journal import SalvageReport
@@ -54,11 +59,11 @@ from .status import (
     watch_status,
 )
 from .targets import (
-    DEFAULT_TARGET,
     EXIT_COULD_NOT_RUN,
     EXIT_OK,
     EXIT_PROBLEMS,
     CommandError,
+    default_target,
     format_time,
     open_target,
     plural,
@@ -119,7 +124,7 @@ def _print_json(value: Any) -> None:
     sys.stdout.buffer.flush()
 
 
-target_argument = click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
+target_argument = click.argument("target", default=default_target, metavar="[ROOT | URL]")
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="One JSON document, for scripts."
 )
@@ -173,13 +178,13 @@ progress_option = click.option(
 def cli() -> None:
     """Inspect, check and move the state persistkit keeps for a trading bot.
 
-    ROOT is a directory (default ./dump/data); URL is any backend URL
-    (file:///path, redis://host:6379/0, s3://bucket/prefix, and so on).
+    ROOT is a directory; URL is any backend URL (file:///path,
+    redis://host:6379/0, s3://bucket/prefix, and so on). Without one, a command
+    opens $PERSISTKIT_BACKEND, else $PERSISTKIT_BASE_DIR, else ./dump/data.
     Commands that only read are safe while a bot runs; commands that write
     refuse while a live session holds the root, unless --force.
     """
     # The store logs what it finds; the commands report it themselves.
-    logging.getLogger("persistkit").addHandler(logging.NullHandler())
     logging.getLogger("persistkit").propagate = False
 
 
@@ -609,7 +614,9 @@ def _finish_copy(
     dry_run: bool,
     notes: list[str],
     holders: list[SessionHolder],
+    left_behind: int = 0,
 ) -> None:
+    """Print the plan and the outcome, and exit; ``left_behind``: source values not copied."""
     _print_plan(plan, dry_run=dry_run)
     for note in notes:
         click.echo(f"note: {note}")
@@ -633,10 +640,60 @@ def _finish_copy(
         f"Copied {plural(copied, 'value')}, each read back and identical to the source; "
         f"{len(failures)} failed."
     )
-    ctx.exit(EXIT_PROBLEMS if failures else EXIT_OK)
+    if left_behind:
+        click.echo(f"Not migrated: {plural(left_behind, 'item')} of the source (above).", err=True)
+    ctx.exit(EXIT_PROBLEMS if failures or left_behind else EXIT_OK)
+
+
+def _print_mapping(mapping: BacktestKitMapping, *, dry_run: bool) -> None:
+    """How a backtest-kit 19.x folder maps to persistkit's keys, and what it leaves behind."""
+    click.echo(f"backtest-kit 19.x folder {mapping.root}, exchange {mapping.exchange}:")
+    shown = list(mapping.values.values())
+    limit = len(shown) if dry_run else _SHOWN_STEPS
+    for mapped in shown[:limit]:
+        click.echo(f"  {', '.join(mapped.sources)} -> {mapped.key}")
+        click.echo(f"      {mapped.how}")
+    if len(shown) > limit:
+        click.echo(f"  ... and {len(shown) - limit} more (--dry-run shows them all)")
+    if mapping.empty:
+        click.echo(f"  {plural(len(mapping.empty), 'file')} with no state (nothing to migrate)")
+    if mapping.other:
+        click.echo(
+            f"  {', '.join(mapping.other)}: backtest-kit's own, no persistkit counterpart "
+            "(left as they are)"
+        )
+    click.echo(f"  {len(mapping.skipped)} not migrated")
+    for item in mapping.skipped:  # all of them: never left behind in silence
+        click.echo(f"      {item.path}: {item.reason}")
+
+
+async def _archive_in_place(
+    source: BacktestKitBackend, destination: Backend, mapping: BacktestKitMapping
+) -> str | None:
+    """After an in-place migration, move the migrated backtest-kit folders aside.
+
+    Only folders whose every value is now in the destination, byte for byte
+    as just read again from the source, and that hold nothing left behind:
+    a folder backtest-kit wrote to meanwhile stays (and keeps being flagged).
+    """
+    now = source.mapping()
+    whole = set(now.migrated_folders()) & set(mapping.migrated_folders())
+    for mapped in now.values.values():
+        stored = await destination.get(mapped.key)
+        if stored is None or stored.data != mapped.data:
+            whole -= mapped.folders()
+    if not whole:
+        return None
+    archive, moved = archive_migrated(source.root, whole)
+    return (
+        f"{plural(len(moved), 'backtest-kit folder')} moved aside into {archive} "
+        "(nothing deleted; later starts no longer flag them)"
+    )
 
 
 def _refuse_overlap(source: Backend, destination: Backend) -> None:
+    if isinstance(destination, BacktestKitBackend):
+        raise CommandError(f"{destination.url} is read-only: migrate from it, not into it")
     if source.url == destination.url:
         raise CommandError(f"source and destination are the same: {destination.url}")
     if not (isinstance(source, FileBackend) and isinstance(destination, FileBackend)):
@@ -664,7 +721,8 @@ def _refuse_partial_source(snapshot: Snapshot) -> None:
     epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
     "1 refused, nothing written (a destination value differs and is not provably "
     "older, a live session holds DST, or SRC cannot be read whole), or a value failed "
-    "to copy; 2 could not run (no such root, a bad URL, a key no store could have "
+    "to copy, or something in a backtest-kit SRC could not be migrated (each named); "
+    "2 could not run (no such root, a bad URL, a key no store could have "
     "written: nothing written).",
 )
 @click.argument("source_spec", metavar="SRC")
@@ -694,6 +752,13 @@ def migrate(
     Every key is checked first against the rules a store names keys by. Into a
     file root the copy is one commit of its journal, like a tick; while a live
     session holds DST it refuses, unless --force.
+
+    From a backtest-kit 19.x folder (SRC
+    ``backtest-kit:///ABSOLUTE/PATH/dump/data?exchange=NAME``, read-only) the
+    mapping to persistkit's keys is shown first, with everything it cannot
+    attribute or derive (not migrated: exit 1). Into a fresh root is the way;
+    into the same folder, the migrated backtest-kit folders are then moved
+    aside into .backtest-kit-archive/, so that later starts are clean.
     """
     # Read-only: the source's committed state is read as it is, nothing replayed.
     source_backend = open_target(source_spec, read_only=True)
@@ -711,21 +776,46 @@ def migrate(
         source = await BackendSource.at_one_point(source_backend)
         _refuse_partial_source(source.snapshot)
         held = sum([1 async for _ in source_backend.list_quarantine("")])
+        if mapping is not None:
+            _print_mapping(mapping, dry_run=dry_run)
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
         )
+        plan, _, failures = outcome
+        copied_whole = not (dry_run or failures or plan.of("refuse"))
+        if mapping is not None and copied_whole:
+            assert isinstance(source_backend, BacktestKitBackend)
+            if in_place:
+                archived = await _archive_in_place(source_backend, destination, mapping)
+                if archived:
+                    notes.append(archived)
+            else:
+                notes.append(
+                    "the backtest-kit folders in SRC are left as they are; start the bot on DST"
+                )
         return outcome, held
 
+    notes: list[str] = []
+    mapping = source_backend.mapping() if isinstance(source_backend, BacktestKitBackend) else None
+    in_place = (
+        mapping is not None
+        and isinstance(destination, FileBackend)
+        and destination.root == mapping.root
+    )
     (plan, copied, failures), quarantined = _run([source_backend, destination], work)
-    notes = [f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"]
+    if quarantined:
+        notes.insert(
+            0, f"{plural(quarantined, 'quarantined value')} stay in the source (not migrated)"
+        )
     _finish_copy(
         ctx,
         plan,
         copied,
         failures,
         dry_run=dry_run,
-        notes=notes if quarantined else [],
+        notes=notes,
         holders=holders,
+        left_behind=0 if mapping is None else len(mapping.skipped),
     )
 
 

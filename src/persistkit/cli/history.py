@@ -15,7 +15,7 @@ from persistkit.backends.memory import MemoryBackend
 from persistkit.errors import PersistError
 from persistkit.history import Change, format_ns, to_ns
 
-from .targets import DEFAULT_TARGET, CommandError, open_target
+from .targets import CommandError, default_target, open_target
 
 __all__ = ["history", "parse_moment", "snapshot_at"]
 
@@ -72,7 +72,7 @@ def _change_json(change: Change) -> dict[str, Any]:
     "run (no such root, a bad URL, a backend that keeps no history).",
 )
 @click.argument("key")
-@click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
+@click.argument("target", default=default_target, metavar="[ROOT | URL]")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 def history(key: str, target: str, as_json: bool) -> None:
     """Every change of KEY (signal/BTCUSDT_trend/BTCUSDT, say) the history still holds.

@@ -7,16 +7,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persistkit.backends import Backend
+from persistkit.backends.backtest_kit import state_not_read
 from persistkit.backends.base import split_key
 from persistkit.errors import CorruptValueError, ForeignSymlinkError, InvalidNameError
-from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.models import (
+    OrderIntent,
+    PartialData,
+    RiskActivePosition,
+    ScheduledSignalRow,
+    SignalRow,
+)
 from persistkit.names import decode_segment, split_pair
 from persistkit.store import PersistBase
 
-from .targets import store_for
+from .targets import PAIRED_DOMAINS, store_for
 
 __all__ = [
     "EntityInfo",
+    "IntentView",
     "Inventory",
     "PartialView",
     "RiskView",
@@ -67,6 +75,16 @@ class PartialView:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentView:
+    """An order intent not final yet: in doubt (pending, sent, unknown) or live at the exchange."""
+
+    key: str
+    symbol: str
+    strategy: str
+    intent: OrderIntent
+
+
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     key: str
     reason: str
@@ -80,6 +98,8 @@ class Inventory:
     scheduled: list[RowView] = field(default_factory=list)
     risk: list[RiskView] = field(default_factory=list)
     partial: list[PartialView] = field(default_factory=list)
+    open_intents: list[IntentView] = field(default_factory=list)
+    """Order intents not final (filled, cancelled, rejected), by pair, in the order written."""
     unreadable: list[Unreadable] = field(default_factory=list)
     quarantined: int = 0
     point: str = ""
@@ -88,6 +108,9 @@ class Inventory:
     """Commits the backend holds and could not read: what is shown is older."""
     foreign_links: tuple[str, ...] = ()
     """Symbolic links inside the root, never followed."""
+    not_read: list[str] = field(default_factory=list)
+    """State the backend holds that is not shown: backtest-kit 19.x state in a
+    file root, or what a ``backtest-kit://`` folder does not present (and why)."""
 
     @property
     def pending(self) -> list[str]:
@@ -95,8 +118,9 @@ class Inventory:
 
     @property
     def problems(self) -> bool:
-        """What makes ``inspect`` exit 1: links it did not follow, commits it could not read."""
-        return bool(self.behind or self.foreign_links)
+        """What makes ``inspect`` exit 1: links it did not follow, commits it could not
+        read, state it does not show."""
+        return bool(self.behind or self.foreign_links or self.not_read)
 
     @property
     def domains(self) -> list[str]:
@@ -123,7 +147,7 @@ def _entity_name(namespace: str) -> str:
     domain, _, entity = namespace.partition("/")
     if not entity:
         return namespace or "-"
-    if domain in ("signal", "schedule", "partial") and "/" not in entity:
+    if domain in PAIRED_DOMAINS and "/" not in entity:
         symbol, strategy = _pair(entity)
         return f"{symbol} / {strategy}"
     try:
@@ -148,6 +172,11 @@ def _add_views(inventory: Inventory, key: str, namespace: str, value: Any) -> No
         symbol, strategy = _pair(entity)
         for signal_id, levels in value.items():
             inventory.partial.append(PartialView(key, symbol, strategy, signal_id, levels))
+    elif domain == "intent":
+        symbol, strategy = _pair(entity)
+        for intent in value.values():  # in the order first written
+            if not intent.final:
+                inventory.open_intents.append(IntentView(key, symbol, strategy, intent))
 
 
 async def collect_inventory(
@@ -202,6 +231,8 @@ async def collect_inventory(
         _add_views(inventory, key, namespace, value)
     for views in (inventory.signals, inventory.scheduled):
         views.sort(key=lambda view: (view.symbol, view.strategy))
+    inventory.open_intents.sort(key=lambda view: (view.symbol, view.strategy))
+    inventory.not_read = [f"{item.path}: {item.reason}" for item in state_not_read(backend)]
     try:
         inventory.quarantined = sum([1 async for _ in backend.list_quarantine("")])
     except ForeignSymlinkError as exc:  # a linked .quarantine: reported, not looked into

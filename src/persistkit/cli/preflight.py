@@ -18,6 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from persistkit.backends import Backend
+from persistkit.backends.backtest_kit import (
+    BacktestKitBackend,
+    Skipped,
+    find_backtest_kit_state,
+)
 from persistkit.backends.base import split_key
 from persistkit.backends.file import SUFFIX, FileBackend
 from persistkit.errors import (
@@ -37,7 +42,9 @@ __all__ = ["PreflightReport", "Problem", "run_preflight"]
 class Problem:
     kind: str
     """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``damaged-journal``,
-    ``durability``, ``foreign-symlink``; as a note: ``foreign-name``, ``unapplied-commit``."""
+    ``durability``, ``foreign-symlink``, ``backtest-kit`` (state a start would not
+    read, or a ``backtest-kit://`` folder's state a migration would skip); as a
+    note: ``foreign-name``, ``unapplied-commit``."""
     where: str
     detail: str
     a_start_would: str
@@ -50,6 +57,9 @@ class PreflightReport:
     checked: int = 0
     validated: int = 0
     """Values checked against a domain model (the rest: JSON parse only)."""
+    backtest_kit: int = 0
+    """Values in backtest-kit 19.x folders: a start reads none of them, so they are
+    reported as such (a ``backtest-kit`` problem), not checked."""
     directories: int | None = None
     """Directories checked for permissions; ``None`` when the backend has none."""
     quarantined: int = 0
@@ -197,11 +207,23 @@ async def run_preflight(
         on_total(sum(per_namespace.values()))
 
     namespaces = set(per_namespace)
+    not_read: list[Skipped] = []
+    backtest_kit: tuple[str, ...] = ()
     if isinstance(backend, FileBackend):
         namespaces |= _file_tree(backend.root, report)
+        foreign = find_backtest_kit_state(backend.root)
+        backtest_kit = foreign.folders
+        if foreign:
+            not_read.append(Skipped(backend.root, foreign.warning()))
+    elif isinstance(backend, BacktestKitBackend):
+        not_read = backend.mapping().skipped
     report.namespaces = len(namespaces)
 
     for namespace in sorted(namespaces):
+        if namespace in backtest_kit:
+            # backtest-kit's, reported as such below: a start reads none of it.
+            report.backtest_kit += per_namespace[namespace]
+            continue
         store = store_for(backend, namespace)
         progress = [0]
 
@@ -254,5 +276,14 @@ async def run_preflight(
     report.problems.extend(
         Problem("durability", backend.url, warning, "run, but acknowledged writes may be lost")
         for warning in warnings
+    )
+    # Never flat in silence: what a start (or a migration) would pass over.
+    action = (
+        "not apply: a migration skips it"
+        if isinstance(backend, BacktestKitBackend)
+        else "start flat for it: it reads none of it (migrate it first)"
+    )
+    report.problems.extend(
+        Problem("backtest-kit", item.path, item.reason, action) for item in not_read
     )
     return report

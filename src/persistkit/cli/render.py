@@ -128,12 +128,18 @@ def inventory_json(inventory: Inventory) -> dict[str, Any]:
              "signal_id": view.signal_id, "levels": view.levels.model_dump(mode="json")}
             for view in inventory.partial
         ],
+        "open_intents": [
+            {"key": view.key, "symbol": view.symbol, "strategy": view.strategy,
+             "in_doubt": view.intent.unresolved, "intent": view.intent.model_dump(mode="json")}
+            for view in inventory.open_intents
+        ],
         "unreadable": [{"key": item.key, "reason": item.reason} for item in inventory.unreadable],
         "quarantined": inventory.quarantined,
         "read_at": inventory.point,
         "pending": inventory.pending,
         "behind": list(inventory.behind),
         "foreign_links": list(inventory.foreign_links),
+        "not_read": inventory.not_read,
     }  # fmt: skip
 
 
@@ -238,6 +244,7 @@ def print_inventory(inventory: Inventory) -> None:
                 ",".join(map(str, partial.levels.loss_levels)) or "-",
             )
         console.print(table)
+    _print_open_intents(console, inventory)
     if inventory.unreadable:
         table = Table(title="Unreadable (a start would quarantine them)", title_justify="left")
         table.add_column("key")
@@ -252,10 +259,41 @@ def print_inventory(inventory: Inventory) -> None:
             soft_wrap=True,
         )
     problems = read_problems(inventory.behind, inventory.foreign_links)
+    problems += [f"not shown: {line}" for line in inventory.not_read]
     if problems:
         console.print(f"{plural(len(problems), 'problem')}:", soft_wrap=True)
         for line in problems:
             console.print(f"  {line}", soft_wrap=True)
+
+
+def _print_open_intents(console: Console, inventory: Inventory) -> None:
+    if not inventory.open_intents:
+        console.print("Open order intents: none", soft_wrap=True)
+        return
+    in_doubt = sum(1 for view in inventory.open_intents if view.intent.unresolved)
+    table = Table(
+        title=f"Open order intents ({in_doubt} in doubt: a restart reconciles them)",
+        title_justify="left",
+    )
+    numbers = ("quantity", "filled", "price")
+    for column in ("symbol", "strategy", "client order id", "side", *numbers, "status",
+                   "exchange id", "created"):  # fmt: skip
+        table.add_column(column, justify="right" if column in numbers else "left")
+    for view in inventory.open_intents:
+        intent = view.intent
+        table.add_row(
+            view.symbol,
+            view.strategy,
+            intent.client_order_id,
+            intent.side,
+            _price(intent.quantity),
+            _price(intent.filled_quantity),
+            "market" if intent.price is None else _price(intent.price),
+            f"{intent.status} (in doubt)" if intent.unresolved else intent.status,
+            intent.exchange_order_id or "-",
+            _millis(intent.created_at),
+        )
+    console.print(table)
 
 
 # -- preflight -----------------------------------------------------------------------
@@ -269,6 +307,7 @@ def preflight_json(report: PreflightReport, exit_code: int) -> dict[str, Any]:
         "namespaces": report.namespaces,
         "checked": report.checked,
         "validated": report.validated,
+        "backtest_kit": report.backtest_kit,
         "directories": report.directories,
         "quarantined": report.quarantined,
         "unchecked": report.unchecked,
@@ -293,7 +332,8 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
     if report.unchecked is not None:
         say(f"  values       none checked: {report.unchecked}")
     else:
-        say(f"  reachable    yes, listed {plural(report.checked, 'value')}")
+        listed = plural(report.checked + report.backtest_kit, "value")
+        say(f"  reachable    yes, listed {listed}")
     denied = report.of_kind("permission")
     if report.directories is None:
         say("  permissions  not applicable to this backend")
@@ -310,6 +350,11 @@ def print_preflight(report: PreflightReport, exit_code: int) -> None:
         f"  values       {report.checked} checked ({report.validated} against their domain "
         f"model, {json_only} as JSON only): "
         + (f"{len(corrupt)} bad" if corrupt else "all parse and validate")
+        + (
+            f"; {report.backtest_kit} in backtest-kit 19.x folders, not read by a start (below)"
+            if report.backtest_kit
+            else ""
+        )
     )
     orphans = report.of_kind("orphan")
     say(f"  temp files   {len(orphans) or 'none'} left by interrupted writes")

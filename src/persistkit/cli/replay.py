@@ -13,11 +13,11 @@ import orjson
 from persistkit.errors import EntityNotFoundError
 from persistkit.replay import REGISTRY_DIR, REPLAY_DIR, RunRegistry
 
-from .targets import DEFAULT_TARGET, EXIT_PROBLEMS, CommandError, format_time
+from .targets import EXIT_PROBLEMS, CommandError, default_target, format_time
 
 __all__ = ["replay"]
 
-_target = click.argument("target", default=DEFAULT_TARGET, metavar="[TARGET]")
+_target = click.argument("target", default=default_target, metavar="[TARGET]")
 _json = click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 
 
@@ -51,7 +51,7 @@ def _dump(value: Any) -> None:
     epilog="Exit codes: see the --help of each command.",
 )
 def replay() -> None:
-    """Replay runs (persistkit.replay) recorded in TARGET/replay/ (default ./dump/data)."""
+    """Replay runs (persistkit.replay) recorded in TARGET/replay/ (TARGET: as for every command)."""
 
 
 @replay.command(

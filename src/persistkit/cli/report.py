@@ -11,7 +11,7 @@ import orjson
 
 from persistkit.stats import EventReports, Partial, Schedule
 
-from .targets import DEFAULT_TARGET, open_target
+from .targets import default_target, open_target
 
 __all__ = ["report"]
 
@@ -27,7 +27,7 @@ _KINDS: dict[str, EventReports[Any]] = {"schedule": Schedule, "partial": Partial
 @click.argument("kind", type=click.Choice(sorted(_KINDS)), metavar="schedule|partial")
 @click.argument("symbol")
 @click.argument("strategy")
-@click.argument("target", default=DEFAULT_TARGET, metavar="[ROOT | URL]")
+@click.argument("target", default=default_target, metavar="[ROOT | URL]")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
 def report(kind: str, symbol: str, strategy: str, target: str, as_json: bool) -> None:
     """Print the statistics of SYMBOL under STRATEGY, changing nothing.
@@ -39,7 +39,8 @@ def report(kind: str, symbol: str, strategy: str, target: str, as_json: bool) ->
 
     The markdown is what Schedule.dump and Partial.dump write; a rate with
     nothing to divide by is N/A (null in --json); a pair with no events
-    prints zero counts. ROOT defaults to ./dump/data.
+    prints zero counts. ROOT defaults as for every command
+    ($PERSISTKIT_BACKEND, else $PERSISTKIT_BASE_DIR, else ./dump/data).
     """
     backend = open_target(target, read_only=True)
     facade = _KINDS[kind]

@@ -9,6 +9,8 @@ running bot, every few seconds with ``--watch``):
   the one place a backend's own leases plug in);
 - when each domain last committed, from the commit journal's records and the
   entity files' change times;
+- the order intents not final yet, those in doubt (``pending``, ``sent``,
+  ``unknown``: orders a crash may have left in flight) listed by name;
 - the commit journal: its size, the commits since its last checkpoint, and
   whether they wait for a start (no session runs) or are the running session's;
 - quarantined values, durability warnings, and every problem ``preflight``
@@ -34,6 +36,7 @@ from persistkit.backends.file import FileBackend
 from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, read_journal_file
 from persistkit.errors import (
     BackendError,
+    CorruptValueError,
     ForeignSymlinkError,
     InvalidNameError,
     JournalDamagedError,
@@ -41,8 +44,10 @@ from persistkit.errors import (
 )
 from persistkit.live.lock import held_locks, read_holder, session_holders
 from persistkit.live.session import LOCK_DIR, LOCK_FILE
+from persistkit.models import OrderIntent
 from persistkit.names import decode_segment, split_pair
 
+from .inventory import decode_value
 from .preflight import PreflightReport, Problem, run_preflight
 from .targets import (
     EXIT_COULD_NOT_RUN,
@@ -52,6 +57,7 @@ from .targets import (
     format_time,
     iso_time,
     plural,
+    store_for,
 )
 
 __all__ = [
@@ -70,7 +76,7 @@ __all__ = [
     "watch_status",
 ]
 
-DOMAINS = ("signal", "risk", "schedule", "partial")
+DOMAINS = ("signal", "risk", "schedule", "partial", "intent")
 """Always listed, in this order; other namespaces of the root follow them."""
 
 _CHANGED_AT_BATCH = 32
@@ -147,6 +153,9 @@ class StatusReport:
     """Commits recorded and not yet applied in place (file: the journal's records);
     ``None`` when they cannot be read (a damaged or linked journal)."""
     quarantine: list[QuarantineEntry]
+    open_intents: list[OrderIntent] | None
+    """Order intents not final, by pair, in the order first written; ``None`` when the
+    values cannot be listed."""
     durability_warnings: list[str]
     problems: list[Problem]
     """What ``preflight`` counts as a problem (durability warnings apart)."""
@@ -157,6 +166,11 @@ class StatusReport:
     @property
     def exit_code(self) -> int:
         return EXIT_PROBLEMS if self.attention else EXIT_OK
+
+    @property
+    def intents_in_doubt(self) -> list[OrderIntent]:
+        """The open intents whose outcome only the exchange knows (pending, sent, unknown)."""
+        return [intent for intent in self.open_intents or [] if intent.unresolved]
 
 
 # -- who runs -----------------------------------------------------------------------------
@@ -393,6 +407,23 @@ async def _domain_activity(
     return [DomainActivity(domain, counts[domain], newest.get(domain)) for domain in order]
 
 
+async def _open_intents(backend: Backend) -> list[OrderIntent]:
+    """Every order intent not final, by pair, in the order first written; a value that
+    does not decode is left to preflight, which reports it."""
+    keys = sorted([key async for key in backend.scan("intent", recursive=True)])
+    found: list[OrderIntent] = []
+    for key, stored in zip(keys, await backend.get_many(keys), strict=True):
+        namespace, _ = split_key(key)
+        if stored is None or namespace.count("/") != 1:
+            continue
+        try:
+            value = decode_value(store_for(backend, namespace), key, stored.data)
+        except CorruptValueError:
+            continue
+        found.extend(intent for intent in (value or {}).values() if not intent.final)
+    return found
+
+
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -417,6 +448,13 @@ def _judge(report: StatusReport) -> None:
             f"{waiting} waiting to be applied and no live session runs: a bot stopped "
             "without closing; every reader already includes them, and the next start "
             "applies them"
+        )
+    in_doubt = report.intents_in_doubt
+    if in_doubt and sessions.known and not sessions.running:
+        attention.append(
+            f"{plural(len(in_doubt), 'order intent')} in doubt (pending, sent or unknown) and "
+            "no live session runs: orders a stopped bot may have sent; its next start returns "
+            "them in open_intents, and `await session.reconcile(lookup)` asks the exchange"
         )
     if report.quarantine:
         attention.append(
@@ -466,11 +504,13 @@ async def collect_status(backend: Backend) -> StatusReport:
     domains: list[DomainActivity] | None = None
     commits_waiting: int | None = None
     quarantine: list[QuarantineEntry] = []
+    open_intents: list[OrderIntent] | None = None
     try:
         # Kept apart from the values: readable even when the journal is not.
         quarantine = [entry async for entry in backend.list_quarantine("")]
         if preflight.unchecked is None:
             domains = await _domain_activity(backend, committed_at)
+            open_intents = await _open_intents(backend)
             if journal is not None:
                 commits_waiting = journal.commits
             else:
@@ -487,6 +527,7 @@ async def collect_status(backend: Backend) -> StatusReport:
         journal=journal,
         commits_waiting=commits_waiting,
         quarantine=quarantine,
+        open_intents=open_intents,
         durability_warnings=warnings,
         problems=problems,
         notes=notes,
@@ -577,6 +618,12 @@ def status_json(report: StatusReport) -> dict[str, Any]:
             }
             for entry in report.quarantine
         ],
+        "open_intents": None
+        if report.open_intents is None
+        else [
+            {**intent.model_dump(mode="json"), "in_doubt": intent.unresolved}
+            for intent in report.open_intents
+        ],
         "durability_warnings": report.durability_warnings,
         "problems": [
             {"kind": problem.kind, "where": problem.where, "detail": problem.detail}
@@ -640,6 +687,31 @@ def _journal_line(report: StatusReport) -> str:
     )
 
 
+_SHOWN_INTENTS = 10
+
+
+def _intent_lines(report: StatusReport) -> list[str]:
+    if report.open_intents is None:
+        return ["  intents      not listed: see the problems below"]
+    if not report.open_intents:
+        return ["  intents      no open order intent"]
+    in_doubt = report.intents_in_doubt
+    lines = [
+        f"  intents      {plural(len(report.open_intents), 'open order intent')}, "
+        f"{len(in_doubt)} in doubt (pending, sent, unknown)"
+    ]
+    for intent in report.open_intents[:_SHOWN_INTENTS]:
+        price = "market" if intent.price is None else f"{intent.price:g}"
+        lines.append(
+            f"    {intent.symbol} / {intent.strategy_name}  {intent.client_order_id}  "
+            f"{intent.side} {intent.quantity:g} @ {price}  {intent.status}"
+            + (f" ({intent.exchange_order_id})" if intent.exchange_order_id else "")
+        )
+    if len(report.open_intents) > _SHOWN_INTENTS:
+        lines.append(f"    ... and {len(report.open_intents) - _SHOWN_INTENTS} more")
+    return lines
+
+
 def status_lines(report: StatusReport) -> list[str]:
     """The report in plain words, one string per line."""
     lines = [f"Status of {report.url} at {format_time(report.checked_at)} UTC (read-only)"]
@@ -654,6 +726,7 @@ def status_lines(report: StatusReport) -> list[str]:
                 f"{format_time(activity.last_change)}"
             )
     lines.append(_journal_line(report))
+    lines += _intent_lines(report)
     if report.quarantine:
         lines.append(f"  quarantine   {plural(len(report.quarantine), 'value')}:")
         for entry in report.quarantine[:_SHOWN_QUARANTINE]:

@@ -15,7 +15,8 @@ from typing import Any
 from persistkit.backends import Backend, open_backend
 from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
-from persistkit.config import DEFAULT_BASE_DIR
+from persistkit.config import environment_target
+from persistkit.domains.intent import PersistIntentUtils
 from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
@@ -25,13 +26,13 @@ from persistkit.store import PersistBase, SegmentName
 
 __all__ = [
     "CLI_RETRY",
-    "DEFAULT_TARGET",
     "DOMAIN_SCHEMAS",
     "EXIT_COULD_NOT_RUN",
     "EXIT_OK",
     "EXIT_PROBLEMS",
     "PAIRED_DOMAINS",
     "CommandError",
+    "default_target",
     "format_time",
     "is_paired",
     "iso_time",
@@ -45,7 +46,10 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_COULD_NOT_RUN = 2
 
-DEFAULT_TARGET = DEFAULT_BASE_DIR
+
+default_target = environment_target
+"""``ROOT | URL`` when none is given: the state a bot started in this environment uses."""
+
 
 # An operator waiting at a terminal wants "unreachable" in seconds, not after
 # the library's 30-second patience for a bot riding out a server restart.
@@ -55,7 +59,13 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 DOMAIN_SCHEMAS: dict[str, Any] = {
     adapter.domain: adapter.schema
-    for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistRiskUtils, PersistPartialUtils)
+    for adapter in (
+        PersistSignalUtils,
+        PersistScheduleUtils,
+        PersistRiskUtils,
+        PersistPartialUtils,
+        PersistIntentUtils,
+    )
 }
 """Domain -> the model its adapter validates against (the one source is the adapter)."""
 
@@ -100,7 +110,13 @@ def open_target(spec: str, *, must_exist: bool = True, read_only: bool = False) 
 
 
 PAIRED_DOMAINS = frozenset(
-    adapter.domain for adapter in (PersistSignalUtils, PersistScheduleUtils, PersistPartialUtils)
+    adapter.domain
+    for adapter in (
+        PersistSignalUtils,
+        PersistScheduleUtils,
+        PersistPartialUtils,
+        PersistIntentUtils,
+    )
 )
 """Domains whose entity is a ``{symbol}_{strategy}`` pair (:func:`persistkit.names.join_pair`)."""
 
@@ -114,7 +130,7 @@ def is_paired(key: str) -> bool:
 def schema_for(namespace: str) -> Any:
     """What a start validates the values of ``namespace`` against.
 
-    ``{domain}/{entity}`` of the four domains (DESIGN.md §2) gets its adapter's
+    ``{domain}/{entity}`` of the domains (backtest-kit's four, and order intents) gets its adapter's
     model; any other namespace is parsed as JSON only (``None``).
     """
     domain, _, entity = namespace.partition("/")

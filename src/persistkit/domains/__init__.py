@@ -1,10 +1,13 @@
-"""The four domain adapters, as module-level singletons (the seed's API)."""
+"""The domain adapters, as module-level singletons (backtest-kit's API, and order intents)."""
 
+from persistkit.domains.intent import PersistIntentUtils
 from persistkit.domains.partial import PersistPartialUtils
 from persistkit.domains.risk import PersistRiskUtils
 from persistkit.domains.signal import PersistScheduleUtils, PersistSignalUtils
 
 __all__ = [
+    "PersistIntentAdapter",
+    "PersistIntentUtils",
     "PersistPartialAdapter",
     "PersistPartialUtils",
     "PersistRiskAdapter",
@@ -19,3 +22,4 @@ PersistSignalAdapter = PersistSignalUtils()
 PersistScheduleAdapter = PersistScheduleUtils()
 PersistRiskAdapter = PersistRiskUtils()
 PersistPartialAdapter = PersistPartialUtils()
+PersistIntentAdapter = PersistIntentUtils()

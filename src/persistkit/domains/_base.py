@@ -1,4 +1,4 @@
-"""What the four domain adapters share: one memoized store per entity."""
+"""What the domain adapters share: one memoized store per entity."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from persistkit.store import PersistBase, SegmentName
 
 
 class DomainAdapter:
-    """Holds the store class (swappable, as in the seed) and one store per entity.
+    """Holds the store class (swappable, as in backtest-kit) and one store per entity.
 
     Stores are memoized per settings: a live session's ticks get stores under
     the session's root, other code under the configured one.

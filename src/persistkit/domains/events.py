@@ -28,11 +28,14 @@ wall-clock time of the commit. Each log keeps
 the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
 default) in ``stats/schedule/{symbol}_{strategy}/`` and
 ``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
-``head`` holds the newest events (fewer than :data:`SEGMENT_EVENTS`) and lists
-the sealed segments ``0``, ``1``, ...: each filled once, written once, and
-dropped whole, oldest first, once the newer events reach the bound (a reader
-returns the newest ``event_limit``). So an event's commit rewrites one small
-value, always the same one, as the row it comes from. Files in live mode,
+``head`` holds the newest events (fewer than :data:`HEAD_EVENTS`) and lists
+the segments ``0``, ``1``, ...: at :data:`HEAD_EVENTS` events the head's events move
+to the last segment, which grows to :data:`SEGMENT_EVENTS` before the next is
+started; whole segments are dropped, oldest first, once the newer events reach
+the bound (a reader returns the newest ``event_limit``). Events are stored as
+short rows of their own fields (format 2, :class:`EventLog`), so an event costs
+its commit a few hundred bytes, and a new file only every
+:data:`SEGMENT_EVENTS` events. Files in live mode,
 process memory in backtest mode. A pair has one writer (its live session); the
 hooks read what is committed under this process's key locks.
 """
@@ -47,7 +50,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Field
 
-from persistkit.backends.base import Backend, Versioned
+from persistkit.backends.base import Backend
 from persistkit.clock import now_ms
 from persistkit.config import Settings, active_settings
 from persistkit.domains._base import DomainAdapter
@@ -56,19 +59,24 @@ from persistkit.models import PartialData, PartialLevel, Position, ScheduledSign
 from persistkit.models import _Model as EventModel
 from persistkit.retry import DEFAULT_RETRY
 from persistkit.store import PersistBase
-from persistkit.transaction import Transaction, transaction, transaction_for
+from persistkit.transaction import CommitHook, Transaction, transaction, transaction_for
 
 __all__ = [
     "HEAD",
+    "HEAD_EVENTS",
     "PARTIAL_LOG",
+    "ROWS_FORMAT",
     "SCHEDULE_LOG",
     "SEGMENT_EVENTS",
     "Changes",
+    "EventLog",
     "LogHead",
     "PartialEvent",
     "PartialEventLog",
+    "PartialRow",
     "ScheduleEvent",
     "ScheduleEventLog",
+    "ScheduleRow",
     "partial_changes",
     "partial_events",
     "remember_staged",
@@ -78,12 +86,15 @@ __all__ = [
     "write_with_events",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 HEAD = "head"
-"""The id of a pair's log head in its ``stats/...`` store; sealed segments have numbers."""
-SEGMENT_EVENTS = 10
-"""Events per sealed segment; the head holds fewer, the newest."""
+"""The id of a pair's log head in its ``stats/...`` store; segments have numbers."""
+HEAD_EVENTS = 10
+"""The head holds fewer events, the newest; at this many they move to the last segment."""
+SEGMENT_EVENTS = 50
+"""Events per full segment: the last one grows by :data:`HEAD_EVENTS` at a time, then
+the next is started."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _MS_PER_MINUTE = 60_000
@@ -120,34 +131,171 @@ class PartialEvent(EventModel):
     row was known to the commit; not the market price of the moment."""
 
 
+ScheduleRow = tuple[
+    Timestamp,
+    Literal["scheduled", "opened", "cancelled"],
+    Annotated[str, Field(min_length=1)],
+    Position,
+    Annotated[float, Field(allow_inf_nan=False)],
+    Annotated[float, Field(allow_inf_nan=False)] | None,
+]
+"""A schedule event as stored: ``[timestamp, action, signal_id, position, price_open,
+duration_min]``; the symbol and the strategy are the log's own."""
+
+PartialRow = tuple[
+    Timestamp,
+    Literal["profit", "loss"],
+    Annotated[str, Field(min_length=1)],
+    PartialLevel,
+    Position | None,
+    Annotated[float, Field(allow_inf_nan=False)] | None,
+]
+"""A partial event as stored: ``[timestamp, action, signal_id, level, position, price]``."""
+
+
 class LogHead(EventModel):
-    """A pair's event log: its sealed segments, oldest first, as ``[number, events in it]``,
-    and the newest events, not yet sealed."""
+    """A pair's event log: its segments, oldest first, as ``[number, events in it]``,
+    and the newest events, not yet in a segment."""
 
     segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
     events: list[Any]
 
 
-class ScheduleLogHead(LogHead):
+class _EventsHead(LogHead):
+    """Format 1 (written before format 2; still read, rewritten as format 2 by the pair's
+    next event): events whole, with the pair's names."""
+
+    format: Literal[1] = 1
+
+
+class _RowsHead(LogHead):
+    """Format 2: events as rows."""
+
+    format: Literal[2]
+
+
+class ScheduleLogHead(_EventsHead):
     events: list[ScheduleEvent]
 
 
-class PartialLogHead(LogHead):
+class ScheduleRowsHead(_RowsHead):
+    events: list[ScheduleRow]
+
+
+class PartialLogHead(_EventsHead):
     events: list[PartialEvent]
 
 
-class ScheduleEventLog(DomainAdapter):
+class PartialRowsHead(_RowsHead):
+    events: list[PartialRow]
+
+
+ROWS_FORMAT = 2
+"""The format of the heads written now (their ``format``): ``{"format": 2, "segments":
+[[number, count], ...], "events": [row, ...]}``; its segments are plain lists of rows."""
+
+
+class EventLog(DomainAdapter):
+    """A kind of event log: a head and sealed segments per pair, in either format.
+
+    Format 2 (written now) stores each event as a short row of its own fields:
+    a tick's commit carries a few dozen bytes per event, not a few hundred.
+    Format 1 (whole events, as JSON objects with the pair's names) is still
+    read: a log written by an earlier persistkit keeps its sealed segments as
+    they are until they are dropped, and its head is rewritten in format 2 by
+    the pair's next event.
+    """
+
+    def __init__(self) -> None:
+        self.recorders: dict[tuple[int, str], _Recorder] = {}
+        """How the writes of each row store record events in these logs, by settings and
+        row key (``domains.events._recorder``); forgotten with the stores at a configure."""
+        super().__init__()
+
+    def _forget(self) -> None:
+        super()._forget()
+        self.recorders = {}
+
+    @staticmethod
+    def row(event: Any) -> list[Any]:
+        """An event (format 1) as a row (format 2)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def event(row: Sequence[Any], symbol: str, strategy: str) -> Any:
+        """A row (validated on read) as the event it stands for."""
+        raise NotImplementedError
+
+    def events(self, stored: Sequence[Any], symbol: str, strategy: str) -> list[Any]:
+        """The events of a head's or segment's values, in either format."""
+        return [
+            item if isinstance(item, EventModel) else self.event(item, symbol, strategy)
+            for item in stored
+        ]
+
+
+class ScheduleEventLog(EventLog):
     """The newest schedule events of each pair: a head and its sealed segments."""
 
     domain = "stats/schedule"
-    schema = ScheduleLogHead | list[ScheduleEvent] | None
+    schema = ScheduleRowsHead | ScheduleLogHead | list[ScheduleRow] | list[ScheduleEvent] | None
+
+    @staticmethod
+    def row(event: ScheduleEvent) -> list[Any]:
+        return [
+            event.timestamp,
+            event.action,
+            event.signal_id,
+            event.position,
+            event.price_open,
+            event.duration_min,
+        ]
+
+    @staticmethod
+    def event(row: Sequence[Any], symbol: str, strategy: str) -> ScheduleEvent:
+        timestamp, action, signal_id, position, price_open, duration_min = row
+        return ScheduleEvent.model_construct(
+            timestamp=timestamp,
+            action=action,
+            symbol=symbol,
+            strategy_name=strategy,
+            signal_id=signal_id,
+            position=position,
+            price_open=price_open,
+            duration_min=duration_min,
+        )
 
 
-class PartialEventLog(DomainAdapter):
+class PartialEventLog(EventLog):
     """The newest partial events of each pair: a head and its sealed segments."""
 
     domain = "stats/partial"
-    schema = PartialLogHead | list[PartialEvent] | None
+    schema = PartialRowsHead | PartialLogHead | list[PartialRow] | list[PartialEvent] | None
+
+    @staticmethod
+    def row(event: PartialEvent) -> list[Any]:
+        return [
+            event.timestamp,
+            event.action,
+            event.signal_id,
+            event.level,
+            event.position,
+            event.price,
+        ]
+
+    @staticmethod
+    def event(row: Sequence[Any], symbol: str, strategy: str) -> PartialEvent:
+        timestamp, action, signal_id, level, position, price = row
+        return PartialEvent.model_construct(
+            timestamp=timestamp,
+            action=action,
+            symbol=symbol,
+            strategy_name=strategy,
+            signal_id=signal_id,
+            level=level,
+            position=position,
+            price=price,
+        )
 
 
 SCHEDULE_LOG = ScheduleEventLog()
@@ -166,40 +314,27 @@ def schedule_events(
     new: ScheduledSignalRow | None,
     signal: SignalRow | None,
     now: int,
-) -> list[ScheduleEvent]:
-    """The events of a pair's scheduled row going from ``old`` to ``new``.
+) -> list[list[Any]]:
+    """The events (as :data:`ScheduleRow`) of a pair's scheduled row going from ``old`` to ``new``.
 
     ``signal`` is the pair's signal as the same commit leaves it.
     """
-    events: list[ScheduleEvent] = []
+    events: list[list[Any]] = []
     if old is not None and (new is None or new.id != old.id):
         opened = signal is not None and signal.id == old.id
+        waited_until = signal.pending_at if opened and signal is not None else now
         events.append(
-            ScheduleEvent.model_construct(
-                timestamp=now,
-                action="opened" if opened else "cancelled",
-                symbol=old.symbol,
-                strategy_name=old.strategy_name,
-                signal_id=old.id,
-                position=old.position,
-                price_open=old.price_open,
-                duration_min=_minutes(
-                    old.scheduled_at, signal.pending_at if opened and signal else now
-                ),
-            )
+            [
+                now,
+                "opened" if opened else "cancelled",
+                old.id,
+                old.position,
+                old.price_open,
+                _minutes(old.scheduled_at, waited_until),
+            ]
         )
     if new is not None and (old is None or new.id != old.id):
-        events.append(
-            ScheduleEvent.model_construct(
-                timestamp=now,
-                action="scheduled",
-                symbol=new.symbol,
-                strategy_name=new.strategy_name,
-                signal_id=new.id,
-                position=new.position,
-                price_open=new.price_open,
-            )
-        )
+        events.append([now, "scheduled", new.id, new.position, new.price_open, None])
     return events
 
 
@@ -217,12 +352,11 @@ def partial_events(
     old: Mapping[str, PartialData],
     new: Mapping[str, PartialData],
     signal: SignalRow | None,
-    symbol: str,
-    strategy: str,
     now: int,
-) -> list[PartialEvent]:
-    """One event per level in ``new`` that ``old`` did not have; ``signal`` gives prices."""
-    events: list[PartialEvent] = []
+) -> list[list[Any]]:
+    """One event (as :data:`PartialRow`) per level in ``new`` that ``old`` did not have;
+    ``signal`` gives prices."""
+    events: list[list[Any]] = []
     for signal_id, levels in new.items():
         before = old.get(signal_id)
         known = signal if signal is not None and signal.id == signal_id else None
@@ -230,13 +364,13 @@ def partial_events(
             (
                 "profit",
                 levels.profit_levels,
-                before.profit_levels if before else [],
+                before.profit_levels if before else (),
                 known.price_take_profit if known else None,
             ),
             (
                 "loss",
                 levels.loss_levels,
-                before.loss_levels if before else [],
+                before.loss_levels if before else (),
                 known.price_stop_loss if known else None,
             ),
         )
@@ -244,20 +378,13 @@ def partial_events(
             for level in reached:
                 if level in had:
                     continue
-                events.append(
-                    PartialEvent.model_construct(
-                        timestamp=now,
-                        action=action,
-                        symbol=symbol,
-                        strategy_name=strategy,
-                        signal_id=signal_id,
-                        level=level,
-                        position=known.position if known else None,
-                        price=_level_price(known, level, target)
-                        if known and target is not None
-                        else None,
-                    )
+                price = (
+                    _level_price(known, level, target)
+                    if known is not None and target is not None
+                    else None
                 )
+                position = known.position if known is not None else None
+                events.append([now, action, signal_id, level, position, price])
     return events
 
 
@@ -277,11 +404,12 @@ def _now(settings: Settings) -> int:
     return now
 
 
-async def _committed(backend: Backend, key: str) -> Versioned | None:
+async def _committed(backend: Backend, key: str) -> bytes | None:
     try:
-        return await backend.get(key)
+        stored = await backend.get(key)
     except TransientBackendError as exc:
-        return await DEFAULT_RETRY.call(lambda: backend.get(key), exc)
+        stored = await DEFAULT_RETRY.call(lambda: backend.get(key), exc)
+    return None if stored is None else stored.data
 
 
 async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes | None:
@@ -290,128 +418,202 @@ async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes |
         staged, data = txn.lookup(key)
         if staged:
             return data
-    stored = await _committed(backend, key)
-    return None if stored is None else stored.data
+    return await _committed(backend, key)
 
 
 # What the hooks parsed last, by key: a row, a log head or segment is parsed
 # once, then recognised by its bytes (compared with what is stored, so another
-# writer's change is never missed).
-_parsed: weakref.WeakKeyDictionary[Backend, dict[str, tuple[bytes, Any]]] = (
+# writer's change is never missed). Two values per key, the newest: a row's
+# committed value and the one staged over it, so that a tick that replaces a
+# row parses neither. No more: what the cache holds, the garbage collector
+# walks through at every full collection.
+_parsed: weakref.WeakKeyDictionary[Backend, dict[str, dict[bytes, Any]]] = (
     weakref.WeakKeyDictionary()
 )
-_PARSED_KEPT = 4096
+_PARSED_KEYS = 4096
+_UNKNOWN = object()
 
 
-def _parse(store: PersistBase[Any], backend: Backend, key: str, data: bytes) -> Any:
+def _recall(backend: Backend, key: str, data: bytes) -> Any:
+    """What ``key`` holding ``data`` was parsed as, else :data:`_UNKNOWN`."""
+    cache = _parsed.get(backend)
+    if cache is None:
+        return _UNKNOWN
+    values = cache.get(key)
+    return _UNKNOWN if values is None else values.get(data, _UNKNOWN)
+
+
+def _remember(backend: Backend, key: str, data: bytes, value: Any) -> None:
     cache = _parsed.get(backend)
     if cache is None:
         cache = _parsed[backend] = {}
-    found = cache.get(key)
-    if found is not None and found[0] == data:
-        return found[1]
-    value = store._parse(key, data)
-    _remember(cache, key, data, value)
+    values = cache.get(key)
+    if values is None:
+        if len(cache) >= _PARSED_KEYS:
+            cache.clear()
+        values = cache[key] = {}
+    elif len(values) >= 2 and data not in values:
+        del values[next(iter(values))]  # the older of the two
+    values[data] = value
+
+
+def _parse(store: PersistBase[Any], key: str, data: bytes) -> Any:
+    value = _recall(store.backend, key, data)
+    if value is _UNKNOWN:
+        value = store._parse(key, data)
+        _remember(store.backend, key, data, value)
     return value
-
-
-def _remember(cache: dict[str, tuple[bytes, Any]], key: str, data: bytes, value: Any) -> None:
-    if len(cache) >= _PARSED_KEPT:
-        cache.clear()
-    cache[key] = (data, value)
 
 
 async def _read(txn: Transaction, store: PersistBase[Any], key: str) -> Any:
     """``key`` parsed as ``txn`` leaves it (staged there, else committed); ``None``: absent."""
-    backend = store.backend
-    data = await _as_committed(txn, backend, key)
-    return None if data is None else _parse(store, backend, key, data)
-
-
-async def _read_segment(txn: Transaction, log: PersistBase[Any], key: str) -> list[Any]:
-    """A segment's events in their JSON form (what an append extends); ``[]``: absent."""
-    backend = log.backend
-    data = await _as_committed(txn, backend, key)
-    if data is None:
-        return []
-    cache = _parsed.setdefault(backend, {})
-    found = cache.get(key)
-    if found is not None and found[0] == data:
-        return list(found[1])
-    events = [event.model_dump(mode="json") for event in log._parse(key, data) or []]
-    _remember(cache, key, data, events)
-    return list(events)
+    data = await _as_committed(txn, store.backend, key)
+    return None if data is None else _parse(store, key, data)
 
 
 async def surviving_segments(
-    log: PersistBase[Any], read: Callable[[str], Awaitable[list[Any]]]
+    log: PersistBase[Any], count: Callable[[str], Awaitable[int]]
 ) -> list[list[int]]:
-    """``[number, events]`` of the segments stored without a head, oldest first.
+    """``[number, count(key)]`` of the segments stored without a head, oldest first.
 
     A new pair has none. A head quarantined at a start (a torn file, say) left
     its segments: they are listed again, so that none is overwritten and their
     events still count.
     """
-    found = []
-    async for entity_id in log.keys():
-        if entity_id.isdigit():
-            found.append([int(entity_id), len(await read(log._key(int(entity_id))))])
-    return sorted(found)
+    numbers = sorted([int(entity_id) async for entity_id in log.keys() if entity_id.isdigit()])
+    return [[number, await count(log._key(number))] for number in numbers]
 
 
-async def _append(txn: Transaction, log: PersistBase[Any], events: list[Any], limit: int) -> None:
-    """Add ``events`` to the head, seal full segments, drop whole old ones past ``limit``."""
+async def _stored_rows(
+    txn: Transaction, log: PersistBase[Any], kind: EventLog, key: str
+) -> list[Any]:
+    """A segment's events as rows (a format-1 segment's converted); ``[]``: absent."""
+    data = await _as_committed(txn, log.backend, key)
+    if data is None:
+        return []
+    stored = _parse(log, key, data) or []
+    return [item if isinstance(item, Sequence) else kind.row(item) for item in stored]
+
+
+async def _append(
+    txn: Transaction, log: PersistBase[Any], kind: EventLog, rows: list[list[Any]], limit: int
+) -> None:
+    """Add ``rows`` to the head, move full heads to the last segment, drop whole old
+    segments past ``limit``.
+
+    A commit rewrites the head (fewer than :data:`HEAD_EVENTS` rows), and one in
+    :data:`HEAD_EVENTS` events also the last segment: a few hundred bytes per
+    event, and a new file only every :data:`SEGMENT_EVENTS` events (files are
+    what the journal's applier pays for). The head is written in format 2
+    whatever it was in; so is a format-1 segment that grows (see :class:`EventLog`).
+    """
     backend = txn.backend
-    cache = _parsed.setdefault(backend, {})
     head_key = log._key(HEAD)
     head_data = await _as_committed(txn, backend, head_key)
-    found = cache.get(head_key)
+    segments: list[list[int]]
     current: list[Any]
     if head_data is None:
-        segments = await surviving_segments(log, lambda key: _read_segment(txn, log, key))
+
+        async def count(key: str) -> int:
+            return len(await _stored_rows(txn, log, kind, key))
+
+        segments = await surviving_segments(log, count)
         current = []
-    elif found is not None and found[0] == head_data:
-        listed, current = found[1]  # the head this process wrote last, still the stored one
-        segments = [list(segment) for segment in listed]
     else:
-        head = log._parse(head_key, head_data)
-        segments = [list(segment) for segment in head.segments]
-        current = [event.model_dump(mode="json") for event in head.events]
-    current = [*current, *(event.model_dump(mode="json") for event in events)]
-    # Every event was validated (no NaN, no infinity) when it was made or read, so
-    # orjson's output is exact; the codec's walk for non-finite floats, set off by
-    # each event's nulls, would only cost time.
-    while len(current) >= SEGMENT_EVENTS:
-        number = segments[-1][0] + 1 if segments else 0
-        sealed, current = current[:SEGMENT_EVENTS], current[SEGMENT_EVENTS:]
-        txn.include(log._key(number), orjson.dumps(sealed))
-        segments.append([number, len(sealed)])
+        found = _recall(backend, head_key, head_data)
+        if isinstance(found, tuple):  # the head this process wrote last, still the stored one
+            listed, current = found
+        else:
+            head = _parse(log, head_key, head_data)
+            listed = [list(segment) for segment in head.segments]
+            current = [row if isinstance(row, Sequence) else kind.row(row) for row in head.events]
+        segments = list(listed)
+    current = [*current, *rows]
+    # Every row was validated (no NaN, no infinity) when it was made or read, so
+    # orjson's output is exact; the codec's walk for non-finite floats would only
+    # cost time.
+    while len(current) >= HEAD_EVENTS:
+        moving, current = current[:HEAD_EVENTS], current[HEAD_EVENTS:]
+        if segments and segments[-1][1] < SEGMENT_EVENTS:
+            number = segments.pop()[0]
+            key = log._key(number)
+            filled = [*await _stored_rows(txn, log, kind, key), *moving]
+        else:
+            number = segments[-1][0] + 1 if segments else 0
+            key = log._key(number)
+            filled = moving
+        data = orjson.dumps(filled)
+        txn.include(key, data)
+        _remember(backend, key, data, filled)
+        segments.append([number, len(filled)])
     total = sum(count for _, count in segments) + len(current)
     while segments and total - segments[0][1] >= limit:
-        dropped, count = segments.pop(0)
-        total -= count
+        dropped, dropped_count = segments.pop(0)
+        total -= dropped_count
         txn.include(log._key(dropped), None)
-    data = orjson.dumps({"segments": segments, "events": current})
+    data = orjson.dumps({"format": ROWS_FORMAT, "segments": segments, "events": current})
     txn.include(head_key, data)
-    _remember(cache, head_key, data, (segments, current))
+    _remember(backend, head_key, data, (segments, current))
 
 
-Changes = Callable[[Transaction], Awaitable[list[Any]]]
-"""Reads a pair's old and new values in a committing transaction; returns its events."""
+Changes = Callable[[Transaction], Awaitable[list[list[Any]]]]
+"""Reads a pair's old and new values in a committing transaction; returns its event rows."""
 
 ChangesFor = Callable[[Settings], Awaitable[Changes]]
 """Builds the :data:`Changes` of one write under the settings it runs with."""
 
 
-async def _register(
-    txn: Transaction,
+class _Recorder:
+    """How the writes of one row store record their events: built once per store."""
+
+    __slots__ = ("head_keys", "hook", "log", "name", "settings", "store")
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: PersistBase[Any],
+        name: tuple[str, str],
+        log: PersistBase[Any],
+        hook: CommitHook,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.name = name
+        self.log = log
+        self.head_keys = (log._key(HEAD),)
+        """What the hook may add and locks: every change of the log rewrites its head."""
+        self.hook = hook
+
+
+async def _recorder(
+    store: PersistBase[Any],
     row_key: str,
-    log_adapter: DomainAdapter,
+    log_adapter: EventLog,
     pair: str,
-    changes: Changes,
+    changes_for: ChangesFor,
     settings: Settings,
-) -> None:
+) -> _Recorder:
+    """The recorder of ``store``'s row ``row_key``, built at its first write: the closures,
+    the log's store and its init are paid once per pair, not on every write of a tick."""
+    memo = (id(settings), row_key)
+    found = log_adapter.recorders.get(memo)
+    if found is not None and found.settings is settings and found.store is store:
+        return found
+    changes = await changes_for(settings)
     log = await log_adapter._store(pair)
+    limit = settings.event_limit
+
+    async def record(committing: Transaction) -> None:
+        rows = await changes(committing)
+        if rows:
+            await _append(committing, log, log_adapter, rows, limit)
+
+    made = log_adapter.recorders[memo] = _Recorder(settings, store, ("stats", row_key), log, record)
+    return made
+
+
+def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
+    log = recorder.log
     if log.backend is not txn.backend:
         logger.warning(
             "persistkit: %s is on %s, not on the backend of the commit (%s): "
@@ -421,21 +623,14 @@ async def _register(
             log.backend.url,
         )
         return
-
-    async def record(committing: Transaction) -> None:
-        events = await changes(committing)
-        if events:
-            await _append(committing, log, events, settings.event_limit)
-
-    # Every change of the log rewrites its head: locking the head orders them.
-    txn.before_commit(("stats", row_key), (log._key(HEAD),), record)
+    txn.before_commit(recorder.name, recorder.head_keys, recorder.hook)
 
 
 async def write_with_events(
     store: PersistBase[Any],
     entity_id: str,
     value: Any,
-    log_adapter: DomainAdapter,
+    log_adapter: EventLog,
     pair: str,
     changes_for: ChangesFor,
     parsed: Any = None,
@@ -454,17 +649,17 @@ async def write_with_events(
         # Recording is off, or the backend cannot commit two keys atomically.
         await _write(store, entity_id, value)
         return
-    changes = await changes_for(settings)
+    recorder = await _recorder(store, row_key, log_adapter, pair, changes_for, settings)
     active = transaction_for(backend)
     if active is not None:
         await _write(store, entity_id, value)
         remember_staged(active, store, row_key, parsed)
-        await _register(active, row_key, log_adapter, pair, changes, settings)
+        _register(active, row_key, recorder)
         return
     async with transaction(backend) as own:
         await _write(store, entity_id, value)
         remember_staged(own, store, row_key, parsed)
-        await _register(own, row_key, log_adapter, pair, changes, settings)
+        _register(own, row_key, recorder)
 
 
 def remember_staged(
@@ -475,7 +670,7 @@ def remember_staged(
         return
     staged, data = txn.lookup(key)
     if staged and data is not None:
-        _remember(_parsed.setdefault(store.backend, {}), key, data, parsed)
+        _remember(store.backend, key, data, parsed)
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:
@@ -492,17 +687,15 @@ def schedule_changes(
     row_key = schedule._key(symbol)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[Any]:
+    async def changes(txn: Transaction) -> list[list[Any]]:
         if row_key not in txn.writes:
             return []
         new_data = txn.writes[row_key]
-        old = await _committed(txn.backend, row_key)
-        old_data = None if old is None else old.data
+        old_data = await _committed(txn.backend, row_key)
         if old_data == new_data:
             return []
-        backend = txn.backend
-        old_row = None if old_data is None else _parse(schedule, backend, row_key, old_data)
-        new_row = None if new_data is None else _parse(schedule, backend, row_key, new_data)
+        old_row = None if old_data is None else _parse(schedule, row_key, old_data)
+        new_row = None if new_data is None else _parse(schedule, row_key, new_data)
         if old_row is None and new_row is None:
             return []
         resolved = old_row is not None and (new_row is None or new_row.id != old_row.id)
@@ -518,29 +711,24 @@ def partial_changes(
     levels_id: str,
     signal: PersistBase[Any],
     symbol: str,
-    strategy: str,
     settings: Settings,
 ) -> Changes:
     """The events of the pair's partial levels in the committing transaction."""
     row_key = partial._key(levels_id)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[Any]:
+    async def changes(txn: Transaction) -> list[list[Any]]:
         new_data = txn.writes.get(row_key)
         if new_data is None:
             return []  # levels removed (the signal closed): no milestone reached
-        old = await _committed(txn.backend, row_key)
-        old_data = None if old is None else old.data
+        old_data = await _committed(txn.backend, row_key)
         if old_data == new_data:
             return []
-        backend = txn.backend
-        new_levels = _parse(partial, backend, row_key, new_data) or {}
+        new_levels = _parse(partial, row_key, new_data) or {}
         if not new_levels:
             return []
-        old_levels = (
-            None if old_data is None else _parse(partial, backend, row_key, old_data)
-        ) or {}
+        old_levels = (None if old_data is None else _parse(partial, row_key, old_data)) or {}
         signal_row = await _read(txn, signal, signal_key)
-        return partial_events(old_levels, new_levels, signal_row, symbol, strategy, _now(settings))
+        return partial_events(old_levels, new_levels, signal_row, _now(settings))
 
     return changes

@@ -44,7 +44,7 @@ class PersistPartialUtils(DomainAdapter):
         """Store the reached levels durably; ``None`` removes the file.
 
         Each level new to a signal is recorded for ``persistkit.Partial`` in the
-        same commit (see :mod:`persistkit.domains.events`).
+        same commit (see :class:`~persistkit.PartialStatistics`).
         """
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)
@@ -54,7 +54,7 @@ class PersistPartialUtils(DomainAdapter):
             from persistkit.domains import PersistSignalAdapter
 
             signal = await PersistSignalAdapter._store(pair)
-            return partial_changes(store, _LEVELS, signal, symbol, strategy_name, settings)
+            return partial_changes(store, _LEVELS, signal, symbol, settings)
 
         value = None if data is None else dict(data)
         parsed = (

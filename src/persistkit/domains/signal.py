@@ -36,7 +36,7 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             value = await store.read_value(symbol)
         except EntityNotFoundError:
             return None
-        if value is None:  # the seed writes null to clear
+        if value is None:  # backtest-kit writes null to clear
             return None
         row: Any = value if isinstance(value, self.model) else self.model.model_validate(value)
         return row  # type: ignore[no-any-return]
@@ -55,7 +55,7 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
 
     def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
         """Refuse, before any I/O, a row written under names that are not its own."""
-        if isinstance(row, Mapping):  # a raw row, as the seed passes: camelCase or not
+        if isinstance(row, Mapping):  # a raw row, as backtest-kit passes: camelCase or not
             own = (row.get("symbol"), row.get("strategyName", row.get("strategy_name")))
         else:
             own = (getattr(row, "symbol", None), getattr(row, "strategy_name", None))
@@ -108,7 +108,7 @@ class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
         """Store the scheduled entry durably; ``None`` clears it (filled or cancelled).
 
         The change is recorded for ``persistkit.Schedule`` in the same commit
-        (see :mod:`persistkit.domains.events`): clearing the row counts as
+        (see :class:`~persistkit.ScheduleStatistics`): clearing the row counts as
         "opened" when the pair's signal has its id, so outside a tick write the
         signal first.
         """

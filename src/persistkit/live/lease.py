@@ -62,7 +62,7 @@ __all__ = [
     "wait_poll_delay",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -22,11 +22,9 @@ creates, truncates or writes a file outside the root.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
-import resource
 import secrets
 import socket
 import struct
@@ -37,8 +35,15 @@ from types import TracebackType
 from typing import Self
 
 from persistkit.backends.confine import ConfinedOS
-from persistkit.backends.oslayer import REAL_OS
+from persistkit.backends.oslayer import REAL_OS, require_posix_locks
 from persistkit.errors import ForeignSymlinkError, InstanceLockedError, ResourceLimitError
+
+try:
+    import fcntl
+    import resource
+except ImportError:  # Windows: acquire() says the locks need POSIX; importing still works
+    fcntl = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]
 
 __all__ = [
     "InstanceLock",
@@ -163,14 +168,11 @@ class InstanceLock:
         state = "held" if self._fd is not None else "free"
         return f"InstanceLock({self.path!r}, {state})"
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock or raise :class:`InstanceLockedError` naming the holder."""
         if self._fd is not None:
             return
+        require_posix_locks("an instance lock")
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -316,14 +318,11 @@ class RangeLocks:
         state = "held" if self._fd is not None else "free"
         return f"RangeLocks({self.path!r}, {len(self.names)} names, {state})"
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self, *, purpose: str = "live session") -> None:
         """Take every lock or raise :class:`InstanceLockedError` naming the holder."""
         if self._fd is not None:
             return
+        require_posix_locks("a live session's locks")
         fd = open_confined(self.path, os.O_RDWR | os.O_CREAT, self.root)
         self._fd = fd
         _held.add(self)

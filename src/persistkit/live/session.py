@@ -10,9 +10,15 @@ A live bot restarts after a crash and continues as if nothing happened::
         await PersistRiskAdapter.write_position_data(positions, "main")
     await session.aclose()
 
+Orders survive a crash the same way: an :class:`~persistkit.OrderIntent` is
+committed before the order leaves (in a tick of its own, or with
+:meth:`LiveSession.commit_now` inside a longer one); after a restart
+``state.open_intents`` lists those whose outcome only the exchange knows, and
+:meth:`LiveSession.reconcile` asks the exchange and records its answers.
+
 or let :meth:`LiveSession.run` drive the ticks: it stops cleanly on SIGTERM or
 SIGINT, after committing the tick in progress. A tick that hangs does not keep
-it from stopping: a second signal, or :data:`DEFAULT_STOP_GRACE` seconds after
+it from stopping: a second signal, or ``DEFAULT_STOP_GRACE`` (5) seconds after
 the first, cancels that tick before its commit (nothing of it is committed),
 and ``run()`` raises :class:`~persistkit.errors.TickCancelledError`.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import os
 import signal
@@ -34,30 +41,36 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
+from persistkit.backends.backtest_kit import find_backtest_kit_state
 from persistkit.backends.base import Backend, Lease, fencing
+from persistkit.backends.file import FileBackend
 from persistkit.backends.memory import MemoryBackend
 from persistkit.clock import TickClock, current_tick
 from persistkit.config import (
-    DEFAULT_BASE_DIR,
     Settings,
     configure,
     current_settings,
+    environment_base_dir,
     session_settings,
 )
 from persistkit.domains import (
+    PersistIntentAdapter,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
+from persistkit.domains.intent import InDoubt, intents_in_doubt
 from persistkit.errors import (
     ConflictError,
     InstanceLockedError,
+    IntentConflictError,
     LeaseLostError,
     StoreClosedError,
     TickCancelledError,
+    UnreconciledIntentsError,
 )
 from persistkit.history import PointInTime, encode_tick, tick_key, to_ns
 from persistkit.live.lease import (
@@ -68,21 +81,29 @@ from persistkit.live.lease import (
     wait_poll_delay,
 )
 from persistkit.live.lock import RangeLocks, descriptor_limit_error
-from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
+from persistkit.models import (
+    OrderIntent,
+    PartialData,
+    RiskActivePosition,
+    ScheduledSignalRow,
+    SignalRow,
+)
 from persistkit.names import encode_segment, join_pair
 from persistkit.store import InitReport
-from persistkit.transaction import Transaction, transaction_for
+from persistkit.transaction import Transaction, active_transaction, transaction_for
 
 __all__ = [
     "DEFAULT_STOP_GRACE",
     "LOCK_DIR",
     "LOCK_FILE",
+    "NOT_FOUND_REASON",
+    "IntentLookup",
     "LiveSession",
     "PairState",
     "RestoredState",
 ]
 
-logger = logging.getLogger("persistkit")
+logger = logging.getLogger(__name__)
 
 _NO_INPUTS: Any = object()
 """``tick()`` without ``inputs=``: nothing recorded (``None`` is a value)."""
@@ -90,6 +111,13 @@ _NO_INPUTS: Any = object()
 LOCK_DIR = ".locks"
 LOCK_FILE = "sessions.lock"
 """In ``{base_dir}/.locks/``: every pair's and risk profile's lock, one byte range each."""
+
+IntentLookup = Callable[[OrderIntent], Awaitable[OrderIntent | None]]
+"""What :meth:`LiveSession.reconcile` asks about each intent in doubt: the intent as the
+exchange knows it (found by its client order id), or ``None`` when it has no such order."""
+
+NOT_FOUND_REASON = "not found at the exchange by its client order id when reconciled"
+"""The ``reason`` of an intent :meth:`LiveSession.reconcile` cancelled (never sent)."""
 
 DEFAULT_STOP_GRACE = 5.0
 """Seconds :meth:`LiveSession.run` lets a tick run on after the first stop signal.
@@ -112,6 +140,8 @@ class PairState:
     """The limit entry waiting for its price, or ``None``."""
     partial: dict[str, PartialData]
     """Signal id -> profit/loss levels already reported."""
+    open_intents: list[OrderIntent] = field(default_factory=list)
+    """Order intents whose outcome only the exchange knows (``pending``, ``sent``, ``unknown``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +156,14 @@ class RestoredState:
     """One self-healing report per store that was opened."""
     replayed_commits: int = 0
     """Journal records of a crashed run replayed at startup (file backend)."""
+    open_intents: list[OrderIntent] = field(default_factory=list)
+    """Every pair's order intents whose outcome only the exchange knows (``pending``,
+    ``sent``, ``unknown``), pair by pair in the order first written: the orders a crash may have
+    left in flight. :meth:`LiveSession.reconcile` asks the exchange about them."""
+    foreign_state: list[str] = field(default_factory=list)
+    """State in the root persistkit does not read (a backtest-kit 19.x layout): each
+    entry says what, and the command that migrates it. The session starts flat
+    for it, so :attr:`healed` is ``False``."""
 
     def pair(self, symbol: str, strategy: str) -> PairState:
         for state in self.pairs:
@@ -135,8 +173,8 @@ class RestoredState:
 
     @property
     def healed(self) -> bool:
-        """True when self-healing found nothing to repair."""
-        return all(report.clean for report in self.reports)
+        """True when self-healing found nothing to repair and no state it cannot read."""
+        return not self.foreign_state and all(report.clean for report in self.reports)
 
     def inconsistencies(self) -> list[str]:
         """Signals without their risk position and positions without their signal.
@@ -168,13 +206,15 @@ class RestoredState:
 class _TickInFlight:
     """The tick :meth:`LiveSession.run` is running: has its commit begun, must it not?"""
 
-    __slots__ = ("cancelled", "committing")
+    __slots__ = ("cancelled", "committing", "parts_committed")
 
     def __init__(self) -> None:
         self.committing = False
         """Its commit has begun: it is left to finish, whatever the signals say."""
         self.cancelled: str | None = None
         """Why it was cancelled; its commit is then refused, should it still try."""
+        self.parts_committed = 0
+        """Commits it made before its end (:meth:`LiveSession.commit_now`): these stay."""
 
 
 class _SessionTick(Transaction):
@@ -186,13 +226,17 @@ class _SessionTick(Transaction):
 
     __slots__ = (
         "_clock_token",
+        "_doubt_token",
         "_fence_token",
         "_flight",
+        "_in_doubt",
         "_inputs",
         "_leases",
+        "_records_inputs",
         "_scope",
         "_scope_token",
         "clock",
+        "parts_committed",
     )
 
     def __init__(
@@ -203,6 +247,7 @@ class _SessionTick(Transaction):
         *,
         inputs: tuple[str, bytes] | None = None,
         flight: _TickInFlight | None = None,
+        in_doubt: InDoubt | None = None,
     ) -> None:
         super().__init__(settings.backend)
         self._scope = settings
@@ -214,6 +259,12 @@ class _SessionTick(Transaction):
         """The tick's time and id source (:mod:`persistkit.clock`), recorded with its inputs."""
         self._clock_token: contextvars.Token[TickClock | None] | None = None
         self._inputs = inputs
+        self._in_doubt = in_doubt
+        """The pairs whose new intents wait for a reconcile (``None``: none, or allowed)."""
+        self._doubt_token: contextvars.Token[InDoubt | None] | None = None
+        self.parts_committed = 0
+        """Commits :meth:`commit_staged` made before the tick's end."""
+        self._records_inputs = False
 
     async def __aenter__(self) -> Transaction:
         leases = self._leases
@@ -222,6 +273,7 @@ class _SessionTick(Transaction):
             self._fence_token = fencing.set(leases.current)
         self._scope_token = session_settings.set(self._scope)
         self._clock_token = current_tick.set(self.clock)
+        self._doubt_token = intents_in_doubt.set(self._in_doubt)
         try:
             entered = await super().__aenter__()
         except BaseException:
@@ -246,6 +298,20 @@ class _SessionTick(Transaction):
             leases.check()  # the block may have outlasted the deadline: then nothing is sent
         if flight is not None:
             flight.committing = True
+        if self.parts_committed == 0:
+            self._records_inputs = self.lookup(tick_key(self.clock.session))[0]
+        elif self._records_inputs:
+            # A later part of a tick that recorded inputs: marked as such, so a
+            # replay runs the tick once and compares it with all its parts.
+            self.include(
+                tick_key(self.clock.session),
+                encode_tick(
+                    self.clock.session,
+                    self.clock.time_ns,
+                    None,
+                    part=str(self.parts_committed + 1),
+                ),
+            )
         if leases is None:
             await super().commit()
             return
@@ -254,6 +320,15 @@ class _SessionTick(Transaction):
         except LeaseLostError as refused:  # the backend's fence: a newer holder exists
             leases.lose(refused)
             raise
+
+    async def commit_staged(self) -> None:
+        await super().commit_staged()
+        self.parts_committed += 1
+        flight = self._flight
+        if flight is not None:
+            # What follows is a new part: a forced stop may cancel it again.
+            flight.committing = False
+            flight.parts_committed = self.parts_committed
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
@@ -271,6 +346,36 @@ class _SessionTick(Transaction):
         if self._clock_token is not None:
             current_tick.reset(self._clock_token)
             self._clock_token = None
+        if self._doubt_token is not None:
+            intents_in_doubt.reset(self._doubt_token)
+            self._doubt_token = None
+
+
+def _reconciled(intent: OrderIntent, answer: OrderIntent | None, reason: str) -> OrderIntent:
+    """``intent`` as the exchange's ``answer`` leaves it (``None``: it has no such order)."""
+    if answer is None:
+        return intent.model_copy(update={"status": "cancelled", "reason": reason})
+    if not isinstance(answer, OrderIntent):
+        raise TypeError(
+            f"the reconcile lookup of {intent.client_order_id!r} returned {answer!r}: it must "
+            "return the intent as the exchange has it (an OrderIntent) or None; nothing was "
+            "committed"
+        )
+    if answer.client_order_id != intent.client_order_id:
+        raise IntentConflictError(
+            f"the reconcile lookup of {intent.client_order_id!r} answered with order "
+            f"{answer.client_order_id!r}; nothing was committed",
+            client_order_id=intent.client_order_id,
+        )
+    if answer.unresolved:
+        raise UnreconciledIntentsError(
+            f"the reconcile lookup of {intent.client_order_id!r} answered {answer.status!r}: "
+            "the exchange's answer is acked, filled, partially_filled, cancelled or rejected "
+            "(or None: no such order); nothing was committed, the intent stays in doubt",
+            pair=(intent.symbol, intent.strategy_name),
+            client_order_ids=(intent.client_order_id,),
+        )
+    return answer
 
 
 class _StopRequest:
@@ -322,13 +427,29 @@ class _StopRequest:
             self._grace_timer.cancel()
 
 
+class StopSignalRelay(Protocol):
+    """Stop signals caught elsewhere, handed to :meth:`LiveSession.run` on its loop."""
+
+    def deliver_to(self, handler: Callable[[signal.Signals], None] | None) -> None:
+        """From now on call ``handler(signum)`` on the loop for each signal (``None``: stop)."""
+
+
+stop_signal_relay: contextvars.ContextVar[StopSignalRelay | None] = contextvars.ContextVar(
+    "persistkit_stop_signal_relay", default=None
+)
+"""Set by the blocking ``LiveSession.run`` (:mod:`persistkit.sync`): its loop runs in a
+thread of its own, where no signal handler can be installed, so the main thread's
+handlers relay the signals instead of ``run()`` installing its own."""
+
+
 class _ForcedStop(Exception):
     """Internal: the tick in progress was cancelled by a forced stop."""
 
-    def __init__(self, tick: int, reason: str) -> None:
+    def __init__(self, tick: int, reason: str, parts_committed: int = 0) -> None:
         super().__init__(reason)
         self.tick = tick
         self.reason = reason
+        self.parts_committed = parts_committed
 
 
 class LiveSession:
@@ -337,11 +458,16 @@ class LiveSession:
     - :meth:`start` takes the one-instance lock, selects live mode, replays the
       commits a crash left unapplied, runs every store's self-healing scan and
       returns the restored state (risk positions first).
-    - :meth:`tick` is the atomic commit of one tick across the four domains;
+    - :meth:`tick` is the atomic commit of one tick across the domains;
       ``tick(inputs=...)`` (or :meth:`record_inputs`) records what the tick saw
       in the same commit, for :mod:`persistkit.replay`.
-    - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT.
-    - :meth:`state_at` reads the four domains as they were at a past time.
+    - :meth:`run` calls a tick function in a loop until SIGTERM or SIGINT;
+      :meth:`commit_now` commits what a tick staged so far (an order intent,
+      before the order leaves) and lets it go on.
+    - :meth:`reconcile` asks the exchange about the order intents a crash left
+      in doubt (:attr:`RestoredState.open_intents`) and records its answers;
+      until then a tick refuses new intents for those pairs.
+    - :meth:`state_at` reads the domains (order intents included) as they were at a past time.
 
     Inside its ticks (and ``run()``, and ``async with session:``) every store
     without an explicit ``backend=`` writes to this session's backend, whatever
@@ -371,7 +497,7 @@ class LiveSession:
     later one, raise :class:`~persistkit.errors.LeaseLostError`, and so does
     :meth:`run`. Each lease carries a fencing token that only grows; the
     session's writes carry the tokens of its leases (the
-    :data:`~persistkit.backends.base.fencing` context, set inside its ticks,
+    :func:`~persistkit.backends.fenced_leases` of its context, set inside its ticks,
     its ``run()`` and its ``async with`` block), so the backend refuses a
     write of a holder whose lease has passed to another (each backend's
     docstring says what it checks, and when).
@@ -401,7 +527,9 @@ class LiveSession:
         if not self.pairs:
             raise ValueError("a live session needs at least one (symbol, strategy) pair")
         self.risk_name = risk_name
-        self.base_dir = os.path.abspath(os.fspath(base_dir or DEFAULT_BASE_DIR))
+        self.base_dir = (
+            environment_base_dir() if not base_dir else os.path.abspath(os.fspath(base_dir))
+        )
         # Names are checked now, before any lock file or directory is created.
         lock_names = [f"pair-{join_pair(symbol, strategy)}" for symbol, strategy in self.pairs]
         lock_names.append(f"risk-{encode_segment(risk_name)}")
@@ -416,6 +544,8 @@ class LiveSession:
         self._block_token: contextvars.Token[Settings | None] | None = None
         self._started = False
         self._last_tick_ns = 0
+        self._in_doubt: dict[tuple[str, str], frozenset[str]] = {}
+        """Pairs -> client order ids restored unresolved and not reconciled since."""
         self.restored: RestoredState | None = None
         """What :meth:`start` restored (also its return value)."""
 
@@ -459,6 +589,8 @@ class LiveSession:
                 backend=self._backend_choice,
                 clock=events.clock,
                 event_limit=events.event_limit,
+                final_intent_limit=events.final_intent_limit,
+                final_intent_ttl=events.final_intent_ttl,
             )
             self._backend = settings.backend
             self._settings = settings
@@ -486,15 +618,27 @@ class LiveSession:
             raise
         self._started = True
         self.restored = state
+        self._in_doubt = {
+            (pair.symbol, pair.strategy): frozenset(i.client_order_id for i in pair.open_intents)
+            for pair in state.pairs
+            if pair.open_intents
+        }
+        for warning in state.foreign_state:
+            logger.warning("persistkit live session: %s", warning)
         level = logging.INFO if state.healed else logging.WARNING
         logger.log(
             level,
             "persistkit live session: %d risk positions and %d pairs restored, "
-            "%d journal commits replayed, self-healing %s",
+            "%d order intents in doubt, %d journal commits replayed, self-healing %s",
             len(state.risk_positions),
             len(state.pairs),
+            len(state.open_intents),
             replayed,
-            "clean" if state.healed else "repaired something (see the reports)",
+            "clean"
+            if state.healed
+            else "found state it does not read (above)"
+            if state.foreign_state
+            else "repaired something (see the reports)",
         )
         return state
 
@@ -548,6 +692,9 @@ class LiveSession:
                     signal=await PersistSignalAdapter.read_signal_data(symbol, strategy),
                     scheduled=await PersistScheduleAdapter.read_schedule_data(symbol, strategy),
                     partial=await PersistPartialAdapter.read_partial_data(symbol, strategy),
+                    open_intents=await PersistIntentAdapter.read_unresolved_intents(
+                        symbol, strategy
+                    ),
                 )
             )
         reports = [
@@ -557,14 +704,31 @@ class LiveSession:
                 PersistSignalAdapter,
                 PersistScheduleAdapter,
                 PersistPartialAdapter,
+                PersistIntentAdapter,
             )
             for store in adapter.memoized_stores()
         ]
-        return RestoredState(self.risk_name, positions, pairs, reports, replayed)
+        open_intents = [intent for pair in pairs for intent in pair.open_intents]
+        foreign = []
+        backend = self._backend
+        if isinstance(backend, FileBackend):
+            # Never flat in silence: a backtest-kit 19.x bot's state is in other files.
+            found = find_backtest_kit_state(backend.root)
+            if found:
+                foreign.append(found.warning())
+        return RestoredState(
+            self.risk_name,
+            positions,
+            pairs,
+            reports,
+            replayed,
+            open_intents=open_intents,
+            foreign_state=foreign,
+        )
 
     # -- ticks -----------------------------------------------------------------------------
 
-    def tick(self, *, inputs: Any = _NO_INPUTS) -> Transaction:
+    def tick(self, *, inputs: Any = _NO_INPUTS, allow_unreconciled: bool = False) -> Transaction:
         """``async with session.tick():`` commits every write in the block atomically.
 
         Inside the block the session's backend serves every store without an
@@ -574,11 +738,20 @@ class LiveSession:
         tick: recorded in the same commit, kept in the history, and what a
         replay (:mod:`persistkit.replay`) feeds the strategy. A value JSON cannot
         carry exactly is refused here, before the block runs.
+
+        A new order intent for a pair whose intents from before the restart
+        are still in doubt raises :class:`~persistkit.errors.UnreconciledIntentsError`
+        (see :meth:`reconcile`); ``allow_unreconciled=True`` lets this tick
+        write it anyway. Updates of intents already stored are always allowed.
         """
-        return self._new_tick(inputs)
+        return self._new_tick(inputs, allow_unreconciled=allow_unreconciled)
 
     def _new_tick(
-        self, inputs: Any = _NO_INPUTS, flight: _TickInFlight | None = None
+        self,
+        inputs: Any = _NO_INPUTS,
+        flight: _TickInFlight | None = None,
+        *,
+        allow_unreconciled: bool = False,
     ) -> _SessionTick:
         self.backend  # noqa: B018 - raises StoreClosedError when not started
         assert self._settings is not None
@@ -586,7 +759,15 @@ class LiveSession:
         self._last_tick_ns = max(time.time_ns(), self._last_tick_ns + 1)
         clock = TickClock(self._last_tick_ns, self.risk_name)
         encoded = None if inputs is _NO_INPUTS else self._encoded_inputs(clock, inputs)
-        return _SessionTick(self._settings, self._leases, clock, inputs=encoded, flight=flight)
+        in_doubt = None if allow_unreconciled or not self._in_doubt else dict(self._in_doubt)
+        return _SessionTick(
+            self._settings,
+            self._leases,
+            clock,
+            inputs=encoded,
+            flight=flight,
+            in_doubt=in_doubt,
+        )
 
     def _encoded_inputs(self, clock: TickClock, inputs: Any) -> tuple[str, bytes]:
         return tick_key(self.risk_name), encode_tick(self.risk_name, clock.time_ns, inputs)
@@ -605,8 +786,89 @@ class LiveSession:
             )
         active.stage_now(*self._encoded_inputs(active.clock, inputs))
 
+    async def commit_now(self) -> None:
+        """Commit what the tick in progress staged so far, and let the tick go on.
+
+        The commit point of an order: inside a tick function driven by
+        :meth:`run` (where a nested ``session.tick()`` only joins the tick in
+        progress), write the intent, ``await session.commit_now()``, and only
+        then send the order::
+
+            async def on_tick(n):
+                intent = OrderIntent(client_order_id=new_client_order_id("trend"), ...)
+                await PersistIntentAdapter.write_intent(intent)
+                await session.commit_now()      # durable before the order leaves
+                oid = await exchange.create_order(..., client_order_id=intent.client_order_id)
+                await PersistIntentAdapter.write_intent(
+                    intent.model_copy(update={"status": "acked", "exchange_order_id": oid}))
+
+        Everything staged before the call (the intent, and whatever else the
+        tick wrote: inputs, signal, risk) is one atomic commit, durable when it
+        returns; the rest of the tick commits at its end, atomically too, or
+        not at all. A stop that cancels the tick later cancels only the rest.
+        A replay runs such a tick once and compares it with all its parts.
+
+        Works the same in ``async with session.tick():``. Outside a tick of this
+        session, or inside a transaction nested in it, it raises ``RuntimeError``.
+        """
+        active = active_transaction.get()
+        tick = active
+        while tick is not None and not (
+            isinstance(tick, _SessionTick) and tick.backend is self.backend
+        ):
+            tick = tick._parent
+        if tick is None or tick.finished:
+            raise RuntimeError(
+                "commit_now() commits the tick in progress: call it inside "
+                "`async with session.tick():` or a tick function run by session.run()"
+            )
+        if active is not tick:
+            raise RuntimeError(
+                "commit_now() inside a transaction nested in the tick: its writes join the "
+                "tick only when that block exits; call commit_now() after it"
+            )
+        await tick.commit_staged()
+
+    async def reconcile(
+        self, lookup: IntentLookup, *, reason: str = NOT_FOUND_REASON
+    ) -> list[OrderIntent]:
+        """Ask the exchange about every intent in doubt and record the answers in one tick.
+
+        For each intent of this session's pairs that is ``pending``, ``sent`` or
+        ``unknown``, ``await lookup(intent)`` asks the exchange by its client
+        order id and returns the intent as the exchange has it (its status and
+        ``exchange_order_id``: ``intent.model_copy(update={...})``), or ``None``
+        when the exchange has no such order: the intent becomes ``cancelled``
+        with ``reason``, and the bot may send the order again under a new
+        client order id. Every answer is committed in one tick, after the last
+        lookup: a lookup that raises leaves every intent as it was (call again).
+        Then new intents are allowed again for every pair.
+
+        Returns the intents as recorded. An answer that is another order
+        (another client order id, symbol, side...) raises
+        :class:`~persistkit.errors.IntentConflictError`, and one still
+        ``pending``, ``sent`` or ``unknown`` raises
+        :class:`~persistkit.errors.UnreconciledIntentsError`: nothing is
+        committed then.
+        """
+        answers: list[OrderIntent] = []
+        async with self._new_tick(allow_unreconciled=True):
+            for symbol, strategy in self.pairs:
+                for intent in await PersistIntentAdapter.read_unresolved_intents(symbol, strategy):
+                    answer = await lookup(intent)
+                    resolved = _reconciled(intent, answer, reason)
+                    answers.append(await PersistIntentAdapter.write_intent(resolved))
+        self._in_doubt = {}
+        if answers:
+            logger.info(
+                "persistkit: %d order intents reconciled: %s",
+                len(answers),
+                ", ".join(f"{a.client_order_id} {a.status}" for a in answers),
+            )
+        return answers
+
     async def state_at(self, moment: PointInTime) -> RestoredState:
-        """The four domains of this session's pairs as they were at ``moment``.
+        """The domains of this session's pairs as they were at ``moment``.
 
         ``moment`` is epoch milliseconds or an aware ``datetime``; the state is
         the one the last commit at or before it left (from the backend's
@@ -643,13 +905,13 @@ class LiveSession:
         closes the session (checkpoint, lock released) and returns, so that the
         process can exit 0. Reaching ``ticks`` (``None``: no bound) returns with
         the session still open. ``after_commit(n)`` runs once tick ``n`` is
-        durable (to acknowledge it, say). Outside ``run`` the signals keep the
-        process's own handlers.
+        durable (to acknowledge it, say; awaited when it returns an awaitable).
+        Outside ``run`` the signals keep the process's own handlers.
 
         A tick that does not finish (it awaits something that never returns)
         does not keep the process from stopping: a second stop signal, or
         ``stop_grace`` seconds after the first (default
-        :data:`DEFAULT_STOP_GRACE`, 5 s; ``None``: only a second signal),
+        ``DEFAULT_STOP_GRACE``, 5 s; ``None``: only a second signal),
         cancels it if its commit has not begun, so that nothing of it is
         committed; ``run()`` then closes the session (its locks released) and
         raises :class:`~persistkit.errors.TickCancelledError`, so that the
@@ -668,8 +930,12 @@ class LiveSession:
             raise ValueError(f"stop_grace must be at least 0 seconds or None, not {stop_grace}")
         loop = asyncio.get_running_loop()
         stop = _StopRequest(loop, stop_grace)
-        for signum in stop_signals:
-            loop.add_signal_handler(signum, stop.on_signal, signum)
+        relay = stop_signal_relay.get()
+        if relay is None:
+            for signum in stop_signals:
+                loop.add_signal_handler(signum, stop.on_signal, signum)
+        else:
+            relay.deliver_to(stop.on_signal)
         count = 0
         fence = fencing.set(self._fence())
         try:
@@ -678,7 +944,9 @@ class LiveSession:
                 # to its commit; the loop stops before the next one.
                 await self._tick_unless_forced(tick, count, stop)
                 if after_commit is not None:
-                    after_commit(count)
+                    acknowledged = after_commit(count)
+                    if inspect.isawaitable(acknowledged):
+                        await acknowledged
                 count += 1
                 if interval > 0:
                     try:
@@ -688,10 +956,16 @@ class LiveSession:
                 else:
                     await asyncio.sleep(0)
         except _ForcedStop as forced:
+            what = (
+                f"its parts up to commit_now() #{forced.parts_committed} are committed, "
+                "the rest is not"
+                if forced.parts_committed
+                else "nothing of it was committed"
+            )
             error = TickCancelledError(
                 f"persistkit stopped the live session before tick {forced.tick} finished: "
                 f"{forced.reason}, and the tick's commit had not begun, so it was cancelled "
-                f"and nothing of it was committed ({count} tick{'s' * (count != 1)} before "
+                f"and {what} ({count} tick{'s' * (count != 1)} before "
                 "it committed); the session is closed and its locks are released",
                 tick=forced.tick,
                 reason=forced.reason,
@@ -704,8 +978,11 @@ class LiveSession:
         finally:
             fencing.reset(fence)
             stop.close()
-            for signum in stop_signals:
-                loop.remove_signal_handler(signum)
+            if relay is None:
+                for signum in stop_signals:
+                    loop.remove_signal_handler(signum)
+            else:
+                relay.deliver_to(None)
         if stop.requested.is_set():
             await self.aclose()
         return count
@@ -742,10 +1019,13 @@ class LiveSession:
         flight.cancelled = stop.reason
         running.cancel()
         logger.warning(
-            "persistkit: %s; tick %d had not begun its commit: cancelled, nothing of it "
-            "is committed",
+            "persistkit: %s; tick %d had not begun its commit: cancelled, %s",
             stop.reason,
             count,
+            f"what it committed with commit_now() ({flight.parts_committed}) stays, the rest "
+            "is not committed"
+            if flight.parts_committed
+            else "nothing of it is committed",
         )
         another = asyncio.ensure_future(stop.next_signal().wait())
         try:
@@ -760,7 +1040,7 @@ class LiveSession:
                 "persistkit: tick %d did not stop when cancelled; left behind, its commit refused",
                 count,
             )
-        raise _ForcedStop(count, stop.reason)
+        raise _ForcedStop(count, stop.reason, flight.parts_committed)
 
     async def _tick_until_committed(
         self,
@@ -776,12 +1056,15 @@ class LiveSession:
         tick or process changed what it read, so it runs again on what is there.
         """
         for attempt in range(attempts):
+            session_tick = self._new_tick(flight=flight)
             try:
-                async with self._new_tick(flight=flight):
+                async with session_tick:
                     await tick(count)
                 return
             except ConflictError:
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or session_tick.parts_committed:
+                    # A tick that committed a part already is not run again:
+                    # its orders may have left.
                     raise
                 logger.info(
                     "persistkit: tick %d lost a compare-and-set race; running it again", count

@@ -1,21 +1,27 @@
 """The backend conformance suite, shipped so that any backend can prove itself.
 
-Use it from your own tests (pytest with pytest-asyncio)::
+Use it from your own tests (the ``testing`` extra installs pytest and
+pytest-asyncio)::
 
-    import pytest
+    import pytest_asyncio
     from persistkit.testing import BackendConformance
 
     class TestMyBackend(BackendConformance):
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def backend(self):
             backend = MyBackend(...)   # fresh and empty for every test
             yield backend
             await backend.aclose()
 
 Every test below then runs against it, unchanged: the same suite the file,
-memory, Redis and S3 backends pass. Set ``supports_commit = False`` on the
-subclass if the backend has no atomic multi-key commit. The history tests run
-on a backend whose ``keeps_history`` is true and check the clear error elsewhere.
+memory, Redis and S3 backends pass. It needs no pytest configuration: the
+suite marks its tests itself, and ``pytest_asyncio.fixture`` makes the fixture
+async under pytest-asyncio's default (strict) mode as under
+``asyncio_mode = "auto"``. Set ``supports_commit = False`` on the subclass if
+the backend has no atomic multi-key commit. The history tests run on a backend
+whose ``keeps_history`` is true and check the clear error elsewhere.
+The order-intent test runs a live session on the backend (its locks in a
+temporary folder) across a restart.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from persistkit.backends.base import ANY_VERSION, Backend
+from persistkit.clock import new_client_order_id
+from persistkit.domains import PersistIntentAdapter
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -37,13 +47,15 @@ from persistkit.errors import (
     InvalidNameError,
     SchemaValidationError,
     StoreClosedError,
+    UnreconciledIntentsError,
     UnserializableValueError,
 )
-from persistkit.models import SignalRow
+from persistkit.live import LiveSession
+from persistkit.models import OrderIntent, SignalRow
 from persistkit.store import PersistBase
 from persistkit.transaction import transaction
 
-__all__ = ["BackendConformance", "sample_signal"]
+__all__ = ["BackendConformance", "sample_intent", "sample_signal"]
 
 
 def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
@@ -66,8 +78,28 @@ def sample_signal(index: int = 0, **changes: Any) -> dict[str, Any]:
     return row
 
 
+def sample_intent(
+    status: str = "pending", symbol: str = "BTCUSDT", strategy: str = "trend", **changes: Any
+) -> OrderIntent:
+    """A market buy of 0.01 under a fresh client order id, as a bot would write it."""
+    fields: dict[str, Any] = {
+        "client_order_id": new_client_order_id("t"),
+        "symbol": symbol,
+        "strategy_name": strategy,
+        "side": "buy",
+        "quantity": 0.01,
+        "price": None,
+        "created_at": 1_763_700_000_000,
+        "status": status,
+    }
+    return OrderIntent(**{**fields, **changes})
+
+
 class BackendConformance:
     """What every backend must do. Subclass and provide a ``backend`` fixture."""
+
+    # Inherited by the subclass: its tests run under pytest-asyncio's strict mode too.
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     supports_commit: ClassVar[bool] = True
 
@@ -380,6 +412,50 @@ class BackendConformance:
         assert await store.read_value("counter") == 3
 
     # -- the store above the backend ----------------------------------------------------
+
+    async def test_order_intents_in_doubt_after_a_restart_are_reconciled_in_one_commit(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        self._need_commit(backend)
+        pair = ("BTCUSDT", "trend")
+
+        def session() -> LiveSession:
+            return LiveSession([pair], "main", base_dir=tmp_path / "root", backend=backend)
+
+        def intent(status: str, **changes: Any) -> OrderIntent:
+            return sample_intent(status, *pair, **changes)
+
+        in_flight, acked = intent("pending"), intent("acked", exchange_order_id="X-1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a memory backend in live mode
+            first = session()
+            await first.start()
+            async with first.tick():
+                await PersistIntentAdapter.write_intent(in_flight)
+                await PersistIntentAdapter.write_intent(acked)
+            await first.aclose()  # the process stops before the order's answer is written
+            second = session()
+            state = await second.start()
+        try:
+            assert [i.client_order_id for i in state.open_intents] == [in_flight.client_order_id]
+            with pytest.raises(UnreconciledIntentsError):
+                async with second.tick():
+                    await PersistIntentAdapter.write_intent(intent("pending"))
+
+            async def exchange_has_no_such_order(asked: OrderIntent) -> OrderIntent | None:
+                return None
+
+            answers = await second.reconcile(exchange_has_no_such_order)
+            assert [(a.client_order_id, a.status) for a in answers] == [
+                (in_flight.client_order_id, "cancelled")
+            ]
+            async with second.tick():  # allowed again
+                await PersistIntentAdapter.write_intent(intent("pending"))
+            async with second.tick():
+                stored = await PersistIntentAdapter.read_intents(*pair)
+            assert sorted(i.status for i in stored) == ["acked", "cancelled", "pending"]
+        finally:
+            await second.aclose()
 
     async def test_store_round_trip_of_json_values(self, backend: Backend) -> None:
         store: PersistBase[Any] = PersistBase("entity", backend=backend)

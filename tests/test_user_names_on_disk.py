@@ -1,3 +1,6 @@
+"""A name from a user or an exchange becomes one safe, readable key segment that decodes back to
+it, or is refused with ``InvalidNameError``; no name can leave the root or collide with another."""
+
 from __future__ import annotations
 
 import re

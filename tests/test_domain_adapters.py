@@ -102,7 +102,7 @@ async def test_writing_none_clears(mode: str) -> None:
     assert await PersistRiskAdapter.read_position_data("main") == []
 
 
-async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
+async def test_live_mode_uses_backtest_kits_layout(data_root: Path) -> None:
     row = signal(strategy="my_strategy")
     await PersistSignalAdapter.write_signal_data(row, "BTCUSDT", "my_strategy")
     await PersistScheduleAdapter.write_schedule_data(
@@ -115,7 +115,7 @@ async def test_live_mode_uses_the_seed_layout(data_root: Path) -> None:
     # A schedule or partial write commits with its statistics events through the
     # journal; the applier writes the files soon after, a checkpoint now.
     await persistkit.current_settings().backend.checkpoint()
-    # Beside persistkit's own dot folders (the commit journal), the seed's files and
+    # Beside persistkit's own dot folders (the commit journal), backtest-kit's files and
     # the statistics (Schedule, Partial) under stats/, nothing else.
     assert values_under(data_root) == [
         "partial/BTCUSDT_my_strategy/levels.json",
@@ -145,7 +145,7 @@ async def test_backtest_mode_creates_no_file_and_no_directory(
     assert os.listdir(tmp_path) == []
 
 
-async def test_files_written_by_the_seed_are_read(data_root: Path) -> None:
+async def test_files_written_by_backtest_kit_are_read(data_root: Path) -> None:
     directory = data_root / "signal" / "BTCUSDT_trend"
     directory.mkdir(parents=True)
     seed_row = {

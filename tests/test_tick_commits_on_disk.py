@@ -1,4 +1,4 @@
-"""The file backend's commit journal: torn tails, replay, group commit, plain writes."""
+"""Tick commits on the file backend: torn tails cut, crash replay, group commit, plain writes."""
 
 from __future__ import annotations
 

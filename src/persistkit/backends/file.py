@@ -15,6 +15,15 @@ persistkit start in a cutover): it is removed only once it is older than
 ``foreign_temp_age`` seconds (at least :data:`MIN_FOREIGN_TEMP_AGE`, the 120 s
 backtest-kit itself waits before it sweeps).
 
+Plain writes (``put`` and ``delete`` outside a commit) of a root that keeps
+history, the default, are commits of one key: one record appended to the
+commit journal and fsynced (the commit point, so one fsync where the durable
+write below takes two), then the entity's file written (temp file and rename,
+unsynced: the journal is the durability) before the call returns. So the
+history holds every change with its commit time, and the entity files stay
+current. A root opened with ``history=None`` writes them with the durable
+write; the history's own files use it too.
+
 The durable write, so that an acknowledged value survives a crash or a power cut
 and a failed write leaves the old value whole:
 
@@ -235,9 +244,10 @@ class FileBackend(Backend):
         self.history = None if history is None else HistoryArchive(self, history)
         """The archive of past journal generations (``None``: ``history=None``, none kept)."""
         self.keeps_history = history is not None
-        # With HistoryPolicy(plain_writes=True), plain writes go through the
-        # journal too, so that they reach the history with their commit time.
-        self._plain_writes_journaled = offload or (history is not None and history.plain_writes)
+        # A root that keeps history sends plain writes through the journal too,
+        # so that they reach the history with their commit time (and cost one
+        # fsync, not the durable replace's two).
+        self._plain_writes_journaled = offload or history is not None
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod

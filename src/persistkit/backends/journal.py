@@ -18,10 +18,12 @@ to every process the moment it is appended, not when its files are written.
 **Keys the journal holds.** A key written by a commit stays the journal's until
 the next checkpoint: a plain ``put`` or ``delete`` of it, from any process, is
 appended to the journal too, so that no later application of the journal can
-undo it. A plain write of any other key goes straight to its file under the
-entity directory's lock, and a commit that compares the version of such a key
-takes that same lock while it checks and appends, so compare-and-set is exact
-across processes whichever path each write takes.
+undo it. On a root that keeps history (the default) every plain write is
+appended, so that the history holds it. Otherwise (``history=None``) a plain
+write of any other key goes straight to its file under the entity directory's
+lock, and a commit that compares the version of such a key takes that same
+lock while it checks and appends, so compare-and-set is exact across
+processes whichever path each write takes.
 
 Framing (little endian)::
 
@@ -39,13 +41,14 @@ deleted, every process refuses the root with :class:`JournalDamagedError`, and
 
 **Applying and checkpoints.** A background thread writes the journal's values
 into the entity files (temp file and rename, no fsync: the journal is the
-durability) :data:`APPLY_DELAY` after a commit, so that the entity
-files (backtest-kit's layout) stay close to the truth. When the journal passes ``limit`` bytes, at
-``aclose`` and at a start, a checkpoint applies everything, flushes the file
-system (``syncfs``), copies the journal's records into the root's history
-(:mod:`persistkit.backends.archive`, fsynced; unless the backend keeps none)
-and replaces the journal by an empty one (written and fsynced aside, then
-renamed over it): only then may the journal forget a record. Commit times go
+durability) :data:`APPLY_DELAY` after a commit, so that the entity files
+(backtest-kit's layout) stay close to the truth. When the journal passes
+``limit`` bytes, at ``aclose`` and at a start, a checkpoint applies everything, copies the
+journal's records into the root's history (:mod:`persistkit.backends.archive`;
+unless the backend keeps none), flushes the file system (``syncfs``, which
+makes the files and the history durable together) and replaces the journal
+by an empty one (written and fsynced aside, then renamed over it): only then
+may the journal forget a record. Commit times go
 on from the old journal's, whatever the clock does. Other processes notice the
 replacement (the file they have open has no name any more) and read the new
 one. All of this happens under the journal lock, so two processes never apply
@@ -800,16 +803,21 @@ class CommitJournal:
         if self._lock_fd is not None:
             self._os.flock(self._lock_fd, LOCK_UN)
 
-    def _start_generation(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+    def _start_generation(
+        self, first_seq: int, writes: Writes | None, *, archived: bool = False
+    ) -> _OpenJournal:
         """A new journal (header, and ``writes`` as its first record), fsynced, renamed in.
 
         Under the journal lock. Other processes see the old file lose its name
-        and read this one.
+        and read this one. The old one's records go into the history first,
+        unless the caller has ``archived`` them (durably) already.
         """
         with self._view_lock:
-            return self._start_generation_viewed(first_seq, writes)
+            return self._start_generation_viewed(first_seq, writes, archived)
 
-    def _start_generation_viewed(self, first_seq: int, writes: Writes | None) -> _OpenJournal:
+    def _start_generation_viewed(
+        self, first_seq: int, writes: Writes | None, archived: bool = False
+    ) -> _OpenJournal:
         old = self._journal
         blob = _FILE_HEADER.pack(FILE_MAGIC, FLAG_RESTATED if writes else 0, first_seq)
         next_seq = first_seq
@@ -820,7 +828,7 @@ class CommitJournal:
             blob += encode_record(first_seq, last_time, writes)
             next_seq += 1
         history = self._backend.history
-        if old is not None and history is not None:
+        if old is not None and history is not None and not archived:
             # The past goes into the history, durably, before the journal forgets it.
             history.archive(self._os.pread(old.fd, old.offset, 0))
         fd = self._rename_in(blob)
@@ -1390,7 +1398,8 @@ class CommitJournal:
                     except OSError:
                         pass  # a torn record at the end is cut off by the next committer
                     raise WriteFailedError(
-                        f"appending to the commit journal failed: {exc}; the tick was not committed"
+                        f"appending to the commit journal failed: {exc}; nothing was committed, "
+                        "the previous values are kept"
                     ) from exc
                 journal.offset += len(blob)
                 journal.next_seq += len(accepted)
@@ -1405,7 +1414,7 @@ class CommitJournal:
                 # the journal to a new file and fsync that one instead.
                 self._replace_after_failed_fsync(journal)
                 raise DurabilityUnknownError(
-                    f"fsync of the commit journal failed ({exc}): the tick is visible, "
+                    f"fsync of the commit journal failed ({exc}): the commit is visible, "
                     "but may not survive a power cut"
                 ) from exc
             self.flushes += 1
@@ -1427,7 +1436,7 @@ class CommitJournal:
         second descriptor of the same directory would wait for the first."""
         for request in batch:
             try:
-                self._check_confined(request.writes)
+                self._check_confined(request.writes, fresh=request.apply_now)
             except (ForeignSymlinkError, WriteFailedError) as exc:
                 request.error = exc  # refused before it is acknowledged, not when applied
                 continue
@@ -1451,19 +1460,21 @@ class CommitJournal:
             view.update(request.writes)
         return accepted
 
-    def _check_confined(self, writes: Writes) -> None:
+    def _check_confined(self, writes: Writes, *, fresh: bool = False) -> None:
         """Refuse writes whose directory lies behind a symbolic link (:mod:`.confine`).
 
         Each directory is looked at once per process (the confined OS layer
         walks it and raises :class:`ForeignSymlinkError`); one swapped for a
         link later is refused when its files are written, and the journal
-        keeps the commit.
+        keeps the commit. ``fresh`` (a plain write, whose file is written
+        before it returns) looks again every time, so that such a write is
+        refused before it is committed, never after.
         """
         backend = self._backend
         verified = self._confined_namespaces
         for key in writes:
             namespace = split_key(key)[0]
-            if namespace in verified:
+            if namespace in verified and not fresh:
                 continue
             try:
                 self._os.close(backend._open_dir(backend._dir(namespace)))
@@ -1471,7 +1482,8 @@ class CommitJournal:
                 pass  # made when applied, through the same confined layer
             except OSError as exc:
                 raise WriteFailedError(
-                    f"cannot open the directory of {key}: {exc}; the tick was not committed"
+                    f"cannot open the directory of {key}: {exc}; nothing was committed, "
+                    "the previous values are kept"
                 ) from exc
             if len(verified) >= 1 << 16:
                 verified.clear()
@@ -1626,17 +1638,21 @@ class CommitJournal:
         journal = self._journal
         if journal is None or (not self.pending and journal.offset == _FILE_HEADER.size):
             return
+        history = self._backend.history
         try:
             self._apply_held(wait=wait)
+            if history is not None:
+                # Before the sync, which makes the segments durable with the applied
+                # files: no fsync of their own, and still before the journal forgets.
+                history.archive(self._os.pread(journal.fd, journal.offset, 0), sync=False)
             self._sync_filesystem()
-            self._start_generation(journal.next_seq, None)
+            self._start_generation(journal.next_seq, None, archived=history is not None)
         except OSError as exc:
             raise DurabilityUnknownError(
                 f"checkpoint of the commit journal failed ({exc}); the journal is kept "
                 "and applied at the next start"
             ) from exc
 
-        history = self._backend.history
         if history is not None:
             try:
                 history.prune(time.time_ns())

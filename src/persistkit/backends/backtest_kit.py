@@ -317,6 +317,10 @@ def _exchange_folders(mapping: BacktestKitMapping, domain: str) -> Iterator[tupl
     Folders of persistkit's own (after an in-place migration) are passed over
     in silence; those of other exchanges are reported.
     """
+    if os.path.islink(os.path.join(mapping.root, domain)):
+        # Another folder's state (another bot's, perhaps) is not this one's to migrate.
+        mapping.skip(domain, "a symbolic link; never followed")
+        return
     for entry in _entries(os.path.join(mapping.root, domain)):
         relative = f"{domain}/{entry.name}"
         if entry.is_symlink():
@@ -340,7 +344,7 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
     files = [entry.name for entry in _value_files(folder)]
     try:
         if domain == "partial":
-            return files == [_LEVELS_FILE]
+            return files == [_LEVELS_FILE] and not _is_file_of_signal_levels(folder)
         if domain == "risk":
             positions = _positions(_load(os.path.join(folder, _RISK_FILE)))
             return positions is not None and all("signalId" in p for _, p in positions)
@@ -356,6 +360,20 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
         except InvalidNameError:
             return False
     return bool(rows)
+
+
+def _is_file_of_signal_levels(folder: str) -> bool:
+    """Whether ``folder``'s ``levels.json`` is backtest-kit's own file of a signal whose id is
+    ``levels`` (it holds that signal), not persistkit's partial file of the pair.
+
+    backtest-kit names a partial file after its signal; persistkit's has that name for every
+    pair. Taking backtest-kit's for persistkit's would pass its levels over in silence.
+    """
+    try:
+        value = _load(os.path.join(folder, _LEVELS_FILE))
+    except ValueError:
+        return False
+    return isinstance(value, dict) and "levels" in value
 
 
 def _map_row(
@@ -800,7 +818,12 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
             folders.append(f"risk/{folder.name}")
             exchanges.update(str(p["exchangeName"]) for p in shaped if p.get("exchangeName"))
     for folder in _entries(os.path.join(root, "partial")):
-        if _is_dir(folder) and any(e.name != _LEVELS_FILE for e in _value_files(folder.path)):
+        if not _is_dir(folder):
+            continue
+        names = [entry.name for entry in _value_files(folder.path)]
+        # {symbol}_{strategy}_{exchange} holding the file of a signal named "levels".
+        levels_of_a_signal = folder.name.count("_") >= 2 and _is_file_of_signal_levels(folder.path)
+        if any(name != _LEVELS_FILE for name in names) or levels_of_a_signal:
             folders.append(f"partial/{folder.name}")
     return BacktestKitState(root, tuple(sorted(folders)), tuple(sorted(exchanges)))
 

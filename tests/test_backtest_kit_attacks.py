@@ -8,6 +8,7 @@ start flat in silence.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from tests.support.backtest_kit import (
     signal_row,
     write_with_backtest_kit,
 )
+
+from persistkit import LiveSession, PersistSignalAdapter
+from persistkit.models import SignalRow
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,82 @@ def test_a_stale_risk_position_is_not_attributed_to_a_newer_open_signal(
     dry_run = _persistkit("migrate", "--dry-run", _source(source), str(tmp_path / "migrated"))
     assert "risk/main_binance/positions.json:" in dry_run.stdout, dry_run.stdout
     assert dry_run.returncode == 1
+
+
+def _open_signal_with_its_position(symbol: str, signal_id: str) -> list[dict[str, Any]]:
+    row = signal_row(symbol, "trend", signal_id)
+    return [
+        {"op": "signal", "row": row, "symbol": symbol, "strategy": "trend", "exchange": EXCHANGE},
+        {
+            "op": "risk",
+            "positions": [risk_position(row, opened=1_763_700_060_000)],
+            "risk": "main",
+            "exchange": EXCHANGE,
+        },
+    ]
+
+
+async def _restore(root: Path, *pairs: tuple[str, str]) -> Any:
+    session = LiveSession(list(pairs), risk_name="main", base_dir=str(root))
+    try:
+        return await session.start()
+    finally:
+        await session.aclose()
+
+
+async def test_after_an_in_place_migration_the_bots_own_signals_are_not_reported_as_foreign(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """Migrated in place, then the persistkit bot trades: its own signal rows (no
+    ``exchangeName``) are persistkit's, not "of another exchange". Running migrate again must
+    not report them as not migrated (exit 1) nor list them as backtest-kit's."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    first = _persistkit("migrate", _source(root), str(root))
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    session = LiveSession([("ETH", "grid")], risk_name="grid-risk", base_dir=str(root))
+    await session.start()
+    async with session.tick():
+        await PersistSignalAdapter.write_signal_data(
+            SignalRow(
+                id="native-1",
+                symbol="ETH",
+                strategy_name="grid",
+                position="short",
+                price_open=3000.0,
+                price_take_profit=2900.0,
+                price_stop_loss=3100.0,
+                scheduled_at=1_763_700_000_000,
+                pending_at=1_763_700_060_000,
+            ),
+            "ETH",
+            "grid",
+        )
+    await session.aclose()
+
+    again = _persistkit("migrate", _source(root), str(root))
+    assert "signal/ETH_grid" not in again.stdout, again.stdout
+    assert again.returncode == 0, again.stdout + again.stderr
+    restored = await _restore(root, ("BTC", "trend"))
+    assert restored.pair("BTC", "trend").signal.id == "s1"
+    assert restored.healed and not restored.inconsistencies()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a backtest-kit signal file cut short (not JSON) names no exchange, so a start "
+    "cannot tell it from a persistkit pair of another strategy ('BTC', 'trend_binance'): "
+    "it is neither flagged nor quarantined by a session that does not run that pair, and the "
+    "start is healed and flat. preflight does report it (exit 1). Flagging every unreadable "
+    "file of a folder that could be backtest-kit's is the integrator's call",
+)
+async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    shutil.rmtree(root / "risk")
+    torn = root / "signal" / "BTC_trend_binance" / "BTC.json"
+    torn.write_bytes(torn.read_bytes()[:40])
+    restored = await _restore(root, ("BTC", "trend"))
+    assert restored.pair("BTC", "trend").signal is None
+    assert not restored.healed, "a start beside an open backtest-kit signal must not be clean"

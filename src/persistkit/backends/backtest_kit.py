@@ -352,10 +352,15 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
     except (ValueError, InvalidNameError):
         return False
     # persistkit never writes a null row (it removes the file): null is backtest-kit's clear.
+    # Its own rows name no exchange: the pair alone, encoded as the folder, says it is its own.
     for row in rows:
-        names = _row_names(row) if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            return False
+        symbol, strategy = row.get("symbol"), row.get("strategyName")
+        if not (isinstance(symbol, str) and isinstance(strategy, str)):
+            return False
         try:
-            if names is None or join_pair(names[0], names[1]) != name:
+            if join_pair(symbol, strategy) != name:
                 return False
         except InvalidNameError:
             return False

@@ -7,6 +7,7 @@ start flat in silence.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.reliability.common import LONG
 from tests.support.backtest_kit import (
     EXCHANGE,
     install_backtest_kit,
@@ -25,6 +27,7 @@ from tests.support.backtest_kit import (
 )
 
 from persistkit import LiveSession, PersistSignalAdapter
+from persistkit.backends.backtest_kit import ARCHIVE_DIR
 from persistkit.models import SignalRow
 
 
@@ -227,3 +230,86 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     restored = await _restore(root, ("BTC", "trend"))
     assert restored.pair("BTC", "trend").signal is None
     assert not restored.healed, "a start beside an open backtest-kit signal must not be clean"
+
+
+_KILL_TRIALS = 12 if LONG else 3
+_PAIRS = [f"C{index:02d}" for index in range(30)]
+
+
+@pytest.fixture(scope="module")
+def many_open_signals(install_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 pairs, each with an open signal and its risk position, written by backtest-kit."""
+    rows = [signal_row(symbol, "trend", f"sig-{symbol}") for symbol in _PAIRS]
+    operations: list[dict[str, Any]] = [
+        {
+            "op": "signal",
+            "row": row,
+            "symbol": row["symbol"],
+            "strategy": "trend",
+            "exchange": EXCHANGE,
+        }
+        for row in rows
+    ]
+    operations.append(
+        {
+            "op": "risk",
+            "positions": [risk_position(row, opened=1_763_700_060_000) for row in rows],
+            "risk": "main",
+            "exchange": EXCHANGE,
+        }
+    )
+    return _write(install_dir, tmp_path_factory.mktemp("many"), operations)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every backtest-kit file, by its path relative to its domain (archived or not)."""
+    found = {}
+    for path in root.rglob("*.json"):
+        parts = path.relative_to(root).parts
+        if parts[0] == ARCHIVE_DIR:
+            parts = parts[2:]  # .backtest-kit-archive/{stamp}/...
+        if len(parts) == 3 and parts[1].endswith(f"_{EXCHANGE}"):
+            found["/".join(parts)] = path.read_bytes()
+    return found
+
+
+@pytest.mark.parametrize("trial", range(_KILL_TRIALS))
+def test_kill_9_during_an_in_place_migration_then_a_rerun_loses_nothing(
+    many_open_signals: Path, tmp_path: Path, trial: int
+) -> None:
+    """SIGKILL at a different moment each trial (reading, copying, archiving), then the same
+    command again: every signal and position restored, every backtest-kit file kept
+    (archived or in place), none archived before its value is in the root."""
+    root = tmp_path / "data"
+    shutil.copytree(many_open_signals, root)
+    before = _files(root)
+    migrating = subprocess.Popen(
+        [sys.executable, "-m", "persistkit", "migrate", _source(root), str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # The n-th trial kills after n/TRIALS of the command's run (0.15 s steps up to ~1.5 s).
+    try:
+        migrating.wait(timeout=0.15 + 1.35 * trial / max(_KILL_TRIALS - 1, 1))
+    except subprocess.TimeoutExpired:
+        migrating.kill()
+        migrating.wait()
+    assert _files(root) == before, "a backtest-kit file was lost or changed by the kill"
+    archived = [
+        path.relative_to(root).parts[2:] for path in (root / ARCHIVE_DIR).glob("*/signal/*")
+    ]
+    for _, folder in archived:
+        symbol = folder.split("_")[0]
+        assert (root / "signal" / f"{symbol}_trend" / f"{symbol}.json").exists(), (
+            f"{folder} archived before its value was migrated"
+        )
+
+    rerun = _persistkit("migrate", _source(root), str(root))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _files(root) == before
+    restored = asyncio.run(_restore(root, *((symbol, "trend") for symbol in _PAIRS)))
+    assert [restored.pair(symbol, "trend").signal.id for symbol in _PAIRS] == [
+        f"sig-{symbol}" for symbol in _PAIRS
+    ]
+    assert len(restored.risk_positions) == len(_PAIRS)
+    assert restored.healed and not restored.inconsistencies()

@@ -313,3 +313,23 @@ def test_kill_9_during_an_in_place_migration_then_a_rerun_loses_nothing(
     ]
     assert len(restored.risk_positions) == len(_PAIRS)
     assert restored.healed and not restored.inconsistencies()
+
+
+async def test_a_pair_folder_left_empty_by_a_closed_signal_is_not_reported_as_foreign(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """Migrated in place; the bot closes the signal (its file removed, its folder left). The
+    empty folder holds no state: a rerun of migrate (after a full disk, say) is clean."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    first = _persistkit("migrate", _source(root), str(root))
+    assert first.returncode == 0, first.stdout + first.stderr
+    session = LiveSession([("BTC", "trend")], risk_name="main", base_dir=str(root))
+    await session.start()
+    async with session.tick():
+        await PersistSignalAdapter.write_signal_data(None, "BTC", "trend")
+    await session.aclose()
+    assert not any((root / "signal" / "BTC_trend").iterdir())
+
+    again = _persistkit("migrate", _source(root), str(root))
+    assert "signal/BTC_trend" not in again.stdout, again.stdout
+    assert again.returncode == 0, again.stdout + again.stderr

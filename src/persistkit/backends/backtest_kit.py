@@ -314,8 +314,9 @@ def read_mapping(root: str, exchange: str) -> BacktestKitMapping:
 def _exchange_folders(mapping: BacktestKitMapping, domain: str) -> Iterator[tuple[str, str]]:
     """Each folder of ``domain`` that belongs to the exchange, with its name minus the suffix.
 
-    Folders of persistkit's own (after an in-place migration) are passed over
-    in silence; those of other exchanges are reported.
+    Folders of persistkit's own (after an in-place migration) and folders of
+    other exchanges holding no state are passed over in silence; other
+    exchanges' folders with state are reported.
     """
     if os.path.islink(os.path.join(mapping.root, domain)):
         # Another folder's state (another bot's, perhaps) is not this one's to migrate.
@@ -329,6 +330,8 @@ def _exchange_folders(mapping: BacktestKitMapping, domain: str) -> Iterator[tupl
         if not _is_dir(entry) or _is_persistkit_folder(domain, entry.path):
             continue
         prefix = _split_suffix(entry.name, mapping.exchange)
+        if prefix is None and not any(_value_files(entry.path)):
+            continue  # no state to report (persistkit leaves a closed pair's folder empty)
         if prefix is None:
             mapping.skip(
                 relative, f"not of exchange {mapping.exchange!r} (no '_{mapping.exchange}' suffix)"

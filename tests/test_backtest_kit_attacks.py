@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +334,35 @@ async def test_a_pair_folder_left_empty_by_a_closed_signal_is_not_reported_as_fo
     again = _persistkit("migrate", _source(root), str(root))
     assert "signal/BTC_trend" not in again.stdout, again.stdout
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+async def test_hostile_names_migrate_each_to_its_own_pair_or_are_reported(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """NFC and NFD spellings, ``_`` at the edges, a name that looks percent-encoded, a dot name:
+    backtest-kit keeps each apart, so must the migration. Names persistkit cannot hold (``..``,
+    too long) are reported, never squeezed into another pair."""
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    kept = [(nfc, "trend"), (nfd, "trend"), ("_BTC", "trend"), ("BTC_", "trend"), ("ETH", "_x_")]
+    kept += [("A%5FB", "trend"), ("A_B", "trend"), (".hidden", "t")]
+    refused = [("x", ".."), ("L" * 120, "s" * 100)]
+    operations: list[dict[str, Any]] = []
+    for index, (symbol, strategy) in enumerate(kept + refused):
+        names = {"symbol": symbol, "strategy": strategy, "exchange": EXCHANGE}
+        operations.append(
+            {"op": "signal", "row": signal_row(symbol, strategy, f"id-{index}")} | names
+        )
+        levels = {f"id-{index}": {"profitLevels": [10], "lossLevels": []}}
+        operations.append({"op": "partial", "data": levels, "signalId": f"id-{index}"} | names)
+    source = _write(install_dir, tmp_path / "bot", operations)
+
+    destination = tmp_path / "migrated"
+    migrated = _persistkit("migrate", _source(source), str(destination))
+    assert migrated.returncode == 1, migrated.stdout + migrated.stderr
+    assert "signal/x_.._binance/x.json: name '..'" in migrated.stdout
+    assert f"signal/{'L' * 120}_{'s' * 100}_binance/" in migrated.stdout
+    restored = await _restore(destination, *kept)
+    for index, (symbol, strategy) in enumerate(kept):
+        pair = restored.pair(symbol, strategy)
+        assert pair.signal is not None and pair.signal.id == f"id-{index}", (symbol, strategy)
+        assert list(pair.partial) == [f"id-{index}"], (symbol, strategy)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tests.support.backtest_kit import (
     install_backtest_kit,
     risk_position,
     signal_row,
+    start_writer,
     write_with_backtest_kit,
 )
 
@@ -55,6 +57,11 @@ def _write(install_dir: Path, workdir: Path, operations: list[dict[str, Any]]) -
 
 def _stored(root: Path, relative: str) -> Any:
     return orjson.loads((root / relative).read_bytes())
+
+
+def json_of(path: Path) -> Any:
+    """The JSON in ``path``, read as backtest-kit replaces it (atomically, by rename)."""
+    return orjson.loads(path.read_bytes())
 
 
 def test_partial_levels_of_a_signal_whose_id_is_levels_are_migrated_not_passed_over(
@@ -366,3 +373,49 @@ async def test_hostile_names_migrate_each_to_its_own_pair_or_are_reported(
         pair = restored.pair(symbol, strategy)
         assert pair.signal is not None and pair.signal.id == f"id-{index}", (symbol, strategy)
         assert list(pair.partial) == [f"id-{index}"], (symbol, strategy)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "fresh-root"])
+def test_a_migration_beside_a_backtest_kit_bot_still_writing_is_not_called_done(
+    install_dir: Path, tmp_path: Path, in_place: bool
+) -> None:
+    """The backtest-kit bot was not stopped: it keeps replacing its signal while migrate runs.
+    What was copied is already stale when migrate returns: it must not exit 0 as if the port
+    were done, nor archive a folder whose last value is not the one copied."""
+    workdir = tmp_path / "bot"
+    first = signal_row("BTC", "trend", "id-0")
+    root = _write(
+        install_dir,
+        workdir,
+        [
+            {
+                "op": "signal",
+                "row": first,
+                "symbol": "BTC",
+                "strategy": "trend",
+                "exchange": EXCHANGE,
+            }
+        ],
+    )
+    names = {"symbol": "BTC", "strategy": "trend", "exchange": EXCHANGE}
+    writing = start_writer(
+        install_dir,
+        workdir,
+        [
+            {"op": "signal", "row": signal_row("BTC", "trend", f"id-{i}")} | names
+            for i in range(1, 40_000)
+        ],
+    )
+    try:
+        while json_of(root / "signal" / "BTC_trend_binance" / "BTC.json")["id"] == "id-0":
+            assert writing.poll() is None, writing.stderr.read() if writing.stderr else ""
+            time.sleep(0.01)  # not spinning: both CPUs are the bot's and migrate's
+        destination = root if in_place else tmp_path / "migrated"
+        migrated = _persistkit("migrate", _source(root), str(destination))
+        assert writing.poll() is None, "the bot stopped writing before migrate returned"
+    finally:
+        writing.kill()
+        writing.wait()
+    assert migrated.returncode == 1, migrated.stdout + migrated.stderr
+    assert "signal/BTC_trend_binance" in migrated.stderr
+    assert not (root / ARCHIVE_DIR).exists()

@@ -403,7 +403,7 @@ def test_a_migration_beside_a_backtest_kit_bot_still_writing_is_not_called_done(
         workdir,
         [
             {"op": "signal", "row": signal_row("BTC", "trend", f"id-{i}")} | names
-            for i in range(1, 40_000)
+            for i in range(1, 8_000)
         ],
     )
     try:

@@ -738,7 +738,8 @@ def _refuse_partial_source(snapshot: Snapshot) -> None:
     epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
     "1 refused, nothing written (a destination value differs and is not provably "
     "older, a live session holds DST, or SRC cannot be read whole), or a value failed "
-    "to copy, or something in a backtest-kit SRC could not be migrated (each named); "
+    "to copy, or something in a backtest-kit SRC could not be migrated or changed while it was "
+    "copied (each named); "
     "2 could not run (no such root, a bad URL, a key no store could have "
     "written: nothing written).",
 )
@@ -773,7 +774,9 @@ def migrate(
     From a backtest-kit 19.x folder (SRC
     ``backtest-kit:///ABSOLUTE/PATH/dump/data?exchange=NAME``, read-only) the
     mapping to persistkit's keys is shown first, with everything it cannot
-    attribute or derive (not migrated: exit 1). Into a fresh root is the way;
+    attribute or derive (not migrated: exit 1), and then every folder that
+    changed while it was copied (a backtest-kit bot still running: exit 1, stop
+    it and run again). Into a fresh root is the way;
     into the same folder, the migrated backtest-kit folders are then moved
     aside into .backtest-kit-archive/, so that later starts are clean.
     """

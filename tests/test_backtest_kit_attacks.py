@@ -240,7 +240,7 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     assert not restored.healed, "a start beside an open backtest-kit signal must not be clean"
 
 
-_KILL_TRIALS = 12 if LONG else 3
+_KILL_TRIALS = 12 if LONG else 2
 _PAIRS = [f"C{index:02d}" for index in range(30)]
 
 
@@ -419,3 +419,32 @@ def test_a_migration_beside_a_backtest_kit_bot_still_writing_is_not_called_done(
     assert migrated.returncode == 1, migrated.stdout + migrated.stderr
     assert "signal/BTC_trend_binance" in migrated.stderr
     assert not (root / ARCHIVE_DIR).exists()
+
+
+def test_a_second_exchange_does_not_replace_the_first_ones_migrated_pair(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """One backtest-kit folder, two exchanges trading the same pair on the same risk profile.
+    persistkit's keys have no exchange: migrating the second into the root the first went to
+    must refuse the collision, not replace the first's signal and positions because its files
+    happen to be newer (that is another exchange's state, not a newer version of it)."""
+    operations: list[dict[str, Any]] = []
+    for exchange in ("binance", "bybit"):  # bybit written second: its files are newer
+        row = signal_row("BTC", "trend", f"sig-{exchange}", exchange=exchange)
+        operations.append(
+            {"op": "signal", "row": row, "symbol": "BTC", "strategy": "trend", "exchange": exchange}
+        )
+        position = risk_position(row, opened=1_763_700_060_000)
+        operations.append(
+            {"op": "risk", "positions": [position], "risk": "main", "exchange": exchange}
+        )
+    source = _write(install_dir, tmp_path / "bot", operations)
+    destination = tmp_path / "migrated"
+    first = _persistkit("migrate", _source(source), str(destination))
+    # bybit's folders are reported as another exchange's (exit 1); binance's are copied.
+    assert "Copied 2 values" in first.stdout, first.stdout + first.stderr
+
+    second = _persistkit("migrate", f"backtest-kit://{source}?exchange=bybit", str(destination))
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert _stored(destination, "signal/BTC_trend/BTC.json")["id"] == "sig-binance"
+    assert _stored(destination, "risk/main/positions.json")[0][1]["signalId"] == "sig-binance"

@@ -314,9 +314,14 @@ def read_mapping(root: str, exchange: str) -> BacktestKitMapping:
 def _exchange_folders(mapping: BacktestKitMapping, domain: str) -> Iterator[tuple[str, str]]:
     """Each folder of ``domain`` that belongs to the exchange, with its name minus the suffix.
 
-    Folders of persistkit's own (after an in-place migration) are passed over
-    in silence; those of other exchanges are reported.
+    Folders of persistkit's own (after an in-place migration) and folders of
+    other exchanges holding no state are passed over in silence; other
+    exchanges' folders with state are reported.
     """
+    if os.path.islink(os.path.join(mapping.root, domain)):
+        # Another folder's state (another bot's, perhaps) is not this one's to migrate.
+        mapping.skip(domain, "a symbolic link; never followed")
+        return
     for entry in _entries(os.path.join(mapping.root, domain)):
         relative = f"{domain}/{entry.name}"
         if entry.is_symlink():
@@ -325,6 +330,8 @@ def _exchange_folders(mapping: BacktestKitMapping, domain: str) -> Iterator[tupl
         if not _is_dir(entry) or _is_persistkit_folder(domain, entry.path):
             continue
         prefix = _split_suffix(entry.name, mapping.exchange)
+        if prefix is None and not any(_value_files(entry.path)):
+            continue  # no state to report (persistkit leaves a closed pair's folder empty)
         if prefix is None:
             mapping.skip(
                 relative, f"not of exchange {mapping.exchange!r} (no '_{mapping.exchange}' suffix)"
@@ -340,7 +347,7 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
     files = [entry.name for entry in _value_files(folder)]
     try:
         if domain == "partial":
-            return files == [_LEVELS_FILE]
+            return files == [_LEVELS_FILE] and not _is_file_of_signal_levels(folder)
         if domain == "risk":
             positions = _positions(_load(os.path.join(folder, _RISK_FILE)))
             return positions is not None and all("signalId" in p for _, p in positions)
@@ -348,14 +355,33 @@ def _is_persistkit_folder(domain: str, folder: str) -> bool:
     except (ValueError, InvalidNameError):
         return False
     # persistkit never writes a null row (it removes the file): null is backtest-kit's clear.
+    # Its own rows name no exchange: the pair alone, encoded as the folder, says it is its own.
     for row in rows:
-        names = _row_names(row) if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            return False
+        symbol, strategy = row.get("symbol"), row.get("strategyName")
+        if not (isinstance(symbol, str) and isinstance(strategy, str)):
+            return False
         try:
-            if names is None or join_pair(names[0], names[1]) != name:
+            if join_pair(symbol, strategy) != name:
                 return False
         except InvalidNameError:
             return False
     return bool(rows)
+
+
+def _is_file_of_signal_levels(folder: str) -> bool:
+    """Whether ``folder``'s ``levels.json`` is backtest-kit's own file of a signal whose id is
+    ``levels`` (it holds that signal), not persistkit's partial file of the pair.
+
+    backtest-kit names a partial file after its signal; persistkit's has that name for every
+    pair. Taking backtest-kit's for persistkit's would pass its levels over in silence.
+    """
+    try:
+        value = _load(os.path.join(folder, _LEVELS_FILE))
+    except ValueError:
+        return False
+    return isinstance(value, dict) and "levels" in value
 
 
 def _map_row(
@@ -800,7 +826,12 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
             folders.append(f"risk/{folder.name}")
             exchanges.update(str(p["exchangeName"]) for p in shaped if p.get("exchangeName"))
     for folder in _entries(os.path.join(root, "partial")):
-        if _is_dir(folder) and any(e.name != _LEVELS_FILE for e in _value_files(folder.path)):
+        if not _is_dir(folder):
+            continue
+        names = [entry.name for entry in _value_files(folder.path)]
+        # {symbol}_{strategy}_{exchange} holding the file of a signal named "levels".
+        levels_of_a_signal = folder.name.count("_") >= 2 and _is_file_of_signal_levels(folder.path)
+        if any(name != _LEVELS_FILE for name in names) or levels_of_a_signal:
             folders.append(f"partial/{folder.name}")
     return BacktestKitState(root, tuple(sorted(folders)), tuple(sorted(exchanges)))
 

@@ -667,21 +667,38 @@ def _print_mapping(mapping: BacktestKitMapping, *, dry_run: bool) -> None:
         click.echo(f"      {item.path}: {item.reason}")
 
 
-async def _archive_in_place(
+async def _changed_while_copied(
     source: BacktestKitBackend, destination: Backend, mapping: BacktestKitMapping
+) -> tuple[BacktestKitMapping, set[str]]:
+    """The folder as it is now, and its folders that changed since ``mapping`` was copied.
+
+    A value that differs from the destination's, appeared, or went (a signal
+    backtest-kit closed meanwhile): its bot is still running, and what was
+    copied is already stale.
+    """
+    now = source.mapping()
+    changed: set[str] = set()
+    for mapped in now.values.values():
+        stored = await destination.get(mapped.key)
+        if stored is None or stored.data != mapped.data:
+            changed |= mapped.folders()
+    for key, mapped in mapping.values.items():
+        if key not in now.values:
+            changed |= mapped.folders()
+    return now, changed
+
+
+def _archive_in_place(
+    source: BacktestKitBackend, now: BacktestKitMapping, mapping: BacktestKitMapping
 ) -> str | None:
     """After an in-place migration, move the migrated backtest-kit folders aside.
 
     Only folders whose every value is now in the destination, byte for byte
-    as just read again from the source, and that hold nothing left behind:
-    a folder backtest-kit wrote to meanwhile stays (and keeps being flagged).
+    as just read again from the source (``now``, with the changed folders
+    already left out), and that hold nothing left behind: a folder
+    backtest-kit wrote to meanwhile stays (and keeps being flagged).
     """
-    now = source.mapping()
     whole = set(now.migrated_folders()) & set(mapping.migrated_folders())
-    for mapped in now.values.values():
-        stored = await destination.get(mapped.key)
-        if stored is None or stored.data != mapped.data:
-            whole -= mapped.folders()
     if not whole:
         return None
     archive, moved = archive_migrated(source.root, whole)
@@ -721,7 +738,8 @@ def _refuse_partial_source(snapshot: Snapshot) -> None:
     epilog="Exit codes: 0 copied, each value read back and identical (or a dry run); "
     "1 refused, nothing written (a destination value differs and is not provably "
     "older, a live session holds DST, or SRC cannot be read whole), or a value failed "
-    "to copy, or something in a backtest-kit SRC could not be migrated (each named); "
+    "to copy, or something in a backtest-kit SRC could not be migrated or changed while it was "
+    "copied (each named); "
     "2 could not run (no such root, a bad URL, a key no store could have "
     "written: nothing written).",
 )
@@ -756,7 +774,9 @@ def migrate(
     From a backtest-kit 19.x folder (SRC
     ``backtest-kit:///ABSOLUTE/PATH/dump/data?exchange=NAME``, read-only) the
     mapping to persistkit's keys is shown first, with everything it cannot
-    attribute or derive (not migrated: exit 1). Into a fresh root is the way;
+    attribute or derive (not migrated: exit 1), and then every folder that
+    changed while it was copied (a backtest-kit bot still running: exit 1, stop
+    it and run again). Into a fresh root is the way;
     into the same folder, the migrated backtest-kit folders are then moved
     aside into .backtest-kit-archive/, so that later starts are clean.
     """
@@ -785,8 +805,18 @@ def migrate(
         copied_whole = not (dry_run or failures or plan.of("refuse"))
         if mapping is not None and copied_whole:
             assert isinstance(source_backend, BacktestKitBackend)
+            now, changed = await _changed_while_copied(source_backend, destination, mapping)
+            for folder in sorted(changed):
+                now.folders[folder] = False  # never archived: its last value is not in DST
+                click.echo(
+                    f"changed while migrating: {folder}: backtest-kit wrote to it after it was "
+                    "read (is its bot still running?); DST holds the value read before. Stop "
+                    "the backtest-kit bot, then run this again",
+                    err=True,
+                )
+            still_changing.extend(sorted(changed))
             if in_place:
-                archived = await _archive_in_place(source_backend, destination, mapping)
+                archived = _archive_in_place(source_backend, now, mapping)
                 if archived:
                     notes.append(archived)
             else:
@@ -796,6 +826,7 @@ def migrate(
         return outcome, held
 
     notes: list[str] = []
+    still_changing: list[str] = []
     mapping = source_backend.mapping() if isinstance(source_backend, BacktestKitBackend) else None
     in_place = (
         mapping is not None
@@ -815,7 +846,7 @@ def migrate(
         dry_run=dry_run,
         notes=notes,
         holders=holders,
-        left_behind=0 if mapping is None else len(mapping.skipped),
+        left_behind=0 if mapping is None else len(mapping.skipped) + len(still_changing),
     )
 
 

@@ -59,7 +59,7 @@ from persistkit.models import PartialData, PartialLevel, Position, ScheduledSign
 from persistkit.models import _Model as EventModel
 from persistkit.retry import DEFAULT_RETRY
 from persistkit.store import PersistBase
-from persistkit.transaction import CommitHook, Transaction, transaction, transaction_for
+from persistkit.transaction import Transaction, transaction, transaction_for
 
 __all__ = [
     "HEAD",
@@ -556,33 +556,75 @@ async def _append(
     _remember(backend, head_key, data, (segments, current))
 
 
-Changes = Callable[[Transaction], Awaitable[list[list[Any]]]]
-"""Reads a pair's old and new values in a committing transaction; returns its event rows."""
+Changes = Callable[[Transaction, bytes | None, bytes | None], Awaitable[list[list[Any]]]]
+"""Given a committing transaction and a row's committed and staged bytes (never equal),
+returns the event rows of that change."""
 
 ChangesFor = Callable[[Settings], Awaitable[Changes]]
 """Builds the :data:`Changes` of one write under the settings it runs with."""
+
+_HOOK = "persistkit statistics events"
+"""The name of the one commit hook that records every statistics event of a commit."""
 
 
 class _Recorder:
     """How the writes of one row store record their events: built once per store."""
 
-    __slots__ = ("head_keys", "hook", "log", "name", "settings", "store")
+    __slots__ = ("changes", "head_keys", "kind", "limit", "log", "settings", "store")
 
     def __init__(
         self,
         settings: Settings,
         store: PersistBase[Any],
-        name: tuple[str, str],
+        kind: EventLog,
         log: PersistBase[Any],
-        hook: CommitHook,
+        changes: Changes,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.name = name
+        self.kind = kind
         self.log = log
+        self.limit = settings.event_limit
+        self.changes = changes
         self.head_keys = (log._key(HEAD),)
         """What the hook may add and locks: every change of the log rewrites its head."""
-        self.hook = hook
+
+
+class _CommitEvents:
+    """The commit hook of a transaction's statistics: one per commit, whatever the rows.
+
+    It reads the committed values of all the rows it was told of in one batch
+    (one look at the backend, not one per row), and a row rewritten unchanged
+    (the common tick) costs no more than that comparison.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: dict[str, _Recorder] = {}
+        """The rows written with events in this commit, by key."""
+
+    async def __call__(self, txn: Transaction) -> None:
+        writes = txn.writes
+        written = [(key, recorder) for key, recorder in self.rows.items() if key in writes]
+        if not written:
+            return  # written in a savepoint that failed
+        stored = await _committed_many(txn.backend, [key for key, _ in written])
+        for (key, recorder), old_data in zip(written, stored, strict=True):
+            new_data = writes[key]
+            if old_data == new_data:
+                continue
+            rows = await recorder.changes(txn, old_data, new_data)
+            if rows:
+                await _append(txn, recorder.log, recorder.kind, rows, recorder.limit)
+
+
+async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:
+    try:
+        stored = await backend.get_many(keys)
+    except TransientBackendError as exc:
+        stored = await DEFAULT_RETRY.call(lambda: backend.get_many(keys), exc)
+    return [None if found is None else found.data for found in stored]
 
 
 async def _recorder(
@@ -601,14 +643,7 @@ async def _recorder(
         return found
     changes = await changes_for(settings)
     log = await log_adapter._store(pair)
-    limit = settings.event_limit
-
-    async def record(committing: Transaction) -> None:
-        rows = await changes(committing)
-        if rows:
-            await _append(committing, log, log_adapter, rows, limit)
-
-    made = log_adapter.recorders[memo] = _Recorder(settings, store, ("stats", row_key), log, record)
+    made = log_adapter.recorders[memo] = _Recorder(settings, store, log_adapter, log, changes)
     return made
 
 
@@ -623,7 +658,14 @@ def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
             log.backend.url,
         )
         return
-    txn.before_commit(recorder.name, recorder.head_keys, recorder.hook)
+    # On the transaction that commits: a savepoint's hook would be dropped if the
+    # outer block had one already, and a failed savepoint's row is no longer written.
+    committing = txn.outermost()
+    hook = committing.registered_hook(_HOOK)
+    if not isinstance(hook, _CommitEvents):
+        hook = _CommitEvents()
+    committing.before_commit(_HOOK, recorder.head_keys, hook)
+    hook.rows[row_key] = recorder
 
 
 async def write_with_events(
@@ -687,13 +729,9 @@ def schedule_changes(
     row_key = schedule._key(symbol)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[list[Any]]:
-        if row_key not in txn.writes:
-            return []
-        new_data = txn.writes[row_key]
-        old_data = await _committed(txn.backend, row_key)
-        if old_data == new_data:
-            return []
+    async def changes(
+        txn: Transaction, old_data: bytes | None, new_data: bytes | None
+    ) -> list[list[Any]]:
         old_row = None if old_data is None else _parse(schedule, row_key, old_data)
         new_row = None if new_data is None else _parse(schedule, row_key, new_data)
         if old_row is None and new_row is None:
@@ -717,13 +755,11 @@ def partial_changes(
     row_key = partial._key(levels_id)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[list[Any]]:
-        new_data = txn.writes.get(row_key)
+    async def changes(
+        txn: Transaction, old_data: bytes | None, new_data: bytes | None
+    ) -> list[list[Any]]:
         if new_data is None:
             return []  # levels removed (the signal closed): no milestone reached
-        old_data = await _committed(txn.backend, row_key)
-        if old_data == new_data:
-            return []
         new_levels = _parse(partial, row_key, new_data) or {}
         if not new_levels:
             return []

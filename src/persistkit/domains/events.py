@@ -492,11 +492,16 @@ async def _stored_rows(
     if data is None:
         return []
     stored = _parse(log, key, data) or []
-    return [item if isinstance(item, Sequence) else kind.row(item) for item in stored]
+    return [kind.row(item) if isinstance(item, EventModel) else item for item in stored]
 
 
 async def _append(
-    txn: Transaction, log: PersistBase[Any], kind: EventLog, rows: list[list[Any]], limit: int
+    txn: Transaction,
+    log: PersistBase[Any],
+    kind: EventLog,
+    rows: list[list[Any]],
+    limit: int,
+    head_data: bytes | None,
 ) -> None:
     """Add ``rows`` to the head, move full heads to the last segment, drop whole old
     segments past ``limit``.
@@ -506,10 +511,10 @@ async def _append(
     event, and a new file only every :data:`SEGMENT_EVENTS` events (files are
     what the journal's applier pays for). The head is written in format 2
     whatever it was in; so is a format-1 segment that grows (see :class:`EventLog`).
+    ``head_data`` is the head as ``txn`` leaves it before these rows.
     """
     backend = txn.backend
     head_key = log._key(HEAD)
-    head_data = await _as_committed(txn, backend, head_key)
     segments: list[list[int]]
     current: list[Any]
     if head_data is None:
@@ -526,7 +531,7 @@ async def _append(
         else:
             head = _parse(log, head_key, head_data)
             listed = [list(segment) for segment in head.segments]
-            current = [row if isinstance(row, Sequence) else kind.row(row) for row in head.events]
+            current = [kind.row(row) if isinstance(row, EventModel) else row for row in head.events]
         segments = list(listed)
     current = [*current, *rows]
     # Every row was validated (no NaN, no infinity) when it was made or read, so
@@ -570,7 +575,7 @@ _HOOK = "persistkit statistics events"
 class _Recorder:
     """How the writes of one row store record their events: built once per store."""
 
-    __slots__ = ("changes", "head_keys", "kind", "limit", "log", "settings", "store")
+    __slots__ = ("changes", "head_key", "head_keys", "kind", "limit", "log", "settings", "store")
 
     def __init__(
         self,
@@ -586,7 +591,8 @@ class _Recorder:
         self.log = log
         self.limit = settings.event_limit
         self.changes = changes
-        self.head_keys = (log._key(HEAD),)
+        self.head_key = log._key(HEAD)
+        self.head_keys = (self.head_key,)
         """What the hook may add and locks: every change of the log rewrites its head."""
 
 
@@ -609,14 +615,24 @@ class _CommitEvents:
         written = [(key, recorder) for key, recorder in self.rows.items() if key in writes]
         if not written:
             return  # written in a savepoint that failed
-        stored = await _committed_many(txn.backend, [key for key, _ in written])
+        backend = txn.backend
+        stored = await _committed_many(backend, [key for key, _ in written])
+        appending: list[tuple[_Recorder, list[list[Any]]]] = []
         for (key, recorder), old_data in zip(written, stored, strict=True):
             new_data = writes[key]
             if old_data == new_data:
                 continue
             rows = await recorder.changes(txn, old_data, new_data)
             if rows:
-                await _append(txn, recorder.log, recorder.kind, rows, recorder.limit)
+                appending.append((recorder, rows))
+        if not appending:
+            return
+        # The heads of the logs that grow, in one batch too.
+        heads = await _committed_many(backend, [recorder.head_key for recorder, _ in appending])
+        for (recorder, rows), committed_head in zip(appending, heads, strict=True):
+            staged, data = txn.lookup(recorder.head_key)  # grown by another row of this commit
+            head = data if staged else committed_head
+            await _append(txn, recorder.log, recorder.kind, rows, recorder.limit, head)
 
 
 async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:

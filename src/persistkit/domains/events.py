@@ -607,21 +607,25 @@ class _CommitEvents:
     __slots__ = ("rows",)
 
     def __init__(self) -> None:
-        self.rows: dict[str, _Recorder] = {}
-        """The rows written with events in this commit, by key."""
+        self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
+        """The rows written with events in this commit, by key: their recorder, the
+        bytes last staged and what they parse as (``None``: not known)."""
 
     async def __call__(self, txn: Transaction) -> None:
         writes = txn.writes
-        written = [(key, recorder) for key, recorder in self.rows.items() if key in writes]
+        written = [(key, found) for key, found in self.rows.items() if key in writes]
         if not written:
             return  # written in a savepoint that failed
         backend = txn.backend
         stored = await _committed_many(backend, [key for key, _ in written])
         appending: list[tuple[_Recorder, list[list[Any]]]] = []
-        for (key, recorder), old_data in zip(written, stored, strict=True):
+        for (key, (recorder, staged, parsed)), old_data in zip(written, stored, strict=True):
             new_data = writes[key]
             if old_data == new_data:
-                continue
+                continue  # the common tick: nothing parsed, nothing remembered
+            if parsed is not None and new_data is not None and new_data is staged:
+                # Spares parsing it now, and as the old value of the next change.
+                _remember(backend, key, new_data, parsed)
             rows = await recorder.changes(txn, old_data, new_data)
             if rows:
                 appending.append((recorder, rows))
@@ -630,8 +634,8 @@ class _CommitEvents:
         # The heads of the logs that grow, in one batch too.
         heads = await _committed_many(backend, [recorder.head_key for recorder, _ in appending])
         for (recorder, rows), committed_head in zip(appending, heads, strict=True):
-            staged, data = txn.lookup(recorder.head_key)  # grown by another row of this commit
-            head = data if staged else committed_head
+            grown, data = txn.lookup(recorder.head_key)  # by another row of this commit
+            head = data if grown else committed_head
             await _append(txn, recorder.log, recorder.kind, rows, recorder.limit, head)
 
 
@@ -663,7 +667,7 @@ async def _recorder(
     return made
 
 
-def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
+def _register(txn: Transaction, row_key: str, recorder: _Recorder, parsed: Any) -> None:
     log = recorder.log
     if log.backend is not txn.backend:
         logger.warning(
@@ -681,7 +685,8 @@ def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
     if not isinstance(hook, _CommitEvents):
         hook = _CommitEvents()
     committing.before_commit(_HOOK, recorder.head_keys, hook)
-    hook.rows[row_key] = recorder
+    _, staged = txn.lookup(row_key)
+    hook.rows[row_key] = (recorder, staged, parsed)
 
 
 async def write_with_events(
@@ -711,13 +716,11 @@ async def write_with_events(
     active = transaction_for(backend)
     if active is not None:
         await _write(store, entity_id, value)
-        remember_staged(active, store, row_key, parsed)
-        _register(active, row_key, recorder)
+        _register(active, row_key, recorder, parsed)
         return
     async with transaction(backend) as own:
         await _write(store, entity_id, value)
-        remember_staged(own, store, row_key, parsed)
-        _register(own, row_key, recorder)
+        _register(own, row_key, recorder, parsed)
 
 
 def remember_staged(

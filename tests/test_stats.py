@@ -319,6 +319,35 @@ async def test_a_tick_that_fails_records_no_event(data_root: Path) -> None:
         assert (await Schedule.get_data(SYMBOL, STRATEGY)).total_scheduled == 1
 
 
+async def test_a_failed_savepoint_in_a_tick_records_no_event_for_its_writes(
+    data_root: Path,
+) -> None:
+    async def refused_order(schedule: ScheduledSignalRow | None) -> None:
+        async with persistkit.transaction():  # a savepoint of the tick
+            if schedule is not None:
+                await put_schedule(schedule)
+            await put_levels({"S1": PartialData(profit_levels=[10])})
+            raise RuntimeError("order refused")
+
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+            with pytest.raises(RuntimeError, match="order refused"):
+                await refused_order(scheduled("B", T0))
+        async with session.tick():
+            with pytest.raises(RuntimeError, match="order refused"):
+                await refused_order(None)
+            async with persistkit.transaction():
+                await put_schedule(scheduled("C", T0))
+        schedule = await Schedule.get_data(SYMBOL, STRATEGY)
+        assert [(event.action, event.signal_id) for event in schedule.event_list] == [
+            ("scheduled", "A"),
+            ("cancelled", "A"),
+            ("scheduled", "C"),
+        ]
+        assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
+
+
 async def test_backtest_mode_writes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

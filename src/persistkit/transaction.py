@@ -197,11 +197,37 @@ class Transaction:
         and ``keys`` (those it may add) locked against the other commits of this
         process, reads the committed state from the backend, and adds its
         writes with :meth:`include`, so they land in the same atomic commit. A
-        second registration of ``name`` is ignored. A failed block discards its
-        hooks with its writes; a savepoint hands them to the outer transaction.
+        second registration of ``name`` adds its ``keys`` to those locked and
+        keeps the first hook (see :meth:`registered_hook`). A failed block
+        discards its hooks with its writes; a savepoint hands them to the outer
+        transaction.
         """
         self._check_active()
-        self._hooks.setdefault(name, (tuple(keys), hook))
+        found = self._hooks.get(name)
+        if found is None:
+            self._hooks[name] = (tuple(keys), hook)
+            return
+        locked, first = found
+        added = tuple(key for key in keys if key not in locked)
+        if added:
+            self._hooks[name] = (locked + added, first)
+
+    def outermost(self) -> Transaction:
+        """The transaction on this backend that commits this one's writes (itself, unless
+        this is a savepoint): a hook registered there outlives a savepoint that fails."""
+        outer = self
+        while outer._parent is not None:
+            found = outer._parent._find(self.backend)
+            if found is None:
+                break
+            outer = found
+        return outer
+
+    def registered_hook(self, name: Hashable) -> CommitHook | None:
+        """The hook registered here as ``name`` (:meth:`before_commit`), if any: a hook
+        that serves several writes of the block is registered once and told of each."""
+        found = self._hooks.get(name)
+        return None if found is None else found[1]
 
     def include(self, key: str, data: bytes | None) -> None:
         """Add a write (``None``: remove) to the commit in progress; for commit hooks."""

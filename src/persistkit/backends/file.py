@@ -509,9 +509,10 @@ class FileBackend(Backend):
 
     # -- single values ---------------------------------------------------------
 
-    def _get_now(self, key: str) -> Versioned | None:
+    def _get_now(self, key: str, *, refreshed: bool = False) -> Versioned | None:
         journal = self.journal
-        journal.refresh()
+        if not refreshed:
+            journal.refresh()
         if journal.pending:
             found, committed = journal.lookup(key)
             if found:  # held by the journal: its files may lag behind
@@ -530,7 +531,11 @@ class FileBackend(Backend):
 
     async def get_many(self, keys: Iterable[str]) -> list[Versioned | None]:
         self._check_open()
-        return [self._get_now(key) for key in keys]
+        # One look at the shared journal for all of them (a system call each
+        # would be most of the cost): each value is still one committed at a
+        # moment of this call, as separate gets would give.
+        self.journal.refresh()
+        return [self._get_now(key, refreshed=True) for key in keys]
 
     def _lock_dir(self, dir_fd: int, key: str, wait: bool) -> None:
         take_lock(self._os.flock, dir_fd, self.lock_timeout, f"the directory of {key}", wait=wait)

@@ -59,7 +59,7 @@ from persistkit.models import PartialData, PartialLevel, Position, ScheduledSign
 from persistkit.models import _Model as EventModel
 from persistkit.retry import DEFAULT_RETRY
 from persistkit.store import PersistBase
-from persistkit.transaction import CommitHook, Transaction, transaction, transaction_for
+from persistkit.transaction import Transaction, transaction, transaction_for
 
 __all__ = [
     "HEAD",
@@ -492,11 +492,16 @@ async def _stored_rows(
     if data is None:
         return []
     stored = _parse(log, key, data) or []
-    return [item if isinstance(item, Sequence) else kind.row(item) for item in stored]
+    return [kind.row(item) if isinstance(item, EventModel) else item for item in stored]
 
 
 async def _append(
-    txn: Transaction, log: PersistBase[Any], kind: EventLog, rows: list[list[Any]], limit: int
+    txn: Transaction,
+    log: PersistBase[Any],
+    kind: EventLog,
+    rows: list[list[Any]],
+    limit: int,
+    head_data: bytes | None,
 ) -> None:
     """Add ``rows`` to the head, move full heads to the last segment, drop whole old
     segments past ``limit``.
@@ -506,10 +511,10 @@ async def _append(
     event, and a new file only every :data:`SEGMENT_EVENTS` events (files are
     what the journal's applier pays for). The head is written in format 2
     whatever it was in; so is a format-1 segment that grows (see :class:`EventLog`).
+    ``head_data`` is the head as ``txn`` leaves it before these rows.
     """
     backend = txn.backend
     head_key = log._key(HEAD)
-    head_data = await _as_committed(txn, backend, head_key)
     segments: list[list[int]]
     current: list[Any]
     if head_data is None:
@@ -526,7 +531,7 @@ async def _append(
         else:
             head = _parse(log, head_key, head_data)
             listed = [list(segment) for segment in head.segments]
-            current = [row if isinstance(row, Sequence) else kind.row(row) for row in head.events]
+            current = [kind.row(row) if isinstance(row, EventModel) else row for row in head.events]
         segments = list(listed)
     current = [*current, *rows]
     # Every row was validated (no NaN, no infinity) when it was made or read, so
@@ -556,33 +561,90 @@ async def _append(
     _remember(backend, head_key, data, (segments, current))
 
 
-Changes = Callable[[Transaction], Awaitable[list[list[Any]]]]
-"""Reads a pair's old and new values in a committing transaction; returns its event rows."""
+Changes = Callable[[Transaction, bytes | None, bytes | None], Awaitable[list[list[Any]]]]
+"""Given a committing transaction and a row's committed and staged bytes (never equal),
+returns the event rows of that change."""
 
 ChangesFor = Callable[[Settings], Awaitable[Changes]]
 """Builds the :data:`Changes` of one write under the settings it runs with."""
+
+_HOOK = "persistkit statistics events"
+"""The name of the one commit hook that records every statistics event of a commit."""
 
 
 class _Recorder:
     """How the writes of one row store record their events: built once per store."""
 
-    __slots__ = ("head_keys", "hook", "log", "name", "settings", "store")
+    __slots__ = ("changes", "head_key", "head_keys", "kind", "limit", "log", "settings", "store")
 
     def __init__(
         self,
         settings: Settings,
         store: PersistBase[Any],
-        name: tuple[str, str],
+        kind: EventLog,
         log: PersistBase[Any],
-        hook: CommitHook,
+        changes: Changes,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.name = name
+        self.kind = kind
         self.log = log
-        self.head_keys = (log._key(HEAD),)
+        self.limit = settings.event_limit
+        self.changes = changes
+        self.head_key = log._key(HEAD)
+        self.head_keys = (self.head_key,)
         """What the hook may add and locks: every change of the log rewrites its head."""
-        self.hook = hook
+
+
+class _CommitEvents:
+    """The commit hook of a transaction's statistics: one per commit, whatever the rows.
+
+    It reads the committed values of all the rows it was told of in one batch
+    (one look at the backend, not one per row), and a row rewritten unchanged
+    (the common tick) costs no more than that comparison.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
+        """The rows written with events in this commit, by key: their recorder, the
+        bytes last staged and what they parse as (``None``: not known)."""
+
+    async def __call__(self, txn: Transaction) -> None:
+        writes = txn.writes
+        written = [(key, found) for key, found in self.rows.items() if key in writes]
+        if not written:
+            return  # written in a savepoint that failed
+        backend = txn.backend
+        stored = await _committed_many(backend, [key for key, _ in written])
+        appending: list[tuple[_Recorder, list[list[Any]]]] = []
+        for (key, (recorder, staged, parsed)), old_data in zip(written, stored, strict=True):
+            new_data = writes[key]
+            if old_data == new_data:
+                continue  # the common tick: nothing parsed, nothing remembered
+            if parsed is not None and new_data is not None and new_data is staged:
+                # Spares parsing it now, and as the old value of the next change.
+                _remember(backend, key, new_data, parsed)
+            rows = await recorder.changes(txn, old_data, new_data)
+            if rows:
+                appending.append((recorder, rows))
+        if not appending:
+            return
+        # The heads of the logs that grow, in one batch too.
+        heads = await _committed_many(backend, [recorder.head_key for recorder, _ in appending])
+        for (recorder, rows), committed_head in zip(appending, heads, strict=True):
+            grown, data = txn.lookup(recorder.head_key)  # by another row of this commit
+            head = data if grown else committed_head
+            await _append(txn, recorder.log, recorder.kind, rows, recorder.limit, head)
+
+
+async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:
+    try:
+        stored = await backend.get_many(keys)
+    except TransientBackendError as exc:
+        stored = await DEFAULT_RETRY.call(lambda: backend.get_many(keys), exc)
+    return [None if found is None else found.data for found in stored]
 
 
 async def _recorder(
@@ -601,18 +663,11 @@ async def _recorder(
         return found
     changes = await changes_for(settings)
     log = await log_adapter._store(pair)
-    limit = settings.event_limit
-
-    async def record(committing: Transaction) -> None:
-        rows = await changes(committing)
-        if rows:
-            await _append(committing, log, log_adapter, rows, limit)
-
-    made = log_adapter.recorders[memo] = _Recorder(settings, store, ("stats", row_key), log, record)
+    made = log_adapter.recorders[memo] = _Recorder(settings, store, log_adapter, log, changes)
     return made
 
 
-def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
+def _register(txn: Transaction, row_key: str, recorder: _Recorder, parsed: Any) -> None:
     log = recorder.log
     if log.backend is not txn.backend:
         logger.warning(
@@ -623,7 +678,15 @@ def _register(txn: Transaction, row_key: str, recorder: _Recorder) -> None:
             log.backend.url,
         )
         return
-    txn.before_commit(recorder.name, recorder.head_keys, recorder.hook)
+    # On the transaction that commits: a savepoint's hook would be dropped if the
+    # outer block had one already, and a failed savepoint's row is no longer written.
+    committing = txn.outermost()
+    hook = committing.registered_hook(_HOOK)
+    if not isinstance(hook, _CommitEvents):
+        hook = _CommitEvents()
+    committing.before_commit(_HOOK, recorder.head_keys, hook)
+    _, staged = txn.lookup(row_key)
+    hook.rows[row_key] = (recorder, staged, parsed)
 
 
 async def write_with_events(
@@ -653,13 +716,11 @@ async def write_with_events(
     active = transaction_for(backend)
     if active is not None:
         await _write(store, entity_id, value)
-        remember_staged(active, store, row_key, parsed)
-        _register(active, row_key, recorder)
+        _register(active, row_key, recorder, parsed)
         return
     async with transaction(backend) as own:
         await _write(store, entity_id, value)
-        remember_staged(own, store, row_key, parsed)
-        _register(own, row_key, recorder)
+        _register(own, row_key, recorder, parsed)
 
 
 def remember_staged(
@@ -687,13 +748,9 @@ def schedule_changes(
     row_key = schedule._key(symbol)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[list[Any]]:
-        if row_key not in txn.writes:
-            return []
-        new_data = txn.writes[row_key]
-        old_data = await _committed(txn.backend, row_key)
-        if old_data == new_data:
-            return []
+    async def changes(
+        txn: Transaction, old_data: bytes | None, new_data: bytes | None
+    ) -> list[list[Any]]:
         old_row = None if old_data is None else _parse(schedule, row_key, old_data)
         new_row = None if new_data is None else _parse(schedule, row_key, new_data)
         if old_row is None and new_row is None:
@@ -717,13 +774,11 @@ def partial_changes(
     row_key = partial._key(levels_id)
     signal_key = signal._key(symbol)
 
-    async def changes(txn: Transaction) -> list[list[Any]]:
-        new_data = txn.writes.get(row_key)
+    async def changes(
+        txn: Transaction, old_data: bytes | None, new_data: bytes | None
+    ) -> list[list[Any]]:
         if new_data is None:
             return []  # levels removed (the signal closed): no milestone reached
-        old_data = await _committed(txn.backend, row_key)
-        if old_data == new_data:
-            return []
         new_levels = _parse(partial, row_key, new_data) or {}
         if not new_levels:
             return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from persistkit.config import Settings
+from persistkit.config import Settings, active_settings
 from persistkit.domains._base import DomainAdapter
 from persistkit.domains.events import (
     SCHEDULE_LOG,
@@ -49,7 +49,11 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             await store.remove_value(symbol)
         else:
             await store.write_value(symbol, row)
-            if isinstance(row, self.model) and active_transaction.get() is not None:
+            if (
+                isinstance(row, self.model)
+                and active_transaction.get() is not None
+                and active_settings().event_limit
+            ):
                 # A tick's schedule and partial events read this row as it commits.
                 remember_staged(transaction_for(store.backend), store, store._key(symbol), row)
 

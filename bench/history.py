@@ -20,7 +20,7 @@ from bench.harness import Case, Group, Sample, timed
 from bench.payload import SIGNAL
 from bench.sizes import Sizes
 from persistkit import FileBackend, HistoryPolicy, LiveSession, PersistBase
-from persistkit.backends import journal as journal_module
+from persistkit.backends import _journal as journal_module
 from persistkit.replay import replay
 
 __all__ = [

@@ -36,7 +36,7 @@ from persistkit import (
     PersistSignalAdapter,
     configure,
 )
-from persistkit.config import DEFAULT_EVENT_LIMIT
+from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 
 __all__ = ["statistics_group"]

@@ -30,7 +30,7 @@ from tests.support.backtest_kit import (
 )
 
 from persistkit import LiveSession, PersistSignalAdapter
-from persistkit.backends.backtest_kit import ARCHIVE_DIR
+from persistkit.backends._backtest_kit import ARCHIVE_DIR
 from persistkit.models import SignalRow
 
 

@@ -708,7 +708,7 @@ def test_import_refuses_a_differing_destination_unless_overwrite(
 # -- entry points -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["persistkit", "persistkit.cli"])
+@pytest.mark.parametrize("module", ["persistkit", "persistkit._cli"])
 def test_python_dash_m_runs_the_same_command_line(state: Path, module: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", module, "preflight", str(state)],

@@ -26,8 +26,8 @@ from persistkit import (
     PersistBase,
     PersistSignalAdapter,
 )
-from persistkit.backends.confine import forget_verified
-from persistkit.live.session import LOCK_FILE
+from persistkit._live.session import LOCK_FILE
+from persistkit.backends._confine import forget_verified
 from persistkit.models import SignalRow
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("persistkit")

@@ -20,8 +20,8 @@ from persistkit import (
     PersistBase,
     WriteFailedError,
 )
-from persistkit.backends.file import TEMP_PREFIX
-from persistkit.backends.oslayer import OSLayer
+from persistkit.backends._file import TEMP_PREFIX
+from persistkit.backends._oslayer import OSLayer
 
 
 class FailingOS(OSLayer):

@@ -26,9 +26,9 @@ from persistkit import (
     PersistSignalAdapter,
     UnserializableValueError,
 )
-from persistkit.backends import journal as journal_module
-from persistkit.backends.archive import HISTORY_DIR
-from persistkit.history import TICKS_NAMESPACE, tick_key
+from persistkit._history import TICKS_NAMESPACE, tick_key
+from persistkit.backends import _journal as journal_module
+from persistkit.backends._archive import HISTORY_DIR
 from test_cli import run_cli, run_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ KILL_BEFORE_THE_JOURNAL_IS_REPLACED = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     from persistkit import FileBackend
-    from persistkit.backends.journal import CommitJournal
+    from persistkit.backends._journal import CommitJournal
 
     def die_after_archiving(self, data):
         # Called once the old journal is archived, before the new one replaces it.

@@ -29,9 +29,9 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit.domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit._domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit._names import join_pair
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
-from persistkit.names import join_pair
 
 SYMBOL, STRATEGY = "BTC/USDT", "trend_1"
 T0 = 1_763_700_000_000  # 2025-11-21T04:40:00Z

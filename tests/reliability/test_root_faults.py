@@ -34,7 +34,7 @@ from persistkit import (
     PersistBase,
     WriteFailedError,
 )
-from persistkit.backends.file import TEMP_PREFIX
+from persistkit.backends._file import TEMP_PREFIX
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2

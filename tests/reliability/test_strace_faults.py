@@ -25,7 +25,7 @@ from common import Result, make_value, record
 from procs import Acks, TickLog, spawn_writer, verify_directory, verify_ticks
 
 from persistkit import FileBackend, PersistBase
-from persistkit.backends.file import TEMP_PREFIX
+from persistkit.backends._file import TEMP_PREFIX
 
 STRACE = shutil.which("strace")
 _LINE = re.compile(rb"^(\d+)\s+(\w+)\(")

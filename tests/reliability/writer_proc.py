@@ -43,10 +43,10 @@ from writers import (
     TickBackend,
 )
 
-from persistkit.backends.file import FileBackend
+from persistkit._store import PersistBase
+from persistkit._transaction import transaction
+from persistkit.backends._file import FileBackend
 from persistkit.errors import EntityNotFoundError, PersistError
-from persistkit.store import PersistBase
-from persistkit.transaction import transaction
 
 BACKENDS: dict[str, type[FileBackend]] = {
     "file": FileBackend,

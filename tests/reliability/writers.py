@@ -24,12 +24,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from persistkit.backends.archive import HistoryPolicy
-from persistkit.backends.file import TEMP_PREFIX, FileBackend
-from persistkit.backends.journal import CommitJournal
-from persistkit.backends.oslayer import REAL_OS, OSLayer
-from persistkit.store import PersistBase
-from persistkit.transaction import transaction
+from persistkit._store import PersistBase
+from persistkit._transaction import transaction
+from persistkit.backends._archive import HistoryPolicy
+from persistkit.backends._file import TEMP_PREFIX, FileBackend
+from persistkit.backends._journal import CommitJournal
+from persistkit.backends._oslayer import REAL_OS, OSLayer
 
 __all__ = [
     "CONTROLS",

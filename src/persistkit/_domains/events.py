@@ -216,15 +216,20 @@ class EventLog(DomainAdapter):
         super()._forget()
         self.recorders = {}
 
-    @staticmethod
-    def row(event: Any) -> list[Any]:
-        """An event (format 1) as a row (format 2)."""
-        raise NotImplementedError
+    model: type[EventModel]
+    row_fields: tuple[str, ...]
+    """An event's fields in the order its row (format 2) holds them; the pair's names are
+    the log's folder's, not the row's."""
 
-    @staticmethod
-    def event(row: Sequence[Any], symbol: str, strategy: str) -> Any:
+    def row(self, event: EventModel) -> list[Any]:
+        """An event (format 1) as a row (format 2)."""
+        return [getattr(event, name) for name in self.row_fields]
+
+    def event(self, row: Sequence[Any], symbol: str, strategy: str) -> Any:
         """A row (validated on read) as the event it stands for."""
-        raise NotImplementedError
+        return self.model.model_construct(
+            symbol=symbol, strategy_name=strategy, **dict(zip(self.row_fields, row, strict=True))
+        )
 
     def events(self, stored: Sequence[Any], symbol: str, strategy: str) -> list[Any]:
         """The events of a head's or segment's values, in either format."""
@@ -240,30 +245,8 @@ class ScheduleEventLog(EventLog):
     domain = "stats/schedule"
     schema = ScheduleRowsHead | ScheduleLogHead | list[ScheduleRow] | list[ScheduleEvent] | None
 
-    @staticmethod
-    def row(event: ScheduleEvent) -> list[Any]:
-        return [
-            event.timestamp,
-            event.action,
-            event.signal_id,
-            event.position,
-            event.price_open,
-            event.duration_min,
-        ]
-
-    @staticmethod
-    def event(row: Sequence[Any], symbol: str, strategy: str) -> ScheduleEvent:
-        timestamp, action, signal_id, position, price_open, duration_min = row
-        return ScheduleEvent.model_construct(
-            timestamp=timestamp,
-            action=action,
-            symbol=symbol,
-            strategy_name=strategy,
-            signal_id=signal_id,
-            position=position,
-            price_open=price_open,
-            duration_min=duration_min,
-        )
+    model = ScheduleEvent
+    row_fields = ("timestamp", "action", "signal_id", "position", "price_open", "duration_min")
 
 
 class PartialEventLog(EventLog):
@@ -272,30 +255,8 @@ class PartialEventLog(EventLog):
     domain = "stats/partial"
     schema = PartialRowsHead | PartialLogHead | list[PartialRow] | list[PartialEvent] | None
 
-    @staticmethod
-    def row(event: PartialEvent) -> list[Any]:
-        return [
-            event.timestamp,
-            event.action,
-            event.signal_id,
-            event.level,
-            event.position,
-            event.price,
-        ]
-
-    @staticmethod
-    def event(row: Sequence[Any], symbol: str, strategy: str) -> PartialEvent:
-        timestamp, action, signal_id, level, position, price = row
-        return PartialEvent.model_construct(
-            timestamp=timestamp,
-            action=action,
-            symbol=symbol,
-            strategy_name=strategy,
-            signal_id=signal_id,
-            level=level,
-            position=position,
-            price=price,
-        )
+    model = PartialEvent
+    row_fields = ("timestamp", "action", "signal_id", "level", "position", "price")
 
 
 SCHEDULE_LOG = ScheduleEventLog()

@@ -153,7 +153,7 @@ def _print_ladder(result: Any) -> None:
 async def _backtest_steps(root: str, count: int) -> None:
     """write_value in backtest mode against dict + orjson, one added layer at a time."""
     from bench.harness import Case, Group, Sample, run_group, timed
-    from persistkit import codec
+    from persistkit import _codec as codec
 
     configure(mode="backtest")
     store: PersistBase[Any] = PersistBase("signal")
@@ -233,7 +233,7 @@ async def _init_steps(root: str, count: int) -> None:
 
     from bench import raw
     from bench.harness import Case, Group, Sample, run_group, timed
-    from persistkit.backends.file import content_version
+    from persistkit.backends._file import content_version
 
     configure(mode="live", base_dir=root)
     store: PersistBase[Any] = PersistBase("signal", base_dir=root)

@@ -12,7 +12,7 @@ import orjson
 
 from bench import stats_events
 from bench.harness import CaseResult, GroupResult, Sample
-from bench.history import HISTORY_OFF, HISTORY_WITH_INPUTS
+from bench.history import HISTORY_OFF, HISTORY_WITH_INPUTS, PLAIN_OFF, PLAIN_ON
 from bench.machine import Machine
 
 __all__ = ["TARGETS", "Run", "Target", "load_run", "save_run", "write_plots", "write_report"]
@@ -55,6 +55,13 @@ TARGETS = [
         "history",
         HISTORY_WITH_INPUTS,
         HISTORY_OFF,
+        0.87,
+    ),
+    Target(
+        "plain writes with history (journaled) vs without history (cost <= 15%)",
+        "history",
+        PLAIN_ON,
+        PLAIN_OFF,
         0.87,
     ),
     Target(

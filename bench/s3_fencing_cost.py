@@ -14,8 +14,8 @@ import sys
 import time
 
 from bench.backends import real_servers
-from persistkit.backends.base import fencing
-from persistkit.backends.s3 import S3Backend
+from persistkit.backends._base import fencing
+from persistkit.backends._s3 import S3Backend
 
 BUCKET = "persistkit-bench"
 TICK = {f"{name}/BTCUSDT": b'{"price": 1.0}' for name in ("signal", "schedule", "risk", "partial")}

@@ -36,7 +36,7 @@ from persistkit import (
     PersistSignalAdapter,
     configure,
 )
-from persistkit.config import DEFAULT_EVENT_LIMIT
+from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 
 __all__ = ["statistics_group"]
@@ -162,6 +162,10 @@ def statistics_group(workdir: str, sizes: Sizes) -> Group:
         async def run() -> Sample:
             session = sessions[recording]
             number = -1  # steady: the rows of "tick -1", the same after the first time
+            if not every and not one_pair:
+                # Untimed: the rows the other shapes left change to those of "tick -1"
+                # here, so that no timed tick of "nothing to record" records events.
+                await tick(session, number)
             before = journal_bytes(session)
             started = time.perf_counter()
             for index in range(ticks):

@@ -57,7 +57,7 @@ from persistkit import (
     PersistIntentAdapter,
     new_client_order_id,
 )
-from persistkit.clock import now_ms
+from persistkit.replay import now_ms
 
 T = TypeVar("T")
 

@@ -59,7 +59,7 @@ PAIRS = [("BTCUSDT", "trend_follow"), ("ETH/USDT", "mean reversion")]
 RISK_NAME = "main-portfolio"
 START_MS = 1_763_700_000_000
 TICK_MS = 60_000
-EVENTS_KEPT = persistkit.config.DEFAULT_EVENT_LIMIT
+EVENTS_KEPT = persistkit.DEFAULT_EVENT_LIMIT
 
 _market_ms: contextvars.ContextVar[int] = contextvars.ContextVar("market_ms", default=START_MS)
 

@@ -112,10 +112,10 @@ async def commit_fills(root: Path) -> None:
 
 CRASHING_TICK = """
 import asyncio, sys
-import persistkit, persistkit.backends.journal
+import persistkit, persistkit.backends._journal
 from persistkit import PersistSignalAdapter
 
-persistkit.backends.journal.APPLY_DELAY = 3600  # killed before its files are written
+persistkit.backends._journal.APPLY_DELAY = 3600  # killed before its files are written
 
 
 async def main():
@@ -590,7 +590,7 @@ SECTION_BACKENDS = """
 
 Only the `Backend` contract, through `persistkit.open_backend(url)`, so a new
 backend works here unchanged. Four optional methods, with defaults in
-`persistkit/backends/base.py`, make it say more:
+`persistkit/backends/_base.py`, make it say more:
 
 - `changed_at(key)`: when the value last changed (file: mtime). Shown by
   `inspect`; `migrate` compares it to refuse overwriting newer data. Default
@@ -606,7 +606,7 @@ backend works here unchanged. Four optional methods, with defaults in
 
 The file backend's permission check (`os.access` on every directory) is the one
 thing `preflight` does only for file roots. Who runs on a backend is asked in
-one place, `persistkit.cli.status.session_locks(backend)`: file roots answer
+one place, the same for `status`, `--force` and `import`: file roots answer
 from `ROOT/.locks`, a backend with `leases = True` from its `read_leases()`.
 """
 

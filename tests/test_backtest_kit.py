@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from persistkit import LiveSession, open_backend
-from persistkit.backends.backtest_kit import BacktestKitBackend, find_backtest_kit_state
-from persistkit.backends.file import MIN_FOREIGN_TEMP_AGE, FileBackend
+from persistkit.backends._backtest_kit import BacktestKitBackend, find_backtest_kit_state
+from persistkit.backends._file import MIN_FOREIGN_TEMP_AGE, FileBackend
 from persistkit.errors import InvalidNameError, WriteFailedError
 from persistkit.models import RiskActivePosition, SignalRow
 from support.backtest_kit import (

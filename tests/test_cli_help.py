@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from persistkit.cli.app import cli
+from persistkit._cli.app import cli
 from test_cli import run_cli
 
 

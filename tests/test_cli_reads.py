@@ -23,17 +23,17 @@ from typing import Any
 import pytest
 
 from persistkit import FileBackend, MemoryBackend, SnapshotError
-from persistkit.backends.base import SNAPSHOT_ATTEMPTS, Versioned
-from persistkit.backends.journal import JOURNAL_DIR, encode_record
-from persistkit.backends.oslayer import OSLayer
-from persistkit.backends.redis import RedisBackend
-from persistkit.backends.s3 import S3Backend
+from persistkit.backends._base import SNAPSHOT_ATTEMPTS, Versioned
+from persistkit.backends._journal import JOURNAL_DIR, encode_record
+from persistkit.backends._oslayer import OSLayer
+from persistkit.backends._redis import RedisBackend
+from persistkit.backends._s3 import S3Backend
 from support.servers import RedisCluster, RedisServer, SeaweedS3
 from test_cli import run_cli, tree_fingerprint
 
 BOT = r"""
 import asyncio, sys
-import persistkit.backends.journal
+import persistkit.backends._journal
 from persistkit import LiveSession, PersistRiskAdapter, PersistSignalAdapter
 from persistkit.models import RiskActivePosition, SignalRow
 
@@ -41,7 +41,7 @@ root, ticks, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hold"
 if hold:
     # The applier never writes the files: every commit of this run stays in
     # the journal only, as after a kill -9 right after a burst of ticks.
-    persistkit.backends.journal.APPLY_DELAY = 3600
+    persistkit.backends._journal.APPLY_DELAY = 3600
 
 
 async def main():

@@ -23,10 +23,10 @@ import pytest
 
 import persistkit
 from persistkit import FileBackend, LiveSession, MemoryBackend, PersistSignalAdapter
-from persistkit.backends.base import Lease
-from persistkit.backends.journal import read_journal_file
-from persistkit.backends.s3 import S3Backend
-from persistkit.cli.status import session_locks
+from persistkit._cli.status import session_locks
+from persistkit.backends._base import Lease
+from persistkit.backends._journal import read_journal_file
+from persistkit.backends._s3 import S3Backend
 from support.servers import RedisServer, SeaweedS3, free_port
 from test_cli import (
     CONSOLE_SCRIPT,

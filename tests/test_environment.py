@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from persistkit.backends.redis import RedisBackend
+from persistkit.backends._redis import RedisBackend
 from support.servers import RedisServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -225,7 +225,7 @@ asyncio.run(main())
 
 def run_cli(cwd: Path, *args: str, **variables: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "persistkit.cli", *args],
+        [sys.executable, "-m", "persistkit._cli", *args],
         cwd=cwd,
         env=child_environment(**variables),
         capture_output=True,

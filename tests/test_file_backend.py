@@ -1,4 +1,5 @@
-"""The file backend's own promises: the durable write protocol and its failures."""
+"""The file backend's own promises: the durable write protocol, plain writes through the
+journal (a root with history), and their failures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from persistkit import (
@@ -18,8 +20,8 @@ from persistkit import (
     PersistBase,
     WriteFailedError,
 )
-from persistkit.backends.file import TEMP_PREFIX
-from persistkit.backends.oslayer import OSLayer
+from persistkit.backends._file import TEMP_PREFIX
+from persistkit.backends._oslayer import OSLayer
 
 
 class FailingOS(OSLayer):
@@ -46,9 +48,14 @@ class FailingOS(OSLayer):
         return call
 
 
-def failing_backend(root: Path, os_layer: FailingOS) -> FileBackend:
-    """A backend past its first use (format check, journal), faults counted from now."""
-    backend = FileBackend(root, os_layer=os_layer)
+def failing_backend(root: Path, os_layer: FailingOS, *, history: bool = False) -> FileBackend:
+    """A backend past its first use (format check, journal), faults counted from now.
+
+    Without ``history`` (``history=None``) its plain writes are DESIGN §3's durable
+    replace, which the history's own files use too; with it (the default root),
+    they are journal commits.
+    """
+    backend = FileBackend(root, os_layer=os_layer, **({} if history else {"history": None}))
     os_layer.armed = False
     backend.journal.recover()
     backend.journal.ensure_open(wait=True)  # a process's first write creates the journal
@@ -108,7 +115,7 @@ async def test_a_later_chdir_does_not_move_the_data(
 async def test_failure_before_the_rename_keeps_the_old_value_and_no_temp(
     tmp_path: Path, fail_on: str, error: int, when: int
 ) -> None:
-    good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path, history=None))
     await good.write_value("k", {"v": "old"})
     failing = failing_backend(tmp_path, FailingOS(fail_on, error, when))
     store: PersistBase[Any] = PersistBase("e", backend=failing)
@@ -124,7 +131,7 @@ async def test_failed_directory_fsync_says_durability_is_unknown(tmp_path: Path)
     # The first fsync is the temp file's, the second the directory's.
     backend = failing_backend(tmp_path, FailingOS("fsync", errno.EIO, when=2))
     store: PersistBase[Any] = PersistBase("e", backend=backend)
-    await PersistBase("e", backend=FileBackend(tmp_path)).write_value("k", "seed")
+    await PersistBase("e", backend=FileBackend(tmp_path, history=None)).write_value("k", "seed")
     with pytest.raises(DurabilityUnknownError, match="may not survive a power cut"):
         await store.write_value("k", "new")
     # The new value is visible: the rename happened, only its durability is unknown.
@@ -136,6 +143,51 @@ async def test_failed_mkdir_is_a_write_failure(tmp_path: Path) -> None:
     backend = failing_backend(tmp_path, FailingOS("mkdir", errno.EACCES))
     with pytest.raises(WriteFailedError):
         await PersistBase("new_entity", backend=backend).write_value("k", 1)
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "when", "outcome"),
+    [
+        ("open", 1, "refused"),  # the entity's directory, looked at before the append
+        ("write", 1, "refused"),  # the append to the commit journal
+        ("fsync", 1, "unknown"),  # the journal's fsync: the commit point
+        # After the commit point: writing the entity's file, which the journal repeats.
+        ("open", 2, "committed"),
+        ("fchmod", 1, "committed"),
+        ("write", 2, "committed"),
+        ("replace", 1, "committed"),
+    ],
+)
+async def test_a_plain_write_of_a_root_with_history_fails_whole_or_is_committed(
+    tmp_path: Path, fail_on: str, when: int, outcome: str
+) -> None:
+    good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    await good.write_value("k", {"v": "old"})
+    faults = FailingOS(fail_on, errno.EIO, when)
+    failing = failing_backend(tmp_path, faults, history=True)
+    store: PersistBase[Any] = PersistBase("e", backend=failing)
+    if outcome == "refused":
+        with pytest.raises(WriteFailedError, match="previous values are kept") as raised:
+            await store.write_value("k", {"v": "new"})
+        assert isinstance(raised.value.__cause__, OSError)
+        assert raised.value.__cause__.errno == errno.EIO
+    elif outcome == "unknown":
+        with pytest.raises(DurabilityUnknownError, match="may not survive a power cut"):
+            await store.write_value("k", {"v": "new"})
+    else:
+        await store.write_value("k", {"v": "new"})
+    expected = {"v": "old"} if outcome == "refused" else {"v": "new"}
+    faults.armed = False
+    # What another process reads at once, and what the file holds after a restart.
+    assert await PersistBase("e", backend=FileBackend(tmp_path)).read_value("k") == expected
+    assert temp_files(tmp_path) == []
+    await failing.aclose()
+    restarted = FileBackend(tmp_path)
+    await restarted.checkpoint()
+    await restarted.aclose()
+    assert (tmp_path / "e" / "k.json").read_bytes() == orjson.dumps(expected)
+    changes = (await FileBackend(tmp_path).history_records()).changes_of("e/k")
+    assert [orjson.loads(change.data or b"null") for change in changes][-1] == expected
 
 
 async def test_startup_sweeps_orphan_temps_and_keeps_values(tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ from persistkit import (
     PersistSignalAdapter,
     UnserializableValueError,
 )
-from persistkit.backends.archive import HISTORY_DIR
-from persistkit.history import TICKS_NAMESPACE, tick_key
+from persistkit._history import TICKS_NAMESPACE, tick_key
+from persistkit.backends import _journal as journal_module
+from persistkit.backends._archive import HISTORY_DIR
 from test_cli import run_cli, run_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ KILL_BEFORE_THE_JOURNAL_IS_REPLACED = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     from persistkit import FileBackend
-    from persistkit.backends.journal import CommitJournal
+    from persistkit.backends._journal import CommitJournal
 
     def die_after_archiving(self, data):
         # Called once the old journal is archived, before the new one replaces it.
@@ -157,6 +158,56 @@ async def test_point_in_time_reads_follow_the_commits(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="time zone"):
         await progress.read_value("tick", as_of=datetime(2026, 1, 1))
     await session.aclose()
+
+
+class SteppedClock:
+    """The journal's clock, moved by the test, so that commits fall on days of its choosing."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+async def test_point_in_time_reads_over_many_days_start_from_the_newest_day_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hour = 3_600 * 1_000_000_000
+    clock = SteppedClock(time.time_ns() - 12 * 24 * hour)
+    monkeypatch.setattr(journal_module, "time", clock)
+    root = tmp_path / "root"
+    backend = FileBackend(root)
+    store: PersistBase[int] = PersistBase("bot", backend=backend)
+    written: list[tuple[int, int]] = []
+    for value in range(50):
+        clock.now_ns += 5 * hour
+        await store.write_value("tick", value)
+        written.append((clock.now_ns, value))
+        if value % 5 == 4:
+            await backend.checkpoint()  # about one a day: each leaves its day's snapshot
+    clock.now_ns += hour
+    await store.write_value("tick", 50)  # in the journal, after the last snapshot
+    written.append((clock.now_ns, 50))
+    days = {path.parent.name for path in segment_files(root)}
+    assert len(days) > 8
+    # One snapshot per checkpoint here: 25 hours apart, each fell on a day of its own.
+    assert len(list((root / HISTORY_DIR).glob("*/*.state"))) == 10
+    for committed, value in written:
+        assert await store.read_value("tick", as_of=ceil_ms(committed)) == value
+    # A recent point in time is read from a recent snapshot, not from the start.
+    recent = await backend.history_records(until_ns=written[-1][0])
+    assert recent.value_at("bot/tick", written[-1][0]) == b"50"
+    assert len(recent.commits) <= 5 and recent.base_seq >= 45
+    # Snapshots are not fsynced: one torn by a power cut is passed over.
+    for snapshot in (root / HISTORY_DIR).glob("*/*.state"):
+        snapshot.write_bytes(snapshot.read_bytes()[:-3])
+    for committed, value in written[-12:]:
+        assert await store.read_value("tick", as_of=ceil_ms(committed)) == value
+    await backend.aclose()
 
 
 async def test_a_backend_without_history_says_so(tmp_path: Path) -> None:
@@ -314,23 +365,30 @@ async def test_a_salvaged_journal_keeps_its_sound_records_in_the_history(tmp_pat
     await backend.aclose()
 
 
-async def test_plain_writes_join_the_history_when_asked(tmp_path: Path) -> None:
+async def test_plain_writes_and_removals_are_in_the_history(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    backend = FileBackend(root, history=HistoryPolicy(plain_writes=True))
-    await backend.put("a/x", b"1")
+    backend = FileBackend(root)
+    store: PersistBase[int] = PersistBase("a", backend=backend)
+    await store.write_value("x", 1)
     assert (root / "a" / "x.json").read_bytes() == b"1"  # the entity file, on return
-    await backend.put("a/x", b"2")
-    await backend.delete("a/x")
-    await backend.checkpoint()
-    changes = (await backend.history_records()).changes_of("a/x")
-    assert [change.data for change in changes] == [b"1", b"2", None]
+    await asyncio.sleep(0.002)  # each change in a millisecond of its own, for as_of
+    await store.write_value("x", 2)
+    await asyncio.sleep(0.002)
+    await store.remove_value("x")
     assert not (root / "a" / "x.json").exists()
+    await backend.checkpoint()
+    await store.write_value("x", 3)  # in the journal, not archived yet
+    changes = (await backend.history_records()).changes_of("a/x")
+    assert [change.data for change in changes] == [b"1", b"2", None, b"3"]
+    times = [change.time_ns for change in changes]
+    assert times == sorted(times)
+    assert await store.read_value("x", as_of=ceil_ms(times[1])) == 2
     await backend.aclose()
-    # By default a plain write is the durable replace, outside the history.
-    default = FileBackend(tmp_path / "default")
-    await default.put("a/x", b"1")
-    assert (await default.history_records()).changes_of("a/x") == []
-    await default.aclose()
+    # After a restart (the journal checkpointed into the history), nothing is lost or doubled.
+    reopened = FileBackend(root)
+    after_restart = (await reopened.history_records()).changes_of("a/x")
+    assert [change.data for change in after_restart] == [b"1", b"2", None, b"3"]
+    await reopened.aclose()
 
 
 async def test_the_command_line_reads_the_past_with_inspect_as_of_and_history(

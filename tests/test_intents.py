@@ -38,8 +38,8 @@ from persistkit import (
     UnreconciledIntentsError,
     new_client_order_id,
 )
-from persistkit.clock import now_ms
-from persistkit.live.session import NOT_FOUND_REASON
+from persistkit._clock import now_ms
+from persistkit._live.session import NOT_FOUND_REASON
 from persistkit.models import ScheduledSignalRow
 from persistkit.replay import replay
 from persistkit.testing import sample_intent

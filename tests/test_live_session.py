@@ -32,14 +32,14 @@ from persistkit import (
     PersistSignalAdapter,
     configure,
 )
-from persistkit.backends.base import fencing
-from persistkit.live.lease import (
+from persistkit._live.lease import (
     RETRY_SHARE,
     SAFETY_SHARE,
     lease_deadline,
     renewal_due,
     wait_poll_delay,
 )
+from persistkit.backends._base import fencing
 from persistkit.models import RiskActivePosition, ScheduledSignalRow, SignalRow
 
 REPO = Path(__file__).resolve().parent.parent

@@ -157,7 +157,7 @@ async def test_a_quarantine_is_logged_by_the_store_module_at_warning(
     with caplog.at_level(logging.INFO, logger="persistkit"):
         report = await store.wait_for_init()
     assert len(report.corrupt) == 1
-    records = [r for r in caplog.records if r.name == "persistkit.store"]
+    records = [r for r in caplog.records if r.name == "persistkit._store"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING]
     assert "1 corrupt values quarantined" in records[0].getMessage()
     assert records[1].getMessage().startswith("  signal/bad: unparseable JSON: ")

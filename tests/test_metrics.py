@@ -29,7 +29,7 @@ from persistkit import (
     enable_metrics,
     transaction,
 )
-from persistkit.backends.redis import RedisBackend
+from persistkit.backends._redis import RedisBackend
 from support.servers import RedisServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"

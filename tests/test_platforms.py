@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from persistkit import FileBackend, PersistBase, WriteFailedError, transaction
-from persistkit.backends.oslayer import F_FULLFSYNC, OSLayer, durable_fsync
+from persistkit.backends._oslayer import F_FULLFSYNC, OSLayer, durable_fsync
 from support.servers import RedisServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -57,9 +57,9 @@ WITHOUT_POSIX_USER = """
 import asyncio, json, sys
 import persistkit
 from persistkit import PersistBase, PersistSignalAdapter, UnsupportedPlatformError
-from persistkit.backends.memory import MemoryBackend
+from persistkit.backends._memory import MemoryBackend
 from persistkit.models import SignalRow
-import persistkit.backends.s3  # imports; the S3 server is not needed to prove that
+import persistkit.backends._s3  # imports; the S3 server is not needed to prove that
 
 assert "fcntl" not in sys.modules and "resource" not in sys.modules, "the hook leaked"
 redis_url, root = sys.argv[1], sys.argv[2]

@@ -25,6 +25,7 @@ DOCUMENTED = {
     "current_settings",
     "Settings",
     "DEFAULT_BASE_DIR",
+    "DEFAULT_EVENT_LIMIT",
     # the live lifecycle
     "LiveSession",
     "PairState",
@@ -174,3 +175,22 @@ def test_the_version_is_written_once_and_the_changelog_names_it() -> None:
     assert newest.startswith(f"{declared}]") or (
         newest.startswith("Unreleased]") and f"becomes {declared}" in newest
     )
+
+
+def test_every_other_module_is_private() -> None:
+    """Only the public modules are importable without a leading underscore in their path."""
+    import pkgutil
+
+    public = set(PUBLIC_MODULES) | {
+        "persistkit",
+        "persistkit.__main__",
+        "persistkit.errors",
+        "persistkit.sync",
+    }
+    named_in_public = [
+        info.name
+        for info in pkgutil.walk_packages(persistkit.__path__, "persistkit.")
+        if info.name not in public
+        and not any(part.startswith("_") for part in info.name.split(".")[1:])
+    ]
+    assert named_in_public == []

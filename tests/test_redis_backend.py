@@ -29,10 +29,10 @@ from persistkit import (
     StoreClosedError,
     TransientBackendError,
 )
-from persistkit.backends.redis import RedisBackend
+from persistkit._retry import NO_RETRY
+from persistkit._store import SegmentName
+from persistkit.backends._redis import RedisBackend
 from persistkit.models import SignalRow
-from persistkit.retry import NO_RETRY
-from persistkit.store import SegmentName
 from persistkit.testing import BackendConformance, sample_signal
 from support.servers import RedisCluster, RedisServer
 
@@ -412,7 +412,7 @@ async def test_four_processes_x_500_increments_end_at_2000(redis_server: RedisSe
         """
         import asyncio, sys, time
         from persistkit import PersistBase
-        from persistkit.backends.redis import RedisBackend
+        from persistkit.backends._redis import RedisBackend
 
         async def main(url: str, count: int) -> None:
             backend = RedisBackend.from_url(url)

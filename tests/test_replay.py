@@ -25,7 +25,7 @@ from persistkit import (
     ReplaySourceError,
     Schedule,
 )
-from persistkit.backends.archive import HISTORY_DIR
+from persistkit.backends._archive import HISTORY_DIR
 from persistkit.models import ScheduledSignalRow
 from persistkit.replay import (
     ReplayWarning,

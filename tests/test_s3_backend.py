@@ -43,8 +43,8 @@ from persistkit import (
     WriteFailedError,
     transaction,
 )
-from persistkit.backends.base import ANY_VERSION, Expected
-from persistkit.backends.s3 import S3Backend
+from persistkit.backends._base import ANY_VERSION, Expected
+from persistkit.backends._s3 import S3Backend
 from persistkit.models import PartialData, ScheduledSignalRow
 from persistkit.testing import BackendConformance, sample_signal
 from support.servers import SeaweedS3, free_port
@@ -387,7 +387,7 @@ CAS_WORKER = textwrap.dedent(
     """
     import asyncio, sys
     from persistkit import PersistBase
-    from persistkit.backends.s3 import S3Backend
+    from persistkit.backends._s3 import S3Backend
 
     async def main(url, count):
         backend = S3Backend.from_url(url)
@@ -459,7 +459,7 @@ SCHEDULE_KEY = "schedule/BTCUSDT_trend/BTCUSDT"
 CRASHING_COMMITTER = textwrap.dedent(
     """
     import asyncio, os, signal, sys, time
-    from persistkit.backends.s3 import S3Backend
+    from persistkit.backends._s3 import S3Backend
 
     url, mode, signal_key, risk_key, schedule_key = sys.argv[1:6]
     apply_for_real = S3Backend._apply_write_sync

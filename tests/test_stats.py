@@ -29,9 +29,9 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit.domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit._domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit._names import join_pair
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
-from persistkit.names import join_pair
 
 SYMBOL, STRATEGY = "BTC/USDT", "trend_1"
 T0 = 1_763_700_000_000  # 2025-11-21T04:40:00Z
@@ -317,6 +317,35 @@ async def test_a_tick_that_fails_records_no_event(data_root: Path) -> None:
         async with session.tick():
             await put_schedule(scheduled("A", T0))
         assert (await Schedule.get_data(SYMBOL, STRATEGY)).total_scheduled == 1
+
+
+async def test_a_failed_savepoint_in_a_tick_records_no_event_for_its_writes(
+    data_root: Path,
+) -> None:
+    async def refused_order(schedule: ScheduledSignalRow | None) -> None:
+        async with persistkit.transaction():  # a savepoint of the tick
+            if schedule is not None:
+                await put_schedule(schedule)
+            await put_levels({"S1": PartialData(profit_levels=[10])})
+            raise RuntimeError("order refused")
+
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+            with pytest.raises(RuntimeError, match="order refused"):
+                await refused_order(scheduled("B", T0))
+        async with session.tick():
+            with pytest.raises(RuntimeError, match="order refused"):
+                await refused_order(None)
+            async with persistkit.transaction():
+                await put_schedule(scheduled("C", T0))
+        schedule = await Schedule.get_data(SYMBOL, STRATEGY)
+        assert [(event.action, event.signal_id) for event in schedule.event_list] == [
+            ("scheduled", "A"),
+            ("cancelled", "A"),
+            ("scheduled", "C"),
+        ]
+        assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
 
 
 async def test_backtest_mode_writes_no_file(

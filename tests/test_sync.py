@@ -18,13 +18,13 @@ import pytest
 
 import persistkit
 from persistkit import sync
-from persistkit.backends.base import Backend
-from persistkit.domains import partial, risk
-from persistkit.domains import signal as signal_domain
+from persistkit._domains import partial, risk
+from persistkit._domains import signal as signal_domain
+from persistkit._store import PersistBase
+from persistkit._transaction import Transaction
+from persistkit.backends._base import Backend
 from persistkit.errors import BlockingCallError, EntityNotFoundError, TickCancelledError
 from persistkit.models import RiskActivePosition
-from persistkit.store import PersistBase
-from persistkit.transaction import Transaction
 from support.servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent

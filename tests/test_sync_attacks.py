@@ -188,7 +188,7 @@ def test_sys_exit_in_an_update_callback_exits_the_script(tmp_path: Path) -> None
 FORK_DURING_A_WRITE = """
     import os, sys, threading
     from persistkit import sync
-    from persistkit.backends.file import TEMP_PREFIX, FileBackend
+    from persistkit.backends._file import TEMP_PREFIX, FileBackend
 
     root = sys.argv[1]
     store = sync.PersistBase("notes", root, backend=FileBackend(root, lock_timeout=2.0))
@@ -235,7 +235,7 @@ def test_a_child_forked_during_a_write_can_write(tmp_path: Path) -> None:
 FORK_STORM = """
     import os, sys, threading
     from persistkit import sync
-    from persistkit.backends.file import FileBackend
+    from persistkit.backends._file import FileBackend
 
     root, forks = sys.argv[1], int(sys.argv[2])
     store = sync.PersistBase("notes", root, backend=FileBackend(root, lock_timeout=2.0))
@@ -283,7 +283,7 @@ def test_forks_beside_contended_writes_keep_every_increment(tmp_path: Path) -> N
 FORKS_BESIDE_TICKS = """
     import os, sys, threading
     from persistkit import sync
-    from persistkit.backends.file import FileBackend
+    from persistkit.backends._file import FileBackend
 
     root, forks = sys.argv[1], int(sys.argv[2])
     backend = FileBackend(root, lock_timeout=2.0)

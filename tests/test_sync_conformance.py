@@ -24,7 +24,7 @@ import pytest
 
 import persistkit.testing
 from persistkit import sync
-from persistkit.backends.s3 import S3Backend
+from persistkit.backends._s3 import S3Backend
 from persistkit.testing import BackendConformance
 from support.servers import RedisServer, SeaweedS3
 

@@ -17,8 +17,8 @@ from persistkit import (
     UnsupportedFormatError,
     transaction,
 )
-from persistkit.backends.journal import JOURNAL_DIR, JOURNAL_FILE, encode_record, parse_records
-from persistkit.backends.oslayer import OSLayer
+from persistkit.backends._journal import JOURNAL_DIR, JOURNAL_FILE, encode_record, parse_records
+from persistkit.backends._oslayer import OSLayer
 
 RECORDS = [
     {"tick/a": b'{"v":"A1"}', "tick/b": b'{"v":"B1"}'},

@@ -16,7 +16,7 @@ from persistkit import (
     StoreClosedError,
     transaction,
 )
-from persistkit.backends.base import Backend
+from persistkit.backends._base import Backend
 
 
 async def test_an_inner_transaction_is_a_savepoint() -> None:

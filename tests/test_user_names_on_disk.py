@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from persistkit.errors import InvalidNameError
-from persistkit.names import (
+from persistkit._names import (
     MAX_SEGMENT_BYTES,
     check_store_key,
     decode_segment,
@@ -18,6 +17,7 @@ from persistkit.names import (
     join_pair,
     split_pair,
 )
+from persistkit.errors import InvalidNameError
 
 
 @pytest.mark.parametrize(

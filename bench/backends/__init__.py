@@ -2,7 +2,7 @@
 
 Each module listed in :data:`REMOTE_BACKENDS` defines
 
-- ``BACKEND_MODULE``: the persistkit module it benchmarks (``persistkit.backends.redis``);
+- ``BACKEND_MODULE``: the persistkit module it benchmarks (``persistkit.backends._redis``);
 - ``groups(workdir, sizes) -> list[Group]``: its groups, each against the raw client
   (redis-py, boto3) on a real server the module starts and stops itself.
 

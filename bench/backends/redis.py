@@ -24,7 +24,7 @@ from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop,
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
-BACKEND_MODULE = "persistkit.backends.redis"
+BACKEND_MODULE = "persistkit.backends._redis"
 IN_FLIGHT = 16
 TICK = 100
 _STORES = ("signal", "risk", "schedule", "partial")
@@ -72,7 +72,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         state.pop("server").stop()
 
     async def setup_exactly_once() -> None:
-        from persistkit.backends.redis import RedisBackend
+        from persistkit.backends._redis import RedisBackend
 
         class WithoutReceipts(RedisBackend):
             """The same backend with no write token: its scripts skip the receipt."""
@@ -123,7 +123,7 @@ def groups(workdir: str, sizes: Sizes) -> list[Group]:
         """``count`` compare-and-set puts in a row on one key, each expecting the last version."""
 
         async def run() -> Sample:
-            from persistkit.backends.base import fencing
+            from persistkit.backends._base import fencing
 
             backend = state[backend_of]
             version = await backend.put("bench/cas", SIGNALS_BYTES[0])

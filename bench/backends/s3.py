@@ -22,7 +22,7 @@ from bench.store_loops import commit_loop, in_flight_loop, read_loop, tick_loop,
 
 __all__ = ["BACKEND_MODULE", "groups", "missing_server"]
 
-BACKEND_MODULE = "persistkit.backends.s3"
+BACKEND_MODULE = "persistkit.backends._s3"
 BUCKET = "persistkit-bench"
 IN_FLIGHT = 16
 TICK = 4
@@ -46,7 +46,7 @@ def persistkit_url(endpoint: str) -> str:
 
 def groups(workdir: str, sizes: Sizes) -> list[Group]:
     from persistkit import PersistBase, configure
-    from persistkit.backends.base import fencing
+    from persistkit.backends._base import fencing
 
     count = max(2, sizes.durable_writes // 4)
     state: dict[str, Any] = {}

@@ -3,8 +3,8 @@
 A crash, a ``kill -9``, a power cut or a redeploy never loses or corrupts what
 the bot knows; a restarted strategy resumes where it stopped.
 
-Each module logs to its own logger under ``persistkit.`` (``persistkit.store``,
-``persistkit.backends.journal`` ...); the package logger has a ``NullHandler``,
+Each module logs to its own logger under ``persistkit.`` (``persistkit._store``,
+``persistkit.backends._journal`` ...); the package logger has a ``NullHandler``,
 so nothing is printed until the application configures logging
 (docs/logging.md lists every message and its level).
 """
@@ -12,20 +12,38 @@ so nothing is printed until the application configures logging
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from persistkit._metrics import disable_metrics, enable_metrics
-from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
-from persistkit.backends.base import ANY_VERSION
-from persistkit.backends.file import FileBackend, HistoryPolicy
-from persistkit.backends.memory import MemoryBackend
-from persistkit.clock import new_client_order_id
-from persistkit.config import DEFAULT_BASE_DIR, Settings, configure, current_settings
-from persistkit.domains import (
+from persistkit._clock import new_client_order_id
+from persistkit._config import (
+    DEFAULT_BASE_DIR,
+    DEFAULT_EVENT_LIMIT,
+    Settings,
+    configure,
+    current_settings,
+)
+from persistkit._domains import (
     PersistIntentAdapter,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
 )
+from persistkit._live import LiveSession, PairState, RestoredState
+from persistkit._metrics import disable_metrics, enable_metrics
+from persistkit._retry import RetryPolicy
+from persistkit._stats import (
+    Partial,
+    PartialEvent,
+    PartialStatistics,
+    Schedule,
+    ScheduleEvent,
+    ScheduleStatistics,
+)
+from persistkit._store import Entry, Finding, InitReport, PersistBase
+from persistkit._transaction import Transaction, transaction
+from persistkit.backends import Backend, QuarantineEntry, Versioned, open_backend, register_backend
+from persistkit.backends._base import ANY_VERSION
+from persistkit.backends._file import FileBackend, HistoryPolicy
+from persistkit.backends._memory import MemoryBackend
 from persistkit.errors import (
     BackendError,
     BackendUnavailableError,
@@ -61,19 +79,7 @@ from persistkit.errors import (
     UnsupportedPlatformError,
     WriteFailedError,
 )
-from persistkit.live import LiveSession, PairState, RestoredState
 from persistkit.models import OrderIntent
-from persistkit.retry import RetryPolicy
-from persistkit.stats import (
-    Partial,
-    PartialEvent,
-    PartialStatistics,
-    Schedule,
-    ScheduleEvent,
-    ScheduleStatistics,
-)
-from persistkit.store import Entry, Finding, InitReport, PersistBase
-from persistkit.transaction import Transaction, transaction
 
 try:
     # Written once, in pyproject.toml; the installed distribution carries it.
@@ -88,6 +94,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "ANY_VERSION",
     "DEFAULT_BASE_DIR",
+    "DEFAULT_EVENT_LIMIT",
     "Backend",
     "BackendError",
     "BackendUnavailableError",

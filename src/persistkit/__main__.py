@@ -1,5 +1,5 @@
 """``python -m persistkit``: the ``persistkit`` command line."""
 
-from persistkit.cli import main
+from persistkit._cli import main
 
 main()

@@ -106,7 +106,7 @@ SYNCFS = {"persistkit.call": "syncfs"}
 def _journal_sizes(options: CallbackOptions) -> Iterable[Observation]:
     from opentelemetry.metrics import Observation
 
-    from persistkit.backends.journal import open_journals
+    from persistkit.backends._journal import open_journals
 
     for journal in open_journals():
         yield Observation(journal.size, {"persistkit.root": journal.root})

@@ -123,7 +123,7 @@ IntentStatus = Literal[
 
 UNRESOLVED_INTENT_STATUSES: Final[frozenset[str]] = frozenset({"pending", "sent", "unknown"})
 """Outcomes only the exchange knows: after a crash, these are asked of it
-(:meth:`LiveSession.reconcile <persistkit.LiveSession.reconcile>`)."""
+(`LiveSession.reconcile`)."""
 
 FINAL_INTENT_STATUSES: Final[frozenset[str]] = frozenset({"filled", "cancelled", "rejected"})
 """Outcomes that never change again: kept for a bounded time or count, then dropped."""
@@ -159,7 +159,7 @@ class OrderIntent(_Model):
     filled_quantity: Quantity = 0.0
     updated_at: Timestamp | None = None
     """When it was last written: :meth:`PersistIntentAdapter.write_intent
-    <persistkit.domains.intent.PersistIntentUtils.write_intent>` stamps it with the tick's time."""
+    <persistkit._domains.intent.PersistIntentUtils.write_intent>` stamps it with the tick's time."""
     reason: str | None = None
     """Why it ended as it did (a rejection's message, a reconcile that found no order)."""
 

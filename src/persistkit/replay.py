@@ -64,19 +64,9 @@ from typing import Any, Literal
 
 import orjson
 
-from persistkit.backends.base import Backend
-from persistkit.backends.file import FileBackend
-from persistkit.backends.memory import MemoryBackend
-from persistkit.clock import TickClock, current_tick, new_id, now_ms, replay_run_id, ulid
-from persistkit.config import Settings, current_settings, session_settings
-from persistkit.errors import (
-    EntityNotFoundError,
-    HistoryUnavailableError,
-    InstanceLockedError,
-    ReplayConfigError,
-    ReplaySourceError,
-)
-from persistkit.history import (
+from persistkit._clock import TickClock, current_tick, new_id, now_ms, replay_run_id, ulid
+from persistkit._config import Settings, current_settings, session_settings
+from persistkit._history import (
     TICKS_NAMESPACE,
     Commit,
     PointInTime,
@@ -87,8 +77,18 @@ from persistkit.history import (
     tick_key,
     to_ns,
 )
-from persistkit.live.lock import InstanceLock
-from persistkit.transaction import Transaction
+from persistkit._live.lock import InstanceLock
+from persistkit._transaction import Transaction
+from persistkit.backends._base import Backend
+from persistkit.backends._file import FileBackend
+from persistkit.backends._memory import MemoryBackend
+from persistkit.errors import (
+    EntityNotFoundError,
+    HistoryUnavailableError,
+    InstanceLockedError,
+    ReplayConfigError,
+    ReplaySourceError,
+)
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",

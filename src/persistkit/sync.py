@@ -63,14 +63,14 @@ from typing import Any, ClassVar, TypeVar
 
 import persistkit
 from persistkit import _portal
-from persistkit.backends import base as _backend_base
-from persistkit.domains import intent as _intent
-from persistkit.domains import partial as _partial
-from persistkit.domains import risk as _risk
-from persistkit.domains import signal as _signal
-from persistkit.live import session as _session
-from persistkit.store import PersistBase as _AsyncPersistBase
-from persistkit.transaction import Transaction as _AsyncTransaction
+from persistkit._domains import intent as _intent
+from persistkit._domains import partial as _partial
+from persistkit._domains import risk as _risk
+from persistkit._domains import signal as _signal
+from persistkit._live import session as _session
+from persistkit._store import PersistBase as _AsyncPersistBase
+from persistkit._transaction import Transaction as _AsyncTransaction
+from persistkit.backends import _base as _backend_base
 
 __all__ = [
     "Backend",

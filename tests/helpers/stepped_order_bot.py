@@ -24,7 +24,7 @@ import json
 import sys
 
 from persistkit import LiveSession, OrderIntent, PersistIntentAdapter, new_client_order_id
-from persistkit.clock import now_ms
+from persistkit._clock import now_ms
 
 
 def say(**message: object) -> None:

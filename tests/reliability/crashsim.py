@@ -21,9 +21,9 @@ from common import InlineExecutor, value_problem
 from simfs import DiskState, SimFS, SimulatedCrash
 from writers import Key, Step, WriterUnderTest
 
-from persistkit.backends.file import QUARANTINE_DIR, TEMP_PREFIX, FileBackend
+from persistkit._store import PersistBase
+from persistkit.backends._file import QUARANTINE_DIR, TEMP_PREFIX, FileBackend
 from persistkit.errors import EntityNotFoundError
-from persistkit.store import PersistBase
 
 __all__ = [
     "ROOT",

@@ -12,9 +12,9 @@ from typing import Any
 
 from common import value_problem
 
-from persistkit.backends.file import TEMP_PREFIX, FileBackend
-from persistkit.backends.journal import JOURNAL_DIR, LEGACY_SUFFIX
-from persistkit.store import PersistBase
+from persistkit._store import PersistBase
+from persistkit.backends._file import TEMP_PREFIX, FileBackend
+from persistkit.backends._journal import JOURNAL_DIR, LEGACY_SUFFIX
 
 __all__ = ["WRITER", "Acks", "TickLog", "spawn_writer", "verify_directory", "verify_ticks"]
 

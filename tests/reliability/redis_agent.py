@@ -49,8 +49,8 @@ from persistkit import (
     TransientBackendError,
     transaction,
 )
-from persistkit.backends.base import fencing
-from persistkit.backends.redis import RedisBackend
+from persistkit.backends._base import fencing
+from persistkit.backends._redis import RedisBackend
 
 # Lost replies come back as closed connections at once: retry fast and long.
 QUICK_RETRY = RetryPolicy(attempts=200, initial_delay=0.001, max_delay=0.02, deadline=60)

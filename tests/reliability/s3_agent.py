@@ -25,9 +25,9 @@ import socket
 import sys
 
 from persistkit import ConflictError, LeaseLostError, PersistBase
-from persistkit.backends.base import fencing
-from persistkit.backends.s3 import S3Backend
-from persistkit.transaction import transaction
+from persistkit._transaction import transaction
+from persistkit.backends._base import fencing
+from persistkit.backends._s3 import S3Backend
 
 
 def _increment(value: int | None) -> int:

@@ -1,8 +1,8 @@
 """A simulated file system that knows which bytes and entries would survive a power cut.
 
-:class:`SimFS` implements the :class:`persistkit.backends.oslayer.OSLayer`
+:class:`SimFS` implements the :class:`persistkit.backends._oslayer.OSLayer`
 interface (same method names and signatures, ``dir_fd=`` forms and ``flock``
-included), so a :class:`~persistkit.backends.file.FileBackend` runs on it
+included), so a :class:`~persistkit.backends._file.FileBackend` runs on it
 unchanged. Every mutation is appended to a log and replayed to build the disk
 states a power cut could leave:
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
 
-from persistkit.backends.oslayer import OSLayer
+from persistkit.backends._oslayer import OSLayer
 
 __all__ = ["DiskState", "SimFS", "SimulatedCrash"]
 

@@ -20,10 +20,10 @@ import pytest
 from tests.support.replyloss import ReplyLossProxy
 from tests.support.servers import RedisCluster, RedisServer, SeaweedS3, redis_command
 
-from persistkit.backends.redis import RedisBackend
-from persistkit.domains import PersistRiskAdapter
+from persistkit._domains import PersistRiskAdapter
+from persistkit._live.session import LiveSession
+from persistkit.backends._redis import RedisBackend
 from persistkit.errors import LeaseLostError, PersistError
-from persistkit.live.session import LiveSession
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -170,10 +170,10 @@ def test_s3_lease_acquire_whose_reply_was_lost_is_not_a_refusal_by_itself(
 
 STALE_HOLDER = """
 import asyncio, sys
-from persistkit.backends.redis import RedisBackend
-from persistkit.domains import PersistRiskAdapter
+from persistkit.backends._redis import RedisBackend
+from persistkit._domains import PersistRiskAdapter
 from persistkit.errors import LeaseLostError, PersistError
-from persistkit.live.session import LiveSession
+from persistkit._live.session import LiveSession
 
 async def main() -> None:
     session = LiveSession([("BTCUSDT", "trend")], "main", base_dir=sys.argv[2],

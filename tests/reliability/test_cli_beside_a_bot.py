@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from persistkit import FileBackend
-from persistkit.backends.base import Lease
-from persistkit.backends.memory import MemoryBackend
-from persistkit.cli.status import SessionHolder, refuse_beside_running_sessions, session_locks
-from persistkit.cli.targets import CommandError
+from persistkit._cli.status import SessionHolder, refuse_beside_running_sessions, session_locks
+from persistkit._cli.targets import CommandError
+from persistkit.backends._base import Lease
+from persistkit.backends._memory import MemoryBackend
 from test_cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("count_in_the_report")

@@ -71,6 +71,9 @@ async def _check(kind: str, valid: bytes, data: bytes, root: Path) -> None:
     writer: PersistBase[Any] = PersistBase("signal", backend=backend, model=SignalRow)
     await writer.write_value("good", sample_signal(1))
     await writer.write_value("victim", orjson.loads(valid))
+    # Stored in its file alone, as every value is after a checkpoint; until then the
+    # journal holds the write and a start would repair the file from it.
+    await backend.checkpoint()
     victim = root / "signal" / "victim.json"
     victim.write_bytes(data)
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from persistkit import FileBackend, InvalidNameError, PersistBase
-from persistkit.backends.archive import HISTORY_DIR
-from persistkit.backends.journal import JOURNAL_DIR
-from persistkit.names import join_pair, split_pair
+from persistkit._names import join_pair, split_pair
+from persistkit.backends._archive import HISTORY_DIR
+from persistkit.backends._journal import JOURNAL_DIR
 
 EXAMPLES = count(120, 1000, "hostile-name examples (hypothesis), each of two properties")
 

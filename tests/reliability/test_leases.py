@@ -35,8 +35,8 @@ from common import count
 
 import persistkit
 from persistkit import InstanceLockedError, LeaseLostError, LiveSession, PersistBase, open_backend
-from persistkit.backends.base import fencing
-from persistkit.live.lease import SAFETY_SHARE
+from persistkit._live.lease import SAFETY_SHARE
+from persistkit.backends._base import fencing
 from support.servers import RedisCluster, RedisServer, SeaweedS3
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("count_in_the_report")]

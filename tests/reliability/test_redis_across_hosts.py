@@ -32,8 +32,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from persistkit import ConflictError, LeaseLostError, PersistBase, RetryPolicy
-from persistkit.backends.base import fencing
-from persistkit.backends.redis import RedisBackend
+from persistkit.backends._base import fencing
+from persistkit.backends._redis import RedisBackend
 from support.replyloss import ReplyLossProxy
 from support.servers import RedisCluster, RedisServer
 

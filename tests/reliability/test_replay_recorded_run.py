@@ -27,7 +27,7 @@ from common import count
 
 import persistkit
 from persistkit import FileBackend, LiveSession
-from persistkit.history import RecordedHistory
+from persistkit._history import RecordedHistory
 from persistkit.replay import replay
 
 REPO = Path(__file__).resolve().parents[2]

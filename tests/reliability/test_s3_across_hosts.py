@@ -34,9 +34,9 @@ from persistkit import (
     PersistBase,
     TransientBackendError,
 )
-from persistkit.backends.base import fencing
-from persistkit.backends.s3 import S3Backend
-from persistkit.retry import DEFAULT_RETRY
+from persistkit._retry import DEFAULT_RETRY
+from persistkit.backends._base import fencing
+from persistkit.backends._s3 import S3Backend
 from support.replyloss import ReplyLossProxy
 from support.servers import SeaweedS3
 
@@ -307,7 +307,7 @@ KEYS = [f"tick/k{index}" for index in range(4)]
 KILLED_COMMITTER = textwrap.dedent(
     """
     import asyncio, os, signal, sys
-    from persistkit.backends.s3 import S3Backend
+    from persistkit.backends._s3 import S3Backend
 
     url, tick = sys.argv[1], sys.argv[2]
 

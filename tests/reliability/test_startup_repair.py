@@ -10,6 +10,7 @@ was written into without ever being made durable.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from common import InlineExecutor
 from crashsim import ROOT, state_from_files
@@ -53,18 +54,30 @@ async def test_quarantine_does_not_list_a_reason_whose_value_was_never_moved(
     assert await store.backend.read_quarantined(listed[0].id) == b'{"torn": '
 
 
+def _after_power_cut(process: SimFS) -> FileBackend:
+    """A backend started on what a power cut leaves of ``process``'s disk."""
+    return FileBackend(ROOT, os_layer=SimFS(process.durable_state()), executor=InlineExecutor())
+
+
 async def test_a_directory_left_by_a_killed_writer_is_made_durable_before_the_write() -> None:
     """Found by the kill-then-power-cut simulation: a killed process had created the
     directory but not yet fsynced its parent; the next process found it in place,
     wrote into it and acknowledged, and a power cut took the directory and the value.
+    The durable replace (``history=None``) is checked on the file itself; a root with
+    history (plain writes journaled) by a start after the power cut.
     """
-    sim = SimFS(state_from_files({"signal/a.json": b"{}"}))
-    sim.mkdir(f"{ROOT}/risk")  # the killed writer got this far: no fsync of the root yet
-    process = sim.after_process_crash()
-    backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor())
-    await PersistBase("risk", backend=backend).write_value("p", {"qty": 1})
+    for history in (False, True):
+        sim = SimFS(state_from_files({"signal/a.json": b"{}"}))
+        sim.mkdir(f"{ROOT}/risk")  # the killed writer got this far: no fsync of the root yet
+        process = sim.after_process_crash()
+        options: dict[str, Any] = {} if history else {"history": None}
+        backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor(), **options)
+        await PersistBase("risk", backend=backend).write_value("p", {"qty": 1})
 
-    assert process.durable_state().files().get("data/risk/p.json") == b'{"qty":1}'
+        if not history:
+            assert process.durable_state().files().get("data/risk/p.json") == b'{"qty":1}'
+        restarted = PersistBase("risk", backend=_after_power_cut(process))
+        assert await restarted.read_value("p") == {"qty": 1}, history
 
 
 async def test_removing_a_value_a_killed_writer_already_unlinked_makes_it_durable() -> None:
@@ -72,10 +85,15 @@ async def test_removing_a_value_a_killed_writer_already_unlinked_makes_it_durabl
     redid a removal, found the file gone (unlinked by the killed process, its
     directory not yet fsynced) and reported success; a power cut brought it back.
     """
-    sim = SimFS(state_from_files({"signal/b.json": b'{"seq": 2}'}))
-    sim.unlink(f"{ROOT}/signal/b.json")  # the killed writer got this far
-    process = sim.after_process_crash()
-    backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor())
-    assert await PersistBase("signal", backend=backend).remove_value("b") is False
+    for history in (False, True):
+        sim = SimFS(state_from_files({"signal/b.json": b'{"seq": 2}'}))
+        sim.unlink(f"{ROOT}/signal/b.json")  # the killed writer got this far
+        process = sim.after_process_crash()
+        options: dict[str, Any] = {} if history else {"history": None}
+        backend = FileBackend(ROOT, os_layer=process, executor=InlineExecutor(), **options)
+        assert await PersistBase("signal", backend=backend).remove_value("b") is False
 
-    assert "data/signal/b.json" not in process.durable_state().files()
+        if not history:
+            assert "data/signal/b.json" not in process.durable_state().files()
+        restarted = PersistBase("signal", backend=_after_power_cut(process))
+        assert not await restarted.has_value("b"), history

@@ -4,7 +4,9 @@ A first run under strace lists every syscall of the write (between two marker
 writes on stdout) with its ordinal in the process; then, for each one, the
 same write runs again with ``-e inject=SYSCALL:signal=SIGKILL:when=N``, and
 for fsync, rename, write and the temp file's openat with ``error=EIO`` and
-``error=ENOSPC``.
+``error=ENOSPC``. The plain write traced is DESIGN §3's durable replace (a root
+opened with ``history=None``); on a root that keeps history a plain write is a
+one-key journal commit, the path of the tick commit traced below.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from common import Result, make_value, record
 from procs import Acks, TickLog, spawn_writer, verify_directory, verify_ticks
 
 from persistkit import FileBackend, PersistBase
-from persistkit.backends.file import TEMP_PREFIX
+from persistkit.backends._file import TEMP_PREFIX
 
 STRACE = shutil.which("strace")
 _LINE = re.compile(rb"^(\d+)\s+(\w+)\(")
@@ -36,9 +38,10 @@ _LABELS = {"signal": "overwrite", "fresh": "create in a new directory"}
 
 
 def _seed(root: Path) -> None:
-    """``signal/k`` at seq 1, written durably; no ``fresh`` directory."""
+    """``signal/k`` at seq 1, written durably (in its file: no history, so no journal);
+    no ``fresh`` directory."""
     shutil.rmtree(root, ignore_errors=True)
-    store: PersistBase[Any] = PersistBase("signal", backend=FileBackend(root))
+    store: PersistBase[Any] = PersistBase("signal", backend=FileBackend(root, history=None))
     asyncio.run(store.write_value("k", make_value("k", 1, 500)))
 
 

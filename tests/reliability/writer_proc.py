@@ -6,7 +6,9 @@ on the pipe is a write the library acknowledged as durable).
 
 ``python writer_proc.py once ROOT ENTITY``: one write of ``ENTITY/k`` (seq + 1) with all
 syscalls on the main thread (strace counts per thread), between two marker
-writes to stdout, then ``ok`` or the type of the error raised.
+writes to stdout, then ``ok`` or the type of the error raised. The root is opened
+with ``history=None``: the write is DESIGN §3's durable replace (with history, a plain
+write is a one-key journal commit, the path ``tick-once`` traces).
 
 ``python writer_proc.py ticks ROOT --first SEQ``: tick commits forever, each
 one transaction writing (or removing) ``signal/X`` and ``risk/X`` of one
@@ -41,10 +43,10 @@ from writers import (
     TickBackend,
 )
 
-from persistkit.backends.file import FileBackend
+from persistkit._store import PersistBase
+from persistkit._transaction import transaction
+from persistkit.backends._file import FileBackend
 from persistkit.errors import EntityNotFoundError, PersistError
-from persistkit.store import PersistBase
-from persistkit.transaction import transaction
 
 BACKENDS: dict[str, type[FileBackend]] = {
     "file": FileBackend,
@@ -93,7 +95,7 @@ async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: in
 
 
 async def once(root: str, entity: str) -> None:
-    backend = FileBackend(root, executor=InlineExecutor())
+    backend = FileBackend(root, executor=InlineExecutor(), history=None)
     store: PersistBase[Any] = PersistBase(entity, backend=backend)
     try:
         seq = (await store.read_value("k"))["seq"]

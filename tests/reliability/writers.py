@@ -2,6 +2,10 @@
 
 Each control is the real :class:`FileBackend` with only its write step
 replaced, so whatever the harness catches is the missing step and nothing else.
+Plain writes (:data:`WRITERS`) are DESIGN §3's durable replace: a root opened
+with ``history=None``, as the history's own files are written. On a root that
+keeps history (the default) a plain write is a one-key journal commit
+(:data:`JOURNALED_PLAIN_WRITERS`), the tick commit's path.
 
 Tick commits (:data:`TICK_WRITERS`, :data:`TICK_CONTROLS`) run each step as one
 ``async with transaction():`` on the commit journal. The journal's applier is
@@ -20,18 +24,21 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from persistkit.backends.file import TEMP_PREFIX, FileBackend
-from persistkit.backends.journal import CommitJournal
-from persistkit.backends.oslayer import REAL_OS, OSLayer
-from persistkit.store import PersistBase
-from persistkit.transaction import transaction
+from persistkit._store import PersistBase
+from persistkit._transaction import transaction
+from persistkit.backends._archive import HistoryPolicy
+from persistkit.backends._file import TEMP_PREFIX, FileBackend
+from persistkit.backends._journal import CommitJournal
+from persistkit.backends._oslayer import REAL_OS, OSLayer
 
 __all__ = [
     "CONTROLS",
+    "JOURNALED_PLAIN_WRITERS",
     "TICK_CONTROLS",
     "TICK_JOURNAL_LIMIT",
     "TICK_WRITERS",
     "WRITERS",
+    "DurableReplaceBackend",
     "InPlaceBackend",
     "NoDirFsyncBackend",
     "NoFileFsyncBackend",
@@ -70,24 +77,31 @@ def _write_temp_and_replace(
         osl.fsync(dir_fd)
 
 
-class NoFileFsyncBackend(FileBackend):
+class DurableReplaceBackend(FileBackend):
+    """The real file backend on a root without history: plain writes are the durable replace."""
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        super().__init__(root, history=None, **kwargs)
+
+
+class NoFileFsyncBackend(DurableReplaceBackend):
     """Control: renames a temp file whose bytes were never fsynced."""
 
-    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
         _write_temp_and_replace(self, dir_fd, name, data, file_fsync=False, dir_fsync=True)
 
 
-class NoDirFsyncBackend(FileBackend):
+class NoDirFsyncBackend(DurableReplaceBackend):
     """Control: acknowledges before the rename itself is durable."""
 
-    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
         _write_temp_and_replace(self, dir_fd, name, data, file_fsync=True, dir_fsync=False)
 
 
-class InPlaceBackend(FileBackend):
+class InPlaceBackend(DurableReplaceBackend):
     """Control: truncates and rewrites the target itself, fsyncs included."""
 
-    def _write_new_file(self, dir_fd: int, name: str, data: bytes) -> None:
+    def _write_new_file(self, dir_fd: int, name: str, data: bytes, *, sync: bool = True) -> None:
         osl = self._os
         fd = osl.open(name, _O_IN_PLACE, 0o666, dir_fd=dir_fd)
         try:
@@ -123,8 +137,9 @@ class TickBackend(FileBackend):
         os_layer: OSLayer = REAL_OS,
         executor: Executor | None = None,
         journal_limit: int = TICK_JOURNAL_LIMIT,
+        history: HistoryPolicy | None = HistoryPolicy(),  # noqa: B008 - frozen, shared safely
     ) -> None:
-        super().__init__(root, os_layer=os_layer, executor=executor)
+        super().__init__(root, os_layer=os_layer, executor=executor, history=history)
         self.journal = self.journal_class(self, limit=journal_limit)
         self.ticks = 0
 
@@ -213,7 +228,9 @@ class WriterUnderTest:
     """Whether a step of several keys must land all or nothing (tick commits)."""
 
 
-WRITERS = [WriterUnderTest("FileBackend (persistkit)", FileBackend, broken=False)]
+WRITERS = [
+    WriterUnderTest("FileBackend, history=None (durable replace)", DurableReplaceBackend, False)
+]
 CONTROLS = [
     WriterUnderTest("no file fsync", NoFileFsyncBackend, broken=True),
     WriterUnderTest("no directory fsync", NoDirFsyncBackend, broken=True),
@@ -222,6 +239,11 @@ CONTROLS = [
 TICK_WRITERS = [
     WriterUnderTest(
         "tick commit (journal)", TickBackend, broken=False, run_step=commit_tick, atomic_steps=True
+    )
+]
+JOURNALED_PLAIN_WRITERS = [
+    WriterUnderTest(
+        "plain writes of a root with history (one-key journal commits)", TickBackend, False
     )
 ]
 TICK_CONTROLS = [
@@ -248,6 +270,9 @@ class TwoProcessBackend(TickBackend):
     Each is what one process of a bot has (its view of the shared journal, its
     lock descriptors, its applier); on the simulated file system both run on
     one thread, one call after the other, as two processes would interleave.
+    Their root keeps no history: there a plain write goes to its file unless
+    the journal holds its key, the interplay under test (with history, every
+    plain write is a journal commit).
     """
 
     twin_class: type[TickBackend] = TickBackend
@@ -260,9 +285,11 @@ class TwoProcessBackend(TickBackend):
         executor: Executor | None = None,
         journal_limit: int = TICK_JOURNAL_LIMIT,
     ) -> None:
-        super().__init__(root, os_layer=os_layer, executor=executor, journal_limit=journal_limit)
+        super().__init__(
+            root, os_layer=os_layer, executor=executor, journal_limit=journal_limit, history=None
+        )
         self.twin = self.twin_class(
-            root, os_layer=os_layer, executor=executor, journal_limit=journal_limit
+            root, os_layer=os_layer, executor=executor, journal_limit=journal_limit, history=None
         )
 
 

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from persistkit.backends.base import (
+from persistkit.backends._base import (
     ANY_VERSION,
     AnyVersion,
     Backend,
@@ -31,10 +31,10 @@ from persistkit.backends.base import (
 from persistkit.errors import InvalidNameError
 
 if TYPE_CHECKING:
-    from persistkit.backends.file import FileBackend
-    from persistkit.backends.memory import MemoryBackend
-    from persistkit.backends.redis import RedisBackend
-    from persistkit.backends.s3 import S3Backend
+    from persistkit.backends._file import FileBackend
+    from persistkit.backends._memory import MemoryBackend
+    from persistkit.backends._redis import RedisBackend
+    from persistkit.backends._s3 import S3Backend
 
 __all__ = [
     "ANY_VERSION",
@@ -58,15 +58,15 @@ __all__ = [
 
 # The shipped backends: name -> ("module:Class", the extra that installs its dependencies).
 _SHIPPED: dict[str, tuple[str, str | None]] = {
-    "FileBackend": ("persistkit.backends.file:FileBackend", None),
-    "MemoryBackend": ("persistkit.backends.memory:MemoryBackend", None),
-    "RedisBackend": ("persistkit.backends.redis:RedisBackend", "redis"),
-    "S3Backend": ("persistkit.backends.s3:S3Backend", "s3"),
+    "FileBackend": ("persistkit.backends._file:FileBackend", None),
+    "MemoryBackend": ("persistkit.backends._memory:MemoryBackend", None),
+    "RedisBackend": ("persistkit.backends._redis:RedisBackend", "redis"),
+    "S3Backend": ("persistkit.backends._s3:S3Backend", "s3"),
 }
 
 # scheme -> ("module:Class", extra)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
-    "backtest-kit": ("persistkit.backends.backtest_kit:BacktestKitBackend", None),
+    "backtest-kit": ("persistkit.backends._backtest_kit:BacktestKitBackend", None),
     "file": _SHIPPED["FileBackend"],
     "memory": _SHIPPED["MemoryBackend"],
     "redis": _SHIPPED["RedisBackend"],
@@ -112,7 +112,7 @@ def open_backend(url: str) -> Backend:
     """A backend from its URL: ``file:///path``, ``memory://``, ``redis://...``, ``s3://...``.
 
     ``backtest-kit:///ABSOLUTE/PATH?exchange=NAME`` opens a backtest-kit 19.x
-    folder read-only, to migrate from (:mod:`persistkit.backends.backtest_kit`).
+    folder read-only, to migrate from (the README: "Coming from backtest-kit").
     """
     scheme = urlsplit(url).scheme.lower()
     if not scheme:

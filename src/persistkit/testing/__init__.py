@@ -36,9 +36,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from persistkit.backends.base import ANY_VERSION, Backend
-from persistkit.clock import new_client_order_id
-from persistkit.domains import PersistIntentAdapter
+from persistkit._clock import new_client_order_id
+from persistkit._domains import PersistIntentAdapter
+from persistkit._live import LiveSession
+from persistkit._store import PersistBase
+from persistkit._transaction import transaction
+from persistkit.backends._base import ANY_VERSION, Backend
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -50,10 +53,7 @@ from persistkit.errors import (
     UnreconciledIntentsError,
     UnserializableValueError,
 )
-from persistkit.live import LiveSession
 from persistkit.models import OrderIntent, SignalRow
-from persistkit.store import PersistBase
-from persistkit.transaction import transaction
 
 __all__ = ["BackendConformance", "sample_intent", "sample_signal"]
 

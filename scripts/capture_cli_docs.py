@@ -157,6 +157,9 @@ def crash_a_tick(root: Path) -> None:
             SignalRow.model_validate(btc), "BTCUSDT", "trend_follow"
         )
     )
+    # Checkpointed now: else this process's applier, due to write the signal's
+    # file, would write the crashed bot's commit with it (any process may).
+    asyncio.run(persistkit.current_settings().backend.checkpoint())
     bot = subprocess.Popen(
         [sys.executable, "-c", CRASHING_TICK, str(root)], stdout=subprocess.PIPE, text=True
     )
@@ -350,7 +353,7 @@ TEMPLATE_HEAD = """\
 
 For the person on call: see a bot's state, check before a deploy that a restart
 will succeed, and move state between backends, without writing Python.
-Install with `pip install 'persistkit[cli]'`.
+Install it with the `cli` extra: `pip install -e '.[cli]'`.
 
 Every command takes a directory (`ROOT`) or a backend URL, by default
 `$PERSISTKIT_BACKEND`, else `$PERSISTKIT_BASE_DIR`, else `./dump/data`
@@ -400,8 +403,10 @@ say) is shown with its committed value, marked pending. How each backend finds
 its one point:
 
 - file: the shared journal up to its last complete record, laid over the
-  files, read again if a checkpoint landed in between. No lock is taken: the
-  bot is never blocked.
+  files, read again if a checkpoint landed in between, without a lock. A bot
+  that commits without a pause can land one in every read: after five, the
+  journal lock is held (read-only) for one last read, and the bot's commits
+  wait for it (milliseconds).
 - Redis, one server: one read-only script reads every value.
 - Redis Cluster, S3, others: two reads that agree key for key, with recorded
   commits not yet applied (cross-slot records, the S3 head record) laid over
@@ -421,7 +426,9 @@ SECTION_INSPECT = """
 
 Domains, entities and when each last changed (file backend: the file's mtime;
 a backend that keeps no such time shows `-`), and the decoded state: open
-signals, scheduled entries, risk positions, partial milestones. Values that do
+signals, scheduled entries, risk positions, partial milestones, and the order
+intents not final yet (those in doubt marked: a restart reconciles them;
+`--json`: `open_intents`, each with `in_doubt` and the intent). Values that do
 not decode are listed with the reason a start would give. `--json` for scripts.
 Exit 1 when a symbolic link inside the root was not followed or commits could
 not be read (what is shown is then older than the committed state).
@@ -461,6 +468,9 @@ running bot, every few seconds with `--watch`:
   asked for them; Redis and S3 keep none yet, and there it says so.
 - **domains**: entities per domain and when each last committed (the
   journal's commit times, the entity files' change times; S3: LastModified).
+- **intents**: the order intents not final yet, and how many are in doubt
+  (`pending`, `sent`, `unknown`: orders a stopped bot may have sent), the
+  first ten by name.
 - **journal** (file roots): its size and the commits since its last
   checkpoint: the running session's own, or, with none running, commits
   waiting for the next start (every reader already includes them).
@@ -470,8 +480,9 @@ running bot, every few seconds with `--watch`:
 
 `--watch` redraws the report in place every `--interval` seconds (2 by
 default) until Ctrl-C. Exit codes: 0 healthy; 1 needs attention (a session
-gone without closing, commits waiting with no session running, quarantined
-values, a durability warning, any preflight problem); 2 could not run. A
+gone without closing, commits waiting with no session running, order intents
+in doubt with no session running, quarantined values, a durability warning,
+any preflight problem); 2 could not run. A
 `memory://` store lives inside one process: exit 2.
 
 `--json` keys: `backend`, `status` (`healthy`, `needs-attention`),
@@ -482,7 +493,9 @@ when nothing can be read), `journal` (`path`, `bytes`, `commits`, `keys`,
 `keys_behind`, `last_commit`; `null` without one), `commits_waiting`
 (`null` when the journal cannot be read),
 `quarantine` (each `id`, `key`, `reason`, `quarantined_at`),
-`durability_warnings`, `problems` and `notes` (each `kind`, `where`,
+`open_intents` (each order intent not final, its fields as stored plus
+`in_doubt`; `null` when nothing can be read), `durability_warnings`, `problems`
+and `notes` (each `kind`, `where`,
 `detail`), `attention` (why the exit code is 1, one sentence each).
 
 Beside `examples/live_bot.py`, running on `./bot`:

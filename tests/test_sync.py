@@ -118,7 +118,7 @@ def test_errors_are_the_typed_ones_with_the_loop_threads_frames(tmp_path: Path) 
         store.read_value("absent")
     frames = traceback.extract_tb(raised.value.__traceback__)
     files = {Path(frame.filename).name for frame in frames}
-    assert "store.py" in files  # where the async core raised it
+    assert "_store.py" in files  # where the async core raised it
     assert frames[0].name == "test_errors_are_the_typed_ones_with_the_loop_threads_frames"
 
 

@@ -139,7 +139,12 @@ def environment_target() -> str:
     :data:`DEFAULT_BASE_DIR`: the state a bot started in this environment uses.
     """
     _environment_mode()  # a bad mode is reported here too, not ignored
-    return _environment_backend_url() or _environment(ENV_BASE_DIR) or DEFAULT_BASE_DIR
+    url = _environment_backend_url()
+    if url is not None:
+        return url
+    if _environment(ENV_BASE_DIR) is None:
+        return DEFAULT_BASE_DIR
+    return environment_base_dir()  # a file there is reported naming the variable
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,3 +177,18 @@ def test_the_blocking_api_across_threads_a_fork_and_a_notebook_loop(tmp_path: Pa
     ]
     assert "1 corrupt values quarantined" in lines[4]
     assert result.stderr == ""  # the package logger's NullHandler: nothing printed
+
+
+def test_a_tilde_in_persistkit_base_dir_means_the_home_directory(tmp_path: Path) -> None:
+    # A systemd unit's Environment= or a docker env file passes "~/bot/data" as it is
+    # (no shell expands it): the state belongs in the home directory, not in a
+    # directory named "~" under whatever the working directory happens to be.
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "work").mkdir()
+    result = run_python(
+        STORE_WITHOUT_BASE_DIR, tmp_path / "work", PERSISTKIT_BASE_DIR="~/bot/data", HOME=home
+    )
+    assert result.returncode == 0, result.stderr
+    assert stored_files(home / "bot" / "data") == ["fills/order-1.json", "notes/last.json"]
+    assert list((tmp_path / "work").iterdir()) == []

@@ -106,7 +106,9 @@ def environment_base_dir() -> str:
     value = _environment(ENV_BASE_DIR)
     if value is None:
         return os.path.abspath(DEFAULT_BASE_DIR)
-    root = os.path.abspath(value)
+    # A leading ~ is the home directory: a systemd unit or a docker env file passes
+    # it unexpanded, and a directory named "~" under the working directory is never meant.
+    root = os.path.abspath(os.path.expanduser(value))
     if os.path.exists(root) and not os.path.isdir(root):
         raise ConfigurationError(f"{ENV_BASE_DIR}={value!r}: {root} is not a directory")
     return root

@@ -602,8 +602,8 @@ SECTION_BACKENDS = """
 ## What the command line asks of a backend
 
 Only the `Backend` contract, through `persistkit.open_backend(url)`, so a new
-backend works here unchanged. Four optional methods, with defaults in
-`persistkit/backends/_base.py`, make it say more:
+backend works here unchanged. Four optional methods of
+`persistkit.Backend`, each with a default there, make it say more:
 
 - `changed_at(key)`: when the value last changed (file: mtime). Shown by
   `inspect`; `migrate` compares it to refuse overwriting newer data. Default

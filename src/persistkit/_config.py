@@ -106,7 +106,9 @@ def environment_base_dir() -> str:
     value = _environment(ENV_BASE_DIR)
     if value is None:
         return os.path.abspath(DEFAULT_BASE_DIR)
-    root = os.path.abspath(value)
+    # A leading ~ is the home directory: a systemd unit or a docker env file passes
+    # it unexpanded, and a directory named "~" under the working directory is never meant.
+    root = os.path.abspath(os.path.expanduser(value))
     if os.path.exists(root) and not os.path.isdir(root):
         raise ConfigurationError(f"{ENV_BASE_DIR}={value!r}: {root} is not a directory")
     return root
@@ -139,7 +141,12 @@ def environment_target() -> str:
     :data:`DEFAULT_BASE_DIR`: the state a bot started in this environment uses.
     """
     _environment_mode()  # a bad mode is reported here too, not ignored
-    return _environment_backend_url() or _environment(ENV_BASE_DIR) or DEFAULT_BASE_DIR
+    url = _environment_backend_url()
+    if url is not None:
+        return url
+    if _environment(ENV_BASE_DIR) is None:
+        return DEFAULT_BASE_DIR
+    return environment_base_dir()  # a file there is reported naming the variable
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,9 @@ class PersistBase(Generic[T]):
 
     ``PersistBase(entity_name, base_dir)`` keeps values at
     ``{base_dir}/{entity_name}/{id}.json``. ``base_dir`` is made absolute here,
-    so a later ``chdir`` does not move the data. When ``base_dir`` lies under
+    so a later ``chdir`` does not move the data; without it, the root in force
+    when the store is made (``configure(base_dir=...)``, else
+    ``PERSISTKIT_BASE_DIR``, else ``./dump/data``). When ``base_dir`` lies under
     the root given to :func:`persistkit.configure`, the configured backend
     (memory in backtest mode, Redis, S3) serves it. That is looked up at each
     call, not once: after ``configure(mode="backtest")`` the store lives in
@@ -217,13 +219,20 @@ class PersistBase(Generic[T]):
     def __init__(
         self,
         entity_name: str,
-        base_dir: str | os.PathLike[str] = DEFAULT_BASE_DIR,
+        base_dir: str | os.PathLike[str] | None = None,
         *,
         backend: Backend | None = None,
         model: Any = None,
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.entity_name = str(entity_name)
+        if base_dir is None:
+            # The root in force now: configure()'s, else PERSISTKIT_BASE_DIR, else
+            # ./dump/data, so a bot that never names a directory runs where its
+            # deploy says, like the domain adapters and LiveSession. An explicit
+            # backend is never routed by directory: settings (and a file backend,
+            # which needs fcntl) are not built for it.
+            base_dir = DEFAULT_BASE_DIR if backend is not None else active_settings().base_dir
         self.base_dir = os.path.abspath(os.fspath(base_dir))
         segment = (
             entity_name if isinstance(entity_name, SegmentName) else encode_segment(entity_name)

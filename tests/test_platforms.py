@@ -166,7 +166,9 @@ async def test_macos_durable_write_flushes_the_file_and_its_directory_with_full_
     tmp_path: Path,
 ) -> None:
     recorder = RecordingFcntl()
-    backend = FileBackend(tmp_path / "data", os_layer=macos_layer(recorder))
+    # history=None: the durable replace (a root with history journals a plain write,
+    # and the journal's flush is the next test's).
+    backend = FileBackend(tmp_path / "data", os_layer=macos_layer(recorder), history=None)
     store = PersistBase("signal", backend=backend)
     await store.write_value("BTC", {"price": 1})
     await store.write_value("BTC", {"price": 2})  # a replace of an existing file
@@ -214,7 +216,9 @@ async def test_macos_failed_full_fsync_fails_the_write_and_keeps_the_old_value(
 ) -> None:
     root = tmp_path / "data"
     recorder = RecordingFcntl()
-    backend = FileBackend(root, os_layer=macos_layer(recorder))
+    # history=None: the durable replace, which fails before the rename. (With history
+    # the write is a journal commit, whose failed fsync is DurabilityUnknownError.)
+    backend = FileBackend(root, os_layer=macos_layer(recorder), history=None)
     store = PersistBase("signal", backend=backend)
     await store.write_value("BTC", {"n": 1})
     recorder.error = errno.EIO

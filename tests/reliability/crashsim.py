@@ -245,6 +245,8 @@ async def explore(
 ) -> Exploration:
     """Cut the power after every call of ``writer`` running ``scenario``; check each outcome.
 
+    A control (``writer.broken``) stops at the first crash point that shows a violation.
+
     ``recovery_every``: cut the startup of one distinct post-crash state in that
     many after each of its calls (every state is still started and checked).
     """
@@ -278,8 +280,8 @@ async def explore(
             await checker.check(state, allowed, acked)
         if on_progress is not None:
             on_progress(crash_at, len(result.violations))
-        if finished:
-            break
+        if finished or (writer.broken and result.violations):
+            break  # a control is caught at its first violation: the rest is its cost only
         crash_at += 1
     return result
 

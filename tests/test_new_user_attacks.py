@@ -227,9 +227,9 @@ FORK_WHILE_THREADS_WRITE = """
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="a fork while other threads run blocking writes hangs (parent or child never "
-    "returns); seen twice in a row, not yet diagnosed",
+    "returns) in most runs, not all (it passed once in CI): not yet diagnosed",
 )
 def test_forking_while_threads_write_through_the_blocking_api_finishes(tmp_path: Path) -> None:
     # "a fork waits for the write or commit in progress, so the child inherits no lock

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,9 +24,9 @@ from typing import Any
 import pytest
 
 import persistkit.testing
-from persistkit import sync
+from persistkit import OrderIntent, UnreconciledIntentsError, sync
 from persistkit.backends._s3 import S3Backend
-from persistkit.testing import BackendConformance
+from persistkit.testing import BackendConformance, sample_intent
 from support.servers import RedisServer, SeaweedS3
 
 BUCKET = "blocking-conformance"
@@ -145,6 +146,49 @@ class BlockingConformance(BackendConformance):
         monkeypatch.setattr(persistkit.testing, "PersistBase", make(sync.PersistBase))
         monkeypatch.setattr(persistkit.testing, "transaction", make(sync.transaction))
         return AwaitableView(blocking_backend, caller)
+
+    # The suite's live-session case drives an async LiveSession with an async lookup;
+    # here the same case, step for step, through the blocking API (a plain lookup).
+    async def test_order_intents_in_doubt_after_a_restart_are_reconciled_in_one_commit(  # type: ignore[override]
+        self, blocking_backend: Any, caller: CallerThread, tmp_path: Path
+    ) -> None:
+        await caller.call(self._intents_through_the_blocking_api, blocking_backend, tmp_path)
+
+    @staticmethod
+    def _intents_through_the_blocking_api(backend: Any, tmp_path: Path) -> None:
+        pair = ("BTCUSDT", "trend")
+
+        def session() -> Any:
+            return sync.LiveSession([pair], "main", base_dir=tmp_path / "root", backend=backend)
+
+        def intent(status: str, **changes: Any) -> OrderIntent:
+            return sample_intent(status, *pair, **changes)
+
+        in_flight, acked = intent("pending"), intent("acked", exchange_order_id="X-1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a memory backend in live mode
+            first = session()
+            first.start()
+            with first.tick():
+                sync.PersistIntentAdapter.write_intent(in_flight)
+                sync.PersistIntentAdapter.write_intent(acked)
+            first.close()  # the process stops before the order's answer is written
+            second = session()
+            state = second.start()
+        try:
+            assert [i.client_order_id for i in state.open_intents] == [in_flight.client_order_id]
+            with pytest.raises(UnreconciledIntentsError), second.tick():
+                sync.PersistIntentAdapter.write_intent(intent("pending"))
+            answers = second.reconcile(lambda asked: None)
+            assert [(a.client_order_id, a.status) for a in answers] == [
+                (in_flight.client_order_id, "cancelled")
+            ]
+            with second.tick():  # allowed again
+                sync.PersistIntentAdapter.write_intent(intent("pending"))
+            stored = sync.PersistIntentAdapter.read_intents(*pair)
+            assert sorted(i.status for i in stored) == ["acked", "cancelled", "pending"]
+        finally:
+            second.close()
 
 
 class TestBlockingFile(BlockingConformance):

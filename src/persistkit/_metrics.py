@@ -109,7 +109,11 @@ def _journal_sizes(options: CallbackOptions) -> Iterable[Observation]:
     from persistkit.backends._journal import open_journals
 
     for journal in open_journals():
-        yield Observation(journal.size, {"persistkit.root": journal.root})
+        try:
+            observation = Observation(journal.size, {"persistkit.root": journal.root})
+        except Exception:  # one journal that cannot say (its backend half torn down) hides none
+            continue
+        yield observation
 
 
 recorder: Recorder | None = None

@@ -15,14 +15,11 @@ persistkit start in a cutover): it is removed only once it is older than
 ``foreign_temp_age`` seconds (at least :data:`MIN_FOREIGN_TEMP_AGE`, the 120 s
 backtest-kit itself waits before it sweeps).
 
-Plain writes (``put`` and ``delete`` outside a commit) of a root that keeps
-history, the default, are commits of one key: one record appended to the
-commit journal and fsynced (the commit point, so one fsync where the durable
-write below takes two), then the entity's file written (temp file and rename,
-unsynced: the journal is the durability) before the call returns. So the
-history holds every change with its commit time, and the entity files stay
-current. A root opened with ``history=None`` writes them with the durable
-write; the history's own files use it too.
+Plain writes (``put`` and ``delete`` outside a commit) use the durable write
+below, with or without history, so the history holds the commits only; the
+history's own files use it too. (As one-key journal commits, with their files
+written before the call returned, plain writes lost the last acknowledged
+write in real ext4 power cuts.)
 
 The durable write, so that an acknowledged value survives a crash or a power cut
 and a failed write leaves the old value whole:
@@ -579,19 +576,12 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def _journal_commit(
-        self,
-        writes: Mapping[str, bytes | None],
-        expect: Mapping[str, Expected] | None,
-        *,
-        plain: bool = True,
+        self, writes: Mapping[str, bytes | None], expect: Mapping[str, Expected] | None
     ) -> None:
-        # A plain write's file is written before it returns when the history
-        # routes every write through the journal (the entity files backtest-kit reads stay current).
-        apply_now = False
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)
         else:
-            await self.journal.commit_async(writes, expect, apply_now=apply_now)
+            await self.journal.commit_async(writes, expect)
 
     def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
         """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
@@ -667,7 +657,7 @@ class FileBackend(Backend):
         """
         self._check_writable()
         if writes:
-            await self._journal_commit(writes, expect, plain=False)
+            await self._journal_commit(writes, expect)
 
     # -- listing ---------------------------------------------------------------
 

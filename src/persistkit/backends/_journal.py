@@ -18,9 +18,7 @@ to every process the moment it is appended, not when its files are written.
 **Keys the journal holds.** A key written by a commit stays the journal's until
 the next checkpoint: a plain ``put`` or ``delete`` of it, from any process, is
 appended to the journal too, so that no later application of the journal can
-undo it. On a root that keeps history (the default) every plain write is
-appended, so that the history holds it. Otherwise (``history=None``) a plain
-write of any other key goes straight to its file under the entity directory's
+undo it. A plain write of any other key goes straight to its file under the entity directory's
 lock, and a commit that compares the version of such a key takes that same
 lock while it checks and appends, so compare-and-set is exact across
 processes whichever path each write takes.

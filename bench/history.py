@@ -19,7 +19,7 @@ from typing import Any
 from bench.harness import Case, Group, Sample, timed
 from bench.payload import SIGNAL
 from bench.sizes import Sizes
-from persistkit import FileBackend, HistoryPolicy, LiveSession, PersistBase, transaction
+from persistkit import FileBackend, HistoryPolicy, LiveSession, PersistBase
 from persistkit.backends import _journal as journal_module
 from persistkit.replay import replay
 
@@ -38,7 +38,7 @@ HISTORY_OFF = "session ticks, history off (history=None)"
 HISTORY_ON = "session ticks, history on (the default)"
 HISTORY_WITH_INPUTS = "session ticks recording their inputs, history on"
 PLAIN_OFF = "plain writes (no tick), history off (durable replace)"
-PLAIN_ON = "plain writes (no tick), history on (the durable replace as well)"
+PLAIN_ON = "plain writes (no tick), history on (journaled, the default)"
 AS_OF_WHOLE = "as_of read from the whole history (base + every segment)"
 AS_OF_RECENT = "read_value(as_of=) on the last day"
 AS_OF_MIDDLE = "read_value(as_of=) mid-history"
@@ -215,9 +215,7 @@ def _as_of_group(workdir: str, sizes: Sizes) -> Group:
             step = 24 * hour // per_day
             for number in range(days * per_day):
                 clock.now_ns += step
-                # In a transaction: a plain write takes the durable replace, not the history.
-                async with transaction(backend):
-                    await store.write_value(f"BTC{number % _PER_TICK:03d}", {**SIGNAL, "n": number})
+                await store.write_value(f"BTC{number % _PER_TICK:03d}", {**SIGNAL, "n": number})
                 times.append(clock.now_ns)
                 if number % (per_day // checkpoints_per_day) == 0:
                     await backend.checkpoint()
@@ -268,10 +266,9 @@ def _as_of_group(workdir: str, sizes: Sizes) -> Group:
         setup=setup,
         teardown=teardown,
         notes=[
-            f"{days} days of {per_day} one-write transactions each (over {_PER_TICK} "
-            f"entities, the journal's clock stepped), {checkpoints_per_day} checkpoints a day. "
-            "The reference reads the whole history (what every as_of read did before day "
-            "snapshots); the cases read "
+            f"{days} days of {per_day} plain writes each (over {_PER_TICK} entities, the journal's "
+            f"clock stepped), {checkpoints_per_day} checkpoints a day. The reference reads the "
+            "whole history (what every as_of read did before day snapshots); the cases read "
             f"through read_value(as_of=), which starts from the newest day snapshot before the "
             f"time. {_AS_OF_READS} reads per sample.",
         ],

@@ -58,7 +58,7 @@ TARGETS = [
         0.87,
     ),
     Target(
-        "plain writes with history vs without history (cost <= 15%)",
+        "plain writes with history (journaled) vs without history (cost <= 15%)",
         "history",
         PLAIN_ON,
         PLAIN_OFF,

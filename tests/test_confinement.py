@@ -150,6 +150,33 @@ async def test_a_nested_directory_behind_a_symlinked_ancestor_is_refused(
 
 
 @pytest.mark.parametrize("depth", ["e", "a/b"])
+async def test_a_plain_write_into_a_directory_swapped_for_a_link_is_refused_uncommitted(
+    root: Path, outside: Path, depth: str
+) -> None:
+    """On a root that keeps history a plain write is a journal commit: one whose
+    directory became a link is refused before it is committed, and the value stays
+    the last committed one (served from the journal, nothing outside read or written)."""
+    backend = FileBackend(root)
+    key = f"{depth}/k"
+    await backend.put(key, b"1")
+    top = root / depth.split("/")[0]
+    top.rename(root / "moved-away")
+    if depth == "a/b":
+        (outside / "b").mkdir()
+    top.symlink_to(outside, target_is_directory=True)
+    before = snapshot(outside)
+    with pytest.raises(ForeignSymlinkError):
+        await backend.put(key, b"2")
+    with pytest.raises(ForeignSymlinkError):
+        await backend.delete(key)
+    assert (await backend.get(key)).data == b"1"  # type: ignore[union-attr]
+    with pytest.raises(ForeignSymlinkError):
+        [found async for found in backend.scan(depth)]
+    assert snapshot(outside) == before
+    assert [change.data for change in (await backend.history_records()).changes_of(key)] == [b"1"]
+
+
+@pytest.mark.parametrize("depth", ["e", "a/b"])
 async def test_a_directory_swapped_for_a_link_after_use_is_refused(
     root: Path, outside: Path, depth: str
 ) -> None:

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from persistkit import (
@@ -142,6 +143,51 @@ async def test_failed_mkdir_is_a_write_failure(tmp_path: Path) -> None:
     backend = failing_backend(tmp_path, FailingOS("mkdir", errno.EACCES))
     with pytest.raises(WriteFailedError):
         await PersistBase("new_entity", backend=backend).write_value("k", 1)
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "when", "outcome"),
+    [
+        ("open", 1, "refused"),  # the entity's directory, looked at before the append
+        ("write", 1, "refused"),  # the append to the commit journal
+        ("fsync", 1, "unknown"),  # the journal's fsync: the commit point
+        # After the commit point: writing the entity's file, which the journal repeats.
+        ("open", 2, "committed"),
+        ("fchmod", 1, "committed"),
+        ("write", 2, "committed"),
+        ("replace", 1, "committed"),
+    ],
+)
+async def test_a_plain_write_of_a_root_with_history_fails_whole_or_is_committed(
+    tmp_path: Path, fail_on: str, when: int, outcome: str
+) -> None:
+    good: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+    await good.write_value("k", {"v": "old"})
+    faults = FailingOS(fail_on, errno.EIO, when)
+    failing = failing_backend(tmp_path, faults, history=True)
+    store: PersistBase[Any] = PersistBase("e", backend=failing)
+    if outcome == "refused":
+        with pytest.raises(WriteFailedError, match="previous values are kept") as raised:
+            await store.write_value("k", {"v": "new"})
+        assert isinstance(raised.value.__cause__, OSError)
+        assert raised.value.__cause__.errno == errno.EIO
+    elif outcome == "unknown":
+        with pytest.raises(DurabilityUnknownError, match="may not survive a power cut"):
+            await store.write_value("k", {"v": "new"})
+    else:
+        await store.write_value("k", {"v": "new"})
+    expected = {"v": "old"} if outcome == "refused" else {"v": "new"}
+    faults.armed = False
+    # What another process reads at once, and what the file holds after a restart.
+    assert await PersistBase("e", backend=FileBackend(tmp_path)).read_value("k") == expected
+    assert temp_files(tmp_path) == []
+    await failing.aclose()
+    restarted = FileBackend(tmp_path)
+    await restarted.checkpoint()
+    await restarted.aclose()
+    assert (tmp_path / "e" / "k.json").read_bytes() == orjson.dumps(expected)
+    changes = (await FileBackend(tmp_path).history_records()).changes_of("e/k")
+    assert [orjson.loads(change.data or b"null") for change in changes][-1] == expected
 
 
 async def test_startup_sweeps_orphan_temps_and_keeps_values(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from persistkit import (
     PersistBase,
     PersistSignalAdapter,
     UnserializableValueError,
-    transaction,
 )
 from persistkit._history import TICKS_NAMESPACE, tick_key
 from persistkit.backends import _journal as journal_module
@@ -186,14 +185,12 @@ async def test_point_in_time_reads_over_many_days_start_from_the_newest_day_snap
     written: list[tuple[int, int]] = []
     for value in range(50):
         clock.now_ns += 5 * hour
-        async with transaction(backend):  # a plain write takes the durable replace: no history
-            await store.write_value("tick", value)
+        await store.write_value("tick", value)
         written.append((clock.now_ns, value))
         if value % 5 == 4:
             await backend.checkpoint()  # about one a day: each leaves its day's snapshot
     clock.now_ns += hour
-    async with transaction(backend):
-        await store.write_value("tick", 50)  # in the journal, after the last snapshot
+    await store.write_value("tick", 50)  # in the journal, after the last snapshot
     written.append((clock.now_ns, 50))
     days = {path.parent.name for path in segment_files(root)}
     assert len(days) > 8
@@ -368,22 +365,30 @@ async def test_a_salvaged_journal_keeps_its_sound_records_in_the_history(tmp_pat
     await backend.aclose()
 
 
-async def test_plain_writes_outside_a_transaction_are_not_in_the_history(tmp_path: Path) -> None:
-    """A plain write takes the durable replace, not the journal (journaled, with its file
-    written before the call returned, it lost acknowledged writes in real ext4 power cuts):
-    the history holds the committed transactions only."""
+async def test_plain_writes_and_removals_are_in_the_history(tmp_path: Path) -> None:
     root = tmp_path / "root"
     backend = FileBackend(root)
     store: PersistBase[int] = PersistBase("a", backend=backend)
-    await store.write_value("plain", 7)
-    assert (root / "a" / "plain.json").read_bytes() == b"7"  # the entity file, on return
-    async with transaction(backend):
-        await store.write_value("x", 1)
+    await store.write_value("x", 1)
+    assert (root / "a" / "x.json").read_bytes() == b"1"  # the entity file, on return
+    await asyncio.sleep(0.002)  # each change in a millisecond of its own, for as_of
+    await store.write_value("x", 2)
+    await asyncio.sleep(0.002)
+    await store.remove_value("x")
+    assert not (root / "a" / "x.json").exists()
     await backend.checkpoint()
-    history = await backend.history_records()
-    assert [change.data for change in history.changes_of("a/x")] == [b"1"]
-    assert [change.data for change in history.changes_of("a/plain")] == []
+    await store.write_value("x", 3)  # in the journal, not archived yet
+    changes = (await backend.history_records()).changes_of("a/x")
+    assert [change.data for change in changes] == [b"1", b"2", None, b"3"]
+    times = [change.time_ns for change in changes]
+    assert times == sorted(times)
+    assert await store.read_value("x", as_of=ceil_ms(times[1])) == 2
     await backend.aclose()
+    # After a restart (the journal checkpointed into the history), nothing is lost or doubled.
+    reopened = FileBackend(root)
+    after_restart = (await reopened.history_records()).changes_of("a/x")
+    assert [change.data for change in after_restart] == [b"1", b"2", None, b"3"]
+    await reopened.aclose()
 
 
 async def test_the_command_line_reads_the_past_with_inspect_as_of_and_history(

@@ -41,18 +41,33 @@ def spawn_writer(*args: str, prefix: list[str] | None = None) -> subprocess.Pope
 
 @dataclass
 class Acks:
-    """The last acknowledged sequence number of each key."""
+    """The last acknowledged sequence number of each key.
+
+    With ``cut_at`` (a power cut's start, on the monotonic clock the writer
+    stamps its acknowledgements with), an acknowledgement stamped at or after
+    it is not a promise, as :class:`TickLog` explains: its write may or may not
+    be on disk. ``late`` keeps those; ``late_lost`` counts the ones the disk
+    did not keep, for the report.
+    """
 
     last: dict[str, int] = field(default_factory=dict)
+    late: dict[str, int] = field(default_factory=dict)
+    late_lost: int = 0
 
-    def feed(self, output: bytes) -> int:
-        """Read ``ack KEY SEQ`` lines; returns how many (a torn last line is not an ack)."""
+    def feed(self, output: bytes, *, cut_at: float | None = None) -> int:
+        """Read ``ack KEY SEQ [TIME]`` lines; returns the promises (a torn last line is none)."""
         count = 0
+        self.late = {}
         for line in output.decode(errors="replace").splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[0] == "ack":
-                self.last[parts[1]] = max(self.last.get(parts[1], 0), int(parts[2]))
-                count += 1
+            if len(parts) not in (3, 4) or parts[0] != "ack":
+                continue
+            key, seq = parts[1], int(parts[2])
+            if cut_at is not None and len(parts) == 4 and float(parts[3]) >= cut_at:
+                self.late[key] = max(self.late.get(key, 0), seq)
+                continue
+            self.last[key] = max(self.last.get(key, 0), seq)
+            count += 1
         return count
 
 
@@ -60,7 +75,8 @@ def verify_directory(root: Path, acks: Acks, entity: str = "signal") -> list[str
     """What a restarted bot would find wrong: torn values, lost acks, leftovers.
 
     Runs startup (which repairs), then checks each key against ``acks``: its
-    sequence must be the acknowledged one or the next (the write in flight).
+    sequence must be the acknowledged one or the next (the write in flight), or
+    up to the one after a late acknowledgement (see :class:`Acks`).
     Updates ``acks`` with what is on disk, so the next round continues from it.
     """
     return asyncio.run(_verify(root, acks, entity))
@@ -87,10 +103,11 @@ async def _verify(root: Path, acks: Acks, entity: str) -> list[str]:
             problems.append(f"lost acknowledged write: {key} seq {seq} is missing")
         elif have < seq:
             problems.append(f"lost acknowledged write: {key} has seq {have}, acknowledged {seq}")
-        elif have > seq + 1:
+        elif have > max(seq, acks.late.get(key, 0)) + 1:
             problems.append(f"{key} has seq {have}, beyond the write in flight ({seq + 1})")
+    acks.late_lost = sum(on_disk.get(key, 0) < seq for key, seq in acks.late.items())
     for key, seq in on_disk.items():
-        if key not in acks.last and seq != 1:
+        if key not in acks.last and seq > max(1, acks.late.get(key, 0) + 1):
             problems.append(f"{key} has seq {seq} but was never acknowledged")
     acks.last = on_disk  # from now on the disk is the truth: each loss is reported once
     await backend.aclose()  # its journal descriptors, or the disk stays busy

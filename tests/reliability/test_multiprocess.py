@@ -626,14 +626,15 @@ async def _heartbeat(beats: list[float]) -> None:
 
 
 async def test_lock_wait_keeps_the_event_loop_running(procs: list[Proc], root: Path) -> None:
-    """Case 9: another process holds the entity directory's ``flock``; a plain write waits
-    for it, and a heartbeat task keeps beating during the wait."""
+    """Case 9: another process holds the lock a plain write takes (the commit journal's:
+    on a root that keeps history, the default, a plain write is a journal commit); the
+    write waits for it, and a heartbeat task keeps beating during the wait."""
     persistkit.configure(mode="live", base_dir=root)
     store: PersistBase[Any] = PersistBase("ent", base_dir=root)
     await store.wait_for_init()
     await store.write_value("k", 1)
     holder = start(procs, root, "holder", open_root=False)
-    holder.ok("flock", paths=[str(root / "ent")], exclusive=True)
+    holder.ok("flock", paths=[str(root / ".journal" / "lock")], exclusive=True)
     hold = 1.5
     threading.Timer(hold, lambda: holder.send("unlock")).start()
     beats: list[float] = []
@@ -660,7 +661,7 @@ async def test_lock_wait_times_out_with_a_typed_error(procs: list[Proc], root: P
     store: PersistBase[Any] = PersistBase("ent", backend=backend)
     await store.write_value("k", 1)
     holder = start(procs, root, "holder", open_root=False)
-    holder.ok("flock", paths=[str(root / "ent")], exclusive=True)
+    holder.ok("flock", paths=[str(root / ".journal" / "lock")], exclusive=True)  # as case 9
     beats: list[float] = []
     heart = asyncio.create_task(_heartbeat(beats))
     began = time.monotonic()

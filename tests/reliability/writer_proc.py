@@ -1,8 +1,12 @@
 """The writer subprocess the reliability tests kill, cut and fault-inject.
 
 ``python writer_proc.py loop ROOT``: start the stores, print ``ready``, then
-write forever, printing ``ack KEY SEQ`` after each write returns (so a line
-on the pipe is a write the library acknowledged as durable).
+write forever, printing ``ack KEY SEQ TIME`` after each write returns (so a line
+on the pipe is a write the library acknowledged as durable; ``TIME`` is when, on
+the monotonic clock the power-cut tests share). ``--backend`` picks the write
+path (``file``: a root with history, each plain write a one-key journal commit;
+``no-history``: the durable replace) or a control; ``--journal-limit`` how often
+the journal checkpoints.
 
 ``python writer_proc.py once ROOT ENTITY``: one write of ``ENTITY/k`` (seq + 1) with all
 syscalls on the main thread (strace counts per thread), between two marker
@@ -36,6 +40,7 @@ from typing import Any
 
 from common import InlineExecutor, make_value, value_problem
 from writers import (
+    DurableReplaceBackend,
     InPlaceBackend,
     NoDirFsyncBackend,
     NoFileFsyncBackend,
@@ -46,10 +51,13 @@ from writers import (
 from persistkit._store import PersistBase
 from persistkit._transaction import transaction
 from persistkit.backends._file import FileBackend
+from persistkit.backends._journal import DEFAULT_JOURNAL_LIMIT
 from persistkit.errors import EntityNotFoundError, PersistError
 
 BACKENDS: dict[str, type[FileBackend]] = {
     "file": FileBackend,
+    "no-history": DurableReplaceBackend,
+    "no-journal-fsync": NoJournalFsyncBackend,
     "no-file-fsync": NoFileFsyncBackend,
     "no-dir-fsync": NoDirFsyncBackend,
     "in-place": InPlaceBackend,
@@ -72,9 +80,11 @@ def say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: int) -> None:
+async def loop(
+    root: str, backend_name: str, keys: int, new_keys: bool, seed: int, journal_limit: int
+) -> None:
     rng = random.Random(seed)
-    backend = BACKENDS[backend_name](root)
+    backend = BACKENDS[backend_name](root, journal_limit=journal_limit)
     store: PersistBase[Any] = PersistBase("signal", backend=backend)
     await store.wait_for_init()
     seqs: dict[str, int] = {}
@@ -91,7 +101,7 @@ async def loop(root: str, backend_name: str, keys: int, new_keys: bool, seed: in
         seq = seqs.get(key, 0) + 1
         await store.write_value(key, make_value(key, seq, rng.randrange(20, 3000)))
         seqs[key] = seq
-        say(f"ack {key} {seq}")
+        say(f"ack {key} {seq} {time.monotonic()}")
 
 
 async def once(root: str, entity: str) -> None:
@@ -184,6 +194,7 @@ def main() -> None:
     p_loop.add_argument("--keys", type=int, default=5)
     p_loop.add_argument("--new-keys", action="store_true")
     p_loop.add_argument("--seed", type=int, default=0)
+    p_loop.add_argument("--journal-limit", type=int, default=DEFAULT_JOURNAL_LIMIT)
     p_once = sub.add_parser("once")
     p_once.add_argument("root")
     p_once.add_argument("entity")
@@ -200,7 +211,9 @@ def main() -> None:
     p_inc.add_argument("count", type=int)
     args = parser.parse_args()
     if args.command == "loop":
-        asyncio.run(loop(args.root, args.backend, args.keys, args.new_keys, args.seed))
+        asyncio.run(
+            loop(args.root, args.backend, args.keys, args.new_keys, args.seed, args.journal_limit)
+        )
     elif args.command == "ticks":
         asyncio.run(ticks(args.root, args.backend, args.first, args.seed))
     elif args.command == "tick-once":

@@ -2,8 +2,10 @@
 
 Each control is the real :class:`FileBackend` with only its write step
 replaced, so whatever the harness catches is the missing step and nothing else.
-Plain writes (:data:`WRITERS`) are the durable replace, on a root with or without
-history alike (plain writes are not journaled).
+Plain writes (:data:`WRITERS`) are DESIGN §3's durable replace: a root opened
+with ``history=None``, as the history's own files are written. On a root that
+keeps history (the default) a plain write is a one-key journal commit
+(:data:`JOURNALED_PLAIN_WRITERS`), the tick commit's path.
 
 Tick commits (:data:`TICK_WRITERS`, :data:`TICK_CONTROLS`) run each step as one
 ``async with transaction():`` on the commit journal. The journal's applier is
@@ -31,6 +33,7 @@ from persistkit.backends._oslayer import REAL_OS, OSLayer
 
 __all__ = [
     "CONTROLS",
+    "JOURNALED_PLAIN_WRITERS",
     "TICK_CONTROLS",
     "TICK_JOURNAL_LIMIT",
     "TICK_WRITERS",
@@ -236,6 +239,11 @@ CONTROLS = [
 TICK_WRITERS = [
     WriterUnderTest(
         "tick commit (journal)", TickBackend, broken=False, run_step=commit_tick, atomic_steps=True
+    )
+]
+JOURNALED_PLAIN_WRITERS = [
+    WriterUnderTest(
+        "plain writes of a root with history (one-key journal commits)", TickBackend, False
     )
 ]
 TICK_CONTROLS = [

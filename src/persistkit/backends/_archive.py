@@ -88,9 +88,9 @@ logger = logging.getLogger(__name__)
 class HistoryPolicy:
     """How much history a root keeps: whichever limit is reached first prunes.
 
-    A root that keeps history keeps every commit in it (a tick's, a
-    transaction's); plain writes and removals outside one take the durable
-    write and are not kept (see :class:`~persistkit.backends._file.FileBackend`).
+    A root that keeps history keeps every change in it, plain writes and
+    removals too: they go through the commit journal like a tick's commit (see
+    :class:`~persistkit.backends._file.FileBackend`).
     """
 
     max_age_days: float = DEFAULT_HISTORY_MAX_AGE_DAYS

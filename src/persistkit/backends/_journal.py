@@ -18,7 +18,9 @@ to every process the moment it is appended, not when its files are written.
 **Keys the journal holds.** A key written by a commit stays the journal's until
 the next checkpoint: a plain ``put`` or ``delete`` of it, from any process, is
 appended to the journal too, so that no later application of the journal can
-undo it. A plain write of any other key goes straight to its file under the entity directory's
+undo it. On a root that keeps history (the default) every plain write is
+appended, so that the history holds it. Otherwise (``history=None``) a plain
+write of any other key goes straight to its file under the entity directory's
 lock, and a commit that compares the version of such a key takes that same
 lock while it checks and appends, so compare-and-set is exact across
 processes whichever path each write takes.
@@ -303,6 +305,8 @@ def read_journal_file(data: bytes) -> tuple[int, list[JournalRecord]]:
 class _Request:
     writes: Writes
     expect: Mapping[str, Expected] | None
+    apply_now: bool = False
+    """A plain write: its file is written before the commit returns (see :meth:`commit`)."""
     done: bool = False
     error: BaseException | None = None
 
@@ -1200,6 +1204,8 @@ class CommitJournal:
         self,
         writes: Writes,
         expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
     ) -> None:
         """:meth:`commit` on the event loop's thread, gathering the ticks ready together.
 
@@ -1215,7 +1221,7 @@ class CommitJournal:
             waiting = self._gathering[loop] = []
             loop.call_soon(self._flush_gathered, loop)
         done: asyncio.Future[None] = loop.create_future()
-        waiting.append((_Request(writes, expect), done))
+        waiting.append((_Request(writes, expect, apply_now), done))
         self._enqueue(writes)
         try:
             await done
@@ -1257,14 +1263,20 @@ class CommitJournal:
         self,
         writes: Writes,
         expect: Mapping[str, Expected] | None = None,
+        *,
+        apply_now: bool = False,
     ) -> None:
         """Append ``writes`` as one record and fsync (shared with concurrent commits).
 
         Returns once the record is durable and visible to reads in every process.
         ``expect`` maps keys to the version they must still have (compare-and-set).
+        ``apply_now``: also write the keys' files (no fsync: the journal is the
+        durability) before returning, under the journal lock so that no
+        checkpoint comes between; what a plain write of a history-keeping root
+        does, so that the entity files show it as soon as it returns.
         Callable from any thread but an event loop's (use :meth:`commit_async`).
         """
-        request = _Request(writes, expect)
+        request = _Request(writes, expect, apply_now)
         with self._cond:
             self._enqueue(writes)
         try:
@@ -1325,6 +1337,7 @@ class CommitJournal:
         assert journal is not None  # created when missing
         try:
             self._append_locked(batch, wait=may_wait)
+            self._apply_plain_writes(batch, wait=may_wait)
             if journal.offset >= self.limit and self._journal is journal:
                 try:
                     self._checkpoint_held(wait=may_wait)
@@ -1333,6 +1346,28 @@ class CommitJournal:
         finally:
             self._unlock_journal()
         self._wake_applier()
+
+    def _apply_plain_writes(self, batch: list[_Request], *, wait: bool) -> None:
+        """The files of the batch's plain writes, with the newest committed values."""
+        keys = {
+            key
+            for request in batch
+            if request.apply_now and request.error is None
+            for key in request.writes
+        }
+        if not keys:
+            return
+        newest = {key: self.pending[key] for key in keys if key in self.pending}
+        try:
+            self._apply(newest, wait=wait)
+        except (_WouldBlock, OSError, PersistError) as exc:
+            if isinstance(exc, ForeignSymlinkError):
+                raise
+            # Committed all the same: reads serve it from the journal and the
+            # applier writes the file shortly.
+            logger.debug("persistkit: writing %d files now failed (%s)", len(newest), exc)
+            return
+        self._applied.update(newest)
 
     def _append_locked(self, batch: list[_Request], *, wait: bool = True) -> None:
         """Check, append and fsync ``batch`` under the journal lock."""
@@ -1401,7 +1436,7 @@ class CommitJournal:
         second descriptor of the same directory would wait for the first."""
         for request in batch:
             try:
-                self._check_confined(request.writes)
+                self._check_confined(request.writes, fresh=request.apply_now)
             except (ForeignSymlinkError, WriteFailedError) as exc:
                 request.error = exc  # refused before it is acknowledged, not when applied
                 continue
@@ -1425,19 +1460,21 @@ class CommitJournal:
             view.update(request.writes)
         return accepted
 
-    def _check_confined(self, writes: Writes) -> None:
+    def _check_confined(self, writes: Writes, *, fresh: bool = False) -> None:
         """Refuse writes whose directory lies behind a symbolic link (:mod:`.confine`).
 
         Each directory is looked at once per process (the confined OS layer
         walks it and raises :class:`ForeignSymlinkError`); one swapped for a
         link later is refused when its files are written, and the journal
-        keeps the commit.
+        keeps the commit. ``fresh`` (a plain write, whose file is written
+        before it returns) looks again every time, so that such a write is
+        refused before it is committed, never after.
         """
         backend = self._backend
         verified = self._confined_namespaces
         for key in writes:
             namespace = split_key(key)[0]
-            if namespace in verified:
+            if namespace in verified and not fresh:
                 continue
             try:
                 self._os.close(backend._open_dir(backend._dir(namespace)))

@@ -259,7 +259,8 @@ def test_power_cuts_on_ext4_keep_every_acknowledged_write(
         disks[path] = (_Ext4Image(directory, mounts), Acks())
     violations: list[str] = []
     acknowledged = dict.fromkeys(WRITE_PATHS, 0)
-    late_lost = 0
+    late = dict.fromkeys(WRITE_PATHS, 0)
+    late_lost = dict.fromkeys(WRITE_PATHS, 0)
     for cut in range(POWER_CUTS):
         path = list(WRITE_PATHS)[cut % len(WRITE_PATHS)]
         backend, journal_limit = WRITE_PATHS[path]
@@ -270,13 +271,15 @@ def test_power_cuts_on_ext4_keep_every_acknowledged_write(
             journal_limit=journal_limit,
         )  # fmt: skip
         acknowledged[path] += count_acks
-        late_lost += acks.late_lost
+        late[path] += len(acks.late)
+        late_lost[path] += acks.late_lost
         violations += [f"cut {cut} ({path}): {problem}" for problem in problems]
         if cut % 10 == 0:
             print(f"  cut {cut}/{POWER_CUTS}: {len(violations)} violations", file=sys.stderr)
 
     print(
-        f"  acknowledged before the cut: {acknowledged}; after it began and lost: {late_lost}",
+        f"  acknowledged before the cut: {acknowledged}; keys acknowledged after it began: "
+        f"{late}, of which lost: {late_lost}",
         file=sys.stderr,
     )
     controls: list[Control] = []
@@ -311,7 +314,11 @@ def test_power_cuts_on_ext4_keep_every_acknowledged_write(
             counts={
                 "power cuts": POWER_CUTS,
                 **{f"acknowledged writes checked, {path}": n for path, n in acknowledged.items()},
-                "acknowledged after the cut began, lost (not a promise: see Acks)": late_lost,
+                **{f"keys acknowledged after the cut began, {path}": n for path, n in late.items()},
+                **{
+                    f"of those, lost (not a promise: see Acks), {path}": n
+                    for path, n in late_lost.items()
+                },
                 "control cuts": CONTROL_CUTS * len(WRITE_PATH_CONTROLS),
             },
             controls=controls,

@@ -226,15 +226,13 @@ FORK_WHILE_THREADS_WRITE = """
 """
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a fork while other threads run blocking writes hangs (parent or child never "
-    "returns) in most runs, not all (it passed once in CI): not yet diagnosed",
-)
 def test_forking_while_threads_write_through_the_blocking_api_finishes(tmp_path: Path) -> None:
     # "a fork waits for the write or commit in progress, so the child inherits no lock
     # held half-way through one". The bound only tells a deadlock from a run: a run
-    # takes about a second.
+    # takes about a second. It hung here in nearly every run: two threads' equal
+    # compare-and-set commits (both from the same value) compared equal, and the one
+    # taken out of the journal's queue took the other with it, whose worker then spun
+    # forever, and the fork waited for that worker.
     process = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(FORK_WHILE_THREADS_WRITE)],
         cwd=tmp_path,

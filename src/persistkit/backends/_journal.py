@@ -301,8 +301,12 @@ def read_journal_file(data: bytes) -> tuple[int, list[JournalRecord]]:
     return first_seq, records
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Request:
+    """One caller's commit. Compared by identity: two callers committing equal
+    writes (two compare-and-set increments from the same value) are two
+    requests, and taking one out of the queue must not take the other."""
+
     writes: Writes
     expect: Mapping[str, Expected] | None
     apply_now: bool = False

@@ -15,8 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 VARIABLES = ("PERSISTKIT_MODE", "PERSISTKIT_BASE_DIR", "PERSISTKIT_BACKEND")
 

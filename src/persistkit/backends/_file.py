@@ -82,7 +82,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from persistkit._history import RecordedHistory
-from persistkit.backends._archive import HistoryArchive, HistoryPolicy
+from persistkit.backends._archive import HISTORY_DIR, HistoryArchive, HistoryPolicy
 from persistkit.backends._base import (
     ANY_VERSION,
     SNAPSHOT_ATTEMPTS,
@@ -243,12 +243,33 @@ class FileBackend(Backend):
         self.lock_timeout = lock_timeout
         self.history = None if history is None else HistoryArchive(self, history)
         """The archive of past journal generations (``None``: ``history=None``, none kept)."""
+        self._others_history: HistoryArchive | None = None
         self.keeps_history = history is not None
         # A root that keeps history sends plain writes through the journal too,
         # so that they reach the history with their commit time (and cost one
         # fsync, not the durable replace's two).
         self._plain_writes_journaled = offload or history is not None
         self.journal = CommitJournal(self, limit=journal_limit, lock_timeout=lock_timeout)
+
+    def archive_for_checkpoint(self) -> HistoryArchive | None:
+        """Where a checkpoint copies the journal's records before it forgets them.
+
+        This backend's history; or, opened with ``history=None`` on a root that
+        other processes keep history in (``.history/`` exists), that history:
+        its checkpoint would otherwise erase from it what the journal holds,
+        their acknowledged writes included. It archives there without pruning
+        (the owners' policy prunes), and its own plain writes take the durable
+        replace, so they are not in it.
+        """
+        if self.history is not None:
+            return self.history
+        if self._others_history is None:
+            try:
+                self._os.stat(f"{self.root}/{HISTORY_DIR}")
+            except FileNotFoundError:
+                return None
+            self._others_history = HistoryArchive(self, HistoryPolicy())
+        return self._others_history
 
     @classmethod
     def from_url(cls, url: str) -> Self:

@@ -143,6 +143,10 @@ DEFAULT_JOURNAL_LIMIT = 64 << 20
 """Journal bytes after which a committer checkpoints (applies, syncs, empties)."""
 DEFAULT_LOCK_TIMEOUT = 30.0
 """Seconds a wait for a lock held by another process lasts before :class:`LockTimeoutError`."""
+CHECKPOINT_RETRY_DELAY = 1.0
+"""Seconds a commit past the limit waits before trying again a checkpoint that failed
+(a full disk, an entity directory swapped for a link): each try applies every
+pending value, and the journal is kept meanwhile."""
 APPLY_DELAY = 0.5
 """Seconds the applier waits after a commit before writing the files, so that
 ticks rewriting the same entities cost one file write, not one per tick. The
@@ -482,6 +486,8 @@ class CommitJournal:
         self._journal: _OpenJournal | None = None
         self._lock_fd: int | None = None
         self._broken: BaseException | None = None
+        self._checkpoint_retry_at = 0.0
+        """Monotonic time before which a commit does not try the checkpoint that failed."""
         self._init_threading()
         _journals.add(self)
 
@@ -578,12 +584,14 @@ class CommitJournal:
 
     def refresh(self) -> None:
         """Bring this process's view up to date with the shared journal (cheap when unchanged)."""
-        journal = self._journal
-        if journal is not None:
-            stat_result = self._os.fstat(journal.fd)
-            if stat_result.st_nlink and stat_result.st_size == journal.offset:
-                return
+        # Under the lock even when unchanged: another thread may be closing this
+        # descriptor (its journal replaced by a checkpoint), and its number reused.
         with self._view_lock:
+            journal = self._journal
+            if journal is not None:
+                stat_result = self._os.fstat(journal.fd)
+                if stat_result.st_nlink and stat_result.st_size == journal.offset:
+                    return
             self._refresh_locked(truncate_torn=False)
 
     def _refresh_locked(self, *, truncate_torn: bool) -> _OpenJournal | None:
@@ -831,7 +839,7 @@ class CommitJournal:
             last_time = self._commit_time(old)
             blob += encode_record(first_seq, last_time, writes)
             next_seq += 1
-        history = self._backend.history
+        history = self._backend.archive_for_checkpoint()
         if old is not None and history is not None and not archived:
             # The past goes into the history, durably, before the journal forgets it.
             history.archive(self._os.pread(old.fd, old.offset, 0))
@@ -1342,11 +1350,26 @@ class CommitJournal:
         try:
             self._append_locked(batch, wait=may_wait)
             self._apply_plain_writes(batch, wait=may_wait)
-            if journal.offset >= self.limit and self._journal is journal:
+            if (
+                journal.offset >= self.limit
+                and self._journal is journal
+                and time.monotonic() >= self._checkpoint_retry_at
+            ):
                 try:
                     self._checkpoint_held(wait=may_wait)
                 except _WouldBlock:
                     pass  # committed all the same; the applier checkpoints soon
+                except (PersistError, OSError) as exc:
+                    # The batch is committed (appended, fsynced): a checkpoint that
+                    # cannot finish keeps the journal, and is this commit's failure
+                    # no more than it is the next one's.
+                    self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_DELAY
+                    logger.warning(
+                        "persistkit: checkpoint of %s failed (%s); the journal is kept, "
+                        "the commit stands, and a checkpoint is tried again later",
+                        self._backend.root,
+                        exc,
+                    )
         finally:
             self._unlock_journal()
         self._wake_applier()
@@ -1365,10 +1388,9 @@ class CommitJournal:
         try:
             self._apply(newest, wait=wait)
         except (_WouldBlock, OSError, PersistError) as exc:
-            if isinstance(exc, ForeignSymlinkError):
-                raise
             # Committed all the same: reads serve it from the journal and the
-            # applier writes the file shortly.
+            # applier writes the file later (through no link: a directory
+            # swapped for one since the check is refused there too).
             logger.debug("persistkit: writing %d files now failed (%s)", len(newest), exc)
             return
         self._applied.update(newest)
@@ -1393,6 +1415,10 @@ class CommitJournal:
             # these records while the offset is being moved past them.
             with self._view_lock:
                 try:
+                    # Space first: on a full disk a short write would show this
+                    # batch's first records, whole, to other processes' readers
+                    # until the truncate below, though none of them is committed.
+                    osl.reserve(journal.fd, journal.offset, len(blob))
                     view_bytes = memoryview(blob)
                     while view_bytes:
                         view_bytes = view_bytes[osl.write(journal.fd, view_bytes) :]
@@ -1642,7 +1668,7 @@ class CommitJournal:
         journal = self._journal
         if journal is None or (not self.pending and journal.offset == _FILE_HEADER.size):
             return
-        history = self._backend.history
+        history = self._backend.archive_for_checkpoint()
         try:
             self._apply_held(wait=wait)
             if history is not None:
@@ -1657,7 +1683,7 @@ class CommitJournal:
                 "and applied at the next start"
             ) from exc
 
-        if history is not None:
+        if history is not None and history is self._backend.history:  # its owner's policy
             try:
                 history.prune(time.time_ns())
             except OSError as exc:  # the next checkpoint prunes; nothing was lost
@@ -1738,7 +1764,7 @@ class CommitJournal:
             merged.update(record.writes)
         self._apply(merged, wait=True)
         self._sync_filesystem()
-        history = self._backend.history
+        history = self._backend.archive_for_checkpoint()
         if history is not None and start and records:
             # The records before the damage happened: they belong in the history.
             history.archive(bytes(data[: start + length]))

@@ -157,6 +157,26 @@ class OSLayer:
     libc_syncfs: ClassVar[Callable[[int], int] | None]
     """``syncfs(2)`` from the C library, or ``None`` where there is none (macOS)."""
 
+    libc_fallocate: ClassVar[Callable[[int, int, int, int], int] | None]
+    """``fallocate(2)`` from the C library, or ``None`` where there is none (macOS)."""
+
+    def reserve(self, fd: int, offset: int, length: int) -> None:
+        """Allocate ``length`` bytes at ``offset`` without changing the file's size.
+
+        Writing into them then cannot run out of space, so a full disk refuses
+        an append before any byte of it lands. Where the call or the file
+        system lacks it (macOS, some network file systems), nothing is
+        reserved: the append itself meets a full disk then.
+        """
+        fallocate = type(self).libc_fallocate
+        if fallocate is None:
+            return
+        if fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            code = ctypes.get_errno()
+            if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return
+            raise OSError(code, os.strerror(code))
+
     def syncfs(self, fd: int) -> None:
         """Flush the whole file system holding ``fd`` (one call instead of an fsync per file)."""
         syncfs = type(self).libc_syncfs
@@ -186,6 +206,21 @@ def _find_syncfs() -> Callable[[int], int] | None:
 
 
 OSLayer.libc_syncfs = _find_syncfs()
+
+
+def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    function.restype = ctypes.c_int
+    found: Callable[[int, int, int, int], int] = function
+    return found
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+OSLayer.libc_fallocate = _find_fallocate()
 
 
 REAL_OS = OSLayer()

@@ -84,6 +84,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 import struct
 import sys
 import threading
@@ -1497,17 +1498,30 @@ class CommitJournal:
         walks it and raises :class:`ForeignSymlinkError`); one swapped for a
         link later is refused when its files are written, and the journal
         keeps the commit. ``fresh`` (a plain write, whose file is written
-        before it returns) looks again every time, so that such a write is
-        refused before it is committed, never after.
+        before it returns) looks again every time, its value's file too, so
+        that such a write is refused before it is committed (one swapped in
+        after this look is committed, and its file written once the link is gone).
         """
+        from persistkit.backends._file import SUFFIX  # file.py imports this module
+
         backend = self._backend
         verified = self._confined_namespaces
         for key in writes:
-            namespace = split_key(key)[0]
+            namespace, name = split_key(key)
             if namespace in verified and not fresh:
                 continue
             try:
-                self._os.close(backend._open_dir(backend._dir(namespace)))
+                dir_fd = backend._open_dir(backend._dir(namespace))
+                try:
+                    if fresh:
+                        # The value's file itself: a link there is never replaced.
+                        found = self._os.stat(name + SUFFIX, dir_fd=dir_fd, follow_symlinks=False)
+                        if stat.S_ISLNK(found.st_mode):
+                            raise self._os.refuse_link(dir_fd, name + SUFFIX)
+                except FileNotFoundError:
+                    pass  # a new value
+                finally:
+                    self._os.close(dir_fd)
             except (FileNotFoundError, NotADirectoryError):
                 pass  # made when applied, through the same confined layer
             except OSError as exc:

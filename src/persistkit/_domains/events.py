@@ -63,7 +63,7 @@ from persistkit._config import Settings, active_settings
 from persistkit._domains._base import DomainAdapter
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
-from persistkit._transaction import Transaction, transaction, transaction_for
+from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
 from persistkit.errors import EntityNotFoundError, TransientBackendError
 from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
@@ -513,6 +513,14 @@ _Sections = dict[str, tuple[int, int, list[Any]]]
 """A pair's logs as a head holds them: kind -> (first segment, end segment, newest rows)."""
 
 
+class _Unread:
+    """The type of :data:`_UNREAD`."""
+
+
+_UNREAD = _Unread()
+"""A signal the commit did not stage: what is committed must be read (awaited)."""
+
+
 class _PairLog:
     """One pair's event logs under one settings, as this process last saw them.
 
@@ -557,7 +565,7 @@ class _PairLog:
         self.head_key = log._key(HEAD)
         self.head: bytes | None = None
         self.sections: _Sections = {}
-        self.memo: dict[str, tuple[bytes, Any]] = {}
+        self.memo: dict[str, tuple[bytes | None, Any]] = {}
         self.recorders: dict[str, _Recorder] = {}
         self.signal = signal
         self.signal_backend = signal.backend
@@ -572,17 +580,21 @@ class _PairLog:
         self.memo[key] = (data, value)
         return value
 
-    async def signal_row(self, txn: Transaction) -> SignalRow | None:
-        """The pair's signal as ``txn`` leaves it (staged there, else committed)."""
-        backend = self.signal_backend
+    def staged_signal(self, txn: Transaction) -> SignalRow | _Unread | None:
+        """The pair's signal as the committing ``txn`` staged it; :data:`_UNREAD`: not staged."""
         key = self.signal_key
-        if backend is txn.backend:
-            staged, data = txn.lookup(key)
-            if not staged:
-                data = await _committed(backend, key)
-        else:
-            data = await _committed(backend, key)
-        return None if data is None else self.parsed(self.signal, key, data)
+        if self.signal_backend is not txn.backend:
+            return _UNREAD
+        # The committing transaction holds every write of the block, its savepoints' too.
+        data = txn.writes.get(key, _UNREAD)
+        if data is None or isinstance(data, _Unread):
+            return data
+        return self.parsed(self.signal, key, data)  # type: ignore[no-any-return]
+
+    async def committed_signal(self) -> SignalRow | None:
+        """The pair's signal as committed."""
+        data = await _committed(self.signal_backend, self.signal_key)
+        return None if data is None else self.parsed(self.signal, self.signal_key, data)
 
     async def append(
         self, txn: Transaction, committed: bytes | None, grown: dict[str, list[Any]]
@@ -596,32 +608,20 @@ class _PairLog:
             sections = self.sections
         else:
             sections = await self._load(txn, committed)
-        log = self.log
-        limit = self.limit
         written = dict(sections)
         for kind_name, rows in grown.items():
             first, end, events = sections[kind_name]
             events = events + rows
-            sealed = len(events) // SEGMENT_EVENTS
-            total = (end - first) * SEGMENT_EVENTS + len(events)
-            # Segments whose events the bound no longer needs, oldest first; one just
-            # sealed among them is never written.
-            keep_from = first
-            while keep_from < end + sealed and total - SEGMENT_EVENTS >= limit:
-                keep_from += 1
-                total -= SEGMENT_EVENTS
-            for number in range(first, min(keep_from, end)):
-                txn.include(log._key(f"{kind_name}-{number}"), None)
-            for index in range(sealed):
-                number = end + index
-                if number >= keep_from:
-                    chunk = events[index * SEGMENT_EVENTS : (index + 1) * SEGMENT_EVENTS]
-                    # Every row was validated (no NaN, no infinity) when it was made
-                    # or read, so orjson's output is exact: the codec's walk would
-                    # only cost time.
-                    txn.include(log._key(f"{kind_name}-{number}"), orjson.dumps(chunk))
-            written[kind_name] = (keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :])
+            if (
+                len(events) >= SEGMENT_EVENTS
+                or (end - first - 1) * SEGMENT_EVENTS + len(events) >= self.limit
+            ):
+                written[kind_name] = self._seal(txn, kind_name, first, end, events)
+            else:  # the common commit: the head grows, no segment changes
+                written[kind_name] = (first, end, events)
         schedule, partial = written["schedule"], written["partial"]
+        # Every row was validated (no NaN, no infinity) when it was made or read, so
+        # orjson's output is exact: the codec's walk would only cost time.
         data = orjson.dumps(
             {
                 "format": EVENTS_FORMAT,
@@ -631,6 +631,28 @@ class _PairLog:
         )
         txn.include(self.head_key, data)
         self.head, self.sections = data, written
+
+    def _seal(
+        self, txn: Transaction, kind_name: str, first: int, end: int, events: list[Any]
+    ) -> tuple[int, int, list[Any]]:
+        """Move full segments of ``events`` (the head's, oldest first) into new segments
+        and drop the oldest segments past the bound; returns the kind's new section."""
+        key = self.log._key
+        sealed = len(events) // SEGMENT_EVENTS
+        total = (end - first) * SEGMENT_EVENTS + len(events)
+        # Segments whose events the bound no longer needs, oldest first; one just
+        # sealed among them is never written.
+        keep_from = first
+        while keep_from < end + sealed and total - SEGMENT_EVENTS >= self.limit:
+            keep_from += 1
+            total -= SEGMENT_EVENTS
+        for number in range(first, min(keep_from, end)):
+            txn.include(key(f"{kind_name}-{number}"), None)
+        for index in range(sealed):
+            if end + index >= keep_from:
+                chunk = events[index * SEGMENT_EVENTS : (index + 1) * SEGMENT_EVENTS]
+                txn.include(key(f"{kind_name}-{end + index}"), orjson.dumps(chunk))
+        return keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]
 
     async def _load(self, txn: Transaction, committed: bytes | None) -> _Sections:
         """The logs as stored, when this process did not write the committed head last.
@@ -682,45 +704,76 @@ class _Recorder:
         self.kind = kind
         self.backend = store.backend
 
-    async def changes(
-        self, txn: Transaction, old: bytes | None, new: bytes | None, given: Any, now: int
-    ) -> list[list[Any]]:
-        """The event rows of the row going from ``old`` to ``new`` (never equal) in ``txn``;
-        ``given``: what ``new`` parses as, when the writer handed it over."""
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        """The event rows of the row going from ``old`` to ``new`` (never equal) in the
+        committing ``txn``; ``given``: what ``new`` parses as, when the writer handed it
+        over. :data:`_UNREAD` when they depend on the pair's signal, ``txn`` did not
+        stage it, and ``signal`` is :data:`_UNREAD`: call again with the committed one.
+        (Synchronous: a tick's events need no await unless a signal must be read.)"""
         raise NotImplementedError
 
-    def _new_value(self, new: bytes | None, given: Any) -> Any:
-        if new is None:
-            return None
-        value = given if given is not None else self.pair.parsed(self.store, self.key, new)
-        self.pair.memo[self.key] = (new, value)  # the old value of the next change
-        return value
+    def _values(self, old: bytes | None, new: bytes | None, given: Any) -> tuple[Any, Any]:
+        """``old`` and ``new`` parsed (remembered, given, or parsed now); ``new`` is
+        remembered as the old value of the next change."""
+        pair, key = self.pair, self.key
+        old_value = None if old is None else pair.parsed(self.store, key, old)
+        new_value = None
+        if new is not None:
+            new_value = given if given is not None else pair.parsed(self.store, key, new)
+        pair.memo[key] = (new, new_value)
+        return old_value, new_value
 
 
 class _ScheduleRecorder(_Recorder):
-    async def changes(
-        self, txn: Transaction, old: bytes | None, new: bytes | None, given: Any, now: int
-    ) -> list[list[Any]]:
-        old_row = None if old is None else self.pair.parsed(self.store, self.key, old)
-        new_row = self._new_value(new, given)
-        if old_row is None and new_row is None:
-            return []
-        resolved = old_row is not None and (new_row is None or new_row.id != old_row.id)
-        # Only a resolved entry asks whether the signal took it.
-        signal = await self.pair.signal_row(txn) if resolved else None
+    __slots__ = ()
+
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        old_row, new_row = self._values(old, new, given)
+        if old_row is None or (new_row is not None and new_row.id == old_row.id):
+            # Not resolved (nothing before, or the same entry): no signal to ask.
+            return schedule_events(old_row, new_row, None, now)
+        if isinstance(signal, _Unread):
+            signal = self.pair.staged_signal(txn)
+            if isinstance(signal, _Unread):
+                return signal
         return schedule_events(old_row, new_row, signal, now)
 
 
 class _PartialRecorder(_Recorder):
-    async def changes(
-        self, txn: Transaction, old: bytes | None, new: bytes | None, given: Any, now: int
-    ) -> list[list[Any]]:
-        # The old value first: the memo keeps one value per row, the new one next.
-        old_levels = None if old is None else self.pair.parsed(self.store, self.key, old)
-        new_levels = self._new_value(new, given)
+    __slots__ = ()
+
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        old_levels, new_levels = self._values(old, new, given)
         if not new_levels:
             return []  # levels removed (the signal closed): no milestone reached
-        signal = await self.pair.signal_row(txn)
+        if isinstance(signal, _Unread):
+            signal = self.pair.staged_signal(txn)
+            if isinstance(signal, _Unread):
+                return signal
         return partial_events(old_levels or {}, new_levels, signal, now)
 
 
@@ -738,8 +791,9 @@ class _CommitEvents:
 
     It reads the committed values of all the rows it was told of in one batch
     (one look at the backend), so a row rewritten unchanged (the common tick)
-    costs no more than that comparison; each pair whose logs grow writes its
-    head once.
+    costs no more than that comparison. The heads of the pairs whose rows
+    differ from what this process committed last join the batch; each pair
+    whose logs grow writes its head once.
     """
 
     __slots__ = ("heads", "rows")
@@ -754,32 +808,60 @@ class _CommitEvents:
     async def __call__(self, txn: Transaction) -> None:
         writes = txn.writes
         rows = self.rows
-        keys = [key for key in rows if key in writes]  # not a failed savepoint's
+        keys: list[str] = []
+        # A pair's head is read with the rows when one of them is not what this
+        # process committed last (an event, most likely); else only if needed.
+        likely: dict[_PairLog, None] = {}
+        for key, (recorder, _, _) in rows.items():
+            if key in writes:  # not a failed savepoint's
+                keys.append(key)
+                known = recorder.pair.memo.get(key)
+                if known is None or known[0] != writes[key]:
+                    likely[recorder.pair] = None
         if not keys:
             return
         backend = txn.backend
+        stored = await _committed_many(backend, [*keys, *(pair.head_key for pair in likely)])
         grown: dict[_PairLog, dict[str, list[Any]]] = {}
-        for key, old in zip(keys, await _committed_many(backend, keys), strict=True):
+        now = -1
+        for key, old in zip(keys, stored, strict=False):  # the heads follow the rows
             new = writes[key]
-            if old == new:
-                continue  # the common tick: nothing parsed
             recorder, staged, given = rows[key]
             pair = recorder.pair
-            events = await recorder.changes(
-                txn, old, new, given if new is staged else None, _now(pair.settings)
-            )
+            if new is not staged:
+                given = None  # rewritten since, by a write that gave no model
+            if old == new:  # the common tick: nothing parsed
+                if given is not None and pair in likely:
+                    pair.memo[key] = (new, given)  # so that the next such tick reads no head
+                continue
+            if now < 0:
+                now = _now(pair.settings)
+            events = recorder.changes(txn, old, new, given, now, _UNREAD)
+            if isinstance(events, _Unread):
+                signal = await pair.committed_signal()
+                events = recorder.changes(txn, old, new, given, now, signal)
             if events:
-                grown.setdefault(pair, {}).setdefault(recorder.kind.name, []).extend(events)
+                assert not isinstance(events, _Unread)  # given a signal, it never asks
+                kinds = grown.get(pair)
+                if kinds is None:
+                    kinds = grown[pair] = {}
+                kind_name = recorder.kind.name
+                if kind_name in kinds:
+                    kinds[kind_name] += events
+                else:
+                    kinds[kind_name] = events
         if not grown:
             return
-        # The heads of the pairs whose logs grow, in one batch too: a file read each
-        # when they were checkpointed, so never for a tick without events.
-        heads = await _committed_many(backend, [pair.head_key for pair in grown])
-        for (pair, added), head in zip(grown.items(), heads, strict=True):
-            await pair.append(txn, head, added)
+        heads = dict(zip(likely, stored[len(keys) :], strict=True))
+        unread = [pair for pair in grown if pair not in heads]
+        if unread:
+            found = await _committed_many(backend, [pair.head_key for pair in unread])
+            heads.update(zip(unread, found, strict=True))
+        for pair, added in grown.items():
+            await pair.append(txn, heads[pair], added)
 
 
-async def _recorder(
+async def _new_recorder(
     settings: Settings,
     store: PersistBase[Any],
     entity_id: str,
@@ -790,13 +872,9 @@ async def _recorder(
     """The recorder of ``store``'s row ``entity_id`` (``None``: its backend cannot commit
     two keys atomically, so no events), built at its first write: the log's stores and
     their init are paid once per pair, not on every write of a tick."""
-    log = PAIR_LOGS.pairs.get((id(settings), pair))
-    if log is not None and log.settings is settings:
-        found = log.recorders.get(kind.name)
-        if found is not None and found.store is store:
-            return found
     if type(store.backend).commit is Backend.commit:
         return None
+    log = PAIR_LOGS.pairs.get((id(settings), pair))
     if log is None or log.settings is not settings:
         # Imported here: the adapters' package builds this module's users.
         from persistkit._domains import PersistSignalAdapter
@@ -814,6 +892,7 @@ async def _recorder(
 
 
 def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
+    """Tell ``txn``'s commit hook that ``recorder``'s row was just staged in ``txn``."""
     pair = recorder.pair
     if pair.backend is not txn.backend:
         logger.warning(
@@ -830,11 +909,12 @@ def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
     hook = committing.registered_hook(_HOOK)
     if not isinstance(hook, _CommitEvents):
         hook = _CommitEvents()
-    if pair.head_key not in hook.heads:
-        hook.heads.add(pair.head_key)
-        committing.before_commit(_HOOK, (pair.head_key,), hook)
-    _, staged = txn.lookup(recorder.key)
-    hook.rows[recorder.key] = (recorder, staged, given)
+    head_key = pair.head_key
+    if head_key not in hook.heads:
+        hook.heads.add(head_key)
+        committing.before_commit(_HOOK, (head_key,), hook)
+    key = recorder.key
+    hook.rows[key] = (recorder, txn.writes.get(key), given)  # the store staged it in txn
 
 
 async def write_with_events(
@@ -854,16 +934,22 @@ async def write_with_events(
     the commit then does not parse the staged bytes again.
     """
     settings = active_settings()
-    recorder = (
-        await _recorder(settings, store, entity_id, kind, symbol, pair)
-        if settings.event_limit
-        else None
-    )
-    if recorder is None:
+    if not settings.event_limit:
         await _write(store, entity_id, value)
         return
+    log = PAIR_LOGS.pairs.get((id(settings), pair))
+    recorder = None
+    if log is not None and log.settings is settings:
+        recorder = log.recorders.get(kind.name)
+    if recorder is None or recorder.store is not store:
+        recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
+        if recorder is None:
+            await _write(store, entity_id, value)
+            return
     backend = recorder.backend
-    active = transaction_for(backend)
+    active = active_transaction.get()
+    if active is not None and active.backend is not backend:
+        active = transaction_for(backend)  # an outer one on this backend, if any
     if active is not None:
         await _write(store, entity_id, value)
         _register(active, recorder, given)
@@ -882,12 +968,13 @@ def remember_signal(store: PersistBase[Any], pair: str, row: SignalRow) -> None:
     log = PAIR_LOGS.pairs.get((id(settings), pair))
     if log is None or log.settings is not settings or log.signal is not store:
         return  # no events recorded for the pair yet: its first is parsed
-    txn = transaction_for(log.signal_backend)
-    if txn is None:
-        return
-    staged, data = txn.lookup(log.signal_key)
-    if staged and data is not None:
-        log.memo[log.signal_key] = (data, row)
+    txn = active_transaction.get()
+    if txn is not None and txn.backend is not log.signal_backend:
+        txn = transaction_for(log.signal_backend)
+    if txn is not None:
+        data = txn.writes.get(log.signal_key)  # the store staged it in txn
+        if data is not None:
+            log.memo[log.signal_key] = (data, row)
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from persistkit import FileBackend, InvalidNameError, PersistBase
 from persistkit._names import join_pair, split_pair
-from persistkit.backends._base import check_key
 from persistkit.backends._archive import HISTORY_DIR
+from persistkit.backends._base import check_key
 from persistkit.backends._journal import JOURNAL_DIR
 
 EXAMPLES = count(120, 1000, "hostile-name examples (hypothesis), each of two properties")

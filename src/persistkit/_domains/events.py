@@ -720,6 +720,12 @@ class _Recorder:
         (Synchronous: a tick's events need no await unless a signal must be read.)"""
         raise NotImplementedError
 
+    def _signal(
+        self, txn: Transaction, signal: SignalRow | _Unread | None
+    ) -> SignalRow | _Unread | None:
+        """``signal``, else (:data:`_UNREAD`) the one ``txn`` staged, else :data:`_UNREAD`."""
+        return self.pair.staged_signal(txn) if isinstance(signal, _Unread) else signal
+
     def _values(self, old: bytes | None, new: bytes | None, given: Any) -> tuple[Any, Any]:
         """``old`` and ``new`` parsed (remembered, given, or parsed now); ``new`` is
         remembered as the old value of the next change."""
@@ -748,10 +754,9 @@ class _ScheduleRecorder(_Recorder):
         if old_row is None or (new_row is not None and new_row.id == old_row.id):
             # Not resolved (nothing before, or the same entry): no signal to ask.
             return schedule_events(old_row, new_row, None, now)
+        signal = self._signal(txn, signal)
         if isinstance(signal, _Unread):
-            signal = self.pair.staged_signal(txn)
-            if isinstance(signal, _Unread):
-                return signal
+            return signal
         return schedule_events(old_row, new_row, signal, now)
 
 
@@ -770,10 +775,9 @@ class _PartialRecorder(_Recorder):
         old_levels, new_levels = self._values(old, new, given)
         if not new_levels:
             return []  # levels removed (the signal closed): no milestone reached
+        signal = self._signal(txn, signal)
         if isinstance(signal, _Unread):
-            signal = self.pair.staged_signal(txn)
-            if isinstance(signal, _Unread):
-                return signal
+            return signal
         return partial_events(old_levels or {}, new_levels, signal, now)
 
 

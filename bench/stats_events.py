@@ -8,7 +8,7 @@ one with them on. Three shapes of tick:
 
 - every tick records events: each pair's scheduled entry is replaced (a
   cancellation and a new entry) and a signal reaches a new milestone: 6 events
-  appended to 4 logs per tick;
+  appended to the logs of 2 pairs per tick (one head each);
 - every tick records one event: one pair's new signal reaches its first
   milestone, the other rows are written again (a live tick that has an event
   usually has one: a fill, or a level reached);

@@ -122,8 +122,7 @@ async def test_live_mode_uses_backtest_kits_layout(data_root: Path) -> None:
         "risk/main/positions.json",
         "schedule/BTCUSDT_my_strategy/BTCUSDT.json",
         "signal/BTCUSDT_my_strategy/BTCUSDT.json",
-        "stats/partial/BTCUSDT_my_strategy/head.json",
-        "stats/schedule/BTCUSDT_my_strategy/head.json",
+        "stats/BTCUSDT_my_strategy/head.json",
     ]
     on_disk = json.loads((data_root / "risk/main/positions.json").read_text())
     assert on_disk[0][0] == "k"

@@ -29,7 +29,7 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit._domains.events import HEAD_EVENTS, SCHEDULE_LOG, SEGMENT_EVENTS
+from persistkit._domains.events import PAIR_LOGS, PARTIAL, SCHEDULE, SEGMENT_EVENTS, PairHead
 from persistkit._names import join_pair
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
 
@@ -203,7 +203,7 @@ async def test_a_scripted_live_session_gives_the_same_statistics_after_a_restart
     persistkit.configure(mode="live", base_dir=data_root)  # a new process, say
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root):
         await check_scripted_statistics()
-    assert (data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json").is_file()
+    assert (data_root / "stats" / "BTC%2FUSDT_trend_1" / "head.json").is_file()
 
 
 async def test_live_events_carry_the_commit_time_by_default() -> None:
@@ -278,12 +278,16 @@ async def test_300_events_keep_the_newest_250() -> None:
     assert (stats.event_list[-1].action, stats.event_list[-1].signal_id) == ("cancelled", "S149")
     assert (stats.total_scheduled, stats.total_cancelled) == (125, 125)
     # What is stored stays bounded too: whole segments of old events are dropped.
-    log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
+    log = await PAIR_LOGS._store(join_pair(SYMBOL, STRATEGY))
+    head = await log.read_value("head")
+    assert isinstance(head, PairHead)
     kept = [
-        len(value) if isinstance(value, list) else len(value.events)  # a segment, the head
-        async for value in log.values()
+        len(await log.read_value(entity_id))
+        async for entity_id in log.keys()
+        if entity_id.startswith("schedule-")
     ]
-    assert 250 <= sum(kept) < 250 + SEGMENT_EVENTS
+    assert kept == [SEGMENT_EVENTS] * len(kept)
+    assert 250 <= sum(kept) + len(head.schedule.events) < 250 + SEGMENT_EVENTS
 
 
 async def test_the_bound_is_configurable_and_zero_records_nothing() -> None:
@@ -443,10 +447,10 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        for number in range(HEAD_EVENTS):  # one segment, and newer events in the head
+        for number in range(SEGMENT_EVENTS):  # one segment, and newer events in the head
             async with session.tick():
                 await put_schedule(scheduled(f"S{number}", T0))
-    head = data_root / "stats" / "schedule" / "BTC%2FUSDT_trend_1" / "head.json"
+    head = data_root / "stats" / "BTC%2FUSDT_trend_1" / "head.json"
     head.write_bytes(b'{"segments": [[0, ')  # torn by a bad disk, say
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)  # a restart
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
@@ -455,47 +459,84 @@ async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_co
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
         # The sealed segment the lost head listed still counts and is not overwritten;
         # the newest events were in the head, which is kept in the quarantine.
-        assert len(stats.event_list) == HEAD_EVENTS + 2
+        assert len(stats.event_list) == SEGMENT_EVENTS + 2
         assert [(event.action, event.signal_id) for event in stats.event_list[:3]] == [
             ("scheduled", "S0"),
             ("cancelled", "S0"),
             ("scheduled", "S1"),
         ]
         assert [(event.action, event.signal_id) for event in stats.event_list[-2:]] == [
-            ("cancelled", f"S{HEAD_EVENTS - 1}"),
+            ("cancelled", f"S{SEGMENT_EVENTS - 1}"),
             ("scheduled", "B"),
         ]
-        log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
+        log = await PAIR_LOGS._store(join_pair(SYMBOL, STRATEGY))
         (entry,) = await log.list_quarantined()
         assert entry.key.endswith("/head")  # kept aside with its reason, not deleted
 
 
-def format_1_event(number: int) -> dict[str, Any]:
-    """A schedule event as persistkit wrote it before format 2 (a whole JSON object)."""
+def old_event(number: int, old_format: int) -> Any:
+    """A schedule event as persistkit wrote it before format 3: a whole JSON object
+    (format 1) or a row (format 2)."""
     action = "scheduled" if number % 2 == 0 else "cancelled"
+    duration = None if action == "scheduled" else 1.0
+    timestamp, signal_id = T0 + number * MIN, f"OLD{number // 2}"
+    if old_format == 2:
+        return [timestamp, action, signal_id, "long", 100.0, duration]
     return {
-        "timestamp": T0 + number * MIN,
+        "timestamp": timestamp,
         "action": action,
         "symbol": SYMBOL,
         "strategyName": STRATEGY,
-        "signalId": f"OLD{number // 2}",
+        "signalId": signal_id,
         "position": "long",
         "priceOpen": 100.0,
-        "durationMin": None if action == "scheduled" else 1.0,
+        "durationMin": duration,
     }
 
 
-async def test_a_log_written_in_format_1_is_read_and_carried_on_in_format_2(
-    data_root: Path,
+@pytest.mark.parametrize("old_format", [1, 2])
+async def test_a_log_written_before_format_3_is_read_and_moved_to_format_3_by_the_next_event(
+    data_root: Path, old_format: int
 ) -> None:
-    # An event log left by the previous persistkit: a sealed segment of 10 events and
-    # a head listing it, holding the 4 newest.
-    log_dir = data_root / "stats" / "schedule" / join_pair(SYMBOL, STRATEGY)
-    log_dir.mkdir(parents=True)
-    old = [format_1_event(number) for number in range(14)]
-    (log_dir / "0.json").write_bytes(orjson.dumps(old[:10]))
-    (log_dir / "head.json").write_bytes(orjson.dumps({"segments": [[0, 10]], "events": old[10:]}))
-    expected = [(event["action"], event["signalId"], event["timestamp"]) for event in old]
+    # Logs left by an earlier persistkit, one folder per kind: a schedule log with a
+    # sealed segment of 10 events and a head listing it, holding the 4 newest (the
+    # segment of 12 events that format 2 grew to 50), and a partial log.
+    pair = join_pair(SYMBOL, STRATEGY)
+    schedule_dir = data_root / "stats" / "schedule" / pair
+    partial_dir = data_root / "stats" / "partial" / pair
+    schedule_dir.mkdir(parents=True)
+    partial_dir.mkdir(parents=True)
+    old = [old_event(number, old_format) for number in range(16)]
+    head = {"segments": [[0, 12]], "events": old[12:]}
+    if old_format == 2:
+        head["format"] = 2
+    (schedule_dir / "0.json").write_bytes(orjson.dumps(old[:12]))
+    (schedule_dir / "head.json").write_bytes(orjson.dumps(head))
+    milestone = [T0, "profit", "OLD0", 10, "long", 101.0]
+    partial_head: dict[str, Any] = {"format": 2, "segments": [], "events": [milestone]}
+    if old_format == 1:
+        partial_head = {
+            "segments": [],
+            "events": [
+                {
+                    "timestamp": T0,
+                    "action": "profit",
+                    "symbol": SYMBOL,
+                    "strategyName": STRATEGY,
+                    "signalId": "OLD0",
+                    "level": 10,
+                    "position": "long",
+                    "price": 101.0,
+                }
+            ],
+        }
+    (partial_dir / "head.json").write_bytes(orjson.dumps(partial_head))
+    expected = [
+        (event[1], event[2], event[0])
+        if old_format == 2
+        else (event["action"], event["signalId"], event["timestamp"])
+        for event in old
+    ]
 
     def seen(stats: Any) -> list[tuple[str, str, int]]:
         return [(event.action, event.signal_id, event.timestamp) for event in stats.event_list]
@@ -503,25 +544,32 @@ async def test_a_log_written_in_format_1_is_read_and_carried_on_in_format_2(
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        log = await SCHEDULE_LOG._store(join_pair(SYMBOL, STRATEGY))
-        assert await log.list_quarantined() == []  # valid, not damaged
+        for kind in (SCHEDULE, PARTIAL):
+            legacy = await kind.legacy._store(pair)  # its start scanned the old files
+            assert await legacy.list_quarantined() == []  # valid, not damaged
         before = await Schedule.get_data(SYMBOL, STRATEGY)
         assert seen(before) == expected
         assert before.event_list[0].strategy_name == STRATEGY
-        assert (before.total_scheduled, before.total_cancelled) == (7, 7)
+        assert (before.total_scheduled, before.total_cancelled) == (8, 8)
+        assert (await Partial.get_data(SYMBOL, STRATEGY)).total_profit == 1
         clock.now = T0 + 100 * MIN
-        for number in range(HEAD_EVENTS):  # enough to move the head into the old segment
-            async with session.tick():
-                await put_schedule(scheduled(f"NEW{number}", clock.now))
+        async with session.tick():
+            await put_schedule(scheduled("NEW0", clock.now))
         after = await Schedule.get_data(SYMBOL, STRATEGY)
-    assert seen(after)[:14] == expected
-    new = [(event.action, event.signal_id) for event in after.event_list[14:]]
-    assert new[:3] == [("scheduled", "NEW0"), ("cancelled", "NEW0"), ("scheduled", "NEW1")]
-    assert len(new) == 2 * HEAD_EVENTS - 1
-    head = orjson.loads((log_dir / "head.json").read_bytes())
-    assert head["format"] == 2 and all(isinstance(row, list) for row in head["events"])
-    # The old segment grew, rewritten as rows (its old events first): no other file.
-    segment = orjson.loads((log_dir / "0.json").read_bytes())
-    assert segment[0][:3] == [T0, "scheduled", "OLD0"]
-    assert len(segment) + len(head["events"]) == len(after.event_list)
-    assert sorted(path.name for path in log_dir.glob("*.json")) == ["0.json", "head.json"]
+        milestones = await Partial.get_data(SYMBOL, STRATEGY)
+    assert seen(after) == [*expected, ("scheduled", "NEW0", T0 + 100 * MIN)]
+    assert [(event.action, event.signal_id, event.price) for event in milestones.event_list] == [
+        ("profit", "OLD0", 101.0)
+    ]
+    # Both logs moved to format 3 in that commit: the old files are gone.
+    await persistkit.current_settings().backend.checkpoint()
+    assert list(schedule_dir.glob("*.json")) == list(partial_dir.glob("*.json")) == []
+    moved = data_root / "stats" / pair
+    head_now = orjson.loads((moved / "head.json").read_bytes())
+    assert head_now["format"] == 3
+    assert head_now["schedule"]["segments"] == [0, 1]
+    assert len(head_now["schedule"]["events"]) == 17 - SEGMENT_EVENTS
+    assert head_now["partial"] == {"segments": [0, 0], "events": [milestone]}
+    segment = orjson.loads((moved / "schedule-0.json").read_bytes())
+    assert segment[0][:3] == [T0, "scheduled", "OLD0"] and len(segment) == SEGMENT_EVENTS
+    assert sorted(path.name for path in moved.glob("*.json")) == ["head.json", "schedule-0.json"]

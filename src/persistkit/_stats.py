@@ -24,20 +24,18 @@ from typing import Any, Generic, TypeVar
 
 from persistkit._config import DEFAULT_EVENT_LIMIT, active_settings
 from persistkit._domains.events import (
-    HEAD,
-    PARTIAL_LOG,
-    SCHEDULE_LOG,
-    EventLog,
-    LogHead,
+    PAIR_LOGS,
+    PARTIAL,
+    SCHEDULE,
+    EventKind,
     PartialEvent,
     ScheduleEvent,
-    surviving_segments,
+    stored_rows,
 )
 from persistkit._names import join_pair
 from persistkit._store import PersistBase, SegmentName
 from persistkit.backends._base import Backend
 from persistkit.backends._file import FileBackend
-from persistkit.errors import EntityNotFoundError
 
 __all__ = [
     "EventReports",
@@ -233,10 +231,6 @@ def partial_markdown(stats: PartialStatistics) -> str:
 # -- the two facades ----------------------------------------------------------------------
 
 
-async def _no_count(_: str) -> int:
-    return 0
-
-
 def report_file_name(symbol: str, strategy: str) -> str:
     """``{symbol}_{strategy}.md``, in the collision-free encoding of the state's own paths."""
     return f"{join_pair(symbol, strategy)}.md"
@@ -247,50 +241,41 @@ class EventReports(Generic[StatsT]):
 
     def __init__(
         self,
-        log: EventLog,
+        kind: EventKind,
         statistics: Callable[[str, str, Sequence[Any]], StatsT],
         markdown: Callable[[StatsT], str],
         default_dir: str,
     ) -> None:
-        self._log = log
+        self._kind = kind
         self._statistics: Callable[[str, str, Sequence[Any]], StatsT] = statistics
         self._markdown: Callable[[StatsT], str] = markdown
         self.default_dir = default_dir
         """Where :meth:`dump` writes when given no path (relative to the working directory)."""
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self._log.domain}>"
+        return f"<{type(self).__name__} of {self._kind.name} events>"
 
     async def _events(self, symbol: str, strategy: str, backend: Backend | None) -> list[Any]:
         pair = join_pair(symbol, strategy)
-        store: PersistBase[Any]
+        kind = self._kind
+        log: PersistBase[Any]
+        legacy: PersistBase[Any]
         if backend is None:
-            store = await self._log._store(pair)
+            log = await PAIR_LOGS._store(pair)
+            legacy = await kind.legacy._store(pair)
         else:
-            store = PersistBase(
-                SegmentName(f"{self._log.domain}/{pair}"), backend=backend, model=self._log.schema
+            log = PersistBase(
+                SegmentName(f"{PAIR_LOGS.domain}/{pair}"), backend=backend, model=PAIR_LOGS.schema
             )
-        try:
-            head = await store.read_value(HEAD)
-        except EntityNotFoundError:
-            head = None
-        if isinstance(head, LogHead):
-            numbers = [number for number, _ in head.segments]
-        else:  # a new pair, or a head quarantined at a start: its segments still count
-            numbers = [number for number, _ in await surviving_segments(store, _no_count)]
-        stored: list[Any] = []
-        for number in numbers:
-            try:
-                stored += await store.read_value(number) or []
-            except EntityNotFoundError:
-                continue  # quarantined at a start: its events are lost, not the others
-        if isinstance(head, LogHead):
-            stored += head.events
-        # Rows (format 2) or whole events (format 1, an earlier persistkit's log).
-        events = self._log.events(stored, symbol, strategy)
+            legacy = PersistBase(
+                SegmentName(f"{kind.legacy.domain}/{pair}"),
+                backend=backend,
+                model=kind.legacy.schema,
+            )
+        rows = await stored_rows(kind, log, legacy)
         # The log drops whole segments, so it may hold up to a segment more than the bound.
         limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
-        return events[-limit:]
+        return kind.events(rows[-limit:], symbol, strategy)
 
     async def get_data(
         self, symbol: str, strategy: str, *, backend: Backend | None = None
@@ -335,14 +320,14 @@ class ScheduleUtils(EventReports[ScheduleStatistics]):
     """Statistics of scheduled (limit) entries: how many opened, were cancelled, how fast."""
 
     def __init__(self) -> None:
-        super().__init__(SCHEDULE_LOG, ScheduleStatistics.of, schedule_markdown, "./dump/schedule")
+        super().__init__(SCHEDULE, ScheduleStatistics.of, schedule_markdown, "./dump/schedule")
 
 
 class PartialUtils(EventReports[PartialStatistics]):
     """Statistics of profit and loss milestones reached by open signals."""
 
     def __init__(self) -> None:
-        super().__init__(PARTIAL_LOG, PartialStatistics.of, partial_markdown, "./dump/partial")
+        super().__init__(PARTIAL, PartialStatistics.of, partial_markdown, "./dump/partial")
 
 
 Schedule = ScheduleUtils()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from persistkit import FileBackend, InvalidNameError, PersistBase
 from persistkit._names import join_pair, split_pair
 from persistkit.backends._archive import HISTORY_DIR
+from persistkit.backends._base import check_key
 from persistkit.backends._journal import JOURNAL_DIR
 
 EXAMPLES = count(120, 1000, "hostile-name examples (hypothesis), each of two properties")
@@ -148,3 +150,24 @@ def test_hostile_names_stay_inside_the_root_and_never_collide() -> None:
         )
     )
     assert totals["stored"] > 0 and totals["refused"] > 0
+
+
+KEY_RULE = re.compile(r"(?:\A|/)(?:\.|/|\Z)|\x00")
+"""The backends' key rule as one regular expression: an empty key or segment, a segment
+starting with '.', a NUL anywhere. check_key spells it as plain string tests (faster)."""
+
+
+def test_check_key_refuses_exactly_what_the_key_rule_refuses() -> None:
+    @settings(max_examples=EXAMPLES * 5, deadline=None)
+    @given(key=st.text(alphabet="/.a\x00_%", max_size=12) | names)
+    def check(key: str) -> None:
+        try:
+            check_key(key)
+            refused = False
+        except InvalidNameError:
+            refused = True
+        assert refused == (KEY_RULE.search(key) is not None), repr(key)
+
+    check()
+    for key in HOSTILE:
+        check.hypothesis.inner_test(key)  # type: ignore[attr-defined]

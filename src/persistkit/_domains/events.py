@@ -3,7 +3,7 @@
 The bot makes no extra call: when a commit changes a pair's scheduled row or
 its partial levels, a hook of that commit (:meth:`Transaction.before_commit
 <persistkit._transaction.Transaction.before_commit>`) compares the new value with
-the committed one and appends what happened to the pair's event log, in the
+the committed one and appends what happened to the pair's event logs, in the
 same commit. A ``kill -9`` therefore never separates a state change from its
 events: after a restart the statistics are exactly those of the acknowledged
 ticks.
@@ -24,77 +24,84 @@ An event's time is the configured clock's (``configure(clock=...)``: a
 backtest's market time), else the time of the tick that commits it
 (:func:`persistkit._clock.now_ms`: the tick's time, recorded with it, so that a
 replay records the same events), else, outside a live session's tick, the
-wall-clock time of the commit. Each log keeps
-the newest ``event_limit`` events (``configure(event_limit=...)``, 250 by
-default) in ``stats/schedule/{symbol}_{strategy}/`` and
-``stats/partial/{symbol}_{strategy}/`` beside the state they describe. The
-``head`` holds the newest events (fewer than :data:`HEAD_EVENTS`) and lists
-the segments ``0``, ``1``, ...: at :data:`HEAD_EVENTS` events the head's events move
-to the last segment, which grows to :data:`SEGMENT_EVENTS` before the next is
-started; whole segments are dropped, oldest first, once the newer events reach
-the bound (a reader returns the newest ``event_limit``). Events are stored as
-short rows of their own fields (format 2, :class:`EventLog`), so an event costs
-its commit a few hundred bytes, and a new file only every
-:data:`SEGMENT_EVENTS` events. Files in live mode,
-process memory in backtest mode. A pair has one writer (its live session); the
-hooks read what is committed under this process's key locks.
+wall-clock time of the commit.
+
+**Layout (format 3).** A pair's two logs (``schedule`` and ``partial``) live
+together in ``stats/{symbol}_{strategy}/``: one ``head`` holds, for each kind,
+its newest events (fewer than :data:`SEGMENT_EVENTS`) and the range of its
+sealed segments ``{kind}-{n}``. When a kind's head events reach
+:data:`SEGMENT_EVENTS` they are sealed into the next segment, a file written
+once and never again; whole segments are dropped, oldest first, once the newer
+events reach the bound (``configure(event_limit=...)``, 250 by default; a
+reader returns the newest ``event_limit``). Events are short rows of their own
+fields (:data:`ScheduleRow`, :data:`PartialRow`). So a tick's commit carries
+one head per pair whose logs grow, whatever the kinds, plus a sealed segment
+every :data:`SEGMENT_EVENTS` events of a kind.
+
+Logs written by earlier versions (format 1: whole events; format 2: rows; one
+head per kind in ``stats/schedule/{pair}/`` and ``stats/partial/{pair}/``) are
+read as they are; the pair's next event moves both into format 3 in its commit
+and removes the old files (see :func:`stored_rows`).
+
+Files in live mode, process memory in backtest mode. A pair has one writer
+(its live session); the hooks read what is committed under this process's key
+locks, and keep what they parsed or wrote last (:class:`_PairLog`), recognised
+by its bytes, so that a tick parses nothing it wrote itself.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from persistkit._clock import now_ms
 from persistkit._config import Settings, active_settings
 from persistkit._domains._base import DomainAdapter
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
-from persistkit._transaction import Transaction, transaction, transaction_for
+from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
-from persistkit.errors import TransientBackendError
+from persistkit.errors import EntityNotFoundError, TransientBackendError
 from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
 from persistkit.models import _Model as EventModel
 
 __all__ = [
+    "EVENTS_FORMAT",
     "HEAD",
-    "HEAD_EVENTS",
-    "PARTIAL_LOG",
-    "ROWS_FORMAT",
-    "SCHEDULE_LOG",
+    "PAIR_LOGS",
+    "PARTIAL",
+    "SCHEDULE",
     "SEGMENT_EVENTS",
-    "Changes",
-    "EventLog",
-    "LogHead",
+    "EventKind",
+    "LegacyEventLog",
+    "PairEventLogs",
+    "PairHead",
     "PartialEvent",
-    "PartialEventLog",
     "PartialRow",
     "ScheduleEvent",
-    "ScheduleEventLog",
     "ScheduleRow",
-    "partial_changes",
     "partial_events",
-    "remember_staged",
-    "schedule_changes",
+    "remember_signal",
     "schedule_events",
-    "surviving_segments",
+    "segment_id",
+    "stored_rows",
     "write_with_events",
 ]
 
 logger = logging.getLogger(__name__)
 
 HEAD = "head"
-"""The id of a pair's log head in its ``stats/...`` store; segments have numbers."""
-HEAD_EVENTS = 10
-"""The head holds fewer events, the newest; at this many they move to the last segment."""
-SEGMENT_EVENTS = 50
-"""Events per full segment: the last one grows by :data:`HEAD_EVENTS` at a time, then
-the next is started."""
+"""The id of a pair's log head; segments are ``{kind}-{n}``, legacy ones plain numbers."""
+SEGMENT_EVENTS = 10
+"""Events per sealed segment; a kind's head holds fewer."""
+EVENTS_FORMAT = 3
+"""The format of the heads written now: ``{"format": 3, "schedule": {"segments":
+[first, end], "events": [row, ...]}, "partial": {...}}``; a kind's segments are
+``{kind}-{first}`` to ``{kind}-{end - 1}``, each a list of :data:`SEGMENT_EVENTS` rows."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _MS_PER_MINUTE = 60_000
@@ -152,115 +159,236 @@ PartialRow = tuple[
 ]
 """A partial event as stored: ``[timestamp, action, signal_id, level, position, price]``."""
 
+SegmentNumber = Annotated[int, Field(ge=0)]
 
-class LogHead(EventModel):
-    """A pair's event log: its segments, oldest first, as ``[number, events in it]``,
+
+class _Section(EventModel):
+    """One kind's part of a format-3 head: its sealed segments' range and newest events."""
+
+    segments: tuple[SegmentNumber, SegmentNumber]
+    """``[first, end]``: segments ``first`` to ``end - 1``."""
+    events: list[Any]
+
+    @model_validator(mode="after")
+    def _range(self) -> _Section:
+        if self.segments[1] < self.segments[0]:
+            raise ValueError(f"segments {list(self.segments)}: the end is before the first")
+        return self
+
+
+class _ScheduleSection(_Section):
+    events: list[ScheduleRow]
+
+
+class _PartialSection(_Section):
+    events: list[PartialRow]
+
+
+class PairHead(EventModel):
+    """The head of a pair's event logs (format 3): both kinds' newest events and segments."""
+
+    format: Literal[3]
+    schedule: _ScheduleSection
+    partial: _PartialSection
+
+
+# -- the logs written before format 3: one head per kind, read and moved on -------------------
+
+
+class LegacyLogHead(EventModel):
+    """A head of format 1 or 2: its segments, oldest first, as ``[number, events in it]``,
     and the newest events, not yet in a segment."""
 
-    segments: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
+    segments: list[tuple[SegmentNumber, SegmentNumber]]
     events: list[Any]
 
 
-class _EventsHead(LogHead):
-    """Format 1 (written before format 2; still read, rewritten as format 2 by the pair's
-    next event): events whole, with the pair's names."""
+class _EventsHead(LegacyLogHead):
+    """Format 1: events whole, with the pair's names."""
 
     format: Literal[1] = 1
 
 
-class _RowsHead(LogHead):
+class _RowsHead(LegacyLogHead):
     """Format 2: events as rows."""
 
     format: Literal[2]
 
 
-class ScheduleLogHead(_EventsHead):
+class _ScheduleLogHead(_EventsHead):
     events: list[ScheduleEvent]
 
 
-class ScheduleRowsHead(_RowsHead):
+class _ScheduleRowsHead(_RowsHead):
     events: list[ScheduleRow]
 
 
-class PartialLogHead(_EventsHead):
+class _PartialLogHead(_EventsHead):
     events: list[PartialEvent]
 
 
-class PartialRowsHead(_RowsHead):
+class _PartialRowsHead(_RowsHead):
     events: list[PartialRow]
 
 
-ROWS_FORMAT = 2
-"""The format of the heads written now (their ``format``): ``{"format": 2, "segments":
-[[number, count], ...], "events": [row, ...]}``; its segments are plain lists of rows."""
+class LegacyEventLog(DomainAdapter):
+    """A kind's log as persistkit wrote it before format 3 (``stats/{kind}/{pair}/``):
+    a head and segments numbered ``0``, ``1``, ... Only read, and emptied by the move
+    to format 3."""
+
+    def __init__(self, domain: str, schema: Any) -> None:
+        self.domain = domain  # type: ignore[misc]  # a ClassVar of DomainAdapter, per instance here
+        self.schema = schema  # type: ignore[misc]
+        super().__init__()
 
 
-class EventLog(DomainAdapter):
-    """A kind of event log: a head and sealed segments per pair, in either format.
+# -- the two kinds ------------------------------------------------------------------------
 
-    Format 2 (written now) stores each event as a short row of its own fields:
-    a tick's commit carries a few dozen bytes per event, not a few hundred.
-    Format 1 (whole events, as JSON objects with the pair's names) is still
-    read: a log written by an earlier persistkit keeps its sealed segments as
-    they are until they are dropped, and its head is rewritten in format 2 by
-    the pair's next event.
-    """
+
+class EventKind:
+    """What differs between the schedule and the partial log: the event's model, how
+    a row holds it, where earlier versions kept it."""
+
+    def __init__(
+        self,
+        name: Literal["schedule", "partial"],
+        model: type[EventModel],
+        row_fields: tuple[str, ...],
+        legacy: LegacyEventLog,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.row_fields = row_fields
+        """An event's fields in the order its row holds them; the pair's names are the
+        log's folder's, not the row's."""
+        self.legacy = legacy
+
+    def __repr__(self) -> str:
+        return f"<{self.name} events>"
+
+    def row(self, event: EventModel) -> list[Any]:
+        """An event (format 1) as a row."""
+        return [getattr(event, name) for name in self.row_fields]
+
+    def rows(self, stored: Sequence[Any]) -> list[Any]:
+        """Rows of a head's or segment's values, in any format (a format-1 event converted)."""
+        return [self.row(item) if isinstance(item, EventModel) else item for item in stored]
+
+    def events(self, rows: Sequence[Sequence[Any]], symbol: str, strategy: str) -> list[Any]:
+        """Rows (validated on read, or made by the hooks) as the events they stand for."""
+        construct = self.model.model_construct
+        fields = self.row_fields
+        return [
+            construct(symbol=symbol, strategy_name=strategy, **dict(zip(fields, row, strict=True)))
+            for row in rows
+        ]
+
+
+SCHEDULE = EventKind(
+    "schedule",
+    ScheduleEvent,
+    ("timestamp", "action", "signal_id", "position", "price_open", "duration_min"),
+    LegacyEventLog(
+        "stats/schedule",
+        _ScheduleRowsHead | _ScheduleLogHead | list[ScheduleRow] | list[ScheduleEvent] | None,
+    ),
+)
+PARTIAL = EventKind(
+    "partial",
+    PartialEvent,
+    ("timestamp", "action", "signal_id", "level", "position", "price"),
+    LegacyEventLog(
+        "stats/partial",
+        _PartialRowsHead | _PartialLogHead | list[PartialRow] | list[PartialEvent] | None,
+    ),
+)
+KINDS = (SCHEDULE, PARTIAL)
+
+
+def segment_id(kind: EventKind, number: int) -> str:
+    """The entity id of ``kind``'s segment ``number`` in a pair's log (format 3)."""
+    return f"{kind.name}-{number}"
+
+
+def _segment_number(kind: EventKind, entity_id: str) -> int | None:
+    prefix, _, number = entity_id.partition("-")
+    return int(number) if prefix == kind.name and number.isdigit() else None
+
+
+class PairEventLogs(DomainAdapter):
+    """The event logs of each pair (format 3): ``stats/{symbol}_{strategy}/``."""
+
+    domain = "stats"
+    schema = PairHead | list[ScheduleRow] | list[PartialRow] | None
 
     def __init__(self) -> None:
-        self.recorders: dict[tuple[int, str], _Recorder] = {}
-        """How the writes of each row store record events in these logs, by settings and
-        row key (``domains.events._recorder``); forgotten with the stores at a configure."""
+        self.pairs: dict[tuple[int, str], _PairLog] = {}
+        """What the hooks know of each pair's logs, by settings and pair; forgotten with
+        the stores at a configure."""
         super().__init__()
 
     def _forget(self) -> None:
         super()._forget()
-        self.recorders = {}
+        self.pairs = {}
 
-    model: type[EventModel]
-    row_fields: tuple[str, ...]
-    """An event's fields in the order its row (format 2) holds them; the pair's names are
-    the log's folder's, not the row's."""
 
-    def row(self, event: EventModel) -> list[Any]:
-        """An event (format 1) as a row (format 2)."""
-        return [getattr(event, name) for name in self.row_fields]
+PAIR_LOGS = PairEventLogs()
 
-    def event(self, row: Sequence[Any], symbol: str, strategy: str) -> Any:
-        """A row (validated on read) as the event it stands for."""
-        return self.model.model_construct(
-            symbol=symbol, strategy_name=strategy, **dict(zip(self.row_fields, row, strict=True))
+
+# -- reading a pair's log, in any format ---------------------------------------------------
+
+
+async def _read(store: PersistBase[Any], entity_id: str | int) -> Any:
+    try:
+        return await store.read_value(entity_id)
+    except EntityNotFoundError:
+        return None  # absent, or quarantined at a start
+
+
+async def stored_rows(
+    kind: EventKind, log: PersistBase[Any], legacy: PersistBase[Any]
+) -> list[Any]:
+    """``kind``'s stored events as rows, oldest first; all of them (the bound is the reader's).
+
+    ``log`` is the pair's store (format 3), ``legacy`` its store of ``kind`` in the
+    layout before it. A pair with anything in ``log`` is read there: its head's
+    segments, else (a head quarantined at a start) the segments that survived it.
+    Otherwise ``legacy``: its head (format 1 or 2) and the segments it lists, else
+    those that survived it.
+    """
+    head = await _read(log, HEAD)
+    if isinstance(head, PairHead):
+        first, end = getattr(head, kind.name).segments
+        numbers = list(range(first, end))
+    else:
+        ids = [entity_id async for entity_id in log.keys()]
+        if ids:
+            found = (_segment_number(kind, entity_id) for entity_id in ids)
+            numbers = sorted(number for number in found if number is not None)
+        else:
+            return await _legacy_rows(kind, legacy)
+    rows: list[Any] = []
+    for number in numbers:
+        rows += await _read(log, segment_id(kind, number)) or []
+    if isinstance(head, PairHead):
+        rows += getattr(head, kind.name).events
+    return rows
+
+
+async def _legacy_rows(kind: EventKind, legacy: PersistBase[Any]) -> list[Any]:
+    head = await _read(legacy, HEAD)
+    if isinstance(head, LegacyLogHead):
+        numbers = [number for number, _ in head.segments]
+    else:
+        numbers = sorted(
+            [int(entity_id) async for entity_id in legacy.keys() if entity_id.isdigit()]
         )
-
-    def events(self, stored: Sequence[Any], symbol: str, strategy: str) -> list[Any]:
-        """The events of a head's or segment's values, in either format."""
-        return [
-            item if isinstance(item, EventModel) else self.event(item, symbol, strategy)
-            for item in stored
-        ]
-
-
-class ScheduleEventLog(EventLog):
-    """The newest schedule events of each pair: a head and its sealed segments."""
-
-    domain = "stats/schedule"
-    schema = ScheduleRowsHead | ScheduleLogHead | list[ScheduleRow] | list[ScheduleEvent] | None
-
-    model = ScheduleEvent
-    row_fields = ("timestamp", "action", "signal_id", "position", "price_open", "duration_min")
-
-
-class PartialEventLog(EventLog):
-    """The newest partial events of each pair: a head and its sealed segments."""
-
-    domain = "stats/partial"
-    schema = PartialRowsHead | PartialLogHead | list[PartialRow] | list[PartialEvent] | None
-
-    model = PartialEvent
-    row_fields = ("timestamp", "action", "signal_id", "level", "position", "price")
-
-
-SCHEDULE_LOG = ScheduleEventLog()
-PARTIAL_LOG = PartialEventLog()
+    stored: list[Any] = []
+    for number in numbers:
+        stored += await _read(legacy, number) or []
+    if isinstance(head, LegacyLogHead):
+        stored += head.events
+    return kind.rows(stored)
 
 
 # -- what a change means --------------------------------------------------------------
@@ -373,233 +501,6 @@ async def _committed(backend: Backend, key: str) -> bytes | None:
     return None if stored is None else stored.data
 
 
-async def _as_committed(txn: Transaction, backend: Backend, key: str) -> bytes | None:
-    """``key`` as ``txn`` leaves it: staged there, else committed."""
-    if backend is txn.backend:
-        staged, data = txn.lookup(key)
-        if staged:
-            return data
-    return await _committed(backend, key)
-
-
-# What the hooks parsed last, by key: a row, a log head or segment is parsed
-# once, then recognised by its bytes (compared with what is stored, so another
-# writer's change is never missed). Two values per key, the newest: a row's
-# committed value and the one staged over it, so that a tick that replaces a
-# row parses neither. No more: what the cache holds, the garbage collector
-# walks through at every full collection.
-_parsed: weakref.WeakKeyDictionary[Backend, dict[str, dict[bytes, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_PARSED_KEYS = 4096
-_UNKNOWN = object()
-
-
-def _recall(backend: Backend, key: str, data: bytes) -> Any:
-    """What ``key`` holding ``data`` was parsed as, else :data:`_UNKNOWN`."""
-    cache = _parsed.get(backend)
-    if cache is None:
-        return _UNKNOWN
-    values = cache.get(key)
-    return _UNKNOWN if values is None else values.get(data, _UNKNOWN)
-
-
-def _remember(backend: Backend, key: str, data: bytes, value: Any) -> None:
-    cache = _parsed.get(backend)
-    if cache is None:
-        cache = _parsed[backend] = {}
-    values = cache.get(key)
-    if values is None:
-        if len(cache) >= _PARSED_KEYS:
-            cache.clear()
-        values = cache[key] = {}
-    elif len(values) >= 2 and data not in values:
-        del values[next(iter(values))]  # the older of the two
-    values[data] = value
-
-
-def _parse(store: PersistBase[Any], key: str, data: bytes) -> Any:
-    value = _recall(store.backend, key, data)
-    if value is _UNKNOWN:
-        value = store._parse(key, data)
-        _remember(store.backend, key, data, value)
-    return value
-
-
-async def _read(txn: Transaction, store: PersistBase[Any], key: str) -> Any:
-    """``key`` parsed as ``txn`` leaves it (staged there, else committed); ``None``: absent."""
-    data = await _as_committed(txn, store.backend, key)
-    return None if data is None else _parse(store, key, data)
-
-
-async def surviving_segments(
-    log: PersistBase[Any], count: Callable[[str], Awaitable[int]]
-) -> list[list[int]]:
-    """``[number, count(key)]`` of the segments stored without a head, oldest first.
-
-    A new pair has none. A head quarantined at a start (a torn file, say) left
-    its segments: they are listed again, so that none is overwritten and their
-    events still count.
-    """
-    numbers = sorted([int(entity_id) async for entity_id in log.keys() if entity_id.isdigit()])
-    return [[number, await count(log._key(number))] for number in numbers]
-
-
-async def _stored_rows(
-    txn: Transaction, log: PersistBase[Any], kind: EventLog, key: str
-) -> list[Any]:
-    """A segment's events as rows (a format-1 segment's converted); ``[]``: absent."""
-    data = await _as_committed(txn, log.backend, key)
-    if data is None:
-        return []
-    stored = _parse(log, key, data) or []
-    return [kind.row(item) if isinstance(item, EventModel) else item for item in stored]
-
-
-async def _append(
-    txn: Transaction,
-    log: PersistBase[Any],
-    kind: EventLog,
-    rows: list[list[Any]],
-    limit: int,
-    head_data: bytes | None,
-) -> None:
-    """Add ``rows`` to the head, move full heads to the last segment, drop whole old
-    segments past ``limit``.
-
-    A commit rewrites the head (fewer than :data:`HEAD_EVENTS` rows), and one in
-    :data:`HEAD_EVENTS` events also the last segment: a few hundred bytes per
-    event, and a new file only every :data:`SEGMENT_EVENTS` events (files are
-    what the journal's applier pays for). The head is written in format 2
-    whatever it was in; so is a format-1 segment that grows (see :class:`EventLog`).
-    ``head_data`` is the head as ``txn`` leaves it before these rows.
-    """
-    backend = txn.backend
-    head_key = log._key(HEAD)
-    segments: list[list[int]]
-    current: list[Any]
-    if head_data is None:
-
-        async def count(key: str) -> int:
-            return len(await _stored_rows(txn, log, kind, key))
-
-        segments = await surviving_segments(log, count)
-        current = []
-    else:
-        found = _recall(backend, head_key, head_data)
-        if isinstance(found, tuple):  # the head this process wrote last, still the stored one
-            listed, current = found
-        else:
-            head = _parse(log, head_key, head_data)
-            listed = [list(segment) for segment in head.segments]
-            current = [kind.row(row) if isinstance(row, EventModel) else row for row in head.events]
-        segments = list(listed)
-    current = [*current, *rows]
-    # Every row was validated (no NaN, no infinity) when it was made or read, so
-    # orjson's output is exact; the codec's walk for non-finite floats would only
-    # cost time.
-    while len(current) >= HEAD_EVENTS:
-        moving, current = current[:HEAD_EVENTS], current[HEAD_EVENTS:]
-        if segments and segments[-1][1] < SEGMENT_EVENTS:
-            number = segments.pop()[0]
-            key = log._key(number)
-            filled = [*await _stored_rows(txn, log, kind, key), *moving]
-        else:
-            number = segments[-1][0] + 1 if segments else 0
-            key = log._key(number)
-            filled = moving
-        data = orjson.dumps(filled)
-        txn.include(key, data)
-        _remember(backend, key, data, filled)
-        segments.append([number, len(filled)])
-    total = sum(count for _, count in segments) + len(current)
-    while segments and total - segments[0][1] >= limit:
-        dropped, dropped_count = segments.pop(0)
-        total -= dropped_count
-        txn.include(log._key(dropped), None)
-    data = orjson.dumps({"format": ROWS_FORMAT, "segments": segments, "events": current})
-    txn.include(head_key, data)
-    _remember(backend, head_key, data, (segments, current))
-
-
-Changes = Callable[[Transaction, bytes | None, bytes | None], Awaitable[list[list[Any]]]]
-"""Given a committing transaction and a row's committed and staged bytes (never equal),
-returns the event rows of that change."""
-
-ChangesFor = Callable[[Settings], Awaitable[Changes]]
-"""Builds the :data:`Changes` of one write under the settings it runs with."""
-
-_HOOK = "persistkit statistics events"
-"""The name of the one commit hook that records every statistics event of a commit."""
-
-
-class _Recorder:
-    """How the writes of one row store record their events: built once per store."""
-
-    __slots__ = ("changes", "head_key", "head_keys", "kind", "limit", "log", "settings", "store")
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: PersistBase[Any],
-        kind: EventLog,
-        log: PersistBase[Any],
-        changes: Changes,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.kind = kind
-        self.log = log
-        self.limit = settings.event_limit
-        self.changes = changes
-        self.head_key = log._key(HEAD)
-        self.head_keys = (self.head_key,)
-        """What the hook may add and locks: every change of the log rewrites its head."""
-
-
-class _CommitEvents:
-    """The commit hook of a transaction's statistics: one per commit, whatever the rows.
-
-    It reads the committed values of all the rows it was told of in one batch
-    (one look at the backend, not one per row), and a row rewritten unchanged
-    (the common tick) costs no more than that comparison.
-    """
-
-    __slots__ = ("rows",)
-
-    def __init__(self) -> None:
-        self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
-        """The rows written with events in this commit, by key: their recorder, the
-        bytes last staged and what they parse as (``None``: not known)."""
-
-    async def __call__(self, txn: Transaction) -> None:
-        writes = txn.writes
-        written = [(key, found) for key, found in self.rows.items() if key in writes]
-        if not written:
-            return  # written in a savepoint that failed
-        backend = txn.backend
-        stored = await _committed_many(backend, [key for key, _ in written])
-        appending: list[tuple[_Recorder, list[list[Any]]]] = []
-        for (key, (recorder, staged, parsed)), old_data in zip(written, stored, strict=True):
-            new_data = writes[key]
-            if old_data == new_data:
-                continue  # the common tick: nothing parsed, nothing remembered
-            if parsed is not None and new_data is not None and new_data is staged:
-                # Spares parsing it now, and as the old value of the next change.
-                _remember(backend, key, new_data, parsed)
-            rows = await recorder.changes(txn, old_data, new_data)
-            if rows:
-                appending.append((recorder, rows))
-        if not appending:
-            return
-        # The heads of the logs that grow, in one batch too.
-        heads = await _committed_many(backend, [recorder.head_key for recorder, _ in appending])
-        for (recorder, rows), committed_head in zip(appending, heads, strict=True):
-            grown, data = txn.lookup(recorder.head_key)  # by another row of this commit
-            head = data if grown else committed_head
-            await _append(txn, recorder.log, recorder.kind, rows, recorder.limit, head)
-
-
 async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:
     try:
         stored = await backend.get_many(keys)
@@ -608,35 +509,402 @@ async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | Non
     return [None if found is None else found.data for found in stored]
 
 
-async def _recorder(
-    store: PersistBase[Any],
-    row_key: str,
-    log_adapter: EventLog,
-    pair: str,
-    changes_for: ChangesFor,
+_Sections = dict[str, tuple[int, int, list[Any]]]
+"""A pair's logs as a head holds them: kind -> (first segment, end segment, newest rows)."""
+
+
+class _Unread:
+    """The type of :data:`_UNREAD`."""
+
+
+_UNREAD = _Unread()
+"""A signal the commit did not stage: what is committed must be read (awaited)."""
+
+
+class _PairLog:
+    """One pair's event logs under one settings, as this process last saw them.
+
+    ``head`` is the head's bytes that ``sections`` were read from or written
+    as: when the committed head still has them (what a pair's only writer
+    finds), a commit appends to ``sections`` without reading or parsing
+    anything. ``memo`` keeps, for each row the events are derived from (the
+    scheduled row, the partial levels, the signal), the newest bytes parsed and
+    what they parse as: a tick parses nothing it was handed as a model, nor the
+    old value it committed itself.
+    """
+
+    __slots__ = (
+        "backend",
+        "head",
+        "head_key",
+        "legacy",
+        "limit",
+        "log",
+        "memo",
+        "recorders",
+        "sections",
+        "settings",
+        "signal",
+        "signal_backend",
+        "signal_key",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: PersistBase[Any],
+        legacy: dict[str, PersistBase[Any]],
+        signal: PersistBase[Any],
+        symbol: str,
+    ) -> None:
+        self.settings = settings
+        self.limit = settings.event_limit
+        self.log = log
+        self.backend = log.backend
+        self.legacy = legacy
+        self.head_key = log._key(HEAD)
+        self.head: bytes | None = None
+        self.sections: _Sections = {}
+        self.memo: dict[str, tuple[bytes | None, Any]] = {}
+        self.recorders: dict[str, _Recorder] = {}
+        self.signal = signal
+        self.signal_backend = signal.backend
+        self.signal_key = signal._key(symbol)
+
+    def parsed(self, store: PersistBase[Any], key: str, data: bytes) -> Any:
+        """``data`` (``key``'s value in ``store``) parsed: remembered, or parsed now."""
+        found = self.memo.get(key)
+        if found is not None and found[0] == data:
+            return found[1]
+        value = store._parse(key, data)
+        self.memo[key] = (data, value)
+        return value
+
+    def staged_signal(self, txn: Transaction) -> SignalRow | _Unread | None:
+        """The pair's signal as the committing ``txn`` staged it; :data:`_UNREAD`: not staged."""
+        key = self.signal_key
+        if self.signal_backend is not txn.backend:
+            return _UNREAD
+        # The committing transaction holds every write of the block, its savepoints' too.
+        data = txn.writes.get(key, _UNREAD)
+        if data is None or isinstance(data, _Unread):
+            return data
+        return self.parsed(self.signal, key, data)  # type: ignore[no-any-return]
+
+    async def committed_signal(self) -> SignalRow | None:
+        """The pair's signal as committed."""
+        data = await _committed(self.signal_backend, self.signal_key)
+        return None if data is None else self.parsed(self.signal, self.signal_key, data)
+
+    async def append(
+        self, txn: Transaction, committed: bytes | None, grown: dict[str, list[Any]]
+    ) -> None:
+        """Add ``grown`` (kind -> new rows) to the logs whose head is ``committed``, in ``txn``.
+
+        Seals a kind's head events into its next segment at :data:`SEGMENT_EVENTS`,
+        drops its oldest segments past the bound, and writes the head once.
+        """
+        if committed is not None and committed == self.head:
+            sections = self.sections
+        else:
+            sections = await self._load(txn, committed)
+        written = dict(sections)
+        for kind_name, rows in grown.items():
+            first, end, events = sections[kind_name]
+            events = events + rows
+            if (
+                len(events) >= SEGMENT_EVENTS
+                or (end - first - 1) * SEGMENT_EVENTS + len(events) >= self.limit
+            ):
+                written[kind_name] = self._seal(txn, kind_name, first, end, events)
+            else:  # the common commit: the head grows, no segment changes
+                written[kind_name] = (first, end, events)
+        schedule, partial = written["schedule"], written["partial"]
+        # Every row was validated (no NaN, no infinity) when it was made or read, so
+        # orjson's output is exact: the codec's walk would only cost time.
+        data = orjson.dumps(
+            {
+                "format": EVENTS_FORMAT,
+                "schedule": {"segments": schedule[:2], "events": schedule[2]},
+                "partial": {"segments": partial[:2], "events": partial[2]},
+            }
+        )
+        txn.include(self.head_key, data)
+        self.head, self.sections = data, written
+
+    def _seal(
+        self, txn: Transaction, kind_name: str, first: int, end: int, events: list[Any]
+    ) -> tuple[int, int, list[Any]]:
+        """Move full segments of ``events`` (the head's, oldest first) into new segments
+        and drop the oldest segments past the bound; returns the kind's new section."""
+        key = self.log._key
+        sealed = len(events) // SEGMENT_EVENTS
+        total = (end - first) * SEGMENT_EVENTS + len(events)
+        # Segments whose events the bound no longer needs, oldest first; one just
+        # sealed among them is never written.
+        keep_from = first
+        while keep_from < end + sealed and total - SEGMENT_EVENTS >= self.limit:
+            keep_from += 1
+            total -= SEGMENT_EVENTS
+        for number in range(first, min(keep_from, end)):
+            txn.include(key(f"{kind_name}-{number}"), None)
+        for index in range(sealed):
+            if end + index >= keep_from:
+                chunk = events[index * SEGMENT_EVENTS : (index + 1) * SEGMENT_EVENTS]
+                txn.include(key(f"{kind_name}-{end + index}"), orjson.dumps(chunk))
+        return keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]
+
+    async def _load(self, txn: Transaction, committed: bytes | None) -> _Sections:
+        """The logs as stored, when this process did not write the committed head last.
+
+        No head: a new pair, a head quarantined at a start (the segments that
+        survived it are listed again, so that none is overwritten and their
+        events still count), or logs of an earlier format, moved here in ``txn``.
+        """
+        log = self.log
+        head = None if committed is None else self.parsed(log, self.head_key, committed)
+        if isinstance(head, PairHead):
+            return {
+                kind.name: (
+                    *getattr(head, kind.name).segments,
+                    list(getattr(head, kind.name).events),
+                )
+                for kind in KINDS
+            }
+        ids = [entity_id async for entity_id in log.keys()]
+        if ids:
+            sections: _Sections = {}
+            for kind in KINDS:
+                numbers = [_segment_number(kind, entity_id) for entity_id in ids]
+                found = [number for number in numbers if number is not None]
+                sections[kind.name] = (min(found), max(found) + 1, []) if found else (0, 0, [])
+            return sections
+        return {kind.name: (0, 0, await self._move_legacy(txn, kind)) for kind in KINDS}
+
+    async def _move_legacy(self, txn: Transaction, kind: EventKind) -> list[Any]:
+        """``kind``'s events in the layout before format 3, removed from it in ``txn``:
+        the caller writes them in format 3 in the same commit."""
+        legacy = self.legacy[kind.name]
+        rows = await _legacy_rows(kind, legacy)
+        async for entity_id in legacy.keys():
+            txn.include(legacy._key(entity_id), None)
+        return [list(row) for row in rows]
+
+
+class _Recorder:
+    """How the writes of one row (a pair's scheduled row, or its partial levels) become
+    events: built once per pair, store and settings."""
+
+    __slots__ = ("backend", "key", "kind", "pair", "store")
+
+    def __init__(self, pair: _PairLog, store: PersistBase[Any], key: str, kind: EventKind) -> None:
+        self.pair = pair
+        self.store = store
+        self.key = key
+        self.kind = kind
+        self.backend = store.backend
+
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        """The event rows of the row going from ``old`` to ``new`` (never equal) in the
+        committing ``txn``; ``given``: what ``new`` parses as, when the writer handed it
+        over. :data:`_UNREAD` when they depend on the pair's signal, ``txn`` did not
+        stage it, and ``signal`` is :data:`_UNREAD`: call again with the committed one.
+        (Synchronous: a tick's events need no await unless a signal must be read.)"""
+        raise NotImplementedError
+
+    def _signal(
+        self, txn: Transaction, signal: SignalRow | _Unread | None
+    ) -> SignalRow | _Unread | None:
+        """``signal``, else (:data:`_UNREAD`) the one ``txn`` staged, else :data:`_UNREAD`."""
+        return self.pair.staged_signal(txn) if isinstance(signal, _Unread) else signal
+
+    def _values(self, old: bytes | None, new: bytes | None, given: Any) -> tuple[Any, Any]:
+        """``old`` and ``new`` parsed (remembered, given, or parsed now); ``new`` is
+        remembered as the old value of the next change."""
+        pair, key = self.pair, self.key
+        old_value = None if old is None else pair.parsed(self.store, key, old)
+        new_value = None
+        if new is not None:
+            new_value = given if given is not None else pair.parsed(self.store, key, new)
+        pair.memo[key] = (new, new_value)
+        return old_value, new_value
+
+
+class _ScheduleRecorder(_Recorder):
+    __slots__ = ()
+
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        old_row, new_row = self._values(old, new, given)
+        if old_row is None or (new_row is not None and new_row.id == old_row.id):
+            # Not resolved (nothing before, or the same entry): no signal to ask.
+            return schedule_events(old_row, new_row, None, now)
+        signal = self._signal(txn, signal)
+        if isinstance(signal, _Unread):
+            return signal
+        return schedule_events(old_row, new_row, signal, now)
+
+
+class _PartialRecorder(_Recorder):
+    __slots__ = ()
+
+    def changes(
+        self,
+        txn: Transaction,
+        old: bytes | None,
+        new: bytes | None,
+        given: Any,
+        now: int,
+        signal: SignalRow | _Unread | None,
+    ) -> list[list[Any]] | _Unread:
+        old_levels, new_levels = self._values(old, new, given)
+        if not new_levels:
+            return []  # levels removed (the signal closed): no milestone reached
+        signal = self._signal(txn, signal)
+        if isinstance(signal, _Unread):
+            return signal
+        return partial_events(old_levels or {}, new_levels, signal, now)
+
+
+_RECORDERS: dict[str, type[_Recorder]] = {
+    "schedule": _ScheduleRecorder,
+    "partial": _PartialRecorder,
+}
+
+_HOOK = "persistkit statistics events"
+"""The name of the one commit hook that records every statistics event of a commit."""
+
+
+class _CommitEvents:
+    """The commit hook of a transaction's statistics: one per commit, whatever the rows.
+
+    It reads the committed values of all the rows it was told of in one batch
+    (one look at the backend), so a row rewritten unchanged (the common tick)
+    costs no more than that comparison. The heads of the pairs whose rows
+    differ from what this process committed last join the batch; each pair
+    whose logs grow writes its head once.
+    """
+
+    __slots__ = ("heads", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
+        """The rows written with events in this commit, by key: their recorder, the
+        bytes last staged and what they parse as (``None``: not known)."""
+        self.heads: set[str] = set()
+        """The head keys registered with the transaction (locked while it commits)."""
+
+    async def __call__(self, txn: Transaction) -> None:
+        writes = txn.writes
+        rows = self.rows
+        keys: list[str] = []
+        # A pair's head is read with the rows when one of them is not what this
+        # process committed last (an event, most likely); else only if needed.
+        likely: dict[_PairLog, None] = {}
+        for key, (recorder, _, _) in rows.items():
+            if key in writes:  # not a failed savepoint's
+                keys.append(key)
+                known = recorder.pair.memo.get(key)
+                if known is None or known[0] != writes[key]:
+                    likely[recorder.pair] = None
+        if not keys:
+            return
+        backend = txn.backend
+        stored = await _committed_many(backend, [*keys, *(pair.head_key for pair in likely)])
+        grown: dict[_PairLog, dict[str, list[Any]]] = {}
+        now = -1
+        for key, old in zip(keys, stored, strict=False):  # the heads follow the rows
+            new = writes[key]
+            recorder, staged, given = rows[key]
+            pair = recorder.pair
+            if new is not staged:
+                given = None  # rewritten since, by a write that gave no model
+            if old == new:  # the common tick: nothing parsed
+                if given is not None and pair in likely:
+                    pair.memo[key] = (new, given)  # so that the next such tick reads no head
+                continue
+            if now < 0:
+                now = _now(pair.settings)
+            events = recorder.changes(txn, old, new, given, now, _UNREAD)
+            if isinstance(events, _Unread):
+                signal = await pair.committed_signal()
+                events = recorder.changes(txn, old, new, given, now, signal)
+            if events:
+                assert not isinstance(events, _Unread)  # given a signal, it never asks
+                kinds = grown.get(pair)
+                if kinds is None:
+                    kinds = grown[pair] = {}
+                kind_name = recorder.kind.name
+                if kind_name in kinds:
+                    kinds[kind_name] += events
+                else:
+                    kinds[kind_name] = events
+        if not grown:
+            return
+        heads = dict(zip(likely, stored[len(keys) :], strict=True))
+        unread = [pair for pair in grown if pair not in heads]
+        if unread:
+            found = await _committed_many(backend, [pair.head_key for pair in unread])
+            heads.update(zip(unread, found, strict=True))
+        for pair, added in grown.items():
+            await pair.append(txn, heads[pair], added)
+
+
+async def _new_recorder(
     settings: Settings,
-) -> _Recorder:
-    """The recorder of ``store``'s row ``row_key``, built at its first write: the closures,
-    the log's store and its init are paid once per pair, not on every write of a tick."""
-    memo = (id(settings), row_key)
-    found = log_adapter.recorders.get(memo)
-    if found is not None and found.settings is settings and found.store is store:
-        return found
-    changes = await changes_for(settings)
-    log = await log_adapter._store(pair)
-    made = log_adapter.recorders[memo] = _Recorder(settings, store, log_adapter, log, changes)
+    store: PersistBase[Any],
+    entity_id: str,
+    kind: EventKind,
+    symbol: str,
+    pair: str,
+) -> _Recorder | None:
+    """The recorder of ``store``'s row ``entity_id`` (``None``: its backend cannot commit
+    two keys atomically, so no events), built at its first write: the log's stores and
+    their init are paid once per pair, not on every write of a tick."""
+    if type(store.backend).commit is Backend.commit:
+        return None
+    log = PAIR_LOGS.pairs.get((id(settings), pair))
+    if log is None or log.settings is not settings:
+        # Imported here: the adapters' package builds this module's users.
+        from persistkit._domains import PersistSignalAdapter
+
+        log = _PairLog(
+            settings,
+            await PAIR_LOGS._store(pair),
+            {legacy.name: await legacy.legacy._store(pair) for legacy in KINDS},
+            await PersistSignalAdapter._store(pair),
+            symbol,
+        )
+        PAIR_LOGS.pairs[(id(settings), pair)] = log
+    made = log.recorders[kind.name] = _RECORDERS[kind.name](log, store, store._key(entity_id), kind)
     return made
 
 
-def _register(txn: Transaction, row_key: str, recorder: _Recorder, parsed: Any) -> None:
-    log = recorder.log
-    if log.backend is not txn.backend:
+def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
+    """Tell ``txn``'s commit hook that ``recorder``'s row was just staged in ``txn``."""
+    pair = recorder.pair
+    if pair.backend is not txn.backend:
         logger.warning(
             "persistkit: %s is on %s, not on the backend of the commit (%s): "
             "no statistics events recorded for it",
-            row_key,
+            recorder.key,
             txn.backend.url,
-            log.backend.url,
+            pair.backend.url,
         )
         return
     # On the transaction that commits: a savepoint's hook would be dropped if the
@@ -645,54 +913,72 @@ def _register(txn: Transaction, row_key: str, recorder: _Recorder, parsed: Any) 
     hook = committing.registered_hook(_HOOK)
     if not isinstance(hook, _CommitEvents):
         hook = _CommitEvents()
-    committing.before_commit(_HOOK, recorder.head_keys, hook)
-    _, staged = txn.lookup(row_key)
-    hook.rows[row_key] = (recorder, staged, parsed)
+    head_key = pair.head_key
+    if head_key not in hook.heads:
+        hook.heads.add(head_key)
+        committing.before_commit(_HOOK, (head_key,), hook)
+    key = recorder.key
+    hook.rows[key] = (recorder, txn.writes.get(key), given)  # the store staged it in txn
 
 
 async def write_with_events(
     store: PersistBase[Any],
     entity_id: str,
     value: Any,
-    log_adapter: EventLog,
+    kind: EventKind,
+    symbol: str,
     pair: str,
-    changes_for: ChangesFor,
-    parsed: Any = None,
+    given: Any = None,
 ) -> None:
     """Write (``None``: remove) ``entity_id`` and record its events in the same commit.
 
     Inside a transaction on the store's backend (a tick) the events join it;
-    outside one, the write and its events are a commit of their own. ``parsed``
+    outside one, the write and its events are a commit of their own. ``given``
     is ``value`` in the form a read gives (a model), when the caller has it:
     the commit then does not parse the staged bytes again.
     """
     settings = active_settings()
-    backend = store.backend
-    row_key = store._key(entity_id)
-    if settings.event_limit == 0 or type(backend).commit is Backend.commit:
-        # Recording is off, or the backend cannot commit two keys atomically.
+    if not settings.event_limit:
         await _write(store, entity_id, value)
         return
-    recorder = await _recorder(store, row_key, log_adapter, pair, changes_for, settings)
-    active = transaction_for(backend)
+    log = PAIR_LOGS.pairs.get((id(settings), pair))
+    recorder = None
+    if log is not None and log.settings is settings:
+        recorder = log.recorders.get(kind.name)
+    if recorder is None or recorder.store is not store:
+        recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
+        if recorder is None:
+            await _write(store, entity_id, value)
+            return
+    backend = recorder.backend
+    active = active_transaction.get()
+    if active is not None and active.backend is not backend:
+        active = transaction_for(backend)  # an outer one on this backend, if any
     if active is not None:
         await _write(store, entity_id, value)
-        _register(active, row_key, recorder, parsed)
+        _register(active, recorder, given)
         return
     async with transaction(backend) as own:
         await _write(store, entity_id, value)
-        _register(own, row_key, recorder, parsed)
+        _register(own, recorder, given)
 
 
-def remember_staged(
-    txn: Transaction | None, store: PersistBase[Any], key: str, parsed: Any
-) -> None:
-    """Note that the bytes ``txn`` staged for ``key`` read as ``parsed`` (spares a parse)."""
-    if txn is None or parsed is None:
+def remember_signal(store: PersistBase[Any], pair: str, row: SignalRow) -> None:
+    """Note what the signal just staged for ``pair`` parses as (``row``), so that the
+    tick's schedule and partial events do not parse it again."""
+    settings = active_settings()
+    if not settings.event_limit:
         return
-    staged, data = txn.lookup(key)
-    if staged and data is not None:
-        _remember(store.backend, key, data, parsed)
+    log = PAIR_LOGS.pairs.get((id(settings), pair))
+    if log is None or log.settings is not settings or log.signal is not store:
+        return  # no events recorded for the pair yet: its first is parsed
+    txn = active_transaction.get()
+    if txn is not None and txn.backend is not log.signal_backend:
+        txn = transaction_for(log.signal_backend)
+    if txn is not None:
+        data = txn.writes.get(log.signal_key)  # the store staged it in txn
+        if data is not None:
+            log.memo[log.signal_key] = (data, row)
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:
@@ -700,51 +986,3 @@ async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:
         await store.remove_value(entity_id)
     else:
         await store.write_value(entity_id, value)
-
-
-def schedule_changes(
-    schedule: PersistBase[Any], signal: PersistBase[Any], symbol: str, settings: Settings
-) -> Changes:
-    """The events of ``symbol``'s scheduled row in the committing transaction."""
-    row_key = schedule._key(symbol)
-    signal_key = signal._key(symbol)
-
-    async def changes(
-        txn: Transaction, old_data: bytes | None, new_data: bytes | None
-    ) -> list[list[Any]]:
-        old_row = None if old_data is None else _parse(schedule, row_key, old_data)
-        new_row = None if new_data is None else _parse(schedule, row_key, new_data)
-        if old_row is None and new_row is None:
-            return []
-        resolved = old_row is not None and (new_row is None or new_row.id != old_row.id)
-        # Only a resolved entry asks whether the signal took it.
-        signal_row = await _read(txn, signal, signal_key) if resolved else None
-        return schedule_events(old_row, new_row, signal_row, _now(settings))
-
-    return changes
-
-
-def partial_changes(
-    partial: PersistBase[Any],
-    levels_id: str,
-    signal: PersistBase[Any],
-    symbol: str,
-    settings: Settings,
-) -> Changes:
-    """The events of the pair's partial levels in the committing transaction."""
-    row_key = partial._key(levels_id)
-    signal_key = signal._key(symbol)
-
-    async def changes(
-        txn: Transaction, old_data: bytes | None, new_data: bytes | None
-    ) -> list[list[Any]]:
-        if new_data is None:
-            return []  # levels removed (the signal closed): no milestone reached
-        new_levels = _parse(partial, row_key, new_data) or {}
-        if not new_levels:
-            return []
-        old_levels = (None if old_data is None else _parse(partial, row_key, old_data)) or {}
-        signal_row = await _read(txn, signal, signal_key)
-        return partial_events(old_levels, new_levels, signal_row, _now(settings))
-
-    return changes

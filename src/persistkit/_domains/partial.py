@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from persistkit._config import Settings
 from persistkit._domains._base import DomainAdapter
-from persistkit._domains.events import PARTIAL_LOG, Changes, partial_changes, write_with_events
+from persistkit._domains.events import PARTIAL, write_with_events
 from persistkit._names import join_pair
 from persistkit._store import PersistBase
 from persistkit.errors import EntityNotFoundError
@@ -48,19 +47,9 @@ class PersistPartialUtils(DomainAdapter):
         """
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)
-
-        async def changes_for(settings: Settings) -> Changes:
-            # Imported here: the adapters' package builds this one's instance.
-            from persistkit._domains import PersistSignalAdapter
-
-            signal = await PersistSignalAdapter._store(pair)
-            return partial_changes(store, _LEVELS, signal, symbol, settings)
-
         value = None if data is None else dict(data)
-        parsed = (
-            value if value and all(isinstance(v, PartialData) for v in value.values()) else None
-        )
-        await write_with_events(store, _LEVELS, value, PARTIAL_LOG, pair, changes_for, parsed)
+        given = value if value and all(isinstance(v, PartialData) for v in value.values()) else None
+        await write_with_events(store, _LEVELS, value, PARTIAL, symbol, pair, given)
 
     def use_persist_partial_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep partial levels in a custom :class:`PersistBase` subclass."""

@@ -5,18 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from persistkit._config import Settings, active_settings
 from persistkit._domains._base import DomainAdapter
-from persistkit._domains.events import (
-    SCHEDULE_LOG,
-    Changes,
-    remember_staged,
-    schedule_changes,
-    write_with_events,
-)
+from persistkit._domains.events import SCHEDULE, remember_signal, write_with_events
 from persistkit._names import join_pair
 from persistkit._store import PersistBase
-from persistkit._transaction import active_transaction, transaction_for
+from persistkit._transaction import active_transaction
 from persistkit.errors import EntityNotFoundError, RowMismatchError
 from persistkit.models import ScheduledSignalRow, SignalRow
 
@@ -44,18 +37,15 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
     async def _write(self, row: RowT | None, symbol: str, strategy_name: str) -> None:
         if row is not None:
             self._check_row(row, symbol, strategy_name)
-        store = await self._store(join_pair(symbol, strategy_name))
+        pair = join_pair(symbol, strategy_name)
+        store = await self._store(pair)
         if row is None:
             await store.remove_value(symbol)
         else:
             await store.write_value(symbol, row)
-            if (
-                isinstance(row, self.model)
-                and active_transaction.get() is not None
-                and active_settings().event_limit
-            ):
+            if isinstance(row, self.model) and active_transaction.get() is not None:
                 # A tick's schedule and partial events read this row as it commits.
-                remember_staged(transaction_for(store.backend), store, store._key(symbol), row)
+                remember_signal(store, pair, row)
 
     def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
         """Refuse, before any I/O, a row written under names that are not its own."""
@@ -120,16 +110,8 @@ class PersistScheduleUtils(_RowAdapter[ScheduledSignalRow]):
             self._check_row(row, symbol, strategy_name)
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)
-
-        async def changes_for(settings: Settings) -> Changes:
-            # Imported here: the adapters' package builds this one's instance.
-            from persistkit._domains import PersistSignalAdapter
-
-            signal = await PersistSignalAdapter._store(pair)
-            return schedule_changes(store, signal, symbol, settings)
-
-        parsed = row if isinstance(row, ScheduledSignalRow) else None
-        await write_with_events(store, symbol, row, SCHEDULE_LOG, pair, changes_for, parsed)
+        given = row if isinstance(row, ScheduledSignalRow) else None
+        await write_with_events(store, symbol, row, SCHEDULE, symbol, pair, given)
 
     def use_persist_schedule_adapter(self, store_class: type[PersistBase[Any]]) -> None:
         """Keep scheduled entries in a custom :class:`PersistBase` subclass."""

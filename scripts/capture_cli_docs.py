@@ -157,9 +157,9 @@ def crash_a_tick(root: Path) -> None:
             SignalRow.model_validate(btc), "BTCUSDT", "trend_follow"
         )
     )
-    # Checkpointed now: else this process's applier, due to write the signal's
-    # file, would write the crashed bot's commit with it (any process may).
-    asyncio.run(persistkit.current_settings().backend.checkpoint())
+    # Closed now (checkpointed, its applier stopped): else this process's applier,
+    # woken by the write above, would write the crashed bot's commit (any process may).
+    asyncio.run(persistkit.current_settings().backend.aclose())
     bot = subprocess.Popen(
         [sys.executable, "-c", CRASHING_TICK, str(root)], stdout=subprocess.PIPE, text=True
     )

@@ -456,6 +456,12 @@ class SimFS(OSLayer):
                 raise _error(errno.EINVAL, f"fd {fd} is not a regular file")
             self._record(Op("truncate", opened.ino, offset=length))
 
+    def reserve(self, fd: int, offset: int, length: int) -> None:
+        """Space for a coming write: this disk never fills, so it is only a call (a crash point)."""
+        with self._mutex:
+            self._tick()
+            self._fd(fd)
+
     def syncfs(self, fd: int) -> None:
         """Everything done on this file system so far becomes durable: data and entries."""
         with self._mutex:

@@ -285,6 +285,9 @@ def read_group(workdir: str, sizes: Sizes, node: BacktestKitPeer | None) -> Grou
     async def teardown() -> None:
         state.pop("sqlite").close()
         state.pop("diskcache").close()
+        # Closed first: its applier, woken by the journaled write above, would
+        # otherwise make the journal again in the folder just removed.
+        await store.backend.aclose()
         shutil.rmtree(root, ignore_errors=True)
 
     def raw_read() -> Sample:

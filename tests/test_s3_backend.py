@@ -288,7 +288,7 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
         if path.is_file() and not str(path.relative_to(data_root)).startswith(".")
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
-    assert len(on_disk) == 7  # the four domains' 5 values and 2 statistics logs (their heads)
+    assert len(on_disk) == 6  # the four domains' 5 values and the pair's one statistics head
     in_bucket = objects_under(client, prefix)
     # persistkit's own dot folders (S3's tick commit record) aside, as on disk
     assert {key: data for key, data in in_bucket.items() if not key.startswith(".")} == on_disk

@@ -23,7 +23,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from persistkit import _metrics
 from persistkit.errors import UnsupportedPlatformError
@@ -194,33 +194,23 @@ class OSLayer:
             raise OSError(code, os.strerror(code))
 
 
-def _find_syncfs() -> Callable[[int], int] | None:
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """``name`` from the C library, returning an ``int``; ``None`` where there is none."""
     try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    found: Callable[[int], int] = function
-    return found
-
-
-OSLayer.libc_syncfs = _find_syncfs()
-
-
-def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (AttributeError, OSError, TypeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    function.restype = ctypes.c_int
-    found: Callable[[int, int, int, int], int] = function
+    found: Callable[..., int] = function
     return found
 
 
 _FALLOC_FL_KEEP_SIZE = 1
-OSLayer.libc_fallocate = _find_fallocate()
+OSLayer.libc_syncfs = _libc_function("syncfs", [ctypes.c_int])
+OSLayer.libc_fallocate = _libc_function(
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+)
 
 
 REAL_OS = OSLayer()

@@ -324,12 +324,18 @@ class PairEventLogs(DomainAdapter):
     def __init__(self) -> None:
         self.pairs: dict[tuple[int, str], _PairLog] = {}
         """What the hooks know of each pair's logs, by settings and pair; forgotten with
-        the stores at a configure."""
+        the stores at a configure (as are the two maps below)."""
+        self.recorders: dict[PersistBase[Any], _Recorder] = {}
+        """The recorder of each store whose row has events (a store is one settings')."""
+        self.signals: dict[PersistBase[Any], _PairLog] = {}
+        """The pair log of each signal store, for :func:`remember_signal`."""
         super().__init__()
 
     def _forget(self) -> None:
         super()._forget()
         self.pairs = {}
+        self.recorders = {}
+        self.signals = {}
 
 
 PAIR_LOGS = PairEventLogs()
@@ -427,16 +433,6 @@ def schedule_events(
     return events
 
 
-def _level_price(signal: SignalRow, level: int, target: float) -> float:
-    return round(signal.price_open + (target - signal.price_open) * level / 100, 10)
-
-
-_Side = tuple[
-    Literal["profit", "loss"], Sequence[PartialLevel], Sequence[PartialLevel], float | None
-]
-"""An action, the levels reached now and before, and the price the levels lead to."""
-
-
 def partial_events(
     old: Mapping[str, PartialData],
     new: Mapping[str, PartialData],
@@ -449,31 +445,20 @@ def partial_events(
     for signal_id, levels in new.items():
         before = old.get(signal_id)
         known = signal if signal is not None and signal.id == signal_id else None
-        sides: tuple[_Side, _Side] = (
-            (
-                "profit",
-                levels.profit_levels,
-                before.profit_levels if before else (),
-                known.price_take_profit if known else None,
-            ),
-            (
-                "loss",
-                levels.loss_levels,
-                before.loss_levels if before else (),
-                known.price_stop_loss if known else None,
-            ),
-        )
-        for action, reached, had, target in sides:
+        for action, reached, had in (
+            ("profit", levels.profit_levels, before.profit_levels if before else ()),
+            ("loss", levels.loss_levels, before.loss_levels if before else ()),
+        ):
             for level in reached:
                 if level in had:
                     continue
-                price = (
-                    _level_price(known, level, target)
-                    if known is not None and target is not None
-                    else None
-                )
-                position = known.position if known is not None else None
-                events.append([now, action, signal_id, level, position, price])
+                if known is None:
+                    events.append([now, action, signal_id, level, None, None])
+                    continue
+                # Where the level lies: entry + level% of the way to TP or SL.
+                target = known.price_take_profit if action == "profit" else known.price_stop_loss
+                price = round(known.price_open + (target - known.price_open) * level / 100, 10)
+                events.append([now, action, signal_id, level, known.position, price])
     return events
 
 
@@ -503,34 +488,32 @@ async def _committed(backend: Backend, key: str) -> bytes | None:
 
 async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:
     try:
-        stored = await backend.get_many(keys)
+        return await backend.get_many_data(keys)
     except TransientBackendError as exc:
-        stored = await DEFAULT_RETRY.call(lambda: backend.get_many(keys), exc)
-    return [None if found is None else found.data for found in stored]
+        return await DEFAULT_RETRY.call(lambda: backend.get_many_data(keys), exc)
 
 
-_Sections = dict[str, tuple[int, int, list[Any]]]
-"""A pair's logs as a head holds them: kind -> (first segment, end segment, newest rows)."""
+_KindLog = list[Any]
+"""A kind's part of a pair's logs as this process holds it: ``[first segment, end
+segment, newest rows]``; a commit that adds events changes it in place."""
+_KindLogs = dict[str, _KindLog]
 
-
-class _Unread:
-    """The type of :data:`_UNREAD`."""
-
-
-_UNREAD = _Unread()
-"""A signal the commit did not stage: what is committed must be read (awaited)."""
+_UNSTAGED: Any = object()
+"""What ``txn.writes.get`` gives for a key the transaction did not write."""
 
 
 class _PairLog:
     """One pair's event logs under one settings, as this process last saw them.
 
-    ``head`` is the head's bytes that ``sections`` were read from or written
-    as: when the committed head still has them (what a pair's only writer
-    finds), a commit appends to ``sections`` without reading or parsing
-    anything. ``memo`` keeps, for each row the events are derived from (the
-    scheduled row, the partial levels, the signal), the newest bytes parsed and
-    what they parse as: a tick parses nothing it was handed as a model, nor the
-    old value it committed itself.
+    ``head`` is the head's bytes that ``sections`` hold: when the committed
+    head still has them (what a pair's only writer finds), a commit appends to
+    ``sections`` without reading or parsing anything. It is ``None`` while a
+    commit changes ``sections``, and a commit that fails leaves bytes that never
+    landed: either way the next commit reads the logs again. ``memo`` keeps,
+    for each row the events are derived from (the scheduled row, the partial
+    levels, the signal), the newest bytes parsed and what they parse as: a
+    tick parses nothing it was handed as a model, nor the old value it
+    committed itself.
     """
 
     __slots__ = (
@@ -541,7 +524,6 @@ class _PairLog:
         "limit",
         "log",
         "memo",
-        "recorders",
         "sections",
         "settings",
         "signal",
@@ -564,9 +546,8 @@ class _PairLog:
         self.legacy = legacy
         self.head_key = log._key(HEAD)
         self.head: bytes | None = None
-        self.sections: _Sections = {}
+        self.sections: _KindLogs = {}
         self.memo: dict[str, tuple[bytes | None, Any]] = {}
-        self.recorders: dict[str, _Recorder] = {}
         self.signal = signal
         self.signal_backend = signal.backend
         self.signal_key = signal._key(symbol)
@@ -580,46 +561,39 @@ class _PairLog:
         self.memo[key] = (data, value)
         return value
 
-    def staged_signal(self, txn: Transaction) -> SignalRow | _Unread | None:
-        """The pair's signal as the committing ``txn`` staged it; :data:`_UNREAD`: not staged."""
+    async def signal_in(self, txn: Transaction) -> SignalRow | None:
+        """The pair's signal as the committing ``txn`` leaves it: staged in it (the
+        committing transaction holds every write of the block), else committed."""
         key = self.signal_key
-        if self.signal_backend is not txn.backend:
-            return _UNREAD
-        # The committing transaction holds every write of the block, its savepoints' too.
-        data = txn.writes.get(key, _UNREAD)
-        if data is None or isinstance(data, _Unread):
-            return data
-        return self.parsed(self.signal, key, data)  # type: ignore[no-any-return]
-
-    async def committed_signal(self) -> SignalRow | None:
-        """The pair's signal as committed."""
-        data = await _committed(self.signal_backend, self.signal_key)
-        return None if data is None else self.parsed(self.signal, self.signal_key, data)
+        backend = self.signal_backend
+        data = txn.writes.get(key, _UNSTAGED) if backend is txn.backend else _UNSTAGED
+        if data is _UNSTAGED:
+            data = await _committed(backend, key)
+        return None if data is None else self.parsed(self.signal, key, data)
 
     async def append(
-        self, txn: Transaction, committed: bytes | None, grown: dict[str, list[Any]]
+        self, txn: Transaction, committed: bytes | None, grown: dict[str, list[list[Any]]]
     ) -> None:
         """Add ``grown`` (kind -> new rows) to the logs whose head is ``committed``, in ``txn``.
 
         Seals a kind's head events into its next segment at :data:`SEGMENT_EVENTS`,
         drops its oldest segments past the bound, and writes the head once.
         """
-        if committed is not None and committed == self.head:
-            sections = self.sections
-        else:
-            sections = await self._load(txn, committed)
-        written = dict(sections)
+        if committed is None or committed != self.head:
+            self.sections = await self._load(txn, committed)
+        self.head = None  # until the new head is made: a failure here reads them again
+        sections = self.sections
         for kind_name, rows in grown.items():
-            first, end, events = sections[kind_name]
-            events = events + rows
+            section = sections[kind_name]
+            events = section[2]
+            events += rows
+            first, end = section[0], section[1]
             if (
                 len(events) >= SEGMENT_EVENTS
                 or (end - first - 1) * SEGMENT_EVENTS + len(events) >= self.limit
             ):
-                written[kind_name] = self._seal(txn, kind_name, first, end, events)
-            else:  # the common commit: the head grows, no segment changes
-                written[kind_name] = (first, end, events)
-        schedule, partial = written["schedule"], written["partial"]
+                self._seal(txn, kind_name, section)
+        schedule, partial = sections["schedule"], sections["partial"]
         # Every row was validated (no NaN, no infinity) when it was made or read, so
         # orjson's output is exact: the codec's walk would only cost time.
         data = orjson.dumps(
@@ -630,13 +604,12 @@ class _PairLog:
             }
         )
         txn.include(self.head_key, data)
-        self.head, self.sections = data, written
+        self.head = data
 
-    def _seal(
-        self, txn: Transaction, kind_name: str, first: int, end: int, events: list[Any]
-    ) -> tuple[int, int, list[Any]]:
-        """Move full segments of ``events`` (the head's, oldest first) into new segments
-        and drop the oldest segments past the bound; returns the kind's new section."""
+    def _seal(self, txn: Transaction, kind_name: str, section: _KindLog) -> None:
+        """Move full segments of the section's events (the head's, oldest first) into new
+        segments and drop the oldest segments past the bound, in ``txn`` and in ``section``."""
+        first, end, events = section
         key = self.log._key
         sealed = len(events) // SEGMENT_EVENTS
         total = (end - first) * SEGMENT_EVENTS + len(events)
@@ -652,9 +625,9 @@ class _PairLog:
             if end + index >= keep_from:
                 chunk = events[index * SEGMENT_EVENTS : (index + 1) * SEGMENT_EVENTS]
                 txn.include(key(f"{kind_name}-{end + index}"), orjson.dumps(chunk))
-        return keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]
+        section[:] = [keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]]
 
-    async def _load(self, txn: Transaction, committed: bytes | None) -> _Sections:
+    async def _load(self, txn: Transaction, committed: bytes | None) -> _KindLogs:
         """The logs as stored, when this process did not write the committed head last.
 
         No head: a new pair, a head quarantined at a start (the segments that
@@ -665,21 +638,21 @@ class _PairLog:
         head = None if committed is None else self.parsed(log, self.head_key, committed)
         if isinstance(head, PairHead):
             return {
-                kind.name: (
+                kind.name: [
                     *getattr(head, kind.name).segments,
                     list(getattr(head, kind.name).events),
-                )
+                ]
                 for kind in KINDS
             }
         ids = [entity_id async for entity_id in log.keys()]
         if ids:
-            sections: _Sections = {}
+            sections: _KindLogs = {}
             for kind in KINDS:
                 numbers = [_segment_number(kind, entity_id) for entity_id in ids]
                 found = [number for number in numbers if number is not None]
-                sections[kind.name] = (min(found), max(found) + 1, []) if found else (0, 0, [])
+                sections[kind.name] = [min(found), max(found) + 1, []] if found else [0, 0, []]
             return sections
-        return {kind.name: (0, 0, await self._move_legacy(txn, kind)) for kind in KINDS}
+        return {kind.name: [0, 0, await self._move_legacy(txn, kind)] for kind in KINDS}
 
     async def _move_legacy(self, txn: Transaction, kind: EventKind) -> list[Any]:
         """``kind``'s events in the layout before format 3, removed from it in ``txn``:
@@ -692,8 +665,8 @@ class _PairLog:
 
 
 class _Recorder:
-    """How the writes of one row (a pair's scheduled row, or its partial levels) become
-    events: built once per pair, store and settings."""
+    """One row whose writes have events (a pair's scheduled row, or its partial levels):
+    built at its first write, once per store."""
 
     __slots__ = ("backend", "key", "kind", "pair", "store")
 
@@ -704,87 +677,6 @@ class _Recorder:
         self.kind = kind
         self.backend = store.backend
 
-    def changes(
-        self,
-        txn: Transaction,
-        old: bytes | None,
-        new: bytes | None,
-        given: Any,
-        now: int,
-        signal: SignalRow | _Unread | None,
-    ) -> list[list[Any]] | _Unread:
-        """The event rows of the row going from ``old`` to ``new`` (never equal) in the
-        committing ``txn``; ``given``: what ``new`` parses as, when the writer handed it
-        over. :data:`_UNREAD` when they depend on the pair's signal, ``txn`` did not
-        stage it, and ``signal`` is :data:`_UNREAD`: call again with the committed one.
-        (Synchronous: a tick's events need no await unless a signal must be read.)"""
-        raise NotImplementedError
-
-    def _signal(
-        self, txn: Transaction, signal: SignalRow | _Unread | None
-    ) -> SignalRow | _Unread | None:
-        """``signal``, else (:data:`_UNREAD`) the one ``txn`` staged, else :data:`_UNREAD`."""
-        return self.pair.staged_signal(txn) if isinstance(signal, _Unread) else signal
-
-    def _values(self, old: bytes | None, new: bytes | None, given: Any) -> tuple[Any, Any]:
-        """``old`` and ``new`` parsed (remembered, given, or parsed now); ``new`` is
-        remembered as the old value of the next change."""
-        pair, key = self.pair, self.key
-        old_value = None if old is None else pair.parsed(self.store, key, old)
-        new_value = None
-        if new is not None:
-            new_value = given if given is not None else pair.parsed(self.store, key, new)
-        pair.memo[key] = (new, new_value)
-        return old_value, new_value
-
-
-class _ScheduleRecorder(_Recorder):
-    __slots__ = ()
-
-    def changes(
-        self,
-        txn: Transaction,
-        old: bytes | None,
-        new: bytes | None,
-        given: Any,
-        now: int,
-        signal: SignalRow | _Unread | None,
-    ) -> list[list[Any]] | _Unread:
-        old_row, new_row = self._values(old, new, given)
-        if old_row is None or (new_row is not None and new_row.id == old_row.id):
-            # Not resolved (nothing before, or the same entry): no signal to ask.
-            return schedule_events(old_row, new_row, None, now)
-        signal = self._signal(txn, signal)
-        if isinstance(signal, _Unread):
-            return signal
-        return schedule_events(old_row, new_row, signal, now)
-
-
-class _PartialRecorder(_Recorder):
-    __slots__ = ()
-
-    def changes(
-        self,
-        txn: Transaction,
-        old: bytes | None,
-        new: bytes | None,
-        given: Any,
-        now: int,
-        signal: SignalRow | _Unread | None,
-    ) -> list[list[Any]] | _Unread:
-        old_levels, new_levels = self._values(old, new, given)
-        if not new_levels:
-            return []  # levels removed (the signal closed): no milestone reached
-        signal = self._signal(txn, signal)
-        if isinstance(signal, _Unread):
-            return signal
-        return partial_events(old_levels or {}, new_levels, signal, now)
-
-
-_RECORDERS: dict[str, type[_Recorder]] = {
-    "schedule": _ScheduleRecorder,
-    "partial": _PartialRecorder,
-}
 
 _HOOK = "persistkit statistics events"
 """The name of the one commit hook that records every statistics event of a commit."""
@@ -793,40 +685,36 @@ _HOOK = "persistkit statistics events"
 class _CommitEvents:
     """The commit hook of a transaction's statistics: one per commit, whatever the rows.
 
-    It reads the committed values of all the rows it was told of in one batch
-    (one look at the backend), so a row rewritten unchanged (the common tick)
-    costs no more than that comparison. The heads of the pairs whose rows
-    differ from what this process committed last join the batch; each pair
+    It reads the committed values of all the rows it was told of, and the heads
+    of their pairs, in one batch (one look at the backend), so a row rewritten
+    unchanged (the common tick) costs no more than that comparison. Each pair
     whose logs grow writes its head once.
     """
 
-    __slots__ = ("heads", "rows")
+    __slots__ = ("live", "pairs", "rows")
 
     def __init__(self) -> None:
+        self.live = True
+        """Not run yet: a block that committed what it staged so far
+        (``commit_staged``) registers a new hook for what it stages next."""
         self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
         """The rows written with events in this commit, by key: their recorder, the
-        bytes last staged and what they parse as (``None``: not known)."""
-        self.heads: set[str] = set()
-        """The head keys registered with the transaction (locked while it commits)."""
+        bytes staged and what they parse as (``None``: not known)."""
+        self.pairs: dict[_PairLog, None] = {}
+        """The pairs of those rows, whose heads the transaction locks while it commits."""
 
     async def __call__(self, txn: Transaction) -> None:
+        self.live = False
         writes = txn.writes
         rows = self.rows
-        keys: list[str] = []
-        # A pair's head is read with the rows when one of them is not what this
-        # process committed last (an event, most likely); else only if needed.
-        likely: dict[_PairLog, None] = {}
-        for key, (recorder, _, _) in rows.items():
-            if key in writes:  # not a failed savepoint's
-                keys.append(key)
-                known = recorder.pair.memo.get(key)
-                if known is None or known[0] != writes[key]:
-                    likely[recorder.pair] = None
+        keys = [key for key in rows if key in writes]  # not a failed savepoint's
         if not keys:
             return
-        backend = txn.backend
-        stored = await _committed_many(backend, [*keys, *(pair.head_key for pair in likely)])
-        grown: dict[_PairLog, dict[str, list[Any]]] = {}
+        pairs = list(self.pairs)
+        stored = await _committed_many(txn.backend, [*keys, *(pair.head_key for pair in pairs)])
+        grown: dict[_PairLog, dict[str, list[list[Any]]]] = {}
+        signals: dict[_PairLog, SignalRow | None] = {}
+        """Each pair's signal as this commit leaves it, once looked up."""
         now = -1
         for key, old in zip(keys, stored, strict=False):  # the heads follow the rows
             new = writes[key]
@@ -835,34 +723,50 @@ class _CommitEvents:
             if new is not staged:
                 given = None  # rewritten since, by a write that gave no model
             if old == new:  # the common tick: nothing parsed
-                if given is not None and pair in likely:
-                    pair.memo[key] = (new, given)  # so that the next such tick reads no head
+                if given is not None:
+                    pair.memo[key] = (new, given)  # the old value of the next change
                 continue
+            store = recorder.store
+            old_value = None if old is None else pair.parsed(store, key, old)
+            new_value: Any
+            if new is None:
+                new_value = None
+            elif given is None:
+                new_value = pair.parsed(store, key, new)
+            else:
+                new_value = given
+                pair.memo[key] = (new, given)
             if now < 0:
                 now = _now(pair.settings)
-            events = recorder.changes(txn, old, new, given, now, _UNREAD)
-            if isinstance(events, _Unread):
-                signal = await pair.committed_signal()
-                events = recorder.changes(txn, old, new, given, now, signal)
-            if events:
-                assert not isinstance(events, _Unread)  # given a signal, it never asks
-                kinds = grown.get(pair)
-                if kinds is None:
-                    kinds = grown[pair] = {}
-                kind_name = recorder.kind.name
-                if kind_name in kinds:
-                    kinds[kind_name] += events
+            if recorder.kind is SCHEDULE and (
+                old_value is None or (new_value is not None and new_value.id == old_value.id)
+            ):
+                # Not resolved (nothing before, or the same entry): no signal to ask.
+                events = schedule_events(old_value, new_value, None, now)
+            elif recorder.kind is PARTIAL and not new_value:
+                continue  # levels removed (the signal closed): no milestone reached
+            else:
+                if pair in signals:
+                    signal = signals[pair]
                 else:
-                    kinds[kind_name] = events
-        if not grown:
-            return
-        heads = dict(zip(likely, stored[len(keys) :], strict=True))
-        unread = [pair for pair in grown if pair not in heads]
-        if unread:
-            found = await _committed_many(backend, [pair.head_key for pair in unread])
-            heads.update(zip(unread, found, strict=True))
-        for pair, added in grown.items():
-            await pair.append(txn, heads[pair], added)
+                    signal = signals[pair] = await pair.signal_in(txn)
+                if recorder.kind is SCHEDULE:
+                    events = schedule_events(old_value, new_value, signal, now)
+                else:
+                    events = partial_events(old_value or {}, new_value, signal, now)
+            if events:
+                added = grown.get(pair)
+                if added is None:
+                    added = grown[pair] = {}
+                kind_name = recorder.kind.name
+                if kind_name in added:
+                    added[kind_name] += events
+                else:
+                    added[kind_name] = events
+        if grown:
+            heads = dict(zip(pairs, stored[len(keys) :], strict=True))
+            for pair, added in grown.items():
+                await pair.append(txn, heads[pair], added)
 
 
 async def _new_recorder(
@@ -891,12 +795,25 @@ async def _new_recorder(
             symbol,
         )
         PAIR_LOGS.pairs[(id(settings), pair)] = log
-    made = log.recorders[kind.name] = _RECORDERS[kind.name](log, store, store._key(entity_id), kind)
+        PAIR_LOGS.signals[log.signal] = log
+    made = PAIR_LOGS.recorders[store] = _Recorder(log, store, store._key(entity_id), kind)
     return made
 
 
+_last_registration: tuple[Transaction | None, Transaction | None, _CommitEvents] = (
+    None,
+    None,
+    _CommitEvents(),
+)
+"""The transaction a row was last registered from, the one that commits it, and its
+hook: the other rows of a tick find their hook here. One tuple, read and replaced
+whole, so that threads running event loops of their own never mix two."""
+
+
 def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
-    """Tell ``txn``'s commit hook that ``recorder``'s row was just staged in ``txn``."""
+    """Tell the commit hook of ``txn`` (or of the block it is a savepoint of) that
+    ``recorder``'s row was just staged in ``txn``."""
+    global _last_registration
     pair = recorder.pair
     if pair.backend is not txn.backend:
         logger.warning(
@@ -907,16 +824,18 @@ def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
             pair.backend.url,
         )
         return
-    # On the transaction that commits: a savepoint's hook would be dropped if the
-    # outer block had one already, and a failed savepoint's row is no longer written.
-    committing = txn.outermost()
-    hook = committing.registered_hook(_HOOK)
-    if not isinstance(hook, _CommitEvents):
-        hook = _CommitEvents()
-    head_key = pair.head_key
-    if head_key not in hook.heads:
-        hook.heads.add(head_key)
-        committing.before_commit(_HOOK, (head_key,), hook)
+    staged_in, committing, hook = _last_registration
+    if staged_in is not txn or not hook.live:
+        # On the transaction that commits: a savepoint's hook would be dropped if the
+        # outer block had one already, and a failed savepoint's row is no longer written.
+        committing = txn.outermost()
+        found = committing.registered_hook(_HOOK)
+        hook = found if isinstance(found, _CommitEvents) else _CommitEvents()
+        _last_registration = (txn, committing, hook)
+    if pair not in hook.pairs:
+        hook.pairs[pair] = None
+        assert committing is not None
+        committing.before_commit(_HOOK, (pair.head_key,), hook)
     key = recorder.key
     hook.rows[key] = (recorder, txn.writes.get(key), given)  # the store staged it in txn
 
@@ -937,16 +856,11 @@ async def write_with_events(
     is ``value`` in the form a read gives (a model), when the caller has it:
     the commit then does not parse the staged bytes again.
     """
-    settings = active_settings()
-    if not settings.event_limit:
-        await _write(store, entity_id, value)
-        return
-    log = PAIR_LOGS.pairs.get((id(settings), pair))
-    recorder = None
-    if log is not None and log.settings is settings:
-        recorder = log.recorders.get(kind.name)
-    if recorder is None or recorder.store is not store:
-        recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
+    recorder = PAIR_LOGS.recorders.get(store)
+    if recorder is None:  # events off, or the row's first write under these settings
+        settings = active_settings()
+        if settings.event_limit:
+            recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
         if recorder is None:
             await _write(store, entity_id, value)
             return
@@ -954,23 +868,20 @@ async def write_with_events(
     active = active_transaction.get()
     if active is not None and active.backend is not backend:
         active = transaction_for(backend)  # an outer one on this backend, if any
-    if active is not None:
-        await _write(store, entity_id, value)
-        _register(active, recorder, given)
+    if active is None:
+        async with transaction(backend) as own:
+            await _write(store, entity_id, value)
+            _register(own, recorder, given)
         return
-    async with transaction(backend) as own:
-        await _write(store, entity_id, value)
-        _register(own, recorder, given)
+    await _write(store, entity_id, value)
+    _register(active, recorder, given)
 
 
-def remember_signal(store: PersistBase[Any], pair: str, row: SignalRow) -> None:
-    """Note what the signal just staged for ``pair`` parses as (``row``), so that the
+def remember_signal(store: PersistBase[Any], row: SignalRow) -> None:
+    """Note what the signal just staged in ``store`` parses as (``row``), so that the
     tick's schedule and partial events do not parse it again."""
-    settings = active_settings()
-    if not settings.event_limit:
-        return
-    log = PAIR_LOGS.pairs.get((id(settings), pair))
-    if log is None or log.settings is not settings or log.signal is not store:
+    log = PAIR_LOGS.signals.get(store)
+    if log is None:
         return  # no events recorded for the pair yet: its first is parsed
     txn = active_transaction.get()
     if txn is not None and txn.backend is not log.signal_backend:

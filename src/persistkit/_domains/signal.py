@@ -45,7 +45,7 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             await store.write_value(symbol, row)
             if isinstance(row, self.model) and active_transaction.get() is not None:
                 # A tick's schedule and partial events read this row as it commits.
-                remember_signal(store, pair, row)
+                remember_signal(store, row)
 
     def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
         """Refuse, before any I/O, a row written under names that are not its own."""

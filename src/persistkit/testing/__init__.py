@@ -185,6 +185,7 @@ class BackendConformance:
         await backend.put("ns/c", b"C")
         got = await backend.get_many(["ns/c", "ns/b", "ns/a"])
         assert [item.data if item else None for item in got] == [b"C", None, b"A"]
+        assert await backend.get_many_data(["ns/c", "ns/b", "ns/a"]) == [b"C", None, b"A"]
 
     # -- listing -------------------------------------------------------------------
 
@@ -609,6 +610,7 @@ class BackendConformance:
                 backend.get,
                 backend.delete,
                 lambda bad: backend.get_many(["ns/fine", bad]),
+                lambda bad: backend.get_many_data(["ns/fine", bad]),
                 lambda bad: backend.quarantine(bad, "test"),
                 backend.changed_at,
             ]

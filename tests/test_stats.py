@@ -352,6 +352,69 @@ async def test_a_failed_savepoint_in_a_tick_records_no_event_for_its_writes(
         assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
 
 
+async def test_writes_after_commit_staged_in_a_tick_record_their_events_too(
+    data_root: Path,
+) -> None:
+    """A tick that commits its order intent mid-way (``commit_staged``) and goes on
+    writing: the events of both parts are recorded, each with its own commit."""
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick() as tick:
+            await put_schedule(scheduled("A", T0))
+            await tick.commit_staged()
+            await put_signal(filled(scheduled("A", T0), T0 + 3 * MIN))
+            await put_schedule(None)
+            await put_levels({"A": PartialData(profit_levels=[10, 20])})
+        schedule = await Schedule.get_data(SYMBOL, STRATEGY)
+        assert [(event.action, event.signal_id) for event in schedule.event_list] == [
+            ("scheduled", "A"),
+            ("opened", "A"),
+        ]
+        assert schedule.avg_activation_time == 3.0
+        partial = await Partial.get_data(SYMBOL, STRATEGY)
+        assert [event.level for event in partial.event_list] == [10, 20]
+
+
+async def test_pairs_ticking_concurrently_in_one_process_keep_their_own_events(
+    data_root: Path,
+) -> None:
+    """Two tasks, each a tick of its own pair (its own root here: one commit per tick),
+    interleaving their writes: each pair's events are its own, none lost or doubled."""
+    import asyncio
+
+    other = ("ETH/USDT", "trend_2")
+
+    async def trade(root: Path, symbol: str, strategy: str, rounds: int) -> None:
+        async with LiveSession([(symbol, strategy)], "main", base_dir=root) as session:
+            for number in range(rounds):
+                async with session.tick():
+                    row = scheduled(f"{symbol}-{number}", T0).model_copy(
+                        update={"symbol": symbol, "strategy_name": strategy}
+                    )
+                    await PersistScheduleAdapter.write_schedule_data(row, symbol, strategy)
+                    await asyncio.sleep(0)  # the other pair's tick writes here
+                    levels = {row.id: PartialData(profit_levels=[10])}
+                    await PersistPartialAdapter.write_partial_data(levels, symbol, strategy)
+                    await asyncio.sleep(0)
+
+    await asyncio.gather(
+        trade(data_root / "one", SYMBOL, STRATEGY, 12),
+        trade(data_root / "two", *other, 9),
+    )
+    for root, (symbol, strategy), rounds in (
+        (data_root / "one", (SYMBOL, STRATEGY), 12),
+        (data_root / "two", other, 9),
+    ):
+        async with LiveSession([(symbol, strategy)], "main", base_dir=root):
+            schedule = await Schedule.get_data(symbol, strategy)
+            partial = await Partial.get_data(symbol, strategy)
+        assert schedule.total_scheduled == rounds
+        assert schedule.total_cancelled == rounds - 1
+        assert {event.symbol for event in schedule.event_list} == {symbol}
+        assert [event.signal_id for event in partial.event_list] == [
+            f"{symbol}-{number}" for number in range(rounds)
+        ]
+
+
 async def test_backtest_mode_writes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

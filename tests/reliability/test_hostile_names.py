@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from common import Result, count, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -171,3 +172,22 @@ def test_check_key_refuses_exactly_what_the_key_rule_refuses() -> None:
     check()
     for key in HOSTILE:
         check.hypothesis.inner_test(key)  # type: ignore[attr-defined]
+
+
+def test_a_key_that_only_claims_to_equal_an_accepted_one_is_still_refused() -> None:
+    """check_key remembers the keys it accepted; a str subclass that hashes and compares
+    like one of them, but climbs, must not ride on that memory."""
+    accepted = "signal/BTCUSDT_trend/BTCUSDT"
+    check_key(accepted)
+
+    class Impostor(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash(accepted)
+
+    with pytest.raises(InvalidNameError):
+        check_key(Impostor("../../etc/passwd"))
+    with pytest.raises(InvalidNameError):
+        check_key(Impostor("signal/.journal/x"))

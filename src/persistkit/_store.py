@@ -234,8 +234,11 @@ class PersistBase(Generic[T]):
             # which needs fcntl) are not built for it.
             base_dir = DEFAULT_BASE_DIR if backend is not None else active_settings().base_dir
         self.base_dir = os.path.abspath(os.fspath(base_dir))
+        # A plain str either way: backends refuse subclasses of str as keys.
         segment = (
-            entity_name if isinstance(entity_name, SegmentName) else encode_segment(entity_name)
+            str(entity_name)
+            if isinstance(entity_name, SegmentName)
+            else encode_segment(entity_name)
         )
         self._segment = segment
         self._routes: dict[int, _Route] = {}

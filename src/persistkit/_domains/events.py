@@ -52,7 +52,7 @@ by its bytes, so that a tick parses nothing it wrote itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -65,7 +65,7 @@ from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
-from persistkit.errors import EntityNotFoundError, TransientBackendError
+from persistkit.errors import CorruptValueError, EntityNotFoundError, TransientBackendError
 from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
 from persistkit.models import _Model as EventModel
 
@@ -242,6 +242,48 @@ class LegacyEventLog(DomainAdapter):
         super().__init__()
 
 
+# -- what the events are derived from ---------------------------------------------------
+
+
+ScheduleFacts = tuple[str, Position, float, int]
+"""What a scheduled row's events need of it: ``(id, position, price_open, scheduled_at)``."""
+SignalFacts = tuple[str, Position, float, float, float, int]
+"""What the events need of a signal: ``(id, position, price_open, price_take_profit,
+price_stop_loss, pending_at)``."""
+LevelsFacts = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+"""Partial levels as the events need them: signal id -> (profit levels, loss levels)."""
+
+
+def schedule_facts(row: ScheduledSignalRow | None) -> ScheduleFacts | None:
+    """A copy of what ``row``'s events need: taken when the row is written or read,
+    so that a bot changing its object afterwards changes no event."""
+    return None if row is None else (row.id, row.position, row.price_open, row.scheduled_at)
+
+
+def signal_facts(row: SignalRow | None) -> SignalFacts | None:
+    """A copy of what the events need of a signal (see :func:`schedule_facts`)."""
+    if row is None:
+        return None
+    return (
+        row.id,
+        row.position,
+        row.price_open,
+        row.price_take_profit,
+        row.price_stop_loss,
+        row.pending_at,
+    )
+
+
+def levels_facts(levels: Mapping[str, PartialData] | None) -> LevelsFacts:
+    """A copy of partial levels (see :func:`schedule_facts`); ``{}`` for none."""
+    if not levels:
+        return {}
+    return {
+        signal_id: (tuple(data.profit_levels), tuple(data.loss_levels))
+        for signal_id, data in levels.items()
+    }
+
+
 # -- the two kinds ------------------------------------------------------------------------
 
 
@@ -255,9 +297,13 @@ class EventKind:
         model: type[EventModel],
         row_fields: tuple[str, ...],
         legacy: LegacyEventLog,
+        facts: Callable[[Any], Any],
     ) -> None:
         self.name = name
         self.model = model
+        self.facts = facts
+        """The copy of a stored value that its events are derived from (see
+        :func:`schedule_facts`)."""
         self.row_fields = row_fields
         """An event's fields in the order its row holds them; the pair's names are the
         log's folder's, not the row's."""
@@ -292,6 +338,7 @@ SCHEDULE = EventKind(
         "stats/schedule",
         _ScheduleRowsHead | _ScheduleLogHead | list[ScheduleRow] | list[ScheduleEvent] | None,
     ),
+    schedule_facts,
 )
 PARTIAL = EventKind(
     "partial",
@@ -301,6 +348,7 @@ PARTIAL = EventKind(
         "stats/partial",
         _PartialRowsHead | _PartialLogHead | list[PartialRow] | list[PartialEvent] | None,
     ),
+    levels_facts,
 )
 KINDS = (SCHEDULE, PARTIAL)
 
@@ -405,9 +453,9 @@ def _minutes(start_ms: int, end_ms: int) -> float:
 
 
 def schedule_events(
-    old: ScheduledSignalRow | None,
-    new: ScheduledSignalRow | None,
-    signal: SignalRow | None,
+    old: ScheduleFacts | None,
+    new: ScheduleFacts | None,
+    signal: SignalFacts | None,
     now: int,
 ) -> list[list[Any]]:
     """The events (as :data:`ScheduleRow`) of a pair's scheduled row going from ``old`` to ``new``.
@@ -415,39 +463,31 @@ def schedule_events(
     ``signal`` is the pair's signal as the same commit leaves it.
     """
     events: list[list[Any]] = []
-    if old is not None and (new is None or new.id != old.id):
-        opened = signal is not None and signal.id == old.id
-        waited_until = signal.pending_at if opened and signal is not None else now
-        events.append(
-            [
-                now,
-                "opened" if opened else "cancelled",
-                old.id,
-                old.position,
-                old.price_open,
-                _minutes(old.scheduled_at, waited_until),
-            ]
-        )
-    if new is not None and (old is None or new.id != old.id):
-        events.append([now, "scheduled", new.id, new.position, new.price_open, None])
+    if old is not None and (new is None or new[0] != old[0]):
+        opened = signal is not None and signal[0] == old[0]
+        waited_until = signal[5] if opened and signal is not None else now
+        action = "opened" if opened else "cancelled"
+        events.append([now, action, old[0], old[1], old[2], _minutes(old[3], waited_until)])
+    if new is not None and (old is None or new[0] != old[0]):
+        events.append([now, "scheduled", new[0], new[1], new[2], None])
     return events
 
 
 def partial_events(
-    old: Mapping[str, PartialData],
-    new: Mapping[str, PartialData],
-    signal: SignalRow | None,
+    old: LevelsFacts,
+    new: LevelsFacts,
+    signal: SignalFacts | None,
     now: int,
 ) -> list[list[Any]]:
     """One event (as :data:`PartialRow`) per level in ``new`` that ``old`` did not have;
     ``signal`` gives prices."""
     events: list[list[Any]] = []
-    for signal_id, levels in new.items():
+    for signal_id, (profit, loss) in new.items():
         before = old.get(signal_id)
-        known = signal if signal is not None and signal.id == signal_id else None
+        known = signal if signal is not None and signal[0] == signal_id else None
         for action, reached, had in (
-            ("profit", levels.profit_levels, before.profit_levels if before else ()),
-            ("loss", levels.loss_levels, before.loss_levels if before else ()),
+            ("profit", profit, before[0] if before else ()),
+            ("loss", loss, before[1] if before else ()),
         ):
             for level in reached:
                 if level in had:
@@ -456,9 +496,10 @@ def partial_events(
                     events.append([now, action, signal_id, level, None, None])
                     continue
                 # Where the level lies: entry + level% of the way to TP or SL.
-                target = known.price_take_profit if action == "profit" else known.price_stop_loss
-                price = round(known.price_open + (target - known.price_open) * level / 100, 10)
-                events.append([now, action, signal_id, level, known.position, price])
+                entry = known[2]
+                target = known[3] if action == "profit" else known[4]
+                price = round(entry + (target - entry) * level / 100, 10)
+                events.append([now, action, signal_id, level, known[1], price])
     return events
 
 
@@ -552,16 +593,29 @@ class _PairLog:
         self.signal_backend = signal.backend
         self.signal_key = signal._key(symbol)
 
-    def parsed(self, store: PersistBase[Any], key: str, data: bytes) -> Any:
-        """``data`` (``key``'s value in ``store``) parsed: remembered, or parsed now."""
+    def facts_of(
+        self, store: PersistBase[Any], key: str, data: bytes, facts: Callable[[Any], Any]
+    ) -> Any:
+        """The facts (``facts`` of the value) of ``data``, ``key``'s bytes in ``store``:
+        remembered, or parsed now. Bytes that do not parse count as no value: the
+        write that replaces them must not fail for them."""
         found = self.memo.get(key)
         if found is not None and found[0] == data:
             return found[1]
-        value = store._parse(key, data)
-        self.memo[key] = (data, value)
-        return value
+        try:
+            value = store._parse(key, data)
+        except CorruptValueError as exc:
+            logger.warning(
+                "persistkit: %s does not parse (%s); its statistics events count it as absent",
+                key,
+                exc.reason,
+            )
+            value = None
+        made = facts(value)
+        self.memo[key] = (data, made)
+        return made
 
-    async def signal_in(self, txn: Transaction) -> SignalRow | None:
+    async def signal_in(self, txn: Transaction) -> SignalFacts | None:
         """The pair's signal as the committing ``txn`` leaves it: staged in it (the
         committing transaction holds every write of the block), else committed."""
         key = self.signal_key
@@ -569,7 +623,9 @@ class _PairLog:
         data = txn.writes.get(key, _UNSTAGED) if backend is txn.backend else _UNSTAGED
         if data is _UNSTAGED:
             data = await _committed(backend, key)
-        return None if data is None else self.parsed(self.signal, key, data)
+        if data is None:
+            return None
+        return self.facts_of(self.signal, key, data, signal_facts)  # type: ignore[no-any-return]
 
     async def append(
         self, txn: Transaction, committed: bytes | None, grown: dict[str, list[list[Any]]]
@@ -635,7 +691,20 @@ class _PairLog:
         events still count), or logs of an earlier format, moved here in ``txn``.
         """
         log = self.log
-        head = None if committed is None else self.parsed(log, self.head_key, committed)
+        head = None
+        if committed is not None:
+            try:
+                head = log._parse(self.head_key, committed)
+            except CorruptValueError as exc:
+                # Damaged while running: set aside as a start would, never overwritten;
+                # its sealed segments are listed again below.
+                await self.backend.quarantine(self.head_key, exc.reason or str(exc))
+                logger.warning(
+                    "persistkit: the statistics head %s was damaged (%s): quarantined, its "
+                    "unsealed events are lost; its segments still count",
+                    self.head_key,
+                    exc.reason,
+                )
         if isinstance(head, PairHead):
             return {
                 kind.name: [
@@ -700,8 +769,10 @@ class _CommitEvents:
         self.rows: dict[str, tuple[_Recorder, bytes | None, Any]] = {}
         """The rows written with events in this commit, by key: their recorder, the
         bytes staged and what they parse as (``None``: not known)."""
-        self.pairs: dict[_PairLog, None] = {}
-        """The pairs of those rows, whose heads the transaction locks while it commits."""
+        self.pairs: dict[str, _PairLog] = {}
+        """The logs of those rows' pairs by head key (the transaction locks the heads
+        while it commits). One log per head: rows recorded through another log of
+        the same pair (one built under settings configured since) go to this one."""
 
     async def __call__(self, txn: Transaction) -> None:
         self.live = False
@@ -710,47 +781,47 @@ class _CommitEvents:
         keys = [key for key in rows if key in writes]  # not a failed savepoint's
         if not keys:
             return
-        pairs = list(self.pairs)
-        stored = await _committed_many(txn.backend, [*keys, *(pair.head_key for pair in pairs)])
+        pairs = self.pairs
+        stored = await _committed_many(txn.backend, [*keys, *pairs])
         grown: dict[_PairLog, dict[str, list[list[Any]]]] = {}
-        signals: dict[_PairLog, SignalRow | None] = {}
+        signals: dict[_PairLog, SignalFacts | None] = {}
         """Each pair's signal as this commit leaves it, once looked up."""
         now = -1
         for key, old in zip(keys, stored, strict=False):  # the heads follow the rows
             new = writes[key]
             recorder, staged, given = rows[key]
-            pair = recorder.pair
+            pair = pairs[recorder.pair.head_key]
             if new is not staged:
                 given = None  # rewritten since, by a write that gave no model
             if old == new:  # the common tick: nothing parsed
                 if given is not None:
                     pair.memo[key] = (new, given)  # the old value of the next change
                 continue
-            store = recorder.store
-            old_value = None if old is None else pair.parsed(store, key, old)
+            store, kind = recorder.store, recorder.kind
+            old_value = None if old is None else pair.facts_of(store, key, old, kind.facts)
             new_value: Any
             if new is None:
-                new_value = None
+                new_value = kind.facts(None)
             elif given is None:
-                new_value = pair.parsed(store, key, new)
+                new_value = pair.facts_of(store, key, new, kind.facts)
             else:
                 new_value = given
                 pair.memo[key] = (new, given)
             if now < 0:
                 now = _now(pair.settings)
-            if recorder.kind is SCHEDULE and (
-                old_value is None or (new_value is not None and new_value.id == old_value.id)
+            if kind is SCHEDULE and (
+                old_value is None or (new_value is not None and new_value[0] == old_value[0])
             ):
                 # Not resolved (nothing before, or the same entry): no signal to ask.
                 events = schedule_events(old_value, new_value, None, now)
-            elif recorder.kind is PARTIAL and not new_value:
+            elif kind is PARTIAL and not new_value:
                 continue  # levels removed (the signal closed): no milestone reached
             else:
                 if pair in signals:
                     signal = signals[pair]
                 else:
                     signal = signals[pair] = await pair.signal_in(txn)
-                if recorder.kind is SCHEDULE:
+                if kind is SCHEDULE:
                     events = schedule_events(old_value, new_value, signal, now)
                 else:
                     events = partial_events(old_value or {}, new_value, signal, now)
@@ -764,7 +835,7 @@ class _CommitEvents:
                 else:
                     added[kind_name] = events
         if grown:
-            heads = dict(zip(pairs, stored[len(keys) :], strict=True))
+            heads = dict(zip(pairs.values(), stored[len(keys) :], strict=True))
             for pair, added in grown.items():
                 await pair.append(txn, heads[pair], added)
 
@@ -787,15 +858,19 @@ async def _new_recorder(
         # Imported here: the adapters' package builds this module's users.
         from persistkit._domains import PersistSignalAdapter
 
-        log = _PairLog(
+        made_log = _PairLog(
             settings,
             await PAIR_LOGS._store(pair),
             {legacy.name: await legacy.legacy._store(pair) for legacy in KINDS},
             await PersistSignalAdapter._store(pair),
             symbol,
         )
-        PAIR_LOGS.pairs[(id(settings), pair)] = log
-        PAIR_LOGS.signals[log.signal] = log
+        # Another write of the pair may have built its log during those awaits: one
+        # log per pair, or two heads of it would meet in one commit.
+        log = PAIR_LOGS.pairs.get((id(settings), pair))
+        if log is None or log.settings is not settings:
+            log = PAIR_LOGS.pairs[(id(settings), pair)] = made_log
+            PAIR_LOGS.signals[log.signal] = log
     made = PAIR_LOGS.recorders[store] = _Recorder(log, store, store._key(entity_id), kind)
     return made
 
@@ -832,12 +907,15 @@ def _register(txn: Transaction, recorder: _Recorder, given: Any) -> None:
         found = committing.registered_hook(_HOOK)
         hook = found if isinstance(found, _CommitEvents) else _CommitEvents()
         _last_registration = (txn, committing, hook)
-    if pair not in hook.pairs:
-        hook.pairs[pair] = None
+    head_key = pair.head_key
+    if head_key not in hook.pairs:
+        hook.pairs[head_key] = pair
         assert committing is not None
-        committing.before_commit(_HOOK, (pair.head_key,), hook)
+        committing.before_commit(_HOOK, (head_key,), hook)
     key = recorder.key
-    hook.rows[key] = (recorder, txn.writes.get(key), given)  # the store staged it in txn
+    # A copy, now: the bot may change its object after this write.
+    facts = None if given is None else recorder.kind.facts(given)
+    hook.rows[key] = (recorder, txn.writes.get(key), facts)  # the store staged it in txn
 
 
 async def write_with_events(
@@ -889,7 +967,7 @@ def remember_signal(store: PersistBase[Any], row: SignalRow) -> None:
     if txn is not None:
         data = txn.writes.get(log.signal_key)  # the store staged it in txn
         if data is not None:
-            log.memo[log.signal_key] = (data, row)
+            log.memo[log.signal_key] = (data, signal_facts(row))  # a copy: see schedule_facts
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:

@@ -63,10 +63,16 @@ def check_key(key: str) -> str:
     mean different things to different backends. :mod:`persistkit._names` never
     makes such a key; this is the last line for callers that build keys by hand.
     """
-    if type(key) is str and key in _GOOD_KEYS:  # exactly str: a subclass may redefine ==
+    if type(key) is str and key in _GOOD_KEYS:
         return key
-    if not isinstance(key, str):
-        raise InvalidNameError(f"a key must be a string, got {type(key).__name__}: {key!r}")
+    if type(key) is not str:
+        # A subclass of str may redefine the very tests below (``in``, indexing,
+        # ``==``) and how it formats into a path: only a plain str is judged.
+        raise InvalidNameError(
+            f"a key must be a plain str, got {type(key).__name__}: {str.__repr__(key)}"
+            if isinstance(key, str)
+            else f"a key must be a string, got {type(key).__name__}: {key!r}"
+        )
     # Refused: an empty key or segment (absolute paths, ``a//b``, a trailing ``/``),
     # a segment starting with ``.`` (``.``, ``..`` and persistkit's own names: temp
     # files, quarantine, journal), or a NUL anywhere. Plain string tests, not a
@@ -77,10 +83,9 @@ def check_key(key: str) -> str:
             f"key {key!r} is refused before any I/O: a key is '/'-separated segments, "
             "none empty, none starting with '.', no NUL"
         )
-    if type(key) is str:
-        if len(_GOOD_KEYS) >= _GOOD_KEYS_LIMIT:
-            _GOOD_KEYS.clear()
-        _GOOD_KEYS.add(key)
+    if len(_GOOD_KEYS) >= _GOOD_KEYS_LIMIT:
+        _GOOD_KEYS.clear()
+    _GOOD_KEYS.add(key)
     return key
 
 

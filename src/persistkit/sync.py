@@ -62,7 +62,7 @@ from types import FrameType, TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import persistkit
-from persistkit import _portal
+from persistkit import _portal, _stats
 from persistkit._domains import intent as _intent
 from persistkit._domains import partial as _partial
 from persistkit._domains import risk as _risk
@@ -76,6 +76,8 @@ __all__ = [
     "Backend",
     "BlockingIterator",
     "LiveSession",
+    "Partial",
+    "PartialUtils",
     "PersistBase",
     "PersistIntentAdapter",
     "PersistIntentUtils",
@@ -87,6 +89,8 @@ __all__ = [
     "PersistScheduleUtils",
     "PersistSignalAdapter",
     "PersistSignalUtils",
+    "Schedule",
+    "ScheduleUtils",
     "Transaction",
     "blocking",
     "blocking_twin_name",
@@ -525,6 +529,8 @@ PersistScheduleUtils = _derive(_signal.PersistScheduleUtils)
 PersistRiskUtils = _derive(_risk.PersistRiskUtils)
 PersistPartialUtils = _derive(_partial.PersistPartialUtils)
 PersistIntentUtils = _derive(_intent.PersistIntentUtils)
+ScheduleUtils = _derive(_stats.ScheduleUtils)
+PartialUtils = _derive(_stats.PartialUtils)
 
 PersistSignalAdapter: Any = _wrap(persistkit.PersistSignalAdapter)
 PersistScheduleAdapter: Any = _wrap(persistkit.PersistScheduleAdapter)
@@ -532,6 +538,10 @@ PersistRiskAdapter: Any = _wrap(persistkit.PersistRiskAdapter)
 PersistPartialAdapter: Any = _wrap(persistkit.PersistPartialAdapter)
 PersistIntentAdapter: Any = _wrap(persistkit.PersistIntentAdapter)
 """The same adapters as ``persistkit``'s (one memoized store per entity), blocking."""
+Schedule: Any = _wrap(persistkit.Schedule)
+Partial: Any = _wrap(persistkit.Partial)
+"""The statistics of scheduled entries and partial milestones, blocking: ``get_data``,
+``get_report`` and ``dump`` wait for their result."""
 
 transaction = _blocking_function(persistkit.transaction)
 open_backend = _blocking_function(persistkit.open_backend)

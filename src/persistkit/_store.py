@@ -129,6 +129,8 @@ class InitReport:
 
 _KEY_CACHE_SIZE = 4096
 _SCAN_BATCH = 256
+_FOREIGN_INIT_POLL = 0.005
+"""Seconds between looks at a store's start that another thread's event loop runs."""
 
 # Writes to one key are ordered per backend instance, whichever store issues them.
 _ordering: weakref.WeakKeyDictionary[Backend, LoopLocalKeyedLocks] = weakref.WeakKeyDictionary()
@@ -397,6 +399,20 @@ class PersistBase(Generic[T]):
         done = route.init
         if done is not None and done.done() and not done.cancelled() and not done.exception():
             return done.result()  # every adapter call asks: no future to make, no suspension
+        init = route.init
+        if (
+            init is not None
+            and not init.done()
+            and init.get_loop() is not asyncio.get_running_loop()
+        ):
+            if not init.get_loop().is_closed():
+                # Started by a thread running an event loop of its own: its future
+                # cannot be awaited here, nor told to wake this loop safely (that
+                # loop may close first), so this loop looks until it is done.
+                while not init.done():  # noqa: ASYNC110
+                    await asyncio.sleep(_FOREIGN_INIT_POLL)
+                return init.result()
+            route.init = None  # that loop is gone with its check: this one starts again
         if route.init is None:
             # A read-only backend (an operator's look) is checked, never repaired.
             repair = not route.backend.read_only

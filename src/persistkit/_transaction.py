@@ -44,6 +44,10 @@ CommitHook = Callable[["Transaction"], Awaitable[None]]
 """Runs once as its transaction commits, before the writes go to the backend."""
 
 _staged_versions = itertools.count(1)
+HOOK_ATTEMPTS = 32
+"""How many times a commit runs its hooks again when another writer changed what they
+derived from (see :meth:`Transaction.before_commit`) before it gives up with the
+:class:`~persistkit.errors.ConflictError`."""
 active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "persistkit_transaction", default=None
 )
@@ -201,6 +205,14 @@ class Transaction:
         keeps the first hook (see :meth:`registered_hook`). A failed block
         discards its hooks with its writes; a savepoint hands them to the outer
         transaction.
+
+        Other processes, and threads running event loops of their own, take
+        none of these locks: a hook that must not overwrite what they commit
+        meanwhile puts the version it derived from in :attr:`expected`. When
+        the commit finds one of ``keys`` changed (a
+        :class:`~persistkit.errors.ConflictError` naming it), the block's own
+        writes are restored and the hooks run again on what is committed now,
+        up to :data:`HOOK_ATTEMPTS` times.
         """
         self._check_active()
         found = self._hooks.get(name)
@@ -343,30 +355,51 @@ class Transaction:
                         taken.append(key_in_order)
                     break
                 taken.append(key)
-            # Under the locks: what a hook reads as committed stays so until
-            # this commit lands (in this process; a pair has one live session).
-            for _, hook in self._hooks.values():
-                await hook(self)
-            backend = self.backend
-            if self.expected and backend.commit_checks_versions:
-
-                async def commit() -> None:
-                    # commit_checks_versions: this backend's commit takes expect=.
-                    await cast(Any, backend).commit(writes, expect=self.expected)
-
-            else:
-
-                async def commit() -> None:
-                    await backend.commit(writes)
-
-            try:
-                await commit()
-            except TransientBackendError as exc:
-                # A commit carries whole values, so repeating it is harmless.
-                await self.retry.call(commit, exc)
+            if not self._hooks:
+                await self._send()
+                return
+            # Under the locks: what a hook reads as committed stays so until this
+            # commit lands, against the other commits of this loop. Against other
+            # writers (processes, threads running loops of their own) a hook sets
+            # expectations on the keys it writes: when one fails, the hooks run
+            # again on what those writers committed.
+            derived_keys = {key for locked, _ in self._hooks.values() for key in locked}
+            staged, expected = dict(writes), dict(self.expected)
+            for attempt in range(1, HOOK_ATTEMPTS + 1):
+                try:
+                    for _, hook in self._hooks.values():
+                        await hook(self)
+                    await self._send()
+                    return
+                except ConflictError as exc:
+                    if exc.key not in derived_keys or attempt == HOOK_ATTEMPTS:
+                        raise
+                writes.clear()
+                writes.update(staged)
+                self.expected = dict(expected)
         finally:
             for key in taken:
                 locks.release(key)
+
+    async def _send(self) -> None:
+        """Hand the writes to the backend; a transient error repeats them."""
+        backend, writes = self.backend, self.writes
+        if self.expected and backend.commit_checks_versions:
+
+            async def commit() -> None:
+                # commit_checks_versions: this backend's commit takes expect=.
+                await cast(Any, backend).commit(writes, expect=self.expected)
+
+        else:
+
+            async def commit() -> None:
+                await backend.commit(writes)
+
+        try:
+            await commit()
+        except TransientBackendError as exc:
+            # A commit carries whole values, so repeating it is harmless.
+            await self.retry.call(commit, exc)
 
 
 def transaction(

@@ -52,8 +52,8 @@ by its bytes, so that a tick parses nothing it wrote itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import Field, model_validator
@@ -65,7 +65,12 @@ from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
-from persistkit.errors import CorruptValueError, EntityNotFoundError, TransientBackendError
+from persistkit.errors import (
+    ConflictError,
+    CorruptValueError,
+    EntityNotFoundError,
+    TransientBackendError,
+)
 from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
 from persistkit.models import _Model as EventModel
 
@@ -93,6 +98,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HEAD = "head"
 """The id of a pair's log head; segments are ``{kind}-{n}``, legacy ones plain numbers."""
@@ -519,24 +526,27 @@ def _now(settings: Settings) -> int:
     return now
 
 
-async def _committed(backend: Backend, key: str) -> bytes | None:
+async def _retrying(read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, repeated as the default policy says while the backend is unreachable
+    (a read is safe to repeat)."""
     try:
-        stored = await backend.get(key)
+        return await read()
     except TransientBackendError as exc:
-        stored = await DEFAULT_RETRY.call(lambda: backend.get(key), exc)
+        return await DEFAULT_RETRY.call(read, exc)
+
+
+async def _committed(backend: Backend, key: str) -> bytes | None:
+    stored = await _retrying(lambda: backend.get(key))
     return None if stored is None else stored.data
 
 
 async def _committed_many(backend: Backend, keys: list[str]) -> list[bytes | None]:
-    try:
-        return await backend.get_many_data(keys)
-    except TransientBackendError as exc:
-        return await DEFAULT_RETRY.call(lambda: backend.get_many_data(keys), exc)
+    return await _retrying(lambda: backend.get_many_data(keys))
 
 
-_KindLog = list[Any]
-"""A kind's part of a pair's logs as this process holds it: ``[first segment, end
-segment, newest rows]``; a commit that adds events changes it in place."""
+_KindLog = tuple[int, int, list[Any]]
+"""A kind's part of a pair's logs as a head holds it: ``(first segment, end segment,
+newest rows)``; never changed in place (a new one is made)."""
 _KindLogs = dict[str, _KindLog]
 
 _UNSTAGED: Any = object()
@@ -546,11 +556,12 @@ _UNSTAGED: Any = object()
 class _PairLog:
     """One pair's event logs under one settings, as this process last saw them.
 
-    ``head`` is the head's bytes that ``sections`` hold: when the committed
-    head still has them (what a pair's only writer finds), a commit appends to
-    ``sections`` without reading or parsing anything. It is ``None`` while a
-    commit changes ``sections``, and a commit that fails leaves bytes that never
-    landed: either way the next commit reads the logs again. ``memo`` keeps,
+    ``cached`` is a head's bytes and the logs they hold: when the committed
+    head still has those bytes (what a pair's only writer finds), a commit
+    appends to those logs without parsing anything. A commit that fails leaves
+    bytes that never landed, so the next one reads the logs again. Replaced
+    whole, never changed: threads running loops of their own may share the
+    pair (the commit's check of the head settles which of them wins). ``memo`` keeps,
     for each row the events are derived from (the scheduled row, the partial
     levels, the signal), the newest bytes parsed and what they parse as: a
     tick parses nothing it was handed as a model, nor the old value it
@@ -559,13 +570,12 @@ class _PairLog:
 
     __slots__ = (
         "backend",
-        "head",
+        "cached",
         "head_key",
         "legacy",
         "limit",
         "log",
         "memo",
-        "sections",
         "settings",
         "signal",
         "signal_backend",
@@ -586,8 +596,7 @@ class _PairLog:
         self.backend = log.backend
         self.legacy = legacy
         self.head_key = log._key(HEAD)
-        self.head: bytes | None = None
-        self.sections: _KindLogs = {}
+        self.cached: tuple[bytes | None, _KindLogs] = (None, {})
         self.memo: dict[str, tuple[bytes | None, Any]] = {}
         self.signal = signal
         self.signal_backend = signal.backend
@@ -635,21 +644,21 @@ class _PairLog:
         Seals a kind's head events into its next segment at :data:`SEGMENT_EVENTS`,
         drops its oldest segments past the bound, and writes the head once.
         """
-        if committed is None or committed != self.head:
-            self.sections = await self._load(txn, committed)
-        self.head = None  # until the new head is made: a failure here reads them again
-        sections = self.sections
+        head, sections = self.cached
+        if committed is None or committed != head:
+            sections = await self._load(txn, committed)
+        written = dict(sections)
         for kind_name, rows in grown.items():
-            section = sections[kind_name]
-            events = section[2]
-            events += rows
-            first, end = section[0], section[1]
+            first, end, events = sections[kind_name]
+            events = events + rows
             if (
                 len(events) >= SEGMENT_EVENTS
                 or (end - first - 1) * SEGMENT_EVENTS + len(events) >= self.limit
             ):
-                self._seal(txn, kind_name, section)
-        schedule, partial = sections["schedule"], sections["partial"]
+                written[kind_name] = self._seal(txn, kind_name, first, end, events)
+            else:  # the common commit: the head grows, no segment changes
+                written[kind_name] = (first, end, events)
+        schedule, partial = written["schedule"], written["partial"]
         # Every row was validated (no NaN, no infinity) when it was made or read, so
         # orjson's output is exact: the codec's walk would only cost time.
         data = orjson.dumps(
@@ -660,12 +669,13 @@ class _PairLog:
             }
         )
         txn.include(self.head_key, data)
-        self.head = data
+        self.cached = (data, written)
 
-    def _seal(self, txn: Transaction, kind_name: str, section: _KindLog) -> None:
-        """Move full segments of the section's events (the head's, oldest first) into new
-        segments and drop the oldest segments past the bound, in ``txn`` and in ``section``."""
-        first, end, events = section
+    def _seal(
+        self, txn: Transaction, kind_name: str, first: int, end: int, events: list[Any]
+    ) -> _KindLog:
+        """Move full segments of ``events`` (the head's, oldest first) into new segments
+        and drop the oldest segments past the bound; returns the kind's new section."""
         key = self.log._key
         sealed = len(events) // SEGMENT_EVENTS
         total = (end - first) * SEGMENT_EVENTS + len(events)
@@ -681,7 +691,7 @@ class _PairLog:
             if end + index >= keep_from:
                 chunk = events[index * SEGMENT_EVENTS : (index + 1) * SEGMENT_EVENTS]
                 txn.include(key(f"{kind_name}-{end + index}"), orjson.dumps(chunk))
-        section[:] = [keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]]
+        return keep_from, end + sealed, events[sealed * SEGMENT_EVENTS :]
 
     async def _load(self, txn: Transaction, committed: bytes | None) -> _KindLogs:
         """The logs as stored, when this process did not write the committed head last.
@@ -707,10 +717,10 @@ class _PairLog:
                 )
         if isinstance(head, PairHead):
             return {
-                kind.name: [
+                kind.name: (
                     *getattr(head, kind.name).segments,
                     list(getattr(head, kind.name).events),
-                ]
+                )
                 for kind in KINDS
             }
         ids = [entity_id async for entity_id in log.keys()]
@@ -719,9 +729,9 @@ class _PairLog:
             for kind in KINDS:
                 numbers = [_segment_number(kind, entity_id) for entity_id in ids]
                 found = [number for number in numbers if number is not None]
-                sections[kind.name] = [min(found), max(found) + 1, []] if found else [0, 0, []]
+                sections[kind.name] = (min(found), max(found) + 1, []) if found else (0, 0, [])
             return sections
-        return {kind.name: [0, 0, await self._move_legacy(txn, kind)] for kind in KINDS}
+        return {kind.name: (0, 0, await self._move_legacy(txn, kind)) for kind in KINDS}
 
     async def _move_legacy(self, txn: Transaction, kind: EventKind) -> list[Any]:
         """``kind``'s events in the layout before format 3, removed from it in ``txn``:
@@ -834,10 +844,24 @@ class _CommitEvents:
                     added[kind_name] += events
                 else:
                     added[kind_name] = events
-        if grown:
-            heads = dict(zip(pairs.values(), stored[len(keys) :], strict=True))
-            for pair, added in grown.items():
-                await pair.append(txn, heads[pair], added)
+        if not grown:
+            return
+        heads = dict(zip(pairs.values(), stored[len(keys) :], strict=True))
+        growing = list(grown)
+        backend = txn.backend
+        versions = await _retrying(lambda: backend.get_many([pair.head_key for pair in growing]))
+        for pair, found in zip(growing, versions, strict=True):
+            committed = heads[pair]
+            head_key = pair.head_key
+            if (None if found is None else found.data) != committed:
+                raise ConflictError(
+                    f"{head_key} changed while this commit derived its events", key=head_key
+                )
+            # Written only if still the head the events were derived from: another
+            # writer of the pair (a process, or a thread running a loop of its own)
+            # makes this commit derive them again (Transaction.before_commit).
+            txn.expected[head_key] = None if found is None else found.version
+            await pair.append(txn, committed, grown[pair])
 
 
 async def _new_recorder(

@@ -43,10 +43,17 @@ head per kind in ``stats/schedule/{pair}/`` and ``stats/partial/{pair}/``) are
 read as they are; the pair's next event moves both into format 3 in its commit
 and removes the old files (see :func:`stored_rows`).
 
-Files in live mode, process memory in backtest mode. A pair has one writer
-(its live session); the hooks read what is committed under this process's key
-locks, and keep what they parsed or wrote last (:class:`_PairLog`), recognised
-by its bytes, so that a tick parses nothing it wrote itself.
+Files in live mode, process memory in backtest mode. The hooks read what is
+committed under this process's key locks, and keep what they parsed or wrote
+last (:class:`_PairLog`), recognised by its bytes, so that a tick parses
+nothing it wrote itself. Events derive from copies of the values taken when
+they are written (:func:`schedule_facts`): a bot that changes its row object
+afterwards changes no event. A pair usually has one writer (its live
+session); another (a process, a thread running an event loop of its own) is
+settled at the commit: a pair's head is written only if it is still the one
+the events were derived from, and otherwise the commit derives them again
+from what that writer committed (:meth:`Transaction.before_commit
+<persistkit._transaction.Transaction.before_commit>`).
 """
 
 from __future__ import annotations

@@ -563,3 +563,60 @@ class SignalRowBytes:
         b'"priceOpen":100.5,"priceTakeProfit":110.0,"priceStopLoss":95.0,'
         b'"scheduledAt":1763700000000,"pendingAt":1763700060000}'
     )
+
+
+_STATISTICS_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import persistkit
+    from persistkit import PersistPartialAdapter, PersistScheduleAdapter
+    from persistkit.models import PartialData, ScheduledSignalRow
+
+    url, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    settings = persistkit.configure(mode="live", backend=url)
+
+    async def main():
+        for number in range(rounds):
+            entry = ScheduledSignalRow(
+                id=f"{name}-{number}", symbol="BTCUSDT", strategy_name="dip",
+                position="long", price_open=100.0, price_take_profit=110.0,
+                price_stop_loss=90.0, scheduled_at=1_763_700_000_000,
+                pending_at=1_763_700_000_000,
+            )
+            async with persistkit.transaction():
+                await PersistScheduleAdapter.write_schedule_data(entry, "BTCUSDT", "dip")
+                levels = {entry.id: PartialData(profit_levels=[10])}
+                await PersistPartialAdapter.write_partial_data(levels, "BTCUSDT", "dip")
+        await settings.backend.aclose()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_statistics_of_one_pair_written_by_three_processes_on_redis_lose_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """The statistics hook's compare-and-set of a pair's head holds on Redis: three
+    processes committing events of one pair lose none and count none twice."""
+    from persistkit import Partial, Schedule
+
+    url = f"{redis_server.url}?prefix={fresh_prefix()}"
+    rounds = 40
+    writers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _STATISTICS_WRITER, url, name, str(rounds)
+        )
+        for name in "abc"
+    ]
+    assert [await writer.wait() for writer in writers] == [0, 0, 0]
+    settings = persistkit.configure(mode="live", backend=url)
+    schedule = await Schedule.get_data("BTCUSDT", "dip")
+    partial = await Partial.get_data("BTCUSDT", "dip")
+    # Every tick replaced the entry: one "scheduled" each, a "cancelled" for all but the first.
+    assert schedule.total_scheduled == 3 * rounds
+    assert schedule.total_cancelled == 3 * rounds - 1
+    assert sorted(event.signal_id for event in partial.event_list) == sorted(
+        f"{name}-{number}" for name in "abc" for number in range(rounds)
+    )
+    await settings.backend.aclose()

@@ -399,30 +399,44 @@ class PersistBase(Generic[T]):
         done = route.init
         if done is not None and done.done() and not done.cancelled() and not done.exception():
             return done.result()  # every adapter call asks: no future to make, no suspension
+        here = asyncio.get_running_loop()
         init = route.init
-        if (
+        while (
             init is not None
             and not init.done()
-            and init.get_loop() is not asyncio.get_running_loop()
+            and init.get_loop() is not here
+            and not init.get_loop().is_closed()
         ):
-            if not init.get_loop().is_closed():
-                # Started by a thread running an event loop of its own: its future
-                # cannot be awaited here, nor told to wake this loop safely (that
-                # loop may close first), so this loop looks until it is done.
-                while not init.done():  # noqa: ASYNC110
-                    await asyncio.sleep(_FOREIGN_INIT_POLL)
-                return init.result()
-            route.init = None  # that loop is gone with its check: this one starts again
-        if route.init is None:
+            # Started by a thread running an event loop of its own: its future
+            # cannot be awaited here, nor told to wake this loop safely (that
+            # loop may close first), so this loop looks until it is done.
+            await asyncio.sleep(_FOREIGN_INIT_POLL)
+            init = route.init
+        if (
+            init is not None
+            and init.done()
+            and not init.cancelled()
+            and init.get_loop() is not here
+        ):
+            try:
+                return init.result()  # that loop's report, or its error
+            except BaseException:
+                if route.init is init:
+                    route.init = None  # a failed start (server down) may be retried
+                raise
+        if init is None or init.cancelled() or (not init.done() and init.get_loop() is not here):
+            # None yet, or cut short with the loop that ran it (cancelled as that loop
+            # ended, or that loop closed first): this loop starts it again.
             # A read-only backend (an operator's look) is checked, never repaired.
             repair = not route.backend.read_only
-            route.init = asyncio.ensure_future(self._check(route, repair=repair))
+            route.init = init = asyncio.ensure_future(self._check(route, repair=repair))
         try:
-            return await asyncio.shield(route.init)
+            return await asyncio.shield(init)
         except asyncio.CancelledError:
             raise
         except BaseException:
-            route.init = None  # a failed start (server down) may be retried
+            if route.init is init:
+                route.init = None  # a failed start (server down) may be retried
             raise
 
     async def check(

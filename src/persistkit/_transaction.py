@@ -13,8 +13,10 @@ block join it, and a store costs one ``ContextVar.get()`` to learn there is none
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
+import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import TracebackType
@@ -44,10 +46,13 @@ CommitHook = Callable[["Transaction"], Awaitable[None]]
 """Runs once as its transaction commits, before the writes go to the backend."""
 
 _staged_versions = itertools.count(1)
-HOOK_ATTEMPTS = 32
+HOOK_ATTEMPTS = 64
 """How many times a commit runs its hooks again when another writer changed what they
 derived from (see :meth:`Transaction.before_commit`) before it gives up with the
 :class:`~persistkit.errors.ConflictError`."""
+HOOK_BACKOFF_LIMIT = 0.05
+"""The longest pause, in seconds, before a commit runs its hooks again: a random one,
+growing from a millisecond with each attempt."""
 active_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "persistkit_transaction", default=None
 )
@@ -377,6 +382,8 @@ class Transaction:
                 writes.clear()
                 writes.update(staged)
                 self.expected = dict(expected)
+                # Apart, at random: writers that met here would meet again at once.
+                await asyncio.sleep(random.uniform(0, min(HOOK_BACKOFF_LIMIT, 0.001 * 2**attempt)))
         finally:
             for key in taken:
                 locks.release(key)

@@ -12,10 +12,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ from persistkit import (
     Schedule,
 )
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
+from support.servers import RedisServer
+
+_WRITER = Path(__file__).parents[1] / "support" / "stats_writer.py"
+"""The process of the tests of several writers of one pair."""
 
 
 def _entry(signal_id: str, strategy: str = "dip") -> ScheduledSignalRow:
@@ -218,51 +222,38 @@ def test_blocking_api_reads_the_statistics_it_records() -> None:
     assert partial.get_data("BTCUSDT", "dip").total_events == 0
 
 
-_TICKING_PROCESS = textwrap.dedent(
-    """
-    import asyncio, os, sys, time
-    import persistkit
-    from persistkit import PersistPartialAdapter, PersistScheduleAdapter
-    from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
-
-    root, name, ticks, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    persistkit.configure(mode="live", base_dir=root, event_limit=1000)
-
-    async def main():
-        open(f"{start}.{name}", "w").close()  # ready
-        while not os.path.exists(start):
-            await asyncio.sleep(0.001)
-        for number in range(ticks):
-            signal_id = f"{name}-{number}"
-            entry = ScheduledSignalRow(
-                id=signal_id, symbol="BTCUSDT", strategy_name="dip", position="long",
-                price_open=100.0, price_take_profit=110.0, price_stop_loss=90.0,
-                scheduled_at=1_763_700_000_000, pending_at=1_763_700_000_000,
-            )
-            async with persistkit.transaction():
-                await PersistScheduleAdapter.write_schedule_data(entry, "BTCUSDT", "dip")
-                await PersistPartialAdapter.write_partial_data(
-                    {signal_id: PartialData(profit_levels=[10])}, "BTCUSDT", "dip"
-                )
-
-    asyncio.run(main())
-    """
-)
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
 
 
-def test_processes_ticking_one_pair_on_one_root_lose_no_event(
-    data_root: Path, tmp_path: Path
+@pytest.mark.parametrize(("backend", "processes", "ticks"), [("file", 3, 60), ("redis", 8, 100)])
+def test_processes_ticking_one_pair_lose_no_event_and_fail_no_tick(
+    backend: str, processes: int, ticks: int, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """The file backend promises that concurrent ticks of several processes never lose
-    an update (their compare-and-sets are checked under the journal lock). Three
-    processes tick one pair, each tick replacing the scheduled row: every commit must
-    leave one "scheduled" and one "profit" event. The hook reads the pair's head and
-    writes it back without any check at commit, so one process's head overwrites
-    another's events."""
-    persistkit.configure(mode="live", base_dir=data_root, event_limit=1000)
-    asyncio.run(_tick("warm-up"))  # the root and the pair's log exist before the race
-    script = tmp_path / "ticking.py"
-    script.write_text(_TICKING_PROCESS)
+    """Several processes tick one pair, each tick replacing the scheduled row: every
+    acknowledged tick leaves one "scheduled" and one "profit" event, none lost or
+    doubled, and no tick fails (they make no compare-and-set of their own).
+
+    Broken first: the hook wrote the pair's head back without any check at commit,
+    so one process's head overwrote another's events. Then, with the check, the
+    hooks ran again at once on a conflict and kept meeting: after 32 losses a tick
+    failed with ``ConflictError`` (3 to 4 of 8 processes on Redis per run)."""
+    if backend == "file":
+        target = str(tmp_path / "root")
+        settings = persistkit.configure(mode="live", base_dir=target, event_limit=10_000)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        target = f"{server.url}?prefix=t-{uuid.uuid4().hex[:12]}"
+        settings = persistkit.configure(mode="live", backend=target, event_limit=10_000)
+
+    async def warm_up() -> None:  # the root and the pair's log exist before the race
+        await PersistScheduleAdapter.write_schedule_data(_entry("warm-up"), "BTCUSDT", "dip")
+        if backend == "redis":
+            await settings.backend.aclose()  # its client belongs to this loop
+
+    asyncio.run(warm_up())
     start = tmp_path / "start"
     environment = {
         **os.environ,
@@ -270,31 +261,44 @@ def test_processes_ticking_one_pair_on_one_root_lose_no_event(
             filter(None, [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH")])
         ),
     }
-    ticks, processes = 60, 3
     running = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                str(data_root),
-                f"process-{number}",
-                str(ticks),
-                str(start),
-            ],
+            [sys.executable, str(_WRITER), target, f"process-{number}", str(ticks), str(start)],
             env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for number in range(processes)
     ]
     while not all(Path(f"{start}.process-{number}").exists() for number in range(processes)):
         time.sleep(0.01)  # each process imported persistkit and waits for the start
     start.touch()
-    assert [process.wait(60) for process in running] == [0] * processes
+    reports = [process.communicate(timeout=120)[0].strip() for process in running]
+    assert [process.returncode for process in running] == [0] * processes
+    # Each process prints how many of its ticks failed with ConflictError (and the first).
+    assert [report.split(" ", 1)[0] for report in reports] == ["0"] * processes, reports
 
-    persistkit.configure(mode="live", base_dir=data_root, event_limit=1000)  # read afresh
-    schedule = asyncio.run(Schedule.get_data("BTCUSDT", "dip"))
-    partial = asyncio.run(Partial.get_data("BTCUSDT", "dip"))
-    assert schedule.total_scheduled == processes * ticks + 1
-    assert partial.total_profit == processes * ticks + 1
+    async def statistics() -> tuple[Any, Any]:
+        read = (
+            persistkit.configure(mode="live", base_dir=target, event_limit=10_000)
+            if backend == "file"
+            else persistkit.configure(mode="live", backend=target, event_limit=10_000)
+        )
+        try:
+            return (
+                await Schedule.get_data("BTCUSDT", "dip"),
+                await Partial.get_data("BTCUSDT", "dip"),
+            )
+        finally:
+            if backend == "redis":
+                await read.backend.aclose()
+
+    schedule, partial = asyncio.run(statistics())
+    assert schedule.total_scheduled == processes * ticks + 1  # and the warm-up's
+    assert schedule.total_cancelled == processes * ticks
+    assert sorted(event.signal_id for event in partial.event_list) == sorted(
+        f"process-{number}-{tick}" for number in range(processes) for tick in range(ticks)
+    )
 
 
 class _LyingKey(str):
@@ -438,3 +442,96 @@ async def test_a_plain_write_beside_a_live_sessions_first_tick_loses_no_event(
     schedule = await Schedule.get_data("BTCUSDT", "dip")
     assert schedule.total_scheduled == 3  # before, ticked, plain: one per commit
     assert schedule.total_cancelled == 2
+
+
+async def test_a_loop_that_ended_during_a_pairs_first_write_does_not_break_the_pair_for_good(
+    data_root: Path,
+) -> None:
+    """A thread running an event loop of its own starts the first write of a pair and
+    its loop ends before that write is done (its job was given up: ``asyncio.run``
+    returns and cancels what is pending). The store's start it began is cancelled
+    with it. Every later write of the pair, from any loop, then raises
+    ``CancelledError`` (wait_for_init shields the cancelled start and never drops
+    it): the bot can no longer write the pair until it restarts. Here a dozen
+    pairs, each given up after a different number of steps: several are broken."""
+    persistkit.configure(mode="live", base_dir=data_root)
+    pairs = 12
+
+    async def given_up(steps: int) -> None:
+        write = PersistScheduleAdapter.write_schedule_data(
+            _entry("limit-1", f"dip-{steps}"), "BTCUSDT", f"dip-{steps}"
+        )
+        asyncio.ensure_future(write)  # noqa: RUF006  # left pending when the loop ends
+        for _ in range(steps):
+            await asyncio.sleep(0)
+
+    for steps in range(pairs):
+        thread = threading.Thread(target=asyncio.run, args=(given_up(steps),))
+        thread.start()
+        thread.join()
+
+    failed: list[str] = []
+    for steps in range(pairs):
+        try:
+            await PersistScheduleAdapter.write_schedule_data(
+                _entry("limit-1", f"dip-{steps}"), "BTCUSDT", f"dip-{steps}"
+            )
+        except asyncio.CancelledError:
+            failed.append(f"dip-{steps}")
+    assert failed == []
+    for steps in range(pairs):
+        assert (await Schedule.get_data("BTCUSDT", f"dip-{steps}")).total_scheduled >= 1
+
+
+async def test_a_write_waiting_for_a_foreign_loops_store_start_ends_when_that_loop_closes(
+    data_root: Path,
+) -> None:
+    """A thread runs the first write of a pair on an event loop of its own
+    (``loop.run_until_complete``), gives up before the store's start is done, and
+    closes its loop later, without running it again. Meanwhile the bot's loop writes
+    the pair: wait_for_init polls the other loop's start ``while not init.done()``,
+    and a closed loop never finishes it: the write never returns (the tick hangs
+    for good). A loop found closed before the polling begins is handled (the start
+    begins again); one that closes during it is not. Here a dozen pairs, each given
+    up after a different number of steps; a write still waiting after 3 s (the
+    start of a new store takes milliseconds) counts as hung."""
+    persistkit.configure(mode="live", base_dir=data_root)
+    pairs = 12
+    given_up_loops: list[asyncio.AbstractEventLoop] = []
+
+    def give_up(steps: int) -> None:
+        loop = asyncio.new_event_loop()
+
+        async def start() -> None:
+            write = PersistScheduleAdapter.write_schedule_data(
+                _entry("limit-1", f"dip-{steps}"), "BTCUSDT", f"dip-{steps}"
+            )
+            asyncio.ensure_future(write)  # noqa: RUF006  # left pending in the stopped loop
+            for _ in range(steps):
+                await asyncio.sleep(0)
+
+        loop.run_until_complete(start())
+        given_up_loops.append(loop)  # stopped, closed below
+
+    for steps in range(pairs):
+        thread = threading.Thread(target=give_up, args=(steps,))
+        thread.start()
+        thread.join()
+
+    async def write(steps: int) -> str:
+        try:
+            await asyncio.wait_for(
+                PersistScheduleAdapter.write_schedule_data(
+                    _entry("limit-1", f"dip-{steps}"), "BTCUSDT", f"dip-{steps}"
+                ),
+                3,
+            )
+        except TimeoutError:
+            return f"dip-{steps} hung"
+        return "written"
+
+    writes = [asyncio.ensure_future(write(steps)) for steps in range(pairs)]
+    await asyncio.sleep(0.1)  # the writes wait for the other loops' starts
+    for loop in given_up_loops:
+        loop.close()
+    assert await asyncio.gather(*writes) == ["written"] * pairs

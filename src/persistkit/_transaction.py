@@ -340,11 +340,11 @@ class Transaction:
 
         locks = _ordering_for(self.backend).current()
         keys = list(writes)
-        if self._hooks:
-            wanted = dict.fromkeys(keys)
-            for hook_keys, _ in self._hooks.values():
-                wanted.update(dict.fromkeys(hook_keys))
-            keys = list(wanted)
+        # The keys the hooks may write: locked with the block's, and the ones whose
+        # conflict runs the hooks again.
+        hook_keys = dict.fromkeys(key for locked, _ in self._hooks.values() for key in locked)
+        if hook_keys:
+            keys = list(dict.fromkeys([*keys, *hook_keys]))
         taken: list[str] = []
         try:
             # Usually nobody else holds these keys: take them all without
@@ -368,7 +368,6 @@ class Transaction:
             # writers (processes, threads running loops of their own) a hook sets
             # expectations on the keys it writes: when one fails, the hooks run
             # again on what those writers committed.
-            derived_keys = {key for locked, _ in self._hooks.values() for key in locked}
             staged, expected = dict(writes), dict(self.expected)
             for attempt in range(1, HOOK_ATTEMPTS + 1):
                 try:
@@ -377,7 +376,7 @@ class Transaction:
                     await self._send()
                     return
                 except ConflictError as exc:
-                    if exc.key not in derived_keys or attempt == HOOK_ATTEMPTS:
+                    if exc.key not in hook_keys or attempt == HOOK_ATTEMPTS:
                         raise
                 writes.clear()
                 writes.update(staged)

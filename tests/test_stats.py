@@ -235,6 +235,53 @@ async def test_outside_a_tick_the_signal_must_be_written_before_the_schedule_is_
     ]
 
 
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_fill_closed_in_the_same_tick_counts_as_opened(mode: str, data_root: Path) -> None:
+    """A limit fills and its stop is hit on the same candle: the tick writes the
+    signal, then clears it, and clears the schedule. The signal the tick leaves is
+    none, but it had the entry's id on the way: opened, not cancelled, with the wait
+    up to the fill. A raw row (backtest-kit passes dicts) counts the same; a signal
+    written in a savepoint that failed does not."""
+    clock = MarketClock()
+    persistkit.configure(mode=mode, base_dir=data_root, clock=clock)  # type: ignore[arg-type]
+    a, b, c = scheduled("A", T0), scheduled("B", T0), scheduled("C", T0)
+
+    async def refused_fill(row: ScheduledSignalRow) -> None:
+        async with persistkit.transaction():  # a savepoint of the tick
+            await put_signal(filled(row, T0 + 9 * MIN))
+            raise RuntimeError("fill not confirmed")
+
+    await put_schedule(a)
+    clock.now = T0 + 5 * MIN
+    async with persistkit.transaction():
+        await put_signal(filled(a, T0 + 4 * MIN))
+        await put_schedule(None)
+        await put_signal(None)  # closed on the same candle
+    await put_schedule(b)
+    clock.now = T0 + 8 * MIN
+    async with persistkit.transaction():
+        raw = {**filled(b, T0 + 7 * MIN).model_dump(by_alias=True)}
+        await PersistSignalAdapter.write_signal_data(raw, SYMBOL, STRATEGY)  # type: ignore[arg-type]
+        await put_signal(None)
+        await put_schedule(None)
+    await put_schedule(c)
+    clock.now = T0 + 10 * MIN
+    async with persistkit.transaction():
+        with pytest.raises(RuntimeError, match="fill not confirmed"):
+            await refused_fill(c)
+        await put_schedule(None)
+
+    if mode == "live":
+        persistkit.configure(mode="live", base_dir=data_root)  # a new process, say
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [
+        (event.action, event.signal_id, event.duration_min)
+        for event in stats.event_list
+        if event.action != "scheduled"
+    ] == [("opened", "A", 4.0), ("opened", "B", 7.0), ("cancelled", "C", 10.0)]
+    assert await PersistSignalAdapter.read_signal_data(SYMBOL, STRATEGY) is None
+
+
 async def test_an_empty_pair_has_zero_counts_and_no_rates() -> None:
     stats = await Schedule.get_data("ETHUSDT", "never-ran")
     assert stats.event_list == []

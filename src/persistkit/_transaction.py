@@ -87,6 +87,7 @@ class Transaction:
         "backend",
         "expected",
         "finished",
+        "notes",
         "retry",
         "writes",
     )
@@ -108,6 +109,9 @@ class Transaction:
         """How a commit that failed with a transient error is retried (its
         outcome is decided by the backend: repeating it is harmless)."""
         self._hooks: dict[Hashable, tuple[tuple[str, ...], CommitHook]] = {}
+        self.notes: dict[Hashable, list[Any]] = {}
+        """What the block's writes told its commit hooks besides the values (see
+        :meth:`note`)."""
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
 
@@ -246,6 +250,21 @@ class Transaction:
         found = self._hooks.get(name)
         return None if found is None else found[1]
 
+    def note(self, name: Hashable, item: Any) -> None:
+        """Tell this block's commit hooks ``item`` under ``name``, beside the staged values.
+
+        For what the last value of a key cannot say (a signal opened and closed in
+        the same tick). A savepoint's notes join the outer block's when it exits
+        normally and are dropped with its writes when it fails; the hooks read them
+        in :attr:`notes`.
+        """
+        self._check_active()
+        found = self.notes.get(name)
+        if found is None:
+            self.notes[name] = [item]
+        else:
+            found.append(item)
+
     def include(self, key: str, data: bytes | None) -> None:
         """Add a write (``None``: remove) to the commit in progress; for commit hooks."""
         self.writes[key] = data
@@ -283,6 +302,8 @@ class Transaction:
             outer.writes.update(self.writes)
             for name, hook in self._hooks.items():
                 outer._hooks.setdefault(name, hook)
+            for name, items in self.notes.items():
+                outer.notes.setdefault(name, []).extend(items)
             for key, data in self.writes.items():
                 if data is None:
                     outer._versions.pop(key, None)
@@ -317,6 +338,7 @@ class Transaction:
         self._versions.clear()
         self.expected.clear()
         self._hooks.clear()
+        self.notes.clear()
 
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""

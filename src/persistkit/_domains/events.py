@@ -13,9 +13,11 @@ The rules:
 - A scheduled row whose id was not there before: ``scheduled``.
 - A scheduled row cleared or replaced by another id: ``opened`` when the pair's
   signal, as this commit leaves it (staged in the same tick, or already
-  committed), has the old row's id; otherwise ``cancelled``. A write outside a
-  tick is a commit of its own, so there the signal must be written before the
-  schedule is cleared, or the fill counts as a cancellation.
+  committed), has the old row's id, or had it at a write of the same tick (a
+  fill closed on the same candle: :func:`remember_signal`); otherwise
+  ``cancelled``. A write outside a tick is a commit of its own, so there the
+  signal must be written before the schedule is cleared, or the fill counts as
+  a cancellation.
 - A row rewritten with the same id (a moved limit, say) is no event.
 - Each level new in a signal's partial levels: one ``profit`` or ``loss``
   event. Levels dropped, or a signal's entry removed, are no event.
@@ -389,8 +391,9 @@ class PairEventLogs(DomainAdapter):
         the stores at a configure (as are the two maps below)."""
         self.recorders: dict[PersistBase[Any], _Recorder] = {}
         """The recorder of each store whose row has events (a store is one settings')."""
-        self.signals: dict[PersistBase[Any], _PairLog] = {}
-        """The pair log of each signal store, for :func:`remember_signal`."""
+        self.signals: dict[PersistBase[Any], _PairLog | None] = {}
+        """The pair log of each signal store, for :func:`remember_signal` (``None``:
+        the statistics are off under its settings)."""
         super().__init__()
 
     def _forget(self) -> None:
@@ -471,15 +474,22 @@ def schedule_events(
     new: ScheduleFacts | None,
     signal: SignalFacts | None,
     now: int,
+    staged_signals: Sequence[tuple[str, int | None]] = (),
 ) -> list[list[Any]]:
     """The events (as :data:`ScheduleRow`) of a pair's scheduled row going from ``old`` to ``new``.
 
-    ``signal`` is the pair's signal as the same commit leaves it.
+    ``signal`` is the pair's signal as the same commit leaves it;
+    ``staged_signals`` the ``(id, pending_at)`` of each signal the commit's block
+    wrote on the way (a fill closed in the same tick leaves no signal).
     """
     events: list[list[Any]] = []
     if old is not None and (new is None or new[0] != old[0]):
-        opened = signal is not None and signal[0] == old[0]
-        waited_until = signal[5] if opened and signal is not None else now
+        if signal is not None and signal[0] == old[0]:
+            opened, waited_until = True, signal[5]
+        else:
+            filled = [pending for signal_id, pending in staged_signals if signal_id == old[0]]
+            opened = bool(filled)
+            waited_until = filled[-1] if filled and filled[-1] is not None else now
         action = "opened" if opened else "cancelled"
         events.append([now, action, old[0], old[1], old[2], _minutes(old[3], waited_until)])
     if new is not None and (old is None or new[0] != old[0]):
@@ -839,7 +849,8 @@ class _CommitEvents:
                 else:
                     signal = signals[pair] = await pair.signal_in(txn)
                 if kind is SCHEDULE:
-                    events = schedule_events(old_value, new_value, signal, now)
+                    on_the_way = txn.notes.get(pair.signal_key, ())
+                    events = schedule_events(old_value, new_value, signal, now, on_the_way)
                 else:
                     events = partial_events(old_value or {}, new_value, signal, now)
             if events:
@@ -986,19 +997,49 @@ async def write_with_events(
     _register(active, recorder, given)
 
 
-def remember_signal(store: PersistBase[Any], row: SignalRow) -> None:
-    """Note what the signal just staged in ``store`` parses as (``row``), so that the
-    tick's schedule and partial events do not parse it again."""
-    log = PAIR_LOGS.signals.get(store)
+def remember_signal(
+    store: PersistBase[Any], symbol: str, row: SignalRow | Mapping[str, Any]
+) -> None:
+    """Note the signal ``row`` just staged in ``store``, in the block that staged it.
+
+    A scheduled row cleared in the same tick is ``opened`` if the signal had its
+    id at any write of the tick, not only as the tick leaves it (a limit filled
+    and closed on the same candle leaves no signal): each write notes ``(id,
+    pending_at)`` (:meth:`Transaction.note
+    <persistkit._transaction.Transaction.note>`, under the signal's key). And what
+    ``row`` parses as is remembered, so that the tick's events do not parse it again.
+    """
+    log = PAIR_LOGS.signals.get(store, _UNSTAGED)
     if log is None:
-        return  # no events recorded for the pair yet: its first is parsed
+        return  # statistics off under these settings
+    if log is _UNSTAGED:  # no statistics written for the pair yet
+        if not active_settings().event_limit:
+            PAIR_LOGS.signals[store] = None
+            return
+        log = None
+        backend, key = store.backend, store._key(symbol)
+    else:
+        backend, key = log.signal_backend, log.signal_key
     txn = active_transaction.get()
-    if txn is not None and txn.backend is not log.signal_backend:
-        txn = transaction_for(log.signal_backend)
-    if txn is not None:
-        data = txn.writes.get(log.signal_key)  # the store staged it in txn
-        if data is not None:
-            log.memo[log.signal_key] = (data, signal_facts(row))  # a copy: see schedule_facts
+    if txn is not None and txn.backend is not backend:
+        txn = txn._find(backend)
+    if txn is None:
+        return  # a commit of its own: only what it leaves counts
+    if isinstance(row, SignalRow):
+        facts = signal_facts(row)  # a copy: see schedule_facts
+        seen: tuple[Any, Any] = (row.id, row.pending_at)
+        if log is not None:
+            data = txn.writes.get(key)  # the store staged it in txn
+            if data is not None:
+                log.memo[key] = (data, facts)
+    else:  # a raw row, as backtest-kit passes: the store validated it
+        pending_at = row.get("pendingAt", row.get("pending_at"))
+        seen = (row.get("id"), pending_at if type(pending_at) is int else None)
+    notes = txn.notes.get(key)
+    if notes is None:
+        txn.notes[key] = [seen]
+    else:
+        notes.append(seen)
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:

@@ -43,9 +43,10 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             await store.remove_value(symbol)
         else:
             await store.write_value(symbol, row)
-            if isinstance(row, self.model) and active_transaction.get() is not None:
-                # A tick's schedule and partial events read this row as it commits.
-                remember_signal(store, row)
+            if active_transaction.get() is not None:
+                # A tick's schedule events read this row as it commits, and whether
+                # the signal had a scheduled row's id on the way (a fill closed at once).
+                remember_signal(store, symbol, row)
 
     def _check_row(self, row: object, symbol: str, strategy_name: str) -> None:
         """Refuse, before any I/O, a row written under names that are not its own."""

@@ -492,12 +492,6 @@ FORKING_BOT = """
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: on a history=None root a fork from another thread during a durable "
-    "write copies the descriptor holding the directory's flock into the child; a fork gate "
-    "around those descriptors (as the blocking API's portal pauses for a fork) is the fix",
-)
 def test_a_fork_during_a_durable_write_leaves_the_parent_its_directory_lock(
     tmp_path: Path,
 ) -> None:
@@ -507,9 +501,9 @@ def test_a_fork_during_a_durable_write_leaves_the_parent_its_directory_lock(
     cost the parent. A fork while the durable replace holds the entity
     directory's ``flock`` gives the child a copy of that descriptor, so the
     lock outlives the parent's write for as long as the child lives: the
-    parent's next write of that directory raises ``LockTimeoutError``. The
-    journal's fork handlers cover its own locks only; a root with history (the
-    default since this change) takes the journal path and keeps writing.
+    parent's next write of that directory raised ``LockTimeoutError``. The
+    journal's fork handlers covered its own locks only. A child now closes its
+    copies of the locked directory descriptors at once (``_file.py``, **Fork**).
     """
     bot = _spawn(tmp_path, "bot.py", FORKING_BOT, str(tmp_path / "data"), "2000")
     out, err = bot.communicate(timeout=60)

@@ -58,6 +58,14 @@ a reused inode number or a coarse mtime.
 journal without a lock (what ``persistkit inspect`` and ``export`` show); it
 lists symbolic links inside the root instead of following them.
 
+**Fork.** A directory's ``flock`` belongs to the open file description, which a
+child forked meanwhile (by another thread) shares through its copy of the
+descriptor: the lock then lasts as long as the child keeps that copy, after the
+parent let go. So every descriptor of a directory that may be locked is
+registered from its open to its close, and a child closes its copies at once
+(:func:`os.register_at_fork`): the parent's lock stays the parent's. Opening and
+closing them pause a fork for the length of one system call.
+
 Confined to the root: the root is resolved once (it may itself be a symbolic
 link) and every syscall goes through :class:`~persistkit.backends._confine.ConfinedOS`,
 which never follows a link below it (see that module). A link met on the way
@@ -73,6 +81,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
@@ -163,6 +172,42 @@ _FIRST_READ = 1 << 16
 _O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
 _O_READ = os.O_RDONLY | O_CLOEXEC
 _O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW
+
+_fork_gate = threading.Lock()
+"""Held while a directory descriptor that may be locked is opened and registered, or
+unregistered and closed, and by a fork: a child never holds a copy the registry
+does not list."""
+_LOCKING_DIRS: set[int] = set()
+"""Descriptors of directories this process locks (``flock``), or is about to: see the
+module's docstring, **Fork**."""
+
+
+def _before_fork() -> None:
+    _fork_gate.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_gate.release()
+
+
+def _after_fork_in_child() -> None:
+    """Drop the copies of the parent's locked descriptors: the locks stay the parent's."""
+    global _fork_gate
+    for fd in _LOCKING_DIRS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKING_DIRS.clear()
+    _fork_gate = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 _DURABLE_DIRS: set[tuple[int, int, str]] = set()
 """Directories (st_dev, st_ino, path) whose entries this process has made durable.
@@ -363,15 +408,19 @@ class FileBackend(Backend):
         except FileNotFoundError:
             fd = self._create_dirs(path)
         try:
-            stat_result = osl.fstat(fd)
-            identity = (stat_result.st_dev, stat_result.st_ino, path)
-            if identity not in _DURABLE_DIRS:
-                self._sync_entries_to(path)
-                _DURABLE_DIRS.add(identity)
+            self._ensure_durable(fd, path)
         except BaseException:
             osl.close(fd)
             raise
         return fd
+
+    def _ensure_durable(self, fd: int, path: str) -> None:
+        """Make the entries down to the directory ``path`` (open as ``fd``) durable, once."""
+        stat_result = self._os.fstat(fd)
+        identity = (stat_result.st_dev, stat_result.st_ino, path)
+        if identity not in _DURABLE_DIRS:
+            self._sync_entries_to(path)
+            _DURABLE_DIRS.add(identity)
 
     def _sync_entries_to(self, path: str) -> None:
         """Make the entries from the root down to ``path`` durable.
@@ -577,15 +626,42 @@ class FileBackend(Backend):
         return found
 
     def _lock_dir(self, dir_fd: int, key: str, wait: bool) -> None:
+        """Lock ``dir_fd``, the directory of ``key``, opened by :meth:`_open_locking_dir`."""
         take_lock(self._os.flock, dir_fd, self.lock_timeout, f"the directory of {key}", wait=wait)
+
+    def _open_locking_dir(self, path: str, *, create: bool = False) -> int:
+        """Open the directory ``path`` (``create``: as :meth:`_ensure_dir` does) to lock it;
+        registered until :meth:`_close_dir` (see the module's docstring, **Fork**)."""
+        osl = self._os
+        try:
+            with _fork_gate:
+                fd = osl.open(path, _O_DIR)
+                _LOCKING_DIRS.add(fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            self._close_dir(self._ensure_dir(path))  # made, durably; opened again registered
+            return self._open_locking_dir(path)
+        if create:
+            try:
+                self._ensure_durable(fd, path)
+            except BaseException:
+                self._close_dir(fd)
+                raise
+        return fd
+
+    def _close_dir(self, dir_fd: int) -> None:
+        """Close a descriptor :meth:`_open_locking_dir` opened (releasing its lock)."""
+        with _fork_gate:
+            _LOCKING_DIRS.discard(dir_fd)
+            self._os.close(dir_fd)
 
     def _put_sync(self, key: str, data: bytes, expect: Expected, *, wait: bool) -> str | None:
         """The durable write under the directory lock; ``None``: the journal holds ``key``."""
         self.journal.ensure_open(wait=wait)
-        osl = self._os
         namespace, name = split_key(key)
         try:
-            dir_fd = self._ensure_dir(self._dir(namespace))
+            dir_fd = self._open_locking_dir(self._dir(namespace), create=True)
         except OSError as exc:
             raise WriteFailedError(
                 f"cannot open or create the directory of {key}: {exc}; the previous value is kept"
@@ -602,7 +678,7 @@ class FileBackend(Backend):
                 self._check_expected(key, self._read_at(dir_fd, filename), expect)
             self._write_new_file(dir_fd, filename, data)
         finally:
-            osl.close(dir_fd)  # also releases the flock
+            self._close_dir(dir_fd)  # also releases the flock
         return content_version(data)
 
     async def put(self, key: str, data: bytes, *, expect: Expected = ANY_VERSION) -> str:
@@ -636,7 +712,7 @@ class FileBackend(Backend):
         osl = self._os
         namespace, name = split_key(key)
         try:
-            dir_fd = self._open_dir(self._dir(namespace))
+            dir_fd = self._open_locking_dir(self._dir(namespace))
         except FileNotFoundError:
             if self.journal.holds(key):
                 return None
@@ -667,7 +743,7 @@ class FileBackend(Backend):
                 ) from exc
             return removed
         finally:
-            osl.close(dir_fd)
+            self._close_dir(dir_fd)
 
     async def delete(self, key: str, *, expect: Expected = ANY_VERSION) -> bool:
         self._check_writable()
@@ -879,7 +955,7 @@ class FileBackend(Backend):
     def _clean_orphans_sync(self, namespace: str, dry_run: bool, *, wait: bool) -> list[str]:
         osl = self._os
         try:
-            dir_fd = self._open_dir(self._dir(namespace))
+            dir_fd = self._open_locking_dir(self._dir(namespace))
         except (FileNotFoundError, NotADirectoryError):
             return []
         try:
@@ -908,7 +984,7 @@ class FileBackend(Backend):
             finally:
                 osl.close(quarantine_fd)
         finally:
-            osl.close(dir_fd)
+            self._close_dir(dir_fd)
         return found
 
     def _sweep_temps(self, dir_fd: int, path: str, namespace: str, dry_run: bool) -> list[str]:
@@ -958,7 +1034,7 @@ class FileBackend(Backend):
         meta = orjson.dumps({"key": shown, "reason": reason, "quarantined_at": now})
         quarantine_fd = self._ensure_dir(self._quarantine_dir(namespace))
         try:
-            source_fd = self._open_dir(self._dir(namespace))
+            source_fd = self._open_locking_dir(self._dir(namespace))
             try:
                 self._lock_dir(source_fd, key, wait)
                 self._write_new_file(quarantine_fd, stem + _REASON_SUFFIX, meta)
@@ -975,7 +1051,7 @@ class FileBackend(Backend):
                 osl.fsync(quarantine_fd)
                 osl.fsync(source_fd)
             finally:
-                osl.close(source_fd)
+                self._close_dir(source_fd)
         finally:
             osl.close(quarantine_fd)
         return QuarantineEntry(join_key(namespace, entry_name), key, reason, now)

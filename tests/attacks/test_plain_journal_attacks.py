@@ -413,12 +413,6 @@ def test_threads_reading_while_another_process_checkpoints_get_values_not_oserro
     assert untyped == [], f"{len(untyped)} reads raised {untyped[0]} ({reads} reads returned)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a read racing the swap of its entity directory for a link is sometimes "
-    "told the value is absent (about 1 read in 2,000 during constant swaps), in the confined "
-    "read path, and so before plain writes were journaled too",
-)
 async def test_a_read_through_a_swapped_link_never_says_the_value_is_absent(
     tmp_path: Path,
 ) -> None:
@@ -426,9 +420,9 @@ async def test_a_read_through_a_swapped_link_never_says_the_value_is_absent(
 
     Each read must return the value or raise ``ForeignSymlinkError`` (README:
     a read through a link raises it and touches nothing). Some reads raise
-    ``EntityNotFoundError`` instead: the bot is told its value does not exist.
-    The same happens with the release before this change (plain writes as the
-    durable replace): the confined read path, not the journal.
+    ``EntityNotFoundError`` instead: the bot was told its value does not exist.
+    The confined open looked at what refused it (a link) after the swap back,
+    saw a directory and passed on "not a directory": it now opens the name again.
     """
     root = tmp_path / "data"
     backend = FileBackend(root)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -50,6 +50,8 @@ _O_DIR_NOFOLLOW = _O_DIR | O_NOFOLLOW
 _LINK_ERRNOS = (errno.ELOOP, errno.ENOTDIR)
 """What ``O_NOFOLLOW`` answers when the last component is a link (``ENOTDIR``
 with ``O_DIRECTORY``)."""
+_SWAP_RETRIES = 8
+"""Opens of a name that a link and a directory keep trading before it is refused as a link."""
 _CACHE_LIMIT = 1 << 16
 
 _VERIFIED: dict[str, tuple[int, int]] = {}
@@ -148,6 +150,35 @@ class ConfinedOS:
             return False
         return stat.S_ISLNK(found.st_mode)
 
+    def _open_no_link(
+        self, name: str, flags: int, mode: int, dir_fd: int, shown: Callable[[], str]
+    ) -> int:
+        """``open(name, flags | O_NOFOLLOW, dir_fd=dir_fd)``: a link refused (named
+        ``shown()``).
+
+        The open and the look at what refused it are two calls: a name swapped
+        between them (a link exchanged for the directory) is opened again rather
+        than reported as what it was not, a missing file or a non-directory (a
+        read would say the value does not exist). A name that keeps changing is
+        refused as a link.
+        """
+        inner = self.inner
+        for _ in range(_SWAP_RETRIES):
+            try:
+                return inner.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in _LINK_ERRNOS:
+                    raise
+                try:
+                    found = inner.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                except OSError:
+                    continue  # gone meanwhile: open it again, which says what it is now
+                if stat.S_ISLNK(found):
+                    raise self._refuse(shown()) from None
+                if exc.errno == errno.ENOTDIR and not stat.S_ISDIR(found):
+                    raise exc  # not a directory, truly
+        raise self._refuse(shown())
+
     def _refuse(self, path: str) -> ForeignSymlinkError:
         return ForeignSymlinkError(
             f"{describe_link(path)} is a symbolic link inside the data root {self.root}: "
@@ -218,7 +249,7 @@ class ConfinedOS:
             for part in parts:
                 current = f"{current}/{part}"
                 try:
-                    child = inner.open(part, _O_DIR_NOFOLLOW, dir_fd=fd)
+                    child = self._open_child(fd, part, current)
                 except FileNotFoundError:
                     if not create:
                         raise FileNotFoundError(
@@ -231,10 +262,6 @@ class ConfinedOS:
                     else:
                         inner.fsync(fd)  # the new entry is durable before it is used
                     child = self._open_child(fd, part, current)
-                except OSError as exc:
-                    if exc.errno in _LINK_ERRNOS and self._is_link(part, fd):
-                        raise self._refuse(current) from None
-                    raise
                 inner.close(fd)
                 fd = child
                 found = inner.fstat(fd)
@@ -245,12 +272,7 @@ class ConfinedOS:
         return fd
 
     def _open_child(self, dir_fd: int, name: str, path: str) -> int:
-        try:
-            return self.inner.open(name, _O_DIR_NOFOLLOW, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno in _LINK_ERRNOS and self._is_link(name, dir_fd):
-                raise self._refuse(path) from None
-            raise
+        return self._open_no_link(name, _O_DIR_NOFOLLOW, 0o777, dir_fd, lambda: path)
 
     def _parent(self, path: str) -> tuple[int, str] | None:
         """Verified descriptor of ``path``'s directory and its last name; ``None`` outside."""
@@ -267,12 +289,9 @@ class ConfinedOS:
         inner = self.inner
         if dir_fd is not None:
             self._single(path)
-            try:
-                return inner.open(path, flags | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno in _LINK_ERRNOS and self._is_link(path, dir_fd):
-                    raise self._refuse(self._name_of(dir_fd, path)) from None
-                raise
+            return self._open_no_link(
+                path, flags, mode, dir_fd, lambda: self._name_of(dir_fd, path)
+            )
         if flags & os.O_DIRECTORY and not flags & os.O_CREAT:
             return self.open_dir(path)
         # The hot path of a read: the file's directory was verified before.
@@ -301,12 +320,7 @@ class ConfinedOS:
             inner.close(parent_fd)
 
     def _open_in(self, parent_fd: int, name: str, flags: int, mode: int, path: str) -> int:
-        try:
-            return self.inner.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in _LINK_ERRNOS and self._is_link(name, parent_fd):
-                raise self._refuse(path) from None
-            raise
+        return self._open_no_link(name, flags, mode, parent_fd, lambda: path)
 
     def stat(
         self, path: str, *, dir_fd: int | None = None, follow_symlinks: bool = True

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.reliability.common import count
 
 import persistkit
 from persistkit import (
@@ -31,7 +32,6 @@ from persistkit import (
 )
 from persistkit.errors import LockTimeoutError
 from persistkit.models import ScheduledSignalRow, SignalRow
-from tests.reliability.common import count
 
 # -- the fork gate -----------------------------------------------------------------------
 
@@ -48,7 +48,7 @@ def test_a_fork_while_a_commit_waits_for_a_durable_write_does_not_stall_the_comm
     "held by another process" (``lock_timeout``, 30 s by default, the fork stalled as
     long), in a process alone on its root.
     """
-    forks = count(100, 2000, "forks during durable writes and commits of one directory")
+    forks = count(30, 1000, "forks during durable writes and commits of one directory")
     backend = FileBackend(tmp_path / "data", history=None, lock_timeout=5.0)
     version = asyncio.run(backend.put("ent/expected", b'{"v":1}'))
     stop = threading.Event()
@@ -70,9 +70,7 @@ def test_a_fork_while_a_commit_waits_for_a_durable_write_does_not_stall_the_comm
 
         return run
 
-    writer = threading.Thread(
-        target=loop_of(lambda i: backend.put("ent/plain", b'{"i":%d}' % i))
-    )
+    writer = threading.Thread(target=loop_of(lambda i: backend.put("ent/plain", b'{"i":%d}' % i)))
     committer = threading.Thread(
         target=loop_of(
             lambda i: backend.commit(
@@ -102,28 +100,31 @@ def test_a_fork_while_a_commit_waits_for_a_durable_write_does_not_stall_the_comm
 # -- a regular file where an entity directory belongs -------------------------------------
 
 
+@pytest.mark.parametrize("keeps_history", [False, True])
 @pytest.mark.asyncio
-async def test_removing_a_value_under_a_regular_file_named_like_its_directory_is_answered(
-    tmp_path: Path,
+async def test_a_regular_file_named_like_an_entity_directory_gets_typed_answers(
+    keeps_history: bool, tmp_path: Path
 ) -> None:
     """An operator's stray file ``{root}/ent`` where the directory of ``ent/*`` belongs:
     a read says the value is absent and a write is refused with ``WriteFailedError``;
-    a removal (``history=None``, the durable removal) let ``NotADirectoryError`` escape."""
+    a removal (the durable removal, or a commit expecting the value's absence),
+    a commit expecting it and a quarantine of it let ``NotADirectoryError`` escape."""
     root = tmp_path / "data"
-    backend = FileBackend(root, history=None)
+    backend = FileBackend(root) if keeps_history else FileBackend(root, history=None)
     await backend.put("other/x", b'{"v":1}')
     (root / "ent").write_text("not a directory")
     assert await backend.get("ent/x") is None
     with pytest.raises(PersistError):
         await backend.put("ent/x", b'{"v":1}')
     for expect in (persistkit.ANY_VERSION, None):
-        try:
-            removed = await backend.delete("ent/x", expect=expect)
-        except PersistError:
-            pass
-        else:
-            assert removed is False
+        assert await backend.delete("ent/x", expect=expect) is False
+    await backend.commit({"other/x": b'{"v":2}'}, expect={"ent/x": None})
+    with pytest.raises(persistkit.ConflictError):
+        await backend.commit({"other/x": b'{"v":3}'}, expect={"ent/x": "a version"})
+    with pytest.raises(PersistError):
+        await backend.quarantine("ent/x", "a look by hand")
     assert (root / "ent").read_text() == "not a directory"
+    assert (await backend.get_many_data(["other/x"])) == [b'{"v":2}']
     await backend.aclose()
 
 

@@ -64,7 +64,10 @@ descriptor: the lock then lasts as long as the child keeps that copy, after the
 parent let go. So every descriptor of a directory that may be locked is
 registered from its open to its close, and a child closes its copies at once
 (:func:`os.register_at_fork`): the parent's lock stays the parent's. Opening and
-closing them pause a fork for the length of one system call.
+closing them pause a fork for the length of one system call. A fork first waits
+for the journal's leaders to finish (their locks are let go before it, see
+:mod:`._journal`), and only then takes the gate: a leader may be waiting for the
+lock of a durable write, which needs the gate to close its descriptor.
 
 Confined to the root: the root is resolved once (it may itself be a symbolic
 link) and every syscall goes through :class:`~persistkit.backends._confine.ConfinedOS`,
@@ -115,6 +118,9 @@ from persistkit.backends._journal import (
     CommitJournal,
     JournalCut,
     SalvageReport,
+    _lead_through_fork,
+    _reset_after_fork,
+    _stop_leading_after_fork,
     _WouldBlock,
     take_lock,
 )
@@ -183,11 +189,15 @@ module's docstring, **Fork**."""
 
 
 def _before_fork() -> None:
+    # The journals' leaders first, the gate then: a leader may wait for the lock of a
+    # durable write, which needs the gate to close its descriptor and let go of it.
+    _lead_through_fork()
     _fork_gate.acquire()
 
 
 def _after_fork_in_parent() -> None:
     _fork_gate.release()
+    _stop_leading_after_fork()
 
 
 def _after_fork_in_child() -> None:
@@ -200,9 +210,11 @@ def _after_fork_in_child() -> None:
             pass
     _LOCKING_DIRS.clear()
     _fork_gate = threading.Lock()
+    _reset_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
+    # The journal's fork handlers too, in this one registration: their order matters.
     os.register_at_fork(
         before=_before_fork,
         after_in_parent=_after_fork_in_parent,
@@ -713,7 +725,7 @@ class FileBackend(Backend):
         namespace, name = split_key(key)
         try:
             dir_fd = self._open_locking_dir(self._dir(namespace))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no directory, so no value
             if self.journal.holds(key):
                 return None
             self._check_expected(key, None, expect)
@@ -1034,7 +1046,10 @@ class FileBackend(Backend):
         meta = orjson.dumps({"key": shown, "reason": reason, "quarantined_at": now})
         quarantine_fd = self._ensure_dir(self._quarantine_dir(namespace))
         try:
-            source_fd = self._open_locking_dir(self._dir(namespace))
+            try:
+                source_fd = self._open_locking_dir(self._dir(namespace))
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                raise BackendError(f"cannot quarantine {key}: {exc}") from exc  # no such value
             try:
                 self._lock_dir(source_fd, key, wait)
                 self._write_new_file(quarantine_fd, stem + _REASON_SUFFIX, meta)

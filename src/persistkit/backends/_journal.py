@@ -415,12 +415,8 @@ def _reset_after_fork() -> None:
         journal._forget_parent_state()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_lead_through_fork,
-        after_in_parent=_stop_leading_after_fork,
-        after_in_child=_reset_after_fork,
-    )
+# Registered (os.register_at_fork) by persistkit.backends._file with its own fork
+# handlers, in one order: see that module's docstring, **Fork**.
 
 
 def take_lock(
@@ -1481,7 +1477,10 @@ class CommitJournal:
                             # A file-held key: a plain write of it may be in
                             # flight in another process. Its directory lock
                             # orders us with it; held until the append is done.
-                            held_dirs.append(self._lock_entity_dir(key, wait=wait))
+                            try:
+                                held_dirs.append(self._lock_entity_dir(key, wait=wait))
+                            except NotADirectoryError:
+                                pass  # no directory, so no value and no write of it
                             locked.add(namespace)
                         FileBackend._check_expected(key, self._current(key, view), expected)
                 except ConflictError as exc:
@@ -1522,8 +1521,17 @@ class CommitJournal:
                     pass  # a new value
                 finally:
                     self._os.close(dir_fd)
-            except (FileNotFoundError, NotADirectoryError):
+            except FileNotFoundError:
                 pass  # made when applied, through the same confined layer
+            except NotADirectoryError as exc:
+                if writes[key] is None:
+                    continue  # nothing there to remove; the applier skips it too
+                # Never made when applied: every checkpoint of the root would fail on it.
+                raise WriteFailedError(
+                    f"cannot write {key}: a file that is not a directory stands where its "
+                    f"directory belongs ({exc}); nothing was committed, the previous values "
+                    "are kept"
+                ) from exc
             except OSError as exc:
                 raise WriteFailedError(
                     f"cannot open the directory of {key}: {exc}; nothing was committed, "
@@ -1653,8 +1661,8 @@ class CommitJournal:
             if all(data is None for _, data in items):
                 try:
                     dir_fd = backend._open_dir(backend._dir(namespace))
-                except FileNotFoundError:
-                    continue
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # no directory: nothing to remove
             else:
                 dir_fd = backend._ensure_dir(backend._dir(namespace))
             try:

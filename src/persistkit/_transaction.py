@@ -255,8 +255,9 @@ class Transaction:
 
         For what the last value of a key cannot say (a signal opened and closed in
         the same tick). A savepoint's notes join the outer block's when it exits
-        normally and are dropped with its writes when it fails; the hooks read them
-        in :attr:`notes`.
+        normally and are dropped with its writes when it fails; a
+        :meth:`commit_staged` keeps them for the rest of the block. The hooks read
+        them in :attr:`notes`.
         """
         self._check_active()
         found = self.notes.get(name)
@@ -292,9 +293,11 @@ class Transaction:
         if self._token is not None:
             active_transaction.reset(self._token)
         self.finished = True
-        if exc_type is not None or not self.writes:
+        if exc_type is not None or not (self.writes or self.notes):
             return
         outer = self._parent._find(self.backend) if self._parent is not None else None
+        if outer is None and not self.writes:
+            return  # notes alone: nothing to commit
         if outer is not None:
             for key, version in self.expected.items():
                 if outer._level_of(key) is None:
@@ -338,7 +341,8 @@ class Transaction:
         self._versions.clear()
         self.expected.clear()
         self._hooks.clear()
-        self.notes.clear()
+        # The notes stay: they tell what the whole block wrote on the way (a fill
+        # committed here and closed later in the block was still filled).
 
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""

@@ -65,7 +65,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from persistkit._clock import now_ms
 from persistkit._config import Settings, active_settings
@@ -120,6 +120,7 @@ EVENTS_FORMAT = 3
 ``{kind}-{first}`` to ``{kind}-{end - 1}``, each a list of :data:`SEGMENT_EVENTS` rows."""
 
 Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
+_TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000
 
 
@@ -1033,13 +1034,21 @@ def remember_signal(
             if data is not None:
                 log.memo[key] = (data, facts)
     else:  # a raw row, as backtest-kit passes: the store validated it
-        pending_at = row.get("pendingAt", row.get("pending_at"))
-        seen = (row.get("id"), pending_at if type(pending_at) is int else None)
+        seen = (row.get("id"), _raw_pending_at(row))
     notes = txn.notes.get(key)
     if notes is None:
         txn.notes[key] = [seen]
     else:
         notes.append(seen)
+
+
+def _raw_pending_at(row: Mapping[str, Any]) -> int | None:
+    """A raw signal row's ``pendingAt`` as its model took it (a whole float or a
+    numeric string is the same time as the int); ``None`` when it has none."""
+    try:
+        return _TIMESTAMP.validate_python(row.get("pendingAt", row.get("pending_at")))
+    except ValidationError:
+        return None
 
 
 async def _write(store: PersistBase[Any], entity_id: str, value: Any) -> None:

@@ -27,18 +27,27 @@ for ``If-Match`` on a missing key) raises :class:`~persistkit.errors.ConflictErr
 create-only, compare-and-set delete, the commit record, a lease) stores a write
 token in the object's metadata, atomically with the bytes; a retry of the same
 request carries the same token (:class:`~persistkit.backends._write_tokens.WriteTokens`
-recognises it by its content). It also carries, as ``persistkit-history``, the
-short tokens of the last 31 conditional writes the object it replaces had
-replaced, as this process last read them. When a retry's precondition fails, a
-HEAD shows whether the object is that write or replaced it: then the write was
-applied and the call reports success (returning the version it wrote). A
-compare-and-set delete leaves a *tombstone* (an empty object marked
-``persistkit-deleted``, read as absent, never listed) so that its token
-survives. A real conflict still raises ``ConflictError``. What remains: a retry
-reports ``ConflictError`` although its write was applied when, between the lost
-reply and the retry, the object was replaced by an unconditional write, deleted
-outright (an unconditional ``delete``), or replaced by more than 31 conditional
-writes; and a process that dies before retrying never learns the outcome.
+recognises it by its content). The tokens are kept per *writer* (one backend
+instance), in ``persistkit-writers``: the latest writer first, each with the
+token of its latest write in the object's chain and of its own earlier writes
+still awaiting a retry; a write carries on every other writer's entry as it read
+it. When a retry's precondition fails, a HEAD shows whether the object is that
+write or replaced it: then the write was applied and the call reports success
+(returning the version it wrote). However many writes follow, a token stays
+until more distinct writers than fit in S3's 2 KB of metadata (about 45) wrote
+the object; those dropped are counted in ``persistkit-writers-evicted``, and a
+retry that finds its writer dropped since raises
+:class:`~persistkit.errors.WriteFailedError` ("outcome unknown") rather than a
+conflict its caller would answer by applying the write again. A compare-and-set
+delete leaves a *tombstone* (an empty object marked ``persistkit-deleted``, read
+as absent, never listed) so that its token survives. A real conflict still
+raises ``ConflictError``. What remains: a retry reports ``ConflictError``
+although its write was applied when, between the lost reply and the retry, the
+object was replaced by an unconditional write or deleted outright (an
+unconditional ``delete``), which keep no tokens; and a process that dies before
+retrying never learns the outcome. (Two writes of the same bytes have the same
+ETag, so a compare-and-set cannot tell them apart; a write over such an object
+carries the tokens this process read with it.)
 Unconditional writes need no token: repeating one stores the same bytes.
 
 **Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object
@@ -865,11 +874,12 @@ class S3Backend(Backend):
                 head: dict[str, Any] | None = None
                 if base is None:  # a version not read here: its tokens are one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
-                    if head is not None and head["ETag"] == condition.get("IfMatch"):
+                    if head is None:
+                        base = _NO_WRITERS  # no object: the write below is refused
+                    elif head["ETag"] == condition.get("IfMatch"):
                         base = _Writers.of(head.get("Metadata", {}))
                         head = None
-                if head is None:
-                    assert base is not None  # a HEAD that found no object refuses below
+                if head is None and base is not None:
                     if evicted_before is None or base.evicted < evicted_before:
                         evicted_before = base.evicted
                     writers = base.written_by(self._writer, token, self._tokens.is_open)

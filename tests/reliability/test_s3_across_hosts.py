@@ -299,11 +299,25 @@ async def test_a_lost_reply_under_more_writers_than_an_object_names_is_outcome_u
             others.armed = True
             with pytest.raises(WriteFailedError, match="outcome unknown"):
                 await ours.update_value("hits", _plus_one)
+            assert stored(server, prefix, "counters/hits") == b"%d" % (2 + 60)  # applied once
+            # Past it, the key works as before: only a write that got no answer is unsure.
+            # Another writer deletes it (a tombstone that does not name us), we create it.
+            theirs: PersistBase[int] = PersistBase(
+                "counters", backend=S3Backend(server.client(), BUCKET, prefix, owns_client=True)
+            )
+            deleted = (await theirs.read_entry("hits")).version
+            assert await theirs.remove_value("hits", if_version=deleted)
+            await theirs.backend.aclose()
+            await ours.write_value("hits", 1000, if_version=None)  # create-only, over it
+            current = await ours.read_entry("hits")
+            await ours.update_value("hits", _plus_one)
+            with pytest.raises(ConflictError):
+                await ours.write_value("hits", 0, if_version=current.version)
         finally:
             await ours.backend.aclose()
             others.close()
     assert proxy.lost == 1
-    assert stored(server, prefix, "counters/hits") == b"%d" % (2 + 60)  # ours applied once
+    assert stored(server, prefix, "counters/hits") == b"1001"
 
 
 async def test_create_only_writes_with_lost_replies_report_success_with_the_callers_value(

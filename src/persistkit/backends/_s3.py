@@ -487,19 +487,17 @@ class _Writers:
             evicted += 1
         return _Writers(tuple(entries), evicted)
 
-    def holds(self, writer: str, token: str, evicted_before: int | None) -> bool | None:
+    def holds(self, writer: str, token: str, evicted_before: int) -> bool | None:
         """Whether the write ``token`` of ``writer`` is in the chain; ``None``: cannot tell.
 
-        ``evicted_before``: ``evicted`` of the object that write replaced
-        (``None`` if unknown). Its writer's entry absent, and no entry dropped
-        since: the write was never applied.
+        ``evicted_before``: the fewest ``evicted`` among the objects that the
+        attempts of that write which got no answer would have replaced. Its
+        writer's entry absent, and no entry dropped since: never applied.
         """
         for name, tokens in self.entries:
             if name == writer:
                 return token in tokens
-        if self.evicted == 0 or self.evicted == evicted_before:
-            return False
-        return None
+        return False if self.evicted == evicted_before else None
 
 
 _NO_WRITERS = _Writers()
@@ -619,6 +617,9 @@ class S3Backend(Backend):
         # (object key, ETag) -> the write tokens that object carries, from reads:
         # a compare-and-set over it carries them on (see _conditional_put_sync).
         self._histories: OrderedDict[tuple[str, str], _Writers] = OrderedDict()
+        # write token -> the fewest evictions (see _Writers) among the objects its
+        # attempts that got no answer would have replaced: what its retry compares.
+        self._unanswered: OrderedDict[str, int] = OrderedDict()
         self._histories_lock = threading.Lock()
         # key -> the object as this backend's last commit left it (see _record_and_apply).
         self._known: OrderedDict[str, _State] = OrderedDict()
@@ -840,6 +841,23 @@ class S3Backend(Backend):
         with self._histories_lock:
             return self._histories.get((object_key, etag))
 
+    def _note_unanswered(self, token: str, evicted: int) -> None:
+        """An attempt of the write ``token`` over an object with ``evicted`` got no answer."""
+        with self._histories_lock:
+            known = self._unanswered.get(token)
+            self._unanswered[token] = evicted if known is None else min(known, evicted)
+            while len(self._unanswered) > _HISTORIES_REMEMBERED:
+                self._unanswered.popitem(last=False)
+
+    def _unanswered_evictions(self, token: str) -> int | None:
+        """The fewest ``evicted`` under an unanswered attempt of ``token``; ``None``: none."""
+        with self._histories_lock:
+            return self._unanswered.get(token)
+
+    def _forget_unanswered(self, token: str) -> None:
+        with self._histories_lock:
+            self._unanswered.pop(token, None)
+
     def _conditional_put_sync(
         self,
         object_key: str,
@@ -867,8 +885,6 @@ class S3Backend(Backend):
         doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
         base = _NO_WRITERS if expect is None else self._writers_at(object_key, expect)
-        # The fewest evictions among the objects an attempt replaced (counts only grow).
-        evicted_before: int | None = None
         try:
             while True:
                 head: dict[str, Any] | None = None
@@ -880,8 +896,6 @@ class S3Backend(Backend):
                         base = _Writers.of(head.get("Metadata", {}))
                         head = None
                 if head is None and base is not None:
-                    if evicted_before is None or base.evicted < evicted_before:
-                        evicted_before = base.evicted
                     writers = base.written_by(self._writer, token, self._tokens.is_open)
                     written = {**(metadata or {}), **writers.metadata()}
                     try:
@@ -899,14 +913,24 @@ class S3Backend(Backend):
                         )
                     except _Refused:
                         head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    except TransientBackendError:
+                        self._note_unanswered(token, base.evicted)
+                        raise
                     else:
                         self._tokens.settle(request)
+                        self._forget_unanswered(token)
                         self._remember_writers(object_key, response["ETag"], writers)
                         return response["ETag"], response
                 state = _state_of(head)
-                applied = state.writers.holds(self._writer, token, evicted_before)
+                evicted_before = self._unanswered_evictions(token)
+                applied = (
+                    False  # every attempt was answered: refused
+                    if evicted_before is None
+                    else state.writers.holds(self._writer, token, evicted_before)
+                )
                 if applied and head is not None:
                     self._tokens.settle(request)
+                    self._forget_unanswered(token)
                     return _md5_etag(data), head  # ours: the reply of the write was lost
                 if applied is None:
                     self._tokens.settle(request)
@@ -930,6 +954,7 @@ class S3Backend(Backend):
             raise  # ambiguous: the retry reuses the token
         except BaseException:
             self._tokens.settle(request)
+            self._forget_unanswered(token)
             raise
 
     # -- first use: the bucket, and a tick commit left half-done --------------------------

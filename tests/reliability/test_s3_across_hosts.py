@@ -222,9 +222,9 @@ class WritersBehindALostReply:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        client = server.client()
+        self._client = server.client()
         self._stores: list[PersistBase[int]] = [
-            PersistBase("counters", backend=S3Backend(client, BUCKET, prefix))
+            PersistBase("counters", backend=S3Backend(self._client, BUCKET, prefix))
             for _ in range(writers)
         ]
 
@@ -247,6 +247,7 @@ class WritersBehindALostReply:
         asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._client.close()
 
 
 def _plus_one(value: int | None) -> int:

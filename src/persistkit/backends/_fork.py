@@ -15,6 +15,10 @@ a connection down or unregister it from the shared ``epoll`` set). The
 backend then builds a client of its own, from the same settings, on its first
 call, or refuses with :class:`~persistkit.errors.ForkedClientError` when it
 was given a client it cannot rebuild.
+
+The price: the child holds its copies of the parent's connection descriptors
+until it exits, so a connection the parent closes meanwhile stays open on the
+server (a close takes effect once every copy is closed) until then.
 """
 
 from __future__ import annotations

@@ -111,6 +111,15 @@ retrying; and one idempotent step of a cross-slot commit whose connection
 dropped is sent again at once, a few times, so that a lossy network does not
 restart the whole commit at every loss.)
 
+**Fork.** A forked child never uses the client it inherited: its connections
+are the parent's sockets, registered with the parent's event loop. The child
+keeps that client untouched (never closed: see :mod:`persistkit.backends._fork`)
+and, for a backend made by :meth:`RedisBackend.from_url`, builds a new client
+from the same URL and options on its first call there (a cluster's is
+discovered again). A backend given a ready client cannot rebuild it: its first
+call in the child raises :class:`~persistkit.errors.ForkedClientError` before
+sending anything. The child also starts with no write token of the parent's.
+
 :meth:`RedisBackend.durability_warnings` reads ``appendonly``,
 ``appendfsync``, ``maxmemory`` and ``maxmemory-policy`` on every master
 (``CONFIG GET``) and warns, once in the log and in every store's
@@ -663,7 +672,9 @@ class RedisBackend(Backend):
     """Entities as Redis strings; one server (``redis.asyncio.Redis``) or a Redis Cluster.
 
     ``RedisBackend(client, prefix="persistkit")`` uses a ready client (it must
-    return bytes: ``decode_responses=False``); :meth:`from_url` builds one.
+    return bytes: ``decode_responses=False``); :meth:`from_url` builds one, and
+    builds another in a forked child (a ready client cannot be rebuilt: the
+    child's first call raises :class:`~persistkit.errors.ForkedClientError`).
     ``commit_timeout`` is how long (by the server's clock) a cross-slot commit
     may stay undecided before another process may abort it; ``receipt_ttl``
     how long the receipt of a conditional write is kept for its retries.

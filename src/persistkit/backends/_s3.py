@@ -126,6 +126,15 @@ for a write that did not happen). Every request goes through one mapping
 the backend (16 workers by default, never more than the client's connection
 pool); :meth:`S3Backend.aclose` shuts it down.
 
+**Fork.** The pool's threads do not exist in a forked child, its locks may be
+held by them, and the client's pooled connections are the parent's sockets.
+The child gets a new pool, new locks and no write token of the parent's, and
+keeps the inherited client untouched (never closed: see
+:mod:`persistkit.backends._fork`); a backend made by :meth:`S3Backend.from_url`
+builds a new session and client from the same URL on its first call there. A
+backend given a ready client cannot rebuild it: its first call in the child
+raises :class:`~persistkit.errors.ForkedClientError` before sending anything.
+
 **Credentials** come from boto3's standard chain (environment, profile, SSO,
 instance role); they are never put in :attr:`S3Backend.url`, a repr, an error
 or a log line, and an ``s3://`` URL that carries any is refused.
@@ -497,6 +506,9 @@ class S3Backend(Backend):
     ``create_bucket=True`` creates a missing bucket on first use; otherwise a
     missing bucket is an error that names it. The backend closes the client in
     :meth:`aclose` only if it made it (``from_url``) or ``owns_client=True``.
+    In a forked child, one made by ``from_url`` builds a new client on its first
+    call; a ready client cannot be rebuilt, and the child's first call raises
+    :class:`~persistkit.errors.ForkedClientError`.
     """
 
     scheme = "s3"

@@ -357,7 +357,11 @@ FORK_WITH_A_REMOTE_BACKEND = """
         signal.alarm(5)  # a hang ends here, as a failure
         try:
             store.write_value("worker", "reported")
-            gc.collect()  # a worker lives on: what it dropped of the parent's is collected
+            # A worker lives on and collects its garbage: a parent's client dropped
+            # here and collected closed its transports, which took the parent's
+            # sockets out of the epoll set both processes share (seen: the parent's
+            # next read then timed out).
+            gc.collect()
             store.read_value("worker")
         except BaseException as exc:
             print(f"child: {type(exc).__module__}.{type(exc).__name__}", flush=True)

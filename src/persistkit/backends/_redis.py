@@ -813,7 +813,10 @@ class RedisBackend(Backend):
 
     @property
     def client(self) -> RedisClient:
-        """The redis-py client underneath (for operators; persistkit owns the key layout)."""
+        """The redis-py client underneath (for operators; persistkit owns the key layout).
+
+        In a forked child: the child's own, as for any call (see the module doc).
+        """
         if self._inherited:
             self._use_a_client_of_our_own()
         return self._client

@@ -135,6 +135,15 @@ for a write that did not happen). Every request goes through one mapping
 the backend (16 workers by default, never more than the client's connection
 pool); :meth:`S3Backend.aclose` shuts it down.
 
+**Fork.** The pool's threads do not exist in a forked child, its locks may be
+held by them, and the client's pooled connections are the parent's sockets.
+The child gets a new pool, new locks and no write token of the parent's, and
+keeps the inherited client untouched (never closed: see
+:mod:`persistkit.backends._fork`); a backend made by :meth:`S3Backend.from_url`
+builds a new session and client from the same URL on its first call there. A
+backend given a ready client cannot rebuild it: its first call in the child
+raises :class:`~persistkit.errors.ForkedClientError` before sending anything.
+
 **Credentials** come from boto3's standard chain (environment, profile, SSO,
 instance role); they are never put in :attr:`S3Backend.url`, a repr, an error
 or a log line, and an ``s3://`` URL that carries any is refused.
@@ -188,6 +197,7 @@ from persistkit.backends._base import (
     quarantined_key,
 )
 from persistkit.backends._file import QUARANTINE_DIR, SUFFIX
+from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
 from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
@@ -195,6 +205,7 @@ from persistkit.errors import (
     ConflictError,
     CorruptValueError,
     EntityNotFoundError,
+    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     JournalDamagedError,
@@ -565,6 +576,9 @@ class S3Backend(Backend):
     ``create_bucket=True`` creates a missing bucket on first use; otherwise a
     missing bucket is an error that names it. The backend closes the client in
     :meth:`aclose` only if it made it (``from_url``) or ``owns_client=True``.
+    In a forked child, one made by ``from_url`` builds a new client on its first
+    call; a ready client cannot be rebuilt, and the child's first call raises
+    :class:`~persistkit.errors.ForkedClientError`.
     """
 
     scheme = "s3"
@@ -580,6 +594,7 @@ class S3Backend(Backend):
         create_bucket: bool = False,
         max_workers: int | None = None,
         owns_client: bool = False,
+        _new_client: Callable[[], S3Client] | None = None,
     ) -> None:
         if not _BUCKET_NAME.match(bucket):
             raise InvalidNameError(
@@ -594,6 +609,12 @@ class S3Backend(Backend):
         self._root = f"{prefix}/" if prefix else ""
         self._create_bucket = create_bucket
         self._owns_client = owns_client
+        # How a forked child gets a client of its own (from_url's settings);
+        # None: the caller's client, which a child cannot rebuild.
+        self._new_client = _new_client
+        self._inherited = False
+        """In a forked child, until its first call: the client is the parent's."""
+        self._adopting = threading.Lock()
         pool_size = int(getattr(client.meta.config, "max_pool_connections", DEFAULT_WORKERS))
         # Workers beyond the client's connection pool would only queue for a connection.
         workers = max_workers if max_workers is not None else min(DEFAULT_WORKERS, pool_size)
@@ -626,6 +647,7 @@ class S3Backend(Backend):
         # The head record as this backend last wrote or read it, with its ETag:
         # the next commit tries it first and reads the head only when it moved.
         self._head: tuple[_Record, str | None] = (_NO_RECORD, None)
+        forget_clients_after_fork(self)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -674,27 +696,31 @@ class S3Backend(Backend):
         )
         if addressing is None:
             raise InvalidNameError("addressing must be path, virtual or auto")
-        session = boto3.Session(profile_name=options.get("profile") or None)
-        client = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=options.get("region") or None,
-            config=Config(
-                # PersistBase's RetryPolicy is the one retry policy (see the module doc).
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                max_pool_connections=max(1, workers),
-                connect_timeout=5,
-                read_timeout=30,
-                s3={"addressing_style": addressing},
-            ),
-        )
+
+        def new_client() -> S3Client:
+            session = boto3.Session(profile_name=options.get("profile") or None)
+            return session.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=options.get("region") or None,
+                config=Config(
+                    # PersistBase's RetryPolicy is the one retry policy (see the module doc).
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=max(1, workers),
+                    connect_timeout=5,
+                    read_timeout=30,
+                    s3={"addressing_style": addressing},
+                ),
+            )
+
         return cls(
-            client,
+            new_client(),
             parts.netloc,
             unquote(parts.path),
             create_bucket=create in _TRUE,
             max_workers=workers,
             owns_client=True,
+            _new_client=new_client,
         )
 
     @property
@@ -734,6 +760,46 @@ class S3Backend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        if self._inherited:
+            self._use_a_client_of_our_own()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's worker threads do not exist here, its locks
+        may be held by them, and the client's pooled connections are the parent's
+        sockets; all of it is left to the parent, untouched."""
+        keep_inherited(self._client, self._executor)
+        self._inherited = True
+        self._adopting = threading.Lock()
+        self._executor = DaemonThreadPool(self.max_workers, thread_name_prefix="persistkit-s3")
+        self._prepare_lock = threading.Lock()
+        self._histories_lock = threading.Lock()
+        self._commit_locks = LoopLocalKeyedLocks()
+        # The parent's requests in doubt are the parent's to retry, not this process's;
+        # and the child is a writer of its own: under the parent's name, its writes
+        # would replace the parent's entry in the objects' tokens (see _Writers), and
+        # the parent's retry would no longer find its applied write.
+        self._tokens = WriteTokens(token_bytes=_TOKEN_BYTES)
+        self._writer = secrets.token_hex(_WRITER_ID_BYTES)
+        self._unanswered = OrderedDict()
+        # A commit the parent was applying: recorded, so whoever commits next applies
+        # it; no thread here would ever finish it and let these reads go.
+        self._applying = {}
+
+    def _use_a_client_of_our_own(self) -> None:
+        """A forked child's first call: a new client from the same settings, or a refusal."""
+        with self._adopting:
+            if not self._inherited:
+                return
+            if self._new_client is None:
+                raise ForkedClientError(
+                    f"{self!r} was given its boto3 client, and this process was forked from "
+                    "the one that made it: the client's pooled connections are the parent's "
+                    "sockets, which this process must not use. Open the backend again here "
+                    "with a client of its own (or with S3Backend.from_url / open_backend, "
+                    "which rebuild it after a fork)"
+                )
+            self._client = self._new_client()
+            self._inherited = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the backend's thread pool (see :func:`run_to_completion`)."""
@@ -1757,5 +1823,5 @@ class S3Backend(Backend):
             return
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, True)
-        if self._owns_client:
+        if self._owns_client and not self._inherited:  # an inherited client is the parent's
             self._client.close()

@@ -124,14 +124,6 @@ def test_a_symbolic_link_for_a_whole_domain_folder_is_not_followed(
     assert not (destination / "signal").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a risk position is attributed to the pair's open signal by pair and direction "
-    "only; a position left from an earlier signal (other priceOpen, older openTimestamp) "
-    "takes the newer signal's id and quantity. Telling them apart needs a rule for which "
-    "fields identify the signal (backtest-kit's priceOpen can move with averaging): the "
-    "integrator's call",
-)
 def test_a_stale_risk_position_is_not_attributed_to_a_newer_open_signal(
     install_dir: Path, tmp_path: Path
 ) -> None:
@@ -156,9 +148,18 @@ def test_a_stale_risk_position_is_not_attributed_to_a_newer_open_signal(
             },
         ],
     )
+    # One open signal per pair: a position opened before the open signal was
+    # created is an earlier signal's (priceOpen cannot tell: averaging moves it).
     dry_run = _persistkit("migrate", "--dry-run", _source(source), str(tmp_path / "migrated"))
-    assert "risk/main_binance/positions.json:" in dry_run.stdout, dry_run.stdout
-    assert dry_run.returncode == 1
+    assert "1 not migrated" in dry_run.stdout, dry_run.stdout
+    assert (
+        "risk/main_binance/positions.json: position 'trend_binance_ETH': opened at "
+        "1600000000000, before the open signal 'newer' of 'ETH' / 'trend' was created"
+    ) in dry_run.stdout
+    migrated = _persistkit("migrate", _source(source), str(tmp_path / "migrated"))
+    assert migrated.returncode == 1, migrated.stdout + migrated.stderr
+    assert "Not migrated: 1 item of the source" in migrated.stderr
+    assert not (tmp_path / "migrated" / "risk").exists()
 
 
 def _open_signal_with_its_position(symbol: str, signal_id: str) -> list[dict[str, Any]]:

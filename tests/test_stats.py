@@ -244,7 +244,7 @@ async def test_a_fill_closed_in_the_same_tick_counts_as_opened(mode: str, data_r
     written in a savepoint that failed does not."""
     clock = MarketClock()
     persistkit.configure(mode=mode, base_dir=data_root, clock=clock)  # type: ignore[arg-type]
-    a, b, c = scheduled("A", T0), scheduled("B", T0), scheduled("C", T0)
+    a, b, c, d = (scheduled(signal_id, T0) for signal_id in "ABCD")
 
     async def refused_fill(row: ScheduledSignalRow) -> None:
         async with persistkit.transaction():  # a savepoint of the tick
@@ -270,6 +270,13 @@ async def test_a_fill_closed_in_the_same_tick_counts_as_opened(mode: str, data_r
         with pytest.raises(RuntimeError, match="fill not confirmed"):
             await refused_fill(c)
         await put_schedule(None)
+    await put_schedule(d)
+    clock.now = T0 + 12 * MIN
+    async with persistkit.transaction() as tick:
+        await put_signal(filled(d, T0 + 11 * MIN))
+        await tick.commit_staged()  # the order intent, durable before the order leaves
+        await put_signal(None)  # the stop, hit within the same tick
+        await put_schedule(None)
 
     if mode == "live":
         persistkit.configure(mode="live", base_dir=data_root)  # a new process, say
@@ -278,7 +285,12 @@ async def test_a_fill_closed_in_the_same_tick_counts_as_opened(mode: str, data_r
         (event.action, event.signal_id, event.duration_min)
         for event in stats.event_list
         if event.action != "scheduled"
-    ] == [("opened", "A", 4.0), ("opened", "B", 7.0), ("cancelled", "C", 10.0)]
+    ] == [
+        ("opened", "A", 4.0),
+        ("opened", "B", 7.0),
+        ("cancelled", "C", 10.0),
+        ("opened", "D", 11.0),
+    ]
     assert await PersistSignalAdapter.read_signal_data(SYMBOL, STRATEGY) is None
 
 

@@ -255,9 +255,8 @@ class Transaction:
 
         For what the last value of a key cannot say (a signal opened and closed in
         the same tick). A savepoint's notes join the outer block's when it exits
-        normally and are dropped with its writes when it fails; a
-        :meth:`commit_staged` keeps them for the rest of the block. The hooks read
-        them in :attr:`notes`.
+        normally and are dropped with its writes when it fails; the hooks read them
+        in :attr:`notes`. They outlive :meth:`commit_staged`: the block goes on.
         """
         self._check_active()
         found = self.notes.get(name)
@@ -341,8 +340,7 @@ class Transaction:
         self._versions.clear()
         self.expected.clear()
         self._hooks.clear()
-        # The notes stay: they tell what the whole block wrote on the way (a fill
-        # committed here and closed later in the block was still filled).
+        # The notes stay: they say what the block wrote on the way, and it goes on.
 
     async def commit(self) -> None:
         """Hand the staged writes to the backend in one atomic call (``__aexit__`` does it)."""

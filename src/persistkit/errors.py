@@ -21,6 +21,7 @@ against ``KeyError`` or ``ValueError`` keeps working::
     ├── CrossBackendError           (RuntimeError) a transaction asked to write to two backends
     ├── TickCancelledError          (RuntimeError) a forced stop cancelled a tick before its commit
     ├── BlockingCallError           (RuntimeError) persistkit.sync called inside an event loop
+    ├── ForkedClientError           (RuntimeError) a forked child used a client it cannot rebuild
     ├── UnreconciledIntentsError    (RuntimeError) a new order before the restart's were reconciled
     ├── PairNotInSessionError       (ValueError)  a new order in a tick, of a pair not the session's
     ├── ResourceLimitError          (OSError)     out of file descriptors (names the limit)
@@ -55,6 +56,7 @@ __all__ = [
     "DurabilityUnknownError",
     "EntityNotFoundError",
     "ForeignSymlinkError",
+    "ForkedClientError",
     "HistoryUnavailableError",
     "InstanceLockedError",
     "IntentConflictError",
@@ -248,6 +250,19 @@ class BlockingCallError(PersistError, RuntimeError):
     """A blocking call (``persistkit.sync``) made from inside a running event loop.
 
     It would stop that loop until it returned; async code awaits the async API instead.
+    """
+
+
+class ForkedClientError(PersistError, RuntimeError):
+    """A forked child called a Redis or S3 backend whose client came from its parent.
+
+    A client does not cross a fork: its connections are the parent's sockets.
+    A backend built from a URL (``from_url``, ``open_backend``) builds a client
+    of its own in the child, from the same settings, on its first call there;
+    one given a ready client object (``RedisBackend(client)``,
+    ``S3Backend(client, ...)``) cannot, and raises this before sending
+    anything. The parent's connections are left untouched either way. Open the
+    backend again in the child with a new client (or from a URL).
     """
 
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ from persistkit import (
     LeaseLostError,
     PersistBase,
     TransientBackendError,
+    WriteFailedError,
 )
 from persistkit._retry import DEFAULT_RETRY
 from persistkit.backends._base import fencing
@@ -202,6 +204,121 @@ def test_increments_from_four_processes_through_lost_replies_count_exactly_once(
             agent.kill()
     assert stored(server, prefix, "counters/hits") == b"%d" % (4 * each)
     assert lossy.lost > 0
+
+
+class WritersBehindALostReply:
+    """Other writers, straight to the server, that run while a reply of ours is being lost.
+
+    ``lose_if`` of a :class:`ReplyLossProxy`: when armed, it loses the reply to
+    our next conditional PUT (the server has executed it) and, before our
+    client even sees the connection drop, lets ``writers`` stores take turns
+    at ``increments`` increments of ``counters/hits``. Our retry then finds
+    our write buried under all of theirs, deterministically.
+    """
+
+    def __init__(self, server: SeaweedS3, prefix: str, writers: int, increments: int) -> None:
+        self.increments = increments
+        self.armed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = server.client()
+        self._stores: list[PersistBase[int]] = [
+            PersistBase("counters", backend=S3Backend(self._client, BUCKET, prefix))
+            for _ in range(writers)
+        ]
+
+    def __call__(self, request: bytes) -> bool:
+        if not (self.armed and conditional_put(request)):
+            return False
+        self.armed = False
+        asyncio.run_coroutine_threadsafe(self._increment(), self._loop).result(timeout=120)
+        return True
+
+    async def _increment(self) -> None:
+        for index in range(self.increments):
+            await self._stores[index % len(self._stores)].update_value("hits", _plus_one)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for store in self._stores:
+                await store.backend.aclose()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._client.close()
+
+
+def _plus_one(value: int | None) -> int:
+    return (value or 0) + 1
+
+
+async def test_an_increment_whose_reply_is_lost_under_40_later_increments_counts_once(
+    server: SeaweedS3, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our write lands, its reply is lost, 3 other writers increment 40 times: counted once.
+
+    Before the fix an object kept the tokens of its last 31 writes only: the
+    retry found its token gone, reported a conflict, and update_value applied
+    the increment a second time (the 49-for-48 of the 4-process test above).
+    """
+    rounds = count(3, 20, "S3: an increment's reply lost while 40 later increments land")
+    others = WritersBehindALostReply(server, prefix, writers=3, increments=40)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=others) as proxy:
+        ours: PersistBase[int] = PersistBase(
+            "counters", backend=open_backend(server, proxy.port, prefix, monkeypatch)
+        )
+        try:
+            for _ in range(rounds):
+                others.armed = True
+                await ours.update_value("hits", _plus_one)
+                assert not others.armed  # the reply was lost, the others wrote meanwhile
+        finally:
+            await ours.backend.aclose()
+            others.close()
+    assert proxy.lost == rounds
+    assert stored(server, prefix, "counters/hits") == b"%d" % (rounds * (1 + 40))
+
+
+async def test_a_lost_reply_under_more_writers_than_an_object_names_is_outcome_unknown(
+    server: SeaweedS3, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our write lands, its reply is lost, 60 distinct writers follow: "outcome unknown", once.
+
+    An object names its latest ~45 writers; past that, the retry cannot tell
+    whether its write was applied. It must say so (WriteFailedError), never
+    report a conflict that update_value would answer by applying it again.
+    """
+    others = WritersBehindALostReply(server, prefix, writers=60, increments=60)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=others) as proxy:
+        ours: PersistBase[int] = PersistBase(
+            "counters", backend=open_backend(server, proxy.port, prefix, monkeypatch)
+        )
+        try:
+            await ours.update_value("hits", _plus_one)  # a first value, and our name on it
+            others.armed = True
+            with pytest.raises(WriteFailedError, match="outcome unknown"):
+                await ours.update_value("hits", _plus_one)
+            assert stored(server, prefix, "counters/hits") == b"%d" % (2 + 60)  # applied once
+            # Past it, the key works as before: only a write that got no answer is unsure.
+            # Another writer deletes it (a tombstone that does not name us), we create it.
+            theirs: PersistBase[int] = PersistBase(
+                "counters", backend=S3Backend(server.client(), BUCKET, prefix, owns_client=True)
+            )
+            deleted = (await theirs.read_entry("hits")).version
+            assert await theirs.remove_value("hits", if_version=deleted)
+            await theirs.backend.aclose()
+            await ours.write_value("hits", 1000, if_version=None)  # create-only, over it
+            current = await ours.read_entry("hits")
+            await ours.update_value("hits", _plus_one)
+            with pytest.raises(ConflictError):
+                await ours.write_value("hits", 0, if_version=current.version)
+        finally:
+            await ours.backend.aclose()
+            others.close()
+    assert proxy.lost == 1
+    assert stored(server, prefix, "counters/hits") == b"1001"
 
 
 async def test_create_only_writes_with_lost_replies_report_success_with_the_callers_value(

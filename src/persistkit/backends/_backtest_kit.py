@@ -34,8 +34,9 @@ partial     ``partial/{symbol}_{strategy}_{exchange}/{signal}``  ``partial/{pair
   ``addedAt`` in 19.x. They are derived from data that is there: the signal
   id from the pair's open signal, the quantity from that signal's
   ``cost / priceOpen``, ``addedAt`` from ``openTimestamp``. A position whose
-  pair has no open signal (or no cost) cannot be derived: reported and
-  skipped, never invented.
+  pair has no open signal (or no cost), or that was opened before that signal
+  was created (an earlier signal's, left behind), cannot be derived: reported
+  and skipped, never invented.
 - Every value is validated against persistkit's model before it is presented;
   one that does not fit (a ``null`` price, which is how ``JSON.stringify``
   writes NaN) is reported and skipped, never quarantined.
@@ -463,6 +464,15 @@ def _derive_position(
     opened = position.get("openTimestamp")
     if not isinstance(opened, int) or isinstance(opened, bool) or opened < 0:
         return None, f"position {position_key!r}: no openTimestamp; its addedAt cannot be derived"
+    created = signal.get("scheduledAt")
+    if isinstance(created, int) and not isinstance(created, bool) and opened < created:
+        # One open signal per pair: a position opened before this signal existed is
+        # an earlier signal's, left behind (priceOpen cannot tell: averaging moves it).
+        return None, (
+            f"position {position_key!r}: opened at {opened}, before the open signal "
+            f"{signal.get('id')!r} of {pair} was created ({created}): left from an earlier "
+            "signal; not derived"
+        )
     derived = {
         **position,
         "signalId": signal.get("id"),

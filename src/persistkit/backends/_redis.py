@@ -111,6 +111,15 @@ retrying; and one idempotent step of a cross-slot commit whose connection
 dropped is sent again at once, a few times, so that a lossy network does not
 restart the whole commit at every loss.)
 
+**Fork.** A forked child never uses the client it inherited: its connections
+are the parent's sockets, registered with the parent's event loop. The child
+keeps that client untouched (never closed: see :mod:`persistkit.backends._fork`)
+and, for a backend made by :meth:`RedisBackend.from_url`, builds a new client
+from the same URL and options on its first call there (a cluster's is
+discovered again). A backend given a ready client cannot rebuild it: its first
+call in the child raises :class:`~persistkit.errors.ForkedClientError` before
+sending anything. The child also starts with no write token of the parent's.
+
 :meth:`RedisBackend.durability_warnings` reads ``appendonly``,
 ``appendfsync``, ``maxmemory`` and ``maxmemory-policy`` on every master
 (``CONFIG GET``) and warns, once in the log and in every store's
@@ -166,11 +175,13 @@ from persistkit.backends._base import (
     new_quarantine_id,
     quarantined_key,
 )
+from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
     BackendError,
     ConflictError,
     EntityNotFoundError,
+    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     LeaseLostError,
@@ -661,7 +672,9 @@ class RedisBackend(Backend):
     """Entities as Redis strings; one server (``redis.asyncio.Redis``) or a Redis Cluster.
 
     ``RedisBackend(client, prefix="persistkit")`` uses a ready client (it must
-    return bytes: ``decode_responses=False``); :meth:`from_url` builds one.
+    return bytes: ``decode_responses=False``); :meth:`from_url` builds one, and
+    builds another in a forked child (a ready client cannot be rebuilt: the
+    child's first call raises :class:`~persistkit.errors.ForkedClientError`).
     ``commit_timeout`` is how long (by the server's clock) a cross-slot commit
     may stay undecided before another process may abort it; ``receipt_ttl``
     how long the receipt of a conditional write is kept for its retries.
@@ -680,6 +693,7 @@ class RedisBackend(Backend):
         receipt_ttl: float = 600.0,
         _owns_client: bool = False,
         _url: str | None = None,
+        _new_client: Callable[[], RedisClient] | None = None,
     ) -> None:
         if not prefix or not _PREFIX_FORBIDDEN.isdisjoint(prefix):
             raise InvalidNameError(
@@ -704,6 +718,11 @@ class RedisBackend(Backend):
         self.receipt_ttl = receipt_ttl
         self._receipt_ms = int(receipt_ttl * 1000)
         self._owns_client = _owns_client
+        # How a forked child gets a client of its own (from_url's settings);
+        # None: the caller's client, which a child cannot rebuild.
+        self._new_client = _new_client
+        self._inherited = False
+        """In a forked child, until its first call: the client is the parent's."""
         self._url = _url or self._describe_client(client, prefix)
         self._value_head = f"{prefix}:{{"
         self._lock_head = f"{prefix}:lock:{{"
@@ -724,6 +743,7 @@ class RedisBackend(Backend):
         self._tokens = WriteTokens()
         self._token_born: dict[str, float] = {}
         self._closed = False
+        forget_clients_after_fork(self)
 
     @classmethod
     def from_url(
@@ -743,18 +763,19 @@ class RedisBackend(Backend):
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefix = next((value for name, value in query if name == "prefix"), DEFAULT_PREFIX)
         rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-        options: dict[str, Any] = {
-            "retry": Retry(NoBackoff(), 0),
-            "socket_timeout": 10.0,
-            "socket_connect_timeout": 5.0,
-        }
-        client: RedisClient
-        if scheme == "redis+cluster":
-            plain = urlunsplit(("redis", parts.netloc, parts.path, rest, ""))
-            client = RedisCluster.from_url(plain, **options)
-        else:
-            plain = urlunsplit((scheme, parts.netloc, parts.path, rest, ""))
-            client = aioredis.Redis.from_url(plain, **options)
+        cluster = scheme == "redis+cluster"
+        plain = urlunsplit(("redis" if cluster else scheme, parts.netloc, parts.path, rest, ""))
+
+        def new_client() -> RedisClient:
+            options: dict[str, Any] = {
+                "retry": Retry(NoBackoff(), 0),
+                "socket_timeout": 10.0,
+                "socket_connect_timeout": 5.0,
+            }
+            if cluster:
+                return RedisCluster.from_url(plain, **options)
+            return aioredis.Redis.from_url(plain, **options)
+
         safe_netloc = parts.hostname or ""
         if parts.port is not None:
             safe_netloc = f"{safe_netloc}:{parts.port}"
@@ -763,12 +784,13 @@ class RedisBackend(Backend):
         safe_query = urlencode([("prefix", prefix)]) if prefix != DEFAULT_PREFIX else ""
         safe = urlunsplit((scheme, safe_netloc, parts.path, safe_query, ""))
         return cls(
-            client,
+            new_client(),
             prefix=prefix,
             commit_timeout=commit_timeout,
             receipt_ttl=receipt_ttl,
             _owns_client=True,
             _url=safe,
+            _new_client=new_client,
         )
 
     @staticmethod
@@ -791,7 +813,12 @@ class RedisBackend(Backend):
 
     @property
     def client(self) -> RedisClient:
-        """The redis-py client underneath (for operators; persistkit owns the key layout)."""
+        """The redis-py client underneath (for operators; persistkit owns the key layout).
+
+        In a forked child: the child's own, as for any call (see the module doc).
+        """
+        if self._inherited:
+            self._use_a_client_of_our_own()
         return self._client
 
     def __repr__(self) -> str:
@@ -802,6 +829,31 @@ class RedisBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        if self._inherited:
+            self._use_a_client_of_our_own()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the client's connections are the parent's sockets, bound
+        to the parent's event loop; they are left to the parent, untouched."""
+        keep_inherited(self._client)
+        self._inherited = True
+        self._ready = False
+        # The parent's requests in doubt are the parent's to retry, not this process's.
+        self._tokens = WriteTokens()
+        self._token_born = {}
+
+    def _use_a_client_of_our_own(self) -> None:
+        """A forked child's first call: a new client from the same settings, or a refusal."""
+        if self._new_client is None:
+            raise ForkedClientError(
+                f"{self!r} was given its redis client, and this process was forked from the "
+                "one that made it: the client's connections are the parent's sockets, which "
+                "this process must not use. Open the backend again here with a client of "
+                "its own (or with RedisBackend.from_url / open_backend, which rebuild it "
+                "after a fork)"
+            )
+        self._client = self._redis = self._new_client()
+        self._inherited = False
 
     async def _get_ready(self) -> None:
         self._check_open()
@@ -1698,5 +1750,5 @@ class RedisBackend(Backend):
             return
         self._closed = True
         self._ready = False
-        if self._owns_client:
+        if self._owns_client and not self._inherited:  # an inherited client is the parent's
             await self._client.aclose()

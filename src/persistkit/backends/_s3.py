@@ -27,18 +27,27 @@ for ``If-Match`` on a missing key) raises :class:`~persistkit.errors.ConflictErr
 create-only, compare-and-set delete, the commit record, a lease) stores a write
 token in the object's metadata, atomically with the bytes; a retry of the same
 request carries the same token (:class:`~persistkit.backends._write_tokens.WriteTokens`
-recognises it by its content). It also carries, as ``persistkit-history``, the
-short tokens of the last 31 conditional writes the object it replaces had
-replaced, as this process last read them. When a retry's precondition fails, a
-HEAD shows whether the object is that write or replaced it: then the write was
-applied and the call reports success (returning the version it wrote). A
-compare-and-set delete leaves a *tombstone* (an empty object marked
-``persistkit-deleted``, read as absent, never listed) so that its token
-survives. A real conflict still raises ``ConflictError``. What remains: a retry
-reports ``ConflictError`` although its write was applied when, between the lost
-reply and the retry, the object was replaced by an unconditional write, deleted
-outright (an unconditional ``delete``), or replaced by more than 31 conditional
-writes; and a process that dies before retrying never learns the outcome.
+recognises it by its content). The tokens are kept per *writer* (one backend
+instance), in ``persistkit-writers``: the latest writer first, each with the
+token of its latest write in the object's chain and of its own earlier writes
+still awaiting a retry; a write carries on every other writer's entry as it read
+it. When a retry's precondition fails, a HEAD shows whether the object is that
+write or replaced it: then the write was applied and the call reports success
+(returning the version it wrote). However many writes follow, a token stays
+until more distinct writers than fit in S3's 2 KB of metadata (about 45) wrote
+the object; those dropped are counted in ``persistkit-writers-evicted``, and a
+retry that finds its writer dropped since raises
+:class:`~persistkit.errors.WriteFailedError` ("outcome unknown") rather than a
+conflict its caller would answer by applying the write again. A compare-and-set
+delete leaves a *tombstone* (an empty object marked ``persistkit-deleted``, read
+as absent, never listed) so that its token survives. A real conflict still
+raises ``ConflictError``. What remains: a retry reports ``ConflictError``
+although its write was applied when, between the lost reply and the retry, the
+object was replaced by an unconditional write or deleted outright (an
+unconditional ``delete``), which keep no tokens; and a process that dies before
+retrying never learns the outcome. (Two writes of the same bytes have the same
+ETag, so a compare-and-set cannot tell them apart; a write over such an object
+carries the tokens this process read with it.)
 Unconditional writes need no token: repeating one stores the same bytes.
 
 **Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object
@@ -126,6 +135,15 @@ for a write that did not happen). Every request goes through one mapping
 the backend (16 workers by default, never more than the client's connection
 pool); :meth:`S3Backend.aclose` shuts it down.
 
+**Fork.** The pool's threads do not exist in a forked child, its locks may be
+held by them, and the client's pooled connections are the parent's sockets.
+The child gets a new pool, new locks and no write token of the parent's, and
+keeps the inherited client untouched (never closed: see
+:mod:`persistkit.backends._fork`); a backend made by :meth:`S3Backend.from_url`
+builds a new session and client from the same URL on its first call there. A
+backend given a ready client cannot rebuild it: its first call in the child
+raises :class:`~persistkit.errors.ForkedClientError` before sending anything.
+
 **Credentials** come from boto3's standard chain (environment, profile, SSO,
 instance role); they are never put in :attr:`S3Backend.url`, a repr, an error
 or a log line, and an ``s3://`` URL that carries any is refused.
@@ -139,6 +157,7 @@ import binascii
 import hashlib
 import logging
 import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -178,6 +197,7 @@ from persistkit.backends._base import (
     quarantined_key,
 )
 from persistkit.backends._file import QUARANTINE_DIR, SUFFIX
+from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
 from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
@@ -185,6 +205,7 @@ from persistkit.errors import (
     ConflictError,
     CorruptValueError,
     EntityNotFoundError,
+    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     JournalDamagedError,
@@ -223,14 +244,18 @@ second late, so that truncation never lets a second holder in early."""
 _MAX_REASON_BYTES = 1536
 _META_REASON = "persistkit-reason"
 _META_AT = "persistkit-quarantined-at"
-_META_TOKEN = "persistkit-token"
-"""The write token of the conditional write that stored the object."""
-_META_HISTORY = "persistkit-history"
-"""The short write tokens of the conditional writes this object replaced, newest first:
-a retry whose write was overwritten since still finds it (see the module doc)."""
-_HISTORY_LENGTH = 32
-_SHORT_TOKEN = 16
-"""Hex digits of a token kept in a history (64 bits: no two collide in practice)."""
+_META_WRITERS = "persistkit-writers"
+"""The write tokens of the object's writers and of those it replaced (see :class:`_Writers`)."""
+_META_EVICTED = "persistkit-writers-evicted"
+"""How many writers' entries the object's chain of conditional writes dropped for room."""
+_WRITERS_BUDGET = 1400
+"""Characters of ``persistkit-writers``, about 45 writers: S3 allows 2 KB of metadata in all."""
+_OPEN_TOKENS_KEPT = 8
+"""A writer's own unsettled tokens kept in its entry (more only if it abandons retries)."""
+_WRITER_ID_BYTES = 6
+"""A backend's writer id: 48 random bits, so that no two writers of one key collide."""
+_TOKEN_BYTES = 8
+"""A write token: 64 random bits, unique among one writer's writes and in the head record."""
 _HISTORIES_REMEMBERED = 4096
 _META_SEQ = "persistkit-seq"
 """The tick commit that stored the object: a lower one never overwrites it."""
@@ -419,6 +444,81 @@ def _encode_reason(reason: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Writers:
+    """The write tokens an object carries: how a retry recognises its own applied write.
+
+    One entry per writer (a backend instance), the latest writer first: the
+    token of its latest write in the object's chain of conditional writes, and
+    the tokens of its earlier writes in the chain that were still unsettled
+    (reply lost, retry pending) when it wrote. Every other writer carries the
+    entry on as it is, so an applied write stays recognisable however many
+    writes follow, until more distinct writers than fit in
+    :data:`_WRITERS_BUDGET` wrote since: the least recent entries are dropped
+    then, and counted in ``evicted``. (A bounded list of the latest *writes*
+    lost a write's token after 31 more: with four processes, a retry held back
+    by a few lost replies in a row came back as a conflict and was applied twice.)
+    """
+
+    entries: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    evicted: int = 0
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, str]) -> _Writers:
+        """What ``metadata`` carries; anything malformed (another tool's) counts as nothing."""
+        entries = []
+        for item in metadata.get(_META_WRITERS, "").split():
+            writer, _, tokens = item.partition(":")
+            if writer and tokens:
+                entries.append((writer, tuple(tokens.split(","))))
+        try:
+            evicted = int(metadata.get(_META_EVICTED, "0"))
+        except ValueError:
+            evicted = 0
+        return cls(tuple(entries), evicted)
+
+    def metadata(self) -> dict[str, str]:
+        """The object metadata that stores these tokens."""
+        stored: dict[str, str] = {}
+        if self.entries:
+            stored[_META_WRITERS] = _entries_text(self.entries)
+        if self.evicted:
+            stored[_META_EVICTED] = str(self.evicted)
+        return stored
+
+    def written_by(self, writer: str, token: str, is_open: Callable[[str], bool]) -> _Writers:
+        """What a write by ``writer`` with ``token`` over an object carrying these stores."""
+        earlier = next((tokens for name, tokens in self.entries if name == writer), ())
+        # Its settled tokens go: no retry will look for them.
+        own = (token, *(kept for kept in earlier if kept != token and is_open(kept)))
+        entries = [(writer, own[:_OPEN_TOKENS_KEPT])]
+        entries += [(name, tokens) for name, tokens in self.entries if name != writer]
+        evicted = self.evicted
+        while len(entries) > 1 and len(_entries_text(entries)) > _WRITERS_BUDGET:
+            entries.pop()
+            evicted += 1
+        return _Writers(tuple(entries), evicted)
+
+    def holds(self, writer: str, token: str, evicted_before: int) -> bool | None:
+        """Whether the write ``token`` of ``writer`` is in the chain; ``None``: cannot tell.
+
+        ``evicted_before``: the fewest ``evicted`` among the objects that the
+        attempts of that write which got no answer would have replaced. Its
+        writer's entry absent, and no entry dropped since: never applied.
+        """
+        for name, tokens in self.entries:
+            if name == writer:
+                return token in tokens
+        return False if self.evicted == evicted_before else None
+
+
+_NO_WRITERS = _Writers()
+
+
+def _entries_text(entries: Iterable[tuple[str, tuple[str, ...]]]) -> str:
+    return " ".join(f"{writer}:{','.join(tokens)}" for writer, tokens in entries)
+
+
+@dataclass(frozen=True, slots=True)
 class _State:
     """What a HEAD of an entity object says: enough to write over it conditionally."""
 
@@ -427,8 +527,8 @@ class _State:
     seq: int
     """The tick commit that wrote it; 0 for a write outside any commit."""
     deleted: bool
-    history: str = ""
-    """The object's write token and those it replaced (short, newest first)."""
+    writers: _Writers = _NO_WRITERS
+    """The write tokens the object carries."""
 
     @property
     def version(self) -> str | None:
@@ -447,26 +547,7 @@ def _state_of(head: Mapping[str, Any] | None) -> _State:
         seq = int(metadata.get(_META_SEQ, "0"))
     except ValueError:
         seq = 0
-    return _State(head["ETag"], seq, _META_DELETED in metadata, _history_of(metadata))
-
-
-def _history_of(metadata: Mapping[str, str]) -> str:
-    """The write tokens of an object's metadata: its own, then those it replaced."""
-    own = metadata.get(_META_TOKEN, "")[:_SHORT_TOKEN]
-    earlier = metadata.get(_META_HISTORY, "")
-    return f"{own} {earlier}".strip() if own else earlier
-
-
-def _carried(history: str) -> str:
-    """What a write over an object with ``history`` records as the history it replaced."""
-    return " ".join(history.split()[: _HISTORY_LENGTH - 1])
-
-
-def _wrote(metadata: Mapping[str, str], token: str) -> bool:
-    """Whether the object with ``metadata`` is, or replaced, the write with ``token``."""
-    return (
-        metadata.get(_META_TOKEN) == token or token[:_SHORT_TOKEN] in _history_of(metadata).split()
-    )
+    return _State(head["ETag"], seq, _META_DELETED in metadata, _Writers.of(metadata))
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +576,9 @@ class S3Backend(Backend):
     ``create_bucket=True`` creates a missing bucket on first use; otherwise a
     missing bucket is an error that names it. The backend closes the client in
     :meth:`aclose` only if it made it (``from_url``) or ``owns_client=True``.
+    In a forked child, one made by ``from_url`` builds a new client on its first
+    call; a ready client cannot be rebuilt, and the child's first call raises
+    :class:`~persistkit.errors.ForkedClientError`.
     """
 
     scheme = "s3"
@@ -510,6 +594,7 @@ class S3Backend(Backend):
         create_bucket: bool = False,
         max_workers: int | None = None,
         owns_client: bool = False,
+        _new_client: Callable[[], S3Client] | None = None,
     ) -> None:
         if not _BUCKET_NAME.match(bucket):
             raise InvalidNameError(
@@ -524,6 +609,12 @@ class S3Backend(Backend):
         self._root = f"{prefix}/" if prefix else ""
         self._create_bucket = create_bucket
         self._owns_client = owns_client
+        # How a forked child gets a client of its own (from_url's settings);
+        # None: the caller's client, which a child cannot rebuild.
+        self._new_client = _new_client
+        self._inherited = False
+        """In a forked child, until its first call: the client is the parent's."""
+        self._adopting = threading.Lock()
         pool_size = int(getattr(client.meta.config, "max_pool_connections", DEFAULT_WORKERS))
         # Workers beyond the client's connection pool would only queue for a connection.
         workers = max_workers if max_workers is not None else min(DEFAULT_WORKERS, pool_size)
@@ -541,16 +632,22 @@ class S3Backend(Backend):
         self._applying: dict[str, bytes | None] = {}
         self._prepare_lock = threading.Lock()
         self._commit_locks = LoopLocalKeyedLocks()
-        self._tokens = WriteTokens()
+        self._tokens = WriteTokens(token_bytes=_TOKEN_BYTES)
+        # This backend's name in the write tokens objects carry (see _Writers).
+        self._writer = secrets.token_hex(_WRITER_ID_BYTES)
         # (object key, ETag) -> the write tokens that object carries, from reads:
         # a compare-and-set over it carries them on (see _conditional_put_sync).
-        self._histories: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._histories: OrderedDict[tuple[str, str], _Writers] = OrderedDict()
+        # write token -> the fewest evictions (see _Writers) among the objects its
+        # attempts that got no answer would have replaced: what its retry compares.
+        self._unanswered: OrderedDict[str, int] = OrderedDict()
         self._histories_lock = threading.Lock()
         # key -> the object as this backend's last commit left it (see _record_and_apply).
         self._known: OrderedDict[str, _State] = OrderedDict()
         # The head record as this backend last wrote or read it, with its ETag:
         # the next commit tries it first and reads the head only when it moved.
         self._head: tuple[_Record, str | None] = (_NO_RECORD, None)
+        forget_clients_after_fork(self)
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -599,27 +696,31 @@ class S3Backend(Backend):
         )
         if addressing is None:
             raise InvalidNameError("addressing must be path, virtual or auto")
-        session = boto3.Session(profile_name=options.get("profile") or None)
-        client = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=options.get("region") or None,
-            config=Config(
-                # PersistBase's RetryPolicy is the one retry policy (see the module doc).
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                max_pool_connections=max(1, workers),
-                connect_timeout=5,
-                read_timeout=30,
-                s3={"addressing_style": addressing},
-            ),
-        )
+
+        def new_client() -> S3Client:
+            session = boto3.Session(profile_name=options.get("profile") or None)
+            return session.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=options.get("region") or None,
+                config=Config(
+                    # PersistBase's RetryPolicy is the one retry policy (see the module doc).
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    max_pool_connections=max(1, workers),
+                    connect_timeout=5,
+                    read_timeout=30,
+                    s3={"addressing_style": addressing},
+                ),
+            )
+
         return cls(
-            client,
+            new_client(),
             parts.netloc,
             unquote(parts.path),
             create_bucket=create in _TRUE,
             max_workers=workers,
             owns_client=True,
+            _new_client=new_client,
         )
 
     @property
@@ -659,6 +760,46 @@ class S3Backend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        if self._inherited:
+            self._use_a_client_of_our_own()
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's worker threads do not exist here, its locks
+        may be held by them, and the client's pooled connections are the parent's
+        sockets; all of it is left to the parent, untouched."""
+        keep_inherited(self._client, self._executor)
+        self._inherited = True
+        self._adopting = threading.Lock()
+        self._executor = DaemonThreadPool(self.max_workers, thread_name_prefix="persistkit-s3")
+        self._prepare_lock = threading.Lock()
+        self._histories_lock = threading.Lock()
+        self._commit_locks = LoopLocalKeyedLocks()
+        # The parent's requests in doubt are the parent's to retry, not this process's;
+        # and the child is a writer of its own: under the parent's name, its writes
+        # would replace the parent's entry in the objects' tokens (see _Writers), and
+        # the parent's retry would no longer find its applied write.
+        self._tokens = WriteTokens(token_bytes=_TOKEN_BYTES)
+        self._writer = secrets.token_hex(_WRITER_ID_BYTES)
+        self._unanswered = OrderedDict()
+        # A commit the parent was applying: recorded, so whoever commits next applies
+        # it; no thread here would ever finish it and let these reads go.
+        self._applying = {}
+
+    def _use_a_client_of_our_own(self) -> None:
+        """A forked child's first call: a new client from the same settings, or a refusal."""
+        with self._adopting:
+            if not self._inherited:
+                return
+            if self._new_client is None:
+                raise ForkedClientError(
+                    f"{self!r} was given its boto3 client, and this process was forked from "
+                    "the one that made it: the client's pooled connections are the parent's "
+                    "sockets, which this process must not use. Open the backend again here "
+                    "with a client of its own (or with S3Backend.from_url / open_backend, "
+                    "which rebuild it after a fork)"
+                )
+            self._client = self._new_client()
+            self._inherited = False
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the backend's thread pool (see :func:`run_to_completion`)."""
@@ -708,7 +849,9 @@ class S3Backend(Backend):
         except (ClientError, BotoCoreError) as exc:
             raise self._failure(exc, doing) from exc
         # A compare-and-set over this object carries its write tokens on.
-        self._remember_history(object_key, response["ETag"], response.get("Metadata", {}))
+        self._remember_writers(
+            object_key, response["ETag"], _Writers.of(response.get("Metadata", {}))
+        )
         return data, response
 
     def _must(self, response: dict[str, Any] | None, doing: str) -> dict[str, Any]:
@@ -754,15 +897,32 @@ class S3Backend(Backend):
         with self._histories_lock:
             self._known.pop(key, None)
 
-    def _remember_history(self, object_key: str, etag: str, metadata: Mapping[str, str]) -> None:
+    def _remember_writers(self, object_key: str, etag: str, writers: _Writers) -> None:
         with self._histories_lock:
-            self._histories[(object_key, etag)] = _history_of(metadata)
+            self._histories[(object_key, etag)] = writers
             while len(self._histories) > _HISTORIES_REMEMBERED:
                 self._histories.popitem(last=False)
 
-    def _history_at(self, object_key: str, etag: str) -> str | None:
+    def _writers_at(self, object_key: str, etag: str) -> _Writers | None:
         with self._histories_lock:
             return self._histories.get((object_key, etag))
+
+    def _note_unanswered(self, token: str, evicted: int) -> None:
+        """An attempt of the write ``token`` over an object with ``evicted`` got no answer."""
+        with self._histories_lock:
+            known = self._unanswered.get(token)
+            self._unanswered[token] = evicted if known is None else min(known, evicted)
+            while len(self._unanswered) > _HISTORIES_REMEMBERED:
+                self._unanswered.popitem(last=False)
+
+    def _unanswered_evictions(self, token: str) -> int | None:
+        """The fewest ``evicted`` under an unanswered attempt of ``token``; ``None``: none."""
+        with self._histories_lock:
+            return self._unanswered.get(token)
+
+    def _forget_unanswered(self, token: str) -> None:
+        with self._histories_lock:
+            self._unanswered.pop(token, None)
 
     def _conditional_put_sync(
         self,
@@ -775,31 +935,35 @@ class S3Backend(Backend):
         """Put ``data`` if the object is at ETag ``expect`` (``None``: absent), exactly once.
 
         The write carries a write token in its metadata, the same for a retry
-        of the same request (see :class:`WriteTokens`), and the tokens of the
-        writes the object it replaces carried (its history, as last read).
+        of the same request (see :class:`WriteTokens`), added to the tokens
+        the object it replaces carried, as last read (see :class:`_Writers`).
         When the precondition fails, a HEAD shows whether the object is this
         very write, or replaced it: an attempt whose reply was lost was
-        applied, so the write succeeds. A tombstone counts as absent for
-        ``expect=None``. Returns (the ETag written, the response).
+        applied, so the write succeeds. When that can no longer be told
+        (more writers than fit wrote since), :class:`WriteFailedError` says
+        so: reporting a conflict would have the caller apply it again. A
+        tombstone counts as absent for ``expect=None``. Returns (the ETag
+        written, the response).
         """
         extra = [part for item in sorted((metadata or {}).items()) for part in item]
         request = WriteTokens.fingerprint("put", object_key, data, expect, *extra)
         token = self._tokens.token_for(request)
         doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
-        history = "" if expect is None else self._history_at(object_key, expect)
+        base = _NO_WRITERS if expect is None else self._writers_at(object_key, expect)
         try:
             while True:
                 head: dict[str, Any] | None = None
-                if history is None:  # a version not read here: its history is one HEAD away
+                if base is None:  # a version not read here: its tokens are one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
-                    if head is not None and head["ETag"] == condition.get("IfMatch"):
-                        history = _history_of(head.get("Metadata", {}))
+                    if head is None:
+                        base = _NO_WRITERS  # no object: the write below is refused
+                    elif head["ETag"] == condition.get("IfMatch"):
+                        base = _Writers.of(head.get("Metadata", {}))
                         head = None
-                if head is None:
-                    written = {**(metadata or {}), _META_TOKEN: token}
-                    if history:
-                        written[_META_HISTORY] = _carried(history)
+                if head is None and base is not None:
+                    writers = base.written_by(self._writer, token, self._tokens.is_open)
+                    written = {**(metadata or {}), **writers.metadata()}
                     try:
                         response = self._must(
                             self._call(
@@ -815,21 +979,40 @@ class S3Backend(Backend):
                         )
                     except _Refused:
                         head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    except TransientBackendError:
+                        self._note_unanswered(token, base.evicted)
+                        raise
                     else:
                         self._tokens.settle(request)
-                        self._remember_history(object_key, response["ETag"], written)
+                        self._forget_unanswered(token)
+                        self._remember_writers(object_key, response["ETag"], writers)
                         return response["ETag"], response
-                if head is not None and _wrote(head.get("Metadata", {}), token):
-                    self._tokens.settle(request)
-                    return _md5_etag(data), head  # ours: the reply of the write was lost
                 state = _state_of(head)
+                evicted_before = self._unanswered_evictions(token)
+                applied = (
+                    False  # every attempt was answered: refused
+                    if evicted_before is None
+                    else state.writers.holds(self._writer, token, evicted_before)
+                )
+                if applied and head is not None:
+                    self._tokens.settle(request)
+                    self._forget_unanswered(token)
+                    return _md5_etag(data), head  # ours: the reply of the write was lost
+                if applied is None:
+                    self._tokens.settle(request)
+                    raise WriteFailedError(
+                        f"S3 {doing}: an attempt got no reply, and the object dropped the "
+                        "write tokens of its least recent writers since (more writers wrote it "
+                        "than its metadata holds): whether that attempt was applied can no "
+                        "longer be told (outcome unknown); read the value and decide"
+                    )
                 if expect is None and state.deleted and state.object_etag is not None:
                     condition = {"IfMatch": state.object_etag}  # over a tombstone
-                    history = state.history
+                    base = state.writers
                     continue
                 if expect is None and head is None and "IfMatch" in condition:
                     condition = {"IfNoneMatch": "*"}  # the tombstone went meanwhile
-                    history = ""
+                    base = _NO_WRITERS
                     continue
                 self._tokens.settle(request)
                 raise _conflict(what, expect, key=what)
@@ -837,6 +1020,7 @@ class S3Backend(Backend):
             raise  # ambiguous: the retry reuses the token
         except BaseException:
             self._tokens.settle(request)
+            self._forget_unanswered(token)
             raise
 
     # -- first use: the bucket, and a tick commit left half-done --------------------------
@@ -1230,8 +1414,8 @@ class S3Backend(Backend):
             metadata = {_META_SEQ: str(seq)}
             if data is None:
                 metadata[_META_DELETED] = "1"
-            if state.history:
-                metadata[_META_HISTORY] = _carried(state.history)
+            # An applier writes no token of its own: the head record holds the commit's.
+            metadata.update(state.writers.metadata())
             condition = (
                 {"IfNoneMatch": "*"}
                 if state.object_etag is None
@@ -1639,5 +1823,5 @@ class S3Backend(Backend):
             return
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, True)
-        if self._owns_client:
+        if self._owns_client and not self._inherited:  # an inherited client is the parent's
             self._client.close()

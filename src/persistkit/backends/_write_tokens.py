@@ -34,9 +34,11 @@ _REMEMBERED = 4096
 class WriteTokens:
     """The token of each request whose outcome is not known yet (thread-safe)."""
 
-    def __init__(self, limit: int = _REMEMBERED) -> None:
+    def __init__(self, limit: int = _REMEMBERED, *, token_bytes: int = 16) -> None:
         self._limit = limit
+        self._token_bytes = token_bytes
         self._open: OrderedDict[bytes, str] = OrderedDict()
+        self._open_tokens: set[str] = set()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -56,10 +58,11 @@ class WriteTokens:
         with self._lock:
             token = self._open.get(request)
             if token is None:
-                token = secrets.token_hex(16)
+                token = secrets.token_hex(self._token_bytes)
                 self._open[request] = token
+                self._open_tokens.add(token)
                 while len(self._open) > self._limit:
-                    self._open.popitem(last=False)
+                    self._open_tokens.discard(self._open.popitem(last=False)[1])
             else:
                 self._open.move_to_end(request)
             return token
@@ -67,7 +70,14 @@ class WriteTokens:
     def settle(self, request: bytes) -> None:
         """``request`` got a definite answer: a later identical request is a new write."""
         with self._lock:
-            self._open.pop(request, None)
+            token = self._open.pop(request, None)
+            if token is not None:
+                self._open_tokens.discard(token)
+
+    def is_open(self, token: str) -> bool:
+        """Whether ``token`` belongs to a request whose outcome is not known yet."""
+        with self._lock:
+            return token in self._open_tokens
 
     def __len__(self) -> int:
         with self._lock:

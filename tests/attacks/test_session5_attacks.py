@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,63 @@ def test_a_fork_while_a_commit_waits_for_a_durable_write_does_not_stall_the_comm
     lock_timeouts = [exc for exc in failures if isinstance(exc, LockTimeoutError)]
     assert not lock_timeouts, f"after {forked} forks: {lock_timeouts[0]}"
     assert not failures, failures
+
+
+def test_a_fork_waiting_for_a_commit_leaves_other_durable_writes_running(
+    tmp_path: Path,
+) -> None:
+    """Another process holds an entity directory's lock; a commit expecting a key of it
+    waits (up to ``lock_timeout``), and a fork from another thread waits for that commit.
+    The fork held the gate all along: every durable write and removal of the process,
+    of any key, waited with it (30 s by default). Only the fork and that commit wait."""
+    root = tmp_path / "data"
+    backend = FileBackend(root, history=None, lock_timeout=3.0)
+    version = asyncio.run(backend.put("desk/expected", b'{"v":1}'))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(root / "desk")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    events: list[str] = []
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+
+        def commit() -> None:
+            with pytest.raises(LockTimeoutError):
+                asyncio.run(backend.commit({"desk/t": b"{}"}, expect={"desk/expected": version}))
+            events.append("the commit gave up")
+
+        def fork() -> None:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+        committer = threading.Thread(target=commit)
+        committer.start()
+        while not backend.journal._leading:  # the commit waits for the lock now
+            time.sleep(0.01)
+        forker = threading.Thread(target=fork)
+        forker.start()
+        time.sleep(0.5)  # the fork waits for the commit now (sooner: this test passes)
+        asyncio.run(backend.put("other/x", b"{}"))
+        events.append("a write of another directory returned")
+        committer.join()
+        forker.join()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert events == ["a write of another directory returned", "the commit gave up"]
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
 
 
 # -- a regular file where an entity directory belongs -------------------------------------

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -41,7 +48,18 @@ PARTIAL_LEVELS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 PartialLevel = Literal[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
+
+
+def _not_a_bool(value: object) -> object:
+    # A bool is an int to pydantic: `true` would be 1 ms after the epoch.
+    if isinstance(value, bool):
+        raise ValueError("a time in milliseconds since the epoch, not a boolean")
+    return value
+
+
+Timestamp = Annotated[
+    int, BeforeValidator(_not_a_bool), Field(ge=0, description="milliseconds since the epoch")
+]
 
 
 class _Model(BaseModel):

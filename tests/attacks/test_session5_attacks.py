@@ -340,13 +340,6 @@ async def test_a_savepoint_that_only_notes_passes_its_notes_on(tmp_path: Path) -
         assert outer.notes.get("fills") == [("limit-1", _FILLED_AT)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the models' Timestamp is a lax int: a raw row's pendingAt true is taken as "
-    "1 ms after the epoch (pydantic turns a bool into an int), so the entry waited "
-    "-29 million minutes; refusing a bool changes every Timestamp of the models: the "
-    "integrator's call",
-)
 @pytest.mark.asyncio
 async def test_a_raw_row_whose_pending_at_is_a_bool_is_refused(tmp_path: Path) -> None:
     """Bad input gets a typed error and loses nothing: ``pendingAt: true`` is no time."""

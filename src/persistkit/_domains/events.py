@@ -80,7 +80,14 @@ from persistkit.errors import (
     EntityNotFoundError,
     TransientBackendError,
 )
-from persistkit.models import PartialData, PartialLevel, Position, ScheduledSignalRow, SignalRow
+from persistkit.models import (
+    PartialData,
+    PartialLevel,
+    Position,
+    ScheduledSignalRow,
+    SignalRow,
+    Timestamp,
+)
 from persistkit.models import _Model as EventModel
 
 __all__ = [
@@ -119,7 +126,6 @@ EVENTS_FORMAT = 3
 [first, end], "events": [row, ...]}, "partial": {...}}``; a kind's segments are
 ``{kind}-{first}`` to ``{kind}-{end - 1}``, each a list of :data:`SEGMENT_EVENTS` rows."""
 
-Timestamp = Annotated[int, Field(ge=0, description="milliseconds since the epoch")]
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000
 

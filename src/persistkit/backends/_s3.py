@@ -951,9 +951,23 @@ class S3Backend(Backend):
         doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
         base = _NO_WRITERS if expect is None else self._writers_at(object_key, expect)
+        # A retry of an attempt that got no answer looks before it writes: the object
+        # may be back at the version it expects (another writer stored the same bytes
+        # over our write, so the same ETag), where If-Match would apply it a second time.
+        look_first = self._unanswered_evictions(token)
         try:
             while True:
                 head: dict[str, Any] | None = None
+                if look_first is not None:
+                    # The version expected is written over unless it holds this write (or
+                    # can no longer tell); any other object is judged below as after a
+                    # refused PUT.
+                    evicted_then, look_first = look_first, None
+                    head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    if head is not None and head["ETag"] == condition.get("IfMatch"):
+                        base = _state_of(head).writers
+                        if base.holds(self._writer, token, evicted_then) is False:
+                            head = None
                 if base is None:  # a version not read here: its tokens are one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
                     if head is None:

@@ -10,6 +10,8 @@ executes the request, the client never hears back); servers are real
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,9 +23,11 @@ from botocore.config import Config
 from common import count
 
 from persistkit import PersistBase
+from persistkit import sync as blocking_api
+from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
 from support.replyloss import ReplyLossProxy
-from support.servers import SeaweedS3
+from support.servers import RedisServer, SeaweedS3
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,6 +38,12 @@ BUCKET = "token-attacks"
 def server() -> Iterator[SeaweedS3]:
     with SeaweedS3() as started:
         started.client().create_bucket(Bucket=BUCKET)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as started:
         yield started
 
 
@@ -106,7 +116,8 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
     """ABA through a lost reply: our +1 lands (5 -> 6), its reply is lost, another writer's
     -1 brings the value back to 5 (the same bytes, so the same ETag), and our retry's
     If-Match holds again: it must find its token (the other writer carried it on) and
-    report success, not write 6 a second time. Acknowledged: +1, -1 from 5: 5."""
+    report success, not write 6 a second time. Acknowledged: +1, -1 from 5: 5, each round."""
+    rounds = count(3, 20, "S3: a lost reply's object back at the same bytes before the retry")
     hook = WhileAReplyIsLost()
     theirs = direct_store(server, prefix)
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
@@ -117,7 +128,49 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
             async def decrement() -> None:
                 await theirs.update_value("hits", _minus_one)
 
-            hook.meanwhile = decrement
+            for _ in range(rounds):
+                hook.meanwhile = decrement
+                await ours.update_value("hits", _plus_one)
+                assert hook.meanwhile is None  # the reply was lost and they wrote meanwhile
+        finally:
+            await ours.backend.aclose()
+            hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == rounds
+    check = direct_store(server, prefix)
+    assert await check.read_value("hits") == 5
+    await check.backend.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a writer's compare-and-set on a version it holds from its own earlier write carries "
+        "the write tokens it saw then: when the object came back to the same bytes (the same "
+        "ETag) through other writers, it drops theirs, and a retry of theirs whose reply was "
+        "lost reports ConflictError, so update_value applies it a second time. S3's If-Match "
+        "sees only the ETag: no request can tell the two objects apart"
+    ),
+)
+async def test_a_write_over_the_same_bytes_written_again_keeps_the_tokens_of_their_writer(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """Another writer sets 5 and keeps the version it got back. We decrement (4) and
+    increment (5 again: the same ETag); our increment's reply is lost, and meanwhile the
+    other writer sets 100 over "its" 5, which is ours now. Our retry must find its write
+    applied: acknowledged, in order, 5, -1, +1, 100 leave 100, not 101."""
+    hook = WhileAReplyIsLost()
+    theirs = direct_store(server, prefix)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+            their_five = hook.run(theirs.write_value("hits", 5, if_version=None))
+            await ours.update_value("hits", _minus_one)
+
+            async def set_a_hundred() -> None:
+                await theirs.write_value("hits", 100, if_version=their_five)
+
+            hook.meanwhile = set_a_hundred
             await ours.update_value("hits", _plus_one)
             assert hook.meanwhile is None  # the reply was lost and they wrote meanwhile
         finally:
@@ -126,5 +179,84 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
             hook.close()
     assert proxy.lost == 1
     check = direct_store(server, prefix)
-    assert await check.read_value("hits") == 5
+    assert await check.read_value("hits") == 100
     await check.backend.aclose()
+
+
+# -- remote backends after a fork ------------------------------------------------------------
+
+
+def in_a_forked_child(work: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """``work()`` in a forked child; what it returns (or the error it raised), as JSON."""
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(readable)
+            try:
+                outcome = work()
+            except BaseException as exc:
+                outcome = {"raised": f"{type(exc).__name__}: {exc}"}
+            os.write(writable, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(writable)
+    try:
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(readable, "rb") as pipe:
+            reply = pipe.read()
+    finally:
+        assert os.waitstatus_to_exitcode(status) == 0
+    return dict(json.loads(reply))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_cannot_commit_or_give_back_under_its_parents_leases(
+    redis_server: RedisServer, tmp_path: Any
+) -> None:
+    """A bot forks a worker while its live session (on Redis) holds the pair's lease. The
+    worker inherits the session object, not the lease: a tick there must raise
+    LeaseLostError and write nothing (it would carry the parent's fencing token, which the
+    server accepts), and closing the session there must leave the parent's leases held."""
+    session = blocking_api.LiveSession(
+        [("BTCUSDT", "trend")], risk_name="main", base_dir=tmp_path, backend=redis_server.url
+    )
+    session.start()
+    try:
+        store: Any = blocking_api.PersistBase("notes", backend=session.backend)
+        with session.tick():
+            store.write_value("who", "parent")
+        held = {(lease.name, lease.token) for lease in _leases(redis_server.url)}
+
+        def child() -> dict[str, str]:
+            outcome = {}
+            try:
+                with session.tick():
+                    store.write_value("who", "child")
+                outcome["tick"] = "committed"
+            except BaseException as exc:
+                outcome["tick"] = type(exc).__name__
+            session.close()
+            return outcome
+
+        assert in_a_forked_child(child) == {"tick": "LeaseLostError"}
+        assert store.read_value("who") == "parent"
+        assert {(lease.name, lease.token) for lease in _leases(redis_server.url)} == held
+        with session.tick():  # the parent still holds them and commits
+            store.write_value("who", "parent again")
+        assert store.read_value("who") == "parent again"
+    finally:
+        session.close()
+
+
+def _leases(url: str) -> list[Any]:
+    """The live leases another process sees in the backend at ``url``."""
+
+    async def read() -> list[Any]:
+        backend = open_backend(url)
+        try:
+            return await backend.read_leases()
+        finally:
+            await backend.aclose()
+
+    return list(asyncio.run(read()))

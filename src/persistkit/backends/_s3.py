@@ -45,9 +45,14 @@ raises ``ConflictError``. What remains: a retry reports ``ConflictError``
 although its write was applied when, between the lost reply and the retry, the
 object was replaced by an unconditional write or deleted outright (an
 unconditional ``delete``), which keep no tokens; and a process that dies before
-retrying never learns the outcome. (Two writes of the same bytes have the same
-ETag, so a compare-and-set cannot tell them apart; a write over such an object
-carries the tokens this process read with it.)
+retrying never learns the outcome. Two writes of the same bytes have the same
+ETag, so a compare-and-set cannot tell them apart: a write over such an object
+carries the tokens this process read with it, and when those are an older
+object's (a version kept from its own earlier write, the object back at those
+bytes since), the tokens of the writers in between are dropped and their
+retries report ``ConflictError`` too. A retry of a write that got no answer
+looks at the object before writing, so that one whose object came back to the
+version it expects is not applied a second time.
 Unconditional writes need no token: repeating one stores the same bytes.
 
 **Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object

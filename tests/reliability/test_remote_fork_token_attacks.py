@@ -183,6 +183,31 @@ async def test_a_write_over_the_same_bytes_written_again_keeps_the_tokens_of_the
     await check.backend.aclose()
 
 
+async def test_write_tokens_another_tool_stored_in_non_ascii_leave_the_key_writable(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """Another tool (raw HTTP: boto3 refuses non-ASCII metadata) stores the value with a
+    ``persistkit-writers`` header in Latin-1. A compare-and-set over it carried the entry
+    on, boto3 refused the request, and every conditional write of the key failed with
+    WriteFailedError until someone overwrote it unconditionally."""
+    tool = server.client()
+
+    def raw_header(request: Any, **_: Any) -> None:
+        request.headers["x-amz-meta-persistkit-writers"] = "caf\u00e9:abc,def"
+
+    tool.meta.events.register("before-sign.s3.PutObject", raw_header)
+    tool.put_object(Bucket=BUCKET, Key=f"{prefix}/counters/hits.json", Body=b"1")
+    tool.close()
+    store = direct_store(server, prefix)
+    try:
+        assert await store.update_value("hits", _plus_one) == 2
+        current = await store.read_entry("hits")
+        await store.write_value("hits", 10, if_version=current.version)
+        assert await store.read_value("hits") == 10
+    finally:
+        await store.backend.aclose()
+
+
 # -- remote backends after a fork ------------------------------------------------------------
 
 

@@ -261,6 +261,8 @@ _WRITER_ID_BYTES = 6
 """A backend's writer id: 48 random bits, so that no two writers of one key collide."""
 _TOKEN_BYTES = 8
 """A write token: 64 random bits, unique among one writer's writes and in the head record."""
+_WRITER_ENTRY = re.compile(r"[0-9a-f]+:[0-9a-f]+(?:,[0-9a-f]+)*\Z")
+"""One writer's entry in ``persistkit-writers``: its id, then its tokens, all hex."""
 _HISTORIES_REMEMBERED = 4096
 _META_SEQ = "persistkit-seq"
 """The tick commit that stored the object: a lower one never overwrites it."""
@@ -472,8 +474,10 @@ class _Writers:
         """What ``metadata`` carries; anything malformed (another tool's) counts as nothing."""
         entries = []
         for item in metadata.get(_META_WRITERS, "").split():
-            writer, _, tokens = item.partition(":")
-            if writer and tokens:
+            # Only what persistkit writes (hex names and tokens): carried on, anything
+            # else (non-ASCII above all) would make every later write here invalid.
+            if _WRITER_ENTRY.match(item):
+                writer, _, tokens = item.partition(":")
                 entries.append((writer, tuple(tokens.split(","))))
         try:
             evicted = int(metadata.get(_META_EVICTED, "0"))

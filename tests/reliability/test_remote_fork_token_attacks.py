@@ -10,19 +10,20 @@ executes the request, the client never hears back); servers are real
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 from botocore.config import Config
 from common import count
 
-from persistkit import PersistBase
+from persistkit import PersistBase, TransientBackendError
 from persistkit import sync as blocking_api
 from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
@@ -32,6 +33,7 @@ from support.servers import RedisServer, SeaweedS3
 pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "token-attacks"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +287,64 @@ def _leases(url: str) -> list[Any]:
             await backend.aclose()
 
     return list(asyncio.run(read()))
+
+
+def in_a_thread_of_its_own(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(work)`` in a new thread: a forked child of a running loop has no loop."""
+    outcome: list[T] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(work)))
+    thread.start()
+    thread.join()
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+async def test_a_write_in_doubt_across_a_fork_is_found_by_the_parents_retry(
+    server: SeaweedS3, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our compare-and-set lands and its reply is lost; we fork before retrying, and the
+    child (the same backend object, a writer of its own there) increments the key. The
+    parent's retry must find its write under the child's and report success, once."""
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", server.access_key),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key),
+        ("AWS_DEFAULT_REGION", server.region),
+    ):
+        monkeypatch.setenv(name, value)
+    losing = {"armed": False}
+
+    def lose_when_armed(request: bytes) -> bool:
+        if losing["armed"] and conditional_put(request):
+            losing["armed"] = False
+            return True
+        return False
+
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=lose_when_armed) as proxy:
+        backend = S3Backend.from_url(
+            f"s3://{BUCKET}/{prefix}?endpoint_url=http://127.0.0.1:{proxy.port}"
+        )
+        try:
+            first = await backend.put("counters/hits", b"1", expect=None)
+            losing["armed"] = True
+            with pytest.raises(TransientBackendError):
+                await backend.put("counters/hits", b"2", expect=first)
+
+            def child() -> dict[str, str]:
+                async def increment() -> int:
+                    store: PersistBase[int] = PersistBase("counters", backend=backend)
+                    return await store.update_value("hits", _plus_one)
+
+                return {"wrote": str(in_a_thread_of_its_own(increment()))}
+
+            assert in_a_forked_child(child) == {"wrote": "3"}
+            assert await backend.put("counters/hits", b"2", expect=first) == _md5(b"2")
+        finally:
+            await backend.aclose()
+    assert proxy.lost == 1
+    check = direct_store(server, prefix)
+    assert await check.read_value("hits") == 3
+    await check.backend.aclose()
+
+
+def _md5(data: bytes) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from common import count
 
-from persistkit import PersistBase, TransientBackendError
+from persistkit import ConflictError, PersistBase, TransientBackendError
 from persistkit import sync as blocking_api
 from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
@@ -208,6 +208,46 @@ async def test_write_tokens_another_tool_stored_in_non_ascii_leave_the_key_writa
         assert await store.read_value("hits") == 10
     finally:
         await store.backend.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a plain delete removes the object outright, with the tokens: a create-only write "
+        "whose reply was lost, retried after it, finds no object and creates it again, "
+        "undoing an acknowledged delete (documented: README, What S3 guarantees across hosts)"
+    ),
+)
+async def test_a_create_whose_reply_was_lost_is_not_made_again_after_a_plain_delete(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """We create the key (create-only), the reply is lost; another writer deletes it
+    (a plain delete, which returns True: it removed our value). Our retry must not
+    bring the value back: acknowledged, create then delete, the key is absent."""
+    hook = WhileAReplyIsLost()
+    theirs = direct_store(server, prefix)
+    deleted: list[bool] = []
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+
+            async def delete() -> None:
+                deleted.append(await theirs.remove_value("hits"))
+
+            hook.meanwhile = delete
+            try:
+                await ours.write_value("hits", 1, if_version=None)
+            except ConflictError:
+                pass  # what the README says happens; the value must stay deleted either way
+        finally:
+            await ours.backend.aclose()
+            hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == 1
+    assert deleted == [True]
+    check = direct_store(server, prefix)
+    assert not await check.has_value("hits")
+    await check.backend.aclose()
 
 
 # -- remote backends after a fork ------------------------------------------------------------

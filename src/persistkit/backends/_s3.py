@@ -44,7 +44,8 @@ as absent, never listed) so that its token survives. A real conflict still
 raises ``ConflictError``. What remains: a retry reports ``ConflictError``
 although its write was applied when, between the lost reply and the retry, the
 object was replaced by an unconditional write or deleted outright (an
-unconditional ``delete``), which keep no tokens; and a process that dies before
+unconditional ``delete``), which keep no tokens (a create-only retry then finds
+no object and creates it again, undoing the delete); and a process that dies before
 retrying never learns the outcome. Two writes of the same bytes have the same
 ETag, so a compare-and-set cannot tell them apart: a write over such an object
 carries the tokens this process read with it, and when those are an older

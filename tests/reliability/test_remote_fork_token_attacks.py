@@ -250,6 +250,41 @@ async def test_a_create_whose_reply_was_lost_is_not_made_again_after_a_plain_del
     await check.backend.aclose()
 
 
+async def test_a_lease_renewal_retried_after_a_lost_reply_lasts_as_long_as_it_says(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """A renewal rewrites the lease's very bytes; its reply is lost and the retry comes
+    seconds later. The lease, as a rival judges it (the object's Last-Modified, the
+    server's clock), must last at least until the expiry the retry reported: a retry
+    that found its first attempt applied and wrote nothing would report a later expiry
+    than the server keeps."""
+    losing = {"armed": False}
+
+    def lose_when_armed(request: bytes) -> bool:
+        if losing["armed"] and conditional_put(request):
+            losing["armed"] = False
+            return True
+        return False
+
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=lose_when_armed) as proxy:
+        holder = lossy_store(server, proxy.port, prefix).backend
+        rival = direct_store(server, prefix).backend
+        try:
+            lease = await holder.acquire_lease("pair-x", {"host": "h", "pid": 1}, ttl=30)
+            losing["armed"] = True
+            with pytest.raises(TransientBackendError):
+                await holder.renew_lease(lease, ttl=30)
+            await asyncio.sleep(2.5)  # S3 times are whole seconds: let them tell
+            renewed = await holder.renew_lease(lease, ttl=30)
+            (seen,) = await rival.read_leases()
+        finally:
+            await holder.aclose()
+            await rival.aclose()
+    assert proxy.lost == 1
+    assert seen.token == renewed.token
+    assert seen.expires_at >= renewed.expires_at
+
+
 # -- remote backends after a fork ------------------------------------------------------------
 
 

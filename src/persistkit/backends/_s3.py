@@ -964,7 +964,13 @@ class S3Backend(Backend):
         # A retry of an attempt that got no answer looks before it writes: the object
         # may be back at the version it expects (another writer stored the same bytes
         # over our write, so the same ETag), where If-Match would apply it a second time.
-        look_first = self._unanswered_evictions(token)
+        # Not when it writes the bytes it expects (a lease renewal): writing them again
+        # changes no value, and stores the time of the write (the lease's expiry) anew.
+        look_first = (
+            self._unanswered_evictions(token)
+            if expect is not None and _md5_etag(data) != expect
+            else None
+        )
         try:
             while True:
                 head: dict[str, Any] | None = None

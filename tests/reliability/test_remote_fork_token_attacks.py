@@ -85,6 +85,14 @@ class WhileAReplyIsLost:
         asyncio.run_coroutine_threadsafe(meanwhile(), self._loop).result(timeout=60)
         return True
 
+    def lose_the_next_reply(self) -> None:
+        """Lose the reply to our next conditional PUT, with nothing written meanwhile."""
+
+        async def nothing() -> None:
+            pass
+
+        self.meanwhile = nothing
+
     def run(self, work: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=60)
 
@@ -258,20 +266,13 @@ async def test_a_lease_renewal_retried_after_a_lost_reply_lasts_as_long_as_it_sa
     server's clock), must last at least until the expiry the retry reported: a retry
     that found its first attempt applied and wrote nothing would report a later expiry
     than the server keeps."""
-    losing = {"armed": False}
-
-    def lose_when_armed(request: bytes) -> bool:
-        if losing["armed"] and conditional_put(request):
-            losing["armed"] = False
-            return True
-        return False
-
-    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=lose_when_armed) as proxy:
+    hook = WhileAReplyIsLost()
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
         holder = lossy_store(server, proxy.port, prefix).backend
         rival = direct_store(server, prefix).backend
         try:
             lease = await holder.acquire_lease("pair-x", {"host": "h", "pid": 1}, ttl=30)
-            losing["armed"] = True
+            hook.lose_the_next_reply()
             with pytest.raises(TransientBackendError):
                 await holder.renew_lease(lease, ttl=30)
             await asyncio.sleep(2.5)  # S3 times are whole seconds: let them tell
@@ -280,6 +281,7 @@ async def test_a_lease_renewal_retried_after_a_lost_reply_lasts_as_long_as_it_sa
         finally:
             await holder.aclose()
             await rival.aclose()
+            hook.close()
     assert proxy.lost == 1
     assert seen.token == renewed.token
     assert seen.expires_at >= renewed.expires_at
@@ -386,21 +388,14 @@ async def test_a_write_in_doubt_across_a_fork_is_found_by_the_parents_retry(
         ("AWS_DEFAULT_REGION", server.region),
     ):
         monkeypatch.setenv(name, value)
-    losing = {"armed": False}
-
-    def lose_when_armed(request: bytes) -> bool:
-        if losing["armed"] and conditional_put(request):
-            losing["armed"] = False
-            return True
-        return False
-
-    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=lose_when_armed) as proxy:
+    hook = WhileAReplyIsLost()
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
         backend = S3Backend.from_url(
             f"s3://{BUCKET}/{prefix}?endpoint_url=http://127.0.0.1:{proxy.port}"
         )
         try:
             first = await backend.put("counters/hits", b"1", expect=None)
-            losing["armed"] = True
+            hook.lose_the_next_reply()
             with pytest.raises(TransientBackendError):
                 await backend.put("counters/hits", b"2", expect=first)
 
@@ -415,6 +410,7 @@ async def test_a_write_in_doubt_across_a_fork_is_found_by_the_parents_retry(
             assert await backend.put("counters/hits", b"2", expect=first) == _md5(b"2")
         finally:
             await backend.aclose()
+            hook.close()
     assert proxy.lost == 1
     check = direct_store(server, prefix)
     assert await check.read_value("hits") == 3

@@ -41,7 +41,8 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   first call; the fork waits for the write in progress. A Redis or S3
   backend opened from a URL before the fork opens its own connections in the
   child; one given a ready client raises ``ForkedClientError`` there (open a
-  new one). A live session's ticks raise ``LeaseLostError`` in the child.
+  new one). A live session's ticks raise ``LeaseLostError`` in the child
+  when it holds leases (Redis, S3).
 - The calls work in ``atexit`` handlers and in threads that outlive the main one.
 
 Objects of the async API passed in (a ``RedisBackend``, a ``PersistBase``

@@ -39,7 +39,10 @@ objects come back blocking (a store's ``backend``, ``keys()`` as an iterator).
   blocking exchange client's query), called in a thread of its own.
 - A process forked after a blocking call starts its own loop thread on its
   first call; the fork waits for the write in progress. A Redis or S3
-  backend opened before the fork is not usable in the child (open a new one).
+  backend opened from a URL before the fork opens its own connections in the
+  child; one given a ready client raises ``ForkedClientError`` there (open a
+  new one). A live session's ticks raise ``LeaseLostError`` in the child
+  when it holds leases (Redis, S3).
 - The calls work in ``atexit`` handlers and in threads that outlive the main one.
 
 Objects of the async API passed in (a ``RedisBackend``, a ``PersistBase``

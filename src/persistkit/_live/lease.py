@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
@@ -185,6 +186,8 @@ class SessionLeases:
         """Per lease: when its last successful request (acquisition or renewal) left."""
         self._lost: LeaseLostError | None = None
         self._renewing: asyncio.Task[None] | None = None
+        # The process that holds them: a forked child inherits this object, not the leases.
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         state = "lost" if self._lost is not None else f"{len(self._held)} held"
@@ -322,7 +325,13 @@ class SessionLeases:
     # -- check ------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise :class:`LeaseLostError` when the leases no longer cover a commit."""
+        """Raise :class:`LeaseLostError` when the leases no longer cover a commit.
+
+        In a process forked from the holder they never do: the parent holds them,
+        renews them and commits under them; the child's commits would carry the
+        parent's fencing tokens and be accepted as the parent's.
+        """
+        self._in_a_forked_child()
         if self._lost is None:
             self._passed_deadline()
         if self._lost is not None:
@@ -365,7 +374,20 @@ class SessionLeases:
 
     @property
     def lost(self) -> bool:
-        return self._lost is not None
+        return self._in_a_forked_child() or self._lost is not None
+
+    def _in_a_forked_child(self) -> bool:
+        """Whether this process is a child forked from the holder; they are lost here if so."""
+        if self._pid == os.getpid():
+            return False
+        if self._lost is None:
+            self._lost = LeaseLostError(
+                f"the leases of this live session ({', '.join(self.names)}) are held by "
+                f"process {self._pid}, which this process was forked from: a child commits "
+                "nothing under its parent's leases; start a session of its own",
+                lease=self.names[0] if self.names else None,
+            )
+        return True
 
     # -- release ----------------------------------------------------------------------
 
@@ -378,6 +400,10 @@ class SessionLeases:
         after its time-to-live; that is logged, not raised.
         """
         task, self._renewing = self._renewing, None
+        if self._in_a_forked_child():
+            # The parent's renewal task (of its loop) and leases: not this process's to end.
+            self._held, self._sent_at = {}, {}
+            return
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -44,10 +44,16 @@ as absent, never listed) so that its token survives. A real conflict still
 raises ``ConflictError``. What remains: a retry reports ``ConflictError``
 although its write was applied when, between the lost reply and the retry, the
 object was replaced by an unconditional write or deleted outright (an
-unconditional ``delete``), which keep no tokens; and a process that dies before
-retrying never learns the outcome. (Two writes of the same bytes have the same
-ETag, so a compare-and-set cannot tell them apart; a write over such an object
-carries the tokens this process read with it.)
+unconditional ``delete``), which keep no tokens (a create-only retry then finds
+no object and creates it again, undoing the delete); and a process that dies before
+retrying never learns the outcome. Two writes of the same bytes have the same
+ETag, so a compare-and-set cannot tell them apart: a write over such an object
+carries the tokens this process read with it, and when those are an older
+object's (a version kept from its own earlier write, the object back at those
+bytes since), the tokens of the writers in between are dropped and their
+retries report ``ConflictError`` too. A retry of a write that got no answer
+looks at the object before writing, so that one whose object came back to the
+version it expects is not applied a second time.
 Unconditional writes need no token: repeating one stores the same bytes.
 
 **Tick commits** (:meth:`S3Backend.commit`): S3 has no multi-object
@@ -256,6 +262,8 @@ _WRITER_ID_BYTES = 6
 """A backend's writer id: 48 random bits, so that no two writers of one key collide."""
 _TOKEN_BYTES = 8
 """A write token: 64 random bits, unique among one writer's writes and in the head record."""
+_WRITER_ENTRY = re.compile(r"[0-9a-f]+:[0-9a-f]+(?:,[0-9a-f]+)*\Z")
+"""One writer's entry in ``persistkit-writers``: its id, then its tokens, all hex."""
 _HISTORIES_REMEMBERED = 4096
 _META_SEQ = "persistkit-seq"
 """The tick commit that stored the object: a lower one never overwrites it."""
@@ -467,8 +475,10 @@ class _Writers:
         """What ``metadata`` carries; anything malformed (another tool's) counts as nothing."""
         entries = []
         for item in metadata.get(_META_WRITERS, "").split():
-            writer, _, tokens = item.partition(":")
-            if writer and tokens:
+            # Only what persistkit writes (hex names and tokens): carried on, anything
+            # else (non-ASCII above all) would make every later write here invalid.
+            if _WRITER_ENTRY.match(item):
+                writer, _, tokens = item.partition(":")
                 entries.append((writer, tuple(tokens.split(","))))
         try:
             evicted = int(metadata.get(_META_EVICTED, "0"))
@@ -951,9 +961,29 @@ class S3Backend(Backend):
         doing = f"write of {what}"
         condition: dict[str, str] = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
         base = _NO_WRITERS if expect is None else self._writers_at(object_key, expect)
+        # A retry of an attempt that got no answer looks before it writes: the object
+        # may be back at the version it expects (another writer stored the same bytes
+        # over our write, so the same ETag), where If-Match would apply it a second time.
+        # Not when it writes the bytes it expects (a lease renewal): writing them again
+        # changes no value, and stores the time of the write (the lease's expiry) anew.
+        look_first = (
+            self._unanswered_evictions(token)
+            if expect is not None and _md5_etag(data) != expect
+            else None
+        )
         try:
             while True:
                 head: dict[str, Any] | None = None
+                if look_first is not None:
+                    # The version expected is written over unless it holds this write (or
+                    # can no longer tell); any other object is judged below as after a
+                    # refused PUT.
+                    evicted_then, look_first = look_first, None
+                    head = self._call("head_object", f"lookup of {what}", Key=object_key)
+                    if head is not None and head["ETag"] == condition.get("IfMatch"):
+                        base = _state_of(head).writers
+                        if base.holds(self._writer, token, evicted_then) is False:
+                            head = None
                 if base is None:  # a version not read here: its tokens are one HEAD away
                     head = self._call("head_object", f"lookup of {what}", Key=object_key)
                     if head is None:

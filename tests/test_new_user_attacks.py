@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 VARIABLES = ("PERSISTKIT_MODE", "PERSISTKIT_BASE_DIR", "PERSISTKIT_BACKEND")
 
@@ -248,3 +250,13 @@ def test_forking_while_threads_write_through_the_blocking_api_finishes(tmp_path:
         raise AssertionError("deadlocked: no result after the bound") from None
     assert process.returncode == 0, stderr
     assert stdout.strip() == "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0] True"
+
+
+def test_a_url_given_as_the_backend_of_a_store_is_refused_with_the_way_to_open_it() -> None:
+    # configure(backend=...) takes a URL; a store's backend= takes a Backend. A URL
+    # there failed deep inside with "cannot create weak reference to 'str' object".
+    from persistkit import PersistBase, sync
+
+    for store_class in (PersistBase, sync.PersistBase):
+        with pytest.raises(TypeError, match=r"open_backend\('redis://localhost:6379/0'\)"):
+            store_class("notes", backend="redis://localhost:6379/0")  # type: ignore[arg-type]

@@ -227,6 +227,12 @@ class PersistBase(Generic[T]):
         model: Any = None,
         retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
+        if backend is not None and not isinstance(backend, Backend):
+            hint = f"; open one from a URL with open_backend({backend!r})"
+            raise TypeError(
+                f"backend= takes a Backend, not {type(backend).__name__}"
+                + (hint if isinstance(backend, str) else "")
+            )
         self.entity_name = str(entity_name)
         if base_dir is None:
             # The root in force now: configure()'s, else PERSISTKIT_BASE_DIR, else

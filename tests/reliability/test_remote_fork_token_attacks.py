@@ -27,7 +27,7 @@ from persistkit import ConflictError, PersistBase, TransientBackendError
 from persistkit import sync as blocking_api
 from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
-from support.replyloss import ReplyLossProxy
+from support.replyloss import ReplyLossProxy, conditional_put
 from support.servers import RedisServer, SeaweedS3
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,11 +52,6 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def prefix() -> str:
     return f"a-{uuid.uuid4().hex[:12]}"
-
-
-def conditional_put(request: bytes) -> bool:
-    head = request.split(b"\r\n\r\n", 1)[0].lower()
-    return head.startswith(b"put ") and (b"\r\nif-match:" in head or b"\r\nif-none-match:" in head)
 
 
 def _plus_one(value: int | None) -> int:

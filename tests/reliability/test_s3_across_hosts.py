@@ -39,7 +39,7 @@ from persistkit import (
 from persistkit._retry import DEFAULT_RETRY
 from persistkit.backends._base import fencing
 from persistkit.backends._s3 import S3Backend
-from support.replyloss import ReplyLossProxy
+from support.replyloss import ReplyLossProxy, conditional_put
 from support.servers import SeaweedS3
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("count_in_the_report")]
@@ -54,12 +54,6 @@ SRC = Path(persistkit.__file__).resolve().parent.parent
 BUCKET = "across-hosts"
 LOSS = 0.3
 T = TypeVar("T")
-
-
-def conditional_put(request: bytes) -> bool:
-    """Lose only answers to conditional PUTs: the writes whose retry is ambiguous."""
-    head = request.split(b"\r\n\r\n", 1)[0].lower()
-    return head.startswith(b"put ") and (b"\r\nif-match:" in head or b"\r\nif-none-match:" in head)
 
 
 @pytest.fixture(scope="module")

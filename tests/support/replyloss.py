@@ -26,9 +26,16 @@ import threading
 from collections.abc import Callable
 from typing import Self
 
-__all__ = ["ReplyLossProxy"]
+__all__ = ["ReplyLossProxy", "conditional_put"]
 
 INTERIM_REPLY = b"HTTP/1.1 100 "
+
+
+def conditional_put(request: bytes) -> bool:
+    """Whether ``request`` is an S3 conditional PUT: the writes whose retry is ambiguous
+    when their answer is lost (a ``lose_if`` for :class:`ReplyLossProxy`)."""
+    head = request.split(b"\r\n\r\n", 1)[0].lower()
+    return head.startswith(b"put ") and (b"\r\nif-match:" in head or b"\r\nif-none-match:" in head)
 
 
 class ReplyLossProxy:

@@ -391,6 +391,14 @@ def fork_with_a_remote_backend(tmp_path: Path, url: str, *, given: bool = False)
     return done.stdout
 
 
+def s3_url(server: SeaweedS3, bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of prefix ``bot`` in ``bucket``, made if absent, with the server's
+    credentials in this process's environment (the forking script inherits them)."""
+    for name, value in s3_credentials(server).items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{bucket}/bot?endpoint_url={server.endpoint_url}&create_bucket=1"
+
+
 def test_a_forked_child_writes_through_an_inherited_redis_backend(tmp_path: Path) -> None:
     # The child drove the client the parent opened: redis-py's asyncio
     # connections (the parent's sockets, bound to the parent's loop) sent the
@@ -416,10 +424,7 @@ def test_a_forked_child_writes_through_an_inherited_s3_backend(
 ) -> None:
     # The S3 backend's worker threads did not exist in the child, and its pool,
     # which believed it had idle ones, queued the request forever: the child hung.
-    for name, value in s3_credentials(s3_server).items():
-        monkeypatch.setenv(name, value)
-    url = f"s3://fork-notes/bot?endpoint_url={s3_server.endpoint_url}&create_bucket=1"
-    printed = fork_with_a_remote_backend(tmp_path, url)
+    printed = fork_with_a_remote_backend(tmp_path, s3_url(s3_server, "fork-notes", monkeypatch))
     assert "child exit code 0" in printed, printed
     assert "parent reads reported [0, 1, 2, 3, 4]" in printed, printed
     # The child is a writer of its own in the tokens that tell a retry its applied
@@ -442,9 +447,7 @@ def test_a_forked_child_refuses_a_redis_client_it_was_given(tmp_path: Path) -> N
 def test_a_forked_child_refuses_an_s3_client_it_was_given(
     tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in s3_credentials(s3_server).items():
-        monkeypatch.setenv(name, value)
-    url = f"s3://fork-given/bot?endpoint_url={s3_server.endpoint_url}&create_bucket=1"
+    url = s3_url(s3_server, "fork-given", monkeypatch)
     printed = fork_with_a_remote_backend(tmp_path, url, given=True)
     assert "child: persistkit.errors.ForkedClientError" in printed, printed
     assert "parent reads None [0, 1, 2, 3, 4]" in printed, printed

@@ -1027,9 +1027,7 @@ def remember_signal(
         backend, key = store.backend, store._key(symbol)
     else:
         backend, key = log.signal_backend, log.signal_key
-    txn = active_transaction.get()
-    if txn is not None and txn.backend is not backend:
-        txn = txn._find(backend)
+    txn = transaction_for(backend)
     if txn is None:
         return  # a commit of its own: only what it leaves counts
     if isinstance(row, SignalRow):
@@ -1041,11 +1039,7 @@ def remember_signal(
                 log.memo[key] = (data, facts)
     else:  # a raw row, as backtest-kit passes: the store validated it
         seen = (row.get("id"), _raw_pending_at(row))
-    notes = txn.notes.get(key)
-    if notes is None:
-        txn.notes[key] = [seen]
-    else:
-        notes.append(seen)
+    txn.note(key, seen)
 
 
 def _raw_pending_at(row: Mapping[str, Any]) -> int | None:

@@ -644,10 +644,9 @@ class FileBackend(Backend):
     def _open_locking_dir(self, path: str, *, create: bool = False) -> int:
         """Open the directory ``path`` (``create``: as :meth:`_ensure_dir` does) to lock it;
         registered until :meth:`_close_dir` (see the module's docstring, **Fork**)."""
-        osl = self._os
         try:
             with _fork_gate:
-                fd = osl.open(path, _O_DIR)
+                fd = self._open_dir(path)
                 _LOCKING_DIRS.add(fd)
         except FileNotFoundError:
             if not create:

@@ -32,6 +32,7 @@ from persistkit._domains.events import (
     ScheduleEvent,
     stored_rows,
 )
+from persistkit._domains.journal_events import journal_rows
 from persistkit._names import join_pair
 from persistkit._store import PersistBase, SegmentName
 from persistkit.backends._base import Backend
@@ -273,6 +274,10 @@ class EventReports(Generic[StatsT]):
                 model=kind.legacy.schema,
             )
         rows = await stored_rows(kind, log, legacy)
+        if isinstance(log.backend, FileBackend):
+            # Events after the in-commit logs (the layout of earlier versions): those
+            # derived from the commit journal.
+            rows = rows + await journal_rows(log.backend, pair, kind.name)
         # The log drops whole segments, so it may hold up to a segment more than the bound.
         limit = active_settings().event_limit or DEFAULT_EVENT_LIMIT
         return kind.events(rows[-limit:], symbol, strategy)

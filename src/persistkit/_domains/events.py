@@ -74,6 +74,8 @@ from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
+from persistkit.backends._file import FileBackend
+from persistkit.backends._journal import CommitJournal
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -125,6 +127,17 @@ EVENTS_FORMAT = 3
 """The format of the heads written now: ``{"format": 3, "schedule": {"segments":
 [first, end], "events": [row, ...]}, "partial": {...}}``; a kind's segments are
 ``{kind}-{first}`` to ``{kind}-{end - 1}``, each a list of :data:`SEGMENT_EVENTS` rows."""
+
+EVENTS_NAMESPACE = "_persistkit/events"
+"""What the statistics keep outside the domains on a file root (see
+:mod:`persistkit._domains.journal_events`): never validated at a start, left out
+of replays' comparisons."""
+EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
+"""A commit record's event time (ms), when one of its rows with events changed."""
+SIGNAL_NOTES_KEY = f"{EVENTS_NAMESPACE}/signals"
+"""The ``(id, pending_at)`` of each signal a tick wrote, when the last value cannot tell."""
+FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
+"""Each pair's folded head on a file root."""
 
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000
@@ -771,7 +784,7 @@ class _Recorder:
     """One row whose writes have events (a pair's scheduled row, or its partial levels):
     built at its first write, once per store."""
 
-    __slots__ = ("backend", "key", "kind", "pair", "store")
+    __slots__ = ("backend", "journal", "key", "kind", "pair", "store")
 
     def __init__(self, pair: _PairLog, store: PersistBase[Any], key: str, kind: EventKind) -> None:
         self.pair = pair
@@ -779,6 +792,9 @@ class _Recorder:
         self.key = key
         self.kind = kind
         self.backend = store.backend
+        self.journal = store.backend.journal if isinstance(store.backend, FileBackend) else None
+        """A file root's journal: the events are derived from its records after the
+        fact (:mod:`persistkit._domains.journal_events`), not in the commit."""
 
 
 _HOOK = "persistkit statistics events"
@@ -995,13 +1011,54 @@ async def write_with_events(
     active = active_transaction.get()
     if active is not None and active.backend is not backend:
         active = transaction_for(backend)  # an outer one on this backend, if any
+    journal = recorder.journal
     if active is None:
         async with transaction(backend) as own:
             await _write(store, entity_id, value)
-            _register(own, recorder, given)
+            if journal is None:
+                _register(own, recorder, given)
+            else:
+                _stamp(own, recorder, journal)
         return
     await _write(store, entity_id, value)
-    _register(active, recorder, given)
+    if journal is None:
+        _register(active, recorder, given)
+    else:
+        _stamp(active, recorder, journal)
+
+
+def _stamp(txn: Transaction, recorder: _Recorder, journal: CommitJournal) -> None:
+    """On a file root: give ``txn``'s record its event time if ``recorder``'s row changed
+    from the value the journal holds (a changed row may have events; see
+    :mod:`persistkit._domains.journal_events`)."""
+    writes = txn.writes
+    if EVENT_TIME_KEY in writes:
+        return
+    key = recorder.key
+    if journal.pending.get(key, _UNSTAGED) == writes.get(key):
+        return  # rewritten unchanged: the common tick
+    txn.include(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
+
+
+def _include_signal_notes(txn: Transaction) -> None:
+    notes = {
+        name: items
+        for name, items in txn.notes.items()
+        if isinstance(name, str) and name.startswith("signal/")
+    }
+    txn.include(SIGNAL_NOTES_KEY, orjson.dumps(notes))
+
+
+def forget_signal(store: PersistBase[Any], symbol: str) -> None:
+    """Note that the signal of ``store`` was just removed in the block that removes it:
+    on a file root, a tick that wrote a signal before removing it keeps the signals
+    it wrote in its record (a fill closed at once is ``opened``)."""
+    backend = store.backend
+    if not isinstance(backend, FileBackend):
+        return
+    txn = transaction_for(backend)
+    if txn is not None and txn.notes.get(store._key(symbol)):
+        _include_signal_notes(txn)
 
 
 def remember_signal(
@@ -1030,6 +1087,19 @@ def remember_signal(
     txn = transaction_for(backend)
     if txn is None:
         return  # a commit of its own: only what it leaves counts
+    if log is not None and isinstance(backend, FileBackend):
+        # The record holds the last signal; the notes ride in it only when a signal
+        # written on the way has another id (see journal_events).
+        seen_now = (
+            (row.id, row.pending_at)
+            if isinstance(row, SignalRow)
+            else (row.get("id"), _raw_pending_at(row))
+        )
+        txn.note(key, seen_now)
+        noted = txn.notes[key]
+        if len(noted) > 1 and any(item[0] != seen_now[0] for item in noted):
+            _include_signal_notes(txn)
+        return
     if isinstance(row, SignalRow):
         facts = signal_facts(row)  # a copy: see schedule_facts
         seen: tuple[Any, Any] = (row.id, row.pending_at)

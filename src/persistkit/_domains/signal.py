@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from persistkit._domains._base import DomainAdapter
-from persistkit._domains.events import SCHEDULE, remember_signal, write_with_events
+from persistkit._domains.events import SCHEDULE, forget_signal, remember_signal, write_with_events
 from persistkit._names import join_pair
 from persistkit._store import PersistBase
 from persistkit._transaction import active_transaction
@@ -41,6 +41,7 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
         store = await self._store(pair)
         if row is None:
             await store.remove_value(symbol)
+            forget_signal(store, symbol)
         else:
             await store.write_value(symbol, row)
             if active_transaction.get() is not None:

@@ -169,6 +169,14 @@ Writes = Mapping[str, "bytes | None"]
 
 logger = logging.getLogger(__name__)
 
+Folder = Callable[["FileBackend", list["JournalRecord"]], dict[str, bytes]]
+"""What a checkpoint asks before the journal forgets its records: given the
+backend and the records about to be forgotten (in order), the files to write
+with the checkpoint (derived state that depends on every record, such as the
+statistics events; see :mod:`persistkit._domains.journal_events`)."""
+FOLDERS: list[Folder] = []
+"""Registered by the modules whose derived state needs every record (at import)."""
+
 
 @dataclass(frozen=True, slots=True)
 class JournalRecord:
@@ -1692,6 +1700,7 @@ class CommitJournal:
             return
         history = self._backend.archive_for_checkpoint()
         try:
+            self._fold_held(journal, wait=wait)
             self._apply_held(wait=wait)
             if history is not None:
                 # Before the sync, which makes the segments durable with the applied
@@ -1715,6 +1724,40 @@ class CommitJournal:
                     self._backend.root,
                     exc,
                 )
+
+    def _fold_held(self, journal: _OpenJournal, *, wait: bool) -> None:
+        """Write what :data:`FOLDERS` derive from the records this checkpoint forgets:
+        before the sync that makes the checkpoint durable, so that the derived files
+        and the forgetting land together (a crash in between keeps the records, and
+        the folders are idempotent through the sequence number they store)."""
+        if not FOLDERS or journal.offset == _FILE_HEADER.size:
+            return
+        data = self._os.pread(journal.fd, journal.offset, 0)
+        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+        if records and flags & FLAG_RESTATED:
+            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+        if not records:
+            return
+        derived: dict[str, bytes | None] = {}
+        for fold in FOLDERS:
+            derived.update(fold(self._backend, records))
+        if derived:
+            self._apply(derived, wait=wait)
+
+    def records_since(self) -> tuple[int, list[JournalRecord]]:
+        """The current journal's first sequence number and its records (see :meth:`records`)."""
+        self.refresh()
+        with self._view_lock:
+            journal = self._journal
+            if journal is None:
+                return 0, []
+            data = self._os.pread(journal.fd, journal.offset, 0)
+        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+        if records and flags & FLAG_RESTATED:
+            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+        return first_seq, records
 
     def _sync_filesystem(self) -> None:
         fd = self._os.open(self._backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

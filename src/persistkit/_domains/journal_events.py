@@ -1,0 +1,247 @@
+"""Statistics events on the file backend, derived from the commit journal after the fact.
+
+PROTOTYPE (branch ``stats-journal``). On a file root every commit is already one
+journal record holding the new value of every key it wrote, in one order shared
+by every process, with its commit time; the journal forgets records only at a
+checkpoint. So a pair's events need not be derived inside the tick: they are a
+function of the pair's facts (its scheduled row, its partial levels, its
+signal) as of some sequence number and of the records after it. The tick pays
+almost nothing:
+
+- :data:`EVENT_TIME_KEY`, the event time (the configured clock's, else the
+  tick's), rides in a record only when one of its rows with events changed from
+  the value the journal holds (a dictionary lookup and a comparison per
+  write). A record without it records no events: that also marks the commits of
+  a process with the statistics off.
+- :data:`SIGNAL_NOTES_KEY` rides only when a signal written in the tick is
+  removed or replaced by another id in the same tick (a fill closed at once):
+  the ``(id, pending_at)`` of every signal the tick wrote, which the last value
+  cannot tell.
+
+A checkpoint, before it forgets its records, folds them into each pair's
+folded head :func:`folded_key` (:data:`~persistkit.backends._journal.FOLDERS`):
+the pair's facts, its newest events, and the last sequence number they cover.
+It writes the heads as files before its ``syncfs``; a crash in between keeps
+the journal, and folding it again skips what the heads already cover. A reader
+(:func:`journal_rows`) takes the folded head and derives the events of the
+records after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from persistkit._config import DEFAULT_EVENT_LIMIT, current_settings
+from persistkit._domains.events import (
+    EVENT_TIME_KEY,
+    FOLDED_NAMESPACE,
+    SIGNAL_NOTES_KEY,
+    LevelsFacts,
+    ScheduleFacts,
+    SignalFacts,
+    levels_facts,
+    partial_events,
+    schedule_events,
+    schedule_facts,
+    signal_facts,
+)
+from persistkit.backends import _journal
+from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
+
+if TYPE_CHECKING:
+    from persistkit.backends._file import FileBackend
+    from persistkit.backends._journal import JournalRecord
+
+__all__ = ["FOLDED_FORMAT", "PairFold", "derive", "fold_journal", "folded_key", "journal_rows"]
+
+FOLDED_FORMAT = 4
+
+_SCHEDULE: TypeAdapter[ScheduledSignalRow | None] = TypeAdapter(ScheduledSignalRow | None)
+_SIGNAL: TypeAdapter[SignalRow | None] = TypeAdapter(SignalRow | None)
+_LEVELS: TypeAdapter[dict[str, PartialData] | None] = TypeAdapter(dict[str, PartialData] | None)
+_MS_PER_NS = 1_000_000
+
+
+def folded_key(pair: str) -> str:
+    """Where a pair's folded head lives (outside the domains: no start validates it)."""
+    return f"{FOLDED_NAMESPACE}/{pair}"
+
+
+@dataclass(slots=True)
+class PairFold:
+    """A pair's facts and events as of record ``seq`` (0: before any record)."""
+
+    seq: int = 0
+    schedule: ScheduleFacts | None = None
+    levels: LevelsFacts = field(default_factory=dict)
+    signal: SignalFacts | None = None
+    schedule_rows: list[list[Any]] = field(default_factory=list)
+    partial_rows: list[list[Any]] = field(default_factory=list)
+
+    def encode(self, limit: int) -> bytes:
+        return orjson.dumps(
+            {
+                "format": FOLDED_FORMAT,
+                "seq": self.seq,
+                "facts": {
+                    "schedule": self.schedule,
+                    "levels": {sid: [list(p), list(loss)] for sid, (p, loss) in self.levels.items()},
+                    "signal": self.signal,
+                },
+                "schedule": self.schedule_rows[-limit:],
+                "partial": self.partial_rows[-limit:],
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> PairFold:
+        if data is None:
+            return cls()
+        # PROTOTYPE: trusted, not validated; a landable version validates with a model.
+        raw = orjson.loads(data)
+        facts = raw["facts"]
+        return cls(
+            seq=raw["seq"],
+            schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),  # type: ignore[arg-type]
+            levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
+            signal=None if facts["signal"] is None else tuple(facts["signal"]),  # type: ignore[arg-type]
+            schedule_rows=raw["schedule"],
+            partial_rows=raw["partial"],
+        )
+
+
+def _parse(adapter: TypeAdapter[Any], data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return adapter.validate_json(data)
+    except ValidationError:
+        return None  # as the in-commit hook: bytes that do not parse count as no value
+
+
+def _pair_row(key: str) -> tuple[str, str] | None:
+    """``(domain, pair)`` of a key whose value the events depend on, else ``None``."""
+    if not key.startswith(("signal/", "schedule/", "partial/")):
+        return None
+    parts = key.split("/")
+    if len(parts) != 3 or (parts[0] == "partial" and parts[2] != "levels"):
+        return None
+    return parts[0], parts[1]
+
+
+def touched_pairs(records: Iterable[JournalRecord]) -> set[str]:
+    return {
+        found[1]
+        for record in records
+        for key in record.writes
+        if (found := _pair_row(key)) is not None
+    }
+
+
+def derive(folds: dict[str, PairFold], records: Iterable[JournalRecord], only: str | None = None) -> None:
+    """Advance ``folds`` (by pair; a missing pair starts empty) through ``records``, in order.
+
+    A record changes a pair's facts whatever it holds; it adds events only when it
+    carries :data:`EVENT_TIME_KEY` (the statistics were on in the process that
+    committed it, and one of its rows with events changed). The rules are the
+    in-commit hook's (:func:`schedule_events`, :func:`partial_events`): the signal
+    is the one the record leaves, and the notes the signals the tick wrote on the way.
+    """
+    for record in records:
+        writes = record.writes
+        touched: dict[str, dict[str, tuple[str, bytes | None]]] = {}
+        for key, data in writes.items():
+            found = _pair_row(key)
+            if found is None or (only is not None and found[1] != only):
+                continue
+            touched.setdefault(found[1], {})[found[0]] = (key, data)
+        if not touched:
+            continue
+        stamp = writes.get(EVENT_TIME_KEY)
+        now = int(stamp) if stamp else record.time_ns // _MS_PER_NS
+        notes_data = writes.get(SIGNAL_NOTES_KEY)
+        notes: Mapping[str, list[list[Any]]] = orjson.loads(notes_data) if notes_data else {}
+        for pair, rows in touched.items():
+            fold = folds.get(pair)
+            if fold is None:
+                fold = folds[pair] = PairFold()
+            if record.seq <= fold.seq:
+                continue  # folded already (a checkpoint that died before forgetting)
+            signal = fold.signal
+            if "signal" in rows:
+                signal = signal_facts(_parse(_SIGNAL, rows["signal"][1]))
+            if "schedule" in rows:
+                key, data = rows["schedule"]
+                new = schedule_facts(_parse(_SCHEDULE, data))
+                if stamp is not None:
+                    signal_key = "signal/" + key[len("schedule/") :]
+                    on_the_way = [(item[0], item[1]) for item in notes.get(signal_key, ())]
+                    fold.schedule_rows += schedule_events(
+                        fold.schedule, new, signal, now, on_the_way
+                    )
+                fold.schedule = new
+            if "partial" in rows:
+                levels = levels_facts(_parse(_LEVELS, rows["partial"][1]))
+                if stamp is not None and levels:
+                    fold.partial_rows += partial_events(fold.levels, levels, signal, now)
+                fold.levels = levels
+            fold.signal = signal
+            fold.seq = record.seq
+
+
+def _limit() -> int:
+    # PROTOTYPE: the configured bound of the process that folds; a landable version
+    # keeps the bound of the root (or the largest), not of whichever process folds.
+    return current_settings().event_limit or DEFAULT_EVENT_LIMIT
+
+
+def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str, bytes]:
+    """The folded heads of the pairs ``records`` touch, advanced through them (a checkpoint's
+    :data:`~persistkit.backends._journal.FOLDERS` entry; runs under the journal lock)."""
+    pairs = touched_pairs(records)
+    if not pairs:
+        return {}
+    folds: dict[str, PairFold] = {}
+    had: set[str] = set()
+    for pair in pairs:
+        data = backend._read_at(None, backend.path_of(folded_key(pair)))
+        if data is not None:
+            had.add(pair)
+        folds[pair] = PairFold.decode(data)
+    derive(folds, records)
+    last = records[-1].seq
+    limit = _limit()
+    written: dict[str, bytes] = {}
+    for pair, fold in folds.items():
+        if pair not in had and not fold.schedule_rows and not fold.partial_rows:
+            continue  # statistics off for it (no stamped record): no file
+        fold.seq = max(fold.seq, last)
+        written[folded_key(pair)] = fold.encode(limit)
+    return written
+
+
+_journal.FOLDERS.append(fold_journal)
+
+
+async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[Any]]:
+    """``kind``'s rows of ``pair`` on a file root: its folded head's and those of the
+    journal's records after it, oldest first."""
+    key = folded_key(pair)
+    journal = backend.journal
+    while True:
+        before = await backend.get(key)
+        _first, records = journal.records_since()
+        after = await backend.get(key)
+        # The same head on both sides: no checkpoint folded the records read meanwhile
+        # (a checkpoint writes the heads before it replaces the journal).
+        if (None if before is None else before.data) == (None if after is None else after.data):
+            break
+    fold = PairFold.decode(None if before is None else before.data)
+    folds = {pair: fold}
+    derive(folds, records, only=pair)
+    return fold.schedule_rows if kind == "schedule" else fold.partial_rows

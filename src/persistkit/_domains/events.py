@@ -1037,7 +1037,7 @@ def _stamp(txn: Transaction, recorder: _Recorder, journal: CommitJournal) -> Non
     key = recorder.key
     if journal.pending.get(key, _UNSTAGED) == writes.get(key):
         return  # rewritten unchanged: the common tick
-    txn.include(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
+    txn.stage_now(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
 
 
 def _include_signal_notes(txn: Transaction) -> None:
@@ -1046,7 +1046,7 @@ def _include_signal_notes(txn: Transaction) -> None:
         for name, items in txn.notes.items()
         if isinstance(name, str) and name.startswith("signal/")
     }
-    txn.include(SIGNAL_NOTES_KEY, orjson.dumps(notes))
+    txn.stage_now(SIGNAL_NOTES_KEY, orjson.dumps(notes))
 
 
 def forget_signal(store: PersistBase[Any], symbol: str) -> None:

@@ -30,7 +30,7 @@ records after it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -228,20 +228,44 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
 _journal.FOLDERS.append(fold_journal)
 
 
+_read_cache: dict[tuple[int, str], tuple[bytes | None, tuple[int, int, int], PairFold]] = {}
+"""What this process derived last for each (backend, pair): the folded head it began
+with, how far into the journal it read, and the fold there; a read goes on from it."""
+
+
+def _copy(fold: PairFold) -> PairFold:
+    return replace(
+        fold, schedule_rows=list(fold.schedule_rows), partial_rows=list(fold.partial_rows)
+    )
+
+
 async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[Any]]:
     """``kind``'s rows of ``pair`` on a file root: its folded head's and those of the
-    journal's records after it, oldest first."""
+    journal's records after it, oldest first. Reads only the journal's new records
+    since this process's last read of the pair (unless a checkpoint replaced it)."""
     key = folded_key(pair)
     journal = backend.journal
+    cache_key = (id(backend), pair)
     while True:
-        before = await backend.get(key)
-        _first, records = journal.records_since()
-        after = await backend.get(key)
+        found = await backend.get(key)
+        head = None if found is None else found.data
+        cached = _read_cache.get(cache_key)
+        if cached is not None and cached[0] == head:
+            position: tuple[int, int, int] | None = cached[1]
+            fold = _copy(cached[2])
+        else:
+            position, fold = None, PairFold.decode(head)
+        end, records = journal.records_after(position)
+        if end is not None and position is not None and end[0] != position[0]:
+            # A checkpoint replaced the journal since: its records are in the new head.
+            _read_cache.pop(cache_key, None)
+            continue
+        again = await backend.get(key)
         # The same head on both sides: no checkpoint folded the records read meanwhile
         # (a checkpoint writes the heads before it replaces the journal).
-        if (None if before is None else before.data) == (None if after is None else after.data):
+        if (None if again is None else again.data) == head:
             break
-    fold = PairFold.decode(None if before is None else before.data)
-    folds = {pair: fold}
-    derive(folds, records, only=pair)
+    derive({pair: fold}, records, only=pair)
+    if end is not None:
+        _read_cache[cache_key] = (head, end, _copy(fold))
     return fold.schedule_rows if kind == "schedule" else fold.partial_rows

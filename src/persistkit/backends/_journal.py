@@ -1745,19 +1745,32 @@ class CommitJournal:
         if derived:
             self._apply(derived, wait=wait)
 
-    def records_since(self) -> tuple[int, list[JournalRecord]]:
-        """The current journal's first sequence number and its records (see :meth:`records`)."""
+    def records_after(
+        self, position: tuple[int, int, int] | None
+    ) -> tuple[tuple[int, int, int] | None, list[JournalRecord]]:
+        """The records of the current journal after ``position`` (``None``: all of them),
+        and the position after the last: ``(inode, offset, next seq)``. A position in a
+        journal a checkpoint replaced reads the new one from its start (the caller
+        knows by the inode)."""
         self.refresh()
         with self._view_lock:
             journal = self._journal
             if journal is None:
-                return 0, []
-            data = self._os.pread(journal.fd, journal.offset, 0)
-        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
-        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+                return None, []
+            if position is not None and position[0] == journal.ino:
+                _ino, start, next_seq = position
+                data = self._os.pread(journal.fd, journal.offset - start, start)
+                records, _ = parse_records(data, next_seq)
+                flags = 0
+            else:
+                data = self._os.pread(journal.fd, journal.offset, 0)
+                _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+                records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+                next_seq = first_seq
+            end = (journal.ino, journal.offset, next_seq + len(records))
         if records and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
-        return first_seq, records
+        return end, records
 
     def _sync_filesystem(self) -> None:
         fd = self._os.open(self._backend.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

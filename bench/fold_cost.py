@@ -15,8 +15,16 @@ from typing import Any
 
 import persistkit.backends._journal as journal_module
 from bench import stats_events as be
-from persistkit import LiveSession, configure
+from persistkit import (
+    LiveSession,
+    PersistPartialAdapter,
+    PersistRiskAdapter,
+    PersistScheduleAdapter,
+    PersistSignalAdapter,
+    configure,
+)
 from persistkit._config import DEFAULT_EVENT_LIMIT
+from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRow, SignalRow
 
 journal_module.APPLY_DELAY = 1e6  # the applier stays out of the count
 
@@ -44,7 +52,7 @@ def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
         positions = [
             (
                 f"{symbol}:{strategy}",
-                be.RiskActivePosition(
+                RiskActivePosition(
                     symbol=symbol, strategy_name=strategy, signal_id="open", position="long",
                     price_open=100.0, quantity=1.0, added_at=be.T0,
                 ),
@@ -56,22 +64,22 @@ def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
             async with session.tick():
                 for index, (symbol, strategy) in enumerate(be.PAIRS):
                     opened = first if index == 0 and first != -1 else number
-                    await be.PersistSignalAdapter.write_signal_data(
-                        be._row(be.SignalRow, symbol, strategy, f"open-{opened}"), symbol, strategy
+                    await PersistSignalAdapter.write_signal_data(
+                        be._row(SignalRow, symbol, strategy, f"open-{opened}"), symbol, strategy
                     )
-                    await be.PersistScheduleAdapter.write_schedule_data(
-                        be._row(be.ScheduledSignalRow, symbol, strategy, f"limit-{number}"),
+                    await PersistScheduleAdapter.write_schedule_data(
+                        be._row(ScheduledSignalRow, symbol, strategy, f"limit-{number}"),
                         symbol,
                         strategy,
                     )
-                    await be.PersistPartialAdapter.write_partial_data(
-                        {f"open-{opened}": be.PartialData(profit_levels=[10])}, symbol, strategy
+                    await PersistPartialAdapter.write_partial_data(
+                        {f"open-{opened}": PartialData(profit_levels=[10])}, symbol, strategy
                     )
-                await be.PersistRiskAdapter.write_position_data(positions, be.RISK_NAME)
+                await PersistRiskAdapter.write_position_data(positions, be.RISK_NAME)
 
         journal = session.backend.journal  # type: ignore[attr-defined]
         number = -1
-        for index in range(12):  # warm up, then start from an empty journal
+        for _ in range(12):  # warm up, then start from an empty journal
             await tick(next(counter))
         journal.checkpoint()
         sys.settrace(tracer)

@@ -90,7 +90,9 @@ class PairFold:
                 "seq": self.seq,
                 "facts": {
                     "schedule": self.schedule,
-                    "levels": {sid: [list(p), list(loss)] for sid, (p, loss) in self.levels.items()},
+                    "levels": {
+                        sid: [list(p), list(loss)] for sid, (p, loss) in self.levels.items()
+                    },
                     "signal": self.signal,
                 },
                 "schedule": self.schedule_rows[-limit:],
@@ -107,9 +109,9 @@ class PairFold:
         facts = raw["facts"]
         return cls(
             seq=raw["seq"],
-            schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),  # type: ignore[arg-type]
+            schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),
             levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
-            signal=None if facts["signal"] is None else tuple(facts["signal"]),  # type: ignore[arg-type]
+            signal=None if facts["signal"] is None else tuple(facts["signal"]),
             schedule_rows=raw["schedule"],
             partial_rows=raw["partial"],
         )
@@ -143,7 +145,9 @@ def touched_pairs(records: Iterable[JournalRecord]) -> set[str]:
     }
 
 
-def derive(folds: dict[str, PairFold], records: Iterable[JournalRecord], only: str | None = None) -> None:
+def derive(
+    folds: dict[str, PairFold], records: Iterable[JournalRecord], only: str | None = None
+) -> None:
     """Advance ``folds`` (by pair; a missing pair starts empty) through ``records``, in order.
 
     A record changes a pair's facts whatever it holds; it adds events only when it

@@ -1,0 +1,87 @@
+"""PROTOTYPE (branch stats-journal): statistics derived from the file journal after the fact.
+
+The statistics of a file root are a function of the journal's records: these tests
+check that where the records are when a reader asks (in the journal, folded into
+the heads by a checkpoint, or folded twice by a checkpoint that died before it
+forgot them) changes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tests.test_stats import (
+    STRATEGY,
+    SYMBOL,
+    T0,
+    MarketClock,
+    check_scripted_statistics,
+    put_schedule,
+    scheduled,
+    scripted_run,
+)
+
+import persistkit
+from persistkit import LiveSession, Partial, Schedule
+from persistkit._domains.events import EVENT_TIME_KEY, FOLDED_NAMESPACE
+from persistkit._names import join_pair
+from persistkit.backends._file import FileBackend
+
+
+def checkpointing_ticks(session: LiveSession) -> Any:
+    """``session.tick`` followed by a checkpoint: every record is folded right after it."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def tick() -> Any:
+        async with session.tick() as opened:
+            yield opened
+        await session.backend.checkpoint()
+
+    return tick
+
+
+async def test_a_checkpoint_after_every_tick_gives_the_same_statistics(data_root: Path) -> None:
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        await scripted_run(checkpointing_ticks(session), clock)
+        assert isinstance(session.backend, FileBackend)
+        assert session.backend.journal.records() == []  # all folded, nothing left to derive
+        await check_scripted_statistics()
+    folded = data_root / FOLDED_NAMESPACE / f"{join_pair(SYMBOL, STRATEGY)}.json"
+    head = orjson.loads(folded.read_bytes())
+    assert head["format"] == 4 and len(head["schedule"]) == 9 and len(head["partial"]) == 3
+
+
+async def test_a_fold_repeated_after_a_crash_adds_no_event(data_root: Path) -> None:
+    """A checkpoint that wrote the heads and died before replacing the journal: the
+    next one folds the same records again, and the heads' sequence numbers skip them."""
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        await scripted_run(session.tick, clock)
+        backend = session.backend
+        assert isinstance(backend, FileBackend)
+        journal = backend.journal
+        journal._lead(lambda opened: journal._fold_held(opened, wait=True), wait=True)
+        await check_scripted_statistics()  # heads folded, the same records still there
+        await backend.checkpoint()
+        await check_scripted_statistics()
+
+
+async def test_a_tick_that_changes_no_row_with_events_carries_no_event_time(
+    data_root: Path,
+) -> None:
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))  # unchanged
+        assert isinstance(session.backend, FileBackend)
+        records = session.backend.journal.records()
+        assert [EVENT_TIME_KEY in record.writes for record in records[-2:]] == [True, False]
+        assert (await Schedule.get_data(SYMBOL, STRATEGY)).total_scheduled == 1
+        assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0

@@ -8,6 +8,15 @@ same commit. A ``kill -9`` therefore never separates a state change from its
 events: after a restart the statistics are exactly those of the acknowledged
 ticks.
 
+**File roots (PROTOTYPE, branch stats-journal).** On the file backend the commit
+hook is not used: every commit is already a journal record of every key it wrote,
+in one order across processes, so the events are derived from the records after
+the fact, by the same rules (:mod:`persistkit._domains.journal_events`). The tick
+only stamps its record with the event time when a row with events changed
+(:data:`EVENT_TIME_KEY`), and with the signals it wrote on the way when the last
+value cannot tell (:data:`SIGNAL_NOTES_KEY`). The layout below is then only read
+(logs written before); the memory, Redis and S3 backends keep the hook.
+
 The rules:
 
 - A scheduled row whose id was not there before: ``scheduled``.

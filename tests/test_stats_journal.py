@@ -26,6 +26,7 @@ from tests.test_stats import (
 import persistkit
 from persistkit import LiveSession, Partial, Schedule
 from persistkit._domains.events import EVENT_TIME_KEY, FOLDED_NAMESPACE
+from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
 
@@ -85,3 +86,30 @@ async def test_a_tick_that_changes_no_row_with_events_carries_no_event_time(
         assert [EVENT_TIME_KEY in record.writes for record in records[-2:]] == [True, False]
         assert (await Schedule.get_data(SYMBOL, STRATEGY)).total_scheduled == 1
         assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
+
+
+async def test_a_damaged_folded_head_is_quarantined_and_later_events_still_count(
+    data_root: Path,
+) -> None:
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+        await session.backend.checkpoint()
+        folded = data_root / FOLDED_NAMESPACE / f"{join_pair(SYMBOL, STRATEGY)}.json"
+        folded.write_bytes(b'{"format": 4, "seq": ')  # torn by a bad disk, say
+        async with session.tick():
+            await put_schedule(scheduled("B", T0))
+        stats = await Schedule.get_data(SYMBOL, STRATEGY)
+        # A's "scheduled" was in the damaged head, and so was the fact that A was the
+        # row: its cancellation is lost with it (as the unsealed events of a torn head
+        # of format 3 are).
+        assert [(event.action, event.signal_id) for event in stats.event_list] == [
+            ("scheduled", "B")
+        ]
+        await session.backend.checkpoint()
+        assert [
+            (event.action, event.signal_id)
+            for event in (await Schedule.get_data(SYMBOL, STRATEGY)).event_list
+        ] == [("scheduled", "B")]
+        quarantined = [entry async for entry in session.backend.list_quarantine(FOLDED_NAMESPACE)]
+        assert [entry.key for entry in quarantined] == [folded_key(join_pair(SYMBOL, STRATEGY))]

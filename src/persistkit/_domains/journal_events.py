@@ -29,6 +29,7 @@ records after it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from persistkit.backends._journal import JournalRecord
 
 __all__ = ["FOLDED_FORMAT", "PairFold", "derive", "fold_journal", "folded_key", "journal_rows"]
+
+logger = logging.getLogger(__name__)
 
 FOLDED_FORMAT = 4
 
@@ -102,19 +105,26 @@ class PairFold:
 
     @classmethod
     def decode(cls, data: bytes | None) -> PairFold:
+        """A folded head's fold; :class:`ValueError` (``CorruptValueError`` is one) when
+        its bytes are not one."""
         if data is None:
             return cls()
-        # PROTOTYPE: trusted, not validated; a landable version validates with a model.
-        raw = orjson.loads(data)
-        facts = raw["facts"]
-        return cls(
-            seq=raw["seq"],
-            schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),
-            levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
-            signal=None if facts["signal"] is None else tuple(facts["signal"]),
-            schedule_rows=raw["schedule"],
-            partial_rows=raw["partial"],
-        )
+        # PROTOTYPE: shapes checked loosely; a landable version validates with a model.
+        try:
+            raw = orjson.loads(data)
+            facts = raw["facts"]
+            if raw["format"] != FOLDED_FORMAT or not isinstance(raw["seq"], int):
+                raise ValueError(f"not a folded head of format {FOLDED_FORMAT}")
+            return cls(
+                seq=raw["seq"],
+                schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),
+                levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
+                signal=None if facts["signal"] is None else tuple(facts["signal"]),
+                schedule_rows=list(raw["schedule"]),
+                partial_rows=list(raw["partial"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"a damaged folded statistics head: {exc}") from exc
 
 
 def _parse(adapter: TypeAdapter[Any], data: bytes | None) -> Any:
@@ -214,9 +224,17 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     had: set[str] = set()
     for pair in pairs:
         data = backend._read_at(None, backend.path_of(folded_key(pair)))
+        try:
+            folds[pair] = PairFold.decode(data)
+        except ValueError as exc:
+            # Set aside, never overwritten: its events are lost, those of the
+            # records still in the journal are folded into a new head.
+            backend._quarantine_sync(folded_key(pair), str(exc), wait=True)
+            logger.warning("persistkit: %s quarantined (%s)", folded_key(pair), exc)
+            folds[pair] = PairFold()
+            data = None
         if data is not None:
             had.add(pair)
-        folds[pair] = PairFold.decode(data)
     derive(folds, records)
     last = records[-1].seq
     limit = _limit()
@@ -258,7 +276,12 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
             position: tuple[int, int, int] | None = cached[1]
             fold = _copy(cached[2])
         else:
-            position, fold = None, PairFold.decode(head)
+            try:
+                position, fold = None, PairFold.decode(head)
+            except ValueError as exc:
+                # The next checkpoint quarantines it; meanwhile the journal's events count.
+                logger.warning("persistkit: %s is damaged (%s)", key, exc)
+                position, fold = None, PairFold()
         end, records = journal.records_after(position)
         if end is not None and position is not None and end[0] != position[0]:
             # A checkpoint replaced the journal since: its records are in the new head.

@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from tests.test_stats import (
+    MIN,
     STRATEGY,
     SYMBOL,
     T0,
     MarketClock,
     check_scripted_statistics,
+    filled,
     put_schedule,
+    put_signal,
     scheduled,
     scripted_run,
 )
@@ -113,3 +117,30 @@ async def test_a_damaged_folded_head_is_quarantined_and_later_events_still_count
         ] == [("scheduled", "B")]
         quarantined = [entry async for entry in session.backend.list_quarantine(FOLDED_NAMESPACE)]
         assert [entry.key for entry in quarantined] == [folded_key(join_pair(SYMBOL, STRATEGY))]
+
+
+@pytest.mark.parametrize("history", ["kept", "none"])
+async def test_outside_a_tick_a_signal_written_first_opens_the_entry_on_a_file_root(
+    history: str, tmp_path: Path
+) -> None:
+    """The signal's own commit must be a record the derivation sees: on a root without
+    history a plain write of a key the journal does not hold goes straight to its file."""
+    backend = FileBackend(tmp_path / "root", **({"history": None} if history == "none" else {}))
+    persistkit.configure(mode="live", backend=backend, clock=MarketClock())
+    await backend.checkpoint()
+    a, b = scheduled("A", T0), scheduled("B", T0)
+    await put_schedule(a)
+    await backend.checkpoint()  # the journal forgets the pair's keys
+    await put_signal(filled(a, T0 + 3 * MIN))
+    await put_schedule(None)
+    await put_signal(None)
+    await put_schedule(b)
+    await put_schedule(None)
+    await put_signal(filled(b, T0 + 3 * MIN))
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("scheduled", "A"),
+        ("opened", "A"),
+        ("scheduled", "B"),
+        ("cancelled", "B"),
+    ]

@@ -1058,6 +1058,19 @@ def _include_signal_notes(txn: Transaction) -> None:
     txn.stage_now(SIGNAL_NOTES_KEY, orjson.dumps(notes))
 
 
+def signal_needs_a_record(store: PersistBase[Any]) -> bool:
+    """Whether a write of the signal outside a tick must be a commit of its own: on a
+    file root without history a plain write of a key the journal does not hold goes
+    straight to its file, and the events, derived from the journal's records, would
+    not see the pair's signal (a fill written before its entry is cleared)."""
+    backend = store.backend
+    return (
+        isinstance(backend, FileBackend)
+        and backend.history is None
+        and bool(active_settings().event_limit)
+    )
+
+
 def forget_signal(store: PersistBase[Any], symbol: str) -> None:
     """Note that the signal of ``store`` was just removed in the block that removes it:
     on a file root, a tick that wrote a signal before removing it keeps the signals

@@ -6,10 +6,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from persistkit._domains._base import DomainAdapter
-from persistkit._domains.events import SCHEDULE, forget_signal, remember_signal, write_with_events
+from persistkit._domains.events import (
+    SCHEDULE,
+    forget_signal,
+    remember_signal,
+    signal_needs_a_record,
+    write_with_events,
+)
 from persistkit._names import join_pair
 from persistkit._store import PersistBase
-from persistkit._transaction import active_transaction
+from persistkit._transaction import active_transaction, transaction
 from persistkit.errors import EntityNotFoundError, RowMismatchError
 from persistkit.models import ScheduledSignalRow, SignalRow
 
@@ -39,6 +45,10 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             self._check_row(row, symbol, strategy_name)
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)
+        if active_transaction.get() is None and signal_needs_a_record(store):
+            async with transaction(store.backend):  # the events are derived from records
+                await self._write(row, symbol, strategy_name)
+            return
         if row is None:
             await store.remove_value(symbol)
             forget_signal(store, symbol)

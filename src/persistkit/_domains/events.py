@@ -147,6 +147,8 @@ SIGNAL_NOTES_KEY = f"{EVENTS_NAMESPACE}/signals"
 """The ``(id, pending_at)`` of each signal a tick wrote, when the last value cannot tell."""
 FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
 """Each pair's folded head on a file root."""
+SEED_NAMESPACE = f"{EVENTS_NAMESPACE}/seeds"
+"""A pair's committed rows, carried by a record when the pair has no folded head yet."""
 
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000
@@ -626,6 +628,7 @@ class _PairLog:
         "signal",
         "signal_backend",
         "signal_key",
+        "unseeded",
     )
 
     def __init__(
@@ -647,6 +650,9 @@ class _PairLog:
         self.signal = signal
         self.signal_backend = signal.backend
         self.signal_key = signal._key(symbol)
+        self.unseeded = False
+        """On a file root: the pair has no folded head yet, so the next commit of its
+        rows carries their committed facts (see :func:`_seed`)."""
 
     def facts_of(
         self, store: PersistBase[Any], key: str, data: bytes, facts: Callable[[Any], Any]
@@ -946,6 +952,10 @@ async def _new_recorder(
             log = PAIR_LOGS.pairs[(id(settings), pair)] = made_log
             PAIR_LOGS.signals[log.signal] = log
     made = PAIR_LOGS.recorders[store] = _Recorder(log, store, store._key(entity_id), kind)
+    if made.journal is not None:
+        from persistkit._domains.journal_events import folded_key
+
+        log.unseeded = await store.backend.get(folded_key(pair)) is None
     return made
 
 
@@ -1023,17 +1033,45 @@ async def write_with_events(
     journal = recorder.journal
     if active is None:
         async with transaction(backend) as own:
+            if journal is not None and recorder.pair.unseeded:
+                await _seed(own, recorder.pair)
             await _write(store, entity_id, value)
             if journal is None:
                 _register(own, recorder, given)
             else:
                 _stamp(own, recorder, journal)
         return
+    if journal is not None and recorder.pair.unseeded:
+        await _seed(active, recorder.pair)
     await _write(store, entity_id, value)
     if journal is None:
         _register(active, recorder, given)
     else:
         _stamp(active, recorder, journal)
+
+
+async def _seed(txn: Transaction, pair: _PairLog) -> None:
+    """Give ``txn``'s record the pair's committed facts (its scheduled row, levels and
+    signal, before this record): the first commit of a pair's rows by this process
+    when the pair has no folded head (a root written by an earlier version, or with
+    the statistics off until now), so that the derivation does not start from
+    nothing. Read before the tick's own writes of the pair are staged."""
+    from persistkit._domains.journal_events import seed_key
+
+    pair.unseeded = False
+    name = pair.head_key.split("/")[1]  # stats/{pair}/head
+    key = seed_key(name)
+    if key in txn.writes:
+        return
+    entity = pair.signal_key.rsplit("/", 1)[1]
+    committed = await _committed_many(
+        pair.backend, [f"schedule/{name}/{entity}", f"partial/{name}/levels", pair.signal_key]
+    )
+    # The values as they are committed (JSON already): parsed when derived.
+    facts = [None if data is None else orjson.Fragment(data) for data in committed]
+    txn.stage_now(
+        key, orjson.dumps(dict(zip(("schedule", "partial", "signal"), facts, strict=True)))
+    )
 
 
 def _stamp(txn: Transaction, recorder: _Recorder, journal: CommitJournal) -> None:

@@ -41,6 +41,7 @@ from persistkit._config import DEFAULT_EVENT_LIMIT, current_settings
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
     FOLDED_NAMESPACE,
+    SEED_NAMESPACE,
     SIGNAL_NOTES_KEY,
     LevelsFacts,
     ScheduleFacts,
@@ -68,6 +69,11 @@ _SCHEDULE: TypeAdapter[ScheduledSignalRow | None] = TypeAdapter(ScheduledSignalR
 _SIGNAL: TypeAdapter[SignalRow | None] = TypeAdapter(SignalRow | None)
 _LEVELS: TypeAdapter[dict[str, PartialData] | None] = TypeAdapter(dict[str, PartialData] | None)
 _MS_PER_NS = 1_000_000
+
+
+def seed_key(pair: str) -> str:
+    """Where a record carries a pair's committed rows before it (see ``events._seed``)."""
+    return f"{SEED_NAMESPACE}/{pair}"
 
 
 def folded_key(pair: str) -> str:
@@ -136,6 +142,13 @@ def _parse(adapter: TypeAdapter[Any], data: bytes | None) -> Any:
         return None  # as the in-commit hook: bytes that do not parse count as no value
 
 
+def _parse_value(adapter: TypeAdapter[Any], value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return None
+
+
 def _pair_row(key: str) -> tuple[str, str] | None:
     """``(domain, pair)`` of a key whose value the events depend on, else ``None``."""
     if not key.startswith(("signal/", "schedule/", "partial/")):
@@ -178,6 +191,15 @@ def derive(
             continue
         stamp = writes.get(EVENT_TIME_KEY)
         now = int(stamp) if stamp else record.time_ns // _MS_PER_NS
+        seeds = (
+            {
+                key[len(SEED_NAMESPACE) + 1 :]: data
+                for key, data in writes.items()
+                if key.startswith(SEED_NAMESPACE) and data is not None
+            }
+            if any(key.startswith(SEED_NAMESPACE) for key in writes)
+            else {}
+        )
         notes_data = writes.get(SIGNAL_NOTES_KEY)
         notes: Mapping[str, list[list[Any]]] = orjson.loads(notes_data) if notes_data else {}
         for pair, rows in touched.items():
@@ -186,6 +208,14 @@ def derive(
                 fold = folds[pair] = PairFold()
             if record.seq <= fold.seq:
                 continue  # folded already (a checkpoint that died before forgetting)
+            seed = seeds.get(pair)
+            if seed is not None:
+                # The committed rows before this record, as the writer read them: the
+                # facts of a pair the derivation knew nothing of (or the same ones).
+                values = orjson.loads(seed)
+                fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
+                fold.levels = levels_facts(_parse_value(_LEVELS, values["partial"]))
+                fold.signal = signal_facts(_parse_value(_SIGNAL, values["signal"]))
             signal = fold.signal
             if "signal" in rows:
                 signal = signal_facts(_parse(_SIGNAL, rows["signal"][1]))

@@ -144,3 +144,23 @@ async def test_outside_a_tick_a_signal_written_first_opens_the_entry_on_a_file_r
         ("scheduled", "B"),
         ("cancelled", "B"),
     ]
+
+
+async def test_statistics_turned_on_later_know_the_row_committed_before(data_root: Path) -> None:
+    """A pair written with the statistics off (or by a release that kept its events in
+    the commits) has no folded head: its first record under the statistics carries
+    its committed rows, so replacing the old entry is a cancellation, not nothing."""
+    persistkit.configure(mode="live", base_dir=data_root, event_limit=0)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+    assert not (data_root / FOLDED_NAMESPACE).exists()  # statistics off: no file
+    persistkit.configure(mode="live", base_dir=data_root)  # a restart, statistics on
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(scheduled("B", T0))
+        stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]

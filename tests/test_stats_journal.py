@@ -152,7 +152,8 @@ async def test_statistics_turned_on_later_know_the_row_committed_before(data_roo
     its committed rows, so replacing the old entry is a cancellation, not nothing."""
     persistkit.configure(mode="live", base_dir=data_root, event_limit=0)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        async with session.tick():
+        tick = session.tick()
+        async with tick:
             await put_schedule(scheduled("A", T0))
     assert not (data_root / FOLDED_NAMESPACE).exists()  # statistics off: no file
     persistkit.configure(mode="live", base_dir=data_root)  # a restart, statistics on

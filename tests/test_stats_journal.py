@@ -8,11 +8,13 @@ forgot them) changes nothing.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from tests.test_file_backend import FailingOS
 from tests.test_stats import (
     MIN,
     STRATEGY,
@@ -33,6 +35,7 @@ from persistkit._domains.events import EVENT_TIME_KEY, FOLDED_NAMESPACE
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
+from persistkit.errors import DurabilityUnknownError
 
 
 def checkpointing_ticks(session: LiveSession) -> Any:
@@ -165,3 +168,33 @@ async def test_statistics_turned_on_later_know_the_row_committed_before(data_roo
         ("cancelled", "A"),
         ("scheduled", "B"),
     ]
+
+
+async def test_a_journal_rewritten_after_a_failed_fsync_keeps_the_events_of_its_records(
+    tmp_path: Path,
+) -> None:
+    """After a failed fsync the journal is rewritten as one record restating its values:
+    the events its records derive are folded into the heads first, durably."""
+    faults = FailingOS("fsync", errno.EIO, when=1)
+    faults.armed = False
+    backend = FileBackend(tmp_path / "root", os_layer=faults)
+    persistkit.configure(mode="live", backend=backend)
+    await put_schedule(scheduled("A", T0))
+    await put_schedule(scheduled("B", T0))
+    faults.armed = True  # the next fsync, the journal's at the next commit, fails
+    with pytest.raises(DurabilityUnknownError):
+        await put_schedule(scheduled("C", T0))
+    faults.armed = False
+    expected = [
+        ("scheduled", "A"),
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+        ("cancelled", "B"),
+        ("scheduled", "C"),  # visible, so it counts (as it would after a restart)
+    ]
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == expected
+    await backend.aclose()
+    persistkit.configure(mode="live", base_dir=tmp_path / "root")  # a restart
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == expected

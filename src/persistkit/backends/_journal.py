@@ -1572,6 +1572,19 @@ class CommitJournal:
 
     def _replace_after_failed_fsync(self, journal: _OpenJournal) -> None:
         try:
+            # The restatement keeps the values, not the records: what FOLDERS derive
+            # from the records is folded first, and made durable before they go.
+            self._fold_held(journal, wait=True)
+            if FOLDERS:
+                self._sync_filesystem()
+        except (OSError, PersistError) as exc:
+            logger.error(
+                "persistkit: folding the records of %s before replacing it failed (%s); "
+                "what they derive (the statistics events) is lost",
+                self.path,
+                exc,
+            )
+        try:
             with self._view_lock:
                 self._start_generation(journal.next_seq, dict(self.pending))
         except OSError as exc:

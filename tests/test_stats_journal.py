@@ -198,3 +198,26 @@ async def test_a_journal_rewritten_after_a_failed_fsync_keeps_the_events_of_its_
     persistkit.configure(mode="live", base_dir=tmp_path / "root")  # a restart
     stats = await Schedule.get_data(SYMBOL, STRATEGY)
     assert [(event.action, event.signal_id) for event in stats.event_list] == expected
+
+
+async def test_a_salvaged_journal_keeps_the_events_of_the_records_before_its_damage(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    persistkit.configure(mode="live", base_dir=root)
+    for signal_id in "ABCD":
+        await put_schedule(scheduled(signal_id, T0))
+    # C's record damaged by a bad disk, D's after it still valid: the root is refused
+    # until salvaged, which applies the records before the damage.
+    journal = root / ".journal" / "commits.pkj"
+    data = bytearray(journal.read_bytes())
+    data[data.index(b'"id":"C"') + 6] ^= 0x40
+    journal.write_bytes(bytes(data))
+    (report,) = await FileBackend(root).salvage_journal()
+    assert report.applied == 2
+    stats = await Schedule.get_data(SYMBOL, STRATEGY, backend=FileBackend(root))
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("scheduled", "A"),
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]

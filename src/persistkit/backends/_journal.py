@@ -1853,6 +1853,9 @@ class CommitJournal:
         merged: dict[str, bytes | None] = {}
         for record in records:
             merged.update(record.writes)
+        if records and start:  # a journal of this format: derived state goes on from it
+            for fold in FOLDERS:
+                merged.update(fold(self._backend, records))
         self._apply(merged, wait=True)
         self._sync_filesystem()
         history = self._backend.archive_for_checkpoint()

@@ -1,8 +1,9 @@
-"""PROTOTYPE measurement: bytecodes a checkpoint spends folding the statistics events of
-the journal's records, per tick folded (statistics on minus off), for the four shapes of
-bench/stats_events.py. Deterministic (a bytecode count, not a time):
+"""PROTOTYPE measurement: what a checkpoint spends folding the statistics events of the
+journal's records, per tick folded (statistics on minus off), for the four shapes of
+bench/stats_events.py. Bytecodes (deterministic; C code such as pydantic's parsing is not
+counted), or with ``time`` wall-clock microseconds (noisy):
 
-    PYTHONHASHSEED=0 PYTHONPATH=src:. python -m bench.fold_cost SHAPE [TICKS]
+    PYTHONHASHSEED=0 PYTHONPATH=src:. python -m bench.fold_cost SHAPE [TICKS] [time]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import itertools
 import sys
 import tempfile
+import time
 from typing import Any
 
 import persistkit.backends._journal as journal_module
@@ -29,9 +31,9 @@ from persistkit.models import PartialData, RiskActivePosition, ScheduledSignalRo
 journal_module.APPLY_DELAY = 1e6  # the applier stays out of the count
 
 
-def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
-    """Bytecodes of the ticks, and of the checkpoint after them."""
-    counts = [0, 0]
+def run(recording: bool, shape: int, ticks: int, timing: bool = False) -> tuple[float, float]:
+    """Bytecodes (or seconds) of the ticks, and of the checkpoint after them."""
+    counts: list[float] = [0, 0]
     phase = [0]
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
@@ -82,7 +84,9 @@ def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
         for _ in range(12):  # warm up, then start from an empty journal
             await tick(next(counter))
         journal.checkpoint()
-        sys.settrace(tracer)
+        started = time.perf_counter()
+        if not timing:
+            sys.settrace(tracer)
         for index in range(ticks):
             if shape == 1:
                 await tick(-2, next(counter))
@@ -91,8 +95,11 @@ def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
                 number = next(counter)
             await tick(number)
         phase[0] = 1
+        ticked = time.perf_counter()
         journal.checkpoint()
         sys.settrace(None)
+        if timing:
+            counts[0], counts[1] = ticked - started, time.perf_counter() - ticked
         await session.aclose()
 
     asyncio.run(main())
@@ -102,6 +109,17 @@ def run(recording: bool, shape: int, ticks: int) -> tuple[int, int]:
 def main() -> None:
     shape = int(sys.argv[1])
     ticks = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    if sys.argv[3:] == ["time"]:
+        rounds = [(run(False, shape, ticks, True), run(True, shape, ticks, True)) for _ in range(5)]
+        rounds.sort(key=lambda pair: pair[1][1] - pair[0][1])
+        (off_ticks, off_checkpoint), (on_ticks, on_checkpoint) = rounds[len(rounds) // 2]
+        print(
+            f"shape {shape}, {ticks} ticks (median of 5 by fold cost): tick us off "
+            f"{off_ticks / ticks * 1e6:.0f} on {on_ticks / ticks * 1e6:.0f}; checkpoint us/tick "
+            f"off {off_checkpoint / ticks * 1e6:.0f} on {on_checkpoint / ticks * 1e6:.0f} "
+            f"(fold: +{(on_checkpoint - off_checkpoint) / ticks * 1e6:.0f})"
+        )
+        return
     off_ticks, off_checkpoint = run(False, shape, ticks)
     on_ticks, on_checkpoint = run(True, shape, ticks)
     print(

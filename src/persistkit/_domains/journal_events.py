@@ -69,6 +69,7 @@ _SCHEDULE: TypeAdapter[ScheduledSignalRow | None] = TypeAdapter(ScheduledSignalR
 _SIGNAL: TypeAdapter[SignalRow | None] = TypeAdapter(SignalRow | None)
 _LEVELS: TypeAdapter[dict[str, PartialData] | None] = TypeAdapter(dict[str, PartialData] | None)
 _MS_PER_NS = 1_000_000
+_UNKNOWN: Any = object()
 
 
 def seed_key(pair: str) -> str:
@@ -91,6 +92,9 @@ class PairFold:
     signal: SignalFacts | None = None
     schedule_rows: list[list[Any]] = field(default_factory=list)
     partial_rows: list[list[Any]] = field(default_factory=list)
+    raw: dict[str, bytes | None] = field(default_factory=dict)
+    """The bytes the facts were parsed from, by domain (not stored): a record that
+    writes a row again unchanged (the common tick) parses nothing."""
 
     def encode(self, limit: int) -> bytes:
         return orjson.dumps(
@@ -216,12 +220,21 @@ def derive(
                 fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
                 fold.levels = levels_facts(_parse_value(_LEVELS, values["partial"]))
                 fold.signal = signal_facts(_parse_value(_SIGNAL, values["signal"]))
+                fold.raw.clear()
+            raw = fold.raw
             signal = fold.signal
             if "signal" in rows:
-                signal = signal_facts(_parse(_SIGNAL, rows["signal"][1]))
+                data = rows["signal"][1]
+                if raw.get("signal", _UNKNOWN) != data:
+                    signal = signal_facts(_parse(_SIGNAL, data))
+                    raw["signal"] = data
             if "schedule" in rows:
                 key, data = rows["schedule"]
-                new = schedule_facts(_parse(_SCHEDULE, data))
+                if raw.get("schedule", _UNKNOWN) == data:
+                    new = fold.schedule
+                else:
+                    new = schedule_facts(_parse(_SCHEDULE, data))
+                    raw["schedule"] = data
                 if stamp is not None:
                     signal_key = "signal/" + key[len("schedule/") :]
                     on_the_way = [(item[0], item[1]) for item in notes.get(signal_key, ())]
@@ -230,7 +243,12 @@ def derive(
                     )
                 fold.schedule = new
             if "partial" in rows:
-                levels = levels_facts(_parse(_LEVELS, rows["partial"][1]))
+                data = rows["partial"][1]
+                if raw.get("partial", _UNKNOWN) == data:
+                    levels = fold.levels
+                else:
+                    levels = levels_facts(_parse(_LEVELS, data))
+                    raw["partial"] = data
                 if stamp is not None and levels:
                     fold.partial_rows += partial_events(fold.levels, levels, signal, now)
                 fold.levels = levels
@@ -287,7 +305,10 @@ with, how far into the journal it read, and the fold there; a read goes on from 
 
 def _copy(fold: PairFold) -> PairFold:
     return replace(
-        fold, schedule_rows=list(fold.schedule_rows), partial_rows=list(fold.partial_rows)
+        fold,
+        schedule_rows=list(fold.schedule_rows),
+        partial_rows=list(fold.partial_rows),
+        raw=dict(fold.raw),
     )
 
 

@@ -8,7 +8,10 @@ forgot them) changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +34,13 @@ from tests.test_stats import (
 
 import persistkit
 from persistkit import LiveSession, Partial, Schedule
-from persistkit._domains.events import EVENT_TIME_KEY, FOLDED_NAMESPACE
+from persistkit._domains.events import FOLDED_NAMESPACE
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
 from persistkit.errors import DurabilityUnknownError
+
+_SRC = Path(__file__).parents[1] / "src"
 
 
 def checkpointing_ticks(session: LiveSession) -> Any:
@@ -80,17 +85,12 @@ async def test_a_fold_repeated_after_a_crash_adds_no_event(data_root: Path) -> N
         await check_scripted_statistics()
 
 
-async def test_a_tick_that_changes_no_row_with_events_carries_no_event_time(
-    data_root: Path,
-) -> None:
+async def test_a_tick_that_rewrites_a_row_unchanged_adds_no_event(data_root: Path) -> None:
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
         async with session.tick():
             await put_schedule(scheduled("A", T0))
         async with session.tick():
             await put_schedule(scheduled("A", T0))  # unchanged
-        assert isinstance(session.backend, FileBackend)
-        records = session.backend.journal.records()
-        assert [EVENT_TIME_KEY in record.writes for record in records[-2:]] == [True, False]
         assert (await Schedule.get_data(SYMBOL, STRATEGY)).total_scheduled == 1
         assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
 
@@ -221,3 +221,69 @@ async def test_a_salvaged_journal_keeps_the_events_of_the_records_before_its_dam
         ("cancelled", "A"),
         ("scheduled", "B"),
     ]
+
+
+_SAME_ROW_AGAIN = """
+import asyncio, os, sys
+import persistkit
+from persistkit import PersistScheduleAdapter
+from tests.test_stats import STRATEGY, SYMBOL, put_schedule
+
+async def main(root: str, ready: str, go: str, waiting_tick: str) -> None:
+    settings = persistkit.configure(mode="live", base_dir=root)
+    seen = await PersistScheduleAdapter.read_schedule_data(SYMBOL, STRATEGY)
+    for tick in range(int(waiting_tick) + 1):
+        async with persistkit.transaction():
+            await put_schedule(seen)  # what this process last saw committed, again
+            if tick == int(waiting_tick):
+                open(ready, "w").close()
+                while not os.path.exists(go):
+                    await asyncio.sleep(0.001)
+    await settings.backend.aclose()
+
+asyncio.run(main(*sys.argv[1:5]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("statistics_first", "waiting_tick", "expected"),
+    [
+        ("on", 1, [("scheduled", "A"), ("cancelled", "A"), ("scheduled", "A")]),
+        ("off", 0, [("cancelled", "A"), ("scheduled", "A")]),
+    ],
+    ids=["row-unchanged-for-it", "rows-read-for-its-seed"],
+)
+async def test_a_row_another_process_changed_before_the_commit_still_has_its_events(
+    statistics_first: str, waiting_tick: int, expected: list[tuple[str, str]], data_root: Path
+) -> None:
+    """Process B stages the scheduled row it last saw (A, unchanged for it); before it
+    commits, this process cancels A. B's commit then schedules A again: an event,
+    though B's tick changed nothing it could see. B waits in its second tick (its
+    view of the journal then up to date), or, when A was written with the
+    statistics off (the pair has no folded head), in its first, whose record
+    carries the pair's rows as B read them before the cancellation."""
+    if statistics_first == "off":
+        persistkit.configure(mode="live", base_dir=data_root, event_limit=0)
+    else:
+        persistkit.configure(mode="live", base_dir=data_root)
+    await put_schedule(scheduled("A", T0))
+    persistkit.configure(mode="live", base_dir=data_root)
+    ready, go = data_root.parent / "ready", data_root.parent / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_SRC), str(_SRC.parent)])}
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SAME_ROW_AGAIN, str(data_root), str(ready), str(go),
+        str(waiting_tick), env=env,
+    )  # fmt: skip
+    try:
+        while not ready.exists():
+            assert other.returncode is None, "the other process died before its commit"
+            await asyncio.sleep(0.001)
+        await put_schedule(None)
+        go.touch()
+        assert await asyncio.wait_for(other.wait(), timeout=60) == 0
+    finally:
+        if other.returncode is None:
+            other.kill()
+            await other.wait()
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == expected

@@ -12,7 +12,7 @@ ticks.
 hook is not used: every commit is already a journal record of every key it wrote,
 in one order across processes, so the events are derived from the records after
 the fact, by the same rules (:mod:`persistkit._domains.journal_events`). The tick
-only stamps its record with the event time when a row with events changed
+only stamps its record with the event time when it writes a row with events
 (:data:`EVENT_TIME_KEY`), and with the signals it wrote on the way when the last
 value cannot tell (:data:`SIGNAL_NOTES_KEY`). The layout below is then only read
 (logs written before); the memory, Redis and S3 backends keep the hook.
@@ -84,7 +84,6 @@ from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
 from persistkit.backends._base import Backend
 from persistkit.backends._file import FileBackend
-from persistkit.backends._journal import CommitJournal
 from persistkit.errors import (
     ConflictError,
     CorruptValueError,
@@ -142,7 +141,7 @@ EVENTS_NAMESPACE = "_persistkit/events"
 :mod:`persistkit._domains.journal_events`): never validated at a start, left out
 of replays' comparisons."""
 EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
-"""A commit record's event time (ms), when one of its rows with events changed."""
+"""A commit record's event time (ms), when it writes a row with events."""
 SIGNAL_NOTES_KEY = f"{EVENTS_NAMESPACE}/signals"
 """The ``(id, pending_at)`` of each signal a tick wrote, when the last value cannot tell."""
 FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
@@ -799,7 +798,7 @@ class _Recorder:
     """One row whose writes have events (a pair's scheduled row, or its partial levels):
     built at its first write, once per store."""
 
-    __slots__ = ("backend", "journal", "key", "kind", "pair", "store")
+    __slots__ = ("backend", "from_journal", "key", "kind", "pair", "store")
 
     def __init__(self, pair: _PairLog, store: PersistBase[Any], key: str, kind: EventKind) -> None:
         self.pair = pair
@@ -807,8 +806,8 @@ class _Recorder:
         self.key = key
         self.kind = kind
         self.backend = store.backend
-        self.journal = store.backend.journal if isinstance(store.backend, FileBackend) else None
-        """A file root's journal: the events are derived from its records after the
+        self.from_journal = isinstance(store.backend, FileBackend)
+        """On a file root the events are derived from the journal's records after the
         fact (:mod:`persistkit._domains.journal_events`), not in the commit."""
 
 
@@ -952,7 +951,7 @@ async def _new_recorder(
             log = PAIR_LOGS.pairs[(id(settings), pair)] = made_log
             PAIR_LOGS.signals[log.signal] = log
     made = PAIR_LOGS.recorders[store] = _Recorder(log, store, store._key(entity_id), kind)
-    if made.journal is not None:
+    if made.from_journal:
         from persistkit._domains.journal_events import folded_key
 
         log.unseeded = await store.backend.get(folded_key(pair)) is None
@@ -1030,24 +1029,24 @@ async def write_with_events(
     active = active_transaction.get()
     if active is not None and active.backend is not backend:
         active = transaction_for(backend)  # an outer one on this backend, if any
-    journal = recorder.journal
+    from_journal = recorder.from_journal
     if active is None:
         async with transaction(backend) as own:
-            if journal is not None and recorder.pair.unseeded:
+            if from_journal and recorder.pair.unseeded:
                 await _seed(own, recorder.pair)
             await _write(store, entity_id, value)
-            if journal is None:
-                _register(own, recorder, given)
+            if from_journal:
+                _stamp(own, recorder)
             else:
-                _stamp(own, recorder, journal)
+                _register(own, recorder, given)
         return
-    if journal is not None and recorder.pair.unseeded:
+    if from_journal and recorder.pair.unseeded:
         await _seed(active, recorder.pair)
     await _write(store, entity_id, value)
-    if journal is None:
-        _register(active, recorder, given)
+    if from_journal:
+        _stamp(active, recorder)
     else:
-        _stamp(active, recorder, journal)
+        _register(active, recorder, given)
 
 
 async def _seed(txn: Transaction, pair: _PairLog) -> None:
@@ -1074,17 +1073,15 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     )
 
 
-def _stamp(txn: Transaction, recorder: _Recorder, journal: CommitJournal) -> None:
-    """On a file root: give ``txn``'s record its event time if ``recorder``'s row changed
-    from the value the journal holds (a changed row may have events; see
-    :mod:`persistkit._domains.journal_events`)."""
-    writes = txn.writes
-    if EVENT_TIME_KEY in writes:
-        return
-    key = recorder.key
-    if journal.pending.get(key, _UNSTAGED) == writes.get(key):
-        return  # rewritten unchanged: the common tick
-    txn.stage_now(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
+def _stamp(txn: Transaction, recorder: _Recorder) -> None:
+    """On a file root: give ``txn``'s record its event time (see
+    :mod:`persistkit._domains.journal_events`). Every record that writes a row with
+    events gets it, changed or not: whether the row changed is known only against
+    the record before it in the journal, and another process may commit the same
+    row between this write and the commit (deciding against this process's view
+    would then lose the events of a changed row)."""
+    if EVENT_TIME_KEY not in txn.writes:
+        txn.stage_now(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
 
 
 def _include_signal_notes(txn: Transaction) -> None:

@@ -9,10 +9,10 @@ signal) as of some sequence number and of the records after it. The tick pays
 almost nothing:
 
 - :data:`EVENT_TIME_KEY`, the event time (the configured clock's, else the
-  tick's), rides in a record only when one of its rows with events changed from
-  the value the journal holds (a dictionary lookup and a comparison per
-  write). A record without it records no events: that also marks the commits of
-  a process with the statistics off.
+  tick's), rides in every record that writes a row with events, changed or not
+  (whether it changed is known only against the record before it, which another
+  process may commit after the write). A record without it records no events:
+  that marks the commits of a process with the statistics off.
 - :data:`SIGNAL_NOTES_KEY` rides only when a signal written in the tick is
   removed or replaced by another id in the same tick (a fill closed at once):
   the ``(id, pending_at)`` of every signal the tick wrote, which the last value
@@ -95,6 +95,10 @@ class PairFold:
     raw: dict[str, bytes | None] = field(default_factory=dict)
     """The bytes the facts were parsed from, by domain (not stored): a record that
     writes a row again unchanged (the common tick) parses nothing."""
+    known: set[str] | None = field(default_factory=set)
+    """The domains whose facts came from a record (not stored); ``None``: all of them
+    (a folded head's). A seed gives only the others: it was read before its record
+    was committed, and another process's record in between knows better."""
 
     def encode(self, limit: int) -> bytes:
         return orjson.dumps(
@@ -118,7 +122,7 @@ class PairFold:
         """A folded head's fold; :class:`ValueError` (``CorruptValueError`` is one) when
         its bytes are not one."""
         if data is None:
-            return cls()
+            return cls()  # knows nothing: the seeds tell
         # PROTOTYPE: shapes checked loosely; a landable version validates with a model.
         try:
             raw = orjson.loads(data)
@@ -132,6 +136,7 @@ class PairFold:
                 signal=None if facts["signal"] is None else tuple(facts["signal"]),
                 schedule_rows=list(raw["schedule"]),
                 partial_rows=list(raw["partial"]),
+                known=None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"a damaged folded statistics head: {exc}") from exc
@@ -213,14 +218,21 @@ def derive(
             if record.seq <= fold.seq:
                 continue  # folded already (a checkpoint that died before forgetting)
             seed = seeds.get(pair)
-            if seed is not None:
+            if seed is not None and fold.known is not None:
                 # The committed rows before this record, as the writer read them: the
-                # facts of a pair the derivation knew nothing of (or the same ones).
+                # facts of the domains the derivation knows nothing of.
                 values = orjson.loads(seed)
-                fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
-                fold.levels = levels_facts(_parse_value(_LEVELS, values["partial"]))
-                fold.signal = signal_facts(_parse_value(_SIGNAL, values["signal"]))
-                fold.raw.clear()
+                if "schedule" not in fold.known:
+                    fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
+                    fold.raw.pop("schedule", None)
+                if "partial" not in fold.known:
+                    fold.levels = levels_facts(_parse_value(_LEVELS, values["partial"]))
+                    fold.raw.pop("partial", None)
+                if "signal" not in fold.known:
+                    fold.signal = signal_facts(_parse_value(_SIGNAL, values["signal"]))
+                    fold.raw.pop("signal", None)
+            if fold.known is not None:
+                fold.known.update(rows)
             raw = fold.raw
             signal = fold.signal
             if "signal" in rows:
@@ -309,6 +321,7 @@ def _copy(fold: PairFold) -> PairFold:
         schedule_rows=list(fold.schedule_rows),
         partial_rows=list(fold.partial_rows),
         raw=dict(fold.raw),
+        known=None if fold.known is None else set(fold.known),
     )
 
 

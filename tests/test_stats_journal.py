@@ -34,7 +34,12 @@ from tests.test_stats import (
 
 import persistkit
 from persistkit import LiveSession, Partial, Schedule
-from persistkit._domains.events import FOLDED_NAMESPACE
+from persistkit._domains.events import (
+    EVENT_TIME_KEY,
+    FOLDED_NAMESPACE,
+    SEEDS_KEY,
+    SIGNAL_NOTES_KEY,
+)
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
@@ -287,3 +292,30 @@ async def test_a_row_another_process_changed_before_the_commit_still_has_its_eve
             await other.wait()
     stats = await Schedule.get_data(SYMBOL, STRATEGY)
     assert [(event.action, event.signal_id) for event in stats.event_list] == expected
+
+
+async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root: Path) -> None:
+    """What a record carries for the derivation is no state: no file of it after a
+    checkpoint, no key of it in a snapshot (what inspect and export read), none
+    read, before or after the checkpoint."""
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        await scripted_run(session.tick, clock)  # the first record seeds the pair
+        async with session.tick():  # a fill closed at once: the record notes its signal
+            await put_signal(filled(scheduled("Z", T0), T0))
+            await put_signal(None)
+        backend = session.backend
+        assert isinstance(backend, FileBackend)
+        records = backend.journal.records()
+        carried = {EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY}
+        assert carried <= {key for record in records for key in record.writes}
+        for stage in ("in the journal", "checkpointed"):
+            assert not carried & (await backend.snapshot()).values.keys(), stage
+            assert [await backend.get(key) for key in carried] == [None] * 3, stage
+            await backend.checkpoint()
+        await check_scripted_statistics()
+    files = {path.relative_to(data_root).as_posix() for path in data_root.rglob("*.json")}
+    assert not {name for name in files if name.startswith("_persistkit/")} - {
+        f"{FOLDED_NAMESPACE}/{join_pair(SYMBOL, STRATEGY)}.json"
+    }

@@ -82,6 +82,7 @@ from persistkit._domains._base import DomainAdapter
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
+from persistkit.backends import _journal
 from persistkit.backends._base import Backend
 from persistkit.backends._file import FileBackend
 from persistkit.errors import (
@@ -139,15 +140,18 @@ EVENTS_FORMAT = 3
 EVENTS_NAMESPACE = "_persistkit/events"
 """What the statistics keep outside the domains on a file root (see
 :mod:`persistkit._domains.journal_events`): never validated at a start, left out
-of replays' comparisons."""
+of replays' comparisons. The keys below ride in the journal's records only (never
+a file, never listed: :data:`~persistkit.backends._journal.RECORD_ONLY_KEYS`)."""
 EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
 """A commit record's event time (ms), when it writes a row with events."""
 SIGNAL_NOTES_KEY = f"{EVENTS_NAMESPACE}/signals"
 """The ``(id, pending_at)`` of each signal a tick wrote, when the last value cannot tell."""
 FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
 """Each pair's folded head on a file root."""
-SEED_NAMESPACE = f"{EVENTS_NAMESPACE}/seeds"
-"""A pair's committed rows, carried by a record when the pair has no folded head yet."""
+SEEDS_KEY = f"{EVENTS_NAMESPACE}/seeds"
+"""The committed rows of the pairs with no folded head yet, by pair, as the writer
+read them before its record (see :func:`_seed`)."""
+_journal.RECORD_ONLY_KEYS.update((EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY))
 
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000
@@ -1055,12 +1059,11 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     when the pair has no folded head (a root written by an earlier version, or with
     the statistics off until now), so that the derivation does not start from
     nothing. Read before the tick's own writes of the pair are staged."""
-    from persistkit._domains.journal_events import seed_key
-
     pair.unseeded = False
     name = pair.head_key.split("/")[1]  # stats/{pair}/head
-    key = seed_key(name)
-    if key in txn.writes:
+    staged = txn.writes.get(SEEDS_KEY)
+    seeds: dict[str, Any] = {} if staged is None else orjson.loads(staged)
+    if name in seeds:
         return
     entity = pair.signal_key.rsplit("/", 1)[1]
     committed = await _committed_many(
@@ -1068,9 +1071,8 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     )
     # The values as they are committed (JSON already): parsed when derived.
     facts = [None if data is None else orjson.Fragment(data) for data in committed]
-    txn.stage_now(
-        key, orjson.dumps(dict(zip(("schedule", "partial", "signal"), facts, strict=True)))
-    )
+    seeds[name] = dict(zip(("schedule", "partial", "signal"), facts, strict=True))
+    txn.stage_now(SEEDS_KEY, orjson.dumps(seeds))
 
 
 def _stamp(txn: Transaction, recorder: _Recorder) -> None:

@@ -41,7 +41,7 @@ from persistkit._config import DEFAULT_EVENT_LIMIT, current_settings
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
     FOLDED_NAMESPACE,
-    SEED_NAMESPACE,
+    SEEDS_KEY,
     SIGNAL_NOTES_KEY,
     LevelsFacts,
     ScheduleFacts,
@@ -70,11 +70,6 @@ _SIGNAL: TypeAdapter[SignalRow | None] = TypeAdapter(SignalRow | None)
 _LEVELS: TypeAdapter[dict[str, PartialData] | None] = TypeAdapter(dict[str, PartialData] | None)
 _MS_PER_NS = 1_000_000
 _UNKNOWN: Any = object()
-
-
-def seed_key(pair: str) -> str:
-    """Where a record carries a pair's committed rows before it (see ``events._seed``)."""
-    return f"{SEED_NAMESPACE}/{pair}"
 
 
 def folded_key(pair: str) -> str:
@@ -200,15 +195,8 @@ def derive(
             continue
         stamp = writes.get(EVENT_TIME_KEY)
         now = int(stamp) if stamp else record.time_ns // _MS_PER_NS
-        seeds = (
-            {
-                key[len(SEED_NAMESPACE) + 1 :]: data
-                for key, data in writes.items()
-                if key.startswith(SEED_NAMESPACE) and data is not None
-            }
-            if any(key.startswith(SEED_NAMESPACE) for key in writes)
-            else {}
-        )
+        seeds_data = writes.get(SEEDS_KEY)
+        seeds: Mapping[str, Any] = orjson.loads(seeds_data) if seeds_data else {}
         notes_data = writes.get(SIGNAL_NOTES_KEY)
         notes: Mapping[str, list[list[Any]]] = orjson.loads(notes_data) if notes_data else {}
         for pair, rows in touched.items():
@@ -221,7 +209,7 @@ def derive(
             if seed is not None and fold.known is not None:
                 # The committed rows before this record, as the writer read them: the
                 # facts of the domains the derivation knows nothing of.
-                values = orjson.loads(seed)
+                values = seed
                 if "schedule" not in fold.known:
                     fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
                     fold.raw.pop("schedule", None)

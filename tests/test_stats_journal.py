@@ -319,3 +319,31 @@ async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root
     assert not {name for name in files if name.startswith("_persistkit/")} - {
         f"{FOLDED_NAMESPACE}/{join_pair(SYMBOL, STRATEGY)}.json"
     }
+
+
+@pytest.mark.parametrize("first_use", ["start", "commit"])
+async def test_a_root_of_format_2_is_read_and_marked_3_before_anything_is_committed(
+    first_use: str, data_root: Path
+) -> None:
+    """A root the previous release wrote (format 2: the same records and files) is read
+    as it is; the first commit or start of this release marks it 3, so that the
+    previous release, which would checkpoint without folding the statistics, refuses
+    it from then on. ``commit``: a start that could not take the journal lock (another
+    process committing) left the mark to the first commit."""
+    persistkit.configure(mode="live", base_dir=data_root, event_limit=0)
+    await put_schedule(scheduled("A", T0))  # as the previous release: no statistics of it
+    await persistkit.configure(mode="live", base_dir=data_root).backend.aclose()
+    marker = data_root / ".journal" / "format"
+    marker.write_text("persistkit-format 2\n")
+    backend = FileBackend(data_root)
+    if first_use == "commit":
+        backend.journal.recovered = True  # the start's checkpoint found the lock taken
+    persistkit.configure(mode="live", backend=backend)
+    assert marker.read_text() == "persistkit-format 2\n"
+    await put_schedule(scheduled("B", T0))
+    assert marker.read_text() == "persistkit-format 3\n"
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]

@@ -329,10 +329,10 @@ async def test_a_root_marked_by_a_newer_format_is_refused_and_left_alone(tmp_pat
     await backend.commit({"k/a": b"1"})
     await backend.aclose()
     marker = root / JOURNAL_DIR / "format"
-    assert marker.read_text().split() == ["persistkit-format", "2"]
-    marker.write_text("persistkit-format 3\n")
+    assert marker.read_text().split() == ["persistkit-format", "3"]
+    marker.write_text("persistkit-format 4\n")
     before = sorted((p.name, p.read_bytes()) for p in (root / JOURNAL_DIR).iterdir())
-    with pytest.raises(UnsupportedFormatError, match="format 2 and older"):
+    with pytest.raises(UnsupportedFormatError, match="format 3 and older"):
         await FileBackend(root).get("k/a")
     with pytest.raises(UnsupportedFormatError):
         await FileBackend(root, read_only=True).get("k/a")

@@ -132,8 +132,15 @@ JOURNAL_DIR = ".journal"
 JOURNAL_FILE = "commits.pkj"
 LOCK_FILE = "lock"
 FORMAT_FILE = "format"
-FORMAT_VERSION = 2
-"""The on-disk format this release writes; a root marked with a higher one is refused."""
+FORMAT_VERSION = 3
+"""The on-disk format this release writes; a root marked with a higher one is refused.
+
+3: the statistics of a file root are derived from the journal's records and folded
+into their heads at each checkpoint (:data:`FOLDERS`): a release of format 2 would
+checkpoint without folding, losing the events of the records it forgets, so it
+must refuse such a root. The records and files are those of format 2, which is
+read as it is and marked 3 by the first process of this release to lock the
+journal (:meth:`CommitJournal._write_format_locked`)."""
 LEGACY_SUFFIX = ".log"
 """Per-process journals of format 1 (persistkit 0.1), merged at a start."""
 _NEW_SUFFIX = ".new"
@@ -489,6 +496,9 @@ class CommitJournal:
         self.pending: dict[str, bytes | None] = {}
         """The newest committed value of every key in the journal (all processes')."""
         self.recovered = False
+        self._format_marked = False
+        """Whether this process saw the root marked with :data:`FORMAT_VERSION` (or
+        marked it): checked at its first hold of the journal lock."""
         self.commits = 0
         self.flushes = 0
         """Journal fsyncs: fewer than ``commits`` when group commit shared them."""
@@ -813,6 +823,16 @@ class CommitJournal:
                             f"cannot create the commit journal {self.path}: {exc}; "
                             "nothing was written"
                         ) from exc
+                elif not self._format_marked and not self._backend.read_only:
+                    try:
+                        self._write_format_locked()
+                    except OSError as exc:
+                        if isinstance(exc, PersistError):
+                            raise
+                        raise WriteFailedError(
+                            f"cannot mark {self._backend.root} with format {FORMAT_VERSION}: "
+                            f"{exc}; nothing was written"
+                        ) from exc
                 history = self._backend.history
                 if history is not None and not history.started:
                     history.ensure_base(set(self.pending), *self._generation_start(journal))
@@ -1041,17 +1061,23 @@ class CommitJournal:
             return None
 
     def _write_format_locked(self) -> None:
-        """Mark the root with this release's format, once (under the journal lock)."""
-        marker = self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}")
-        if self._marked_version(marker) is not None:
+        """Mark the root with this release's format, under the journal lock: once, or
+        over an older format's mark (an upgrade in place: format 2's records and
+        files are read as they are), before anything of this release is committed
+        or checkpointed, so that an older release started later refuses the root."""
+        if self._format_marked:
             return
-        dir_fd = self._backend._ensure_dir(self.directory)
-        try:
-            self._backend._write_new_file(
-                dir_fd, FORMAT_FILE, f"persistkit-format {FORMAT_VERSION}\n".encode()
-            )
-        finally:
-            self._os.close(dir_fd)
+        marker = self._backend._read_at(None, f"{self.directory}/{FORMAT_FILE}")
+        version = self._marked_version(marker)
+        if version is None or version < FORMAT_VERSION:
+            dir_fd = self._backend._ensure_dir(self.directory)
+            try:
+                self._backend._write_new_file(
+                    dir_fd, FORMAT_FILE, f"persistkit-format {FORMAT_VERSION}\n".encode()
+                )
+            finally:
+                self._os.close(dir_fd)
+        self._format_marked = True
 
     def _sweep_temps_locked(self) -> None:
         """Temp files of journal replacements and format marks cut by a crash.

@@ -34,6 +34,7 @@ from tests.test_stats import (
 
 import persistkit
 from persistkit import LiveSession, Partial, Schedule
+from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
     FOLDED_NAMESPACE,
@@ -347,3 +348,20 @@ async def test_a_root_of_format_2_is_read_and_marked_3_before_anything_is_commit
         ("cancelled", "A"),
         ("scheduled", "B"),
     ]
+
+
+async def test_a_fold_keeps_the_events_of_the_largest_bound_whoever_folds(data_root: Path) -> None:
+    """A writer configured for 300 events per pair; another process, with the default
+    250 or the statistics off, checkpoints the root: the writer still reads its 300."""
+    writer = persistkit.configure(mode="live", base_dir=data_root, event_limit=300)
+    for number in range(151):  # 301 events: each replaces the entry ("cancelled", "scheduled")
+        await put_schedule(scheduled(f"S{number}", T0))
+    for limit in (DEFAULT_EVENT_LIMIT, 0):  # folds: all records, then none
+        folder = FileBackend(data_root)
+        persistkit.configure(mode="live", backend=folder, event_limit=limit)
+        await folder.checkpoint()
+        await folder.aclose()
+    persistkit.configure(mode="live", backend=writer.backend, event_limit=300)
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert stats.total_events == 300
+    assert stats.event_list[-1].signal_id == "S150"

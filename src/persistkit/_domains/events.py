@@ -77,7 +77,7 @@ import orjson
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from persistkit._clock import now_ms
-from persistkit._config import Settings, active_settings
+from persistkit._config import DEFAULT_EVENT_LIMIT, Settings, active_settings
 from persistkit._domains._base import DomainAdapter
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
@@ -143,7 +143,8 @@ EVENTS_NAMESPACE = "_persistkit/events"
 of replays' comparisons. The keys below ride in the journal's records only (never
 a file, never listed: :data:`~persistkit.backends._journal.RECORD_ONLY_KEYS`)."""
 EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
-"""A commit record's event time (ms), when it writes a row with events."""
+"""A commit record's event time (ms), when it writes a row with events; followed by
+its writer's ``event_limit`` (after a space) when that is not the default."""
 SIGNAL_NOTES_KEY = f"{EVENTS_NAMESPACE}/signals"
 """The ``(id, pending_at)`` of each signal a tick wrote, when the last value cannot tell."""
 FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
@@ -1083,7 +1084,11 @@ def _stamp(txn: Transaction, recorder: _Recorder) -> None:
     row between this write and the commit (deciding against this process's view
     would then lose the events of a changed row)."""
     if EVENT_TIME_KEY not in txn.writes:
-        txn.stage_now(EVENT_TIME_KEY, b"%d" % _now(recorder.pair.settings))
+        settings = recorder.pair.settings
+        if settings.event_limit == DEFAULT_EVENT_LIMIT:
+            txn.stage_now(EVENT_TIME_KEY, b"%d" % _now(settings))
+        else:  # the writer's bound rides along: the folded head keeps the largest
+            txn.stage_now(EVENT_TIME_KEY, b"%d %d" % (_now(settings), settings.event_limit))
 
 
 def _include_signal_notes(txn: Transaction) -> None:

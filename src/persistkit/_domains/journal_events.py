@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from persistkit._config import DEFAULT_EVENT_LIMIT, current_settings
+from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
     FOLDED_NAMESPACE,
@@ -90,16 +90,23 @@ class PairFold:
     raw: dict[str, bytes | None] = field(default_factory=dict)
     """The bytes the facts were parsed from, by domain (not stored): a record that
     writes a row again unchanged (the common tick) parses nothing."""
+    limit: int = 0
+    """How many of each kind's newest events the head keeps: the largest bound
+    (``event_limit``) of the processes whose records gave the pair events, so that
+    a process that folds with a smaller one (or with the statistics off) drops
+    none that a writer's reader shows."""
     known: set[str] | None = field(default_factory=set)
     """The domains whose facts came from a record (not stored); ``None``: all of them
     (a folded head's). A seed gives only the others: it was read before its record
     was committed, and another process's record in between knows better."""
 
-    def encode(self, limit: int) -> bytes:
+    def encode(self) -> bytes:
+        limit = self.limit or DEFAULT_EVENT_LIMIT
         return orjson.dumps(
             {
                 "format": FOLDED_FORMAT,
                 "seq": self.seq,
+                "limit": limit,
                 "facts": {
                     "schedule": self.schedule,
                     "levels": {
@@ -122,10 +129,15 @@ class PairFold:
         try:
             raw = orjson.loads(data)
             facts = raw["facts"]
-            if raw["format"] != FOLDED_FORMAT or not isinstance(raw["seq"], int):
+            if (
+                raw["format"] != FOLDED_FORMAT
+                or not isinstance(raw["seq"], int)
+                or not isinstance(raw["limit"], int)
+            ):
                 raise ValueError(f"not a folded head of format {FOLDED_FORMAT}")
             return cls(
                 seq=raw["seq"],
+                limit=raw["limit"],
                 schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),
                 levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
                 signal=None if facts["signal"] is None else tuple(facts["signal"]),
@@ -194,7 +206,11 @@ def derive(
         if not touched:
             continue
         stamp = writes.get(EVENT_TIME_KEY)
-        now = int(stamp) if stamp else record.time_ns // _MS_PER_NS
+        if stamp:
+            at, _, bound = stamp.partition(b" ")
+            now, limit = int(at), int(bound) if bound else DEFAULT_EVENT_LIMIT
+        else:
+            now, limit = record.time_ns // _MS_PER_NS, 0
         seeds_data = writes.get(SEEDS_KEY)
         seeds: Mapping[str, Any] = orjson.loads(seeds_data) if seeds_data else {}
         notes_data = writes.get(SIGNAL_NOTES_KEY)
@@ -205,6 +221,7 @@ def derive(
                 fold = folds[pair] = PairFold()
             if record.seq <= fold.seq:
                 continue  # folded already (a checkpoint that died before forgetting)
+            fold.limit = max(fold.limit, limit)
             seed = seeds.get(pair)
             if seed is not None and fold.known is not None:
                 # The committed rows before this record, as the writer read them: the
@@ -256,12 +273,6 @@ def derive(
             fold.seq = record.seq
 
 
-def _limit() -> int:
-    # PROTOTYPE: the configured bound of the process that folds; a landable version
-    # keeps the bound of the root (or the largest), not of whichever process folds.
-    return current_settings().event_limit or DEFAULT_EVENT_LIMIT
-
-
 def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str, bytes]:
     """The folded heads of the pairs ``records`` touch, advanced through them (a checkpoint's
     :data:`~persistkit.backends._journal.FOLDERS` entry; runs under the journal lock)."""
@@ -285,13 +296,12 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
             had.add(pair)
     derive(folds, records)
     last = records[-1].seq
-    limit = _limit()
     written: dict[str, bytes] = {}
     for pair, fold in folds.items():
         if pair not in had and not fold.schedule_rows and not fold.partial_rows:
             continue  # statistics off for it (no stamped record): no file
         fold.seq = max(fold.seq, last)
-        written[folded_key(pair)] = fold.encode(limit)
+        written[folded_key(pair)] = fold.encode()
     return written
 
 

@@ -112,17 +112,18 @@ async def test_live_mode_uses_backtest_kits_layout(data_root: Path) -> None:
     await PersistPartialAdapter.write_partial_data(
         {"sig-1": PartialData(profit_levels=[10])}, "BTCUSDT", "my_strategy"
     )
-    # A schedule or partial write commits with its statistics events through the
-    # journal; the applier writes the files soon after, a checkpoint now.
+    # Every write commits through the journal; the applier writes the files soon after,
+    # a checkpoint now, and folds the pair's statistics events (Schedule, Partial) into
+    # their head.
     await persistkit.current_settings().backend.checkpoint()
     # Beside persistkit's own dot folders (the commit journal), backtest-kit's files and
-    # the statistics (Schedule, Partial) under stats/, nothing else.
+    # the statistics under _persistkit/, nothing else.
     assert values_under(data_root) == [
+        "_persistkit/events/pairs/BTCUSDT_my_strategy.json",
         "partial/BTCUSDT_my_strategy/levels.json",
         "risk/main/positions.json",
         "schedule/BTCUSDT_my_strategy/BTCUSDT.json",
         "signal/BTCUSDT_my_strategy/BTCUSDT.json",
-        "stats/BTCUSDT_my_strategy/head.json",
     ]
     on_disk = json.loads((data_root / "risk/main/positions.json").read_text())
     assert on_disk[0][0] == "k"

@@ -32,12 +32,14 @@ from persistkit import (
     ConflictError,
     InvalidNameError,
     JournalDamagedError,
+    Partial,
     PersistBase,
     PersistPartialAdapter,
     PersistRiskAdapter,
     PersistScheduleAdapter,
     PersistSignalAdapter,
     RetryPolicy,
+    Schedule,
     StoreClosedError,
     TransientBackendError,
     WriteFailedError,
@@ -271,27 +273,42 @@ async def test_configure_live_s3_stores_the_file_backends_bytes_at_the_same_path
     def clock() -> int:
         return 1_763_700_000_000
 
+    async def statistics() -> list[Any]:
+        return [
+            await report.get_data(symbol, strategy)
+            for report in (Schedule, Partial)
+            for symbol, strategy in (("BTCUSDT", "trend"), ("BTC/USDT", "my_strategy"))
+        ]
+
     settings = persistkit.configure(mode="live", backend=url_of(s3_server, prefix), clock=clock)
     assert isinstance(settings.backend, S3Backend)
     await write_every_domain()
     assert await PersistSignalAdapter.read_signal_data("BTCUSDT", "trend") is not None
+    in_s3 = await statistics()
     await settings.backend.aclose()
 
     files = persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     await write_every_domain()
     await files.backend.checkpoint()  # the journal's commits written to their files
+    assert await statistics() == in_s3
+    assert in_s3[0].total_scheduled == 1 and in_s3[2].total_profit == 2
 
+    # The domains' values (backtest-kit's layout): the same bytes at the same paths. The
+    # statistics are each backend's own (S3: stats/ written in each commit; a file
+    # root: _persistkit/ folded from its commit journal).
     on_disk = {
         str(path.relative_to(data_root)): path.read_bytes()
         for path in data_root.rglob("*")
         # persistkit's own dot folders (the file backend's commit journal) aside
-        if path.is_file() and not str(path.relative_to(data_root)).startswith(".")
+        if path.is_file() and not str(path.relative_to(data_root)).startswith((".", "_persistkit/"))
     }
     assert "signal/BTCUSDT_trend/BTCUSDT.json" in on_disk
-    assert len(on_disk) == 6  # the four domains' 5 values and the pair's one statistics head
+    assert len(on_disk) == 5  # the four domains' 5 values
     in_bucket = objects_under(client, prefix)
     # persistkit's own dot folders (S3's tick commit record) aside, as on disk
-    assert {key: data for key, data in in_bucket.items() if not key.startswith(".")} == on_disk
+    assert {
+        key: data for key, data in in_bucket.items() if not key.startswith((".", "stats/"))
+    } == on_disk
 
 
 async def test_scan_skips_objects_persistkit_did_not_write_as_entities(

@@ -29,8 +29,16 @@ from persistkit import (
     PersistSignalAdapter,
     Schedule,
 )
-from persistkit._domains.events import PAIR_LOGS, PARTIAL, SCHEDULE, SEGMENT_EVENTS, PairHead
+from persistkit._domains.events import (
+    FOLDED_NAMESPACE,
+    PAIR_LOGS,
+    PARTIAL,
+    SCHEDULE,
+    SEGMENT_EVENTS,
+    PairHead,
+)
 from persistkit._names import join_pair
+from persistkit.backends import FileBackend, MemoryBackend
 from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
 
 SYMBOL, STRATEGY = "BTC/USDT", "trend_1"
@@ -203,7 +211,10 @@ async def test_a_scripted_live_session_gives_the_same_statistics_after_a_restart
     persistkit.configure(mode="live", base_dir=data_root)  # a new process, say
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root):
         await check_scripted_statistics()
-    assert (data_root / "stats" / "BTC%2FUSDT_trend_1" / "head.json").is_file()
+    # Closed: the journal's records folded into the pair's statistics head.
+    assert (data_root / FOLDED_NAMESPACE / "BTC%2FUSDT_trend_1.json").is_file()
+    persistkit.configure(mode="live", base_dir=data_root)
+    await check_scripted_statistics()
 
 
 async def test_live_events_carry_the_commit_time_by_default() -> None:
@@ -563,18 +574,37 @@ async def test_a_clock_that_returns_no_milliseconds_refuses_the_commit() -> None
     assert await PersistScheduleAdapter.read_schedule_data(SYMBOL, STRATEGY) is None
 
 
+async def file_root_left_by_an_earlier_build(
+    root: Path, writes: Callable[[], Awaitable[Any]]
+) -> None:
+    """Make ``root`` what a build that wrote the statistics in each tick's commit (format
+    2) left after ``writes``: the bytes that hook writes on any backend (the memory one
+    here), at the paths the file backend gives their keys."""
+    memory = MemoryBackend()
+    persistkit.configure(mode="live", backend=memory, clock=MarketClock())
+    await writes()
+    paths = FileBackend(root)
+    for key, data in (await memory.snapshot()).values.items():
+        path = Path(paths.path_of(key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    await paths.aclose()
+
+
 async def test_a_torn_log_head_is_quarantined_at_start_and_its_segments_still_count(
     data_root: Path,
 ) -> None:
-    clock = MarketClock()
-    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
-    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+    async def ticks() -> None:
         for number in range(SEGMENT_EVENTS):  # one segment, and newer events in the head
-            async with session.tick():
+            async with persistkit.transaction():
                 await put_schedule(scheduled(f"S{number}", T0))
+
+    await file_root_left_by_an_earlier_build(data_root, ticks)
     head = data_root / "stats" / "BTC%2FUSDT_trend_1" / "head.json"
+    assert len(orjson.loads(head.read_bytes())["schedule"]["events"]) == SEGMENT_EVENTS - 1
     head.write_bytes(b'{"segments": [[0, ')  # torn by a bad disk, say
-    persistkit.configure(mode="live", base_dir=data_root, clock=clock)  # a restart
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)  # this build
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
         async with session.tick():
             await put_schedule(scheduled("B", T0))
@@ -617,7 +647,7 @@ def old_event(number: int, old_format: int) -> Any:
 
 
 @pytest.mark.parametrize("old_format", [1, 2])
-async def test_a_log_written_before_format_3_is_read_and_moved_to_format_3_by_the_next_event(
+async def test_a_log_written_before_format_3_is_read_and_still_read_after_the_next_event(
     data_root: Path, old_format: int
 ) -> None:
     # Logs left by an earlier persistkit, one folder per kind: a schedule log with a
@@ -683,15 +713,10 @@ async def test_a_log_written_before_format_3_is_read_and_moved_to_format_3_by_th
     assert [(event.action, event.signal_id, event.price) for event in milestones.event_list] == [
         ("profit", "OLD0", 101.0)
     ]
-    # Both logs moved to format 3 in that commit: the old files are gone.
+    # On a file root the old logs stay as they are (read, never written again): the
+    # new events come from the commit journal, folded at a checkpoint.
     await persistkit.current_settings().backend.checkpoint()
-    assert list(schedule_dir.glob("*.json")) == list(partial_dir.glob("*.json")) == []
-    moved = data_root / "stats" / pair
-    head_now = orjson.loads((moved / "head.json").read_bytes())
-    assert head_now["format"] == 3
-    assert head_now["schedule"]["segments"] == [0, 1]
-    assert len(head_now["schedule"]["events"]) == 17 - SEGMENT_EVENTS
-    assert head_now["partial"] == {"segments": [0, 0], "events": [milestone]}
-    segment = orjson.loads((moved / "schedule-0.json").read_bytes())
-    assert segment[0][:3] == [T0, "scheduled", "OLD0"] and len(segment) == SEGMENT_EVENTS
-    assert sorted(path.name for path in moved.glob("*.json")) == ["head.json", "schedule-0.json"]
+    assert (schedule_dir / "head.json").is_file() and (partial_dir / "head.json").is_file()
+    persistkit.configure(mode="live", base_dir=data_root)  # a restart
+    assert seen(await Schedule.get_data(SYMBOL, STRATEGY)) == seen(after)
+    assert (await Partial.get_data(SYMBOL, STRATEGY)).event_list == milestones.event_list

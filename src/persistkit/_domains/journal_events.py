@@ -226,15 +226,14 @@ def derive(
             if seed is not None and fold.known is not None:
                 # The committed rows before this record, as the writer read them: the
                 # facts of the domains the derivation knows nothing of.
-                values = seed
                 if "schedule" not in fold.known:
-                    fold.schedule = schedule_facts(_parse_value(_SCHEDULE, values["schedule"]))
+                    fold.schedule = schedule_facts(_parse_value(_SCHEDULE, seed["schedule"]))
                     fold.raw.pop("schedule", None)
                 if "partial" not in fold.known:
-                    fold.levels = levels_facts(_parse_value(_LEVELS, values["partial"]))
+                    fold.levels = levels_facts(_parse_value(_LEVELS, seed["partial"]))
                     fold.raw.pop("partial", None)
                 if "signal" not in fold.known:
-                    fold.signal = signal_facts(_parse_value(_SIGNAL, values["signal"]))
+                    fold.signal = signal_facts(_parse_value(_SIGNAL, seed["signal"]))
                     fold.raw.pop("signal", None)
             if fold.known is not None:
                 fold.known.update(rows)

@@ -365,3 +365,44 @@ async def test_a_fold_keeps_the_events_of_the_largest_bound_whoever_folds(data_r
     stats = await Schedule.get_data(SYMBOL, STRATEGY)
     assert stats.total_events == 300
     assert stats.event_list[-1].signal_id == "S150"
+
+
+_ENTRY_WITH_STATISTICS_OFF = """
+import asyncio, sys
+import persistkit
+from tests.test_stats import T0, put_schedule, scheduled
+
+async def main(root: str) -> None:
+    settings = persistkit.configure(mode="live", base_dir=root, event_limit=0)
+    await put_schedule(scheduled("A", T0))
+    await settings.backend.aclose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_checkpoint_keeps_the_facts_of_a_pair_with_records_and_no_event_yet(
+    data_root: Path,
+) -> None:
+    """The session's first record of the pair (no event) carries the pair's rows; then a
+    process with the statistics off writes an entry, and a checkpoint forgets both
+    records. The session's next entry replaces that one: a cancellation, which only
+    a head keeping the facts of the forgotten records can tell."""
+    persistkit.configure(mode="live", base_dir=data_root)
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        async with session.tick():
+            await put_schedule(None)  # a row with events, and none
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_SRC), str(_SRC.parent)])}
+        other = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _ENTRY_WITH_STATISTICS_OFF, str(data_root), env=env
+        )
+        assert await asyncio.wait_for(other.wait(), timeout=60) == 0
+        await session.backend.checkpoint()
+        assert session.backend.journal.records() == []
+        async with session.tick():
+            await put_schedule(scheduled("B", T0))
+        stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]

@@ -297,8 +297,11 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     last = records[-1].seq
     written: dict[str, bytes] = {}
     for pair, fold in folds.items():
-        if pair not in had and not fold.schedule_rows and not fold.partial_rows:
-            continue  # statistics off for it (no stamped record): no file
+        if pair not in had and not fold.limit:
+            # Statistics off for it (no stamped record): no file. With one, a head even
+            # without events: it keeps the facts of the records about to be forgotten,
+            # which the writer's later records (seeded once) depend on.
+            continue
         fold.seq = max(fold.seq, last)
         written[folded_key(pair)] = fold.encode()
     return written

@@ -203,7 +203,11 @@ from persistkit.backends._base import (
     quarantined_key,
 )
 from persistkit.backends._file import QUARANTINE_DIR, SUFFIX
-from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
+from persistkit.backends._fork import (
+    forget_clients_after_fork,
+    given_client_refused,
+    keep_inherited,
+)
 from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
@@ -211,7 +215,6 @@ from persistkit.errors import (
     ConflictError,
     CorruptValueError,
     EntityNotFoundError,
-    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     JournalDamagedError,
@@ -801,13 +804,7 @@ class S3Backend(Backend):
             if not self._inherited:
                 return
             if self._new_client is None:
-                raise ForkedClientError(
-                    f"{self!r} was given its boto3 client, and this process was forked from "
-                    "the one that made it: the client's pooled connections are the parent's "
-                    "sockets, which this process must not use. Open the backend again here "
-                    "with a client of its own (or with S3Backend.from_url / open_backend, "
-                    "which rebuild it after a fork)"
-                )
+                raise given_client_refused(self, "boto3 client", "S3Backend.from_url")
             self._client = self._new_client()
             self._inherited = False
 

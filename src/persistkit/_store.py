@@ -197,6 +197,82 @@ _ROUTES_KEPT = 8
 _session_settings = _config.session_settings
 
 
+class _UpdatesAtCommit:
+    """The :meth:`PersistBase.update_value` calls a transaction made on one key, applied
+    again at its commit when another writer committed the key since the first of them
+    read it.
+
+    A commit hook (:meth:`Transaction.before_commit`) that does nothing on the commit's
+    first attempt: the block's staged value goes with the version it was derived
+    from, a compare-and-set. When that fails on this key (a ``ConflictError``), the
+    commit runs its hooks again, and this one reads what is committed now and applies
+    the block's changes of the key to it, in the order they were made. Only changes
+    that lead, step by step, to the value the block leaves: one that a plain write
+    followed (or a failed savepoint dropped) is not applied, and the conflict stands.
+    """
+
+    __slots__ = ("attempts", "key", "steps", "store")
+
+    def __init__(self, store: PersistBase[Any], key: str) -> None:
+        self.store = store
+        self.key = key
+        self.attempts = 0
+        self.steps: dict[str, tuple[Expected, Callable[[Any], Any]]] = {}
+        """Staged version made by an update -> (the version it read, its change)."""
+
+    @classmethod
+    def remember(
+        cls,
+        store: PersistBase[Any],
+        entity_id: str | int,
+        read: Expected,
+        change: Callable[[Any], Any],
+        staged: str,
+    ) -> None:
+        route = store._route()
+        txn = transaction_for(route.backend)
+        if txn is None:
+            return
+        key = route.key(entity_id)
+        committing = txn.outermost()  # a savepoint's hooks would not outlive a second one
+        name = (cls, key)
+        hook = committing.registered_hook(name)
+        if not isinstance(hook, cls):
+            hook = cls(store, key)
+            committing.before_commit(name, (key,), hook)
+        hook.steps[staged] = (read, change)
+
+    async def __call__(self, txn: Transaction) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            return  # the compare-and-set the block staged
+        store, key = self.store, self.key
+        read = txn.expected.get(key, ANY_VERSION)
+        if read is ANY_VERSION:
+            return  # nothing compared: this key was not the conflict
+        stored = await store._get(txn.backend, key)
+        now = None if stored is None else stored.version
+        if now == read:
+            return  # unchanged: another hook's key was the conflict
+        changes: list[Callable[[Any], Any]] = []
+        version: Expected = txn.staged_version(key)
+        while isinstance(version, str) and version in self.steps:
+            version, change = self.steps[version]
+            changes.append(change)
+        if not changes or version != read:
+            # Not raised with the key: the commit would run its hooks again, in vain.
+            raise ConflictError(
+                f"{key} was committed by another writer since this block read it, and "
+                "the block's last write of it was not an update_value (or was not "
+                "derived from that read): nothing was committed"
+            )
+        value = None if stored is None else store._parse(key, stored.data)
+        for change in reversed(changes):
+            value = change(value)
+        txn.include(key, store._encode(value))
+        txn.expected[key] = now
+
+
 class PersistBase(Generic[T]):
     """An async store of JSON values by id, durable when each write returns.
 
@@ -653,6 +729,14 @@ class PersistBase(Generic[T]):
 
         Retries on :class:`~persistkit.errors.ConflictError`, so concurrent
         updates from threads or processes are never lost.
+
+        Inside a transaction the result is staged, and returned, at once; when
+        another writer (a process, a thread) commits the value before the block
+        does, the commit applies ``change`` again, with the block's other updates
+        of the value, to what that writer committed (:class:`_UpdatesAtCommit`),
+        rather than fail the whole block with a ``ConflictError``. So ``change``
+        must depend on nothing but its argument, as it always could be called
+        again.
         """
         for _ in range(attempts):
             try:
@@ -662,10 +746,12 @@ class PersistBase(Generic[T]):
                 current, version = None, None
             new_value = change(current)
             try:
-                await self.write_value(entity_id, new_value, if_version=version)
+                staged = await self.write_value(entity_id, new_value, if_version=version)
             except ConflictError:
                 await asyncio.sleep(0)
                 continue
+            if active_transaction.get() is not None:
+                _UpdatesAtCommit.remember(self, entity_id, version, change, staged)
             return new_value
         raise ConflictError(f"{entity_id!r}: gave up after {attempts} conflicting updates")
 

@@ -170,21 +170,17 @@ def _open(url: str) -> Backend:
     return open_backend(url) if "://" in url else FileBackend(url, offload=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break: commit_staged() commits self.writes while the block's tasks go on "
-    "staging in it; the hooks loop of Transaction._commit restores the writes it snapshot "
-    "when a conflict runs the hooks again, dropping what a task staged meanwhile (and "
-    "commit_staged's `self.writes = {}` drops what was staged after the backend took the "
-    "writes, a race older than a6a33e2): the task's update_value returned 6, the block "
-    "ended normally, 5 is stored. Before a6a33e2 this commit raised ConflictError",
-)
 async def test_an_update_a_tick_task_makes_while_commit_now_commits_is_committed(
     backend_url: str,
 ) -> None:
     """A tick records a fill from a task of its own while the main path commits its
     order intent with ``commit_now()``; the position it updated was committed by
-    another process meanwhile."""
+    another process meanwhile.
+
+    The task staged into the writes being committed: the hooks running again restored
+    the writes as they were (and ``commit_staged`` then emptied them), so the fill
+    whose ``update_value`` returned 6 was lost, 5 stored. Now a task's write waits for
+    the ``commit_staged`` in progress."""
     backend, other = _open(backend_url), _open(backend_url)
     store: PersistBase[int] = PersistBase("n", backend=backend)
     elsewhere: PersistBase[int] = PersistBase("n", backend=other)
@@ -222,13 +218,6 @@ async def test_an_update_a_tick_task_makes_while_commit_now_commits_is_committed
         await other.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break: Transaction._commit iterates self._hooks.values() across the hooks' "
-    "awaits; a task of the block whose update_value registers an _UpdatesAtCommit hook "
-    "meanwhile (commit_staged() leaves the block open) makes the commit raise the untyped "
-    "RuntimeError('dictionary changed size during iteration'), and the part is not committed",
-)
 async def test_a_hook_registered_while_commit_now_runs_the_hooks_is_no_untyped_error(
     redis_server: RedisServer,
 ) -> None:
@@ -252,6 +241,8 @@ async def test_a_hook_registered_while_commit_now_runs_the_hooks_is_no_untyped_e
         await applied_again.wait()  # the commit is running its hooks again now
         await store.update_value("c", lambda n: n + 1)
 
+    # The task's update registered its commit hook while the commit iterated over them:
+    # RuntimeError('dictionary changed size during iteration'), untyped, from commit_now().
     raised: PersistError | None = None
     try:
         async with transaction(backend) as txn:

@@ -209,6 +209,8 @@ class _UpdatesAtCommit:
     the block's changes of the key to it, in the order they were made. Only changes
     that lead, step by step, to the value the block leaves: one that a plain write
     followed (or a failed savepoint dropped) is not applied, and the conflict stands.
+    Nor is an update by a store whose class overrides ``write_value`` (a user's check
+    of each value it stores would not see the one committed).
     """
 
     __slots__ = ("attempts", "key", "steps", "store")
@@ -229,6 +231,11 @@ class _UpdatesAtCommit:
         change: Callable[[Any], Any],
         staged: str,
     ) -> None:
+        if type(store).write_value is not PersistBase.write_value:
+            # A user's store that checks or changes each value it writes: the value
+            # applied again is included at commit, never handed to its write_value. Its
+            # update keeps the compare-and-set (ConflictError), and breaks the chain.
+            return
         route = store._route()
         txn = transaction_for(route.backend)
         if txn is None:
@@ -737,7 +744,8 @@ class PersistBase(Generic[T]):
         of the value, to what that writer committed (:class:`_UpdatesAtCommit`),
         rather than fail the whole block with a ``ConflictError``. So ``change``
         must depend on nothing but its argument, as it always could be called
-        again.
+        again. A store whose class overrides :meth:`write_value` keeps the
+        ``ConflictError``: its override would not see the value committed.
         """
         for _ in range(attempts):
             try:

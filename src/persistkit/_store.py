@@ -198,7 +198,7 @@ _session_settings = _config.session_settings
 
 
 class _UpdatesAtCommit:
-    """The :meth:`PersistBase.update_value` calls a transaction made on one key, applied
+    """The :meth:`PersistBase._merge_value` calls a transaction made on one key, applied
     again at its commit when another writer committed the key since the first of them
     read it.
 
@@ -209,8 +209,6 @@ class _UpdatesAtCommit:
     the block's changes of the key to it, in the order they were made. Only changes
     that lead, step by step, to the value the block leaves: one that a plain write
     followed (or a failed savepoint dropped) is not applied, and the conflict stands.
-    Nor is an update by a store whose class overrides ``write_value`` (a user's check
-    of each value it stores would not see the one committed).
     """
 
     __slots__ = ("attempts", "key", "steps", "store")
@@ -228,14 +226,9 @@ class _UpdatesAtCommit:
         store: PersistBase[Any],
         entity_id: str | int,
         read: Expected,
-        change: Callable[[Any], Any],
         staged: str,
+        change: Callable[[Any], Any],
     ) -> None:
-        if type(store).write_value is not PersistBase.write_value:
-            # A user's store that checks or changes each value it writes: the value
-            # applied again is included at commit, never handed to its write_value. Its
-            # update keeps the compare-and-set (ConflictError), and breaks the chain.
-            return
         route = store._route()
         txn = transaction_for(route.backend)
         if txn is None:
@@ -270,7 +263,7 @@ class _UpdatesAtCommit:
             # Not raised with the key: the commit would run its hooks again, in vain.
             raise ConflictError(
                 f"{key} was committed by another writer since this block read it, and "
-                "the block's last write of it was not an update_value (or was not "
+                "the block's last write of it was not a merge of it (or was not "
                 "derived from that read): nothing was committed"
             )
         value = None if stored is None else store._parse(key, stored.data)
@@ -736,17 +729,19 @@ class PersistBase(Generic[T]):
         """Read, apply ``change`` (it gets ``None`` when absent), write back if unchanged.
 
         Retries on :class:`~persistkit.errors.ConflictError`, so concurrent
-        updates from threads or processes are never lost.
-
-        Inside a transaction the result is staged, and returned, at once; when
-        another writer (a process, a thread) commits the value before the block
-        does, the commit applies ``change`` again, with the block's other updates
-        of the value, to what that writer committed (:class:`_UpdatesAtCommit`),
-        rather than fail the whole block with a ``ConflictError``. So ``change``
-        must depend on nothing but its argument, as it always could be called
-        again. A store whose class overrides :meth:`write_value` keeps the
-        ``ConflictError``: its override would not see the value committed.
+        updates from threads or processes are never lost. Inside a transaction
+        the result is staged with the version it was derived from, and the
+        commit fails with ``ConflictError`` when another writer committed the
+        value first: the block may have used the result (an id it took, say).
         """
+        new_value, _ = await self._update(entity_id, change, attempts)
+        return new_value
+
+    async def _update(
+        self, entity_id: str | int, change: Callable[[T | None], T], attempts: int
+    ) -> tuple[T, tuple[Expected, str] | None]:
+        """:meth:`update_value`, and inside a transaction the version the value was derived
+        from and the one staged."""
         for _ in range(attempts):
             try:
                 entry = await self.read_entry(entity_id)
@@ -759,10 +754,22 @@ class PersistBase(Generic[T]):
             except ConflictError:
                 await asyncio.sleep(0)
                 continue
-            if active_transaction.get() is not None:
-                _UpdatesAtCommit.remember(self, entity_id, version, change, staged)
-            return new_value
+            return new_value, (version, staged) if active_transaction.get() is not None else None
         raise ConflictError(f"{entity_id!r}: gave up after {attempts} conflicting updates")
+
+    async def _merge_value(self, entity_id: str | int, change: Callable[[T | None], T]) -> T:
+        """:meth:`update_value` whose change is applied again at commit, inside a transaction,
+        when another writer committed the value first (:class:`_UpdatesAtCommit`).
+
+        For a value that merges entries by their own ids (a pair's order intents),
+        where what the block does with the result never depends on the rest of
+        the value. A store whose class overrides :meth:`write_value` (its own
+        checks) keeps the compare-and-set: the commit could not run those checks.
+        """
+        new_value, staged = await self._update(entity_id, change, 1000)
+        if staged is not None and type(self).write_value is PersistBase.write_value:
+            _UpdatesAtCommit.remember(self, entity_id, *staged, change)
+        return new_value
 
     async def remove_value(
         self, entity_id: str | int, *, if_version: Expected = ANY_VERSION

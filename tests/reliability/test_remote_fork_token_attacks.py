@@ -23,7 +23,13 @@ import pytest
 from botocore.config import Config
 from common import count
 
-from persistkit import ConflictError, PersistBase, TransientBackendError
+from persistkit import (
+    ConflictError,
+    PersistBase,
+    TransientBackendError,
+    WriteFailedError,
+    transaction,
+)
 from persistkit import sync as blocking_api
 from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
@@ -152,6 +158,72 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
             hook.close()
     assert proxy.lost == rounds
     assert await hits_now(server, prefix) == 5
+
+
+async def test_a_tick_commit_retried_after_hundreds_of_other_commits_is_found_recorded(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """A tick's commit record is written (its reply lost), then another writer commits 300
+    ticks before our retry: more than the record's list of recent commits holds. The retry
+    must still find its commit recorded and report success, not record it again (its
+    create-only check then failed: ConflictError for a commit that was applied)."""
+    hook = WhileAReplyIsLost()
+    theirs = direct_store(server, prefix)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+            await ours.write_value("warm-up", 0)  # the head record exists, applied
+
+            async def three_hundred_ticks() -> None:
+                for tick in range(300):
+                    async with transaction(theirs.backend):
+                        await theirs.write_value("theirs", tick)
+
+            hook.meanwhile = three_hundred_ticks
+            async with transaction(ours.backend):
+                await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None  # the reply was lost and they committed meanwhile
+            assert await ours.read_value("created-once") == 1
+            assert await ours.read_value("theirs") == 299
+        finally:
+            await ours.backend.aclose()
+            hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == 1
+
+
+async def test_a_tick_commit_retried_after_more_writers_than_the_record_keeps_is_in_doubt(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """As above, but 60 other writers commit meanwhile (5 ticks each), more than the commit
+    record keeps the tokens of: the retry cannot tell, and says so (``WriteFailedError``, "outcome
+    unknown"), rather than report a conflict for a commit that was applied."""
+    hook = WhileAReplyIsLost()
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+            await ours.write_value("warm-up", 0)
+
+            async def sixty_writers() -> None:
+                for writer in range(60):
+                    theirs = direct_store(server, prefix)
+                    try:
+                        for _ in range(5):  # 300 commits: past the list of recent ones too
+                            async with transaction(theirs.backend):
+                                await theirs.write_value("theirs", writer)
+                    finally:
+                        await theirs.backend.aclose()
+
+            hook.meanwhile = sixty_writers
+            with pytest.raises(WriteFailedError, match="outcome unknown"):
+                async with transaction(ours.backend):
+                    await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None
+            assert await ours.read_value("created-once") == 1  # it was recorded
+        finally:
+            await ours.backend.aclose()
+            hook.close()
+    assert proxy.lost == 1
 
 
 @pytest.mark.xfail(

@@ -61,7 +61,10 @@ transaction and a conditional write checks only its own object, so every tick
 commit of every process goes through one object, the *head record*
 ``.commits/head.json``: the batch (base64), a sequence number, whether it is
 applied, the fencing tokens of the leases, the write tokens of the latest 256
-commits, and a SHA-256 checksum. A commit (1) applies the current head if it is
+commits and each writer's latest (with its unsettled ones, as an entity object
+keeps them: a retry whose reply was lost finds its commit however many commits
+followed, or, past about 45 writers since, says "outcome unknown"), and a
+SHA-256 checksum. A commit (1) applies the current head if it is
 not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
 transaction) against the objects, (3) writes itself as the next head with
 ``If-Match`` on the head it read (losing that race it starts over at 1), (4)
@@ -168,7 +171,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -377,9 +380,9 @@ class _Record:
     """The lease tokens this commit was made under."""
     recent: tuple[tuple[str, int], ...]
     """(write token, seq) of the latest commits, this one included."""
-
-
-_NO_RECORD = _Record(0, (), True, {}, {}, ())
+    writers: _Writers
+    """Each writer's latest commit token and its earlier ones still unsettled: how a
+    retry recognises a commit of its own older than :data:`_RECENT_COMMITS` commits."""
 
 
 def _encode_record(record: _Record) -> bytes:
@@ -399,6 +402,8 @@ def _encode_record(record: _Record) -> bytes:
             "fences": dict(record.fences),
             "tokens": dict(record.tokens),
             "recent": [list(item) for item in record.recent],
+            "writers": [[writer, list(tokens)] for writer, tokens in record.writers.entries],
+            "evicted": record.writers.evicted,
         }
     )
     return payload + b"\n" + hashlib.sha256(payload).hexdigest().encode("ascii")
@@ -423,6 +428,13 @@ def _decode_record(data: bytes) -> _Record:
             fences={str(name): int(token) for name, token in parsed["fences"].items()},
             tokens={str(name): int(token) for name, token in parsed["tokens"].items()},
             recent=tuple((str(token), int(seq)) for token, seq in parsed["recent"]),
+            writers=_Writers(
+                tuple(
+                    (str(writer), tuple(str(token) for token in tokens))
+                    for writer, tokens in parsed.get("writers", ())
+                ),
+                int(parsed.get("evicted", 0)),
+            ),
         )
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         reason = f"not a tick commit record: {exc}"
@@ -525,6 +537,7 @@ class _Writers:
 
 
 _NO_WRITERS = _Writers()
+_NO_RECORD = _Record(0, (), True, {}, {}, (), _NO_WRITERS)
 
 
 def _entries_text(entries: Iterable[tuple[str, tuple[str, ...]]]) -> str:
@@ -1408,9 +1421,7 @@ class S3Backend(Backend):
 
     def _mark_applied_sync(self, record: _Record, etag: str | None) -> None:
         """Record that ``record`` is in every object; a lost race means someone else did."""
-        applied = _Record(
-            record.seq, record.writes, True, record.fences, record.tokens, record.recent
-        )
+        applied = replace(record, applied=True)
         try:
             new_etag, _ = self._conditional_put_sync(
                 self._head_object_key(), "the tick commit record", _encode_record(applied), etag
@@ -1553,6 +1564,7 @@ class S3Backend(Backend):
                 await self._ensure_ready()
             await self._record_and_apply(batch, expected, tokens, new_fence, write_token)
             self._tokens.settle(request)
+            self._forget_unanswered(write_token)
         except TransientBackendError:
             # Ambiguous: recorded or not. The head is read again before the next
             # operation, and a retry of this commit finds its token there.
@@ -1561,9 +1573,11 @@ class S3Backend(Backend):
             raise
         except (ConflictError, LeaseLostError):
             self._tokens.settle(request)  # decided: nothing was recorded
+            self._forget_unanswered(write_token)
             raise
         except BaseException:
             self._tokens.settle(request)
+            self._forget_unanswered(write_token)
             self._ready = False
             self._head = (_NO_RECORD, None)
             raise
@@ -1592,6 +1606,18 @@ class S3Backend(Backend):
                     if seq == head.seq and not head.applied:
                         await self._apply_record(head, etag)
                     return
+            evicted_before = self._unanswered_evictions(write_token)
+            if evicted_before is not None:  # an attempt got no answer: recorded long ago?
+                recorded = head.writers.holds(self._writer, write_token, evicted_before)
+                if recorded:
+                    return  # more than _RECENT_COMMITS commits ago: applied since
+                if recorded is None:
+                    raise WriteFailedError(
+                        f"S3 tick commit to {self.url}: an attempt got no reply, and more "
+                        "writers committed since than the commit record keeps the tokens "
+                        "of: whether that attempt was recorded can no longer be told "
+                        "(outcome unknown); read the values and decide"
+                    )
             if not head.applied:
                 logger.info("persistkit: applying tick commit %d of another writer", head.seq)
                 await self._apply_record(head, etag)
@@ -1631,6 +1657,7 @@ class S3Backend(Backend):
                 fences,
                 tokens,
                 (*head.recent, (write_token, seq))[-_RECENT_COMMITS:],
+                head.writers.written_by(self._writer, write_token, self._tokens.is_open),
             )
             try:
                 new_etag, _ = await self._run(
@@ -1640,6 +1667,9 @@ class S3Backend(Backend):
                     _encode_record(record),
                     etag,
                 )
+            except TransientBackendError:
+                self._note_unanswered(write_token, head.writers.evicted)
+                raise
             except ConflictError:
                 logger.debug("persistkit: tick commit %d is taken by another writer", seq)
                 self._head = await self._run(self._read_head_sync)

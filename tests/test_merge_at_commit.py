@@ -1,10 +1,13 @@
-"""``update_value`` inside a transaction, when another writer commits the same key first.
+"""A value merged inside a transaction (a pair's order intents), when another writer
+commits the same key first; and ``update_value``, which must not be merged.
 
 A tick's ``update_value`` is staged with the version it read, and the commit is a
-compare-and-set. Before, another process committing the key in between made the
-whole tick fail with ``ConflictError`` (a bot under ``LiveSession.run`` stopped
-with an order's ack unrecorded). Now the commit applies the block's changes
-again to what was committed, and fails only when that cannot be done exactly.
+compare-and-set: another process committing the key in between fails the tick
+with ``ConflictError``, since the tick may have used the value it got (an id it
+took). A merged value (``PersistBase._merge_value``: entries by their own ids,
+which is how ``write_intent`` records an order) is applied again at commit to
+what the other process committed. Before, a bot under ``LiveSession.run`` that
+recorded an order's ack after ``commit_now()`` stopped with the ack unrecorded.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from support.servers import RedisServer
 
 SRC = str(Path(__file__).parents[1] / "src")
 
-# Each process: ticks that add 1 to a shared counter (update_value) and write a
-# row of their own, with an await between the update and the commit, so that the
-# other processes' commits fall in between. Prints how many ticks failed.
+# Each process: ticks that add an entry of their own to a shared map (merged) and
+# write a row of their own, with an await between the merge and the commit, so
+# that the other processes' commits fall in between. Prints how many ticks failed.
 INCREMENTING_TICKS = textwrap.dedent(
     """
     import asyncio, os, sys, time
@@ -51,7 +54,9 @@ INCREMENTING_TICKS = textwrap.dedent(
         for tick in range(int(ticks)):
             try:
                 async with transaction():
-                    await store.update_value("shared", lambda n: (n or 0) + 1)
+                    await store._merge_value(
+                        "shared", lambda m: {**(m or {}), f"{name}-{tick}": tick}
+                    )
                     await asyncio.sleep(0.002)
                     await store.write_value(name, {"tick": tick})
             except ConflictError:
@@ -70,7 +75,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.mark.parametrize("backend", ["file", "redis"])
-def test_increments_in_ticks_of_several_processes_all_count(
+def test_entries_merged_in_ticks_of_several_processes_are_all_kept(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     processes, ticks = 4, 40
@@ -110,7 +115,7 @@ def test_increments_in_ticks_of_several_processes_all_count(
             await settings.backend.aclose()
 
     shared, rows = asyncio.run(counted())
-    assert shared == processes * ticks
+    assert shared == {f"p{n}-{tick}": tick for n in range(processes) for tick in range(ticks)}
     assert rows == [{"tick": ticks - 1}] * processes
 
 
@@ -153,29 +158,65 @@ OTHER_WRITER = textwrap.dedent(
 )
 
 
-async def test_two_updates_of_a_tick_are_applied_again_in_order(tmp_path: Path) -> None:
+async def test_an_update_of_a_tick_fails_the_commit_when_another_writer_was_first(
+    tmp_path: Path,
+) -> None:
+    """The tick took 11 as its id; applying +1 again to 100 would commit 101 beside
+    whatever the tick wrote under 11."""
+
     async def block(store: PersistBase[Any]) -> None:
         assert await store.update_value("shared", lambda n: n + 1) == 11
-        assert await store.update_value("shared", lambda n: n * 2) == 22
+        await store.write_value("order-11", {"taken": True})
+
+    raised, shared = await _commit_with_another_writer_in_between(tmp_path, block, "100")
+    assert isinstance(raised, ConflictError)
+    assert shared == 100
+    assert not await PersistBase[Any]("counters").has_value("order-11")
+
+
+async def test_two_merges_of_a_tick_are_applied_again_in_order(tmp_path: Path) -> None:
+    async def block(store: PersistBase[Any]) -> None:
+        assert await store._merge_value("shared", lambda n: n + 1) == 11
+        assert await store._merge_value("shared", lambda n: n * 2) == 22
 
     raised, shared = await _commit_with_another_writer_in_between(tmp_path, block, "100")
     assert raised is None
     assert shared == (100 + 1) * 2
 
 
-async def test_an_update_overwritten_by_a_plain_write_in_the_tick_still_conflicts(
+async def test_a_store_with_its_own_write_checks_is_not_merged_at_commit(
+    tmp_path: Path,
+) -> None:
+    """The commit could not run the subclass's checks on the merged value: the
+    compare-and-set stands."""
+
+    class Checked(PersistBase[Any]):
+        async def write_value(self, entity_id: str | int, value: Any, **kwargs: Any) -> str:
+            if value > 1000:
+                raise ValueError("too large")
+            return await super().write_value(entity_id, value, **kwargs)
+
+    async def block(store: PersistBase[Any]) -> None:
+        await Checked("counters")._merge_value("shared", lambda n: n * 10)
+
+    raised, shared = await _commit_with_another_writer_in_between(tmp_path, block, "101")
+    assert isinstance(raised, ConflictError)
+    assert shared == 101
+
+
+async def test_a_merge_overwritten_by_a_plain_write_in_the_tick_still_conflicts(
     tmp_path: Path,
 ) -> None:
     """The block's last word on the key is a plain write derived from its read: applying
-    the update again would drop it, and writing it would drop the other writer's."""
+    the merge again would drop it, and writing it would drop the other writer's."""
 
     async def block(store: PersistBase[Any]) -> None:
-        await store.update_value("shared", lambda n: n + 1)
+        await store._merge_value("shared", lambda n: n + 1)
         await store.write_value("shared", 42)
 
     raised, shared = await _commit_with_another_writer_in_between(tmp_path, block, "100")
     assert isinstance(raised, ConflictError)
-    assert "not an update_value" in str(raised)
+    assert "not a merge of it" in str(raised)
     assert shared == 100
 
 
@@ -191,7 +232,7 @@ async def test_a_change_that_refuses_the_new_value_fails_the_commit_and_writes_n
         return n + 1
 
     async def block(store: PersistBase[Any]) -> None:
-        await store.update_value("shared", at_most_50)
+        await store._merge_value("shared", at_most_50)
         await store.write_value("other", {"written": True})
 
     raised, shared = await _commit_with_another_writer_in_between(tmp_path, block, "100")

@@ -333,8 +333,10 @@ class Transaction:
         What is staged then is durable when this returns (an order intent,
         before the order leaves); the rest of the block commits on its exit,
         atomically too, or not at all. Versions the block staged before are
-        no longer valid (values read since come from the backend). Refused in
-        a savepoint: its writes belong to the outer block until that one commits.
+        no longer valid (values read since come from the backend). A task of
+        the block that writes while this commits waits for it, and stages its
+        write for the rest of the block. Refused in a savepoint: its writes
+        belong to the outer block until that one commits.
         """
         self._check_active()
         if self._parent is not None and self._parent._find(self.backend) is not None:

@@ -689,7 +689,8 @@ class PersistBase(Generic[T]):
             if active_transaction.get() is not None:
                 active = self._transaction_of(route, key)
                 if if_version is ANY_VERSION:
-                    await active.after_commit_in_progress()
+                    if active._committing is not None:  # no await on the hot path else
+                        await active.after_commit_in_progress()
                     return cast(str, active.stage_now(key, data))
                 return cast(str, await active.stage(key, data, if_version))
             if route.put_now is not None:

@@ -1,0 +1,130 @@
+"""Attacks on two fixes: the per-writer tokens of the S3 tick commit record (a retry whose
+reply was lost finds its commit past the 256 recent ones), and the start's flag on files
+that are not JSON in folders named like backtest-kit's.
+
+Each test is a break tried by hand. Replies are lost for real (``support.replyloss``: the
+server executes the request, the client never hears back) against a real SeaweedFS; files
+are real files of a real root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from tests.support.replyloss import ReplyLossProxy, conditional_put
+from tests.support.servers import SeaweedS3
+
+from persistkit import PersistBase, transaction
+from persistkit.backends._s3 import S3Backend
+
+BUCKET = "record-attacks"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SeaweedS3]:
+    with SeaweedS3() as started:
+        started.client().create_bucket(Bucket=BUCKET)
+        yield started
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"r-{uuid.uuid4().hex[:12]}"
+
+
+class LoseTheNthConditionalPut:
+    """``lose_if`` of a proxy: once armed, lose the reply to our ``nth`` conditional PUT
+    from then on (the server executed it) and, before our client sees the drop, run
+    ``meanwhile`` on a loop of its own, straight to the server."""
+
+    def __init__(self) -> None:
+        self.meanwhile: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._left = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def arm(self, nth: int, meanwhile: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._left, self.meanwhile = nth, meanwhile
+
+    def __call__(self, request: bytes) -> bool:
+        if self.meanwhile is None or not conditional_put(request):
+            return False
+        self._left -= 1
+        if self._left:
+            return False
+        meanwhile, self.meanwhile = self.meanwhile, None
+        asyncio.run_coroutine_threadsafe(meanwhile(), self._loop).result(timeout=120)
+        return True
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=120)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def direct_store(server: SeaweedS3, prefix: str) -> PersistBase[int]:
+    """Another writer (a backend instance of its own), straight to the server."""
+    return PersistBase(
+        "counters", backend=S3Backend(server.client(), BUCKET, prefix, owns_client=True)
+    )
+
+
+def lossy_store(server: SeaweedS3, port: int, prefix: str) -> PersistBase[int]:
+    """Our writer, through the proxy at ``port``; the store's retry policy is the only one."""
+    client = boto3.client(
+        "s3",
+        **{**server.client_kwargs(), "endpoint_url": f"http://127.0.0.1:{port}"},
+        config=Config(
+            s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"}
+        ),
+    )
+    return PersistBase("counters", backend=S3Backend(client, BUCKET, prefix, owns_client=True))
+
+
+# -- S3: the commit record's per-writer tokens ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lost", [2, 3], ids=["the reply of its apply", "the reply of its mark-applied"]
+)
+async def test_a_tick_commit_recorded_whose_later_reply_was_lost_is_found_past_256_commits(
+    server: SeaweedS3, prefix: str, lost: int
+) -> None:
+    """Our tick's record is written and answered; the reply of a later step of the same
+    commit (writing its object, or marking the record applied) is lost, and another writer
+    commits 300 ticks meanwhile (they apply our record first). The commit is recorded and
+    applied, so its retry must report success, not record it again: its create-only check
+    then fails, ConflictError for a commit that was applied."""
+    hook = LoseTheNthConditionalPut()
+    theirs = direct_store(server, prefix)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+            await ours.write_value("warm-up", 0)  # the head record exists, applied
+
+            async def three_hundred_ticks() -> None:
+                for tick in range(300):
+                    async with transaction(theirs.backend):
+                        await theirs.write_value("theirs", tick)
+
+            hook.arm(lost, three_hundred_ticks)
+            async with transaction(ours.backend):
+                await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None  # the reply was lost and they committed meanwhile
+            assert await ours.read_value("created-once") == 1
+            assert await ours.read_value("theirs") == 299
+        finally:
+            await ours.backend.aclose()
+            hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == 1

@@ -1675,7 +1675,13 @@ class S3Backend(Backend):
                 self._head = await self._run(self._read_head_sync)
                 continue
             self._head = (record, new_etag)
-            await self._apply_record(record, new_etag, states)
+            try:
+                await self._apply_record(record, new_etag, states)
+            except TransientBackendError:
+                # Recorded, then a later step's reply was lost: a retry past the recent
+                # commits must look for its token among the writers' as well.
+                self._note_unanswered(write_token, head.writers.evicted)
+                raise
             return
 
     # -- leases: one live instance per cluster ---------------------------------------------

@@ -44,28 +44,37 @@ def prefix() -> str:
 
 class LoseTheNthConditionalPut:
     """``lose_if`` of a proxy: once armed, lose the reply to our ``nth`` conditional PUT
-    from then on (the server executed it) and, before our client sees the drop, run
-    ``meanwhile`` on a loop of its own, straight to the server."""
+    from then on (the server executed it) and run ``meanwhile`` on a loop of its own,
+    straight to the server: before our client sees that drop, or, with ``meanwhile_at``,
+    when the reply to an earlier one comes back (then it is passed on)."""
 
     def __init__(self) -> None:
         self.meanwhile: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._left = 0
+        self._meanwhile_left = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
-    def arm(self, nth: int, meanwhile: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self._left, self.meanwhile = nth, meanwhile
+    def arm(
+        self,
+        nth: int,
+        meanwhile: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        meanwhile_at: int | None = None,
+    ) -> None:
+        self._left, self._meanwhile_left = nth, nth if meanwhile_at is None else meanwhile_at
+        self.meanwhile = meanwhile
 
     def __call__(self, request: bytes) -> bool:
-        if self.meanwhile is None or not conditional_put(request):
+        if not self._left or not conditional_put(request):
             return False
         self._left -= 1
-        if self._left:
-            return False
-        meanwhile, self.meanwhile = self.meanwhile, None
-        asyncio.run_coroutine_threadsafe(meanwhile(), self._loop).result(timeout=120)
-        return True
+        self._meanwhile_left -= 1
+        if not self._meanwhile_left and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            asyncio.run_coroutine_threadsafe(meanwhile(), self._loop).result(timeout=120)
+        return not self._left
 
     def run(self, work: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout=120)
@@ -163,17 +172,6 @@ def commit_as_the_previous_release(server: SeaweedS3, prefix: str, key: str, dat
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a head written by the previous release (no 'writers') after our recorded attempt "
-        "drops our entry and resets 'evicted' to 0: the retry past the 256 recent commits "
-        "reads 'no entry dropped since' and records the commit again (ConflictError for "
-        "a commit that was applied) instead of 'outcome unknown'. A fix: the record keeps the "
-        "seq its unbroken chain of per-writer tokens starts at, and a retry whose attempt is "
-        "older than that start cannot tell"
-    ),
-)
 async def test_a_retry_across_a_head_of_the_previous_release_is_not_recorded_again(
     server: SeaweedS3, prefix: str
 ) -> None:
@@ -206,5 +204,37 @@ async def test_a_retry_across_a_head_of_the_previous_release_is_not_recorded_aga
         finally:
             await ours.backend.aclose()
             hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == 1
+
+
+async def test_the_first_commit_after_an_upgrade_refused_and_its_reply_lost_is_committed(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """The head is a record of the previous release; our (upgraded) tick's record is refused
+    (a process of the previous release committed first) and the refusal's reply is lost.
+    Nothing of ours was recorded, and the recent commits say so: the retry must commit it,
+    not give up with "outcome unknown"."""
+    hook = LoseTheNthConditionalPut()
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, prefix)
+        try:
+            async with transaction(ours.backend):
+                await ours.write_value("warm-up", 0)  # the head record exists
+            commit_as_the_previous_release(server, prefix, "counters/theirs", b"1")
+
+            async def one_of_the_previous_release() -> None:
+                commit_as_the_previous_release(server, prefix, "counters/theirs", b"2")
+
+            # Ours is refused on the head it knew, applies their record (its object, then
+            # marked applied, when theirs commits again), then is refused again: lost.
+            hook.arm(4, one_of_the_previous_release, meanwhile_at=3)
+            async with transaction(ours.backend):
+                await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None
+            assert await ours.read_value("created-once") == 1
+            assert await ours.read_value("theirs") == 2
+        finally:
+            await ours.backend.aclose()
             hook.close()
     assert proxy.lost == 1

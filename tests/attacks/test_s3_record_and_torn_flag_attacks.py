@@ -122,7 +122,7 @@ async def test_a_tick_commit_recorded_whose_later_reply_was_lost_is_found_past_2
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
         ours = lossy_store(server, proxy.port, prefix)
         try:
-            await ours.write_value("warm-up", 0)  # the head record exists, applied
+            await ours.write_value("warm-up", 0)  # a plain write: no commit record yet
 
             async def three_hundred_ticks() -> None:
                 for tick in range(300):

@@ -17,15 +17,14 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-import boto3
 import orjson
 import pytest
-from botocore.config import Config
 from tests.support.replyloss import ReplyLossProxy, conditional_put
+from tests.support.s3_writers import direct_store, lossy_store
 from tests.support.servers import SeaweedS3
 
-from persistkit import PersistBase, WriteFailedError, transaction
-from persistkit.backends._s3 import COMMITS_DIR, S3Backend
+from persistkit import WriteFailedError, transaction
+from persistkit.backends._s3 import COMMITS_DIR
 
 BUCKET = "record-attacks"
 
@@ -84,25 +83,6 @@ class LoseTheNthConditionalPut:
         self._thread.join(timeout=10)
 
 
-def direct_store(server: SeaweedS3, prefix: str) -> PersistBase[int]:
-    """Another writer (a backend instance of its own), straight to the server."""
-    return PersistBase(
-        "counters", backend=S3Backend(server.client(), BUCKET, prefix, owns_client=True)
-    )
-
-
-def lossy_store(server: SeaweedS3, port: int, prefix: str) -> PersistBase[int]:
-    """Our writer, through the proxy at ``port``; the store's retry policy is the only one."""
-    client = boto3.client(
-        "s3",
-        **{**server.client_kwargs(), "endpoint_url": f"http://127.0.0.1:{port}"},
-        config=Config(
-            s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"}
-        ),
-    )
-    return PersistBase("counters", backend=S3Backend(client, BUCKET, prefix, owns_client=True))
-
-
 # -- S3: the commit record's per-writer tokens ---------------------------------------------
 
 
@@ -118,9 +98,9 @@ async def test_a_tick_commit_recorded_whose_later_reply_was_lost_is_found_past_2
     applied, so its retry must report success, not record it again: its create-only check
     then fails, ConflictError for a commit that was applied."""
     hook = LoseTheNthConditionalPut()
-    theirs = direct_store(server, prefix)
+    theirs = direct_store(server, BUCKET, prefix)
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
             await ours.write_value("warm-up", 0)  # a plain write: no commit record yet
 
@@ -181,9 +161,9 @@ async def test_a_retry_across_a_head_of_the_previous_release_is_not_recorded_aga
     retry must say the outcome is unknown (the head of the previous release dropped every
     writer's tokens), never report a conflict."""
     hook = LoseTheNthConditionalPut()
-    theirs = direct_store(server, prefix)
+    theirs = direct_store(server, BUCKET, prefix)
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
             await ours.write_value("warm-up", 0)
 
@@ -217,7 +197,7 @@ async def test_the_first_commit_after_an_upgrade_refused_and_its_reply_lost_is_c
     not give up with "outcome unknown"."""
     hook = LoseTheNthConditionalPut()
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
             async with transaction(ours.backend):
                 await ours.write_value("warm-up", 0)  # the head record exists

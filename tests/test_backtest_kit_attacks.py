@@ -221,14 +221,6 @@ async def test_after_an_in_place_migration_the_bots_own_signals_are_not_reported
     assert restored.healed and not restored.inconsistencies()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a backtest-kit signal file cut short (not JSON) names no exchange, so a start "
-    "cannot tell it from a persistkit pair of another strategy ('BTC', 'trend_binance'): "
-    "it is neither flagged nor quarantined by a session that does not run that pair, and the "
-    "start is healed and flat. preflight does report it (exit 1). Flagging every unreadable "
-    "file of a folder that could be backtest-kit's is the integrator's call",
-)
 async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start(
     install_dir: Path, tmp_path: Path
 ) -> None:
@@ -239,6 +231,8 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     restored = await _restore(root, ("BTC", "trend"))
     assert restored.pair("BTC", "trend").signal is None
     assert not restored.healed, "a start beside an open backtest-kit signal must not be clean"
+    (warning,) = restored.foreign_state
+    assert "signal/BTC_trend_binance/BTC.json: not JSON" in warning
 
 
 _KILL_TRIALS = 12 if LONG else 2

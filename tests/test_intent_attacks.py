@@ -482,14 +482,6 @@ RECORD_A_REPORT_WHEN_TOLD = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a pair's intents are one value, and a tick's write of it is a compare-and-set "
-    "checked at commit; a write of the pair's intents by another process or task between the "
-    "tick's read and its end (after commit_now(), while the order is on the wire) makes the "
-    "tick raise ConflictError, which run() does not retry once a part is committed: the bot "
-    "stops with its ack unrecorded. Re-applying the intent changes at commit would fix it",
-)
 async def test_run_survives_another_process_recording_a_report_for_the_same_pair(
     tmp_path: Path,
 ) -> None:
@@ -524,11 +516,9 @@ async def test_run_survives_another_process_recording_a_report_for_the_same_pair
 
     try:
         ticks = await session.run(place_an_order, interval=0, ticks=3, stop_signals=())
-        acked = {
-            i.client_order_id
-            for i in await PersistIntentAdapter.read_intents(*PAIR)
-            if i.status == "acked"
-        }
+        stored = await PersistIntentAdapter.read_intents(*PAIR)
+        acked = {i.client_order_id for i in stored if i.status == "acked"}
+        reported = [i.client_order_id for i in stored if i.status == "rejected"]
     finally:
         go.touch()
         await recorder.wait()
@@ -536,6 +526,8 @@ async def test_run_survives_another_process_recording_a_report_for_the_same_pair
     assert done.exists(), "the recorder wrote nothing"
     assert ticks == 3
     assert acked == set(sent)
+    # The tick's ack was applied to the intents the recorder committed: its report stays.
+    assert len(reported) == 1 and reported[0].startswith("rec-")
 
 
 # A bot under run() that says when its intent is committed, then sends the

@@ -197,6 +197,82 @@ _ROUTES_KEPT = 8
 _session_settings = _config.session_settings
 
 
+class _UpdatesAtCommit:
+    """The :meth:`PersistBase._merge_value` calls a transaction made on one key, applied
+    again at its commit when another writer committed the key since the first of them
+    read it.
+
+    A commit hook (:meth:`Transaction.before_commit`) that does nothing on the commit's
+    first attempt: the block's staged value goes with the version it was derived
+    from, a compare-and-set. When that fails on this key (a ``ConflictError``), the
+    commit runs its hooks again, and this one reads what is committed now and applies
+    the block's changes of the key to it, in the order they were made. Only changes
+    that lead, step by step, to the value the block leaves: one that a plain write
+    followed (or a failed savepoint dropped) is not applied, and the conflict stands.
+    """
+
+    __slots__ = ("attempts", "key", "steps", "store")
+
+    def __init__(self, store: PersistBase[Any], key: str) -> None:
+        self.store = store
+        self.key = key
+        self.attempts = 0
+        self.steps: dict[str, tuple[Expected, Callable[[Any], Any]]] = {}
+        """Staged version made by an update -> (the version it read, its change)."""
+
+    @classmethod
+    def remember(
+        cls,
+        store: PersistBase[Any],
+        entity_id: str | int,
+        read: Expected,
+        staged: str,
+        change: Callable[[Any], Any],
+    ) -> None:
+        route = store._route()
+        txn = transaction_for(route.backend)
+        if txn is None:
+            return
+        key = route.key(entity_id)
+        committing = txn.outermost()  # a savepoint's hooks would not outlive a second one
+        name = (cls, key)
+        hook = committing.registered_hook(name)
+        if not isinstance(hook, cls):
+            hook = cls(store, key)
+            committing.before_commit(name, (key,), hook)
+        hook.steps[staged] = (read, change)
+
+    async def __call__(self, txn: Transaction) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            return  # the compare-and-set the block staged
+        store, key = self.store, self.key
+        read = txn.expected.get(key, ANY_VERSION)
+        if read is ANY_VERSION:
+            return  # nothing compared: this key was not the conflict
+        stored = await store._get(txn.backend, key)
+        now = None if stored is None else stored.version
+        if now == read:
+            return  # unchanged: another hook's key was the conflict
+        changes: list[Callable[[Any], Any]] = []
+        version: Expected = txn.staged_version(key)
+        while isinstance(version, str) and version in self.steps:
+            version, change = self.steps[version]
+            changes.append(change)
+        if not changes or version != read:
+            # Not raised with the key: the commit would run its hooks again, in vain.
+            raise ConflictError(
+                f"{key} was committed by another writer since this block read it, and "
+                "the block's last write of it was not a merge of it (or was not "
+                "derived from that read): nothing was committed"
+            )
+        value = None if stored is None else store._parse(key, stored.data)
+        for change in reversed(changes):
+            value = change(value)
+        txn.include(key, store._encode(value))
+        txn.expected[key] = now
+
+
 class PersistBase(Generic[T]):
     """An async store of JSON values by id, durable when each write returns.
 
@@ -613,6 +689,8 @@ class PersistBase(Generic[T]):
             if active_transaction.get() is not None:
                 active = self._transaction_of(route, key)
                 if if_version is ANY_VERSION:
+                    if active._committing is not None:  # no await on the hot path else
+                        await active.after_commit_in_progress()
                     return cast(str, active.stage_now(key, data))
                 return cast(str, await active.stage(key, data, if_version))
             if route.put_now is not None:
@@ -652,8 +730,19 @@ class PersistBase(Generic[T]):
         """Read, apply ``change`` (it gets ``None`` when absent), write back if unchanged.
 
         Retries on :class:`~persistkit.errors.ConflictError`, so concurrent
-        updates from threads or processes are never lost.
+        updates from threads or processes are never lost. Inside a transaction
+        the result is staged with the version it was derived from, and the
+        commit fails with ``ConflictError`` when another writer committed the
+        value first: the block may have used the result (an id it took, say).
         """
+        new_value, _ = await self._update(entity_id, change, attempts)
+        return new_value
+
+    async def _update(
+        self, entity_id: str | int, change: Callable[[T | None], T], attempts: int
+    ) -> tuple[T, tuple[Expected, str] | None]:
+        """:meth:`update_value`, and inside a transaction the version the value was derived
+        from and the one staged."""
         for _ in range(attempts):
             try:
                 entry = await self.read_entry(entity_id)
@@ -662,12 +751,26 @@ class PersistBase(Generic[T]):
                 current, version = None, None
             new_value = change(current)
             try:
-                await self.write_value(entity_id, new_value, if_version=version)
+                staged = await self.write_value(entity_id, new_value, if_version=version)
             except ConflictError:
                 await asyncio.sleep(0)
                 continue
-            return new_value
+            return new_value, (version, staged) if active_transaction.get() is not None else None
         raise ConflictError(f"{entity_id!r}: gave up after {attempts} conflicting updates")
+
+    async def _merge_value(self, entity_id: str | int, change: Callable[[T | None], T]) -> T:
+        """:meth:`update_value` whose change is applied again at commit, inside a transaction,
+        when another writer committed the value first (:class:`_UpdatesAtCommit`).
+
+        For a value that merges entries by their own ids (a pair's order intents),
+        where what the block does with the result never depends on the rest of
+        the value. A store whose class overrides :meth:`write_value` (its own
+        checks) keeps the compare-and-set: the commit could not run those checks.
+        """
+        new_value, staged = await self._update(entity_id, change, 1000)
+        if staged is not None and type(self).write_value is PersistBase.write_value:
+            _UpdatesAtCommit.remember(self, entity_id, *staged, change)
+        return new_value
 
     async def remove_value(
         self, entity_id: str | int, *, if_version: Expected = ANY_VERSION

@@ -80,6 +80,7 @@ class Transaction:
     """
 
     __slots__ = (
+        "_committing",
         "_hooks",
         "_parent",
         "_token",
@@ -114,6 +115,8 @@ class Transaction:
         :meth:`note`)."""
         self._parent: Transaction | None = None
         self._token: contextvars.Token[Transaction | None] | None = None
+        self._committing: asyncio.Event | None = None
+        """Set while :meth:`commit_staged` commits: the block's tasks stage after it."""
 
     def __repr__(self) -> str:
         return f"<Transaction on {self.backend.url}: {len(self.writes)} staged writes>"
@@ -177,6 +180,7 @@ class Transaction:
 
     async def stage(self, key: str, data: bytes | None, expect: Expected) -> str | None:
         """Stage a write (``None``: remove) if ``key`` is at version ``expect``."""
+        await self.after_commit_in_progress()
         self._check_active()
         if expect is not ANY_VERSION:
             staged = self._level_of(key) is not None
@@ -190,8 +194,17 @@ class Transaction:
                 self.expected.setdefault(key, expect)
         return self.stage_now(key, data)
 
+    async def after_commit_in_progress(self) -> None:
+        """Wait for the :meth:`commit_staged` in progress, if any: a task of the block that
+        staged during it would change what is being committed, and what it staged would
+        be dropped with the committed part (or by the commit's hooks running again)."""
+        committing = self._committing
+        if committing is not None:
+            await committing.wait()
+
     def stage_now(self, key: str, data: bytes | None) -> str | None:
-        """Stage an unconditional write; returns the staged version."""
+        """Stage an unconditional write; returns the staged version (after
+        :meth:`after_commit_in_progress`, when called from a task of the block)."""
         self._check_active()
         self.writes[key] = data
         if data is None:
@@ -320,8 +333,10 @@ class Transaction:
         What is staged then is durable when this returns (an order intent,
         before the order leaves); the rest of the block commits on its exit,
         atomically too, or not at all. Versions the block staged before are
-        no longer valid (values read since come from the backend). Refused in
-        a savepoint: its writes belong to the outer block until that one commits.
+        no longer valid (values read since come from the backend). A task of
+        the block that writes while this commits waits for it, and stages its
+        write for the rest of the block. Refused in a savepoint: its writes
+        belong to the outer block until that one commits.
         """
         self._check_active()
         if self._parent is not None and self._parent._find(self.backend) is not None:
@@ -335,7 +350,17 @@ class Transaction:
                 "staged here yet; call it after that block exits"
             )
         if self.writes:
-            await self.commit()
+            self._committing = committing = asyncio.Event()
+            try:
+                await self.commit()
+                self._forget_committed()
+            finally:
+                self._committing = None
+                committing.set()
+        else:
+            self._forget_committed()
+
+    def _forget_committed(self) -> None:
         self.writes = {}
         self._versions.clear()
         self.expected.clear()

@@ -18,16 +18,21 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-import boto3
 import pytest
-from botocore.config import Config
 from common import count
 
-from persistkit import ConflictError, PersistBase, TransientBackendError
+from persistkit import (
+    ConflictError,
+    PersistBase,
+    TransientBackendError,
+    WriteFailedError,
+    transaction,
+)
 from persistkit import sync as blocking_api
 from persistkit.backends import open_backend
 from persistkit.backends._s3 import S3Backend
 from support.replyloss import ReplyLossProxy, conditional_put
+from support.s3_writers import direct_store, lossy_store
 from support.servers import RedisServer, SeaweedS3
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,32 +101,13 @@ class WhileAReplyIsLost:
         self._thread.join(timeout=10)
 
 
-def direct_store(server: SeaweedS3, prefix: str) -> PersistBase[int]:
-    """Another writer (a backend instance of its own), straight to the server."""
-    return PersistBase(
-        "counters", backend=S3Backend(server.client(), BUCKET, prefix, owns_client=True)
-    )
-
-
 async def hits_now(server: SeaweedS3, prefix: str) -> int | None:
     """``counters/hits`` as a fresh writer reads it; ``None`` when absent."""
-    store = direct_store(server, prefix)
+    store = direct_store(server, BUCKET, prefix)
     try:
         return await store.read_value("hits") if await store.has_value("hits") else None
     finally:
         await store.backend.aclose()
-
-
-def lossy_store(server: SeaweedS3, port: int, prefix: str) -> PersistBase[int]:
-    """Our writer, through the proxy at ``port``; the store's retry policy is the only one."""
-    client = boto3.client(
-        "s3",
-        **{**server.client_kwargs(), "endpoint_url": f"http://127.0.0.1:{port}"},
-        config=Config(
-            s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"}
-        ),
-    )
-    return PersistBase("counters", backend=S3Backend(client, BUCKET, prefix, owns_client=True))
 
 
 async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_twice(
@@ -133,9 +119,9 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
     report success, not write 6 a second time. Acknowledged: +1, -1 from 5: 5, each round."""
     rounds = count(3, 20, "S3: a lost reply's object back at the same bytes before the retry")
     hook = WhileAReplyIsLost()
-    theirs = direct_store(server, prefix)
+    theirs = direct_store(server, BUCKET, prefix)
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
             await ours.write_value("hits", 5)
 
@@ -152,6 +138,72 @@ async def test_a_retry_whose_object_came_back_to_the_same_bytes_is_not_applied_t
             hook.close()
     assert proxy.lost == rounds
     assert await hits_now(server, prefix) == 5
+
+
+async def test_a_tick_commit_retried_after_hundreds_of_other_commits_is_found_recorded(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """A tick's commit record is written (its reply lost), then another writer commits 300
+    ticks before our retry: more than the record's list of recent commits holds. The retry
+    must still find its commit recorded and report success, not record it again (its
+    create-only check then failed: ConflictError for a commit that was applied)."""
+    hook = WhileAReplyIsLost()
+    theirs = direct_store(server, BUCKET, prefix)
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
+        try:
+            await ours.write_value("warm-up", 0)  # the head record exists, applied
+
+            async def three_hundred_ticks() -> None:
+                for tick in range(300):
+                    async with transaction(theirs.backend):
+                        await theirs.write_value("theirs", tick)
+
+            hook.meanwhile = three_hundred_ticks
+            async with transaction(ours.backend):
+                await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None  # the reply was lost and they committed meanwhile
+            assert await ours.read_value("created-once") == 1
+            assert await ours.read_value("theirs") == 299
+        finally:
+            await ours.backend.aclose()
+            hook.run(theirs.backend.aclose())
+            hook.close()
+    assert proxy.lost == 1
+
+
+async def test_a_tick_commit_retried_after_more_writers_than_the_record_keeps_is_in_doubt(
+    server: SeaweedS3, prefix: str
+) -> None:
+    """As above, but 60 other writers commit meanwhile (5 ticks each), more than the commit
+    record keeps the tokens of: the retry cannot tell, and says so (``WriteFailedError``, "outcome
+    unknown"), rather than report a conflict for a commit that was applied."""
+    hook = WhileAReplyIsLost()
+    with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
+        try:
+            await ours.write_value("warm-up", 0)
+
+            async def sixty_writers() -> None:
+                for writer in range(60):
+                    theirs = direct_store(server, BUCKET, prefix)
+                    try:
+                        for _ in range(5):  # 300 commits: past the list of recent ones too
+                            async with transaction(theirs.backend):
+                                await theirs.write_value("theirs", writer)
+                    finally:
+                        await theirs.backend.aclose()
+
+            hook.meanwhile = sixty_writers
+            with pytest.raises(WriteFailedError, match="outcome unknown"):
+                async with transaction(ours.backend):
+                    await ours.write_value("created-once", 1, if_version=None)
+            assert hook.meanwhile is None
+            assert await ours.read_value("created-once") == 1  # it was recorded
+        finally:
+            await ours.backend.aclose()
+            hook.close()
+    assert proxy.lost == 1
 
 
 @pytest.mark.xfail(
@@ -172,9 +224,9 @@ async def test_a_write_over_the_same_bytes_written_again_keeps_the_tokens_of_the
     other writer sets 100 over "its" 5, which is ours now. Our retry must find its write
     applied: acknowledged, in order, 5, -1, +1, 100 leave 100, not 101."""
     hook = WhileAReplyIsLost()
-    theirs = direct_store(server, prefix)
+    theirs = direct_store(server, BUCKET, prefix)
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
             their_five = hook.run(theirs.write_value("hits", 5, if_version=None))
             await ours.update_value("hits", _minus_one)
@@ -208,7 +260,7 @@ async def test_write_tokens_another_tool_stored_in_non_ascii_leave_the_key_writa
     tool.meta.events.register("before-sign.s3.PutObject", raw_header)
     tool.put_object(Bucket=BUCKET, Key=f"{prefix}/counters/hits.json", Body=b"1")
     tool.close()
-    store = direct_store(server, prefix)
+    store = direct_store(server, BUCKET, prefix)
     try:
         assert await store.update_value("hits", _plus_one) == 2
         current = await store.read_entry("hits")
@@ -233,10 +285,10 @@ async def test_a_create_whose_reply_was_lost_is_not_made_again_after_a_plain_del
     (a plain delete, which returns True: it removed our value). Our retry must not
     bring the value back: acknowledged, create then delete, the key is absent."""
     hook = WhileAReplyIsLost()
-    theirs = direct_store(server, prefix)
+    theirs = direct_store(server, BUCKET, prefix)
     deleted: list[bool] = []
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        ours = lossy_store(server, proxy.port, prefix)
+        ours = lossy_store(server, proxy.port, BUCKET, prefix)
         try:
 
             async def delete() -> None:
@@ -266,8 +318,8 @@ async def test_a_lease_renewal_retried_after_a_lost_reply_lasts_as_long_as_it_sa
     than the server keeps."""
     hook = WhileAReplyIsLost()
     with ReplyLossProxy("127.0.0.1", server.s3_port, loss=1.0, lose_if=hook) as proxy:
-        holder = lossy_store(server, proxy.port, prefix).backend
-        rival = direct_store(server, prefix).backend
+        holder = lossy_store(server, proxy.port, BUCKET, prefix).backend
+        rival = direct_store(server, BUCKET, prefix).backend
         try:
             lease = await holder.acquire_lease("pair-x", {"host": "h", "pid": 1}, ttl=30)
             hook.lose_the_next_reply()

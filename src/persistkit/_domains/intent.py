@@ -166,6 +166,9 @@ class PersistIntentUtils(DomainAdapter):
         a live session's tick, of a pair the session does not run, and
         :class:`~persistkit.errors.SchemaValidationError` for an invalid one.
 
+        Inside a tick, another process recording the pair's intents before the
+        tick commits does not fail it: the commit applies this write again to
+        what that process committed (the stamp returned may then be a later one).
         Outside a tick the write is its own commit: durable when this returns.
         Inside a tick it commits with the tick, so write it in a tick of its
         own before the order is sent, or, in a tick driven by
@@ -222,7 +225,9 @@ class PersistIntentUtils(DomainAdapter):
             intents[stored.client_order_id] = stored
             return _without_expired(intents, settings, now)
 
-        await store.update_value(_INTENTS, change)
+        # Merged at commit: another process recording a report of the pair's other
+        # orders (or of this one) does not fail the tick that records this one.
+        await store._merge_value(_INTENTS, change)
         return stored
 
     async def remove_intents(self, symbol: str, strategy_name: str) -> None:

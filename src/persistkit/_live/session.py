@@ -742,6 +742,8 @@ class LiveSession:
             found = find_backtest_kit_state(backend.root)
             if found:
                 foreign.append(found.warning())
+            if found.unreadable:
+                foreign.append(found.unreadable_warning())
         return RestoredState(
             self.risk_name,
             positions,

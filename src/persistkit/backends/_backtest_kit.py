@@ -200,10 +200,16 @@ def _value_files(folder: str) -> Iterator[os.DirEntry[str]]:
             yield entry
 
 
+class _Vanished(ValueError):
+    """The file was listed, then removed before it could be read (a signal cleared)."""
+
+
 def _load(path: str) -> Any:
     """The JSON in ``path``, never through a symbolic link; ``ValueError`` saying why not."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise _Vanished("removed while it was read") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
             raise ValueError("a symbolic link; never followed") from exc
@@ -778,6 +784,12 @@ class BacktestKitState:
     """Relative paths of the folders that hold it."""
     exchanges: tuple[str, ...]
     """The exchanges its rows name (none when only partial files were found)."""
+    unreadable: tuple[str, ...] = ()
+    """Files (relative paths, with why) in folders named like backtest-kit's that are not
+    JSON: a backtest-kit row cut short names no exchange, so it cannot be told from a
+    corrupt value of a persistkit pair. ``inspect`` and ``preflight`` report such files
+    through their own scans; a start, which scans only its own pairs, says
+    :meth:`unreadable_warning`."""
 
     def __bool__(self) -> bool:
         return bool(self.folders)
@@ -792,6 +804,19 @@ class BacktestKitState:
             f"{self.root} holds backtest-kit 19.x state persistkit does not read "
             f"({len(self.folders)} folders: {shown}): a start here begins flat, as if no "
             f"position were open. Migrate it first: {commands}"
+        )
+
+    def unreadable_warning(self) -> str:
+        """What a start says of :attr:`unreadable` files (none: ``""``)."""
+        if not self.unreadable:
+            return ""
+        shown = "; ".join(self.unreadable[:3]) + (" ..." if len(self.unreadable) > 3 else "")
+        return (
+            f"{self.root} holds {len(self.unreadable)} file(s) that cannot be read, in "
+            f"folders named like backtest-kit 19.x's ({shown}): backtest-kit state cut "
+            "short, or a corrupt value of a pair this start does not run. A start here reads "
+            "neither and begins flat for it: check them (`persistkit preflight`); a "
+            "backtest-kit signal cut short is an open position the bot no longer knows of"
         )
 
 
@@ -811,6 +836,7 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
     """
     folders: list[str] = []
     exchanges: set[str] = set()
+    unreadable: list[str] = []
     for domain in _ROW_DOMAINS:
         for folder in _entries(os.path.join(root, domain)):
             if not _is_dir(folder) or folder.name.count("_") < 2:
@@ -818,7 +844,10 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
             for entry in _value_files(folder.path):
                 try:
                     exchange = _is_backtest_kit_row(folder.name, _load(entry.path))
-                except ValueError:
+                except _Vanished:
+                    continue
+                except ValueError as exc:
+                    unreadable.append(f"{domain}/{folder.name}/{entry.name}: {exc}")
                     continue
                 if exchange is not None:
                     folders.append(f"{domain}/{folder.name}")
@@ -843,7 +872,9 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
         levels_of_a_signal = folder.name.count("_") >= 2 and _is_file_of_signal_levels(folder.path)
         if any(name != _LEVELS_FILE for name in names) or levels_of_a_signal:
             folders.append(f"partial/{folder.name}")
-    return BacktestKitState(root, tuple(sorted(folders)), tuple(sorted(exchanges)))
+    return BacktestKitState(
+        root, tuple(sorted(folders)), tuple(sorted(exchanges)), tuple(sorted(unreadable))
+    )
 
 
 def archive_migrated(root: str, folders: Iterable[str]) -> tuple[str, list[str]]:

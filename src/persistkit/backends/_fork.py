@@ -27,7 +27,14 @@ import os
 import weakref
 from typing import Protocol
 
-__all__ = ["RemoteClientOwner", "forget_clients_after_fork", "keep_inherited"]
+from persistkit.errors import ForkedClientError
+
+__all__ = [
+    "RemoteClientOwner",
+    "forget_clients_after_fork",
+    "given_client_refused",
+    "keep_inherited",
+]
 
 
 class RemoteClientOwner(Protocol):
@@ -48,6 +55,17 @@ def forget_clients_after_fork(owner: RemoteClientOwner) -> None:
 def keep_inherited(*objects: object) -> None:
     """Keep ``objects`` (the parent's) for the child's lifetime, untouched."""
     _inherited.extend(objects)
+
+
+def given_client_refused(owner: object, client: str, opener: str) -> ForkedClientError:
+    """The refusal of a forked child's first call on ``owner``, which was given its
+    ``client`` (so it cannot build one of its own); ``opener`` rebuilds it after a fork."""
+    return ForkedClientError(
+        f"{owner!r} was given its {client}, and this process was forked from the one "
+        f"that made it: the client's connections are the parent's sockets, which this "
+        f"process must not use. Open the backend again here with a client of its own "
+        f"(or with {opener} / open_backend, which rebuild it after a fork)"
+    )
 
 
 def _forget_in_child() -> None:

@@ -175,13 +175,16 @@ from persistkit.backends._base import (
     new_quarantine_id,
     quarantined_key,
 )
-from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
+from persistkit.backends._fork import (
+    forget_clients_after_fork,
+    given_client_refused,
+    keep_inherited,
+)
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
     BackendError,
     ConflictError,
     EntityNotFoundError,
-    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     LeaseLostError,
@@ -845,13 +848,7 @@ class RedisBackend(Backend):
     def _use_a_client_of_our_own(self) -> None:
         """A forked child's first call: a new client from the same settings, or a refusal."""
         if self._new_client is None:
-            raise ForkedClientError(
-                f"{self!r} was given its redis client, and this process was forked from the "
-                "one that made it: the client's connections are the parent's sockets, which "
-                "this process must not use. Open the backend again here with a client of "
-                "its own (or with RedisBackend.from_url / open_backend, which rebuild it "
-                "after a fork)"
-            )
+            raise given_client_refused(self, "redis client", "RedisBackend.from_url")
         self._client = self._redis = self._new_client()
         self._inherited = False
 

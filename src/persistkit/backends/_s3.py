@@ -61,20 +61,23 @@ transaction and a conditional write checks only its own object, so every tick
 commit of every process goes through one object, the *head record*
 ``.commits/head.json``: the batch (base64), a sequence number, whether it is
 applied, the fencing tokens of the leases, the write tokens of the latest 256
-commits, and a SHA-256 checksum. A commit (1) applies the current head if it is
-not marked applied yet, (2) checks ``expect`` (the compare-and-sets of a
-transaction) against the objects, (3) writes itself as the next head with
-``If-Match`` on the head it read (losing that race it starts over at 1), (4)
-applies its writes and (5) marks the head applied: six requests for a 4-key
-tick in three round trips (plus, in one more round trip, a HEAD per
-compare-and-set key, cached or not, and per other key this backend's last
-commit did not write). Once step 3 succeeded the tick is decided, the same
-way for every process: whoever touches the head next (a later commit of any
-process, a process starting up) applies it first. Each entity write of a
-commit is conditional on the object it saw and carries the commit's sequence
-number in its metadata (``persistkit-seq``); an applier that finds a number as
-high or higher skips the key, and a deletion leaves a tombstone with its number.
-Hence, across processes and hosts:
+commits and each writer's latest (with its unsettled ones, as an entity object
+keeps them: a retry whose reply was lost finds its commit however many commits
+followed, or, past about 45 writers since or after a commit by a process of a
+release before these tokens, says "outcome unknown"), and a SHA-256 checksum.
+A commit (1) applies the current head if it is not marked applied yet, (2)
+checks ``expect`` (the compare-and-sets of a transaction) against the objects,
+(3) writes itself as the next head with ``If-Match`` on the head it read
+(losing that race it starts over at 1), (4) applies its writes and (5) marks
+the head applied: six requests for a 4-key tick in three round trips (plus, in
+one more round trip, a HEAD per compare-and-set key, cached or not, and per
+other key this backend's last commit did not write). Once step 3 succeeded the
+tick is decided, the same way for every process: whoever touches the head next
+(a later commit of any process, a process starting up) applies it first. Each
+entity write of a commit is conditional on the object it saw and carries the
+commit's sequence number in its metadata (``persistkit-seq``); an applier that
+finds a number as high or higher skips the key, and a deletion leaves a
+tombstone with its number. Hence, across processes and hosts:
 
 - commits are serialised: concurrent ticks on the same keys leave one whole
   tick or the other, as if run one after the other in sequence order;
@@ -168,7 +171,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -203,7 +206,11 @@ from persistkit.backends._base import (
     quarantined_key,
 )
 from persistkit.backends._file import QUARANTINE_DIR, SUFFIX
-from persistkit.backends._fork import forget_clients_after_fork, keep_inherited
+from persistkit.backends._fork import (
+    forget_clients_after_fork,
+    given_client_refused,
+    keep_inherited,
+)
 from persistkit.backends._threads import DaemonThreadPool, run_to_completion
 from persistkit.backends._write_tokens import WriteTokens
 from persistkit.errors import (
@@ -211,7 +218,6 @@ from persistkit.errors import (
     ConflictError,
     CorruptValueError,
     EntityNotFoundError,
-    ForkedClientError,
     InstanceLockedError,
     InvalidNameError,
     JournalDamagedError,
@@ -374,9 +380,13 @@ class _Record:
     """The lease tokens this commit was made under."""
     recent: tuple[tuple[str, int], ...]
     """(write token, seq) of the latest commits, this one included."""
-
-
-_NO_RECORD = _Record(0, (), True, {}, {}, ())
+    writers: _Writers
+    """Each writer's latest commit token and its earlier ones still unsettled: how a
+    retry recognises a commit of its own older than :data:`_RECENT_COMMITS` commits."""
+    writers_since: int | None
+    """The seq of the first record of the unbroken chain of records that carried
+    ``writers`` on; ``None``: a record of a release before them, which kept none (and
+    reset ``evicted``), so an entry missing since says nothing."""
 
 
 def _encode_record(record: _Record) -> bytes:
@@ -396,6 +406,9 @@ def _encode_record(record: _Record) -> bytes:
             "fences": dict(record.fences),
             "tokens": dict(record.tokens),
             "recent": [list(item) for item in record.recent],
+            "writers": [[writer, list(tokens)] for writer, tokens in record.writers.entries],
+            "evicted": record.writers.evicted,
+            "writers_since": record.writers_since,
         }
     )
     return payload + b"\n" + hashlib.sha256(payload).hexdigest().encode("ascii")
@@ -420,10 +433,26 @@ def _decode_record(data: bytes) -> _Record:
             fences={str(name): int(token) for name, token in parsed["fences"].items()},
             tokens={str(name): int(token) for name, token in parsed["tokens"].items()},
             recent=tuple((str(token), int(seq)) for token, seq in parsed["recent"]),
+            writers=_Writers(
+                tuple(
+                    (str(writer), tuple(str(token) for token in tokens))
+                    for writer, tokens in parsed.get("writers", ())
+                ),
+                int(parsed.get("evicted", 0)),
+            ),
+            writers_since=_writers_since(parsed),
         )
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         reason = f"not a tick commit record: {exc}"
         raise CorruptValueError(reason, reason=reason) from exc
+
+
+def _writers_since(parsed: Mapping[str, Any]) -> int | None:
+    """Where a decoded record's chain of ``writers`` starts; ``None`` for the previous release."""
+    if "writers" not in parsed:
+        return None
+    since = parsed.get("writers_since", 0)
+    return None if since is None else int(since)
 
 
 def _committed_version(data: bytes | None) -> Versioned | None:
@@ -522,6 +551,7 @@ class _Writers:
 
 
 _NO_WRITERS = _Writers()
+_NO_RECORD = _Record(0, (), True, {}, {}, (), _NO_WRITERS, 0)
 
 
 def _entries_text(entries: Iterable[tuple[str, tuple[str, ...]]]) -> str:
@@ -651,6 +681,9 @@ class S3Backend(Backend):
         # write token -> the fewest evictions (see _Writers) among the objects its
         # attempts that got no answer would have replaced: what its retry compares.
         self._unanswered: OrderedDict[str, int] = OrderedDict()
+        # Tick commit attempts without an answer -> the oldest chain of the commit
+        # record's writers they were made in (see _Record.writers_since).
+        self._unanswered_chains: OrderedDict[str, int] = OrderedDict()
         self._histories_lock = threading.Lock()
         # key -> the object as this backend's last commit left it (see _record_and_apply).
         self._known: OrderedDict[str, _State] = OrderedDict()
@@ -791,6 +824,7 @@ class S3Backend(Backend):
         self._tokens = WriteTokens(token_bytes=_TOKEN_BYTES)
         self._writer = secrets.token_hex(_WRITER_ID_BYTES)
         self._unanswered = OrderedDict()
+        self._unanswered_chains = OrderedDict()
         # A commit the parent was applying: recorded, so whoever commits next applies
         # it; no thread here would ever finish it and let these reads go.
         self._applying = {}
@@ -801,13 +835,7 @@ class S3Backend(Backend):
             if not self._inherited:
                 return
             if self._new_client is None:
-                raise ForkedClientError(
-                    f"{self!r} was given its boto3 client, and this process was forked from "
-                    "the one that made it: the client's pooled connections are the parent's "
-                    "sockets, which this process must not use. Open the backend again here "
-                    "with a client of its own (or with S3Backend.from_url / open_backend, "
-                    "which rebuild it after a fork)"
-                )
+                raise given_client_refused(self, "boto3 client", "S3Backend.from_url")
             self._client = self._new_client()
             self._inherited = False
 
@@ -933,6 +961,37 @@ class S3Backend(Backend):
     def _forget_unanswered(self, token: str) -> None:
         with self._histories_lock:
             self._unanswered.pop(token, None)
+            self._unanswered_chains.pop(token, None)
+
+    def _note_unanswered_commit(self, token: str, head: _Record) -> None:
+        """An attempt of the tick commit ``token`` over ``head`` got no answer."""
+        self._note_unanswered(token, head.writers.evicted)
+        # Over a record of the previous release, the chain this attempt would start.
+        chain = head.seq + 1 if head.writers_since is None else head.writers_since
+        with self._histories_lock:
+            known = self._unanswered_chains.get(token, chain)
+            # Attempts in two chains: the older one decides (it is never the current one).
+            self._unanswered_chains[token] = min(known, chain)
+            while len(self._unanswered_chains) > _HISTORIES_REMEMBERED:
+                self._unanswered_chains.popitem(last=False)
+
+    def _commit_recorded(self, token: str, head: _Record) -> bool | None:
+        """Whether ``head``'s writers hold the tick commit ``token``, an attempt of which got
+        no answer (``None``: cannot tell); ``False`` when every attempt was answered."""
+        evicted_before = self._unanswered_evictions(token)
+        if evicted_before is None:
+            return False
+        with self._histories_lock:
+            chain = self._unanswered_chains.get(token)
+        recorded = head.writers.holds(self._writer, token, evicted_before)
+        oldest_recent = head.recent[0][1] if head.recent else head.seq + 1
+        broken = chain is None or (head.writers_since != chain and oldest_recent > chain)
+        if recorded is False and broken:
+            # A record of the previous release came between: it dropped every entry and
+            # reset the count of dropped ones, so a missing entry says nothing; unless
+            # the recent commits reach back to the attempt (its seq is at least ``chain``).
+            return None
+        return recorded
 
     def _conditional_put_sync(
         self,
@@ -1411,9 +1470,7 @@ class S3Backend(Backend):
 
     def _mark_applied_sync(self, record: _Record, etag: str | None) -> None:
         """Record that ``record`` is in every object; a lost race means someone else did."""
-        applied = _Record(
-            record.seq, record.writes, True, record.fences, record.tokens, record.recent
-        )
+        applied = replace(record, applied=True)
         try:
             new_etag, _ = self._conditional_put_sync(
                 self._head_object_key(), "the tick commit record", _encode_record(applied), etag
@@ -1556,6 +1613,7 @@ class S3Backend(Backend):
                 await self._ensure_ready()
             await self._record_and_apply(batch, expected, tokens, new_fence, write_token)
             self._tokens.settle(request)
+            self._forget_unanswered(write_token)
         except TransientBackendError:
             # Ambiguous: recorded or not. The head is read again before the next
             # operation, and a retry of this commit finds its token there.
@@ -1564,9 +1622,11 @@ class S3Backend(Backend):
             raise
         except (ConflictError, LeaseLostError):
             self._tokens.settle(request)  # decided: nothing was recorded
+            self._forget_unanswered(write_token)
             raise
         except BaseException:
             self._tokens.settle(request)
+            self._forget_unanswered(write_token)
             self._ready = False
             self._head = (_NO_RECORD, None)
             raise
@@ -1595,6 +1655,18 @@ class S3Backend(Backend):
                     if seq == head.seq and not head.applied:
                         await self._apply_record(head, etag)
                     return
+            # An attempt got no answer: recorded more than _RECENT_COMMITS commits ago?
+            recorded = self._commit_recorded(write_token, head)
+            if recorded:
+                return  # applied since
+            if recorded is None:
+                raise WriteFailedError(
+                    f"S3 tick commit to {self.url}: an attempt got no reply, and more "
+                    "writers committed since than the commit record keeps the tokens "
+                    "of (or a process of an older release committed): whether that "
+                    "attempt was recorded can no longer be told (outcome unknown); read "
+                    "the values and decide"
+                )
             if not head.applied:
                 logger.info("persistkit: applying tick commit %d of another writer", head.seq)
                 await self._apply_record(head, etag)
@@ -1634,6 +1706,8 @@ class S3Backend(Backend):
                 fences,
                 tokens,
                 (*head.recent, (write_token, seq))[-_RECENT_COMMITS:],
+                head.writers.written_by(self._writer, write_token, self._tokens.is_open),
+                seq if head.writers_since is None else head.writers_since,
             )
             try:
                 new_etag, _ = await self._run(
@@ -1643,12 +1717,21 @@ class S3Backend(Backend):
                     _encode_record(record),
                     etag,
                 )
+            except TransientBackendError:
+                self._note_unanswered_commit(write_token, head)
+                raise
             except ConflictError:
                 logger.debug("persistkit: tick commit %d is taken by another writer", seq)
                 self._head = await self._run(self._read_head_sync)
                 continue
             self._head = (record, new_etag)
-            await self._apply_record(record, new_etag, states)
+            try:
+                await self._apply_record(record, new_etag, states)
+            except TransientBackendError:
+                # Recorded, then a later step's reply was lost: a retry past the recent
+                # commits must look for its token among the writers' as well.
+                self._note_unanswered_commit(write_token, head)
+                raise
             return
 
     # -- leases: one live instance per cluster ---------------------------------------------

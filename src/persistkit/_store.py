@@ -197,7 +197,7 @@ _ROUTES_KEPT = 8
 _session_settings = _config.session_settings
 
 
-class _UpdatesAtCommit:
+class _MergesAtCommit:
     """The :meth:`PersistBase._merge_value` calls a transaction made on one key, applied
     again at its commit when another writer committed the key since the first of them
     read it.
@@ -218,7 +218,7 @@ class _UpdatesAtCommit:
         self.key = key
         self.attempts = 0
         self.steps: dict[str, tuple[Expected, Callable[[Any], Any]]] = {}
-        """Staged version made by an update -> (the version it read, its change)."""
+        """Staged version made by a merge -> (the version it read, its change)."""
 
     @classmethod
     def remember(
@@ -735,14 +735,13 @@ class PersistBase(Generic[T]):
         commit fails with ``ConflictError`` when another writer committed the
         value first: the block may have used the result (an id it took, say).
         """
-        new_value, _ = await self._update(entity_id, change, attempts)
-        return new_value
+        return (await self._update(entity_id, change, attempts))[0]
 
     async def _update(
         self, entity_id: str | int, change: Callable[[T | None], T], attempts: int
-    ) -> tuple[T, tuple[Expected, str] | None]:
-        """:meth:`update_value`, and inside a transaction the version the value was derived
-        from and the one staged."""
+    ) -> tuple[T, Expected, str]:
+        """:meth:`update_value`, with the version the value was derived from and the one
+        written (staged, inside a transaction)."""
         for _ in range(attempts):
             try:
                 entry = await self.read_entry(entity_id)
@@ -755,21 +754,21 @@ class PersistBase(Generic[T]):
             except ConflictError:
                 await asyncio.sleep(0)
                 continue
-            return new_value, (version, staged) if active_transaction.get() is not None else None
+            return new_value, version, staged
         raise ConflictError(f"{entity_id!r}: gave up after {attempts} conflicting updates")
 
     async def _merge_value(self, entity_id: str | int, change: Callable[[T | None], T]) -> T:
         """:meth:`update_value` whose change is applied again at commit, inside a transaction,
-        when another writer committed the value first (:class:`_UpdatesAtCommit`).
+        when another writer committed the value first (:class:`_MergesAtCommit`).
 
         For a value that merges entries by their own ids (a pair's order intents),
         where what the block does with the result never depends on the rest of
         the value. A store whose class overrides :meth:`write_value` (its own
         checks) keeps the compare-and-set: the commit could not run those checks.
         """
-        new_value, staged = await self._update(entity_id, change, 1000)
-        if staged is not None and type(self).write_value is PersistBase.write_value:
-            _UpdatesAtCommit.remember(self, entity_id, *staged, change)
+        new_value, read, staged = await self._update(entity_id, change, 1000)
+        if type(self).write_value is PersistBase.write_value:
+            _MergesAtCommit.remember(self, entity_id, read, staged, change)  # in a transaction
         return new_value
 
     async def remove_value(

@@ -180,7 +180,8 @@ class Transaction:
 
     async def stage(self, key: str, data: bytes | None, expect: Expected) -> str | None:
         """Stage a write (``None``: remove) if ``key`` is at version ``expect``."""
-        await self.after_commit_in_progress()
+        if self._committing is not None:  # no await on the hot path else
+            await self.after_commit_in_progress()
         self._check_active()
         if expect is not ANY_VERSION:
             staged = self._level_of(key) is not None

@@ -1,4 +1,4 @@
-"""Attacks on changes applied again at commit (``_UpdatesAtCommit``, a6a33e2; since
+"""Attacks on changes applied again at commit (``_MergesAtCommit``, a6a33e2; since
 cef8fee only for ``PersistBase._merge_value``, which ``write_intent`` uses).
 
 Inside a transaction, a merge whose key another writer committed first does not fail

@@ -807,9 +807,7 @@ class BacktestKitState:
         )
 
     def unreadable_warning(self) -> str:
-        """What a start says of :attr:`unreadable` files (none: ``""``)."""
-        if not self.unreadable:
-            return ""
+        """What a start says of :attr:`unreadable` files, when there are some."""
         shown = "; ".join(self.unreadable[:3]) + (" ..." if len(self.unreadable) > 3 else "")
         return (
             f"{self.root} holds {len(self.unreadable)} file(s) that cannot be read, in "

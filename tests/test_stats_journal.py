@@ -326,8 +326,8 @@ async def test_a_row_another_process_changed_before_the_commit_still_has_its_eve
 
 async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root: Path) -> None:
     """What a record carries for the derivation is no state: no file of it after a
-    checkpoint, no key of it in a snapshot (what inspect and export read), none
-    read, before or after the checkpoint."""
+    checkpoint, no key of it in a snapshot (what inspect and export read) or in a
+    state the history rebuilds, none read, before or after the checkpoint."""
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
@@ -343,6 +343,8 @@ async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root
         for stage in ("in the journal", "checkpointed"):
             assert not carried & (await backend.snapshot()).values.keys(), stage
             assert [await backend.get(key) for key in carried] == [None] * 3, stage
+            history = await backend.history_records()  # what state_at and replays rebuild
+            assert not carried & history.state_at(history.end_ns).keys(), stage
             await backend.checkpoint()
         await check_scripted_statistics()
     files = {path.relative_to(data_root).as_posix() for path in data_root.rglob("*.json")}

@@ -79,10 +79,10 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from persistkit._clock import now_ms
 from persistkit._config import DEFAULT_EVENT_LIMIT, Settings, active_settings
 from persistkit._domains._base import DomainAdapter
+from persistkit._history import RECORD_ONLY_KEYS
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
-from persistkit.backends import _journal
 from persistkit.backends._base import Backend
 from persistkit.backends._file import FileBackend
 from persistkit.errors import (
@@ -141,7 +141,7 @@ EVENTS_NAMESPACE = "_persistkit/events"
 """What the statistics keep outside the domains on a file root (see
 :mod:`persistkit._domains.journal_events`): never validated at a start, left out
 of replays' comparisons. The keys below ride in the journal's records only (never
-a file, never listed: :data:`~persistkit.backends._journal.RECORD_ONLY_KEYS`)."""
+a file, never listed: :data:`~persistkit._history.RECORD_ONLY_KEYS`)."""
 EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
 """A commit record's event time (ms), when it writes a row with events; followed by
 its writer's ``event_limit`` (after a space) when that is not the default."""
@@ -152,7 +152,7 @@ FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
 SEEDS_KEY = f"{EVENTS_NAMESPACE}/seeds"
 """The committed rows of the pairs with no folded head yet, by pair, as the writer
 read them before its record (see :func:`_seed`)."""
-_journal.RECORD_ONLY_KEYS.update((EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY))
+RECORD_ONLY_KEYS.update((EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY))
 
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000

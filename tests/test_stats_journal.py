@@ -1,4 +1,4 @@
-"""PROTOTYPE (branch stats-journal): statistics derived from the file journal after the fact.
+"""Statistics derived from the file journal after the fact.
 
 The statistics of a file root are a function of the journal's records: these tests
 check that where the records are when a reader asks (in the journal, folded into

@@ -8,14 +8,19 @@ same commit. A ``kill -9`` therefore never separates a state change from its
 events: after a restart the statistics are exactly those of the acknowledged
 ticks.
 
-**File roots (PROTOTYPE, branch stats-journal).** On the file backend the commit
-hook is not used: every commit is already a journal record of every key it wrote,
-in one order across processes, so the events are derived from the records after
-the fact, by the same rules (:mod:`persistkit._domains.journal_events`). The tick
-only stamps its record with the event time when it writes a row with events
-(:data:`EVENT_TIME_KEY`), and with the signals it wrote on the way when the last
-value cannot tell (:data:`SIGNAL_NOTES_KEY`). The layout below is then only read
-(logs written before); the memory, Redis and S3 backends keep the hook.
+**File roots.** On the file backend the commit hook is not used: every commit
+is already a journal record of every key it wrote, in one order across
+processes, and a record is forgotten only at a checkpoint. So the events are
+derived from the records after the commit, by the same rules
+(:mod:`persistkit._domains.journal_events`), and folded into a per-pair head by
+each checkpoint before it forgets them. The tick only stamps its record with the
+event time when it writes a row with events (:data:`EVENT_TIME_KEY`), with the
+signals it wrote on the way when the last value cannot tell
+(:data:`SIGNAL_NOTES_KEY`), and, the first time, with the pair's committed rows
+(:data:`SEEDS_KEY`): a tick's commit costs almost nothing more with the
+statistics on. The logs of the layout below are then only read (written by
+earlier versions, or copied from another backend by ``migrate``/``import``); the
+memory, Redis and S3 backends keep the hook and write them.
 
 The rules:
 

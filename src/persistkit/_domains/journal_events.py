@@ -1,12 +1,11 @@
 """Statistics events on the file backend, derived from the commit journal after the fact.
 
-PROTOTYPE (branch ``stats-journal``). On a file root every commit is already one
-journal record holding the new value of every key it wrote, in one order shared
-by every process, with its commit time; the journal forgets records only at a
-checkpoint. So a pair's events need not be derived inside the tick: they are a
-function of the pair's facts (its scheduled row, its partial levels, its
-signal) as of some sequence number and of the records after it. The tick pays
-almost nothing:
+On a file root every commit is already one journal record holding the new value
+of every key it wrote, in one order shared by every process, with its commit
+time; the journal forgets records only at a checkpoint. So a pair's events need
+not be derived inside the tick: they are a function of the pair's facts (its
+scheduled row, its partial levels, its signal) as of some sequence number and of
+the records after it. The tick pays almost nothing:
 
 - :data:`EVENT_TIME_KEY`, the event time (the configured clock's, else the
   tick's), rides in every record that writes a row with events, changed or not
@@ -17,6 +16,10 @@ almost nothing:
   removed or replaced by another id in the same tick (a fill closed at once):
   the ``(id, pending_at)`` of every signal the tick wrote, which the last value
   cannot tell.
+- :data:`SEEDS_KEY` rides in a process's first record of a pair that has no
+  folded head yet (a root written by an earlier version, a copy, the statistics
+  turned on later): the pair's committed rows as the writer read them, so that
+  the derivation does not start from nothing.
 
 A checkpoint, before it forgets its records, folds them into each pair's
 folded head :func:`folded_key` (:data:`~persistkit.backends._journal.FOLDERS`):

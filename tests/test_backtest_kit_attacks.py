@@ -406,14 +406,9 @@ def test_a_migration_beside_a_backtest_kit_bot_still_writing_is_not_called_done(
         ],
     )
     names = {"symbol": "BTC", "strategy": "trend", "exchange": EXCHANGE}
-    writing = start_writer(
-        install_dir,
-        workdir,
-        [
-            {"op": "signal", "row": signal_row("BTC", "trend", f"id-{i}")} | names
-            for i in range(1, 30_000)
-        ],
-    )
+    # Writes until killed, however long migrate takes on a loaded machine.
+    forever = {"op": "count-signal", "row": first, "count": 10**9} | names
+    writing = start_writer(install_dir, workdir, [forever])
     try:
         while json_of(root / "signal" / "BTC_trend_binance" / "BTC.json")["id"] == "id-0":
             assert writing.poll() is None, writing.stderr.read() if writing.stderr else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -233,6 +234,28 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     assert not restored.healed, "a start beside an open backtest-kit signal must not be clean"
     (warning,) = restored.foreign_state
     assert "signal/BTC_trend_binance/BTC.json: not JSON" in warning
+
+
+async def test_a_fifo_where_a_backtest_kit_signal_belongs_is_flagged_not_waited_on(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """Opening a FIFO for reading waits for a writer: a start that opened it plainly
+    hung for good. It must start, and flag the file like any other it cannot read."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    shutil.rmtree(root / "risk")
+    planted = root / "signal" / "BTC_trend_binance" / "BTC.json"
+    planted.unlink()
+    os.mkfifo(planted)
+    starting = asyncio.to_thread(asyncio.run, _restore(root, ("BTC", "trend")))
+    try:
+        restored = await asyncio.wait_for(starting, timeout=60)
+    except TimeoutError:
+        os.close(os.open(planted, os.O_WRONLY | os.O_NONBLOCK))  # lets the stuck start go
+        pytest.fail("the start waited for something to write to the FIFO")
+    assert not restored.healed
+    (warning,) = restored.foreign_state
+    assert "signal/BTC_trend_binance/BTC.json: not a regular file" in warning
+    assert stat.S_ISFIFO(planted.stat().st_mode)  # flagged, left where it is
 
 
 _KILL_TRIALS = 12 if LONG else 2

@@ -236,6 +236,21 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     assert "signal/BTC_trend_binance/BTC.json: not JSON" in warning
 
 
+async def test_a_torn_backtest_kit_risk_file_does_not_make_a_silent_flat_start(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """The risk positions are the only trace of the open trade left (its signal folder
+    gone): torn, they must be flagged as the torn signal is, not skipped as not risk."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    shutil.rmtree(root / "signal")
+    [torn] = (root / "risk").glob("main_*/positions.json")
+    torn.write_bytes(torn.read_bytes()[:30])
+    restored = await _restore(root, ("BTC", "trend"))
+    assert not restored.healed, "a start beside backtest-kit's open positions must not be clean"
+    (warning,) = restored.foreign_state
+    assert f"risk/{torn.parent.name}/positions.json: not JSON" in warning
+
+
 async def test_a_fifo_where_a_backtest_kit_signal_belongs_is_flagged_not_waited_on(
     install_dir: Path, tmp_path: Path
 ) -> None:

@@ -858,7 +858,12 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
             continue
         try:
             positions = _positions(_load(os.path.join(folder.path, _RISK_FILE)))
-        except ValueError:
+        except _Vanished:
+            continue
+        except ValueError as exc:
+            if "_" in folder.name:
+                # {risk}_{exchange}: a torn backtest-kit risk file hides open positions.
+                unreadable.append(f"risk/{folder.name}/{_RISK_FILE}: {exc}")
             continue
         shaped = [p for _, p in positions or () if _is_backtest_kit_position(p)]
         if shaped:

@@ -272,6 +272,16 @@ def derive(
             fold.seq = record.seq
 
 
+def _believable(fold: PairFold, next_seq: int) -> PairFold:
+    """``fold``, unless it claims records the journal has not written yet
+    (:class:`ValueError`): a head damaged, or left from a journal since deleted (its
+    sequence numbers start again at 1), would make every later record look folded
+    already, and the pair would have no event again."""
+    if fold.seq >= next_seq:
+        raise ValueError(f"it covers records up to {fold.seq}, the journal is at {next_seq}")
+    return fold
+
+
 def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str, bytes]:
     """The folded heads of the pairs ``records`` touch, advanced through them (a checkpoint's
     :data:`~persistkit.backends._journal.FOLDERS` entry; runs under the journal lock)."""
@@ -283,7 +293,7 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     for pair in pairs:
         data = backend._read_at(None, backend.path_of(folded_key(pair)))
         try:
-            folds[pair] = PairFold.decode(data)
+            folds[pair] = _believable(PairFold.decode(data), records[-1].seq + 1)
         except ValueError as exc:
             # Set aside, never overwritten: its events are lost, those of the
             # records still in the journal are folded into a new head.
@@ -351,6 +361,12 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
             # A checkpoint replaced the journal since: its records are in the new head.
             _read_cache.pop(cache_key, None)
             continue
+        if position is None and end is not None:
+            try:
+                fold = _believable(fold, end[2])
+            except ValueError as exc:
+                logger.warning("persistkit: %s is damaged (%s)", key, exc)
+                fold = PairFold()
         again = await backend.get(key)
         # The same head on both sides: no checkpoint folded the records read meanwhile
         # (a checkpoint writes the heads before it replaces the journal).

@@ -7,6 +7,7 @@ give the same events, event for event, with the timestamps a clock gives.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -93,32 +94,83 @@ def _folded_head_path(root: Path) -> Path:
     return root / FOLDED_NAMESPACE / f"{join_pair(SYMBOL, STRATEGY)}.json"
 
 
-async def test_a_folded_head_claiming_records_not_yet_written_is_not_believed(
+async def _three_entries(clock: MarketClock, between: Callable[[], Awaitable[None]]) -> None:
+    await put_schedule(scheduled("A", T0))
+    clock.now = T0 + MIN
+    await put_schedule(scheduled("B", T0 + MIN))
+    await between()
+    clock.now = T0 + 2 * MIN
+    await put_schedule(scheduled("C", T0 + 2 * MIN))
+    clock.now = T0 + 3 * MIN
+    await put_levels({"C": PartialData(profit_levels=[10])})
+
+
+async def _on_memory() -> tuple[list[Any], list[Any]]:
+    async def script(clock: MarketClock, restart: Callable[[], Awaitable[None]]) -> None:
+        await _three_entries(clock, restart)
+
+    return await run_on(None, script)
+
+
+async def test_a_folded_head_past_the_journal_keeps_its_events_and_counts_later_ones(
     tmp_path: Path,
 ) -> None:
-    """A folded head whose sequence number is past every record the journal ever had
-    (damaged, or copied from another root) would make every later record look folded
-    already: no event ever again. It is set aside as damaged, and later events count."""
+    """A folded head whose sequence number is past every record the journal wrote
+    (damaged) would make every later record look folded already: no event ever again.
+    It is taken as older than the journal instead."""
     root = tmp_path / "root"
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=root, clock=clock)
     backend = active_settings().backend
     assert isinstance(backend, FileBackend)
-    await put_schedule(scheduled("A", T0))
-    await backend.checkpoint()
-    head = orjson.loads(_folded_head_path(root).read_bytes())
-    head["seq"] = 10**15
-    _folded_head_path(root).write_bytes(orjson.dumps(head))
 
-    clock.now = T0 + MIN
-    await put_schedule(scheduled("B", T0 + MIN))
-    # A's "scheduled" and the fact that A was the row are in the head not believed.
-    assert (await events())[0] == [(T0 + MIN, "scheduled", "B", None)]
+    async def damage_the_head() -> None:
+        await backend.checkpoint()
+        head = orjson.loads(_folded_head_path(root).read_bytes())
+        head["seq"] = 10**15
+        _folded_head_path(root).write_bytes(orjson.dumps(head))
+
+    await _three_entries(clock, damage_the_head)
+    expected = await events()
     await backend.checkpoint()
-    clock.now = T0 + 2 * MIN
-    await put_levels({"B": PartialData(profit_levels=[10])})
-    assert (await events())[0] == [(T0 + MIN, "scheduled", "B", None)]
-    assert (await events())[1] == [(T0 + 2 * MIN, "profit", "B", 10, None)]
+    assert await events() == expected == await _on_memory()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="A journal created anew numbers its records from 1 again (_start_generation("
+    "first_seq=1)), below the folded heads' seq: the new records look folded already and "
+    "their events are lost, in get_data and in the checkpoint's fold. Neither can tell: a "
+    "head seq inside the journal's range is also what a checkpoint that died after folding "
+    "leaves. Fix: a new journal numbers past every folded head's seq (a floor the FOLDERS "
+    "give at its creation), or the heads name the journal generation they cover.",
+)
+async def test_statistics_go_on_after_the_journal_folder_is_deleted_on_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    """An operator removes ``.journal`` after a clean stop (a checkpoint emptied it), or
+    restores the data files from a backup without it: the new journal numbers its
+    records from 1 again, below the folded heads' numbers."""
+    root = tmp_path / "root"
+    clock = MarketClock()
+
+    async def remove_the_journal() -> None:
+        backend = active_settings().backend
+        assert isinstance(backend, FileBackend)
+        await backend.aclose()
+        shutil.rmtree(root / ".journal")
+        persistkit.configure(mode="live", backend=FileBackend(root), clock=clock)
+
+    persistkit.configure(mode="live", backend=FileBackend(root), clock=clock)
+    await _three_entries(clock, remove_the_journal)
+    on_file = await events()
+    backend = active_settings().backend
+    assert isinstance(backend, FileBackend)
+    await backend.checkpoint()
+    folded = await events()
+    on_memory = await _on_memory()
+    assert on_file == on_memory
+    assert folded == on_memory
 
 
 @pytest.mark.xfail(

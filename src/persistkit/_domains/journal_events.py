@@ -272,13 +272,21 @@ def derive(
             fold.seq = record.seq
 
 
-def _believable(fold: PairFold, next_seq: int) -> PairFold:
-    """``fold``, unless it claims records the journal has not written yet
-    (:class:`ValueError`): a head damaged, or left from a journal since deleted (its
-    sequence numbers start again at 1), would make every later record look folded
-    already, and the pair would have no event again."""
+def _rebased(fold: PairFold, next_seq: int, key: str) -> PairFold:
+    """``fold``, covering no record of the journal when it claims records the journal
+    has not written yet: left from a journal since deleted or replaced by a restored
+    backup (its sequence numbers start again at 1), or damaged. Believed as it is, it
+    would make every later record look folded already, and the pair would have no
+    event again; rebased, its events and facts stand as those before the journal."""
     if fold.seq >= next_seq:
-        raise ValueError(f"it covers records up to {fold.seq}, the journal is at {next_seq}")
+        logger.warning(
+            "persistkit: %s covers records up to %d, the journal is at %d: it is taken "
+            "as older than every record of the journal",
+            key,
+            fold.seq,
+            next_seq,
+        )
+        fold.seq = 0
     return fold
 
 
@@ -293,7 +301,7 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     for pair in pairs:
         data = backend._read_at(None, backend.path_of(folded_key(pair)))
         try:
-            folds[pair] = _believable(PairFold.decode(data), records[-1].seq + 1)
+            folds[pair] = _rebased(PairFold.decode(data), records[-1].seq + 1, folded_key(pair))
         except ValueError as exc:
             # Set aside, never overwritten: its events are lost, those of the
             # records still in the journal are folded into a new head.
@@ -362,11 +370,7 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
             _read_cache.pop(cache_key, None)
             continue
         if position is None and end is not None:
-            try:
-                fold = _believable(fold, end[2])
-            except ValueError as exc:
-                logger.warning("persistkit: %s is damaged (%s)", key, exc)
-                fold = PairFold()
+            fold = _rebased(fold, end[2], key)
         again = await backend.get(key)
         # The same head on both sides: no checkpoint folded the records read meanwhile
         # (a checkpoint writes the heads before it replaces the journal).

@@ -24,7 +24,9 @@ the pair's facts, its newest events, and the last sequence number they cover.
 It writes the heads as files before its ``syncfs``; a crash in between keeps
 the journal, and folding it again skips what the heads already cover. A reader
 (:func:`journal_rows`) takes the folded head and derives the events of the
-records after it.
+records after it. A head that claims records the journal has not written yet
+(damaged) is taken as older than every record (:func:`_rebased`), never as
+covering them: that would drop every later event of the pair.
 """
 
 from __future__ import annotations

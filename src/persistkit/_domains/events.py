@@ -1156,9 +1156,11 @@ def remember_signal(
     txn = transaction_for(backend)
     if txn is None:
         return  # a commit of its own: only what it leaves counts
-    if log is not None and isinstance(backend, FileBackend):
+    if isinstance(backend, FileBackend):
         # The record holds the last signal; the notes ride in it only when a signal
-        # written on the way has another id (see journal_events).
+        # written on the way has another id (see journal_events). So also before the
+        # pair's first row with events in this process (``log`` still ``None``): a
+        # new process's first tick may fill an entry and replace its signal at once.
         seen_now = (
             (row.id, row.pending_at)
             if isinstance(row, SignalRow)

@@ -27,7 +27,9 @@ the pair's facts, its newest events, and the last sequence number they cover.
 It writes the heads as files before its ``syncfs``; a crash in between keeps
 the journal, and folding it again skips what the heads already cover. A reader
 (:func:`journal_rows`) takes the folded head and derives the events of the
-records after it.
+records after it. A head that claims records the journal has not written yet
+(damaged) is taken as older than every record (:func:`_rebased`), never as
+covering them: that would drop every later event of the pair.
 """
 
 from __future__ import annotations
@@ -311,6 +313,24 @@ def derive(
             fold.seq = record.seq
 
 
+def _rebased(fold: PairFold, next_seq: int, key: str) -> PairFold:
+    """``fold``, covering no record of the journal when it claims records the journal
+    has not written yet: left from a journal since deleted or replaced by a restored
+    backup (its sequence numbers start again at 1), or damaged. Believed as it is, it
+    would make every later record look folded already, and the pair would have no
+    event again; rebased, its events and facts stand as those before the journal."""
+    if fold.seq >= next_seq:
+        logger.warning(
+            "persistkit: %s covers records up to %d, the journal is at %d: it is taken "
+            "as older than every record of the journal",
+            key,
+            fold.seq,
+            next_seq,
+        )
+        fold.seq = 0
+    return fold
+
+
 def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str, bytes]:
     """The folded heads of the pairs ``records`` touch, advanced through them (a checkpoint's
     :data:`~persistkit.backends._journal.FOLDERS` entry; runs under the journal lock)."""
@@ -322,7 +342,7 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     for pair in pairs:
         data = backend._read_at(None, backend.path_of(folded_key(pair)))
         try:
-            folds[pair] = PairFold.decode(data)
+            folds[pair] = _rebased(PairFold.decode(data), records[-1].seq + 1, folded_key(pair))
         except ValueError as exc:
             # Set aside, never overwritten: its events are lost, those of the
             # records still in the journal are folded into a new head.
@@ -390,6 +410,8 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
             # A checkpoint replaced the journal since: its records are in the new head.
             _read_cache.pop(cache_key, None)
             continue
+        if position is None and end is not None:
+            fold = _rebased(fold, end[2], key)
         again = await backend.get(key)
         # The same head on both sides: no checkpoint folded the records read meanwhile
         # (a checkpoint writes the heads before it replaces the journal).

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from tests.test_stats import (
     MIN,
     STRATEGY,
@@ -136,15 +135,6 @@ async def test_a_folded_head_past_the_journal_keeps_its_events_and_counts_later_
     assert await events() == expected == await _on_memory()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A journal created anew numbers its records from 1 again (_start_generation("
-    "first_seq=1)), below the folded heads' seq: the new records look folded already and "
-    "their events are lost, in get_data and in the checkpoint's fold. Neither can tell: a "
-    "head seq inside the journal's range is also what a checkpoint that died after folding "
-    "leaves. Fix: a new journal numbers past every folded head's seq (a floor the FOLDERS "
-    "give at its creation), or the heads name the journal generation they cover.",
-)
 async def test_statistics_go_on_after_the_journal_folder_is_deleted_on_a_clean_stop(
     tmp_path: Path,
 ) -> None:
@@ -173,13 +163,6 @@ async def test_statistics_go_on_after_the_journal_folder_is_deleted_on_a_clean_s
     assert folded == on_memory
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PairFold.decode checks only format/seq/limit: facts of the wrong shape "
-    "(a scheduled row's facts of 2 items) pass, and derive() raises IndexError in "
-    "every get_data and every checkpoint (the journal is never emptied). The pydantic "
-    "model replacing decode (another helper) must reject it as a damaged head.",
-)
 async def test_a_folded_head_with_facts_of_the_wrong_shape_is_quarantined(
     tmp_path: Path,
 ) -> None:
@@ -203,12 +186,6 @@ async def test_a_folded_head_with_facts_of_the_wrong_shape_is_quarantined(
     await Schedule.get_data(SYMBOL, STRATEGY)  # no IndexError
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PairFold.decode takes the stored rows as they are: a row of the wrong "
-    "length makes every get_data raise ValueError (zip strict) instead of setting the "
-    "head aside. The pydantic model replacing decode (another helper) must reject it.",
-)
 async def test_a_folded_head_with_a_row_of_the_wrong_length_is_not_read(
     tmp_path: Path,
 ) -> None:

@@ -60,6 +60,7 @@ from persistkit._domains.events import (
     signal_facts,
 )
 from persistkit.backends import _journal
+from persistkit.backends._file import SUFFIX
 from persistkit.models import (
     PartialData,
     PartialLevel,
@@ -366,7 +367,32 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
     return written
 
 
+def last_folded(backend: FileBackend) -> int:
+    """The last record a folded head of ``backend`` covers (0: none): a new journal
+    numbers its records past it (:data:`~persistkit.backends._journal.NUMBERED_PAST`).
+    A head that cannot be read counts for nothing here; the checkpoint that folds its
+    pair quarantines it."""
+    last = 0
+    directory = backend._dir(FOLDED_NAMESPACE)
+    try:
+        entries = list(backend._os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.endswith(SUFFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            data = backend._read_at(None, f"{directory}/{entry.name}")
+            seq = orjson.loads(data or b"null")["seq"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            last = max(last, seq)
+    return last
+
+
 _journal.FOLDERS.append(fold_journal)
+_journal.NUMBERED_PAST.append(last_folded)
 
 
 _read_cache: dict[tuple[int, str], tuple[bytes | None, tuple[int, int, int], PairFold]] = {}

@@ -184,6 +184,11 @@ with the checkpoint (derived state that depends on every record, such as the
 statistics events; see :mod:`persistkit._domains.journal_events`)."""
 FOLDERS: list[Folder] = []
 """Registered by the modules whose derived state needs every record (at import)."""
+NUMBERED_PAST: list[Callable[[FileBackend], int]] = []
+"""What a journal made where there is none (a new root, or a journal deleted, or not
+restored with a backup of the files) numbers its records past: the files a
+:data:`FOLDERS` entry wrote name the last record they cover, and records numbered
+from 1 again would look covered already. Registered with the folders."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -806,7 +811,8 @@ class CommitJournal:
                         return None
                     try:
                         self._write_format_locked()
-                        journal = self._start_generation(first_seq=1, writes=None)
+                        first_seq = max((past(self._backend) for past in NUMBERED_PAST), default=0)
+                        journal = self._start_generation(first_seq=first_seq + 1, writes=None)
                     except OSError as exc:
                         if isinstance(exc, PersistError):
                             raise

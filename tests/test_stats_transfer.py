@@ -11,10 +11,12 @@ its wait since it was scheduled on the source.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,10 +38,11 @@ from tests.test_stats import (
 
 import persistkit
 from persistkit import LiveSession, Partial, Schedule
-from persistkit._domains.events import EVENTS_NAMESPACE, FOLDED_NAMESPACE
+from persistkit._cli.transfer import BackendSource
+from persistkit._domains.events import EVENT_TIME_KEY, EVENTS_NAMESPACE, FOLDED_NAMESPACE
 from persistkit._names import join_pair
 from persistkit._stats import PartialStatistics, ScheduleStatistics
-from persistkit.backends import FileBackend
+from persistkit.backends import FileBackend, MemoryBackend
 from support.servers import RedisServer, SeaweedS3
 
 PAIR = join_pair(SYMBOL, STRATEGY)
@@ -251,3 +254,58 @@ async def test_an_export_holding_a_folded_head_imports_its_events_as_logs(tmp_pa
     # sequence number: this tick's among them.
     assert_went_on(before, await fill_waiting_entry(persistkit.transaction))
     assert not (destination / EVENTS_NAMESPACE).exists()
+
+
+async def test_a_checkpoint_folding_past_the_copys_commit_point_makes_it_read_again(
+    data_root: Path,
+) -> None:
+    """A checkpoint writes the folded heads before it replaces the journal: a copy whose
+    files are read in between can meet heads holding a commit its journal cut does not.
+    Its state and its statistics must then come from one commit point, the later one."""
+    clock = MarketClock()
+    persistkit.configure(mode="live", base_dir=data_root, clock=clock)
+    await scripted_run(persistkit.transaction, clock)  # E is waiting
+    writer = FileBackend(data_root)
+    schedule_key, waiting = next(
+        (key, data)
+        for key, data in (await writer.snapshot()).values.items()
+        if key.startswith("schedule/")
+    )
+    await writer.commit({schedule_key: waiting})  # the writer's start (a checkpoint) done
+
+    def commit_and_fold() -> None:
+        async def run() -> None:
+            # E dropped (no signal: cancelled), committed after the copy's cut ...
+            await writer.commit({schedule_key: None, EVENT_TIME_KEY: b"%d" % later()})
+            journal = writer.journal
+            # ... and folded by a checkpoint that has not replaced the journal yet.
+            journal._lead(lambda opened: journal._fold_held(opened, wait=True), wait=True)
+
+        asyncio.run(run())
+
+    source = FileBackend(data_root, read_only=True)
+    read_tree = source._read_tree
+    reads = 0
+
+    def read_tree_meanwhile() -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            other = threading.Thread(target=commit_and_fold)
+            other.start()
+            other.join()
+        return read_tree()
+
+    source._read_tree = read_tree_meanwhile  # type: ignore[method-assign]
+    copy = await BackendSource.at_one_point(source)
+    await source.aclose()
+    await writer.aclose()
+    assert schedule_key not in copy.snapshot.values  # the later commit point's state ...
+    destination = MemoryBackend("copy")
+    for key, data in copy.snapshot.values.items():
+        await destination.put(key, data)
+    schedule = await Schedule.get_data(SYMBOL, STRATEGY, backend=destination)
+    last = schedule.event_list[-1]  # ... and its statistics
+    assert (last.timestamp, last.action, last.signal_id) == (later(), "cancelled", "E")
+    assert schedule.total_events == 10
+    assert reads > 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -235,6 +236,43 @@ async def test_a_torn_backtest_kit_signal_file_does_not_make_a_silent_flat_start
     assert "signal/BTC_trend_binance/BTC.json: not JSON" in warning
 
 
+async def test_a_torn_backtest_kit_risk_file_does_not_make_a_silent_flat_start(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """The risk positions are the only trace of the open trade left (its signal folder
+    gone): torn, they must be flagged as the torn signal is, not skipped as not risk."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    shutil.rmtree(root / "signal")
+    [torn] = (root / "risk").glob("main_*/positions.json")
+    torn.write_bytes(torn.read_bytes()[:30])
+    restored = await _restore(root, ("BTC", "trend"))
+    assert not restored.healed, "a start beside backtest-kit's open positions must not be clean"
+    (warning,) = restored.foreign_state
+    assert f"risk/{torn.parent.name}/positions.json: not JSON" in warning
+
+
+async def test_a_fifo_where_a_backtest_kit_signal_belongs_is_flagged_not_waited_on(
+    install_dir: Path, tmp_path: Path
+) -> None:
+    """Opening a FIFO for reading waits for a writer: a start that opened it plainly
+    hung for good. It must start, and flag the file like any other it cannot read."""
+    root = _write(install_dir, tmp_path / "bot", _open_signal_with_its_position("BTC", "s1"))
+    shutil.rmtree(root / "risk")
+    planted = root / "signal" / "BTC_trend_binance" / "BTC.json"
+    planted.unlink()
+    os.mkfifo(planted)
+    starting = asyncio.to_thread(asyncio.run, _restore(root, ("BTC", "trend")))
+    try:
+        restored = await asyncio.wait_for(starting, timeout=60)
+    except TimeoutError:
+        os.close(os.open(planted, os.O_WRONLY | os.O_NONBLOCK))  # lets the stuck start go
+        pytest.fail("the start waited for something to write to the FIFO")
+    assert not restored.healed
+    (warning,) = restored.foreign_state
+    assert "signal/BTC_trend_binance/BTC.json: not a regular file" in warning
+    assert stat.S_ISFIFO(planted.stat().st_mode)  # flagged, left where it is
+
+
 _KILL_TRIALS = 12 if LONG else 2
 _PAIRS = [f"C{index:02d}" for index in range(30)]
 
@@ -406,14 +444,9 @@ def test_a_migration_beside_a_backtest_kit_bot_still_writing_is_not_called_done(
         ],
     )
     names = {"symbol": "BTC", "strategy": "trend", "exchange": EXCHANGE}
-    writing = start_writer(
-        install_dir,
-        workdir,
-        [
-            {"op": "signal", "row": signal_row("BTC", "trend", f"id-{i}")} | names
-            for i in range(1, 30_000)
-        ],
-    )
+    # Writes until killed, however long migrate takes on a loaded machine.
+    forever = {"op": "count-signal", "row": first, "count": 10**9} | names
+    writing = start_writer(install_dir, workdir, [forever])
     try:
         while json_of(root / "signal" / "BTC_trend_binance" / "BTC.json")["id"] == "id-0":
             assert writing.poll() is None, writing.stderr.read() if writing.stderr else ""

@@ -24,8 +24,9 @@ import pytest
 import persistkit
 from persistkit import FileBackend, LiveSession, MemoryBackend, PersistSignalAdapter
 from persistkit._cli.status import session_locks
+from persistkit._history import RECORD_ONLY_KEYS
 from persistkit.backends._base import Lease
-from persistkit.backends._journal import RECORD_ONLY_KEYS, read_journal_file
+from persistkit.backends._journal import read_journal_file
 from persistkit.backends._s3 import S3Backend
 from support.servers import RedisServer, SeaweedS3, free_port
 from test_cli import (

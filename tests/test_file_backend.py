@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from persistkit import (
+    CorruptValueError,
     DurabilityUnknownError,
     FileBackend,
     InvalidNameError,
@@ -227,6 +228,30 @@ async def test_quarantined_files_keep_their_bytes_and_reason_on_disk(tmp_path: P
     assert sorted(p.suffix for p in kept) == [".json", ".reason"]
     assert next(p for p in kept if p.suffix == ".json").read_bytes() == b'{"price": 10'
     assert "unparseable" in finding.reason
+
+
+async def test_a_fifo_named_like_a_value_is_read_as_damaged_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """Opening a FIFO for reading waits for a writer: a read, or a whole start, hung."""
+    (tmp_path / "e").mkdir()
+    os.mkfifo(tmp_path / "e" / "k.json")
+    store: PersistBase[Any] = PersistBase("e", backend=FileBackend(tmp_path))
+
+    def in_a_thread(check: Any) -> Any:
+        return asyncio.wait_for(asyncio.to_thread(asyncio.run, check), timeout=60)
+
+    try:
+        with pytest.raises(CorruptValueError, match="e/k"):
+            await in_a_thread(store.read_value("k"))
+        report = await in_a_thread(store.wait_for_init())
+    except TimeoutError:
+        os.close(os.open(tmp_path / "e" / "k.json", os.O_WRONLY | os.O_NONBLOCK))  # unstick it
+        pytest.fail("a read waited for something to write to the FIFO")
+    assert [finding.key for finding in report.corrupt] == ["e/k"]
+    assert [key async for key in store.keys()] == []
+    [kept] = (tmp_path / ".quarantine" / "e").glob("*.json")
+    assert stat.S_ISFIFO(kept.stat().st_mode)  # set aside as it is, never deleted
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""PROTOTYPE (branch stats-journal): statistics derived from the file journal after the fact.
+"""Statistics derived from the file journal after the fact.
 
 The statistics of a file root are a function of the journal's records: these tests
 check that where the records are when a reader asks (in the journal, folded into
@@ -101,15 +101,44 @@ async def test_a_tick_that_rewrites_a_row_unchanged_adds_no_event(data_root: Pat
         assert (await Partial.get_data(SYMBOL, STRATEGY)).total_events == 0
 
 
+def _head_with(**changed: Any) -> bytes:
+    head: dict[str, Any] = {
+        "format": 4,
+        "seq": 1,
+        "limit": 250,
+        "facts": {"schedule": None, "levels": {}, "signal": None},
+        "schedule": [],
+        "partial": [],
+    }
+    return orjson.dumps(head | changed)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(b'{"format": 4, "seq": ', id="torn"),
+        pytest.param(_head_with(seq=-3), id="negative-seq"),
+        pytest.param(_head_with(limit=0), id="no-limit"),
+        pytest.param(
+            _head_with(schedule=[[T0, "opened", "A", "sideways", 1.0, None]]), id="bad-row"
+        ),
+        pytest.param(_head_with(partial=[[T0, "profit", "A", 15, "long", 1.0]]), id="bad-level"),
+        pytest.param(
+            _head_with(facts={"schedule": ["A", "long"], "levels": {}, "signal": None}),
+            id="short-facts",
+        ),
+        pytest.param(_head_with(facts={"levels": {"A": [[10], "x"]}}), id="bad-levels"),
+    ],
+)
 async def test_a_damaged_folded_head_is_quarantined_and_later_events_still_count(
-    data_root: Path,
+    data_root: Path, damage: bytes
 ) -> None:
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
         async with session.tick():
             await put_schedule(scheduled("A", T0))
         await session.backend.checkpoint()
         folded = data_root / FOLDED_NAMESPACE / f"{join_pair(SYMBOL, STRATEGY)}.json"
-        folded.write_bytes(b'{"format": 4, "seq": ')  # torn by a bad disk, say
+        folded.write_bytes(damage)  # a bad disk, or a hand edit
         async with session.tick():
             await put_schedule(scheduled("B", T0))
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
@@ -297,8 +326,8 @@ async def test_a_row_another_process_changed_before_the_commit_still_has_its_eve
 
 async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root: Path) -> None:
     """What a record carries for the derivation is no state: no file of it after a
-    checkpoint, no key of it in a snapshot (what inspect and export read), none
-    read, before or after the checkpoint."""
+    checkpoint, no key of it in a snapshot (what inspect and export read) or in a
+    state the history rebuilds, none read, before or after the checkpoint."""
     clock = MarketClock()
     persistkit.configure(mode="live", base_dir=data_root, clock=clock)
     async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
@@ -314,6 +343,8 @@ async def test_the_event_time_notes_and_seeds_ride_in_the_records_only(data_root
         for stage in ("in the journal", "checkpointed"):
             assert not carried & (await backend.snapshot()).values.keys(), stage
             assert [await backend.get(key) for key in carried] == [None] * 3, stage
+            history = await backend.history_records()  # what state_at and replays rebuild
+            assert not carried & history.state_at(history.end_ns).keys(), stage
             await backend.checkpoint()
         await check_scripted_statistics()
     files = {path.relative_to(data_root).as_posix() for path in data_root.rglob("*.json")}

@@ -1,12 +1,11 @@
 """``migrate``, ``export`` and ``import`` carry the statistics (``Schedule``, ``Partial``).
 
 A file root keeps a pair's events in its folded head and in the commit journal's
-records not folded yet (PROTOTYPE, branch stats-journal); every other backend in
-the pair's logs (``stats/``). A copy carries them as logs, so what
-``get_data`` reads after the copy is exactly what it read before, on every
-backend, and the next ticks on the destination go on from there: the scripted
-run leaves entry E waiting, and filling it on the destination opens it with
-its wait since it was scheduled on the source.
+records not folded yet; every other backend in the pair's logs (``stats/``). A
+copy carries them as logs, so what ``get_data`` reads after the copy is exactly
+what it read before, on every backend, and the next ticks on the destination
+go on from there: the scripted run leaves entry E waiting, and filling it on the
+destination opens it with its wait since it was scheduled on the source.
 """
 
 from __future__ import annotations

@@ -224,9 +224,25 @@ class RecordedHistory:
         return self.commits[-1].time_ns if self.commits else self.start_ns
 
 
+RECORD_ONLY_KEYS: set[str] = set()
+"""Keys that ride in a commit's record for what is derived from the records (the
+statistics' event time, say; see :data:`~persistkit.backends._journal.FOLDERS`), and
+are no state: never in a process's view of the journal, so never read, listed,
+snapshotted, written to a file, or in a state the history rebuilds. Registered at
+import by the modules that write them."""
+
+
+def drop_record_only(view: dict[str, Any]) -> None:
+    """``view`` without the :data:`RECORD_ONLY_KEYS`."""
+    for key in RECORD_ONLY_KEYS:
+        view.pop(key, None)
+
+
 def apply_writes(state: dict[str, bytes], writes: Mapping[str, bytes | None]) -> None:
-    """``state`` after ``writes`` (``None`` removes)."""
+    """``state`` after ``writes`` (``None`` removes; :data:`RECORD_ONLY_KEYS` are no state)."""
     for key, data in writes.items():
+        if key in RECORD_ONLY_KEYS:
+            continue
         if data is None:
             state.pop(key, None)
         else:

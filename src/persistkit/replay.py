@@ -321,8 +321,9 @@ def _is_tick_record(key: str) -> bool:
 
 
 _DERIVED = ("stats/", EVENTS_NAMESPACE + "/")
-"""Statistics kept beside the state: in the commits on a memory root, derived from the
-journal on a file root (PROTOTYPE: left out of the comparison, so that either replays)."""
+"""Statistics kept beside the state: written in the commits on a memory root, derived
+from the journal's records on a file root. Left out of the comparison: a replay on
+either root compares the state, whichever way its statistics are kept."""
 
 
 def _without_ticks(writes: Mapping[str, bytes | None]) -> dict[str, bytes | None]:

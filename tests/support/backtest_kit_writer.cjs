@@ -12,6 +12,9 @@
 //     {"op": "partial", "data": {SIGNAL_ID: LEVELS}, "symbol", "strategy", "signalId", "exchange"}
 //     {"op": "repeat-signal", "row": ROW, "symbol", "strategy", "exchange", "count": N}
 //       N writes of the same row; failures are counted, not fatal
+//     {"op": "count-signal", "row": ROW, "symbol", "strategy", "exchange", "count": N}
+//       N writes of the row, the i-th (from 1) with the id "id-i": a bot that keeps
+//       replacing its signal for as long as N allows (a test kills it when done)
 //   The string "NaN" anywhere in it is the number NaN (JSON has none):
 //   backtest-kit then writes what JSON.stringify makes of it.
 // stdout: one JSON object {"version": V, "writes": N, "failures": [MESSAGE, ...]}.
@@ -58,6 +61,13 @@ async function main() {
         } catch (error) {
           failures.push(String(error && error.message ? error.message : error));
         }
+        writes++;
+      }
+      continue;
+    } else if (op.op === "count-signal") {
+      for (let i = 1; i <= op.count; i++) {
+        const row = { ...op.row, id: `id-${i}` };
+        await bk.PersistSignalAdapter.writeSignalData(row, op.symbol, op.strategy, op.exchange);
         writes++;
       }
       continue;

@@ -8,14 +8,19 @@ same commit. A ``kill -9`` therefore never separates a state change from its
 events: after a restart the statistics are exactly those of the acknowledged
 ticks.
 
-**File roots (PROTOTYPE, branch stats-journal).** On the file backend the commit
-hook is not used: every commit is already a journal record of every key it wrote,
-in one order across processes, so the events are derived from the records after
-the fact, by the same rules (:mod:`persistkit._domains.journal_events`). The tick
-only stamps its record with the event time when it writes a row with events
-(:data:`EVENT_TIME_KEY`), and with the signals it wrote on the way when the last
-value cannot tell (:data:`SIGNAL_NOTES_KEY`). The layout below is then only read
-(logs written before); the memory, Redis and S3 backends keep the hook.
+**File roots.** On the file backend the commit hook is not used: every commit
+is already a journal record of every key it wrote, in one order across
+processes, and a record is forgotten only at a checkpoint. So the events are
+derived from the records after the commit, by the same rules
+(:mod:`persistkit._domains.journal_events`), and folded into a per-pair head by
+each checkpoint before it forgets them. The tick only stamps its record with the
+event time when it writes a row with events (:data:`EVENT_TIME_KEY`), with the
+signals it wrote on the way when the last value cannot tell
+(:data:`SIGNAL_NOTES_KEY`), and, the first time, with the pair's committed rows
+(:data:`SEEDS_KEY`): a tick's commit costs almost nothing more with the
+statistics on. The logs of the layout below are then only read (written by
+earlier versions, or copied from another backend by ``migrate``/``import``); the
+memory, Redis and S3 backends keep the hook and write them.
 
 The rules:
 
@@ -79,10 +84,10 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from persistkit._clock import now_ms
 from persistkit._config import DEFAULT_EVENT_LIMIT, Settings, active_settings
 from persistkit._domains._base import DomainAdapter
+from persistkit._history import RECORD_ONLY_KEYS
 from persistkit._retry import DEFAULT_RETRY
 from persistkit._store import PersistBase
 from persistkit._transaction import Transaction, active_transaction, transaction, transaction_for
-from persistkit.backends import _journal
 from persistkit.backends._base import Backend
 from persistkit.backends._file import FileBackend
 from persistkit.errors import (
@@ -142,7 +147,7 @@ EVENTS_NAMESPACE = "_persistkit/events"
 """What the statistics keep outside the domains on a file root (see
 :mod:`persistkit._domains.journal_events`): never validated at a start, left out
 of replays' comparisons. The keys below ride in the journal's records only (never
-a file, never listed: :data:`~persistkit.backends._journal.RECORD_ONLY_KEYS`)."""
+a file, never listed: :data:`~persistkit._history.RECORD_ONLY_KEYS`)."""
 EVENT_TIME_KEY = f"{EVENTS_NAMESPACE}/time"
 """A commit record's event time (ms), when it writes a row with events; followed by
 its writer's ``event_limit`` (after a space) when that is not the default."""
@@ -153,7 +158,7 @@ FOLDED_NAMESPACE = f"{EVENTS_NAMESPACE}/pairs"
 SEEDS_KEY = f"{EVENTS_NAMESPACE}/seeds"
 """The committed rows of the pairs with no folded head yet, by pair, as the writer
 read them before its record (see :func:`_seed`)."""
-_journal.RECORD_ONLY_KEYS.update((EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY))
+RECORD_ONLY_KEYS.update((EVENT_TIME_KEY, SIGNAL_NOTES_KEY, SEEDS_KEY))
 
 _TIMESTAMP: TypeAdapter[int] = TypeAdapter(Timestamp)
 _MS_PER_MINUTE = 60_000

@@ -1,12 +1,11 @@
 """Statistics events on the file backend, derived from the commit journal after the fact.
 
-PROTOTYPE (branch ``stats-journal``). On a file root every commit is already one
-journal record holding the new value of every key it wrote, in one order shared
-by every process, with its commit time; the journal forgets records only at a
-checkpoint. So a pair's events need not be derived inside the tick: they are a
-function of the pair's facts (its scheduled row, its partial levels, its
-signal) as of some sequence number and of the records after it. The tick pays
-almost nothing:
+On a file root every commit is already one journal record holding the new value
+of every key it wrote, in one order shared by every process, with its commit
+time; the journal forgets records only at a checkpoint. So a pair's events need
+not be derived inside the tick: they are a function of the pair's facts (its
+scheduled row, its partial levels, its signal) as of some sequence number and of
+the records after it. The tick pays almost nothing:
 
 - :data:`EVENT_TIME_KEY`, the event time (the configured clock's, else the
   tick's), rides in every record that writes a row with events, changed or not
@@ -17,6 +16,10 @@ almost nothing:
   removed or replaced by another id in the same tick (a fill closed at once):
   the ``(id, pending_at)`` of every signal the tick wrote, which the last value
   cannot tell.
+- :data:`SEEDS_KEY` rides in a process's first record of a pair that has no
+  folded head yet (a root written by an earlier version, a copy, the statistics
+  turned on later): the pair's committed rows as the writer read them, so that
+  the derivation does not start from nothing.
 
 A checkpoint, before it forgets its records, folds them into each pair's
 folded head :func:`folded_key` (:data:`~persistkit.backends._journal.FOLDERS`):
@@ -32,10 +35,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit._domains.events import (
@@ -44,7 +47,9 @@ from persistkit._domains.events import (
     SEEDS_KEY,
     SIGNAL_NOTES_KEY,
     LevelsFacts,
+    PartialRow,
     ScheduleFacts,
+    ScheduleRow,
     SignalFacts,
     levels_facts,
     partial_events,
@@ -53,13 +58,29 @@ from persistkit._domains.events import (
     signal_facts,
 )
 from persistkit.backends import _journal
-from persistkit.models import PartialData, ScheduledSignalRow, SignalRow
+from persistkit.models import (
+    PartialData,
+    PartialLevel,
+    Position,
+    ScheduledSignalRow,
+    SignalRow,
+    Timestamp,
+)
+from persistkit.models import _Model as EventModel
 
 if TYPE_CHECKING:
     from persistkit.backends._file import FileBackend
     from persistkit.backends._journal import JournalRecord
 
-__all__ = ["FOLDED_FORMAT", "PairFold", "derive", "fold_journal", "folded_key", "journal_rows"]
+__all__ = [
+    "FOLDED_FORMAT",
+    "FoldedHead",
+    "PairFold",
+    "derive",
+    "fold_journal",
+    "folded_key",
+    "journal_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +96,31 @@ _UNKNOWN: Any = object()
 def folded_key(pair: str) -> str:
     """Where a pair's folded head lives (outside the domains: no start validates it)."""
     return f"{FOLDED_NAMESPACE}/{pair}"
+
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+_Id = Annotated[str, Field(min_length=1)]
+
+
+class _FoldedFacts(EventModel):
+    """What a pair's next events depend on, as of the head's ``seq``: the tuples of
+    :func:`schedule_facts`, :func:`levels_facts` and :func:`signal_facts`."""
+
+    schedule: tuple[_Id, Position, _Finite, Timestamp] | None
+    levels: dict[str, tuple[tuple[PartialLevel, ...], tuple[PartialLevel, ...]]]
+    signal: tuple[_Id, Position, _Finite, _Finite, _Finite, Timestamp] | None
+
+
+class FoldedHead(EventModel):
+    """A pair's folded head on a file root (:func:`folded_key`), as stored: its facts
+    and each kind's newest events as of journal record ``seq`` of this root."""
+
+    format: Literal[4]  # FOLDED_FORMAT
+    seq: Annotated[int, Field(ge=0)]
+    limit: Annotated[int, Field(ge=1)]
+    facts: _FoldedFacts
+    schedule: list[ScheduleRow]
+    partial: list[PartialRow]
 
 
 @dataclass(slots=True)
@@ -122,31 +168,24 @@ class PairFold:
     @classmethod
     def decode(cls, data: bytes | None) -> PairFold:
         """A folded head's fold; :class:`ValueError` (``CorruptValueError`` is one) when
-        its bytes are not one."""
+        its bytes are not a :class:`FoldedHead`."""
         if data is None:
             return cls()  # knows nothing: the seeds tell
-        # PROTOTYPE: shapes checked loosely; a landable version validates with a model.
         try:
-            raw = orjson.loads(data)
-            facts = raw["facts"]
-            if (
-                raw["format"] != FOLDED_FORMAT
-                or not isinstance(raw["seq"], int)
-                or not isinstance(raw["limit"], int)
-            ):
-                raise ValueError(f"not a folded head of format {FOLDED_FORMAT}")
-            return cls(
-                seq=raw["seq"],
-                limit=raw["limit"],
-                schedule=None if facts["schedule"] is None else tuple(facts["schedule"]),
-                levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts["levels"].items()},
-                signal=None if facts["signal"] is None else tuple(facts["signal"]),
-                schedule_rows=list(raw["schedule"]),
-                partial_rows=list(raw["partial"]),
-                known=None,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            head = FoldedHead.model_validate_json(data)
+        except ValidationError as exc:
             raise ValueError(f"a damaged folded statistics head: {exc}") from exc
+        facts = head.facts
+        return cls(
+            seq=head.seq,
+            limit=head.limit,
+            schedule=facts.schedule,
+            levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts.levels.items()},
+            signal=facts.signal,
+            schedule_rows=[list(row) for row in head.schedule],
+            partial_rows=[list(row) for row in head.partial],
+            known=None,
+        )
 
 
 def _parse(adapter: TypeAdapter[Any], data: bytes | None) -> Any:

@@ -2,8 +2,8 @@
 
 The memory, Redis and S3 backends keep each pair's events in its logs,
 ``stats/{pair}/`` (:func:`~persistkit._domains.events.stored_rows`). A file root
-keeps them where its commit journal puts them (PROTOTYPE, branch stats-journal;
-see :mod:`persistkit._domains.journal_events`): logs written by earlier versions,
+keeps them where its commit journal puts them (see
+:mod:`persistkit._domains.journal_events`): logs written by earlier versions,
 each pair's folded head (``_persistkit/events/pairs/{pair}``, with the journal
 sequence number it covers, a number of THAT root's journal), and the records
 after it, which no key holds yet. Copied key by key, the events of the unfolded

@@ -75,6 +75,7 @@ from persistkit.backends._base import (
     split_key,
 )
 from persistkit.backends._file import SUFFIX, TEMP_PREFIX, FileBackend, content_version
+from persistkit.backends._oslayer import O_NONBLOCK
 from persistkit.errors import (
     BackendError,
     EntityNotFoundError,
@@ -207,7 +208,8 @@ class _Vanished(ValueError):
 def _load(path: str) -> Any:
     """The JSON in ``path``, never through a symbolic link; ``ValueError`` saying why not."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO opens at once (and is refused below) instead of blocking the start.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | O_NONBLOCK)
     except FileNotFoundError as exc:
         raise _Vanished("removed while it was read") from exc
     except OSError as exc:
@@ -856,7 +858,12 @@ def find_backtest_kit_state(root: str) -> BacktestKitState:
             continue
         try:
             positions = _positions(_load(os.path.join(folder.path, _RISK_FILE)))
-        except ValueError:
+        except _Vanished:
+            continue
+        except ValueError as exc:
+            if "_" in folder.name:
+                # {risk}_{exchange}: a torn backtest-kit risk file hides open positions.
+                unreadable.append(f"risk/{folder.name}/{_RISK_FILE}: {exc}")
             continue
         shaped = [p for _, p in positions or () if _is_backtest_kit_position(p)]
         if shaped:

@@ -128,6 +128,7 @@ from persistkit.backends._oslayer import (
     O_CLOEXEC,
     O_DIRECTORY,
     O_NOFOLLOW,
+    O_NONBLOCK,
     REAL_OS,
     OSLayer,
     require_posix_locks,
@@ -176,7 +177,10 @@ _NAME_MAX = 255
 
 _FIRST_READ = 1 << 16
 _O_DIR = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
-_O_READ = os.O_RDONLY | O_CLOEXEC
+_O_READ = os.O_RDONLY | O_CLOEXEC | O_NONBLOCK
+"""``O_NONBLOCK``: no effect on a regular file; a FIFO put where a value belongs (by
+mistake or malice) opens at once and reads empty, a damaged value, instead of
+blocking the reader (a whole start) until something writes to it."""
 _O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW
 
 _fork_gate = threading.Lock()

@@ -93,8 +93,9 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from persistkit._history import drop_record_only
 from persistkit.backends._base import ANY_VERSION, Expected, split_key
 from persistkit.backends._oslayer import LOCK_EX, LOCK_NB, LOCK_UN, O_CLOEXEC
 from persistkit.errors import (
@@ -183,16 +184,6 @@ with the checkpoint (derived state that depends on every record, such as the
 statistics events; see :mod:`persistkit._domains.journal_events`)."""
 FOLDERS: list[Folder] = []
 """Registered by the modules whose derived state needs every record (at import)."""
-RECORD_ONLY_KEYS: set[str] = set()
-"""Keys that ride in a commit's record for what :data:`FOLDERS` derive and the history
-keeps (the statistics' event time, say), and are no state: never in this process's
-view of the journal, so never read, listed, snapshotted or written to a file.
-Registered at import by the modules that write them."""
-
-
-def _drop_record_only(view: dict[str, Any]) -> None:
-    for key in RECORD_ONLY_KEYS:
-        view.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,7 +652,7 @@ class CommitJournal:
         records, length = parse_records(data, journal.next_seq)
         for record in records:
             self.pending.update(record.writes)
-        _drop_record_only(self.pending)
+        drop_record_only(self.pending)
         journal.offset += length
         journal.next_seq += len(records)
         if records:
@@ -1200,8 +1191,8 @@ class CommitJournal:
         for record in records:
             writes.update(record.writes)
             committed_at.update(dict.fromkeys(record.writes, record.time_ns))
-        _drop_record_only(writes)
-        _drop_record_only(committed_at)
+        drop_record_only(writes)
+        drop_record_only(committed_at)
         if records and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
         return JournalCut(
@@ -1491,7 +1482,7 @@ class CommitJournal:
                 journal.last_time_ns = now
                 for request in accepted:
                     self.pending.update(request.writes)
-                _drop_record_only(self.pending)
+                drop_record_only(self.pending)
             try:
                 osl.fsync(journal.fd)
             except OSError as exc:
@@ -1904,7 +1895,7 @@ class CommitJournal:
         merged: dict[str, bytes | None] = {}
         for record in records:
             merged.update(record.writes)
-        _drop_record_only(merged)
+        drop_record_only(merged)
         if records and start:  # a journal of this format: derived state goes on from it
             for fold in FOLDERS:
                 merged.update(fold(self._backend, records))

@@ -36,6 +36,7 @@ __all__ = [
     "O_CLOEXEC",
     "O_DIRECTORY",
     "O_NOFOLLOW",
+    "O_NONBLOCK",
     "REAL_OS",
     "FcntlOps",
     "OSLayer",
@@ -70,6 +71,7 @@ LOCK_UN = 8
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
 F_FULLFSYNC = 51
 """``<sys/fcntl.h>`` on macOS; Python's ``fcntl`` module defines it only there."""
 

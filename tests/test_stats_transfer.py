@@ -308,3 +308,24 @@ async def test_a_checkpoint_folding_past_the_copys_commit_point_makes_it_read_ag
     assert (last.timestamp, last.action, last.signal_id) == (later(), "cancelled", "E")
     assert schedule.total_events == 10
     assert reads > 1
+
+
+async def test_a_damaged_folded_head_is_named_and_the_copy_reads_as_its_source(
+    tmp_path: Path,
+) -> None:
+    """The source reads the journal's events without the damaged head's (its next
+    checkpoint quarantines it): the copy carries the same, and says what it left out."""
+    source, export_file = tmp_path / "source", tmp_path / "state.jsonl"
+    async with half_folded_source(source):
+        (source / FOLDED_NAMESPACE / f"{PAIR}.json").write_bytes(b'{"format": 4, "seq": ')
+        before = await read_statistics()
+        assert 0 < before[0].total_events < 9  # the folded ticks' events are not read
+        exported = run_cli("export", source, export_file)
+    assert exported.returncode == 0, exported.stderr
+    assert f"statistics not copied: {FOLDED_NAMESPACE}/{PAIR}: a damaged folded" in (
+        exported.stderr
+    )
+    destination = tmp_path / "destination"
+    assert_copied_verified(run_cli("import", export_file, destination))
+    persistkit.configure(mode="live", base_dir=destination)
+    assert await read_statistics() == before

@@ -15,6 +15,7 @@ import orjson
 from rich.live import Live
 from rich.text import Text
 
+from persistkit._domains.portable_events import PortableState
 from persistkit.backends import Backend
 from persistkit.backends._backtest_kit import (
     BacktestKitBackend,
@@ -720,6 +721,18 @@ def _refuse_overlap(source: Backend, destination: Backend) -> None:
         raise CommandError(f"{source.root} and {destination.root} lie one inside the other")
 
 
+def _statistics_notes(statistics: PortableState) -> list[str]:
+    """What a copy says of the statistics it gathered from a file root's journal."""
+    notes = [f"statistics not copied: {problem}" for problem in statistics.problems]
+    if statistics.pairs:
+        notes.append(
+            f"the statistics of {plural(len(statistics.pairs), 'pair')} are copied as their "
+            "logs (stats/): the events of the commit journal and of the folded heads "
+            "(_persistkit/events/, not copied) at the same commit point"
+        )
+    return notes
+
+
 def _refuse_partial_source(snapshot: Snapshot) -> None:
     """A source that could not be read whole is not copied (exit 1, nothing written)."""
     problems = read_problems(snapshot.behind, snapshot.foreign_links)
@@ -795,6 +808,7 @@ def migrate(
             )
         source = await BackendSource.at_one_point(source_backend)
         _refuse_partial_source(source.snapshot)
+        notes.extend(_statistics_notes(source.statistics))
         held = sum([1 async for _ in source_backend.list_quarantine("")])
         if mapping is not None:
             _print_mapping(mapping, dry_run=dry_run)
@@ -921,6 +935,8 @@ def export(
             + (", ..." if len(snapshot.pending) > 5 else ""),
             err=True,
         )
+    for note in _statistics_notes(result.statistics):
+        click.echo(f"note: {note}", err=True)
     if result.raw:
         click.echo(
             f"warning: {plural(len(result.raw), 'value')} not JSON, exported as raw_base64 "
@@ -984,11 +1000,13 @@ def import_(
                     destination, force=force, how_to_force=COMMITTED_LIKE_A_TICK
                 )
             )
+        notes = [
+            f"statistics not copied: {problem}" for problem in await source.gather_statistics()
+        ]
         outcome = await _copy(
             source, destination, overwrite=overwrite, dry_run=dry_run, bars=Bars(progress)
         )
         plan, _, failures = outcome
-        notes: list[str] = []
         if include_quarantine and not dry_run and not failures and not plan.of("refuse"):
             restored, refused = await import_quarantined(destination, quarantined)
             notes.append(f"{plural(restored, 'quarantined value')} put back into the quarantine")

@@ -35,6 +35,11 @@ from typing import IO, Any, Literal, Protocol, cast
 import orjson
 
 from persistkit import _codec as codec
+from persistkit._domains.portable_events import (
+    PortableState,
+    portable_snapshot,
+    portable_values,
+)
 from persistkit._names import check_store_key
 from persistkit.backends import Backend
 from persistkit.backends._base import Expected, Snapshot
@@ -77,24 +82,27 @@ class BackendSource:
     """A backend's committed values at one commit point (never its quarantine).
 
     Read once with :meth:`Backend.snapshot`: a tick committed during the copy
-    is in it whole or not at all.
+    is in it whole or not at all. The statistics are in the portable form
+    (:func:`~persistkit._domains.portable_events.portable_snapshot`): on a file
+    root, each pair's logs gather the events derived from its journal at that point.
     """
 
-    def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
+    def __init__(self, backend: Backend, snapshot: Snapshot, statistics: PortableState) -> None:
         self.backend = backend
         self.snapshot = snapshot
+        self.statistics = statistics
         self.label = backend.url
 
     @classmethod
     async def at_one_point(cls, backend: Backend) -> BackendSource:
         """``backend``'s committed values; a key no store could have written refuses the copy."""
-        snapshot = await backend.snapshot()
+        snapshot, statistics = await portable_snapshot(backend)
         for key in snapshot.values:
             try:
                 check_key(key)
             except InvalidNameError as exc:
                 raise CommandError(f"{backend.url}: {exc}; nothing was written") from exc
-        return cls(backend, snapshot)
+        return cls(backend, snapshot, statistics)
 
     def keys(self) -> list[str]:
         return list(self.snapshot.values)
@@ -103,8 +111,9 @@ class BackendSource:
         return self.snapshot.values.get(key)
 
     async def changed_at(self, key: str) -> float | None:
-        # A pending key's file is older than its value: the commit's time is its age.
-        committed = self.snapshot.committed_at.get(key)
+        # A pending key's file is older than its value: the commit's time is its age;
+        # a pair's logs gathered anew are as old as their newest ingredient.
+        committed = self.snapshot.committed_at.get(key, self.statistics.changed_at.get(key))
         return committed if committed is not None else await self.backend.changed_at(key)
 
 
@@ -132,6 +141,15 @@ class JsonLinesSource:
 
     async def changed_at(self, key: str) -> float | None:
         return None
+
+    async def gather_statistics(self) -> list[str]:
+        """Read folded statistics heads of a file root (``_persistkit/events/``, in an
+        export made before the statistics travelled as logs) as their pairs' logs
+        (:func:`~persistkit._domains.portable_events.portable_values`), never as keys;
+        returns the statistics that could not be read, in words."""
+        state = await portable_values(self.values)
+        self.values = state.values
+        return state.problems
 
 
 def check_key(key: object) -> str:
@@ -400,6 +418,8 @@ async def import_quarantined(
 class ExportResult:
     snapshot: Snapshot
     """What was read, and at which point."""
+    statistics: PortableState
+    """The pairs whose statistics were gathered into their logs, and what could not be."""
     values: int = 0
     raw: list[str] = field(default_factory=list)
     """Keys whose bytes are not JSON, exported as ``raw_base64``."""
@@ -454,10 +474,10 @@ async def export_jsonl(
     from commits not yet applied, and what could not be read (see
     :class:`~persistkit.backends._base.Snapshot`).
     """
-    snapshot = await backend.snapshot()
+    snapshot, statistics = await portable_snapshot(backend)
     if on_total is not None:
         on_total(len(snapshot.values))
-    result = ExportResult(snapshot=snapshot)
+    result = ExportResult(snapshot=snapshot, statistics=statistics)
     async for line in _export_lines(backend, snapshot, include_quarantine, result, on_key):
         write(line)
     return result

@@ -121,6 +121,7 @@ __all__ = [
     "PartialRow",
     "ScheduleEvent",
     "ScheduleRow",
+    "pair_log_values",
     "partial_events",
     "remember_signal",
     "schedule_events",
@@ -444,6 +445,31 @@ class PairEventLogs(DomainAdapter):
 
 
 PAIR_LOGS = PairEventLogs()
+
+
+def pair_log_values(pair: str, rows: Mapping[str, Sequence[Sequence[Any]]]) -> dict[str, bytes]:
+    """The keys and bytes of a pair's logs (format 3) holding ``rows`` (by kind name,
+    oldest first): each kind's full segments of :data:`SEGMENT_EVENTS` rows from
+    ``{kind}-0`` on, the rest in the head, as the pair's commits lay them out.
+
+    How a copy carries statistics that no log holds yet (a file root's, derived
+    from its journal) to any backend (see :mod:`persistkit._domains.portable_events`).
+    """
+    prefix = f"{PAIR_LOGS.domain}/{pair}/"
+    values: dict[str, bytes] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        kind_rows = [list(row) for row in rows.get(kind.name, ())]
+        sealed = len(kind_rows) // SEGMENT_EVENTS
+        for number in range(sealed):
+            chunk = kind_rows[number * SEGMENT_EVENTS : (number + 1) * SEGMENT_EVENTS]
+            values[prefix + segment_id(kind, number)] = orjson.dumps(chunk)
+        sections[kind.name] = {
+            "segments": [0, sealed],
+            "events": kind_rows[sealed * SEGMENT_EVENTS :],
+        }
+    values[prefix + HEAD] = orjson.dumps({"format": EVENTS_FORMAT, **sections})
+    return values
 
 
 # -- reading a pair's log, in any format ---------------------------------------------------

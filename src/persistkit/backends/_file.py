@@ -839,6 +839,15 @@ class FileBackend(Backend):
     async def snapshot(self) -> Snapshot:
         """Every committed value at one commit of the shared journal; no lock, no write.
 
+        See :meth:`snapshot_and_cut`, which also gives the journal's records at that point.
+        """
+        snapshot, _cut = await self.snapshot_and_cut()
+        return snapshot
+
+    async def snapshot_and_cut(self) -> tuple[Snapshot, JournalCut]:
+        """Every committed value at one commit of the shared journal, and the journal
+        read there (its records: what is derived from them, at the same point).
+
         The journal is read up to its last complete record (a commit point),
         then every value file, then the journal again. Keys the journal held
         at that point take its values (those that differ from their files are
@@ -882,7 +891,7 @@ class FileBackend(Backend):
             f"its commits are not read here: run the command on {self.root}/{namespace}"
             for namespace in nested
         )
-        return lay_commits_over(
+        snapshot = lay_commits_over(
             files,
             cut.writes,
             {key: time_ns / 1e9 for key, time_ns in cut.committed_at.items()},
@@ -890,6 +899,7 @@ class FileBackend(Backend):
             foreign_links=tuple(sorted(links)),
             point=f"journal commit {cut.seq}" if cut.seq else "no journal commit yet: the files",
         )
+        return snapshot, cut
 
     def _read_held_still(
         self,

@@ -372,6 +372,11 @@ class JournalCut:
     """The newest committed value of every key the journal held (``None``: deleted)."""
     committed_at: dict[str, int]
     """``time_ns`` of the commit that wrote each key of ``writes`` last."""
+    records: tuple[JournalRecord, ...] = ()
+    """The records read, oldest first, record-only keys included (what :data:`FOLDERS`
+    derive from them, at this point); a first record that restates earlier ones (a
+    journal rewritten after a failed fsync) with no writes, as in
+    :meth:`CommitJournal.records_after`."""
 
     def continued_by(self, later: JournalCut) -> bool:
         """Whether ``later`` is this journal grown only by commits to keys it already held.
@@ -1176,6 +1181,9 @@ class CommitJournal:
         try:
             size = self._os.fstat(journal.fd).st_size
             data = self._os.pread(journal.fd, max(size - journal.offset, 0), journal.offset)
+            _magic, flags, _first_seq = _FILE_HEADER.unpack(
+                self._os.pread(journal.fd, _FILE_HEADER.size, 0)
+            )
         finally:
             self._os.close(journal.fd)
         records, length = parse_records(data, journal.next_seq)
@@ -1191,11 +1199,14 @@ class CommitJournal:
             committed_at.update(dict.fromkeys(record.writes, record.time_ns))
         drop_record_only(writes)
         drop_record_only(committed_at)
+        if records and flags & FLAG_RESTATED:
+            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
         return JournalCut(
             (journal.ino, journal.next_seq),
             journal.next_seq + len(records) - 1,
             writes,
             committed_at,
+            tuple(records),
         )
 
     @contextlib.contextmanager

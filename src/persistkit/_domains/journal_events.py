@@ -175,6 +175,10 @@ def _pair_row(key: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
+_RECORD_KEYS = (EVENT_TIME_KEY, SEEDS_KEY, SIGNAL_NOTES_KEY)
+"""The keys :func:`derive` reads in a record that touches a pair, besides the pair's."""
+
+
 def touched_pairs(records: Iterable[JournalRecord]) -> set[str]:
     return {
         found[1]
@@ -346,7 +350,7 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
                 # The next checkpoint quarantines it; meanwhile the journal's events count.
                 logger.warning("persistkit: %s is damaged (%s)", key, exc)
                 position, fold = None, PairFold()
-        end, records = journal.records_after(position)
+        end, records = journal.records_after(position, f"/{pair}/", _RECORD_KEYS)
         if end is not None and position is not None and end[0] != position[0]:
             # A checkpoint replaced the journal since: its records are in the new head.
             _read_cache.pop(cache_key, None)

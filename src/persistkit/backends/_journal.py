@@ -382,6 +382,8 @@ def _select_writes(
             field_index = bisect.bisect_right(fields, place) - 1
             if not field_index % 2 and place + marker_length <= fields[field_index + 1]:
                 chosen.add(field_index // 2)
+        if not chosen:
+            return {}  # the marker only in values
         for key in keys:
             # The keys of its length, compared in place (they are few).
             key_index = -1
@@ -393,8 +395,8 @@ def _select_writes(
         writes: dict[str, bytes | None] = {}
         for key_index in sorted(chosen):
             key_start, data_start, data_end = fields[2 * key_index : 2 * key_index + 3]
-            key = payload[key_start:data_start].decode()
-            writes[key] = None if lengths[2 * key_index + 1] < 0 else payload[data_start:data_end]
+            name = payload[key_start:data_start].decode()
+            writes[name] = None if lengths[2 * key_index + 1] < 0 else payload[data_start:data_end]
         return writes
     except (struct.error, UnicodeDecodeError):
         return None

@@ -332,7 +332,11 @@ def _copy(fold: PairFold) -> PairFold:
 async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[Any]]:
     """``kind``'s rows of ``pair`` on a file root: its folded head's and those of the
     journal's records after it, oldest first. Reads only the journal's new records
-    since this process's last read of the pair (unless a checkpoint replaced it)."""
+    since this process's last read of the pair (unless a checkpoint replaced it), and
+    of those decodes only the ones that hold the pair's stored name (``/{pair}/``: a
+    pair whose name starts or ends with this one's is another), and in them only the
+    pair's writes and :data:`_RECORD_KEYS`: a first read of a full journal costs a
+    byte search of it, not a parse of every record."""
     key = folded_key(pair)
     journal = backend.journal
     cache_key = (id(backend), pair)

@@ -171,8 +171,8 @@ _FILE_HEADER = struct.Struct("<4sIQ")
 _HEADER = struct.Struct("<4sIIQQ")
 _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
-_LENGTH = struct.Struct("<I")
-"""A record's payload length, 4 bytes into its header (after :data:`MAGIC`)."""
+_LENGTH = struct.Struct("<4xI")
+"""A record's payload length, read from the start of its header (after :data:`MAGIC`)."""
 _MAX_PAYLOAD = (1 << 32) - 1
 
 _O_LEGACY = os.O_RDWR | O_CLOEXEC
@@ -322,7 +322,7 @@ def select_records(
     append, length_at, header_size = starts.append, _LENGTH.unpack_from, _HEADER.size
     while offset <= last:
         append(offset)
-        offset += header_size + length_at(data, offset + 4)[0]
+        offset += header_size + length_at(data, offset)[0]
     if offset > len(data):  # not the end of a complete record: damage since it was read
         offset = starts.pop()
     # Every place the marker occurs (in a key or not), by record.

@@ -436,7 +436,15 @@ def _entry(index: int, number: int) -> ScheduledSignalRow:
     )
 
 
-async def _nested_pairs_events(backend: FileBackend | None) -> list[list[tuple[str, str]]]:
+async def _nested_pairs_events(backend: FileBackend | Path | None) -> list[list[tuple[str, str]]]:
+    """Each pair's schedule events, read by ``backend``: a root is read by a new reader
+    (as the command line's ``report``: nothing cached), ``None`` by the session's."""
+    if isinstance(backend, Path):
+        reader = FileBackend(backend, read_only=True)
+        try:
+            return await _nested_pairs_events(reader)
+        finally:
+            await reader.aclose()
     found = []
     for symbol, strategy in _NESTED_PAIRS:
         stats = await Schedule.get_data(symbol, strategy, backend=backend)
@@ -481,10 +489,10 @@ async def test_a_pair_gets_exactly_its_events_whatever_other_names_hold_it(
         assert partway[-1] == expected[-1][:5]
         assert await _nested_pairs_events(None) == expected
         assert await _nested_pairs_events(reader) == expected  # read on from where it was
-        assert await _nested_pairs_events(FileBackend(data_root, read_only=True)) == expected
+        assert await _nested_pairs_events(data_root) == expected
         await backend.checkpoint()
         assert backend.journal.records() == []
-        assert await _nested_pairs_events(FileBackend(data_root, read_only=True)) == expected
+        assert await _nested_pairs_events(data_root) == expected
         await reader.aclose()
 
 

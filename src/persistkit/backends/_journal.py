@@ -338,16 +338,14 @@ def select_records(
         record_start = starts[index]
         magic, length, crc, seq, time_ns = _HEADER.unpack_from(data, record_start)
         payload_start = record_start + _HEADER.size
-        payload = data[payload_start : payload_start + length]
+        payload = memoryview(data)[payload_start : payload_start + length]  # not copied
         writes = None
         if (
             magic == MAGIC
             and seq == first_seq + index
             and zlib.crc32(payload, zlib.crc32(_SEQ_TIME.pack(seq, time_ns))) == crc
         ):
-            writes = _select_writes(
-                payload, [place - payload_start for place in places], len(needle), keys
-            )
+            writes = _select_writes(data, payload_start, length, places, len(needle), keys)
         if writes is None:
             return records, record_start - start, index
         if writes:
@@ -356,15 +354,23 @@ def select_records(
 
 
 def _select_writes(
-    payload: bytes, places: list[int], marker_length: int, keys: tuple[bytes, ...]
+    data: bytes,
+    start: int,
+    length: int,
+    places: list[int],
+    marker_length: int,
+    keys: tuple[bytes, ...],
 ) -> dict[str, bytes | None] | None:
-    """The writes of a record's payload whose key holds the marker found at ``places``,
-    and those of ``keys``, in the record's order; ``None`` when the payload is not one."""
+    """The writes of the record payload ``data[start : start + length]`` whose key holds
+    the marker found at ``places`` (in ``data``), and those of ``keys``, in the record's
+    order; ``None`` when the payload is not one."""
     try:
-        (count,) = _COUNT.unpack_from(payload, 0)
+        (count,) = _COUNT.unpack_from(data, start)
+        if _COUNT.size + 16 * count > length:
+            return None
         # A tuple, not an array: its ints are made once (summing and comparing an
         # array's boxes each of them on every pass).
-        lengths: tuple[int, ...] = struct.unpack_from(f"<{2 * count}q", payload, _COUNT.size)
+        lengths: tuple[int, ...] = struct.unpack_from(f"<{2 * count}q", data, start + _COUNT.size)
         key_lengths = lengths[0::2]
         sizes = lengths
         if count and min(lengths) < 0:
@@ -372,9 +378,10 @@ def _select_writes(
                 return None
             # A negative value length is a deletion (as :func:`_decode_payload` reads it).
             sizes = tuple(max(size, 0) for size in lengths)
-        # Where each field starts: key i at 2 i, its value at 2 i + 1 (empty when deleted).
-        fields = list(itertools.accumulate(sizes, initial=_COUNT.size + 8 * len(lengths)))
-        if fields[-1] != len(payload):
+        # Where each field starts in data: key i at 2 i, its value at 2 i + 1 (empty when
+        # deleted), the payload's end last.
+        fields = list(itertools.accumulate(sizes, initial=start + _COUNT.size + 16 * count))
+        if fields[-1] != start + length:
             return None
         chosen: set[int] = set()
         for place in places:
@@ -383,20 +390,20 @@ def _select_writes(
             if not field_index % 2 and place + marker_length <= fields[field_index + 1]:
                 chosen.add(field_index // 2)
         if not chosen:
-            return {}  # the marker only in values
+            return {}  # the marker only in values (or in the record's header)
         for key in keys:
             # The keys of its length, compared in place (they are few).
             key_index = -1
             for _ in range(key_lengths.count(len(key))):
                 key_index = key_lengths.index(len(key), key_index + 1)
-                if payload.startswith(key, fields[2 * key_index]):
+                if data.startswith(key, fields[2 * key_index]):
                     chosen.add(key_index)
                     break
         writes: dict[str, bytes | None] = {}
         for key_index in sorted(chosen):
             key_start, data_start, data_end = fields[2 * key_index : 2 * key_index + 3]
-            name = payload[key_start:data_start].decode()
-            writes[name] = None if lengths[2 * key_index + 1] < 0 else payload[data_start:data_end]
+            name = data[key_start:data_start].decode()
+            writes[name] = None if lengths[2 * key_index + 1] < 0 else data[data_start:data_end]
         return writes
     except (struct.error, UnicodeDecodeError):
         return None

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.test_file_backend import FailingOS
 from tests.test_stats import (
     MIN,
@@ -33,7 +35,7 @@ from tests.test_stats import (
 )
 
 import persistkit
-from persistkit import LiveSession, Partial, Schedule
+from persistkit import LiveSession, Partial, PersistScheduleAdapter, Schedule
 from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
@@ -44,7 +46,9 @@ from persistkit._domains.events import (
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
+from persistkit.backends._journal import JournalRecord, encode_record, parse_records, select_records
 from persistkit.errors import DurabilityUnknownError
+from persistkit.models import ScheduledSignalRow
 
 _SRC = Path(__file__).parents[1] / "src"
 
@@ -437,3 +441,139 @@ async def test_a_checkpoint_keeps_the_facts_of_a_pair_with_records_and_no_event_
         ("cancelled", "A"),
         ("scheduled", "B"),
     ]
+
+
+# Pairs whose names hold one another's: a prefix ("C1USDT_trend" of "C10USDT_trend" and
+# of "C1USDT_trend_x"), a suffix ("XC1USDT_trend"), an escaped name and the name whose
+# escape is the other's text ("BTC/USDT" is stored as "BTC%2FUSDT", "BTC%2FUSDT" as
+# "BTC%252FUSDT"). Pair i schedules i + 1 limit entries, each replacing the one before
+# (no signal: a cancellation), then clears its row (another); the ids of one pair hold
+# another's stored name, so the journal holds each name in values too.
+_NESTED_PAIRS = [
+    ("C1USDT", "trend"),
+    ("C10USDT", "trend"),
+    ("C1USDT", "trend_x"),
+    ("XC1USDT", "trend"),
+    ("BTC/USDT", "my strat"),
+    ("BTC%2FUSDT", "my strat"),
+]
+
+
+def _entry(index: int, number: int) -> ScheduledSignalRow:
+    symbol, strategy = _NESTED_PAIRS[index]
+    other = join_pair(*_NESTED_PAIRS[(index + 1) % len(_NESTED_PAIRS)])
+    return scheduled(f"{index}-{number}/{other}/", T0).model_copy(
+        update={"symbol": symbol, "strategy_name": strategy}
+    )
+
+
+async def _nested_pairs_events(backend: FileBackend | Path | None) -> list[list[tuple[str, str]]]:
+    """Each pair's schedule events, read by ``backend``: a root is read by a new reader
+    (as the command line's ``report``: nothing cached), ``None`` by the session's."""
+    if isinstance(backend, Path):
+        reader = FileBackend(backend, read_only=True)
+        try:
+            return await _nested_pairs_events(reader)
+        finally:
+            await reader.aclose()
+    found = []
+    for symbol, strategy in _NESTED_PAIRS:
+        stats = await Schedule.get_data(symbol, strategy, backend=backend)
+        found.append([(event.action, event.signal_id) for event in stats.event_list])
+    return found
+
+
+async def test_a_pair_gets_exactly_its_events_whatever_other_names_hold_it(
+    data_root: Path,
+) -> None:
+    """A reader decodes only the records that hold a pair's stored name (a byte search):
+    every record writing the pair's rows is found, another pair's (a name that starts or
+    ends with it, an escape of it) or a value holding the name add nothing. The events
+    read from the journal by the process that wrote it, by a new reader (the command
+    line's, nothing cached), by that reader again after more records (from where it
+    stopped), and from the heads a checkpoint folds (which decode every record) agree."""
+    persistkit.configure(mode="live", base_dir=data_root)
+    async with LiveSession(_NESTED_PAIRS, "main", base_dir=data_root) as session:
+        backend = session.backend
+        assert isinstance(backend, FileBackend)
+        reader = FileBackend(data_root, read_only=True)
+        # The last pair first: the event time rides after the tick's first write, and
+        # then a cleared row (a deleted value: no bytes) is followed by the next pair's
+        # key, which starts where that empty value does.
+        order = [len(_NESTED_PAIRS) - 1, *range(len(_NESTED_PAIRS) - 1)]
+        for number in range(len(_NESTED_PAIRS) + 1):
+            async with session.tick():
+                for index in order:
+                    if number <= index + 1:
+                        row = _entry(index, number) if number <= index else None
+                        await PersistScheduleAdapter.write_schedule_data(row, *_NESTED_PAIRS[index])
+            if number == 2:
+                partway = await _nested_pairs_events(reader)  # the reader's first read
+        expected = []
+        for index in range(len(_NESTED_PAIRS)):
+            events = [("scheduled", _entry(index, 0).id)]
+            for number in range(1, index + 1):
+                events += [("cancelled", _entry(index, number - 1).id)]
+                events += [("scheduled", _entry(index, number).id)]
+            expected.append([*events, ("cancelled", _entry(index, index).id)])
+        assert partway[0] == expected[0]  # pair 0 was done by then; the others were not
+        assert partway[-1] == expected[-1][:5]
+        assert await _nested_pairs_events(None) == expected
+        assert await _nested_pairs_events(reader) == expected  # read on from where it was
+        assert await _nested_pairs_events(data_root) == expected
+        await backend.checkpoint()
+        assert backend.journal.records() == []
+        assert await _nested_pairs_events(data_root) == expected
+        await reader.aclose()
+
+
+_MARKER = "/C1USDT_trend/"
+_ALONG = (EVENT_TIME_KEY, SEEDS_KEY)
+_SOME_KEYS = [
+    "signal/C1USDT_trend/C1USDT",
+    "partial/C1USDT_trend/levels",
+    "signal/C10USDT_trend/C10USDT",
+    "schedule/XC1USDT_trend/XC1USDT",
+    "x/C1USDT_trend",
+    EVENT_TIME_KEY,
+    EVENT_TIME_KEY[:-1] + "T",  # as long as one wanted: compared, not taken
+    EVENT_TIME_KEY[:-1],
+    SEEDS_KEY,
+    "risk/main/positions",
+]
+_SOME_VALUES = st.one_of(
+    st.none(),  # a deletion: no bytes, the next key starts where it would
+    st.sampled_from([b"", _MARKER.encode(), f'"signal{_MARKER}"'.encode(), b"PKJ1"]),
+    st.binary(max_size=12),
+)
+
+
+@given(
+    st.lists(st.dictionaries(st.sampled_from(_SOME_KEYS), _SOME_VALUES, max_size=6), max_size=8),
+    st.integers(min_value=0, max_value=40),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_records_selected_by_a_byte_search_are_those_a_full_parse_finds(
+    commits: list[dict[str, bytes | None]], torn: int
+) -> None:
+    """What a reader of one pair decodes (:func:`select_records`) is what parsing every
+    record and keeping those with a key holding the pair's name gives, with a torn
+    record at the end or not."""
+    data = b"".join(encode_record(seq, seq * 7, writes) for seq, writes in enumerate(commits, 3))
+    if torn:
+        data += encode_record(len(commits) + 3, 0, {_SOME_KEYS[0]: b"x" * 30})[:torn]
+    records, length = parse_records(data, 3)
+    expected = [
+        JournalRecord(
+            record.seq,
+            record.time_ns,
+            {key: value for key, value in record.writes.items() if _MARKER in key or key in _ALONG},
+        )
+        for record in records
+        if any(_MARKER in key for key in record.writes)
+    ]
+    assert select_records(b"head" + data, 4, 3, _MARKER, _ALONG) == (
+        expected,
+        length,
+        len(records),
+    )

@@ -217,6 +217,10 @@ def _pair_row(key: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
+_RECORD_KEYS = (EVENT_TIME_KEY, SEEDS_KEY, SIGNAL_NOTES_KEY)
+"""The keys :func:`derive` reads in a record that touches a pair, besides the pair's."""
+
+
 def touched_pairs(records: Iterable[JournalRecord]) -> set[str]:
     return {
         found[1]
@@ -413,7 +417,11 @@ def _copy(fold: PairFold) -> PairFold:
 async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[Any]]:
     """``kind``'s rows of ``pair`` on a file root: its folded head's and those of the
     journal's records after it, oldest first. Reads only the journal's new records
-    since this process's last read of the pair (unless a checkpoint replaced it)."""
+    since this process's last read of the pair (unless a checkpoint replaced it), and
+    of those decodes only the ones that hold the pair's stored name (``/{pair}/``: a
+    pair whose name starts or ends with this one's is another), and in them only the
+    pair's writes and :data:`_RECORD_KEYS`: a first read of a full journal costs a
+    byte search of it, not a parse of every record."""
     key = folded_key(pair)
     journal = backend.journal
     cache_key = (id(backend), pair)
@@ -431,7 +439,7 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
                 # The next checkpoint quarantines it; meanwhile the journal's events count.
                 logger.warning("persistkit: %s is damaged (%s)", key, exc)
                 position, fold = None, PairFold()
-        end, records = journal.records_after(position)
+        end, records = journal.records_after(position, f"/{pair}/", _RECORD_KEYS)
         if end is not None and position is not None and end[0] != position[0]:
             # A checkpoint replaced the journal since: its records are in the new head.
             _read_cache.pop(cache_key, None)

@@ -79,8 +79,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import bisect
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import secrets
@@ -91,7 +93,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -127,6 +129,7 @@ __all__ = [
     "open_journals",
     "parse_records",
     "read_journal_file",
+    "select_records",
 ]
 
 JOURNAL_DIR = ".journal"
@@ -169,6 +172,8 @@ _FILE_HEADER = struct.Struct("<4sIQ")
 _HEADER = struct.Struct("<4sIIQQ")
 _SEQ_TIME = struct.Struct("<QQ")
 _COUNT = struct.Struct("<I")
+_LENGTH = struct.Struct("<4xI")
+"""A record's payload length, read from the start of its header (after :data:`MAGIC`)."""
 _MAX_PAYLOAD = (1 << 32) - 1
 
 _O_LEGACY = os.O_RDWR | O_CLOEXEC
@@ -289,6 +294,115 @@ def parse_records(data: bytes | memoryview, first_seq: int = 1) -> tuple[list[Jo
         offset += _record_size(offset, data)
         expected_seq += 1
     return records, offset
+
+
+def select_records(
+    data: bytes, start: int, first_seq: int, marker: str, with_keys: Collection[str]
+) -> tuple[list[JournalRecord], int, int]:
+    """The complete records at ``data[start:]`` that write a key holding ``marker``, each
+    with only those writes and those of ``with_keys``; the length the complete records
+    cover and how many they are.
+
+    For a reader of a few keys of a whole journal (one pair's statistics): a key is
+    stored as its UTF-8 bytes, so one byte search of the journal finds the records
+    that may write one, and only their wanted writes are decoded; any other record
+    costs a read of its length. Its checksum is not checked again: the journal's bytes
+    up to the end this process has read were checked when it read them
+    (:meth:`CommitJournal.refresh`). A record decoded is checked as
+    :func:`parse_records` checks it; the complete records end before one that fails.
+    """
+    # The records' boundaries: the length field (after the magic) of each header.
+    starts: list[int] = []
+    offset, last = start, len(data) - _HEADER.size
+    # Names bound once: this loop runs once per record of the journal.
+    append, length_at, header_size = starts.append, _LENGTH.unpack_from, _HEADER.size
+    while offset <= last:
+        append(offset)
+        offset += header_size + length_at(data, offset)[0]
+    if offset > len(data):  # not the end of a complete record: damage since it was read
+        offset = starts.pop()
+    # Every place the marker occurs (in a key or not), by record.
+    needle = marker.encode()
+    hits: dict[int, list[int]] = {}
+    found = data.find(needle, start, offset)
+    while found != -1:
+        hits.setdefault(bisect.bisect_right(starts, found) - 1, []).append(found)
+        found = data.find(needle, found + 1, offset)
+    keys = tuple(key.encode() for key in with_keys)
+    records: list[JournalRecord] = []
+    for index, places in hits.items():
+        record_start = starts[index]
+        magic, length, crc, seq, time_ns = _HEADER.unpack_from(data, record_start)
+        payload_start = record_start + _HEADER.size
+        payload = memoryview(data)[payload_start : payload_start + length]  # not copied
+        writes = None
+        if (
+            magic == MAGIC
+            and seq == first_seq + index
+            and zlib.crc32(payload, zlib.crc32(_SEQ_TIME.pack(seq, time_ns))) == crc
+        ):
+            writes = _select_writes(data, payload_start, length, places, len(needle), keys)
+        if writes is None:
+            return records, record_start - start, index
+        if writes:
+            records.append(JournalRecord(seq, time_ns, writes))
+    return records, offset - start, len(starts)
+
+
+def _select_writes(
+    data: bytes,
+    start: int,
+    length: int,
+    places: list[int],
+    marker_length: int,
+    keys: tuple[bytes, ...],
+) -> dict[str, bytes | None] | None:
+    """The writes of the record payload ``data[start : start + length]`` whose key holds
+    the marker found at ``places`` (in ``data``), and those of ``keys``, in the record's
+    order; ``None`` when the payload is not one."""
+    try:
+        (count,) = _COUNT.unpack_from(data, start)
+        if _COUNT.size + 16 * count > length:
+            return None
+        # A tuple, not an array: its ints are made once (summing and comparing an
+        # array's boxes each of them on every pass).
+        lengths: tuple[int, ...] = struct.unpack_from(f"<{2 * count}q", data, start + _COUNT.size)
+        key_lengths = lengths[0::2]
+        sizes = lengths
+        if count and min(lengths) < 0:
+            if min(key_lengths) < 0:
+                return None
+            # A negative value length is a deletion (as :func:`_decode_payload` reads it).
+            sizes = tuple(max(size, 0) for size in lengths)
+        # Where each field starts in data: key i at 2 i, its value at 2 i + 1 (empty when
+        # deleted), the payload's end last.
+        fields = list(itertools.accumulate(sizes, initial=start + _COUNT.size + 16 * count))
+        if fields[-1] != start + length:
+            return None
+        chosen: set[int] = set()
+        for place in places:
+            # The last field starting there: an empty value starts where the next key does.
+            field_index = bisect.bisect_right(fields, place) - 1
+            if not field_index % 2 and place + marker_length <= fields[field_index + 1]:
+                chosen.add(field_index // 2)
+        if not chosen:
+            return {}  # the marker only in values (or in the record's header)
+        for key in keys:
+            # The keys of its length, compared in place (they are few).
+            key_index = -1
+            for _ in range(key_lengths.count(len(key))):
+                key_index = key_lengths.index(len(key), key_index + 1)
+                if data.startswith(key, fields[2 * key_index]):
+                    chosen.add(key_index)
+                    break
+        writes: dict[str, bytes | None] = {}
+        for key_index in sorted(chosen):
+            key_start, data_start, data_end = fields[2 * key_index : 2 * key_index + 3]
+            name = data[key_start:data_start].decode()
+            writes[name] = None if lengths[2 * key_index + 1] < 0 else data[data_start:data_end]
+        return writes
+    except (struct.error, UnicodeDecodeError):
+        return None
 
 
 def find_damage(data: bytes | memoryview, offset: int) -> list[JournalRecord]:
@@ -1807,12 +1921,18 @@ class CommitJournal:
             self._apply(derived, wait=wait)
 
     def records_after(
-        self, position: tuple[int, int, int] | None
+        self,
+        position: tuple[int, int, int] | None,
+        marker: str,
+        with_keys: Collection[str],
     ) -> tuple[tuple[int, int, int] | None, list[JournalRecord]]:
-        """The records of the current journal after ``position`` (``None``: all of them),
-        and the position after the last: ``(inode, offset, next seq)``. A position in a
-        journal a checkpoint replaced reads the new one from its start (the caller
-        knows by the inode)."""
+        """The records of the current journal after ``position`` (``None``: all of them)
+        that write a key holding ``marker``, each with only those writes and those of
+        ``with_keys`` (:func:`select_records`: a reader of a few keys of a large
+        journal decodes little more than those); and the position after the last
+        record read: ``(inode, offset, next seq)``. A position in a journal a
+        checkpoint replaced reads the new one from its start (the caller knows by the
+        inode)."""
         self.refresh()
         with self._view_lock:
             journal = self._journal
@@ -1821,15 +1941,14 @@ class CommitJournal:
             if position is not None and position[0] == journal.ino:
                 _ino, start, next_seq = position
                 data = self._os.pread(journal.fd, journal.offset - start, start)
-                records, _ = parse_records(data, next_seq)
-                flags = 0
+                skip, flags, first_seq = 0, 0, next_seq
             else:
-                data = self._os.pread(journal.fd, journal.offset, 0)
+                start, data = 0, self._os.pread(journal.fd, journal.offset, 0)
                 _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
-                records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
-                next_seq = first_seq
-            end = (journal.ino, journal.offset, next_seq + len(records))
-        if records and flags & FLAG_RESTATED:
+                skip = _FILE_HEADER.size
+            records, length, count = select_records(data, skip, first_seq, marker, with_keys)
+            end = (journal.ino, start + skip + length, first_seq + count)
+        if records and records[0].seq == first_seq and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
         return end, records
 

@@ -46,7 +46,13 @@ from persistkit._domains.events import (
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
-from persistkit.backends._journal import JournalRecord, encode_record, parse_records, select_records
+from persistkit.backends._journal import (
+    JournalPosition,
+    JournalRecord,
+    encode_record,
+    parse_records,
+    select_records,
+)
 from persistkit.errors import DurabilityUnknownError
 from persistkit.models import ScheduledSignalRow
 
@@ -577,3 +583,27 @@ def test_the_records_selected_by_a_byte_search_are_those_a_full_parse_finds(
         length,
         len(records),
     )
+
+
+async def test_a_position_in_a_replaced_journal_that_got_the_same_inode_reads_from_the_start(
+    data_root: Path,
+) -> None:
+    """A checkpoint replaces the journal, which frees the old one's inode, and a later
+    journal may get it: a reader's position in the old one (its offset, its record
+    numbers) means nothing there, so the inode alone must not say "the same journal"."""
+    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
+        backend = session.backend
+        assert isinstance(backend, FileBackend)
+        async with session.tick():
+            await put_schedule(scheduled("A", T0))
+        async with session.tick():
+            await put_schedule(scheduled("B", T0))
+        marker = f"/{join_pair(SYMBOL, STRATEGY)}/"
+        end, everything = backend.journal.records_after(None, marker, ())
+        assert end is not None and [record.seq for record in everything] == [1, 2]
+        ino, first_seq = end.journal
+        # Where a reader of an older journal, numbered from 7, with this inode stopped.
+        elsewhere = JournalPosition((ino, first_seq + 6), end.offset - 1, 9)
+        again, records = backend.journal.records_after(elsewhere, marker, ())
+        assert [record.seq for record in records] == [1, 2]
+        assert again == end

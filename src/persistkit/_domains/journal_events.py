@@ -35,6 +35,7 @@ covering them: that would drop every later event of the pair.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -73,7 +74,7 @@ from persistkit.models import _Model as EventModel
 
 if TYPE_CHECKING:
     from persistkit.backends._file import FileBackend
-    from persistkit.backends._journal import JournalRecord
+    from persistkit.backends._journal import JournalPosition, JournalRecord
 
 __all__ = [
     "FOLDED_FORMAT",
@@ -399,9 +400,13 @@ _journal.FOLDERS.append(fold_journal)
 _journal.NUMBERED_PAST.append(last_folded)
 
 
-_read_cache: dict[tuple[int, str], tuple[bytes | None, tuple[int, int, int], PairFold]] = {}
-"""What this process derived last for each (backend, pair): the folded head it began
-with, how far into the journal it read, and the fold there; a read goes on from it."""
+_read_cache: weakref.WeakKeyDictionary[
+    FileBackend, dict[str, tuple[bytes | None, JournalPosition, PairFold]]
+] = weakref.WeakKeyDictionary()
+"""What this process derived last for each backend and pair: the folded head it began
+with, how far into the journal it read, and the fold there; a read goes on from it.
+By the backend object, not its ``id()``: a backend closed and collected must not
+lend its entries to a new one that gets the same ``id()``."""
 
 
 def _copy(fold: PairFold) -> PairFold:
@@ -424,13 +429,13 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
     byte search of it, not a parse of every record."""
     key = folded_key(pair)
     journal = backend.journal
-    cache_key = (id(backend), pair)
+    cache = _read_cache.setdefault(backend, {})
     while True:
         found = await backend.get(key)
         head = None if found is None else found.data
-        cached = _read_cache.get(cache_key)
+        cached = cache.get(pair)
         if cached is not None and cached[0] == head:
-            position: tuple[int, int, int] | None = cached[1]
+            position: JournalPosition | None = cached[1]
             fold = _copy(cached[2])
         else:
             try:
@@ -440,12 +445,12 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
                 logger.warning("persistkit: %s is damaged (%s)", key, exc)
                 position, fold = None, PairFold()
         end, records = journal.records_after(position, f"/{pair}/", _RECORD_KEYS)
-        if end is not None and position is not None and end[0] != position[0]:
+        if end is not None and position is not None and end.journal != position.journal:
             # A checkpoint replaced the journal since: its records are in the new head.
-            _read_cache.pop(cache_key, None)
+            cache.pop(pair, None)
             continue
         if position is None and end is not None:
-            fold = _rebased(fold, end[2], key)
+            fold = _rebased(fold, end.next_seq, key)
         again = await backend.get(key)
         # The same head on both sides: no checkpoint folded the records read meanwhile
         # (a checkpoint writes the heads before it replaces the journal).
@@ -453,5 +458,5 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
             break
     derive({pair: fold}, records, only=pair)
     if end is not None:
-        _read_cache[cache_key] = (head, end, _copy(fold))
+        cache[pair] = (head, end, _copy(fold))
     return fold.schedule_rows if kind == "schedule" else fold.partial_rows

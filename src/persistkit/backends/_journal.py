@@ -123,6 +123,7 @@ __all__ = [
     "JOURNAL_FILE",
     "CommitJournal",
     "JournalCut",
+    "JournalPosition",
     "JournalRecord",
     "SalvageReport",
     "encode_record",
@@ -194,6 +195,19 @@ NUMBERED_PAST: list[Callable[[FileBackend], int]] = []
 restored with a backup of the files) numbers its records past: the files a
 :data:`FOLDERS` entry wrote name the last record they cover, and records numbered
 from 1 again would look covered already. Registered with the folders."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPosition:
+    """How far a reader read a journal (:meth:`CommitJournal.records_after`)."""
+
+    journal: tuple[int, int]
+    """Which journal: its inode and its first record's number. The inode alone is not
+    enough: a journal a checkpoint replaced frees it, and a later one may get it."""
+    offset: int
+    """The byte after the last record read."""
+    next_seq: int
+    """The number of the record at ``offset``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1922,32 +1936,33 @@ class CommitJournal:
 
     def records_after(
         self,
-        position: tuple[int, int, int] | None,
+        position: JournalPosition | None,
         marker: str,
         with_keys: Collection[str],
-    ) -> tuple[tuple[int, int, int] | None, list[JournalRecord]]:
+    ) -> tuple[JournalPosition | None, list[JournalRecord]]:
         """The records of the current journal after ``position`` (``None``: all of them)
         that write a key holding ``marker``, each with only those writes and those of
         ``with_keys`` (:func:`select_records`: a reader of a few keys of a large
         journal decodes little more than those); and the position after the last
-        record read: ``(inode, offset, next seq)``. A position in a journal a
-        checkpoint replaced reads the new one from its start (the caller knows by the
-        inode)."""
+        record read. A position in a journal a checkpoint replaced reads the new one
+        from its start (the caller knows by :attr:`JournalPosition.journal`)."""
         self.refresh()
         with self._view_lock:
             journal = self._journal
             if journal is None:
                 return None, []
-            if position is not None and position[0] == journal.ino:
-                _ino, start, next_seq = position
+            header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
+            _magic, flags, generation = _FILE_HEADER.unpack_from(header)
+            identity = (journal.ino, generation)
+            if position is not None and position.journal == identity:
+                start, first_seq = position.offset, position.next_seq
                 data = self._os.pread(journal.fd, journal.offset - start, start)
-                skip, flags, first_seq = 0, 0, next_seq
+                skip, flags = 0, 0
             else:
                 start, data = 0, self._os.pread(journal.fd, journal.offset, 0)
-                _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
-                skip = _FILE_HEADER.size
+                first_seq, skip = generation, _FILE_HEADER.size
             records, length, count = select_records(data, skip, first_seq, marker, with_keys)
-            end = (journal.ino, start + skip + length, first_seq + count)
+            end = JournalPosition(identity, start + skip + length, first_seq + count)
         if records and records[0].seq == first_seq and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
         return end, records

@@ -16,6 +16,7 @@ persistkit's derivation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -225,7 +226,8 @@ class Lane:
             line = self._lines.get(timeout=timeout) if timeout else self._lines.get_nowait()
         except queue.Empty:
             if timeout:
-                raise AssertionError(f"lane {self.number}: silent {timeout} s{self.stderr()}")
+                silent = f"lane {self.number}: silent {timeout} s{self.stderr()}"
+                raise AssertionError(silent) from None
             return None
         if not line:
             raise AssertionError(f"lane {self.number}: its server ended{self.stderr()}")
@@ -275,12 +277,14 @@ class Lane:
             self.handle(60.0)
         if self.running:
             assert self.child is not None
-            os.kill(self.child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it died at its armed point
+                os.kill(self.child, signal.SIGKILL)
             self.wait_for("exit")
 
     def close(self) -> None:
         if self.child is not None and self.running:
-            os.kill(self.child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGKILL)
         assert self.server.stdin is not None
         self.server.stdin.close()
         try:

@@ -33,7 +33,7 @@ from tests.test_stats import (
 )
 
 import persistkit
-from persistkit import LiveSession, Partial, Schedule
+from persistkit import LiveSession, Partial, PersistScheduleAdapter, Schedule
 from persistkit._config import DEFAULT_EVENT_LIMIT
 from persistkit._domains.events import (
     EVENT_TIME_KEY,
@@ -44,6 +44,8 @@ from persistkit._domains.events import (
 from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
+from persistkit.backends._journal import JOURNAL_FILE
+from persistkit.backends._oslayer import OSLayer
 from persistkit.errors import DurabilityUnknownError
 
 _SRC = Path(__file__).parents[1] / "src"
@@ -403,6 +405,67 @@ async def test_a_checkpoint_keeps_the_facts_of_a_pair_with_records_and_no_event_
             await put_schedule(scheduled("B", T0))
         stats = await Schedule.get_data(SYMBOL, STRATEGY)
     assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]
+
+
+class OneJournalInode(OSLayer):
+    """The real system calls, except that every journal file reports one inode number: a
+    file system that gives a freed inode number to the next new file, as ext4 does a
+    couple of checkpoints after the journal it replaced was freed."""
+
+    def __init__(self) -> None:
+        self._journals: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        if os.path.basename(path).lstrip(".").startswith(JOURNAL_FILE):
+            self._journals.add(fd)  # the journal, or a new one written beside it
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._journals.discard(fd)
+        os.close(fd)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        found = os.fstat(fd)
+        if fd not in self._journals:
+            return found
+        return os.stat_result((found.st_mode, 1, *tuple(found)[2:10]))
+
+
+async def test_a_reader_sees_every_event_after_checkpoints_gave_the_journal_a_used_inode_number(
+    tmp_path: Path,
+) -> None:
+    """A process reads a pair's statistics, then checkpoints forget only other pairs'
+    records (the pair's folded head unchanged) and the journal that replaces them has
+    the inode number of the one it read: the records before the offset it read to are
+    new ones, and their events count."""
+    backend = FileBackend(tmp_path / "root", os_layer=OneJournalInode(), history=None)
+    persistkit.configure(mode="live", backend=backend)
+    other = 0
+
+    async def put_other_pair() -> None:
+        nonlocal other
+        other += 1
+        row = scheduled(f"O{other}", T0).model_copy(update={"strategy_name": "other"})
+        await PersistScheduleAdapter.write_schedule_data(row, SYMBOL, "other")
+
+    await put_schedule(scheduled("A", T0))
+    await backend.checkpoint()  # A in the pair's folded head
+    for _ in range(10):
+        await put_other_pair()  # the offset the next read reaches is far into the journal
+    assert [e.signal_id for e in (await Schedule.get_data(SYMBOL, STRATEGY)).event_list] == ["A"]
+    for _ in range(2):
+        await put_other_pair()
+        await backend.checkpoint()
+    await put_schedule(scheduled("B", T0))  # near the start of the journal
+    for _ in range(10):
+        await put_other_pair()
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("scheduled", "A"),
         ("cancelled", "A"),
         ("scheduled", "B"),
     ]

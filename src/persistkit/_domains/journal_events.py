@@ -310,7 +310,7 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
 _journal.FOLDERS.append(fold_journal)
 
 
-_read_cache: dict[tuple[int, str], tuple[bytes | None, tuple[int, int, int], PairFold]] = {}
+_read_cache: dict[tuple[int, str], tuple[bytes | None, tuple[int, int, int, int], PairFold]] = {}
 """What this process derived last for each (backend, pair): the folded head it began
 with, how far into the journal it read, and the fold there; a read goes on from it."""
 
@@ -337,7 +337,7 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
         head = None if found is None else found.data
         cached = _read_cache.get(cache_key)
         if cached is not None and cached[0] == head:
-            position: tuple[int, int, int] | None = cached[1]
+            position: tuple[int, int, int, int] | None = cached[1]
             fold = _copy(cached[2])
         else:
             try:
@@ -347,7 +347,7 @@ async def journal_rows(backend: FileBackend, pair: str, kind: str) -> list[list[
                 logger.warning("persistkit: %s is damaged (%s)", key, exc)
                 position, fold = None, PairFold()
         end, records = journal.records_after(position)
-        if end is not None and position is not None and end[0] != position[0]:
+        if end is not None and position is not None and end[:2] != position[:2]:
             # A checkpoint replaced the journal since: its records are in the new head.
             _read_cache.pop(cache_key, None)
             continue

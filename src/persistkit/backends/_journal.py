@@ -1799,19 +1799,22 @@ class CommitJournal:
             self._apply(derived, wait=wait)
 
     def records_after(
-        self, position: tuple[int, int, int] | None
-    ) -> tuple[tuple[int, int, int] | None, list[JournalRecord]]:
+        self, position: tuple[int, int, int, int] | None
+    ) -> tuple[tuple[int, int, int, int] | None, list[JournalRecord]]:
         """The records of the current journal after ``position`` (``None``: all of them),
-        and the position after the last: ``(inode, offset, next seq)``. A position in a
-        journal a checkpoint replaced reads the new one from its start (the caller
-        knows by the inode)."""
+        and the position after the last: ``(inode, first seq, offset, next seq)``. A
+        position in a journal a checkpoint replaced reads the new one from its start
+        (the caller knows by the first two): the inode alone does not tell, a file
+        system gives a freed inode number to a later journal (ext4 does, a couple of
+        checkpoints on)."""
         self.refresh()
         with self._view_lock:
             journal = self._journal
             if journal is None:
                 return None, []
-            if position is not None and position[0] == journal.ino:
-                _ino, start, next_seq = position
+            generation = (journal.ino, self._first_seq(journal))
+            if position is not None and position[:2] == generation:
+                _ino, _first, start, next_seq = position
                 data = self._os.pread(journal.fd, journal.offset - start, start)
                 records, _ = parse_records(data, next_seq)
                 flags = 0
@@ -1820,7 +1823,7 @@ class CommitJournal:
                 _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
                 records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
                 next_seq = first_seq
-            end = (journal.ino, journal.offset, next_seq + len(records))
+            end = (*generation, journal.offset, next_seq + len(records))
         if records and flags & FLAG_RESTATED:
             records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
         return end, records

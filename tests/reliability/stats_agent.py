@@ -10,7 +10,10 @@ the same stdout:
 - ``{"restored": t, "schedule": [...], "partial": [...]}`` once started: its
   last committed tick and its own pair's statistics, as events of
   :func:`event_key` shape;
-- ``{"ack": t}`` after each tick's commit returned.
+- ``{"ack": t}`` after each tick's commit returned;
+- ``{"read": t, "schedule": [...], "partial": [...]}`` after every
+  :data:`READ_EVERY` ticks: its own pair's statistics read again by the same
+  process (a long-lived reader, whose reads go on from its last one).
 
 Each tick of lane ``w`` (``t`` = 1, 2, ...) is one transaction: it writes the
 lane's own pair (:func:`own_writes`), the pair every lane shares
@@ -65,6 +68,8 @@ JOURNAL_LIMIT = 6 << 10
 SHARED = ("ETHUSDT", "shared")
 CYCLE = 7
 """Ticks of one limit entry of a lane's own pair, from scheduled to closed."""
+READ_EVERY = 5
+"""A lane reads its own pair's statistics after every this many ticks."""
 PHASES = ("mid-fold", "folded", "synced", "replaced")
 CUT_PHASES = ("cut-folded", "cut-synced")
 _EXT4_IOC_SHUTDOWN = 0x8004587D
@@ -254,14 +259,7 @@ async def run_lane(root: str, lane: int, phase: str, at: int, mount: str | None)
     ticks: PersistBase[int] = PersistBase("fold_ticks", backend=backend)
     order: PersistBase[Any] = PersistBase("fold_order", backend=backend)
     tick = await ticks.read_value(f"w{lane}") if await ticks.has_value(f"w{lane}") else 0
-    pair = own_pair(lane)
-    _say(
-        {
-            "restored": tick,
-            "schedule": [event_key(e) for e in (await Schedule.get_data(*pair)).event_list],
-            "partial": [event_key(e) for e in (await Partial.get_data(*pair)).event_list],
-        }
-    )
+    _say({"restored": tick, **await _own_statistics(lane)})
     while True:
         tick += 1
         clock.now = tick_time(lane, tick)
@@ -277,6 +275,18 @@ async def run_lane(root: str, lane: int, phase: str, at: int, mount: str | None)
             except ConflictError:
                 continue  # another lane took the place first: the same tick again
         _say({"ack": tick})
+        if tick % READ_EVERY == 0:
+            # Read again by this process (its reads go on from where the last one was):
+            # across the checkpoints of every lane since.
+            _say({"read": tick, **await _own_statistics(lane)})
+
+
+async def _own_statistics(lane: int) -> dict[str, Any]:
+    pair = own_pair(lane)
+    return {
+        "schedule": [event_key(e) for e in (await Schedule.get_data(*pair)).event_list],
+        "partial": [event_key(e) for e in (await Partial.get_data(*pair)).event_list],
+    }
 
 
 def serve() -> None:

@@ -201,6 +201,7 @@ class Lane:
         self.restored: int | None = None
         self.running = False
         self.restarts_checked = 0
+        self.reads_checked = 0
 
     def _pump(self) -> None:
         assert self.server.stdout is not None
@@ -236,6 +237,9 @@ class Lane:
             self.child = message["child"]
         elif "restored" in message:
             self.check_restored(message)
+        elif "read" in message:
+            self.check_statistics(message, message["read"])
+            self.reads_checked += 1
         elif "ack" in message:
             assert message["ack"] == self.acked + 1, (self.number, message, self.acked)
             self.acked = message["ack"]
@@ -250,11 +254,14 @@ class Lane:
         assert restored in (self.acked, self.acked + 1), (
             f"lane {self.number} restored tick {restored}, last acknowledged {self.acked}"
         )
-        schedule, partial = own_statistics(self.number, restored)
-        assert message["schedule"] == schedule, f"lane {self.number} at tick {restored}: schedule"
-        assert message["partial"] == partial, f"lane {self.number} at tick {restored}: partial"
+        self.check_statistics(message, restored)
         self.acked = self.restored = restored
         self.restarts_checked += 1
+
+    def check_statistics(self, message: dict[str, Any], tick: int) -> None:
+        schedule, partial = own_statistics(self.number, tick)
+        assert message["schedule"] == schedule, f"lane {self.number} at tick {tick}: schedule"
+        assert message["partial"] == partial, f"lane {self.number} at tick {tick}: partial"
 
     def wait_for(self, key: str, timeout: float = 60.0) -> bool:
         """Take lines until one has ``key``; ``False`` when the lane exited first (a lane
@@ -342,6 +349,7 @@ def test_kill_9_inside_a_checkpoint_fold_keeps_the_statistics_of_the_acknowledge
     # Lanes armed for their first fold die in their start's, before they could tell.
     assert lane.restarts_checked > ROUNDS // 2, lane.restarts_checked
     assert lane.acked > ROUNDS, f"the lane made little progress: {lane.acked} ticks"
+    assert lane.reads_checked > ROUNDS // 2, lane.reads_checked
     # Self-kills after the heads and before the journal's replacement leave the heads
     # ahead: each of those restarts folded records a head already covered.
     rounds_of = {phase: len(range(plan.index(phase), ROUNDS, len(plan))) for phase in PHASES}
@@ -428,10 +436,11 @@ def test_three_lanes_killed_and_restarted_keep_every_pairs_statistics_exact(
         assert statistics == expected[pair].statistics(), pair
     print(
         f"ticks committed by lane: {Counter(n for n, _ in order)}, restarts checked: "
-        f"{[lane.restarts_checked for lane in lanes]}",
+        f"{[lane.restarts_checked for lane in lanes]}, long-lived reads checked: "
+        f"{[lane.reads_checked for lane in lanes]}",
         file=sys.stderr,
     )
-    assert all(lane.restarts_checked >= 2 for lane in lanes)
+    assert all(lane.restarts_checked >= 2 and lane.reads_checked for lane in lanes)
     assert len(found[SHARED][0]) > 20 and len(found[SHARED][1]) > 5
 
 

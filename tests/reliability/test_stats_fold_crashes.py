@@ -16,6 +16,7 @@ persistkit's derivation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -361,8 +362,7 @@ def test_kill_9_inside_a_checkpoint_fold_keeps_the_statistics_of_the_acknowledge
 
 
 def _final_statistics(root: Path) -> dict[tuple[str, str], tuple[Events, Events]]:
-    """Every pair's statistics and the commit order, as a restarted reader finds them."""
-    import asyncio
+    """Every pair's statistics, as a restarted reader finds them."""
 
     async def read() -> dict[tuple[str, str], tuple[Events, Events]]:
         backend = FileBackend(root)
@@ -384,7 +384,7 @@ def _final_statistics(root: Path) -> dict[tuple[str, str], tuple[Events, Events]
 
 
 def _committed_order(root: Path) -> list[tuple[int, int]]:
-    import asyncio
+    """The ticks ``(lane, tick)`` of every lane, in the order they were committed."""
 
     async def read() -> list[tuple[int, int]]:
         backend = FileBackend(root)

@@ -47,12 +47,13 @@ from persistkit._domains.journal_events import folded_key
 from persistkit._names import join_pair
 from persistkit.backends._file import FileBackend
 from persistkit.backends._journal import (
-    JournalPosition,
+    JOURNAL_FILE,
     JournalRecord,
     encode_record,
     parse_records,
     select_records,
 )
+from persistkit.backends._oslayer import OSLayer
 from persistkit.errors import DurabilityUnknownError
 from persistkit.models import ScheduledSignalRow
 
@@ -585,25 +586,62 @@ def test_the_records_selected_by_a_byte_search_are_those_a_full_parse_finds(
     )
 
 
-async def test_a_position_in_a_replaced_journal_that_got_the_same_inode_reads_from_the_start(
-    data_root: Path,
+class OneJournalInode(OSLayer):
+    """The real system calls, except that every journal file reports one inode number: a
+    file system that gives a freed inode number to the next new file, as ext4 does a
+    couple of checkpoints after the journal it replaced was freed."""
+
+    def __init__(self) -> None:
+        self._journals: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        if os.path.basename(path).lstrip(".").startswith(JOURNAL_FILE):
+            self._journals.add(fd)  # the journal, or a new one written beside it
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._journals.discard(fd)
+        os.close(fd)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        found = os.fstat(fd)
+        if fd not in self._journals:
+            return found
+        return os.stat_result((found.st_mode, 1, *tuple(found)[2:10]))
+
+
+async def test_a_reader_sees_every_event_after_checkpoints_gave_the_journal_a_used_inode_number(
+    tmp_path: Path,
 ) -> None:
-    """A checkpoint replaces the journal, which frees the old one's inode, and a later
-    journal may get it: a reader's position in the old one (its offset, its record
-    numbers) means nothing there, so the inode alone must not say "the same journal"."""
-    async with LiveSession([(SYMBOL, STRATEGY)], "main", base_dir=data_root) as session:
-        backend = session.backend
-        assert isinstance(backend, FileBackend)
-        async with session.tick():
-            await put_schedule(scheduled("A", T0))
-        async with session.tick():
-            await put_schedule(scheduled("B", T0))
-        marker = f"/{join_pair(SYMBOL, STRATEGY)}/"
-        end, everything = backend.journal.records_after(None, marker, ())
-        assert end is not None and [record.seq for record in everything] == [1, 2]
-        ino, first_seq = end.journal
-        # Where a reader of an older journal, numbered from 7, with this inode stopped.
-        elsewhere = JournalPosition((ino, first_seq + 6), end.offset - 1, 9)
-        again, records = backend.journal.records_after(elsewhere, marker, ())
-        assert [record.seq for record in records] == [1, 2]
-        assert again == end
+    """A process reads a pair's statistics, then checkpoints forget only other pairs'
+    records (the pair's folded head unchanged) and the journal that replaces them has
+    the inode number of the one it read: the records before the offset it read to are
+    new ones, and their events count."""
+    backend = FileBackend(tmp_path / "root", os_layer=OneJournalInode(), history=None)
+    persistkit.configure(mode="live", backend=backend)
+    other = 0
+
+    async def put_other_pair() -> None:
+        nonlocal other
+        other += 1
+        row = scheduled(f"O{other}", T0).model_copy(update={"strategy_name": "other"})
+        await PersistScheduleAdapter.write_schedule_data(row, SYMBOL, "other")
+
+    await put_schedule(scheduled("A", T0))
+    await backend.checkpoint()  # A in the pair's folded head
+    for _ in range(10):
+        await put_other_pair()  # the offset the next read reaches is far into the journal
+    assert [e.signal_id for e in (await Schedule.get_data(SYMBOL, STRATEGY)).event_list] == ["A"]
+    for _ in range(2):
+        await put_other_pair()
+        await backend.checkpoint()
+    await put_schedule(scheduled("B", T0))  # near the start of the journal
+    for _ in range(10):
+        await put_other_pair()
+    stats = await Schedule.get_data(SYMBOL, STRATEGY)
+    assert [(event.action, event.signal_id) for event in stats.event_list] == [
+        ("scheduled", "A"),
+        ("cancelled", "A"),
+        ("scheduled", "B"),
+    ]

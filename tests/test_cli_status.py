@@ -133,6 +133,9 @@ def test_a_running_bot_is_shown_alive_and_status_changes_nothing(
     assert report["sessions"]["gone"] == []
     # The bot committed tick 1 and is running: its commit is its own, not waiting on a start.
     assert report["journal"]["commits"] == 1 and report["commits_waiting"] == 1
+    # Applied (settled above): what its record carries for the statistics is no key.
+    assert report["journal"]["keys_behind"] == 0, report["journal"]
+    assert "all in their files" in words.stdout
     by_domain = {domain["domain"]: domain for domain in report["domains"]}
     assert by_domain["bot"]["entities"] == 1 and by_domain["bot"]["last_change"] is not None
     assert words.returncode == 0, words.stdout

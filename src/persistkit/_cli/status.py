@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from persistkit._history import drop_record_only
 from persistkit._live.lock import held_locks, read_holder, session_holders
 from persistkit._live.session import LOCK_DIR, LOCK_FILE
 from persistkit._names import decode_segment, split_pair
@@ -371,6 +372,9 @@ def _journal_state(backend: FileBackend, committed_at: dict[str, float]) -> Jour
     for record in records:
         newest.update(record.writes)
         committed_at.update(dict.fromkeys(record.writes, record.time_ns / 1e9))
+    # What a record carries for the statistics is no key: it never gets a file.
+    drop_record_only(newest)
+    drop_record_only(committed_at)
     behind = sum(1 for key, value in newest.items() if read(None, backend.path_of(key)) != value)
     return JournalState(
         path=path,

@@ -64,7 +64,9 @@ async def tick(symbol: str, number: int) -> None:
     step = number % 6
     async with persistkit.transaction():
         if step in (0, 4):  # scheduled
-            await PersistScheduleAdapter.write_schedule_data(entry(symbol, number), symbol, STRATEGY)
+            await PersistScheduleAdapter.write_schedule_data(
+                entry(symbol, number), symbol, STRATEGY
+            )
         elif step == 1:  # the entry of the tick before fills: opened
             filled = SignalRow.model_validate(
                 {**entry(symbol, number - 1).model_dump(), "pendingAt": T0 + number * MIN}

@@ -1033,7 +1033,11 @@ async def write_with_events(
         if settings.event_limit:
             recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
         if recorder is None:
-            await _write(store, entity_id, value)
+            if active_transaction.get() is None and row_needs_a_record(store):
+                async with transaction(store.backend):  # a record the events see
+                    await _write(store, entity_id, value)
+            else:
+                await _write(store, entity_id, value)
             return
     backend = recorder.backend
     active = active_transaction.get()
@@ -1105,17 +1109,15 @@ def _include_signal_notes(txn: Transaction) -> None:
     txn.stage_now(SIGNAL_NOTES_KEY, orjson.dumps(notes))
 
 
-def signal_needs_a_record(store: PersistBase[Any]) -> bool:
-    """Whether a write of the signal outside a tick must be a commit of its own: on a
-    file root without history a plain write of a key the journal does not hold goes
-    straight to its file, and the events, derived from the journal's records, would
-    not see the pair's signal (a fill written before its entry is cleared)."""
+def row_needs_a_record(store: PersistBase[Any]) -> bool:
+    """Whether a write of a row the events depend on (signal, scheduled row, levels)
+    outside a tick must be a commit of its own: on a file root without history a plain
+    write of a key the journal does not hold goes straight to its file, and the events,
+    derived from the journal's records, would not see it (a fill written before its
+    entry is cleared would count as a cancellation). Whatever this process's
+    ``event_limit``: another process of the root may record the pair's events."""
     backend = store.backend
-    return (
-        isinstance(backend, FileBackend)
-        and backend.history is None
-        and bool(active_settings().event_limit)
-    )
+    return isinstance(backend, FileBackend) and backend.history is None
 
 
 def forget_signal(store: PersistBase[Any], symbol: str) -> None:

@@ -330,3 +330,51 @@ async def test_a_fill_written_by_a_process_without_history_nor_statistics_opens_
     await PersistScheduleAdapter.write_schedule_data(None, "BTC", STRATEGY)
     events = (await Schedule.get_data("BTC", STRATEGY)).event_list
     assert [(e.action, e.signal_id) for e in events] == [("scheduled", "s1"), ("opened", "s1")]
+
+
+# -- 3b. what the person on call reads about _persistkit/events/ ---------------------------
+
+
+def _damaged_head_root(tmp_path: Path) -> Path:
+    """A root whose pair has folded events, its head then damaged: valid JSON, no head."""
+    root = tmp_path / "data"
+    bot(NEW, root, 0, 12, CHECKPOINT="1")
+    head = root / "_persistkit" / "events" / "pairs" / "BTC_st.json"
+    assert json.loads(head.read_bytes())["schedule"]
+    head.write_bytes(b'{"format":4,"seq":"x"}')
+    return root
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "persistkit", *args],
+        env=_env(NEW),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_report_on_a_damaged_folded_head_fails_instead_of_printing_no_events(
+    tmp_path: Path,
+) -> None:
+    """The README: exit 2 for "an event log that does not validate". The folded head is
+    the pair's event log on a file root; it printed "No events recorded", exit 0."""
+    root = _damaged_head_root(tmp_path)
+    done = _cli("report", "schedule", "BTC", STRATEGY, str(root))
+    assert done.returncode == 2, done.stdout
+    assert "_persistkit/events/pairs/BTC_st" in done.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="preflight checks a folded statistics head as JSON only: a head that is JSON "
+    "and no FoldedHead passes ('clean, a start has nothing to repair', status 'healthy') "
+    "although the next checkpoint quarantines it and its events are lost. Fix: preflight "
+    "validates _persistkit/events/pairs/* against FoldedHead and reports it (exit 1).",
+)
+def test_preflight_names_a_damaged_folded_head(tmp_path: Path) -> None:
+    root = _damaged_head_root(tmp_path)
+    done = _cli("preflight", str(root))
+    assert done.returncode == 1
+    assert "BTC_st" in done.stdout + done.stderr

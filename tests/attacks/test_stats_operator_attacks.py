@@ -366,14 +366,9 @@ def test_report_on_a_damaged_folded_head_fails_instead_of_printing_no_events(
     assert "_persistkit/events/pairs/BTC_st" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preflight checks a folded statistics head as JSON only: a head that is JSON "
-    "and no FoldedHead passes ('clean, a start has nothing to repair', status 'healthy') "
-    "although the next checkpoint quarantines it and its events are lost. Fix: preflight "
-    "validates _persistkit/events/pairs/* against FoldedHead and reports it (exit 1).",
-)
 def test_preflight_names_a_damaged_folded_head(tmp_path: Path) -> None:
+    """It checked the head as JSON only: "clean", status "healthy", although the next
+    checkpoint that folds the pair quarantines it and its events are lost."""
     root = _damaged_head_root(tmp_path)
     done = _cli("preflight", str(root))
     assert done.returncode == 1

@@ -373,3 +373,16 @@ def test_preflight_names_a_damaged_folded_head(tmp_path: Path) -> None:
     done = _cli("preflight", str(root))
     assert done.returncode == 1
     assert "BTC_st" in done.stdout + done.stderr
+
+
+# -- 5. many pairs ---------------------------------------------------------------------------
+
+
+async def test_the_stores_of_many_pairs_share_one_validator_per_model(tmp_path: Path) -> None:
+    """The first tick after a start that writes 5,000 pairs opened three stores per pair
+    with the statistics on, each building its own pydantic validator (about a millisecond
+    and tens of kilobytes each): 5,000 pairs took 15 s of ticks with the statistics off and
+    52 s with them on, 85 MB against 475 MB. One validator per model is enough."""
+    persistkit.configure(mode="live", backend=FileBackend(tmp_path / "data"))
+    stores = [await PersistScheduleAdapter._store(f"P{number}_{STRATEGY}") for number in range(3)]
+    assert len({id(store._schema) for store in stores}) == 1

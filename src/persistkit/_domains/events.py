@@ -1072,7 +1072,18 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     pair.unseeded = False
     name = pair.head_key.split("/")[1]  # stats/{pair}/head
     staged = txn.writes.get(SEEDS_KEY)
-    seeds: dict[str, Any] = {} if staged is None else orjson.loads(staged)
+    parsed = next(
+        (seeds for data, seeds in reversed(txn.notes.get(_SEEDS_NOTE, ())) if data is staged),
+        None,
+    )
+    if staged is None:
+        seeds: dict[str, Any] = {}
+    elif parsed is not None:
+        # What this function staged (not parsed again: a first tick after a start that
+        # writes thousands of pairs would parse the growing seeds once per pair).
+        seeds = parsed
+    else:
+        seeds = orjson.loads(staged)
     if name in seeds:
         return
     entity = pair.signal_key.rsplit("/", 1)[1]
@@ -1082,7 +1093,14 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     # The values as they are committed (JSON already): parsed when derived.
     facts = [None if data is None else orjson.Fragment(data) for data in committed]
     seeds[name] = dict(zip(("schedule", "partial", "signal"), facts, strict=True))
-    txn.stage_now(SEEDS_KEY, orjson.dumps(seeds))
+    data = orjson.dumps(seeds)
+    txn.stage_now(SEEDS_KEY, data)
+    txn.notes[_SEEDS_NOTE] = [(data, seeds)]  # a list, as every note: savepoints join them
+
+
+_SEEDS_NOTE = ("seeds parsed",)
+"""The note of the seeds :func:`_seed` staged and their parsed form: they are the staged
+ones while the staged bytes are that very object."""
 
 
 def _stamp(txn: Transaction, recorder: _Recorder) -> None:

@@ -240,6 +240,13 @@ async def test_a_file_by_file_copy_taken_across_a_checkpoint_counts_no_event_twi
     persistkit.configure(mode="live", backend=FileBackend(copy))
     events = (await Schedule.get_data("BTC", STRATEGY)).event_list
     assert _no_event_twice(events) == []
+    assert len(events) == sum(expected(0, 60)[:3])
+    # A bot started on the copy ticks on (ids of its own) and checkpoints.
+    bot(NEW, copy, 600, 6, CHECKPOINT="1")
+    persistkit.configure(mode="live", backend=FileBackend(copy))
+    events = (await Schedule.get_data("BTC", STRATEGY)).event_list
+    assert _no_event_twice(events) == []
+    assert len(events) == sum(expected(0, 60)[:3]) + sum(expected(600, 606)[:3])
 
 
 async def test_a_journal_restored_older_than_the_folded_heads_counts_no_event_twice(
@@ -259,6 +266,9 @@ async def test_a_journal_restored_older_than_the_folded_heads_counts_no_event_tw
     events = (await Schedule.get_data("BTC", STRATEGY)).event_list
     assert _no_event_twice(events) == []
     assert len(events) == sum(expected(0, 66)[:3])
+    # Folded by a checkpoint, then more ticks in the journal after it: the same.
+    assert bot(NEW, root, 66, 6, CHECKPOINT="1") == expected(0, 72)
+    assert bot(NEW, root, 72, 6) == expected(0, 78)
 
 
 async def test_an_older_events_folder_restored_loses_events_but_counts_none_twice(

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests import test_stats
 from tests.support.stats_operator_bot import STRATEGY, expected
+from tests.test_stats import MIN, SYMBOL, T0, filled, put_schedule, put_signal, scheduled
 
 import persistkit
 from persistkit import (
@@ -31,7 +33,6 @@ from persistkit import (
     Schedule,
 )
 from persistkit.backends import FileBackend
-from persistkit.models import ScheduledSignalRow, SignalRow
 
 _REPO = Path(__file__).parents[2]
 _BOT = _REPO / "tests" / "support" / "stats_operator_bot.py"
@@ -319,8 +320,6 @@ def test_salvage_of_a_journal_damaged_mid_way_keeps_the_events_of_the_commits_be
 
 # -- 4. history=None beside history ----------------------------------------------------------
 
-T0 = 1_763_700_000_000
-
 
 async def test_a_fill_written_by_a_process_without_history_nor_statistics_opens_the_entry(
     tmp_path: Path,
@@ -330,25 +329,14 @@ async def test_a_fill_written_by_a_process_without_history_nor_statistics_opens_
     clears the entry: ``opened``, as the in-commit rule says (the signal the commit
     leaves has its id), not ``cancelled``."""
     root = tmp_path / "data"
-    entry = ScheduledSignalRow(
-        id="s1",
-        symbol="BTC",
-        strategy_name=STRATEGY,
-        position="long",
-        price_open=100.0,
-        price_take_profit=110.0,
-        price_stop_loss=95.0,
-        scheduled_at=T0,
-        pending_at=T0,
-    )
+    entry = scheduled("s1", T0)
     persistkit.configure(mode="live", backend=FileBackend(root), clock=lambda: T0)
-    await PersistScheduleAdapter.write_schedule_data(entry, "BTC", STRATEGY)
+    await put_schedule(entry)
     persistkit.configure(mode="live", backend=FileBackend(root, history=None), event_limit=0)
-    fill = SignalRow.model_validate({**entry.model_dump(), "pendingAt": T0 + 60_000})
-    await PersistSignalAdapter.write_signal_data(fill, "BTC", STRATEGY)
-    persistkit.configure(mode="live", backend=FileBackend(root), clock=lambda: T0 + 120_000)
-    await PersistScheduleAdapter.write_schedule_data(None, "BTC", STRATEGY)
-    events = (await Schedule.get_data("BTC", STRATEGY)).event_list
+    await put_signal(filled(entry, T0 + MIN))
+    persistkit.configure(mode="live", backend=FileBackend(root), clock=lambda: T0 + 2 * MIN)
+    await put_schedule(None)
+    events = (await Schedule.get_data(SYMBOL, test_stats.STRATEGY)).event_list
     assert [(e.action, e.signal_id) for e in events] == [("scheduled", "s1"), ("opened", "s1")]
 
 

@@ -9,7 +9,12 @@ from typing import Any
 import click
 import orjson
 
+from persistkit._domains.journal_events import PairFold, folded_key
+from persistkit._names import join_pair
 from persistkit._stats import EventReports, Partial, Schedule
+from persistkit.backends import Backend
+from persistkit.backends._file import FileBackend
+from persistkit.errors import CorruptValueError
 
 from .targets import default_target, open_target
 
@@ -47,6 +52,7 @@ def report(kind: str, symbol: str, strategy: str, target: str, as_json: bool) ->
 
     async def work() -> tuple[str, bytes]:
         try:
+            await _check_folded_head(backend, symbol, strategy)
             stats = await facade.get_data(symbol, strategy, backend=backend)
         finally:
             await backend.aclose()
@@ -59,3 +65,23 @@ def report(kind: str, symbol: str, strategy: str, target: str, as_json: bool) ->
         sys.stdout.buffer.flush()
     else:
         click.echo(markdown, nl=False)
+
+
+async def _check_folded_head(backend: Backend, symbol: str, strategy: str) -> None:
+    """On a file root a pair's events live in its folded head: a damaged one is an event
+    log that does not validate (exit 2), not "no events". A bot reads on without it
+    (the journal's events count) and its next checkpoint quarantines it."""
+    if not isinstance(backend, FileBackend):
+        return
+    key = folded_key(join_pair(symbol, strategy))
+    found = await backend.get(key)
+    try:
+        PairFold.decode(None if found is None else found.data)
+    except ValueError as exc:
+        raise CorruptValueError(
+            f"{key} does not validate ({str(exc).splitlines()[0]}): the events folded "
+            "into it cannot be read; the next checkpoint of a process of the root "
+            "quarantines it",
+            key=key,
+            reason=str(exc),
+        ) from exc

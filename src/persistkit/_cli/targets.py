@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from persistkit._config import environment_target
+from persistkit._domains.events import FOLDED_NAMESPACE
 from persistkit._domains.intent import PersistIntentUtils
+from persistkit._domains.journal_events import FoldedHead
 from persistkit._domains.partial import PersistPartialUtils
 from persistkit._domains.risk import PersistRiskUtils
 from persistkit._domains.signal import PersistScheduleUtils, PersistSignalUtils
@@ -132,8 +134,12 @@ def schema_for(namespace: str) -> Any:
     """What a start validates the values of ``namespace`` against.
 
     ``{domain}/{entity}`` of the domains (backtest-kit's four, and order intents) gets its adapter's
-    model; any other namespace is parsed as JSON only (``None``).
+    model; the folded statistics heads of a file root theirs (no start reads them, but the
+    next checkpoint quarantines a damaged one, and its events are lost); any other
+    namespace is parsed as JSON only (``None``).
     """
+    if namespace == FOLDED_NAMESPACE:
+        return FoldedHead
     domain, _, entity = namespace.partition("/")
     if entity and "/" not in entity:
         return DOMAIN_SCHEMAS.get(domain)

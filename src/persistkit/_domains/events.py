@@ -1059,7 +1059,11 @@ async def write_with_events(
         if settings.event_limit:
             recorder = await _new_recorder(settings, store, entity_id, kind, symbol, pair)
         if recorder is None:
-            await _write(store, entity_id, value)
+            if active_transaction.get() is None and row_needs_a_record(store):
+                async with transaction(store.backend):  # a record the events see
+                    await _write(store, entity_id, value)
+            else:
+                await _write(store, entity_id, value)
             return
     backend = recorder.backend
     active = active_transaction.get()
@@ -1094,7 +1098,18 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     pair.unseeded = False
     name = pair.head_key.split("/")[1]  # stats/{pair}/head
     staged = txn.writes.get(SEEDS_KEY)
-    seeds: dict[str, Any] = {} if staged is None else orjson.loads(staged)
+    parsed = next(
+        (seeds for data, seeds in reversed(txn.notes.get(_SEEDS_NOTE, ())) if data is staged),
+        None,
+    )
+    if staged is None:
+        seeds: dict[str, Any] = {}
+    elif parsed is not None:
+        # What this function staged (not parsed again: a first tick after a start that
+        # writes thousands of pairs would parse the growing seeds once per pair).
+        seeds = parsed
+    else:
+        seeds = orjson.loads(staged)
     if name in seeds:
         return
     entity = pair.signal_key.rsplit("/", 1)[1]
@@ -1104,7 +1119,14 @@ async def _seed(txn: Transaction, pair: _PairLog) -> None:
     # The values as they are committed (JSON already): parsed when derived.
     facts = [None if data is None else orjson.Fragment(data) for data in committed]
     seeds[name] = dict(zip(("schedule", "partial", "signal"), facts, strict=True))
-    txn.stage_now(SEEDS_KEY, orjson.dumps(seeds))
+    data = orjson.dumps(seeds)
+    txn.stage_now(SEEDS_KEY, data)
+    txn.notes[_SEEDS_NOTE] = [(data, seeds)]  # a list, as every note: savepoints join them
+
+
+_SEEDS_NOTE = ("seeds parsed",)
+"""The note of the seeds :func:`_seed` staged and their parsed form: they are the staged
+ones while the staged bytes are that very object."""
 
 
 def _stamp(txn: Transaction, recorder: _Recorder) -> None:
@@ -1131,17 +1153,15 @@ def _include_signal_notes(txn: Transaction) -> None:
     txn.stage_now(SIGNAL_NOTES_KEY, orjson.dumps(notes))
 
 
-def signal_needs_a_record(store: PersistBase[Any]) -> bool:
-    """Whether a write of the signal outside a tick must be a commit of its own: on a
-    file root without history a plain write of a key the journal does not hold goes
-    straight to its file, and the events, derived from the journal's records, would
-    not see the pair's signal (a fill written before its entry is cleared)."""
+def row_needs_a_record(store: PersistBase[Any]) -> bool:
+    """Whether a write of a row the events depend on (signal, scheduled row, levels)
+    outside a tick must be a commit of its own: on a file root without history a plain
+    write of a key the journal does not hold goes straight to its file, and the events,
+    derived from the journal's records, would not see it (a fill written before its
+    entry is cleared would count as a cancellation). Whatever this process's
+    ``event_limit``: another process of the root may record the pair's events."""
     backend = store.backend
-    return (
-        isinstance(backend, FileBackend)
-        and backend.history is None
-        and bool(active_settings().event_limit)
-    )
+    return isinstance(backend, FileBackend) and backend.history is None
 
 
 def forget_signal(store: PersistBase[Any], symbol: str) -> None:

@@ -28,8 +28,9 @@ It writes the heads as files before its ``syncfs``; a crash in between keeps
 the journal, and folding it again skips what the heads already cover. A reader
 (:func:`journal_rows`) takes the folded head and derives the events of the
 records after it. A head that claims records the journal has not written yet
-(damaged) is taken as older than every record (:func:`_rebased`), never as
-covering them: that would drop every later event of the pair.
+(damaged, or left from a newer journal than the one restored from a copy) covers the
+records up to its commit time (:func:`_rebased`), never every record by number: that
+would drop every later event of the pair, or count the copy's records twice.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class FoldedHead(EventModel):
 
     format: Literal[4]  # FOLDED_FORMAT
     seq: Annotated[int, Field(ge=0)]
+    time_ns: Annotated[int, Field(ge=0)] = 0  # 0: written before it was kept
     limit: Annotated[int, Field(ge=1)]
     facts: _FoldedFacts
     schedule: list[ScheduleRow]
@@ -132,6 +134,11 @@ class PairFold:
     """A pair's facts and events as of record ``seq`` (0: before any record)."""
 
     seq: int = 0
+    time_ns: int = 0
+    """The commit time of record ``seq`` (0: not known). Commit times grow with the
+    sequence numbers across journals, whatever the clock does; a journal restored from
+    an older copy numbers its new records again from where it ended, below ``seq``,
+    but gives them later times: they are not folded (:func:`_covers`)."""
     schedule: ScheduleFacts | None = None
     levels: LevelsFacts = field(default_factory=dict)
     signal: SignalFacts | None = None
@@ -156,6 +163,7 @@ class PairFold:
             {
                 "format": FOLDED_FORMAT,
                 "seq": self.seq,
+                "time_ns": self.time_ns,
                 "limit": limit,
                 "facts": {
                     "schedule": self.schedule,
@@ -182,6 +190,7 @@ class PairFold:
         facts = head.facts
         return cls(
             seq=head.seq,
+            time_ns=head.time_ns,
             limit=head.limit,
             schedule=facts.schedule,
             levels={sid: (tuple(p), tuple(loss)) for sid, (p, loss) in facts.levels.items()},
@@ -266,7 +275,7 @@ def derive(
             fold = folds.get(pair)
             if fold is None:
                 fold = folds[pair] = PairFold()
-            if record.seq <= fold.seq:
+            if _covers(fold, record):
                 continue  # folded already (a checkpoint that died before forgetting)
             fold.limit = max(fold.limit, limit)
             seed = seeds.get(pair)
@@ -316,24 +325,45 @@ def derive(
                     fold.partial_rows += partial_events(fold.levels, levels, signal, now)
                 fold.levels = levels
             fold.signal = signal
-            fold.seq = record.seq
+            fold.seq, fold.time_ns = record.seq, record.time_ns
+
+
+def _covers(fold: PairFold, record: JournalRecord) -> bool:
+    """Whether ``fold`` holds what ``record`` gave already: its sequence number, and its
+    commit time when the fold knows its own (a record after a journal restored from an
+    older copy may reuse a folded number, never a folded time)."""
+    return record.seq <= fold.seq and (not fold.time_ns or record.time_ns <= fold.time_ns)
 
 
 def _rebased(fold: PairFold, next_seq: int, key: str) -> PairFold:
-    """``fold``, covering no record of the journal when it claims records the journal
-    has not written yet: left from a journal since deleted or replaced by a restored
-    backup (its sequence numbers start again at 1), or damaged. Believed as it is, it
-    would make every later record look folded already, and the pair would have no
-    event again; rebased, its events and facts stand as those before the journal."""
+    """``fold``, when it claims records the journal has not written yet: left from a
+    journal since deleted, or replaced by an older copy (a backup put back, a root copied
+    file by file across a checkpoint), or damaged. Believed by number alone, it would make
+    every later record look folded already, and the pair would have no event again.
+
+    A head that knows its commit time covers the records up to that time and no later
+    one (:func:`_covers`): a journal older than the head counts none of its records
+    twice. A head without it covers no record of the journal: its events and facts
+    stand as those before the journal."""
     if fold.seq >= next_seq:
-        logger.warning(
-            "persistkit: %s covers records up to %d, the journal is at %d: it is taken "
-            "as older than every record of the journal",
-            key,
-            fold.seq,
-            next_seq,
-        )
-        fold.seq = 0
+        if fold.time_ns:
+            logger.warning(
+                "persistkit: %s covers records up to %d, the journal is at %d: the "
+                "journal's records up to the head's commit time count as folded, the "
+                "later ones count",
+                key,
+                fold.seq,
+                next_seq,
+            )
+        else:
+            logger.warning(
+                "persistkit: %s covers records up to %d, the journal is at %d: it is "
+                "taken as older than every record of the journal",
+                key,
+                fold.seq,
+                next_seq,
+            )
+            fold.seq = 0
     return fold
 
 
@@ -359,7 +389,6 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
         if data is not None:
             had.add(pair)
     derive(folds, records)
-    last = records[-1].seq
     written: dict[str, bytes] = {}
     for pair, fold in folds.items():
         if pair not in had and not fold.limit:
@@ -367,7 +396,8 @@ def fold_journal(backend: FileBackend, records: list[JournalRecord]) -> dict[str
             # without events: it keeps the facts of the records about to be forgotten,
             # which the writer's later records (seeded once) depend on.
             continue
-        fold.seq = max(fold.seq, last)
+        if not _covers(fold, records[-1]):
+            fold.seq, fold.time_ns = records[-1].seq, records[-1].time_ns
         written[folded_key(pair)] = fold.encode()
     return written
 

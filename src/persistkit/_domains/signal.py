@@ -10,7 +10,7 @@ from persistkit._domains.events import (
     SCHEDULE,
     forget_signal,
     remember_signal,
-    signal_needs_a_record,
+    row_needs_a_record,
     write_with_events,
 )
 from persistkit._names import join_pair
@@ -45,7 +45,7 @@ class _RowAdapter(DomainAdapter, Generic[RowT]):
             self._check_row(row, symbol, strategy_name)
         pair = join_pair(symbol, strategy_name)
         store = await self._store(pair)
-        if active_transaction.get() is None and signal_needs_a_record(store):
+        if active_transaction.get() is None and row_needs_a_record(store):
             async with transaction(store.backend):  # the events are derived from records
                 await self._write(row, symbol, strategy_name)
             return

@@ -93,7 +93,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from persistkit._history import RecordedHistory
+from persistkit._history import RecordedHistory, drop_record_only
 from persistkit.backends._archive import HISTORY_DIR, HistoryArchive, HistoryPolicy
 from persistkit.backends._base import (
     ANY_VERSION,
@@ -891,6 +891,9 @@ class FileBackend(Backend):
             f"its commits are not read here: run the command on {self.root}/{namespace}"
             for namespace in nested
         )
+        # Record-only keys are no state; as files they were applied by an earlier build's
+        # checkpoint, which did not know them (see docs: mixed versions).
+        drop_record_only(files)
         snapshot = lay_commits_over(
             files,
             cut.writes,

@@ -187,14 +187,6 @@ async def test_record_only_keys_left_as_files_by_an_earlier_build_are_no_state(
     assert not [key for key in snapshot.values if key.startswith("_persistkit/events/")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Nothing tells the person on call that an earlier build left running "
-    "checkpointed this build's commits and lost their statistics events (status: healthy, "
-    "preflight: clean). Its evidence is on disk: the record-only keys "
-    "_persistkit/events/time and seeds applied as files. Fix: preflight reports them as a "
-    "problem naming the lost statistics (and a start of this build logs a WARNING).",
-)
 def test_preflight_tells_that_an_earlier_build_checkpointed_this_builds_commits(
     tmp_path: Path, earlier_src: Path
 ) -> None:
@@ -202,7 +194,8 @@ def test_preflight_tells_that_an_earlier_build_checkpointed_this_builds_commits(
     _earlier_build_checkpoints_this_builds_records(root, earlier_src)
     done = _cli("preflight", str(root))
     assert done.returncode == 1
-    assert "_persistkit/events/time" in done.stdout
+    assert "[earlier-build] _persistkit/events/time" in done.stdout
+    assert "statistics events of the commits it checkpointed are lost" in done.stdout
 
 
 # -- 2. backups -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from persistkit._history import RECORD_ONLY_KEYS
 from persistkit._names import decode_segment
 from persistkit.backends import Backend
 from persistkit.backends._backtest_kit import (
@@ -43,8 +44,9 @@ class Problem:
     kind: str
     """``permission``, ``unreadable``, ``corrupt``, ``orphan``, ``damaged-journal``,
     ``durability``, ``foreign-symlink``, ``backtest-kit`` (state a start would not
-    read, or a ``backtest-kit://`` folder's state a migration would skip); as a
-    note: ``foreign-name``, ``unapplied-commit``."""
+    read, or a ``backtest-kit://`` folder's state a migration would skip),
+    ``earlier-build`` (an earlier build's checkpoint applied this build's commits); as
+    a note: ``foreign-name``, ``unapplied-commit``."""
     where: str
     detail: str
     a_start_would: str
@@ -286,4 +288,19 @@ async def run_preflight(
     report.problems.extend(
         Problem("backtest-kit", item.path, item.reason, action) for item in not_read
     )
+    if isinstance(backend, FileBackend):
+        # A key that rides in this build's records only, found as a file: a checkpoint
+        # of an earlier build (journal format 2) applied this build's commits.
+        report.problems.extend(
+            Problem(
+                "earlier-build",
+                key,
+                "a file an earlier build's checkpoint made of this build's commits: an "
+                "earlier build is (or was) running on this root, and the statistics events "
+                "of the commits it checkpointed are lost (the state is not)",
+                "ignore it; stop every process of the earlier build",
+            )
+            for key in sorted(RECORD_ONLY_KEYS)
+            if backend._read_at(None, backend.path_of(key)) is not None
+        )
     return report

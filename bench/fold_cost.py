@@ -1,4 +1,4 @@
-"""PROTOTYPE measurement: what a checkpoint spends folding the statistics events of the
+"""What a checkpoint spends folding the statistics events of the
 journal's records, per tick folded (statistics on minus off), for the four shapes of
 bench/stats_events.py. Bytecodes (deterministic; C code such as pydantic's parsing is not
 counted), or with ``time`` wall-clock microseconds (noisy):

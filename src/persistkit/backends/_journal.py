@@ -310,6 +310,17 @@ def parse_records(data: bytes | memoryview, first_seq: int = 1) -> tuple[list[Jo
     return records, offset
 
 
+def _whole_journal_records(data: bytes) -> list[JournalRecord]:
+    """The records of a journal file's bytes (header included), as far as they are
+    complete; a restated first record (the values of a journal it replaced, no commit
+    of its own) has no writes."""
+    _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
+    records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
+    if records and flags & FLAG_RESTATED:
+        records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+    return records
+
+
 def select_records(
     data: bytes, start: int, first_seq: int, marker: str, with_keys: Collection[str]
 ) -> tuple[list[JournalRecord], int, int]:
@@ -1153,11 +1164,7 @@ class CommitJournal:
             if journal is None:
                 return []
             data = self._os.pread(journal.fd, journal.offset, 0)
-        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
-        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
-        if records and flags & FLAG_RESTATED:
-            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
-        return records
+        return _whole_journal_records(data)
 
     def _first_seq(self, journal: _OpenJournal) -> int:
         header = self._os.pread(journal.fd, _FILE_HEADER.size, 0)
@@ -1921,11 +1928,7 @@ class CommitJournal:
         the folders are idempotent through the sequence number they store)."""
         if not FOLDERS or journal.offset == _FILE_HEADER.size:
             return
-        data = self._os.pread(journal.fd, journal.offset, 0)
-        _magic, flags, first_seq = _FILE_HEADER.unpack_from(data)
-        records, _ = parse_records(memoryview(data)[_FILE_HEADER.size :], first_seq)
-        if records and flags & FLAG_RESTATED:
-            records[0] = JournalRecord(records[0].seq, records[0].time_ns, {})
+        records = _whole_journal_records(self._os.pread(journal.fd, journal.offset, 0))
         if not records:
             return
         derived: dict[str, bytes | None] = {}
